@@ -1,0 +1,309 @@
+/**
+ * The job spec: its schema, its types, and parsing from YAML or JSON text. Every error names the
+ * field path (`spec.training.optimizer.lr: must be > 0`); unknown fields are errors.
+ *
+ * Checks that need the file system (files exist, the model's depth) live in `validateJobSpecFiles`,
+ * so that a client can parse a spec without the data, and the coordinator checks what it will use.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { JobSpecError, type SpecIssue } from './errors.js';
+
+export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
+export type MethodName = (typeof METHOD_NAMES)[number];
+/** Methods this build can train; the others are refused with a clear message. */
+export const SUPPORTED_METHODS: readonly MethodName[] = ['slam', 'freeze', 'full'];
+
+export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel'] as const;
+export type DataFormat = (typeof DATA_FORMATS)[number];
+
+export const FFN_MODULES = ['gate_proj', 'up_proj', 'down_proj'] as const;
+export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
+export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm'] as const;
+export type LayerModule = (typeof LAYER_MODULES)[number];
+
+/** The named prompt templates; a literal template must contain `{question}`. */
+export const PROMPT_TEMPLATES = {
+  /** SLAM (LLaMA-Factory's `default`). */
+  slam: 'Human: {question}\nAssistant: ',
+  /** MetaMath / Alpaca. */
+  alpaca:
+    'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' +
+    '### Instruction:\n{question}\n\n### Response:\n',
+} as const;
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const LANGUAGE = /^[a-z]{2,3}$/;
+
+const positiveInt = z.number().int('must be an integer').positive('must be > 0');
+const nonNegativeInt = z.number().int('must be an integer').nonnegative('must be >= 0');
+
+const dataSourceSchema = z.strictObject({
+  path: z.string().min(1, 'must not be empty'),
+  format: z.enum(DATA_FORMATS, { message: `must be one of ${DATA_FORMATS.join(', ')}` }),
+  /** ISO 639-1 code of the records' language; for `parallel`, of `path` (the source side). */
+  language: z.string().regex(LANGUAGE, 'must be an ISO 639 code such as "sw"').optional(),
+  /** `parallel` only: the line-aligned target file (English for question translation). */
+  target: z.string().min(1, 'must not be empty').optional(),
+});
+
+const optimizerSchema = z.discriminatedUnion('name', [
+  z.strictObject({
+    name: z.literal('adamw'),
+    lr: z.number().positive('must be > 0'),
+    betas: z
+      .tuple([z.number().min(0).lt(1, 'must be < 1'), z.number().min(0).lt(1, 'must be < 1')])
+      .default([0.9, 0.999]),
+    eps: z.number().positive('must be > 0').default(1e-8),
+    weightDecay: z.number().nonnegative('must be >= 0').default(0),
+  }),
+  z.strictObject({
+    name: z.literal('sgd'),
+    lr: z.number().positive('must be > 0'),
+  }),
+], { message: 'must have name adamw or sgd' });
+
+const scheduleSchema = z.strictObject({
+  name: z.enum(['constant', 'linear', 'cosine'], { message: 'must be one of constant, linear, cosine' }),
+  warmupRatio: z.number().min(0, 'must be >= 0').max(1, 'must be <= 1').default(0),
+});
+
+const specSchema = z.strictObject({
+  apiVersion: z.literal('polytune/v1', { message: 'must be "polytune/v1"' }),
+  kind: z.literal('TrainJob', { message: 'must be "TrainJob"' }),
+  metadata: z.strictObject({
+    name: z.string().regex(DNS_LABEL, 'must be a DNS-1123 label: lower-case letters, digits and "-", at most 63'),
+  }),
+  spec: z.strictObject({
+    model: z.strictObject({ path: z.string().min(1, 'must not be empty') }),
+    method: z.strictObject({
+      name: z.enum(METHOD_NAMES, { message: `must be one of ${METHOD_NAMES.join(', ')}` }),
+      layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
+      modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
+        .min(1, 'must name at least one module').optional(),
+    }),
+    data: z.strictObject({
+      train: z.array(dataSourceSchema).min(1, 'must list at least one file'),
+      template: z.string().default('slam'),
+      maxSeqLen: positiveInt.default(1024),
+      shuffle: z.boolean().default(true),
+    }),
+    training: z.strictObject({
+      epochs: positiveInt.optional(),
+      maxSteps: positiveInt.optional(),
+      globalBatchSize: positiveInt,
+      microBatchSize: positiveInt.default(4),
+      optimizer: optimizerSchema,
+      schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
+      gradClip: z.number().nonnegative('must be >= 0').default(1.0),
+      seed: z.number().int('must be an integer').default(42),
+    }),
+    workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
+    collective: z.strictObject({
+      compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
+    }).default({ compression: 'none' }),
+    checkpoint: z.strictObject({
+      everySteps: nonNegativeInt.default(0),
+      keep: positiveInt.default(3),
+    }).default({ everySteps: 0, keep: 3 }),
+    output: z.strictObject({ dir: z.string().min(1, 'must not be empty') }),
+  }),
+});
+
+export type JobSpec = z.infer<typeof specSchema>;
+export type DataSource = JobSpec['spec']['data']['train'][number];
+export type OptimizerSpec = JobSpec['spec']['training']['optimizer'];
+export type ScheduleSpec = JobSpec['spec']['training']['schedule'];
+
+/** `a.b[2].c` from a zod path. */
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out === '' ? String(p) : `.${String(p)}`;
+  return out || '(root)';
+}
+
+function zodIssues(error: z.ZodError): SpecIssue[] {
+  const issues: SpecIssue[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) issues.push({ path: formatPath([...issue.path, key]), message: 'unknown field' });
+    } else if (issue.code === 'invalid_type') {
+      const missing = issue.message.endsWith('received undefined');
+      issues.push({ path: formatPath(issue.path), message: missing ? 'is required' : `must be ${issue.expected}` + issue.message.replace(/^.*(, received \w+)$/, '$1') });
+    } else {
+      issues.push({ path: formatPath(issue.path), message: issue.message });
+    }
+  }
+  return issues;
+}
+
+/** Rules across fields that the schema alone cannot state. */
+function crossFieldIssues(spec: JobSpec): SpecIssue[] {
+  const issues: SpecIssue[] = [];
+  const s = spec.spec;
+  const t = s.training;
+  if (t.epochs === undefined && t.maxSteps === undefined) {
+    issues.push({ path: 'spec.training.epochs', message: 'one of epochs or maxSteps is required' });
+  }
+  if (s.workers.min !== undefined && s.workers.min > s.workers.count) {
+    issues.push({ path: 'spec.workers.min', message: `must be <= spec.workers.count (${s.workers.count})` });
+  }
+  if (t.globalBatchSize < s.workers.count) {
+    issues.push({
+      path: 'spec.training.globalBatchSize',
+      message: `must be >= spec.workers.count (${s.workers.count}): every worker takes part of each global batch`,
+    });
+  }
+  if (!SUPPORTED_METHODS.includes(s.method.name)) {
+    issues.push({ path: 'spec.method.name', message: `"${s.method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})` });
+  }
+  if (s.method.layers === 'auto') {
+    issues.push({ path: 'spec.method.layers', message: '"auto" (layer analysis) is not implemented yet: list the layers' });
+  }
+  if (s.method.name === 'freeze' && s.method.layers === undefined) {
+    issues.push({ path: 'spec.method.layers', message: 'is required for method freeze' });
+  }
+  if (s.method.name === 'full' && (s.method.layers !== undefined || s.method.modules !== undefined)) {
+    issues.push({ path: 'spec.method', message: 'method full trains every tensor: layers and modules must not be set' });
+  }
+  if (Array.isArray(s.method.layers) && new Set(s.method.layers).size !== s.method.layers.length) {
+    issues.push({ path: 'spec.method.layers', message: 'must not repeat a layer' });
+  }
+  const template = s.data.template;
+  if (!(template in PROMPT_TEMPLATES) && !template.includes('{question}')) {
+    issues.push({
+      path: 'spec.data.template',
+      message: `must be one of ${Object.keys(PROMPT_TEMPLATES).join(', ')} or a literal containing {question}`,
+    });
+  }
+  s.data.train.forEach((src, i) => {
+    if (src.format === 'parallel' && src.target === undefined) {
+      issues.push({ path: `spec.data.train[${i}].target`, message: 'is required for format parallel (the line-aligned target file)' });
+    }
+    if (src.format !== 'parallel' && src.target !== undefined) {
+      issues.push({ path: `spec.data.train[${i}].target`, message: 'is only allowed for format parallel' });
+    }
+  });
+  return issues;
+}
+
+export interface ParseOptions {
+  /** Names the source in errors, e.g. the file name. */
+  source?: string;
+  /** Relative paths in the spec are resolved against this directory. @default process.cwd() */
+  baseDir?: string;
+}
+
+/**
+ * Parse and validate a job spec from YAML or JSON text. Relative paths (model, data, output) are
+ * resolved against `baseDir`. Throws `JobSpecError` listing every problem with its field path.
+ */
+export function parseJobSpec(text: string, options: ParseOptions = {}): JobSpec {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (e) {
+    const msg = e instanceof YAMLParseError ? e.message.split('\n')[0] ?? e.message : String(e);
+    throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], options.source);
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new JobSpecError([{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }], options.source);
+  }
+  const parsed = specSchema.safeParse(raw);
+  if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
+  const spec = parsed.data;
+  const issues = crossFieldIssues(spec);
+  if (issues.length > 0) throw new JobSpecError(issues, options.source);
+  return resolvePaths(spec, options.baseDir ?? process.cwd());
+}
+
+function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  const s = spec.spec;
+  return {
+    ...spec,
+    spec: {
+      ...s,
+      model: { path: abs(s.model.path) },
+      data: {
+        ...s.data,
+        train: s.data.train.map((src) => ({ ...src, path: abs(src.path), ...(src.target ? { target: abs(src.target) } : {}) })),
+      },
+      output: { dir: abs(s.output.dir) },
+    },
+  };
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Checks against the file system, for the coordinator before it accepts a job: the model directory
+ * holds config.json, weights and tokenizer.json; every layer index is below the model's depth;
+ * every data file exists. Throws `JobSpecError`.
+ */
+export async function validateJobSpecFiles(spec: JobSpec, source?: string): Promise<{ numLayers: number }> {
+  const issues: SpecIssue[] = [];
+  const s = spec.spec;
+  const dir = s.model.path;
+  let numLayers = 0;
+  const configPath = join(dir, 'config.json');
+  if (!(await isFile(configPath))) {
+    issues.push({ path: 'spec.model.path', message: `${configPath}: no such file (expected an HF model directory)` });
+  } else {
+    try {
+      const config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+      const n = config['num_hidden_layers'];
+      if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0) {
+        issues.push({ path: 'spec.model.path', message: `${configPath}: num_hidden_layers is missing or not a positive integer` });
+      } else {
+        numLayers = n;
+      }
+    } catch (e) {
+      issues.push({ path: 'spec.model.path', message: `${configPath}: not valid JSON (${(e as Error).message})` });
+    }
+    const weights = (await isFile(join(dir, 'model.safetensors'))) || (await isFile(join(dir, 'model.safetensors.index.json')));
+    if (!weights) issues.push({ path: 'spec.model.path', message: `${dir}: no model.safetensors or model.safetensors.index.json` });
+    if (!(await isFile(join(dir, 'tokenizer.json')))) {
+      issues.push({ path: 'spec.model.path', message: `${join(dir, 'tokenizer.json')}: no such file` });
+    }
+  }
+  if (numLayers > 0 && Array.isArray(s.method.layers)) {
+    s.method.layers.forEach((layer, i) => {
+      if (layer >= numLayers) {
+        issues.push({ path: `spec.method.layers[${i}]`, message: `layer ${layer} is past the model's depth (${numLayers} layers: 0-${numLayers - 1})` });
+      }
+    });
+  }
+  for (const [i, src] of s.data.train.entries()) {
+    if (!(await isFile(src.path))) issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
+    if (src.target !== undefined && !(await isFile(src.target))) {
+      issues.push({ path: `spec.data.train[${i}].target`, message: `${src.target}: no such file` });
+    }
+  }
+  if (issues.length > 0) throw new JobSpecError(issues, source);
+  return { numLayers };
+}
+
+/** The names of the tensors a method trains, in HF naming, for a model of `numLayers` layers. */
+export function trainableTensorNames(method: JobSpec['spec']['method'], numLayers: number, allNames: readonly string[]): string[] {
+  if (method.name === 'full') return [...allNames];
+  const layers = Array.isArray(method.layers) ? method.layers : method.name === 'slam' ? [0, 1, 2, 3, 4, 5].filter((l) => l < numLayers) : [];
+  const modules = method.modules ?? (method.name === 'slam' ? ['up_proj', 'down_proj'] : [...LAYER_MODULES]);
+  const wanted = new Set<string>();
+  for (const l of layers) {
+    for (const m of modules) {
+      const group = (FFN_MODULES as readonly string[]).includes(m) ? 'mlp' : (ATTENTION_MODULES as readonly string[]).includes(m) ? 'self_attn' : null;
+      const prefix = group ? `model.layers.${l}.${group}.${m}.` : `model.layers.${l}.${m}.`;
+      for (const name of allNames) if (name.startsWith(prefix)) wanted.add(name);
+    }
+  }
+  return allNames.filter((n) => wanted.has(n));
+}

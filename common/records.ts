@@ -1,0 +1,163 @@
+/**
+ * Readers for the training data formats of DESIGN.md. Both sides use them: the coordinator to
+ * validate the files and count the samples before it accepts a job, the worker to train.
+ * Errors name the file and the line.
+ *
+ * | format    | a record                                                                    |
+ * |-----------|-----------------------------------------------------------------------------|
+ * | alpaca    | JSONL: instruction|question|query, optional input, output|answer|response, optional language |
+ * | tokenized | JSONL: input_ids and labels, same length, -100 where no loss is taken       |
+ * | mgsm-tsv  | question<TAB>answer, no header                                              |
+ * | msvamp    | JSONL: m_query, response                                                    |
+ * | parallel  | two line-aligned text files (`path`, `target`): source in, target out       |
+ */
+import { readFile } from 'node:fs/promises';
+import { DataFormatError } from './errors.js';
+import type { DataSource } from './jobspec.js';
+
+/** A prompt/response pair, to be templated and tokenized by the worker. */
+export interface TextRecord {
+  readonly kind: 'text';
+  readonly question: string;
+  readonly output: string;
+  /** ISO 639 code, from the record or its source; undefined when neither says. */
+  readonly language: string | undefined;
+}
+
+/** Already tokenized: HF semantics, `labels[t]` is predicted from `inputIds[0..t-1]`. */
+export interface TokenRecord {
+  readonly kind: 'tokens';
+  readonly inputIds: readonly number[];
+  readonly labels: readonly number[];
+  readonly language: string | undefined;
+}
+
+export type DataRecord = TextRecord | TokenRecord;
+
+/** The label value that takes no loss (HF's ignore_index). */
+export const IGNORE_INDEX = -100;
+
+function lines(text: string): string[] {
+  const out = text.split(/\r?\n/);
+  if (out.length > 0 && out[out.length - 1] === '') out.pop();
+  return out;
+}
+
+function firstString(obj: Record<string, unknown>, keys: readonly string[]): string | undefined {
+  for (const k of keys) {
+    const v = obj[k];
+    if (typeof v === 'string') return v;
+    if (typeof v === 'number') return String(v);
+  }
+  return undefined;
+}
+
+function parseJsonLine(file: string, line: string, lineNo: number): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (e) {
+    throw new DataFormatError(file, `not valid JSON (${(e as Error).message})`, lineNo);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new DataFormatError(file, 'expected a JSON object', lineNo);
+  }
+  return value as Record<string, unknown>;
+}
+
+function intArray(file: string, obj: Record<string, unknown>, key: string, lineNo: number): number[] {
+  const v = obj[key];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isInteger(x))) {
+    throw new DataFormatError(file, `"${key}" must be an array of integers`, lineNo);
+  }
+  return v as number[];
+}
+
+async function readText(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new DataFormatError(file, code === 'ENOENT' ? 'no such file' : `cannot read (${(e as Error).message})`);
+  }
+}
+
+/** Read every record of one data source, in file order. Blank lines are skipped. */
+export async function readDataSource(src: DataSource): Promise<DataRecord[]> {
+  const file = src.path;
+  const text = await readText(file);
+  const records: DataRecord[] = [];
+  const all = lines(text);
+  switch (src.format) {
+    case 'alpaca':
+      all.forEach((line, i) => {
+        if (line.trim() === '') return;
+        const obj = parseJsonLine(file, line, i + 1);
+        const instruction = firstString(obj, ['instruction', 'question', 'query']);
+        const output = firstString(obj, ['output', 'answer', 'response']);
+        if (instruction === undefined) throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', i + 1);
+        if (output === undefined) throw new DataFormatError(file, 'missing "output" (or "answer", "response")', i + 1);
+        const input = firstString(obj, ['input']);
+        const language = firstString(obj, ['language']) ?? src.language;
+        records.push({ kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language });
+      });
+      break;
+    case 'msvamp':
+      all.forEach((line, i) => {
+        if (line.trim() === '') return;
+        const obj = parseJsonLine(file, line, i + 1);
+        const question = firstString(obj, ['m_query']);
+        const output = firstString(obj, ['response']);
+        if (question === undefined) throw new DataFormatError(file, 'missing "m_query"', i + 1);
+        if (output === undefined) throw new DataFormatError(file, 'missing "response"', i + 1);
+        records.push({ kind: 'text', question, output, language: src.language });
+      });
+      break;
+    case 'mgsm-tsv':
+      all.forEach((line, i) => {
+        if (line.trim() === '') return;
+        const tab = line.lastIndexOf('\t');
+        if (tab <= 0) throw new DataFormatError(file, 'expected question<TAB>answer', i + 1);
+        records.push({ kind: 'text', question: line.slice(0, tab), output: line.slice(tab + 1).trim(), language: src.language });
+      });
+      break;
+    case 'tokenized':
+      all.forEach((line, i) => {
+        if (line.trim() === '') return;
+        const obj = parseJsonLine(file, line, i + 1);
+        const inputIds = intArray(file, obj, 'input_ids', i + 1);
+        const labels = intArray(file, obj, 'labels', i + 1);
+        if (inputIds.length !== labels.length) {
+          throw new DataFormatError(file, `input_ids (${inputIds.length}) and labels (${labels.length}) differ in length`, i + 1);
+        }
+        if (inputIds.length < 2) throw new DataFormatError(file, 'a record needs at least 2 tokens', i + 1);
+        if (inputIds.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', i + 1);
+        if (labels.some((t) => t < 0 && t !== IGNORE_INDEX)) throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, i + 1);
+        records.push({ kind: 'tokens', inputIds, labels, language: firstString(obj, ['language']) ?? src.language });
+      });
+      break;
+    case 'parallel': {
+      if (src.target === undefined) throw new DataFormatError(file, 'format parallel needs a target file');
+      const targets = lines(await readText(src.target));
+      if (targets.length !== all.length) {
+        throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${all.length}: parallel files must be line-aligned`);
+      }
+      all.forEach((line, i) => {
+        const target = targets[i] ?? '';
+        if (line.trim() === '' && target.trim() === '') return;
+        if (line.trim() === '' || target.trim() === '') throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
+        records.push({ kind: 'text', question: line, output: target, language: src.language });
+      });
+      break;
+    }
+  }
+  if (records.length === 0) throw new DataFormatError(file, 'holds no records');
+  return records;
+}
+
+/** All sources of a spec, concatenated in the order they are listed. */
+export async function readTrainingRecords(sources: readonly DataSource[]): Promise<DataRecord[]> {
+  const out: DataRecord[] = [];
+  for (const src of sources) out.push(...(await readDataSource(src)));
+  return out;
+}
