@@ -291,19 +291,3 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
   if (issues.length > 0) throw new JobSpecError(issues, source);
   return { numLayers };
 }
-
-/** The names of the tensors a method trains, in HF naming, for a model of `numLayers` layers. */
-export function trainableTensorNames(method: JobSpec['spec']['method'], numLayers: number, allNames: readonly string[]): string[] {
-  if (method.name === 'full') return [...allNames];
-  const layers = Array.isArray(method.layers) ? method.layers : method.name === 'slam' ? [0, 1, 2, 3, 4, 5].filter((l) => l < numLayers) : [];
-  const modules = method.modules ?? (method.name === 'slam' ? ['up_proj', 'down_proj'] : [...LAYER_MODULES]);
-  const wanted = new Set<string>();
-  for (const l of layers) {
-    for (const m of modules) {
-      const group = (FFN_MODULES as readonly string[]).includes(m) ? 'mlp' : (ATTENTION_MODULES as readonly string[]).includes(m) ? 'self_attn' : null;
-      const prefix = group ? `model.layers.${l}.${group}.${m}.` : `model.layers.${l}.${m}.`;
-      for (const name of allNames) if (name.startsWith(prefix)) wanted.add(name);
-    }
-  }
-  return allNames.filter((n) => wanted.has(n));
-}

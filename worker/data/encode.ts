@@ -1,0 +1,90 @@
+/**
+ * From records to token sequences: the prompt template, tokenization, label masking and
+ * truncation, and padding into micro-batches.
+ *
+ * A text record becomes `[BOS] prompt(question)` followed by `output [EOS]`; labels are -100 on the
+ * prompt and equal the token ids on the output (HF semantics: `labels[t]` is predicted from
+ * `input_ids[0..t-1]`). Sequences longer than `maxSeqLen` are cut at the end and counted.
+ */
+import { PROMPT_TEMPLATES } from '../../common/jobspec.js';
+import { IGNORE_INDEX, type DataRecord } from '../../common/records.js';
+
+/** What encoding needs of a tokenizer. */
+export interface PromptTokenizer {
+  encode(text: string, options: { addBos: boolean }): number[];
+  readonly eosId: number;
+}
+
+export interface EncodedSample {
+  readonly inputIds: Int32Array;
+  readonly labels: Int32Array;
+  readonly language: string | undefined;
+  /** Tokens with a label other than -100 (each takes loss; labels[0] never does). */
+  readonly supervised: number;
+  readonly truncated: boolean;
+}
+
+/** The template text for a named template, or the literal itself. */
+export function resolveTemplate(template: string): string {
+  return (PROMPT_TEMPLATES as Record<string, string>)[template] ?? template;
+}
+
+export function applyTemplate(template: string, question: string): string {
+  return resolveTemplate(template).split('{question}').join(question);
+}
+
+function countSupervised(labels: Int32Array): number {
+  let n = 0;
+  for (let t = 1; t < labels.length; t++) if (labels[t] !== IGNORE_INDEX) n++;
+  return n;
+}
+
+export function encodeRecord(record: DataRecord, tokenizer: PromptTokenizer, template: string, maxSeqLen: number): EncodedSample {
+  let ids: number[];
+  let labels: number[];
+  if (record.kind === 'tokens') {
+    ids = [...record.inputIds];
+    labels = [...record.labels];
+  } else {
+    const prompt = tokenizer.encode(applyTemplate(template, record.question), { addBos: true });
+    const output = [...tokenizer.encode(record.output, { addBos: false }), tokenizer.eosId];
+    ids = [...prompt, ...output];
+    labels = [...prompt.map(() => IGNORE_INDEX), ...output];
+  }
+  const truncated = ids.length > maxSeqLen;
+  const inputIds = Int32Array.from(truncated ? ids.slice(0, maxSeqLen) : ids);
+  const lab = Int32Array.from(truncated ? labels.slice(0, maxSeqLen) : labels);
+  return { inputIds, labels: lab, language: record.language, supervised: countSupervised(lab), truncated };
+}
+
+export interface MicroBatch {
+  /** Row-major [batchSize, seqLen], right-padded. */
+  readonly inputIds: Int32Array;
+  readonly labels: Int32Array;
+  readonly batchSize: number;
+  readonly seqLen: number;
+  /** Supervised tokens in the batch. */
+  readonly supervised: number;
+  /** Non-padding tokens in the batch. */
+  readonly tokens: number;
+}
+
+/**
+ * Right-pad samples to the longest; padding takes label -100, and with causal attention right
+ * padding changes nothing for the real tokens, so no attention mask is needed.
+ */
+export function padBatch(samples: readonly EncodedSample[], padId: number): MicroBatch {
+  const seqLen = Math.max(...samples.map((s) => s.inputIds.length));
+  const B = samples.length;
+  const inputIds = new Int32Array(B * seqLen).fill(padId);
+  const labels = new Int32Array(B * seqLen).fill(IGNORE_INDEX);
+  let supervised = 0;
+  let tokens = 0;
+  samples.forEach((s, b) => {
+    inputIds.set(s.inputIds, b * seqLen);
+    labels.set(s.labels, b * seqLen);
+    supervised += s.supervised;
+    tokens += s.inputIds.length;
+  });
+  return { inputIds, labels, batchSize: B, seqLen, supervised, tokens };
+}

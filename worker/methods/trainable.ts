@@ -1,0 +1,31 @@
+/**
+ * Which tensors a method trains, in HF naming. Everything else stays frozen and is exported
+ * bit-identical to the input.
+ *
+ * - slam: `mlp.up_proj` and `mlp.down_proj` of `layers` (default 0-5), one stage (SLAM, Fan et al.).
+ * - freeze: the chosen `modules` (default: all of a layer) of the chosen `layers`.
+ * - full: every tensor.
+ */
+import { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, type JobSpec } from '../../common/jobspec.js';
+
+export const SLAM_DEFAULT_LAYERS = [0, 1, 2, 3, 4, 5] as const;
+export const SLAM_DEFAULT_MODULES = ['up_proj', 'down_proj'] as const;
+
+function tensorPrefix(layer: number, module: string): string {
+  if ((FFN_MODULES as readonly string[]).includes(module)) return `model.layers.${layer}.mlp.${module}.`;
+  if ((ATTENTION_MODULES as readonly string[]).includes(module)) return `model.layers.${layer}.self_attn.${module}.`;
+  return `model.layers.${layer}.${module}.`;
+}
+
+/** The trainable tensor names among `allNames` (the model's tensors), in the model's order. */
+export function trainableTensorNames(method: JobSpec['spec']['method'], numLayers: number, allNames: readonly string[]): string[] {
+  if (method.name === 'full') return [...allNames];
+  const layers = Array.isArray(method.layers)
+    ? method.layers
+    : method.name === 'slam' ? SLAM_DEFAULT_LAYERS.filter((l) => l < numLayers) : [];
+  const modules: readonly string[] = method.modules ?? (method.name === 'slam' ? SLAM_DEFAULT_MODULES : LAYER_MODULES);
+  const prefixes = layers.flatMap((l) => modules.map((m) => tensorPrefix(l, m)));
+  const chosen = allNames.filter((n) => prefixes.some((p) => n.startsWith(p)));
+  if (chosen.length === 0) throw new Error(`method ${method.name} selects no tensor of this model (layers ${layers.join(',')}, modules ${modules.join(',')})`);
+  return chosen;
+}
