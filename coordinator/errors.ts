@@ -1,0 +1,40 @@
+/** The coordinator's domain errors. gRPC status codes are chosen for them in `grpc-errors.ts`. */
+import { PolytuneError } from '../common/errors.js';
+
+/** No job with this id. */
+export class JobNotFoundError extends PolytuneError {
+  readonly jobId: string;
+  constructor(jobId: string) {
+    super(`job ${jobId} not found`);
+    this.name = 'JobNotFoundError';
+    this.jobId = jobId;
+  }
+}
+
+/** A concurrent writer kept changing the job record; the update gave up. Retryable. */
+export class JobConflictError extends PolytuneError {
+  readonly jobId: string;
+  constructor(jobId: string, options: { cause?: unknown } = {}) {
+    super(`job ${jobId} changed concurrently; try again`, { ...options, retryable: true });
+    this.name = 'JobConflictError';
+    this.jobId = jobId;
+  }
+}
+
+/** A worker stream that broke the Join protocol (e.g. did not start with Hello). */
+export class WorkerProtocolError extends PolytuneError {
+  readonly workerId: string | undefined;
+  constructor(message: string, workerId?: string) {
+    super(message);
+    this.name = 'WorkerProtocolError';
+    this.workerId = workerId;
+  }
+}
+
+/** The coordinator is stopping and does not take the request. Retryable. */
+export class CoordinatorStoppingError extends PolytuneError {
+  constructor() {
+    super('coordinator is shutting down', { retryable: true });
+    this.name = 'CoordinatorStoppingError';
+  }
+}

@@ -1,0 +1,346 @@
+/**
+ * The scheduler: turns Pending jobs into gangs of idle workers, follows their progress and
+ * results, and ends jobs (Succeeded, Failed, Cancelled). Every decision is written to the job
+ * store before it is acted on; state changes go through the store's compare-and-set. Decisions are
+ * taken one at a time (a promise chain), so two of them never interleave in this process.
+ *
+ * Fault tolerance is basic for now: a worker lost during a Running job fails the job and cancels
+ * the survivors; a coordinator that starts and finds Running jobs puts them back to Pending (their
+ * workers' streams died with the old coordinator), and the next gang gets generation + 1.
+ */
+import { errorMessage } from '../common/errors.js';
+import type { JobSpec } from '../common/jobspec.js';
+import { silentLogger, type Logger } from '../common/logging.js';
+import type { Progress__Output, Result__Output } from '../proto/index.js';
+import { CoordinatorStoppingError } from './errors.js';
+import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
+import type { JobStore } from './job-store.js';
+import { WorkerStatus, type RegistryEvent, type WorkerInfo, type WorkerRegistry } from './worker-registry.js';
+
+/** @default at most one progress write per job every 500 ms. */
+export const DEFAULT_PROGRESS_FLUSH_MS = 500;
+
+export interface SchedulerOptions {
+  store: JobStore;
+  registry: WorkerRegistry;
+  /** Sent to workers in their Assignment (`nats_url`). */
+  workerNatsUrl: string;
+  /** @default DEFAULT_PROGRESS_FLUSH_MS */
+  progressFlushMs?: number;
+  logger?: Logger;
+}
+
+interface PendingProgress {
+  generation: number;
+  progress: Progress__Output;
+}
+
+interface GangState {
+  generation: number;
+  done: Set<number>;
+  rank0?: Result__Output;
+}
+
+function randomSuffix(n = 5): string {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
+  let s = '';
+  for (let i = 0; i < n; i++) s += alphabet[Math.floor(Math.random() * alphabet.length)];
+  return s;
+}
+
+/** A job id: the spec's metadata.name, '-', 5 random characters (still a DNS label when the name allows). */
+export function newJobId(name: string): string {
+  return `${name.slice(0, 57)}-${randomSuffix()}`;
+}
+
+export class Scheduler {
+  private readonly store: JobStore;
+  private readonly registry: WorkerRegistry;
+  private readonly workerNatsUrl: string;
+  private readonly flushMs: number;
+  private readonly logger: Logger;
+  private chain: Promise<void> = Promise.resolve();
+  private scheduleQueued = false;
+  private stopping = false;
+  private unsubscribe: (() => void) | undefined;
+  private readonly pendingProgress = new Map<string, PendingProgress>();
+  private readonly flushTimers = new Map<string, NodeJS.Timeout>();
+  private readonly lastFlush = new Map<string, number>();
+  private readonly firstLoss = new Map<string, { generation: number; loss: number }>();
+  private readonly gangs = new Map<string, GangState>();
+
+  constructor(options: SchedulerOptions) {
+    this.store = options.store;
+    this.registry = options.registry;
+    this.workerNatsUrl = options.workerNatsUrl;
+    this.flushMs = options.progressFlushMs ?? DEFAULT_PROGRESS_FLUSH_MS;
+    this.logger = options.logger ?? silentLogger;
+  }
+
+  /** Recovers jobs left Running by a previous coordinator, then listens to the registry. */
+  async start(): Promise<void> {
+    for (const job of await this.store.list()) {
+      if (job.state !== JobState.Running) continue;
+      const { changed } = await this.store.update(job.id, (r) => {
+        if (r.state !== JobState.Running) return null;
+        return { ...r, state: JobState.Pending, workers: [] };
+      });
+      if (changed) this.logger.warn('job was Running under a previous coordinator; back to Pending', { job: job.id, generation: job.generation });
+    }
+    this.unsubscribe = this.registry.on((e) => this.onRegistryEvent(e));
+    this.kick();
+  }
+
+  /** Runs `fn` after every decision queued before it. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn);
+    this.chain = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  /** Stores a new Pending job for an already validated spec. */
+  async submit(spec: JobSpec, numLayers: number, totalSteps: number): Promise<JobRecord> {
+    if (this.stopping) throw new CoordinatorStoppingError();
+    for (;;) {
+      const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers);
+      record.totalSteps = totalSteps;
+      try {
+        await this.store.create(record);
+      } catch (e) {
+        if (await this.store.get(record.id)) continue; // id collision: draw another suffix
+        throw e;
+      }
+      this.logger.info('job submitted', { job: record.id, workers: spec.spec.workers.count, totalSteps });
+      this.kick();
+      return record;
+    }
+  }
+
+  /** Cancels a job that has not finished; a finished job is returned as it is. */
+  async cancel(jobId: string, reason = 'cancelled by user'): Promise<JobRecord> {
+    return this.serial(async () => {
+      const { record, changed } = await this.store.update(jobId, (r) => {
+        if (isTerminal(r.state)) return null;
+        return { ...r, state: JobState.Cancelled, error: reason, finishedAt: Date.now() };
+      });
+      if (changed) {
+        this.logger.info('job cancelled', { job: jobId, reason });
+        this.endGang(record, reason, undefined);
+      }
+      return record;
+    });
+  }
+
+  /** Asks for a scheduling pass; passes asked for while one is queued are merged. */
+  kick(): void {
+    if (this.scheduleQueued || this.stopping) return;
+    this.scheduleQueued = true;
+    this.serial(async () => {
+      this.scheduleQueued = false;
+      await this.schedulePass();
+    }).catch((e: unknown) => this.logger.error('scheduling pass failed', { error: errorMessage(e) }));
+  }
+
+  private async schedulePass(): Promise<void> {
+    if (this.stopping) return;
+    const pending = (await this.store.list()).filter((j) => j.state === JobState.Pending).sort((a, b) => a.createdAt - b.createdAt);
+    for (const job of pending) {
+      const count = job.spec.spec.workers.count;
+      const idle = this.registry.idle();
+      if (idle.length < count) continue;
+      const gang = idle.slice(0, count);
+      const generation = job.generation + 1;
+      const workers = gang.map((w) => w.id);
+      gang.forEach((w, rank) => this.registry.assign(w.id, { jobId: job.id, generation, rank }));
+      let record: JobRecord;
+      try {
+        const res = await this.store.update(job.id, (r) => {
+          if (r.state !== JobState.Pending || r.generation !== job.generation) return null;
+          return {
+            ...r, state: JobState.Running, generation, workers, startedAt: Date.now(), error: '',
+            step: 0, epoch: 0, firstLoss: null, lastLoss: null, tokensPerSecond: 0, elapsedSeconds: 0,
+          };
+        });
+        if (!res.changed) {
+          for (const w of gang) this.registry.release(w.id);
+          continue;
+        }
+        record = res.record;
+      } catch (e) {
+        for (const w of gang) this.registry.release(w.id);
+        throw e;
+      }
+      this.gangs.set(job.id, { generation, done: new Set() });
+      const specJson = JSON.stringify(record.spec);
+      this.logger.info('gang formed', { job: job.id, generation, workers });
+      gang.forEach((w, rank) => {
+        this.registry.send(w.id, {
+          assignment: {
+            jobId: job.id, generation, rank, worldSize: count, specJson, natsUrl: this.workerNatsUrl, totalSteps: record.totalSteps,
+          },
+        });
+      });
+    }
+  }
+
+  private onRegistryEvent(e: RegistryEvent): void {
+    switch (e.type) {
+      case 'joined':
+      case 'idle':
+        this.kick();
+        return;
+      case 'lost':
+        this.serial(() => this.onWorkerLost(e.worker, e.reason))
+          .catch((err: unknown) => this.logger.error('handling a lost worker failed', { worker: e.worker.id, error: errorMessage(err) }));
+        return;
+    }
+  }
+
+  private async onWorkerLost(worker: WorkerInfo, reason: string): Promise<void> {
+    const ref = worker.job;
+    if (!ref || worker.status !== WorkerStatus.Busy) return;
+    const error = `worker ${worker.id} (rank ${ref.rank}) lost: ${reason}`;
+    const { record, changed } = await this.store.update(ref.jobId, (r) => {
+      if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
+      return { ...r, state: JobState.Failed, error, finishedAt: Date.now() };
+    });
+    if (changed) {
+      this.logger.warn('job failed: worker lost', { job: ref.jobId, worker: worker.id, reason });
+      this.endGang(record, error, worker.id);
+    }
+  }
+
+  /** Sends Cancel to the gang's workers still on this job (except `except`) and frees them. */
+  private endGang(record: JobRecord, reason: string, except: string | undefined): void {
+    this.dropJobState(record.id);
+    for (const id of record.workers) {
+      if (id === except) continue;
+      const w = this.registry.get(id);
+      if (!w?.job || w.job.jobId !== record.id || w.job.generation !== record.generation) continue;
+      if (w.status !== WorkerStatus.Busy) continue;
+      this.registry.send(id, { cancel: { jobId: record.id, reason } });
+      this.registry.release(id, { drain: true });
+    }
+  }
+
+  private dropJobState(jobId: string): void {
+    const t = this.flushTimers.get(jobId);
+    if (t) clearTimeout(t);
+    this.flushTimers.delete(jobId);
+    this.pendingProgress.delete(jobId);
+    this.lastFlush.delete(jobId);
+    this.firstLoss.delete(jobId);
+    this.gangs.delete(jobId);
+  }
+
+  /** Worker `workerId` reports progress; rank 0's updates the job (throttled). */
+  onProgress(workerId: string, p: Progress__Output): void {
+    const w = this.registry.get(workerId);
+    if (!w?.job || w.status !== WorkerStatus.Busy || w.job.jobId !== p.jobId || w.job.generation !== p.generation) return;
+    if (w.job.rank !== 0) return;
+    const jobId = p.jobId;
+    if (!this.firstLoss.has(jobId) || this.firstLoss.get(jobId)?.generation !== p.generation) {
+      this.firstLoss.set(jobId, { generation: p.generation, loss: p.loss });
+    }
+    this.pendingProgress.set(jobId, { generation: p.generation, progress: p });
+    if (this.flushTimers.has(jobId)) return;
+    const wait = Math.max(0, (this.lastFlush.get(jobId) ?? 0) + this.flushMs - Date.now());
+    const timer = setTimeout(() => {
+      this.flushTimers.delete(jobId);
+      this.serial(() => this.flushProgress(jobId))
+        .catch((e: unknown) => this.logger.error('progress write failed', { job: jobId, error: errorMessage(e) }));
+    }, wait);
+    timer.unref();
+    this.flushTimers.set(jobId, timer);
+  }
+
+  private async flushProgress(jobId: string): Promise<void> {
+    const pending = this.pendingProgress.get(jobId);
+    if (!pending) return;
+    this.pendingProgress.delete(jobId);
+    this.lastFlush.set(jobId, Date.now());
+    const p = pending.progress;
+    const first = this.firstLoss.get(jobId);
+    await this.store.update(jobId, (r) => {
+      if (r.state !== JobState.Running || r.generation !== pending.generation) return null;
+      return {
+        ...r,
+        step: p.step,
+        totalSteps: p.totalSteps || r.totalSteps,
+        epoch: p.epoch,
+        lastLoss: p.loss,
+        firstLoss: r.firstLoss ?? (first?.generation === pending.generation ? first.loss : p.loss),
+        tokensPerSecond: p.tokensPerSecond,
+        elapsedSeconds: p.elapsedSeconds,
+      };
+    });
+  }
+
+  /** Worker `workerId` reports the end of its assignment. */
+  onResult(workerId: string, res: Result__Output): Promise<void> {
+    return this.serial(() => this.handleResult(workerId, res));
+  }
+
+  private async handleResult(workerId: string, res: Result__Output): Promise<void> {
+    const w = this.registry.get(workerId);
+    if (!w?.job || w.job.jobId !== res.jobId || w.job.generation !== res.generation) return;
+    const ref = w.job;
+    const wasBusy = w.status === WorkerStatus.Busy;
+    this.registry.release(workerId);
+    if (!wasBusy) return; // a cancelled worker confirming it stopped
+    const gang = this.gangs.get(res.jobId);
+    if (!res.ok) {
+      const error = `rank ${ref.rank} (worker ${workerId}): ${res.error || 'failed without a message'}`;
+      const { record, changed } = await this.store.update(res.jobId, (r) => {
+        if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
+        return { ...r, state: JobState.Failed, error, finishedAt: Date.now() };
+      });
+      if (changed) {
+        this.logger.warn('job failed', { job: res.jobId, error });
+        this.endGang(record, `job failed: ${error}`, workerId);
+      }
+      return;
+    }
+    if (!gang || gang.generation !== ref.generation) return;
+    gang.done.add(ref.rank);
+    if (ref.rank === 0) gang.rank0 = res;
+    const current = await this.store.get(res.jobId);
+    if (!current) return;
+    if (gang.done.size < current.record.spec.spec.workers.count || !gang.rank0) return;
+    const r0 = gang.rank0;
+    await this.flushProgress(res.jobId);
+    const { changed } = await this.store.update(res.jobId, (r) => {
+      if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
+      return {
+        ...r,
+        state: JobState.Succeeded,
+        step: r0.steps || r.step,
+        lastLoss: r0.steps > 0 ? r0.finalLoss : r.lastLoss,
+        firstLoss: r0.steps > 0 ? r0.firstLoss : r.firstLoss,
+        outputDir: r0.outputDir || r.outputDir,
+        finishedAt: Date.now(),
+      };
+    });
+    this.dropJobState(res.jobId);
+    if (changed) this.logger.info('job succeeded', { job: res.jobId, steps: r0.steps, finalLoss: r0.finalLoss });
+  }
+
+  /** Stops scheduling, writes pending progress, waits for decisions in flight. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.unsubscribe?.();
+    for (const t of this.flushTimers.values()) clearTimeout(t);
+    this.flushTimers.clear();
+    const jobs = [...this.pendingProgress.keys()];
+    await this.serial(async () => {
+      for (const id of jobs) {
+        try {
+          await this.flushProgress(id);
+        } catch (e) {
+          this.logger.warn('progress write at shutdown failed', { job: id, error: errorMessage(e) });
+        }
+      }
+    });
+  }
+}
