@@ -1,0 +1,9 @@
+/** Collective operations between a job's workers over core NATS. */
+export {
+  GradientAllReduce,
+  DEFAULT_ALLREDUCE_TIMEOUT_MS,
+  DEFAULT_ALLREDUCE_FLUSH_BYTES,
+} from './gradient-allreduce.js';
+export type { AllReduceOptions, AllReduceStats } from './gradient-allreduce.js';
+export { CHUNK_HEADER_BYTES, ChunkKind, ChunkDtype, ChunkDecodeError, encodeChunkHeader, decodeChunkHeader } from './chunk-header.js';
+export type { ChunkHeader } from './chunk-header.js';
