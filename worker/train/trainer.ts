@@ -1,0 +1,226 @@
+/**
+ * The training loop of one rank. Per optimizer step:
+ *
+ *   1. take this rank's share of the step's global batch (common/data-plan.ts), in micro-batches;
+ *   2. compute the gradient of the summed token NLL of each micro-batch, accumulated on the device;
+ *   3. all-reduce [nll sum, supervised tokens, tokens, ...gradients] over NATS, summed in rank order;
+ *   4. divide by the global number of supervised tokens (DESIGN.md's loss), clip, and apply the
+ *      optimizer to the float32 master copies; every rank does the same arithmetic on the same
+ *      numbers, so every rank ends the step with bit-identical parameters.
+ *
+ * computeGradients → all-reduce → applyGradients is the seam; every device step runs in `tf.tidy`.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPosition, type StepPlan } from '../../common/data-plan.js';
+import { UserError } from '../../common/errors.js';
+import type { JobSpec } from '../../common/jobspec.js';
+import { silentLogger, type Logger } from '../../common/logging.js';
+import { readTrainingRecords, type DataRecord } from '../../common/records.js';
+import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
+import { trainableTensorNames } from '../methods/trainable.js';
+import { LlamaModel } from '../model/llama.js';
+import { readLlamaConfig } from '../model/config.js';
+import { listModelTensors } from '../model/safetensors.js';
+import { ModelTokenizer } from '../model/tokenizer.js';
+import { writeCheckpoint, writeFinalOutputs } from './outputs.js';
+import { clipGradNorm, createOptimizer } from './optimizers.js';
+import { learningRate } from './schedule.js';
+
+/** Sums `data` over all ranks in rank order; identical on every rank. */
+export type AllReduceFn = (step: number, data: Float32Array) => Promise<Float32Array>;
+
+export interface StepReport {
+  /** Optimizer steps completed (1-based). */
+  readonly step: number;
+  readonly totalSteps: number;
+  readonly epoch: number;
+  /** Mean token NLL over the global batch (DESIGN.md's loss). */
+  readonly loss: number;
+  readonly lr: number;
+  readonly gradNorm: number;
+  /** Non-padding tokens of the global batch per second of this step. */
+  readonly tokensPerSecond: number;
+  readonly supervisedTokens: number;
+  readonly stepSeconds: number;
+}
+
+export interface TrainResult {
+  readonly steps: number;
+  readonly firstLoss: number;
+  readonly finalLoss: number;
+  readonly outputDir: string;
+  readonly seconds: number;
+  readonly truncatedSamples: number;
+}
+
+export interface TrainerOptions {
+  readonly spec: JobSpec;
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly allReduce: AllReduceFn;
+  readonly onStep?: (report: StepReport) => void;
+  readonly signal?: AbortSignal;
+  readonly logger?: Logger;
+}
+
+/** Encodes samples on first use and keeps them: a rank touches only its shares. */
+class SampleCache {
+  private readonly cache = new Map<number, EncodedSample>();
+  truncated = 0;
+  constructor(
+    private readonly records: readonly DataRecord[],
+    private readonly tokenizer: ModelTokenizer & { eosId: number },
+    private readonly template: string,
+    private readonly maxSeqLen: number,
+  ) {}
+  get(index: number): EncodedSample {
+    let s = this.cache.get(index);
+    if (!s) {
+      s = encodeRecord(this.records[index]!, this.tokenizer, this.template, this.maxSeqLen);
+      if (s.truncated) this.truncated++;
+      this.cache.set(index, s);
+    }
+    return s;
+  }
+}
+
+export async function train(options: TrainerOptions): Promise<TrainResult> {
+  const { spec, rank, worldSize, allReduce, signal } = options;
+  const log = options.logger ?? silentLogger;
+  const s = spec.spec;
+  const started = performance.now();
+
+  const config = await readLlamaConfig(s.model.path);
+  const tensors = await listModelTensors(s.model.path);
+  const model = await LlamaModel.load(s.model.path, {
+    trainable: new Set(trainableTensorNames(s.method, config.numHiddenLayers, [...tensors.keys()])),
+  });
+  try {
+    const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
+    if (tokenizer.eosId === undefined) throw new UserError(`${s.model.path}: the tokenizer has no EOS token`);
+    const records = await readTrainingRecords(s.data.train);
+    const samples = new SampleCache(records, tokenizer as ModelTokenizer & { eosId: number }, s.data.template, s.data.maxSeqLen);
+    const padId = tokenizer.padId ?? tokenizer.eosId;
+    const plan: StepPlan = planSteps(records.length, s.training);
+
+    const names = model.trainableNames;
+    const vars = names.map((n) => model.variable(n));
+    const master = vars.map((v) => v.dataSync() as Float32Array).map((a) => Float32Array.from(a));
+    const sizes = master.map((m) => m.length);
+    const totalParams = sizes.reduce((a, b) => a + b, 0);
+    const optimizer = createOptimizer(s.training.optimizer);
+    log.info('training', {
+      rank, worldSize, samples: plan.numSamples, steps: plan.totalSteps, trainableTensors: names.length, trainableParams: totalParams,
+    });
+
+    let order: Uint32Array | undefined;
+    let orderEpoch = -1;
+    let firstLoss = NaN;
+    let lastLoss = NaN;
+    const HEAD = 3; // [nll sum, supervised tokens, tokens] ahead of the gradients
+
+    for (let step = 0; step < plan.totalSteps; step++) {
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('training cancelled');
+      const t0 = performance.now();
+      const { epoch, stepInEpoch } = stepPosition(plan, step);
+      if (epoch !== orderEpoch) {
+        order = epochOrder(plan.numSamples, epoch, s.data.shuffle, s.training.seed);
+        orderEpoch = epoch;
+      }
+      const mine = rankShare(globalBatch(plan, order!, stepInEpoch), rank, worldSize);
+
+      // 1-2. Gradients of the summed NLL, accumulated on the device across micro-batches.
+      let acc: tf.Tensor[] | undefined;
+      let nllSum = 0;
+      let supervised = 0;
+      let tokens = 0;
+      for (const mb of microBatches(mine, s.training.microBatchSize)) {
+        const batch = padBatch(mb.map((i) => samples.get(i)), padId);
+        supervised += batch.supervised;
+        tokens += batch.tokens;
+        if (batch.supervised === 0) continue;
+        const { value, grads } = tf.tidy(() => {
+          const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
+          const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
+          const r = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+          const g = names.map((n) => r.grads[n]!);
+          const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
+          return { value: r.value, grads: summed };
+        });
+        acc?.forEach((t) => t.dispose());
+        acc = grads;
+        nllSum += (await value.data())[0]!;
+        value.dispose();
+      }
+
+      // 3. One buffer, one all-reduce.
+      const flat = new Float32Array(HEAD + totalParams);
+      flat[0] = nllSum;
+      flat[1] = supervised;
+      flat[2] = tokens;
+      if (acc) {
+        let off = HEAD;
+        for (const g of acc) {
+          flat.set(await g.data() as Float32Array, off);
+          off += g.size;
+          g.dispose();
+        }
+      }
+      const reduced = await allReduce(step, flat);
+
+      // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.
+      const globalSupervised = reduced[1]!;
+      const globalTokens = reduced[2]!;
+      const lr = learningRate(s.training.optimizer.lr, s.training.schedule, step, plan.totalSteps);
+      let gradNorm = 0;
+      let loss = NaN;
+      if (globalSupervised > 0) {
+        loss = reduced[0]! / globalSupervised;
+        const grads: Float32Array[] = [];
+        let off = HEAD;
+        for (const n of sizes) {
+          const g = reduced.subarray(off, off + n);
+          for (let j = 0; j < n; j++) g[j] = g[j]! / globalSupervised;
+          grads.push(g);
+          off += n;
+        }
+        gradNorm = clipGradNorm(grads, s.training.gradClip);
+        optimizer.step(master, grads, lr);
+        vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(master[i]!, v.shape))));
+      } else {
+        log.warn('a global batch without supervised tokens: no update', { step });
+      }
+      if (Number.isNaN(firstLoss)) firstLoss = loss;
+      lastLoss = loss;
+
+      const stepSeconds = (performance.now() - t0) / 1000;
+      options.onStep?.({
+        step: step + 1, totalSteps: plan.totalSteps, epoch, loss, lr, gradNorm,
+        tokensPerSecond: globalTokens / stepSeconds, supervisedTokens: globalSupervised, stepSeconds,
+      });
+
+      const every = s.checkpoint.everySteps;
+      if (rank === 0 && every > 0 && (step + 1) % every === 0 && step + 1 < plan.totalSteps) {
+        await writeCheckpoint({
+          outputDir: s.output.dir, step: step + 1, keep: s.checkpoint.keep,
+          trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
+          optimizer: optimizer.state(), cursor: { nextStep: step + 1, epoch: stepPosition(plan, step + 1).epoch },
+        });
+      }
+    }
+
+    if (rank === 0) {
+      await writeFinalOutputs({
+        modelDir: s.model.path, outputDir: s.output.dir, model,
+        trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
+        inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
+      });
+    }
+    return {
+      steps: plan.totalSteps, firstLoss, finalLoss: lastLoss, outputDir: s.output.dir,
+      seconds: (performance.now() - started) / 1000, truncatedSamples: samples.truncated,
+    };
+  } finally {
+    model.dispose();
+  }
+}
