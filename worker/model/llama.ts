@@ -1,0 +1,490 @@
+/**
+ * The LLaMA-family decoder (LLaMA, Mistral, Qwen2) in TensorFlow.js, float32, following HF
+ * transformers' `modeling_llama.py` op for op:
+ *
+ *   x = embed_tokens[ids]
+ *   per layer:  h = RMSNorm(x);  x = x + o_proj(Attention(RoPE(q_proj h), RoPE(k_proj h), v_proj h))
+ *               h = RMSNorm(x);  x = x + down_proj(silu(gate_proj h) * up_proj h)
+ *   logits = lm_head(RMSNorm(x))          (lm_head = embed_tokens when tied)
+ *
+ * Linear weights stay in the HF layout [out, in] and are applied as `matMul(x, W, false, true)`.
+ * Activations are kept as 2-D [B*T, hidden] between layers so that every projection is one plain
+ * matMul. Every op between a trainable parameter and the loss has a gradient that runs on the wasm
+ * backend: row gathers go through `gatherRows` (gradient = ScatterNd), and the loss head is a
+ * custom-gradient op that never materialises a one-hot tensor.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { ModelLoadError, UserError } from '../../common/errors.js';
+import { silentLogger, type Logger } from '../../common/logging.js';
+import { expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
+import { ropeTables } from './rope.js';
+import { listModelTensors, readModelTensors, type NamedTensor } from './safetensors.js';
+
+/** The label value that takes no loss, as in HF / PyTorch's CrossEntropyLoss. */
+export const IGNORE_INDEX = -100;
+
+/** Additive attention-mask value for a masked key: exp(-1e9 - max) is exactly 0 in float32. */
+export const MASKED = -1e9;
+
+/**
+ * Rows of the loss head's logits computed at once (rows x vocab floats). Above
+ * `SAVE_LOGITS_MAX_ELEMS` logits in total, the backward pass recomputes them chunk by chunk
+ * instead of keeping them, bounding memory at the cost of one more lm_head matMul.
+ */
+const HEAD_CHUNK_ELEMS = 16 * 1024 * 1024;
+const SAVE_LOGITS_MAX_ELEMS = 64 * 1024 * 1024;
+
+/** Per layer, keys and values after RoPE, [B, numKeyValueHeads, length, headDim]. */
+export interface KvCache {
+  readonly k: readonly tf.Tensor4D[];
+  readonly v: readonly tf.Tensor4D[];
+  /** Positions (columns) already in the cache, padding included. */
+  readonly length: number;
+}
+
+export interface ForwardOptions {
+  /** Position ids [B*T], row-major; @default 0..T-1 for every row (after the cache length) */
+  positions?: Int32Array;
+  /**
+   * Additive mask broadcastable to [B, numKeyValueHeads, groups, T, cacheLength + T]: 0 where a
+   * query may attend, `MASKED` elsewhere. @default causal
+   */
+  mask?: tf.Tensor;
+  /** Keys and values of earlier positions; the result then carries the extended cache. */
+  cache?: KvCache;
+  /** Return the extended cache (also when `cache` is absent: a prefill). @default !!cache */
+  returnCache?: boolean;
+}
+
+export interface ForwardResult {
+  /** The final-norm hidden states, [B*T, hiddenSize]. */
+  hidden: tf.Tensor2D;
+  cache?: KvCache;
+}
+
+export interface LoadOptions {
+  /** HF names of the parameters that train: they become trainable `tf.Variable`s. @default none */
+  trainable?: ReadonlySet<string>;
+  logger?: Logger;
+}
+
+/**
+ * `table[indices]` along axis 0, with a gradient for `table` that runs on every backend:
+ * ScatterNd (which sums duplicate indices) instead of UnsortedSegmentSum, which wasm lacks.
+ */
+export function gatherRows(table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D {
+  const shape = table.shape;
+  return customOp([table, indices], ([t, idx], save) => {
+    save([idx!]);
+    return {
+      value: tf.gather(t!, idx!),
+      gradFunc: (dy, [i]) => [tf.scatterND(tf.expandDims(i!, 1), dy, shape), tf.zerosLike(i!)],
+    };
+  }) as tf.Tensor2D;
+}
+
+type CustomOpForward = (
+  inputs: tf.Tensor[],
+  save: tf.GradSaveFunc,
+) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
+
+/**
+ * `tf.customGrad` with typed inputs: `forward` runs untaped and returns the value and a gradient
+ * function giving one gradient per input. Tensors the gradient needs must go through `save`
+ * (anything else created in the forward pass may be disposed before the backward pass runs).
+ */
+function customOp(inputs: tf.Tensor[], forward: CustomOpForward): tf.Tensor {
+  const f = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const r = forward(args.slice(0, -1) as tf.Tensor[], save);
+    return { value: r.value, gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => r.gradFunc(dy as tf.Tensor, saved) };
+  });
+  return f(...inputs);
+}
+
+/** HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, over the last axis. */
+export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
+  const variance = tf.mean(tf.square(x), -1, true);
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(variance, eps))), weight);
+}
+
+/** x [B, T, n, D] rotated: x*cos + rotate_half(x)*sin, with `sin` pre-signed (see ropeTables). */
+function applyRope(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor4D {
+  const [b, t, n, d] = x.shape;
+  // [x1, x2] -> [x2, x1]: an exact reverse over a [2, d/2] view of the last axis.
+  const swapped = tf.reshape<tf.Rank.R4>(tf.reverse(tf.reshape(x, [b, t, n, 2, d / 2]), 3), [b, t, n, d]);
+  return tf.add(tf.mul(x, cos), tf.mul(swapped, sin));
+}
+
+/** Upper-triangular additive causal mask [1, 1, 1, T, past + T]: query i sees keys j <= past + i. */
+export function causalMask(t: number, past = 0): tf.Tensor {
+  const tk = past + t;
+  const m = new Float32Array(t * tk);
+  for (let i = 0; i < t; i++) for (let j = past + i + 1; j < tk; j++) m[i * tk + j] = MASKED;
+  return tf.tensor(m, [1, 1, 1, t, tk]);
+}
+
+let modelSeq = 0;
+
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly trainableNames: readonly string[];
+  private readonly params = new Map<string, tf.Tensor>();
+  private readonly vars = new Map<string, tf.Variable>();
+  private disposed = false;
+
+  private constructor(config: LlamaConfig, trainableNames: readonly string[]) {
+    this.config = config;
+    this.trainableNames = trainableNames;
+  }
+
+  /**
+   * Loads `dir` (config.json and safetensors, single or sharded), streaming tensor by tensor.
+   * Every expected tensor must be present with the expected shape; `trainable` names must be
+   * parameters of this model.
+   */
+  static async load(dir: string, options: LoadOptions = {}): Promise<LlamaModel> {
+    const log = options.logger ?? silentLogger;
+    const config = await readLlamaConfig(dir);
+    const expected = expectedTensorShapes(config);
+    const listing = await listModelTensors(dir);
+    for (const [name, shape] of expected) {
+      const info = listing.get(name);
+      if (!info) throw new ModelLoadError(dir, 'tensor missing from the model files', { tensor: name });
+      if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+        throw new ModelLoadError(info.file, `shape [${info.shape.join(', ')}] does not match config.json's [${shape.join(', ')}]`, { tensor: name });
+      }
+    }
+    const trainable = LlamaModel.checkTrainable(config, options.trainable);
+    const model = new LlamaModel(config, trainable);
+    const started = Date.now();
+    try {
+      for await (const t of readModelTensors(dir, expected.keys())) model.adopt(t, trainable.includes(t.name));
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    log.info('model loaded', { dir, tensors: expected.size, trainable: trainable.length, ms: Date.now() - started });
+    return model;
+  }
+
+  /** Builds a model from tensors already in memory (HF names and shapes). */
+  static fromTensors(config: LlamaConfig, tensors: Iterable<NamedTensor>, options: LoadOptions = {}): LlamaModel {
+    const expected = expectedTensorShapes(config);
+    const trainable = LlamaModel.checkTrainable(config, options.trainable);
+    const model = new LlamaModel(config, trainable);
+    try {
+      for (const t of tensors) {
+        const shape = expected.get(t.name);
+        if (!shape) continue;
+        if (t.shape.join(',') !== shape.join(',')) throw new UserError(`tensor ${t.name}: shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+        model.adopt(t, trainable.includes(t.name));
+      }
+      for (const name of expected.keys()) if (!model.params.has(name)) throw new UserError(`tensor ${name} missing`);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  }
+
+  private static checkTrainable(config: LlamaConfig, names: ReadonlySet<string> | undefined): string[] {
+    const expected = expectedTensorShapes(config);
+    const out: string[] = [];
+    for (const name of names ?? []) {
+      if (!expected.has(name)) {
+        const hint = name === 'lm_head.weight' && config.tieWordEmbeddings ? ' (lm_head is tied to model.embed_tokens.weight)' : '';
+        throw new UserError(`trainable tensor ${JSON.stringify(name)} is not a parameter of this model${hint}`);
+      }
+      out.push(name);
+    }
+    // In HF order, so that every rank lists them identically.
+    const order = [...expected.keys()];
+    return out.sort((a, b) => order.indexOf(a) - order.indexOf(b));
+  }
+
+  private adopt(t: NamedTensor, trainable: boolean): void {
+    const init = tf.tensor(t.data, t.shape, 'float32');
+    if (trainable) {
+      const v = tf.variable(init, true, `polytune/${modelSeq++}/${t.name}`);
+      init.dispose();
+      this.vars.set(t.name, v);
+      this.params.set(t.name, v);
+    } else this.params.set(t.name, init);
+  }
+
+  private live(): void {
+    if (this.disposed) throw new Error('LlamaModel used after dispose()');
+  }
+
+  /** A trainable parameter. */
+  variable(name: string): tf.Variable {
+    this.live();
+    const v = this.vars.get(name);
+    if (!v) throw new Error(`${name} is not a trainable parameter`);
+    return v;
+  }
+
+  /** Any parameter, by HF name (`lm_head.weight` resolves to the embedding when tied). */
+  tensor(name: string): tf.Tensor {
+    this.live();
+    const key = name === 'lm_head.weight' && this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
+    const t = this.params.get(key);
+    if (!t) throw new Error(`${name} is not a parameter of this model`);
+    return t;
+  }
+
+  /** Parameter names in HF order (no `lm_head.weight` when tied). */
+  get parameterNames(): string[] {
+    return [...expectedTensorShapes(this.config).keys()];
+  }
+
+  private p(layer: number, suffix: string): tf.Tensor {
+    return this.params.get(layerTensorName(layer, suffix))!;
+  }
+
+  private linear(x: tf.Tensor2D, layer: number, proj: string, bias: boolean): tf.Tensor2D {
+    const y = tf.matMul(x, this.p(layer, `${proj}.weight`) as tf.Tensor2D, false, true);
+    return bias ? tf.add<tf.Tensor2D>(y, this.p(layer, `${proj}.bias`)) : y;
+  }
+
+  /**
+   * The decoder up to the final norm. `inputIds` int32 [B, T]. Returns [B*T, hiddenSize], and
+   * with a cache (or `returnCache`) the keys/values extended by these T positions.
+   */
+  forwardHidden(inputIds: tf.Tensor2D, options: ForwardOptions = {}): ForwardResult {
+    this.live();
+    const c = this.config;
+    const [B, T] = inputIds.shape;
+    const past = options.cache?.length ?? 0;
+    const nH = c.numAttentionHeads;
+    const nKV = c.numKeyValueHeads;
+    const D = c.headDim;
+    const groups = nH / nKV;
+    const wantCache = options.returnCache ?? options.cache !== undefined;
+
+    // RoPE tables [rows, T, 1, D]. The 1/sqrt(D) attention scale is folded into q's tables:
+    // (s q) k^T = s (q k^T), saving an elementwise pass over the scores.
+    let positions = options.positions;
+    let rows = B;
+    if (!positions) {
+      positions = new Int32Array(T);
+      for (let t = 0; t < T; t++) positions[t] = past + t;
+      rows = 1;
+    }
+    const tables = ropeTables(c, positions);
+    const scale = 1 / Math.sqrt(D);
+    const cos = tf.tensor(tables.cos, [rows, T, 1, D]);
+    const sin = tf.tensor(tables.sin, [rows, T, 1, D]);
+    const cosQ = tf.mul(cos, scale);
+    const sinQ = tf.mul(sin, scale);
+    const mask = options.mask ?? causalMask(T, past);
+
+    const flatIds = tf.reshape(inputIds, [B * T]) as tf.Tensor1D;
+    let x: tf.Tensor2D = gatherRows(this.params.get('model.embed_tokens.weight') as tf.Tensor2D, flatIds);
+    const newK: tf.Tensor4D[] = [];
+    const newV: tf.Tensor4D[] = [];
+
+    for (let l = 0; l < c.numHiddenLayers; l++) {
+      // Self-attention.
+      const h = rmsNorm(x, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
+      const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
+      const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
+      const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
+      let kh: tf.Tensor4D = tf.transpose(k, [0, 2, 1, 3]); // [B, nKV, T, D]
+      let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]);
+      if (options.cache) {
+        kh = tf.concat([options.cache.k[l]!, kh], 2) as tf.Tensor4D;
+        vh = tf.concat([options.cache.v[l]!, vh], 2) as tf.Tensor4D;
+      }
+      if (wantCache) {
+        newK.push(kh);
+        newV.push(vh);
+      }
+      const tk = past + T;
+      // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
+      // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
+      const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
+      const scores = tf.matMul(qg, tf.reshape(kh, [B * nKV, tk, D]), false, true); // [B*nKV, groups*T, tk]
+      const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
+      const ctx = tf.matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
+      const attn = tf.reshape(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]) as tf.Tensor2D;
+      x = tf.add(x, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
+
+      // SwiGLU MLP: down(silu(gate(h)) * up(h)).
+      const h2 = rmsNorm(x, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
+      const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
+      const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
+      x = tf.add(x, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
+    }
+    const hidden = rmsNorm(x, this.params.get('model.norm.weight')!, c.rmsNormEps);
+    return wantCache ? { hidden, cache: { k: newK, v: newV, length: past + T } } : { hidden };
+  }
+
+  /** The output projection weight [V, H]: lm_head, or the embedding when tied. */
+  private get headWeight(): tf.Tensor2D {
+    return this.tensor('lm_head.weight') as tf.Tensor2D;
+  }
+
+  /** Logits for hidden states [N, H] -> [N, V]. */
+  head(hidden: tf.Tensor2D): tf.Tensor2D {
+    return tf.matMul(hidden, this.headWeight, false, true);
+  }
+
+  /** Logits [B, T, V] for int32 input ids [B, T]. */
+  logits(inputIds: tf.Tensor2D): tf.Tensor3D {
+    return tf.tidy(() => {
+      const [B, T] = inputIds.shape;
+      return tf.reshape(this.head(this.forwardHidden(inputIds).hidden), [B, T, this.config.vocabSize]);
+    });
+  }
+
+  /**
+   * The supervised positions under HF's shift: hidden state at (b, t) predicts labels[b, t+1].
+   * Returns flat indices b*T+t, their targets and rows.
+   */
+  private supervised(labels: tf.Tensor2D): { index: Int32Array; target: Int32Array; row: Int32Array } {
+    const [B, T] = labels.shape;
+    const lab = labels.dataSync();
+    const V = this.config.vocabSize;
+    const index: number[] = [];
+    const target: number[] = [];
+    const row: number[] = [];
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t + 1 < T; t++) {
+        const y = lab[b * T + t + 1]!;
+        if (y === IGNORE_INDEX) continue;
+        if (!Number.isInteger(y) || y < 0 || y >= V) throw new UserError(`label ${y} at [${b}, ${t + 1}] is outside the vocabulary [0, ${V})`);
+        index.push(b * T + t);
+        target.push(y);
+        row.push(b);
+      }
+    }
+    return { index: Int32Array.from(index), target: Int32Array.from(target), row: Int32Array.from(row) };
+  }
+
+  /**
+   * Per-token NLL -log softmax(h W^T)[target] for hidden states `hs` [M, H], as one
+   * custom-gradient op: logsumexp - logit[target], with d/dlogits = softmax - onehot applied
+   * without building either [M, V] tensor for the gradient. When the head weight trains (full
+   * tuning, or tied to trainable embeddings) its gradient is computed too.
+   */
+  private tokenNll(hs: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+    const W = this.headWeight;
+    const [M] = hs.shape;
+    const V = this.config.vocabSize;
+    const chunk = Math.max(1, Math.floor(HEAD_CHUNK_ELEMS / V));
+    const keepLogits = M * V <= SAVE_LOGITS_MAX_ELEMS;
+    const wTrains = W instanceof tf.Variable && W.trainable;
+
+    const parts: Array<{ start: number; size: number }> = [];
+    for (let s = 0; s < M; s += chunk) parts.push({ start: s, size: Math.min(chunk, M - s) });
+
+    // Inputs: hs, targets, and W only when it trains (a frozen W gets no gradient computed).
+    const inputs: tf.Tensor[] = wTrains ? [hs, targets, W] : [hs, targets];
+    return customOp(inputs, ([h, tg], save) => {
+      const lses: tf.Tensor[] = [];
+      const kept: tf.Tensor[] = [];
+      for (const { start, size } of parts) {
+        const logits = tf.matMul(tf.slice(h!, [start, 0], [size, -1]), W, false, true);
+        lses.push(tf.logSumExp(logits, 1));
+        if (keepLogits) kept.push(logits);
+      }
+      const lse = tf.concat(lses, 0);
+      // The target logit as a row dot product <h_m, W[target_m]>: the number the matMul gives.
+      const labelLogit = tf.sum(tf.mul(h!, tf.gather(W, tg!)), 1);
+      save([h!, tg!, lse, ...kept]);
+      return {
+        value: tf.sub(lse, labelLogit),
+        gradFunc: (dy, saved) => {
+          const [sh, stg, slse] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+          const dhParts: tf.Tensor[] = [];
+          let dW: tf.Tensor | undefined;
+          parts.forEach(({ start, size }, i) => {
+            const hc = tf.slice(sh, [start, 0], [size, -1]);
+            const logits = keepLogits ? saved[3 + i]! : tf.matMul(hc, W, false, true);
+            // dy * softmax(logits), the softmax recovered from the saved logsumexp.
+            const p = tf.mul(
+              tf.exp(tf.sub(logits, tf.expandDims(tf.slice(slse, [start], [size]), 1))),
+              tf.expandDims(tf.slice(dy, [start], [size]), 1),
+            );
+            dhParts.push(tf.matMul(p, W));
+            if (wTrains) {
+              const g = tf.matMul(p, hc, true, false);
+              dW = dW ? tf.add(dW, g) : g;
+            }
+          });
+          // minus dy * onehot(target), pushed through the matMul: dh -= dy * W[target].
+          const dyCol = tf.expandDims(dy, 1);
+          const dh = tf.sub(dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0), tf.mul(tf.gather(W, stg), dyCol));
+          const grads: tf.Tensor[] = [dh, tf.zerosLike(stg)];
+          if (wTrains) grads.push(tf.sub(dW!, tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), W.shape)));
+          return grads;
+        },
+      };
+    }) as tf.Tensor1D;
+  }
+
+  /** Per-token NLL of the supervised positions, with their rows. */
+  private supervisedNll(inputIds: tf.Tensor2D, labels: tf.Tensor2D): { nll: tf.Tensor1D | null; hidden: tf.Tensor2D; row: Int32Array } {
+    if (labels.shape[0] !== inputIds.shape[0] || labels.shape[1] !== inputIds.shape[1]) {
+      throw new UserError(`labels shape [${labels.shape.join(', ')}] differs from input_ids shape [${inputIds.shape.join(', ')}]`);
+    }
+    const sup = this.supervised(labels);
+    const { hidden } = this.forwardHidden(inputIds);
+    if (sup.index.length === 0) return { nll: null, hidden, row: sup.row };
+    const hs = gatherRows(hidden, tf.tensor1d(sup.index, 'int32'));
+    return { nll: this.tokenNll(hs, tf.tensor1d(sup.target, 'int32')), hidden, row: sup.row };
+  }
+
+  /**
+   * Sum over supervised tokens of -log p(labels[b,t] | inputIds[b, 0..t-1]) (HF shift: the logits
+   * at t-1 predict labels[t]; -100 takes no loss; labels[:, 0] is never used). A scalar. Right
+   * padding labelled -100 needs no attention mask: attention is causal.
+   */
+  nllSum(inputIds: tf.Tensor2D, labels: tf.Tensor2D): tf.Scalar {
+    return tf.tidy(() => {
+      const { nll, hidden } = this.supervisedNll(inputIds, labels);
+      // No supervised token: zero, still connected to the parameters so that gradients are zeros.
+      if (!nll) return tf.mul(tf.sum(hidden), 0) as tf.Scalar;
+      return tf.sum(nll);
+    });
+  }
+
+  /** Per row: the summed NLL of its supervised tokens and their count. */
+  nllPerRow(inputIds: tf.Tensor2D, labels: tf.Tensor2D): { nll: number[]; tokens: number[] } {
+    const B = inputIds.shape[0];
+    const nll = new Array<number>(B).fill(0);
+    const tokens = new Array<number>(B).fill(0);
+    tf.tidy(() => {
+      const r = this.supervisedNll(inputIds, labels);
+      if (!r.nll) return;
+      const values = r.nll.dataSync();
+      r.row.forEach((b, i) => {
+        nll[b]! += values[i]!;
+        tokens[b]!++;
+      });
+    });
+    return { nll, tokens };
+  }
+
+  /** Every parameter in HF names and shapes, copied out of the backend. */
+  exportTensors(): NamedTensor[] {
+    this.live();
+    return this.parameterNames.map((name) => {
+      const t = this.params.get(name)!;
+      return { name, shape: [...t.shape], data: t.dataSync() as Float32Array };
+    });
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const t of this.params.values()) t.dispose();
+    this.params.clear();
+    this.vars.clear();
+  }
+}
+
+/** Loads a model by directory, reading config.json first (re-exported convenience). */
+export { readLlamaConfig };

@@ -1,0 +1,448 @@
+/**
+ * safetensors reading and writing (https://github.com/huggingface/safetensors): an 8-byte
+ * little-endian header length N, N bytes of JSON `{name: {dtype, shape, data_offsets: [begin, end]},
+ * "__metadata__"?: {string: string}}`, then the tensor bytes; offsets are relative to the end of
+ * the header. TensorFlow.js computes in float32, so F32, F16 and BF16 are widened to Float32Array on
+ * read and narrowed on write. Reading streams tensor by tensor through a file handle: each tensor's
+ * byte range is read straight into the buffer that becomes (or is widened into) its Float32Array.
+ * Typed arrays are little-endian on every platform Node supports in practice (x86-64, arm64).
+ */
+import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ModelLoadError } from '../../common/errors.js';
+
+export const FloatDtype = { F32: 'F32', F16: 'F16', BF16: 'BF16' } as const;
+export type FloatDtype = keyof typeof FloatDtype;
+
+/** Bytes per element of every dtype the format defines (used to validate sizes of any tensor). */
+const DTYPE_BYTES: Readonly<Record<string, number>> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+};
+
+/** A tensor's place in a file, without its data. */
+export interface TensorInfo {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  /** The file holding it. */
+  readonly file: string;
+  /** Absolute byte offsets in `file`, [begin, end). */
+  readonly begin: number;
+  readonly end: number;
+}
+
+export interface NamedTensor {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface SafetensorsHeader {
+  tensors: TensorInfo[];
+  metadata: Record<string, string>;
+}
+
+/** Refuse headers above this size (the reference implementation's limit is 100 MB). */
+const MAX_HEADER_BYTES = 100_000_000;
+
+export const SINGLE_FILE = 'model.safetensors';
+export const INDEX_FILE = 'model.safetensors.index.json';
+
+function prod(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Reads exactly `length` bytes at `position` into `into`, looping over short reads. */
+async function readExactly(fh: FileHandle, file: string, into: Uint8Array, position: number, tensor?: string): Promise<void> {
+  let done = 0;
+  while (done < into.byteLength) {
+    const { bytesRead } = await fh.read(into, done, into.byteLength - done, position + done);
+    if (bytesRead === 0) throw new ModelLoadError(file, 'file is truncated', tensor === undefined ? {} : { tensor });
+    done += bytesRead;
+  }
+}
+
+/** Parses and validates the header of an open safetensors file. */
+async function readHeaderFrom(fh: FileHandle, file: string): Promise<SafetensorsHeader> {
+  const size = (await fh.stat()).size;
+  if (size < 8) throw new ModelLoadError(file, `file is truncated: ${size} bytes, no header length`);
+  const lenBuf = new Uint8Array(8);
+  await readExactly(fh, file, lenBuf, 0);
+  const n = Number(new DataView(lenBuf.buffer).getBigUint64(0, true));
+  if (n < 2 || n > MAX_HEADER_BYTES) throw new ModelLoadError(file, `invalid header length ${n}`);
+  if (8 + n > size) throw new ModelLoadError(file, `file is truncated: header length ${n} exceeds file size ${size}`);
+  const headerBytes = new Uint8Array(n);
+  await readExactly(fh, file, headerBytes, 8);
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    throw new ModelLoadError(file, `header is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ModelLoadError(file, 'header is not a JSON object');
+
+  const dataStart = 8 + n;
+  const dataLen = size - dataStart;
+  const metadata: Record<string, string> = {};
+  const tensors: TensorInfo[] = [];
+  for (const [name, v] of Object.entries(json as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ModelLoadError(file, '__metadata__ must be an object');
+      for (const [k, mv] of Object.entries(v as Record<string, unknown>)) {
+        if (typeof mv !== 'string') throw new ModelLoadError(file, `__metadata__.${k} must be a string`);
+        metadata[k] = mv;
+      }
+      continue;
+    }
+    const bad = (msg: string): never => {
+      throw new ModelLoadError(file, msg, { tensor: name });
+    };
+    if (typeof v !== 'object' || v === null) bad('entry is not an object');
+    const e = v as Record<string, unknown>;
+    const dtype = e['dtype'];
+    const shape = e['shape'];
+    const offsets = e['data_offsets'];
+    if (typeof dtype !== 'string') bad('dtype missing');
+    const elBytes = DTYPE_BYTES[dtype as string];
+    if (elBytes === undefined) bad(`unknown dtype ${JSON.stringify(dtype)}`);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) bad('shape must be a list of non-negative integers');
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+      bad('data_offsets must be [begin, end]');
+    }
+    const [b, en] = offsets as [number, number];
+    if (en < b) bad(`data_offsets [${b}, ${en}] end before begin`);
+    const want = prod(shape as number[]) * elBytes!;
+    if (en - b !== want) bad(`byte size ${en - b} does not match shape [${(shape as number[]).join(', ')}] x ${dtype as string} (${want} bytes)`);
+    if (en > dataLen) {
+      throw new ModelLoadError(file, `file is truncated: data_offsets end ${en} beyond data size ${dataLen}`, { tensor: name });
+    }
+    tensors.push({ name, dtype: dtype as string, shape: shape as number[], file, begin: dataStart + b, end: dataStart + en });
+  }
+  // The data must be covered exactly: sorted by offset, each tensor starts where the last ended.
+  const sorted = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let cursor = dataStart;
+  for (const t of sorted) {
+    if (t.begin !== cursor) {
+      const what = t.begin < cursor ? 'overlaps the previous tensor' : 'leaves a gap after the previous tensor';
+      throw new ModelLoadError(file, `data_offsets ${what}`, { tensor: t.name });
+    }
+    cursor = t.end;
+  }
+  if (cursor !== size) throw new ModelLoadError(file, `${size - cursor} bytes after the last tensor are not covered by the header`);
+  return { tensors: sorted, metadata };
+}
+
+async function openForRead(file: string): Promise<FileHandle> {
+  try {
+    return await open(file, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ModelLoadError(file, code === 'ENOENT' ? 'no such file' : String(e), { cause: e });
+  }
+}
+
+/** Reads and validates the header of one safetensors file. */
+export async function readSafetensorsHeader(file: string): Promise<SafetensorsHeader> {
+  const fh = await openForRead(file);
+  try {
+    return await readHeaderFrom(fh, file);
+  } finally {
+    await fh.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float conversions.
+
+let f16Table: Float32Array | undefined;
+
+/** All 65536 half-precision values as float32, built on first use (256 KB). */
+function halfTable(): Float32Array {
+  if (f16Table) return f16Table;
+  const t = new Float32Array(65536);
+  const bits = new Uint32Array(t.buffer);
+  for (let h = 0; h < 65536; h++) {
+    const sign = (h & 0x8000) << 16;
+    const exp = (h >> 10) & 0x1f;
+    const mant = h & 0x3ff;
+    if (exp === 0x1f) bits[h] = sign | 0x7f800000 | (mant << 13); // inf / NaN
+    else if (exp !== 0) bits[h] = sign | ((exp - 15 + 127) << 23) | (mant << 13);
+    else t[h] = (sign ? -1 : 1) * mant * 2 ** -24; // zero and subnormals
+  }
+  f16Table = t;
+  return t;
+}
+
+/** Widens IEEE half-precision bit patterns to float32. */
+export function f16ToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  const t = halfTable();
+  for (let i = 0; i < src.length; i++) out[i] = t[src[i]!]!;
+  return out;
+}
+
+/** Widens bfloat16 bit patterns to float32: bf16 is the top half of a float32. */
+export function bf16ToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  const o = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < src.length; i++) o[i] = src[i]! << 16;
+  return out;
+}
+
+/** Narrows float32 to bfloat16 with round-to-nearest-even; NaN stays a (quiet) NaN. */
+export function f32ToBf16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
+  const s = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < s.length; i++) {
+    const x = s[i]!;
+    if ((x & 0x7fffffff) > 0x7f800000) {
+      out[i] = (x >>> 16) | 0x40;
+      continue;
+    }
+    // Add 0x7fff plus the lowest kept bit: ties round to the even neighbour, carries may
+    // overflow into the exponent (and up to infinity), which is the correct rounding.
+    out[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+  return out;
+}
+
+/** Narrows one float32 bit pattern to IEEE half with round-to-nearest-even. */
+function f32BitsToF16(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0); // inf or quiet NaN
+  const e = exp - 127 + 15; // the half exponent field, if the value were normal in half
+  if (e >= 0x1f) return sign | 0x7c00; // overflow to infinity
+  if (e <= 0) {
+    // Half subnormal (or zero): value = m * 2^-24 with m = (1.mant * 2^23) >> (14 - e).
+    if (e < -10) return sign; // below half the smallest subnormal: rounds to zero
+    const m24 = mant | 0x800000;
+    const shift = 14 - e; // 14..24
+    const halfway = 1 << (shift - 1);
+    const rem = m24 & ((1 << shift) - 1);
+    let m = m24 >>> shift;
+    if (rem > halfway || (rem === halfway && (m & 1) === 1)) m++; // may become 0x400: smallest normal, correctly encoded
+    return sign | m;
+  }
+  let h = sign | (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++; // a carry into the exponent is correct, up to inf
+  return h;
+}
+
+/** Narrows float32 to IEEE half-precision with round-to-nearest-even, subnormals and infinities. */
+export function f32ToF16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
+  const s = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < s.length; i++) out[i] = f32BitsToF16(s[i]!);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading.
+
+/** Reads one tensor's data from an open handle, widened to float32. */
+async function readTensorFrom(fh: FileHandle, info: TensorInfo): Promise<Float32Array> {
+  const n = prod(info.shape);
+  switch (info.dtype) {
+    case 'F32': {
+      const out = new Float32Array(n);
+      await readExactly(fh, info.file, new Uint8Array(out.buffer), info.begin, info.name);
+      return out;
+    }
+    case 'F16':
+    case 'BF16': {
+      const raw = new Uint16Array(n);
+      await readExactly(fh, info.file, new Uint8Array(raw.buffer), info.begin, info.name);
+      return info.dtype === 'F16' ? f16ToF32(raw) : bf16ToF32(raw);
+    }
+    default:
+      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: info.name });
+  }
+}
+
+/** Reads every tensor of one safetensors file (convenience for small files and tests). */
+export async function readSafetensors(file: string): Promise<{ tensors: NamedTensor[]; metadata: Record<string, string> }> {
+  const fh = await openForRead(file);
+  try {
+    const header = await readHeaderFrom(fh, file);
+    const tensors: NamedTensor[] = [];
+    for (const info of header.tensors) tensors.push({ name: info.name, shape: [...info.shape], data: await readTensorFrom(fh, info) });
+    return { tensors, metadata: header.metadata };
+  } finally {
+    await fh.close();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Lists the tensors of a model directory without reading their data: `model.safetensors`, or the
+ * shards named by `model.safetensors.index.json`. With an index, its `weight_map` is authoritative:
+ * each tensor must be in the shard it names.
+ */
+export async function listModelTensors(dir: string): Promise<Map<string, TensorInfo>> {
+  const indexPath = join(dir, INDEX_FILE);
+  const out = new Map<string, TensorInfo>();
+  if (await exists(indexPath)) {
+    let index: unknown;
+    try {
+      index = JSON.parse(await readFile(indexPath, 'utf8'));
+    } catch (e) {
+      throw new ModelLoadError(indexPath, `invalid JSON: ${(e as Error).message}`, { cause: e });
+    }
+    const wm = (index as { weight_map?: unknown } | null)?.weight_map;
+    if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) throw new ModelLoadError(indexPath, 'weight_map missing or not an object');
+    const byShard = new Map<string, string[]>();
+    for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
+      if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
+        throw new ModelLoadError(indexPath, `weight_map entry is not a shard file name: ${JSON.stringify(shard)}`, { tensor: name });
+      }
+      const names = byShard.get(shard) ?? [];
+      names.push(name);
+      byShard.set(shard, names);
+    }
+    for (const [shard, names] of byShard) {
+      const file = join(dir, shard);
+      const header = await readSafetensorsHeader(file);
+      const inShard = new Map(header.tensors.map((t) => [t.name, t]));
+      for (const name of names) {
+        const info = inShard.get(name);
+        if (!info) throw new ModelLoadError(file, `tensor listed in ${INDEX_FILE} is missing from this shard`, { tensor: name });
+        out.set(name, info);
+      }
+    }
+    return out;
+  }
+  const single = join(dir, SINGLE_FILE);
+  if (!(await exists(single))) throw new ModelLoadError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} found`);
+  for (const t of (await readSafetensorsHeader(single)).tensors) out.set(t.name, t);
+  return out;
+}
+
+/**
+ * Streams the named tensors of a model directory (all when `names` is absent), widened to float32,
+ * in file order. A name that the model does not have is a ModelLoadError naming it.
+ */
+export async function* readModelTensors(dir: string, names?: Iterable<string>): AsyncGenerator<NamedTensor> {
+  const all = await listModelTensors(dir);
+  let wanted: TensorInfo[];
+  if (names === undefined) wanted = [...all.values()];
+  else {
+    wanted = [];
+    for (const name of names) {
+      const info = all.get(name);
+      if (!info) {
+        const where = (await exists(join(dir, INDEX_FILE))) ? join(dir, INDEX_FILE) : join(dir, SINGLE_FILE);
+        throw new ModelLoadError(where, 'tensor not found', { tensor: name });
+      }
+      wanted.push(info);
+    }
+  }
+  wanted.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.begin - b.begin));
+  let fh: FileHandle | undefined;
+  let openFile = '';
+  try {
+    for (const info of wanted) {
+      if (info.file !== openFile) {
+        await fh?.close();
+        fh = undefined;
+        fh = await openForRead(info.file);
+        openFile = info.file;
+      }
+      yield { name: info.name, shape: [...info.shape], data: await readTensorFrom(fh!, info) };
+    }
+  } finally {
+    await fh?.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing.
+
+export interface WriteSafetensorsOptions {
+  /** @default 'F32' */
+  dtype?: FloatDtype;
+  /** String key/values stored under `__metadata__` (HF writes `{"format": "pt"}`). */
+  metadata?: Record<string, string>;
+}
+
+const DTYPE_SIZE: Record<FloatDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+
+/** Writes all of `bytes`, looping over short writes. */
+async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done);
+    done += bytesWritten;
+  }
+}
+
+function encodeTensor(data: Float32Array, dtype: FloatDtype): Uint8Array {
+  switch (dtype) {
+    case 'F32':
+      return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    case 'F16': {
+      const h = f32ToF16(data);
+      return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+    }
+    case 'BF16': {
+      const h = f32ToBf16(data);
+      return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+    }
+  }
+}
+
+/**
+ * Writes tensors to a safetensors file, sorted by name as HF's serializer does, the header padded
+ * with spaces to a multiple of 8 bytes. Writes `path + '.tmp'`, syncs, then renames, so a reader
+ * never sees a partial file.
+ */
+export async function writeSafetensors(path: string, tensors: readonly NamedTensor[], options: WriteSafetensorsOptions = {}): Promise<void> {
+  const dtype = options.dtype ?? 'F32';
+  const size = DTYPE_SIZE[dtype];
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const header: Record<string, unknown> = {};
+  if (options.metadata && Object.keys(options.metadata).length > 0) header['__metadata__'] = options.metadata;
+  let offset = 0;
+  const seen = new Set<string>();
+  for (const t of sorted) {
+    if (seen.has(t.name)) throw new Error(`writeSafetensors: duplicate tensor ${t.name}`);
+    seen.add(t.name);
+    if (prod(t.shape) !== t.data.length) {
+      throw new Error(`writeSafetensors: tensor ${t.name} has ${t.data.length} values for shape [${t.shape.join(', ')}]`);
+    }
+    const bytes = t.data.length * size;
+    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let headerBytes = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(headerBytes.length / 8) * 8;
+  if (padded !== headerBytes.length) {
+    const p = new Uint8Array(padded).fill(0x20);
+    p.set(headerBytes);
+    headerBytes = p;
+  }
+  const lenBuf = new Uint8Array(8);
+  new DataView(lenBuf.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+
+  const tmp = path + '.tmp';
+  const fh = await open(tmp, 'w');
+  try {
+    await writeAll(fh, lenBuf);
+    await writeAll(fh, headerBytes);
+    for (const t of sorted) await writeAll(fh, encodeTensor(t.data, dtype));
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await rename(tmp, path);
+}
