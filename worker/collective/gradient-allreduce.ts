@@ -90,6 +90,8 @@ export interface AllReduceStats {
   readonly messagesReceived: number;
   /** Messages of a finished or abandoned step (late duplicates, or after a timeout). */
   readonly droppedStale: number;
+  /** Messages of the next step that arrived before this rank started it (buffered, then used). */
+  readonly bufferedAhead: number;
   /** Messages more than one step ahead. */
   readonly droppedAhead: number;
   /** Malformed or inconsistent messages, and duplicates. */
@@ -168,7 +170,7 @@ export class GradientAllReduce {
   #future: { step: number; messages: Map<string, Buffered> } | undefined;
   #stats = {
     steps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0,
-    droppedStale: 0, droppedAhead: 0, droppedInvalid: 0,
+    droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0,
   };
 
   private constructor(opts: AllReduceOptions, chunkElements: number) {
@@ -538,6 +540,7 @@ export class GradientAllReduce {
       return;
     }
     this.#future.messages.set(key, { phase: subj.phase, header: h, data: msg.data.slice() });
+    this.#stats.bufferedAhead++;
   }
 
   /** Checks a chunk against the step and stores its numbers. */
