@@ -1,0 +1,127 @@
+/**
+ * The client side of JobService, for the CLI and tests: promise-returning calls, each with a
+ * deadline, errors as `CoordinatorCallError` with the caller's stack.
+ *
+ * Submit contract (see also proto SubmitRequest): `submitSpecFile` parses the spec file locally
+ * (fast errors with field paths), which resolves relative paths against the file's directory, and
+ * sends the parsed spec as JSON. The coordinator validates it again against its own file system.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { UserError } from '../common/errors.js';
+import { parseJobSpec, type JobSpec } from '../common/jobspec.js';
+import { loadCoordinatorProto, type JobEvent__Output, type JobServiceClient, type Job__Output, type ListJobsResponse__Output, type SubmitResponse__Output } from '../proto/index.js';
+import { fromGrpcError } from './grpc-errors.js';
+
+export const DEFAULT_COORDINATOR_ADDRESS = '127.0.0.1:7070';
+/** Env var that overrides the default coordinator address. */
+export const COORDINATOR_ENV = 'POLYTUNE_COORDINATOR';
+/** @default 15 s for a unary call. */
+export const DEFAULT_CALL_TIMEOUT_MS = 15_000;
+/** @default 5 s to connect to the coordinator before a call fails with UNAVAILABLE. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+
+export interface JobClientOptions {
+  /** @default $POLYTUNE_COORDINATOR or DEFAULT_COORDINATOR_ADDRESS */
+  address?: string;
+  /** @default DEFAULT_CALL_TIMEOUT_MS */
+  callTimeoutMs?: number;
+}
+
+export function defaultCoordinatorAddress(): string {
+  return process.env[COORDINATOR_ENV] || DEFAULT_COORDINATOR_ADDRESS;
+}
+
+/** Reads and parses a spec file; relative paths are resolved against the file's directory. Throws JobSpecError / UserError. */
+export async function readSpecFile(path: string): Promise<JobSpec> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new UserError(`${path}: cannot read the job spec (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  }
+  return parseJobSpec(text, { source: path, baseDir: dirname(resolve(path)) });
+}
+
+export class JobClient {
+  readonly address: string;
+  private readonly client: JobServiceClient;
+  private readonly callTimeoutMs: number;
+
+  constructor(options: JobClientOptions = {}) {
+    this.address = options.address ?? defaultCoordinatorAddress();
+    this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const proto = loadCoordinatorProto();
+    this.client = new proto.JobService(this.address, grpc.credentials.createInsecure());
+  }
+
+  private unary<Res>(
+    method: string,
+    invoke: (options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown,
+  ): Promise<Res> {
+    const callerStack = new Error().stack;
+    return new Promise((resolvePromise, reject) => {
+      invoke({ deadline: Date.now() + this.callTimeoutMs }, (err, res) => {
+        if (err || res === undefined) reject(fromGrpcError(method, err ?? new Error('empty response'), callerStack));
+        else resolvePromise(res);
+      });
+    });
+  }
+
+  /** Sends a spec (text already holding absolute paths). Returns the job id. */
+  async submitText(specText: string, sourceName = ''): Promise<string> {
+    const res = await this.unary<SubmitResponse__Output>('Submit', (o, cb) => this.client.Submit({ specYaml: specText, sourceName }, o, cb));
+    return res.jobId;
+  }
+
+  /** Sends a parsed spec (as JSON). Returns the job id. */
+  submitSpec(spec: JobSpec, sourceName = ''): Promise<string> {
+    return this.submitText(JSON.stringify(spec), sourceName);
+  }
+
+  /** Parses the file locally (throws JobSpecError before any call), then submits it. */
+  async submitSpecFile(path: string): Promise<string> {
+    return this.submitSpec(await readSpecFile(path), path);
+  }
+
+  get(jobId: string): Promise<Job__Output> {
+    return this.unary<Job__Output>('Get', (o, cb) => this.client.Get({ jobId }, o, cb));
+  }
+
+  async list(): Promise<Job__Output[]> {
+    return (await this.unary<ListJobsResponse__Output>('List', (o, cb) => this.client.List({}, o, cb))).jobs;
+  }
+
+  cancel(jobId: string, reason = ''): Promise<Job__Output> {
+    return this.unary<Job__Output>('Cancel', (o, cb) => this.client.Cancel({ jobId, reason }, o, cb));
+  }
+
+  /**
+   * The job's events: a snapshot, then changes, ending after a terminal state. The stream has no
+   * overall deadline (jobs run for hours); the connection must come up within
+   * `DEFAULT_CONNECT_TIMEOUT_MS`. Stop early with `signal`.
+   */
+  async *watch(jobId: string, signal?: AbortSignal): AsyncGenerator<JobEvent__Output> {
+    const callerStack = new Error().stack;
+    await new Promise<void>((resolvePromise, reject) => {
+      this.client.waitForReady(Date.now() + DEFAULT_CONNECT_TIMEOUT_MS, (e) => (e ? reject(fromGrpcError('Watch', Object.assign(e, { code: grpc.status.UNAVAILABLE, details: `coordinator ${this.address} unreachable: ${e.message}` }), callerStack)) : resolvePromise()));
+    });
+    const call = this.client.Watch({ jobId });
+    const onAbort = (): void => call.cancel();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      for await (const ev of call as AsyncIterable<JobEvent__Output>) yield ev;
+    } catch (e) {
+      if (signal?.aborted && (e as Partial<grpc.ServiceError>).code === grpc.status.CANCELLED) return;
+      throw fromGrpcError('Watch', e, callerStack);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      call.cancel();
+    }
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,80 @@
+/** Fixtures for the coordinator suites: a fake model dir and data file, specs, a NATS + coordinator pair. */
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNatsServer, type NatsServer } from '../../common/nats-server-process.js';
+import { startCoordinator, type Coordinator, type CoordinatorOptions } from '../../coordinator/server.js';
+
+export interface SpecFixture {
+  dir: string;
+  modelDir: string;
+  dataFile: string;
+  /** A valid spec as YAML with absolute paths. */
+  yaml(overrides?: { name?: string; workers?: number; epochs?: number; samples?: number }): string;
+  cleanup(): void;
+}
+
+/** A tiny "model" (files exist; contents are placeholders except config.json) and an alpaca data file. */
+export function makeSpecFixture(samples = 8): SpecFixture {
+  const dir = mkdtempSync(join(tmpdir(), 'polytune-coord-'));
+  const modelDir = join(dir, 'model');
+  mkdirSync(modelDir);
+  writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ num_hidden_layers: 2, hidden_size: 8, model_type: 'llama' }));
+  writeFileSync(join(modelDir, 'model.safetensors'), Buffer.alloc(16));
+  writeFileSync(join(modelDir, 'tokenizer.json'), '{}');
+  const dataFile = join(dir, 'train.jsonl');
+  const lines: string[] = [];
+  for (let i = 0; i < samples; i++) lines.push(JSON.stringify({ instruction: `What is ${i} + 1?`, output: String(i + 1) }));
+  writeFileSync(dataFile, lines.join('\n') + '\n');
+  return {
+    dir,
+    modelDir,
+    dataFile,
+    yaml: (o = {}) => `apiVersion: polytune/v1
+kind: TrainJob
+metadata:
+  name: ${o.name ?? 'tiny-job'}
+spec:
+  model:
+    path: ${modelDir}
+  method:
+    name: slam
+    layers: [0, 1]
+  data:
+    train:
+      - { path: ${dataFile}, format: alpaca }
+  training:
+    epochs: ${o.epochs ?? 1}
+    globalBatchSize: 2
+    microBatchSize: 1
+    optimizer: { name: sgd, lr: 0.1 }
+  workers: { count: ${o.workers ?? 2} }
+  output: { dir: ${join(dir, 'out')} }
+`,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+export async function startNats(): Promise<NatsServer> {
+  return startNatsServer({ jetstream: true });
+}
+
+export async function startTestCoordinator(nats: NatsServer, options: CoordinatorOptions = {}): Promise<Coordinator> {
+  return startCoordinator({ listen: '127.0.0.1:0', natsUrl: nats.url, progressFlushMs: 50, ...options });
+}
+
+/** Polls `fn` until it returns a value other than undefined, or throws after `timeoutMs`. */
+export async function eventually<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
