@@ -1,0 +1,102 @@
+#!/usr/bin/env node
+/**
+ * The `worker` command.
+ *
+ *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--id ID]
+ *   worker init-model --preset tiny --out DIR [--seed N]
+ *   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
+ *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
+ */
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { intFlag, runCli, UsageError } from '../common/cli.js';
+import { createLogger } from '../common/logging.js';
+import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
+import { runGenerate } from './commands/generate.js';
+import { runInitModel } from './commands/init-model.js';
+import { runScore } from './commands/score.js';
+import { runWorker } from './run-worker.js';
+
+const USAGE = `usage:
+  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--id ID]
+  worker init-model --preset tiny --out DIR [--seed N]
+  worker score --model DIR --input FILE.jsonl [--json] [--backend B]
+  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
+`;
+
+function backendFlag(value: string | undefined): BackendName {
+  if (value === undefined) return DEFAULT_BACKEND;
+  if (!(value in BackendName)) throw new UsageError(`--backend: must be one of ${Object.keys(BackendName).join(', ')}, got "${value}"`);
+  return value as BackendName;
+}
+
+function required(name: string, value: string | undefined): string {
+  if (value === undefined || value === '') throw new UsageError(`--${name} is required\n${USAGE}`);
+  return value;
+}
+
+const write = (line: string): void => {
+  process.stdout.write(line + '\n');
+};
+
+async function main(signal: AbortSignal): Promise<number> {
+  const argv = process.argv.slice(2);
+  const command = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : 'run';
+  const rest = command === 'run' && argv[0] !== 'run' ? argv : argv.slice(1);
+  const parse = <T extends Parameters<typeof parseArgs>[0]['options']>(options: T) => {
+    try {
+      return parseArgs({ args: rest, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: false }).values;
+    } catch (e) {
+      throw new UsageError(`${(e as Error).message}\n${USAGE}`);
+    }
+  };
+  switch (command) {
+    case 'run': {
+      const v = parse({
+        coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
+        'metrics-port': { type: 'string' }, id: { type: 'string' },
+      });
+      if (v.help) return write(USAGE), 0;
+      intFlag('metrics-port', v['metrics-port'] as string | undefined, 0);
+      const workerId = (v.id as string | undefined) ?? `${hostname()}-${process.pid}`;
+      await runWorker({
+        coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
+        nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
+        backend: backendFlag(v.backend as string | undefined),
+        workerId,
+        logger: createLogger(`worker ${workerId}`),
+        signal,
+      });
+      return 0;
+    }
+    case 'init-model': {
+      const v = parse({ preset: { type: 'string', default: 'tiny' }, out: { type: 'string' }, seed: { type: 'string' } });
+      if (v.help) return write(USAGE), 0;
+      await runInitModel({ preset: v.preset as string, out: required('out', v.out as string | undefined), seed: intFlag('seed', v.seed as string | undefined, 0), write });
+      return 0;
+    }
+    case 'score': {
+      const v = parse({ model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' } });
+      if (v.help) return write(USAGE), 0;
+      await initBackend(backendFlag(v.backend as string | undefined));
+      await runScore({ model: required('model', v.model as string | undefined), input: required('input', v.input as string | undefined), json: Boolean(v.json), write });
+      return 0;
+    }
+    case 'generate': {
+      const v = parse({
+        model: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
+      });
+      if (v.help) return write(USAGE), 0;
+      await initBackend(backendFlag(v.backend as string | undefined));
+      await runGenerate({
+        model: required('model', v.model as string | undefined), prompt: required('prompt', v.prompt as string | undefined),
+        maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1), json: Boolean(v.json), write,
+      });
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown command "${command}"\n${USAGE}`);
+  }
+}
+
+await runCli(main);
