@@ -45,7 +45,7 @@ spec:
       - { path: ${dataFile}, format: alpaca }
   training:
     epochs: ${o.epochs ?? 1}
-    globalBatchSize: 2
+    globalBatchSize: ${Math.max(2, o.workers ?? 2)}
     microBatchSize: 1
     optimizer: { name: sgd, lr: 0.1 }
   workers: { count: ${o.workers ?? 2} }
