@@ -43,9 +43,10 @@ async function main(signal: AbortSignal): Promise<number> {
   const argv = process.argv.slice(2);
   const command = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : 'run';
   const rest = command === 'run' && argv[0] !== 'run' ? argv : argv.slice(1);
-  const parse = <T extends Parameters<typeof parseArgs>[0]['options']>(options: T) => {
+  type Flags = Record<string, { type: 'string' | 'boolean'; default?: string }>;
+  const parse = (options: Flags): Record<string, string | boolean | undefined> => {
     try {
-      return parseArgs({ args: rest, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: false }).values;
+      return parseArgs({ args: rest, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
     } catch (e) {
       throw new UsageError(`${(e as Error).message}\n${USAGE}`);
     }

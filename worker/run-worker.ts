@@ -3,14 +3,13 @@
  * NATS, report progress and the result, and wait for the next one. One job at a time; a Cancel
  * aborts the job in flight.
  */
-import { hostname } from 'node:os';
-import { availableParallelism, totalmem } from 'node:os';
+import { availableParallelism, hostname, totalmem } from 'node:os';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
-import { CoordinatorSession, type AssignmentEvent } from './session.js';
+import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent } from './session.js';
 import { train } from './train/trainer.js';
 
 export interface WorkerOptions {
@@ -33,7 +32,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     address: options.coordinator,
     hello: {
       workerId: options.workerId, hostname: hostname(), backend, pid: process.pid,
-      capabilities: { cores: availableParallelism(), memoryBytes: totalmem(), backend },
+      cores: availableParallelism(), memoryBytes: totalmem(),
     },
     logger: log.child('session'),
     signal: options.signal,
@@ -47,7 +46,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     const jlog = log.child(`job ${a.jobId} rank ${a.rank}/${a.worldSize}`);
     let allReduce: GradientAllReduce | undefined;
     try {
-      const natsUrl = options.nats ?? a.natsUrl;
+      const natsUrl = chooseNatsUrl(options.nats, a);
       nc ??= await connect({ servers: natsUrl, name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1 });
       allReduce = await GradientAllReduce.create({
         nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
