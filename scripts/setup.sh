@@ -168,7 +168,9 @@ build() {
 
 npm_deps
 ensure_nats
-build_rc=0
-build || build_rc=$?
-say "done"
-exit "$build_rc"
+if build; then
+  say "done"
+else
+  say "failed: the build did not pass"
+  exit 1
+fi
