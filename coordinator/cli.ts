@@ -1,0 +1,288 @@
+#!/usr/bin/env node
+/**
+ * The `coordinator` command.
+ *
+ *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+ *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B]
+ *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
+ *   coordinator watch JOB [--coordinator HOST:PORT]
+ *   coordinator cancel JOB [--coordinator HOST:PORT]
+ *
+ * The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070; the NATS URL
+ * of `serve` to $POLYTUNE_NATS_URL, else nats://127.0.0.1:4222. Exit codes: 0 ok, 1 the job
+ * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
+ */
+import { parseArgs } from 'node:util';
+import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
+import { UserError } from '../common/errors.js';
+import { createLogger } from '../common/logging.js';
+import type { JobEvent__Output, Job__Output } from '../proto/index.js';
+import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
+import { CoordinatorCallError } from './grpc-errors.js';
+import { fromWireState } from './job-record.js';
+import { startLocalCluster, type LocalCluster } from './local-cluster.js';
+import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+
+const USAGE = `usage:
+  coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B]
+  coordinator status [JOB] [--json] [--coordinator HOST:PORT]
+  coordinator watch JOB [--coordinator HOST:PORT]
+  coordinator cancel JOB [--coordinator HOST:PORT]
+
+The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
+`;
+
+const out = (line: string): void => {
+  process.stdout.write(line + '\n');
+};
+
+type Flags = Record<string, { type: 'string' | 'boolean' }>;
+
+function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  try {
+    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: true });
+    return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\n${USAGE}`);
+  }
+}
+
+function stateName(job: Job__Output): string {
+  return fromWireState(job.state) ?? job.state;
+}
+
+/** The JSON form of `status --json`. */
+function jobJson(job: Job__Output): Record<string, unknown> {
+  return {
+    id: job.id,
+    name: job.name,
+    state: stateName(job),
+    step: job.step,
+    totalSteps: job.totalSteps,
+    lastLoss: job.hasLoss ? job.lastLoss : null,
+    firstLoss: job.hasLoss ? job.firstLoss : null,
+    tokensPerSecond: job.tokensPerSecond,
+    elapsedSeconds: job.elapsedSeconds,
+    epoch: job.epoch,
+    generation: job.generation,
+    workers: job.workers,
+    error: job.error || null,
+    outputDir: job.outputDir,
+    createdAt: job.createdAt ? new Date(job.createdAt).toISOString() : null,
+    updatedAt: job.updatedAt ? new Date(job.updatedAt).toISOString() : null,
+    startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
+    finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
+  };
+}
+
+const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : String(x));
+
+function progressLine(job: Job__Output): string {
+  const parts = [`step ${job.step}/${job.totalSteps}`];
+  if (job.hasLoss) parts.push(`loss ${fmtLoss(job.lastLoss)}`);
+  parts.push(`${Math.round(job.tokensPerSecond)} tok/s`, `elapsed ${job.elapsedSeconds.toFixed(1)}s`);
+  return `[${job.id}] ${parts.join('  ')}`;
+}
+
+function stateLine(job: Job__Output): string {
+  const s = stateName(job);
+  const extra = s === 'Running' ? ` (generation ${job.generation}, workers ${job.workers.join(', ')})` : job.error ? `: ${job.error}` : '';
+  return `[${job.id}] ${s}${extra}`;
+}
+
+function summary(job: Job__Output): string[] {
+  const s = stateName(job);
+  const seconds = job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds;
+  const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s`];
+  if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
+  if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
+  if (job.error) lines.push(`  error: ${job.error}`);
+  return lines;
+}
+
+/** Follows a job to its end, printing state changes and progress; the exit code says how it ended. */
+async function follow(client: JobClient, jobId: string, signal: AbortSignal, extraEnd?: Promise<string>): Promise<number> {
+  let last: Job__Output | undefined;
+  const abort = new AbortController();
+  const onAbort = (): void => abort.abort();
+  signal.addEventListener('abort', onAbort, { once: true });
+  let endReason: string | undefined;
+  void extraEnd?.then((reason) => {
+    endReason = reason;
+    abort.abort();
+  });
+  try {
+    for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
+      const job = ev.job;
+      if (!job) continue;
+      if (ev.kind === 'PROGRESS') {
+        if (job.step !== last?.step) out(progressLine(job));
+      } else {
+        out(stateLine(job));
+      }
+      last = job;
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+  if (signal.aborted) {
+    process.stderr.write(`interrupted; job ${jobId} keeps its state on the coordinator\n`);
+    return 130;
+  }
+  if (endReason) {
+    // Give the coordinator a moment to record the loss of the worker, then report what it says.
+    await new Promise((r) => setTimeout(r, 500));
+    last = await client.get(jobId).catch(() => last);
+    process.stderr.write(`error: ${endReason}\n`);
+  }
+  if (!last) return ExitCode.failure;
+  for (const line of summary(last)) out(line);
+  return stateName(last) === 'Succeeded' ? ExitCode.ok : ExitCode.failure;
+}
+
+async function serve(args: string[], signal: AbortSignal): Promise<number> {
+  const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' } });
+  if (v.help) return out(USAGE), 0;
+  const logger = createLogger('coordinator');
+  const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, 9464);
+  const coordinator = await startCoordinator({
+    listen: (v.listen as string | undefined) ?? DEFAULT_LISTEN,
+    natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
+    logger,
+  });
+  logger.info('serving; metrics are not exported yet (they come with a later issue)', { metricsPort });
+  await new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+  await coordinator.stop();
+  return 0;
+}
+
+async function submit(args: string[], signal: AbortSignal): Promise<number> {
+  const { values: v, positionals } = parse(args, {
+    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
+  });
+  if (v.help) return out(USAGE), 0;
+  const file = positionals[0];
+  if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
+  // Fast, local errors with field paths before anything starts.
+  const spec = await readSpecFile(file);
+  const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
+  if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
+    throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
+  }
+  let cluster: LocalCluster | undefined;
+  let client: JobClient | undefined;
+  try {
+    if (localWorkers > 0) {
+      cluster = await startLocalCluster({
+        workers: localWorkers, backend: v.backend as string | undefined, logger: createLogger('local-cluster', { level: 'warn' }),
+      });
+      out(`local cluster: coordinator ${cluster.coordinatorAddress}, nats ${cluster.natsUrl}, ${localWorkers} workers`);
+    }
+    client = new JobClient({ address: cluster?.coordinatorAddress ?? (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+    const jobId = await client.submitSpec(spec, file);
+    out(`submitted ${jobId}`);
+    if (!v.watch && !cluster) return 0;
+    const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
+    return await follow(client, jobId, signal, crashed);
+  } finally {
+    client?.close();
+    await cluster?.stop();
+  }
+}
+
+async function status(args: string[]): Promise<number> {
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, json: { type: 'boolean' } });
+  if (v.help) return out(USAGE), 0;
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  try {
+    const id = positionals[0];
+    if (id !== undefined) {
+      const job = await client.get(id);
+      if (v.json) out(JSON.stringify(jobJson(job), null, 2));
+      else {
+        out(stateLine(job));
+        if (job.step > 0 || job.hasLoss) out(progressLine(job));
+      }
+      return 0;
+    }
+    const jobs = await client.list();
+    if (v.json) {
+      out(JSON.stringify(jobs.map(jobJson), null, 2));
+      return 0;
+    }
+    if (jobs.length === 0) {
+      out('no jobs');
+      return 0;
+    }
+    const rows = [['JOB', 'STATE', 'STEP', 'LOSS', 'WORKERS'], ...jobs.map((j) => [
+      j.id, stateName(j), `${j.step}/${j.totalSteps}`, j.hasLoss ? fmtLoss(j.lastLoss) : '-', String(j.workers.length),
+    ])];
+    const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+    for (const r of rows) out(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
+async function watch(args: string[], signal: AbortSignal): Promise<number> {
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' } });
+  if (v.help) return out(USAGE), 0;
+  const id = positionals[0];
+  if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  try {
+    return await follow(client, id, signal);
+  } finally {
+    client.close();
+  }
+}
+
+async function cancel(args: string[]): Promise<number> {
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' } });
+  if (v.help) return out(USAGE), 0;
+  const id = positionals[0];
+  if (id === undefined) throw new UsageError(`cancel takes a JOB\n${USAGE}`);
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  try {
+    out(stateLine(await client.cancel(id)));
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
+async function main(signal: AbortSignal): Promise<number> {
+  const [command, ...rest] = process.argv.slice(2);
+  try {
+    switch (command) {
+      case 'serve': return await serve(rest, signal);
+      case 'submit': return await submit(rest, signal);
+      case 'status': return await status(rest);
+      case 'watch': return await watch(rest, signal);
+      case 'cancel': return await cancel(rest);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        out(USAGE);
+        return command === undefined ? ExitCode.usage : 0;
+      default:
+        throw new UsageError(`unknown command "${command}"\n${USAGE}`);
+    }
+  } catch (e) {
+    if (e instanceof CoordinatorCallError) {
+      // The server's message names the field or job; a stack would only hide it.
+      if (e.isUserMistake) throw new UserError(e.message, { cause: e });
+      process.stderr.write(`error: ${e.method}: ${e.message}\n`);
+      return ExitCode.failure;
+    }
+    throw e;
+  }
+}
+
+void runCli(main);
