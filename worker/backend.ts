@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError, errorMessage } from '../common/errors.js';
+import './model/gradients.js';
 
 export const BackendName = { wasm: 'wasm', cpu: 'cpu', tensorflow: 'tensorflow' } as const;
 export type BackendName = keyof typeof BackendName;

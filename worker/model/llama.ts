@@ -17,6 +17,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ModelLoadError, UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
+import './gradients.js';
 import { ropeTables } from './rope.js';
 import { listModelTensors, readModelTensors, type NamedTensor } from './safetensors.js';
 
@@ -244,7 +245,7 @@ export class LlamaModel {
   }
 
   private linear(x: tf.Tensor2D, layer: number, proj: string, bias: boolean): tf.Tensor2D {
-    const y = tf.matMul(x, this.p(layer, `${proj}.weight`) as tf.Tensor2D, false, true);
+    const y: tf.Tensor2D = tf.matMul(x, this.p(layer, `${proj}.weight`) as tf.Tensor2D, false, true);
     return bias ? tf.add<tf.Tensor2D>(y, this.p(layer, `${proj}.bias`)) : y;
   }
 

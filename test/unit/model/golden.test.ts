@@ -1,0 +1,112 @@
+/**
+ * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
+ * HF's modeling_llama.py (scripts/make-golden.py), on the wasm backend.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../../../worker/backend.js';
+import { LlamaModel } from '../../../worker/model/llama.js';
+import { readSafetensors } from '../../../worker/model/safetensors.js';
+
+const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
+const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear'];
+const TOL = 1e-4;
+
+/** ||a - b|| / ||b||, the norm-based relative error. */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
+}
+
+interface Golden {
+  input_ids: number[][];
+  labels: number[][];
+  grads: string[];
+}
+
+beforeAll(async () => {
+  await initBackend('wasm');
+});
+
+describe.each(MODELS)('golden %s', (name) => {
+  const dir = join(GOLDEN, name);
+  let golden: Golden;
+  let expected: Map<string, Float32Array>;
+  let model: LlamaModel;
+  let ids: tf.Tensor2D;
+  let labels: tf.Tensor2D;
+
+  beforeAll(async () => {
+    golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
+    expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
+    model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });
+    ids = tf.tensor2d(golden.input_ids, undefined, 'int32');
+    labels = tf.tensor2d(golden.labels, undefined, 'int32');
+    return () => {
+      model.dispose();
+      ids.dispose();
+      labels.dispose();
+    };
+  });
+
+  it('logits match', () => {
+    const logits = model.logits(ids);
+    expect(logits.shape).toEqual([ids.shape[0], ids.shape[1], model.config.vocabSize]);
+    expect(relErr(logits.dataSync(), expected.get('logits')!)).toBeLessThan(TOL);
+    logits.dispose();
+  });
+
+  it('per-token NLL and its sum match', () => {
+    const [B, T] = ids.shape;
+    const want = expected.get('token_nll')!;
+    const { nll, tokens } = model.nllPerRow(ids, labels);
+    for (let b = 0; b < B; b++) {
+      let sum = 0;
+      let count = 0;
+      for (let t = 1; t < T; t++) {
+        if (golden.labels[b]![t] === -100) continue;
+        sum += want[b * (T - 1) + t - 1]!;
+        count++;
+      }
+      expect(tokens[b]).toBe(count);
+      expect(Math.abs(nll[b]! - sum) / sum).toBeLessThan(TOL);
+    }
+    const total = model.nllSum(ids, labels);
+    const wantSum = expected.get('nll_sum')![0]!;
+    expect(Math.abs(total.dataSync()[0]! - wantSum) / wantSum).toBeLessThan(TOL);
+    total.dispose();
+  });
+
+  it('gradients of the summed NLL match', () => {
+    const vars = model.trainableNames.map((n) => model.variable(n));
+    const { value, grads } = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+    for (const n of golden.grads) {
+      const g = grads[model.variable(n).name]!;
+      expect(relErr(g.dataSync(), expected.get(`grad.${n}`)!), n).toBeLessThan(TOL);
+    }
+    value.dispose();
+    tf.dispose(grads);
+  });
+
+  it('does not leak tensors across training steps', () => {
+    const vars = model.trainableNames.map((n) => model.variable(n));
+    const step = (): void =>
+      tf.tidy(() => {
+        const { value, grads } = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+        value.dataSync();
+        void grads;
+      });
+    step();
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) step();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
