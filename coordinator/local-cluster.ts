@@ -17,6 +17,9 @@ import { silentLogger, type Logger } from '../common/logging.js';
 import { startNatsServer, type NatsServer } from '../common/nats-server-process.js';
 import { startCoordinator, type Coordinator } from './server.js';
 
+/** Env var naming the worker entry point to spawn instead of dist/worker/cli.js (tests, custom builds). */
+export const WORKER_CLI_ENV = 'POLYTUNE_WORKER_CLI';
+
 /** @default 10 s between SIGTERM and SIGKILL for a worker. */
 export const DEFAULT_WORKER_STOP_GRACE_MS = 10_000;
 
@@ -25,7 +28,7 @@ export interface LocalClusterOptions {
   workers: number;
   /** Passed to each worker as `--backend`. @default the worker's default */
   backend?: string;
-  /** The worker entry point. @default dist/worker/cli.js next to this module's build */
+  /** The worker entry point. @default $POLYTUNE_WORKER_CLI, else dist/worker/cli.js next to this module's build */
   workerCli?: string;
   /** @default DEFAULT_WORKER_STOP_GRACE_MS */
   stopGraceMs?: number;
@@ -86,7 +89,7 @@ function signalGroup(pid: number, sig: NodeJS.Signals): void {
 export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
   const logger = options.logger ?? silentLogger;
   if (!Number.isInteger(options.workers) || options.workers < 1) throw new UserError(`--local-workers: must be an integer >= 1, got ${options.workers}`);
-  const workerCli = options.workerCli ?? findWorkerCli();
+  const workerCli = options.workerCli ?? (process.env[WORKER_CLI_ENV] || findWorkerCli());
   const grace = options.stopGraceMs ?? DEFAULT_WORKER_STOP_GRACE_MS;
   installExitHook();
 

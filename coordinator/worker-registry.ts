@@ -142,7 +142,8 @@ export class WorkerRegistry {
 
   private remove(id: string, e: Entry, reason: string): void {
     this.workers.delete(id);
-    this.logger.warn('worker lost', { worker: id, reason, job: e.info.job?.jobId });
+    if (e.info.status === WorkerStatus.Busy) this.logger.warn('worker lost', { worker: id, reason, job: e.info.job?.jobId });
+    else this.logger.info('worker left', { worker: id, reason });
     this.emit({ type: 'lost', worker: e.info, reason });
   }
 
