@@ -261,6 +261,7 @@ export class Scheduler {
     this.lastFlush.set(jobId, Date.now());
     const p = pending.progress;
     const first = this.firstLoss.get(jobId);
+    const finite = (x: number | undefined): number | null => (x !== undefined && Number.isFinite(x) ? x : null);
     await this.store.update(jobId, (r) => {
       if (r.state !== JobState.Running || r.generation !== pending.generation) return null;
       return {
@@ -268,8 +269,9 @@ export class Scheduler {
         step: p.step,
         totalSteps: p.totalSteps || r.totalSteps,
         epoch: p.epoch,
-        lastLoss: p.loss,
-        firstLoss: r.firstLoss ?? (first?.generation === pending.generation ? first.loss : p.loss),
+        // A non-finite loss (divergence) is kept out of JSON, where it would become null.
+        lastLoss: finite(p.loss) ?? r.lastLoss,
+        firstLoss: r.firstLoss ?? finite(first?.generation === pending.generation ? first.loss : p.loss),
         tokensPerSecond: p.tokensPerSecond,
         elapsedSeconds: p.elapsedSeconds,
       };
@@ -315,8 +317,8 @@ export class Scheduler {
         ...r,
         state: JobState.Succeeded,
         step: r0.steps || r.step,
-        lastLoss: r0.steps > 0 ? r0.finalLoss : r.lastLoss,
-        firstLoss: r0.steps > 0 ? r0.firstLoss : r.firstLoss,
+        lastLoss: r0.steps > 0 && Number.isFinite(r0.finalLoss) ? r0.finalLoss : r.lastLoss,
+        firstLoss: r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
         outputDir: r0.outputDir || r.outputDir,
         finishedAt: Date.now(),
       };

@@ -331,22 +331,21 @@ export class CoordinatorSession {
   events(): AsyncIterable<SessionEvent> {
     if (this.iterating) throw new PolytuneError('CoordinatorSession.events() has a single consumer');
     this.iterating = true;
-    const self = this;
-    return {
-      async *[Symbol.asyncIterator]() {
-        for (;;) {
-          const e = self.queue.shift();
-          if (e) {
-            yield e;
-            if (e.type === 'closed') return;
-            continue;
-          }
-          await new Promise<void>((resolve) => {
-            self.wake = resolve;
-          });
-        }
-      },
-    };
+    return { [Symbol.asyncIterator]: () => this.iterate() };
+  }
+
+  private async *iterate(): AsyncGenerator<SessionEvent> {
+    for (;;) {
+      const e = this.queue.shift();
+      if (e) {
+        yield e;
+        if (e.type === 'closed') return;
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+    }
   }
 
   private send(msg: WorkerMessage): boolean {
