@@ -18,6 +18,7 @@ import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
+import { CoordinatorStartError } from './errors.js';
 import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
@@ -275,6 +276,10 @@ async function main(signal: AbortSignal): Promise<number> {
         throw new UsageError(`unknown command "${command}"\n${USAGE}`);
     }
   } catch (e) {
+    if (e instanceof CoordinatorStartError) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return ExitCode.failure;
+    }
     if (e instanceof CoordinatorCallError) {
       // The server's message names the field or job; a stack would only hide it.
       if (e.isUserMistake) throw new UserError(e.message, { cause: e });

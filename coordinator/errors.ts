@@ -38,3 +38,11 @@ export class CoordinatorStoppingError extends PolytuneError {
     this.name = 'CoordinatorStoppingError';
   }
 }
+
+/** The coordinator could not start: NATS unreachable, JetStream off, address in use. */
+export class CoordinatorStartError extends PolytuneError {
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { ...options, retryable: true });
+    this.name = 'CoordinatorStartError';
+  }
+}

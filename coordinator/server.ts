@@ -20,7 +20,7 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
-import { WorkerProtocolError } from './errors.js';
+import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
@@ -78,12 +78,19 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
-  const nc: NatsConnection = await connect({ servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
+  let nc: NatsConnection;
+  try {
+    nc = await connect({ servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
+  } catch (e) {
+    throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl}: ${errorMessage(e)}`, { cause: e });
+  }
   let server: grpc.Server | undefined;
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   try {
-    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET });
+    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
+      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
+    });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
@@ -97,7 +104,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
-      srv.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+      srv.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (
+        err ? reject(new CoordinatorStartError(`cannot listen on ${listen}: ${err.message}`, { cause: err })) : resolve(p)));
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     logger.info('coordinator listening', { address, nats: natsUrl });
