@@ -9,6 +9,7 @@
  * changes nothing). Importing the module is enough; `registerGradients()` is idempotent.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { matMul } from './matmul.js';
 
 type Grads = Record<string, () => tf.Tensor>;
 
@@ -137,10 +138,11 @@ const configs: tf.GradConfig[] = [
     gradFunc: (dyRaw, [a, b], attrs) => {
       const dy = dyRaw as tf.Tensor;
       const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
-      if (!transposeA && !transposeB) return { a: () => tf.matMul(dy, b!, false, true), b: () => tf.matMul(a!, dy, true, false) };
-      if (!transposeA && transposeB) return { a: () => tf.matMul(dy, b!, false, false), b: () => tf.matMul(dy, a!, true, false) };
-      if (transposeA && !transposeB) return { a: () => tf.matMul(b!, dy, false, true), b: () => tf.matMul(a!, dy, false, false) };
-      return { a: () => tf.matMul(b!, dy, true, true), b: () => tf.matMul(dy, a!, true, true) };
+      // Through matMul(): on wasm the transposed products run as plain ones.
+      if (!transposeA && !transposeB) return { a: () => matMul(dy, b!, false, true), b: () => matMul(a!, dy, true, false) };
+      if (!transposeA && transposeB) return { a: () => matMul(dy, b!, false, false), b: () => matMul(dy, a!, true, false) };
+      if (transposeA && !transposeB) return { a: () => matMul(b!, dy, false, true), b: () => matMul(a!, dy, false, false) };
+      return { a: () => matMul(b!, dy, true, true), b: () => matMul(dy, a!, true, true) };
     },
   },
   {

@@ -7,9 +7,12 @@
  *               h = RMSNorm(x);  x = x + down_proj(silu(gate_proj h) * up_proj h)
  *   logits = lm_head(RMSNorm(x))          (lm_head = embed_tokens when tied)
  *
- * Linear weights stay in the HF layout [out, in] and are applied as `matMul(x, W, false, true)`.
- * Activations are kept as 2-D [B*T, hidden] between layers so that every projection is one plain
- * matMul. Every op between a trainable parameter and the loss has a gradient that runs on the wasm
+ * Layouts. On wasm a product with a transpose flag is 10-40x slower than a plain one (see
+ * matmul.ts), so frozen projection weights are stored transposed, [in, out], once at load, and
+ * applied as plain `matMul(x, Wt)`; trainable ones are `tf.Variable`s in the HF layout [out, in]
+ * (what the trainer all-reduces, checkpoints and exports) and are transposed inside the step.
+ * Activations are kept as 2-D [B*T, hidden] between layers so that every projection is one
+ * matMul; keys are produced directly in the [B, kvHeads, D, T] layout the score product needs. Every op between a trainable parameter and the loss has a gradient that runs on the wasm
  * backend: row gathers go through `gatherRows` (gradient = ScatterNd), and the loss head is a
  * custom-gradient op that never materialises a one-hot tensor.
  */
@@ -18,6 +21,7 @@ import { ModelLoadError, UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
 import './gradients.js';
+import { matMul, transposeLast } from './matmul.js';
 import { ropeTables } from './rope.js';
 import { listModelTensors, readModelTensors, type NamedTensor } from './safetensors.js';
 
@@ -127,11 +131,28 @@ export function causalMask(t: number, past = 0): tf.Tensor {
 
 let modelSeq = 0;
 
+/** Transposes a row-major [rows, cols] matrix on the host, in cache-friendly blocks. */
+function transposeHost(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  const BS = 64;
+  for (let r0 = 0; r0 < rows; r0 += BS) {
+    const r1 = Math.min(rows, r0 + BS);
+    for (let c0 = 0; c0 < cols; c0 += BS) {
+      const c1 = Math.min(cols, c0 + BS);
+      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * rows + r] = data[r * cols + c]!;
+    }
+  }
+  return out;
+}
+
 export class LlamaModel {
   readonly config: LlamaConfig;
   readonly trainableNames: readonly string[];
+  /** Every parameter by HF name: variables in the HF layout, frozen projections transposed. */
   private readonly params = new Map<string, tf.Tensor>();
   private readonly vars = new Map<string, tf.Variable>();
+  /** Names stored transposed ([in, out], or [hidden, vocab] for the head). */
+  private readonly transposed = new Set<string>();
   private disposed = false;
 
   private constructor(config: LlamaConfig, trainableNames: readonly string[]) {
@@ -204,21 +225,30 @@ export class LlamaModel {
     return out.sort((a, b) => order.indexOf(a) - order.indexOf(b));
   }
 
+  /** Weights used as the right operand of a product: projections and the output head. */
+  private isMatrixOperand(name: string): boolean {
+    return name.endsWith('_proj.weight') || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && this.config.tieWordEmbeddings);
+  }
+
   private adopt(t: NamedTensor, trainable: boolean): void {
-    const init = tf.tensor(t.data, t.shape, 'float32');
     if (trainable) {
+      const init = tf.tensor(t.data, t.shape, 'float32');
       const v = tf.variable(init, true, `polytune/${modelSeq++}/${t.name}`);
       init.dispose();
       this.vars.set(t.name, v);
       this.params.set(t.name, v);
-    } else this.params.set(t.name, init);
+    } else if (this.isMatrixOperand(t.name)) {
+      const [rows, cols] = t.shape as [number, number];
+      this.params.set(t.name, tf.tensor(transposeHost(t.data, rows, cols), [cols, rows], 'float32'));
+      this.transposed.add(t.name);
+    } else this.params.set(t.name, tf.tensor(t.data, t.shape, 'float32'));
   }
 
   private live(): void {
     if (this.disposed) throw new Error('LlamaModel used after dispose()');
   }
 
-  /** A trainable parameter. */
+  /** A trainable parameter: a `tf.Variable` in the HF layout and shape. */
   variable(name: string): tf.Variable {
     this.live();
     const v = this.vars.get(name);
@@ -226,13 +256,16 @@ export class LlamaModel {
     return v;
   }
 
-  /** Any parameter, by HF name (`lm_head.weight` resolves to the embedding when tied). */
+  /**
+   * Any parameter by HF name, in the HF layout and shape (`lm_head.weight` is the embedding when
+   * tied). The caller owns the returned tensor (dispose it, or call inside `tf.tidy`).
+   */
   tensor(name: string): tf.Tensor {
     this.live();
     const key = name === 'lm_head.weight' && this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
     const t = this.params.get(key);
     if (!t) throw new Error(`${name} is not a parameter of this model`);
-    return t;
+    return this.transposed.has(key) ? transposeLast(t) : tf.clone(t);
   }
 
   /** Parameter names in HF order (no `lm_head.weight` when tied). */
@@ -240,13 +273,33 @@ export class LlamaModel {
     return [...expectedTensorShapes(this.config).keys()];
   }
 
+  /** A product operand [in, out]: stored so when frozen, transposed in the step when it trains. */
+  private operand(name: string): tf.Tensor2D {
+    const t = this.params.get(name) as tf.Tensor2D;
+    return this.transposed.has(name) ? t : transposeLast(t);
+  }
+
   private p(layer: number, suffix: string): tf.Tensor {
     return this.params.get(layerTensorName(layer, suffix))!;
   }
 
   private linear(x: tf.Tensor2D, layer: number, proj: string, bias: boolean): tf.Tensor2D {
-    const y: tf.Tensor2D = tf.matMul(x, this.p(layer, `${proj}.weight`) as tf.Tensor2D, false, true);
+    const y: tf.Tensor2D = tf.matMul(x, this.operand(layerTensorName(layer, `${proj}.weight`)));
     return bias ? tf.add<tf.Tensor2D>(y, this.p(layer, `${proj}.bias`)) : y;
+  }
+
+  /** Input embeddings [N, H] for flat ids [N]. */
+  private embed(ids: tf.Tensor1D): tf.Tensor2D {
+    const name = 'model.embed_tokens.weight';
+    const t = this.params.get(name) as tf.Tensor2D;
+    // Tied and frozen: stored [H, V] for the head, so gather columns (no gradient needed).
+    if (this.transposed.has(name)) return tf.transpose(tf.gather(t, ids, 1));
+    return gatherRows(t, ids);
+  }
+
+  /** The output head name: lm_head, or the embedding when tied. */
+  private get headName(): string {
+    return this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
   }
 
   /**
@@ -281,8 +334,7 @@ export class LlamaModel {
     const sinQ = tf.mul(sin, scale);
     const mask = options.mask ?? causalMask(T, past);
 
-    const flatIds = tf.reshape(inputIds, [B * T]) as tf.Tensor1D;
-    let x: tf.Tensor2D = gatherRows(this.params.get('model.embed_tokens.weight') as tf.Tensor2D, flatIds);
+    let x = this.embed(tf.reshape(inputIds, [B * T]));
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 
@@ -292,24 +344,24 @@ export class LlamaModel {
       const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
       const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
       const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
-      let kh: tf.Tensor4D = tf.transpose(k, [0, 2, 1, 3]); // [B, nKV, T, D]
-      let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]);
+      let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
+      let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
       if (options.cache) {
-        kh = tf.concat([options.cache.k[l]!, kh], 2) as tf.Tensor4D;
-        vh = tf.concat([options.cache.v[l]!, vh], 2) as tf.Tensor4D;
+        kt = tf.concat([options.cache.k[l]!, kt], 3);
+        vh = tf.concat([options.cache.v[l]!, vh], 2);
       }
       if (wantCache) {
-        newK.push(kh);
+        newK.push(kt);
         newV.push(vh);
       }
       const tk = past + T;
       // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
       // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
       const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
-      const scores = tf.matMul(qg, tf.reshape(kh, [B * nKV, tk, D]), false, true); // [B*nKV, groups*T, tk]
+      const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
       const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
-      const ctx = tf.matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
-      const attn = tf.reshape(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]) as tf.Tensor2D;
+      const ctx = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
+      const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
       x = tf.add(x, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
 
       // SwiGLU MLP: down(silu(gate(h)) * up(h)).
@@ -322,14 +374,9 @@ export class LlamaModel {
     return wantCache ? { hidden, cache: { k: newK, v: newV, length: past + T } } : { hidden };
   }
 
-  /** The output projection weight [V, H]: lm_head, or the embedding when tied. */
-  private get headWeight(): tf.Tensor2D {
-    return this.tensor('lm_head.weight') as tf.Tensor2D;
-  }
-
   /** Logits for hidden states [N, H] -> [N, V]. */
   head(hidden: tf.Tensor2D): tf.Tensor2D {
-    return tf.matMul(hidden, this.headWeight, false, true);
+    return tf.matMul(hidden, this.operand(this.headName));
   }
 
   /** Logits [B, T, V] for int32 input ids [B, T]. */
@@ -367,59 +414,63 @@ export class LlamaModel {
   /**
    * Per-token NLL -log softmax(h W^T)[target] for hidden states `hs` [M, H], as one
    * custom-gradient op: logsumexp - logit[target], with d/dlogits = softmax - onehot applied
-   * without building either [M, V] tensor for the gradient. When the head weight trains (full
-   * tuning, or tied to trainable embeddings) its gradient is computed too.
+   * without building a one-hot tensor. Logits are computed in row chunks; above
+   * SAVE_LOGITS_MAX_ELEMS they are recomputed in the backward pass rather than kept. When the head
+   * weight trains (full tuning, or tied to trainable embeddings) its gradient is computed too.
    */
   private tokenNll(hs: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
-    const W = this.headWeight;
+    const name = this.headName;
+    const stored = this.params.get(name) as tf.Tensor2D;
+    const wTrains = !this.transposed.has(name); // a variable in the HF layout [V, H]
     const [M] = hs.shape;
     const V = this.config.vocabSize;
     const chunk = Math.max(1, Math.floor(HEAD_CHUNK_ELEMS / V));
     const keepLogits = M * V <= SAVE_LOGITS_MAX_ELEMS;
-    const wTrains = W instanceof tf.Variable && W.trainable;
-
     const parts: Array<{ start: number; size: number }> = [];
     for (let s = 0; s < M; s += chunk) parts.push({ start: s, size: Math.min(chunk, M - s) });
 
-    // Inputs: hs, targets, and W only when it trains (a frozen W gets no gradient computed).
-    const inputs: tf.Tensor[] = wTrains ? [hs, targets, W] : [hs, targets];
+    // Inputs: hs, targets, and the head weight only when it trains (a frozen one gets no gradient).
+    const inputs: tf.Tensor[] = wTrains ? [hs, targets, stored] : [hs, targets];
     return customOp(inputs, ([h, tg], save) => {
+      const wt = wTrains ? tf.transpose(stored) : stored; // [H, V]
       const lses: tf.Tensor[] = [];
       const kept: tf.Tensor[] = [];
       for (const { start, size } of parts) {
-        const logits = tf.matMul(tf.slice(h!, [start, 0], [size, -1]), W, false, true);
+        const logits = tf.matMul(tf.slice(h!, [start, 0], [size, -1]), wt);
         lses.push(tf.logSumExp(logits, 1));
         if (keepLogits) kept.push(logits);
       }
       const lse = tf.concat(lses, 0);
       // The target logit as a row dot product <h_m, W[target_m]>: the number the matMul gives.
-      const labelLogit = tf.sum(tf.mul(h!, tf.gather(W, tg!)), 1);
-      save([h!, tg!, lse, ...kept]);
+      const wRows = wTrains ? tf.gather(stored, tg!) : tf.transpose(tf.gather(stored, tg!, 1));
+      const labelLogit = tf.sum(tf.mul(h!, wRows), 1);
+      save([h!, tg!, lse, wRows, ...kept]);
       return {
         value: tf.sub(lse, labelLogit),
         gradFunc: (dy, saved) => {
-          const [sh, stg, slse] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+          const [sh, stg, slse, sRows] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D, tf.Tensor2D];
+          const w = wTrains ? stored : tf.transpose(stored); // [V, H], for dh = p W
           const dhParts: tf.Tensor[] = [];
-          let dW: tf.Tensor | undefined;
+          let dWt: tf.Tensor | undefined;
           parts.forEach(({ start, size }, i) => {
             const hc = tf.slice(sh, [start, 0], [size, -1]);
-            const logits = keepLogits ? saved[3 + i]! : tf.matMul(hc, W, false, true);
+            const logits = keepLogits ? saved[4 + i]! : tf.matMul(hc, wTrains ? tf.transpose(stored) : stored);
             // dy * softmax(logits), the softmax recovered from the saved logsumexp.
             const p = tf.mul(
               tf.exp(tf.sub(logits, tf.expandDims(tf.slice(slse, [start], [size]), 1))),
               tf.expandDims(tf.slice(dy, [start], [size]), 1),
             );
-            dhParts.push(tf.matMul(p, W));
+            dhParts.push(tf.matMul(p, w));
             if (wTrains) {
-              const g = tf.matMul(p, hc, true, false);
-              dW = dW ? tf.add(dW, g) : g;
+              const g = tf.matMul(tf.transpose(hc), p); // [H, V]: both operands plain
+              dWt = dWt ? tf.add(dWt, g) : g;
             }
           });
-          // minus dy * onehot(target), pushed through the matMul: dh -= dy * W[target].
+          // minus dy * onehot(target), pushed through the product: dh -= dy * W[target].
           const dyCol = tf.expandDims(dy, 1);
-          const dh = tf.sub(dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0), tf.mul(tf.gather(W, stg), dyCol));
+          const dh = tf.sub(dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0), tf.mul(sRows, dyCol));
           const grads: tf.Tensor[] = [dh, tf.zerosLike(stg)];
-          if (wTrains) grads.push(tf.sub(dW!, tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), W.shape)));
+          if (wTrains) grads.push(tf.sub(tf.transpose(dWt!), tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), stored.shape)));
           return grads;
         },
       };
@@ -434,6 +485,7 @@ export class LlamaModel {
     const sup = this.supervised(labels);
     const { hidden } = this.forwardHidden(inputIds);
     if (sup.index.length === 0) return { nll: null, hidden, row: sup.row };
+    // Only supervised positions reach the (vocabulary-sized) head: prompt tokens cost nothing there.
     const hs = gatherRows(hidden, tf.tensor1d(sup.index, 'int32'));
     return { nll: this.tokenNll(hs, tf.tensor1d(sup.target, 'int32')), hidden, row: sup.row };
   }
@@ -447,7 +499,7 @@ export class LlamaModel {
     return tf.tidy(() => {
       const { nll, hidden } = this.supervisedNll(inputIds, labels);
       // No supervised token: zero, still connected to the parameters so that gradients are zeros.
-      if (!nll) return tf.mul(tf.sum(hidden), 0) as tf.Scalar;
+      if (!nll) return tf.mul(tf.sum(hidden), 0);
       return tf.sum(nll);
     });
   }
@@ -469,12 +521,15 @@ export class LlamaModel {
     return { nll, tokens };
   }
 
-  /** Every parameter in HF names and shapes, copied out of the backend. */
+  /** Every parameter in HF names, layout and shapes, copied out of the backend. */
   exportTensors(): NamedTensor[] {
     this.live();
     return this.parameterNames.map((name) => {
       const t = this.params.get(name)!;
-      return { name, shape: [...t.shape], data: t.dataSync() as Float32Array };
+      const data = t.dataSync() as Float32Array;
+      if (!this.transposed.has(name)) return { name, shape: [...t.shape], data };
+      const [inDim, outDim] = t.shape as [number, number];
+      return { name, shape: [outDim, inDim], data: transposeHost(data, inDim, outDim) };
     });
   }
 
@@ -486,6 +541,3 @@ export class LlamaModel {
     this.vars.clear();
   }
 }
-
-/** Loads a model by directory, reading config.json first (re-exported convenience). */
-export { readLlamaConfig };
