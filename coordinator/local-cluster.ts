@@ -6,7 +6,8 @@
  * Nothing is left behind: every worker runs in its own process group, `stop()` sends SIGTERM to
  * each group, SIGKILL after a grace period, and awaits every exit; then the coordinator and the
  * nats-server stop (the server's temporary directory is removed). If this process exits without
- * `stop()`, an exit hook SIGKILLs the worker groups.
+ * `stop()`, an exit hook SIGKILLs the worker groups; if it is killed outright (SIGKILL), the reaper
+ * process (below) stops nats-server and the workers.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -53,6 +54,71 @@ export function findWorkerCli(): string {
   const candidates = [join(here, '..', 'worker', 'cli.js'), join(here, '..', 'dist', 'worker', 'cli.js'), join(here, '..', '..', 'dist', 'worker', 'cli.js')];
   for (const c of candidates) if (existsSync(c)) return c;
   throw new UserError(`cannot find the built worker (tried ${candidates.join(', ')}): run \`npm run build\` first`);
+}
+
+/**
+ * The reaper: a tiny detached Node process that holds a pipe from this one. We tell it each pid
+ * (`+PID`) or process group (`+-PGID`) we start and forget (`-PID`) each that exited. When the
+ * pipe closes — `stop()` ends it, or this process died, even by SIGKILL — it sends SIGTERM to what
+ * is still registered, SIGKILL 5 s later, and exits. So a killed `coordinator submit
+ * --local-workers` leaves no nats-server or worker behind.
+ */
+const REAPER_SOURCE = `
+const live = new Set();
+let buf = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (d) => {
+  buf += d;
+  let i;
+  while ((i = buf.indexOf('\\n')) >= 0) {
+    const line = buf.slice(0, i); buf = buf.slice(i + 1);
+    const n = Number(line.slice(1));
+    if (!Number.isInteger(n) || n === 0) continue;
+    if (line[0] === '+') live.add(n); else if (line[0] === '-') { live.delete(n); live.delete(-n); }
+  }
+});
+const alive = (p) => { try { process.kill(p, 0); return true; } catch { return false; } };
+const kill = (p, s) => { try { process.kill(p, s); } catch {} };
+process.stdin.on('end', () => {
+  if (live.size === 0) process.exit(0);
+  for (const p of live) kill(p, 'SIGTERM');
+  const started = Date.now();
+  const t = setInterval(() => {
+    const left = [...live].filter(alive);
+    if (left.length === 0) process.exit(0);
+    if (Date.now() - started > 5000) { for (const p of left) kill(p, 'SIGKILL'); process.exit(0); }
+  }, 100);
+});
+`;
+
+interface Reaper {
+  add(pid: number, group?: boolean): void;
+  forget(pid: number): void;
+  /** Ends the pipe; the reaper kills whatever is still registered, then exits. */
+  close(): Promise<void>;
+}
+
+function startReaper(): Reaper {
+  const child = spawn(process.execPath, ['-e', REAPER_SOURCE], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+  child.unref();
+  const stdin = child.stdin!;
+  stdin.on('error', () => undefined);
+  (stdin as unknown as { unref?: () => void }).unref?.();
+  const exited = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
+  const write = (line: string): void => {
+    if (!stdin.destroyed && stdin.writable) stdin.write(line + '\n');
+  };
+  return {
+    add: (pid, group = false) => write(`+${group ? -pid : pid}`),
+    forget: (pid) => write(`-${pid}`),
+    close: async () => {
+      stdin.end();
+      await exited;
+    },
+  };
 }
 
 interface WorkerProcess {
@@ -115,13 +181,18 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       }));
       await coordinator?.stop();
       await nats?.stop();
+      await reaper.close();
       logger.info('local cluster stopped');
     })();
     return stopped;
   };
 
+  const reaper = startReaper();
   try {
     nats = await startNatsServer({ jetstream: true, logger: logger.child('nats') });
+    const natsPid = nats.pid;
+    reaper.add(natsPid);
+    void nats.exited.then(() => reaper.forget(natsPid));
     coordinator = await startCoordinator({ listen: '127.0.0.1:0', natsUrl: nats.url, logger: logger.child('coordinator') });
     logger.info('local cluster: nats and coordinator up', { nats: nats.url, coordinator: coordinator.address });
     const env = { ...process.env, POLYTUNE_LOG_LEVEL: process.env['POLYTUNE_LOG_LEVEL'] ?? options.workerLogLevel ?? 'warn' };
@@ -150,7 +221,12 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
           });
         }),
       };
-      if (child.pid !== undefined) liveGroups.add(child.pid);
+      if (child.pid !== undefined) {
+        const pid = child.pid;
+        liveGroups.add(pid);
+        reaper.add(pid, true);
+        void proc.exited.then(() => reaper.forget(pid));
+      }
       procs.push(proc);
     }
     logger.info('local cluster: workers started', { workers: options.workers });

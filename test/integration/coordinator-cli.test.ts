@@ -127,4 +127,24 @@ describe('coordinator CLI', () => {
     expect(kids.length).toBeGreaterThanOrEqual(3);
     expect(kids.filter(alive)).toEqual([]);
   });
+
+  it('SIGKILL of submit --local-workers still leaves no process (the reaper stops them)', async () => {
+    fx = makeSpecFixture();
+    let kids: number[] = [];
+    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { FAKE_WORKER_STEP_MS: '2000' }, (pid, stdout) => {
+      const t = setInterval(() => {
+        if (stdout().includes('Running')) {
+          clearInterval(t);
+          kids = descendants(pid);
+          process.kill(pid, 'SIGKILL');
+        }
+      }, 20);
+      t.unref();
+    });
+    expect(r.signal).toBe('SIGKILL');
+    expect(kids.length).toBeGreaterThanOrEqual(4); // reaper, nats-server, 2 workers
+    const deadline = Date.now() + 10_000;
+    while (kids.some(alive) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+    expect(kids.filter(alive)).toEqual([]);
+  });
 });
