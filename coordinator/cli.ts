@@ -179,7 +179,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
   try {
     if (localWorkers > 0) {
       cluster = await startLocalCluster({
-        workers: localWorkers, backend: v.backend as string | undefined, logger: createLogger('local-cluster', { level: 'warn' }),
+        workers: localWorkers, backend: v.backend as string | undefined, logger: createLogger('local-cluster', { level: 'error' }),
       });
       out(`local cluster: coordinator ${cluster.coordinatorAddress}, nats ${cluster.natsUrl}, ${localWorkers} workers`);
     }

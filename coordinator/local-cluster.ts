@@ -115,6 +115,8 @@ function startReaper(): Reaper {
     add: (pid, group = false) => write(`+${group ? -pid : pid}`),
     forget: (pid) => write(`-${pid}`),
     close: async () => {
+      // Hold the event loop open until the reaper has exited (it was unref'd while idle).
+      child.ref();
       stdin.end();
       await exited;
     },
