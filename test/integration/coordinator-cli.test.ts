@@ -102,6 +102,13 @@ describe('coordinator CLI', () => {
     expect(kids.filter(alive)).toEqual([]);
   });
 
+  it('submit --local-workers reports a cluster that cannot start (no silent exit 0)', async () => {
+    fx = makeSpecFixture();
+    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { POLYTUNE_NATS_SERVER: join(fx.dir, 'no-such-nats-server') });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('nats-server');
+  });
+
   it('submit --local-workers exits non-zero when the job fails', async () => {
     fx = makeSpecFixture();
     const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { FAKE_WORKER_FAIL: '1' });
