@@ -52,13 +52,14 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
       });
       const ar = allReduce;
+      const started = performance.now();
       const result = await train({
         spec: a.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
         allReduce: (step, data) => ar.allReduce(step, data, abort.signal),
         onStep: (r) => {
           session.progress({
             jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
-            tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: r.stepSeconds,
+            tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
           });
           jlog.debug('step', { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
         },
