@@ -32,9 +32,10 @@ export const IGNORE_INDEX = -100;
 export const MASKED = -1e9;
 
 /**
- * Rows of the loss head's logits computed at once (rows x vocab floats). Above
- * `SAVE_LOGITS_MAX_ELEMS` logits in total, the backward pass recomputes them chunk by chunk
- * instead of keeping them, bounding memory at the cost of one more lm_head matMul.
+ * Rows of the loss head's logits computed at once (rows x vocab floats). Up to
+ * `SAVE_LOGITS_MAX_ELEMS` logits in total, exp(logits - max) is kept for the backward pass; above,
+ * the backward pass recomputes logits chunk by chunk, bounding memory at the cost of one more
+ * lm_head matMul and exp.
  */
 const HEAD_CHUNK_ELEMS = 16 * 1024 * 1024;
 const SAVE_LOGITS_MAX_ELEMS = 64 * 1024 * 1024;
@@ -71,6 +72,8 @@ export interface LoadOptions {
   /** HF names of the parameters that train: they become trainable `tf.Variable`s. @default none */
   trainable?: ReadonlySet<string>;
   logger?: Logger;
+  /** Memory bounds of the loss head, in floats. @default HEAD_CHUNK_ELEMS, SAVE_LOGITS_MAX_ELEMS */
+  lossHead?: { chunkElems?: number; keepMaxElems?: number };
 }
 
 /**
@@ -154,10 +157,14 @@ export class LlamaModel {
   /** Names stored transposed ([in, out], or [hidden, vocab] for the head). */
   private readonly transposed = new Set<string>();
   private disposed = false;
+  private readonly headChunkElems: number;
+  private readonly keepLogitsMaxElems: number;
 
-  private constructor(config: LlamaConfig, trainableNames: readonly string[]) {
+  private constructor(config: LlamaConfig, trainableNames: readonly string[], options: LoadOptions) {
     this.config = config;
     this.trainableNames = trainableNames;
+    this.headChunkElems = options.lossHead?.chunkElems ?? HEAD_CHUNK_ELEMS;
+    this.keepLogitsMaxElems = options.lossHead?.keepMaxElems ?? SAVE_LOGITS_MAX_ELEMS;
   }
 
   /**
@@ -178,7 +185,7 @@ export class LlamaModel {
       }
     }
     const trainable = LlamaModel.checkTrainable(config, options.trainable);
-    const model = new LlamaModel(config, trainable);
+    const model = new LlamaModel(config, trainable, options);
     const started = Date.now();
     try {
       for await (const t of readModelTensors(dir, expected.keys())) model.adopt(t, trainable.includes(t.name));
@@ -194,7 +201,7 @@ export class LlamaModel {
   static fromTensors(config: LlamaConfig, tensors: Iterable<NamedTensor>, options: LoadOptions = {}): LlamaModel {
     const expected = expectedTensorShapes(config);
     const trainable = LlamaModel.checkTrainable(config, options.trainable);
-    const model = new LlamaModel(config, trainable);
+    const model = new LlamaModel(config, trainable, options);
     try {
       for (const t of tensors) {
         const shape = expected.get(t.name);
@@ -424,8 +431,8 @@ export class LlamaModel {
     const wTrains = !this.transposed.has(name); // a variable in the HF layout [V, H]
     const [M] = hs.shape;
     const V = this.config.vocabSize;
-    const chunk = Math.max(1, Math.floor(HEAD_CHUNK_ELEMS / V));
-    const keepLogits = M * V <= SAVE_LOGITS_MAX_ELEMS;
+    const chunk = Math.max(1, Math.floor(this.headChunkElems / V));
+    const keepLogits = M * V <= this.keepLogitsMaxElems;
     const parts: Array<{ start: number; size: number }> = [];
     for (let s = 0; s < M; s += chunk) parts.push({ start: s, size: Math.min(chunk, M - s) });
 
@@ -437,8 +444,13 @@ export class LlamaModel {
       const kept: tf.Tensor[] = [];
       for (const { start, size } of parts) {
         const logits = tf.matMul(tf.slice(h!, [start, 0], [size, -1]), wt);
-        lses.push(tf.logSumExp(logits, 1));
-        if (keepLogits) kept.push(logits);
+        // logsumexp = m + log(sum(exp(logits - m))); exp(logits - m) is kept for the backward
+        // pass, which then needs no second exp over [rows, V].
+        const m = tf.max(logits, 1, true);
+        const e = tf.exp(tf.sub(logits, m));
+        const total = tf.sum(e, 1, true);
+        lses.push(tf.reshape(tf.add(m, tf.log(total)), [size]));
+        if (keepLogits) kept.push(e, total);
       }
       const lse = tf.concat(lses, 0);
       // The target logit as a row dot product <h_m, W[target_m]>: the number the matMul gives.
@@ -454,12 +466,11 @@ export class LlamaModel {
           let dWt: tf.Tensor | undefined;
           parts.forEach(({ start, size }, i) => {
             const hc = tf.slice(sh, [start, 0], [size, -1]);
-            const logits = keepLogits ? saved[4 + i]! : tf.matMul(hc, wTrains ? tf.transpose(stored) : stored);
-            // dy * softmax(logits), the softmax recovered from the saved logsumexp.
-            const p = tf.mul(
-              tf.exp(tf.sub(logits, tf.expandDims(tf.slice(slse, [start], [size]), 1))),
-              tf.expandDims(tf.slice(dy, [start], [size]), 1),
-            );
+            // dy * softmax(logits): from the kept exp(logits - m) / sum, or recomputed with the lse.
+            const dyc = tf.expandDims(tf.slice(dy, [start], [size]), 1);
+            const p = keepLogits
+              ? tf.mul(saved[4 + 2 * i]!, tf.div(dyc, saved[5 + 2 * i]!))
+              : tf.mul(tf.exp(tf.sub(tf.matMul(hc, wTrains ? tf.transpose(stored) : stored), tf.expandDims(tf.slice(slse, [start], [size]), 1))), dyc);
             dhParts.push(tf.matMul(p, w));
             if (wTrains) {
               const g = tf.matMul(tf.transpose(hc), p); // [H, V]: both operands plain
