@@ -1,6 +1,6 @@
 /**
  * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
- * HF's modeling_llama.py (scripts/make-golden.py), on the wasm backend.
+ * HF's modeling_llama.py (scripts/make-golden.py), on the wasm and cpu backends.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -32,11 +32,9 @@ interface Golden {
   grads: string[];
 }
 
-beforeAll(async () => {
-  await initBackend('wasm');
-});
+const CASES = (['wasm', 'cpu'] as const).flatMap((backend) => MODELS.map((name) => [backend, name] as const));
 
-describe.each(MODELS)('golden %s', (name) => {
+describe.each(CASES)('golden %s %s', (backend, name) => {
   const dir = join(GOLDEN, name);
   let golden: Golden;
   let expected: Map<string, Float32Array>;
@@ -45,6 +43,7 @@ describe.each(MODELS)('golden %s', (name) => {
   let labels: tf.Tensor2D;
 
   beforeAll(async () => {
+    await initBackend(backend);
     golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
     expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
     model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });
