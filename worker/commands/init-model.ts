@@ -49,3 +49,6 @@ export async function runInitModel(options: InitModelOptions): Promise<{ dir: st
   options.write?.(`wrote ${options.out}: preset ${preset}, ${parameters} parameters, seed ${seed}`);
   return { dir: options.out, parameters };
 }
+
+/** Alias of `runInitModel` for programmatic use. */
+export const initModel = runInitModel;

@@ -140,7 +140,7 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   if (headDim % 2 !== 0) r.fail(`head_dim (${headDim}) must be even for rotary embeddings`);
 
   const eosRaw = obj['eos_token_id'];
-  let eosTokenId: number | number[] | null = null;
+  let eosTokenId: number | number[] | null;
   if (Array.isArray(eosRaw)) {
     if (!eosRaw.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0)) r.fail('eos_token_id must be token ids');
     eosTokenId = eosRaw as number[];
