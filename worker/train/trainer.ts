@@ -143,7 +143,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
           const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
           const r = tf.variableGrads(() => model.nllSum(ids, labels), vars);
-          const g = names.map((n) => r.grads[n]!);
+          const g = vars.map((v) => r.grads[v.name]!);
           const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
           return { value: r.value, grads: summed };
         });
