@@ -97,11 +97,11 @@ describe('coordinator submit --local-workers', () => {
   }, 300_000);
 
   it('refuses a spec with a mistake, naming the field, without a stack trace', async () => {
-    await writeFile(join(dir, 'bad.yaml'), specText('e2e-bad').replace('lr: 3.0e-3', 'lr: -1').replace('count: 2 }', 'count: 2, min: 3 }'));
+    await writeFile(join(dir, 'bad.yaml'), specText('e2e-bad').replace('lr: 3.0e-3', 'lr: -1').replace('maxSeqLen: 96', 'maxSeqLen: 96\n    tempalte: slam'));
     const r = run([COORDINATOR, 'submit', 'bad.yaml', '--local-workers', '2', '--watch']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('spec.training.optimizer.lr: must be > 0');
-    expect(r.stderr).toContain('spec.workers.min: must be <= spec.workers.count (2)');
+    expect(r.stderr).toContain('spec.data.tempalte: unknown field');
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
