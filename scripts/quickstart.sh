@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# npm run quickstart: set-up, a tiny LLaMA with a real 32000-token LLaMA-family tokenizer, templated
+# word problems in ten languages, and a SLAM job on an embedded local cluster of 2 workers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+RUN=runs/quickstart
+if [ ! -f "$RUN/model/model.safetensors" ]; then
+  node dist/worker/cli.js init-model --preset tiny --out "$RUN/model"
+fi
+node dist/scripts/quickstart-data.js --out "$RUN/data/word-problems.jsonl" --per-language 32
+rm -rf "$RUN/output"
+
+node dist/coordinator/cli.js submit configs/quickstart.yaml --local-workers 2 --watch
