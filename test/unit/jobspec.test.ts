@@ -76,7 +76,7 @@ describe('parseJobSpec', () => {
 
   it('names the source in the message', () => {
     expect(() => parseJobSpec(VALID.replace('lr: 1.0e-3', 'lr: 0'), { source: 'job.yaml' })).toThrow(
-      /job\.yaml: invalid job spec\n  spec\.training\.optimizer\.lr: must be > 0/,
+      /job\.yaml: invalid job spec\n {2}spec\.training\.optimizer\.lr: must be > 0/,
     );
   });
 });
