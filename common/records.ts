@@ -82,67 +82,79 @@ async function readText(file: string): Promise<string> {
   }
 }
 
+/** A JSON Lines format: one object a line. */
+export type JsonlFormat = 'alpaca' | 'tokenized' | 'msvamp';
+
+/** One JSON Lines record of `format`; errors name `file:lineNo`. */
+export function recordFromJson(
+  file: string, obj: Record<string, unknown>, lineNo: number, format: JsonlFormat, language: string | undefined,
+): DataRecord {
+  switch (format) {
+    case 'alpaca': {
+      const instruction = firstString(obj, ['instruction', 'question', 'query']);
+      const output = firstString(obj, ['output', 'answer', 'response']);
+      if (instruction === undefined) throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', lineNo);
+      if (output === undefined) throw new DataFormatError(file, 'missing "output" (or "answer", "response")', lineNo);
+      const input = firstString(obj, ['input']);
+      const lang = firstString(obj, ['language']) ?? language;
+      return { kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language: lang };
+    }
+    case 'msvamp': {
+      const question = firstString(obj, ['m_query']);
+      const output = firstString(obj, ['response']);
+      if (question === undefined) throw new DataFormatError(file, 'missing "m_query"', lineNo);
+      if (output === undefined) throw new DataFormatError(file, 'missing "response"', lineNo);
+      return { kind: 'text', question, output, language };
+    }
+    case 'tokenized': {
+      const inputIds = intArray(file, obj, 'input_ids', lineNo);
+      const labels = intArray(file, obj, 'labels', lineNo);
+      if (inputIds.length !== labels.length) {
+        throw new DataFormatError(file, `input_ids (${inputIds.length}) and labels (${labels.length}) differ in length`, lineNo);
+      }
+      if (inputIds.length < 2) throw new DataFormatError(file, 'a record needs at least 2 tokens', lineNo);
+      if (inputIds.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', lineNo);
+      if (labels.some((t) => t < 0 && t !== IGNORE_INDEX)) throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, lineNo);
+      return { kind: 'tokens', inputIds, labels, language: firstString(obj, ['language']) ?? language };
+    }
+  }
+}
+
+/** The objects of a JSON Lines file with their 1-based line numbers; blank lines are skipped. */
+export async function readJsonLines(file: string): Promise<{ obj: Record<string, unknown>; lineNo: number }[]> {
+  const out: { obj: Record<string, unknown>; lineNo: number }[] = [];
+  lines(await readText(file)).forEach((line, i) => {
+    if (line.trim() !== '') out.push({ obj: parseJsonLine(file, line, i + 1), lineNo: i + 1 });
+  });
+  return out;
+}
+
 /** Read every record of one data source, in file order. Blank lines are skipped. */
 export async function readDataSource(src: DataSource): Promise<DataRecord[]> {
   const file = src.path;
-  const text = await readText(file);
   const records: DataRecord[] = [];
-  const all = lines(text);
   switch (src.format) {
     case 'alpaca':
-      all.forEach((line, i) => {
-        if (line.trim() === '') return;
-        const obj = parseJsonLine(file, line, i + 1);
-        const instruction = firstString(obj, ['instruction', 'question', 'query']);
-        const output = firstString(obj, ['output', 'answer', 'response']);
-        if (instruction === undefined) throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', i + 1);
-        if (output === undefined) throw new DataFormatError(file, 'missing "output" (or "answer", "response")', i + 1);
-        const input = firstString(obj, ['input']);
-        const language = firstString(obj, ['language']) ?? src.language;
-        records.push({ kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language });
-      });
-      break;
     case 'msvamp':
-      all.forEach((line, i) => {
-        if (line.trim() === '') return;
-        const obj = parseJsonLine(file, line, i + 1);
-        const question = firstString(obj, ['m_query']);
-        const output = firstString(obj, ['response']);
-        if (question === undefined) throw new DataFormatError(file, 'missing "m_query"', i + 1);
-        if (output === undefined) throw new DataFormatError(file, 'missing "response"', i + 1);
-        records.push({ kind: 'text', question, output, language: src.language });
-      });
+    case 'tokenized':
+      for (const { obj, lineNo } of await readJsonLines(file)) records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
       break;
     case 'mgsm-tsv':
-      all.forEach((line, i) => {
+      lines(await readText(file)).forEach((line, i) => {
         if (line.trim() === '') return;
         const tab = line.lastIndexOf('\t');
         if (tab <= 0) throw new DataFormatError(file, 'expected question<TAB>answer', i + 1);
         records.push({ kind: 'text', question: line.slice(0, tab), output: line.slice(tab + 1).trim(), language: src.language });
       });
       break;
-    case 'tokenized':
-      all.forEach((line, i) => {
-        if (line.trim() === '') return;
-        const obj = parseJsonLine(file, line, i + 1);
-        const inputIds = intArray(file, obj, 'input_ids', i + 1);
-        const labels = intArray(file, obj, 'labels', i + 1);
-        if (inputIds.length !== labels.length) {
-          throw new DataFormatError(file, `input_ids (${inputIds.length}) and labels (${labels.length}) differ in length`, i + 1);
-        }
-        if (inputIds.length < 2) throw new DataFormatError(file, 'a record needs at least 2 tokens', i + 1);
-        if (inputIds.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', i + 1);
-        if (labels.some((t) => t < 0 && t !== IGNORE_INDEX)) throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, i + 1);
-        records.push({ kind: 'tokens', inputIds, labels, language: firstString(obj, ['language']) ?? src.language });
-      });
-      break;
     case 'parallel': {
       if (src.target === undefined) throw new DataFormatError(file, 'format parallel needs a target file');
+      const sources = lines(await readText(file));
       const targets = lines(await readText(src.target));
-      if (targets.length !== all.length) {
-        throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${all.length}: parallel files must be line-aligned`);
+      if (targets.length !== sources.length) {
+        throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`);
       }
-      all.forEach((line, i) => {
+      sources.forEach((line, i) => {
         const target = targets[i] ?? '';
         if (line.trim() === '' && target.trim() === '') return;
         if (line.trim() === '' || target.trim() === '') throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);

@@ -7,11 +7,10 @@
  * With `--json`, one line per record in input order: `{"index":0,"nll":2.31,"tokens":17}`
  * (`nll` is null for a record without supervised tokens).
  */
-import { readFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs-core';
 import { DataFormatError, ModelLoadError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import { IGNORE_INDEX, type DataRecord } from '../../common/records.js';
+import { readJsonLines, recordFromJson, type DataRecord } from '../../common/records.js';
 import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
@@ -42,53 +41,10 @@ export interface ScoreResult {
 /** @default 8 */
 export const DEFAULT_SCORE_BATCH = 8;
 
-function firstString(obj: Record<string, unknown>, keys: readonly string[]): string | undefined {
-  for (const k of keys) {
-    const v = obj[k];
-    if (typeof v === 'string') return v;
-    if (typeof v === 'number') return String(v);
-  }
-  return undefined;
-}
-
-/** Reads the JSONL input, deciding the format per record. */
+/** Reads the JSONL input: a record with `input_ids` is tokenized, any other is alpaca-like. */
 export async function readScoreRecords(file: string): Promise<DataRecord[]> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new DataFormatError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `cannot read (${(e as Error).message})`);
-  }
-  const records: DataRecord[] = [];
-  text.split(/\r?\n/).forEach((line, i) => {
-    if (line.trim() === '') return;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(line);
-    } catch (e) {
-      throw new DataFormatError(file, `not valid JSON (${(e as Error).message})`, i + 1);
-    }
-    if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new DataFormatError(file, 'expected a JSON object', i + 1);
-    const o = obj as Record<string, unknown>;
-    if ('input_ids' in o) {
-      const ids = o['input_ids'];
-      const labels = o['labels'];
-      const ints = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => Number.isInteger(x));
-      if (!ints(ids) || !ints(labels)) throw new DataFormatError(file, '"input_ids" and "labels" must be arrays of integers', i + 1);
-      if (ids.length !== labels.length) throw new DataFormatError(file, `input_ids (${ids.length}) and labels (${labels.length}) differ in length`, i + 1);
-      if (ids.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', i + 1);
-      if (labels.some((t) => t < 0 && t !== IGNORE_INDEX)) throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, i + 1);
-      records.push({ kind: 'tokens', inputIds: ids, labels, language: undefined });
-      return;
-    }
-    const instruction = firstString(o, ['instruction', 'question', 'query']);
-    const output = firstString(o, ['output', 'answer', 'response']);
-    if (instruction === undefined || output === undefined) {
-      throw new DataFormatError(file, 'expected input_ids and labels, or instruction|question|query and output|answer|response', i + 1);
-    }
-    const input = firstString(o, ['input']);
-    records.push({ kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language: undefined });
-  });
+  const records = (await readJsonLines(file)).map(({ obj, lineNo }) =>
+    recordFromJson(file, obj, lineNo, 'input_ids' in obj ? 'tokenized' : 'alpaca', undefined));
   if (records.length === 0) throw new DataFormatError(file, 'holds no records');
   return records;
 }

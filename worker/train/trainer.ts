@@ -72,11 +72,15 @@ class SampleCache {
     private readonly tokenizer: ModelTokenizer & { eosId: number },
     private readonly template: string,
     private readonly maxSeqLen: number,
+    private readonly vocabSize: number,
   ) {}
   get(index: number): EncodedSample {
     let s = this.cache.get(index);
     if (!s) {
       s = encodeRecord(this.records[index]!, this.tokenizer, this.template, this.maxSeqLen);
+      const V = this.vocabSize;
+      const bad = s.inputIds.find((t) => t >= V) ?? s.labels.find((t) => t >= V);
+      if (bad !== undefined) throw new UserError(`training sample ${index}: token id ${bad} is outside the model's vocabulary [0, ${V})`);
       if (s.truncated) this.truncated++;
       this.cache.set(index, s);
     }
@@ -99,7 +103,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     if (tokenizer.eosId === undefined) throw new UserError(`${s.model.path}: the tokenizer has no EOS token`);
     const records = await readTrainingRecords(s.data.train);
-    const samples = new SampleCache(records, tokenizer as ModelTokenizer & { eosId: number }, s.data.template, s.data.maxSeqLen);
+    const samples = new SampleCache(records, tokenizer as ModelTokenizer & { eosId: number }, s.data.template, s.data.maxSeqLen, config.vocabSize);
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(records.length, s.training);
 
