@@ -31,7 +31,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function spec(outDir: string, workers: number): JobSpec {
+function spec(outDir: string, workers: number, microBatchSize: number): JobSpec {
   return parseJobSpec(`
 apiVersion: polytune/v1
 kind: TrainJob
@@ -45,7 +45,7 @@ spec:
   training:
     maxSteps: 3
     globalBatchSize: 6
-    microBatchSize: 2
+    microBatchSize: ${microBatchSize}
     optimizer: { name: adamw, lr: 1.0e-2 }
     gradClip: 1.0
   workers: { count: ${workers} }
@@ -53,7 +53,7 @@ spec:
 `, { baseDir: dir });
 }
 
-async function runJob(workers: number, outDir: string): Promise<{ results: TrainResult[]; reports: StepReport[][] }> {
+async function runJob(workers: number, outDir: string, microBatchSize = 2): Promise<{ results: TrainResult[]; reports: StepReport[][] }> {
   const server = await nats.start();
   const job = uniqueJobName('trainer');
   const reports: StepReport[][] = Array.from({ length: workers }, () => []);
@@ -62,7 +62,7 @@ async function runJob(workers: number, outDir: string): Promise<{ results: Train
     const ar = await GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: workers, timeoutMs: 60_000 });
     try {
       return await train({
-        spec: spec(outDir, workers), rank, worldSize: workers,
+        spec: spec(outDir, workers, microBatchSize), rank, worldSize: workers,
         allReduce: (step, data) => ar.allReduce(step, data),
         onStep: (r) => reports[rank]!.push(r),
       });
@@ -77,9 +77,10 @@ const tensorsOf = async (file: string): Promise<Map<string, Float32Array>> =>
   new Map((await readSafetensors(file)).tensors.map((t) => [t.name, t.data]));
 
 describe('trainer over NATS', () => {
-  it('1 and 2 workers end with the same trainable tensors; frozen tensors stay bit-identical', async () => {
+  it('1 and 2 workers, and any micro-batch size, end with the same trainable tensors; frozen tensors stay bit-identical', async () => {
     const one = await runJob(1, join(dir, 'out-1'));
     const two = await runJob(2, join(dir, 'out-2'));
+    const micro = await runJob(2, join(dir, 'out-micro'), 1);
 
     // Same losses step by step, and both ranks of the 2-worker job saw the same global loss.
     expect(one.reports[0]!.map((r) => r.step)).toEqual([1, 2, 3]);
@@ -90,20 +91,24 @@ describe('trainer over NATS', () => {
 
     const a = await tensorsOf(join(dir, 'out-1', 'final', 'trainable.safetensors'));
     const b = await tensorsOf(join(dir, 'out-2', 'final', 'trainable.safetensors'));
+    const c = await tensorsOf(join(dir, 'out-micro', 'final', 'trainable.safetensors'));
     expect([...a.keys()].sort()).toEqual([
       'model.layers.0.mlp.down_proj.weight', 'model.layers.0.mlp.up_proj.weight',
       'model.layers.2.mlp.down_proj.weight', 'model.layers.2.mlp.up_proj.weight',
     ]);
     for (const [name, x] of a) {
-      const y = b.get(name)!;
-      let num = 0;
-      let den = 0;
-      for (let i = 0; i < x.length; i++) {
-        num += (x[i]! - y[i]!) ** 2;
-        den += x[i]! ** 2;
+      for (const other of [b, c]) {
+        const y = other.get(name)!;
+        let num = 0;
+        let den = 0;
+        for (let i = 0; i < x.length; i++) {
+          num += (x[i]! - y[i]!) ** 2;
+          den += x[i]! ** 2;
+        }
+        expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
       }
-      expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
     }
+    micro.reports[0]!.forEach((r, i) => expect(r.loss).toBeCloseTo(one.reports[0]![i]!.loss, 4));
 
     // The exported model: frozen tensors bit-identical to the input, trained ones changed.
     const input = await tensorsOf(join(dir, 'model', 'model.safetensors'));
