@@ -42,6 +42,12 @@ export interface StepReport {
   readonly tokensPerSecond: number;
   readonly supervisedTokens: number;
   readonly stepSeconds: number;
+  /** The step split in three: forward/backward and copying off the device, the all-reduce, the update. */
+  readonly computeSeconds: number;
+  readonly allReduceSeconds: number;
+  readonly optimizerSeconds: number;
+  /** Bytes of the all-reduced buffer (float32). */
+  readonly allReduceBytes: number;
 }
 
 export interface TrainResult {
@@ -170,7 +176,9 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           g.dispose();
         }
       }
+      const t1 = performance.now();
       const reduced = await allReduce(step, flat);
+      const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.
       const globalSupervised = reduced[1]!;
@@ -197,10 +205,13 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       if (Number.isNaN(firstLoss)) firstLoss = loss;
       lastLoss = loss;
 
-      const stepSeconds = (performance.now() - t0) / 1000;
+      const t3 = performance.now();
+      const stepSeconds = (t3 - t0) / 1000;
       options.onStep?.({
         step: step + 1, totalSteps: plan.totalSteps, epoch, loss, lr, gradNorm,
         tokensPerSecond: globalTokens / stepSeconds, supervisedTokens: globalSupervised, stepSeconds,
+        computeSeconds: (t1 - t0) / 1000, allReduceSeconds: (t2 - t1) / 1000, optimizerSeconds: (t3 - t2) / 1000,
+        allReduceBytes: flat.byteLength,
       });
 
       const every = s.checkpoint.everySteps;
