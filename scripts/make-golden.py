@@ -7,9 +7,12 @@ LlamaMLP) and `Qwen2` (q/k/v bias), computed in float64 from the stored weights 
 expected values carry no float32 error of their own.
 
 Each model is written to test/golden/<name>/ in the HF layout (config.json, model.safetensors in
-the dtype the config names) with `golden.json` (input ids, labels, which gradients) and
+the dtype the config names, or two shards model-0000{1,2}-of-00002.safetensors with
+model.safetensors.index.json as `save_pretrained` writes them when a model is sharded) with `golden.json` (input ids, labels, which gradients) and
 `expected.safetensors` (F32): `logits` [B,T,V], `token_nll` [B,T-1] (0 where ignored, HF shift
 semantics), `nll_sum` [1], and `grad.<name>` for each listed parameter: d(sum NLL)/d(parameter).
+A model marked `score` also gets `score.jsonl` (its rows as `tokenized` records, padding dropped)
+and `golden.json.score`: what `worker score --json` must print for it, the per-record mean NLL.
 
 Run with Debian's python3 (python3-torch): /usr/bin/python3 scripts/make-golden.py
 """
@@ -48,6 +51,23 @@ def write_safetensors(path, tensors, dtype='F32', metadata=None):
         f.write(h)
         for b in blobs:
             f.write(b)
+
+
+def write_sharded(d, tensors, dtype, first_shard_names):
+    """Two shards and an index, as transformers' save_pretrained(max_shard_size=...) lays them out."""
+    files = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
+    parts = [{k: v for k, v in tensors.items() if k in first_shard_names},
+             {k: v for k, v in tensors.items() if k not in first_shard_names}]
+    weight_map = {}
+    total = 0
+    for f, part in zip(files, parts):
+        write_safetensors(os.path.join(d, f), part, dtype=dtype, metadata={'format': 'pt'})
+        for k, v in part.items():
+            weight_map[k] = f
+            total += v.numel() * (4 if dtype == 'F32' else 2)
+    with open(os.path.join(d, 'model.safetensors.index.json'), 'w') as fh:
+        json.dump({'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))}, fh, indent=2)
+        fh.write('\n')
 
 
 # --- reference model ----------------------------------------------------------------------------
@@ -259,13 +279,28 @@ MODELS = {
         },
         ['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.down_proj.weight'],
     ),
+    # GQA (8 query heads over 2 kv heads), BF16, two shards with an index; also scored through
+    # `worker score`. Shard 1: the embedding and layer 0; shard 2: the rest.
+    'llama-gqa-bf16-sharded': (
+        {'num_attention_heads': 8, 'num_key_value_heads': 2, 'torch_dtype': 'bfloat16'},
+        ['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.down_proj.weight'],
+        {'shard_first': lambda n: n == 'model.embed_tokens.weight' or n.startswith('model.layers.0.'), 'score': True},
+    ),
+    # Dynamic NTK rope scaling: max_position_embeddings 8 < T = 12, so the base grows (HF
+    # `_compute_dynamic_ntk_parameters` with seq_len = T).
+    'llama-dynamic': (
+        {'max_position_embeddings': 8, 'rope_scaling': {'rope_type': 'dynamic', 'factor': 2.0}},
+        ['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.down_proj.weight'],
+    ),
 }
 
 DTYPE_OF = {'float32': 'F32', 'bfloat16': 'BF16', 'float16': 'F16'}
 
 
 def main():
-    for idx, (name, (overrides, grad_names)) in enumerate(MODELS.items()):
+    for idx, (name, spec) in enumerate(MODELS.items()):
+        overrides, grad_names = spec[0], spec[1]
+        opts = spec[2] if len(spec) > 2 else {}
         cfg = {**BASE, **overrides}
         gen = torch.Generator().manual_seed(1234 + idx)
         P = random_params(cfg, gen)
@@ -293,7 +328,10 @@ def main():
         with open(os.path.join(d, 'config.json'), 'w') as f:
             json.dump(cfg, f, indent=2)
             f.write('\n')
-        write_safetensors(os.path.join(d, 'model.safetensors'), P, dtype=dt, metadata={'format': 'pt'})
+        if 'shard_first' in opts:
+            write_sharded(d, P, dt, {k for k in P if opts['shard_first'](k)})
+        else:
+            write_safetensors(os.path.join(d, 'model.safetensors'), P, dtype=dt, metadata={'format': 'pt'})
         expected = {
             'logits': logits.detach().float(),
             'token_nll': nll.detach().float(),
@@ -302,8 +340,21 @@ def main():
         for g in grad_names:
             expected['grad.' + g] = leaves[g].grad.float()
         write_safetensors(os.path.join(d, 'expected.safetensors'), expected, dtype='F32')
+        meta = {'input_ids': ids.tolist(), 'labels': labels.tolist(), 'grads': grad_names}
+        if opts.get('score'):
+            # Row 1 is right-padded from position 8: the record is its first 8 tokens.
+            lengths = [T, 8, T]
+            with open(os.path.join(d, 'score.jsonl'), 'w') as f:
+                for b in range(B):
+                    f.write(json.dumps({'input_ids': ids[b, :lengths[b]].tolist(), 'labels': labels[b, :lengths[b]].tolist()}) + '\n')
+            score = []
+            for b in range(B):
+                mask = labels[b, 1:] != IGNORE
+                n = int(mask.sum())
+                score.append({'index': b, 'nll': nll[b][mask].sum().item() / n, 'tokens': n})
+            meta['score'] = score
         with open(os.path.join(d, 'golden.json'), 'w') as f:
-            json.dump({'input_ids': ids.tolist(), 'labels': labels.tolist(), 'grads': grad_names}, f)
+            json.dump(meta, f)
             f.write('\n')
         size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
         print(f'{name}: nll_sum={total.item():.6f} tokens={(labels[:, 1:] != IGNORE).sum().item()} bytes={size}')

@@ -11,7 +11,7 @@ import { LlamaModel } from '../../../worker/model/llama.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
-const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear'];
+const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear', 'llama-gqa-bf16-sharded', 'llama-dynamic'];
 const TOL = 1e-4;
 
 /** ||a - b|| / ||b||, the norm-based relative error. */
