@@ -96,5 +96,6 @@ export type { Result, Result__Output } from './gen/polytune/v1/Result.js';
 export type { Assignment, Assignment__Output } from './gen/polytune/v1/Assignment.js';
 export type { CancelAssignment, CancelAssignment__Output } from './gen/polytune/v1/CancelAssignment.js';
 export type { Ack, Ack__Output } from './gen/polytune/v1/Ack.js';
+export type { Refusal, Refusal__Output } from './gen/polytune/v1/Refusal.js';
 export { ChunkDtype } from './gen/polytune/v1/ChunkDtype.js';
 export type { ChunkHeader, ChunkHeader__Output } from './gen/polytune/v1/ChunkHeader.js';

@@ -18,6 +18,7 @@ import type { JobServiceClient as _polytune_v1_JobServiceClient, JobServiceDefin
 import type { ListJobsRequest as _polytune_v1_ListJobsRequest, ListJobsRequest__Output as _polytune_v1_ListJobsRequest__Output } from './polytune/v1/ListJobsRequest.js';
 import type { ListJobsResponse as _polytune_v1_ListJobsResponse, ListJobsResponse__Output as _polytune_v1_ListJobsResponse__Output } from './polytune/v1/ListJobsResponse.js';
 import type { Progress as _polytune_v1_Progress, Progress__Output as _polytune_v1_Progress__Output } from './polytune/v1/Progress.js';
+import type { Refusal as _polytune_v1_Refusal, Refusal__Output as _polytune_v1_Refusal__Output } from './polytune/v1/Refusal.js';
 import type { Result as _polytune_v1_Result, Result__Output as _polytune_v1_Result__Output } from './polytune/v1/Result.js';
 import type { SubmitRequest as _polytune_v1_SubmitRequest, SubmitRequest__Output as _polytune_v1_SubmitRequest__Output } from './polytune/v1/SubmitRequest.js';
 import type { SubmitResponse as _polytune_v1_SubmitResponse, SubmitResponse__Output as _polytune_v1_SubmitResponse__Output } from './polytune/v1/SubmitResponse.js';
@@ -48,6 +49,7 @@ export interface ProtoGrpcType {
       ListJobsRequest: MessageTypeDefinition<_polytune_v1_ListJobsRequest, _polytune_v1_ListJobsRequest__Output>
       ListJobsResponse: MessageTypeDefinition<_polytune_v1_ListJobsResponse, _polytune_v1_ListJobsResponse__Output>
       Progress: MessageTypeDefinition<_polytune_v1_Progress, _polytune_v1_Progress__Output>
+      Refusal: MessageTypeDefinition<_polytune_v1_Refusal, _polytune_v1_Refusal__Output>
       Result: MessageTypeDefinition<_polytune_v1_Result, _polytune_v1_Result__Output>
       SubmitRequest: MessageTypeDefinition<_polytune_v1_SubmitRequest, _polytune_v1_SubmitRequest__Output>
       SubmitResponse: MessageTypeDefinition<_polytune_v1_SubmitResponse, _polytune_v1_SubmitResponse__Output>

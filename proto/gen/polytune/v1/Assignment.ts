@@ -18,6 +18,17 @@ export interface Assignment {
    */
   'natsUrl'?: (string);
   'totalSteps'?: (number | string | Long);
+  /**
+   * NATS credentials for this job, in the `.creds` file format (a user JWT and its nkey seed),
+   * allowed to publish and subscribe only on `polytune.<job_id>.>` and this job's reply inbox
+   * `_INBOX_<job_id>.>`. Empty when the coordinator runs without NATS security (local cluster):
+   * the worker then connects without credentials. Secret: send it only over TLS.
+   */
+  'natsCreds'?: (string);
+  /**
+   * The inbox prefix the credentials allow (`_INBOX_<job_id>`); empty when nats_creds is.
+   */
+  'natsInboxPrefix'?: (string);
 }
 
 export interface Assignment__Output {
@@ -34,4 +45,15 @@ export interface Assignment__Output {
    */
   'natsUrl': (string);
   'totalSteps': (number);
+  /**
+   * NATS credentials for this job, in the `.creds` file format (a user JWT and its nkey seed),
+   * allowed to publish and subscribe only on `polytune.<job_id>.>` and this job's reply inbox
+   * `_INBOX_<job_id>.>`. Empty when the coordinator runs without NATS security (local cluster):
+   * the worker then connects without credentials. Secret: send it only over TLS.
+   */
+  'natsCreds': (string);
+  /**
+   * The inbox prefix the credentials allow (`_INBOX_<job_id>`); empty when nats_creds is.
+   */
+  'natsInboxPrefix': (string);
 }

@@ -5,17 +5,20 @@
 import type { Assignment as _polytune_v1_Assignment, Assignment__Output as _polytune_v1_Assignment__Output } from '../../polytune/v1/Assignment.js';
 import type { CancelAssignment as _polytune_v1_CancelAssignment, CancelAssignment__Output as _polytune_v1_CancelAssignment__Output } from '../../polytune/v1/CancelAssignment.js';
 import type { Ack as _polytune_v1_Ack, Ack__Output as _polytune_v1_Ack__Output } from '../../polytune/v1/Ack.js';
+import type { Refusal as _polytune_v1_Refusal, Refusal__Output as _polytune_v1_Refusal__Output } from '../../polytune/v1/Refusal.js';
 
 export interface CoordinatorMessage {
   'assignment'?: (_polytune_v1_Assignment | null);
   'cancel'?: (_polytune_v1_CancelAssignment | null);
   'ack'?: (_polytune_v1_Ack | null);
-  'msg'?: "assignment"|"cancel"|"ack";
+  'refusal'?: (_polytune_v1_Refusal | null);
+  'msg'?: "assignment"|"cancel"|"ack"|"refusal";
 }
 
 export interface CoordinatorMessage__Output {
   'assignment'?: (_polytune_v1_Assignment__Output | null);
   'cancel'?: (_polytune_v1_CancelAssignment__Output | null);
   'ack'?: (_polytune_v1_Ack__Output | null);
-  'msg'?: "assignment"|"cancel"|"ack";
+  'refusal'?: (_polytune_v1_Refusal__Output | null);
+  'msg'?: "assignment"|"cancel"|"ack"|"refusal";
 }
