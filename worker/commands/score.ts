@@ -12,6 +12,7 @@ import { DataFormatError, ModelLoadError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { readJsonLines, recordFromJson, type DataRecord } from '../../common/records.js';
 import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
+import { eosIds } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 
@@ -54,14 +55,17 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
   const records = await readScoreRecords(options.input);
   const model = await LlamaModel.load(options.model, { logger: log });
   try {
-    const tokenizer = await ModelTokenizer.load(options.model, model.config);
-    const eosId = tokenizer.eosId;
     const V = model.config.vocabSize;
     const maxSeqLen = options.maxSeqLen ?? model.config.maxPositionEmbeddings;
+    // The tokenizer is needed only for text records: a directory with weights and config alone
+    // can score `tokenized` records.
     const needsText = records.some((r) => r.kind === 'text');
+    const tokenizer = needsText ? await ModelTokenizer.load(options.model, model.config) : undefined;
+    const eosId = tokenizer ? tokenizer.eosId : (eosIds(model.config)[0] ?? undefined);
     if (needsText && eosId === undefined) throw new ModelLoadError(options.model, 'the tokenizer has no EOS token');
+    const encoder = { encode: (t: string, o: { addBos: boolean }) => tokenizer!.encode(t, o), eosId: eosId ?? 0 };
     const samples: EncodedSample[] = records.map((r, i) => {
-      const s = encodeRecord(r, { encode: (t, o) => tokenizer.encode(t, o), eosId: eosId ?? 0 }, options.template ?? 'slam', maxSeqLen);
+      const s = encodeRecord(r, encoder, options.template ?? 'slam', maxSeqLen);
       const bad = s.inputIds.find((t) => t >= V) ?? s.labels.find((t) => t >= V);
       if (bad !== undefined) throw new DataFormatError(options.input, `token id ${bad} is outside the vocabulary [0, ${V})`, i + 1);
       return s;
@@ -70,7 +74,7 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
     const order = samples.map((_, i) => i).sort((a, b) => samples[a]!.inputIds.length - samples[b]!.inputIds.length);
     const batchSize = Math.max(1, options.batchSize ?? DEFAULT_SCORE_BATCH);
     const results = new Array<ScoreResult>(samples.length);
-    const padId = tokenizer.padId ?? eosId ?? 0;
+    const padId = tokenizer?.padId ?? model.config.padTokenId ?? eosId ?? 0;
     for (let s = 0; s < order.length; s += batchSize) {
       if (options.signal?.aborted) throw options.signal.reason ?? new Error('scoring aborted');
       const idx = order.slice(s, s + batchSize);
