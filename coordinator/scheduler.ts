@@ -15,6 +15,7 @@ import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
 import type { JobStore } from './job-store.js';
+import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
 import { WorkerStatus, type RegistryEvent, type WorkerInfo, type WorkerRegistry } from './worker-registry.js';
 
 /** @default at most one progress write per job every 500 ms. */
@@ -28,6 +29,8 @@ export interface SchedulerOptions {
   /** @default DEFAULT_PROGRESS_FLUSH_MS */
   progressFlushMs?: number;
   logger?: Logger;
+  /** @default noopSchedulerMetrics */
+  metrics?: SchedulerMetrics;
 }
 
 interface PendingProgress {
@@ -59,6 +62,7 @@ export class Scheduler {
   private readonly workerNatsUrl: string;
   private readonly flushMs: number;
   private readonly logger: Logger;
+  private readonly metrics: SchedulerMetrics;
   private chain: Promise<void> = Promise.resolve();
   private scheduleQueued = false;
   private stopping = false;
@@ -75,6 +79,7 @@ export class Scheduler {
     this.workerNatsUrl = options.workerNatsUrl;
     this.flushMs = options.progressFlushMs ?? DEFAULT_PROGRESS_FLUSH_MS;
     this.logger = options.logger ?? silentLogger;
+    this.metrics = options.metrics ?? noopSchedulerMetrics;
   }
 
   /** Recovers jobs left Running by a previous coordinator, then listens to the registry. */
@@ -173,6 +178,8 @@ export class Scheduler {
       this.gangs.set(job.id, { generation, done: new Set() });
       const specJson = JSON.stringify(record.spec);
       this.logger.info('gang formed', { job: job.id, generation, workers });
+      // metrics: job.updatedAt is when the job last became Pending (submitted, or put back).
+      this.metrics.gangFormed(job.id, generation, (Date.now() - job.updatedAt) / 1000);
       gang.forEach((w, rank) => {
         this.registry.send(w.id, {
           assignment: {
