@@ -99,6 +99,8 @@ const specSchema = z.strictObject({
       schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
       gradClip: z.number().nonnegative('must be >= 0').default(1.0),
       seed: z.number().int('must be an integer').default(42),
+      /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
+      maxNonFiniteSteps: nonNegativeInt.default(3),
     }),
     workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
     collective: z.strictObject({

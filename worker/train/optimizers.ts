@@ -9,53 +9,57 @@ import type { OptimizerSpec } from '../../common/jobspec.js';
 
 export interface Optimizer {
   readonly name: string;
+  /** Optimizer steps taken (AdamW's bias correction depends on it). */
+  stepCount: number;
+  /** The state arrays, in a fixed order (`bufferNames`); updated in place, so a holder sees them. */
+  readonly buffers: readonly Float32Array[];
+  /** Names for checkpoints: `exp_avg.<i>`, `exp_avg_sq.<i>` for AdamW, none for SGD. */
+  readonly bufferNames: readonly string[];
   /** Update `params[i]` in place from `grads[i]` with learning rate `lr`. */
   step(params: readonly Float32Array[], grads: readonly Float32Array[], lr: number): void;
-  /** The state to checkpoint, by name (`exp_avg.<i>`, ...), plus the step count. */
-  state(): { step: number; tensors: Map<string, Float32Array> };
-  /** Restore what `state()` returned. */
-  load(state: { step: number; tensors: Map<string, Float32Array> }): void;
 }
 
 export class Sgd implements Optimizer {
   readonly name = 'sgd';
-  private t = 0;
+  stepCount = 0;
+  readonly buffers: readonly Float32Array[] = [];
+  readonly bufferNames: readonly string[] = [];
   step(params: readonly Float32Array[], grads: readonly Float32Array[], lr: number): void {
     params.forEach((p, i) => {
       const g = grads[i]!;
       for (let j = 0; j < p.length; j++) p[j] = p[j]! - lr * g[j]!;
     });
-    this.t++;
-  }
-  state(): { step: number; tensors: Map<string, Float32Array> } {
-    return { step: this.t, tensors: new Map() };
-  }
-  load(state: { step: number }): void {
-    this.t = state.step;
+    this.stepCount++;
   }
 }
 
 export class AdamW implements Optimizer {
   readonly name = 'adamw';
-  private t = 0;
-  private m: Float32Array[] = [];
-  private v: Float32Array[] = [];
+  stepCount = 0;
+  private readonly m: Float32Array[];
+  private readonly v: Float32Array[];
+  readonly buffers: readonly Float32Array[];
+  readonly bufferNames: readonly string[];
+
+  /** `sizes`: the element count of each parameter tensor. */
   constructor(
+    sizes: readonly number[],
     private readonly beta1: number,
     private readonly beta2: number,
     private readonly eps: number,
     private readonly weightDecay: number,
-  ) {}
+  ) {
+    this.m = sizes.map((n) => new Float32Array(n));
+    this.v = sizes.map((n) => new Float32Array(n));
+    this.buffers = [...this.m, ...this.v];
+    this.bufferNames = [...sizes.map((_, i) => `exp_avg.${i}`), ...sizes.map((_, i) => `exp_avg_sq.${i}`)];
+  }
 
   step(params: readonly Float32Array[], grads: readonly Float32Array[], lr: number): void {
-    if (this.m.length === 0) {
-      this.m = params.map((p) => new Float32Array(p.length));
-      this.v = params.map((p) => new Float32Array(p.length));
-    }
-    this.t++;
+    this.stepCount++;
     const { beta1: b1, beta2: b2, eps, weightDecay: wd } = this;
-    const bc1 = 1 - b1 ** this.t;
-    const bc2Sqrt = Math.sqrt(1 - b2 ** this.t);
+    const bc1 = 1 - b1 ** this.stepCount;
+    const bc2Sqrt = Math.sqrt(1 - b2 ** this.stepCount);
     const stepSize = lr / bc1;
     const decay = 1 - lr * wd;
     params.forEach((p, i) => {
@@ -71,24 +75,11 @@ export class AdamW implements Optimizer {
       }
     });
   }
-
-  state(): { step: number; tensors: Map<string, Float32Array> } {
-    const tensors = new Map<string, Float32Array>();
-    this.m.forEach((m, i) => tensors.set(`exp_avg.${i}`, m));
-    this.v.forEach((v, i) => tensors.set(`exp_avg_sq.${i}`, v));
-    return { step: this.t, tensors };
-  }
-
-  load(state: { step: number; tensors: Map<string, Float32Array> }): void {
-    this.t = state.step;
-    const count = [...state.tensors.keys()].filter((k) => k.startsWith('exp_avg.')).length;
-    this.m = Array.from({ length: count }, (_, i) => state.tensors.get(`exp_avg.${i}`)!);
-    this.v = Array.from({ length: count }, (_, i) => state.tensors.get(`exp_avg_sq.${i}`)!);
-  }
 }
 
-export function createOptimizer(spec: OptimizerSpec): Optimizer {
-  return spec.name === 'sgd' ? new Sgd() : new AdamW(spec.betas[0], spec.betas[1], spec.eps, spec.weightDecay);
+/** The optimizer a spec names, for parameters of the given element counts. */
+export function createOptimizer(spec: OptimizerSpec, sizes: readonly number[]): Optimizer {
+  return spec.name === 'sgd' ? new Sgd() : new AdamW(sizes, spec.betas[0], spec.betas[1], spec.eps, spec.weightDecay);
 }
 
 /**

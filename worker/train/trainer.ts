@@ -9,6 +9,16 @@
  *      numbers, so every rank ends the step with bit-identical parameters.
  *
  * computeGradients → all-reduce → applyGradients is the seam; every device step runs in `tf.tidy`.
+ *
+ * A rank keeps its state (`TrainingState`: step, master copies, optimizer arrays) in a holder that
+ * outlives one generation of the job. When a world is re-formed (a lost worker, a failed collective,
+ * a restarted coordinator) or a job is resumed, the ranks first agree on the newest state any of
+ * them holds, in memory or in a checkpoint, and all take it (`agreeOnState`); then they go on from
+ * its step. Since the data order depends only on the step, the job ends as an uninterrupted one
+ * would, whatever the world size.
+ *
+ * A step whose loss or gradient is not finite is skipped on every rank (they all see the same
+ * reduced numbers), counted and reported; more than `maxNonFiniteSteps` in a row fail the job.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPosition, type StepPlan } from '../../common/data-plan.js';
@@ -22,8 +32,9 @@ import { LlamaModel } from '../model/llama.js';
 import { readLlamaConfig } from '../model/config.js';
 import { listModelTensors } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
-import { writeCheckpoint, writeFinalOutputs } from './outputs.js';
-import { clipGradNorm, createOptimizer } from './optimizers.js';
+import { latestValidCheckpoint, listCheckpoints, writeCheckpoint, type CheckpointLayout } from './checkpoint.js';
+import { writeFinalOutputs } from './outputs.js';
+import { clipGradNorm, createOptimizer, type Optimizer } from './optimizers.js';
 import { learningRate } from './schedule.js';
 
 /** Sums `data` over all ranks in rank order; identical on every rank. */
@@ -48,6 +59,33 @@ export interface StepReport {
   readonly optimizerSeconds: number;
   /** Bytes of the all-reduced buffer (float32). */
   readonly allReduceBytes: number;
+  /** True when the step was skipped for a non-finite loss or gradient. */
+  readonly skipped: boolean;
+  /** Skipped steps in this generation so far. */
+  readonly nonFiniteSteps: number;
+}
+
+/** What a rank holds of a job: enough to go on from `step`. Updated in place after every step. */
+export interface TrainingState {
+  /** Optimizer steps completed = the next global step. */
+  step: number;
+  readonly params: readonly Float32Array[];
+  readonly optimizer: Optimizer;
+}
+
+/** Outlives a generation: the worker keeps one per job, so a re-formed world can go on from it. */
+export interface StateHolder {
+  state: TrainingState | undefined;
+}
+
+/** Too many non-finite steps in a row: the job fails (not retryable). */
+export class NonFiniteLossError extends UserError {
+  readonly step: number;
+  constructor(step: number, count: number) {
+    super(`step ${step}: ${count} steps in a row had a non-finite loss or gradient (spec.training.maxNonFiniteSteps); the job stops`);
+    this.name = 'NonFiniteLossError';
+    this.step = step;
+  }
 }
 
 export interface TrainResult {
@@ -67,6 +105,13 @@ export interface TrainerOptions {
   readonly onStep?: (report: StepReport) => void;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
+  /** This rank's state of the job from earlier generations; `train` keeps it current. */
+  readonly holder?: StateHolder;
+  /**
+   * Agree on the newest state among the ranks (memory or checkpoint) before training: true for a
+   * re-formed world (generation > 1) and a resumed job; false starts from the model at step 0.
+   */
+  readonly resume?: boolean;
 }
 
 /** Encodes samples on first use and keeps them: a rank touches only its shares. */
@@ -94,11 +139,76 @@ class SampleCache {
   }
 }
 
+/** The state vector's head: [step, optimizer step]. */
+const STATE_HEAD = 2;
+
+/**
+ * The ranks agree on the newest state any of them can restore and all take it. Two collective
+ * calls: every rank offers the step it could restore (memory or newest checkpoint); then the rank
+ * with the highest offer (the lowest such rank) contributes its whole state and the others zeros,
+ * so the sum is exactly that state on every rank. Returns the step to go on from.
+ */
+async function agreeOnState(
+  state: TrainingState, holder: StateHolder | undefined, layout: CheckpointLayout, outputDir: string,
+  rank: number, worldSize: number, reduce: (data: Float32Array) => Promise<Float32Array>, log: Logger,
+): Promise<void> {
+  const memory = holder?.state;
+  const newestCheckpoint = (await listCheckpoints(outputDir))[0]?.step ?? -1;
+  const offers = new Float32Array(worldSize);
+  offers[rank] = 1 + Math.max(memory?.step ?? -1, newestCheckpoint);
+  const all = await reduce(offers);
+  let source = 0;
+  for (let r = 1; r < worldSize; r++) if (all[r]! > all[source]!) source = r;
+  if (all[source] === 0) return; // nobody holds anything: start from the model
+
+  const buffers = state.optimizer.buffers;
+  const total = STATE_HEAD + [...state.params, ...buffers].reduce((n, a) => n + a.length, 0);
+  const vec = new Float32Array(total);
+  if (rank === source) {
+    let from: { step: number; optimizerStep: number; params: readonly Float32Array[]; buffers: readonly Float32Array[] } | undefined;
+    if (memory && memory.step >= newestCheckpoint) {
+      from = { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers };
+    } else {
+      from = (await latestValidCheckpoint(outputDir, layout, log)) ?? (memory
+        ? { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers }
+        : undefined);
+    }
+    if (from) {
+      vec[0] = from.step;
+      vec[1] = from.optimizerStep;
+      let off = STATE_HEAD;
+      for (const a of [...from.params, ...from.buffers]) {
+        vec.set(a, off);
+        off += a.length;
+      }
+    } else {
+      // Every checkpoint was refused and nothing is in memory: the model as loaded, at step 0.
+      let off = STATE_HEAD;
+      for (const a of state.params) {
+        vec.set(a, off);
+        off += a.length;
+      }
+    }
+    log.info('state source for this generation', { step: vec[0], from: from === undefined ? 'model' : memory && memory.step >= newestCheckpoint ? 'memory' : 'checkpoint' });
+  }
+  const got = await reduce(vec);
+  state.step = got[0]!;
+  state.optimizer.stepCount = got[1]!;
+  let off = STATE_HEAD;
+  for (const a of [...state.params, ...buffers]) {
+    a.set(got.subarray(off, off + a.length));
+    off += a.length;
+  }
+}
+
 export async function train(options: TrainerOptions): Promise<TrainResult> {
-  const { spec, rank, worldSize, allReduce, signal } = options;
+  const { spec, rank, worldSize, signal } = options;
   const log = options.logger ?? silentLogger;
   const s = spec.spec;
   const started = performance.now();
+  // Each collective call of this generation gets the next sequence number, the same on every rank.
+  let seq = 0;
+  const reduce = (data: Float32Array): Promise<Float32Array> => options.allReduce(seq++, data);
 
   const config = await readLlamaConfig(s.model.path);
   const tensors = await listModelTensors(s.model.path);
@@ -115,22 +225,35 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
 
     const names = model.trainableNames;
     const vars = names.map((n) => model.variable(n));
-    const master = vars.map((v) => v.dataSync() as Float32Array).map((a) => Float32Array.from(a));
+    const master = vars.map((v) => Float32Array.from(v.dataSync() as Float32Array));
     const sizes = master.map((m) => m.length);
     const totalParams = sizes.reduce((a, b) => a + b, 0);
-    const optimizer = createOptimizer(s.training.optimizer);
+    const state: TrainingState = { step: 0, params: master, optimizer: createOptimizer(s.training.optimizer, sizes) };
+    const layout: CheckpointLayout = { names, shapes: vars.map((v) => v.shape), bufferNames: state.optimizer.bufferNames };
+    if (options.resume) {
+      await agreeOnState(state, options.holder, layout, s.output.dir, rank, worldSize, reduce, log);
+      vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(master[i]!, v.shape))));
+    }
+    if (options.holder) options.holder.state = state;
+    const startStep = state.step;
     log.info('training', {
-      rank, worldSize, samples: plan.numSamples, steps: plan.totalSteps, trainableTensors: names.length, trainableParams: totalParams,
+      rank, worldSize, samples: plan.numSamples, steps: plan.totalSteps, fromStep: startStep,
+      trainableTensors: names.length, trainableParams: totalParams,
     });
 
     let order: Uint32Array | undefined;
     let orderEpoch = -1;
     let firstLoss = NaN;
     let lastLoss = NaN;
+    let nonFiniteInARow = 0;
+    let nonFiniteSteps = 0;
     const HEAD = 3; // [nll sum, supervised tokens, tokens] ahead of the gradients
-
-    for (let step = 0; step < plan.totalSteps; step++) {
+    const aborted = (): void => {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('training cancelled');
+    };
+
+    for (let step = startStep; step < plan.totalSteps; step++) {
+      aborted();
       const t0 = performance.now();
       const { epoch, stepInEpoch } = stepPosition(plan, step);
       if (epoch !== orderEpoch) {
@@ -144,23 +267,29 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       let nllSum = 0;
       let supervised = 0;
       let tokens = 0;
-      for (const mb of microBatches(mine, s.training.microBatchSize)) {
-        const batch = padBatch(mb.map((i) => samples.get(i)), padId);
-        supervised += batch.supervised;
-        tokens += batch.tokens;
-        if (batch.supervised === 0) continue;
-        const { value, grads } = tf.tidy(() => {
-          const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
-          const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
-          const r = tf.variableGrads(() => model.nllSum(ids, labels), vars);
-          const g = vars.map((v) => r.grads[v.name]!);
-          const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
-          return { value: r.value, grads: summed };
-        });
+      try {
+        for (const mb of microBatches(mine, s.training.microBatchSize)) {
+          aborted();
+          const batch = padBatch(mb.map((i) => samples.get(i)), padId);
+          supervised += batch.supervised;
+          tokens += batch.tokens;
+          if (batch.supervised === 0) continue;
+          const { value, grads } = tf.tidy(() => {
+            const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
+            const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
+            const r = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+            const g = vars.map((v) => r.grads[v.name]!);
+            const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
+            return { value: r.value, grads: summed };
+          });
+          acc?.forEach((t) => t.dispose());
+          acc = grads;
+          nllSum += (await value.data())[0]!;
+          value.dispose();
+        }
+      } catch (e) {
         acc?.forEach((t) => t.dispose());
-        acc = grads;
-        nllSum += (await value.data())[0]!;
-        value.dispose();
+        throw e;
       }
 
       // 3. One buffer, one all-reduce.
@@ -177,7 +306,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         }
       }
       const t1 = performance.now();
-      const reduced = await allReduce(step, flat);
+      const reduced = await reduce(flat);
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.
@@ -186,6 +315,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       const lr = learningRate(s.training.optimizer.lr, s.training.schedule, step, plan.totalSteps);
       let gradNorm = 0;
       let loss = NaN;
+      let skipped = false;
       if (globalSupervised > 0) {
         loss = reduced[0]! / globalSupervised;
         const grads: Float32Array[] = [];
@@ -197,13 +327,25 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           off += n;
         }
         gradNorm = clipGradNorm(grads, s.training.gradClip);
-        optimizer.step(master, grads, lr);
-        vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(master[i]!, v.shape))));
+        skipped = !Number.isFinite(loss) || !Number.isFinite(gradNorm);
+        if (!skipped) {
+          state.optimizer.step(master, grads, lr);
+          vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(master[i]!, v.shape))));
+        }
       } else {
         log.warn('a global batch without supervised tokens: no update', { step });
       }
-      if (Number.isNaN(firstLoss)) firstLoss = loss;
-      lastLoss = loss;
+      if (skipped) {
+        nonFiniteSteps++;
+        nonFiniteInARow++;
+        log.warn('non-finite loss or gradient: step skipped', { step, loss, gradNorm, inARow: nonFiniteInARow });
+        if (nonFiniteInARow > s.training.maxNonFiniteSteps) throw new NonFiniteLossError(step, nonFiniteInARow);
+      } else {
+        nonFiniteInARow = 0;
+        if (Number.isNaN(firstLoss)) firstLoss = loss;
+        lastLoss = loss;
+      }
+      state.step = step + 1;
 
       const t3 = performance.now();
       const stepSeconds = (t3 - t0) / 1000;
@@ -211,16 +353,14 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         step: step + 1, totalSteps: plan.totalSteps, epoch, loss, lr, gradNorm,
         tokensPerSecond: globalTokens / stepSeconds, supervisedTokens: globalSupervised, stepSeconds,
         computeSeconds: (t1 - t0) / 1000, allReduceSeconds: (t2 - t1) / 1000, optimizerSeconds: (t3 - t2) / 1000,
-        allReduceBytes: flat.byteLength,
+        allReduceBytes: flat.byteLength, skipped, nonFiniteSteps,
       });
 
       const every = s.checkpoint.everySteps;
-      if (rank === 0 && every > 0 && (step + 1) % every === 0 && step + 1 < plan.totalSteps) {
-        await writeCheckpoint({
-          outputDir: s.output.dir, step: step + 1, keep: s.checkpoint.keep,
-          trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
-          optimizer: optimizer.state(), cursor: { nextStep: step + 1, epoch: stepPosition(plan, step + 1).epoch },
-        });
+      if (rank === 0 && every > 0 && state.step % every === 0 && state.step < plan.totalSteps) {
+        await writeCheckpoint(s.output.dir, s.checkpoint.keep, layout, {
+          step: state.step, optimizerStep: state.optimizer.stepCount, params: master, buffers: state.optimizer.buffers,
+        }, stepPosition(plan, state.step).epoch);
       }
     }
 
