@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelLoadError } from '../../common/errors.js';
+import { ModelLoadError, UserError } from '../../common/errors.js';
 
 export const ModelType = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2' } as const;
 export type ModelType = keyof typeof ModelType;
@@ -41,6 +41,13 @@ export interface LlamaConfig {
   /** Bias on the MLP projections (`mlp_bias`). */
   mlpBias: boolean;
   tieWordEmbeddings: boolean;
+  /**
+   * Sliding-window attention span (Mistral's `sliding_window`; Qwen2's when `use_sliding_window`),
+   * or null. It changes nothing for sequences no longer than the window, which is all this
+   * implementation accepts: a longer sequence is refused (see `checkSequenceLength`), never
+   * silently computed with full attention.
+   */
+  slidingWindow: number | null;
   bosTokenId: number | null;
   eosTokenId: number | number[] | null;
   padTokenId: number | null;
@@ -146,6 +153,16 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
     eosTokenId = eosRaw as number[];
   } else eosTokenId = r.optTokenId('eos_token_id');
 
+  if (obj['quantization_config'] !== undefined && obj['quantization_config'] !== null) {
+    const qm = (obj['quantization_config'] as Json | null)?.['quant_method'];
+    r.fail(`quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: quantized checkpoints cannot be loaded, use the float weights`);
+  }
+  const dropout = obj['attention_dropout'] ?? 0;
+  if (dropout !== 0) r.fail(`attention_dropout ${JSON.stringify(dropout)} is not supported (only 0)`);
+  let slidingWindow: number | null = null;
+  const sw = obj['sliding_window'];
+  const swInEffect = mt === 'mistral' || (mt === 'qwen2' && obj['use_sliding_window'] === true);
+  if (swInEffect && sw !== undefined && sw !== null) slidingWindow = r.int('sliding_window');
   const llamaBias = r.bool('attention_bias', false);
   const mlpBias = r.bool('mlp_bias', false);
   const dtype = obj['torch_dtype'] ?? obj['dtype'];
@@ -166,6 +183,7 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
     outputBias: mt !== 'qwen2' && llamaBias,
     mlpBias: mt !== 'qwen2' && mlpBias,
     tieWordEmbeddings: r.bool('tie_word_embeddings', false),
+    slidingWindow,
     bosTokenId: r.optTokenId('bos_token_id'),
     eosTokenId,
     padTokenId: r.optTokenId('pad_token_id'),
@@ -190,6 +208,20 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
     throw new ModelLoadError(file, `invalid JSON: ${(e as Error).message}`, { cause: e });
   }
   return parseLlamaConfig(raw, file);
+}
+
+/**
+ * Refuses sequences this implementation would compute differently from HF: longer than a sliding
+ * attention window (Mistral v0.1's 4096), where HF masks keys further back than the window and
+ * this implementation attends to all of them. `what` names the source of the length in the error.
+ */
+export function checkSequenceLength(c: LlamaConfig, length: number, what = 'sequence length'): void {
+  if (c.slidingWindow !== null && length > c.slidingWindow) {
+    throw new UserError(
+      `${what} ${length} exceeds the model's sliding_window ${c.slidingWindow}: sliding-window attention is not supported; ` +
+        `keep sequences at most ${c.slidingWindow} tokens long`,
+    );
+  }
 }
 
 /** The HF name of a decoder layer's tensor, e.g. `layerTensorName(3, 'mlp.up_proj.weight')`. */

@@ -19,11 +19,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ModelLoadError, UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import { expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
+import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
 import './gradients.js';
 import { matMul, transposeLast } from './matmul.js';
 import { ropeTables } from './rope.js';
-import { listModelTensors, readModelTensors, type NamedTensor } from './safetensors.js';
+import { FloatDtype, listModelTensors, readModelTensorChunks, type NamedTensor } from './safetensors.js';
 
 /** The label value that takes no loss, as in HF / PyTorch's CrossEntropyLoss. */
 export const IGNORE_INDEX = -100;
@@ -74,6 +74,56 @@ export interface LoadOptions {
   logger?: Logger;
   /** Memory bounds of the loss head, in floats. @default HEAD_CHUNK_ELEMS, SAVE_LOGITS_MAX_ELEMS */
   lossHead?: { chunkElems?: number; keepMaxElems?: number };
+  /**
+   * The longest sequence that will be run (a job's maxSeqLen): refused at load when the model
+   * cannot compute it exactly (longer than a sliding window). @default not checked at load
+   */
+  maxSeqLen?: number;
+  /** Elements read from the files at a time while loading. @default DEFAULT_CHUNK_ELEMS (4M) */
+  chunkElems?: number;
+}
+
+/** Where one tensor's data goes while it is loaded, chunk by chunk. */
+interface TensorSink {
+  /** Elements of the tensor. */
+  readonly size: number;
+  /** Copies `data`, whole rows of the HF layout starting at element `start`. */
+  write(start: number, data: Float32Array): void;
+  /** Hands the finished tensor to the model. */
+  finish(): void;
+  /** Frees what was allocated (after an error). */
+  abort(): void;
+}
+
+/** What the loader uses of the wasm backend: allocate a tensor, and view its heap memory. */
+interface HeapBackend {
+  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+function heapBackend(): HeapBackend | undefined {
+  if (tf.getBackend() !== 'wasm') return undefined;
+  const b = tf.backend() as unknown as Partial<HeapBackend>;
+  return typeof b.makeOutput === 'function' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapBackend) : undefined;
+}
+
+/**
+ * Copies rows [r0, r0 + k) of a row-major [rows, cols] matrix (`src`, k*cols values) into `dst`,
+ * the [cols, rows] transpose, in cache-friendly blocks.
+ */
+function transposeRowsInto(src: Float32Array, r0: number, rows: number, cols: number, dst: Float32Array): void {
+  const k = src.length / cols;
+  const BS = 64;
+  for (let c0 = 0; c0 < cols; c0 += BS) {
+    const c1 = Math.min(cols, c0 + BS);
+    for (let i0 = 0; i0 < k; i0 += BS) {
+      const i1 = Math.min(k, i0 + BS);
+      for (let c = c0; c < c1; c++) {
+        const o = c * rows + r0;
+        for (let i = i0; i < i1; i++) dst[o + i] = src[i * cols + c]!;
+      }
+    }
+  }
 }
 
 /**
@@ -183,13 +233,29 @@ export class LlamaModel {
       if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
         throw new ModelLoadError(info.file, `shape [${info.shape.join(', ')}] does not match config.json's [${shape.join(', ')}]`, { tensor: name });
       }
+      if (!(info.dtype in FloatDtype)) {
+        throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: name });
+      }
     }
+    if (options.maxSeqLen !== undefined) checkSequenceLength(config, options.maxSeqLen, 'maxSeqLen');
     const trainable = LlamaModel.checkTrainable(config, options.trainable);
+    const trainableSet = new Set(trainable);
     const model = new LlamaModel(config, trainable, options);
     const started = Date.now();
+    let pending: TensorSink | undefined;
     try {
-      for await (const t of readModelTensors(dir, expected.keys())) model.adopt(t, trainable.includes(t.name));
+      // Chunk by chunk straight into the tensor's final memory (on wasm, the wasm heap): no
+      // whole-tensor copy on the JS heap, so peak memory stays near the float32 model size.
+      for await (const ch of readModelTensorChunks(dir, expected.keys(), { listing, chunkElems: options.chunkElems })) {
+        if (ch.start === 0) pending = model.beginTensor(ch.info.name, [...ch.info.shape], trainableSet.has(ch.info.name));
+        pending!.write(ch.start, ch.data);
+        if (ch.start + ch.data.length === pending!.size) {
+          pending!.finish();
+          pending = undefined;
+        }
+      }
     } catch (e) {
+      pending?.abort();
       model.dispose();
       throw e;
     }
@@ -249,6 +315,46 @@ export class LlamaModel {
       this.params.set(t.name, tf.tensor(transposeHost(t.data, rows, cols), [cols, rows], 'float32'));
       this.transposed.add(t.name);
     } else this.params.set(t.name, tf.tensor(t.data, t.shape, 'float32'));
+  }
+
+  /**
+   * Starts loading tensor `name` (HF shape): frozen product operands are written transposed, and
+   * on wasm the data goes straight into the tensor's heap memory, re-viewed at every write since
+   * the heap may grow (and its buffer change) between chunks.
+   */
+  private beginTensor(name: string, shape: number[], trainable: boolean): TensorSink {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const transpose = !trainable && this.isMatrixOperand(name);
+    const [rows, cols] = shape as [number, number];
+    const stored = transpose ? [cols, rows] : shape;
+    const heap = heapBackend();
+    const info = heap ? heap.makeOutput(stored, 'float32') : undefined;
+    const host = info ? undefined : new Float32Array(size);
+    let tensor: tf.Tensor | undefined = info ? tf.engine().makeTensorFromTensorInfo(info) : undefined;
+    const adopt = (t: tf.Tensor): void => {
+      if (trainable) {
+        this.vars.set(name, tf.variable(t, true, `polytune/${modelSeq++}/${name}`));
+        this.params.set(name, this.vars.get(name)!);
+        t.dispose();
+      } else {
+        this.params.set(name, t);
+        if (transpose) this.transposed.add(name);
+      }
+    };
+    return {
+      size,
+      write: (start, data) => {
+        const dst = host ?? heap!.typedArrayFromHeap(info!);
+        if (transpose) transposeRowsInto(data, start / cols, rows, cols, dst);
+        else dst.set(data, start);
+      },
+      finish: () => {
+        const t = tensor ?? tf.tensor(host!, stored, 'float32');
+        tensor = undefined;
+        adopt(t);
+      },
+      abort: () => tensor?.dispose(),
+    };
   }
 
   private live(): void {
@@ -323,6 +429,7 @@ export class LlamaModel {
     const D = c.headDim;
     const groups = nH / nKV;
     const wantCache = options.returnCache ?? options.cache !== undefined;
+    checkSequenceLength(c, past + T);
 
     // RoPE tables [rows, T, 1, D]. The 1/sqrt(D) attention scale is folded into q's tables:
     // (s q) k^T = s (q k^T), saving an elementwise pass over the scores.

@@ -330,21 +330,7 @@ export async function listModelTensors(dir: string): Promise<Map<string, TensorI
  * in file order. A name that the model does not have is a ModelLoadError naming it.
  */
 export async function* readModelTensors(dir: string, names?: Iterable<string>): AsyncGenerator<NamedTensor> {
-  const all = await listModelTensors(dir);
-  let wanted: TensorInfo[];
-  if (names === undefined) wanted = [...all.values()];
-  else {
-    wanted = [];
-    for (const name of names) {
-      const info = all.get(name);
-      if (!info) {
-        const where = (await exists(join(dir, INDEX_FILE))) ? join(dir, INDEX_FILE) : join(dir, SINGLE_FILE);
-        throw new ModelLoadError(where, 'tensor not found', { tensor: name });
-      }
-      wanted.push(info);
-    }
-  }
-  wanted.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.begin - b.begin));
+  const wanted = await selectTensors(dir, await listModelTensors(dir), names);
   let fh: FileHandle | undefined;
   let openFile = '';
   try {
@@ -360,6 +346,99 @@ export async function* readModelTensors(dir: string, names?: Iterable<string>): 
   } finally {
     await fh?.close();
   }
+}
+
+/** A piece of one tensor's data, widened to float32: whole rows of its last axis. */
+export interface TensorChunk {
+  readonly info: TensorInfo;
+  /** Index of the chunk's first element in the tensor (row-major). */
+  readonly start: number;
+  /** The values; a view of a scratch buffer, valid only until the next chunk is requested. */
+  readonly data: Float32Array;
+}
+
+/** @default 4M elements (16 MB of float32) per chunk */
+export const DEFAULT_CHUNK_ELEMS = 4 * 1024 * 1024;
+
+/** Elements in one chunk of `info`: whole rows of the last axis, about `chunkElems` of them. */
+function chunkSizeOf(info: TensorInfo, chunkElems: number): number {
+  const n = prod(info.shape);
+  const row = info.shape.length >= 2 ? info.shape[info.shape.length - 1]! : Math.max(1, n);
+  return Math.min(Math.max(1, n), Math.max(1, Math.floor(chunkElems / Math.max(1, row))) * Math.max(1, row));
+}
+
+/**
+ * Streams the named tensors of a model directory (all when `names` is absent) as chunks of whole
+ * rows, widened to float32, in file order. Only two scratch buffers of about `chunkElems`
+ * elements are allocated, whatever the model's size: this is the loader's path, so that peak
+ * memory is the model's float32 size plus a few megabytes. `listing` (from `listModelTensors`)
+ * saves reading the headers again.
+ */
+export async function* readModelTensorChunks(
+  dir: string,
+  names?: Iterable<string>,
+  options: { chunkElems?: number; listing?: ReadonlyMap<string, TensorInfo> } = {},
+): AsyncGenerator<TensorChunk> {
+  const all = options.listing ?? (await listModelTensors(dir));
+  const wanted = await selectTensors(dir, all, names);
+  const chunkElems = options.chunkElems ?? DEFAULT_CHUNK_ELEMS;
+  for (const info of wanted) {
+    if (!(info.dtype in FloatDtype)) {
+      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: info.name });
+    }
+  }
+  const maxChunk = wanted.reduce((m, info) => Math.max(m, chunkSizeOf(info, chunkElems)), 1);
+  const f32 = new Float32Array(maxChunk);
+  const u16 = new Uint16Array(maxChunk);
+  let fh: FileHandle | undefined;
+  let openFile = '';
+  try {
+    for (const info of wanted) {
+      if (info.file !== openFile) {
+        await fh?.close();
+        fh = undefined;
+        fh = await openForRead(info.file);
+        openFile = info.file;
+      }
+      const n = prod(info.shape);
+      const size = chunkSizeOf(info, chunkElems);
+      const bytes = info.dtype === 'F32' ? 4 : 2;
+      for (let start = 0; start < n || (n === 0 && start === 0); start += size) {
+        const count = Math.min(size, n - start);
+        const out = f32.subarray(0, count);
+        const pos = info.begin + start * bytes;
+        if (info.dtype === 'F32') await readExactly(fh!, info.file, new Uint8Array(out.buffer, 0, count * 4), pos, info.name);
+        else {
+          const raw = u16.subarray(0, count);
+          await readExactly(fh!, info.file, new Uint8Array(raw.buffer, 0, count * 2), pos, info.name);
+          if (info.dtype === 'F16') f16ToF32(raw, out);
+          else bf16ToF32(raw, out);
+        }
+        yield { info, start, data: out };
+        if (n === 0) break;
+      }
+    }
+  } finally {
+    await fh?.close();
+  }
+}
+
+/** The `TensorInfo`s of `names` (all when absent) in file order; an unknown name is an error. */
+async function selectTensors(dir: string, all: ReadonlyMap<string, TensorInfo>, names: Iterable<string> | undefined): Promise<TensorInfo[]> {
+  let wanted: TensorInfo[];
+  if (names === undefined) wanted = [...all.values()];
+  else {
+    wanted = [];
+    for (const name of names) {
+      const info = all.get(name);
+      if (!info) {
+        const where = (await exists(join(dir, INDEX_FILE))) ? join(dir, INDEX_FILE) : join(dir, SINGLE_FILE);
+        throw new ModelLoadError(where, 'tensor not found', { tensor: name });
+      }
+      wanted.push(info);
+    }
+  }
+  return wanted.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.begin - b.begin));
 }
 
 // ---------------------------------------------------------------------------------------------
