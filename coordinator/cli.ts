@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
+import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CoordinatorStartError } from './errors.js';
@@ -23,6 +24,9 @@ import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+
+/** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
+const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
@@ -146,18 +150,29 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' } });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
-  const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, 9464);
+  const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
+  // The entry point wires prom-client (STYLE.md); the coordinator records through the MetricMeter.
+  const meter = new PromMeter({ logger: logger.child('metrics') });
   const coordinator = await startCoordinator({
     listen: (v.listen as string | undefined) ?? DEFAULT_LISTEN,
     natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
     logger,
+    meter,
   });
-  logger.info('serving; metrics are not exported yet (they come with a later issue)', { metricsPort });
+  let metrics: MetricsServer;
+  try {
+    metrics = await startMetricsServer({ meter, port: metricsPort, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics') });
+  } catch (e) {
+    await coordinator.stop();
+    throw new CoordinatorStartError(`cannot serve metrics on port ${metricsPort}: ${(e as Error).message}`, { cause: e });
+  }
+  logger.info('metrics at /metrics', { url: metrics.url });
   await new Promise<void>((resolve) => {
     if (signal.aborted) resolve();
     signal.addEventListener('abort', () => resolve(), { once: true });
   });
   await coordinator.stop();
+  await metrics.close();
   return 0;
 }
 

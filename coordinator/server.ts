@@ -12,6 +12,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../common/errors.js';
 import { parseJobSpec, validateJobSpecFiles } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
+import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage,
@@ -20,6 +21,7 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
+import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
@@ -52,6 +54,8 @@ export interface CoordinatorOptions {
   /** @default DEFAULT_SHUTDOWN_GRACE_MS */
   shutdownGraceMs?: number;
   logger?: Logger;
+  /** Where the coordinator's metrics are recorded (coordinator-metrics.ts). @default noopMeter */
+  meter?: MetricMeter;
 }
 
 export interface Coordinator {
@@ -87,20 +91,23 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let server: grpc.Server | undefined;
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
+  let metrics: CoordinatorMetrics | undefined;
   try {
     const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
+    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
+      metrics,
     });
     await scheduler.start();
 
     const watches = new Set<AbortController>();
     const proto = loadCoordinatorProto();
     server = new grpc.Server();
-    server.addService(proto.JobService.service, jobHandlers({ store, scheduler, watches, logger }));
+    server.addService(proto.JobService.service, jobHandlers({ store, scheduler, watches, logger, metrics }));
     server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
@@ -112,11 +119,13 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
 
     const reg = registry;
     const sch = scheduler;
+    const met = metrics;
     let stopped: Promise<void> | undefined;
     const stop = (): Promise<void> => {
       stopped ??= (async () => {
         logger.info('coordinator stopping');
         await sch.stop();
+        met.close();
         for (const w of watches) w.abort();
         reg.close();
         await new Promise<void>((resolve) => {
@@ -137,6 +146,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   } catch (e) {
     server?.forceShutdown();
     registry?.close();
+    metrics?.close();
     await scheduler?.stop().catch(() => undefined);
     await nc.close();
     throw e;
@@ -148,15 +158,17 @@ interface JobHandlerDeps {
   scheduler: Scheduler;
   watches: Set<AbortController>;
   logger: Logger;
+  metrics: CoordinatorMetrics;
 }
 
-function jobHandlers({ store, scheduler, watches, logger }: JobHandlerDeps): JobServiceHandlers {
+function jobHandlers({ store, scheduler, watches, logger, metrics }: JobHandlerDeps): JobServiceHandlers {
   const unary = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       fn(call.request).then(
         (res) => callback(null, res),
         (e: unknown) => {
           const st = toGrpcStatus(e);
+          if (name === 'Submit') metrics.submitFailed(st.code);
           if (st.code === grpc.status.INTERNAL) logger.error(`${name} failed`, { error: errorMessage(e) });
           callback(st);
         },
