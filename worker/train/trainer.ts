@@ -103,6 +103,8 @@ export interface TrainerOptions {
   readonly worldSize: number;
   readonly allReduce: AllReduceFn;
   readonly onStep?: (report: StepReport) => void;
+  /** Rank 0 wrote the checkpoint of `step` in `seconds` (for metrics). */
+  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number }) => void;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
   /** This rank's state of the job from earlier generations; `train` keeps it current. */
@@ -358,9 +360,11 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
 
       const every = s.checkpoint.everySteps;
       if (rank === 0 && every > 0 && state.step % every === 0 && state.step < plan.totalSteps) {
+        const tc = performance.now();
         await writeCheckpoint(s.output.dir, s.checkpoint.keep, layout, {
           step: state.step, optimizerStep: state.optimizer.stepCount, params: master, buffers: state.optimizer.buffers,
         }, stepPosition(plan, state.step).epoch);
+        options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
       }
     }
 
