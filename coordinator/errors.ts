@@ -46,3 +46,24 @@ export class CoordinatorStartError extends PolytuneError {
     this.name = 'CoordinatorStartError';
   }
 }
+
+/** A call without valid credentials (bearer token, client certificate). UNAUTHENTICATED. */
+export class AuthenticationError extends PolytuneError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'AuthenticationError';
+  }
+}
+
+/**
+ * A request whose fields are out of bounds (too long, wrong shape, a job id that cannot exist).
+ * INVALID_ARGUMENT; `field` names the field (`job_id`, `spec_yaml`, `progress.generation`).
+ */
+export class RequestValidationError extends PolytuneError {
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'RequestValidationError';
+    this.field = field;
+  }
+}

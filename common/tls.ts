@@ -1,0 +1,135 @@
+/**
+ * TLS for the gRPC control plane, shared by the coordinator (server), its clients and the workers.
+ *
+ * - Server: `cert` + `key` turn TLS on. With `clientCa`, the server asks every client for a
+ *   certificate and verifies it against that CA, but does not reject a client that sends none at
+ *   the handshake: which service needs one is decided per call (`peerCertificateVerified`). The
+ *   coordinator requires it for `WorkerService.Join` (mutual TLS for workers), while CLI clients
+ *   authenticate with the bearer token.
+ * - Client: `ca` (the CA that signed the server's certificate; the system roots when absent) turns
+ *   TLS on; `cert` + `key` present a client certificate.
+ *
+ * Files are read once, with errors that name the flag and file.
+ */
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { UserError } from './errors.js';
+
+/** PEM material for the server. */
+export interface ServerTls {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /** CA bundle that client certificates are verified against; absent: no client certificates asked. */
+  readonly clientCa?: Buffer;
+}
+
+/** PEM material for a client. TLS is on when this object is given. */
+export interface ClientTls {
+  /** CA bundle for the server's certificate. @default the system roots */
+  readonly ca?: Buffer;
+  /** Client certificate chain (mutual TLS); with `key`. */
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  /** Expected server name when it differs from the host dialled (`grpc.ssl_target_name_override`). */
+  readonly serverName?: string;
+}
+
+/** Reads a PEM file, naming `what` (usually the flag) in the error. */
+export function readPem(what: string, path: string): Buffer {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(path);
+  } catch (e) {
+    throw new UserError(`${what}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  }
+  if (!pem.toString('latin1').includes('-----BEGIN ')) throw new UserError(`${what}: ${path} is not a PEM file`);
+  return pem;
+}
+
+/** File paths as given on a command line or in env vars; all undefined means TLS off. */
+export interface ServerTlsFiles {
+  cert?: string | undefined;
+  key?: string | undefined;
+  clientCa?: string | undefined;
+}
+
+export interface ClientTlsFiles {
+  ca?: string | undefined;
+  cert?: string | undefined;
+  key?: string | undefined;
+  serverName?: string | undefined;
+}
+
+/** Loads server TLS from files; undefined when none is given. `--tls-cert` and `--tls-key` go together. */
+export function loadServerTls(files: ServerTlsFiles): ServerTls | undefined {
+  if (!files.cert && !files.key) {
+    if (files.clientCa) throw new UserError('--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)');
+    return undefined;
+  }
+  if (!files.cert || !files.key) throw new UserError('--tls-cert and --tls-key go together');
+  return {
+    cert: readPem('--tls-cert', files.cert),
+    key: readPem('--tls-key', files.key),
+    ...(files.clientCa ? { clientCa: readPem('--tls-client-ca', files.clientCa) } : {}),
+  };
+}
+
+/** Loads client TLS from files; undefined (plaintext) when none is given. */
+export function loadClientTls(files: ClientTlsFiles): ClientTls | undefined {
+  if (!files.ca && !files.cert && !files.key) return undefined;
+  if (Boolean(files.cert) !== Boolean(files.key)) throw new UserError('--tls-cert and --tls-key go together');
+  return {
+    ...(files.ca ? { ca: readPem('--tls-ca', files.ca) } : {}),
+    ...(files.cert ? { cert: readPem('--tls-cert', files.cert) } : {}),
+    ...(files.key ? { key: readPem('--tls-key', files.key) } : {}),
+    ...(files.serverName ? { serverName: files.serverName } : {}),
+  };
+}
+
+/** A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client certificates). */
+class StaticCertificateProvider implements grpc.experimental.CertificateProvider {
+  constructor(private readonly ca: Buffer | null, private readonly identity: { certificate: Buffer; privateKey: Buffer } | null) {}
+  addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
+    listener(this.ca ? { caCertificate: this.ca } : null);
+  }
+  removeCaCertificateListener(): void {}
+  addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
+    listener(this.identity);
+  }
+  removeIdentityCertificateListener(): void {}
+}
+
+/** Server credentials: plaintext without `tls`; TLS; or TLS that also asks for (but does not require) client certificates. */
+export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false);
+  const identity = new StaticCertificateProvider(null, { certificate: tls.cert, privateKey: tls.key });
+  const ca = new StaticCertificateProvider(tls.clientCa, null);
+  return grpc.experimental.createCertificateProviderServerCredentials(ca, identity, false);
+}
+
+/** Channel credentials for a client: plaintext without `tls`. */
+export function channelCredentials(tls: ClientTls | undefined): grpc.ChannelCredentials {
+  if (!tls) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null);
+}
+
+/** Channel options that go with `channelCredentials` (the server-name override). */
+export function channelTlsOptions(tls: ClientTls | undefined): grpc.ChannelOptions {
+  return tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
+}
+
+/** grpc-js's AuthContext (not exported by the package). */
+type AuthContext = ReturnType<grpc.ServerDuplexStream<unknown, unknown>['getAuthContext']>;
+
+/** True when the call came over TLS with a client certificate that verified against the server's client CA. */
+export function peerCertificateVerified(call: { getAuthContext(): AuthContext }): boolean {
+  const ctx = call.getAuthContext();
+  return ctx.transportSecurityType === 'ssl' && ctx.sslPeerCertificate !== undefined;
+}
+
+/** The subject CN of the verified client certificate, if any. */
+export function peerCommonName(call: { getAuthContext(): AuthContext }): string | undefined {
+  const cn = call.getAuthContext().sslPeerCertificate?.subject?.CN;
+  return typeof cn === 'string' ? cn : Array.isArray(cn) ? cn[0] : undefined;
+}
