@@ -7,10 +7,12 @@ import { availableParallelism, hostname, totalmem } from 'node:os';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
+import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent } from './session.js';
 import { train } from './train/trainer.js';
+import { createWorkerMetrics } from './worker-metrics.js';
 
 export interface WorkerOptions {
   /** Coordinator gRPC address, HOST:PORT. */
@@ -22,10 +24,13 @@ export interface WorkerOptions {
   readonly workerId: string;
   readonly logger: Logger;
   readonly signal: AbortSignal;
+  /** Where the worker's metrics are recorded (worker-metrics.ts). @default noopMeter */
+  readonly meter?: MetricMeter;
 }
 
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const log = options.logger;
+  const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   const backend = await initBackend(options.backend);
   log.info('backend ready', { backend });
   const session = await CoordinatorSession.connect({
@@ -56,7 +61,9 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       const result = await train({
         spec: a.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
         allReduce: (step, data) => ar.allReduce(step, data, abort.signal),
+        onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
         onStep: (r) => {
+          metrics.step(a.jobId, r);
           session.progress({
             jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
             tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
@@ -75,6 +82,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       else jlog.error('job failed', { error: msg });
       session.result({ jobId: a.jobId, generation: a.generation, ok: false, error: msg, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
     } finally {
+      metrics.jobEnded(a.jobId);
       await allReduce?.close();
     }
   };

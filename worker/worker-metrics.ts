@@ -1,0 +1,117 @@
+/**
+ * A worker's metrics, recorded from the trainer's per-step report (names in DESIGN.md's style; the
+ * dashboard and alert rules under deploy/ use exactly these):
+ *
+ * | metric | type | labels |
+ * |---|---|---|
+ * | `polytune_step_duration_seconds` | histogram: a whole optimizer step | job_id |
+ * | `polytune_step_phase_seconds_total` | counter: seconds spent per phase (`compute`, `allreduce`, `optimizer`) | job_id, phase |
+ * | `polytune_tokens_per_second` | gauge: non-padding tokens of the global batch per second (last step; the same on every rank) | job_id |
+ * | `polytune_supervised_tokens_total` | counter: supervised tokens of the global batches trained | job_id |
+ * | `polytune_train_loss` | gauge: last finite loss | job_id, language |
+ * | `polytune_nonfinite_steps_total` | counter: steps skipped for a non-finite loss or gradient | job_id |
+ * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
+ * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
+ * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
+ * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
+ * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
+ *
+ * Loss per language: the trainer reports only the global loss today, recorded with
+ * `language="all"`; a report that carries `lossByLanguage` (the per-language loss comes with the
+ * SLAM evaluation issue) is recorded per language with no change here.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { MetricMeter } from '../common/metrics.js';
+import type { StepReport } from './train/trainer.js';
+
+/** What `step()` reads of a report; `lossByLanguage` is the hook for the per-language loss. */
+export type StepSample = Pick<StepReport,
+  'loss' | 'tokensPerSecond' | 'supervisedTokens' | 'stepSeconds' | 'computeSeconds' | 'allReduceSeconds' | 'optimizerSeconds' | 'allReduceBytes' | 'skipped'
+> & { readonly lossByLanguage?: ReadonlyMap<string, number> | Readonly<Record<string, number>> };
+
+export const StepPhase = { compute: 'compute', allreduce: 'allreduce', optimizer: 'optimizer' } as const;
+export type StepPhase = (typeof StepPhase)[keyof typeof StepPhase];
+
+/** The language label of the global loss. */
+export const ALL_LANGUAGES = 'all';
+
+export interface WorkerMetrics {
+  step(jobId: string, report: StepSample): void;
+  checkpoint(jobId: string, seconds: number): void;
+  /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
+  jobEnded(jobId: string): void;
+}
+
+export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
+  const stepDuration = meter.histogram({ name: 'polytune_step_duration_seconds', help: 'Duration of an optimizer step.', labelNames: ['job_id'] });
+  const phaseSeconds = meter.counter({
+    name: 'polytune_step_phase_seconds_total', help: 'Seconds spent in each phase of the optimizer steps: compute (forward/backward), allreduce, optimizer.',
+    labelNames: ['job_id', 'phase'],
+  });
+  const tokensPerSecond = meter.gauge({
+    name: 'polytune_tokens_per_second', help: 'Non-padding tokens of the global batch per second of the last step (the same on every rank).', labelNames: ['job_id'],
+  });
+  const supervisedTokens = meter.counter({
+    name: 'polytune_supervised_tokens_total', help: 'Supervised tokens of the global batches trained (the same on every rank).', labelNames: ['job_id'],
+  });
+  const loss = meter.gauge({
+    name: 'polytune_train_loss', help: 'Mean token NLL of the last finite step; language="all" is the global batch.', labelNames: ['job_id', 'language'],
+  });
+  const nonFinite = meter.counter({
+    name: 'polytune_nonfinite_steps_total', help: 'Steps skipped for a non-finite loss or gradient.', labelNames: ['job_id'],
+  });
+  const allReduceBytes = meter.counter({
+    name: 'polytune_allreduce_bytes_total', help: 'Bytes of gradient buffers all-reduced by this rank (the payload, not the wire traffic).', labelNames: ['job_id'],
+  });
+  const bandwidth = meter.gauge({
+    name: 'polytune_allreduce_bandwidth_bytes_per_second', help: 'All-reduced payload bytes per second of all-reduce in the last step (algorithm bandwidth).',
+    labelNames: ['job_id'],
+  });
+  const checkpoint = meter.histogram({
+    name: 'polytune_checkpoint_duration_seconds', help: 'Time for rank 0 to write a checkpoint.', labelNames: ['job_id'],
+  });
+  meter.observableGauge({ name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' }, (observe) => {
+    observe({}, tf.memory().numTensors);
+  });
+  meter.observableGauge({ name: 'polytune_tfjs_memory_bytes', help: 'Bytes held by TensorFlow.js tensors (tf.memory().numBytes).' }, (observe) => {
+    observe({}, tf.memory().numBytes);
+  });
+  const languages = new Map<string, Set<string>>();
+
+  return {
+    step(jobId, r) {
+      const job = { job_id: jobId };
+      stepDuration.observe(job, r.stepSeconds);
+      phaseSeconds.inc({ ...job, phase: StepPhase.compute }, r.computeSeconds);
+      phaseSeconds.inc({ ...job, phase: StepPhase.allreduce }, r.allReduceSeconds);
+      phaseSeconds.inc({ ...job, phase: StepPhase.optimizer }, r.optimizerSeconds);
+      if (Number.isFinite(r.tokensPerSecond)) tokensPerSecond.set(job, r.tokensPerSecond);
+      supervisedTokens.inc(job, r.supervisedTokens);
+      allReduceBytes.inc(job, r.allReduceBytes);
+      if (r.allReduceSeconds > 0) bandwidth.set(job, r.allReduceBytes / r.allReduceSeconds);
+      nonFinite.inc(job, r.skipped ? 1 : 0);
+      if (r.skipped) return;
+      const seen = languages.get(jobId) ?? new Set<string>();
+      languages.set(jobId, seen);
+      if (Number.isFinite(r.loss)) {
+        loss.set({ ...job, language: ALL_LANGUAGES }, r.loss);
+        seen.add(ALL_LANGUAGES);
+      }
+      const byLanguage = r.lossByLanguage instanceof Map ? r.lossByLanguage : new Map(Object.entries(r.lossByLanguage ?? {}));
+      for (const [language, l] of byLanguage) {
+        if (!Number.isFinite(l)) continue;
+        loss.set({ ...job, language }, l);
+        seen.add(language);
+      }
+    },
+    checkpoint(jobId, seconds) {
+      checkpoint.observe({ job_id: jobId }, seconds);
+    },
+    jobEnded(jobId) {
+      tokensPerSecond.remove({ job_id: jobId });
+      bandwidth.remove({ job_id: jobId });
+      for (const language of languages.get(jobId) ?? []) loss.remove({ job_id: jobId, language });
+      languages.delete(jobId);
+    },
+  };
+}
