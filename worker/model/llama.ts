@@ -639,16 +639,20 @@ export class LlamaModel {
     return { nll, tokens };
   }
 
+  /** One parameter in its HF name, layout and shape, copied out of the backend. */
+  exportTensor(name: string): NamedTensor {
+    this.live();
+    const t = this.params.get(name);
+    if (!t) throw new Error(`${name} is not a parameter of this model`);
+    const data = t.dataSync() as Float32Array;
+    if (!this.transposed.has(name)) return { name, shape: [...t.shape], data };
+    const [inDim, outDim] = t.shape as [number, number];
+    return { name, shape: [outDim, inDim], data: transposeHost(data, inDim, outDim) };
+  }
+
   /** Every parameter in HF names, layout and shapes, copied out of the backend. */
   exportTensors(): NamedTensor[] {
-    this.live();
-    return this.parameterNames.map((name) => {
-      const t = this.params.get(name)!;
-      const data = t.dataSync() as Float32Array;
-      if (!this.transposed.has(name)) return { name, shape: [...t.shape], data };
-      const [inDim, outDim] = t.shape as [number, number];
-      return { name, shape: [outDim, inDim], data: transposeHost(data, inDim, outDim) };
-    });
+    return this.parameterNames.map((name) => this.exportTensor(name));
   }
 
   dispose(): void {

@@ -525,3 +525,68 @@ export async function writeSafetensors(path: string, tensors: readonly NamedTens
   await fh.close();
   await rename(tmp, path);
 }
+
+/** One tensor of a file written by `writeSafetensorsStreaming`: its data is asked for when written. */
+export interface TensorToWrite {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: FloatDtype;
+}
+
+/** Bytes a tensor takes in the file. */
+export function tensorBytes(t: Pick<TensorToWrite, 'shape' | 'dtype'>): number {
+  return prod(t.shape) * DTYPE_SIZE[t.dtype];
+}
+
+/**
+ * Writes a safetensors file tensor by tensor: the header comes from names, shapes and dtypes
+ * alone, then `data(name)` is called for one tensor at a time and narrowed to its own dtype, so
+ * only one tensor's values need to be in memory. Sorted by name, header padded to 8 bytes,
+ * written to `path + '.tmp'`, synced and renamed, like `writeSafetensors`.
+ */
+export async function writeSafetensorsStreaming(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  data: (name: string) => Float32Array | Promise<Float32Array>,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) header['__metadata__'] = metadata;
+  let offset = 0;
+  for (const t of sorted) {
+    if (t.name in header) throw new Error(`writeSafetensors: duplicate tensor ${t.name}`);
+    const bytes = tensorBytes(t);
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let headerBytes = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(headerBytes.length / 8) * 8;
+  if (padded !== headerBytes.length) {
+    const p = new Uint8Array(padded).fill(0x20);
+    p.set(headerBytes);
+    headerBytes = p;
+  }
+  const lenBuf = new Uint8Array(8);
+  new DataView(lenBuf.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  const tmp = path + '.tmp';
+  const fh = await open(tmp, 'w');
+  try {
+    await writeAll(fh, lenBuf);
+    await writeAll(fh, headerBytes);
+    for (const t of sorted) {
+      const values = await data(t.name);
+      if (values.length !== prod(t.shape)) {
+        throw new Error(`writeSafetensors: tensor ${t.name} has ${values.length} values for shape [${t.shape.join(', ')}]`);
+      }
+      await writeAll(fh, encodeTensor(values, t.dtype));
+    }
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await rename(tmp, path);
+}

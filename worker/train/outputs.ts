@@ -1,7 +1,8 @@
 /**
  * What rank 0 writes at the end, in DESIGN.md's layout (checkpoints are in checkpoint.ts):
  *
- *   output.dir/final/   model.safetensors (whole model, HF names, input dtype),
+ *   output.dir/final/   model.safetensors, or shards + model.safetensors.index.json like the
+ *                       input's (whole model, HF names, each tensor in its input dtype),
  *                       trainable.safetensors, config.json, tokenizer files
  *
  * Written under a temporary name and renamed, so a reader never sees half of it.
@@ -9,7 +10,8 @@
 import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LlamaModel } from '../model/llama.js';
-import { writeSafetensors, type FloatDtype, type NamedTensor } from '../model/safetensors.js';
+import { exportModel } from '../model/export.js';
+import { writeSafetensors, type NamedTensor } from '../model/safetensors.js';
 import { writeDirAtomically } from './atomic-dir.js';
 
 /** Files copied from the input model directory to `final/` when present. */
@@ -26,19 +28,14 @@ export interface FinalContents {
   readonly inputDtypes: ReadonlyMap<string, string>;
 }
 
-/** The dtype to export in: the input's, when every tensor had the same float dtype. */
-function exportDtype(inputDtypes: ReadonlyMap<string, string>): FloatDtype {
-  const kinds = new Set(inputDtypes.values());
-  const only = kinds.size === 1 ? [...kinds][0] : undefined;
-  return only === 'BF16' || only === 'F16' ? only : 'F32';
-}
-
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
   const dir = join(c.outputDir, 'final');
   await mkdir(c.outputDir, { recursive: true });
   await writeDirAtomically(dir, async (tmp) => {
-    await writeSafetensors(join(tmp, 'model.safetensors'), c.model.exportTensors(), {
-      dtype: exportDtype(c.inputDtypes), metadata: { format: 'pt' },
+    // Tensor by tensor, each in its input dtype, sharded like the input (worker/model/export.ts);
+    // trained tensors from the trainer's float32 master copies.
+    await exportModel(tmp, c.model, {
+      inputDir: c.modelDir, dtypes: c.inputDtypes, values: new Map(c.trainable.map((t) => [t.name, t.data])),
     });
     await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, { dtype: 'F32', metadata: { format: 'pt' } });
     for (const name of MODEL_SIDE_FILES) {
