@@ -2,23 +2,32 @@
 /**
  * The `worker` command.
  *
- *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--id ID]
+ *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
+ *
+ * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
+ * (--local-rank, else $POLYTUNE_LOCAL_RANK, else 0: the index of this worker process among those of
+ * its pod or host, one per GPU); --metrics-port 0 picks a free port.
  */
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { intFlag, runCli, UsageError } from '../common/cli.js';
+import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
+import { PromMeter, startMetricsServer } from '../common/metrics.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
 import { runGenerate } from './commands/generate.js';
 import { runInitModel } from './commands/init-model.js';
 import { runScore } from './commands/score.js';
 import { runWorker } from './run-worker.js';
 
+/** DESIGN.md: worker metrics on 9465 + the local rank. */
+const DEFAULT_WORKER_METRICS_PORT = 9465;
+
 const USAGE = `usage:
-  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--id ID]
+  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
@@ -55,19 +64,40 @@ async function main(signal: AbortSignal): Promise<number> {
     case 'run': {
       const v = parse({
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
-        'metrics-port': { type: 'string' }, id: { type: 'string' },
+        'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
       });
       if (v.help) return write(USAGE), 0;
-      intFlag('metrics-port', v['metrics-port'] as string | undefined, 0);
+      const localRank = intFlag('local-rank', (v['local-rank'] as string | undefined) ?? process.env['POLYTUNE_LOCAL_RANK'], 0);
+      const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_WORKER_METRICS_PORT + localRank);
       const workerId = (v.id as string | undefined) ?? `${hostname()}-${process.pid}`;
-      await runWorker({
-        coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
-        nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
-        backend: backendFlag(v.backend as string | undefined),
-        workerId,
-        logger: createLogger(`worker ${workerId}`),
-        signal,
+      const logger = createLogger(`worker ${workerId}`);
+      // The entry point wires prom-client (STYLE.md); the worker records through the MetricMeter.
+      const meter = new PromMeter({ logger: logger.child('metrics') });
+      const serveMetrics = (port: number): ReturnType<typeof startMetricsServer> => startMetricsServer({
+        meter, port, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics'),
       });
+      const metrics = await serveMetrics(metricsPort).catch((e: unknown) => {
+        // A default port taken (several workers on one host without --local-rank): any free port, and say so.
+        if (v['metrics-port'] === undefined && (e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+          logger.warn('default metrics port in use; serving metrics on a free port (set --local-rank or --metrics-port)', { port: metricsPort });
+          return serveMetrics(0);
+        }
+        throw new UserError(`--metrics-port ${metricsPort}: cannot serve metrics: ${(e as Error).message}`, { cause: e });
+      });
+      logger.info('metrics at /metrics', { url: metrics.url, localRank });
+      try {
+        await runWorker({
+          coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
+          nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
+          backend: backendFlag(v.backend as string | undefined),
+          workerId,
+          logger,
+          signal,
+          meter,
+        });
+      } finally {
+        await metrics.close();
+      }
       return 0;
     }
     case 'init-model': {
