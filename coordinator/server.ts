@@ -8,11 +8,12 @@
  * directory), checks the files on its own file system (`validateJobSpecFiles`) and plans the steps.
  */
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../common/errors.js';
 import { parseJobSpec, validateJobSpecFiles } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
+import { peerCertificateVerified, serverCredentials, type ServerTls } from '../common/tls.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage,
@@ -21,10 +22,15 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
+import { authorizeJobCall, authorizeWorkerCall, type CallAuthPolicy } from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
+import type { NatsCredentialIssuer } from './nats-credentials.js';
+import {
+  checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
+} from './request-limits.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
 import { computeTotalSteps } from './total-steps.js';
@@ -56,6 +62,16 @@ export interface CoordinatorOptions {
   logger?: Logger;
   /** Where the coordinator's metrics are recorded (coordinator-metrics.ts). @default noopMeter */
   meter?: MetricMeter;
+  /** TLS for the gRPC port; with `clientCa`, workers must present a certificate it signed. @default plaintext */
+  tls?: ServerTls;
+  /** Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open) */
+  auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken'>;
+  /** Extra options for the coordinator's own NATS connection (credentials: `authenticator`). */
+  natsConnect?: Partial<ConnectionOptions>;
+  /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
+  natsIssuer?: NatsCredentialIssuer;
+  /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
+  maxReceiveMessageBytes?: number;
 }
 
 export interface Coordinator {
@@ -84,7 +100,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const { host } = splitHostPort(listen);
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
+    nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
   } catch (e) {
     throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl}: ${errorMessage(e)}`, { cause: e });
   }
@@ -106,16 +122,28 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
 
     const watches = new Set<AbortController>();
     const proto = loadCoordinatorProto();
-    server = new grpc.Server();
-    server.addService(proto.JobService.service, jobHandlers({ store, scheduler, watches, logger, metrics }));
-    server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger }));
+    const maxReceive = options.maxReceiveMessageBytes ?? DEFAULT_MAX_RECEIVE_MESSAGE_BYTES;
+    server = new grpc.Server({
+      'grpc.max_receive_message_length': maxReceive,
+      'grpc.max_concurrent_streams': 1_000,
+      // Metadata (headers) is bounded too: a token and a few headers fit in 16 KiB.
+      'grpc.max_metadata_size': 16 * 1024,
+    });
+    const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
+    if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
+    if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
+    server.addService(proto.JobService.service, jobHandlers({ store, scheduler, watches, logger, metrics, auth }));
+    server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
-      srv.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (
+      srv.bindAsync(listen, serverCredentials(options.tls), (err, p) => (
         err ? reject(new CoordinatorStartError(`cannot listen on ${listen}: ${err.message}`, { cause: err })) : resolve(p)));
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
-    logger.info('coordinator listening', { address, nats: natsUrl });
+    logger.info('coordinator listening', {
+      address, nats: natsUrl, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
+      clientToken: auth.clientToken !== undefined, workerToken: auth.workerToken !== undefined, natsCredentials: options.natsIssuer !== undefined,
+    });
 
     const reg = registry;
     const sch = scheduler;
@@ -159,12 +187,16 @@ interface JobHandlerDeps {
   watches: Set<AbortController>;
   logger: Logger;
   metrics: CoordinatorMetrics;
+  auth: CallAuthPolicy;
 }
 
-function jobHandlers({ store, scheduler, watches, logger, metrics }: JobHandlerDeps): JobServiceHandlers {
+function jobHandlers({ store, scheduler, watches, logger, metrics, auth }: JobHandlerDeps): JobServiceHandlers {
   const unary = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
-      fn(call.request).then(
+      Promise.resolve().then(() => {
+        authorizeJobCall(auth, name, call.metadata);
+        return fn(call.request);
+      }).then(
         (res) => callback(null, res),
         (e: unknown) => {
           const st = toGrpcStatus(e);
@@ -177,18 +209,21 @@ function jobHandlers({ store, scheduler, watches, logger, metrics }: JobHandlerD
 
   return {
     Submit: unary('Submit', async (req) => {
-      const source = req.sourceName || 'spec';
-      const spec = parseJobSpec(req.specYaml, { source });
+      const { specYaml, sourceName } = checkSubmit(req);
+      const source = sourceName || 'spec';
+      const spec = parseJobSpec(specYaml, { source });
       const { numLayers } = await validateJobSpecFiles(spec, source);
       const totalSteps = await computeTotalSteps(spec);
       const record = await scheduler.submit(spec, numLayers, totalSteps);
       return { jobId: record.id };
     }),
-    Get: unary('Get', async (req) => toWireJob((await store.mustGet(req.jobId)).record)),
+    Get: unary('Get', async (req) => toWireJob((await store.mustGet(checkJobId(req.jobId))).record)),
     List: unary('List', async () => ({ jobs: (await store.list()).map(toWireJob) })),
     Cancel: unary('Cancel', async (req) => {
-      await store.mustGet(req.jobId);
-      return toWireJob(await scheduler.cancel(req.jobId, req.reason || 'cancelled by user'));
+      const jobId = checkJobId(req.jobId);
+      const reason = checkReason(req.reason);
+      await store.mustGet(jobId);
+      return toWireJob(await scheduler.cancel(jobId, reason || 'cancelled by user'));
     }),
     Watch: (call) => {
       const ac = new AbortController();
@@ -196,9 +231,11 @@ function jobHandlers({ store, scheduler, watches, logger, metrics }: JobHandlerD
       call.on('cancelled', () => ac.abort());
       void (async () => {
         try {
-          await store.mustGet(call.request.jobId);
+          authorizeJobCall(auth, 'Watch', call.metadata);
+          const jobId = checkJobId(call.request.jobId);
+          await store.mustGet(jobId);
           let last: JobState | undefined;
-          for await (const { record } of store.watch(call.request.jobId, ac.signal)) {
+          for await (const { record } of store.watch(jobId, ac.signal)) {
             const kind: JobEvent['kind'] = last === undefined ? 'SNAPSHOT' : record.state !== last ? 'STATE' : 'PROGRESS';
             last = record.state;
             call.write({ kind, job: toWireJob(record) });
@@ -220,17 +257,45 @@ interface WorkerHandlerDeps {
   registry: WorkerRegistry;
   scheduler: Scheduler;
   logger: Logger;
+  store: JobStore;
+  auth: CallAuthPolicy;
+  natsIssuer: NatsCredentialIssuer | undefined;
 }
 
-function workerHandlers({ registry, scheduler, logger }: WorkerHandlerDeps): WorkerServiceHandlers {
+/**
+ * The Join stream. Every message is checked before it reaches the registry or the scheduler:
+ * - the call itself: worker token and/or verified client certificate (auth.ts);
+ * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT);
+ * - each later message: field types and ranges (request-limits.ts), then membership: the job is
+ *   the one the worker is assigned to, at the current generation. A message that fails is not
+ *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
+ */
+function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
       let ended = false;
+      // Writes are chained so that an assignment (whose NATS credentials are signed
+      // asynchronously) is never overtaken by a later message such as its cancel.
+      let writes = Promise.resolve();
+      const write = (msg: CoordinatorMessage): void => {
+        writes = writes.then(async () => {
+          if (ended) return;
+          const a = msg.assignment;
+          if (a && natsIssuer && workerId !== undefined && a.jobId) {
+            const c = await natsIssuer.issueWorker(a.jobId, workerId);
+            msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
+          }
+          if (!ended) call.write(msg);
+        }).catch((e: unknown) => {
+          logger.error('cannot send to worker', { worker: workerId, error: errorMessage(e) });
+          fail(new WorkerProtocolError(`coordinator could not send a message: ${errorMessage(e)}`, workerId));
+        });
+      };
       const link: WorkerLink = {
         send: (msg: CoordinatorMessage) => {
           if (ended) return false;
-          call.write(msg);
+          write(msg);
           return true;
         },
         close: () => {
@@ -246,36 +311,93 @@ function workerHandlers({ registry, scheduler, logger }: WorkerHandlerDeps): Wor
           call.end();
         }
       };
-      call.on('data', (msg: WorkerMessage__Output) => {
+      /** Ends the stream with the error's status (protocol violations, failed authentication). */
+      const fail = (e: Error): void => {
+        if (ended) return;
+        ended = true;
+        logger.warn('worker stream refused', { worker: workerId, error: e.message });
+        if (workerId !== undefined) registry.leave(workerId, link, `refused: ${e.message}`);
+        call.emit('error', toGrpcStatus(e));
+      };
+      const refuse = (message: string, error: string, jobId = '', generation = 0): void => {
+        logger.warn('worker message refused', { worker: workerId, message, error });
+        link.send({ refusal: { message, error, jobId, generation } });
+      };
+      /** Undefined when `workerId` is in `jobId`'s gang at `generation`; else why not (the store is asked whether the job exists). */
+      const membership = async (wid: string, kind: string, jobId: string, generation: number): Promise<string | undefined> => {
+        const ref = registry.get(wid)?.job;
+        if (ref && ref.jobId === jobId) {
+          if (ref.generation === generation) return undefined;
+          return generation < ref.generation
+            ? `${kind}.generation: ${generation} is stale (worker ${wid} is in generation ${ref.generation} of job ${jobId})`
+            : `${kind}.generation: ${generation} is not the current generation ${ref.generation} of job ${jobId}`;
+        }
+        if (!(await store.get(jobId))) return `${kind}.job_id: job ${jobId} not found`;
+        return `${kind}.job_id: worker ${wid} is not in the gang of job ${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
+      };
+
+      call.on('data', (raw: WorkerMessage__Output) => {
+        if (ended) return;
         if (workerId === undefined) {
-          if (msg.msg !== 'hello' || !msg.hello || !msg.hello.workerId) {
-            ended = true;
-            call.emit('error', toGrpcStatus(new WorkerProtocolError('the first message on Join must be Hello with a worker_id')));
+          if (raw?.msg !== 'hello') {
+            fail(new WorkerProtocolError(`the first message on Join must be Hello, got ${workerMessageKind(raw) || 'an empty message'}`));
             return;
           }
-          workerId = msg.hello.workerId;
+          let hello;
+          try {
+            hello = checkHello(raw.hello);
+          } catch (e) {
+            fail(new WorkerProtocolError(`bad Hello: ${errorMessage(e)}`));
+            return;
+          }
+          workerId = hello.workerId;
           link.send({ ack: { workerId } });
-          registry.join(msg.hello, link);
+          registry.join(hello, link);
           return;
         }
-        registry.touch(workerId);
-        switch (msg.msg) {
+        const wid = workerId;
+        registry.touch(wid);
+        let msg;
+        try {
+          msg = checkWorkerMessage(raw);
+        } catch (e) {
+          refuse(workerMessageKind(raw), errorMessage(e));
+          return;
+        }
+        switch (msg.type) {
+          case 'hello':
+            fail(new WorkerProtocolError(`a second Hello on the stream of worker ${wid}`, wid));
+            return;
+          case 'heartbeat':
+            return;
           case 'progress':
-            if (msg.progress) scheduler.onProgress(workerId, msg.progress);
-            break;
-          case 'result':
-            if (msg.result) {
-              scheduler.onResult(workerId, msg.result)
-                .catch((e: unknown) => logger.error('handling a result failed', { worker: workerId, error: errorMessage(e) }));
+          case 'result': {
+            const body = msg.type === 'progress' ? msg.progress : msg.result;
+            const ref = registry.get(wid)?.job;
+            if (ref?.jobId !== body.jobId || ref.generation !== body.generation) {
+              void membership(wid, msg.type, body.jobId, body.generation)
+                .then((why) => refuse(msg.type, why ?? `${msg.type}: worker ${wid} is no longer in job ${body.jobId}`, body.jobId, body.generation))
+                .catch((e: unknown) => refuse(msg.type, `${msg.type}.job_id: cannot check job ${body.jobId}: ${errorMessage(e)}`, body.jobId, body.generation));
+              return;
             }
-            break;
-          default:
-            break;
+            if (msg.type === 'progress') scheduler.onProgress(wid, msg.progress);
+            else {
+              scheduler.onResult(wid, msg.result)
+                .catch((e: unknown) => logger.error('handling a result failed', { worker: wid, error: errorMessage(e) }));
+            }
+            return;
+          }
         }
       });
       call.on('end', () => gone('stream closed by the worker'));
       call.on('cancelled', () => gone('stream cancelled'));
       call.on('error', (e) => gone(`stream failed: ${errorMessage(e)}`));
+      // Checked after the listeners are attached (an 'error' needs one); no data is read before.
+      try {
+        authorizeWorkerCall(auth, call.metadata, peerCertificateVerified(call));
+      } catch (e) {
+        fail(e as Error);
+      }
     },
   };
 }
