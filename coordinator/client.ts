@@ -11,8 +11,10 @@ import { dirname, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { UserError } from '../common/errors.js';
 import { parseJobSpec, type JobSpec } from '../common/jobspec.js';
+import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
 import { loadCoordinatorProto, type JobEvent__Output, type JobServiceClient, type Job__Output, type ListJobsResponse__Output, type SubmitResponse__Output } from '../proto/index.js';
 import { fromGrpcError } from './grpc-errors.js';
+import { DEFAULT_CLIENT_MAX_RECEIVE_MESSAGE_BYTES } from './request-limits.js';
 
 export const DEFAULT_COORDINATOR_ADDRESS = '127.0.0.1:7070';
 /** Env var that overrides the default coordinator address. */
@@ -27,6 +29,12 @@ export interface JobClientOptions {
   address?: string;
   /** @default DEFAULT_CALL_TIMEOUT_MS */
   callTimeoutMs?: number;
+  /** TLS to the coordinator (CA, optional client certificate). @default plaintext */
+  tls?: ClientTls;
+  /** Sent as `authorization: Bearer <token>` on every call. @default none */
+  token?: string;
+  /** @default DEFAULT_CLIENT_MAX_RECEIVE_MESSAGE_BYTES */
+  maxReceiveMessageBytes?: number;
 }
 
 export function defaultCoordinatorAddress(): string {
@@ -48,21 +56,33 @@ export class JobClient {
   readonly address: string;
   private readonly client: JobServiceClient;
   private readonly callTimeoutMs: number;
+  private readonly token: string | undefined;
 
   constructor(options: JobClientOptions = {}) {
     this.address = options.address ?? defaultCoordinatorAddress();
     this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.token = options.token;
     const proto = loadCoordinatorProto();
-    this.client = new proto.JobService(this.address, grpc.credentials.createInsecure());
+    this.client = new proto.JobService(this.address, channelCredentials(options.tls), {
+      ...channelTlsOptions(options.tls),
+      'grpc.max_receive_message_length': options.maxReceiveMessageBytes ?? DEFAULT_CLIENT_MAX_RECEIVE_MESSAGE_BYTES,
+    });
+  }
+
+  /** Call metadata: the bearer token, when there is one (per call, so it also works on plaintext channels). */
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.token !== undefined) md.set('authorization', `Bearer ${this.token}`);
+    return md;
   }
 
   private unary<Res>(
     method: string,
-    invoke: (options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown,
+    invoke: (metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown,
   ): Promise<Res> {
     const callerStack = new Error().stack;
     return new Promise((resolvePromise, reject) => {
-      invoke({ deadline: Date.now() + this.callTimeoutMs }, (err, res) => {
+      invoke(this.metadata(), { deadline: Date.now() + this.callTimeoutMs }, (err, res) => {
         if (err || res === undefined) reject(fromGrpcError(method, err ?? new Error('empty response'), callerStack));
         else resolvePromise(res);
       });
@@ -71,7 +91,7 @@ export class JobClient {
 
   /** Sends a spec (text already holding absolute paths). Returns the job id. */
   async submitText(specText: string, sourceName = ''): Promise<string> {
-    const res = await this.unary<SubmitResponse__Output>('Submit', (o, cb) => this.client.Submit({ specYaml: specText, sourceName }, o, cb));
+    const res = await this.unary<SubmitResponse__Output>('Submit', (m, o, cb) => this.client.Submit({ specYaml: specText, sourceName }, m, o, cb));
     return res.jobId;
   }
 
@@ -86,15 +106,15 @@ export class JobClient {
   }
 
   get(jobId: string): Promise<Job__Output> {
-    return this.unary<Job__Output>('Get', (o, cb) => this.client.Get({ jobId }, o, cb));
+    return this.unary<Job__Output>('Get', (m, o, cb) => this.client.Get({ jobId }, m, o, cb));
   }
 
   async list(): Promise<Job__Output[]> {
-    return (await this.unary<ListJobsResponse__Output>('List', (o, cb) => this.client.List({}, o, cb))).jobs;
+    return (await this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({}, m, o, cb))).jobs;
   }
 
   cancel(jobId: string, reason = ''): Promise<Job__Output> {
-    return this.unary<Job__Output>('Cancel', (o, cb) => this.client.Cancel({ jobId, reason }, o, cb));
+    return this.unary<Job__Output>('Cancel', (m, o, cb) => this.client.Cancel({ jobId, reason }, m, o, cb));
   }
 
   /**
@@ -107,7 +127,7 @@ export class JobClient {
     await new Promise<void>((resolvePromise, reject) => {
       this.client.waitForReady(Date.now() + DEFAULT_CONNECT_TIMEOUT_MS, (e) => (e ? reject(fromGrpcError('Watch', Object.assign(e, { code: grpc.status.UNAVAILABLE, details: `coordinator ${this.address} unreachable: ${e.message}` }), callerStack)) : resolvePromise()));
     });
-    const call = this.client.Watch({ jobId });
+    const call = this.client.Watch({ jobId }, this.metadata());
     const onAbort = (): void => call.cancel();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
