@@ -16,6 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import { PolytuneError, errorMessage } from '../common/errors.js';
 import type { JobSpec } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
+import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage__Output,
@@ -61,7 +62,14 @@ export interface SessionOptions {
   connectTimeoutMs?: number;
   /** @default DEFAULT_HEARTBEAT_INTERVAL_MS */
   heartbeatIntervalMs?: number;
+  /** TLS to the coordinator; a client certificate when it requires mutual TLS. @default plaintext */
+  tls?: ClientTls;
+  /** The worker token, sent as `authorization: Bearer <token>` on Join. @default none */
+  token?: string;
 }
+
+/** @default 4 MiB: the largest message a worker decodes (an assignment carries the spec). */
+export const DEFAULT_SESSION_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export interface AssignmentEvent {
   type: 'assignment';
@@ -74,6 +82,10 @@ export interface AssignmentEvent {
   /** The coordinator's NATS; a worker's own `--nats` wins (`chooseNatsUrl`). */
   natsUrl: string;
   totalSteps: number;
+  /** NATS credentials (`.creds` text) limited to this job's subjects; empty when NATS runs without security. */
+  natsCreds: string;
+  /** The inbox prefix `natsCreds` allows (connect with it); empty with `natsCreds`. */
+  natsInboxPrefix: string;
 }
 
 export interface CancelEvent {
@@ -150,9 +162,9 @@ function jittered(ms: number): number {
 type Stream = grpc.ClientDuplexStream<WorkerMessage, CoordinatorMessage__Output>;
 
 /** Opens the Join stream and waits for the coordinator's Ack. Rejects on error, end or timeout. */
-function attempt(client: WorkerServiceClient, hello: WorkerMessage, timeoutMs: number): Promise<{ stream: Stream; workerId: string }> {
+function attempt(client: WorkerServiceClient, hello: WorkerMessage, timeoutMs: number, metadata: grpc.Metadata): Promise<{ stream: Stream; workerId: string }> {
   return new Promise((resolve, reject) => {
-    const stream = client.Join({ deadline: undefined });
+    const stream = client.Join(metadata, { deadline: undefined });
     let settled = false;
     const timer = setTimeout(() => fail(new Error(`no answer to Hello within ${timeoutMs} ms`)), timeoutMs);
     function cleanup(): void {
@@ -241,7 +253,9 @@ export class CoordinatorSession {
       },
     };
     const proto = loadCoordinatorProto();
-    const client = new proto.WorkerService(options.address, grpc.credentials.createInsecure(), {
+    const client = new proto.WorkerService(options.address, channelCredentials(options.tls), {
+      ...channelTlsOptions(options.tls),
+      'grpc.max_receive_message_length': DEFAULT_SESSION_MAX_RECEIVE_MESSAGE_BYTES,
       'grpc.keepalive_time_ms': 10_000,
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.initial_reconnect_backoff_ms': 100,
@@ -260,14 +274,18 @@ export class CoordinatorSession {
         await new Promise<void>((resolve, reject) => {
           client.waitForReady(Date.now() + Math.min(left, DEFAULT_ATTEMPT_TIMEOUT_MS), (e) => (e ? reject(e) : resolve()));
         });
-        const { stream, workerId } = await attempt(client, hello, Math.min(Math.max(deadline - Date.now(), 1), DEFAULT_ATTEMPT_TIMEOUT_MS));
+        const metadata = new grpc.Metadata();
+        if (options.token !== undefined) metadata.set('authorization', `Bearer ${options.token}`);
+        const { stream, workerId } = await attempt(client, hello, Math.min(Math.max(deadline - Date.now(), 1), DEFAULT_ATTEMPT_TIMEOUT_MS), metadata);
         logger.info('joined coordinator', { address: options.address, worker: workerId, attempts: n });
         return new CoordinatorSession(
           client, stream, workerId, options.address, options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS, logger, options.signal,
         );
       } catch (e) {
         lastError = e;
-        if ((e as Partial<grpc.ServiceError>).code === grpc.status.INVALID_ARGUMENT) break;
+        const code = (e as Partial<grpc.ServiceError>).code;
+        // A refused Hello or refused credentials do not get better by retrying.
+        if (code === grpc.status.INVALID_ARGUMENT || code === grpc.status.UNAUTHENTICATED || code === grpc.status.PERMISSION_DENIED) break;
         logger.debug('coordinator not reachable yet', { address: options.address, attempt: n, error: errorMessage(e) });
       }
       await sleep(Math.min(jittered(backoff), Math.max(0, deadline - Date.now())), options.signal);
@@ -298,11 +316,16 @@ export class CoordinatorSession {
         }
         this.push({
           type: 'assignment', jobId: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, spec, natsUrl: a.natsUrl, totalSteps: a.totalSteps,
+          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix,
         });
         return;
       }
       case 'cancel':
         if (msg.cancel) this.push({ type: 'cancel', jobId: msg.cancel.jobId, reason: msg.cancel.reason });
+        return;
+      case 'refusal':
+        // The coordinator dropped one of our messages (e.g. progress of a generation it has moved past).
+        if (msg.refusal) this.logger.warn('coordinator refused a message', { message: msg.refusal.message, error: msg.refusal.error, job: msg.refusal.jobId });
         return;
       default:
         return;
