@@ -1,0 +1,182 @@
+/**
+ * Exact resume, at the trainer's level, on a real nats-server: a job interrupted and taken up again
+ * (from a checkpoint, from a surviving rank's memory, on another number of ranks) ends with the
+ * trainable tensors of an uninterrupted run; a corrupt checkpoint is refused for the one before;
+ * a non-finite step is skipped on every rank.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
+import { initBackend } from '../../worker/backend.js';
+import { GradientAllReduce } from '../../worker/collective/index.js';
+import { runInitModel } from '../../worker/commands/init-model.js';
+import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
+import { readSafetensors } from '../../worker/model/safetensors.js';
+import { checkpointName, listCheckpoints } from '../../worker/train/checkpoint.js';
+import { train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
+import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+
+let dir: string;
+const nats = natsScope();
+const STEPS = 6;
+
+beforeAll(async () => {
+  await initBackend('wasm');
+  dir = await mkdtemp(join(tmpdir(), 'polytune-resume-'));
+  await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 3, write: () => {} });
+  await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(2, 9)));
+}, 120_000);
+afterEach(() => nats.cleanup());
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function spec(outDir: string, workers: number): JobSpec {
+  return parseJobSpec(`
+apiVersion: polytune/v1
+kind: TrainJob
+metadata: { name: resume-test }
+spec:
+  model: { path: model }
+  method: { name: slam, layers: [1, 3] }
+  data:
+    train: [{ path: data.jsonl, format: alpaca }]
+    maxSeqLen: 64
+  training:
+    maxSteps: ${STEPS}
+    globalBatchSize: 6
+    microBatchSize: 2
+    optimizer: { name: adamw, lr: 1.0e-2, weightDecay: 0.01 }
+    schedule: { name: cosine, warmupRatio: 0.2 }
+  workers: { count: ${workers} }
+  checkpoint: { everySteps: 2, keep: 3 }
+  output: { dir: ${outDir} }
+`, { baseDir: dir });
+}
+
+interface RankRun {
+  holder?: StateHolder;
+  /** Abort this rank after it reports this step. */
+  stopAfter?: number;
+  /** Replace the reduced buffer of one collective call (by sequence number). */
+  poison?: { seq: number; index: number };
+}
+
+/** One generation of a job: `ranks.length` ranks in this process, each with its own connection. */
+async function generation(
+  outDir: string, gen: number, job: string, ranks: RankRun[], resume: boolean,
+): Promise<{ reports: StepReport[][]; errors: unknown[] }> {
+  const server = await nats.start();
+  const reports: StepReport[][] = ranks.map(() => []);
+  const errors: unknown[] = ranks.map(() => undefined);
+  const controllers = ranks.map(() => new AbortController());
+  await Promise.all(ranks.map(async (run, rank) => {
+    const nc = await nats.connect(server);
+    const ar = await GradientAllReduce.create({ nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
+    const opts: TrainerOptions = {
+      spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder,
+      signal: controllers[rank]!.signal,
+      allReduce: async (seq, data) => {
+        const out = await ar.allReduce(seq, data, controllers[rank]!.signal);
+        if (run.poison?.seq === seq) out[run.poison.index] = NaN;
+        return out;
+      },
+      onStep: (r) => {
+        reports[rank]!.push(r);
+        // Stopping every rank at the same step boundary, as a re-formed world does.
+        if (run.stopAfter === r.step) controllers.forEach((c) => c.abort(new Error('re-forming')));
+      },
+    };
+    try {
+      await train(opts);
+    } catch (e) {
+      errors[rank] = e;
+    } finally {
+      await ar.close();
+    }
+  }));
+  return { reports, errors };
+}
+
+const trainable = async (outDir: string): Promise<Map<string, Float32Array>> =>
+  new Map((await readSafetensors(join(outDir, 'final', 'trainable.safetensors'))).tensors.map((t) => [t.name, t.data]));
+
+function expectSameTensors(a: Map<string, Float32Array>, b: Map<string, Float32Array>): void {
+  expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+  for (const [name, x] of a) {
+    const y = b.get(name)!;
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < x.length; i++) {
+      num += (x[i]! - y[i]!) ** 2;
+      den += x[i]! ** 2;
+    }
+    expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
+  }
+}
+
+describe('exact resume', () => {
+  let clean: Map<string, Float32Array>;
+  let cleanLosses: number[];
+
+  beforeAll(async () => {
+    const r = await generation(join(dir, 'clean'), 1, uniqueJobName('clean'), [{}], false);
+    expect(r.errors).toEqual([undefined]);
+    cleanLosses = r.reports[0]!.map((x) => x.loss);
+    clean = await trainable(join(dir, 'clean'));
+  }, 120_000);
+
+  it('from a checkpoint, on 3 ranks, of a job begun on 2', async () => {
+    const out = join(dir, 'ckpt');
+    const job = uniqueJobName('ckpt');
+    const first = await generation(out, 1, job, [{ stopAfter: 3 }, {}], false);
+    expect(first.reports[0]!.map((r) => r.step)).toEqual([1, 2, 3]);
+    expect((await listCheckpoints(out)).map((c) => c.step)).toEqual([2]);
+    const second = await generation(out, 2, job, [{}, {}, {}], true);
+    expect(second.errors).toEqual([undefined, undefined, undefined]);
+    expect(second.reports[2]!.map((r) => r.step)).toEqual([3, 4, 5, 6]);
+    second.reports[0]!.forEach((r, i) => expect(r.loss).toBeCloseTo(cleanLosses[2 + i]!, 4));
+    expectSameTensors(clean, await trainable(out));
+  }, 120_000);
+
+  it("from a surviving rank's memory, with a new rank that holds nothing", async () => {
+    const out = join(dir, 'memory');
+    const job = uniqueJobName('memory');
+    const survivor: StateHolder = { state: undefined };
+    await generation(out, 1, job, [{ holder: { state: undefined } }, { holder: survivor, stopAfter: 3 }], false);
+    expect(survivor.state?.step).toBe(3);
+    // The checkpoint at step 2 is older than the survivor's memory at step 3: memory wins.
+    const second = await generation(out, 2, job, [{ holder: { state: undefined } }, { holder: survivor }], true);
+    expect(second.errors).toEqual([undefined, undefined]);
+    expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
+    expectSameTensors(clean, await trainable(out));
+  }, 120_000);
+
+  it('refuses a corrupt checkpoint by its sum and takes the one before', async () => {
+    const out = join(dir, 'corrupt');
+    const job = uniqueJobName('corrupt');
+    await generation(out, 1, job, [{ stopAfter: 5 }], false);
+    expect((await listCheckpoints(out)).map((c) => c.step)).toEqual([4, 2]);
+    const newest = join(out, 'checkpoints', checkpointName(4), 'trainable.safetensors');
+    const bytes = await readFile(newest);
+    bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 0xff;
+    await writeFile(newest, bytes);
+    const second = await generation(out, 2, job, [{}, {}], true);
+    expect(second.errors).toEqual([undefined, undefined]);
+    expect(second.reports[0]!.map((r) => r.step)).toEqual([3, 4, 5, 6]);
+    expectSameTensors(clean, await trainable(out));
+  }, 120_000);
+
+  it('skips a step whose reduced loss is not finite, on every rank alike', async () => {
+    const out = join(dir, 'nan');
+    // Sequence 1 is the all-reduce of step 2 (sequence 0 is step 1's): its loss becomes NaN.
+    const r = await generation(out, 1, uniqueJobName('nan'), [{ poison: { seq: 1, index: 0 } }, { poison: { seq: 1, index: 0 } }], false);
+    expect(r.errors).toEqual([undefined, undefined]);
+    for (const reports of r.reports) {
+      expect(reports.map((x) => x.skipped)).toEqual([false, true, false, false, false, false]);
+      expect(reports.at(-1)!.nonFiniteSteps).toBe(1);
+    }
+  }, 120_000);
+});
