@@ -79,7 +79,7 @@ export interface LoadOptions {
    * cannot compute it exactly (longer than a sliding window). @default not checked at load
    */
   maxSeqLen?: number;
-  /** Elements read from the files at a time while loading. @default DEFAULT_CHUNK_ELEMS (4M) */
+  /** Elements read from the files at a time while loading. @default DEFAULT_CHUNK_ELEMS (1M) */
   chunkElems?: number;
 }
 

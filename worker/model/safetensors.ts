@@ -357,8 +357,8 @@ export interface TensorChunk {
   readonly data: Float32Array;
 }
 
-/** @default 4M elements (16 MB of float32) per chunk */
-export const DEFAULT_CHUNK_ELEMS = 4 * 1024 * 1024;
+/** @default 1M elements (4 MB of float32) per chunk: scratch memory, not model memory */
+export const DEFAULT_CHUNK_ELEMS = 1024 * 1024;
 
 /** Elements in one chunk of `info`: whole rows of the last axis, about `chunkElems` of them. */
 function chunkSizeOf(info: TensorInfo, chunkElems: number): number {

@@ -1,0 +1,202 @@
+/**
+ * `npm run bench:model -- [--json] [--steps N]`: the model on the wasm backend, for a LLaMA of
+ * about 50M parameters (vocab 32000, hidden 512, 6 layers, GQA 8/4, intermediate 1408) written
+ * on the fly in BF16 as two shards with an index.
+ *
+ * The parent writes the checkpoint to a temporary directory and runs the measurements in a fresh
+ * child process, so that the peak resident memory it reports (the kernel's maxRSS) belongs to the
+ * load alone. It prints one JSON object:
+ *
+ *   loadSeconds, float32Bytes, rssBeforeLoadBytes, peakRssBytes,
+ *   peakRssOverF32         peak RSS / float32 size of the tensors (target <= 1.3)
+ *   loadRssOverF32         (peak RSS - RSS before loading) / float32 size: the load's own cost
+ *   forwardTokensPerSecond  forward + loss over every position, no gradient
+ *   trainTokensPerSecond    a SLAM step (up/down projections of layers 0-1 train): loss + gradients
+ *   trainGflops, matmulGflops, trainOverMatmul (target >= 0.5)
+ *
+ * FLOPs are counted, not guessed from 6·params·tokens: only the products a SLAM step computes
+ * (see `slamStepFlops`); element-wise work is not counted.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../worker/backend.js';
+import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../worker/model/config.js';
+import { shardName } from '../worker/model/export.js';
+import { LlamaModel } from '../worker/model/llama.js';
+import { SeededRandom } from '../worker/model/presets.js';
+import { tensorBytes, writeSafetensorsStreaming, type TensorToWrite } from '../worker/model/safetensors.js';
+
+const CONFIG = {
+  architectures: ['LlamaForCausalLM'], model_type: 'llama', vocab_size: 32000, hidden_size: 512, intermediate_size: 1408,
+  num_hidden_layers: 6, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 2048, rms_norm_eps: 1e-5,
+  rope_theta: 10000.0, hidden_act: 'silu', tie_word_embeddings: false, torch_dtype: 'bfloat16', bos_token_id: 1, eos_token_id: 2,
+};
+const BATCH = 4;
+const SEQ = 128;
+const SLAM_LAYERS = [0, 1];
+
+/** Writes the benchmark model: BF16, two shards (embedding + first half of the layers, rest). */
+async function writeModel(dir: string): Promise<number> {
+  const config = parseLlamaConfig(CONFIG);
+  await writeFile(join(dir, 'config.json'), JSON.stringify(CONFIG, null, 2));
+  const entries: TensorToWrite[] = [...expectedTensorShapes(config)].map(([name, shape]) => ({ name, shape, dtype: 'BF16' }));
+  const half = config.numHiddenLayers / 2;
+  const first = (n: string): boolean => n === 'model.embed_tokens.weight' || /^model\.layers\.(\d+)\./.exec(n)?.[1] !== undefined && Number(/^model\.layers\.(\d+)\./.exec(n)![1]) < half;
+  const rng = new SeededRandom(1);
+  const data = (name: string): Float32Array => {
+    const n = expectedTensorShapes(config).get(name)!.reduce((a, b) => a * b, 1);
+    const out = new Float32Array(n);
+    if (name.endsWith('norm.weight')) out.fill(1);
+    else for (let i = 0; i < n; i++) out[i] = 0.02 * rng.normal();
+    return out;
+  };
+  const weightMap: Record<string, string> = {};
+  for (const [k, pick] of [[1, first], [2, (n: string) => !first(n)]] as const) {
+    const part = entries.filter((e) => pick(e.name));
+    await writeSafetensorsStreaming(join(dir, shardName(k, 2)), part, data, { format: 'pt' });
+    for (const e of part) weightMap[e.name] = shardName(k, 2);
+  }
+  const total = entries.reduce((n, e) => n + tensorBytes(e), 0);
+  await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  return entries.reduce((n, e) => n + e.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/**
+ * FLOPs of the products of one SLAM step (2 per multiply-add), B rows of T tokens, M supervised:
+ *   forward: every projection 2·N·in·out, attention q·kᵀ and p·v 2·2·B·T²·nH·D (full square:
+ *            masked scores are computed too), the loss head 2·M·H·V;
+ *   backward: the head's dh = p·W 2·M·H·V; in every layer above the lowest trainable one, the
+ *            input gradient of each projection (2·N·in·out) and of attention (4 products);
+ *            in the lowest trainable layer only what reaches its trainable tensors (down_proj's
+ *            input gradient when up_proj trains, the attention there is not differentiated);
+ *            and each trainable weight's gradient 2·N·in·out.
+ */
+export function slamStepFlops(c: LlamaConfig, B: number, T: number, M: number, layers: readonly number[], withBackward = true): number {
+  const N = B * T;
+  const H = c.hiddenSize;
+  const I = c.intermediateSize;
+  const q = c.numAttentionHeads * c.headDim;
+  const kv = c.numKeyValueHeads * c.headDim;
+  const attnProj = H * q + 2 * H * kv + q * H;
+  const mlp = 3 * H * I;
+  const attnScores = 2 * 2 * B * T * T * c.numAttentionHeads * c.headDim;
+  let f = c.numHiddenLayers * (2 * N * (attnProj + mlp) + attnScores) + 2 * M * H * c.vocabSize;
+  if (!withBackward) return f;
+  const lowest = Math.min(...layers);
+  f += 2 * M * H * c.vocabSize;
+  for (let l = lowest + 1; l < c.numHiddenLayers; l++) f += 2 * N * (attnProj + mlp) + 2 * attnScores;
+  f += 2 * N * H * I; // lowest layer: down_proj's input gradient (up_proj trains below it)
+  f += layers.length * 2 * (2 * N * H * I); // weight gradients of up_proj and down_proj
+  return f;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function child(dir: string, steps: number): Promise<Record<string, number | string>> {
+  await initBackend('wasm');
+  const rssBefore = process.memoryUsage().rss;
+  const trainable = new Set(SLAM_LAYERS.flatMap((l) => ['up_proj', 'down_proj'].map((m) => `model.layers.${l}.mlp.${m}.weight`)));
+  const t0 = performance.now();
+  const model = await LlamaModel.load(dir, { trainable });
+  const loadSeconds = (performance.now() - t0) / 1000;
+  const peakRss = process.resourceUsage().maxRSS * 1024;
+  const c = model.config;
+  const params = [...expectedTensorShapes(c).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  const f32Bytes = params * 4;
+
+  // A plain matmul of the step's commonest shape: [tokens, hidden] x [hidden, intermediate].
+  const N = BATCH * SEQ;
+  const a = tf.randomNormal([N, c.hiddenSize]);
+  const b = tf.randomNormal([c.hiddenSize, c.intermediateSize]);
+  const mm = (): void => tf.tidy(() => void tf.matMul(a, b).dataSync());
+  mm();
+  const mmTimes: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const s = performance.now();
+    mm();
+    mmTimes.push((performance.now() - s) / 1000);
+  }
+  const matmulGflops = (2 * N * c.hiddenSize * c.intermediateSize) / median(mmTimes) / 1e9;
+  tf.dispose([a, b]);
+
+  const rng = new SeededRandom(2);
+  const idsData = Int32Array.from({ length: N }, () => 3 + (rng.nextUint32() % (c.vocabSize - 3)));
+  const ids = tf.tensor2d(idsData, [BATCH, SEQ], 'int32');
+  const labels = ids.clone();
+  const M = BATCH * (SEQ - 1);
+  const vars = model.trainableNames.map((n) => model.variable(n));
+  const forward = (): void => tf.tidy(() => void model.nllSum(ids, labels).dataSync());
+  const train = (): void =>
+    tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+      value.dataSync();
+      for (const g of Object.values(grads)) g.dataSync();
+    });
+  const time = (f: () => void): number[] => {
+    f(); // warm-up
+    const ts: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const s = performance.now();
+      f();
+      ts.push((performance.now() - s) / 1000);
+    }
+    return ts;
+  };
+  const fwd = median(time(forward));
+  const before = tf.memory().numTensors;
+  const step = median(time(train));
+  const leaked = tf.memory().numTensors - before;
+  const trainGflops = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS) / step / 1e9;
+  const forwardGflops = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS, false) / fwd / 1e9;
+  tf.dispose([ids, labels]);
+  model.dispose();
+  return {
+    backend: tf.getBackend(), parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
+    loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
+    peakRssOverF32: round(peakRss / f32Bytes), loadRssOverF32: round((peakRss - rssBefore) / f32Bytes),
+    forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
+    trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
+    matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
+    tensorsLeakedPerStep: leaked / steps,
+  };
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' } } });
+  const steps = Number(values.steps ?? 3);
+  if (values.child !== undefined) {
+    process.stdout.write(JSON.stringify(await child(values.child, steps)) + '\n');
+    return;
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'polytune-bench-model-'));
+  try {
+    const params = await writeModel(dir);
+    if (!values.json) process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
+    const out = await new Promise<string>((resolve, reject) => {
+      const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let s = '';
+      p.stdout.on('data', (d: Buffer) => (s += d.toString()));
+      p.on('error', reject);
+      p.on('exit', (code) => (code === 0 ? resolve(s) : reject(new Error(`benchmark child exited ${code}`))));
+    });
+    const result = JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
+    if (values.json) process.stdout.write(JSON.stringify(result) + '\n');
+    else for (const [k, v] of Object.entries(result)) process.stdout.write(`${k.padEnd(24)} ${String(v)}\n`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
