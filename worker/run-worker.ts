@@ -10,7 +10,8 @@ import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
-import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent } from './session.js';
+import { jobNatsConnection, type JobNats } from './job-nats.js';
+import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type SessionOptions } from './session.js';
 import { train } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
@@ -26,6 +27,9 @@ export interface WorkerOptions {
   readonly signal: AbortSignal;
   /** Where the worker's metrics are recorded (worker-metrics.ts). @default noopMeter */
   readonly meter?: MetricMeter;
+  /** TLS to the coordinator and the worker token (see worker/cli.ts). @default plaintext, no token */
+  readonly tls?: SessionOptions['tls'];
+  readonly token?: string;
 }
 
 export async function runWorker(options: WorkerOptions): Promise<void> {
@@ -41,6 +45,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     },
     logger: log.child('session'),
     signal: options.signal,
+    ...(options.tls ? { tls: options.tls } : {}),
+    ...(options.token !== undefined ? { token: options.token } : {}),
   });
   let nc: NatsConnection | undefined;
   let running: { jobId: string; abort: AbortController; done: Promise<void> } | undefined;
@@ -50,11 +56,14 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const runJob = async (a: AssignmentEvent, abort: AbortController): Promise<void> => {
     const jlog = log.child(`job ${a.jobId} rank ${a.rank}/${a.worldSize}`);
     let allReduce: GradientAllReduce | undefined;
+    let jobNats: JobNats | undefined;
     try {
-      const natsUrl = chooseNatsUrl(options.nats, a);
-      nc ??= await connect({ servers: natsUrl, name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1 });
+      jobNats = await jobNatsConnection(a, {
+        natsFlag: options.nats, workerId: options.workerId,
+        shared: async () => (nc ??= await connect({ servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1 })),
+      });
       allReduce = await GradientAllReduce.create({
-        nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
+        nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
       });
       const ar = allReduce;
       const started = performance.now();
@@ -84,6 +93,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     } finally {
       metrics.jobEnded(a.jobId);
       await allReduce?.close();
+      await jobNats?.release();
     }
   };
 
