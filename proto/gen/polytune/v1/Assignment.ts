@@ -29,6 +29,11 @@ export interface Assignment {
    * The inbox prefix the credentials allow (`_INBOX_<job_id>`); empty when nats_creds is.
    */
   'natsInboxPrefix'?: (string);
+  /**
+   * The ranks first agree on the newest state any holds (memory or checkpoint) and go on from it:
+   * set for every generation after the first, and for a job submitted with resume.
+   */
+  'resume'?: (boolean);
 }
 
 export interface Assignment__Output {
@@ -56,4 +61,9 @@ export interface Assignment__Output {
    * The inbox prefix the credentials allow (`_INBOX_<job_id>`); empty when nats_creds is.
    */
   'natsInboxPrefix': (string);
+  /**
+   * The ranks first agree on the newest state any holds (memory or checkpoint) and go on from it:
+   * set for every generation after the first, and for a job submitted with resume.
+   */
+  'resume': (boolean);
 }

@@ -13,6 +13,11 @@ export interface Result {
   'firstLoss'?: (number | string);
   'finalLoss'?: (number | string);
   'steps'?: (number | string | Long);
+  /**
+   * The failure belongs to this generation, not to the job (a collective broke, a peer vanished,
+   * NATS went away): the coordinator re-forms the world in a new generation instead of failing it.
+   */
+  'retryable'?: (boolean);
 }
 
 export interface Result__Output {
@@ -24,4 +29,9 @@ export interface Result__Output {
   'firstLoss': (number);
   'finalLoss': (number);
   'steps': (number);
+  /**
+   * The failure belongs to this generation, not to the job (a collective broke, a peer vanished,
+   * NATS went away): the coordinator re-forms the world in a new generation instead of failing it.
+   */
+  'retryable': (boolean);
 }

@@ -15,6 +15,10 @@ export interface SubmitRequest {
    * For error messages only, e.g. the file name.
    */
   'sourceName'?: (string);
+  /**
+   * Go on from the newest valid checkpoint in the spec's output.dir instead of starting afresh.
+   */
+  'resume'?: (boolean);
 }
 
 export interface SubmitRequest__Output {
@@ -29,4 +33,8 @@ export interface SubmitRequest__Output {
    * For error messages only, e.g. the file name.
    */
   'sourceName': (string);
+  /**
+   * Go on from the newest valid checkpoint in the spec's output.dir instead of starting afresh.
+   */
+  'resume': (boolean);
 }
