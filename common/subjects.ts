@@ -7,6 +7,8 @@
  * polytune.<job>.<generation>.grad.rs.<toRank>     reduce-scatter: a chunk of the receiver's shard   GradChunk
  * polytune.<job>.<generation>.grad.ag.<fromRank>   all-gather: a chunk of the sender's reduced shard GradChunk
  * polytune.<job>.<generation>.ctl.<topic>          peer control (small JSON)                         CtlMessage
+ * polytune.<job>.<generation>.ctl.hello            start barrier of the collective                   HelloMessage
+ * polytune.<job>.<generation>.ctl.ack.<fromRank>   the collective's flow-control credit              AckMessage
  * ```
  *
  * A generation is the coordinator's counter of world re-formations: a message from an older
@@ -46,6 +48,37 @@ export interface CtlMessage {
   readonly type: string;
   readonly from: number;
   readonly [field: string]: unknown;
+}
+
+/**
+ * `ctl.hello`: a rank announces itself and whom it has heard from. Once a rank's hello has reached
+ * a peer, that peer's subscriptions (made before its hello subscription) are known on this rank's
+ * server, so it can publish to it: the barrier `GradientAllReduce.ready()` waits for that.
+ */
+export interface HelloMessage extends CtlMessage {
+  readonly type: 'hello';
+  /** Ranks this rank has received a hello from (itself excluded). */
+  readonly heard: readonly number[];
+  /** True once this rank has passed the barrier. */
+  readonly ready: boolean;
+  /** Settings every rank must share (compression, prefix, world size, chunk size). */
+  readonly worldSize: number;
+  readonly compression: string;
+  readonly exactPrefix: number;
+  readonly chunkElements: number;
+}
+
+/**
+ * `ctl.ack.<from>`: the sender's progress in one all-reduce step, the credit of the collective's
+ * sliding windows. Cumulative counts, so a lost or reordered ack is harmless.
+ */
+export interface AckMessage extends CtlMessage {
+  readonly type: 'ack';
+  readonly step: number;
+  /** Chunks of `from`'s own shard reduced so far: every sender may have that many plus its window in flight. */
+  readonly reduced: number;
+  /** By owner rank: chunks of that owner's reduced shard received so far. */
+  readonly received: readonly number[];
 }
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -116,6 +149,17 @@ export function allGatherSubject(job: string, generation: number, fromRank: numb
 export function ctlSubject(job: string, generation: number, topic: string): string {
   if (!TOPIC_TOKEN.test(topic)) throw new RangeError(`topic: must match ${TOPIC_TOKEN.source}, got ${JSON.stringify(topic)}`);
   return `${generationPrefix(job, generation)}.ctl.${topic}`;
+}
+
+/** `polytune.<job>.<generation>.ctl.hello`: the collective's start barrier. */
+export function helloSubject(job: string, generation: number): string {
+  return ctlSubject(job, generation, 'hello');
+}
+
+/** `polytune.<job>.<generation>.ctl.ack.<fromRank>`: `fromRank`'s flow-control acks, for every peer. */
+export function ackSubject(job: string, generation: number, fromRank: number): string {
+  assertRank(fromRank, 'fromRank');
+  return `${ctlSubject(job, generation, 'ack')}.${fromRank}`;
 }
 
 export interface ParsedGradSubject {

@@ -9,6 +9,8 @@ import {
   encodeChunkHeader,
   encodeFloat32Chunk,
   readFloat32LE,
+  chunkChecksumOk,
+  sealChunk,
   type ChunkHeader,
 } from '../../worker/collective/chunk-header.js';
 
@@ -24,8 +26,8 @@ function message(h: ChunkHeader, payloadBytes = h.count * 4): Uint8Array {
 }
 
 describe('chunk header', () => {
-  it('is 56 bytes, 8-aligned', () => {
-    expect(CHUNK_HEADER_BYTES).toBe(56);
+  it('is 64 bytes, 8-aligned', () => {
+    expect(CHUNK_HEADER_BYTES).toBe(64);
     expect(CHUNK_HEADER_BYTES % 8).toBe(0);
   });
 
@@ -37,7 +39,7 @@ describe('chunk header', () => {
 
   it('has a fixed little-endian layout', () => {
     const b = message(base);
-    expect([b[0], b[1], b[2], b[3]]).toEqual([0x50, 1, ChunkKind.ReduceScatter, ChunkDtype.Float32]);
+    expect([b[0], b[1], b[2], b[3]]).toEqual([0x50, 2, ChunkKind.ReduceScatter, ChunkDtype.Float32]);
     const v = new DataView(b.buffer);
     expect(v.getUint32(4, true)).toBe(7);
     expect(v.getUint32(8, true)).toBe(123);
@@ -72,7 +74,7 @@ describe('chunk header', () => {
     };
     expect(() => decodeChunkHeader(new Uint8Array(10))).toThrow(/shorter/);
     bad((b) => { b[0] = 0x51; });
-    bad((b) => { b[1] = 2; });
+    bad((b) => { b[1] = 1; });
     bad((b) => { b[2] = 9; });
     bad((b) => { b[3] = 0; });
     bad(() => {}, base, 8); // payload shorter than count
@@ -91,5 +93,21 @@ describe('chunk header', () => {
     expect(() => message({ ...base, step: 1.5 })).toThrow(RangeError);
     expect(() => encodeChunkHeader(base, new Uint8Array(20))).toThrow(RangeError);
     expect(() => encodeFloat32Chunk(base, new Float32Array(2))).toThrow(RangeError);
+  });
+
+  it('carries a CRC-32 of header and payload: any flipped bit is caught', () => {
+    const msg = encodeFloat32Chunk(base, new Float32Array([1, 2, 3]));
+    expect(chunkChecksumOk(msg)).toBe(true);
+    expect(new DataView(msg.buffer).getUint32(56, true)).not.toBe(0);
+    for (const at of [0, 8, 20, 55, 64, 70, msg.byteLength - 1]) {
+      const bad = Uint8Array.from(msg);
+      bad[at]! ^= 0x10;
+      expect(chunkChecksumOk(bad)).toBe(false);
+    }
+    const resealed = Uint8Array.from(msg);
+    resealed[70]! ^= 1;
+    sealChunk(resealed);
+    expect(chunkChecksumOk(resealed)).toBe(true);
+    expect(chunkChecksumOk(new Uint8Array(10))).toBe(false);
   });
 });

@@ -1,63 +1,95 @@
 /**
- * All-reduce (sum) of a Float32Array over core NATS: reduce-scatter, then all-gather.
+ * All-reduce (sum) of a Float32Array over core NATS: reduce-scatter, then all-gather, pipelined
+ * chunk by chunk, with credit-based flow control.
  *
+ * ## Algorithm
  * The vector of length L is split into N contiguous shards, shard k = [⌊kL/N⌋, ⌊(k+1)L/N⌋), owned
- * by rank k. Each rank
- *   1. sends its piece of every other shard k to `grad.rs.<k>` (reduce-scatter);
- *   2. as the owner of its shard, waits for the N-1 other pieces, sums all N in rank order
- *      (acc = x0; acc += x1; …; acc += x(N-1), each add rounded to float32, exactly what a
- *      Float32Array accumulated in rank order gives), and publishes the reduced shard once to
- *      `grad.ag.<rank>` (all-gather);
- *   3. assembles the result from its own reduced shard and the N-1 others.
- * Every element is summed once, by one owner, in a fixed order, so every rank gets a bit-identical
- * result whatever the message timing.
+ * by rank k, and every shard into chunks of `chunkElements` (sized to the server's `max_payload`,
+ * read from its INFO; every rank uses the same size, agreed in `ready()`). Each rank
+ *   1. sends its piece of every chunk of every other shard k to `grad.rs.<k>` (reduce-scatter);
+ *   2. as the owner of its shard, as soon as the N-1 pieces of one of its chunks are in (and its
+ *      own input for it), sums all N in rank order (acc = x0; acc += x1; …, each add rounded to
+ *      float32), narrows the sum once when compressing and keeps the narrowed value itself, and
+ *      publishes the chunk once for all to `grad.ag.<rank>` (all-gather);
+ *   3. writes the other owners' reduced chunks into the result as they arrive.
+ * Every element is summed once, by one owner, in a fixed order from the same numbers, so every rank
+ * holds bit-identical results whatever the message timing, with or without compression.
  *
- * Bytes per rank, for L float32 elements (×4 bytes, plus a 56-byte header per chunk):
- *   sent to the server:      (N-1)/N·L (reduce-scatter) + L/N (reduced shard, published once) = L
- *   received from the server: (N-1)/N·L (pieces of its shard) + (N-1)/N·L (other reduced shards) = 2(N-1)/N·L
- * A ring all-reduce sends and receives 2(N-1)/N·L per rank, in 2(N-1) latency-bound rounds. Here
- * the all-gather fan-out is done by the server, so a rank uploads about half of what a ring does and
- * downloads the same, in 2 hops whatever N. The price is that all traffic goes through NATS: the
- * server(s) receive N·L and send 2(N-1)·L per all-reduce, so it is the server's bandwidth (or the
- * cluster's routes) that bounds throughput, not the slowest link of a ring.
+ * ## Bytes (L elements of b bytes on the wire, 4 for float32, 2 compressed; + 64 B a chunk)
+ *   per rank, sent:      (N-1)/N·L·b (its pieces) + L/N·b (its reduced shard, published once) = L·b
+ *   per rank, received:  (N-1)/N·L·b (pieces of its shard) + (N-1)/N·L·b (others' shards) = 2(N-1)/N·L·b
+ *   the broker:          receives N·L·b, sends 2(N-1)·L·b per all-reduce (on one server; a cluster
+ *                        adds the route hops of the traffic between ranks on different servers)
+ * A ring all-reduce sends and receives 2(N-1)/N·L·b per rank, in 2(N-1) latency-bound rounds. Here
+ * the all-gather fan-out is done by the server, so a rank uploads about half of what a ring does
+ * and downloads the same, in two hops whatever N; but all traffic crosses the broker, whose egress
+ * of 2(N-1)·L·b (N times a ring link's) is what bounds throughput. nccl-tests' bus bandwidth,
+ * L·b·2(N-1)/N / time, is therefore at most the broker's egress bandwidth / N.
  *
+ * ## Flow control
+ * Core NATS drops messages for a subscriber whose server-side buffer overflows (a slow consumer,
+ * whose connection the server then closes). So each rank bounds what it has in flight to each
+ * peer: at most `window` chunks to each owner that the owner has not reduced yet, and at most
+ * `window` reduced chunks that some peer has not received yet. Receivers grant credit with small
+ * cumulative acks on `ctl.ack.<rank>`. A receiver therefore never has more than
+ * 2(N-1)·window chunks coming at it: the window is sized so that is `inflightBytes` (32 MiB by
+ * default), half the server's default `max_pending` of 64 MiB a client. Holding a piece until its
+ * chunk is reduced also bounds the owner's memory to that window.
+ *
+ * ## Losses and checks
+ * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
+ * publisher's messages, also across routes: a chunk index that skips ahead means a lost chunk,
+ * reported at once (CollectiveError naming the sender), never summed as zero; a peer that goes
+ * quiet turns into a CollectiveError naming the missing ranks at the deadline. Every message
+ * carries a CRC-32 of header and payload; a mismatch fails the step. Generation and phase come from
+ * the subject; magic, version, kind, dtype, generation, sender, shard, chunk index/count/offset/
+ * length from the header, all consistent with the vector length.
+ *
+ * ## Steps
  * No barrier is needed between steps. A rank can start step s+1 only once it has the result of
  * step s, and that needs every rank's step-s pieces; so while a rank has started at most step s,
  * no peer can have started beyond s+1. Messages of a step not started yet are therefore buffered
- * for one future step only; messages of finished (or abandoned) steps are dropped.
- *
- * Every message is checked: generation and phase from the subject; magic, version, kind, dtype,
- * generation, sender, shard, chunk index/count/offset/length from the header, all consistent with
- * the vector length. Chunks are counted per sender: a missing chunk is never summed as zero, the
- * step times out naming the ranks whose pieces are missing.
+ * for one future step only (at most a window a peer); messages of finished or abandoned steps are
+ * dropped. The caller's input is never written (unless it asks for in-place) and the result is a
+ * new array, so a failed step leaves the caller's parameters and buffers as they were; error
+ * feedback residuals are committed only when a step succeeds.
  */
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 
 import { CollectiveError, errorMessage } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import {
+  ackSubject,
   allGatherSubject,
   assertJobName,
   GradPhase,
+  helloSubject,
   parseGradSubject,
   reduceScatterSubject,
+  type AckMessage,
+  type HelloMessage,
 } from '../../common/subjects.js';
 import {
+  bytesPerElement,
   CHUNK_HEADER_BYTES,
   ChunkDtype,
   ChunkKind,
+  chunkChecksumOk,
   decodeChunkHeader,
   encodeChunkHeader,
-  readFloat32LE,
-  writeFloat32LE,
+  sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
+import { Compression, dequantize, dequantizeAdd, quantize, wireDtype } from './wire-codec.js';
 
 export const DEFAULT_ALLREDUCE_TIMEOUT_MS = 60_000;
-/** Publish this many bytes, then `await nc.flush()`. */
-export const DEFAULT_ALLREDUCE_FLUSH_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+/** Bound on the chunk bytes that may be on their way to one rank at any time. */
+export const DEFAULT_ALLREDUCE_INFLIGHT_BYTES = 32 * 1024 * 1024;
 /** Used when the connection does not report the server's max_payload. */
 export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+const MAX_WINDOW_CHUNKS = 256;
+const HELLO_INTERVAL_MS = 50;
 
 export interface AllReduceOptions {
   nc: NatsConnection;
@@ -67,7 +99,7 @@ export interface AllReduceOptions {
   generation: number;
   rank: number;
   worldSize: number;
-  /** Per `allReduce` call. @default DEFAULT_ALLREDUCE_TIMEOUT_MS (60 s) */
+  /** The deadline of each all-reduce, from its start. @default DEFAULT_ALLREDUCE_TIMEOUT_MS (60 s) */
   timeoutMs?: number;
   /** @default silentLogger */
   logger?: Logger;
@@ -77,18 +109,37 @@ export interface AllReduceOptions {
    * @default the server's max_payload
    */
   maxChunkBytes?: number;
-  /** @default DEFAULT_ALLREDUCE_FLUSH_BYTES */
-  flushEveryBytes?: number;
+  /** Numbers on the wire (`spec.collective.compression`); sums are float32 either way. @default 'none' */
+  compression?: Compression;
+  /**
+   * With compression: carry what narrowing lost to the next step (on the sender for its pieces,
+   * on the owner for its reduced shard). @default false
+   */
+  errorFeedback?: boolean;
+  /**
+   * The first `exactPrefix` elements always travel as float32 (the chunks that hold them), e.g.
+   * counts such as [nll sum, supervised tokens, tokens] that 16 bits cannot hold. With a non-zero
+   * prefix, chunks are sized for float32. @default 0
+   */
+  exactPrefix?: number;
+  /** Chunk bytes that may be on their way to one rank (sets the window). @default DEFAULT_ALLREDUCE_INFLIGHT_BYTES */
+  inflightBytes?: number;
+  /** Chunks in flight a peer and phase; overrides `inflightBytes`. @default from inflightBytes, 2..256 */
+  windowChunks?: number;
 }
 
 /** Counters since `create`, for metrics (`polytune_allreduce_bytes_total`) and tests. */
 export interface AllReduceStats {
   readonly steps: number;
+  readonly completedSteps: number;
   readonly bytesSent: number;
   readonly bytesReceived: number;
   readonly messagesSent: number;
   readonly messagesReceived: number;
-  /** Messages of a finished or abandoned step (late duplicates, or after a timeout). */
+  readonly acksSent: number;
+  /** Times sending stopped for want of credit (a full window). */
+  readonly windowStalls: number;
+  /** Messages of a finished or abandoned step (late duplicates, or after a timeout), or another generation. */
   readonly droppedStale: number;
   /** Messages of the next step that arrived before this rank started it (buffered, then used). */
   readonly bufferedAhead: number;
@@ -96,35 +147,64 @@ export interface AllReduceStats {
   readonly droppedAhead: number;
   /** Malformed or inconsistent messages, and duplicates. */
   readonly droppedInvalid: number;
+  /** Messages whose checksum did not match. */
+  readonly corrupted: number;
+  /** Chunks known lost (a gap in a sender's sequence). */
+  readonly lostChunks: number;
 }
 
-/** Progress of one sender's chunks for one shard in one step. */
-interface Incoming {
-  /** Chunks expected; known from the first chunk (0 for an empty shard). */
-  chunks: number | undefined;
-  chunkElements: number | undefined;
-  got: Set<number>;
-  complete: boolean;
-  /** Reduce-scatter only: the sender's piece of this rank's shard. */
-  piece: Float32Array | undefined;
+/**
+ * An all-reduce whose input arrives in pieces: chunks are sent (and reduced) as soon as the
+ * elements they cover have been appended, so the reduction overlaps with producing the input.
+ */
+export interface AllReduceHandle {
+  readonly step: number;
+  readonly length: number;
+  /** Elements appended so far. */
+  readonly appended: number;
+  /**
+   * Copies `data` to the input after what was appended before. Once the step has failed, does
+   * nothing (the failure comes from `result`).
+   * @throws RangeError when it would go beyond `length`
+   */
+  append(data: Float32Array): void;
+  /** Settles like `allReduce`; never an unhandled rejection. */
+  readonly result: Promise<Float32Array>;
 }
 
-interface StepOp {
+type State = 'OPEN' | 'CLOSED';
+
+interface Op {
   readonly step: number;
   readonly length: number;
   readonly input: Float32Array;
-  readonly result: Float32Array;
-  /** By sender rank; undefined at this rank's index. */
-  readonly rs: Array<Incoming | undefined>;
-  /** By owner rank; undefined at this rank's index. */
-  readonly ag: Array<Incoming | undefined>;
-  rsPending: number;
-  agPending: number;
-  reduced: boolean;
-  published: boolean;
+  /** Elements of `input` available. */
+  ready: number;
+  readonly output: Float32Array;
+  readonly inPlace: boolean;
   settled: boolean;
   resolve: (r: Float32Array) => void;
   reject: (e: unknown) => void;
+  /** By destination: next chunk of its shard to send; chunks of it the destination has reduced. */
+  readonly rsNext: number[];
+  readonly rsAcked: number[];
+  /** By sender: chunks of this rank's shard received (the next expected chunk index). */
+  readonly rsRecv: number[];
+  /** By chunk of this rank's shard, by sender: the piece's bytes (own aligned copy). */
+  readonly pieces: Map<number, Array<Uint8Array | undefined>>;
+  reduced: number;
+  /** Reduced chunks ready to publish, in order. */
+  readonly agQueue: Uint8Array[];
+  agSent: number;
+  /** By peer: chunks of this rank's reduced shard it has received. */
+  readonly agAcked: number[];
+  /** By owner: chunks of its reduced shard received. */
+  readonly agRecv: number[];
+  /** Counts last acked: reduced, and received by owner. */
+  ackedReduced: number;
+  readonly ackedRecv: number[];
+  flushing: boolean;
+  flushed: boolean;
 }
 
 interface Buffered {
@@ -133,20 +213,14 @@ interface Buffered {
   readonly data: Uint8Array;
 }
 
-type State = 'OPEN' | 'CLOSED';
-
 function shardBounds(length: number, worldSize: number, shard: number): [number, number] {
   return [Math.floor((shard * length) / worldSize), Math.floor(((shard + 1) * length) / worldSize)];
 }
 
-function newIncoming(withPiece: number | undefined): Incoming {
-  return {
-    chunks: undefined,
-    chunkElements: undefined,
-    got: new Set(),
-    complete: false,
-    piece: withPiece === undefined ? undefined : new Float32Array(withPiece),
-  };
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+function rejectNow<T>(e: unknown): Promise<T> {
+  return Promise.reject(e instanceof Error ? e : new Error(String(e)));
 }
 
 export class GradientAllReduce {
@@ -155,39 +229,62 @@ export class GradientAllReduce {
   readonly rank: number;
   readonly worldSize: number;
   readonly timeoutMs: number;
-  /** Elements per chunk message. */
-  readonly chunkElements: number;
+  readonly compression: Compression;
+  readonly errorFeedback: boolean;
+  readonly exactPrefix: number;
+  /** Elements per chunk message; the smallest of all ranks' after `ready()`. */
+  chunkElements: number;
+  /** Chunks in flight a peer and phase. */
+  readonly windowChunks: number;
 
   readonly #nc: NatsConnection;
   readonly #log: Logger;
-  readonly #flushEveryBytes: number;
+  readonly #wire: ChunkDtype;
   readonly #subs: Subscription[] = [];
+  readonly #ackEvery: number;
   #state: State = 'OPEN';
   #closing: Promise<void> | undefined;
   /** The highest step started (-1: none). */
   #lastStep = -1;
-  #op: StepOp | undefined;
-  #future: { step: number; messages: Map<string, Buffered> } | undefined;
+  #op: Op | undefined;
+  #future: { step: number; messages: Map<string, Buffered>; corrupt: string | undefined } | undefined;
+  /** Error feedback: sender residuals (by element) and owner residuals (by element of the own shard). */
+  #res: { length: number; senderIn: Float32Array; senderOut: Float32Array; ownerIn: Float32Array; ownerOut: Float32Array } | undefined;
+  /** Start barrier. */
+  readonly #heard = new Set<number>();
+  readonly #heardMe = new Set<number>();
+  readonly #peerChunkElements = new Map<number, number>();
+  #readyDone = false;
+  #helloWaiter: (() => void) | undefined;
+  #helloError: CollectiveError | undefined;
+  #lastHelloAt = 0;
+  #pumping = false;
   #stats = {
-    steps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0,
-    droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0,
+    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
+    windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
   };
 
-  private constructor(opts: AllReduceOptions, chunkElements: number) {
+  private constructor(opts: AllReduceOptions, chunkElements: number, windowChunks: number) {
     this.#nc = opts.nc;
     this.job = opts.job;
     this.generation = opts.generation;
     this.rank = opts.rank;
     this.worldSize = opts.worldSize;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_ALLREDUCE_TIMEOUT_MS;
+    this.compression = opts.compression ?? 'none';
+    this.errorFeedback = (opts.errorFeedback ?? false) && this.compression !== 'none';
+    this.exactPrefix = opts.exactPrefix ?? 0;
+    this.#wire = wireDtype(this.compression);
     this.chunkElements = chunkElements;
-    this.#flushEveryBytes = opts.flushEveryBytes ?? DEFAULT_ALLREDUCE_FLUSH_BYTES;
+    this.windowChunks = windowChunks;
+    this.#ackEvery = Math.max(1, Math.floor(windowChunks / 2));
     this.#log = (opts.logger ?? silentLogger).child('allreduce');
   }
 
   /** Validates the options and subscribes (flushed to the server) before resolving. */
   static async create(opts: AllReduceOptions): Promise<GradientAllReduce> {
     assertJobName(opts.job);
+    if (!LITTLE_ENDIAN) throw new Error('the collective supports little-endian hosts only');
     if (!Number.isSafeInteger(opts.generation) || opts.generation < 0 || opts.generation > 0xffffffff) {
       throw new RangeError(`generation: must be an integer 0..2^32-1, got ${opts.generation}`);
     }
@@ -198,19 +295,32 @@ export class GradientAllReduce {
       throw new RangeError(`rank: must be an integer 0..${opts.worldSize - 1}, got ${opts.rank}`);
     }
     if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) throw new RangeError(`timeoutMs: must be > 0, got ${opts.timeoutMs}`);
-    if (opts.flushEveryBytes !== undefined && !(opts.flushEveryBytes > 0)) {
-      throw new RangeError(`flushEveryBytes: must be > 0, got ${opts.flushEveryBytes}`);
+    const compression = opts.compression ?? 'none';
+    if (!Object.values(Compression).includes(compression)) {
+      throw new RangeError(`compression: must be one of ${Object.values(Compression).join(', ')}, got ${String(compression)}`);
+    }
+    if (opts.exactPrefix !== undefined && !(Number.isSafeInteger(opts.exactPrefix) && opts.exactPrefix >= 0)) {
+      throw new RangeError(`exactPrefix: must be a non-negative integer, got ${opts.exactPrefix}`);
+    }
+    if (opts.inflightBytes !== undefined && !(opts.inflightBytes > 0)) throw new RangeError(`inflightBytes: must be > 0, got ${opts.inflightBytes}`);
+    if (opts.windowChunks !== undefined && !(Number.isInteger(opts.windowChunks) && opts.windowChunks >= 1)) {
+      throw new RangeError(`windowChunks: must be an integer >= 1, got ${opts.windowChunks}`);
     }
     const serverMax = opts.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
     const maxBytes = Math.min(serverMax, opts.maxChunkBytes ?? Number.POSITIVE_INFINITY);
-    const chunkElements = Math.floor((maxBytes - CHUNK_HEADER_BYTES) / 4);
+    const elemBytes = compression === 'none' || (opts.exactPrefix ?? 0) > 0 ? 4 : 2;
+    const chunkElements = Math.min(Math.floor((maxBytes - CHUNK_HEADER_BYTES) / elemBytes), 0xffffffff);
     if (chunkElements < 1) {
       throw new RangeError(`max chunk size ${maxBytes} bytes leaves no room for data after the ${CHUNK_HEADER_BYTES}-byte header`);
     }
-    const ar = new GradientAllReduce(opts, Math.min(chunkElements, 0xffffffff));
+    const chunkBytes = CHUNK_HEADER_BYTES + chunkElements * (compression === 'none' ? 4 : 2);
+    const peers = Math.max(1, opts.worldSize - 1);
+    const windowChunks = opts.windowChunks ?? Math.min(MAX_WINDOW_CHUNKS,
+      Math.max(2, Math.floor((opts.inflightBytes ?? DEFAULT_ALLREDUCE_INFLIGHT_BYTES) / (2 * peers * chunkBytes))));
+    const ar = new GradientAllReduce(opts, chunkElements, windowChunks);
     ar.#subscribe();
     await opts.nc.flush();
-    ar.#log.debug('ready', { job: ar.job, generation: ar.generation, rank: ar.rank, worldSize: ar.worldSize, chunkElements });
+    ar.#log.debug('created', { job: ar.job, generation: ar.generation, rank: ar.rank, worldSize: ar.worldSize, chunkElements, windowChunks });
     return ar;
   }
 
@@ -219,84 +329,99 @@ export class GradientAllReduce {
   }
 
   /**
+   * The start barrier: resolves once every peer has heard this rank's hello and this rank has
+   * heard every peer's, which proves that the subscriptions of every rank are known on every
+   * server (interest crosses a NATS cluster's routes asynchronously; on one server it is there
+   * as soon as `create` resolves). Also checks that all ranks share compression, prefix and world
+   * size, and adopts the smallest chunk size among them. Call it once, after `create`, before the
+   * first all-reduce; idempotent.
+   * @throws CollectiveError naming the ranks not heard from at the deadline, or on a mismatch
+   */
+  async ready(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    if (this.#readyDone) return;
+    if (this.#state !== 'OPEN') throw new CollectiveError('ready: closed', { step: -1 });
+    const timeoutMs = options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    const signal = options.signal;
+    while (!this.#barrierPassed()) {
+      if (this.#helloError) throw this.#helloError;
+      if (this.#state !== 'OPEN') throw new CollectiveError('ready: closed', { step: -1 });
+      if (signal?.aborted) throw new CollectiveError('ready: aborted', { step: -1, cause: signal.reason });
+      if (Date.now() >= deadline) {
+        const missing = this.#peers().filter((r) => !this.#heard.has(r) || !this.#heardMe.has(r));
+        throw new CollectiveError(
+          `ready: rank ${this.rank} has not exchanged hellos with ranks ${missing.join(', ')} within ${timeoutMs} ms`,
+          { step: -1, missingRanks: missing },
+        );
+      }
+      this.#sayHello();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(HELLO_INTERVAL_MS, Math.max(0, deadline - Date.now())));
+        function done(): void { clearTimeout(t); resolve(); }
+        this.#helloWaiter = done;
+      });
+      this.#helloWaiter = undefined;
+    }
+    if (this.#helloError) throw this.#helloError;
+    this.#readyDone = true;
+    for (const ce of this.#peerChunkElements.values()) this.chunkElements = Math.min(this.chunkElements, ce);
+    this.#sayHello(); // tell the peers we are through
+    this.#log.debug('ready', { rank: this.rank, chunkElements: this.chunkElements });
+  }
+
+  /**
    * Sum of `data` over all ranks, in rank order. `step` tags the messages: it must grow from call
    * to call (the same sequence on every rank) and one call runs at a time. `data` must not change
-   * until the promise settles. Resolves with a new Float32Array.
-   * @throws CollectiveError naming the missing ranks on timeout; on abort, close, or a peer whose
-   *   vector length differs.
+   * until the promise settles and is never written. Resolves with a new Float32Array.
+   * @throws CollectiveError naming the missing ranks at the deadline, on a lost or corrupted chunk,
+   *   on abort or close, or for a peer whose vector length differs.
    */
   allReduce(step: number, data: Float32Array, signal?: AbortSignal): Promise<Float32Array> {
-    if (this.#state !== 'OPEN') return Promise.reject(new CollectiveError(`all-reduce step ${step}: closed`, { step }));
-    if (!Number.isSafeInteger(step) || step < 0) return Promise.reject(new RangeError(`step: must be a non-negative integer, got ${step}`));
-    if (!(data instanceof Float32Array)) return Promise.reject(new TypeError('data: must be a Float32Array'));
-    if (this.#op !== undefined) {
-      return Promise.reject(new CollectiveError(`all-reduce step ${step}: step ${this.#op.step} is still running`, { step }));
-    }
-    if (step <= this.#lastStep) {
-      return Promise.reject(new RangeError(`step: must be greater than the previous step ${this.#lastStep}, got ${step}`));
-    }
-    if (signal?.aborted) {
-      return Promise.reject(new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal.reason }));
-    }
+    if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
+    const started = this.#start(step, data.length, data, data.length, new Float32Array(data.length), false, signal);
+    return started instanceof Error ? rejectNow(started) : started.promise;
+  }
 
-    const n = this.worldSize;
-    const me = this.rank;
-    const length = data.length;
-    const [myStart, myEnd] = shardBounds(length, n, me);
-    const myLen = myEnd - myStart;
+  /**
+   * As `allReduce`, but the sum replaces `data` (no second buffer: for vectors near the memory
+   * limit). On failure `data` holds a mix of input and sums: keep a copy if you need to retry.
+   */
+  allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal): Promise<Float32Array> {
+    if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
+    const started = this.#start(step, data.length, data, data.length, data, true, signal);
+    return started instanceof Error ? rejectNow(started) : started.promise;
+  }
 
-    let resolve!: (r: Float32Array) => void;
-    let reject!: (e: unknown) => void;
-    const promise = new Promise<Float32Array>((res, rej) => { resolve = res; reject = rej; });
-    const op: StepOp = {
-      step, length, input: data, result: new Float32Array(length),
-      rs: [], ag: [], rsPending: 0, agPending: 0,
-      reduced: false, published: false, settled: false, resolve, reject,
+  /**
+   * Starts an all-reduce of `length` elements whose input is given in pieces with
+   * `handle.append()`, in order: the first chunks are on the wire while the rest is still being
+   * produced (e.g. copied off the device tensor by tensor).
+   * @throws RangeError or CollectiveError when the step cannot start (see `allReduce`)
+   */
+  begin(step: number, length: number, signal?: AbortSignal): AllReduceHandle {
+    if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`length: must be a non-negative integer, got ${length}`);
+    const input = new Float32Array(length);
+    const started = this.#start(step, length, input, 0, new Float32Array(length), false, signal);
+    if (started instanceof Error) throw started;
+    const { op, promise: result } = started;
+    result.catch(() => undefined); // the caller sees the rejection when it awaits `result`
+    let appended = 0;
+    const pump = (): void => this.#pump(op);
+    return {
+      step, length, result,
+      get appended() { return appended; },
+      append(data: Float32Array): void {
+        if (!(data instanceof Float32Array)) throw new TypeError('data: must be a Float32Array');
+        if (appended + data.length > length) {
+          throw new RangeError(`append: ${appended} + ${data.length} elements exceed the length ${length}`);
+        }
+        if (op.settled) return;
+        input.set(data, appended);
+        appended += data.length;
+        op.ready = appended;
+        pump();
+      },
     };
-    for (let r = 0; r < n; r++) {
-      if (r === me) {
-        op.rs.push(undefined);
-        op.ag.push(undefined);
-        continue;
-      }
-      const rsIn = newIncoming(myLen);
-      if (myLen === 0) { rsIn.chunks = 0; rsIn.complete = true; } else op.rsPending++;
-      op.rs.push(rsIn);
-      const [s, e] = shardBounds(length, n, r);
-      const agIn = newIncoming(undefined);
-      if (e === s) { agIn.chunks = 0; agIn.complete = true; } else op.agPending++;
-      op.ag.push(agIn);
-    }
-    this.#lastStep = step;
-    this.#op = op;
-    this.#stats.steps++;
-
-    const timer = setTimeout(() => this.#fail(op, this.#timeoutError(op)), this.timeoutMs);
-    const onAbort = (): void => this.#fail(op, new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal?.reason }));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    const cleanup = (): void => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
-      if (this.#op === op) this.#op = undefined;
-    };
-    const settled = promise.then(
-      (r) => { cleanup(); return r; },
-      (e: unknown) => { cleanup(); throw e; },
-    );
-
-    // Messages that arrived before this call.
-    const future = this.#future;
-    if (future !== undefined && future.step <= step) {
-      this.#future = undefined;
-      if (future.step === step) {
-        for (const b of future.messages.values()) this.#apply(op, b.phase, b.header, b.data);
-      } else {
-        this.#stats.droppedStale += future.messages.size;
-      }
-    }
-
-    void this.#run(op);
-    return settled;
   }
 
   /** Unsubscribes; a running `allReduce` rejects with a CollectiveError. Idempotent. */
@@ -306,6 +431,7 @@ export class GradientAllReduce {
       const op = this.#op;
       if (op !== undefined) this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: closed`, { step: op.step }));
       this.#future = undefined;
+      this.#helloWaiter?.();
       for (const sub of this.#subs) {
         try { sub.unsubscribe(); } catch { /* connection already closed */ }
       }
@@ -317,153 +443,430 @@ export class GradientAllReduce {
     return this.#closing;
   }
 
-  // ---------------------------------------------------------------------------------------------
+  // --- lifecycle of one step ---------------------------------------------------------------------
 
-  #subscribe(): void {
-    const rsSubject = reduceScatterSubject(this.job, this.generation, this.rank);
-    this.#subs.push(this.#nc.subscribe(rsSubject, { callback: (err, msg) => this.#onMessage(err, msg) }));
-    for (let r = 0; r < this.worldSize; r++) {
-      if (r === this.rank) continue;
-      const agSubject = allGatherSubject(this.job, this.generation, r);
-      this.#subs.push(this.#nc.subscribe(agSubject, { callback: (err, msg) => this.#onMessage(err, msg) }));
-    }
-  }
+  #start(
+    step: number, length: number, input: Float32Array, ready: number, output: Float32Array, inPlace: boolean, signal?: AbortSignal,
+  ): { op: Op; promise: Promise<Float32Array> } | Error {
+    if (this.#state !== 'OPEN') return new CollectiveError(`all-reduce step ${step}: closed`, { step });
+    if (!Number.isSafeInteger(step) || step < 0) return new RangeError(`step: must be a non-negative integer, got ${step}`);
+    if (this.#op !== undefined) return new CollectiveError(`all-reduce step ${step}: step ${this.#op.step} is still running`, { step });
+    if (step <= this.#lastStep) return new RangeError(`step: must be greater than the previous step ${this.#lastStep}, got ${step}`);
+    if (signal?.aborted) return new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal.reason });
 
-  /** Sends this rank's pieces, then (once its shard is complete) reduces and publishes it. */
-  async #run(op: StepOp): Promise<void> {
-    try {
-      await this.#sendPieces(op);
-      this.#maybeReduce(op);
-    } catch (e) {
-      this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: publish failed: ${errorMessage(e)}`, { step: op.step, cause: e }));
-    }
-  }
-
-  async #sendPieces(op: StepOp): Promise<void> {
     const n = this.worldSize;
-    let unflushed = 0;
-    // Start with the next rank so that the owners are not all hit in the same order.
-    for (let i = 1; i < n; i++) {
-      const owner = (this.rank + i) % n;
-      const [start, end] = shardBounds(op.length, n, owner);
-      const subject = reduceScatterSubject(this.job, this.generation, owner);
-      unflushed = await this.#publishRange(op, subject, ChunkKind.ReduceScatter, owner, start, end, op.input, start, unflushed);
-      if (op.settled) return;
+    let resolve!: (r: Float32Array) => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<Float32Array>((res, rej) => { resolve = res; reject = rej; });
+    const op: Op = {
+      step, length, input, ready, output, inPlace, settled: false, resolve, reject,
+      rsNext: new Array<number>(n).fill(0), rsAcked: new Array<number>(n).fill(0), rsRecv: new Array<number>(n).fill(0),
+      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0, agAcked: new Array<number>(n).fill(0),
+      agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
+      flushing: false, flushed: false,
+    };
+    this.#lastStep = step;
+    this.#op = op;
+    this.#stats.steps++;
+    if (this.errorFeedback && this.#res?.length !== length) {
+      const [s, e] = shardBounds(length, n, this.rank);
+      this.#res = {
+        length, senderIn: new Float32Array(length), senderOut: new Float32Array(length),
+        ownerIn: new Float32Array(e - s), ownerOut: new Float32Array(e - s),
+      };
     }
-    if (unflushed > 0) await this.#nc.flush();
-  }
 
-  /**
-   * Publishes elements [start, end) of the vector (read from `src` at `srcStart`) in chunks.
-   * Returns the bytes published since the last flush.
-   */
-  async #publishRange(
-    op: StepOp, subject: string, kind: ChunkKind, shard: number,
-    start: number, end: number, src: Float32Array, srcStart: number, unflushed: number,
-  ): Promise<number> {
-    const ce = this.chunkElements;
-    const total = end - start;
-    const chunks = Math.ceil(total / ce);
-    for (let c = 0; c < chunks; c++) {
-      if (op.settled) return unflushed;
-      const offset = start + c * ce;
-      const count = Math.min(ce, end - offset);
-      const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * 4);
-      encodeChunkHeader({
-        kind, dtype: ChunkDtype.Float32, generation: this.generation, step: op.step, rank: this.rank, shard,
-        chunk: c, chunks, offset, count, chunkElements: ce, totalLength: op.length,
-      }, buf);
-      const from = srcStart + (offset - start);
-      writeFloat32LE(src.subarray(from, from + count), buf.subarray(CHUNK_HEADER_BYTES));
-      this.#nc.publish(subject, buf);
-      this.#stats.messagesSent++;
-      this.#stats.bytesSent += buf.byteLength;
-      unflushed += buf.byteLength;
-      if (unflushed >= this.#flushEveryBytes) {
-        await this.#nc.flush();
-        unflushed = 0;
-      }
-    }
-    return unflushed;
-  }
+    const timer = setTimeout(() => this.#fail(op, this.#timeoutError(op)), this.timeoutMs);
+    const onAbort = (): void => this.#fail(op, new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal?.reason }));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const settled = promise.finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      if (this.#op === op) this.#op = undefined;
+    });
 
-  #maybeReduce(op: StepOp): void {
-    if (op.settled || op.reduced || op.rsPending > 0) return;
-    op.reduced = true;
-    const n = this.worldSize;
-    const [start, end] = shardBounds(op.length, n, this.rank);
-    // acc = x0; acc += x1; … in rank order, each add rounded to float32 by the Float32Array store.
-    const acc = op.result.subarray(start, end);
-    for (let r = 0; r < n; r++) {
-      const src = r === this.rank ? op.input.subarray(start, end) : op.rs[r]!.piece!;
-      if (r === 0) {
-        acc.set(src);
+    // Messages that arrived before this call.
+    const future = this.#future;
+    if (future !== undefined && future.step <= step) {
+      this.#future = undefined;
+      if (future.step === step) {
+        if (future.corrupt !== undefined) {
+          this.#fail(op, new CollectiveError(`all-reduce step ${step}: ${future.corrupt}`, { step }));
+          return { op, promise: settled };
+        }
+        for (const b of future.messages.values()) {
+          this.#apply(op, b.phase, b.header, b.data);
+          if (op.settled) break;
+        }
       } else {
-        for (let i = 0; i < acc.length; i++) acc[i]! += src[i]!;
+        this.#stats.droppedStale += future.messages.size;
       }
     }
-    for (const inc of op.rs) if (inc) inc.piece = undefined;
-    void this.#publishReduced(op, start, end);
+    this.#pump(op);
+    return { op, promise: settled };
   }
 
-  async #publishReduced(op: StepOp, start: number, end: number): Promise<void> {
+  /** Makes every move the state allows: publish reduced chunks, reduce, send pieces; until stuck. */
+  #pump(op: Op): void {
+    if (this.#pumping) return; // re-entered from a publish error: the outer loop goes on
+    this.#pumping = true;
     try {
-      if (this.worldSize === 1) {
-        op.published = true;
-        this.#maybeFinish(op);
-        return;
+      let progressed = true;
+      while (progressed && !op.settled) {
+        progressed = false;
+        if (this.#publishReduced(op)) progressed = true;
+        if (this.#reduceReady(op)) progressed = true;
+        if (this.#sendPieces(op)) progressed = true;
       }
-      const subject = allGatherSubject(this.job, this.generation, this.rank);
-      await this.#publishRange(op, subject, ChunkKind.AllGather, this.rank, start, end, op.result, start, 0);
-      // Flush before resolving, so that a caller closing the connection right after does not
-      // strand the reduced shard in our outbound buffer.
-      if (end > start && !op.settled) await this.#nc.flush();
-      op.published = true;
-      this.#maybeFinish(op);
+      if (!op.settled) {
+        this.#sendAcks(op, false);
+        this.#maybeFinish(op);
+      }
     } catch (e) {
-      this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: publish failed: ${errorMessage(e)}`, { step: op.step, cause: e }));
+      this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${errorMessage(e)}`, { step: op.step, cause: e }));
+    } finally {
+      this.#pumping = false;
     }
   }
 
-  #maybeFinish(op: StepOp): void {
-    if (op.settled || !op.published || op.agPending > 0) return;
-    op.settled = true;
-    op.resolve(op.result);
+  #chunksOf(length: number, shard: number): number {
+    const [s, e] = shardBounds(length, this.worldSize, shard);
+    return Math.ceil((e - s) / this.chunkElements);
   }
 
-  #fail(op: StepOp, err: CollectiveError): void {
+  /** Dtype of the chunk starting at element `offset`. */
+  #dtypeAt(offset: number): ChunkDtype {
+    return offset < this.exactPrefix ? ChunkDtype.Float32 : this.#wire;
+  }
+
+  /** One piece to each destination with credit and input, round-robin, until none can go. */
+  #sendPieces(op: Op): boolean {
+    const n = this.worldSize;
+    const W = this.windowChunks;
+    let any = false;
+    for (;;) {
+      let sent = false;
+      for (let i = 1; i < n; i++) {
+        const dest = (this.rank + i) % n;
+        const c = op.rsNext[dest]!;
+        const [start, end] = shardBounds(op.length, n, dest);
+        const chunks = Math.ceil((end - start) / this.chunkElements);
+        if (c >= chunks) continue;
+        const offset = start + c * this.chunkElements;
+        const count = Math.min(this.chunkElements, end - offset);
+        if (op.ready < offset + count) continue;
+        if (c - op.rsAcked[dest]! >= W) {
+          this.#stats.windowStalls++;
+          continue;
+        }
+        const msg = this.#encode(op, ChunkKind.ReduceScatter, dest, c, chunks, offset, count, op.input, true);
+        this.#publish(reduceScatterSubject(this.job, this.generation, dest), msg);
+        op.rsNext[dest] = c + 1;
+        sent = true;
+        if (op.settled) return true;
+      }
+      if (!sent) return any;
+      any = true;
+    }
+  }
+
+  /** Builds a sealed chunk message from `src[offset, offset+count)`; narrows (with error feedback) if its dtype says so. */
+  #encode(
+    op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
+  ): Uint8Array {
+    const dtype = this.#dtypeAt(offset);
+    const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    encodeChunkHeader({
+      kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
+      chunk, chunks, offset, count, chunkElements: this.chunkElements, totalLength: op.length,
+    }, buf);
+    const values = src.subarray(offset, offset + count);
+    if (dtype === ChunkDtype.Float32) {
+      new Float32Array(buf.buffer, CHUNK_HEADER_BYTES, count).set(values);
+    } else {
+      const dst = new Uint16Array(buf.buffer, CHUNK_HEADER_BYTES, count);
+      const res = feedback ? this.#res : undefined;
+      if (res) quantize(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      else quantize(dtype, values, dst);
+    }
+    sealChunk(buf);
+    return buf;
+  }
+
+  #publish(subject: string, msg: Uint8Array): void {
+    this.#nc.publish(subject, msg);
+    this.#stats.messagesSent++;
+    this.#stats.bytesSent += msg.byteLength;
+  }
+
+  /** Reduces the next chunks of the own shard whose pieces and input are all in. */
+  #reduceReady(op: Op): boolean {
+    const n = this.worldSize;
+    const me = this.rank;
+    const [start, end] = shardBounds(op.length, n, me);
+    const chunks = Math.ceil((end - start) / this.chunkElements);
+    let any = false;
+    while (op.reduced < chunks && op.agQueue.length < this.windowChunks && !op.settled) {
+      const c = op.reduced;
+      const offset = start + c * this.chunkElements;
+      const count = Math.min(this.chunkElements, end - offset);
+      if (op.ready < offset + count) break;
+      let complete = true;
+      for (let r = 0; r < n; r++) if (r !== me && op.rsRecv[r]! <= c) { complete = false; break; }
+      if (!complete) break;
+      this.#reduceChunk(op, c, chunks, offset, count);
+      op.pieces.delete(c);
+      op.reduced++;
+      any = true;
+    }
+    return any;
+  }
+
+  /** acc = x0; acc += x1; … in rank order, float32 adds; then narrowed once, widened back in place. */
+  #reduceChunk(op: Op, c: number, chunks: number, offset: number, count: number): void {
+    const n = this.worldSize;
+    const me = this.rank;
+    const dtype = this.#dtypeAt(offset);
+    const res = this.#res;
+    // The own contribution, as the peers' are: narrowed (with feedback) when compressing.
+    let own = op.input.subarray(offset, offset + count);
+    if (dtype !== ChunkDtype.Float32) {
+      const q = new Uint16Array(count);
+      const widened = new Float32Array(count);
+      if (res) quantize(dtype, own, q, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count), widened);
+      else quantize(dtype, own, q, undefined, undefined, widened);
+      own = widened;
+    } else if (op.inPlace) {
+      own = Float32Array.from(own);
+    }
+    const acc = op.output.subarray(offset, offset + count);
+    const pieces = op.pieces.get(c);
+    for (let r = 0; r < n; r++) {
+      if (r === me) {
+        if (r === 0) acc.set(own);
+        else for (let i = 0; i < count; i++) acc[i]! += own[i]!;
+        continue;
+      }
+      const bytes = pieces?.[r];
+      if (bytes === undefined) throw new Error(`internal: piece of chunk ${c} from rank ${r} missing at reduce`);
+      if (dtype === ChunkDtype.Float32) {
+        const x = new Float32Array(bytes.buffer, bytes.byteOffset, count);
+        if (r === 0) acc.set(x);
+        else for (let i = 0; i < count; i++) acc[i]! += x[i]!;
+      } else {
+        const x = new Uint16Array(bytes.buffer, bytes.byteOffset, count);
+        if (r === 0) dequantize(dtype, x, acc);
+        else dequantizeAdd(dtype, x, acc);
+      }
+    }
+    if (n === 1) {
+      if (dtype !== ChunkDtype.Float32) acc.set(own); // own is already narrowed and widened
+      return;
+    }
+    // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
+    const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    encodeChunkHeader({
+      kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
+      chunk: c, chunks, offset, count, chunkElements: this.chunkElements, totalLength: op.length,
+    }, buf);
+    if (dtype === ChunkDtype.Float32) {
+      new Float32Array(buf.buffer, CHUNK_HEADER_BYTES, count).set(acc);
+    } else {
+      const dst = new Uint16Array(buf.buffer, CHUNK_HEADER_BYTES, count);
+      const [start] = shardBounds(op.length, n, me);
+      const at = offset - start;
+      if (res) quantize(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
+      else quantize(dtype, acc, dst, undefined, undefined, acc);
+    }
+    sealChunk(buf);
+    op.agQueue.push(buf);
+  }
+
+  /** Publishes queued reduced chunks while every peer has room for them. */
+  #publishReduced(op: Op): boolean {
+    if (op.agQueue.length === 0) return false;
+    let minAcked = Infinity;
+    for (let r = 0; r < this.worldSize; r++) if (r !== this.rank) minAcked = Math.min(minAcked, op.agAcked[r]!);
+    const subject = allGatherSubject(this.job, this.generation, this.rank);
+    let any = false;
+    while (op.agQueue.length > 0 && op.agSent - minAcked < this.windowChunks) {
+      this.#publish(subject, op.agQueue.shift()!);
+      op.agSent++;
+      any = true;
+    }
+    if (op.agQueue.length > 0) this.#stats.windowStalls++;
+    return any;
+  }
+
+  /** Publishes this rank's progress when a count moved by half a window, or a stream completed. */
+  #sendAcks(op: Op, force: boolean): void {
+    const n = this.worldSize;
+    if (n === 1) return;
+    const myChunks = this.#chunksOf(op.length, this.rank);
+    let due = force;
+    if (op.reduced - op.ackedReduced >= this.#ackEvery || (op.reduced === myChunks && op.ackedReduced < myChunks)) due = true;
+    for (let r = 0; r < n && !due; r++) {
+      if (r === this.rank) continue;
+      const got = op.agRecv[r]!;
+      const last = op.ackedRecv[r]!;
+      if (got - last >= this.#ackEvery || (got > last && got === this.#chunksOf(op.length, r))) due = true;
+    }
+    if (!due) return;
+    const msg: AckMessage = { type: 'ack', from: this.rank, step: op.step, reduced: op.reduced, received: op.agRecv };
+    this.#nc.publish(ackSubject(this.job, this.generation, this.rank), JSON.stringify(msg));
+    this.#stats.acksSent++;
+    op.ackedReduced = op.reduced;
+    for (let r = 0; r < n; r++) op.ackedRecv[r] = op.agRecv[r]!;
+  }
+
+  #maybeFinish(op: Op): void {
+    if (op.settled) return;
+    const n = this.worldSize;
+    if (op.reduced < this.#chunksOf(op.length, this.rank) || op.agQueue.length > 0) return;
+    for (let r = 0; r < n; r++) if (r !== this.rank && op.agRecv[r]! < this.#chunksOf(op.length, r)) return;
+    if (n > 1 && !op.flushed) {
+      // Flush before resolving, so that a caller closing the connection right after does not
+      // strand the reduced shard in the outbound buffer.
+      if (!op.flushing) {
+        op.flushing = true;
+        this.#nc.flush().then(
+          () => { op.flushed = true; this.#maybeFinish(op); },
+          (e: unknown) => this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: flush failed: ${errorMessage(e)}`, { step: op.step, cause: e })),
+        );
+      }
+      return;
+    }
+    op.settled = true;
+    if (this.#res) {
+      const r = this.#res;
+      [r.senderIn, r.senderOut] = [r.senderOut, r.senderIn];
+      [r.ownerIn, r.ownerOut] = [r.ownerOut, r.ownerIn];
+    }
+    this.#stats.completedSteps++;
+    op.resolve(op.output);
+  }
+
+  #fail(op: Op, err: CollectiveError): void {
     if (op.settled) return;
     op.settled = true;
+    op.pieces.clear();
+    op.agQueue.length = 0;
     if (err.missingRanks.length > 0 || this.#state === 'OPEN') this.#log.warn(err.message, { step: op.step });
     op.reject(err);
   }
 
-  #timeoutError(op: StepOp): CollectiveError {
-    const describe = (list: Array<Incoming | undefined>): { ranks: number[]; detail: string[] } => {
+  #timeoutError(op: Op): CollectiveError {
+    const n = this.worldSize;
+    const missing = (counts: number[], what: (r: number) => number): { ranks: number[]; detail: string[] } => {
       const ranks: number[] = [];
       const detail: string[] = [];
-      list.forEach((inc, r) => {
-        if (inc === undefined || inc.complete) return;
-        ranks.push(r);
-        detail.push(`${r} (${inc.got.size}/${inc.chunks ?? '?'} chunks)`);
-      });
+      for (let r = 0; r < n; r++) {
+        if (r === this.rank) continue;
+        const want = what(r);
+        if (counts[r]! < want) {
+          ranks.push(r);
+          detail.push(`${r} (${counts[r]}/${want} chunks)`);
+        }
+      }
       return { ranks, detail };
     };
-    const rs = describe(op.rs);
+    const pre = `all-reduce step ${op.step} timed out after ${this.timeoutMs} ms: rank ${this.rank}`;
+    const myChunks = this.#chunksOf(op.length, this.rank);
+    const rs = missing(op.rsRecv, () => myChunks);
     if (rs.ranks.length > 0) {
-      return new CollectiveError(
-        `all-reduce step ${op.step} timed out after ${this.timeoutMs} ms: rank ${this.rank} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`,
-        { step: op.step, missingRanks: rs.ranks },
-      );
+      return new CollectiveError(`${pre} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`, { step: op.step, missingRanks: rs.ranks });
     }
-    const ag = describe(op.ag);
+    const ag = missing(op.agRecv, (r) => this.#chunksOf(op.length, r));
     if (ag.ranks.length > 0) {
-      return new CollectiveError(
-        `all-reduce step ${op.step} timed out after ${this.timeoutMs} ms: rank ${this.rank} is missing the reduced shards of ranks ${ag.detail.join(', ')}`,
-        { step: op.step, missingRanks: ag.ranks },
-      );
+      return new CollectiveError(`${pre} is missing the reduced shards of ranks ${ag.detail.join(', ')}`, { step: op.step, missingRanks: ag.ranks });
     }
-    return new CollectiveError(`all-reduce step ${op.step} timed out after ${this.timeoutMs} ms while publishing`, { step: op.step });
+    if (op.ready < op.length) {
+      return new CollectiveError(`${pre}: only ${op.ready} of ${op.length} input elements were appended`, { step: op.step });
+    }
+    const unacked = [];
+    for (let r = 0; r < n; r++) if (r !== this.rank && op.rsAcked[r]! < op.rsNext[r]! - this.windowChunks + 1) unacked.push(r);
+    return new CollectiveError(`${pre} while sending${unacked.length ? ` (no credit from ranks ${unacked.join(', ')})` : ''}`, {
+      step: op.step, missingRanks: unacked,
+    });
+  }
+
+  // --- receiving ----------------------------------------------------------------------------------
+
+  #subscribe(): void {
+    const cb = (err: Error | null, msg: Msg): void => this.#onMessage(err, msg);
+    // Order matters for ready(): the grad and ack subscriptions go before the hello subscription.
+    this.#subs.push(this.#nc.subscribe(reduceScatterSubject(this.job, this.generation, this.rank), { callback: cb }));
+    for (let r = 0; r < this.worldSize; r++) {
+      if (r === this.rank) continue;
+      this.#subs.push(this.#nc.subscribe(allGatherSubject(this.job, this.generation, r), { callback: cb }));
+      this.#subs.push(this.#nc.subscribe(ackSubject(this.job, this.generation, r), { callback: (e, m) => this.#onAck(e, m) }));
+    }
+    this.#subs.push(this.#nc.subscribe(helloSubject(this.job, this.generation), { callback: (e, m) => this.#onHello(e, m) }));
+  }
+
+  #peers(): number[] {
+    return Array.from({ length: this.worldSize }, (_, r) => r).filter((r) => r !== this.rank);
+  }
+
+  #barrierPassed(): boolean {
+    return this.#heard.size >= this.worldSize - 1 && this.#heardMe.size >= this.worldSize - 1;
+  }
+
+  #sayHello(): void {
+    if (this.#state !== 'OPEN' || this.#nc.isClosed()) return;
+    this.#lastHelloAt = Date.now();
+    const msg: HelloMessage = {
+      type: 'hello', from: this.rank, heard: [...this.#heard], ready: this.#readyDone, worldSize: this.worldSize,
+      compression: this.compression, exactPrefix: this.exactPrefix, chunkElements: this.chunkElements,
+    };
+    this.#nc.publish(helloSubject(this.job, this.generation), JSON.stringify(msg));
+  }
+
+  #onHello(err: Error | null, msg: Msg): void {
+    if (err !== null || this.#state !== 'OPEN') return;
+    let h: HelloMessage;
+    try {
+      h = msg.json<HelloMessage>();
+    } catch {
+      this.#stats.droppedInvalid++;
+      return;
+    }
+    if (h.type !== 'hello' || !Number.isInteger(h.from) || h.from < 0 || h.from >= this.worldSize || h.from === this.rank) return;
+    const mismatch = h.worldSize !== this.worldSize ? `world size ${h.worldSize} ≠ ${this.worldSize}`
+      : h.compression !== this.compression ? `compression ${h.compression} ≠ ${this.compression}`
+      : h.exactPrefix !== this.exactPrefix ? `exactPrefix ${h.exactPrefix} ≠ ${this.exactPrefix}` : undefined;
+    if (mismatch !== undefined) {
+      this.#helloError ??= new CollectiveError(`ready: rank ${h.from} differs from rank ${this.rank}: ${mismatch}`, { step: -1, missingRanks: [h.from] });
+      this.#helloWaiter?.();
+      return;
+    }
+    const newPeer = !this.#heard.has(h.from);
+    this.#heard.add(h.from);
+    const heard = Array.isArray(h.heard) ? h.heard : [];
+    if (heard.includes(this.rank)) this.#heardMe.add(h.from);
+    if (Number.isInteger(h.chunkElements) && h.chunkElements > 0) this.#peerChunkElements.set(h.from, h.chunkElements);
+    // A peer still waiting, or one we just heard of, gets our news (rate-limited).
+    const peerNeedsUs = h.ready !== true && (newPeer || !heard.includes(this.rank) || this.#barrierPassed());
+    if (peerNeedsUs && Date.now() - this.#lastHelloAt >= 10) this.#sayHello();
+    if (this.#barrierPassed()) this.#helloWaiter?.();
+  }
+
+  #onAck(err: Error | null, msg: Msg): void {
+    if (err !== null || this.#state !== 'OPEN') return;
+    const op = this.#op;
+    if (op === undefined || op.settled) return;
+    let a: AckMessage;
+    try {
+      a = msg.json<AckMessage>();
+    } catch {
+      this.#stats.droppedInvalid++;
+      return;
+    }
+    if (a.type !== 'ack' || a.step !== op.step || !Number.isInteger(a.from) || a.from < 0 || a.from >= this.worldSize || a.from === this.rank) return;
+    if (Number.isInteger(a.reduced)) op.rsAcked[a.from] = Math.max(op.rsAcked[a.from]!, a.reduced);
+    const got = Array.isArray(a.received) ? a.received[this.rank] : undefined;
+    if (typeof got === 'number') op.agAcked[a.from] = Math.max(op.agAcked[a.from]!, got);
+    this.#pump(op);
   }
 
   #invalid(reason: string, msg: Msg): void {
@@ -499,10 +902,6 @@ export class GradientAllReduce {
       this.#log.debug('dropped message of another generation', { generation: h.generation, from: h.rank });
       return;
     }
-    if (h.dtype !== ChunkDtype.Float32) {
-      this.#invalid(`dtype ${h.dtype} not supported`, msg);
-      return;
-    }
     if (h.rank >= this.worldSize || h.rank === this.rank) {
       this.#invalid(`sender rank ${h.rank} not a peer`, msg);
       return;
@@ -517,18 +916,37 @@ export class GradientAllReduce {
       return;
     }
 
+    if (!chunkChecksumOk(msg.data)) {
+      this.#stats.corrupted++;
+      const what = `corrupted chunk on ${msg.subject} (checksum mismatch; header says rank ${h.rank}, step ${h.step}, chunk ${h.chunk})`;
+      const from = h.rank < this.worldSize && h.rank !== this.rank ? [h.rank] : [];
+      const op = this.#op;
+      if (op !== undefined && !op.settled) {
+        this.#stats.lostChunks++;
+        this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${what}`, { step: op.step, missingRanks: from }));
+      } else if (h.step > this.#lastStep) {
+        this.#future ??= { step: h.step, messages: new Map(), corrupt: undefined };
+        if (this.#future.step === h.step) this.#future.corrupt = what;
+      }
+      this.#log.warn('corrupted gradient message', { subject: msg.subject });
+      return;
+    }
     const op = this.#op;
     if (op !== undefined && h.step === op.step) {
-      if (!op.settled) this.#apply(op, subj.phase, h, msg.data);
-      else this.#stats.droppedStale++;
+      if (!op.settled) {
+        this.#apply(op, subj.phase, h, msg.data);
+        this.#pump(op);
+      } else {
+        this.#stats.droppedStale++;
+      }
       return;
     }
     if (h.step <= this.#lastStep) {
       this.#stats.droppedStale++;
       return;
     }
-    // A step not started here yet: peers may be one step ahead.
-    this.#future ??= { step: h.step, messages: new Map() };
+    // A step not started here yet: peers may be one step ahead (at most a window each).
+    this.#future ??= { step: h.step, messages: new Map(), corrupt: undefined };
     if (this.#future.step !== h.step) {
       this.#stats.droppedAhead++;
       this.#log.warn('dropped message more than one step ahead', { step: h.step, buffered: this.#future.step, from: h.rank });
@@ -539,12 +957,12 @@ export class GradientAllReduce {
       this.#invalid('duplicate chunk', msg);
       return;
     }
-    this.#future.messages.set(key, { phase: subj.phase, header: h, data: msg.data.slice() });
+    this.#future.messages.set(key, { phase: subj.phase, header: h, data: new Uint8Array(msg.data) });
     this.#stats.bufferedAhead++;
   }
 
-  /** Checks a chunk against the step and stores its numbers. */
-  #apply(op: StepOp, phase: GradPhase, h: ChunkHeader, data: Uint8Array): void {
+  /** Checks a chunk against the step and its sender's sequence, and stores its numbers. */
+  #apply(op: Op, phase: GradPhase, h: ChunkHeader, data: Uint8Array): void {
     if (op.settled) return;
     if (h.totalLength !== op.length) {
       this.#fail(op, new CollectiveError(
@@ -553,38 +971,50 @@ export class GradientAllReduce {
       ));
       return;
     }
-    const inc = phase === GradPhase.reduceScatter ? op.rs[h.rank] : op.ag[h.shard];
+    if (h.chunkElements !== this.chunkElements) {
+      this.#fail(op, new CollectiveError(
+        `all-reduce step ${op.step}: rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${this.rank} expects ${this.chunkElements} (different max_payload? call ready() first)`,
+        { step: op.step, missingRanks: [h.rank] },
+      ));
+      return;
+    }
     const drop = (reason: string): void => {
       this.#stats.droppedInvalid++;
       this.#log.warn('dropped gradient chunk', { reason, step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk });
     };
-    if (inc === undefined) return drop('no such peer');
-    if (inc.complete) return drop('duplicate chunk (shard complete)');
     const [start, end] = shardBounds(op.length, this.worldSize, h.shard);
-    const shardLen = end - start;
-    if (inc.chunkElements === undefined) {
-      if (h.chunks !== Math.ceil(shardLen / h.chunkElements)) return drop(`chunks=${h.chunks} does not cover a shard of ${shardLen} in chunks of ${h.chunkElements}`);
-      inc.chunkElements = h.chunkElements;
-      inc.chunks = h.chunks;
-    } else if (h.chunkElements !== inc.chunkElements || h.chunks !== inc.chunks) {
-      return drop('chunking differs from the sender\'s earlier chunks');
-    }
-    const offset = start + h.chunk * h.chunkElements;
-    const count = Math.min(h.chunkElements, end - offset);
+    const chunks = Math.ceil((end - start) / this.chunkElements);
+    if (h.chunks !== chunks) return drop(`chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${this.chunkElements}`);
+    const offset = start + h.chunk * this.chunkElements;
+    const count = Math.min(this.chunkElements, end - offset);
     if (h.offset !== offset || h.count !== count) return drop(`chunk ${h.chunk} should hold elements ${offset}..${offset + count}`);
-    if (inc.got.has(h.chunk)) return drop('duplicate chunk');
-    const payload = data.subarray(CHUNK_HEADER_BYTES);
-    if (phase === GradPhase.reduceScatter) readFloat32LE(payload, inc.piece!, offset - start, count);
-    else readFloat32LE(payload, op.result, offset, count);
-    inc.got.add(h.chunk);
-    if (inc.got.size < inc.chunks!) return;
-    inc.complete = true;
-    if (phase === GradPhase.reduceScatter) {
-      op.rsPending--;
-      this.#maybeReduce(op);
-    } else {
-      op.agPending--;
-      this.#maybeFinish(op);
+    if (h.dtype !== this.#dtypeAt(offset)) return drop(`dtype ${h.dtype} where ${this.#dtypeAt(offset)} is expected`);
+    const counts = phase === GradPhase.reduceScatter ? op.rsRecv : op.agRecv;
+    const expected = counts[h.rank]!;
+    if (h.chunk < expected) return drop('duplicate chunk');
+    if (h.chunk > expected) {
+      const lost = h.chunk - expected;
+      this.#stats.lostChunks += lost;
+      this.#fail(op, new CollectiveError(
+        `all-reduce step ${op.step}: lost ${lost} chunk(s) from rank ${h.rank} (${phase === GradPhase.reduceScatter ? 'pieces of shard' : 'reduced shard'} ${h.shard}: got chunk ${h.chunk}, expected ${expected})`,
+        { step: op.step, missingRanks: [h.rank] },
+      ));
+      return;
     }
+    const payload = data.subarray(CHUNK_HEADER_BYTES);
+    if (phase === GradPhase.reduceScatter) {
+      let slot = op.pieces.get(h.chunk);
+      if (slot === undefined) {
+        slot = new Array<Uint8Array | undefined>(this.worldSize);
+        op.pieces.set(h.chunk, slot);
+      }
+      slot[h.rank] = new Uint8Array(payload); // a copy of its own, aligned (msg.data may be a Buffer view)
+    } else if (h.dtype === ChunkDtype.Float32) {
+      new Uint8Array(op.output.buffer, op.output.byteOffset + offset * 4, count * 4).set(payload);
+    } else {
+      const aligned = payload.byteOffset % 2 === 0 ? payload : new Uint8Array(payload);
+      dequantize(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
+    }
+    counts[h.rank] = expected + 1;
   }
 }

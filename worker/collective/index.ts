@@ -2,8 +2,10 @@
 export {
   GradientAllReduce,
   DEFAULT_ALLREDUCE_TIMEOUT_MS,
-  DEFAULT_ALLREDUCE_FLUSH_BYTES,
+  DEFAULT_ALLREDUCE_INFLIGHT_BYTES,
+  DEFAULT_READY_TIMEOUT_MS,
 } from './gradient-allreduce.js';
-export type { AllReduceOptions, AllReduceStats } from './gradient-allreduce.js';
+export type { AllReduceHandle, AllReduceOptions, AllReduceStats } from './gradient-allreduce.js';
+export { Compression } from './wire-codec.js';
 export { CHUNK_HEADER_BYTES, ChunkKind, ChunkDtype, ChunkDecodeError, encodeChunkHeader, decodeChunkHeader } from './chunk-header.js';
 export type { ChunkHeader } from './chunk-header.js';

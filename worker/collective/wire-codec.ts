@@ -1,0 +1,136 @@
+/**
+ * Numbers on the wire: float32 as is, or narrowed to 16 bits (IEEE binary16 or bfloat16) with
+ * round-to-nearest-even, and widened back exactly. Accumulation always happens in float32.
+ *
+ * Narrowing is a pure function of the float32 input, the same on every rank; widening is exact, and
+ * narrowing a widened value gives the same bits back (`quantize(dequantize(q)) === q` for every
+ * non-NaN q), which is what lets the owner of a shard quantize its float32 sum once, keep the
+ * widened value itself, and have every rank hold the identical numbers.
+ *
+ * Error feedback (optional): what narrowing lost, `v − widen(narrow(v))`, is carried to the next
+ * step and added before narrowing there, so nothing is lost for good, only delayed (Seide et al.
+ * 2014; Karimireddy et al. 2019).
+ */
+import { ChunkDtype } from './chunk-header.js';
+
+/** How gradients travel: `none` is float32. As `spec.collective.compression`. */
+export const Compression = {
+  none: 'none',
+  fp16: 'fp16',
+  bf16: 'bf16',
+} as const;
+export type Compression = (typeof Compression)[keyof typeof Compression];
+
+export function wireDtype(c: Compression): ChunkDtype {
+  return c === 'fp16' ? ChunkDtype.Float16 : c === 'bf16' ? ChunkDtype.BFloat16 : ChunkDtype.Float32;
+}
+
+/** float32 bits → binary16 bits, round to nearest even; overflow → ±Inf, NaN stays NaN. */
+export function f32BitsToF16(f: number): number {
+  const sign = (f >>> 16) & 0x8000;
+  const e = (f >>> 23) & 0xff;
+  let m = f & 0x7fffff;
+  if (e === 0xff) return sign | 0x7c00 | (m !== 0 ? 0x200 | (m >>> 13) : 0);
+  const he = e - 112; // rebias 127 → 15
+  if (he >= 0x1f) return sign | 0x7c00;
+  if (he <= 0) {
+    if (he < -10) return sign; // below half the smallest subnormal: ±0
+    m |= 0x800000;
+    const shift = 14 - he; // 14..24
+    let hm = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (hm & 1) !== 0)) hm++;
+    return sign | hm; // a carry into bit 10 is the smallest normal, as it should be
+  }
+  let h = sign | (he << 10) | (m >>> 13);
+  const rem = m & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) !== 0)) h++; // may carry into the exponent, up to Inf: correct
+  return h;
+}
+
+/** float32 bits → bfloat16 bits, round to nearest even; NaN stays NaN. */
+export function f32BitsToBf16(f: number): number {
+  if ((f & 0x7fffffff) > 0x7f800000) return ((f >>> 16) | 0x40) & 0xffff;
+  return ((f + 0x7fff + ((f >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+let f16Table: Float32Array | undefined;
+/** binary16 bits → float32 value, for all 65536 patterns. */
+function f16ToF32Table(): Float32Array {
+  if (f16Table) return f16Table;
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const s = h & 0x8000 ? -1 : 1;
+    const e = (h >>> 10) & 0x1f;
+    const m = h & 0x3ff;
+    t[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m !== 0 ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+  }
+  f16Table = t;
+  return t;
+}
+
+/**
+ * Narrows `src` (+ `residualIn`, when given) into `dst`. With `residualOut`, writes what narrowing
+ * lost there; with `widened`, writes the widened value (what the receiver will see). Any of the
+ * Float32Array arguments may alias each other element-for-element (same index, same array).
+ */
+export function quantize(
+  dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16,
+  src: Float32Array,
+  dst: Uint16Array,
+  residualIn?: Float32Array,
+  residualOut?: Float32Array,
+  widened?: Float32Array,
+): void {
+  const n = src.length;
+  const tmp = new Float32Array(1);
+  const tmpBits = new Uint32Array(tmp.buffer);
+  const table = dtype === ChunkDtype.Float16 ? f16ToF32Table() : undefined;
+  const narrow = dtype === ChunkDtype.Float16 ? f32BitsToF16 : f32BitsToBf16;
+  if (residualIn === undefined && residualOut === undefined && widened === undefined) {
+    // The hot path without error feedback: read the bits straight from src.
+    const bits = new Uint32Array(src.buffer, src.byteOffset, n);
+    for (let i = 0; i < n; i++) dst[i] = narrow(bits[i]!);
+    return;
+  }
+  for (let i = 0; i < n; i++) {
+    tmp[0] = residualIn === undefined ? src[i]! : src[i]! + residualIn[i]!; // rounded to float32
+    const v = tmp[0];
+    const q = narrow(tmpBits[0]!);
+    dst[i] = q;
+    let w: number;
+    if (table !== undefined) w = table[q]!;
+    else { tmpBits[0] = q << 16; w = tmp[0]; }
+    if (residualOut !== undefined) residualOut[i] = v - w;
+    if (widened !== undefined) widened[i] = w;
+  }
+}
+
+/** Widens `src` into `dst` (exact). */
+export function dequantize(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, src: Uint16Array, dst: Float32Array): void {
+  const n = src.length;
+  if (dtype === ChunkDtype.Float16) {
+    const t = f16ToF32Table();
+    for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
+  } else {
+    const bits = new Uint32Array(dst.buffer, dst.byteOffset, n);
+    for (let i = 0; i < n; i++) bits[i] = src[i]! << 16;
+  }
+}
+
+/** Widens and adds: `acc[i] += widen(src[i])`, each add rounded to float32. */
+export function dequantizeAdd(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, src: Uint16Array, acc: Float32Array): void {
+  const n = src.length;
+  if (dtype === ChunkDtype.Float16) {
+    const t = f16ToF32Table();
+    for (let i = 0; i < n; i++) acc[i]! += t[src[i]!]!;
+  } else {
+    const tmp = new Float32Array(1);
+    const tmpBits = new Uint32Array(tmp.buffer);
+    for (let i = 0; i < n; i++) {
+      tmpBits[0] = src[i]! << 16;
+      acc[i]! += tmp[0]!;
+    }
+  }
+}
