@@ -108,7 +108,11 @@ export const noopMeter: MetricMeter = {
 // ---------------------------------------------------------------------------------------------
 
 export interface PromMeterOptions {
-  /** Also export prom-client's default process and Node.js metrics (`process_*`, `nodejs_*`). @default true */
+  /**
+   * Also export prom-client's default process and Node.js metrics (`process_*`, `nodejs_*`). Off by
+   * default: three of them (`nodejs_active_handles_total`, ...) are gauges named like counters, which
+   * `promtool check metrics` refuses. @default false
+   */
   defaultMetrics?: boolean;
   /** Labels added to every series of this registry. @default none */
   defaultLabels?: Record<string, string>;
@@ -125,7 +129,7 @@ export class PromMeter implements MetricMeter {
     this.registry = new Registry();
     this.logger = options.logger ?? silentLogger;
     if (options.defaultLabels) this.registry.setDefaultLabels(options.defaultLabels);
-    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    if (options.defaultMetrics ?? false) collectDefaultMetrics({ register: this.registry });
   }
 
   counter<L extends string = never>(o: MetricOptions<L>): Counter<L> {

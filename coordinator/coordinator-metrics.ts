@@ -49,7 +49,8 @@ export function createCoordinatorMetrics(meter: MetricMeter, sources: { store: J
   let listing: { at: number; jobs: ReturnType<JobStore['list']> } | undefined;
   const jobs = (): ReturnType<JobStore['list']> => {
     const now = Date.now();
-    if (!listing || now - listing.at > 1_000) listing = { at: now, jobs: store.list() };
+    // JobStore.list() can return a job twice when it is written while the KV keys are listed: dedupe by id.
+    if (!listing || now - listing.at > 1_000) listing = { at: now, jobs: store.list().then((js) => [...new Map(js.map((j) => [j.id, j])).values()]) };
     return listing.jobs;
   };
 
