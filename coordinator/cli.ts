@@ -7,6 +7,9 @@
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
+ *   coordinator nats-auth init --out DIR
+ *
+ * Security flags and their env vars: cli-security.ts.
  *
  * The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070; the NATS URL
  * of `serve` to $POLYTUNE_NATS_URL, else nats://127.0.0.1:4222. Exit codes: 0 ok, 1 the job
@@ -19,6 +22,7 @@ import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
+import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
 import { CoordinatorStartError } from './errors.js';
 import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
@@ -34,9 +38,11 @@ const USAGE = `usage:
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
+  coordinator nats-auth init --out DIR
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
-`;
+
+${SECURITY_USAGE}`;
 
 const out = (line: string): void => {
   process.stdout.write(line + '\n');
@@ -147,7 +153,7 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
 }
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' } });
+  const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, ...SERVE_SECURITY_FLAGS });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
   const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
@@ -158,6 +164,7 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
     natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
     logger,
     meter,
+    ...serveSecurity(v),
   });
   let metrics: MetricsServer;
   try {
@@ -178,7 +185,7 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
+    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' }, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
@@ -198,7 +205,10 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       });
       out(`local cluster: coordinator ${cluster.coordinatorAddress}, nats ${cluster.natsUrl}, ${localWorkers} workers`);
     }
-    client = new JobClient({ address: cluster?.coordinatorAddress ?? (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+    // The embedded local cluster runs without security; a remote coordinator gets the flags.
+    client = new JobClient(cluster
+      ? { address: cluster.coordinatorAddress }
+      : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
     const jobId = await client.submitSpec(spec, file);
     out(`submitted ${jobId}`);
     if (!v.watch && !cluster) return 0;
@@ -211,9 +221,9 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
 }
 
 async function status(args: string[]): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, json: { type: 'boolean' } });
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, json: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS });
   if (v.help) return out(USAGE), 0;
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
     const id = positionals[0];
     if (id !== undefined) {
@@ -246,11 +256,11 @@ async function status(args: string[]): Promise<number> {
 }
 
 async function watch(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' } });
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
   if (v.help) return out(USAGE), 0;
   const id = positionals[0];
   if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
     return await follow(client, id, signal);
   } finally {
@@ -259,17 +269,27 @@ async function watch(args: string[], signal: AbortSignal): Promise<number> {
 }
 
 async function cancel(args: string[]): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' } });
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
   if (v.help) return out(USAGE), 0;
   const id = positionals[0];
   if (id === undefined) throw new UsageError(`cancel takes a JOB\n${USAGE}`);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress() });
+  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
     out(stateLine(await client.cancel(id)));
     return 0;
   } finally {
     client.close();
   }
+}
+
+async function natsAuth(args: string[]): Promise<number> {
+  const { values: v, positionals } = parse(args, { out: { type: 'string' } });
+  if (v.help) return out(USAGE), 0;
+  if (positionals[0] !== 'init' || positionals.length !== 1) throw new UsageError(`nats-auth takes "init"\n${USAGE}`);
+  if (!v.out) throw new UsageError(`nats-auth init: --out DIR is required\n${USAGE}`);
+  const files = await natsAuthInit(v.out as string);
+  for (const [name, path] of Object.entries(files)) out(`${name}: ${path}`);
+  return 0;
 }
 
 async function main(signal: AbortSignal): Promise<number> {
@@ -281,6 +301,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'status': return await status(rest);
       case 'watch': return await watch(rest, signal);
       case 'cancel': return await cancel(rest);
+      case 'nats-auth': return await natsAuth(rest);
       case undefined:
       case 'help':
       case '--help':

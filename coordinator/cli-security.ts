@@ -1,0 +1,100 @@
+/**
+ * The security flags of the `coordinator` command, and `coordinator nats-auth init`. Each flag
+ * has an env var, for the Helm chart (secrets mounted as files, paths in env):
+ *
+ * | `serve` flag | env | what |
+ * |---|---|---|
+ * | `--tls-cert FILE`, `--tls-key FILE` | `POLYTUNE_TLS_CERT`, `POLYTUNE_TLS_KEY` | TLS on the gRPC port |
+ * | `--tls-client-ca FILE` | `POLYTUNE_TLS_CLIENT_CA` | workers must present a certificate it signed (mutual TLS) |
+ * | `--token-file FILE` | `POLYTUNE_TOKEN` (the token itself) | bearer token every JobService call needs |
+ * | `--worker-token-file FILE` | `POLYTUNE_WORKER_TOKEN` (the token itself) | bearer token Join needs |
+ * | `--nats-creds FILE` | `POLYTUNE_NATS_CREDS` | the coordinator's own NATS credentials |
+ * | `--nats-account-signing-key FILE` | `POLYTUNE_NATS_ACCOUNT_SIGNING_KEY` | seed that signs per-job worker credentials |
+ * | `--nats-account PUBKEY` | `POLYTUNE_NATS_ACCOUNT` | the account the signing key belongs to |
+ *
+ * | client flag (`submit`, `status`, `watch`, `cancel`) | env | what |
+ * |---|---|---|
+ * | `--tls-ca FILE` | `POLYTUNE_TLS_CA` | TLS to the coordinator, verifying it with this CA |
+ * | `--tls-cert FILE`, `--tls-key FILE` | `POLYTUNE_TLS_CLIENT_CERT`, `POLYTUNE_TLS_CLIENT_KEY` | a client certificate |
+ * | `--tls-server-name NAME` | `POLYTUNE_TLS_SERVER_NAME` | the name in the coordinator's certificate, when it differs from the host dialled |
+ * | `--token-file FILE` | `POLYTUNE_TOKEN` | the bearer token |
+ */
+import { readFileSync } from 'node:fs';
+import { credsAuthenticator } from '@nats-io/transport-node';
+import { UserError } from '../common/errors.js';
+import { loadClientTls, loadServerTls, type ClientTls } from '../common/tls.js';
+import { readToken } from '../common/token.js';
+import { TOKEN_ENV, WORKER_TOKEN_ENV } from './auth.js';
+import { createNatsOperatorSetup, NatsCredentialIssuer, writeNatsOperatorSetup } from './nats-credentials.js';
+import type { CoordinatorOptions } from './server.js';
+
+type Values = Record<string, string | boolean | undefined>;
+const str = (v: Values, flag: string, env?: string): string | undefined => (v[flag] as string | undefined) || (env ? process.env[env] || undefined : undefined);
+
+export const CLIENT_SECURITY_FLAGS = {
+  'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' }, 'token-file': { type: 'string' },
+} as const;
+
+export const SERVE_SECURITY_FLAGS = {
+  'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' },
+  'token-file': { type: 'string' }, 'worker-token-file': { type: 'string' },
+  'nats-creds': { type: 'string' }, 'nats-account-signing-key': { type: 'string' }, 'nats-account': { type: 'string' },
+} as const;
+
+export const SECURITY_USAGE = `security (see README "Security"):
+  serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--token-file FILE] [--worker-token-file FILE]
+           [--nats-creds FILE] [--nats-account-signing-key FILE [--nats-account PUBKEY]]
+  clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+  env: POLYTUNE_TOKEN, POLYTUNE_WORKER_TOKEN, POLYTUNE_TLS_{CERT,KEY,CLIENT_CA,CA,CLIENT_CERT,CLIENT_KEY,SERVER_NAME},
+       POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT}
+  coordinator nats-auth init --out DIR    writes nats-server operator config and the coordinator's NATS secrets
+`;
+
+/** TLS and token for a JobService client, from flags, else env. */
+export function clientSecurity(v: Values): { tls?: ClientTls; token?: string } {
+  const tls = loadClientTls({
+    ca: str(v, 'tls-ca', 'POLYTUNE_TLS_CA'),
+    cert: str(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
+    key: str(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'),
+    serverName: str(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
+  });
+  const token = readToken(v['token-file'] as string | undefined, TOKEN_ENV);
+  return { ...(tls ? { tls } : {}), ...(token !== undefined ? { token } : {}) };
+}
+
+function readTextFile(flag: string, path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UserError(`${flag}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  }
+}
+
+/** The security options of `serve`, from flags, else env. */
+export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth' | 'natsConnect' | 'natsIssuer'> {
+  const tls = loadServerTls({
+    cert: str(v, 'tls-cert', 'POLYTUNE_TLS_CERT'), key: str(v, 'tls-key', 'POLYTUNE_TLS_KEY'), clientCa: str(v, 'tls-client-ca', 'POLYTUNE_TLS_CLIENT_CA'),
+  });
+  const clientToken = readToken(v['token-file'] as string | undefined, TOKEN_ENV);
+  const workerToken = readToken(v['worker-token-file'] as string | undefined, WORKER_TOKEN_ENV, '--worker-token-file');
+  if (clientToken !== undefined && clientToken === workerToken) throw new UserError('the worker token must differ from the client token (a worker must not be able to submit or cancel)');
+  const credsFile = str(v, 'nats-creds', 'POLYTUNE_NATS_CREDS');
+  const creds = credsFile ? readTextFile('--nats-creds', credsFile) : undefined;
+  if (creds !== undefined && !creds.includes('BEGIN NATS USER JWT')) throw new UserError(`--nats-creds: ${credsFile} is not a NATS .creds file`);
+  const keyFile = str(v, 'nats-account-signing-key', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY');
+  const account = str(v, 'nats-account', 'POLYTUNE_NATS_ACCOUNT');
+  if (account && !keyFile) throw new UserError('--nats-account needs --nats-account-signing-key');
+  const natsIssuer = keyFile ? new NatsCredentialIssuer({ signingKeySeed: readTextFile('--nats-account-signing-key', keyFile), ...(account ? { account } : {}) }) : undefined;
+  return {
+    ...(tls ? { tls } : {}),
+    auth: { clientToken, workerToken },
+    ...(creds !== undefined ? { natsConnect: { authenticator: credsAuthenticator(new TextEncoder().encode(creds)) } } : {}),
+    ...(natsIssuer ? { natsIssuer } : {}),
+  };
+}
+
+/** `coordinator nats-auth init --out DIR`: a fresh operator, accounts and coordinator credentials. */
+export async function natsAuthInit(out: string): Promise<Record<string, string>> {
+  const setup = await createNatsOperatorSetup();
+  return writeNatsOperatorSetup(setup, out);
+}
