@@ -105,7 +105,13 @@ const specSchema = z.strictObject({
     workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
     collective: z.strictObject({
       compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
-    }).default({ compression: 'none' }),
+      /**
+       * The deadline of one all-reduce, from its start (it includes waiting for the slowest peer's
+       * compute). A lost worker is noticed sooner, by the coordinator's heartbeats; this bounds what
+       * heartbeats cannot see, such as a NATS outage.
+       */
+      timeoutSeconds: z.number().positive('must be > 0').default(300),
+    }).default({ compression: 'none', timeoutSeconds: 300 }),
     checkpoint: z.strictObject({
       everySteps: nonNegativeInt.default(0),
       keep: positiveInt.default(3),

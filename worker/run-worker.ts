@@ -2,17 +2,24 @@
  * The worker's main loop: join the coordinator, wait for an assignment, train it with peers over
  * NATS, report progress and the result, and wait for the next one. One job at a time; a Cancel
  * aborts the job in flight.
+ *
+ * Generations: an assignment for the job in flight with a higher generation (the coordinator
+ * re-formed the world) stops the old generation at once and starts the new one; the rank's state
+ * of the job (`StateHolder`) outlives both, so the new world goes on from the newest step any
+ * rank holds. A failure of the generation rather than of the job (a broken collective) is
+ * reported as retryable. The coordinator is not on the per-step path: when its stream breaks, the
+ * job goes on and the worker joins again, with backoff, until it is back.
  */
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { errorMessage } from '../common/errors.js';
+import { errorMessage, PolytuneError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type SessionOptions } from './session.js';
-import { train } from './train/trainer.js';
+import { train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
 export interface WorkerOptions {
@@ -37,7 +44,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   const backend = await initBackend(options.backend);
   log.info('backend ready', { backend });
-  const session = await CoordinatorSession.connect({
+  const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,
     hello: {
       workerId: options.workerId, hostname: hostname(), backend, pid: process.pid,
@@ -48,12 +55,15 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.token !== undefined ? { token: options.token } : {}),
   });
+  let session = await connectSession();
   let nc: NatsConnection | undefined;
-  let running: { jobId: string; abort: AbortController; done: Promise<void> } | undefined;
+  let running: { jobId: string; generation: number; abort: AbortController; done: Promise<void> } | undefined;
+  /** The state of the latest job, kept across its generations. */
+  let held: { jobId: string; holder: StateHolder } | undefined;
   const stop = (): void => running?.abort.abort(new Error('worker shutting down'));
   options.signal.addEventListener('abort', stop, { once: true });
 
-  const runJob = async (a: AssignmentEvent, abort: AbortController): Promise<void> => {
+  const runJob = async (a: AssignmentEvent, abort: AbortController, holder: StateHolder): Promise<void> => {
     const jlog = log.child(`job ${a.jobId} rank ${a.rank}/${a.worldSize}`);
     let allReduce: GradientAllReduce | undefined;
     let jobNats: JobNats | undefined;
@@ -64,11 +74,13 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       });
       allReduce = await GradientAllReduce.create({
         nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
+        timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000,
       });
       const ar = allReduce;
       const started = performance.now();
       const result = await train({
         spec: a.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
+        holder, resume: a.resume || a.generation > 1,
         allReduce: (step, data) => ar.allReduce(step, data, abort.signal),
         onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
         onStep: (r) => {
@@ -87,9 +99,14 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       });
     } catch (e) {
       const msg = errorMessage(e);
-      if (abort.signal.aborted) jlog.info('job stopped', { reason: msg });
+      const retryable = e instanceof PolytuneError && e.retryable;
+      if (abort.signal.aborted) jlog.info('generation stopped', { reason: errorMessage(abort.signal.reason) });
+      else if (retryable) jlog.warn('generation failed; the job can go on in a new one', { error: msg });
       else jlog.error('job failed', { error: msg });
-      session.result({ jobId: a.jobId, generation: a.generation, ok: false, error: msg, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
+      session.result({
+        jobId: a.jobId, generation: a.generation, ok: false, error: msg, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0,
+        retryable: retryable || abort.signal.aborted,
+      });
     } finally {
       metrics.jobEnded(a.jobId);
       await allReduce?.close();
@@ -97,31 +114,60 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     }
   };
 
+  const onAssignment = async (ev: AssignmentEvent): Promise<void> => {
+    if (running && running.jobId === ev.jobId && running.generation < ev.generation) {
+      log.info('world re-formed: leaving the old generation', { jobId: ev.jobId, from: running.generation, to: ev.generation });
+      running.abort.abort(new Error(`generation ${ev.generation} replaces ${running.generation}`));
+      await running.done;
+    }
+    if (running) {
+      log.warn('assignment while busy: refused', { jobId: ev.jobId, busyWith: running.jobId });
+      session.result({ jobId: ev.jobId, generation: ev.generation, ok: false, error: `worker ${options.workerId} is busy with ${running.jobId}`, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
+      return;
+    }
+    if (held?.jobId !== ev.jobId) held = { jobId: ev.jobId, holder: { state: undefined } };
+    const abort = new AbortController();
+    const job = { jobId: ev.jobId, generation: ev.generation, abort, done: Promise.resolve() };
+    job.done = runJob(ev, abort, held.holder).finally(() => {
+      if (running === job) running = undefined;
+    });
+    running = job;
+  };
+
   try {
-    for await (const ev of session.events()) {
-      if (ev.type === 'assignment') {
-        if (running) {
-          log.warn('assignment while busy: refused', { jobId: ev.jobId, busyWith: running.jobId });
-          session.result({ jobId: ev.jobId, generation: ev.generation, ok: false, error: `worker ${options.workerId} is busy with ${running.jobId}`, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
-          continue;
+    while (!options.signal.aborted) {
+      for await (const ev of session.events()) {
+        if (ev.type === 'assignment') {
+          await onAssignment(ev);
+        } else if (ev.type === 'cancel') {
+          if (running?.jobId === ev.jobId) running.abort.abort(new Error(`cancelled: ${ev.reason}`));
+        } else if (ev.type === 'closed') {
+          if (ev.error) log.warn('coordinator session closed; joining again', { error: errorMessage(ev.error) });
+          break;
         }
-        const abort = new AbortController();
-        const job = { jobId: ev.jobId, abort, done: Promise.resolve() };
-        job.done = runJob(ev, abort).finally(() => {
-          if (running === job) running = undefined;
-        });
-        running = job;
-      } else if (ev.type === 'cancel') {
-        if (running?.jobId === ev.jobId) running.abort.abort(new Error(`cancelled: ${ev.reason}`));
-      } else if (ev.type === 'closed') {
-        if (ev.error) log.error('coordinator session closed', { error: errorMessage(ev.error) });
-        break;
       }
+      if (options.signal.aborted) break;
+      await session.close();
+      // The job in flight goes on meanwhile: the coordinator is not on the per-step path.
+      session = await rejoin(connectSession, options.signal, log);
     }
   } finally {
     stop();
     await running?.done;
     await session.close();
     await nc?.drain().catch(() => undefined);
+  }
+}
+
+/** Join again until it works or the worker stops; each attempt already retries for a while. */
+async function rejoin(connect: () => Promise<CoordinatorSession>, signal: AbortSignal, log: Logger): Promise<CoordinatorSession> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await connect();
+    } catch (e) {
+      if (signal.aborted) throw e;
+      log.warn('coordinator unreachable; trying again', { attempt, error: errorMessage(e) });
+      await new Promise((r) => setTimeout(r, Math.min(5_000, 500 * attempt) * (0.5 + Math.random())));
+    }
   }
 }

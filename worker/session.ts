@@ -86,6 +86,8 @@ export interface AssignmentEvent {
   natsCreds: string;
   /** The inbox prefix `natsCreds` allows (connect with it); empty with `natsCreds`. */
   natsInboxPrefix: string;
+  /** Agree with the other ranks on the newest state (memory or checkpoint) before training. */
+  resume: boolean;
 }
 
 export interface CancelEvent {
@@ -124,6 +126,8 @@ export interface ResultReport {
   firstLoss?: number;
   finalLoss?: number;
   steps?: number;
+  /** The generation failed, not the job: the coordinator may re-form the world. */
+  retryable?: boolean;
 }
 
 /** The coordinator could not be reached within the connect timeout, or refused the Hello. */
@@ -316,7 +320,7 @@ export class CoordinatorSession {
         }
         this.push({
           type: 'assignment', jobId: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, spec, natsUrl: a.natsUrl, totalSteps: a.totalSteps,
-          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix,
+          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix, resume: a.resume,
         });
         return;
       }
@@ -387,7 +391,7 @@ export class CoordinatorSession {
     return this.send({
       result: {
         jobId: r.jobId, generation: r.generation, ok: r.ok, error: r.error ?? '', outputDir: r.outputDir ?? '',
-        firstLoss: r.firstLoss ?? 0, finalLoss: r.finalLoss ?? 0, steps: r.steps ?? 0,
+        firstLoss: r.firstLoss ?? 0, finalLoss: r.finalLoss ?? 0, steps: r.steps ?? 0, retryable: r.retryable ?? false,
       },
     });
   }
