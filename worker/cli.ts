@@ -3,6 +3,7 @@
  * The `worker` command.
  *
  *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
+ *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
@@ -17,6 +18,8 @@ import { intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer } from '../common/metrics.js';
+import { loadClientTls } from '../common/tls.js';
+import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
 import { runGenerate } from './commands/generate.js';
 import { runInitModel } from './commands/init-model.js';
@@ -28,6 +31,7 @@ const DEFAULT_WORKER_METRICS_PORT = 9465;
 
 const USAGE = `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
+           [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
@@ -65,8 +69,17 @@ async function main(signal: AbortSignal): Promise<number> {
       const v = parse({
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
         'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
+        'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
+        'token-file': { type: 'string' },
       });
       if (v.help) return write(USAGE), 0;
+      // Security toward the coordinator (README "Security"); flags win over env vars.
+      const flagOrEnv = (flag: string, env: string): string | undefined => (v[flag] as string | undefined) || process.env[env] || undefined;
+      const tls = loadClientTls({
+        ca: flagOrEnv('tls-ca', 'POLYTUNE_TLS_CA'), cert: flagOrEnv('tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
+        key: flagOrEnv('tls-key', 'POLYTUNE_TLS_CLIENT_KEY'), serverName: flagOrEnv('tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
+      });
+      const token = readToken(v['token-file'] as string | undefined, 'POLYTUNE_WORKER_TOKEN');
       const localRank = intFlag('local-rank', (v['local-rank'] as string | undefined) ?? process.env['POLYTUNE_LOCAL_RANK'], 0);
       const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_WORKER_METRICS_PORT + localRank);
       const workerId = (v.id as string | undefined) ?? `${hostname()}-${process.pid}`;
@@ -94,6 +107,8 @@ async function main(signal: AbortSignal): Promise<number> {
           logger,
           signal,
           meter,
+          ...(tls ? { tls } : {}),
+          ...(token !== undefined ? { token } : {}),
         });
       } finally {
         await metrics.close();
