@@ -152,6 +152,54 @@ ensure_nats() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 2b. Deploy and monitoring tooling (issue 7), separate from the nats-server block above:
+#     - Debian's `prometheus` package: `promtool` and a real Prometheus server for the metrics and
+#       rules tests (test/integration/metrics-*.test.ts, test/deploy/);
+#     - Debian's sprig and ghodss/yaml Go sources, and from them tools/helm-render, the test-only
+#       stand-in for `helm template` (built into .cache/bin/helm-render).
+#     Each is installed only when missing. Without apt-get/root this block only says so: the
+#     suites that need these tools then skip with a message (on Debian and in CI they run).
+#     Note: on a host running systemd, installing `prometheus` also enables its service (:9090).
+# ---------------------------------------------------------------------------------------------
+HELM_RENDER_BIN="$BIN_DIR/helm-render"
+DEPLOY_GOPATH=/usr/share/gocode
+
+deploy_tools() {
+  local pkgs=()
+  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
+  [ -d "$DEPLOY_GOPATH/src/github.com/Masterminds/sprig" ] || pkgs+=(golang-github-masterminds-sprig-dev)
+  [ -d "$DEPLOY_GOPATH/src/github.com/ghodss/yaml" ] || pkgs+=(golang-github-ghodss-yaml-dev)
+  command -v go >/dev/null 2>&1 || [ -x /usr/lib/go/bin/go ] || pkgs+=(golang-go)
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      export DEBIAN_FRONTEND=noninteractive
+      wait_for_apt
+      if ! apt-cache show "${pkgs[@]}" >/dev/null 2>&1; then
+        say "apt-get update"
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+      fi
+      say "apt-get install ${pkgs[*]}"
+      wait_for_apt
+      apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    else
+      say "warning: missing ${pkgs[*]} and no apt-get as root to install them; the deploy/metrics tests that need them will skip"
+      return 0
+    fi
+  else
+    say "prometheus (promtool $(promtool --version 2>/dev/null | awk 'NR==1{print $3}')), sprig and ghodss/yaml already installed"
+  fi
+  local go_bin
+  go_bin="$(command -v go || echo /usr/lib/go/bin/go)"
+  if [ ! -x "$HELM_RENDER_BIN" ] || [ -n "$(find tools/helm-render -name '*.go' -newer "$HELM_RENDER_BIN" 2>/dev/null)" ]; then
+    say "building tools/helm-render (test-only stand-in for helm template)"
+    mkdir -p "$BIN_DIR" "$CACHE/go-build"
+    GO111MODULE=off GOPATH="$DEPLOY_GOPATH" GOCACHE="$CACHE/go-build" GOFLAGS= \
+      "$go_bin" build -o "$HELM_RENDER_BIN.tmp" ./tools/helm-render
+    mv -f "$HELM_RENDER_BIN.tmp" "$HELM_RENDER_BIN"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # 3. build (dist/ for e2e tests)
 # ---------------------------------------------------------------------------------------------
 build() {
@@ -168,6 +216,7 @@ build() {
 
 npm_deps
 ensure_nats
+deploy_tools
 if build; then
   say "done"
 else
