@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DataFormatError, ModelLoadError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { readJsonLines, recordFromJson, type DataRecord } from '../../common/records.js';
-import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
+import { encodeRecord, padBatch, type EncodedSample, type PromptTokenizer } from '../data/encode.js';
 import { eosIds } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
@@ -24,7 +24,10 @@ export interface ScoreOptions {
   write: (line: string) => void;
   /** Records per forward pass. @default DEFAULT_SCORE_BATCH */
   batchSize?: number;
-  /** Prompt template for text records: a name or a literal with {question}. @default 'slam' */
+  /**
+   * Prompt template for text records: a name (`slam`, `alpaca`, or `chat` for the model's own chat
+   * template) or a literal with {question}. @default 'slam'
+   */
   template?: string;
   /** Longer records are cut at the end. @default config.max_position_embeddings */
   maxSeqLen?: number;
@@ -63,7 +66,10 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
     const tokenizer = needsText ? await ModelTokenizer.load(options.model, model.config) : undefined;
     const eosId = tokenizer ? tokenizer.eosId : (eosIds(model.config)[0] ?? undefined);
     if (needsText && eosId === undefined) throw new ModelLoadError(options.model, 'the tokenizer has no EOS token');
-    const encoder = { encode: (t: string, o: { addBos: boolean }) => tokenizer!.encode(t, o), eosId: eosId ?? 0 };
+    const encoder: PromptTokenizer = {
+      encode: (t, o) => tokenizer!.encode(t, o), eosId: eosId ?? 0, addBosDefault: tokenizer?.addBosDefault ?? true,
+      renderChat: (m, g) => tokenizer!.renderChat(m, g),
+    };
     const samples: EncodedSample[] = records.map((r, i) => {
       const s = encodeRecord(r, encoder, options.template ?? 'slam', maxSeqLen);
       const bad = s.inputIds.find((t) => t >= V) ?? s.labels.find((t) => t >= V);

@@ -4,15 +4,42 @@
  *
  * A text record becomes `[BOS] prompt(question)` followed by `output [EOS]`; labels are -100 on the
  * prompt and equal the token ids on the output (HF semantics: `labels[t]` is predicted from
- * `input_ids[0..t-1]`). Sequences longer than `maxSeqLen` are cut at the end and counted.
+ * `input_ids[0..t-1]`). Sequences longer than `maxSeqLen` are cut at the end and counted. BOS is
+ * added when the tokenizer's config says so (`add_bos_token`; true when the tokenizer does not say).
+ *
+ * The template `chat` uses the model's own chat template (tokenizer_config.json `chat_template`,
+ * rendered with @huggingface/jinja): the prompt is the conversation `[user: question]` with the
+ * assistant's turn opened, the supervised part is what the template adds for `[assistant: output]`
+ * (the answer and the template's own end of turn, e.g. `</s>` or `<|eot_id|>`), so no EOS is
+ * appended; the rendered text carries its special tokens, so no BOS is added either.
  */
 import { PROMPT_TEMPLATES } from '../../common/jobspec.js';
+import { UserError } from '../../common/errors.js';
 import { IGNORE_INDEX, type DataRecord } from '../../common/records.js';
 
 /** What encoding needs of a tokenizer. */
 export interface PromptTokenizer {
   encode(text: string, options: { addBos: boolean }): number[];
   readonly eosId: number;
+  /** Whether prompts start with BOS (tokenizer_config.json `add_bos_token`). @default true */
+  readonly addBosDefault?: boolean;
+  /** The model's chat template, for the `chat` template (see ModelTokenizer.renderChat). */
+  renderChat?(messages: ReadonlyArray<{ role: 'user' | 'assistant'; content: string }>, addGenerationPrompt: boolean): string;
+}
+
+/** The template name that means "the model's own chat template". */
+export const CHAT_TEMPLATE = 'chat';
+
+/** Prompt and answer ids of a text record through the model's chat template. */
+function encodeChat(question: string, output: string, tokenizer: PromptTokenizer): { prompt: number[]; answer: number[] } {
+  if (!tokenizer.renderChat) throw new UserError(`template ${CHAT_TEMPLATE}: this tokenizer has no chat template`);
+  const user = { role: 'user' as const, content: question };
+  const prefix = tokenizer.renderChat([user], true);
+  const full = tokenizer.renderChat([user, { role: 'assistant', content: output }], false);
+  if (!full.startsWith(prefix)) {
+    throw new UserError(`template ${CHAT_TEMPLATE}: the model's chat template does not render the answer after the prompt it renders for generation`);
+  }
+  return { prompt: tokenizer.encode(prefix, { addBos: false }), answer: tokenizer.encode(full.slice(prefix.length), { addBos: false }) };
 }
 
 export interface EncodedSample {
@@ -45,8 +72,12 @@ export function encodeRecord(record: DataRecord, tokenizer: PromptTokenizer, tem
   if (record.kind === 'tokens') {
     ids = [...record.inputIds];
     labels = [...record.labels];
+  } else if (template === CHAT_TEMPLATE) {
+    const { prompt, answer } = encodeChat(record.question, record.output, tokenizer);
+    ids = [...prompt, ...answer];
+    labels = [...prompt.map(() => IGNORE_INDEX), ...answer];
   } else {
-    const prompt = tokenizer.encode(applyTemplate(template, record.question), { addBos: true });
+    const prompt = tokenizer.encode(applyTemplate(template, record.question), { addBos: tokenizer.addBosDefault ?? true });
     const output = [...tokenizer.encode(record.output, { addBos: false }), tokenizer.eosId];
     ids = [...prompt, ...output];
     labels = [...prompt.map(() => IGNORE_INDEX), ...output];

@@ -6,8 +6,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { ModelLoadError } from '../../common/errors.js';
+import { ModelLoadError, UserError } from '../../common/errors.js';
 
 export interface EncodeOptions {
   /** @default the tokenizer config's `add_bos_token` (true for LLaMA) */
@@ -22,6 +23,27 @@ export interface DecodeOptions {
 }
 
 type Json = Record<string, unknown>;
+
+/** One turn of a conversation, as HF chat templates expect it. */
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+/**
+ * The model's chat template from tokenizer_config.json: `chat_template` is a string, or a list of
+ * `{name, template}` of which `default` is the one used.
+ */
+function chatTemplateOf(cfg: Json, file: string): string | undefined {
+  const t = cfg['chat_template'];
+  if (t === undefined || t === null) return undefined;
+  if (typeof t === 'string') return t;
+  if (Array.isArray(t)) {
+    const d = t.find((x) => typeof x === 'object' && x !== null && (x as Json)['name'] === 'default') as Json | undefined;
+    if (d && typeof d['template'] === 'string') return d['template'];
+  }
+  throw new ModelLoadError(file, 'chat_template must be a string or a list with a "default" {name, template}');
+}
 
 async function readJson(file: string, optional: boolean): Promise<Json | undefined> {
   let text: string;
@@ -56,11 +78,16 @@ export class ModelTokenizer {
   readonly vocabSize: number;
   readonly addBosDefault: boolean;
   readonly addEosDefault: boolean;
+  /** The jinja source of the model's chat template, if tokenizer_config.json has one. */
+  readonly chatTemplate: string | undefined;
+  private compiledChat: Template | undefined;
 
   private constructor(
     private readonly tok: Tokenizer,
     ids: { bos?: number; eos?: number; pad?: number; addBos: boolean; addEos: boolean; vocabSize: number },
+    private readonly specials: { bos?: string; eos?: string; pad?: string; unk?: string; chatTemplate?: string },
   ) {
+    this.chatTemplate = specials.chatTemplate;
     this.bosId = ids.bos;
     this.eosId = ids.eos;
     this.padId = ids.pad ?? ids.eos;
@@ -106,7 +133,20 @@ export class ModelTokenizer {
     const addEos = typeof cfg['add_eos_token'] === 'boolean' ? (cfg['add_eos_token'] as boolean) : false;
     let maxId = -1;
     for (const id of tok.get_vocab(true).values()) maxId = Math.max(maxId, id);
-    return new ModelTokenizer(tok, { bos, eos, pad, addBos, addEos, vocabSize: maxId + 1 });
+    const text = (key: string): string | undefined => tokenContent(cfg[key]);
+    const chatTemplate = chatTemplateOf(cfg, cfgFile);
+    if (chatTemplate !== undefined) {
+      try {
+        new Template(chatTemplate);
+      } catch (e) {
+        throw new ModelLoadError(cfgFile, `chat_template does not parse: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    return new ModelTokenizer(tok, { bos, eos, pad, addBos, addEos, vocabSize: maxId + 1 }, {
+      bos: bos === undefined ? undefined : (text('bos_token') ?? tok.id_to_token(bos)),
+      eos: eos === undefined ? undefined : (text('eos_token') ?? tok.id_to_token(eos)),
+      pad: text('pad_token'), unk: text('unk_token'), chatTemplate,
+    });
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
@@ -118,6 +158,26 @@ export class ModelTokenizer {
 
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
     return this.tok.decode([...ids], { skip_special_tokens: options.skipSpecial ?? true });
+  }
+
+  /**
+   * Renders `messages` with the model's chat template, as transformers' `apply_chat_template(...,
+   * tokenize=False)` does: `bos_token`, `eos_token` etc. as text, `add_generation_prompt` to end
+   * with the assistant's turn opened. The text carries the special tokens itself: encode it with
+   * `addBos: false`.
+   */
+  renderChat(messages: readonly ChatMessage[], addGenerationPrompt: boolean): string {
+    if (this.chatTemplate === undefined) throw new UserError('the model has no chat_template in tokenizer_config.json');
+    this.compiledChat ??= new Template(this.chatTemplate);
+    try {
+      return this.compiledChat.render({
+        messages, add_generation_prompt: addGenerationPrompt,
+        bos_token: this.specials.bos ?? '', eos_token: this.specials.eos ?? '', pad_token: this.specials.pad ?? '', unk_token: this.specials.unk ?? '',
+      });
+    } catch (e) {
+      // Including the template's own raise_exception (a @huggingface/jinja built-in).
+      throw new UserError(`chat_template: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   /** The id of a token string, if it is in the vocabulary. */
