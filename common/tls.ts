@@ -89,12 +89,15 @@ export function loadClientTls(files: ClientTlsFiles): ClientTls | undefined {
 /** A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client certificates). */
 class StaticCertificateProvider implements grpc.experimental.CertificateProvider {
   constructor(private readonly ca: Buffer | null, private readonly identity: { certificate: Buffer; privateKey: Buffer } | null) {}
+  // Listeners are called on a later microtask, as a file-watching provider would: grpc-js
+  // registers the server's own watcher only after adding these listeners, and an update delivered
+  // synchronously would never reach it (the server would then drop every connection).
   addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
-    listener(this.ca ? { caCertificate: this.ca } : null);
+    queueMicrotask(() => listener(this.ca ? { caCertificate: this.ca } : null));
   }
   removeCaCertificateListener(): void {}
   addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
-    listener(this.identity);
+    queueMicrotask(() => listener(this.identity));
   }
   removeIdentityCertificateListener(): void {}
 }
@@ -103,9 +106,10 @@ class StaticCertificateProvider implements grpc.experimental.CertificateProvider
 export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
   if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false);
-  const identity = new StaticCertificateProvider(null, { certificate: tls.cert, privateKey: tls.key });
-  const ca = new StaticCertificateProvider(tls.clientCa, null);
-  return grpc.experimental.createCertificateProviderServerCredentials(ca, identity, false);
+  // One provider for both roles: grpc-js 1.14's factory and constructor name their first two
+  // parameters in opposite orders, so the same object in both places is the only safe call.
+  const provider = new StaticCertificateProvider(tls.clientCa, { certificate: tls.cert, privateKey: tls.key });
+  return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }
 
 /** Channel credentials for a client: plaintext without `tls`. */
