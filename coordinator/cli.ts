@@ -3,7 +3,7 @@
  * The `coordinator` command.
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
- *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B]
+ *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
@@ -34,7 +34,7 @@ const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
-  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
@@ -84,6 +84,7 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     updatedAt: job.updatedAt ? new Date(job.updatedAt).toISOString() : null,
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
+    ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
   };
 }
 
@@ -185,7 +186,8 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' }, ...CLIENT_SECURITY_FLAGS,
+    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
+    resume: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
@@ -209,7 +211,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
     client = new JobClient(cluster
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
-    const jobId = await client.submitSpec(spec, file);
+    const jobId = await client.submitSpec(spec, file, { resume: v.resume === true });
     out(`submitted ${jobId}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);

@@ -89,15 +89,19 @@ export class JobClient {
     });
   }
 
-  /** Sends a spec (text already holding absolute paths). Returns the job id. */
-  async submitText(specText: string, sourceName = ''): Promise<string> {
-    const res = await this.unary<SubmitResponse__Output>('Submit', (m, o, cb) => this.client.Submit({ specYaml: specText, sourceName }, m, o, cb));
+  /**
+   * Sends a spec (text already holding absolute paths). Returns the job id. With `resume`, the job
+   * goes on from the newest valid checkpoint in its output.dir.
+   */
+  async submitText(specText: string, sourceName = '', options: { resume?: boolean } = {}): Promise<string> {
+    const res = await this.unary<SubmitResponse__Output>('Submit', (m, o, cb) =>
+      this.client.Submit({ specYaml: specText, sourceName, resume: options.resume ?? false }, m, o, cb));
     return res.jobId;
   }
 
   /** Sends a parsed spec (as JSON). Returns the job id. */
-  submitSpec(spec: JobSpec, sourceName = ''): Promise<string> {
-    return this.submitText(JSON.stringify(spec), sourceName);
+  submitSpec(spec: JobSpec, sourceName = '', options: { resume?: boolean } = {}): Promise<string> {
+    return this.submitText(JSON.stringify(spec), sourceName, options);
   }
 
   /** Parses the file locally (throws JobSpecError before any call), then submits it. */

@@ -4,6 +4,7 @@
  */
 import type { JobSpec } from '../common/jobspec.js';
 import type { Job } from '../proto/index.js';
+import type { Ledger } from './ledger.js';
 
 /** The job lifecycle. Pending -> Running -> Succeeded | Failed | Cancelled; Running -> Pending on recovery. */
 export const JobState = {
@@ -43,6 +44,10 @@ export interface JobRecord {
   generation: number;
   /** Worker ids of the current gang, by rank. */
   workers: string[];
+  /** Submitted with resume: the first generation goes on from the newest valid checkpoint. */
+  readonly resume: boolean;
+  /** Times the world was re-formed after a lost worker or a failed generation. */
+  reforms: number;
   outputDir: string;
   readonly createdAt: number;
   updatedAt: number;
@@ -51,7 +56,7 @@ export interface JobRecord {
 }
 
 /** A fresh Pending record for a validated spec. */
-export function newJobRecord(id: string, spec: JobSpec, numLayers: number, now = Date.now()): JobRecord {
+export function newJobRecord(id: string, spec: JobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
   return {
     id,
     name: spec.metadata.name,
@@ -68,6 +73,8 @@ export function newJobRecord(id: string, spec: JobSpec, numLayers: number, now =
     error: '',
     generation: 0,
     workers: [],
+    resume,
+    reforms: 0,
     outputDir: spec.spec.output.dir,
     createdAt: now,
     updatedAt: now,
@@ -85,8 +92,9 @@ const WIRE_STATE = {
 } as const satisfies Record<JobState, string>;
 
 /** The wire form of a record. */
-export function toWireJob(r: JobRecord): Job {
+export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
   return {
+    ledgerJson: ledger ? JSON.stringify(ledger) : '',
     id: r.id,
     name: r.name,
     state: WIRE_STATE[r.state],

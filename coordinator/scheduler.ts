@@ -4,9 +4,13 @@
  * store before it is acted on; state changes go through the store's compare-and-set. Decisions are
  * taken one at a time (a promise chain), so two of them never interleave in this process.
  *
- * Fault tolerance is basic for now: a worker lost during a Running job fails the job and cancels
- * the survivors; a coordinator that starts and finds Running jobs puts them back to Pending (their
- * workers' streams died with the old coordinator), and the next gang gets generation + 1.
+ * Fault tolerance: a worker lost during a Running job, or a generation that failed retryably (a
+ * broken collective), re-forms the world: the job goes back to Pending, the survivors are told to
+ * leave the old generation, and the next gang (at least `workers.min` workers, preferring the
+ * previous members, who hold the job's state) gets generation + 1. Its ranks agree on the newest
+ * state any of them holds and go on from it (worker/train/trainer.ts). A coordinator that starts
+ * and finds Running jobs puts them back to Pending the same way. The ledger (ledger.ts) records
+ * which steps each generation committed.
  */
 import { errorMessage } from '../common/errors.js';
 import type { JobSpec } from '../common/jobspec.js';
@@ -14,9 +18,13 @@ import { silentLogger, type Logger } from '../common/logging.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
+import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
 import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
 import { WorkerStatus, type RegistryEvent, type WorkerInfo, type WorkerRegistry } from './worker-registry.js';
+
+/** @default a job fails after its world was re-formed this many times. */
+export const DEFAULT_MAX_REFORMS = 50;
 
 /** @default at most one progress write per job every 500 ms. */
 export const DEFAULT_PROGRESS_FLUSH_MS = 500;
@@ -31,6 +39,10 @@ export interface SchedulerOptions {
   logger?: Logger;
   /** @default noopSchedulerMetrics */
   metrics?: SchedulerMetrics;
+  /** Where committed steps are recorded. @default none (no ledger) */
+  ledger?: LedgerStore;
+  /** @default DEFAULT_MAX_REFORMS */
+  maxReforms?: number;
 }
 
 interface PendingProgress {
@@ -40,6 +52,7 @@ interface PendingProgress {
 
 interface GangState {
   generation: number;
+  worldSize: number;
   done: Set<number>;
   rank0?: Result__Output;
 }
@@ -63,6 +76,11 @@ export class Scheduler {
   private readonly flushMs: number;
   private readonly logger: Logger;
   private readonly metrics: SchedulerMetrics;
+  private readonly ledgerStore: LedgerStore | undefined;
+  private readonly maxReforms: number;
+  /** Steps reported by rank 0 and not yet written to the ledger, per job. */
+  private readonly ledgerQueue = new Map<string, { generation: number; worldSize: number; completed: number }[]>();
+  private readonly ledgers = new Map<string, Ledger>();
   private chain: Promise<void> = Promise.resolve();
   private scheduleQueued = false;
   private stopping = false;
@@ -80,6 +98,8 @@ export class Scheduler {
     this.flushMs = options.progressFlushMs ?? DEFAULT_PROGRESS_FLUSH_MS;
     this.logger = options.logger ?? silentLogger;
     this.metrics = options.metrics ?? noopSchedulerMetrics;
+    this.ledgerStore = options.ledger;
+    this.maxReforms = options.maxReforms ?? DEFAULT_MAX_REFORMS;
   }
 
   /** Recovers jobs left Running by a previous coordinator, then listens to the registry. */
@@ -88,7 +108,9 @@ export class Scheduler {
       if (job.state !== JobState.Running) continue;
       const { changed } = await this.store.update(job.id, (r) => {
         if (r.state !== JobState.Running) return null;
-        return { ...r, state: JobState.Pending, workers: [] };
+        // Its workers' streams died with the old coordinator; they join again and, being the
+        // previous members, are preferred for the next generation.
+        return { ...r, state: JobState.Pending, reforms: r.reforms + 1, error: 'coordinator restarted', updatedAt: Date.now() };
       });
       if (changed) this.logger.warn('job was Running under a previous coordinator; back to Pending', { job: job.id, generation: job.generation });
     }
@@ -104,10 +126,10 @@ export class Scheduler {
   }
 
   /** Stores a new Pending job for an already validated spec. */
-  async submit(spec: JobSpec, numLayers: number, totalSteps: number): Promise<JobRecord> {
+  async submit(spec: JobSpec, numLayers: number, totalSteps: number, resume = false): Promise<JobRecord> {
     if (this.stopping) throw new CoordinatorStoppingError();
     for (;;) {
-      const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers);
+      const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers, Date.now(), resume);
       record.totalSteps = totalSteps;
       try {
         await this.store.create(record);
@@ -150,10 +172,14 @@ export class Scheduler {
     if (this.stopping) return;
     const pending = (await this.store.list()).filter((j) => j.state === JobState.Pending).sort((a, b) => a.createdAt - b.createdAt);
     for (const job of pending) {
-      const count = job.spec.spec.workers.count;
-      const idle = this.registry.idle();
-      if (idle.length < count) continue;
+      const { count, min } = job.spec.spec.workers;
+      // A job starts with its whole gang; a re-formed one goes on with at least `min`, previous
+      // members first (they hold its state).
+      const need = job.generation === 0 ? count : (min ?? count);
+      const idle = this.registry.idle().sort((a, b) => Number(job.workers.includes(b.id)) - Number(job.workers.includes(a.id)));
+      if (idle.length < need) continue;
       const gang = idle.slice(0, count);
+      const worldSize = gang.length;
       const generation = job.generation + 1;
       const workers = gang.map((w) => w.id);
       gang.forEach((w, rank) => this.registry.assign(w.id, { jobId: job.id, generation, rank }));
@@ -161,6 +187,7 @@ export class Scheduler {
       try {
         const res = await this.store.update(job.id, (r) => {
           if (r.state !== JobState.Pending || r.generation !== job.generation) return null;
+          if (r.generation > 0) return { ...r, state: JobState.Running, generation, workers, error: '' };
           return {
             ...r, state: JobState.Running, generation, workers, startedAt: Date.now(), error: '',
             step: 0, epoch: 0, firstLoss: null, lastLoss: null, tokensPerSecond: 0, elapsedSeconds: 0,
@@ -175,7 +202,7 @@ export class Scheduler {
         for (const w of gang) this.registry.release(w.id);
         throw e;
       }
-      this.gangs.set(job.id, { generation, done: new Set() });
+      this.gangs.set(job.id, { generation, worldSize, done: new Set() });
       const specJson = JSON.stringify(record.spec);
       this.logger.info('gang formed', { job: job.id, generation, workers });
       // metrics: job.updatedAt is when the job last became Pending (submitted, or put back).
@@ -183,7 +210,8 @@ export class Scheduler {
       gang.forEach((w, rank) => {
         this.registry.send(w.id, {
           assignment: {
-            jobId: job.id, generation, rank, worldSize: count, specJson, natsUrl: this.workerNatsUrl, totalSteps: record.totalSteps,
+            jobId: job.id, generation, rank, worldSize, specJson, natsUrl: this.workerNatsUrl, totalSteps: record.totalSteps,
+            resume: generation > 1 || record.resume,
           },
         });
       });
@@ -206,15 +234,38 @@ export class Scheduler {
   private async onWorkerLost(worker: WorkerInfo, reason: string): Promise<void> {
     const ref = worker.job;
     if (!ref || worker.status !== WorkerStatus.Busy) return;
-    const error = `worker ${worker.id} (rank ${ref.rank}) lost: ${reason}`;
-    const { record, changed } = await this.store.update(ref.jobId, (r) => {
-      if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
-      return { ...r, state: JobState.Failed, error, finishedAt: Date.now() };
+    await this.reform(ref.jobId, ref.generation, `worker ${worker.id} (rank ${ref.rank}) lost: ${reason}`, worker.id);
+  }
+
+  /**
+   * Re-forms a Running job's world: back to Pending for a new gang, the other members told to leave
+   * this generation and freed at once; or Failed after too many re-forms.
+   */
+  private async reform(jobId: string, generation: number, reason: string, except: string): Promise<void> {
+    const { record, changed } = await this.store.update(jobId, (r) => {
+      if (r.state !== JobState.Running || r.generation !== generation) return null;
+      if (r.reforms >= this.maxReforms) {
+        return { ...r, state: JobState.Failed, error: `${reason}; the world was re-formed ${r.reforms} times already`, finishedAt: Date.now() };
+      }
+      return { ...r, state: JobState.Pending, reforms: r.reforms + 1, error: reason, updatedAt: Date.now() };
     });
-    if (changed) {
-      this.logger.warn('job failed: worker lost', { job: ref.jobId, worker: worker.id, reason });
-      this.endGang(record, error, worker.id);
+    if (!changed) return;
+    if (record.state === JobState.Failed) {
+      this.logger.warn('job failed: too many re-forms', { job: jobId, reason });
+      this.endGang(record, record.error, except);
+      return;
     }
+    this.logger.warn('re-forming the world', { job: jobId, generation, reason, reforms: record.reforms });
+    await this.flushProgress(jobId);
+    this.gangs.delete(jobId);
+    for (const id of record.workers) {
+      if (id === except) continue;
+      const w = this.registry.get(id);
+      if (!w?.job || w.job.jobId !== jobId || w.job.generation !== generation || w.status !== WorkerStatus.Busy) continue;
+      this.registry.send(id, { cancel: { jobId, reason: `generation ${generation} ends: ${reason}` } });
+      this.registry.release(id);
+    }
+    this.kick();
   }
 
   /** Sends Cancel to the gang's workers still on this job (except `except`) and frees them. */
@@ -238,6 +289,8 @@ export class Scheduler {
     this.lastFlush.delete(jobId);
     this.firstLoss.delete(jobId);
     this.gangs.delete(jobId);
+    this.ledgerQueue.delete(jobId);
+    this.ledgers.delete(jobId);
   }
 
   /** Worker `workerId` reports progress; rank 0's updates the job (throttled). */
@@ -246,6 +299,9 @@ export class Scheduler {
     if (!w?.job || w.status !== WorkerStatus.Busy || w.job.jobId !== p.jobId || w.job.generation !== p.generation) return;
     if (w.job.rank !== 0) return;
     const jobId = p.jobId;
+    const queue = this.ledgerQueue.get(jobId) ?? [];
+    queue.push({ generation: p.generation, worldSize: this.gangs.get(jobId)?.worldSize ?? 0, completed: p.step });
+    this.ledgerQueue.set(jobId, queue);
     if (!this.firstLoss.has(jobId) || this.firstLoss.get(jobId)?.generation !== p.generation) {
       this.firstLoss.set(jobId, { generation: p.generation, loss: p.loss });
     }
@@ -262,6 +318,7 @@ export class Scheduler {
   }
 
   private async flushProgress(jobId: string): Promise<void> {
+    await this.flushLedger(jobId);
     const pending = this.pendingProgress.get(jobId);
     if (!pending) return;
     this.pendingProgress.delete(jobId);
@@ -285,6 +342,16 @@ export class Scheduler {
     });
   }
 
+  private async flushLedger(jobId: string): Promise<void> {
+    const queue = this.ledgerQueue.get(jobId);
+    if (!this.ledgerStore || !queue || queue.length === 0) return;
+    this.ledgerQueue.delete(jobId);
+    let ledger = this.ledgers.get(jobId) ?? (await this.ledgerStore.get(jobId));
+    for (const q of queue) ledger = recordStep(ledger, q.generation, q.worldSize, q.completed);
+    await this.ledgerStore.put(jobId, ledger);
+    this.ledgers.set(jobId, ledger);
+  }
+
   /** Worker `workerId` reports the end of its assignment. */
   onResult(workerId: string, res: Result__Output): Promise<void> {
     return this.serial(() => this.handleResult(workerId, res));
@@ -298,6 +365,10 @@ export class Scheduler {
     this.registry.release(workerId);
     if (!wasBusy) return; // a cancelled worker confirming it stopped
     const gang = this.gangs.get(res.jobId);
+    if (!res.ok && res.retryable) {
+      await this.reform(res.jobId, ref.generation, `rank ${ref.rank} (worker ${workerId}): ${res.error || 'generation failed'}`, workerId);
+      return;
+    }
     if (!res.ok) {
       const error = `rank ${ref.rank} (worker ${workerId}): ${res.error || 'failed without a message'}`;
       const { record, changed } = await this.store.update(res.jobId, (r) => {
@@ -315,7 +386,7 @@ export class Scheduler {
     if (ref.rank === 0) gang.rank0 = res;
     const current = await this.store.get(res.jobId);
     if (!current) return;
-    if (gang.done.size < current.record.spec.spec.workers.count || !gang.rank0) return;
+    if (gang.done.size < current.record.workers.length || !gang.rank0) return;
     const r0 = gang.rank0;
     await this.flushProgress(res.jobId);
     const { changed } = await this.store.update(res.jobId, (r) => {

@@ -27,6 +27,7 @@ import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
+import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
@@ -57,6 +58,8 @@ export interface CoordinatorOptions {
   progressFlushMs?: number;
   /** @default JOBS_BUCKET */
   jobsBucket?: string;
+  /** @default LEDGER_BUCKET */
+  ledgerBucket?: string;
   /** @default DEFAULT_SHUTDOWN_GRACE_MS */
   shutdownGraceMs?: number;
   logger?: Logger;
@@ -112,11 +115,12 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET);
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
     metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
-      metrics,
+      metrics, ledger,
     });
     await scheduler.start();
 
@@ -132,7 +136,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
-    server.addService(proto.JobService.service, jobHandlers({ store, scheduler, watches, logger, metrics, auth }));
+    server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
     server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
@@ -183,6 +187,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
 
 interface JobHandlerDeps {
   store: JobStore;
+  ledger: LedgerStore;
   scheduler: Scheduler;
   watches: Set<AbortController>;
   logger: Logger;
@@ -190,7 +195,7 @@ interface JobHandlerDeps {
   auth: CallAuthPolicy;
 }
 
-function jobHandlers({ store, scheduler, watches, logger, metrics, auth }: JobHandlerDeps): JobServiceHandlers {
+function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }: JobHandlerDeps): JobServiceHandlers {
   const unary = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       Promise.resolve().then(() => {
@@ -214,11 +219,14 @@ function jobHandlers({ store, scheduler, watches, logger, metrics, auth }: JobHa
       const spec = parseJobSpec(specYaml, { source });
       const { numLayers } = await validateJobSpecFiles(spec, source);
       const totalSteps = await computeTotalSteps(spec);
-      const record = await scheduler.submit(spec, numLayers, totalSteps);
+      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);
       return { jobId: record.id };
     }),
-    Get: unary('Get', async (req) => toWireJob((await store.mustGet(checkJobId(req.jobId))).record)),
-    List: unary('List', async () => ({ jobs: (await store.list()).map(toWireJob) })),
+    Get: unary('Get', async (req) => {
+      const id = checkJobId(req.jobId);
+      return toWireJob((await store.mustGet(id)).record, await ledger.get(id));
+    }),
+    List: unary('List', async () => ({ jobs: (await store.list()).map((r) => toWireJob(r)) })),
     Cancel: unary('Cancel', async (req) => {
       const jobId = checkJobId(req.jobId);
       const reason = checkReason(req.reason);

@@ -139,17 +139,23 @@ describe('coordinator WorkerService and scheduling', () => {
     expect(job.error).toContain('out of memory at step 3');
   });
 
-  it('a worker whose stream closes mid-job fails the job and the others get Cancel', async () => {
+  it('a worker whose stream closes mid-job re-forms the world: the survivor leaves the old generation, the job goes on in the next', async () => {
     const id = await client.submitText(fx.yaml({ workers: 2 }));
     const [w0, w1] = await Promise.all([join('c-1'), join('c-2')]);
     await Promise.all([w0.assignment(), w1.assignment()]);
     await w1.session.close();
     expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
-    const job = await eventually(async () => {
+    const pending = await eventually(async () => {
       const j = await client.get(id);
-      return j.state === 'FAILED' ? j : undefined;
+      return j.state === 'PENDING' ? j : undefined;
     });
-    expect(job.error).toMatch(/worker c-2 \(rank \d\) lost: stream/);
+    expect(pending.error).toMatch(/worker c-2 \(rank \d\) lost: stream/);
+    // A new worker joins: generation 2, the survivor first (it holds the job's state), resuming.
+    const w2 = await join('c-3');
+    const [a0, a2] = await Promise.all([w0.assignment(), w2.assignment()]);
+    expect(a0).toMatchObject({ jobId: id, generation: 2, rank: 0, resume: true });
+    expect(a2).toMatchObject({ jobId: id, generation: 2, rank: 1, resume: true });
+    expect((await client.get(id)).state).toBe('RUNNING');
   });
 
   it('heartbeats keep an idle worker registered past the heartbeat timeout', async () => {
@@ -165,10 +171,11 @@ describe('coordinator WorkerService and scheduling', () => {
     const w = await FakeWorker.join(coord!.address, 'quiet');
     workers.push(w);
     await w.assignment();
-    // Heartbeats every 2 s by default vs. a 1.5 s timeout in this suite: the worker is lost.
+    // Heartbeats every 2 s by default vs. a 1.5 s timeout in this suite: the worker is lost and
+    // the job waits, Pending, for a new world.
     const job = await eventually(async () => {
       const j = await client.get(id);
-      return j.state === 'FAILED' ? j : undefined;
+      return j.state === 'PENDING' ? j : undefined;
     }, 10_000, 'heartbeat loss');
     expect(job.error).toMatch(/worker quiet \(rank 0\) lost: no heartbeat/);
     // And the coordinator closed its stream.

@@ -38,6 +38,11 @@ export interface Job {
   'finishedAt'?: (number | string | Long);
   'elapsedSeconds'?: (number | string);
   'epoch'?: (number | string | Long);
+  /**
+   * The data ledger (coordinator/ledger.ts) as JSON: the steps each generation committed and
+   * those rolled back. Set by Get; empty in List and Watch.
+   */
+  'ledgerJson'?: (string);
 }
 
 export interface Job__Output {
@@ -73,4 +78,9 @@ export interface Job__Output {
   'finishedAt': (number);
   'elapsedSeconds': (number);
   'epoch': (number);
+  /**
+   * The data ledger (coordinator/ledger.ts) as JSON: the steps each generation committed and
+   * those rolled back. Set by Get; empty in List and Watch.
+   */
+  'ledgerJson': (string);
 }

@@ -1,0 +1,91 @@
+/**
+ * The data ledger: which global steps of a job were committed, by which generation and world
+ * size. The data plan (common/data-plan.ts) maps a step to its global batch, a pure function of
+ * the spec, so committing every step 0..total-1 exactly once is consuming every sample exactly
+ * once an epoch.
+ *
+ * When a re-formed world goes on from an earlier step than the last one reported (its state is the
+ * newest any rank held), the steps after it are rolled back: moved from `committed` to
+ * `rolledBack`, to be committed again by the new generation.
+ *
+ * Kept in the JetStream KV bucket `polytune_ledger`, key = job id.
+ */
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+
+export const LEDGER_BUCKET = 'polytune_ledger';
+
+/** Steps [from, to) run by one generation. */
+export interface StepRange {
+  readonly from: number;
+  readonly to: number;
+  readonly generation: number;
+  readonly worldSize: number;
+}
+
+export interface Ledger {
+  readonly committed: readonly StepRange[];
+  readonly rolledBack: readonly StepRange[];
+}
+
+export const EMPTY_LEDGER: Ledger = { committed: [], rolledBack: [] };
+
+/**
+ * Record that `generation` completed step `completed - 1` (`completed` optimizer steps done).
+ * The first report of a generation opens its range where its state began; anything committed at
+ * or after that step is rolled back.
+ */
+export function recordStep(ledger: Ledger, generation: number, worldSize: number, completed: number): Ledger {
+  const step = completed - 1;
+  const last = ledger.committed.at(-1);
+  if (last && last.generation === generation && last.to === step) {
+    return { ...ledger, committed: [...ledger.committed.slice(0, -1), { ...last, to: completed }] };
+  }
+  if (last && last.generation === generation && step < last.to) return ledger; // a repeat
+  const committed: StepRange[] = [];
+  const rolledBack = [...ledger.rolledBack];
+  for (const r of ledger.committed) {
+    if (r.to <= step) committed.push(r);
+    else if (r.from >= step) rolledBack.push(r);
+    else {
+      committed.push({ ...r, to: step });
+      rolledBack.push({ ...r, from: step });
+    }
+  }
+  committed.push({ from: step, to: completed, generation, worldSize });
+  return { committed, rolledBack };
+}
+
+/** Steps committed more than once, and steps below `upTo` never committed. */
+export function ledgerGaps(ledger: Ledger, upTo: number): { missing: number[]; repeated: number[] } {
+  const seen = new Uint8Array(upTo);
+  const repeated: number[] = [];
+  for (const r of ledger.committed) {
+    for (let s = r.from; s < r.to; s++) {
+      if (s < upTo && seen[s]) repeated.push(s);
+      if (s < upTo) seen[s] = 1;
+    }
+  }
+  const missing: number[] = [];
+  seen.forEach((v, s) => {
+    if (!v) missing.push(s);
+  });
+  return { missing, repeated };
+}
+
+export class LedgerStore {
+  private constructor(private readonly kv: KV) {}
+
+  static async open(nc: NatsConnection, bucket = LEDGER_BUCKET): Promise<LedgerStore> {
+    return new LedgerStore(await new Kvm(nc).create(bucket, { history: 1 }));
+  }
+
+  async get(jobId: string): Promise<Ledger> {
+    const e = await this.kv.get(jobId);
+    return e && e.operation === 'PUT' && e.length > 0 ? e.json<Ledger>() : EMPTY_LEDGER;
+  }
+
+  async put(jobId: string, ledger: Ledger): Promise<void> {
+    await this.kv.put(jobId, JSON.stringify(ledger));
+  }
+}
