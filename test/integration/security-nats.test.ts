@@ -8,9 +8,14 @@
 import { credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reduceScatterSubject } from '../../common/subjects.js';
+import { JobClient } from '../../coordinator/client.js';
 import { JobStore } from '../../coordinator/job-store.js';
 import { createNatsOperatorSetup, NatsCredentialIssuer, type NatsOperatorSetup } from '../../coordinator/nats-credentials.js';
+import { startCoordinator } from '../../coordinator/server.js';
+import { CoordinatorSession } from '../../worker/session.js';
+import { jobNatsConnection } from '../../worker/job-nats.js';
 import { natsScope, type NatsServer } from '../helpers/nats-server.js';
+import { eventually, makeSpecFixture } from './coordinator-fixtures.js';
 
 const nats = natsScope();
 let server: NatsServer;
@@ -94,5 +99,43 @@ describe('NATS operator mode', () => {
     nc.publish('$KV.polytune_jobs.job-c-11111', '{"state":"Succeeded"}');
     await nc.flush();
     expect(await violation).toMatch(/Permissions Violation for Publish to "\$KV\.polytune_jobs\.job-c-11111"/);
+  });
+
+  it('a coordinator with only its own credentials runs; its workers get per-job credentials in the assignment', async () => {
+    const fixture = makeSpecFixture();
+    const coordinator = await startCoordinator({
+      listen: '127.0.0.1:0', natsUrl: server.url, progressFlushMs: 50,
+      natsConnect: { authenticator: creds(setup.coordinatorCreds) }, natsIssuer: issuer,
+    });
+    const client = new JobClient({ address: coordinator.address });
+    const session = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'nats-w0', backend: 'cpu' }, connectTimeoutMs: 5_000 });
+    try {
+      const jobId = await client.submitText(fixture.yaml({ name: 'creds-job', workers: 1 }));
+      const it = session.events()[Symbol.asyncIterator]();
+      const ev = (await it.next()).value as Awaited<ReturnType<typeof it.next>>['value'];
+      expect(ev?.type).toBe('assignment');
+      if (ev?.type !== 'assignment') return;
+      expect(ev.natsCreds).toMatch(/BEGIN NATS USER JWT/);
+      expect(ev.natsInboxPrefix).toBe(`_INBOX_${jobId}`);
+      const jn = await jobNatsConnection(ev, { natsFlag: undefined, workerId: 'nats-w0', shared: () => Promise.reject(new Error('unused')) });
+      const got: string[] = [];
+      jn.nc.subscribe(reduceScatterSubject(jobId, ev.generation, 0), { callback: (_e, m) => got.push(m.string()) });
+      jn.nc.publish(reduceScatterSubject(jobId, ev.generation, 0), 'chunk');
+      await jn.nc.flush();
+      await eventually(() => (got.length === 1 ? true : undefined), 2_000, 'own message');
+      // The same credentials cannot reach another job.
+      const violation = permissionError(jn.nc);
+      jn.nc.publish(reduceScatterSubject('someone-else-aaaaa', 1, 0), 'x');
+      await jn.nc.flush();
+      expect(await violation).toMatch(/Permissions Violation for Publish/);
+      await jn.release();
+      session.result({ jobId, generation: ev.generation, ok: true, steps: 1, outputDir: '/tmp/x' });
+      await eventually(async () => ((await client.get(jobId)).state === 'SUCCEEDED' ? true : undefined), 5_000, 'job succeeded');
+    } finally {
+      await session.close();
+      client.close();
+      await coordinator.stop();
+      fixture.cleanup();
+    }
   });
 });
