@@ -32,6 +32,12 @@ export const MAX_RESULT_ERROR_LENGTH = 4096;
 const WORKER_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 const BACKEND = /^[a-z0-9_-]+$/;
 
+const isControl = (ch: string): boolean => {
+  const c = ch.codePointAt(0) ?? 0;
+  return c < 0x20 || c === 0x7f;
+};
+const hasControlCharacters = (s: string): boolean => [...s].some(isControl);
+
 function checkString(field: string, v: unknown, max: number): string {
   if (typeof v !== 'string') throw new RequestValidationError(field, `must be a string, got ${typeof v}`);
   if (v.length > max) throw new RequestValidationError(field, `at most ${max} characters, got ${v.length}`);
@@ -53,13 +59,13 @@ export function checkSubmit(req: { specYaml?: unknown; sourceName?: unknown }): 
   if (specYaml.trim() === '') throw new RequestValidationError('spec_yaml', 'is empty');
   if (specYaml.includes('\u0000')) throw new RequestValidationError('spec_yaml', 'contains a NUL character');
   const sourceName = checkString('source_name', req.sourceName ?? '', MAX_SOURCE_NAME_LENGTH);
-  if (/[\u0000-\u001f\u007f]/.test(sourceName)) throw new RequestValidationError('source_name', 'contains control characters');
+  if (hasControlCharacters(sourceName)) throw new RequestValidationError('source_name', 'contains control characters');
   return { specYaml, sourceName };
 }
 
 export function checkReason(v: unknown): string {
   const r = checkString('reason', v ?? '', MAX_REASON_LENGTH);
-  return r.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, ' ');
+  return [...r].map((ch) => (isControl(ch) && ch !== '\n' && ch !== '\t' ? ' ' : ch)).join('');
 }
 
 function checkCount(field: string, v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): number {

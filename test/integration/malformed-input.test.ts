@@ -249,7 +249,7 @@ describe('twenty malformed gRPC messages', () => {
       [{ result: { jobId: other, generation: 1, ok: true } }, /result\.job_id: worker w-gang is not in the gang/],
       [{ result: { jobId, generation: 5, ok: true, outputDir: '/'.repeat(5000) } }, /result\.output_dir: at most 4096 characters/],
     ];
-    for (const [msg, expected] of bad) s.send(msg);
+    for (const [msg] of bad) s.send(msg);
     const refusals = await eventually(() => {
       const r = s.received.slice(before).filter((m) => m.msg === 'refusal');
       return r.length >= bad.length ? r : undefined;

@@ -65,7 +65,7 @@ describe('NATS operator mode', () => {
     const intruder = await nats.connect(server, { authenticator: creds(b.creds), inboxPrefix: b.inboxPrefix });
     const subject = reduceScatterSubject(job, 1, 0);
     const got: string[] = [];
-    const sub = receiver.subscribe(subject, { callback: (_e, m) => got.push(new TextDecoder().decode(m.data)) });
+    const sub = receiver.subscribe(subject, { callback: (_e, m) => { got.push(new TextDecoder().decode(m.data)); } });
     await receiver.flush();
 
     const violation = permissionError(intruder);
@@ -85,7 +85,7 @@ describe('NATS operator mode', () => {
     expect(got).toEqual(['genuine']);
 
     // Request/reply between peers of the job works through the job's inbox prefix.
-    receiver.subscribe(`polytune.${job}.1.ctl.ping`, { callback: (_e, m) => m.respond('pong') });
+    receiver.subscribe(`polytune.${job}.1.ctl.ping`, { callback: (_e, m) => { m.respond('pong'); } });
     await receiver.flush();
     const reply = await sender.request(`polytune.${job}.1.ctl.ping`, 'ping', { timeout: 2_000 });
     expect(reply.string()).toBe('pong');
@@ -119,7 +119,7 @@ describe('NATS operator mode', () => {
       expect(ev.natsInboxPrefix).toBe(`_INBOX_${jobId}`);
       const jn = await jobNatsConnection(ev, { natsFlag: undefined, workerId: 'nats-w0', shared: () => Promise.reject(new Error('unused')) });
       const got: string[] = [];
-      jn.nc.subscribe(reduceScatterSubject(jobId, ev.generation, 0), { callback: (_e, m) => got.push(m.string()) });
+      jn.nc.subscribe(reduceScatterSubject(jobId, ev.generation, 0), { callback: (_e, m) => { got.push(m.string()); } });
       jn.nc.publish(reduceScatterSubject(jobId, ev.generation, 0), 'chunk');
       await jn.nc.flush();
       await eventually(() => (got.length === 1 ? true : undefined), 2_000, 'own message');
