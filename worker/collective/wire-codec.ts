@@ -83,21 +83,22 @@ export function quantize(
   residualOut?: Float32Array,
   widened?: Float32Array,
 ): void {
-  const n = src.length;
-  const tmp = new Float32Array(1);
-  const tmpBits = new Uint32Array(tmp.buffer);
-  const table = dtype === ChunkDtype.Float16 ? f16ToF32Table() : undefined;
-  const narrow = dtype === ChunkDtype.Float16 ? f32BitsToF16 : f32BitsToBf16;
-  if (residualIn === undefined && residualOut === undefined && widened === undefined) {
-    // The hot path without error feedback: read the bits straight from src.
-    const bits = new Uint32Array(src.buffer, src.byteOffset, n);
-    for (let i = 0; i < n; i++) dst[i] = narrow(bits[i]!);
+  if (residualIn === undefined && residualOut === undefined) {
+    // The hot paths without error feedback: monomorphic loops over the bits.
+    const bits = new Int32Array(src.buffer, src.byteOffset, src.length);
+    if (dtype === ChunkDtype.Float16) narrowF16(bits, dst);
+    else narrowBf16(bits, dst);
+    if (widened !== undefined) dequantize(dtype, dst, widened);
     return;
   }
+  const n = src.length;
+  const tmp = new Float32Array(1);
+  const tmpBits = new Int32Array(tmp.buffer);
+  const table = dtype === ChunkDtype.Float16 ? f16ToF32Table() : undefined;
   for (let i = 0; i < n; i++) {
     tmp[0] = residualIn === undefined ? src[i]! : src[i]! + residualIn[i]!; // rounded to float32
     const v = tmp[0];
-    const q = narrow(tmpBits[0]!);
+    const q = table !== undefined ? f32BitsToF16(tmpBits[0]! >>> 0) : f32BitsToBf16(tmpBits[0]! >>> 0);
     dst[i] = q;
     let w: number;
     if (table !== undefined) w = table[q]!;
@@ -107,30 +108,97 @@ export function quantize(
   }
 }
 
+/**
+ * Tables by the top 9 bits of a float32 (sign and exponent): the binary16 sign/exponent to add,
+ * the implicit bit, and the shift that brings the mantissa to binary16's; rounding to nearest even
+ * is an add of (half − 1 + the kept lowest bit) before the shift, whose carry runs into the exponent
+ * as it should (up to Inf). Overflow and underflow shift everything out. No branch but NaN's.
+ */
+const F16_BASE = new Uint16Array(512);
+const F16_SHIFT = new Uint8Array(512);
+const F16_IMPLICIT = new Int32Array(512);
+const F16_BIAS = new Int32Array(512);
+for (let idx = 0; idx < 512; idx++) {
+  const sign = idx & 0x100 ? 0x8000 : 0;
+  const e = idx & 0xff;
+  const he = e - 112;
+  let base = sign;
+  let shift = 25;
+  let implicit = 0;
+  if (e === 0xff || he >= 0x1f) base = sign | 0x7c00; // Inf (NaN is handled apart)
+  else if (he > 0) { base = sign | (he << 10); shift = 13; }
+  else if (he >= -10) { shift = 14 - he; implicit = 0x800000; }
+  F16_BASE[idx] = base;
+  F16_SHIFT[idx] = shift;
+  F16_IMPLICIT[idx] = implicit;
+  F16_BIAS[idx] = (1 << (shift - 1)) - 1;
+}
+
+function narrowF16(bits: Int32Array, dst: Uint16Array): void {
+  const n = bits.length;
+  const base = F16_BASE;
+  const shiftT = F16_SHIFT;
+  const implicitT = F16_IMPLICIT;
+  const biasT = F16_BIAS;
+  for (let i = 0; i < n; i++) {
+    const f = bits[i]!;
+    if ((f & 0x7fffffff) > 0x7f800000) { dst[i] = f32BitsToF16(f >>> 0); continue; }
+    const idx = f >>> 23;
+    const sh = shiftT[idx]!;
+    const m = (f & 0x7fffff) | implicitT[idx]!;
+    dst[i] = base[idx]! + ((m + biasT[idx]! + ((m >>> sh) & 1)) >>> sh);
+  }
+}
+
+function narrowBf16(bits: Int32Array, dst: Uint16Array): void {
+  const n = bits.length;
+  for (let i = 0; i < n; i++) {
+    const f = bits[i]!;
+    if ((f & 0x7fffffff) > 0x7f800000) dst[i] = (f >>> 16) | 0x40;
+    else dst[i] = (f + 0x7fff + ((f >>> 16) & 1)) >>> 16;
+  }
+}
+
 /** Widens `src` into `dst` (exact). */
 export function dequantize(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, src: Uint16Array, dst: Float32Array): void {
+  if (dtype === ChunkDtype.Float16) widenF16(src, dst, f16ToF32Table());
+  else widenBf16(src, new Int32Array(dst.buffer, dst.byteOffset, src.length));
+}
+
+function widenF16(src: Uint16Array, dst: Float32Array, t: Float32Array): void {
   const n = src.length;
-  if (dtype === ChunkDtype.Float16) {
-    const t = f16ToF32Table();
-    for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
-  } else {
-    const bits = new Uint32Array(dst.buffer, dst.byteOffset, n);
-    for (let i = 0; i < n; i++) bits[i] = src[i]! << 16;
-  }
+  for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
+}
+
+function widenBf16(src: Uint16Array, dst: Int32Array): void {
+  const n = src.length;
+  for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
 }
 
 /** Widens and adds: `acc[i] += widen(src[i])`, each add rounded to float32. */
 export function dequantizeAdd(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, src: Uint16Array, acc: Float32Array): void {
+  if (dtype === ChunkDtype.Float16) widenAddF16(src, acc, f16ToF32Table());
+  else widenAddBf16(src, acc, scratchF32(src.length));
+}
+
+function widenAddF16(src: Uint16Array, acc: Float32Array, t: Float32Array): void {
   const n = src.length;
-  if (dtype === ChunkDtype.Float16) {
-    const t = f16ToF32Table();
-    for (let i = 0; i < n; i++) acc[i]! += t[src[i]!]!;
-  } else {
-    const tmp = new Float32Array(1);
-    const tmpBits = new Uint32Array(tmp.buffer);
-    for (let i = 0; i < n; i++) {
-      tmpBits[0] = src[i]! << 16;
-      acc[i]! += tmp[0]!;
-    }
-  }
+  for (let i = 0; i < n; i++) acc[i] = acc[i]! + t[src[i]!]!;
+}
+
+function widenAddBf16(src: Uint16Array, acc: Float32Array, tmp: Float32Array): void {
+  widenBf16(src, new Int32Array(tmp.buffer, 0, src.length));
+  addInto(acc, tmp.subarray(0, src.length));
+}
+
+let scratch = new Float32Array(0);
+function scratchF32(n: number): Float32Array {
+  if (scratch.length < n) scratch = new Float32Array(n);
+  return scratch;
+}
+
+/** `acc[i] += x[i]`, each add rounded to float32. */
+export function addInto(acc: Float32Array, x: Float32Array): void {
+  const n = acc.length;
+  for (let i = 0; i < n; i++) acc[i] = acc[i]! + x[i]!;
 }

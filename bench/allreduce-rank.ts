@@ -1,0 +1,175 @@
+/**
+ * One rank of `bench/allreduce.ts` (and of the collective's kill test), a child process driven over
+ * IPC (`child_process.fork`), so that ranks run in parallel on their own cores.
+ *
+ * parent → rank: `setup` (a collective, or plain pub/sub subscriptions), `run` (one timed
+ * iteration), `exit`. rank → parent: `ready`, `done` (start/end in epoch milliseconds, a CRC of the
+ * result so the parent can check that ranks agree, sampled checks against the exact expectation).
+ */
+import { crc32 } from 'node:zlib';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+
+import { errorMessage } from '../common/errors.js';
+import { ChunkDtype } from '../worker/collective/chunk-header.js';
+import { GradientAllReduce } from '../worker/collective/gradient-allreduce.js';
+import { dequantize, quantize, type Compression } from '../worker/collective/wire-codec.js';
+
+export interface RankSetup {
+  readonly type: 'setup';
+  readonly mode: 'allreduce' | 'pubsub';
+  readonly url: string;
+  readonly job: string;
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly elements: number;
+  readonly compression: Compression;
+  readonly timeoutMs: number;
+  readonly inPlace: boolean;
+  readonly maxChunkBytes?: number;
+  readonly windowChunks?: number;
+  /** pubsub: bytes a message, and how many payload bytes each rank sends to each subject. */
+  readonly chunkBytes?: number;
+}
+export interface RankRun { readonly type: 'run'; readonly step: number }
+export type ToRank = RankSetup | RankRun | { readonly type: 'exit' };
+export type FromRank =
+  | { type: 'ready'; rank: number; chunkElements: number; windowChunks: number }
+  | { type: 'started'; rank: number; step: number }
+  | {
+    type: 'done'; rank: number; step: number; ok: boolean; error?: string; missingRanks?: number[];
+    start: number; end: number; crc?: number; checked?: number; mismatches?: number; windowStalls?: number;
+  };
+
+/** Input of rank r at element i: multiples of 1/1024, exact in float32, binary16 and their sums up to 8 ranks in float32. */
+export function benchValue(i: number, rank: number): number {
+  return ((((i * 7 + rank * 13) ^ (i >>> 10)) & 1023) - 512) / 1024;
+}
+
+function fill(buf: Float32Array, rank: number): void {
+  for (let i = 0; i < buf.length; i++) buf[i] = benchValue(i, rank);
+}
+
+function expected(i: number, n: number, compression: Compression): number {
+  let s = 0;
+  for (let r = 0; r < n; r++) s = Math.fround(s + benchValue(i, r)); // exact anyway
+  if (compression === 'none') return s;
+  const dtype = compression === 'fp16' ? ChunkDtype.Float16 : ChunkDtype.BFloat16;
+  const q = new Uint16Array(1);
+  const w = new Float32Array(1);
+  quantize(dtype, Float32Array.of(s), q);
+  dequantize(dtype, q, w);
+  return w[0]!;
+}
+
+const now = (): number => performance.timeOrigin + performance.now();
+const send = (m: FromRank): void => { process.send?.(m); };
+
+let nc: NatsConnection | undefined;
+let setup: RankSetup | undefined;
+let ar: GradientAllReduce | undefined;
+let input: Float32Array | undefined;
+let subs: Subscription[] = [];
+let received = 0;
+let onReceived: (() => void) | undefined;
+
+async function doSetup(s: RankSetup): Promise<void> {
+  setup = s;
+  nc ??= await connect({ servers: s.url, name: `bench-rank-${s.rank}`, reconnect: false });
+  await ar?.close();
+  ar = undefined;
+  for (const sub of subs) sub.unsubscribe();
+  subs = [];
+  if (s.mode === 'allreduce') {
+    ar = await GradientAllReduce.create({
+      nc, job: s.job, generation: 1, rank: s.rank, worldSize: s.worldSize, timeoutMs: s.timeoutMs,
+      compression: s.compression, maxChunkBytes: s.maxChunkBytes, windowChunks: s.windowChunks,
+    });
+    await ar.ready({ timeoutMs: 30_000 });
+    if (input?.length !== s.elements) {
+      input = undefined;
+      input = new Float32Array(s.elements);
+    }
+    fill(input, s.rank);
+    send({ type: 'ready', rank: s.rank, chunkElements: ar.chunkElements, windowChunks: ar.windowChunks });
+  } else {
+    const cb = (_e: Error | null, m: { data: Uint8Array }): void => {
+      received += m.data.byteLength;
+      onReceived?.();
+    };
+    subs.push(nc.subscribe(`bench.${s.job}.rs.${s.rank}`, { callback: cb }));
+    for (let r = 0; r < s.worldSize; r++) if (r !== s.rank) subs.push(nc.subscribe(`bench.${s.job}.ag.${r}`, { callback: cb }));
+    await nc.flush();
+    send({ type: 'ready', rank: s.rank, chunkElements: 0, windowChunks: 0 });
+  }
+}
+
+async function runAllReduce(s: RankSetup, step: number): Promise<void> {
+  if (s.inPlace && step > 0) fill(input!, s.rank);
+  send({ type: 'started', rank: s.rank, step });
+  const start = now();
+  try {
+    const out = s.inPlace ? await ar!.allReduceInPlace(step, input!) : await ar!.allReduce(step, input!);
+    const end = now();
+    let mismatches = 0;
+    let checked = 0;
+    const stride = Math.max(1, Math.floor(out.length / 4096));
+    for (let i = 0; i < out.length; i += stride, checked++) if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
+    const crc = crc32(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+    send({ type: 'done', rank: s.rank, step, ok: true, start, end, crc, checked, mismatches, windowStalls: ar!.stats.windowStalls });
+  } catch (e) {
+    const missing = (e as { missingRanks?: number[] }).missingRanks;
+    send({ type: 'done', rank: s.rank, step, ok: false, error: errorMessage(e), missingRanks: missing ? [...missing] : undefined, start, end: now() });
+  }
+}
+
+/** The same traffic as the all-reduce, as plain pub/sub: (N-1)/N·S to the owners, S/N fanned out to all. */
+async function runPubSub(s: RankSetup, step: number): Promise<void> {
+  const n = s.worldSize;
+  const bytes = s.elements * (s.compression === 'none' ? 4 : 2);
+  const chunk = s.chunkBytes!;
+  const payload = new Uint8Array(chunk);
+  const shard = Math.floor(bytes / n);
+  const expect = 2 * (n - 1) * Math.ceil(shard / chunk) * chunk; // every message full-size
+  received = 0;
+  const got = new Promise<void>((resolve) => {
+    onReceived = () => { if (received >= expect) { onReceived = undefined; resolve(); } };
+    onReceived();
+  });
+  const start = now();
+  const client = nc!;
+  let unflushed = 0;
+  const pub = async (subject: string): Promise<void> => {
+    for (let sent = 0; sent < shard; sent += chunk) {
+      client.publish(subject, payload);
+      unflushed += chunk;
+      if (unflushed >= 4 * 1024 * 1024) { unflushed = 0; await client.flush(); }
+    }
+  };
+  for (let i = 1; i < n; i++) await pub(`bench.${s.job}.rs.${(s.rank + i) % n}`);
+  await pub(`bench.${s.job}.ag.${s.rank}`);
+  await client.flush();
+  const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), s.timeoutMs).unref());
+  const res = await Promise.race([got.then(() => 'ok' as const), timeout]);
+  const end = now();
+  if (res === 'ok') send({ type: 'done', rank: s.rank, step, ok: true, start, end });
+  else send({ type: 'done', rank: s.rank, step, ok: false, error: `received ${received} of ${expect} bytes`, start, end });
+}
+
+process.on('message', (m: ToRank) => {
+  const handle = async (): Promise<void> => {
+    if (m.type === 'setup') await doSetup(m);
+    else if (m.type === 'run') {
+      if (setup?.mode === 'allreduce') await runAllReduce(setup, m.step);
+      else if (setup) await runPubSub(setup, m.step);
+    } else {
+      await ar?.close();
+      await nc?.close();
+      process.exit(0);
+    }
+  };
+  handle().catch((e: unknown) => {
+    process.stderr.write(`rank: ${errorMessage(e)}\n`);
+    process.exit(1);
+  });
+});
+process.on('disconnect', () => process.exit(0));

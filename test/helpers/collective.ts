@@ -1,0 +1,76 @@
+/** Shared helpers for the collective's tests: deterministic inputs and reference sums. */
+import { ChunkDtype } from '../../worker/collective/chunk-header.js';
+import { dequantize, quantize, type Compression } from '../../worker/collective/wire-codec.js';
+
+/** Deterministic pseudo-random floats over many magnitudes, so that summation order shows. */
+export function vector(seed: number, length: number): Float32Array {
+  let s = (seed * 2654435761) >>> 0 || 1;
+  const next = (): number => {
+    s ^= s << 13; s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5; s >>>= 0;
+    return s / 0x1_0000_0000;
+  };
+  const out = new Float32Array(length);
+  for (let i = 0; i < length; i++) out[i] = (next() - 0.5) * 10 ** (next() * 8 - 4);
+  return out;
+}
+
+export function sumInRankOrder(inputs: readonly Float32Array[]): Float32Array {
+  const acc = Float32Array.from(inputs[0]!);
+  for (let r = 1; r < inputs.length; r++) {
+    const x = inputs[r]!;
+    for (let i = 0; i < acc.length; i++) acc[i]! += x[i]!;
+  }
+  return acc;
+}
+
+export function bytes(a: Float32Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+function narrowWiden(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, x: Float32Array, resIn?: Float32Array, resOut?: Float32Array): Float32Array {
+  const q = new Uint16Array(x.length);
+  const w = new Float32Array(x.length);
+  quantize(dtype, x, q, resIn, resOut);
+  dequantize(dtype, q, w);
+  return w;
+}
+
+/**
+ * What a compressed all-reduce must give: each rank's input narrowed (with its residual), summed
+ * in rank order in float32, the sum narrowed once (with the owner's residual). `exact[i]` marks
+ * elements that travel as float32. Updates the residuals when given (error feedback).
+ */
+export function compressedReference(
+  inputs: readonly Float32Array[], compression: Exclude<Compression, 'none'>, exact?: (i: number) => boolean,
+  residuals?: { senders: Float32Array[]; owner: Float32Array },
+): Float32Array {
+  const dtype = compression === 'fp16' ? ChunkDtype.Float16 : ChunkDtype.BFloat16;
+  const n = inputs[0]!.length;
+  const contributions = inputs.map((x, r) => {
+    const res = residuals?.senders[r];
+    const out = res ? new Float32Array(n) : undefined;
+    const w = narrowWiden(dtype, x, res, out);
+    if (res && out) for (let i = 0; i < n; i++) if (!exact?.(i)) res[i] = out[i]!;
+    return w;
+  });
+  const sum = sumInRankOrder(contributions);
+  const ores = residuals?.owner;
+  const oout = ores ? new Float32Array(n) : undefined;
+  const result = narrowWiden(dtype, sum, ores, oout);
+  if (ores && oout) for (let i = 0; i < n; i++) if (!exact?.(i)) ores[i] = oout[i]!;
+  if (exact) {
+    const plain = sumInRankOrder(inputs);
+    for (let i = 0; i < n; i++) if (exact(i)) result[i] = plain[i]!;
+  }
+  return result;
+}
+
+/** Owner rank and chunk start of element i, as the collective splits the vector. */
+export function chunkStartOf(i: number, length: number, worldSize: number, chunkElements: number): number {
+  let k = 0;
+  while (Math.floor(((k + 1) * length) / worldSize) <= i) k++;
+  const start = Math.floor((k * length) / worldSize);
+  return start + Math.floor((i - start) / chunkElements) * chunkElements;
+}
