@@ -53,8 +53,8 @@ export interface CallAuthPolicy {
 export function authorizeJobCall(policy: CallAuthPolicy, method: string, metadata: Metadata): void {
   if (policy.clientToken === undefined) return;
   const presented = bearerToken(metadata);
-  if (presented === undefined) throw new AuthenticationError(`${method}: missing bearer token (metadata "authorization: Bearer <token>")`);
-  if (!tokenMatches(presented, policy.clientToken)) throw new AuthenticationError(`${method}: invalid bearer token`);
+  if (presented === undefined) throw new AuthenticationError(`missing bearer token (metadata "authorization: Bearer <token>")`);
+  if (!tokenMatches(presented, policy.clientToken)) throw new AuthenticationError(`invalid bearer token for ${method}`);
 }
 
 /** Throws unless a Join call is allowed: verified client certificate and/or worker token, as configured. */

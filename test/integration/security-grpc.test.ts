@@ -72,7 +72,7 @@ describe('JobService over TLS with a bearer token', () => {
     const anonymous = client({ tls: tls() });
     const submit = await codeOf(anonymous.submitText(fixture.yaml({ name: 'no-token' })));
     expect(submit.code).toBe(grpc.status.UNAUTHENTICATED);
-    expect(submit.message).toMatch(/Submit: missing bearer token/);
+    expect(submit.message).toMatch(/missing bearer token/);
     const cancel = await codeOf(anonymous.cancel('no-such-job-abcde'));
     expect(cancel.code).toBe(grpc.status.UNAUTHENTICATED);
     const wrong = client({ tls: tls(), token: 'not-the-token-0123456789' });
