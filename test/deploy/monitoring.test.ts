@@ -44,8 +44,8 @@ async function exportedSeriesNames(): Promise<Set<string>> {
 type Target = { refId: string; expr: string; datasource?: { uid?: string } };
 type AnyPanel = { id: number; type: string; title: string; gridPos: { h: number; w: number; x: number; y: number }; targets?: Target[]; panels?: AnyPanel[]; datasource?: { type?: string; uid?: string } };
 
-const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as Dashboard & { panels: AnyPanel[] };
-const panels = (dashboard.panels).flatMap((p) => [p, ...(p.panels ?? [])]);
+const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as Omit<Dashboard, 'panels'> & { panels: AnyPanel[] };
+const panels: AnyPanel[] = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
 const queries = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, ...t })));
 
 /** Identifiers in a PromQL expression that name metrics (not functions, keywords, labels, or template variables). */
