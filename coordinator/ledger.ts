@@ -21,6 +21,11 @@ export interface StepRange {
   readonly to: number;
   readonly generation: number;
   readonly worldSize: number;
+  /**
+   * Committed while no report reached the coordinator (it was restarting): known only because the
+   * next generation went on from a later step, which its state proves were committed.
+   */
+  readonly unreported?: true;
 }
 
 export interface Ledger {
@@ -33,7 +38,8 @@ export const EMPTY_LEDGER: Ledger = { committed: [], rolledBack: [] };
 /**
  * Record that `generation` completed step `completed - 1` (`completed` optimizer steps done).
  * The first report of a generation opens its range where its state began; anything committed at
- * or after that step is rolled back.
+ * or after that step is rolled back, and steps between the last reported one and that step (run
+ * while the coordinator was away) are recorded as committed, unreported.
  */
 export function recordStep(ledger: Ledger, generation: number, worldSize: number, completed: number): Ledger {
   const step = completed - 1;
@@ -51,6 +57,10 @@ export function recordStep(ledger: Ledger, generation: number, worldSize: number
       committed.push({ ...r, to: step });
       rolledBack.push({ ...r, from: step });
     }
+  }
+  const before = committed.at(-1);
+  if (before && before.to < step) {
+    committed.push({ from: before.to, to: step, generation: before.generation, worldSize: before.worldSize, unreported: true });
   }
   committed.push({ from: step, to: completed, generation, worldSize });
   return { committed, rolledBack };

@@ -297,11 +297,13 @@ export class Scheduler {
   onProgress(workerId: string, p: Progress__Output): void {
     const w = this.registry.get(workerId);
     if (!w?.job || w.status !== WorkerStatus.Busy || w.job.jobId !== p.jobId || w.job.generation !== p.generation) return;
-    if (w.job.rank !== 0) return;
     const jobId = p.jobId;
+    // Every rank's report counts for the ledger: the rank that completed a step may be the one that
+    // dies next, and its peers then go on from its state (repeats are merged by recordStep).
     const queue = this.ledgerQueue.get(jobId) ?? [];
     queue.push({ generation: p.generation, worldSize: this.gangs.get(jobId)?.worldSize ?? 0, completed: p.step });
     this.ledgerQueue.set(jobId, queue);
+    if (w.job.rank !== 0) return;
     if (!this.firstLoss.has(jobId) || this.firstLoss.get(jobId)?.generation !== p.generation) {
       this.firstLoss.set(jobId, { generation: p.generation, loss: p.loss });
     }
