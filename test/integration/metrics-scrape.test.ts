@@ -155,7 +155,7 @@ spec:
     expect(new Set(series.map((s) => s.metric['job']))).toEqual(new Set(['polytune-worker']));
     // The dashboard's query for step time, evaluated by Prometheus itself.
     const mean = await until(async () => {
-      const r = await p.query(`sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[5s])) / sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[5s]))`);
+      const r = await p.query(`sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[1m])) / sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[1m]))`);
       const v = Number(r[0]?.value[1]);
       return Number.isFinite(v) && v > 0 ? v : undefined;
     }, 'a mean step duration');
