@@ -34,6 +34,9 @@ export const PROMPT_TEMPLATES = {
     '### Instruction:\n{question}\n\n### Response:\n',
 } as const;
 
+/** The template name that means "the model's own chat template" (tokenizer_config.json). */
+export const CHAT_TEMPLATE_NAME = 'chat';
+
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const LANGUAGE = /^[a-z]{2,3}$/;
 
@@ -180,10 +183,10 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
     issues.push({ path: 'spec.method.layers', message: 'must not repeat a layer' });
   }
   const template = s.data.template;
-  if (!(template in PROMPT_TEMPLATES) && !template.includes('{question}')) {
+  if (!(template in PROMPT_TEMPLATES) && template !== CHAT_TEMPLATE_NAME && !template.includes('{question}')) {
     issues.push({
       path: 'spec.data.template',
-      message: `must be one of ${Object.keys(PROMPT_TEMPLATES).join(', ')} or a literal containing {question}`,
+      message: `must be one of ${[...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ')} or a literal containing {question}`,
     });
   }
   s.data.train.forEach((src, i) => {

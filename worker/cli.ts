@@ -5,7 +5,7 @@
  *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
  *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
  *   worker init-model --preset tiny --out DIR [--seed N]
- *   worker score --model DIR --input FILE.jsonl [--json] [--backend B]
+ *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
  *
  * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
@@ -33,7 +33,7 @@ const USAGE = `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   worker init-model --preset tiny --out DIR [--seed N]
-  worker score --model DIR --input FILE.jsonl [--json] [--backend B]
+  worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
 `;
 
@@ -122,10 +122,13 @@ async function main(signal: AbortSignal): Promise<number> {
       return 0;
     }
     case 'score': {
-      const v = parse({ model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' } });
+      const v = parse({ model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' }, template: { type: 'string' } });
       if (v.help) return write(USAGE), 0;
       await initBackend(backendFlag(v.backend as string | undefined));
-      await runScore({ model: required('model', v.model as string | undefined), input: required('input', v.input as string | undefined), json: Boolean(v.json), write });
+      await runScore({
+        model: required('model', v.model as string | undefined), input: required('input', v.input as string | undefined), json: Boolean(v.json), write,
+        ...(v.template !== undefined ? { template: v.template as string } : {}),
+      });
       return 0;
     }
     case 'generate': {

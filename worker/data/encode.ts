@@ -13,7 +13,7 @@
  * (the answer and the template's own end of turn, e.g. `</s>` or `<|eot_id|>`), so no EOS is
  * appended; the rendered text carries its special tokens, so no BOS is added either.
  */
-import { PROMPT_TEMPLATES } from '../../common/jobspec.js';
+import { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from '../../common/jobspec.js';
 import { UserError } from '../../common/errors.js';
 import { IGNORE_INDEX, type DataRecord } from '../../common/records.js';
 
@@ -27,17 +27,14 @@ export interface PromptTokenizer {
   renderChat?(messages: ReadonlyArray<{ role: 'user' | 'assistant'; content: string }>, addGenerationPrompt: boolean): string;
 }
 
-/** The template name that means "the model's own chat template". */
-export const CHAT_TEMPLATE = 'chat';
-
 /** Prompt and answer ids of a text record through the model's chat template. */
 function encodeChat(question: string, output: string, tokenizer: PromptTokenizer): { prompt: number[]; answer: number[] } {
-  if (!tokenizer.renderChat) throw new UserError(`template ${CHAT_TEMPLATE}: this tokenizer has no chat template`);
+  if (!tokenizer.renderChat) throw new UserError(`template ${CHAT_TEMPLATE_NAME}: this tokenizer has no chat template`);
   const user = { role: 'user' as const, content: question };
   const prefix = tokenizer.renderChat([user], true);
   const full = tokenizer.renderChat([user, { role: 'assistant', content: output }], false);
   if (!full.startsWith(prefix)) {
-    throw new UserError(`template ${CHAT_TEMPLATE}: the model's chat template does not render the answer after the prompt it renders for generation`);
+    throw new UserError(`template ${CHAT_TEMPLATE_NAME}: the model's chat template does not render the answer after the prompt it renders for generation`);
   }
   return { prompt: tokenizer.encode(prefix, { addBos: false }), answer: tokenizer.encode(full.slice(prefix.length), { addBos: false }) };
 }
@@ -72,7 +69,7 @@ export function encodeRecord(record: DataRecord, tokenizer: PromptTokenizer, tem
   if (record.kind === 'tokens') {
     ids = [...record.inputIds];
     labels = [...record.labels];
-  } else if (template === CHAT_TEMPLATE) {
+  } else if (template === CHAT_TEMPLATE_NAME) {
     const { prompt, answer } = encodeChat(record.question, record.output, tokenizer);
     ids = [...prompt, ...answer];
     labels = [...prompt.map(() => IGNORE_INDEX), ...answer];

@@ -216,6 +216,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   const tensors = await listModelTensors(s.model.path);
   const model = await LlamaModel.load(s.model.path, {
     trainable: new Set(trainableTensorNames(s.method, config.numHiddenLayers, [...tensors.keys()])),
+    maxSeqLen: s.data.maxSeqLen,
   });
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
