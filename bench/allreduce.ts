@@ -19,7 +19,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { startNatsServer, type NatsServer } from '../common/nats-server-process.js';
-import type { FromRank, RankSetup, ToRank } from './allreduce-rank.js';
+import type { FromRank, RankSetup, ToRank } from './allreduce-protocol.js';
 
 interface Args {
   ranks: number;
