@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../worker/backend.js';
-import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../worker/model/config.js';
+import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { shardName } from '../worker/model/export.js';
 import { LlamaModel } from '../worker/model/llama.js';
 import { SeededRandom } from '../worker/model/presets.js';

@@ -12,7 +12,7 @@ import { DataFormatError, ModelLoadError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { readJsonLines, recordFromJson, type DataRecord } from '../../common/records.js';
 import { encodeRecord, padBatch, type EncodedSample, type PromptTokenizer } from '../data/encode.js';
-import { eosIds } from '../model/config.js';
+import { eosIds } from '../../common/model-config.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 

@@ -10,7 +10,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { expectedTensorShapes } from './config.js';
+import { expectedTensorShapes } from '../../common/model-config.js';
 import type { LlamaModel } from './llama.js';
 import {
   FloatDtype, INDEX_FILE, SINGLE_FILE, listModelTensors, tensorBytes, writeSafetensorsStreaming, type TensorInfo, type TensorToWrite,

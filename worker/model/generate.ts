@@ -7,7 +7,7 @@
  * training: `LlamaModel.forwardHidden`).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { eosIds as configEosIds } from './config.js';
+import { eosIds as configEosIds } from '../../common/model-config.js';
 import { MASKED, type KvCache, type LlamaModel } from './llama.js';
 import type { ModelTokenizer } from './tokenizer.js';
 

@@ -1,6 +1,6 @@
 /** The model role: config, safetensors io, tokenizer, the LLaMA forward and loss, generation. */
-export { ModelType, checkSequenceLength, eosIds, expectedTensorShapes, layerTensorName, parseLlamaConfig, readLlamaConfig } from './config.js';
-export type { LlamaConfig, RopeScaling } from './config.js';
+export { ModelType, checkSequenceLength, eosIds, expectedTensorShapes, layerTensorName, parseLlamaConfig, readLlamaConfig } from '../../common/model-config.js';
+export type { LlamaConfig, RopeScaling } from '../../common/model-config.js';
 export {
   DEFAULT_CHUNK_ELEMS, FloatDtype, INDEX_FILE, SINGLE_FILE, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, listModelTensors,
   readModelTensorChunks, readModelTensors, readSafetensors, readSafetensorsHeader, tensorBytes, writeSafetensors,

@@ -19,7 +19,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ModelLoadError, UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from './config.js';
+import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from '../../common/model-config.js';
 import './gradients.js';
 import { matMul, transposeLast } from './matmul.js';
 import { ropeTables } from './rope.js';

@@ -4,7 +4,7 @@
  * weights, ones for RMSNorm weights, zeros for biases).
  */
 import type { NamedTensor } from './safetensors.js';
-import { expectedTensorShapes, parseLlamaConfig } from './config.js';
+import { expectedTensorShapes, parseLlamaConfig } from '../../common/model-config.js';
 
 export const PresetName = { tiny: 'tiny' } as const;
 export type PresetName = keyof typeof PresetName;

@@ -6,7 +6,7 @@
  * host in float64 and rounded to float32; HF computes them in float32, which differs by far less
  * than the golden tests' tolerance.
  */
-import type { LlamaConfig } from './config.js';
+import type { LlamaConfig } from '../../common/model-config.js';
 
 /** inv_freq for one head (length headDim/2). `seqLen` matters only for `dynamic` scaling. */
 export function ropeInvFreq(c: LlamaConfig, seqLen: number): Float64Array {

@@ -8,7 +8,7 @@ import { initBackend } from '../../../worker/backend.js';
 import { runGenerate } from '../../../worker/commands/generate.js';
 import { runInitModel } from '../../../worker/commands/init-model.js';
 import { runScore } from '../../../worker/commands/score.js';
-import { readLlamaConfig } from '../../../worker/model/config.js';
+import { readLlamaConfig } from '../../../common/model-config.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
 import { ModelTokenizer } from '../../../worker/model/tokenizer.js';
 

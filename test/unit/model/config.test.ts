@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelLoadError, UserError } from '../../../common/errors.js';
 import { initBackend } from '../../../worker/backend.js';
 import { bundledTokenizerDir } from '../../../worker/commands/init-model.js';
-import { expectedTensorShapes, parseLlamaConfig, readLlamaConfig } from '../../../worker/model/config.js';
+import { expectedTensorShapes, parseLlamaConfig, readLlamaConfig } from '../../../common/model-config.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { ropeInvFreq } from '../../../worker/model/rope.js';
 import { readSafetensors, writeSafetensors } from '../../../worker/model/safetensors.js';

@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
 import { UserError } from '../../../common/errors.js';
 import { initBackend } from '../../../worker/backend.js';
-import { expectedTensorShapes, parseLlamaConfig } from '../../../worker/model/config.js';
+import { expectedTensorShapes, parseLlamaConfig } from '../../../common/model-config.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { SeededRandom } from '../../../worker/model/presets.js';
 import { readModelTensors } from '../../../worker/model/safetensors.js';

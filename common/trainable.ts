@@ -6,7 +6,7 @@
  * - freeze: the chosen `modules` (default: all of a layer) of the chosen `layers`.
  * - full: every tensor.
  */
-import { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, type JobSpec } from '../../common/jobspec.js';
+import { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, type JobSpec } from './jobspec.js';
 
 export const SLAM_DEFAULT_LAYERS = [0, 1, 2, 3, 4, 5] as const;
 export const SLAM_DEFAULT_MODULES = ['up_proj', 'down_proj'] as const;

@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelLoadError, UserError } from '../../common/errors.js';
+import { ModelLoadError, UserError } from './errors.js';
 
 export const ModelType = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2' } as const;
 export type ModelType = keyof typeof ModelType;
