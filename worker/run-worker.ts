@@ -75,7 +75,13 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       allReduce = await GradientAllReduce.create({
         nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
         timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000,
+        compression: a.spec.spec.collective.compression,
+        // The trainer's head [nll sum, supervised tokens, tokens] stays exact under compression.
+        exactPrefix: 3,
       });
+      // Start barrier: every peer's subscriptions are known on every NATS server (a cluster's routes
+      // propagate interest asynchronously), and all ranks share the collective's settings.
+      await allReduce.ready({ timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000, signal: abort.signal });
       const ar = allReduce;
       const started = performance.now();
       const result = await train({
