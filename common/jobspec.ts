@@ -10,6 +10,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
+import { analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
@@ -86,6 +87,8 @@ const specSchema = z.strictObject({
       layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
       modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
         .min(1, 'must name at least one module').optional(),
+      /** With `layers: auto`: the layer analysis that picks them (common/eval-spec.ts). */
+      analysis: analysisSchema.optional(),
     }),
     data: z.strictObject({
       train: z.array(dataSourceSchema).min(1, 'must list at least one file'),
@@ -120,6 +123,8 @@ const specSchema = z.strictObject({
       keep: positiveInt.default(3),
     }).default({ everySteps: 0, keep: 3 }),
     output: z.strictObject({ dir: z.string().min(1, 'must not be empty') }),
+    /** Evaluation every `eval.everySteps` steps and at the end (common/eval-spec.ts, worker/eval/). */
+    eval: evalSchema.optional(),
   }),
 });
 
@@ -135,7 +140,7 @@ function formatPath(path: readonly PropertyKey[]): string {
   return out || '(root)';
 }
 
-function zodIssues(error: z.ZodError): SpecIssue[] {
+export function zodIssues(error: z.ZodError): SpecIssue[] {
   const issues: SpecIssue[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -170,9 +175,14 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
   if (!SUPPORTED_METHODS.includes(s.method.name)) {
     issues.push({ path: 'spec.method.name', message: `"${s.method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})` });
   }
-  if (s.method.layers === 'auto') {
-    issues.push({ path: 'spec.method.layers', message: '"auto" (layer analysis) is not implemented yet: list the layers' });
+  if (s.method.layers === 'auto' && s.method.analysis === undefined) {
+    issues.push({ path: 'spec.method.analysis', message: 'is required with layers "auto" (the probe prompts of the layer analysis)' });
   }
+  if (s.method.analysis !== undefined && s.method.layers !== 'auto') {
+    issues.push({ path: 'spec.method.analysis', message: 'is only allowed with layers "auto"' });
+  }
+  if (s.method.analysis !== undefined) issues.push(...analysisIssues(s.method.analysis, 'spec.method.analysis'));
+  if (s.eval !== undefined) issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'));
   if (s.method.name === 'freeze' && s.method.layers === undefined) {
     issues.push({ path: 'spec.method.layers', message: 'is required for method freeze' });
   }
@@ -243,6 +253,8 @@ function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
         train: s.data.train.map((src) => ({ ...src, path: abs(src.path), ...(src.target ? { target: abs(src.target) } : {}) })),
       },
       output: { dir: abs(s.output.dir) },
+      ...(s.method.analysis ? { method: { ...s.method, analysis: { ...s.method.analysis, probe: resolveProblemSets(s.method.analysis.probe, baseDir) } } } : {}),
+      ...(s.eval ? { eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) } } : {}),
     },
   };
 }
@@ -299,6 +311,8 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
       issues.push({ path: `spec.data.train[${i}].target`, message: `${src.target}: no such file` });
     }
   }
+  if (s.method.analysis) issues.push(...(await problemSetFileIssues(s.method.analysis.probe, 'spec.method.analysis.probe')));
+  if (s.eval) issues.push(...(await problemSetFileIssues(s.eval.sets, 'spec.eval.sets')));
   if (issues.length > 0) throw new JobSpecError(issues, source);
   return { numLayers };
 }

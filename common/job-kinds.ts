@@ -1,0 +1,134 @@
+/**
+ * The kinds of job the coordinator runs, and parsing of any of them:
+ *
+ * | kind | does | spec |
+ * |---|---|---|
+ * | `TrainJob` | trains (common/jobspec.ts) | model, method, data, training, workers, ..., optional `eval` |
+ * | `EvalJob` | scores a model on MGSM/MSVAMP by greedy generation (worker/eval/) | model, eval, workers, output |
+ * | `LayerAnalysis` | finds the language-specific layers (worker/methods/layer-analysis.ts) | model, analysis, workers, output |
+ *
+ * `parseJobSpec` stays the TrainJob parser; `parseAnyJobSpec` dispatches on `kind`.
+ */
+import { isAbsolute, resolve } from 'node:path';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { JobSpecError, type SpecIssue } from './errors.js';
+import {
+  analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
+} from './eval-spec.js';
+import { CHAT_TEMPLATE_NAME, parseJobSpec, PROMPT_TEMPLATES, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions } from './jobspec.js';
+import { readLlamaConfig } from './model-config.js';
+
+export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const positiveInt = z.number().int('must be an integer').positive('must be > 0');
+const nonEmpty = z.string().min(1, 'must not be empty');
+
+const common = {
+  apiVersion: z.literal('polytune/v1', { message: 'must be "polytune/v1"' }),
+  metadata: z.strictObject({
+    name: z.string().regex(DNS_LABEL, 'must be a DNS-1123 label: lower-case letters, digits and "-", at most 63'),
+  }),
+};
+const model = z.strictObject({ path: nonEmpty });
+const workers = z.strictObject({ count: positiveInt });
+const output = z.strictObject({ dir: nonEmpty });
+
+const evalJobSchema = z.strictObject({
+  ...common,
+  kind: z.literal('EvalJob'),
+  spec: z.strictObject({ model, eval: evalSchema, workers, output }),
+});
+const layerAnalysisSchema = z.strictObject({
+  ...common,
+  kind: z.literal('LayerAnalysis'),
+  spec: z.strictObject({ model, analysis: analysisSchema, workers, output }),
+});
+
+export type EvalJobSpec = z.infer<typeof evalJobSchema>;
+export type LayerAnalysisJobSpec = z.infer<typeof layerAnalysisSchema>;
+/** A TrainJob is `JobSpec` (common/jobspec.ts). */
+export type AnyJobSpec = JobSpec | EvalJobSpec | LayerAnalysisJobSpec;
+
+export function isTrainJob(spec: AnyJobSpec): spec is JobSpec {
+  return spec.kind === 'TrainJob';
+}
+
+function templateIssue(template: string, at: string): SpecIssue[] {
+  if (template in PROMPT_TEMPLATES || template === CHAT_TEMPLATE_NAME || template.includes('{question}')) return [];
+  return [{ path: at, message: `must be one of ${[...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ')} or a literal containing {question}` }];
+}
+
+/** Checks of a `spec.eval` block (also used for a TrainJob's). */
+export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTrainJob: boolean): SpecIssue[] {
+  const issues = [...problemSetIssues(ev.sets, `${at}.sets`), ...templateIssue(ev.template, `${at}.template`)];
+  if (!onTrainJob && ev.everySteps !== undefined) issues.push({ path: `${at}.everySteps`, message: 'is only allowed on a TrainJob' });
+  return issues;
+}
+
+/**
+ * Parse and validate a job spec of any kind from YAML or JSON text; relative paths resolve against
+ * `baseDir`. Throws `JobSpecError` listing every problem with its field path.
+ */
+export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (e) {
+    const msg = e instanceof YAMLParseError ? e.message.split('\n')[0] ?? e.message : String(e);
+    throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], options.source);
+  }
+  const kind = raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>)['kind'] : undefined;
+  if (kind === undefined || kind === 'TrainJob') return parseJobSpec(text, options);
+  if (kind !== 'EvalJob' && kind !== 'LayerAnalysis') {
+    throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
+  }
+  const baseDir = options.baseDir ?? process.cwd();
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  if (kind === 'EvalJob') {
+    const parsed = evalJobSchema.safeParse(raw);
+    if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
+    const s = parsed.data.spec;
+    const issues = evalBlockIssues(s.eval, 'spec.eval', false);
+    if (issues.length > 0) throw new JobSpecError(issues, options.source);
+    return {
+      ...parsed.data,
+      spec: { ...s, model: { path: abs(s.model.path) }, eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) }, output: { dir: abs(s.output.dir) } },
+    };
+  }
+  const parsed = layerAnalysisSchema.safeParse(raw);
+  if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
+  const s = parsed.data.spec;
+  const issues = analysisIssues(s.analysis, 'spec.analysis');
+  if (issues.length > 0) throw new JobSpecError(issues, options.source);
+  return {
+    ...parsed.data,
+    spec: {
+      ...s, model: { path: abs(s.model.path) }, analysis: { ...s.analysis, probe: resolveProblemSets(s.analysis.probe, baseDir) }, output: { dir: abs(s.output.dir) },
+    },
+  };
+}
+
+/** `validateJobSpecFiles` for any kind: the model directory, the problem files, k against the depth. */
+export async function validateAnyJobSpecFiles(spec: AnyJobSpec, source?: string): Promise<{ numLayers: number }> {
+  if (isTrainJob(spec)) return validateJobSpecFiles(spec, source);
+  const issues: SpecIssue[] = [];
+  let numLayers = 0;
+  try {
+    numLayers = (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers;
+  } catch (e) {
+    issues.push({ path: 'spec.model.path', message: (e as Error).message });
+  }
+  if (spec.kind === 'EvalJob') {
+    issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
+  } else {
+    issues.push(...(await problemSetFileIssues(spec.spec.analysis.probe, 'spec.analysis.probe')));
+    if (numLayers > 0 && spec.spec.analysis.k > numLayers) {
+      issues.push({ path: 'spec.analysis.k', message: `must be <= the model's depth (${numLayers} layers)` });
+    }
+  }
+  if (issues.length > 0) throw new JobSpecError(issues, source);
+  return { numLayers };
+}
