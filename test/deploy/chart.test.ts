@@ -195,6 +195,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       const c = pod.containers[0]!;
       expect(c.env?.find((e) => e.name === 'POLYTUNE_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'polytune-auth', key: 'token' } });
       expect(c.volumeMounts).toContainEqual({ name: 'tls', mountPath: '/etc/polytune/tls', readOnly: true });
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_TLS_CERT')?.value).toBe('/etc/polytune/tls/tls.crt');
+      expect(sts().spec.template.spec.containers[0]!.env?.find((e) => e.name === 'POLYTUNE_TLS_CA')?.value).toBe('/etc/polytune/tls/ca.crt');
       expect(c.volumeMounts).toContainEqual({ name: 'nats-creds', mountPath: '/etc/polytune/nats', readOnly: true });
       const tls = find(objs, 'Secret', '-tls') as K8sObject & { type: string };
       expect(tls.type).toBe('kubernetes.io/tls');

@@ -96,10 +96,6 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ include "polytune.authSecretName" . }}
       key: token
 {{- end }}
-{{- if .Values.tls.enabled }}
-- name: POLYTUNE_TLS_DIR
-  value: /etc/polytune/tls
-{{- end }}
 {{- if .Values.natsAuth.enabled }}
 - name: POLYTUNE_NATS_CREDS
   value: /etc/polytune/nats/nats.creds
