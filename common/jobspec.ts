@@ -5,12 +5,13 @@
  * Checks that need the file system (files exist, the model's depth) live in `validateJobSpecFiles`,
  * so that a client can parse a spec without the data, and the coordinator checks what it will use.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
+import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
@@ -269,28 +270,22 @@ async function isFile(path: string): Promise<boolean> {
 
 /**
  * Checks against the file system, for the coordinator before it accepts a job: the model directory
- * holds config.json, weights and tokenizer.json; every layer index is below the model's depth;
- * every data file exists. Throws `JobSpecError`.
+ * holds a config.json of a supported architecture, weights and tokenizer.json; every layer index is
+ * below the model's depth; every data file exists. Throws `JobSpecError`.
  */
-export async function validateJobSpecFiles(spec: JobSpec, source?: string): Promise<{ numLayers: number }> {
+export async function validateJobSpecFiles(spec: JobSpec, source?: string): Promise<{ numLayers: number; config: LlamaConfig }> {
   const issues: SpecIssue[] = [];
   const s = spec.spec;
   const dir = s.model.path;
-  let numLayers = 0;
+  let config: LlamaConfig | undefined;
   const configPath = join(dir, 'config.json');
   if (!(await isFile(configPath))) {
     issues.push({ path: 'spec.model.path', message: `${configPath}: no such file (expected an HF model directory)` });
   } else {
     try {
-      const config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
-      const n = config['num_hidden_layers'];
-      if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0) {
-        issues.push({ path: 'spec.model.path', message: `${configPath}: num_hidden_layers is missing or not a positive integer` });
-      } else {
-        numLayers = n;
-      }
+      config = await readLlamaConfig(dir);
     } catch (e) {
-      issues.push({ path: 'spec.model.path', message: `${configPath}: not valid JSON (${(e as Error).message})` });
+      issues.push({ path: 'spec.model.path', message: (e as Error).message });
     }
     const weights = (await isFile(join(dir, 'model.safetensors'))) || (await isFile(join(dir, 'model.safetensors.index.json')));
     if (!weights) issues.push({ path: 'spec.model.path', message: `${dir}: no model.safetensors or model.safetensors.index.json` });
@@ -298,6 +293,7 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
       issues.push({ path: 'spec.model.path', message: `${join(dir, 'tokenizer.json')}: no such file` });
     }
   }
+  const numLayers = config?.numHiddenLayers ?? 0;
   if (numLayers > 0 && Array.isArray(s.method.layers)) {
     s.method.layers.forEach((layer, i) => {
       if (layer >= numLayers) {
@@ -313,6 +309,6 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
   }
   if (s.method.analysis) issues.push(...(await problemSetFileIssues(s.method.analysis.probe, 'spec.method.analysis.probe')));
   if (s.eval) issues.push(...(await problemSetFileIssues(s.eval.sets, 'spec.eval.sets')));
-  if (issues.length > 0) throw new JobSpecError(issues, source);
-  return { numLayers };
+  if (issues.length > 0 || !config) throw new JobSpecError(issues, source);
+  return { numLayers, config };
 }

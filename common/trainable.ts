@@ -7,6 +7,7 @@
  * - full: every tensor.
  */
 import { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, type JobSpec } from './jobspec.js';
+import { expectedTensorShapes, type LlamaConfig } from './model-config.js';
 
 export const SLAM_DEFAULT_LAYERS = [0, 1, 2, 3, 4, 5] as const;
 export const SLAM_DEFAULT_MODULES = ['up_proj', 'down_proj'] as const;
@@ -28,4 +29,21 @@ export function trainableTensorNames(method: JobSpec['spec']['method'], numLayer
   const chosen = allNames.filter((n) => prefixes.some((p) => n.startsWith(p)));
   if (chosen.length === 0) throw new Error(`method ${method.name} selects no tensor of this model (layers ${layers.join(',')}, modules ${modules.join(',')})`);
   return chosen;
+}
+
+/** Parameters of the model and of what the method trains, from config.json's shapes. */
+export function parameterCounts(method: JobSpec['spec']['method'], config: LlamaConfig): { trainable: number; total: number } {
+  const shapes = expectedTensorShapes(config);
+  const numel = (name: string): number => shapes.get(name)!.reduce((a, b) => a * b, 1);
+  const names = [...shapes.keys()];
+  return {
+    trainable: trainableTensorNames(method, config.numHiddenLayers, names).reduce((n, name) => n + numel(name), 0),
+    total: names.reduce((n, name) => n + numel(name), 0),
+  };
+}
+
+/** "541.1M of 6.74B parameters (8.0%)". */
+export function describeTrainable(counts: { trainable: number; total: number }): string {
+  const human = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}K`);
+  return `${human(counts.trainable)} of ${human(counts.total)} parameters (${((100 * counts.trainable) / counts.total).toFixed(1)}%)`;
 }

@@ -20,6 +20,7 @@ import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
+import { describeTrainable } from '../common/trainable.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
@@ -84,6 +85,7 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     updatedAt: job.updatedAt ? new Date(job.updatedAt).toISOString() : null,
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
+    lossByLanguage: job.lossByLanguage ?? {},
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
   };
 }
@@ -94,6 +96,8 @@ function progressLine(job: Job__Output): string {
   const parts = [`step ${job.step}/${job.totalSteps}`];
   if (job.hasLoss) parts.push(`loss ${fmtLoss(job.lastLoss)}`);
   parts.push(`${Math.round(job.tokensPerSecond)} tok/s`, `elapsed ${job.elapsedSeconds.toFixed(1)}s`);
+  const byLanguage = Object.entries(job.lossByLanguage ?? {}).sort(([a], [b]) => a.localeCompare(b));
+  if (byLanguage.length > 1) parts.push(byLanguage.map(([l, v]) => `${l} ${v.toFixed(2)}`).join(' '));
   return `[${job.id}] ${parts.join('  ')}`;
 }
 
@@ -211,8 +215,8 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
     client = new JobClient(cluster
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
-    const jobId = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(`submitted ${jobId}`);
+    const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
+    out(`submitted ${jobId}: ${spec.spec.method.name} trains ${describeTrainable({ trainable: counts.trainableParameters, total: counts.totalParameters })}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
     return await follow(client, jobId, signal, crashed);

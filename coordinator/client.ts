@@ -52,6 +52,12 @@ export async function readSpecFile(path: string): Promise<JobSpec> {
   return parseJobSpec(text, { source: path, baseDir: dirname(resolve(path)) });
 }
 
+export interface SubmitResult {
+  readonly jobId: string;
+  readonly trainableParameters: number;
+  readonly totalParameters: number;
+}
+
 export class JobClient {
   readonly address: string;
   private readonly client: JobServiceClient;
@@ -94,19 +100,18 @@ export class JobClient {
    * goes on from the newest valid checkpoint in its output.dir.
    */
   async submitText(specText: string, sourceName = '', options: { resume?: boolean } = {}): Promise<string> {
+    return (await this.submit(specText, sourceName, options)).jobId;
+  }
+
+  /** Sends a parsed spec (as JSON): the job id and what the method trains. */
+  submitSpec(spec: JobSpec, sourceName = '', options: { resume?: boolean } = {}): Promise<SubmitResult> {
+    return this.submit(JSON.stringify(spec), sourceName, options);
+  }
+
+  private async submit(specText: string, sourceName: string, options: { resume?: boolean }): Promise<SubmitResult> {
     const res = await this.unary<SubmitResponse__Output>('Submit', (m, o, cb) =>
       this.client.Submit({ specYaml: specText, sourceName, resume: options.resume ?? false }, m, o, cb));
-    return res.jobId;
-  }
-
-  /** Sends a parsed spec (as JSON). Returns the job id. */
-  submitSpec(spec: JobSpec, sourceName = '', options: { resume?: boolean } = {}): Promise<string> {
-    return this.submitText(JSON.stringify(spec), sourceName, options);
-  }
-
-  /** Parses the file locally (throws JobSpecError before any call), then submits it. */
-  async submitSpecFile(path: string): Promise<string> {
-    return this.submitSpec(await readSpecFile(path), path);
+    return { jobId: res.jobId, trainableParameters: Number(res.trainableParameters), totalParameters: Number(res.totalParameters) };
   }
 
   get(jobId: string): Promise<Job__Output> {

@@ -48,6 +48,8 @@ export interface JobRecord {
   readonly resume: boolean;
   /** Times the world was re-formed after a lost worker or a failed generation. */
   reforms: number;
+  /** The last reported step's loss per language. */
+  lossByLanguage: Record<string, number>;
   outputDir: string;
   readonly createdAt: number;
   updatedAt: number;
@@ -75,6 +77,7 @@ export function newJobRecord(id: string, spec: JobSpec, numLayers: number, now =
     workers: [],
     resume,
     reforms: 0,
+    lossByLanguage: {},
     outputDir: spec.spec.output.dir,
     createdAt: now,
     updatedAt: now,
@@ -95,6 +98,7 @@ const WIRE_STATE = {
 export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
   return {
     ledgerJson: ledger ? JSON.stringify(ledger) : '',
+    lossByLanguage: r.lossByLanguage ?? {},
     id: r.id,
     name: r.name,
     state: WIRE_STATE[r.state],

@@ -129,8 +129,19 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
   checkLoss('progress.loss', p.loss);
   checkFiniteNonNegative('progress.tokens_per_second', p.tokensPerSecond);
   checkFiniteNonNegative('progress.elapsed_seconds', p.elapsedSeconds);
+  const byLanguage = p.lossByLanguage ?? {};
+  if (typeof byLanguage !== 'object' || Object.keys(byLanguage).length > MAX_LANGUAGES) {
+    throw new RequestValidationError('progress.loss_by_language', `at most ${MAX_LANGUAGES} languages`);
+  }
+  for (const [lang, loss] of Object.entries(byLanguage)) {
+    if (!/^[a-z]{2,3}$/.test(lang)) throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
+    checkLoss(`progress.loss_by_language.${lang}`, loss);
+  }
   return p;
 }
+
+/** Languages a progress report may name (the loss per language); low cardinality on purpose. */
+export const MAX_LANGUAGES = 64;
 
 export function checkResult(r: Result__Output | null | undefined): Result__Output {
   if (!r || typeof r !== 'object') throw new RequestValidationError('result', 'is missing');

@@ -340,6 +340,7 @@ export class Scheduler {
         firstLoss: r.firstLoss ?? finite(first?.generation === pending.generation ? first.loss : p.loss),
         tokensPerSecond: p.tokensPerSecond,
         elapsedSeconds: p.elapsedSeconds,
+        lossByLanguage: Object.fromEntries(Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v))),
       };
     });
   }

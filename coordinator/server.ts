@@ -28,6 +28,7 @@ import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
+import { parameterCounts } from '../common/trainable.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
@@ -217,10 +218,11 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
       const { specYaml, sourceName } = checkSubmit(req);
       const source = sourceName || 'spec';
       const spec = parseJobSpec(specYaml, { source });
-      const { numLayers } = await validateJobSpecFiles(spec, source);
+      const { numLayers, config } = await validateJobSpecFiles(spec, source);
       const totalSteps = await computeTotalSteps(spec);
+      const counts = parameterCounts(spec.spec.method, config);
       const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);
-      return { jobId: record.id };
+      return { jobId: record.id, trainableParameters: counts.trainable, totalParameters: counts.total };
     }),
     Get: unary('Get', async (req) => {
       const id = checkJobId(req.jobId);

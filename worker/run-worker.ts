@@ -94,6 +94,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           session.progress({
             jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
             tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
+            lossByLanguage: { ...r.lossByLanguage },
           });
           jlog.debug('step', { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
         },

@@ -14,7 +14,7 @@
 import { hostname as osHostname, availableParallelism, totalmem } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { PolytuneError, errorMessage } from '../common/errors.js';
-import type { JobSpec } from '../common/jobspec.js';
+import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
 import {
@@ -77,8 +77,8 @@ export interface AssignmentEvent {
   generation: number;
   rank: number;
   worldSize: number;
-  /** The coordinator-validated, path-resolved spec. */
-  spec: JobSpec;
+  /** The coordinator-validated, path-resolved spec (any kind: common/job-kinds.ts). */
+  spec: AnyJobSpec;
   /** The coordinator's NATS; a worker's own `--nats` wins (`chooseNatsUrl`). */
   natsUrl: string;
   totalSteps: number;
@@ -114,6 +114,10 @@ export interface ProgressReport {
   epoch: number;
   supervisedTokens: number;
   elapsedSeconds: number;
+  lossByLanguage?: Record<string, number>;
+  /** Layers chosen by the layer analysis; evaluation table as JSON (proto Progress). */
+  chosenLayers?: number[];
+  evalJson?: string;
 }
 
 export interface ResultReport {
@@ -128,6 +132,8 @@ export interface ResultReport {
   steps?: number;
   /** The generation failed, not the job: the coordinator may re-form the world. */
   retryable?: boolean;
+  chosenLayers?: number[];
+  evalJson?: string;
 }
 
 /** The coordinator could not be reached within the connect timeout, or refused the Hello. */
@@ -309,10 +315,10 @@ export class CoordinatorSession {
       case 'assignment': {
         const a = msg.assignment;
         if (!a) return;
-        let spec: JobSpec;
+        let spec: AnyJobSpec;
         try {
           // The coordinator validated and path-resolved the spec before assigning it.
-          spec = JSON.parse(a.specJson) as JobSpec;
+          spec = JSON.parse(a.specJson) as AnyJobSpec;
         } catch (e) {
           this.logger.error('assignment with an unreadable spec', { job: a.jobId, error: errorMessage(e) });
           this.result({ jobId: a.jobId, generation: a.generation, ok: false, error: `unreadable spec_json: ${errorMessage(e)}` });
@@ -392,6 +398,7 @@ export class CoordinatorSession {
       result: {
         jobId: r.jobId, generation: r.generation, ok: r.ok, error: r.error ?? '', outputDir: r.outputDir ?? '',
         firstLoss: r.firstLoss ?? 0, finalLoss: r.finalLoss ?? 0, steps: r.steps ?? 0, retryable: r.retryable ?? false,
+        chosenLayers: r.chosenLayers ?? [], evalJson: r.evalJson ?? '',
       },
     });
   }

@@ -119,7 +119,7 @@ async function submit(c: Cluster, text: string, resume = false): Promise<string>
   const spec = parseJobSpec(text);
   for (let i = 0; ; i++) {
     try {
-      return await c.client.submitSpec(spec, 'job.yaml', { resume });
+      return (await c.client.submitSpec(spec, 'job.yaml', { resume })).jobId;
     } catch (e) {
       if (i > 50) throw e;
       await new Promise((r) => setTimeout(r, 200)); // the coordinator is still starting

@@ -19,7 +19,7 @@ export function makeSpecFixture(samples = 8): SpecFixture {
   const dir = mkdtempSync(join(tmpdir(), 'polytune-coord-'));
   const modelDir = join(dir, 'model');
   mkdirSync(modelDir);
-  writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ num_hidden_layers: 2, hidden_size: 8, model_type: 'llama' }));
+  writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ model_type: 'llama', num_hidden_layers: 2, hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_key_value_heads: 2, vocab_size: 32, rms_norm_eps: 1e-5, hidden_act: 'silu' }));
   writeFileSync(join(modelDir, 'model.safetensors'), Buffer.alloc(16));
   writeFileSync(join(modelDir, 'tokenizer.json'), '{}');
   const dataFile = join(dir, 'train.jsonl');

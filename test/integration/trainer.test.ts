@@ -12,7 +12,7 @@ import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
 import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
-import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
+import { makeWordProblems, WORD_PROBLEM_LANGUAGES, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { readSafetensors } from '../../worker/model/safetensors.js';
 import { train, type StepReport, type TrainResult } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
@@ -109,6 +109,15 @@ describe('trainer over NATS', () => {
       }
     }
     micro.reports[0]!.forEach((r, i) => expect(r.loss).toBeCloseTo(one.reports[0]![i]!.loss, 4));
+
+    // Loss per language: the languages of the data; the global loss is their token-weighted mean.
+    for (const r of two.reports[0]!) {
+      const per = Object.values(r.lossByLanguage);
+      expect(Object.keys(r.lossByLanguage).every((l) => (WORD_PROBLEM_LANGUAGES as readonly string[]).includes(l))).toBe(true);
+      expect(per.length).toBeGreaterThan(1);
+      expect(r.loss).toBeGreaterThanOrEqual(Math.min(...per) - 1e-6);
+      expect(r.loss).toBeLessThanOrEqual(Math.max(...per) + 1e-6);
+    }
 
     // The exported model: frozen tensors bit-identical to the input, trained ones changed.
     const input = await tensorsOf(join(dir, 'model', 'model.safetensors'));

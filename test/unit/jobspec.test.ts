@@ -85,7 +85,7 @@ describe('validateJobSpecFiles', () => {
   it('checks the model directory, the layers and the data files', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'polytune-spec-'));
     await mkdir(join(dir, 'model'));
-    await writeFile(join(dir, 'model', 'config.json'), JSON.stringify({ num_hidden_layers: 2 }));
+    await writeFile(join(dir, 'model', 'config.json'), JSON.stringify({ model_type: 'llama', num_hidden_layers: 2, hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_key_value_heads: 2, vocab_size: 32, rms_norm_eps: 1e-5, hidden_act: 'silu' }));
     await writeFile(join(dir, 'model', 'model.safetensors'), '');
     await writeFile(join(dir, 'model', 'tokenizer.json'), '{}');
     const bad = parseJobSpec(VALID.replace('layers: [0, 1]', 'layers: [0, 2]'), { baseDir: dir });
@@ -97,6 +97,6 @@ describe('validateJobSpecFiles', () => {
 
     await mkdir(join(dir, 'data'));
     await writeFile(join(dir, 'data', 'a.jsonl'), '{"instruction":"q","output":"a"}\n');
-    await expect(validateJobSpecFiles(parseJobSpec(VALID, { baseDir: dir }))).resolves.toEqual({ numLayers: 2 });
+    await expect(validateJobSpecFiles(parseJobSpec(VALID, { baseDir: dir }))).resolves.toMatchObject({ numLayers: 2 });
   });
 });

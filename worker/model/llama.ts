@@ -60,6 +60,11 @@ export interface ForwardOptions {
   cache?: KvCache;
   /** Return the extended cache (also when `cache` is absent: a prefill). @default !!cache */
   returnCache?: boolean;
+  /**
+   * Sees each layer's FFN gate pre-activation [B*T, intermediate] (SiLU(gate) > 0 exactly when
+   * gate > 0), inside the caller's tidy scope: for the layer analysis (worker/methods/layer-analysis.ts).
+   */
+  onGate?: (layer: number, gate: tf.Tensor2D) => void;
 }
 
 export interface ForwardResult {
@@ -481,6 +486,7 @@ export class LlamaModel {
       // SwiGLU MLP: down(silu(gate(h)) * up(h)).
       const h2 = rmsNorm(x, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
       const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
+      options.onGate?.(l, gate);
       const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
       x = tf.add(x, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
     }
@@ -619,6 +625,25 @@ export class LlamaModel {
       // No supervised token: zero, still connected to the parameters so that gradients are zeros.
       if (!nll) return tf.mul(tf.sum(hidden), 0);
       return tf.sum(nll);
+    });
+  }
+
+  /**
+   * Per row, the summed NLL of its supervised tokens: a [B] tensor, differentiable like `nllSum`
+   * (the row sums are a matmul with a constant 0/1 matrix, which every backend can differentiate).
+   * Its sum is the loss of the batch; the rows give the trainer the loss per language.
+   */
+  nllRowSums(inputIds: tf.Tensor2D, labels: tf.Tensor2D): tf.Tensor1D {
+    return tf.tidy(() => {
+      const B = inputIds.shape[0];
+      const { nll, hidden, row } = this.supervisedNll(inputIds, labels);
+      // No supervised token: zeros, still connected to the parameters (gradients are zeros).
+      if (!nll) return tf.slice(tf.mul(tf.sum(hidden, 1), 0), [0], [B]) as tf.Tensor1D;
+      const member = new Float32Array(B * row.length);
+      row.forEach((b, i) => {
+        member[b * row.length + i] = 1;
+      });
+      return tf.reshape(tf.matMul(tf.tensor2d(member, [B, row.length]), tf.reshape(nll, [row.length, 1])), [B]) as tf.Tensor1D;
     });
   }
 

@@ -63,7 +63,12 @@ export interface StepReport {
   readonly skipped: boolean;
   /** Skipped steps in this generation so far. */
   readonly nonFiniteSteps: number;
+  /** Mean token NLL per language of the global batch (languages with supervised tokens in it). */
+  readonly lossByLanguage: Readonly<Record<string, number>>;
 }
+
+/** The language label of records that name none (ISO 639-2 "undetermined"). */
+export const UNKNOWN_LANGUAGE = 'und';
 
 /** What a rank holds of a job: enough to go on from `step`. Updated in place after every step. */
 export interface TrainingState {
@@ -225,6 +230,10 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const samples = new SampleCache(records, tokenizer as ModelTokenizer & { eosId: number }, s.data.template, s.data.maxSeqLen, config.vocabSize);
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(records.length, s.training);
+    // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
+    const languages = [...new Set(records.map((r) => r.language ?? UNKNOWN_LANGUAGE))].sort();
+    const languageIndex = new Map(languages.map((l, i) => [l, i]));
+    const L = languages.length;
 
     const names = model.trainableNames;
     const vars = names.map((n) => model.variable(n));
@@ -250,7 +259,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     let lastLoss = NaN;
     let nonFiniteInARow = 0;
     let nonFiniteSteps = 0;
-    const HEAD = 3; // [nll sum, supervised tokens, tokens] ahead of the gradients
+    // Ahead of the gradients: [nll sum, supervised tokens, tokens, nll per language (L), supervised per language (L)].
+    const HEAD = 3 + 2 * L;
     const aborted = (): void => {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('training cancelled');
     };
@@ -270,6 +280,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       let nllSum = 0;
       let supervised = 0;
       let tokens = 0;
+      const langNll = new Float64Array(L);
+      const langTokens = new Float64Array(L);
       try {
         for (const mb of microBatches(mine, s.training.microBatchSize)) {
           aborted();
@@ -277,10 +289,14 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           supervised += batch.supervised;
           tokens += batch.tokens;
           if (batch.supervised === 0) continue;
+          let rows: tf.Tensor1D | undefined;
           const { value, grads } = tf.tidy(() => {
             const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
             const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
-            const r = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+            const r = tf.variableGrads(() => {
+              rows = tf.keep(model.nllRowSums(ids, labels));
+              return tf.sum(rows);
+            }, vars);
             const g = vars.map((v) => r.grads[v.name]!);
             const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
             return { value: r.value, grads: summed };
@@ -289,6 +305,14 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           acc = grads;
           nllSum += (await value.data())[0]!;
           value.dispose();
+          const rowNll = await rows!.data();
+          rows!.dispose();
+          mb.forEach((i, b) => {
+            const sample = samples.get(i);
+            const li = languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
+            langNll[li] = langNll[li]! + rowNll[b]!;
+            langTokens[li] = langTokens[li]! + sample.supervised;
+          });
         }
       } catch (e) {
         acc?.forEach((t) => t.dispose());
@@ -300,6 +324,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       flat[0] = nllSum;
       flat[1] = supervised;
       flat[2] = tokens;
+      flat.set(langNll, 3);
+      flat.set(langTokens, 3 + L);
       if (acc) {
         let off = HEAD;
         for (const g of acc) {
@@ -350,13 +376,18 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       }
       state.step = step + 1;
 
+      const lossByLanguage: Record<string, number> = {};
+      languages.forEach((lang, li) => {
+        const n = reduced[3 + L + li]!;
+        if (n > 0) lossByLanguage[lang] = reduced[3 + li]! / n;
+      });
       const t3 = performance.now();
       const stepSeconds = (t3 - t0) / 1000;
       options.onStep?.({
         step: step + 1, totalSteps: plan.totalSteps, epoch, loss, lr, gradNorm,
         tokensPerSecond: globalTokens / stepSeconds, supervisedTokens: globalSupervised, stepSeconds,
         computeSeconds: (t1 - t0) / 1000, allReduceSeconds: (t2 - t1) / 1000, optimizerSeconds: (t3 - t2) / 1000,
-        allReduceBytes: flat.byteLength, skipped, nonFiniteSteps,
+        allReduceBytes: flat.byteLength, skipped, nonFiniteSteps, lossByLanguage,
       });
 
       const every = s.checkpoint.everySteps;

@@ -43,6 +43,18 @@ export interface Job {
    * those rolled back. Set by Get; empty in List and Watch.
    */
   'ledgerJson'?: (string);
+  /**
+   * The last step's loss per language (Progress.loss_by_language).
+   */
+  'lossByLanguage'?: ({[key: string]: number | string});
+  /**
+   * method.layers auto and LayerAnalysis jobs: the layers the analysis chose, ascending.
+   */
+  'chosenLayers'?: (number)[];
+  /**
+   * The latest evaluation table (worker/eval/evaluate.ts EvalReport) as JSON; empty before one.
+   */
+  'evalJson'?: (string);
 }
 
 export interface Job__Output {
@@ -83,4 +95,16 @@ export interface Job__Output {
    * those rolled back. Set by Get; empty in List and Watch.
    */
   'ledgerJson': (string);
+  /**
+   * The last step's loss per language (Progress.loss_by_language).
+   */
+  'lossByLanguage': ({[key: string]: number});
+  /**
+   * method.layers auto and LayerAnalysis jobs: the layers the analysis chose, ascending.
+   */
+  'chosenLayers': (number)[];
+  /**
+   * The latest evaluation table (worker/eval/evaluate.ts EvalReport) as JSON; empty before one.
+   */
+  'evalJson': (string);
 }

@@ -14,6 +14,18 @@ export interface Progress {
   'epoch'?: (number | string | Long);
   'supervisedTokens'?: (number | string | Long);
   'elapsedSeconds'?: (number | string);
+  /**
+   * Mean token NLL per language of the step's global batch (ISO 639 codes; "und" when unnamed).
+   */
+  'lossByLanguage'?: ({[key: string]: number | string});
+  /**
+   * Set once the layer analysis chose the layers (method.layers auto, LayerAnalysis).
+   */
+  'chosenLayers'?: (number)[];
+  /**
+   * Set when an evaluation finished (spec.eval, EvalJob): its table as JSON.
+   */
+  'evalJson'?: (string);
 }
 
 export interface Progress__Output {
@@ -26,4 +38,16 @@ export interface Progress__Output {
   'epoch': (number);
   'supervisedTokens': (number);
   'elapsedSeconds': (number);
+  /**
+   * Mean token NLL per language of the step's global batch (ISO 639 codes; "und" when unnamed).
+   */
+  'lossByLanguage': ({[key: string]: number});
+  /**
+   * Set once the layer analysis chose the layers (method.layers auto, LayerAnalysis).
+   */
+  'chosenLayers': (number)[];
+  /**
+   * Set when an evaluation finished (spec.eval, EvalJob): its table as JSON.
+   */
+  'evalJson': (string);
 }

@@ -18,6 +18,11 @@ export interface Result {
    * NATS went away): the coordinator re-forms the world in a new generation instead of failing it.
    */
   'retryable'?: (boolean);
+  /**
+   * As in Progress: the chosen layers and the last evaluation table, if any.
+   */
+  'chosenLayers'?: (number)[];
+  'evalJson'?: (string);
 }
 
 export interface Result__Output {
@@ -34,4 +39,9 @@ export interface Result__Output {
    * NATS went away): the coordinator re-forms the world in a new generation instead of failing it.
    */
   'retryable': (boolean);
+  /**
+   * As in Progress: the chosen layers and the last evaluation table, if any.
+   */
+  'chosenLayers': (number)[];
+  'evalJson': (string);
 }

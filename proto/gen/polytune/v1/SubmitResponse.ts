@@ -2,11 +2,22 @@
 /* eslint-disable */
 // Original file: proto/polytune/v1/coordinator.proto
 
+import type { Long } from '@grpc/proto-loader';
 
 export interface SubmitResponse {
   'jobId'?: (string);
+  /**
+   * What the method trains, counted from the model's config.json shapes.
+   */
+  'trainableParameters'?: (number | string | Long);
+  'totalParameters'?: (number | string | Long);
 }
 
 export interface SubmitResponse__Output {
   'jobId': (string);
+  /**
+   * What the method trains, counted from the model's config.json shapes.
+   */
+  'trainableParameters': (number);
+  'totalParameters': (number);
 }
