@@ -95,8 +95,9 @@ export class JobStore {
 
   /** Every job, newest first. */
   async list(): Promise<JobRecord[]> {
-    const ids: string[] = [];
-    for await (const k of await this.kv.keys()) ids.push(k);
+    // A key written while the keys are listed can be listed twice: a set keeps each job once.
+    const ids = new Set<string>();
+    for await (const k of await this.kv.keys()) ids.add(k);
     const jobs: JobRecord[] = [];
     for (const id of ids) {
       const job = await this.get(id);
