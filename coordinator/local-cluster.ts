@@ -201,7 +201,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     let firstExit!: (v: { index: number; code: number | null; signal: NodeJS.Signals | null }) => void;
     const workerExited = new Promise<{ index: number; code: number | null; signal: NodeJS.Signals | null }>((r) => (firstExit = r));
     for (let i = 0; i < options.workers; i++) {
-      const args = [workerCli, '--coordinator', coordinator.address, '--nats', nats.url, '--id', `local-${i}`];
+      const args = [workerCli, '--coordinator', coordinator.address, '--nats', nats.url, '--id', `local-${i}`, '--local-rank', String(i)];
       if (options.backend) args.push('--backend', options.backend);
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env, detached: true });
       const proc: WorkerProcess = {

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
-const { values } = parseArgs({ options: { coordinator: { type: 'string' }, nats: { type: 'string' }, id: { type: 'string' }, backend: { type: 'string' } } });
+const { values } = parseArgs({ options: { coordinator: { type: 'string' }, nats: { type: 'string' }, id: { type: 'string' }, backend: { type: 'string' }, 'local-rank': { type: 'string' } } });
 if (process.env.FAKE_WORKER_PIDFILE) appendFileSync(process.env.FAKE_WORKER_PIDFILE, `${process.pid}\n`);
 if (process.env.FAKE_WORKER_HANG === '1') process.on('SIGTERM', () => {});
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'proto');
