@@ -23,7 +23,8 @@ export type DataFormat = (typeof DATA_FORMATS)[number];
 
 export const FFN_MODULES = ['gate_proj', 'up_proj', 'down_proj'] as const;
 export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
-export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm'] as const;
+/** What `method.modules` may name: a projection, a norm, or a whole block (`mlp`, `self_attn`). */
+export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm', 'mlp', 'self_attn'] as const;
 export type LayerModule = (typeof LAYER_MODULES)[number];
 
 /** The named prompt templates; a literal template must contain `{question}`. */

@@ -3,7 +3,8 @@
  * bit-identical to the input.
  *
  * - slam: `mlp.up_proj` and `mlp.down_proj` of `layers` (default 0-5), one stage (SLAM, Fan et al.).
- * - freeze: the chosen `modules` (default: all of a layer) of the chosen `layers`.
+ * - freeze: the chosen `modules` (default: all of a layer) of the chosen `layers`; a module is a
+ *   projection (`up_proj`, `q_proj`, ...), a norm, or a whole block (`mlp`, `self_attn`).
  * - full: every tensor.
  */
 import { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, type JobSpec } from './jobspec.js';
@@ -15,7 +16,7 @@ export const SLAM_DEFAULT_MODULES = ['up_proj', 'down_proj'] as const;
 function tensorPrefix(layer: number, module: string): string {
   if ((FFN_MODULES as readonly string[]).includes(module)) return `model.layers.${layer}.mlp.${module}.`;
   if ((ATTENTION_MODULES as readonly string[]).includes(module)) return `model.layers.${layer}.self_attn.${module}.`;
-  return `model.layers.${layer}.${module}.`;
+  return `model.layers.${layer}.${module}.`; // a norm, or a whole block: mlp, self_attn
 }
 
 /** The trainable tensor names among `allNames` (the model's tensors), in the model's order. */
