@@ -53,6 +53,8 @@ const dataSourceSchema = z.strictObject({
   language: z.string().regex(LANGUAGE, 'must be an ISO 639 code such as "sw"').optional(),
   /** `parallel` only: the line-aligned target file (English for question translation). */
   target: z.string().min(1, 'must not be empty').optional(),
+  /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
+  weight: z.number().nonnegative('must be >= 0').default(1),
 });
 
 const optimizerSchema = z.discriminatedUnion('name', [
@@ -95,6 +97,8 @@ const specSchema = z.strictObject({
     data: z.strictObject({
       train: z.array(dataSourceSchema).min(1, 'must list at least one file'),
       template: z.string().default('slam'),
+      /** `language`: every language brought to the sample count of the largest (data-mixture.ts). */
+      balance: z.enum(['none', 'language'], { message: 'must be one of none, language' }).default('none'),
       maxSeqLen: positiveInt.default(1024),
       shuffle: z.boolean().default(true),
     }),

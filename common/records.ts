@@ -130,7 +130,7 @@ export async function readJsonLines(file: string): Promise<{ obj: Record<string,
 }
 
 /** Read every record of one data source, in file order. Blank lines are skipped. */
-export async function readDataSource(src: DataSource): Promise<DataRecord[]> {
+export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | 'language' | 'target'>): Promise<DataRecord[]> {
   const file = src.path;
   const records: DataRecord[] = [];
   switch (src.format) {
@@ -165,11 +165,4 @@ export async function readDataSource(src: DataSource): Promise<DataRecord[]> {
   }
   if (records.length === 0) throw new DataFormatError(file, 'holds no records');
   return records;
-}
-
-/** All sources of a spec, concatenated in the order they are listed. */
-export async function readTrainingRecords(sources: readonly DataSource[]): Promise<DataRecord[]> {
-  const out: DataRecord[] = [];
-  for (const src of sources) out.push(...(await readDataSource(src)));
-  return out;
 }

@@ -25,7 +25,8 @@ import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPositi
 import { UserError } from '../../common/errors.js';
 import type { JobSpec } from '../../common/jobspec.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import { readTrainingRecords, type DataRecord } from '../../common/records.js';
+import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
+import type { DataRecord } from '../../common/records.js';
 import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
 import { trainableTensorNames } from '../../common/trainable.js';
 import { LlamaModel } from '../model/llama.js';
@@ -67,8 +68,7 @@ export interface StepReport {
   readonly lossByLanguage: Readonly<Record<string, number>>;
 }
 
-/** The language label of records that name none (ISO 639-2 "undetermined"). */
-export const UNKNOWN_LANGUAGE = 'und';
+
 
 /** What a rank holds of a job: enough to go on from `step`. Updated in place after every step. */
 export interface TrainingState {
@@ -226,10 +226,10 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     if (tokenizer.eosId === undefined) throw new UserError(`${s.model.path}: the tokenizer has no EOS token`);
-    const records = await readTrainingRecords(s.data.train);
+    const { records, samples: sampleRecords } = await loadTrainingSet(s.data, s.training.seed);
     const samples = new SampleCache(records, tokenizer as ModelTokenizer & { eosId: number }, s.data.template, s.data.maxSeqLen, config.vocabSize);
     const padId = tokenizer.padId ?? tokenizer.eosId;
-    const plan: StepPlan = planSteps(records.length, s.training);
+    const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
     const languages = [...new Set(records.map((r) => r.language ?? UNKNOWN_LANGUAGE))].sort();
     const languageIndex = new Map(languages.map((l, i) => [l, i]));
@@ -285,7 +285,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       try {
         for (const mb of microBatches(mine, s.training.microBatchSize)) {
           aborted();
-          const batch = padBatch(mb.map((i) => samples.get(i)), padId);
+          const batch = padBatch(mb.map((i) => samples.get(sampleRecords[i]!)), padId);
           supervised += batch.supervised;
           tokens += batch.tokens;
           if (batch.supervised === 0) continue;
@@ -308,7 +308,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           const rowNll = await rows!.data();
           rows!.dispose();
           mb.forEach((i, b) => {
-            const sample = samples.get(i);
+            const sample = samples.get(sampleRecords[i]!);
             const li = languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
             langNll[li] = langNll[li]! + rowNll[b]!;
             langTokens[li] = langTokens[li]! + sample.supervised;
