@@ -76,8 +76,9 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
         timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000,
         compression: a.spec.spec.collective.compression,
-        // The trainer's head [nll sum, supervised tokens, tokens] stays exact under compression.
-        exactPrefix: 3,
+        // The trainer's head ([nll sum, supervised tokens, tokens] + 2 per language) stays exact
+        // under compression; exactness is per chunk anyway, so a generous bound costs nothing more.
+        exactPrefix: 4096,
       });
       // Start barrier: every peer's subscriptions are known on every NATS server (a cluster's routes
       // propagate interest asynchronously), and all ranks share the collective's settings.

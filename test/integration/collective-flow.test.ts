@@ -67,6 +67,17 @@ describe('compression on the wire', () => {
     expect(Array.from(results[0]!.subarray(0, 3))).toEqual([Math.fround(3 * 123456.5 + 3), 3 * 70001 + 3, 3 * 99999 + 3]);
   });
 
+  it('exact calls travel as float32 whatever the compression (a state broadcast stays exact)', async () => {
+    const n = 3;
+    const { ranks } = await world(n, { compression: 'fp16' });
+    const inputs = ranks.map((_, r) => (r === 1 ? vector(7, BIG) : new Float32Array(BIG)));
+    const results = await Promise.all(ranks.map((ar, r) => ar.allReduce(0, inputs[r]!, undefined, { exact: true })));
+    for (const res of results) expect(bytes(res).equals(bytes(inputs[1]!))).toBe(true);
+    // and the next step is compressed again
+    const next = await Promise.all(ranks.map((ar, r) => ar.allReduce(1, inputs[r]!)));
+    expect(bytes(next[0]!).equals(bytes(compressedReference(inputs, 'fp16')))).toBe(true);
+  });
+
   it('error feedback carries the residual to the next step, and only after a step that completed', async () => {
     const n = 3;
     const length = 50_001;

@@ -172,10 +172,24 @@ export interface AllReduceHandle {
   readonly result: Promise<Float32Array>;
 }
 
+/** Per call. */
+export interface CallOptions {
+  /**
+   * Every element travels as float32, whatever `compression`: for what must stay exact, such as a
+   * state broadcast (one rank's parameters, zeros elsewhere) or step counts. Every rank must pass
+   * the same value for a step. @default false
+   */
+  exact?: boolean;
+}
+
 type State = 'OPEN' | 'CLOSED';
 
 interface Op {
   readonly step: number;
+  /** Elements a chunk in this step. */
+  readonly ce: number;
+  /** Every chunk as float32, whatever the compression. */
+  readonly exact: boolean;
   readonly length: number;
   readonly input: Float32Array;
   /** Elements of `input` available. */
@@ -376,9 +390,9 @@ export class GradientAllReduce {
    * @throws CollectiveError naming the missing ranks at the deadline, on a lost or corrupted chunk,
    *   on abort or close, or for a peer whose vector length differs.
    */
-  allReduce(step: number, data: Float32Array, signal?: AbortSignal): Promise<Float32Array> {
+  allReduce(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
-    const started = this.#start(step, data.length, data, data.length, new Float32Array(data.length), false, signal);
+    const started = this.#start(step, data.length, data, data.length, new Float32Array(data.length), false, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
 
@@ -386,9 +400,9 @@ export class GradientAllReduce {
    * As `allReduce`, but the sum replaces `data` (no second buffer: for vectors near the memory
    * limit). On failure `data` holds a mix of input and sums: keep a copy if you need to retry.
    */
-  allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal): Promise<Float32Array> {
+  allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
-    const started = this.#start(step, data.length, data, data.length, data, true, signal);
+    const started = this.#start(step, data.length, data, data.length, data, true, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
 
@@ -398,10 +412,10 @@ export class GradientAllReduce {
    * produced (e.g. copied off the device tensor by tensor).
    * @throws RangeError or CollectiveError when the step cannot start (see `allReduce`)
    */
-  begin(step: number, length: number, signal?: AbortSignal): AllReduceHandle {
+  begin(step: number, length: number, signal?: AbortSignal, options: CallOptions = {}): AllReduceHandle {
     if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`length: must be a non-negative integer, got ${length}`);
     const input = new Float32Array(length);
-    const started = this.#start(step, length, input, 0, new Float32Array(length), false, signal);
+    const started = this.#start(step, length, input, 0, new Float32Array(length), false, signal, options.exact ?? false);
     if (started instanceof Error) throw started;
     const { op, promise: result } = started;
     result.catch(() => undefined); // the caller sees the rejection when it awaits `result`
@@ -446,7 +460,8 @@ export class GradientAllReduce {
   // --- lifecycle of one step ---------------------------------------------------------------------
 
   #start(
-    step: number, length: number, input: Float32Array, ready: number, output: Float32Array, inPlace: boolean, signal?: AbortSignal,
+    step: number, length: number, input: Float32Array, ready: number, output: Float32Array, inPlace: boolean,
+    signal: AbortSignal | undefined, exact: boolean,
   ): { op: Op; promise: Promise<Float32Array> } | Error {
     if (this.#state !== 'OPEN') return new CollectiveError(`all-reduce step ${step}: closed`, { step });
     if (!Number.isSafeInteger(step) || step < 0) return new RangeError(`step: must be a non-negative integer, got ${step}`);
@@ -459,7 +474,8 @@ export class GradientAllReduce {
     let reject!: (e: unknown) => void;
     const promise = new Promise<Float32Array>((res, rej) => { resolve = res; reject = rej; });
     const op: Op = {
-      step, length, input, ready, output, inPlace, settled: false, resolve, reject,
+      step, length, input, ready, output, inPlace, settled: false, resolve, reject, exact,
+      ce: exact && this.compression !== 'none' && this.exactPrefix === 0 ? Math.max(1, Math.floor(this.chunkElements / 2)) : this.chunkElements,
       rsNext: new Array<number>(n).fill(0), rsAcked: new Array<number>(n).fill(0), rsRecv: new Array<number>(n).fill(0),
       pieces: new Map(), reduced: 0, agQueue: [], agSent: 0, agAcked: new Array<number>(n).fill(0),
       agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
@@ -529,14 +545,14 @@ export class GradientAllReduce {
     }
   }
 
-  #chunksOf(length: number, shard: number): number {
-    const [s, e] = shardBounds(length, this.worldSize, shard);
-    return Math.ceil((e - s) / this.chunkElements);
+  #chunksOf(op: Op, shard: number): number {
+    const [s, e] = shardBounds(op.length, this.worldSize, shard);
+    return Math.ceil((e - s) / op.ce);
   }
 
   /** Dtype of the chunk starting at element `offset`. */
-  #dtypeAt(offset: number): ChunkDtype {
-    return offset < this.exactPrefix ? ChunkDtype.Float32 : this.#wire;
+  #dtypeAt(op: Op, offset: number): ChunkDtype {
+    return op.exact || offset < this.exactPrefix ? ChunkDtype.Float32 : this.#wire;
   }
 
   /** One piece to each destination with credit and input, round-robin, until none can go. */
@@ -550,10 +566,10 @@ export class GradientAllReduce {
         const dest = (this.rank + i) % n;
         const c = op.rsNext[dest]!;
         const [start, end] = shardBounds(op.length, n, dest);
-        const chunks = Math.ceil((end - start) / this.chunkElements);
+        const chunks = Math.ceil((end - start) / op.ce);
         if (c >= chunks) continue;
-        const offset = start + c * this.chunkElements;
-        const count = Math.min(this.chunkElements, end - offset);
+        const offset = start + c * op.ce;
+        const count = Math.min(op.ce, end - offset);
         if (op.ready < offset + count) continue;
         if (c - op.rsAcked[dest]! >= W) {
           this.#stats.windowStalls++;
@@ -574,11 +590,11 @@ export class GradientAllReduce {
   #encode(
     op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
   ): Uint8Array {
-    const dtype = this.#dtypeAt(offset);
+    const dtype = this.#dtypeAt(op, offset);
     const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
-      chunk, chunks, offset, count, chunkElements: this.chunkElements, totalLength: op.length,
+      chunk, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
     }, buf);
     const values = src.subarray(offset, offset + count);
     if (dtype === ChunkDtype.Float32) {
@@ -604,12 +620,12 @@ export class GradientAllReduce {
     const n = this.worldSize;
     const me = this.rank;
     const [start, end] = shardBounds(op.length, n, me);
-    const chunks = Math.ceil((end - start) / this.chunkElements);
+    const chunks = Math.ceil((end - start) / op.ce);
     let any = false;
     while (op.reduced < chunks && op.agQueue.length < this.windowChunks && !op.settled) {
       const c = op.reduced;
-      const offset = start + c * this.chunkElements;
-      const count = Math.min(this.chunkElements, end - offset);
+      const offset = start + c * op.ce;
+      const count = Math.min(op.ce, end - offset);
       if (op.ready < offset + count) break;
       let complete = true;
       for (let r = 0; r < n; r++) if (r !== me && op.rsRecv[r]! <= c) { complete = false; break; }
@@ -626,7 +642,7 @@ export class GradientAllReduce {
   #reduceChunk(op: Op, c: number, chunks: number, offset: number, count: number): void {
     const n = this.worldSize;
     const me = this.rank;
-    const dtype = this.#dtypeAt(offset);
+    const dtype = this.#dtypeAt(op, offset);
     const res = this.#res;
     // The own contribution, as the peers' are: narrowed (with feedback) when compressing.
     let own = op.input.subarray(offset, offset + count);
@@ -667,7 +683,7 @@ export class GradientAllReduce {
     const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
-      chunk: c, chunks, offset, count, chunkElements: this.chunkElements, totalLength: op.length,
+      chunk: c, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
     }, buf);
     if (dtype === ChunkDtype.Float32) {
       new Float32Array(buf.buffer, CHUNK_HEADER_BYTES, count).set(acc);
@@ -702,14 +718,14 @@ export class GradientAllReduce {
   #sendAcks(op: Op, force: boolean): void {
     const n = this.worldSize;
     if (n === 1) return;
-    const myChunks = this.#chunksOf(op.length, this.rank);
+    const myChunks = this.#chunksOf(op, this.rank);
     let due = force;
     if (op.reduced - op.ackedReduced >= this.#ackEvery || (op.reduced === myChunks && op.ackedReduced < myChunks)) due = true;
     for (let r = 0; r < n && !due; r++) {
       if (r === this.rank) continue;
       const got = op.agRecv[r]!;
       const last = op.ackedRecv[r]!;
-      if (got - last >= this.#ackEvery || (got > last && got === this.#chunksOf(op.length, r))) due = true;
+      if (got - last >= this.#ackEvery || (got > last && got === this.#chunksOf(op, r))) due = true;
     }
     if (!due) return;
     const msg: AckMessage = { type: 'ack', from: this.rank, step: op.step, reduced: op.reduced, received: op.agRecv };
@@ -722,8 +738,8 @@ export class GradientAllReduce {
   #maybeFinish(op: Op): void {
     if (op.settled) return;
     const n = this.worldSize;
-    if (op.reduced < this.#chunksOf(op.length, this.rank) || op.agQueue.length > 0) return;
-    for (let r = 0; r < n; r++) if (r !== this.rank && op.agRecv[r]! < this.#chunksOf(op.length, r)) return;
+    if (op.reduced < this.#chunksOf(op, this.rank) || op.agQueue.length > 0) return;
+    for (let r = 0; r < n; r++) if (r !== this.rank && op.agRecv[r]! < this.#chunksOf(op, r)) return;
     if (n > 1 && !op.flushed) {
       // Flush before resolving, so that a caller closing the connection right after does not
       // strand the reduced shard in the outbound buffer.
@@ -771,12 +787,12 @@ export class GradientAllReduce {
       return { ranks, detail };
     };
     const pre = `all-reduce step ${op.step} timed out after ${this.timeoutMs} ms: rank ${this.rank}`;
-    const myChunks = this.#chunksOf(op.length, this.rank);
+    const myChunks = this.#chunksOf(op, this.rank);
     const rs = missing(op.rsRecv, () => myChunks);
     if (rs.ranks.length > 0) {
       return new CollectiveError(`${pre} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`, { step: op.step, missingRanks: rs.ranks });
     }
-    const ag = missing(op.agRecv, (r) => this.#chunksOf(op.length, r));
+    const ag = missing(op.agRecv, (r) => this.#chunksOf(op, r));
     if (ag.ranks.length > 0) {
       return new CollectiveError(`${pre} is missing the reduced shards of ranks ${ag.detail.join(', ')}`, { step: op.step, missingRanks: ag.ranks });
     }
@@ -971,9 +987,9 @@ export class GradientAllReduce {
       ));
       return;
     }
-    if (h.chunkElements !== this.chunkElements) {
+    if (h.chunkElements !== op.ce) {
       this.#fail(op, new CollectiveError(
-        `all-reduce step ${op.step}: rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${this.rank} expects ${this.chunkElements} (different max_payload? call ready() first)`,
+        `all-reduce step ${op.step}: rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${this.rank} expects ${op.ce} (different max_payload? call ready() first)`,
         { step: op.step, missingRanks: [h.rank] },
       ));
       return;
@@ -983,12 +999,12 @@ export class GradientAllReduce {
       this.#log.warn('dropped gradient chunk', { reason, step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk });
     };
     const [start, end] = shardBounds(op.length, this.worldSize, h.shard);
-    const chunks = Math.ceil((end - start) / this.chunkElements);
-    if (h.chunks !== chunks) return drop(`chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${this.chunkElements}`);
-    const offset = start + h.chunk * this.chunkElements;
-    const count = Math.min(this.chunkElements, end - offset);
+    const chunks = Math.ceil((end - start) / op.ce);
+    if (h.chunks !== chunks) return drop(`chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${op.ce}`);
+    const offset = start + h.chunk * op.ce;
+    const count = Math.min(op.ce, end - offset);
     if (h.offset !== offset || h.count !== count) return drop(`chunk ${h.chunk} should hold elements ${offset}..${offset + count}`);
-    if (h.dtype !== this.#dtypeAt(offset)) return drop(`dtype ${h.dtype} where ${this.#dtypeAt(offset)} is expected`);
+    if (h.dtype !== this.#dtypeAt(op, offset)) return drop(`dtype ${h.dtype} where ${this.#dtypeAt(op, offset)} is expected`);
     const counts = phase === GradPhase.reduceScatter ? op.rsRecv : op.agRecv;
     const expected = counts[h.rank]!;
     if (h.chunk < expected) return drop('duplicate chunk');
