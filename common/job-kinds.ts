@@ -33,7 +33,8 @@ const common = {
   }),
 };
 const model = z.strictObject({ path: nonEmpty });
-const workers = z.strictObject({ count: positiveInt });
+/** `min`: the job goes on in a re-formed world of at least `min` (it starts over: evaluation and analysis are deterministic). */
+const workers = z.strictObject({ count: positiveInt, min: positiveInt.optional() });
 const output = z.strictObject({ dir: nonEmpty });
 
 const evalJobSchema = z.strictObject({
@@ -68,6 +69,10 @@ export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTr
   return issues;
 }
 
+function minIssues(w: { count: number; min?: number | undefined }): SpecIssue[] {
+  return w.min !== undefined && w.min > w.count ? [{ path: 'spec.workers.min', message: `must be <= spec.workers.count (${w.count})` }] : [];
+}
+
 /**
  * Parse and validate a job spec of any kind from YAML or JSON text; relative paths resolve against
  * `baseDir`. Throws `JobSpecError` listing every problem with its field path.
@@ -91,7 +96,7 @@ export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJo
     const parsed = evalJobSchema.safeParse(raw);
     if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
     const s = parsed.data.spec;
-    const issues = evalBlockIssues(s.eval, 'spec.eval', false);
+    const issues = [...evalBlockIssues(s.eval, 'spec.eval', false), ...minIssues(s.workers)];
     if (issues.length > 0) throw new JobSpecError(issues, options.source);
     return {
       ...parsed.data,
@@ -101,7 +106,7 @@ export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJo
   const parsed = layerAnalysisSchema.safeParse(raw);
   if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
   const s = parsed.data.spec;
-  const issues = analysisIssues(s.analysis, 'spec.analysis');
+  const issues = [...analysisIssues(s.analysis, 'spec.analysis'), ...minIssues(s.workers)];
   if (issues.length > 0) throw new JobSpecError(issues, options.source);
   return {
     ...parsed.data,

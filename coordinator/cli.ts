@@ -87,6 +87,8 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
     lossByLanguage: job.lossByLanguage ?? {},
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
+    ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
+    ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
   };
 }
 
@@ -107,12 +109,20 @@ function stateLine(job: Job__Output): string {
   return `[${job.id}] ${s}${extra}`;
 }
 
+/** An evaluation table (worker/eval/evaluate.ts EvalReport) as lines: accuracy % per language and the average. */
+function evalLines(evalJson: string): string[] {
+  const r = JSON.parse(evalJson) as { name: string; benchmarks: { benchmark: string; average: number; languages: { language: string; accuracy: number }[] }[] };
+  return r.benchmarks.map((b) => `  ${b.benchmark} (${r.name}): ${b.languages.map((l) => `${l.language} ${(100 * l.accuracy).toFixed(1)}`).join(', ')}; avg ${(100 * b.average).toFixed(1)}%`);
+}
+
 function summary(job: Job__Output): string[] {
   const s = stateName(job);
   const seconds = job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds;
   const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
+  if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
+  if (job.evalJson) lines.push(...evalLines(job.evalJson));
   if (job.error) lines.push(`  error: ${job.error}`);
   return lines;
 }
@@ -216,7 +226,9 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
     const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(`submitted ${jobId}: ${spec.spec.method.name} trains ${describeTrainable({ trainable: counts.trainableParameters, total: counts.totalParameters })}`);
+    out(spec.kind === 'TrainJob'
+      ? `submitted ${jobId}: ${spec.spec.method.name} trains ${describeTrainable({ trainable: counts.trainableParameters, total: counts.totalParameters })}`
+      : `submitted ${jobId}: ${spec.kind}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
     return await follow(client, jobId, signal, crashed);

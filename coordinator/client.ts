@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { UserError } from '../common/errors.js';
-import { parseJobSpec, type JobSpec } from '../common/jobspec.js';
+import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
 import { loadCoordinatorProto, type JobEvent__Output, type JobServiceClient, type Job__Output, type ListJobsResponse__Output, type SubmitResponse__Output } from '../proto/index.js';
 import { fromGrpcError } from './grpc-errors.js';
@@ -42,14 +42,14 @@ export function defaultCoordinatorAddress(): string {
 }
 
 /** Reads and parses a spec file; relative paths are resolved against the file's directory. Throws JobSpecError / UserError. */
-export async function readSpecFile(path: string): Promise<JobSpec> {
+export async function readSpecFile(path: string): Promise<AnyJobSpec> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
   } catch (e) {
     throw new UserError(`${path}: cannot read the job spec (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
   }
-  return parseJobSpec(text, { source: path, baseDir: dirname(resolve(path)) });
+  return parseAnyJobSpec(text, { source: path, baseDir: dirname(resolve(path)) });
 }
 
 export interface SubmitResult {
@@ -104,7 +104,7 @@ export class JobClient {
   }
 
   /** Sends a parsed spec (as JSON): the job id and what the method trains. */
-  submitSpec(spec: JobSpec, sourceName = '', options: { resume?: boolean } = {}): Promise<SubmitResult> {
+  submitSpec(spec: AnyJobSpec, sourceName = '', options: { resume?: boolean } = {}): Promise<SubmitResult> {
     return this.submit(JSON.stringify(spec), sourceName, options);
   }
 

@@ -2,7 +2,7 @@
  * A job as the coordinator stores it (JSON in the `polytune_jobs` KV bucket), its lifecycle, and
  * its conversion to the wire `Job` message.
  */
-import type { JobSpec } from '../common/jobspec.js';
+import type { AnyJobSpec } from '../common/job-kinds.js';
 import type { Job } from '../proto/index.js';
 import type { Ledger } from './ledger.js';
 
@@ -27,8 +27,8 @@ export interface JobRecord {
   readonly id: string;
   readonly name: string;
   state: JobState;
-  /** The validated, path-resolved spec. */
-  readonly spec: JobSpec;
+  /** The validated, path-resolved spec (any kind). */
+  readonly spec: AnyJobSpec;
   /** Number of model layers found at submit time. */
   readonly numLayers: number;
   step: number;
@@ -48,6 +48,10 @@ export interface JobRecord {
   readonly resume: boolean;
   /** Times the world was re-formed after a lost worker or a failed generation. */
   reforms: number;
+  /** Layers chosen by the layer analysis (method.layers auto, LayerAnalysis); absent before. */
+  chosenLayers?: number[];
+  /** The latest evaluation table (spec.eval, EvalJob) as JSON; absent before one. */
+  evalJson?: string;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
   outputDir: string;
@@ -58,7 +62,7 @@ export interface JobRecord {
 }
 
 /** A fresh Pending record for a validated spec. */
-export function newJobRecord(id: string, spec: JobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
+export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
   return {
     id,
     name: spec.metadata.name,
@@ -98,6 +102,8 @@ const WIRE_STATE = {
 export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
   return {
     ledgerJson: ledger ? JSON.stringify(ledger) : '',
+    chosenLayers: r.chosenLayers ?? [],
+    evalJson: r.evalJson ?? '',
     lossByLanguage: r.lossByLanguage ?? {},
     id: r.id,
     name: r.name,

@@ -13,7 +13,7 @@
  * which steps each generation committed.
  */
 import { errorMessage } from '../common/errors.js';
-import type { JobSpec } from '../common/jobspec.js';
+import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError } from './errors.js';
@@ -126,7 +126,7 @@ export class Scheduler {
   }
 
   /** Stores a new Pending job for an already validated spec. */
-  async submit(spec: JobSpec, numLayers: number, totalSteps: number, resume = false): Promise<JobRecord> {
+  async submit(spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false): Promise<JobRecord> {
     if (this.stopping) throw new CoordinatorStoppingError();
     for (;;) {
       const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers, Date.now(), resume);
@@ -307,7 +307,10 @@ export class Scheduler {
     if (!this.firstLoss.has(jobId) || this.firstLoss.get(jobId)?.generation !== p.generation) {
       this.firstLoss.set(jobId, { generation: p.generation, loss: p.loss });
     }
-    this.pendingProgress.set(jobId, { generation: p.generation, progress: p });
+    // A report that carries the chosen layers or an evaluation is not lost to the throttle.
+    const prev = this.pendingProgress.get(jobId)?.progress;
+    const merged = prev ? { ...p, chosenLayers: p.chosenLayers?.length ? p.chosenLayers : prev.chosenLayers, evalJson: p.evalJson || prev.evalJson } : p;
+    this.pendingProgress.set(jobId, { generation: p.generation, progress: merged });
     if (this.flushTimers.has(jobId)) return;
     const wait = Math.max(0, (this.lastFlush.get(jobId) ?? 0) + this.flushMs - Date.now());
     const timer = setTimeout(() => {
@@ -340,6 +343,8 @@ export class Scheduler {
         firstLoss: r.firstLoss ?? finite(first?.generation === pending.generation ? first.loss : p.loss),
         tokensPerSecond: p.tokensPerSecond,
         elapsedSeconds: p.elapsedSeconds,
+        ...(p.chosenLayers?.length ? { chosenLayers: [...p.chosenLayers] } : {}),
+        ...(p.evalJson ? { evalJson: p.evalJson } : {}),
         lossByLanguage: Object.fromEntries(Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v))),
       };
     });
@@ -401,6 +406,8 @@ export class Scheduler {
         lastLoss: r0.steps > 0 && Number.isFinite(r0.finalLoss) ? r0.finalLoss : r.lastLoss,
         firstLoss: r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
         outputDir: r0.outputDir || r.outputDir,
+        ...(r0.chosenLayers?.length ? { chosenLayers: [...r0.chosenLayers] } : {}),
+        ...(r0.evalJson ? { evalJson: r0.evalJson } : {}),
         finishedAt: Date.now(),
       };
     });

@@ -10,7 +10,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../common/errors.js';
-import { parseJobSpec, validateJobSpecFiles } from '../common/jobspec.js';
+import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
+import { validateJobSpecFiles } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { peerCertificateVerified, serverCredentials, type ServerTls } from '../common/tls.js';
@@ -217,7 +218,13 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
     Submit: unary('Submit', async (req) => {
       const { specYaml, sourceName } = checkSubmit(req);
       const source = sourceName || 'spec';
-      const spec = parseJobSpec(specYaml, { source });
+      const spec = parseAnyJobSpec(specYaml, { source });
+      if (!isTrainJob(spec)) {
+        // EvalJob, LayerAnalysis (common/job-kinds.ts): nothing trains; "steps" are problems / prompts.
+        const { numLayers } = await validateAnyJobSpecFiles(spec, source);
+        const record = await scheduler.submit(spec, numLayers, await computeTotalSteps(spec), false);
+        return { jobId: record.id, trainableParameters: 0, totalParameters: 0 };
+      }
       const { numLayers, config } = await validateJobSpecFiles(spec, source);
       const totalSteps = await computeTotalSteps(spec);
       const counts = parameterCounts(spec.spec.method, config);

@@ -17,8 +17,9 @@ import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
+import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
-import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type SessionOptions } from './session.js';
+import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type SessionOptions } from './session.js';
 import { train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
@@ -74,25 +75,54 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       });
       allReduce = await GradientAllReduce.create({
         nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
-        timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000,
-        compression: a.spec.spec.collective.compression,
+        timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000,
+        compression: collectiveOf(a.spec).compression,
         // The trainer's head ([nll sum, supervised tokens, tokens] + 2 per language) stays exact
         // under compression; exactness is per chunk anyway, so a generous bound costs nothing more.
         exactPrefix: 4096,
       });
       // Start barrier: every peer's subscriptions are known on every NATS server (a cluster's routes
       // propagate interest asynchronously), and all ranks share the collective's settings.
-      await allReduce.ready({ timeoutMs: a.spec.spec.collective.timeoutSeconds * 1000, signal: abort.signal });
+      await allReduce.ready({ timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000, signal: abort.signal });
       const ar = allReduce;
       const started = performance.now();
+      // Other kinds, layer analysis and evaluation (worker/job-kinds.ts): their collective calls are
+      // numbered here, before the trainer's, which follow them (`offset`).
+      let seq = 0;
+      let lastProgress: ProgressReport | undefined;
+      let evalJson: string | undefined;
+      const kindCtx: KindContext = {
+        rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
+        reduce: (data) => ar.allReduce(seq++, data, abort.signal),
+        progress: (done, totalSteps, extra) => session.progress(lastProgress && extra ? { ...lastProgress, ...extra } : {
+          jobId: a.jobId, generation: a.generation, step: done, totalSteps, loss: NaN, tokensPerSecond: 0, epoch: 0, supervisedTokens: 0,
+          elapsedSeconds: (performance.now() - started) / 1000, ...extra,
+        }),
+        onEvalReport: (r) => {
+          evalJson = JSON.stringify(r);
+          metrics.evalReport(a.jobId, r, a.rank);
+        },
+      };
+      if (a.spec.kind !== 'TrainJob') {
+        const r = await runOtherKind(a.spec, kindCtx);
+        jlog.info('job done', { kind: a.spec.kind, steps: r.steps, seconds: (performance.now() - started) / 1000 });
+        session.result({
+          jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: r.outputDir, firstLoss: NaN, finalLoss: NaN, steps: r.steps,
+          ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...(r.evalJson ? { evalJson: r.evalJson } : {}),
+        });
+        return;
+      }
+      const prepared = await prepareTrainJob(a.spec, kindCtx);
+      const offset = seq;
       const result = await train({
-        spec: a.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
+        spec: prepared.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
         holder, resume: a.resume || a.generation > 1,
-        allReduce: (step, data) => ar.allReduce(step, data, abort.signal),
+        allReduce: (step, data) => ar.allReduce(offset + step, data, abort.signal),
+        ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
         onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
         onStep: (r) => {
           metrics.step(a.jobId, r);
-          session.progress({
+          session.progress(lastProgress = {
             jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
             tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
             lossByLanguage: { ...r.lossByLanguage },
@@ -104,6 +134,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       session.result({
         jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: result.outputDir,
         firstLoss: result.firstLoss, finalLoss: result.finalLoss, steps: result.steps,
+        ...(prepared.chosenLayers ? { chosenLayers: prepared.chosenLayers } : {}), ...(evalJson ? { evalJson } : {}),
       });
     } catch (e) {
       const msg = errorMessage(e);

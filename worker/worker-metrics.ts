@@ -13,6 +13,7 @@
  * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
  * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
  * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
+ * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
  *
@@ -22,6 +23,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
+import type { EvalReport } from './eval/evaluate.js';
 import type { StepReport } from './train/trainer.js';
 
 /** What `step()` reads of a report; `lossByLanguage` is the hook for the per-language loss. */
@@ -38,6 +40,8 @@ export const ALL_LANGUAGES = 'all';
 export interface WorkerMetrics {
   step(jobId: string, report: StepSample): void;
   checkpoint(jobId: string, seconds: number): void;
+  /** An evaluation table (recorded by rank 0 only: every rank holds the same one). */
+  evalReport(jobId: string, report: EvalReport, rank?: number): void;
   /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
   jobEnded(jobId: string): void;
 }
@@ -69,6 +73,10 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
   });
   const checkpoint = meter.histogram({
     name: 'polytune_checkpoint_duration_seconds', help: 'Time for rank 0 to write a checkpoint.', labelNames: ['job_id'],
+  });
+  const evalAccuracy = meter.gauge({
+    name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language (greedy, last number); language="avg" is the mean over languages.',
+    labelNames: ['job_id', 'benchmark', 'language'],
   });
   meter.observableGauge({ name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' }, (observe) => {
     observe({}, tf.memory().numTensors);
@@ -102,6 +110,13 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
         if (!Number.isFinite(l)) continue;
         loss.set({ ...job, language }, l);
         seen.add(language);
+      }
+    },
+    evalReport(jobId, report, rank = 0) {
+      if (rank !== 0) return;
+      for (const b of report.benchmarks) {
+        for (const l of b.languages) evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: l.language }, l.accuracy);
+        evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: 'avg' }, b.average);
       }
     },
     checkpoint(jobId, seconds) {

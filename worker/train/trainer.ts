@@ -119,6 +119,11 @@ export interface TrainerOptions {
    * re-formed world (generation > 1) and a resumed job; false starts from the model at step 0.
    */
   readonly resume?: boolean;
+  /**
+   * Evaluation hook (worker/eval/run-eval.ts `createEvalHook`), called on every rank after each
+   * step with the live model; it decides whether to evaluate and may use the collective.
+   */
+  readonly evaluate?: (ctx: { step: number; totalSteps: number; model: LlamaModel; tokenizer: ModelTokenizer; reduce: (data: Float32Array) => Promise<Float32Array> }) => Promise<void>;
 }
 
 /** Encodes samples on first use and keeps them: a rank touches only its shares. */
@@ -398,6 +403,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         }, stepPosition(plan, state.step).epoch);
         options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
       }
+      // Evaluation (spec.eval): every rank, same step; the hook decides whether this step evaluates.
+      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce });
     }
 
     if (rank === 0) {

@@ -1,0 +1,99 @@
+/**
+ * Evaluation as a job (`kind: EvalJob`) and as a TrainJob's hook (`spec.eval`): both read the
+ * problems once and call `evaluate` on every rank together (it uses the collective).
+ */
+import type { EvalSpec } from '../../common/eval-spec.js';
+import type { EvalJobSpec } from '../../common/job-kinds.js';
+import { silentLogger, type Logger } from '../../common/logging.js';
+import { LlamaModel } from '../model/llama.js';
+import { ModelTokenizer } from '../model/tokenizer.js';
+import { evalName, evaluate, type EvalReport, type ReduceFn } from './evaluate.js';
+import { readProblems, type Problem } from './problems.js';
+
+export interface EvalJobOptions {
+  readonly spec: EvalJobSpec;
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly reduce: ReduceFn;
+  /** Problems scored across the job so far (rank 0's share scaled to the whole) and the total. */
+  readonly onProgress?: (done: number, total: number) => void;
+  readonly signal?: AbortSignal;
+  readonly logger?: Logger;
+}
+
+/** The number of problems of an eval block: an EvalJob's "steps". */
+export async function countProblems(spec: EvalSpec): Promise<number> {
+  return (await readProblems(spec.sets)).length;
+}
+
+/** Runs an EvalJob's rank: `output.dir/eval/final.{json,md}` and this rank's predictions. */
+export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
+  const s = options.spec.spec;
+  const problems = await readProblems(s.eval.sets);
+  const model = await LlamaModel.load(s.model.path);
+  try {
+    const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
+    return await evaluate({
+      model, tokenizer, spec: s.eval, problems, rank: options.rank, worldSize: options.worldSize, reduce: options.reduce,
+      outputDir: s.output.dir, name: evalName(0, true), step: 0,
+      ...(options.onProgress ? { onProgress: (done: number, share: number) => options.onProgress!(Math.round((problems.length * done) / Math.max(1, share)), problems.length) } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+      logger: options.logger ?? silentLogger,
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+/** What the trainer hands its evaluation hook after each optimizer step (every rank calls it). */
+export interface EvalHookContext {
+  /** Optimizer steps completed. */
+  readonly step: number;
+  readonly totalSteps: number;
+  readonly model: LlamaModel;
+  readonly tokenizer: ModelTokenizer;
+  readonly reduce: ReduceFn;
+}
+
+export type EvalHook = (ctx: EvalHookContext) => Promise<void>;
+
+export interface EvalHookOptions {
+  readonly spec: EvalSpec;
+  readonly outputDir: string;
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly onReport?: (report: EvalReport) => void;
+  /** The collective is compressed: sum the counts in calls of EXACT_PREFIX elements (worker/job-kinds.ts). */
+  readonly exact?: boolean;
+  readonly signal?: AbortSignal;
+  readonly logger?: Logger;
+}
+
+/** Elements at the head of an all-reduce call that stay float32 under compression (run-worker.ts). */
+export const EXACT_PREFIX = 3;
+
+/** Sums `data` in calls of EXACT_PREFIX elements: exact under a compressed collective. */
+export function exactReduce(reduce: ReduceFn): ReduceFn {
+  return async (data) => {
+    const out = new Float32Array(data.length);
+    for (let i = 0; i < data.length; i += EXACT_PREFIX) out.set(await reduce(data.slice(i, i + EXACT_PREFIX)), i);
+    return out;
+  };
+}
+
+/** A TrainJob's `spec.eval`: evaluates every `everySteps` steps and after the last step. */
+export function createEvalHook(options: EvalHookOptions): EvalHook {
+  let problems: Problem[] | undefined;
+  const every = options.spec.everySteps ?? 0;
+  return async (ctx) => {
+    const final = ctx.step === ctx.totalSteps;
+    if (!final && !(every > 0 && ctx.step % every === 0)) return;
+    problems ??= await readProblems(options.spec.sets);
+    const report = await evaluate({
+      model: ctx.model, tokenizer: ctx.tokenizer, spec: options.spec, problems, rank: options.rank, worldSize: options.worldSize,
+      reduce: options.exact ? exactReduce(ctx.reduce) : ctx.reduce, outputDir: options.outputDir, name: evalName(ctx.step, final), step: ctx.step,
+      ...(options.signal ? { signal: options.signal } : {}), logger: options.logger ?? silentLogger,
+    });
+    options.onReport?.(report);
+  };
+}
