@@ -38,8 +38,11 @@ import { writeFinalOutputs } from './outputs.js';
 import { clipGradNorm, createOptimizer, type Optimizer } from './optimizers.js';
 import { learningRate } from './schedule.js';
 
-/** Sums `data` over all ranks in rank order; identical on every rank. */
-export type AllReduceFn = (step: number, data: Float32Array) => Promise<Float32Array>;
+/**
+ * Sums `data` over all ranks in rank order; identical on every rank. `exact` keeps the whole call in
+ * float32 even when the spec compresses gradients on the wire (for state, never for gradients).
+ */
+export type AllReduceFn = (step: number, data: Float32Array, options?: { exact?: boolean }) => Promise<Float32Array>;
 
 export interface StepReport {
   /** Optimizer steps completed (1-based). */
@@ -162,13 +165,13 @@ const STATE_HEAD = 2;
  */
 async function agreeOnState(
   state: TrainingState, holder: StateHolder | undefined, layout: CheckpointLayout, outputDir: string,
-  rank: number, worldSize: number, reduce: (data: Float32Array) => Promise<Float32Array>, log: Logger,
+  rank: number, worldSize: number, reduce: (data: Float32Array, options: { exact: true }) => Promise<Float32Array>, log: Logger,
 ): Promise<void> {
   const memory = holder?.state;
   const newestCheckpoint = (await listCheckpoints(outputDir))[0]?.step ?? -1;
   const offers = new Float32Array(worldSize);
   offers[rank] = 1 + Math.max(memory?.step ?? -1, newestCheckpoint);
-  const all = await reduce(offers);
+  const all = await reduce(offers, { exact: true });
   let source = 0;
   for (let r = 1; r < worldSize; r++) if (all[r]! > all[source]!) source = r;
   if (all[source] === 0) return; // nobody holds anything: start from the model
@@ -203,7 +206,7 @@ async function agreeOnState(
     }
     log.info('state source for this generation', { step: vec[0], from: from === undefined ? 'model' : memory && memory.step >= newestCheckpoint ? 'memory' : 'checkpoint' });
   }
-  const got = await reduce(vec);
+  const got = await reduce(vec, { exact: true });
   state.step = got[0]!;
   state.optimizer.stepCount = got[1]!;
   let off = STATE_HEAD;
@@ -220,7 +223,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   const started = performance.now();
   // Each collective call of this generation gets the next sequence number, the same on every rank.
   let seq = 0;
-  const reduce = (data: Float32Array): Promise<Float32Array> => options.allReduce(seq++, data);
+  const reduce = (data: Float32Array, opts?: { exact?: boolean }): Promise<Float32Array> => options.allReduce(seq++, data, opts);
 
   const config = await readLlamaConfig(s.model.path);
   const tensors = await listModelTensors(s.model.path);
