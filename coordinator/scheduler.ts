@@ -216,6 +216,21 @@ export class Scheduler {
         });
       });
     }
+    await this.growWorlds();
+  }
+
+  /**
+   * A TrainJob running below `workers.count` (it lost workers and went on with `min`) takes idle
+   * workers in: its world is re-formed with them, and they receive the current state from the
+   * others as every new generation does. One job per pass; the re-form asks for the next pass.
+   */
+  private async growWorlds(): Promise<void> {
+    const idle = this.registry.idle().length;
+    if (idle === 0) return;
+    const running = (await this.store.list()).filter((j) =>
+      j.state === JobState.Running && j.spec.kind === 'TrainJob' && j.workers.length < j.spec.spec.workers.count);
+    const job = running.sort((a, b) => a.createdAt - b.createdAt)[0];
+    if (job) await this.reform(job.id, job.generation, `growing the world: ${idle} idle worker(s) join`, '');
   }
 
   private onRegistryEvent(e: RegistryEvent): void {

@@ -10,7 +10,7 @@ export interface SpecFixture {
   modelDir: string;
   dataFile: string;
   /** A valid spec as YAML with absolute paths. */
-  yaml(overrides?: { name?: string; workers?: number; epochs?: number; samples?: number }): string;
+  yaml(overrides?: { name?: string; workers?: number; min?: number; epochs?: number; samples?: number }): string;
   cleanup(): void;
 }
 
@@ -48,7 +48,7 @@ spec:
     globalBatchSize: ${Math.max(2, o.workers ?? 2)}
     microBatchSize: 1
     optimizer: { name: sgd, lr: 0.1 }
-  workers: { count: ${o.workers ?? 2} }
+  workers: { count: ${o.workers ?? 2}${o.min !== undefined ? `, min: ${o.min}` : ''} }
   output: { dir: ${join(dir, 'out')} }
 `,
     cleanup: () => rmSync(dir, { recursive: true, force: true }),

@@ -158,6 +158,20 @@ describe('coordinator WorkerService and scheduling', () => {
     expect((await client.get(id)).state).toBe('RUNNING');
   });
 
+  it('a job down to workers.min goes on, and takes a joining worker in at the next generation', async () => {
+    const id = await client.submitText(fx.yaml({ workers: 2, min: 1 }));
+    const [w0, w1] = await Promise.all([join('g-1'), join('g-2')]);
+    await Promise.all([w0.assignment(), w1.assignment()]);
+    await w1.session.close();
+    expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
+    expect(await w0.assignment()).toMatchObject({ jobId: id, generation: 2, rank: 0, worldSize: 1, resume: true });
+    const w2 = await join('g-3');
+    expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
+    const [a0, a2] = await Promise.all([w0.assignment(), w2.assignment()]);
+    expect(a0).toMatchObject({ generation: 3, rank: 0, worldSize: 2 });
+    expect(a2).toMatchObject({ generation: 3, rank: 1, worldSize: 2, resume: true });
+  });
+
   it('heartbeats keep an idle worker registered past the heartbeat timeout', async () => {
     const w = await FakeWorker.join(coord!.address, 'chatty', 300);
     workers.push(w);
