@@ -17,9 +17,8 @@
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
  *
- * Loss per language: the trainer reports only the global loss today, recorded with
- * `language="all"`; a report that carries `lossByLanguage` (the per-language loss comes with the
- * SLAM evaluation issue) is recorded per language with no change here.
+ * Loss: the global batch's with `language="all"`, and each language's from the report's
+ * `lossByLanguage`.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
