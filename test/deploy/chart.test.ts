@@ -3,10 +3,11 @@
  * as Kubernetes objects; what matters in them is asserted. Rendering is done by tools/helm-render
  * (Helm's engine: Go text/template + sprig), a test-only stand-in for `helm template`.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import { TOKEN_ENV, WORKER_TOKEN_ENV } from '../../coordinator/auth.js';
 import { CHART, ROOT, helmRender, mergedValues, render, runRender, type K8sObject } from './helm-render.js';
 
 const bin = helmRender();
@@ -34,6 +35,65 @@ const find = (objs: K8sObject[], kind: string, nameSuffix = ''): K8sObject => {
   return o;
 };
 const workload = (objs: K8sObject[], kind: string, suffix: string): Workload => find(objs, kind, suffix) as Workload;
+
+const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? walk(join(dir, d.name)) : d.name.endsWith('.ts') ? [join(dir, d.name)] : []));
+
+/**
+ * The security env vars the code reads, grepped out of it so that the chart cannot drift from it:
+ * `serve` (coordinator/cli-security.ts serveSecurity: `str(v, 'flag', 'ENV')` and the two tokens)
+ * and the worker (worker/cli.ts: `flagOrEnv('flag', 'ENV')` and `readToken(…, 'ENV')`).
+ */
+const CODE_ENV = ((): { serve: string[]; worker: string[] } => {
+  const security = readFileSync(join(ROOT, 'coordinator/cli-security.ts'), 'utf8');
+  const serve = /export function serveSecurity[\s\S]*?\n}\n/.exec(security)?.[0] ?? '';
+  const serveEnv = [...serve.matchAll(/str\(v, '[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => m[1]!);
+  if (/readToken\([^)]*\bTOKEN_ENV\b/.test(serve)) serveEnv.push(TOKEN_ENV);
+  if (/readToken\([^)]*\bWORKER_TOKEN_ENV\b/.test(serve)) serveEnv.push(WORKER_TOKEN_ENV);
+  const worker = readFileSync(join(ROOT, 'worker/cli.ts'), 'utf8');
+  const workerEnv = [...worker.matchAll(/flagOrEnv\('[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)|readToken\([^,]+, '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => (m[1] ?? m[2])!);
+  return { serve: [...new Set(serveEnv)].sort(), worker: [...new Set(workerEnv)].sort() };
+})();
+const SECURITY_ENV = new Set([...CODE_ENV.serve, ...CODE_ENV.worker]);
+/** The security env vars a container gets, sorted. */
+const securityEnv = (c: Container): string[] => (c.env ?? []).map((e) => e.name).filter((n) => SECURITY_ENV.has(n)).sort();
+
+type SecretKey = { secret: string; key: string };
+/** The Secret keys a container can read as files (its mounted secret volumes' items). */
+function mountedSecretKeys(pod: PodSpec, c: Container): SecretKey[] {
+  return (c.volumeMounts ?? []).flatMap((m) => {
+    const v = pod.volumes?.find((x) => x['name'] === m.name)?.['secret'] as { secretName: string; items?: Array<{ key: string }> } | undefined;
+    if (!v) return [];
+    if (!v.items) throw new Error(`secret volume ${m.name} mounts every key of ${v.secretName}: list items`);
+    return v.items.map((i) => ({ secret: v.secretName, key: i.key }));
+  });
+}
+/**
+ * Where an env var's content comes from: `value` a secret key as the value itself, `file` the path
+ * of a mounted secret key. The secret key must exist in the rendered Secret.
+ */
+function envSource(objs: K8sObject[], pod: PodSpec, c: Container, name: string): { value: SecretKey } | { file: SecretKey } {
+  const e = c.env?.find((x) => x.name === name);
+  if (!e) throw new Error(`${c.name} has no ${name}`);
+  const exists = (k: SecretKey): void => {
+    const s = objs.find((o) => o.kind === 'Secret' && o.metadata.name === k.secret);
+    expect(s?.data?.[k.key], `${name}: Secret ${k.secret} has no key ${k.key}`).toBeDefined();
+  };
+  const ref = (e.valueFrom as { secretKeyRef?: { name: string; key: string } } | undefined)?.secretKeyRef;
+  if (ref) {
+    exists({ secret: ref.name, key: ref.key });
+    return { value: { secret: ref.name, key: ref.key } };
+  }
+  for (const m of c.volumeMounts ?? []) {
+    if (!e.value?.startsWith(m.mountPath + '/')) continue;
+    const v = pod.volumes?.find((x) => x['name'] === m.name)?.['secret'] as { secretName: string; items: Array<{ key: string; path: string }> } | undefined;
+    const item = v?.items.find((i) => join(m.mountPath, i.path) === e.value);
+    if (v && item) {
+      exists({ secret: v.secretName, key: item.key });
+      return { file: { secret: v.secretName, key: item.key } };
+    }
+  }
+  throw new Error(`${name}=${e.value} is neither a secret value nor a mounted secret file`);
+}
 
 /** Every document is a Kubernetes object: apiVersion, kind, a DNS-1123 name, the chart's labels. */
 function expectKubernetesObjects(objs: K8sObject[]): void {
@@ -158,7 +218,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expectKubernetesObjects(objs);
       const kinds = objs.map((o) => o.kind).sort();
       for (const k of ['Ingress', 'NetworkPolicy', 'PodGroup', 'PodMonitor', 'PrometheusRule', 'Secret', 'ServiceMonitor']) expect(kinds).toContain(k);
-      expect(kinds.filter((k) => k === 'Secret')).toHaveLength(3);
+      expect(kinds.filter((k) => k === 'Secret')).toHaveLength(4);
       expect(kinds.filter((k) => k === 'NetworkPolicy')).toHaveLength(2);
     });
 
@@ -190,19 +250,66 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(sts().spec.template.metadata.annotations).toEqual({ 'example.com/team': 'nlp', 'scheduling.k8s.io/group-name': pg.metadata.name });
     });
 
-    it('secrets: the token as env, TLS and NATS credentials mounted read-only; still hardened', () => {
+    it('secrets: the coordinator gets both tokens, its certificate, the client CA, its NATS credentials and the signing key', () => {
       const pod = workload(objs, 'Deployment', '-coordinator').spec.template.spec;
       const c = pod.containers[0]!;
-      expect(c.env?.find((e) => e.name === 'POLYTUNE_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'polytune-auth', key: 'token' } });
-      expect(c.volumeMounts).toContainEqual({ name: 'tls', mountPath: '/etc/polytune/tls', readOnly: true });
-      expect(c.env?.find((e) => e.name === 'POLYTUNE_TLS_CERT')?.value).toBe('/etc/polytune/tls/tls.crt');
-      expect(sts().spec.template.spec.containers[0]!.env?.find((e) => e.name === 'POLYTUNE_TLS_CA')?.value).toBe('/etc/polytune/tls/ca.crt');
-      expect(c.volumeMounts).toContainEqual({ name: 'nats-creds', mountPath: '/etc/polytune/nats', readOnly: true });
-      const tls = find(objs, 'Secret', '-tls') as K8sObject & { type: string };
-      expect(tls.type).toBe('kubernetes.io/tls');
-      expect(Buffer.from(tls.data!['tls.crt']!, 'base64').toString()).toBe('CERT');
+      expect(securityEnv(c)).toEqual(CODE_ENV.serve);
+      expect(envSource(objs, pod, c, 'POLYTUNE_TOKEN')).toEqual({ value: { secret: 'polytune-auth', key: 'token' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_WORKER_TOKEN')).toEqual({ value: { secret: 'polytune-auth', key: 'worker-token' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_CERT')).toEqual({ file: { secret: 'polytune-tls', key: 'tls.crt' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_KEY')).toEqual({ file: { secret: 'polytune-tls', key: 'tls.key' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_CLIENT_CA')).toEqual({ file: { secret: 'polytune-tls-worker', key: 'ca.crt' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_CREDS')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'coordinator.creds' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'account-signing-key.nk' } });
+      // --nats-account takes the public key itself, not a file.
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT')).toEqual({ value: { secret: 'polytune-nats-auth', key: 'account.pub' } });
+      // The workers' client certificate and key stay with the workers.
+      expect(mountedSecretKeys(pod, c)).not.toContainEqual({ secret: 'polytune-tls-worker', key: 'tls.key' });
+      for (const m of c.volumeMounts ?? []) if (m.mountPath.startsWith('/etc/polytune')) expect(m).toMatchObject({ readOnly: true });
       expectHardened(pod);
-      expectHardened(sts().spec.template.spec);
+    });
+
+    it('secrets: workers get the worker token, the CA and name of the coordinator\'s certificate and their client certificate; never the client token, NATS credentials or the coordinator\'s key', () => {
+      const pod = sts().spec.template.spec;
+      const c = pod.containers[0]!;
+      expect(securityEnv(c)).toEqual(CODE_ENV.worker);
+      const names = (c.env ?? []).map((e) => e.name);
+      expect(names).not.toContain('POLYTUNE_TOKEN');
+      expect(names.filter((n) => n.startsWith('POLYTUNE_NATS_'))).toEqual(['POLYTUNE_NATS_URL']);
+      expect(envSource(objs, pod, c, 'POLYTUNE_WORKER_TOKEN')).toEqual({ value: { secret: 'polytune-auth', key: 'worker-token' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_CA')).toEqual({ file: { secret: 'polytune-tls', key: 'ca.crt' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_CLIENT_CERT')).toEqual({ file: { secret: 'polytune-tls-worker', key: 'tls.crt' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_TLS_CLIENT_KEY')).toEqual({ file: { secret: 'polytune-tls-worker', key: 'tls.key' } });
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_TLS_SERVER_NAME')?.value).toBe('polytune-coordinator.default.svc');
+      // Nothing of the client token's, the NATS account's or the coordinator's private key is mounted.
+      expect(mountedSecretKeys(pod, c)).toEqual([
+        { secret: 'polytune-tls', key: 'ca.crt' }, { secret: 'polytune-tls-worker', key: 'tls.crt' }, { secret: 'polytune-tls-worker', key: 'tls.key' },
+      ]);
+      expect(JSON.stringify(pod)).not.toContain('polytune-nats-auth');
+      expectHardened(pod);
+    });
+
+    it('secrets: inline values become Secrets with exactly the keys the pods reference', () => {
+      const data = (name: string): Record<string, string> => Object.fromEntries(Object.entries(find(objs, 'Secret', name).data!).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()]));
+      expect(data('-auth')).toEqual({ token: 'client-token-0123456789', 'worker-token': 'worker-token-0123456789' });
+      expect(data('-tls')).toEqual({ 'tls.crt': 'CERT', 'tls.key': 'KEY', 'ca.crt': 'CA' });
+      expect(data('-tls-worker')).toEqual({ 'tls.crt': 'WORKER-CERT', 'tls.key': 'WORKER-KEY', 'ca.crt': 'WORKER-CA' });
+      expect(Object.keys(data('-nats-auth')).sort()).toEqual(['account-signing-key.nk', 'account.pub', 'coordinator.creds']);
+      expect((find(objs, 'Secret', '-tls') as K8sObject & { type: string }).type).toBe('kubernetes.io/tls');
+    });
+
+    it('every POLYTUNE_* variable the chart sets is one the code reads', () => {
+      const sources = [...walk(join(ROOT, 'coordinator')), ...walk(join(ROOT, 'worker')), ...walk(join(ROOT, 'common')), join(ROOT, 'deploy/worker-launch.sh')]
+        .map((f) => readFileSync(f, 'utf8')).join('\n');
+      for (const w of [workload(objs, 'Deployment', '-coordinator'), sts()]) {
+        for (const e of w.spec.template.spec.containers[0]!.env ?? []) {
+          if (e.name.startsWith('POLYTUNE_')) expect(sources, `${w.kind} sets ${e.name}, which no code reads`).toMatch(new RegExp(`\\b${e.name}\\b`));
+        }
+      }
+    });
+
+    it('with TLS on, the ingress speaks GRPCS to the coordinator', () => {
+      expect(find(objs, 'Ingress').metadata.annotations?.['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPCS');
     });
 
     it('the PrometheusRule is deploy/prometheus/rules.yaml; the ServiceMonitor scrapes the coordinator', () => {
@@ -215,8 +322,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
 
     it('the ingress speaks gRPC to the coordinator; the NetworkPolicy lets in workers, the listed clients and Prometheus', () => {
       const ing = find(objs, 'Ingress') as K8sObject & { spec: Record<string, any> }; // eslint-disable-line @typescript-eslint/no-explicit-any
-      expect(ing.metadata.annotations?.['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPC');
-      expect(ing.spec['rules'][0].http.paths[0].backend.service).toEqual({ name: 'polytune-coordinator', port: { name: 'grpc' } });
+            expect(ing.spec['rules'][0].http.paths[0].backend.service).toEqual({ name: 'polytune-coordinator', port: { name: 'grpc' } });
       const np = find(objs, 'NetworkPolicy', '-coordinator') as K8sObject & { spec: { ingress: Array<{ from: Array<Record<string, unknown>> }> } };
       expect(np.spec.ingress[0]!.from).toContainEqual({ ipBlock: { cidr: '10.0.0.0/8' } });
       expect(np.spec.ingress[0]!.from[0]).toHaveProperty('podSelector');
@@ -243,6 +349,60 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       const r = runRender(renderer, ['--set', 'gangScheduling.mode=kueue']);
       expect(r.status).not.toBe(0);
       expect(r.stderr).toContain('gangScheduling.kueue.queueName is required');
+    });
+
+    it('the code reads the security env vars the README lists (the test greps them out of the code)', () => {
+      expect(CODE_ENV.serve).toEqual(['POLYTUNE_NATS_ACCOUNT', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY', 'POLYTUNE_NATS_CREDS', 'POLYTUNE_TLS_CERT', 'POLYTUNE_TLS_CLIENT_CA', 'POLYTUNE_TLS_KEY', 'POLYTUNE_TOKEN', 'POLYTUNE_WORKER_TOKEN']);
+      expect(CODE_ENV.worker).toEqual(['POLYTUNE_TLS_CA', 'POLYTUNE_TLS_CLIENT_CERT', 'POLYTUNE_TLS_CLIENT_KEY', 'POLYTUNE_TLS_SERVER_NAME', 'POLYTUNE_WORKER_TOKEN']);
+      const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+      for (const n of SECURITY_ENV) expect(readme).toContain(`\`${n}\``);
+    });
+
+    it('security off (the defaults): no secrets, no security env, the ingress speaks plain GRPC', () => {
+      const objs = render(renderer, ['--set', 'ingress.enabled=true']);
+      expect(objs.filter((o) => o.kind === 'Secret')).toEqual([]);
+      for (const w of [workload(objs, 'Deployment', '-coordinator'), workload(objs, 'StatefulSet', '-worker')]) expect(securityEnv(w.spec.template.spec.containers[0]!)).toEqual([]);
+      expect(find(objs, 'Ingress').metadata.annotations?.['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPC');
+    });
+
+    it('existing Secrets: referenced under their names with the documented keys, none rendered', () => {
+      const objs = render(renderer, [
+        '--set', 'auth.existingSecret=my-tokens', '--set', 'tls.enabled=true', '--set', 'tls.existingSecret=my-tls',
+        '--set', 'tls.mutual.enabled=true', '--set', 'tls.mutual.existingSecret=my-worker-tls', '--set', 'tls.serverName=coordinator.example.com',
+        '--set', 'natsAuth.enabled=true', '--set', 'natsAuth.existingSecret=my-nats', '--set', 'nats.config.merge.$include=auth/nats-auth.conf',
+      ]);
+      expect(objs.filter((o) => o.kind === 'Secret')).toEqual([]);
+      const coord = workload(objs, 'Deployment', '-coordinator').spec.template.spec;
+      const worker = workload(objs, 'StatefulSet', '-worker').spec.template.spec;
+      const c = coord.containers[0]!;
+      const w = worker.containers[0]!;
+      expect(securityEnv(c)).toEqual(CODE_ENV.serve);
+      expect(securityEnv(w)).toEqual(CODE_ENV.worker);
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'my-tokens', key: 'token' } });
+      expect(w.env?.find((e) => e.name === 'POLYTUNE_WORKER_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'my-tokens', key: 'worker-token' } });
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_NATS_ACCOUNT')?.valueFrom).toEqual({ secretKeyRef: { name: 'my-nats', key: 'account.pub' } });
+      expect(mountedSecretKeys(coord, c)).toEqual([
+        { secret: 'my-tls', key: 'tls.crt' }, { secret: 'my-tls', key: 'tls.key' }, { secret: 'my-worker-tls', key: 'ca.crt' },
+        { secret: 'my-nats', key: 'coordinator.creds' }, { secret: 'my-nats', key: 'account-signing-key.nk' },
+      ]);
+      expect(mountedSecretKeys(worker, w)).toEqual([{ secret: 'my-tls', key: 'ca.crt' }, { secret: 'my-worker-tls', key: 'tls.crt' }, { secret: 'my-worker-tls', key: 'tls.key' }]);
+      expect(w.env?.find((e) => e.name === 'POLYTUNE_TLS_SERVER_NAME')?.value).toBe('coordinator.example.com');
+    });
+
+    const refused: Array<[string, string[], string]> = [
+      ['a client token without a worker token', ['--set', 'auth.token=client-token-0123456789'], 'auth.workerToken is required with auth.token'],
+      ['a worker token without a client token', ['--set', 'auth.workerToken=worker-token-0123456789'], 'auth.token is required with auth.workerToken'],
+      ['the same token twice', ['--set', 'auth.token=same-token-0123456789', '--set', 'auth.workerToken=same-token-0123456789'], 'auth.workerToken must differ from auth.token'],
+      ['mutual TLS without TLS', ['--set', 'tls.mutual.enabled=true'], 'tls.mutual.enabled needs tls.enabled'],
+      ['TLS without the CA the workers need', ['--set', 'tls.enabled=true', '--set', 'tls.cert=C', '--set', 'tls.key=K'], 'tls.ca is required'],
+      ['NATS credentials for a NATS server not in operator mode', ['--set', 'natsAuth.enabled=true', '--set', 'natsAuth.existingSecret=x'], 'the NATS server is not in operator mode'],
+      ['an operator-mode NATS server without credentials for the coordinator', ['--set', 'nats.config.merge.operator=eyJ'], 'set natsAuth'],
+      ['NATS credentials without the signing key', ['--set', 'natsAuth.enabled=true', '--set', 'natsAuth.coordinatorCreds=x', '--set', 'natsAuth.account=A', '--set', 'nats.config.merge.operator=eyJ'], 'natsAuth.accountSigningKey is required'],
+    ];
+    it.each(refused)('refuses %s, saying why', (_what, args, message) => {
+      const r = runRender(renderer, args);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(message);
     });
 
     it('TLS on without a certificate fails with the value to set', () => {

@@ -72,52 +72,219 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "polytune.tlsSecretName" -}}
 {{- default (printf "%s-tls" (include "polytune.fullname" .)) .Values.tls.existingSecret -}}
 {{- end -}}
+{{- define "polytune.tlsMutualSecretName" -}}
+{{- default (printf "%s-tls-worker" (include "polytune.fullname" .)) .Values.tls.mutual.existingSecret -}}
+{{- end -}}
 {{- define "polytune.natsAuthSecretName" -}}
-{{- default (printf "%s-nats-creds" (include "polytune.fullname" .)) .Values.natsAuth.existingSecret -}}
+{{- default (printf "%s-nats-auth" (include "polytune.fullname" .)) .Values.natsAuth.existingSecret -}}
 {{- end -}}
 {{- define "polytune.authEnabled" -}}
-{{- if or .Values.auth.token .Values.auth.existingSecret -}}true{{- end -}}
+{{- if or .Values.auth.token .Values.auth.workerToken .Values.auth.existingSecret -}}true{{- end -}}
+{{- end -}}
+{{- define "polytune.tlsMutual" -}}
+{{- if and .Values.tls.enabled .Values.tls.mutual.enabled -}}true{{- end -}}
+{{- end -}}
+{{/* The name the workers expect in the coordinator's certificate. */}}
+{{- define "polytune.tlsServerName" -}}
+{{- default (printf "%s-coordinator.%s.svc" (include "polytune.fullname" .) .Release.Namespace) .Values.tls.serverName -}}
+{{- end -}}
+
+{{/*
+Checks of values that the schema cannot express (it cannot compare two values); included by
+secrets.yaml, so a bad combination fails the install with a message naming the values.
+*/}}
+{{- define "polytune.validate" -}}
+{{- if not .Values.auth.existingSecret -}}
+{{- if and .Values.auth.token (not .Values.auth.workerToken) -}}
+{{- fail "auth.workerToken is required with auth.token: workers join with their own token (POLYTUNE_WORKER_TOKEN), never the client token" -}}
+{{- end -}}
+{{- if and .Values.auth.workerToken (not .Values.auth.token) -}}
+{{- fail "auth.token is required with auth.workerToken: without it every JobService call (submit, cancel) is open" -}}
+{{- end -}}
+{{- if and .Values.auth.token (eq (trim .Values.auth.token) (trim .Values.auth.workerToken)) -}}
+{{- fail "auth.workerToken must differ from auth.token: the coordinator refuses to start when they are equal (a worker must not be able to submit or cancel)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.tls.mutual.enabled (not .Values.tls.enabled) -}}
+{{- fail "tls.mutual.enabled needs tls.enabled (mutual TLS is TLS first)" -}}
+{{- end -}}
+{{- if .Values.nats.enabled -}}
+{{- $merge := default (dict) .Values.nats.config.merge -}}
+{{- $include := false -}}
+{{- range $k, $v := $merge -}}{{- if hasSuffix "$include" $k -}}{{- $include = true -}}{{- end -}}{{- end -}}
+{{- $operator := or (hasKey $merge "operator") $include -}}
+{{- if and .Values.natsAuth.enabled (not $operator) -}}
+{{- fail "natsAuth.enabled but the NATS server is not in operator mode: put the lines of nats-auth.conf (coordinator nats-auth init) under nats.config.merge, or a $include of it (README \"Deploying on Kubernetes with Helm\")" -}}
+{{- end -}}
+{{- if and (hasKey $merge "operator") (not .Values.natsAuth.enabled) -}}
+{{- fail "nats.config.merge.operator puts the NATS server in operator mode, where the coordinator cannot connect without credentials: set natsAuth" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "polytune.claimName" -}}
 {{- default (printf "%s-data" (include "polytune.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
 
-{{/* Env, volume mounts and volumes every polytune container shares (secrets, data, /tmp). */}}
+{{/* Env every polytune container shares. Secrets are per component: see coordinatorSecurity*, workerSecurity*. */}}
 {{- define "polytune.commonEnv" -}}
 - name: POLYTUNE_NATS_URL
   value: {{ include "polytune.natsUrl" . | quote }}
 - name: POLYTUNE_LOG_FORMAT
   value: json
+{{- end -}}
+
+{{/* The coordinator's security env (cli-security.ts serveSecurity): both tokens, its TLS, its NATS credentials and signing key. */}}
+{{- define "polytune.coordinatorSecurityEnv" -}}
 {{- if include "polytune.authEnabled" . }}
 - name: POLYTUNE_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ include "polytune.authSecretName" . }}
       key: token
+- name: POLYTUNE_WORKER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "polytune.authSecretName" . }}
+      key: worker-token
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: POLYTUNE_TLS_CERT
+  value: /etc/polytune/tls/tls.crt
+- name: POLYTUNE_TLS_KEY
+  value: /etc/polytune/tls/tls.key
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: POLYTUNE_TLS_CLIENT_CA
+  value: /etc/polytune/tls-client-ca/ca.crt
 {{- end }}
 {{- if .Values.natsAuth.enabled }}
 - name: POLYTUNE_NATS_CREDS
-  value: /etc/polytune/nats/nats.creds
+  value: /etc/polytune/nats/coordinator.creds
+- name: POLYTUNE_NATS_ACCOUNT_SIGNING_KEY
+  value: /etc/polytune/nats/account-signing-key.nk
+- name: POLYTUNE_NATS_ACCOUNT
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "polytune.natsAuthSecretName" . }}
+      key: account.pub
 {{- end }}
 {{- end -}}
 
+{{- define "polytune.coordinatorSecurityMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/polytune/tls
+  readOnly: true
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: tls-client-ca
+  mountPath: /etc/polytune/tls-client-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.natsAuth.enabled }}
+- name: nats-auth
+  mountPath: /etc/polytune/nats
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "polytune.coordinatorSecurityVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "polytune.tlsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: tls.crt, path: tls.crt }
+      - { key: tls.key, path: tls.key }
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: tls-client-ca
+  secret:
+    secretName: {{ include "polytune.tlsMutualSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: ca.crt, path: ca.crt }
+{{- end }}
+{{- if .Values.natsAuth.enabled }}
+- name: nats-auth
+  secret:
+    secretName: {{ include "polytune.natsAuthSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: coordinator.creds, path: coordinator.creds }
+      - { key: account-signing-key.nk, path: account-signing-key.nk }
+{{- end }}
+{{- end -}}
+
+{{/*
+The workers' security env (worker/cli.ts): the worker token, the CA and name of the coordinator's
+certificate, their client certificate under mutual TLS. No client token, no NATS credentials
+(each assignment carries the job's).
+*/}}
+{{- define "polytune.workerSecurityEnv" -}}
+{{- if include "polytune.authEnabled" . }}
+- name: POLYTUNE_WORKER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "polytune.authSecretName" . }}
+      key: worker-token
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: POLYTUNE_TLS_CA
+  value: /etc/polytune/tls-ca/ca.crt
+- name: POLYTUNE_TLS_SERVER_NAME
+  value: {{ include "polytune.tlsServerName" . | quote }}
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: POLYTUNE_TLS_CLIENT_CERT
+  value: /etc/polytune/tls-client/tls.crt
+- name: POLYTUNE_TLS_CLIENT_KEY
+  value: /etc/polytune/tls-client/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "polytune.workerSecurityMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  mountPath: /etc/polytune/tls-ca
+  readOnly: true
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: tls-client
+  mountPath: /etc/polytune/tls-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "polytune.workerSecurityVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ include "polytune.tlsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: ca.crt, path: ca.crt }
+{{- end }}
+{{- if include "polytune.tlsMutual" . }}
+- name: tls-client
+  secret:
+    secretName: {{ include "polytune.tlsMutualSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: tls.crt, path: tls.crt }
+      - { key: tls.key, path: tls.key }
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts and volumes every polytune container shares (data, /tmp). */}}
 {{- define "polytune.commonMounts" -}}
 - name: tmp
   mountPath: /tmp
 {{- if .Values.persistence.enabled }}
 - name: data
   mountPath: {{ .Values.persistence.mountPath }}
-{{- end }}
-{{- if .Values.tls.enabled }}
-- name: tls
-  mountPath: /etc/polytune/tls
-  readOnly: true
-{{- end }}
-{{- if .Values.natsAuth.enabled }}
-- name: nats-creds
-  mountPath: /etc/polytune/nats
-  readOnly: true
 {{- end }}
 {{- end -}}
 
@@ -128,17 +295,5 @@ app.kubernetes.io/component: {{ .component }}
 - name: data
   persistentVolumeClaim:
     claimName: {{ include "polytune.claimName" . }}
-{{- end }}
-{{- if .Values.tls.enabled }}
-- name: tls
-  secret:
-    secretName: {{ include "polytune.tlsSecretName" . }}
-    defaultMode: 0440
-{{- end }}
-{{- if .Values.natsAuth.enabled }}
-- name: nats-creds
-  secret:
-    secretName: {{ include "polytune.natsAuthSecretName" . }}
-    defaultMode: 0440
 {{- end }}
 {{- end -}}
