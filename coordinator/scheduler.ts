@@ -16,7 +16,7 @@ import { errorMessage } from '../common/errors.js';
 import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
-import { CoordinatorStoppingError } from './errors.js';
+import { CoordinatorStoppingError, JobNotFoundError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
 import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
@@ -225,12 +225,14 @@ export class Scheduler {
    * others as every new generation does. One job per pass; the re-form asks for the next pass.
    */
   private async growWorlds(): Promise<void> {
-    const idle = this.registry.idle().length;
-    if (idle === 0) return;
+    const idle = this.registry.idle();
+    if (idle.length === 0) return;
     const running = (await this.store.list()).filter((j) =>
-      j.state === JobState.Running && j.spec.kind === 'TrainJob' && j.workers.length < j.spec.spec.workers.count);
+      j.state === JobState.Running && j.spec.kind === 'TrainJob' && j.workers.length < j.spec.spec.workers.count
+      // A member that finished its part is idle too, but no newcomer; a finishing job is left alone.
+      && idle.some((w) => !j.workers.includes(w.id)) && (this.gangs.get(j.id)?.done.size ?? 0) === 0);
     const job = running.sort((a, b) => a.createdAt - b.createdAt)[0];
-    if (job) await this.reform(job.id, job.generation, `growing the world: ${idle} idle worker(s) join`, '');
+    if (job) await this.reform(job.id, job.generation, 'growing the world: idle workers join', '');
   }
 
   private onRegistryEvent(e: RegistryEvent): void {
@@ -257,13 +259,15 @@ export class Scheduler {
    * this generation and freed at once; or Failed after too many re-forms.
    */
   private async reform(jobId: string, generation: number, reason: string, except: string): Promise<void> {
-    const { record, changed } = await this.store.update(jobId, (r) => {
+    // NATS may be the part that was lost (workers fail fast when it goes): keep trying until the
+    // store answers again, rather than leave the job Running without a world.
+    const { record, changed } = await this.untilStored(() => this.store.update(jobId, (r) => {
       if (r.state !== JobState.Running || r.generation !== generation) return null;
       if (r.reforms >= this.maxReforms) {
         return { ...r, state: JobState.Failed, error: `${reason}; the world was re-formed ${r.reforms} times already`, finishedAt: Date.now() };
       }
       return { ...r, state: JobState.Pending, reforms: r.reforms + 1, error: reason, updatedAt: Date.now() };
-    });
+    }), `re-forming ${jobId}`);
     if (!changed) return;
     if (record.state === JobState.Failed) {
       this.logger.warn('job failed: too many re-forms', { job: jobId, reason });
@@ -281,6 +285,19 @@ export class Scheduler {
       this.registry.release(id);
     }
     this.kick();
+  }
+
+  /** Retries a store write every second while the store is unreachable (up to 5 minutes). */
+  private async untilStored<T>(write: () => Promise<T>, what: string): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await write();
+      } catch (e) {
+        if (this.stopping || attempt >= 300 || e instanceof JobNotFoundError) throw e;
+        if (attempt === 1) this.logger.warn('the job store is unreachable; retrying', { what, error: errorMessage(e) });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
   }
 
   /** Sends Cancel to the gang's workers still on this job (except `except`) and frees them. */

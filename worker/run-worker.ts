@@ -11,15 +11,15 @@
  * job goes on and the worker joins again, with backoff, until it is back.
  */
 import { availableParallelism, hostname, totalmem } from 'node:os';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { errorMessage, PolytuneError } from '../common/errors.js';
+import { connect, type NatsConnection, type Status } from '@nats-io/transport-node';
+import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
-import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type SessionOptions } from './session.js';
+import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
 import { train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
@@ -68,11 +68,23 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     const jlog = log.child(`job ${a.jobId} rank ${a.rank}/${a.worldSize}`);
     let allReduce: GradientAllReduce | undefined;
     let jobNats: JobNats | undefined;
+    let statuses: AsyncIterator<Status> | undefined;
+    let report: ResultReport;
     try {
       jobNats = await jobNatsConnection(a, {
         natsFlag: options.nats, workerId: options.workerId,
         shared: async () => (nc ??= await connect({ servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1 })),
       });
+      // NATS lost: a collective in flight cannot finish (core NATS does not replay what was lost),
+      // so the generation ends at once as a retryable failure instead of waiting for its deadline.
+      const events = (statuses = jobNats.nc.status()[Symbol.asyncIterator]());
+      void (async () => {
+        for (let ev = await events.next(); !ev.done; ev = await events.next()) {
+          if (ev.value.type !== 'disconnect') continue;
+          abort.abort(new CollectiveError(`NATS connection to ${ev.value.server} lost: this generation ends`, { step: -1 }));
+          return;
+        }
+      })();
       allReduce = await GradientAllReduce.create({
         nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
         timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000,
@@ -106,51 +118,55 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       if (a.spec.kind !== 'TrainJob') {
         const r = await runOtherKind(a.spec, kindCtx);
         jlog.info('job done', { kind: a.spec.kind, steps: r.steps, seconds: (performance.now() - started) / 1000 });
-        session.result({
+        report = {
           jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: r.outputDir, firstLoss: NaN, finalLoss: NaN, steps: r.steps,
           ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...(r.evalJson ? { evalJson: r.evalJson } : {}),
+        };
+      } else {
+        const prepared = await prepareTrainJob(a.spec, kindCtx);
+        const offset = seq;
+        const result = await train({
+          spec: prepared.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
+          holder, resume: a.resume || a.generation > 1,
+          allReduce: (step, data, opts) => ar.allReduce(offset + step, data, abort.signal, opts),
+          ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
+          onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
+          onStep: (r) => {
+            metrics.step(a.jobId, r);
+            session.progress(lastProgress = {
+              jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
+              tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
+              lossByLanguage: { ...r.lossByLanguage },
+            });
+            jlog.debug('step', { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
+          },
         });
-        return;
+        jlog.info('job done', { steps: result.steps, firstLoss: result.firstLoss, finalLoss: result.finalLoss, seconds: result.seconds });
+        report = {
+          jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: result.outputDir,
+          firstLoss: result.firstLoss, finalLoss: result.finalLoss, steps: result.steps,
+          ...(prepared.chosenLayers ? { chosenLayers: prepared.chosenLayers } : {}), ...(evalJson ? { evalJson } : {}),
+        };
       }
-      const prepared = await prepareTrainJob(a.spec, kindCtx);
-      const offset = seq;
-      const result = await train({
-        spec: prepared.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
-        holder, resume: a.resume || a.generation > 1,
-        allReduce: (step, data, opts) => ar.allReduce(offset + step, data, abort.signal, opts),
-        ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
-        onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
-        onStep: (r) => {
-          metrics.step(a.jobId, r);
-          session.progress(lastProgress = {
-            jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
-            tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
-            lossByLanguage: { ...r.lossByLanguage },
-          });
-          jlog.debug('step', { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
-        },
-      });
-      jlog.info('job done', { steps: result.steps, firstLoss: result.firstLoss, finalLoss: result.finalLoss, seconds: result.seconds });
-      session.result({
-        jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: result.outputDir,
-        firstLoss: result.firstLoss, finalLoss: result.finalLoss, steps: result.steps,
-        ...(prepared.chosenLayers ? { chosenLayers: prepared.chosenLayers } : {}), ...(evalJson ? { evalJson } : {}),
-      });
     } catch (e) {
       const msg = errorMessage(e);
       const retryable = e instanceof PolytuneError && e.retryable;
       if (abort.signal.aborted) jlog.info('generation stopped', { reason: errorMessage(abort.signal.reason) });
       else if (retryable) jlog.warn('generation failed; the job can go on in a new one', { error: msg });
       else jlog.error('job failed', { error: msg });
-      session.result({
+      report = {
         jobId: a.jobId, generation: a.generation, ok: false, error: msg, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0,
         retryable: retryable || abort.signal.aborted,
-      });
+      };
     } finally {
+      // Not awaited: a status iterator's pending read ends only when the connection does.
+      void statuses?.return?.();
       metrics.jobEnded(a.jobId);
-      await allReduce?.close();
-      await jobNats?.release();
+      await allReduce?.close().catch((e: unknown) => jlog.warn('closing the collective failed', { error: errorMessage(e) }));
+      await jobNats?.release().catch((e: unknown) => jlog.warn('closing the job connection failed', { error: errorMessage(e) }));
     }
+    // Reported last: a Result tells the coordinator this worker is free for the next assignment.
+    session.result(report);
   };
 
   const onAssignment = async (ev: AssignmentEvent): Promise<void> => {
@@ -159,6 +175,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       running.abort.abort(new Error(`generation ${ev.generation} replaces ${running.generation}`));
       await running.done;
     }
+    // A job told to stop (cancelled, or its generation replaced) is only finishing: wait for it.
+    if (running?.abort.signal.aborted) await running.done;
     if (running) {
       log.warn('assignment while busy: refused', { jobId: ev.jobId, busyWith: running.jobId });
       session.result({ jobId: ev.jobId, generation: ev.generation, ok: false, error: `worker ${options.workerId} is busy with ${running.jobId}`, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
