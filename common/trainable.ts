@@ -32,13 +32,20 @@ export function trainableTensorNames(method: JobSpec['spec']['method'], numLayer
   return chosen;
 }
 
-/** Parameters of the model and of what the method trains, from config.json's shapes. */
+/**
+ * Parameters of the model and of what the method trains, from config.json's shapes. With
+ * `layers: auto` the analysis has not chosen yet, but every layer has the same shapes, so k of
+ * them (the analysis's `k`) count the same whichever they are.
+ */
 export function parameterCounts(method: JobSpec['spec']['method'], config: LlamaConfig): { trainable: number; total: number } {
   const shapes = expectedTensorShapes(config);
   const numel = (name: string): number => shapes.get(name)!.reduce((a, b) => a * b, 1);
   const names = [...shapes.keys()];
+  const counted = method.layers === 'auto'
+    ? { ...method, layers: Array.from({ length: Math.min(method.analysis?.k ?? SLAM_DEFAULT_LAYERS.length, config.numHiddenLayers) }, (_, i) => i) }
+    : method;
   return {
-    trainable: trainableTensorNames(method, config.numHiddenLayers, names).reduce((n, name) => n + numel(name), 0),
+    trainable: trainableTensorNames(counted, config.numHiddenLayers, names).reduce((n, name) => n + numel(name), 0),
     total: names.reduce((n, name) => n + numel(name), 0),
   };
 }

@@ -16,6 +16,9 @@ describe('what a method trains', () => {
     const c13 = parameterCounts(slam, config('metamath-13b'));
     expect(c13.trainable).toBe(6 * 2 * 5120 * 13824);
     expect(describeTrainable(c13)).toBe('849.3M of 13.02B parameters (6.5%)');
+    // layers: auto counts k layers (all layers have the same shapes).
+    const auto = parameterCounts({ ...slam, layers: 'auto', analysis: { probe: [], k: 4, threshold: 0.5, maxSeqLen: 512, batchSize: 8 } }, config('metamath-7b'));
+    expect(auto.trainable).toBe(4 * 2 * 4096 * 11008);
     // With gate_proj too it would be about 12% on 7B: not SLAM.
     const withGate = parameterCounts({ ...slam, modules: ['gate_proj', 'up_proj', 'down_proj'] }, config('metamath-7b'));
     expect((100 * withGate.trainable) / withGate.total).toBeCloseTo(12.0, 0);
