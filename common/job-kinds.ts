@@ -10,13 +10,12 @@
  * `parseJobSpec` stays the TrainJob parser; `parseAnyJobSpec` dispatches on `kind`.
  */
 import { isAbsolute, resolve } from 'node:path';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import {
   analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
 } from './eval-spec.js';
-import { CHAT_TEMPLATE_NAME, parseJobSpec, PROMPT_TEMPLATES, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions } from './jobspec.js';
+import { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES, readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions } from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
@@ -78,15 +77,9 @@ function minIssues(w: { count: number; min?: number | undefined }): SpecIssue[] 
  * `baseDir`. Throws `JobSpecError` listing every problem with its field path.
  */
 export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
-  let raw: unknown;
-  try {
-    raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
-  } catch (e) {
-    const msg = e instanceof YAMLParseError ? e.message.split('\n')[0] ?? e.message : String(e);
-    throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], options.source);
-  }
-  const kind = raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>)['kind'] : undefined;
-  if (kind === undefined || kind === 'TrainJob') return parseJobSpec(text, options);
+  const raw = readSpecText(text, options.source);
+  const kind = raw['kind'];
+  if (kind === undefined || kind === 'TrainJob') return trainJobFromObject(raw, options);
   if (kind !== 'EvalJob' && kind !== 'LayerAnalysis') {
     throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
   }

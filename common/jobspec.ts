@@ -223,21 +223,31 @@ export interface ParseOptions {
   baseDir?: string;
 }
 
-/**
- * Parse and validate a job spec from YAML or JSON text. Relative paths (model, data, output) are
- * resolved against `baseDir`. Throws `JobSpecError` listing every problem with its field path.
- */
-export function parseJobSpec(text: string, options: ParseOptions = {}): JobSpec {
+/** YAML (or JSON) text as a mapping; JobSpecError naming the source when it is not one. */
+export function readSpecText(text: string, source?: string): Record<string, unknown> {
   let raw: unknown;
   try {
     raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
   } catch (e) {
     const msg = e instanceof YAMLParseError ? e.message.split('\n')[0] ?? e.message : String(e);
-    throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], options.source);
+    throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], source);
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-    throw new JobSpecError([{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }], options.source);
+    throw new JobSpecError([{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }], source);
   }
+  return raw as Record<string, unknown>;
+}
+
+/**
+ * Parse and validate a job spec from YAML or JSON text. Relative paths (model, data, output) are
+ * resolved against `baseDir`. Throws `JobSpecError` listing every problem with its field path.
+ */
+export function parseJobSpec(text: string, options: ParseOptions = {}): JobSpec {
+  return trainJobFromObject(readSpecText(text, options.source), options);
+}
+
+/** `parseJobSpec` of an already read mapping. */
+export function trainJobFromObject(raw: Record<string, unknown>, options: ParseOptions = {}): JobSpec {
   const parsed = specSchema.safeParse(raw);
   if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
   const spec = parsed.data;
