@@ -17,9 +17,9 @@ import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
-import { readSafetensors } from '../../worker/model/safetensors.js';
 import { train } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const STEPS = 24;
@@ -52,22 +52,8 @@ spec:
 `;
 }
 
-const trainable = async (outDir: string): Promise<Map<string, Float32Array>> =>
-  new Map((await readSafetensors(join(outDir, 'final', 'trainable.safetensors'))).tensors.map((t) => [t.name, t.data]));
-
-function expectClean(actual: Map<string, Float32Array>): void {
-  expect([...actual.keys()].sort()).toEqual([...clean.keys()].sort());
-  for (const [name, x] of clean) {
-    const y = actual.get(name)!;
-    let num = 0;
-    let den = 0;
-    for (let i = 0; i < x.length; i++) {
-      num += (x[i]! - y[i]!) ** 2;
-      den += x[i]! ** 2;
-    }
-    expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
-  }
-}
+const trainable = (outDir: string): Promise<Map<string, Float32Array>> => tensorMap(join(outDir, 'final', 'trainable.safetensors'));
+const expectClean = (actual: Map<string, Float32Array>): void => expectSameTensors(clean, actual);
 
 function node(args: string[]): ChildProcess {
   const child = spawn(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' } });

@@ -13,10 +13,10 @@ import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
-import { readSafetensors } from '../../worker/model/safetensors.js';
 import { checkpointName, listCheckpoints } from '../../worker/train/checkpoint.js';
 import { train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 
 let dir: string;
 const nats = natsScope();
@@ -100,22 +100,7 @@ async function generation(
   return { reports, errors };
 }
 
-const trainable = async (outDir: string): Promise<Map<string, Float32Array>> =>
-  new Map((await readSafetensors(join(outDir, 'final', 'trainable.safetensors'))).tensors.map((t) => [t.name, t.data]));
-
-function expectSameTensors(a: Map<string, Float32Array>, b: Map<string, Float32Array>): void {
-  expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-  for (const [name, x] of a) {
-    const y = b.get(name)!;
-    let num = 0;
-    let den = 0;
-    for (let i = 0; i < x.length; i++) {
-      num += (x[i]! - y[i]!) ** 2;
-      den += x[i]! ** 2;
-    }
-    expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
-  }
-}
+const trainable = (outDir: string): Promise<Map<string, Float32Array>> => tensorMap(join(outDir, 'final', 'trainable.safetensors'));
 
 describe('exact resume', () => {
   let clean: Map<string, Float32Array>;

@@ -13,9 +13,9 @@ import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, WORD_PROBLEM_LANGUAGES, wordProblemsJsonl } from '../../worker/data/word-problems.js';
-import { readSafetensors } from '../../worker/model/safetensors.js';
 import { train, type StepReport, type TrainResult } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 
 let dir: string;
 const nats = natsScope();
@@ -73,8 +73,6 @@ async function runJob(workers: number, outDir: string, microBatchSize = 2): Prom
   return { results, reports };
 }
 
-const tensorsOf = async (file: string): Promise<Map<string, Float32Array>> =>
-  new Map((await readSafetensors(file)).tensors.map((t) => [t.name, t.data]));
 
 describe('trainer over NATS', () => {
   it('1 and 2 workers, and any micro-batch size, end with the same trainable tensors; frozen tensors stay bit-identical', async () => {
@@ -89,25 +87,15 @@ describe('trainer over NATS', () => {
       expect(two.reports[1]![i]!.loss).toBe(r.loss);
     });
 
-    const a = await tensorsOf(join(dir, 'out-1', 'final', 'trainable.safetensors'));
-    const b = await tensorsOf(join(dir, 'out-2', 'final', 'trainable.safetensors'));
-    const c = await tensorsOf(join(dir, 'out-micro', 'final', 'trainable.safetensors'));
+    const a = await tensorMap(join(dir, 'out-1', 'final', 'trainable.safetensors'));
+    const b = await tensorMap(join(dir, 'out-2', 'final', 'trainable.safetensors'));
+    const c = await tensorMap(join(dir, 'out-micro', 'final', 'trainable.safetensors'));
     expect([...a.keys()].sort()).toEqual([
       'model.layers.0.mlp.down_proj.weight', 'model.layers.0.mlp.up_proj.weight',
       'model.layers.2.mlp.down_proj.weight', 'model.layers.2.mlp.up_proj.weight',
     ]);
-    for (const [name, x] of a) {
-      for (const other of [b, c]) {
-        const y = other.get(name)!;
-        let num = 0;
-        let den = 0;
-        for (let i = 0; i < x.length; i++) {
-          num += (x[i]! - y[i]!) ** 2;
-          den += x[i]! ** 2;
-        }
-        expect(Math.sqrt(num / den), name).toBeLessThan(1e-5);
-      }
-    }
+    expectSameTensors(a, b);
+    expectSameTensors(a, c);
     micro.reports[0]!.forEach((r, i) => expect(r.loss).toBeCloseTo(one.reports[0]![i]!.loss, 4));
 
     // Loss per language: the languages of the data; the global loss is their token-weighted mean.
@@ -120,8 +108,8 @@ describe('trainer over NATS', () => {
     }
 
     // The exported model: frozen tensors bit-identical to the input, trained ones changed.
-    const input = await tensorsOf(join(dir, 'model', 'model.safetensors'));
-    const output = await tensorsOf(join(dir, 'out-2', 'final', 'model.safetensors'));
+    const input = await tensorMap(join(dir, 'model', 'model.safetensors'));
+    const output = await tensorMap(join(dir, 'out-2', 'final', 'model.safetensors'));
     expect([...output.keys()].sort()).toEqual([...input.keys()].sort());
     for (const [name, x] of input) {
       const y = output.get(name)!;
