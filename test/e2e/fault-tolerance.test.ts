@@ -140,6 +140,9 @@ async function finished(c: Cluster, id: string): Promise<{ generation: number; l
     return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state as string) ? j : undefined;
   }, 240_000);
   expect(job.state, job.error).toBe('SUCCEEDED');
+  // status --json's lossByLanguage: the word problems' languages, each a finite loss.
+  expect(Object.keys(job.lossByLanguage).length).toBeGreaterThan(1);
+  expect(Object.values(job.lossByLanguage).every((v) => Number.isFinite(v) && v > 0)).toBe(true);
   const ledger = JSON.parse(job.ledgerJson) as Ledger;
   const from = ledger.committed[0]!.from;
   const gaps = ledgerGaps(ledger, STEPS);

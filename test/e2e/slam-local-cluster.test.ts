@@ -81,6 +81,8 @@ describe('coordinator submit --local-workers', () => {
     const r = run([COORDINATOR, 'submit', 'job.yaml', '--local-workers', '2', '--watch']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/step 4\/4/);
+    // The watch view shows the loss per language of each step, e.g. "de 10.21 en 10.25 ...".
+    expect(r.stdout).toMatch(/step \d+\/4 .*tok\/s.*\b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d \b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d/);
 
     const out = join(dir, 'out-e2e-slam');
     const input = new Map((await readSafetensors(join(dir, 'model', 'model.safetensors'))).tensors.map((t) => [t.name, t.data]));
