@@ -4,20 +4,17 @@
  * analysis first; `spec.eval` becomes the trainer's evaluation hook).
  *
  * The collective: these use the job's all-reduce with their own call numbers, before the trainer's
- * (the trainer's calls are shifted past them: `seqOffset`). Sums of counts must be exact; under a
- * compressed collective (a TrainJob's `collective.compression`) only the first `EXACT_PREFIX`
- * elements of a call travel as float32, so small vectors go in calls of that size and the layer
- * analysis runs on rank 0 alone, which then sends the chosen layers to the others.
+ * (the trainer's calls are shifted past them: `seqOffset`). Their sums are of counts, which must be
+ * exact: the worker's `reduce` for them always asks the collective for float32 (`exact`), whatever
+ * a TrainJob's `collective.compression` says for gradients.
  */
 import type { AnyJobSpec, EvalJobSpec, LayerAnalysisJobSpec } from '../common/job-kinds.js';
 import type { JobSpec } from '../common/jobspec.js';
 import type { Logger } from '../common/logging.js';
 import { join } from 'node:path';
 import type { EvalReport } from './eval/evaluate.js';
-import { createEvalHook, EXACT_PREFIX, exactReduce, runEvalJob, type EvalHook } from './eval/run-eval.js';
+import { createEvalHook, runEvalJob, type EvalHook } from './eval/run-eval.js';
 import { runLayerAnalysis } from './methods/layer-analysis.js';
-
-export { EXACT_PREFIX };
 
 /** The collective of a job: a TrainJob's spec says; the other kinds use float32 and 300 s. */
 export function collectiveOf(spec: AnyJobSpec): { compression: 'none' | 'fp16' | 'bf16'; timeoutSeconds: number } {
@@ -79,31 +76,19 @@ export interface PreparedTrainJob {
  */
 export async function prepareTrainJob(spec: JobSpec, ctx: KindContext): Promise<PreparedTrainJob> {
   const s = spec.spec;
-  const compressed = s.collective.compression !== 'none';
   let trainSpec = spec;
   let chosenLayers: number[] | undefined;
   if (s.method.layers === 'auto' && s.method.analysis) {
     const outputDir = join(s.output.dir, 'analysis');
     const common = { modelPath: s.model.path, spec: s.method.analysis, outputDir, signal: ctx.signal, logger: ctx.logger };
-    if (!compressed) {
-      chosenLayers = [...(await runLayerAnalysis({ ...common, rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce })).chosenLayers];
-    } else {
-      const k = s.method.analysis.k;
-      const mine = new Float32Array(k);
-      if (ctx.rank === 0) {
-        const a = await runLayerAnalysis({ ...common, rank: 0, worldSize: 1, reduce: (d) => Promise.resolve(d) });
-        a.chosenLayers.forEach((l, i) => (mine[i] = l + 1));
-      }
-      const got = await exactReduce(ctx.reduce)(mine);
-      chosenLayers = [...got].filter((x) => x > 0).map((x) => Math.round(x) - 1);
-    }
+    chosenLayers = [...(await runLayerAnalysis({ ...common, rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce })).chosenLayers];
     ctx.logger.info('layers chosen by the analysis', { chosenLayers });
     if (ctx.rank === 0) ctx.progress(0, 0, { chosenLayers });
     trainSpec = { ...spec, spec: { ...s, method: { ...s.method, layers: chosenLayers } } };
   }
   const evaluate = s.eval
     ? createEvalHook({
-      spec: s.eval, outputDir: s.output.dir, rank: ctx.rank, worldSize: ctx.worldSize, exact: compressed, signal: ctx.signal, logger: ctx.logger,
+      spec: s.eval, outputDir: s.output.dir, rank: ctx.rank, worldSize: ctx.worldSize, signal: ctx.signal, logger: ctx.logger,
       onReport: (r) => {
         ctx.onEvalReport?.(r);
         if (ctx.rank === 0) ctx.progress(0, 0, { evalJson: JSON.stringify(r) });

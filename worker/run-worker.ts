@@ -105,7 +105,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       let evalJson: string | undefined;
       const kindCtx: KindContext = {
         rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
-        reduce: (data) => ar.allReduce(seq++, data, abort.signal),
+        // Counts and chosen layers: always float32 on the wire, whatever the gradients' compression.
+        reduce: (data) => ar.allReduce(seq++, data, abort.signal, { exact: true }),
         progress: (done, totalSteps, extra) => session.progress(lastProgress && extra ? { ...lastProgress, ...extra } : {
           jobId: a.jobId, generation: a.generation, step: done, totalSteps, loss: NaN, tokensPerSecond: 0, epoch: 0, supervisedTokens: 0,
           elapsedSeconds: (performance.now() - started) / 1000, ...extra,

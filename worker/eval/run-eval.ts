@@ -63,22 +63,8 @@ export interface EvalHookOptions {
   readonly rank: number;
   readonly worldSize: number;
   readonly onReport?: (report: EvalReport) => void;
-  /** The collective is compressed: sum the counts in calls of EXACT_PREFIX elements (worker/job-kinds.ts). */
-  readonly exact?: boolean;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
-}
-
-/** Elements at the head of an all-reduce call that stay float32 under compression (run-worker.ts). */
-export const EXACT_PREFIX = 3;
-
-/** Sums `data` in calls of EXACT_PREFIX elements: exact under a compressed collective. */
-export function exactReduce(reduce: ReduceFn): ReduceFn {
-  return async (data) => {
-    const out = new Float32Array(data.length);
-    for (let i = 0; i < data.length; i += EXACT_PREFIX) out.set(await reduce(data.slice(i, i + EXACT_PREFIX)), i);
-    return out;
-  };
 }
 
 /** A TrainJob's `spec.eval`: evaluates every `everySteps` steps and after the last step. */
@@ -91,7 +77,7 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
     problems ??= await readProblems(options.spec.sets);
     const report = await evaluate({
       model: ctx.model, tokenizer: ctx.tokenizer, spec: options.spec, problems, rank: options.rank, worldSize: options.worldSize,
-      reduce: options.exact ? exactReduce(ctx.reduce) : ctx.reduce, outputDir: options.outputDir, name: evalName(ctx.step, final), step: ctx.step,
+      reduce: ctx.reduce, outputDir: options.outputDir, name: evalName(ctx.step, final), step: ctx.step,
       ...(options.signal ? { signal: options.signal } : {}), logger: options.logger ?? silentLogger,
     });
     options.onReport?.(report);

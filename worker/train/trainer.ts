@@ -407,7 +407,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
       }
       // Evaluation (spec.eval): every rank, same step; the hook decides whether this step evaluates.
-      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce });
+      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
     }
 
     if (rank === 0) {
