@@ -24,7 +24,7 @@ export type FromRank =
   | { type: 'started'; rank: number; step: number }
   | {
     type: 'done'; rank: number; step: number; ok: boolean; error?: string; missingRanks?: number[];
-    start: number; end: number; crc?: number; checked?: number; mismatches?: number; windowStalls?: number;
+    start: number; end: number; cpuSeconds?: number; crc?: number; checked?: number; mismatches?: number; windowStalls?: number;
   };
 
 /** Input of rank r at element i: multiples of 1/1024, exact in float32, binary16 and their sums up to 8 ranks in float32. */

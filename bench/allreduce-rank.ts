@@ -32,6 +32,8 @@ function expected(i: number, n: number, compression: Compression): number {
 }
 
 const now = (): number => performance.timeOrigin + performance.now();
+/** CPU seconds (user + system) of this process since `since`. */
+const cpuSince = (since: NodeJS.CpuUsage): number => { const u = process.cpuUsage(since); return (u.user + u.system) / 1e6; };
 const send = (m: FromRank): void => { process.send?.(m); };
 
 let nc: NatsConnection | undefined;
@@ -40,6 +42,7 @@ let ar: GradientAllReduce | undefined;
 let input: Float32Array | undefined;
 let subs: Subscription[] = [];
 let received = 0;
+let receivedTarget = 0;
 let onReceived: (() => void) | undefined;
 
 async function doSetup(s: RankSetup): Promise<void> {
@@ -49,6 +52,8 @@ async function doSetup(s: RankSetup): Promise<void> {
   ar = undefined;
   for (const sub of subs) sub.unsubscribe();
   subs = [];
+  received = 0;
+  receivedTarget = 0;
   if (s.mode === 'allreduce') {
     ar = await GradientAllReduce.create({
       nc, job: s.job, generation: 1, rank: s.rank, worldSize: s.worldSize, timeoutMs: s.timeoutMs,
@@ -77,15 +82,17 @@ async function runAllReduce(s: RankSetup, step: number): Promise<void> {
   if (s.inPlace && step > 0) fill(input!, s.rank);
   send({ type: 'started', rank: s.rank, step });
   const start = now();
+  const cpu0 = process.cpuUsage();
   try {
     const out = s.inPlace ? await ar!.allReduceInPlace(step, input!) : await ar!.allReduce(step, input!);
     const end = now();
+    const cpuSeconds = cpuSince(cpu0);
     let mismatches = 0;
     let checked = 0;
     const stride = Math.max(1, Math.floor(out.length / 4096));
     for (let i = 0; i < out.length; i += stride, checked++) if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
     const crc = crc32(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
-    send({ type: 'done', rank: s.rank, step, ok: true, start, end, crc, checked, mismatches, windowStalls: ar!.stats.windowStalls });
+    send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds, crc, checked, mismatches, windowStalls: ar!.stats.windowStalls });
   } catch (e) {
     const missing = (e as { missingRanks?: number[] }).missingRanks;
     send({ type: 'done', rank: s.rank, step, ok: false, error: errorMessage(e), missingRanks: missing ? [...missing] : undefined, start, end: now() });
@@ -100,12 +107,15 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
   const payload = new Uint8Array(chunk);
   const shard = Math.floor(bytes / n);
   const expect = 2 * (n - 1) * Math.ceil(shard / chunk) * chunk; // every message full-size
-  received = 0;
+  // Cumulative over runs: a peer that starts the next run first may already be sending to this
+  // rank before it gets here, and those bytes must count for the next run, not be reset away.
+  const target = receivedTarget += expect;
   const got = new Promise<void>((resolve) => {
-    onReceived = () => { if (received >= expect) { onReceived = undefined; resolve(); } };
+    onReceived = () => { if (received >= target) { onReceived = undefined; resolve(); } };
     onReceived();
   });
   const start = now();
+  const cpu0 = process.cpuUsage();
   const client = nc!;
   let unflushed = 0;
   const pub = async (subject: string): Promise<void> => {
@@ -121,8 +131,8 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
   const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), s.timeoutMs).unref());
   const res = await Promise.race([got.then(() => 'ok' as const), timeout]);
   const end = now();
-  if (res === 'ok') send({ type: 'done', rank: s.rank, step, ok: true, start, end });
-  else send({ type: 'done', rank: s.rank, step, ok: false, error: `received ${received} of ${expect} bytes`, start, end });
+  if (res === 'ok') send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds: cpuSince(cpu0) });
+  else send({ type: 'done', rank: s.rank, step, ok: false, error: `received ${received - (target - expect)} of ${expect} bytes`, start, end });
 }
 
 process.on('message', (m: ToRank) => {

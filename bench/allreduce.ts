@@ -117,6 +117,8 @@ interface PhaseResult {
   algbwGBps: number;
   busbwGBps: number;
   slowConsumers: number;
+  /** CPU seconds (user + system) of all rank processes in one iteration (median): the ranks' work. */
+  rankCpuSeconds: number;
   windowStalls?: number;
   verified?: boolean;
 }
@@ -140,6 +142,7 @@ async function main(): Promise<void> {
       }));
       const times: number[] = [];
       const out: number[] = [];
+      const cpu: number[] = [];
       let slow = 0;
       let verified = true;
       let stalls = 0;
@@ -160,6 +163,7 @@ async function main(): Promise<void> {
         if (it === 0) continue; // warm-up
         times.push(t);
         out.push(after.outBytes - before.outBytes);
+        cpu.push(done.reduce((k, d) => k + (d.cpuSeconds ?? 0), 0));
         log(`${mode} ${compression} iter ${it}: ${t.toFixed(3)} s, broker out ${(out.at(-1)! / 2 ** 20).toFixed(0)} MiB`
           + (mode === 'allreduce' ? ` (chunk ${ready[0]!.chunkElements} elements, window ${ready[0]!.windowChunks})` : ''));
       }
@@ -169,7 +173,7 @@ async function main(): Promise<void> {
         seconds: round(seconds, 4), secondsAll: times.map((t) => round(t, 4)),
         brokerOutBytes: outBytes, brokerOutGBps: round(outBytes / seconds / 1e9, 3),
         algbwGBps: round(bytes / seconds / 1e9, 3), busbwGBps: round((bytes * 2 * (n - 1)) / n / seconds / 1e9, 3),
-        slowConsumers: slow,
+        slowConsumers: slow, rankCpuSeconds: round(median(cpu), 3),
         ...(mode === 'allreduce' ? { verified, windowStalls: stalls } : {}),
       };
     };

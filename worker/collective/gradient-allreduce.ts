@@ -54,6 +54,8 @@
  * new array, so a failed step leaves the caller's parameters and buffers as they were; error
  * feedback residuals are committed only when a step succeeds.
  */
+import { Buffer } from 'node:buffer';
+
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 
 import { CollectiveError, errorMessage } from '../../common/errors.js';
@@ -80,7 +82,7 @@ import {
   sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
-import { Compression, dequantize, dequantizeAdd, quantize, wireDtype } from './wire-codec.js';
+import { Compression, dequantize, quantize, sumF32, sumWidened, widenTable, wireDtype } from './wire-codec.js';
 
 export const DEFAULT_ALLREDUCE_TIMEOUT_MS = 60_000;
 export const DEFAULT_READY_TIMEOUT_MS = 60_000;
@@ -233,6 +235,15 @@ function shardBounds(length: number, worldSize: number, shard: number): [number,
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
+/**
+ * A message buffer that the caller fills completely (header and payload): not zero-filled first,
+ * which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not Node's
+ * shared pool): the message is handed to the client, which keeps it until it is written.
+ */
+function allocMessage(bytes: number): Uint8Array {
+  return Buffer.allocUnsafeSlow(bytes);
+}
+
 function rejectNow<T>(e: unknown): Promise<T> {
   return Promise.reject(e instanceof Error ? e : new Error(String(e)));
 }
@@ -273,6 +284,7 @@ export class GradientAllReduce {
   #helloError: CollectiveError | undefined;
   #lastHelloAt = 0;
   #pumping = false;
+  #scratch16 = new Uint16Array(0);
   #stats = {
     steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
     windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
@@ -591,16 +603,16 @@ export class GradientAllReduce {
     op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
   ): Uint8Array {
     const dtype = this.#dtypeAt(op, offset);
-    const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
       chunk, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
     }, buf);
     const values = src.subarray(offset, offset + count);
     if (dtype === ChunkDtype.Float32) {
-      new Float32Array(buf.buffer, CHUNK_HEADER_BYTES, count).set(values);
+      new Float32Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count).set(values);
     } else {
-      const dst = new Uint16Array(buf.buffer, CHUNK_HEADER_BYTES, count);
+      const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const res = feedback ? this.#res : undefined;
       if (res) quantize(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
       else quantize(dtype, values, dst);
@@ -638,57 +650,57 @@ export class GradientAllReduce {
     return any;
   }
 
-  /** acc = x0; acc += x1; … in rank order, float32 adds; then narrowed once, widened back in place. */
+  /** acc = x0 + x1 + … in rank order, float32 adds, fused into one pass; then narrowed once, widened back in place. */
   #reduceChunk(op: Op, c: number, chunks: number, offset: number, count: number): void {
     const n = this.worldSize;
     const me = this.rank;
     const dtype = this.#dtypeAt(op, offset);
     const res = this.#res;
-    // The own contribution, as the peers' are: narrowed (with feedback) when compressing.
-    let own = op.input.subarray(offset, offset + count);
-    if (dtype !== ChunkDtype.Float32) {
-      const q = new Uint16Array(count);
-      const widened = new Float32Array(count);
-      if (res) quantize(dtype, own, q, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count), widened);
-      else quantize(dtype, own, q, undefined, undefined, widened);
-      own = widened;
-    } else if (op.inPlace) {
-      own = Float32Array.from(own);
-    }
     const acc = op.output.subarray(offset, offset + count);
     const pieces = op.pieces.get(c);
-    for (let r = 0; r < n; r++) {
-      if (r === me) {
-        if (r === 0) acc.set(own);
-        else for (let i = 0; i < count; i++) acc[i]! += own[i]!;
-        continue;
-      }
+    const piece = (r: number): Uint8Array => {
       const bytes = pieces?.[r];
       if (bytes === undefined) throw new Error(`internal: piece of chunk ${c} from rank ${r} missing at reduce`);
-      if (dtype === ChunkDtype.Float32) {
-        const x = new Float32Array(bytes.buffer, bytes.byteOffset, count);
-        if (r === 0) acc.set(x);
-        else for (let i = 0; i < count; i++) acc[i]! += x[i]!;
-      } else {
-        const x = new Uint16Array(bytes.buffer, bytes.byteOffset, count);
-        if (r === 0) dequantize(dtype, x, acc);
-        else dequantizeAdd(dtype, x, acc);
+      return bytes;
+    };
+    if (dtype === ChunkDtype.Float32) {
+      let own = op.input.subarray(offset, offset + count);
+      // In place, acc is the own input: fine while it is read in the same pass as acc is written
+      // (the first four inputs), not later.
+      if (op.inPlace && me >= 4) own = Float32Array.from(own);
+      const xs: Float32Array[] = [];
+      for (let r = 0; r < n; r++) {
+        if (r === me) { xs.push(own); continue; }
+        const bytes = piece(r);
+        xs.push(new Float32Array(bytes.buffer, bytes.byteOffset, count));
       }
+      sumF32(acc, xs);
+    } else {
+      // The own contribution, as the peers' are: narrowed (with feedback) when compressing; its
+      // widened value is what the table gives back, as for theirs.
+      const own = this.#scratchU16(count);
+      const src = op.input.subarray(offset, offset + count);
+      if (res) quantize(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      else quantize(dtype, src, own);
+      const xs: Uint16Array[] = [];
+      for (let r = 0; r < n; r++) {
+        if (r === me) { xs.push(own); continue; }
+        const bytes = piece(r);
+        xs.push(new Uint16Array(bytes.buffer, bytes.byteOffset, count));
+      }
+      sumWidened(acc, xs, widenTable(dtype));
     }
-    if (n === 1) {
-      if (dtype !== ChunkDtype.Float32) acc.set(own); // own is already narrowed and widened
-      return;
-    }
+    if (n === 1) return; // the sum of one widened value is itself: nothing more to narrow
     // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
-    const buf = new Uint8Array(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
       chunk: c, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
     }, buf);
     if (dtype === ChunkDtype.Float32) {
-      new Float32Array(buf.buffer, CHUNK_HEADER_BYTES, count).set(acc);
+      new Float32Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count).set(acc);
     } else {
-      const dst = new Uint16Array(buf.buffer, CHUNK_HEADER_BYTES, count);
+      const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const [start] = shardBounds(op.length, n, me);
       const at = offset - start;
       if (res) quantize(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
@@ -696,6 +708,12 @@ export class GradientAllReduce {
     }
     sealChunk(buf);
     op.agQueue.push(buf);
+  }
+
+  /** A reusable array for a chunk's narrowed own input, valid until the next call. */
+  #scratchU16(count: number): Uint16Array {
+    if (this.#scratch16.length < count) this.#scratch16 = new Uint16Array(count);
+    return this.#scratch16.subarray(0, count);
   }
 
   /** Publishes queued reduced chunks while every peer has room for them. */
@@ -1024,7 +1042,9 @@ export class GradientAllReduce {
         slot = new Array<Uint8Array | undefined>(this.worldSize);
         op.pieces.set(h.chunk, slot);
       }
-      slot[h.rank] = new Uint8Array(payload); // a copy of its own, aligned (msg.data may be a Buffer view)
+      // Kept as it is when 4-byte aligned (no copy: msg.data is the message's own bytes, a view the
+      // client never writes again); else copied to an aligned array of its own.
+      slot[h.rank] = payload.byteOffset % 4 === 0 ? payload : new Uint8Array(payload);
     } else if (h.dtype === ChunkDtype.Float32) {
       new Uint8Array(op.output.buffer, op.output.byteOffset + offset * 4, count * 4).set(payload);
     } else {

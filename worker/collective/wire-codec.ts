@@ -136,18 +136,23 @@ for (let idx = 0; idx < 512; idx++) {
 
 function narrowF16(bits: Int32Array, dst: Uint16Array): void {
   const n = bits.length;
-  const base = F16_BASE;
-  const shiftT = F16_SHIFT;
-  const implicitT = F16_IMPLICIT;
-  const biasT = F16_BIAS;
   for (let i = 0; i < n; i++) {
     const f = bits[i]!;
-    if ((f & 0x7fffffff) > 0x7f800000) { dst[i] = f32BitsToF16(f >>> 0); continue; }
-    const idx = f >>> 23;
-    const sh = shiftT[idx]!;
-    const m = (f & 0x7fffff) | implicitT[idx]!;
-    dst[i] = base[idx]! + ((m + biasT[idx]! + ((m >>> sh) & 1)) >>> sh);
+    const a = f & 0x7fffffff;
+    // The common case, a binary16 normal (float32 exponent 113..142): rebias, then round to nearest
+    // even with one add whose carry runs into the exponent (up to Inf) as it should. Integer ops
+    // only, no table; everything else (subnormals, zero, overflow, NaN) goes the table way.
+    if (a - 0x38800000 >>> 0 < 0x0f000000) dst[i] = ((f >>> 16) & 0x8000) | ((a - 0x37fff001 + ((a >>> 13) & 1)) >>> 13);
+    else dst[i] = narrowF16Slow(f);
   }
+}
+
+function narrowF16Slow(f: number): number {
+  if ((f & 0x7fffffff) > 0x7f800000) return f32BitsToF16(f >>> 0);
+  const idx = f >>> 23;
+  const sh = F16_SHIFT[idx]!;
+  const m = (f & 0x7fffff) | F16_IMPLICIT[idx]!;
+  return F16_BASE[idx]! + ((m + F16_BIAS[idx]! + ((m >>> sh) & 1)) >>> sh);
 }
 
 function narrowBf16(bits: Int32Array, dst: Uint16Array): void {
@@ -189,6 +194,75 @@ function widenAddF16(src: Uint16Array, acc: Float32Array, t: Float32Array): void
 function widenAddBf16(src: Uint16Array, acc: Float32Array, tmp: Float32Array): void {
   widenBf16(src, new Int32Array(tmp.buffer, 0, src.length));
   addInto(acc, tmp.subarray(0, src.length));
+}
+
+let bf16Table: Float32Array | undefined;
+/** bfloat16 bits → float32 value (the bits shifted up), for all 65536 patterns. */
+function bf16ToF32Table(): Float32Array {
+  if (bf16Table) return bf16Table;
+  const t = new Float32Array(65536);
+  const bits = new Int32Array(t.buffer);
+  for (let h = 0; h < 65536; h++) bits[h] = h << 16;
+  bf16Table = t;
+  return t;
+}
+
+/** The widening table of a 16-bit dtype: `table[q]` is the float32 value of `q`. */
+export function widenTable(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16): Float32Array {
+  return dtype === ChunkDtype.Float16 ? f16ToF32Table() : bf16ToF32Table();
+}
+
+/**
+ * `acc[i] = x0[i] + x1[i] + …` in the order given, each add rounded to float32 (a JS add of two
+ * float32 values is exact in float64, so rounding its result to float32 is float32's add), in as
+ * few passes over `acc` as possible (4 inputs in the first, 3 more in each next). `acc` may be one
+ * of the first four inputs (same elements), never a later one.
+ */
+export function sumF32(acc: Float32Array, xs: readonly Float32Array[]): void {
+  const k = xs.length;
+  const n = acc.length;
+  const fr = Math.fround;
+  if (k === 0) { acc.fill(0); return; }
+  const a = xs[0]!;
+  if (k === 1) { if (a !== acc) acc.set(a); return; }
+  const b = xs[1]!;
+  if (k === 2) { for (let i = 0; i < n; i++) acc[i] = a[i]! + b[i]!; return; }
+  const c = xs[2]!;
+  if (k === 3) { for (let i = 0; i < n; i++) acc[i] = fr(a[i]! + b[i]!) + c[i]!; return; }
+  const d = xs[3]!;
+  for (let i = 0; i < n; i++) acc[i] = fr(fr(a[i]! + b[i]!) + c[i]!) + d[i]!;
+  for (let r = 4; r < k; r += 3) {
+    const x = xs[r]!;
+    if (r + 1 === k) { for (let i = 0; i < n; i++) acc[i] = acc[i]! + x[i]!; continue; }
+    const y = xs[r + 1]!;
+    if (r + 2 === k) { for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + x[i]!) + y[i]!; continue; }
+    const z = xs[r + 2]!;
+    for (let i = 0; i < n; i++) acc[i] = fr(fr(acc[i]! + x[i]!) + y[i]!) + z[i]!;
+  }
+}
+
+/** As `sumF32`, of 16-bit inputs widened by `table` (`widenTable`), fused: one pass for up to 4 inputs. */
+export function sumWidened(acc: Float32Array, xs: readonly Uint16Array[], t: Float32Array): void {
+  const k = xs.length;
+  const n = acc.length;
+  const fr = Math.fround;
+  if (k === 0) { acc.fill(0); return; }
+  const a = xs[0]!;
+  if (k === 1) { for (let i = 0; i < n; i++) acc[i] = t[a[i]!]!; return; }
+  const b = xs[1]!;
+  if (k === 2) { for (let i = 0; i < n; i++) acc[i] = t[a[i]!]! + t[b[i]!]!; return; }
+  const c = xs[2]!;
+  if (k === 3) { for (let i = 0; i < n; i++) acc[i] = fr(t[a[i]!]! + t[b[i]!]!) + t[c[i]!]!; return; }
+  const d = xs[3]!;
+  for (let i = 0; i < n; i++) acc[i] = fr(fr(t[a[i]!]! + t[b[i]!]!) + t[c[i]!]!) + t[d[i]!]!;
+  for (let r = 4; r < k; r += 3) {
+    const x = xs[r]!;
+    if (r + 1 === k) { for (let i = 0; i < n; i++) acc[i] = acc[i]! + t[x[i]!]!; continue; }
+    const y = xs[r + 1]!;
+    if (r + 2 === k) { for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + t[x[i]!]!) + t[y[i]!]!; continue; }
+    const z = xs[r + 2]!;
+    for (let i = 0; i < n; i++) acc[i] = fr(fr(acc[i]! + t[x[i]!]!) + t[y[i]!]!) + t[z[i]!]!;
+  }
 }
 
 let scratch = new Float32Array(0);
