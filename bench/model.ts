@@ -10,6 +10,10 @@
  *   loadSeconds, float32Bytes, rssBeforeLoadBytes, peakRssBytes,
  *   peakRssOverF32         peak RSS / float32 size of the tensors (target <= 1.3)
  *   loadRssOverF32         (peak RSS - RSS before loading) / float32 size: the load's own cost
+ *   trainPeakRssOverF32    peak RSS over the whole run (forward and training steps included) /
+ *                          float32 size: XNNPACK keeps a packed copy of every weight used as a
+ *                          product's right operand, and the loss head's [tokens, vocab] buffers
+ *                          stay in the wasm heap, which never shrinks
  *   forwardTokensPerSecond  forward + loss over every position, no gradient
  *   trainTokensPerSecond    a SLAM step (up/down projections of layers 0-1 train): loss + gradients
  *   trainGflops, matmulGflops, trainOverMatmul (target >= 0.5)
@@ -157,6 +161,7 @@ async function child(dir: string, steps: number): Promise<Record<string, number 
   const before = tf.memory().numTensors;
   const step = median(time(train));
   const leaked = tf.memory().numTensors - before;
+  const trainPeakRss = process.resourceUsage().maxRSS * 1024;
   const matmulGflops = (2 * N * c.hiddenSize * c.intermediateSize) / median(mmTimes) / 1e9;
   tf.dispose([a, b]);
   const trainGflops = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS) / step / 1e9;
@@ -167,6 +172,7 @@ async function child(dir: string, steps: number): Promise<Record<string, number 
     backend: tf.getBackend(), parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
     loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
     peakRssOverF32: round(peakRss / f32Bytes), loadRssOverF32: round((peakRss - rssBefore) / f32Bytes),
+    trainPeakRssBytes: trainPeakRss, trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
     forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
     trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
     matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
