@@ -24,7 +24,8 @@ const tools = findPromTools();
 const skip = 'skip' in tools ? tools.skip : undefined;
 if (skip) console.warn(`metrics-scrape: ${skip}`);
 
-const STEPS = 40;
+// Long enough that Prometheus (scraping every 500 ms) sees the counters rise while the job runs.
+const STEPS = 150;
 
 describe.skipIf(skip !== undefined)('metrics of a running job', () => {
   const { promtool, prometheus: prometheusBin } = tools as PromTools;
