@@ -484,46 +484,15 @@ function encodeTensor(data: Float32Array, dtype: FloatDtype): Uint8Array {
  */
 export async function writeSafetensors(path: string, tensors: readonly NamedTensor[], options: WriteSafetensorsOptions = {}): Promise<void> {
   const dtype = options.dtype ?? 'F32';
-  const size = DTYPE_SIZE[dtype];
-  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const header: Record<string, unknown> = {};
-  if (options.metadata && Object.keys(options.metadata).length > 0) header['__metadata__'] = options.metadata;
-  let offset = 0;
-  const seen = new Set<string>();
-  for (const t of sorted) {
-    if (seen.has(t.name)) throw new Error(`writeSafetensors: duplicate tensor ${t.name}`);
-    seen.add(t.name);
+  const byName = new Map<string, Float32Array>();
+  for (const t of tensors) {
+    if (byName.has(t.name)) throw new Error(`writeSafetensors: duplicate tensor ${t.name}`);
     if (prod(t.shape) !== t.data.length) {
       throw new Error(`writeSafetensors: tensor ${t.name} has ${t.data.length} values for shape [${t.shape.join(', ')}]`);
     }
-    const bytes = t.data.length * size;
-    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
+    byName.set(t.name, t.data);
   }
-  let headerBytes = new TextEncoder().encode(JSON.stringify(header));
-  const padded = Math.ceil(headerBytes.length / 8) * 8;
-  if (padded !== headerBytes.length) {
-    const p = new Uint8Array(padded).fill(0x20);
-    p.set(headerBytes);
-    headerBytes = p;
-  }
-  const lenBuf = new Uint8Array(8);
-  new DataView(lenBuf.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-
-  const tmp = path + '.tmp';
-  const fh = await open(tmp, 'w');
-  try {
-    await writeAll(fh, lenBuf);
-    await writeAll(fh, headerBytes);
-    for (const t of sorted) await writeAll(fh, encodeTensor(t.data, dtype));
-    await fh.sync();
-  } catch (e) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  await rename(tmp, path);
+  await writeSafetensorsStreaming(path, tensors.map((t) => ({ name: t.name, shape: t.shape, dtype })), (name) => byName.get(name)!, options.metadata);
 }
 
 /** One tensor of a file written by `writeSafetensorsStreaming`: its data is asked for when written. */
