@@ -1,5 +1,8 @@
 /** Shared helpers for the collective's tests: deterministic inputs and reference sums. */
+import type { NatsConnection } from '@nats-io/transport-node';
 import { ChunkDtype } from '../../worker/collective/chunk-header.js';
+import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
+import { uniqueJobName, type NatsScope, type NatsServer } from './nats-server.js';
 import { dequantize, quantize, type Compression } from '../../worker/collective/wire-codec.js';
 
 /** Deterministic pseudo-random floats over many magnitudes, so that summation order shows. */
@@ -73,4 +76,21 @@ export function chunkStartOf(i: number, length: number, worldSize: number, chunk
   while (Math.floor(((k + 1) * length) / worldSize) <= i) k++;
   const start = Math.floor((k * length) / worldSize);
   return start + Math.floor((i - start) / chunkElements) * chunkElements;
+}
+
+/**
+ * `n` ranks of one job on `server`, each with its own connection from `scope`, generation 1;
+ * `ready` waits for every rank's hello (what a worker does before its first call).
+ */
+export async function collectiveWorld(
+  scope: NatsScope, server: NatsServer, n: number, extra: Partial<AllReduceOptions> & { jobPrefix?: string; ready?: boolean } = {},
+): Promise<{ job: string; ncs: NatsConnection[]; ranks: GradientAllReduce[] }> {
+  const { jobPrefix = 'ar', ready = false, ...opts } = extra;
+  const job = opts.job ?? uniqueJobName(jobPrefix);
+  const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
+  const ranks = await Promise.all(
+    ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...opts })),
+  );
+  if (ready) await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 5000 })));
+  return { job, ncs, ranks };
 }

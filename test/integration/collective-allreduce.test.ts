@@ -1,5 +1,4 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
 
 import { CollectiveError } from '../../common/errors.js';
 import { allGatherSubject, reduceScatterSubject } from '../../common/subjects.js';
@@ -11,6 +10,7 @@ import {
   encodeChunkHeader,
   encodeFloat32Chunk,
 } from '../../worker/collective/chunk-header.js';
+import { bytes, collectiveWorld, sumInRankOrder, vector } from '../helpers/collective.js';
 import { natsScope, uniqueJobName, type NatsServer } from '../helpers/nats-server.js';
 
 const MAX_PAYLOAD = 64 * 1024;
@@ -28,44 +28,7 @@ beforeAll(async () => {
 afterAll(() => servers.cleanup());
 afterEach(() => scope.cleanup());
 
-/** Deterministic pseudo-random floats over many magnitudes, so that summation order shows. */
-function vector(seed: number, length: number): Float32Array {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  const next = (): number => {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    return s / 0x1_0000_0000;
-  };
-  const out = new Float32Array(length);
-  for (let i = 0; i < length; i++) out[i] = (next() - 0.5) * 10 ** (next() * 8 - 4);
-  return out;
-}
-
-function sumInRankOrder(inputs: readonly Float32Array[]): Float32Array {
-  const acc = Float32Array.from(inputs[0]!);
-  for (let r = 1; r < inputs.length; r++) {
-    const x = inputs[r]!;
-    for (let i = 0; i < acc.length; i++) acc[i]! += x[i]!;
-  }
-  return acc;
-}
-
-function bytes(a: Float32Array): Buffer {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
-
-async function world(
-  n: number,
-  extra: Partial<AllReduceOptions> = {},
-): Promise<{ job: string; ncs: NatsConnection[]; ranks: GradientAllReduce[] }> {
-  const job = extra.job ?? uniqueJobName('ar');
-  const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
-  const ranks = await Promise.all(
-    ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...extra })),
-  );
-  return { job, ncs, ranks };
-}
+const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, server, n, extra);
 
 describe('GradientAllReduce over a real nats-server', () => {
   it('reads max_payload from the server and chunks to fit', async () => {

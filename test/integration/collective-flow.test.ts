@@ -3,13 +3,12 @@
  * barrier, against a real nats-server.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
 
 import { CollectiveError } from '../../common/errors.js';
 import { reduceScatterSubject } from '../../common/subjects.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
 import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind, encodeFloat32Chunk } from '../../worker/collective/chunk-header.js';
-import { bytes, chunkStartOf, compressedReference, sumInRankOrder, vector } from '../helpers/collective.js';
+import { bytes, chunkStartOf, collectiveWorld, compressedReference, sumInRankOrder, vector } from '../helpers/collective.js';
 import { natsScope, uniqueJobName, type NatsServer } from '../helpers/nats-server.js';
 
 const MAX_PAYLOAD = 64 * 1024;
@@ -26,15 +25,7 @@ beforeAll(async () => {
 afterAll(() => servers.cleanup());
 afterEach(() => scope.cleanup());
 
-async function world(n: number, extra: Partial<AllReduceOptions> = {}): Promise<{ job: string; ncs: NatsConnection[]; ranks: GradientAllReduce[] }> {
-  const job = extra.job ?? uniqueJobName('flow');
-  const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
-  const ranks = await Promise.all(
-    ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...extra })),
-  );
-  await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 5000 })));
-  return { job, ncs, ranks };
-}
+const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, server, n, { jobPrefix: 'flow', ready: true, ...extra });
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
