@@ -33,7 +33,7 @@ import { LlamaModel } from '../model/llama.js';
 import { readLlamaConfig } from '../../common/model-config.js';
 import { listModelTensors } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
-import { latestValidCheckpoint, listCheckpoints, writeCheckpoint, type CheckpointLayout } from './checkpoint.js';
+import { latestValidCheckpoint, listCheckpoints, writeCheckpoint, type CheckpointLayout, type CheckpointState } from './checkpoint.js';
 import { writeFinalOutputs } from './outputs.js';
 import { clipGradNorm, createOptimizer, type Optimizer } from './optimizers.js';
 import { learningRate } from './schedule.js';
@@ -180,31 +180,20 @@ async function agreeOnState(
   const total = STATE_HEAD + [...state.params, ...buffers].reduce((n, a) => n + a.length, 0);
   const vec = new Float32Array(total);
   if (rank === source) {
-    let from: { step: number; optimizerStep: number; params: readonly Float32Array[]; buffers: readonly Float32Array[] } | undefined;
-    if (memory && memory.step >= newestCheckpoint) {
-      from = { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers };
-    } else {
-      from = (await latestValidCheckpoint(outputDir, layout, log)) ?? (memory
-        ? { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers }
-        : undefined);
+    const fromMemory: CheckpointState | undefined = memory
+      && { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers };
+    // Memory when it is the newest; else the newest checkpoint that verifies, else memory; else
+    // (every checkpoint refused, nothing in memory) the model as loaded, at step 0.
+    const fromCheckpoint = fromMemory && fromMemory.step >= newestCheckpoint ? undefined : await latestValidCheckpoint(outputDir, layout, log);
+    const from = fromCheckpoint ?? fromMemory ?? { step: 0, optimizerStep: 0, params: state.params, buffers };
+    vec[0] = from.step;
+    vec[1] = from.optimizerStep;
+    let off = STATE_HEAD;
+    for (const a of [...from.params, ...from.buffers]) {
+      vec.set(a, off);
+      off += a.length;
     }
-    if (from) {
-      vec[0] = from.step;
-      vec[1] = from.optimizerStep;
-      let off = STATE_HEAD;
-      for (const a of [...from.params, ...from.buffers]) {
-        vec.set(a, off);
-        off += a.length;
-      }
-    } else {
-      // Every checkpoint was refused and nothing is in memory: the model as loaded, at step 0.
-      let off = STATE_HEAD;
-      for (const a of state.params) {
-        vec.set(a, off);
-        off += a.length;
-      }
-    }
-    log.info('state source for this generation', { step: vec[0], from: from === undefined ? 'model' : memory && memory.step >= newestCheckpoint ? 'memory' : 'checkpoint' });
+    log.info('state source for this generation', { step: from.step, from: fromCheckpoint ? 'checkpoint' : fromMemory ? 'memory' : 'model' });
   }
   const got = await reduce(vec, { exact: true });
   state.step = got[0]!;
