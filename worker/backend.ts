@@ -63,5 +63,30 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND): Promise<
   const ok = await tf.setBackend(name);
   if (!ok) throw new UserError(`backend ${name}: failed to initialise`);
   await tf.ready();
+  if (name === 'wasm') shareIdentityOnWasm();
   return tf.getBackend();
 }
+
+/** What the Identity kernel uses of the wasm backend: its reference count of a tensor's memory. */
+interface RefCountingBackend {
+  incRef(dataId: tf.DataId): void;
+}
+
+/**
+ * tfjs-backend-wasm's Identity kernel copies its input. The engine clones (through Identity) every
+ * tensor it saves for the backward pass, so training held a second copy of every activation and
+ * weight the tape saved. Tensors are immutable, so the clone can share the memory under a reference
+ * count, as the cpu backend's Identity and wasm's own Reshape do. Idempotent.
+ */
+function shareIdentityOnWasm(): void {
+  const kernel = tf.getKernel(tf.Identity, 'wasm');
+  if (kernel?.kernelFunc === sharedIdentity) return;
+  if (kernel) tf.unregisterKernel(tf.Identity, 'wasm');
+  tf.registerKernel({ kernelName: tf.Identity, backendName: 'wasm', kernelFunc: sharedIdentity });
+}
+
+const sharedIdentity: tf.KernelFunc = ({ inputs, backend }) => {
+  const x = (inputs as tf.IdentityInputs).x as tf.TensorInfo;
+  (backend as unknown as RefCountingBackend).incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+};

@@ -21,7 +21,7 @@ import { ModelLoadError, UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from '../../common/model-config.js';
 import './gradients.js';
-import { matMul, transposeLast } from './matmul.js';
+import { matMul, matMulTransposeB, transposeLast } from './matmul.js';
 import { ropeTables } from './rope.js';
 import { FloatDtype, listModelTensors, readModelTensorChunks, type NamedTensor } from './safetensors.js';
 
@@ -32,13 +32,11 @@ export const IGNORE_INDEX = -100;
 export const MASKED = -1e9;
 
 /**
- * Rows of the loss head's logits computed at once (rows x vocab floats). Up to
- * `SAVE_LOGITS_MAX_ELEMS` logits in total, exp(logits - max) is kept for the backward pass; above,
- * the backward pass recomputes logits chunk by chunk, bounding memory at the cost of one more
- * lm_head matMul and exp.
+ * Logits of the loss head computed at once (rows x vocab floats): 16 MiB of them, 131 rows of a
+ * 32000-token vocabulary. Smaller chunks cost no speed (the product's rows are independent); the
+ * whole [tokens, vocab] would be 65 MB for 512 tokens of 32000, 266 MB of Llama-3's 128256.
  */
-const HEAD_CHUNK_ELEMS = 16 * 1024 * 1024;
-const SAVE_LOGITS_MAX_ELEMS = 64 * 1024 * 1024;
+const HEAD_CHUNK_ELEMS = 4 * 1024 * 1024;
 
 /** Per layer, keys and values after RoPE, [B, numKeyValueHeads, length, headDim]. */
 export interface KvCache {
@@ -77,8 +75,8 @@ export interface LoadOptions {
   /** HF names of the parameters that train: they become trainable `tf.Variable`s. @default none */
   trainable?: ReadonlySet<string>;
   logger?: Logger;
-  /** Memory bounds of the loss head, in floats. @default HEAD_CHUNK_ELEMS, SAVE_LOGITS_MAX_ELEMS */
-  lossHead?: { chunkElems?: number; keepMaxElems?: number };
+  /** Logits of the loss head computed at once, in floats. @default HEAD_CHUNK_ELEMS (4M) */
+  lossHead?: { chunkElems?: number };
   /**
    * The longest sequence that will be run (a job's maxSeqLen): refused at load when the model
    * cannot compute it exactly (longer than a sliding window). @default not checked at load
@@ -165,6 +163,11 @@ function customOp(inputs: tf.Tensor[], forward: CustomOpForward): tf.Tensor {
   return f(...inputs);
 }
 
+/** The tensors concatenated along the first axis; one tensor as it is. */
+function concatOrOnly<T extends tf.Tensor>(ts: T[]): T {
+  return ts.length === 1 ? ts[0]! : tf.concat(ts, 0);
+}
+
 /** HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, over the last axis. */
 export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
   const variance = tf.mean(tf.square(x), -1, true);
@@ -226,13 +229,11 @@ export class LlamaModel {
   private readonly transposed = new Set<string>();
   private disposed = false;
   private readonly headChunkElems: number;
-  private readonly keepLogitsMaxElems: number;
 
   private constructor(config: LlamaConfig, trainableNames: readonly string[], options: LoadOptions) {
     this.config = config;
     this.trainableNames = trainableNames;
     this.headChunkElems = options.lossHead?.chunkElems ?? HEAD_CHUNK_ELEMS;
-    this.keepLogitsMaxElems = options.lossHead?.keepMaxElems ?? SAVE_LOGITS_MAX_ELEMS;
   }
 
   /**
@@ -470,38 +471,50 @@ export class LlamaModel {
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 
+    // One tidy a layer: only its output (and its cache) outlives it. Under a gradient tape, the
+    // tensors the backward pass needs are kept by the tape itself.
     for (let l = 0; l < c.numHiddenLayers; l++) {
-      // Self-attention.
-      const h = rmsNorm(x, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
-      const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
-      const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
-      const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
-      let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
-      let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
-      if (options.cache) {
-        kt = tf.concat([options.cache.k[l]!, kt], 3);
-        vh = tf.concat([options.cache.v[l]!, vh], 2);
-      }
-      if (wantCache) {
-        newK.push(kt);
-        newV.push(vh);
-      }
-      const tk = past + T;
-      // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
-      // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
-      const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
-      const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
-      const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
-      const ctx = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
-      const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
-      x = tf.add(x, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
+      const input = x;
+      const out = tf.tidy(() => {
+        let y = input;
+        // Self-attention.
+        const h = rmsNorm(y, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
+        const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
+        const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
+        const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
+        let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
+        let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
+        if (options.cache) {
+          kt = tf.concat([options.cache.k[l]!, kt], 3);
+          vh = tf.concat([options.cache.v[l]!, vh], 2);
+        }
 
-      // SwiGLU MLP: down(silu(gate(h)) * up(h)).
-      const h2 = rmsNorm(x, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
-      const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
-      options.onGate?.(l, gate);
-      const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
-      x = tf.add(x, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
+        const tk = past + T;
+        // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
+        // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
+        const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
+        const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
+        const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
+        const ctx = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
+        const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
+        y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
+
+        // SwiGLU MLP: down(silu(gate(h)) * up(h)).
+        const h2 = rmsNorm(y, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
+        const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
+        options.onGate?.(l, gate);
+        const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
+        y = tf.add(y, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
+        return { y, kt, vh };
+      });
+      input.dispose();
+      x = out.y;
+      if (wantCache) {
+        newK.push(out.kt);
+        newV.push(out.vh);
+      } else {
+        tf.dispose([out.kt, out.vh]);
+      }
     }
     const hidden = rmsNorm(x, this.params.get('model.norm.weight')!, c.rmsNormEps);
     return wantCache ? { hidden, cache: { k: newK, v: newV, length: past + T } } : { hidden };
@@ -546,68 +559,83 @@ export class LlamaModel {
 
   /**
    * Per-token NLL -log softmax(h W^T)[target] for hidden states `hs` [M, H], as one
-   * custom-gradient op: logsumexp - logit[target], with d/dlogits = softmax - onehot applied
-   * without building a one-hot tensor. Logits are computed in row chunks; above
-   * SAVE_LOGITS_MAX_ELEMS they are recomputed in the backward pass rather than kept. When the head
-   * weight trains (full tuning, or tied to trainable embeddings) its gradient is computed too.
+   * custom-gradient op: logsumexp - logit[target], with d/dh = (softmax - onehot) W applied
+   * without building a one-hot tensor. Logits exist one chunk of rows at a time (`headChunkElems`
+   * floats), never whole. Under a gradient tape, each chunk's softmax goes through the head weight
+   * at once (p W, what dh needs), so that the backward pass needs no logits. A head weight that
+   * trains (full tuning, or tied to trainable embeddings) needs its own gradient too,
+   * sum_m dy_m (p_m - onehot_m)^T h_m, which depends on dy: for it the backward pass recomputes
+   * the chunks' logits.
    */
   private tokenNll(hs: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
     const name = this.headName;
     const stored = this.params.get(name) as tf.Tensor2D;
-    const wTrains = !this.transposed.has(name); // a variable in the HF layout [V, H]
+    const wTrains = !this.transposed.has(name); // a variable in the HF layout [V, H]; else [H, V]
     const [M] = hs.shape;
-    const V = this.config.vocabSize;
-    const chunk = Math.max(1, Math.floor(this.headChunkElems / V));
-    const keepLogits = M * V <= this.keepLogitsMaxElems;
+    const chunk = Math.max(1, Math.floor(this.headChunkElems / this.config.vocabSize));
     const parts: Array<{ start: number; size: number }> = [];
     for (let s = 0; s < M; s += chunk) parts.push({ start: s, size: Math.min(chunk, M - s) });
+    // h W^T: logits [rows, V]; p W: [rows, V] -> [rows, H]. Whichever layout W is stored in, the
+    // vocabulary-sized operand is never transposed.
+    const logitsOf = (h: tf.Tensor2D): tf.Tensor2D => (wTrains ? matMulTransposeB(h, stored) : tf.matMul(h, stored));
+    const throughHead = (p: tf.Tensor2D): tf.Tensor2D => (wTrains ? tf.matMul(p, stored) : matMulTransposeB(p, stored));
+    const rowsOf = (t: tf.Tensor2D, start: number, size: number): tf.Tensor2D => tf.slice(t, [start, 0], [size, -1]);
 
     // Inputs: hs, targets, and the head weight only when it trains (a frozen one gets no gradient).
     const inputs: tf.Tensor[] = wTrains ? [hs, targets, stored] : [hs, targets];
     return customOp(inputs, ([h, tg], save) => {
-      const wt = wTrains ? tf.transpose(stored) : stored; // [H, V]
+      const fuse = tf.engine().state.gradientDepth > 0 && !wTrains;
       const lses: tf.Tensor[] = [];
-      const kept: tf.Tensor[] = [];
+      const pws: tf.Tensor[] = [];
       for (const { start, size } of parts) {
-        const logits = tf.matMul(tf.slice(h!, [start, 0], [size, -1]), wt);
-        // logsumexp = m + log(sum(exp(logits - m))); exp(logits - m) is kept for the backward
-        // pass, which then needs no second exp over [rows, V].
-        const m = tf.max(logits, 1, true);
-        const e = tf.exp(tf.sub(logits, m));
-        const total = tf.sum(e, 1, true);
-        lses.push(tf.reshape(tf.add(m, tf.log(total)), [size]));
-        if (keepLogits) kept.push(e, total);
+        const out = tf.tidy(() => {
+          // logsumexp = m + log(sum(exp(logits - m)))
+          const logits = logitsOf(rowsOf(h as tf.Tensor2D, start, size));
+          const m = tf.max(logits, 1, true);
+          const e = tf.exp(tf.sub(logits, m));
+          const total = tf.sum(e, 1, true);
+          const lse = tf.reshape(tf.add(m, tf.log(total)), [size]);
+          return fuse ? [lse, throughHead(tf.div(e, total))] : [lse];
+        });
+        lses.push(out[0]!);
+        if (fuse) pws.push(out[1]!);
       }
-      const lse = tf.concat(lses, 0);
+      const lse = concatOrOnly(lses) as tf.Tensor1D;
       // The target logit as a row dot product <h_m, W[target_m]>: the number the matMul gives.
       const wRows = wTrains ? tf.gather(stored, tg!) : tf.transpose(tf.gather(stored, tg!, 1));
       const labelLogit = tf.sum(tf.mul(h!, wRows), 1);
-      save([h!, tg!, lse, wRows, ...kept]);
+      save(fuse ? [h!, tg!, lse, wRows, concatOrOnly(pws)] : [h!, tg!, lse, wRows]);
       return {
         value: tf.sub(lse, labelLogit),
         gradFunc: (dy, saved) => {
-          const [sh, stg, slse, sRows] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D, tf.Tensor2D];
-          const w = wTrains ? stored : tf.transpose(stored); // [V, H], for dh = p W
-          const dhParts: tf.Tensor[] = [];
-          let dWt: tf.Tensor | undefined;
-          parts.forEach(({ start, size }, i) => {
-            const hc = tf.slice(sh, [start, 0], [size, -1]);
-            // dy * softmax(logits): from the kept exp(logits - m) / sum, or recomputed with the lse.
-            const dyc = tf.expandDims(tf.slice(dy, [start], [size]), 1);
-            const p = keepLogits
-              ? tf.mul(saved[4 + 2 * i]!, tf.div(dyc, saved[5 + 2 * i]!))
-              : tf.mul(tf.exp(tf.sub(tf.matMul(hc, wTrains ? tf.transpose(stored) : stored), tf.expandDims(tf.slice(slse, [start], [size]), 1))), dyc);
-            dhParts.push(tf.matMul(p, w));
-            if (wTrains) {
-              const g = tf.matMul(tf.transpose(hc), p); // [H, V]: both operands plain
-              dWt = dWt ? tf.add(dWt, g) : g;
-            }
-          });
-          // minus dy * onehot(target), pushed through the product: dh -= dy * W[target].
+          const [sh, stg, slse, sRows, spw] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D, tf.Tensor2D, tf.Tensor2D?];
           const dyCol = tf.expandDims(dy, 1);
-          const dh = tf.sub(dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0), tf.mul(sRows, dyCol));
-          const grads: tf.Tensor[] = [dh, tf.zerosLike(stg)];
-          if (wTrains) grads.push(tf.sub(tf.transpose(dWt!), tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), stored.shape)));
+          let pw = spw ? tf.mul(spw, dyCol) : undefined; // sum_v dy p_v W_v
+          let dW: tf.Tensor | undefined;
+          if (!pw) {
+            const pws2: tf.Tensor[] = [];
+            for (const { start, size } of parts) {
+              const prev = dW;
+              const out = tf.tidy(() => {
+                const hc = rowsOf(sh, start, size);
+                // dy * softmax(logits), recomputed with the forward pass's lse.
+                const logits = tf.sub(logitsOf(hc), tf.expandDims(tf.slice(slse, [start], [size]), 1));
+                const p = tf.mul<tf.Tensor2D>(tf.exp(logits), rowsOf(dyCol as tf.Tensor2D, start, size));
+                if (!wTrains) return [throughHead(p)];
+                const g = tf.matMul(transposeLast(p), hc); // [V, H]: the transpose is chunk-sized
+                return [throughHead(p), prev ? tf.add(prev, g) : g];
+              });
+              pws2.push(out[0]!);
+              if (wTrains) {
+                prev?.dispose();
+                dW = out[1];
+              }
+            }
+            pw = concatOrOnly(pws2);
+          }
+          // minus dy * onehot(target), pushed through the product: dh -= dy * W[target].
+          const grads: tf.Tensor[] = [tf.sub(pw, tf.mul(sRows, dyCol)), tf.zerosLike(stg)];
+          if (wTrains) grads.push(tf.sub(dW!, tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), stored.shape)));
           return grads;
         },
       };

@@ -88,3 +88,14 @@ export function matMul<T extends tf.Tensor>(a: tf.Tensor, b: tf.Tensor, transpos
   }
   return tf.matMul(x, y) as T;
 }
+
+/**
+ * a bᵀ for a small a [m, k] and a large b [n, k] (the loss head's [vocab, hidden] weight). Where
+ * transposes are materialised, as (b aᵀ)ᵀ: only the small operands are transposed, and the large
+ * one is the left operand, of which XNNPACK keeps no packed copy (it packs and caches the right
+ * operand of a product, per tensor).
+ */
+export function matMulTransposeB(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  if (!MATERIALISE_TRANSPOSE.has(tf.getBackend())) return tf.matMul(a, b, false, true);
+  return transposeLast(tf.matMul(b, transposeLast(a)));
+}
