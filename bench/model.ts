@@ -1,19 +1,23 @@
 /**
- * `npm run bench:model -- [--json] [--steps N]`: the model on the wasm backend, for a LLaMA of
- * about 50M parameters (vocab 32000, hidden 512, 6 layers, GQA 8/4, intermediate 1408) written
- * on the fly in BF16 as two shards with an index.
+ * `npm run bench:model -- [--json] [--steps N] [--checkpointing]`: the model on the wasm backend,
+ * for a LLaMA of about 50M parameters (vocab 32000, hidden 512, 6 layers, GQA 8/4, intermediate
+ * 1408) written on the fly in BF16 as two shards with an index. `--checkpointing` trains with
+ * gradient checkpointing (`training.gradientCheckpointing`); the layers computed again in the
+ * backward pass are overhead, not counted in the step's FLOPs.
  *
  * The parent writes the checkpoint to a temporary directory and runs the measurements in a fresh
  * child process, so that the peak resident memory it reports (the kernel's maxRSS) belongs to the
  * load alone. It prints one JSON object:
  *
  *   loadSeconds, float32Bytes, rssBeforeLoadBytes, peakRssBytes,
- *   peakRssOverF32         peak RSS / float32 size of the tensors (target <= 1.3)
+ *   peakRssOverF32         peak RSS / float32 size of the tensors (target <= 1.3); the sum of
+ *   runtimeRssOverF32      RSS before loading (Node, tfjs, the wasm runtime: about 79 MB, of which
+ *                          32 MB are pages of the node binary itself) / float32 size, and
  *   loadRssOverF32         (peak RSS - RSS before loading) / float32 size: the load's own cost
  *   trainPeakRssOverF32    peak RSS over the whole run (forward and training steps included) /
- *                          float32 size: XNNPACK keeps a packed copy of every weight used as a
- *                          product's right operand, and the loss head's [tokens, vocab] buffers
- *                          stay in the wasm heap, which never shrinks
+ *                          float32 size: the activations the tape saves for the backward pass,
+ *                          and a packed copy XNNPACK keeps of every weight used as a product's
+ *                          right operand (0.67x here); the wasm heap never shrinks
  *   forwardTokensPerSecond  forward + loss over every position, no gradient
  *   trainTokensPerSecond    a SLAM step (up/down projections of layers 0-1 train): loss + gradients
  *   trainGflops, matmulGflops, trainOverMatmul (target >= 0.5)
@@ -104,12 +108,12 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function child(dir: string, steps: number): Promise<Record<string, number | string>> {
+async function child(dir: string, steps: number, gradientCheckpointing: boolean): Promise<Record<string, number | string | boolean>> {
   await initBackend('wasm');
   const rssBefore = process.memoryUsage().rss;
   const trainable = new Set(SLAM_LAYERS.flatMap((l) => ['up_proj', 'down_proj'].map((m) => `model.layers.${l}.mlp.${m}.weight`)));
   const t0 = performance.now();
-  const model = await LlamaModel.load(dir, { trainable });
+  const model = await LlamaModel.load(dir, { trainable, gradientCheckpointing });
   const loadSeconds = (performance.now() - t0) / 1000;
   const peakRss = process.resourceUsage().maxRSS * 1024;
   const c = model.config;
@@ -169,9 +173,9 @@ async function child(dir: string, steps: number): Promise<Record<string, number 
   tf.dispose([ids, labels]);
   model.dispose();
   return {
-    backend: tf.getBackend(), parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
+    backend: tf.getBackend(), gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
     loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
-    peakRssOverF32: round(peakRss / f32Bytes), loadRssOverF32: round((peakRss - rssBefore) / f32Bytes),
+    peakRssOverF32: round(peakRss / f32Bytes), runtimeRssOverF32: round(rssBefore / f32Bytes), loadRssOverF32: round((peakRss - rssBefore) / f32Bytes),
     trainPeakRssBytes: trainPeakRss, trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
     forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
     trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
@@ -185,10 +189,10 @@ function round(x: number): number {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' } } });
+  const { values } = parseArgs({ options: { json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' }, checkpointing: { type: 'boolean' } } });
   const steps = Number(values.steps ?? 3);
   if (values.child !== undefined) {
-    process.stdout.write(JSON.stringify(await child(values.child, steps)) + '\n');
+    process.stdout.write(JSON.stringify(await child(values.child, steps, values.checkpointing ?? false)) + '\n');
     return;
   }
   const dir = await mkdtemp(join(tmpdir(), 'polytune-bench-model-'));
@@ -196,7 +200,7 @@ async function main(): Promise<void> {
     const params = await writeModel(dir);
     if (!values.json) process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
     const out = await new Promise<string>((resolve, reject) => {
-      const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps), ...(values.checkpointing ? ['--checkpointing'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
       let s = '';
       p.stdout.on('data', (d: Buffer) => (s += d.toString()));
       p.on('error', reject);

@@ -113,6 +113,12 @@ const specSchema = z.strictObject({
       seed: z.number().int('must be an integer').default(42),
       /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
       maxNonFiniteSteps: nonNegativeInt.default(3),
+      /**
+       * Each decoder layer keeps only its input for the backward pass and is computed again there
+       * (HF's gradient_checkpointing): activation memory of one layer instead of all, for one more
+       * forward pass a step. The same gradients, bit for bit.
+       */
+      gradientCheckpointing: z.boolean().default(false),
     }),
     workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
     collective: z.strictObject({

@@ -31,7 +31,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function spec(outDir: string, workers: number, microBatchSize: number): JobSpec {
+function spec(outDir: string, workers: number, microBatchSize: number, gradientCheckpointing = false): JobSpec {
   return parseJobSpec(`
 apiVersion: polytune/v1
 kind: TrainJob
@@ -48,12 +48,13 @@ spec:
     microBatchSize: ${microBatchSize}
     optimizer: { name: adamw, lr: 1.0e-2 }
     gradClip: 1.0
+    gradientCheckpointing: ${gradientCheckpointing}
   workers: { count: ${workers} }
   output: { dir: ${outDir} }
 `, { baseDir: dir });
 }
 
-async function runJob(workers: number, outDir: string, microBatchSize = 2): Promise<{ results: TrainResult[]; reports: StepReport[][] }> {
+async function runJob(workers: number, outDir: string, microBatchSize = 2, gradientCheckpointing = false): Promise<{ results: TrainResult[]; reports: StepReport[][] }> {
   const server = await nats.start();
   const job = uniqueJobName('trainer');
   const reports: StepReport[][] = Array.from({ length: workers }, () => []);
@@ -62,7 +63,7 @@ async function runJob(workers: number, outDir: string, microBatchSize = 2): Prom
     const ar = await GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: workers, timeoutMs: 60_000 });
     try {
       return await train({
-        spec: spec(outDir, workers, microBatchSize), rank, worldSize: workers,
+        spec: spec(outDir, workers, microBatchSize, gradientCheckpointing), rank, worldSize: workers,
         allReduce: (step, data) => ar.allReduce(step, data),
         onStep: (r) => reports[rank]!.push(r),
       });
@@ -79,6 +80,7 @@ describe('trainer over NATS', () => {
     const one = await runJob(1, join(dir, 'out-1'));
     const two = await runJob(2, join(dir, 'out-2'));
     const micro = await runJob(2, join(dir, 'out-micro'), 1);
+    const ckpt = await runJob(2, join(dir, 'out-ckpt'), 2, true);
 
     // Same losses step by step, and both ranks of the 2-worker job saw the same global loss.
     expect(one.reports[0]!.map((r) => r.step)).toEqual([1, 2, 3]);
@@ -96,6 +98,10 @@ describe('trainer over NATS', () => {
     ]);
     expectSameTensors(a, b);
     expectSameTensors(a, c);
+    // Gradient checkpointing changes what is kept, not a single number.
+    const d = await tensorMap(join(dir, 'out-ckpt', 'final', 'trainable.safetensors'));
+    for (const [name, x] of b) expect([...d.get(name)!], name).toEqual([...x]);
+    expect(ckpt.reports[0]!.map((r) => r.loss)).toEqual(two.reports[0]!.map((r) => r.loss));
     micro.reports[0]!.forEach((r, i) => expect(r.loss).toBeCloseTo(one.reports[0]![i]!.loss, 4));
 
     // Loss per language: the languages of the data; the global loss is their token-weighted mean.

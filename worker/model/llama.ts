@@ -78,6 +78,12 @@ export interface LoadOptions {
   /** Logits of the loss head computed at once, in floats. @default HEAD_CHUNK_ELEMS (4M) */
   lossHead?: { chunkElems?: number };
   /**
+   * Under a gradient tape, each decoder layer keeps only its input and is computed again in the
+   * backward pass (`training.gradientCheckpointing`): the activations held for the backward pass
+   * shrink from all of every layer's to one layer's, for one more forward pass. @default false
+   */
+  gradientCheckpointing?: boolean;
+  /**
    * The longest sequence that will be run (a job's maxSeqLen): refused at load when the model
    * cannot compute it exactly (longer than a sliding window). @default not checked at load
    */
@@ -163,6 +169,40 @@ function customOp(inputs: tf.Tensor[], forward: CustomOpForward): tf.Tensor {
   return f(...inputs);
 }
 
+/** What every decoder layer of one forward pass reads besides its input. */
+interface LayerContext {
+  readonly B: number;
+  readonly T: number;
+  /** Positions already in the cache. */
+  readonly past: number;
+  /** RoPE tables [rows, T, 1, D]; the Q ones carry the 1/sqrt(D) attention scale. */
+  readonly cos: tf.Tensor;
+  readonly sin: tf.Tensor;
+  readonly cosQ: tf.Tensor;
+  readonly sinQ: tf.Tensor;
+  /** Additive attention mask, broadcast to [B, nKV, groups, T, past + T]. */
+  readonly mask: tf.Tensor;
+  readonly cache?: KvCache;
+  readonly onGate?: (layer: number, gate: tf.Tensor2D) => void;
+}
+
+/**
+ * The gradients of `f` at `xs` for the upstream gradient `dy`, computed inside another gradient
+ * computation's backward pass. tfjs keeps one tape: a gradient computation started at depth 0
+ * (which a backward pass is) replaces it and clears it when done, so the outer tape is put back.
+ */
+function nestedGradients(f: () => tf.Tensor, xs: tf.Tensor[], dy: tf.Tensor): tf.Tensor[] {
+  const engine = tf.engine();
+  const outer = engine.state.activeTape;
+  try {
+    const { value, grads } = engine.gradients(f, xs, dy, true);
+    value.dispose();
+    return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
+  } finally {
+    engine.state.activeTape = outer;
+  }
+}
+
 /** The tensors concatenated along the first axis; one tensor as it is. */
 function concatOrOnly<T extends tf.Tensor>(ts: T[]): T {
   return ts.length === 1 ? ts[0]! : tf.concat(ts, 0);
@@ -229,11 +269,13 @@ export class LlamaModel {
   private readonly transposed = new Set<string>();
   private disposed = false;
   private readonly headChunkElems: number;
+  private readonly gradientCheckpointing: boolean;
 
   private constructor(config: LlamaConfig, trainableNames: readonly string[], options: LoadOptions) {
     this.config = config;
     this.trainableNames = trainableNames;
     this.headChunkElems = options.lossHead?.chunkElems ?? HEAD_CHUNK_ELEMS;
+    this.gradientCheckpointing = options.gradientCheckpointing ?? false;
   }
 
   /**
@@ -443,10 +485,7 @@ export class LlamaModel {
     const c = this.config;
     const [B, T] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const nH = c.numAttentionHeads;
-    const nKV = c.numKeyValueHeads;
     const D = c.headDim;
-    const groups = nH / nKV;
     const wantCache = options.returnCache ?? options.cache !== undefined;
     checkSequenceLength(c, past + T);
 
@@ -471,53 +510,95 @@ export class LlamaModel {
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 
+    const ctx: LayerContext = { B, T, past, cos, sin, cosQ, sinQ, mask, cache: options.cache, onGate: options.onGate };
+    // Under a gradient tape with checkpointing, a layer keeps only its input for the backward pass
+    // and computes itself again there (HF's gradient_checkpointing).
+    const checkpoint = this.gradientCheckpointing && !wantCache && tf.engine().state.gradientDepth > 0;
     // One tidy a layer: only its output (and its cache) outlives it. Under a gradient tape, the
     // tensors the backward pass needs are kept by the tape itself.
     for (let l = 0; l < c.numHiddenLayers; l++) {
       const input = x;
-      const out = tf.tidy(() => {
-        let y = input;
-        // Self-attention.
-        const h = rmsNorm(y, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
-        const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
-        const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
-        const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
-        let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
-        let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
-        if (options.cache) {
-          kt = tf.concat([options.cache.k[l]!, kt], 3);
-          vh = tf.concat([options.cache.v[l]!, vh], 2);
-        }
-
-        const tk = past + T;
-        // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
-        // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
-        const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
-        const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
-        const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
-        const ctx = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
-        const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(ctx, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
-        y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
-
-        // SwiGLU MLP: down(silu(gate(h)) * up(h)).
-        const h2 = rmsNorm(y, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
-        const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
-        options.onGate?.(l, gate);
-        const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
-        y = tf.add(y, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
-        return { y, kt, vh };
-      });
-      input.dispose();
-      x = out.y;
-      if (wantCache) {
-        newK.push(out.kt);
-        newV.push(out.vh);
+      if (checkpoint) {
+        x = this.checkpointedLayer(l, input, ctx);
       } else {
-        tf.dispose([out.kt, out.vh]);
+        const out = tf.tidy(() => this.layer(l, input, ctx));
+        x = out.y;
+        if (wantCache) {
+          newK.push(out.kt);
+          newV.push(out.vh);
+        } else {
+          tf.dispose([out.kt, out.vh]);
+        }
       }
+      input.dispose();
     }
     const hidden = rmsNorm(x, this.params.get('model.norm.weight')!, c.rmsNormEps);
     return wantCache ? { hidden, cache: { k: newK, v: newV, length: past + T } } : { hidden };
+  }
+
+  /** Decoder layer `l` on its input [B*T, H]: its output, and its keys and values (after RoPE). */
+  private layer(l: number, x: tf.Tensor2D, ctx: LayerContext): { y: tf.Tensor2D; kt: tf.Tensor4D; vh: tf.Tensor4D } {
+    const c = this.config;
+    const { B, T, past, cos, sin, cosQ, sinQ, mask } = ctx;
+    const nH = c.numAttentionHeads;
+    const nKV = c.numKeyValueHeads;
+    const D = c.headDim;
+    const groups = nH / nKV;
+    let y = x;
+    // Self-attention.
+    const h = rmsNorm(y, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
+    const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
+    const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
+    const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
+    let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
+    let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
+    if (ctx.cache) {
+      kt = tf.concat([ctx.cache.k[l]!, kt], 3);
+      vh = tf.concat([ctx.cache.v[l]!, vh], 2);
+    }
+
+    const tk = past + T;
+    // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
+    // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
+    const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
+    const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
+    const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
+    const heads = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
+    const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(heads, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
+    y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
+
+    // SwiGLU MLP: down(silu(gate(h)) * up(h)).
+    const h2 = rmsNorm(y, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
+    const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
+    ctx.onGate?.(l, gate);
+    const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
+    y = tf.add(y, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
+    return { y, kt, vh };
+  }
+
+  /**
+   * `layer(l, x)` as one custom-gradient op that saves only its input (and the RoPE tables and
+   * mask it reads): the backward pass runs the layer again under its own tape and differentiates
+   * that, with respect to the input and the layer's trainable variables. The same numbers, at the
+   * cost of one more forward pass of the layer.
+   */
+  private checkpointedLayer(l: number, x: tf.Tensor2D, ctx: LayerContext): tf.Tensor2D {
+    const vars = this.trainableNames.filter((n) => n.startsWith(`model.layers.${l}.`)).map((n) => this.vars.get(n)!);
+    return customOp([x, ...vars], ([input], save) => {
+      save([input!, ctx.cos, ctx.sin, ctx.cosQ, ctx.sinQ, ctx.mask]);
+      return {
+        value: tf.tidy(() => {
+          const out = this.layer(l, input as tf.Tensor2D, ctx);
+          tf.dispose([out.kt, out.vh]);
+          return out.y;
+        }),
+        gradFunc: (dy, saved) => {
+          const [sx, cos, sin, cosQ, sinQ, mask] = saved as [tf.Tensor2D, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+          const again: LayerContext = { ...ctx, cos, sin, cosQ, sinQ, mask, onGate: undefined };
+          return nestedGradients(() => this.layer(l, sx, again).y, [sx, ...vars], dy as tf.Tensor2D);
+        },
+      };
+    }) as tf.Tensor2D;
   }
 
   /** Logits for hidden states [N, H] -> [N, V]. */

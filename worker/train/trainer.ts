@@ -219,6 +219,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   const model = await LlamaModel.load(s.model.path, {
     trainable: new Set(trainableTensorNames(s.method, config.numHiddenLayers, [...tensors.keys()])),
     maxSeqLen: s.data.maxSeqLen,
+    gradientCheckpointing: s.training.gradientCheckpointing,
   });
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);

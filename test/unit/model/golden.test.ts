@@ -95,6 +95,24 @@ describe.each(CASES)('golden %s %s', (backend, name) => {
     tf.dispose(grads);
   });
 
+  it('gradient checkpointing gives the same gradients, bit for bit', async () => {
+    const vars = model.trainableNames.map((n) => model.variable(n));
+    const plain = tf.variableGrads(() => model.nllSum(ids, labels), vars);
+    const ckpt = await LlamaModel.load(dir, { trainable: new Set(golden.grads), gradientCheckpointing: true });
+    const cvars = ckpt.trainableNames.map((n) => ckpt.variable(n));
+    const tensorsBefore = tf.memory().numTensors;
+    const again = tf.variableGrads(() => ckpt.nllSum(ids, labels), cvars);
+    expect(tf.memory().numTensors - tensorsBefore).toBe(1 + cvars.length); // the loss and the gradients
+    expect(again.value.dataSync()).toEqual(plain.value.dataSync());
+    for (const n of golden.grads) {
+      const g = again.grads[ckpt.variable(n).name]!.dataSync();
+      expect(g, n).toEqual(plain.grads[model.variable(n).name]!.dataSync());
+      expect(relErr(g, expected.get(`grad.${n}`)!), n).toBeLessThan(TOL);
+    }
+    tf.dispose([plain.value, again.value, ...Object.values(plain.grads), ...Object.values(again.grads)]);
+    ckpt.dispose();
+  });
+
   it('gradients match with the loss head chunked and recomputed', async () => {
     // 5 rows of logits at a time, none kept: the backward pass recomputes them.
     const small = await LlamaModel.load(dir, { trainable: new Set(golden.grads), lossHead: { chunkElems: 5 * 256 } });
