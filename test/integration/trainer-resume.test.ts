@@ -62,6 +62,7 @@ interface RankRun {
   stopAfter?: number;
   /** Replace the reduced buffer of one collective call (by sequence number). */
   poison?: { seq: number; index: number };
+  evaluate?: TrainerOptions['evaluate'];
 }
 
 /** One generation of a job: `ranks.length` ranks in this process, each with its own connection. */
@@ -76,7 +77,7 @@ async function generation(
     const nc = await nats.connect(server);
     const ar = await GradientAllReduce.create({ nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
     const opts: TrainerOptions = {
-      spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder,
+      spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder, evaluate: run.evaluate,
       signal: controllers[rank]!.signal,
       allReduce: async (seq, data) => {
         const out = await ar.allReduce(seq, data, controllers[rank]!.signal);
@@ -136,6 +137,24 @@ describe('exact resume', () => {
     const second = await generation(out, 2, job, [{ holder: { state: undefined } }, { holder: survivor }], true);
     expect(second.errors).toEqual([undefined, undefined]);
     expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
+    expectSameTensors(clean, await trainable(out));
+  }, 120_000);
+
+  it('runs the final evaluation again when the world re-forms after the last step', async () => {
+    const out = join(dir, 'final-eval');
+    const job = uniqueJobName('final-eval');
+    const survivor: StateHolder = { state: undefined };
+    const lost = async (ctx: { step: number; totalSteps: number }): Promise<void> => {
+      if (ctx.step === ctx.totalSteps) throw new Error('lost during the final evaluation');
+    };
+    const first = await generation(out, 1, job, [{ holder: survivor, evaluate: lost }], false);
+    expect(String(first.errors[0])).toContain('lost during the final evaluation');
+    expect(survivor.state?.step).toBe(STEPS);
+    const evaluated: number[] = [];
+    const second = await generation(out, 2, job, [{ holder: survivor, evaluate: async (ctx) => void evaluated.push(ctx.step) }], true);
+    expect(second.errors).toEqual([undefined]);
+    expect(second.reports[0]).toEqual([]);
+    expect(evaluated).toEqual([STEPS]);
     expectSameTensors(clean, await trainable(out));
   }, 120_000);
 

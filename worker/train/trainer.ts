@@ -400,6 +400,11 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
     }
 
+    if (startStep === plan.totalSteps) {
+      // A world re-formed after the last step (a rank was lost during the final evaluation or the
+      // export): the final evaluation runs again rather than being lost.
+      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
+    }
     if (rank === 0) {
       await writeFinalOutputs({
         modelDir: s.model.path, outputDir: s.output.dir, model,
