@@ -20,7 +20,7 @@ import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
-import { train, type StateHolder } from './train/trainer.js';
+import { releaseHolder, train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
 export interface WorkerOptions {
@@ -183,7 +183,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       session.result({ jobId: ev.jobId, generation: ev.generation, ok: false, error: `worker ${options.workerId} is busy with ${running.jobId}`, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
       return;
     }
-    if (held?.jobId !== ev.jobId) held = { jobId: ev.jobId, holder: { state: undefined } };
+    if (held?.jobId !== ev.jobId) {
+      if (held) releaseHolder(held.holder);
+      held = { jobId: ev.jobId, holder: { state: undefined } };
+    }
     const abort = new AbortController();
     const job = { jobId: ev.jobId, generation: ev.generation, abort, done: Promise.resolve() };
     job.done = runJob(ev, abort, held.holder).finally(() => {
@@ -212,6 +215,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   } finally {
     stop();
     await running?.done;
+    if (held) releaseHolder(held.holder);
     await session.close();
     await nc?.drain().catch(() => undefined);
   }

@@ -7,14 +7,15 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
 import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { checkpointName, listCheckpoints } from '../../worker/train/checkpoint.js';
-import { train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
+import { LlamaModel } from '../../worker/model/llama.js';
+import { releaseHolder, train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 
@@ -131,13 +132,20 @@ describe('exact resume', () => {
     const out = join(dir, 'memory');
     const job = uniqueJobName('memory');
     const survivor: StateHolder = { state: undefined };
-    await generation(out, 1, job, [{ holder: { state: undefined } }, { holder: survivor, stopAfter: 3 }], false);
+    const holders: StateHolder[] = [{ state: undefined }, survivor, { state: undefined }];
+    const loads = vi.spyOn(LlamaModel, 'load');
+    await generation(out, 1, job, [{ holder: holders[0] }, { holder: survivor, stopAfter: 3 }], false);
     expect(survivor.state?.step).toBe(3);
-    // The checkpoint at step 2 is older than the survivor's memory at step 3: memory wins.
-    const second = await generation(out, 2, job, [{ holder: { state: undefined } }, { holder: survivor }], true);
+    expect(loads).toHaveBeenCalledTimes(2);
+    // The checkpoint at step 2 is older than the survivor's memory at step 3: memory wins. The
+    // survivor keeps its loaded model; only the new rank loads one.
+    const second = await generation(out, 2, job, [{ holder: holders[2] }, { holder: survivor }], true);
+    expect(loads).toHaveBeenCalledTimes(3);
+    loads.mockRestore();
     expect(second.errors).toEqual([undefined, undefined]);
     expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
     expectSameTensors(clean, await trainable(out));
+    holders.forEach(releaseHolder);
   }, 120_000);
 
   it('runs the final evaluation again when the world re-forms after the last step', async () => {
@@ -156,6 +164,7 @@ describe('exact resume', () => {
     expect(second.reports[0]).toEqual([]);
     expect(evaluated).toEqual([STEPS]);
     expectSameTensors(clean, await trainable(out));
+    releaseHolder(survivor);
   }, 120_000);
 
   it('refuses a corrupt checkpoint by its sum and takes the one before', async () => {

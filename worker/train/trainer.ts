@@ -84,6 +84,19 @@ export interface TrainingState {
 /** Outlives a generation: the worker keeps one per job, so a re-formed world can go on from it. */
 export interface StateHolder {
   state: TrainingState | undefined;
+  /**
+   * The loaded model, kept for the job's next generation (loading 7B from disk takes minutes): its
+   * frozen tensors never change, and a resuming generation sets the trainable ones from the state
+   * the ranks agree on. Freed by `releaseHolder`.
+   */
+  model?: LlamaModel;
+}
+
+/** Frees what a holder keeps (when its job is over on this worker). */
+export function releaseHolder(holder: StateHolder): void {
+  holder.model?.dispose();
+  holder.model = undefined;
+  holder.state = undefined;
 }
 
 /** Too many non-finite steps in a row: the job fails (not retryable). */
@@ -216,11 +229,18 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
 
   const config = await readLlamaConfig(s.model.path);
   const tensors = await listModelTensors(s.model.path);
-  const model = await LlamaModel.load(s.model.path, {
+  const held = options.resume ? options.holder?.model : undefined;
+  if (options.holder?.model && options.holder.model !== held) {
+    options.holder.model.dispose();
+    options.holder.model = undefined;
+  }
+  const model = held ?? await LlamaModel.load(s.model.path, {
     trainable: new Set(trainableTensorNames(s.method, config.numHiddenLayers, [...tensors.keys()])),
     maxSeqLen: s.data.maxSeqLen,
     gradientCheckpointing: s.training.gradientCheckpointing,
   });
+  if (held) log.info('model kept from the previous generation', { path: s.model.path });
+  if (options.holder) options.holder.model = model;
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     if (tokenizer.eosId === undefined) throw new UserError(`${s.model.path}: the tokenizer has no EOS token`);
@@ -417,6 +437,6 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       seconds: (performance.now() - started) / 1000, truncatedSamples: samples.truncated,
     };
   } finally {
-    model.dispose();
+    if (!options.holder) model.dispose();
   }
 }
