@@ -15,17 +15,18 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { credsAuthenticator } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
 import { loadClientTls } from '../../common/tls.js';
 import { readToken } from '../../common/token.js';
-import { serveSecurity } from '../../coordinator/cli-security.js';
+import { CLIENT_SECURITY_FLAGS, clientSecurity, serveSecurity } from '../../coordinator/cli-security.js';
 import { JobStore } from '../../coordinator/job-store.js';
 import { createNatsOperatorSetup, type NatsOperatorSetup } from '../../coordinator/nats-credentials.js';
 import { natsScope } from '../helpers/nats-server.js';
 import { makeTestPki, type TestPki } from '../integration/security-fixtures.js';
-import { ROOT, helmRender, mergedValues, render, type K8sObject } from './helm-render.js';
+import { ROOT, helmRender, mergedValues, render, runRender, type K8sObject } from './helm-render.js';
 
 const bin = helmRender();
 const skip = typeof bin === 'string' ? undefined : bin.skip;
@@ -147,6 +148,30 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(token).toBe(WORKER_TOKEN);
     expect(Object.values(env).join('\n')).not.toContain(CLIENT_TOKEN);
     expect(Object.keys(env).filter((k) => k.startsWith('POLYTUNE_NATS_'))).toEqual(['POLYTUNE_NATS_URL']);
+  });
+
+  it('NOTES.txt: its commands fetch the CA and the client token from the rendered Secrets, and its submit flags reach the server', () => {
+    const notes = runRender(bin as string, ['-f', valuesFile, '--notes']);
+    expect(notes.status, notes.stderr).toBe(0);
+    const here = join(dir, 'laptop');
+    mkdirSync(here, { recursive: true });
+    // kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > FILE, on the rendered Secrets.
+    const fetches = [...notes.stdout.matchAll(/kubectl -n \S+ get secret (\S+) -o jsonpath='\{\.data\.([^}]+)\}' \| base64 -d > (\S+)/g)];
+    expect(fetches.map((m) => m[3])).toEqual(['ca.crt', 'token']);
+    for (const [, name, key, file] of fetches) {
+      const secret = objs.find((o) => o.kind === 'Secret' && o.metadata.name === name);
+      const b64 = secret?.data?.[key!.replaceAll('\\.', '.')];
+      expect(b64, `${name} ${key}`).toBeDefined();
+      writeFileSync(join(here, file!), Buffer.from(b64!, 'base64'));
+    }
+    const submit = /coordinator submit job\.yaml --coordinator \S+ (.*) --watch/.exec(notes.stdout);
+    expect(submit).not.toBeNull();
+    const { values } = parseArgs({ args: submit![1]!.split(' '), options: CLIENT_SECURITY_FLAGS, strict: true });
+    const files = Object.fromEntries(Object.entries(values).map(([k, v]) => [k, k === 'tls-server-name' ? v : join(here, v)]));
+    const { tls, token } = withEnv({}, () => clientSecurity(files));
+    expect(tls?.ca?.toString()).toBe(pki.ca.toString());
+    expect(tls?.serverName).toBe('localhost');
+    expect(token).toBe(CLIENT_TOKEN);
   });
 
   it('nats-server takes nats.config.merge as the NATS chart writes it (JSON): no credentials, no connection; the coordinator\'s open its KV bucket', async () => {

@@ -19,7 +19,7 @@
 // Usage:
 //
 //	helm-render [-f values.yaml]... [--set a.b=c]... [--name R] [--namespace N]
-//	            [--api-versions group/version[/Kind]]... [--kube-version v1.29.0] [--dump-values] CHART_DIR
+//	            [--api-versions group/version[/Kind]]... [--kube-version v1.29.0] [--dump-values] [--notes] CHART_DIR
 package main
 
 import (
@@ -93,6 +93,7 @@ func main() {
 	namespace := fs.String("namespace", "default", "release namespace")
 	kube := fs.String("kube-version", "v1.29.0", "Kubernetes version for .Capabilities")
 	dump := fs.Bool("dump-values", false, "print the merged values as JSON instead of rendering")
+	notes := fs.Bool("notes", false, "render templates/NOTES.txt (what helm install prints) instead of the manifests")
 	args := os.Args[1:]
 	// Accept the chart directory before or after the flags.
 	var chartDir string
@@ -106,7 +107,7 @@ func main() {
 		chartDir = fs.Arg(0)
 	}
 	if chartDir == "" {
-		fmt.Fprintln(os.Stderr, "usage: helm-render [-f values.yaml]... [--set a=b]... [--api-versions g/v]... [--dump-values] CHART_DIR")
+		fmt.Fprintln(os.Stderr, "usage: helm-render [-f values.yaml]... [--set a=b]... [--api-versions g/v]... [--dump-values] [--notes] CHART_DIR")
 		os.Exit(2)
 	}
 	var extra []string
@@ -117,7 +118,7 @@ func main() {
 			}
 		}
 	}
-	out, err := run(chartDir, valueFiles, sets, *name, *namespace, *kube, extra, *dump)
+	out, err := run(chartDir, valueFiles, sets, *name, *namespace, *kube, extra, *dump, *notes)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
@@ -230,7 +231,7 @@ func fromJSON(s string) map[string]interface{} {
 	return m
 }
 
-func run(chartDir string, valueFiles, sets []string, releaseName, namespace, kube string, extraAPIs []string, dump bool) (string, error) {
+func run(chartDir string, valueFiles, sets []string, releaseName, namespace, kube string, extraAPIs []string, dump, notes bool) (string, error) {
 	chartMeta, err := readYAMLMap(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
 		return "", err
@@ -372,6 +373,13 @@ func run(chartDir string, valueFiles, sets []string, releaseName, namespace, kub
 		}
 	}
 	sort.Strings(names)
+	if notes {
+		var buf bytes.Buffer
+		if err := t.ExecuteTemplate(&buf, path.Join(chartName, "templates", "NOTES.txt"), top); err != nil {
+			return "", err
+		}
+		return strings.ReplaceAll(buf.String(), "<no value>", ""), nil
+	}
 	var out strings.Builder
 	for _, tname := range names {
 		data := map[string]interface{}{}
