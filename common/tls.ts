@@ -9,6 +9,10 @@
  * - Client: `ca` (the CA that signed the server's certificate; the system roots when absent) turns
  *   TLS on; `cert` + `key` present a client certificate.
  *
+ * TLS toward NATS (`natsTls`), for the coordinator and the workers alike: `--nats-tls-ca` (the CA
+ * of the NATS servers' certificates) makes TLS required and verified; `--nats-tls-cert` +
+ * `--nats-tls-key` present a client certificate, for servers that verify their clients.
+ *
  * Files are read once, with errors that name the flag and file.
  */
 import { readFileSync } from 'node:fs';
@@ -84,6 +88,45 @@ export function loadClientTls(files: ClientTlsFiles): ClientTls | undefined {
     ...(files.key ? { key: readPem('--tls-key', files.key) } : {}),
     ...(files.serverName ? { serverName: files.serverName } : {}),
   };
+}
+
+/** PEM material for the NATS connections, as nats.js takes it (`connect({ tls })`). */
+export interface NatsTls {
+  readonly ca: string;
+  readonly cert?: string;
+  readonly key?: string;
+}
+
+export interface NatsTlsFiles {
+  ca?: string | undefined;
+  cert?: string | undefined;
+  key?: string | undefined;
+}
+
+/** Loads TLS toward NATS from files; undefined (plaintext) when none is given. */
+export function loadNatsTls(files: NatsTlsFiles): NatsTls | undefined {
+  if (!files.ca && !files.cert && !files.key) return undefined;
+  if (!files.ca) throw new UserError('--nats-tls-cert and --nats-tls-key need --nats-tls-ca (the CA of the NATS servers)');
+  if (Boolean(files.cert) !== Boolean(files.key)) throw new UserError('--nats-tls-cert and --nats-tls-key go together');
+  const pem = (what: string, path: string): string => readPem(what, path).toString('utf8');
+  return {
+    ca: pem('--nats-tls-ca', files.ca),
+    ...(files.cert && files.key ? { cert: pem('--nats-tls-cert', files.cert), key: pem('--nats-tls-key', files.key) } : {}),
+  };
+}
+
+/** The env vars of the NATS TLS flags, the same for the coordinator and the workers. */
+export const NATS_TLS_ENV = { ca: 'POLYTUNE_NATS_TLS_CA', cert: 'POLYTUNE_NATS_TLS_CERT', key: 'POLYTUNE_NATS_TLS_KEY' } as const;
+
+/** The NATS TLS flags, for parseArgs. */
+export const NATS_TLS_FLAGS = {
+  'nats-tls-ca': { type: 'string' }, 'nats-tls-cert': { type: 'string' }, 'nats-tls-key': { type: 'string' },
+} as const;
+
+/** Loads NATS TLS from parsed flags, else their env vars. */
+export function natsTlsFromFlags(v: Record<string, string | boolean | undefined>): NatsTls | undefined {
+  const get = (flag: string, env: string): string | undefined => (v[flag] as string | undefined) || process.env[env] || undefined;
+  return loadNatsTls({ ca: get('nats-tls-ca', NATS_TLS_ENV.ca), cert: get('nats-tls-cert', NATS_TLS_ENV.cert), key: get('nats-tls-key', NATS_TLS_ENV.key) });
 }
 
 /** A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client certificates). */

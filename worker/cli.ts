@@ -4,6 +4,7 @@
  *
  *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
  *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+ *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
@@ -18,7 +19,7 @@ import { intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer } from '../common/metrics.js';
-import { loadClientTls } from '../common/tls.js';
+import { loadClientTls, NATS_TLS_FLAGS, natsTlsFromFlags } from '../common/tls.js';
 import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
 import { runGenerate } from './commands/generate.js';
@@ -32,6 +33,7 @@ const DEFAULT_WORKER_METRICS_PORT = 9465;
 const USAGE = `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+           [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
@@ -70,7 +72,7 @@ async function main(signal: AbortSignal): Promise<number> {
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
         'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
         'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
-        'token-file': { type: 'string' },
+        'token-file': { type: 'string' }, ...NATS_TLS_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
       // Security toward the coordinator (README "Security"); flags win over env vars.
@@ -80,6 +82,7 @@ async function main(signal: AbortSignal): Promise<number> {
         key: flagOrEnv('tls-key', 'POLYTUNE_TLS_CLIENT_KEY'), serverName: flagOrEnv('tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
       });
       const token = readToken(v['token-file'] as string | undefined, 'POLYTUNE_WORKER_TOKEN');
+      const natsTls = natsTlsFromFlags(v);
       const localRank = intFlag('local-rank', (v['local-rank'] as string | undefined) ?? process.env['POLYTUNE_LOCAL_RANK'], 0);
       const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_WORKER_METRICS_PORT + localRank);
       const workerId = (v.id as string | undefined) ?? `${hostname()}-${process.pid}`;
@@ -109,6 +112,7 @@ async function main(signal: AbortSignal): Promise<number> {
           meter,
           ...(tls ? { tls } : {}),
           ...(token !== undefined ? { token } : {}),
+          ...(natsTls ? { natsTls } : {}),
         });
       } finally {
         await metrics.close();

@@ -5,6 +5,7 @@
  * when the assignment ends. Without, the worker's one shared, unauthenticated connection.
  */
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsTls } from '../common/tls.js';
 import { chooseNatsUrl, type AssignmentEvent } from './session.js';
 
 export interface JobNats {
@@ -15,7 +16,7 @@ export interface JobNats {
 
 export async function jobNatsConnection(
   a: Pick<AssignmentEvent, 'natsUrl' | 'natsCreds' | 'natsInboxPrefix' | 'jobId'>,
-  options: { natsFlag: string | undefined; workerId: string; shared: () => Promise<NatsConnection> },
+  options: { natsFlag: string | undefined; workerId: string; tls?: NatsTls; shared: () => Promise<NatsConnection> },
 ): Promise<JobNats> {
   if (!a.natsCreds) {
     const nc = await options.shared();
@@ -27,6 +28,7 @@ export async function jobNatsConnection(
     maxReconnectAttempts: -1,
     authenticator: credsAuthenticator(new TextEncoder().encode(a.natsCreds)),
     ...(a.natsInboxPrefix ? { inboxPrefix: a.natsInboxPrefix } : {}),
+    ...(options.tls ? { tls: options.tls } : {}),
   });
   let released: Promise<void> | undefined;
   return { nc, release: () => (released ??= nc.drain().catch(() => nc.close())) };

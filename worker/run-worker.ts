@@ -15,6 +15,7 @@ import { connect, type NatsConnection, type Status } from '@nats-io/transport-no
 import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
+import type { NatsTls } from '../common/tls.js';
 import { initBackend, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
@@ -38,6 +39,8 @@ export interface WorkerOptions {
   /** TLS to the coordinator and the worker token (see worker/cli.ts). @default plaintext, no token */
   readonly tls?: SessionOptions['tls'];
   readonly token?: string;
+  /** TLS toward NATS (`--nats-tls-ca`, ...). @default plaintext */
+  readonly natsTls?: NatsTls;
 }
 
 export async function runWorker(options: WorkerOptions): Promise<void> {
@@ -72,8 +75,11 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     let report: ResultReport;
     try {
       jobNats = await jobNatsConnection(a, {
-        natsFlag: options.nats, workerId: options.workerId,
-        shared: async () => (nc ??= await connect({ servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1 })),
+        natsFlag: options.nats, workerId: options.workerId, ...(options.natsTls ? { tls: options.natsTls } : {}),
+        shared: async () => (nc ??= await connect({
+          servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1,
+          ...(options.natsTls ? { tls: options.natsTls } : {}),
+        })),
       });
       // NATS lost: a collective in flight cannot finish (core NATS does not replay what was lost),
       // so the generation ends at once as a retryable failure instead of waiting for its deadline.
