@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 import { credsAuthenticator } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
-import { loadClientTls } from '../../common/tls.js';
+import { loadClientTls, natsTlsFromFlags } from '../../common/tls.js';
 import { readToken } from '../../common/token.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, serveSecurity } from '../../coordinator/cli-security.js';
 import { JobStore } from '../../coordinator/job-store.js';
@@ -100,6 +100,7 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
         mutual: { enabled: true, cert: pki.worker.cert.toString(), key: pki.worker.key.toString(), ca: pki.ca.toString() },
       },
       natsAuth: { enabled: true, coordinatorCreds: setup.coordinatorCreds, accountSigningKey: setup.signingKeySeed + '\n', account: setup.account + '\n' },
+      natsTls: { enabled: true, ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() },
     };
     valuesFile = join(dir, 'values.yaml');
     // The README's recipe: the lines of nats-auth.conf, indented under nats.config.merge, in a second values file.
@@ -125,6 +126,7 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(s.tls?.clientCa?.toString()).toBe(pki.ca.toString());
     expect(s.auth).toEqual({ clientToken: CLIENT_TOKEN, workerToken: WORKER_TOKEN });
     expect(s.natsConnect?.authenticator).toBeDefined();
+    expect(s.natsConnect?.tls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });
     expect(s.natsIssuer?.account).toBe(setup.account);
     const issued = await s.natsIssuer!.issueWorker('job-1', 'w0');
     expect(issued.creds).toContain('BEGIN NATS USER JWT');
@@ -147,7 +149,10 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(tls?.serverName).toBe('localhost');
     expect(token).toBe(WORKER_TOKEN);
     expect(Object.values(env).join('\n')).not.toContain(CLIENT_TOKEN);
-    expect(Object.keys(env).filter((k) => k.startsWith('POLYTUNE_NATS_'))).toEqual(['POLYTUNE_NATS_URL']);
+    // NATS: the URL and TLS (the same flags as the coordinator's), no credentials (each assignment carries the job's).
+    expect(Object.keys(env).filter((k) => k.startsWith('POLYTUNE_NATS_') && !k.startsWith('POLYTUNE_NATS_TLS_'))).toEqual(['POLYTUNE_NATS_URL']);
+    const natsTls = withEnv(env, () => natsTlsFromFlags({}));
+    expect(natsTls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });
   });
 
   it('NOTES.txt: its commands fetch the CA and the client token from the rendered Secrets, and its submit flags reach the server', () => {

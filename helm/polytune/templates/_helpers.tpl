@@ -78,6 +78,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "polytune.natsAuthSecretName" -}}
 {{- default (printf "%s-nats-auth" (include "polytune.fullname" .)) .Values.natsAuth.existingSecret -}}
 {{- end -}}
+{{- define "polytune.natsTlsSecretName" -}}
+{{- default (printf "%s-nats-tls" (include "polytune.fullname" .)) .Values.natsTls.existingSecret -}}
+{{- end -}}
+{{/* A client certificate toward NATS: given inline, or said to be in the existing Secret. */}}
+{{- define "polytune.natsTlsClientCert" -}}
+{{- if or .Values.natsTls.cert .Values.natsTls.clientCertificate -}}true{{- end -}}
+{{- end -}}
 {{- define "polytune.authEnabled" -}}
 {{- if or .Values.auth.token .Values.auth.workerToken .Values.auth.existingSecret -}}true{{- end -}}
 {{- end -}}
@@ -132,6 +139,16 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
   value: {{ include "polytune.natsUrl" . | quote }}
 - name: POLYTUNE_LOG_FORMAT
   value: json
+{{- if .Values.natsTls.enabled }}
+- name: POLYTUNE_NATS_TLS_CA
+  value: /etc/polytune/nats-tls/ca.crt
+{{- if include "polytune.natsTlsClientCert" . }}
+- name: POLYTUNE_NATS_TLS_CERT
+  value: /etc/polytune/nats-tls/tls.crt
+- name: POLYTUNE_NATS_TLS_KEY
+  value: /etc/polytune/nats-tls/tls.key
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The coordinator's security env (cli-security.ts serveSecurity): both tokens, its TLS, its NATS credentials and signing key. */}}
@@ -286,6 +303,11 @@ certificate, their client certificate under mutual TLS. No client token, no NATS
 - name: data
   mountPath: {{ .Values.persistence.mountPath }}
 {{- end }}
+{{- if .Values.natsTls.enabled }}
+- name: nats-tls
+  mountPath: /etc/polytune/nats-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "polytune.commonVolumes" -}}
@@ -295,5 +317,17 @@ certificate, their client certificate under mutual TLS. No client token, no NATS
 - name: data
   persistentVolumeClaim:
     claimName: {{ include "polytune.claimName" . }}
+{{- end }}
+{{- if .Values.natsTls.enabled }}
+- name: nats-tls
+  secret:
+    secretName: {{ include "polytune.natsTlsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - { key: ca.crt, path: ca.crt }
+      {{- if include "polytune.natsTlsClientCert" . }}
+      - { key: tls.crt, path: tls.crt }
+      - { key: tls.key, path: tls.key }
+      {{- end }}
 {{- end }}
 {{- end -}}
