@@ -172,6 +172,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       await allReduce?.close().catch((e: unknown) => jlog.warn('closing the collective failed', { error: errorMessage(e) }));
       await jobNats?.release().catch((e: unknown) => jlog.warn('closing the job connection failed', { error: errorMessage(e) }));
     }
+    // Over for this worker (done, or failed for good): what it kept for a next generation goes.
+    if (report.ok || !report.retryable) releaseHolder(holder);
     // Reported last: a Result tells the coordinator this worker is free for the next assignment.
     session.result(report);
   };

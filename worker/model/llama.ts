@@ -694,7 +694,7 @@ export class LlamaModel {
           let pw = spw ? tf.mul(spw, dyCol) : undefined; // sum_v dy p_v W_v
           let dW: tf.Tensor | undefined;
           if (!pw) {
-            const pws2: tf.Tensor[] = [];
+            const pwChunks: tf.Tensor[] = [];
             for (const { start, size } of parts) {
               const prev = dW;
               const out = tf.tidy(() => {
@@ -706,13 +706,13 @@ export class LlamaModel {
                 const g = tf.matMul(transposeLast(p), hc); // [V, H]: the transpose is chunk-sized
                 return [throughHead(p), prev ? tf.add(prev, g) : g];
               });
-              pws2.push(out[0]!);
+              pwChunks.push(out[0]!);
               if (wTrains) {
                 prev?.dispose();
                 dW = out[1];
               }
             }
-            pw = concatOrOnly(pws2);
+            pw = concatOrOnly(pwChunks);
           }
           // minus dy * onehot(target), pushed through the product: dh -= dy * W[target].
           const grads: tf.Tensor[] = [tf.sub(pw, tf.mul(sRows, dyCol)), tf.zerosLike(stg)];

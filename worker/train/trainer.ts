@@ -283,6 +283,9 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('training cancelled');
     };
 
+    const evaluate = async (): Promise<void> =>
+      options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
+
     for (let step = startStep; step < plan.totalSteps; step++) {
       aborted();
       const t0 = performance.now();
@@ -417,13 +420,13 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
       }
       // Evaluation (spec.eval): every rank, same step; the hook decides whether this step evaluates.
-      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
+      await evaluate();
     }
 
     if (startStep === plan.totalSteps) {
       // A world re-formed after the last step (a rank was lost during the final evaluation or the
       // export): the final evaluation runs again rather than being lost.
-      await options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
+      await evaluate();
     }
     if (rank === 0) {
       await writeFinalOutputs({
