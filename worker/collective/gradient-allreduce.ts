@@ -82,7 +82,8 @@ import {
   sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
-import { Compression, dequantize, quantize, sumF32, sumWidened, widenTable, wireDtype } from './wire-codec.js';
+import { narrowInto, sumF32Into, sumWidenedInto, widenInto } from './simd-kernels.js';
+import { Compression, wireDtype } from './wire-codec.js';
 
 export const DEFAULT_ALLREDUCE_TIMEOUT_MS = 60_000;
 export const DEFAULT_READY_TIMEOUT_MS = 60_000;
@@ -614,8 +615,8 @@ export class GradientAllReduce {
     } else {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const res = feedback ? this.#res : undefined;
-      if (res) quantize(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
-      else quantize(dtype, values, dst);
+      if (res) narrowInto(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      else narrowInto(dtype, values, dst);
     }
     sealChunk(buf);
     return buf;
@@ -664,31 +665,31 @@ export class GradientAllReduce {
       return bytes;
     };
     if (dtype === ChunkDtype.Float32) {
-      let own = op.input.subarray(offset, offset + count);
-      // In place, acc is the own input: fine while it is read in the same pass as acc is written
-      // (the first four inputs), not later.
-      if (op.inPlace && me >= 4) own = Float32Array.from(own);
+      // In place, acc is the own input: fine, every block of every input is read before acc's.
+      const own = op.input.subarray(offset, offset + count);
       const xs: Float32Array[] = [];
       for (let r = 0; r < n; r++) {
         if (r === me) { xs.push(own); continue; }
         const bytes = piece(r);
         xs.push(new Float32Array(bytes.buffer, bytes.byteOffset, count));
       }
-      sumF32(acc, xs);
+      sumF32Into(acc, xs);
     } else {
-      // The own contribution, as the peers' are: narrowed (with feedback) when compressing; its
-      // widened value is what the table gives back, as for theirs.
-      const own = this.#scratchU16(count);
+      // The own contribution, as the peers' are: narrowed (with feedback) when compressing, then
+      // widened exactly, as theirs. Without feedback it is narrowed block by block inside the sum.
       const src = op.input.subarray(offset, offset + count);
-      if (res) quantize(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
-      else quantize(dtype, src, own);
-      const xs: Uint16Array[] = [];
+      let own: Uint16Array | { narrow: Float32Array } = { narrow: src };
+      if (res) {
+        own = this.#scratchU16(count);
+        narrowInto(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      }
+      const xs: Array<Uint16Array | { narrow: Float32Array }> = [];
       for (let r = 0; r < n; r++) {
         if (r === me) { xs.push(own); continue; }
         const bytes = piece(r);
         xs.push(new Uint16Array(bytes.buffer, bytes.byteOffset, count));
       }
-      sumWidened(acc, xs, widenTable(dtype));
+      sumWidenedInto(dtype, acc, xs);
     }
     if (n === 1) return; // the sum of one widened value is itself: nothing more to narrow
     // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
@@ -703,8 +704,8 @@ export class GradientAllReduce {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const [start] = shardBounds(op.length, n, me);
       const at = offset - start;
-      if (res) quantize(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
-      else quantize(dtype, acc, dst, undefined, undefined, acc);
+      if (res) narrowInto(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
+      else narrowInto(dtype, acc, dst, undefined, undefined, acc);
     }
     sealChunk(buf);
     op.agQueue.push(buf);
@@ -1049,7 +1050,7 @@ export class GradientAllReduce {
       new Uint8Array(op.output.buffer, op.output.byteOffset + offset * 4, count * 4).set(payload);
     } else {
       const aligned = payload.byteOffset % 2 === 0 ? payload : new Uint8Array(payload);
-      dequantize(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
+      widenInto(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
     }
     counts[h.rank] = expected + 1;
   }
