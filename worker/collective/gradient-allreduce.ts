@@ -212,6 +212,14 @@ interface Op {
   reduced: number;
   /** Reduced chunks ready to publish, in order. */
   readonly agQueue: Uint8Array[];
+  /**
+   * Published messages not known to be out of the client yet, to reuse once they are: by
+   * destination, the pieces from chunk `rsReleased[dest]` on; the reduced chunks from `agReleased` on.
+   */
+  readonly rsOut: Uint8Array[][];
+  readonly rsReleased: number[];
+  readonly agOut: Uint8Array[];
+  agReleased: number;
   agSent: number;
   /** By peer: chunks of this rank's reduced shard it has received. */
   readonly agAcked: number[];
@@ -286,6 +294,10 @@ export class GradientAllReduce {
   #lastHelloAt = 0;
   #pumping = false;
   #scratch16 = new Uint16Array(0);
+  /** Released message buffers by byte length, for reuse (at most `#poolCap` bytes). */
+  readonly #pool = new Map<number, Uint8Array[]>();
+  #poolBytes = 0;
+  readonly #poolCap: number;
   #stats = {
     steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
     windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
@@ -305,6 +317,9 @@ export class GradientAllReduce {
     this.chunkElements = chunkElements;
     this.windowChunks = windowChunks;
     this.#ackEvery = Math.max(1, Math.floor(windowChunks / 2));
+    // What a step can have out at once: a window of pieces a peer, a window of reduced chunks
+    // published and one queued, at float32's chunk size.
+    this.#poolCap = (opts.worldSize + 1) * windowChunks * (CHUNK_HEADER_BYTES + chunkElements * 4);
     this.#log = (opts.logger ?? silentLogger).child('allreduce');
   }
 
@@ -463,6 +478,8 @@ export class GradientAllReduce {
         try { sub.unsubscribe(); } catch { /* connection already closed */ }
       }
       this.#subs.length = 0;
+      this.#pool.clear();
+      this.#poolBytes = 0;
       if (!this.#nc.isClosed()) {
         try { await this.#nc.flush(); } catch { /* closing anyway */ }
       }
@@ -490,7 +507,8 @@ export class GradientAllReduce {
       step, length, input, ready, output, inPlace, settled: false, resolve, reject, exact,
       ce: exact && this.compression !== 'none' && this.exactPrefix === 0 ? Math.max(1, Math.floor(this.chunkElements / 2)) : this.chunkElements,
       rsNext: new Array<number>(n).fill(0), rsAcked: new Array<number>(n).fill(0), rsRecv: new Array<number>(n).fill(0),
-      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0, agAcked: new Array<number>(n).fill(0),
+      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0,
+      rsOut: Array.from({ length: n }, () => []), rsReleased: new Array<number>(n).fill(0), agOut: [], agReleased: 0, agAcked: new Array<number>(n).fill(0),
       agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
       flushing: false, flushed: false,
     };
@@ -590,6 +608,7 @@ export class GradientAllReduce {
         }
         const msg = this.#encode(op, ChunkKind.ReduceScatter, dest, c, chunks, offset, count, op.input, true);
         this.#publish(reduceScatterSubject(this.job, this.generation, dest), msg);
+        op.rsOut[dest]!.push(msg);
         op.rsNext[dest] = c + 1;
         sent = true;
         if (op.settled) return true;
@@ -604,7 +623,7 @@ export class GradientAllReduce {
     op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
   ): Uint8Array {
     const dtype = this.#dtypeAt(op, offset);
-    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
       chunk, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
@@ -620,6 +639,52 @@ export class GradientAllReduce {
     }
     sealChunk(buf);
     return buf;
+  }
+
+  /** A message buffer of `bytes`: a released one of that size, else a new one (see `allocMessage`). */
+  #allocMessage(bytes: number): Uint8Array {
+    const free = this.#pool.get(bytes);
+    const buf = free?.pop();
+    if (buf !== undefined) {
+      this.#poolBytes -= bytes;
+      return buf;
+    }
+    return allocMessage(bytes);
+  }
+
+  #release(buf: Uint8Array): void {
+    if (this.#poolBytes + buf.byteLength > this.#poolCap) return;
+    let free = this.#pool.get(buf.byteLength);
+    if (free === undefined) this.#pool.set(buf.byteLength, free = []);
+    free.push(buf);
+    this.#poolBytes += buf.byteLength;
+  }
+
+  /**
+   * Reuses the messages that a peer has acknowledged: a peer that has reduced chunk c, or
+   * received reduced chunk c, got its message through the server, so the client has written it
+   * (nats.js copies a payload into its outbound frame when it flushes and keeps no reference).
+   */
+  #releaseAcked(op: Op): void {
+    if (op.settled) return;
+    let minAcked = Infinity;
+    for (let r = 0; r < this.worldSize; r++) {
+      if (r === this.rank) continue;
+      const out = op.rsOut[r]!;
+      let k = 0;
+      while (k < out.length && op.rsReleased[r]! + k < op.rsAcked[r]!) this.#release(out[k++]!);
+      if (k > 0) { out.splice(0, k); op.rsReleased[r]! += k; }
+      minAcked = Math.min(minAcked, op.agAcked[r]!);
+    }
+    let k = 0;
+    while (k < op.agOut.length && op.agReleased + k < minAcked) this.#release(op.agOut[k++]!);
+    if (k > 0) { op.agOut.splice(0, k); op.agReleased += k; }
+  }
+
+  #releaseAll(op: Op): void {
+    for (const out of op.rsOut) { for (const b of out) this.#release(b); out.length = 0; }
+    for (const b of op.agOut) this.#release(b);
+    op.agOut.length = 0;
   }
 
   #publish(subject: string, msg: Uint8Array): void {
@@ -693,7 +758,7 @@ export class GradientAllReduce {
     }
     if (n === 1) return; // the sum of one widened value is itself: nothing more to narrow
     // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
-    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
       chunk: c, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
@@ -725,7 +790,9 @@ export class GradientAllReduce {
     const subject = allGatherSubject(this.job, this.generation, this.rank);
     let any = false;
     while (op.agQueue.length > 0 && op.agSent - minAcked < this.windowChunks) {
-      this.#publish(subject, op.agQueue.shift()!);
+      const msg = op.agQueue.shift()!;
+      this.#publish(subject, msg);
+      op.agOut.push(msg);
       op.agSent++;
       any = true;
     }
@@ -772,6 +839,8 @@ export class GradientAllReduce {
       return;
     }
     op.settled = true;
+    // Flushed: the server has every message of the step, so the client holds none of them.
+    this.#releaseAll(op);
     if (this.#res) {
       const r = this.#res;
       [r.senderIn, r.senderOut] = [r.senderOut, r.senderIn];
@@ -901,6 +970,7 @@ export class GradientAllReduce {
     if (Number.isInteger(a.reduced)) op.rsAcked[a.from] = Math.max(op.rsAcked[a.from]!, a.reduced);
     const got = Array.isArray(a.received) ? a.received[this.rank] : undefined;
     if (typeof got === 'number') op.agAcked[a.from] = Math.max(op.agAcked[a.from]!, got);
+    this.#releaseAcked(op);
     this.#pump(op);
   }
 
