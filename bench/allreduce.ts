@@ -5,7 +5,8 @@
  *   1. the broker's ceiling: plain publish/subscribe of exactly the all-reduce's traffic (same
  *      message size, (N-1)/N·S from each rank to single subscribers, S/N from each rank fanned out
  *      to N-1), receivers only counting bytes;
- *   2. the all-reduce in float32;
+ *   2. the all-reduce in float32 (as the trainer calls it: the last step's result array takes the
+ *      next one's; `--fresh-output` for a new array each step, `--in-place` for allReduceInPlace);
  *   3. the all-reduce with fp16 (and bf16 with `--bf16`) on the wire.
  * For each: the median time over `--iters` iterations (after one warm-up), algbw = S/time, busbw =
  * S·2(N-1)/N/time (nccl-tests), and the bytes the server sent (/varz out_bytes delta, per
@@ -29,12 +30,13 @@ interface Args {
   json: boolean;
   bf16: boolean;
   inPlace: boolean;
+  freshOutput: boolean;
   windowChunks: number | undefined;
   skipCeiling: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { ranks: 4, mib: 256, iters: 3, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, windowChunks: undefined, skipCeiling: false };
+  const a: Args = { ranks: 4, mib: 256, iters: 3, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, freshOutput: false, windowChunks: undefined, skipCeiling: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): number => {
@@ -50,8 +52,9 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--json') a.json = true;
     else if (k === '--bf16') a.bf16 = true;
     else if (k === '--in-place') a.inPlace = true;
+    else if (k === '--fresh-output') a.freshOutput = true;
     else if (k === '--skip-ceiling') a.skipCeiling = true;
-    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES --window CHUNKS --bf16 --in-place --skip-ceiling --json)`);
+    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES --window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`);
   }
   return a;
 }
@@ -138,7 +141,7 @@ async function main(): Promise<void> {
       const name = `bench-${process.pid}-${++job}`;
       const ready = await ranks.all<Extract<FromRank, { type: 'ready' }>>('ready', (rank) => ({
         type: 'setup', mode, url: server.url, job: name, rank, worldSize: n, elements, compression,
-        timeoutMs: 600_000, inPlace: args.inPlace, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
+        timeoutMs: 600_000, inPlace: args.inPlace, freshOutput: args.freshOutput, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
       }));
       const times: number[] = [];
       const out: number[] = [];
@@ -184,7 +187,7 @@ async function main(): Promise<void> {
     const bf16 = args.bf16 ? await phase('allreduce', 'bf16') : undefined;
     const slowConsumers = (await varz(server)).slowConsumers - slowStart;
     const result = {
-      ranks: n, mib: args.mib, bytes, elements, iterations: args.iters, maxPayload: args.maxPayload, inPlace: args.inPlace,
+      ranks: n, mib: args.mib, bytes, elements, iterations: args.iters, maxPayload: args.maxPayload, inPlace: args.inPlace, freshOutput: args.freshOutput,
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? '?', node: process.version },
       expectedBrokerOutBytes: 2 * (n - 1) * bytes,
       brokerCeiling: ceiling,

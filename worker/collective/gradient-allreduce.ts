@@ -183,6 +183,27 @@ export interface CallOptions {
    * the same value for a step. @default false
    */
   exact?: boolean;
+  /**
+   * `allReduce` and `begin` only: the array to write the result into (and resolve with), instead of
+   * a new one, e.g. the previous step's result once it has been used. A fresh array of a vector's
+   * size costs more than the reduction's arithmetic: the kernel zero-fills each of its pages on
+   * first write. Its length must be the vector's, it must not overlap the input, and it must not
+   * be read until the promise settles; after a failure it holds a mix of old values and sums.
+   * @default a new Float32Array
+   */
+  output?: Float32Array;
+}
+
+/** Checks `CallOptions.output`; undefined when it is usable. */
+function badOutput(output: Float32Array | undefined, length: number, input: Float32Array | undefined): Error | undefined {
+  if (output === undefined) return undefined;
+  if (!(output instanceof Float32Array)) return new TypeError('output: must be a Float32Array');
+  if (output.length !== length) return new RangeError(`output: has ${output.length} elements, the vector ${length}`);
+  if (input !== undefined && input.buffer === output.buffer
+    && input.byteOffset < output.byteOffset + output.byteLength && output.byteOffset < input.byteOffset + input.byteLength) {
+    return new RangeError('output: overlaps the input (use allReduceInPlace to reduce in place)');
+  }
+  return undefined;
 }
 
 type State = 'OPEN' | 'CLOSED';
@@ -294,6 +315,8 @@ export class GradientAllReduce {
   #lastHelloAt = 0;
   #pumping = false;
   #scratch16 = new Uint16Array(0);
+  /** `begin()`'s input buffer, kept for the next step of the same length. */
+  #beginInput: Float32Array | undefined;
   /** Released message buffers by byte length, for reuse (at most `#poolCap` bytes). */
   readonly #pool = new Map<number, Uint8Array[]>();
   #poolBytes = 0;
@@ -420,7 +443,10 @@ export class GradientAllReduce {
    */
   allReduce(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
-    const started = this.#start(step, data.length, data, data.length, new Float32Array(data.length), false, signal, options.exact ?? false);
+    const bad = badOutput(options.output, data.length, data);
+    if (bad) return rejectNow(bad);
+    const output = options.output ?? new Float32Array(data.length);
+    const started = this.#start(step, data.length, data, data.length, output, false, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
 
@@ -430,6 +456,7 @@ export class GradientAllReduce {
    */
   allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
+    if (options.output !== undefined) return rejectNow(new RangeError('output: not with allReduceInPlace (the result is data)'));
     const started = this.#start(step, data.length, data, data.length, data, true, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
@@ -442,8 +469,14 @@ export class GradientAllReduce {
    */
   begin(step: number, length: number, signal?: AbortSignal, options: CallOptions = {}): AllReduceHandle {
     if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`length: must be a non-negative integer, got ${length}`);
-    const input = new Float32Array(length);
-    const started = this.#start(step, length, input, 0, new Float32Array(length), false, signal, options.exact ?? false);
+    const bad = badOutput(options.output, length, undefined);
+    if (bad) throw bad;
+    // The input is this collective's own: the last one is reused when the length is the same (no
+    // step is running, so nothing reads it any more).
+    if (this.#beginInput?.length !== length) this.#beginInput = new Float32Array(length);
+    const input = this.#beginInput;
+    const output = options.output ?? new Float32Array(length);
+    const started = this.#start(step, length, input, 0, output, false, signal, options.exact ?? false);
     if (started instanceof Error) throw started;
     const { op, promise: result } = started;
     result.catch(() => undefined); // the caller sees the rejection when it awaits `result`
