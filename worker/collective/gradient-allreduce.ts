@@ -140,6 +140,8 @@ export interface AllReduceStats {
   readonly messagesSent: number;
   readonly messagesReceived: number;
   readonly acksSent: number;
+  /** Chunk messages built in a buffer of an earlier message (acknowledged or flushed) rather than a new one. */
+  readonly messageBuffersReused: number;
   /** Times sending stopped for want of credit (a full window). */
   readonly windowStalls: number;
   /** Messages of a finished or abandoned step (late duplicates, or after a timeout), or another generation. */
@@ -322,7 +324,7 @@ export class GradientAllReduce {
   #poolBytes = 0;
   readonly #poolCap: number;
   #stats = {
-    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
+    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0, messageBuffersReused: 0,
     windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
   };
 
@@ -680,6 +682,7 @@ export class GradientAllReduce {
     const buf = free?.pop();
     if (buf !== undefined) {
       this.#poolBytes -= bytes;
+      this.#stats.messageBuffersReused++;
       return buf;
     }
     return allocMessage(bytes);
