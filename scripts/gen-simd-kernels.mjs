@@ -16,8 +16,8 @@
  *  - binary16 narrowing: normals by integer rebias and one rounding add (as wire-codec's
  *    narrowF16), subnormals and zero by the float add 0.5 + |x| whose rounding is binary16's
  *    round-to-nearest-even at 2^-24, overflow to Inf, NaN as sign | 0x7e00 | top mantissa bits;
- *  - binary16 widening: exact, subnormals renormalised by an exact float subtraction, NaN as the
- *    widening table's 0x7fc00000;
+ *  - binary16 widening: exact, subnormals as an exact int → float conversion scaled by 2^-24, NaN
+ *    as the widening table's 0x7fc00000;
  *  - bfloat16: a rounding add and shift, NaN quieted with its sign and top bits kept.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -58,23 +58,21 @@ const narrowBf16 = `
           (i32.const 16))
         (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
 
-/** float32 lanes (on the stack) of the binary16 bits in the i32 lanes of local $h; uses $o, $e. */
+/**
+ * float32 lanes (on the stack) of the binary16 bits in the i32 lanes of local $h; uses $o, $e.
+ * Normals rebias by an integer add; subnormals and zero are m·2^-24 (an exact int → float
+ * conversion and scaling); exponent 31 becomes 255; NaN is the widening table's 0x7fc00000.
+ */
 const widenF16 = `
-      (local.set $o (i32x4.shl (v128.and (local.get $h) ${splat('0x7fff')}) (i32.const 13)))
-      (local.set $e (v128.and (local.get $o) ${splat('0x0f800000')}))
-      (local.set $o (i32x4.add (local.get $o) ${splat('0x38000000')}))
+      (local.set $e (v128.and (local.get $h) ${splat('0x7fff')}))
+      (local.set $o (i32x4.add (i32x4.shl (local.get $e) (i32.const 13)) ${splat('0x38000000')}))
       (local.set $o (v128.bitselect
-        (i32x4.add (local.get $o) ${splat('0x38000000')})
+        (f32x4.mul (f32x4.convert_i32x4_s (local.get $e)) ${splat('0x33800000')})
         (local.get $o)
-        (i32x4.eq (local.get $e) ${splat('0x0f800000')})))
-      (local.set $o (v128.bitselect
-        (f32x4.sub (i32x4.add (local.get $o) ${splat('0x00800000')}) ${splat('0x38800000')})
-        (local.get $o)
-        (i32x4.eq (local.get $e) ${splat('0')})))
-      (v128.bitselect
-        ${splat('0x7fc00000')}
-        (v128.or (local.get $o) (i32x4.shl (v128.and (local.get $h) ${splat('0x8000')}) (i32.const 16)))
-        (i32x4.gt_s (v128.and (local.get $h) ${splat('0x7fff')}) ${splat('0x7c00')}))`;
+        (i32x4.lt_s (local.get $e) ${splat('0x400')})))
+      (local.set $o (v128.or (local.get $o) (v128.and (i32x4.gt_s (local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
+      (local.set $o (v128.or (local.get $o) (i32x4.shl (v128.xor (local.get $h) (local.get $e)) (i32.const 16))))
+      (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $e) ${splat('0x7c00')}))`;
 
 /** float32 lanes (on the stack) of the bfloat16 bits in the i32 lanes of local $h. */
 const widenBf16 = `
