@@ -36,6 +36,15 @@
  * default), half the server's default `max_pending` of 64 MiB a client. Holding a piece until its
  * chunk is reduced also bounds the owner's memory to that window.
  *
+ * ## Work on the ranks
+ * The element-wise loops (narrowing, widening, the rank-order sums) run as WebAssembly SIMD kernels
+ * (`simd-kernels.ts`), bit for bit the scalar rounding of `wire-codec.ts`. A chunk message's buffer
+ * is reused for a later message once a peer's ack shows it went through the server (the client
+ * copies a payload into its outbound frame and keeps no reference), or once the step's final
+ * flush has returned; at most what a step can have in flight is kept for reuse. A caller may pass
+ * the array to write the result into (`CallOptions.output`): writing a fresh vector costs a page
+ * fault a 4 KiB page, more than the reduction's arithmetic.
+ *
  * ## Losses and checks
  * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
  * publisher's messages, also across routes: a chunk index that skips ahead means a lost chunk,
@@ -268,9 +277,10 @@ function shardBounds(length: number, worldSize: number, shard: number): [number,
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
- * A message buffer that the caller fills completely (header and payload): not zero-filled first,
- * which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not Node's
- * shared pool): the message is handed to the client, which keeps it until it is written.
+ * A new message buffer that the caller fills completely (header and payload): not zero-filled
+ * first, which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not
+ * Node's shared pool): the message is handed to the client, which keeps it until it is written,
+ * and then reused (`#allocMessage`).
  */
 function allocMessage(bytes: number): Uint8Array {
   return Buffer.allocUnsafeSlow(bytes);

@@ -55,7 +55,6 @@ const mem = k.memory.buffer;
 const accF32 = new Float32Array(mem, ACC, BLOCK);
 const inF32 = new Float32Array(mem, IN, BLOCK);
 const qU16 = new Uint16Array(mem, Q, BLOCK);
-const ownU16 = new Uint16Array(mem, OWN, BLOCK);
 
 const narrowK = (d: Dtype16): Exports['narrowF16'] => (d === ChunkDtype.Float16 ? k.narrowF16 : k.narrowBf16);
 const widenK = (d: Dtype16): Exports['widenF16'] => (d === ChunkDtype.Float16 ? k.widenF16 : k.widenBf16);
