@@ -14,7 +14,7 @@
  *  - f32x4.add/sub are IEEE binary32 with round-to-nearest-even and subnormals, the same as
  *    Math.fround of the exact float64 sum or difference of two float32 values;
  *  - binary16 narrowing: normals by integer rebias and one rounding add (as wire-codec's
- *    narrowF16), subnormals and zero by the float add 0.5 + |x| whose rounding is binary16's
+ *    narrowF16; overflow clamped to 65536 first, which that add takes to Inf), subnormals and zero by the float add 0.5 + |x| whose rounding is binary16's
  *    round-to-nearest-even at 2^-24, overflow to Inf, NaN as sign | 0x7e00 | top mantissa bits;
  *  - binary16 widening: exact, subnormals as an exact int → float conversion scaled by 2^-24, NaN
  *    as the widening table's 0x7fc00000;
@@ -30,17 +30,21 @@ const OUT = join(dirname(fileURLToPath(import.meta.url)), '..', 'worker', 'colle
 
 const splat = (v) => `(v128.const i32x4 ${v} ${v} ${v} ${v})`;
 
-/** binary16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a, $h. */
+/**
+ * binary16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a, $h.
+ * Magnitudes from 65536 (0x47800000) up are clamped to it first, which the normal path's rounding
+ * add turns into Inf (0x7c00); NaN is selected last.
+ */
 const narrowF16 = `
       (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
+      (local.set $h (i32x4.min_s (local.get $a) ${splat('0x47800000')}))
       (local.set $h (v128.bitselect
         (i32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) ${splat('0x3f000000')})
         (i32x4.shr_u
-          (i32x4.add (i32x4.sub (local.get $a) ${splat('0x37fff001')})
-                     (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
+          (i32x4.add (i32x4.sub (local.get $h) ${splat('0x37fff001')})
+                     (v128.and (i32x4.shr_u (local.get $h) (i32.const 13)) ${splat('1')}))
           (i32.const 13))
         (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
-      (local.set $h (v128.bitselect ${splat('0x7c00')} (local.get $h) (i32x4.gt_s (local.get $a) ${splat('0x477fffff')})))
       (local.set $h (v128.bitselect
         (v128.or ${splat('0x7e00')} (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('0x3ff')}))
         (local.get $h)
