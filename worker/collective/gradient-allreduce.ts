@@ -60,8 +60,8 @@
  * no peer can have started beyond s+1. Messages of a step not started yet are therefore buffered
  * for one future step only (at most a window a peer); messages of finished or abandoned steps are
  * dropped. The caller's input is never written (unless it asks for in-place) and the result is a
- * new array, so a failed step leaves the caller's parameters and buffers as they were; error
- * feedback residuals are committed only when a step succeeds.
+ * new array (or the array the caller gave for it), so a failed step leaves the caller's parameters
+ * and other buffers as they were; error feedback residuals are committed only when a step succeeds.
  */
 import { Buffer } from 'node:buffer';
 
@@ -449,7 +449,7 @@ export class GradientAllReduce {
   /**
    * Sum of `data` over all ranks, in rank order. `step` tags the messages: it must grow from call
    * to call (the same sequence on every rank) and one call runs at a time. `data` must not change
-   * until the promise settles and is never written. Resolves with a new Float32Array.
+   * until the promise settles and is never written. Resolves with a new Float32Array, or with `options.output` filled.
    * @throws CollectiveError naming the missing ranks at the deadline, on a lost or corrupted chunk,
    *   on abort or close, or for a peer whose vector length differs.
    */
