@@ -12,6 +12,8 @@ export interface RankSetup {
   readonly compression: Compression;
   readonly timeoutMs: number;
   readonly inPlace: boolean;
+  /** A new result array each step instead of reusing the last one. */
+  readonly freshOutput: boolean;
   readonly maxChunkBytes?: number;
   readonly windowChunks?: number;
   /** pubsub: bytes a message, and how many payload bytes each rank sends to each subject. */

@@ -40,6 +40,7 @@ let nc: NatsConnection | undefined;
 let setup: RankSetup | undefined;
 let ar: GradientAllReduce | undefined;
 let input: Float32Array | undefined;
+let output: Float32Array | undefined;
 let subs: Subscription[] = [];
 let received = 0;
 let receivedTarget = 0;
@@ -84,7 +85,11 @@ async function runAllReduce(s: RankSetup, step: number): Promise<void> {
   const start = now();
   const cpu0 = process.cpuUsage();
   try {
-    const out = s.inPlace ? await ar!.allReduceInPlace(step, input!) : await ar!.allReduce(step, input!);
+    // As the trainer: the previous step's result (checked and done with) takes this step's, unless
+    // --fresh-output asks for a new array each step.
+    if (!s.inPlace && !s.freshOutput && output?.length !== input!.length) output = new Float32Array(input!.length);
+    const out = s.inPlace ? await ar!.allReduceInPlace(step, input!)
+      : await ar!.allReduce(step, input!, undefined, s.freshOutput ? {} : { output });
     const end = now();
     const cpuSeconds = cpuSince(cpu0);
     let mismatches = 0;

@@ -5,15 +5,19 @@
  *   1. the broker's ceiling: plain publish/subscribe of exactly the all-reduce's traffic (same
  *      message size, (N-1)/N·S from each rank to single subscribers, S/N from each rank fanned out
  *      to N-1), receivers only counting bytes;
- *   2. the all-reduce in float32;
+ *   2. the all-reduce in float32 (as the trainer calls it: the last step's result array takes the
+ *      next one's; `--fresh-output` for a new array each step, `--in-place` for allReduceInPlace);
  *   3. the all-reduce with fp16 (and bf16 with `--bf16`) on the wire.
  * For each: the median time over `--iters` iterations (after one warm-up), algbw = S/time, busbw =
  * S·2(N-1)/N/time (nccl-tests), and the bytes the server sent (/varz out_bytes delta, per
- * iteration). Broker efficiency = the all-reduce's broker egress rate / the ceiling's. Slow
+ * iteration). Broker efficiency = the all-reduce's broker egress rate / the ceiling's. CPU seconds
+ * of the ranks and (from /proc) of the server an iteration, and `cpuModel`: the same ratios from
+ * those CPU seconds, which other load on the machine moves much less than wall time. Slow
  * consumers from /varz over the whole run. Every iteration's result is checked on samples against
  * the exact expectation and by a CRC that must agree across ranks.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,12 +33,13 @@ interface Args {
   json: boolean;
   bf16: boolean;
   inPlace: boolean;
+  freshOutput: boolean;
   windowChunks: number | undefined;
   skipCeiling: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { ranks: 4, mib: 256, iters: 3, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, windowChunks: undefined, skipCeiling: false };
+  const a: Args = { ranks: 4, mib: 256, iters: 3, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, freshOutput: false, windowChunks: undefined, skipCeiling: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): number => {
@@ -50,8 +55,9 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--json') a.json = true;
     else if (k === '--bf16') a.bf16 = true;
     else if (k === '--in-place') a.inPlace = true;
+    else if (k === '--fresh-output') a.freshOutput = true;
     else if (k === '--skip-ceiling') a.skipCeiling = true;
-    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES --window CHUNKS --bf16 --in-place --skip-ceiling --json)`);
+    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES --window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`);
   }
   return a;
 }
@@ -104,6 +110,22 @@ async function varz(server: NatsServer): Promise<{ outBytes: number; inBytes: nu
   return { outBytes: Number(v['out_bytes']), inBytes: Number(v['in_bytes']), slowConsumers: Number(v['slow_consumers']) };
 }
 
+/** Clock ticks a second of /proc's CPU times. */
+const CLK_TCK = ((): number => {
+  try { return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100; } catch { return 100; }
+})();
+
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. */
+function processCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK; // utime, stime (fields 14, 15)
+  } catch {
+    return undefined;
+  }
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor((s.length - 1) / 2)]!;
@@ -119,6 +141,8 @@ interface PhaseResult {
   slowConsumers: number;
   /** CPU seconds (user + system) of all rank processes in one iteration (median): the ranks' work. */
   rankCpuSeconds: number;
+  /** CPU seconds of the nats-server in one iteration (median; Linux /proc), the broker's work. */
+  brokerCpuSeconds?: number;
   windowStalls?: number;
   verified?: boolean;
 }
@@ -138,17 +162,20 @@ async function main(): Promise<void> {
       const name = `bench-${process.pid}-${++job}`;
       const ready = await ranks.all<Extract<FromRank, { type: 'ready' }>>('ready', (rank) => ({
         type: 'setup', mode, url: server.url, job: name, rank, worldSize: n, elements, compression,
-        timeoutMs: 600_000, inPlace: args.inPlace, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
+        timeoutMs: 600_000, inPlace: args.inPlace, freshOutput: args.freshOutput, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
       }));
       const times: number[] = [];
       const out: number[] = [];
       const cpu: number[] = [];
+      const brokerCpu: number[] = [];
       let slow = 0;
       let verified = true;
       let stalls = 0;
       for (let it = 0; it <= args.iters; it++) {
         const before = await varz(server);
+        const broker0 = processCpuSeconds(server.pid);
         const done = await ranks.all<Done>('done', () => ({ type: 'run', step: it }));
+        const broker1 = processCpuSeconds(server.pid);
         const after = await varz(server);
         const failed = done.filter((d) => !d.ok);
         if (failed.length > 0) throw new Error(`${mode} ${compression}: ${failed.map((d) => `rank ${d.rank}: ${d.error}`).join('; ')}`);
@@ -164,6 +191,7 @@ async function main(): Promise<void> {
         times.push(t);
         out.push(after.outBytes - before.outBytes);
         cpu.push(done.reduce((k, d) => k + (d.cpuSeconds ?? 0), 0));
+        if (broker0 !== undefined && broker1 !== undefined) brokerCpu.push(broker1 - broker0);
         log(`${mode} ${compression} iter ${it}: ${t.toFixed(3)} s, broker out ${(out.at(-1)! / 2 ** 20).toFixed(0)} MiB`
           + (mode === 'allreduce' ? ` (chunk ${ready[0]!.chunkElements} elements, window ${ready[0]!.windowChunks})` : ''));
       }
@@ -174,6 +202,7 @@ async function main(): Promise<void> {
         brokerOutBytes: outBytes, brokerOutGBps: round(outBytes / seconds / 1e9, 3),
         algbwGBps: round(bytes / seconds / 1e9, 3), busbwGBps: round((bytes * 2 * (n - 1)) / n / seconds / 1e9, 3),
         slowConsumers: slow, rankCpuSeconds: round(median(cpu), 3),
+        ...(brokerCpu.length > 0 ? { brokerCpuSeconds: round(median(brokerCpu), 3) } : {}),
         ...(mode === 'allreduce' ? { verified, windowStalls: stalls } : {}),
       };
     };
@@ -184,7 +213,7 @@ async function main(): Promise<void> {
     const bf16 = args.bf16 ? await phase('allreduce', 'bf16') : undefined;
     const slowConsumers = (await varz(server)).slowConsumers - slowStart;
     const result = {
-      ranks: n, mib: args.mib, bytes, elements, iterations: args.iters, maxPayload: args.maxPayload, inPlace: args.inPlace,
+      ranks: n, mib: args.mib, bytes, elements, iterations: args.iters, maxPayload: args.maxPayload, inPlace: args.inPlace, freshOutput: args.freshOutput,
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? '?', node: process.version },
       expectedBrokerOutBytes: 2 * (n - 1) * bytes,
       brokerCeiling: ceiling,
@@ -192,6 +221,10 @@ async function main(): Promise<void> {
       fp16: { ...fp16, fp32EquivalentAlgbwGBps: fp16.algbwGBps, speedupVsFp32: round(fp32.seconds / fp16.seconds, 3) },
       ...(bf16 ? { bf16: { ...bf16, speedupVsFp32: round(fp32.seconds / bf16.seconds, 3) } } : {}),
       brokerEfficiency: ceiling ? round(fp32.brokerOutGBps / ceiling.brokerOutGBps, 3) : undefined,
+      // The same two ratios from CPU seconds (ranks + broker) instead of wall time: what they would
+      // be with the cores to this run alone, every process busy; other load on the machine moves
+      // the wall-time ratios, much less these.
+      cpuModel: cpuModel(ceiling, fp32, fp16),
       slowConsumers,
     };
     process.stdout.write(JSON.stringify(result, null, args.json ? 2 : 2) + '\n');
@@ -199,6 +232,15 @@ async function main(): Promise<void> {
     ranks.stop();
     await server.stop();
   }
+}
+
+function cpuModel(ceiling: PhaseResult | undefined, fp32: PhaseResult, fp16: PhaseResult): { brokerEfficiency?: number; fp16SpeedupVsFp32: number } | undefined {
+  const total = (p: PhaseResult): number | undefined => (p.brokerCpuSeconds === undefined ? undefined : p.brokerCpuSeconds + p.rankCpuSeconds);
+  const t32 = total(fp32);
+  const t16 = total(fp16);
+  if (t32 === undefined || t16 === undefined) return undefined;
+  const tc = ceiling ? total(ceiling) : undefined;
+  return { ...(tc !== undefined ? { brokerEfficiency: round(tc / t32, 3) } : {}), fp16SpeedupVsFp32: round(t32 / t16, 3) };
 }
 
 function round(x: number, digits: number): number {

@@ -136,6 +136,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           spec: prepared.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
           holder, resume: a.resume || a.generation > 1,
           allReduce: (step, data, opts) => ar.allReduce(offset + step, data, abort.signal, opts),
+          beginAllReduce: (step, length, opts) => ar.begin(offset + step, length, abort.signal, opts),
           ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
           onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds),
           onStep: (r) => {

@@ -114,6 +114,51 @@ describe('overlap: input in pieces', () => {
     for (const res of results) expect(bytes(res).equals(bytes(expected))).toBe(true);
   });
 
+  it.each(['none', 'fp16'] as const)('%s: many steps into the last result (output), message buffers reused, same bits as fresh arrays', async (compression) => {
+    const n = 3;
+    const length = 5 * CHUNK_ELEMENTS + 17;
+    const { ranks } = await world(n, { compression, windowChunks: 2 });
+    const outputs = ranks.map(() => new Float32Array(length).fill(Number.NaN));
+    for (let s = 0; s < 6; s++) {
+      const inputs = ranks.map((_, r) => vector(100 * s + r, length));
+      const expected = compression === 'none' ? sumInRankOrder(inputs) : compressedReference(inputs, compression);
+      // Odd steps through begin/append (its own input buffer, reused), even ones through allReduce.
+      const results = await Promise.all(ranks.map(async (ar, r) => {
+        if (s % 2 === 0) return ar.allReduce(s, inputs[r]!, undefined, { output: outputs[r]! });
+        const h = ar.begin(s, length, undefined, { output: outputs[r]! });
+        h.append(inputs[r]!.subarray(0, 1000));
+        h.append(inputs[r]!.subarray(1000));
+        return h.result;
+      }));
+      results.forEach((res, r) => {
+        expect(res).toBe(outputs[r]);
+        expect(bytes(res).equals(bytes(expected))).toBe(true);
+      });
+    }
+    for (const ar of ranks) {
+      // Every step after the first builds its messages in released buffers.
+      expect(ar.stats.messageBuffersReused).toBeGreaterThan(ar.stats.messagesSent / 2);
+      expect(ar.stats.droppedInvalid + ar.stats.corrupted + ar.stats.lostChunks).toBe(0);
+    }
+  });
+
+  it('checks the output option', async () => {
+    const { ranks } = await world(1);
+    const ar = ranks[0]!;
+    const data = new Float32Array(8);
+    await expect(ar.allReduce(0, data, undefined, { output: new Float32Array(7) })).rejects.toThrow(/output: has 7 elements/);
+    await expect(ar.allReduce(0, data, undefined, { output: data.subarray(0, 8) })).rejects.toThrow(/overlaps the input/);
+    const shared = new Float32Array(12);
+    await expect(ar.allReduce(0, shared.subarray(0, 8), undefined, { output: shared.subarray(4, 12) })).rejects.toThrow(/overlaps the input/);
+    await expect(ar.allReduceInPlace(0, data, undefined, { output: new Float32Array(8) })).rejects.toThrow(/not with allReduceInPlace/);
+    expect(() => ar.begin(0, 8, undefined, { output: new Float32Array(9) })).toThrow(/output: has 9 elements/);
+    // Adjacent, not overlapping: fine.
+    data.fill(3);
+    const out = shared.subarray(8, 12);
+    await expect(ar.allReduce(0, shared.subarray(0, 4).fill(2), undefined, { output: out })).resolves.toBe(out);
+    expect([...out]).toEqual([2, 2, 2, 2]);
+  });
+
   it('a step whose input never completes fails at the deadline, saying so', async () => {
     const { ranks } = await world(1, { timeoutMs: 300 });
     const h = ranks[0]!.begin(0, 10);

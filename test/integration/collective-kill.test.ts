@@ -55,7 +55,7 @@ describe('a rank killed mid-collective', () => {
     const send = (m: ToRank): void => { child!.send(m); };
     send({
       type: 'setup', mode: 'allreduce', url: server.url, job, rank: killed, worldSize: n, elements: length,
-      compression: 'none', timeoutMs, inPlace: false,
+      compression: 'none', timeoutMs, inPlace: false, freshOutput: false,
     });
     const ncs = await Promise.all([0, 1].map(() => scope.connect(server)));
     const ranks = await Promise.all(ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs })));

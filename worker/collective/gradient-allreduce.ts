@@ -36,6 +36,15 @@
  * default), half the server's default `max_pending` of 64 MiB a client. Holding a piece until its
  * chunk is reduced also bounds the owner's memory to that window.
  *
+ * ## Work on the ranks
+ * The element-wise loops (narrowing, widening, the rank-order sums) run as WebAssembly SIMD kernels
+ * (`simd-kernels.ts`), bit for bit the scalar rounding of `wire-codec.ts`. A chunk message's buffer
+ * is reused for a later message once a peer's ack shows it went through the server (the client
+ * copies a payload into its outbound frame and keeps no reference), or once the step's final
+ * flush has returned; at most what a step can have in flight is kept for reuse. A caller may pass
+ * the array to write the result into (`CallOptions.output`): writing a fresh vector costs a page
+ * fault a 4 KiB page, more than the reduction's arithmetic.
+ *
  * ## Losses and checks
  * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
  * publisher's messages, also across routes: a chunk index that skips ahead means a lost chunk,
@@ -51,8 +60,8 @@
  * no peer can have started beyond s+1. Messages of a step not started yet are therefore buffered
  * for one future step only (at most a window a peer); messages of finished or abandoned steps are
  * dropped. The caller's input is never written (unless it asks for in-place) and the result is a
- * new array, so a failed step leaves the caller's parameters and buffers as they were; error
- * feedback residuals are committed only when a step succeeds.
+ * new array (or the array the caller gave for it), so a failed step leaves the caller's parameters
+ * and other buffers as they were; error feedback residuals are committed only when a step succeeds.
  */
 import { Buffer } from 'node:buffer';
 
@@ -82,7 +91,8 @@ import {
   sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
-import { Compression, dequantize, quantize, sumF32, sumWidened, widenTable, wireDtype } from './wire-codec.js';
+import { narrowInto, sumF32Into, sumWidenedInto, widenInto } from './simd-kernels.js';
+import { Compression, wireDtype } from './wire-codec.js';
 
 export const DEFAULT_ALLREDUCE_TIMEOUT_MS = 60_000;
 export const DEFAULT_READY_TIMEOUT_MS = 60_000;
@@ -139,6 +149,8 @@ export interface AllReduceStats {
   readonly messagesSent: number;
   readonly messagesReceived: number;
   readonly acksSent: number;
+  /** Chunk messages built in a buffer of an earlier message (acknowledged or flushed) rather than a new one. */
+  readonly messageBuffersReused: number;
   /** Times sending stopped for want of credit (a full window). */
   readonly windowStalls: number;
   /** Messages of a finished or abandoned step (late duplicates, or after a timeout), or another generation. */
@@ -182,6 +194,27 @@ export interface CallOptions {
    * the same value for a step. @default false
    */
   exact?: boolean;
+  /**
+   * `allReduce` and `begin` only: the array to write the result into (and resolve with), instead of
+   * a new one, e.g. the previous step's result once it has been used. A fresh array of a vector's
+   * size costs more than the reduction's arithmetic: the kernel zero-fills each of its pages on
+   * first write. Its length must be the vector's, it must not overlap the input, and it must not
+   * be read until the promise settles; after a failure it holds a mix of old values and sums.
+   * @default a new Float32Array
+   */
+  output?: Float32Array;
+}
+
+/** Checks `CallOptions.output`; undefined when it is usable. */
+function badOutput(output: Float32Array | undefined, length: number, input: Float32Array | undefined): Error | undefined {
+  if (output === undefined) return undefined;
+  if (!(output instanceof Float32Array)) return new TypeError('output: must be a Float32Array');
+  if (output.length !== length) return new RangeError(`output: has ${output.length} elements, the vector ${length}`);
+  if (input !== undefined && input.buffer === output.buffer
+    && input.byteOffset < output.byteOffset + output.byteLength && output.byteOffset < input.byteOffset + input.byteLength) {
+    return new RangeError('output: overlaps the input (use allReduceInPlace to reduce in place)');
+  }
+  return undefined;
 }
 
 type State = 'OPEN' | 'CLOSED';
@@ -211,6 +244,14 @@ interface Op {
   reduced: number;
   /** Reduced chunks ready to publish, in order. */
   readonly agQueue: Uint8Array[];
+  /**
+   * Published messages not known to be out of the client yet, to reuse once they are: by
+   * destination, the pieces from chunk `rsReleased[dest]` on; the reduced chunks from `agReleased` on.
+   */
+  readonly rsOut: Uint8Array[][];
+  readonly rsReleased: number[];
+  readonly agOut: Uint8Array[];
+  agReleased: number;
   agSent: number;
   /** By peer: chunks of this rank's reduced shard it has received. */
   readonly agAcked: number[];
@@ -236,9 +277,10 @@ function shardBounds(length: number, worldSize: number, shard: number): [number,
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
- * A message buffer that the caller fills completely (header and payload): not zero-filled first,
- * which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not Node's
- * shared pool): the message is handed to the client, which keeps it until it is written.
+ * A new message buffer that the caller fills completely (header and payload): not zero-filled
+ * first, which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not
+ * Node's shared pool): the message is handed to the client, which keeps it until it is written,
+ * and then reused (`#allocMessage`).
  */
 function allocMessage(bytes: number): Uint8Array {
   return Buffer.allocUnsafeSlow(bytes);
@@ -285,8 +327,14 @@ export class GradientAllReduce {
   #lastHelloAt = 0;
   #pumping = false;
   #scratch16 = new Uint16Array(0);
+  /** `begin()`'s input buffer, kept for the next step of the same length. */
+  #beginInput: Float32Array | undefined;
+  /** Released message buffers by byte length, for reuse (at most `#poolCap` bytes). */
+  readonly #pool = new Map<number, Uint8Array[]>();
+  #poolBytes = 0;
+  readonly #poolCap: number;
   #stats = {
-    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
+    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0, messageBuffersReused: 0,
     windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
   };
 
@@ -304,6 +352,9 @@ export class GradientAllReduce {
     this.chunkElements = chunkElements;
     this.windowChunks = windowChunks;
     this.#ackEvery = Math.max(1, Math.floor(windowChunks / 2));
+    // What a step can have out at once: a window of pieces a peer, a window of reduced chunks
+    // published and one queued, at float32's chunk size.
+    this.#poolCap = (opts.worldSize + 1) * windowChunks * (CHUNK_HEADER_BYTES + chunkElements * 4);
     this.#log = (opts.logger ?? silentLogger).child('allreduce');
   }
 
@@ -398,13 +449,16 @@ export class GradientAllReduce {
   /**
    * Sum of `data` over all ranks, in rank order. `step` tags the messages: it must grow from call
    * to call (the same sequence on every rank) and one call runs at a time. `data` must not change
-   * until the promise settles and is never written. Resolves with a new Float32Array.
+   * until the promise settles and is never written. Resolves with a new Float32Array, or with `options.output` filled.
    * @throws CollectiveError naming the missing ranks at the deadline, on a lost or corrupted chunk,
    *   on abort or close, or for a peer whose vector length differs.
    */
   allReduce(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
-    const started = this.#start(step, data.length, data, data.length, new Float32Array(data.length), false, signal, options.exact ?? false);
+    const bad = badOutput(options.output, data.length, data);
+    if (bad) return rejectNow(bad);
+    const output = options.output ?? new Float32Array(data.length);
+    const started = this.#start(step, data.length, data, data.length, output, false, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
 
@@ -414,6 +468,7 @@ export class GradientAllReduce {
    */
   allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
+    if (options.output !== undefined) return rejectNow(new RangeError('output: not with allReduceInPlace (the result is data)'));
     const started = this.#start(step, data.length, data, data.length, data, true, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
@@ -426,8 +481,14 @@ export class GradientAllReduce {
    */
   begin(step: number, length: number, signal?: AbortSignal, options: CallOptions = {}): AllReduceHandle {
     if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`length: must be a non-negative integer, got ${length}`);
-    const input = new Float32Array(length);
-    const started = this.#start(step, length, input, 0, new Float32Array(length), false, signal, options.exact ?? false);
+    const bad = badOutput(options.output, length, undefined);
+    if (bad) throw bad;
+    // The input is this collective's own: the last one is reused when the length is the same (no
+    // step is running, so nothing reads it any more).
+    if (this.#beginInput?.length !== length) this.#beginInput = new Float32Array(length);
+    const input = this.#beginInput;
+    const output = options.output ?? new Float32Array(length);
+    const started = this.#start(step, length, input, 0, output, false, signal, options.exact ?? false);
     if (started instanceof Error) throw started;
     const { op, promise: result } = started;
     result.catch(() => undefined); // the caller sees the rejection when it awaits `result`
@@ -462,6 +523,8 @@ export class GradientAllReduce {
         try { sub.unsubscribe(); } catch { /* connection already closed */ }
       }
       this.#subs.length = 0;
+      this.#pool.clear();
+      this.#poolBytes = 0;
       if (!this.#nc.isClosed()) {
         try { await this.#nc.flush(); } catch { /* closing anyway */ }
       }
@@ -489,7 +552,8 @@ export class GradientAllReduce {
       step, length, input, ready, output, inPlace, settled: false, resolve, reject, exact,
       ce: exact && this.compression !== 'none' && this.exactPrefix === 0 ? Math.max(1, Math.floor(this.chunkElements / 2)) : this.chunkElements,
       rsNext: new Array<number>(n).fill(0), rsAcked: new Array<number>(n).fill(0), rsRecv: new Array<number>(n).fill(0),
-      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0, agAcked: new Array<number>(n).fill(0),
+      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0,
+      rsOut: Array.from({ length: n }, () => []), rsReleased: new Array<number>(n).fill(0), agOut: [], agReleased: 0, agAcked: new Array<number>(n).fill(0),
       agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
       flushing: false, flushed: false,
     };
@@ -589,6 +653,7 @@ export class GradientAllReduce {
         }
         const msg = this.#encode(op, ChunkKind.ReduceScatter, dest, c, chunks, offset, count, op.input, true);
         this.#publish(reduceScatterSubject(this.job, this.generation, dest), msg);
+        op.rsOut[dest]!.push(msg);
         op.rsNext[dest] = c + 1;
         sent = true;
         if (op.settled) return true;
@@ -603,7 +668,7 @@ export class GradientAllReduce {
     op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
   ): Uint8Array {
     const dtype = this.#dtypeAt(op, offset);
-    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
       chunk, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
@@ -614,11 +679,58 @@ export class GradientAllReduce {
     } else {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const res = feedback ? this.#res : undefined;
-      if (res) quantize(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
-      else quantize(dtype, values, dst);
+      if (res) narrowInto(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      else narrowInto(dtype, values, dst);
     }
     sealChunk(buf);
     return buf;
+  }
+
+  /** A message buffer of `bytes`: a released one of that size, else a new one (see `allocMessage`). */
+  #allocMessage(bytes: number): Uint8Array {
+    const free = this.#pool.get(bytes);
+    const buf = free?.pop();
+    if (buf !== undefined) {
+      this.#poolBytes -= bytes;
+      this.#stats.messageBuffersReused++;
+      return buf;
+    }
+    return allocMessage(bytes);
+  }
+
+  #release(buf: Uint8Array): void {
+    if (this.#poolBytes + buf.byteLength > this.#poolCap) return;
+    let free = this.#pool.get(buf.byteLength);
+    if (free === undefined) this.#pool.set(buf.byteLength, free = []);
+    free.push(buf);
+    this.#poolBytes += buf.byteLength;
+  }
+
+  /**
+   * Reuses the messages that a peer has acknowledged: a peer that has reduced chunk c, or
+   * received reduced chunk c, got its message through the server, so the client has written it
+   * (nats.js copies a payload into its outbound frame when it flushes and keeps no reference).
+   */
+  #releaseAcked(op: Op): void {
+    if (op.settled) return;
+    let minAcked = Infinity;
+    for (let r = 0; r < this.worldSize; r++) {
+      if (r === this.rank) continue;
+      const out = op.rsOut[r]!;
+      let k = 0;
+      while (k < out.length && op.rsReleased[r]! + k < op.rsAcked[r]!) this.#release(out[k++]!);
+      if (k > 0) { out.splice(0, k); op.rsReleased[r]! += k; }
+      minAcked = Math.min(minAcked, op.agAcked[r]!);
+    }
+    let k = 0;
+    while (k < op.agOut.length && op.agReleased + k < minAcked) this.#release(op.agOut[k++]!);
+    if (k > 0) { op.agOut.splice(0, k); op.agReleased += k; }
+  }
+
+  #releaseAll(op: Op): void {
+    for (const out of op.rsOut) { for (const b of out) this.#release(b); out.length = 0; }
+    for (const b of op.agOut) this.#release(b);
+    op.agOut.length = 0;
   }
 
   #publish(subject: string, msg: Uint8Array): void {
@@ -664,35 +776,35 @@ export class GradientAllReduce {
       return bytes;
     };
     if (dtype === ChunkDtype.Float32) {
-      let own = op.input.subarray(offset, offset + count);
-      // In place, acc is the own input: fine while it is read in the same pass as acc is written
-      // (the first four inputs), not later.
-      if (op.inPlace && me >= 4) own = Float32Array.from(own);
+      // In place, acc is the own input: fine, every block of every input is read before acc's.
+      const own = op.input.subarray(offset, offset + count);
       const xs: Float32Array[] = [];
       for (let r = 0; r < n; r++) {
         if (r === me) { xs.push(own); continue; }
         const bytes = piece(r);
         xs.push(new Float32Array(bytes.buffer, bytes.byteOffset, count));
       }
-      sumF32(acc, xs);
+      sumF32Into(acc, xs);
     } else {
-      // The own contribution, as the peers' are: narrowed (with feedback) when compressing; its
-      // widened value is what the table gives back, as for theirs.
-      const own = this.#scratchU16(count);
+      // The own contribution, as the peers' are: narrowed (with feedback) when compressing, then
+      // widened exactly, as theirs. Without feedback it is narrowed block by block inside the sum.
       const src = op.input.subarray(offset, offset + count);
-      if (res) quantize(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
-      else quantize(dtype, src, own);
-      const xs: Uint16Array[] = [];
+      let own: Uint16Array | { narrow: Float32Array } = { narrow: src };
+      if (res) {
+        own = this.#scratchU16(count);
+        narrowInto(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      }
+      const xs: Array<Uint16Array | { narrow: Float32Array }> = [];
       for (let r = 0; r < n; r++) {
         if (r === me) { xs.push(own); continue; }
         const bytes = piece(r);
         xs.push(new Uint16Array(bytes.buffer, bytes.byteOffset, count));
       }
-      sumWidened(acc, xs, widenTable(dtype));
+      sumWidenedInto(dtype, acc, xs);
     }
     if (n === 1) return; // the sum of one widened value is itself: nothing more to narrow
     // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
-    const buf = allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
+    const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
     encodeChunkHeader({
       kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
       chunk: c, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
@@ -703,8 +815,8 @@ export class GradientAllReduce {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const [start] = shardBounds(op.length, n, me);
       const at = offset - start;
-      if (res) quantize(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
-      else quantize(dtype, acc, dst, undefined, undefined, acc);
+      if (res) narrowInto(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
+      else narrowInto(dtype, acc, dst, undefined, undefined, acc);
     }
     sealChunk(buf);
     op.agQueue.push(buf);
@@ -724,7 +836,9 @@ export class GradientAllReduce {
     const subject = allGatherSubject(this.job, this.generation, this.rank);
     let any = false;
     while (op.agQueue.length > 0 && op.agSent - minAcked < this.windowChunks) {
-      this.#publish(subject, op.agQueue.shift()!);
+      const msg = op.agQueue.shift()!;
+      this.#publish(subject, msg);
+      op.agOut.push(msg);
       op.agSent++;
       any = true;
     }
@@ -771,6 +885,8 @@ export class GradientAllReduce {
       return;
     }
     op.settled = true;
+    // Flushed: the server has every message of the step, so the client holds none of them.
+    this.#releaseAll(op);
     if (this.#res) {
       const r = this.#res;
       [r.senderIn, r.senderOut] = [r.senderOut, r.senderIn];
@@ -900,6 +1016,7 @@ export class GradientAllReduce {
     if (Number.isInteger(a.reduced)) op.rsAcked[a.from] = Math.max(op.rsAcked[a.from]!, a.reduced);
     const got = Array.isArray(a.received) ? a.received[this.rank] : undefined;
     if (typeof got === 'number') op.agAcked[a.from] = Math.max(op.agAcked[a.from]!, got);
+    this.#releaseAcked(op);
     this.#pump(op);
   }
 
@@ -1049,7 +1166,7 @@ export class GradientAllReduce {
       new Uint8Array(op.output.buffer, op.output.byteOffset + offset * 4, count * 4).set(payload);
     } else {
       const aligned = payload.byteOffset % 2 === 0 ? payload : new Uint8Array(payload);
-      dequantize(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
+      widenInto(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
     }
     counts[h.rank] = expected + 1;
   }

@@ -44,6 +44,16 @@ import { learningRate } from './schedule.js';
  */
 export type AllReduceFn = (step: number, data: Float32Array, options?: { exact?: boolean }) => Promise<Float32Array>;
 
+/**
+ * Starts the same sum over `length` elements given in pieces (`append`, in order), so that the
+ * first chunks are reduced while the rest is still being copied off the device; the result goes
+ * into `output` when given (the previous step's result, done with) instead of a new array.
+ */
+export type BeginAllReduceFn = (step: number, length: number, options?: { output?: Float32Array }) => {
+  append(data: Float32Array): void;
+  readonly result: Promise<Float32Array>;
+};
+
 export interface StepReport {
   /** Optimizer steps completed (1-based). */
   readonly step: number;
@@ -123,6 +133,8 @@ export interface TrainerOptions {
   readonly rank: number;
   readonly worldSize: number;
   readonly allReduce: AllReduceFn;
+  /** When given, each step's gradients are streamed into the all-reduce (same sums, same order). */
+  readonly beginAllReduce?: BeginAllReduceFn;
   readonly onStep?: (report: StepReport) => void;
   /** Rank 0 wrote the checkpoint of `step` in `seconds` (for metrics). */
   readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number }) => void;
@@ -279,6 +291,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     let nonFiniteSteps = 0;
     // Ahead of the gradients: [nll sum, supervised tokens, tokens, nll per language (L), supervised per language (L)].
     const HEAD = 3 + 2 * L;
+    /** The last step's all-reduce result, used up by then: the next streamed step writes into it. */
+    let lastReduced: Float32Array | undefined;
     const aborted = (): void => {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('training cancelled');
     };
@@ -340,23 +354,45 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         throw e;
       }
 
-      // 3. One buffer, one all-reduce.
-      const flat = new Float32Array(HEAD + totalParams);
-      flat[0] = nllSum;
-      flat[1] = supervised;
-      flat[2] = tokens;
-      flat.set(langNll, 3);
-      flat.set(langTokens, 3 + L);
-      if (acc) {
-        let off = HEAD;
-        for (const g of acc) {
-          flat.set(await g.data() as Float32Array, off);
-          off += g.size;
-          g.dispose();
+      // 3. One all-reduce of [head, gradients]: streamed tensor by tensor when the collective
+      // offers it (the first chunks travel while later tensors are still being copied off the
+      // device, into the last step's result array), else one buffer.
+      const head = new Float32Array(HEAD);
+      head[0] = nllSum;
+      head[1] = supervised;
+      head[2] = tokens;
+      head.set(langNll, 3);
+      head.set(langTokens, 3 + L);
+      let reduced: Float32Array;
+      let t1: number;
+      if (options.beginAllReduce) {
+        t1 = performance.now();
+        const handle = options.beginAllReduce(seq++, HEAD + totalParams, lastReduced ? { output: lastReduced } : {});
+        handle.append(head);
+        if (acc) {
+          for (const g of acc) {
+            handle.append(await g.data() as Float32Array);
+            g.dispose();
+          }
+        } else {
+          handle.append(new Float32Array(totalParams));
         }
+        reduced = await handle.result;
+        lastReduced = reduced;
+      } else {
+        const flat = new Float32Array(HEAD + totalParams);
+        flat.set(head);
+        if (acc) {
+          let off = HEAD;
+          for (const g of acc) {
+            flat.set(await g.data() as Float32Array, off);
+            off += g.size;
+            g.dispose();
+          }
+        }
+        t1 = performance.now();
+        reduced = await reduce(flat);
       }
-      const t1 = performance.now();
-      const reduced = await reduce(flat);
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.
@@ -408,7 +444,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         step: step + 1, totalSteps: plan.totalSteps, epoch, loss, lr, gradNorm,
         tokensPerSecond: globalTokens / stepSeconds, supervisedTokens: globalSupervised, stepSeconds,
         computeSeconds: (t1 - t0) / 1000, allReduceSeconds: (t2 - t1) / 1000, optimizerSeconds: (t3 - t2) / 1000,
-        allReduceBytes: flat.byteLength, skipped, nonFiniteSteps, lossByLanguage,
+        allReduceBytes: reduced.byteLength, skipped, nonFiniteSteps, lossByLanguage,
       });
 
       const every = s.checkpoint.everySteps;

@@ -1,0 +1,194 @@
+#!/usr/bin/env node
+/**
+ * Generates `worker/collective/simd-kernels-wasm.ts`: the collective's element-wise kernels as a
+ * WebAssembly SIMD module (base64), from the WAT text below, assembled with wabt (a devDependency).
+ * Run by `npm run build` (it rewrites the file only when its content changes), and
+ * `test/unit/collective-simd-kernels.test.ts` checks that the committed file is what this script
+ * makes. `--check` exits 1 when the file is stale instead of writing it.
+ *
+ * Every kernel processes `n` rounded up to a multiple of 8 elements: the caller's regions are sized
+ * in whole blocks of 8, so a tail reads and writes a few elements past `n` in its own scratch
+ * memory, and only the first `n` are copied out.
+ *
+ * Exactness (checked bit for bit against the scalar JavaScript in the unit tests):
+ *  - f32x4.add/sub are IEEE binary32 with round-to-nearest-even and subnormals, the same as
+ *    Math.fround of the exact float64 sum or difference of two float32 values;
+ *  - binary16 narrowing: normals by integer rebias and one rounding add (as wire-codec's
+ *    narrowF16; overflow clamped to 65536 first, which that add takes to Inf), subnormals and zero by the float add 0.5 + |x| whose rounding is binary16's
+ *    round-to-nearest-even at 2^-24, overflow to Inf, NaN as sign | 0x7e00 | top mantissa bits;
+ *  - binary16 widening: exact, subnormals as an exact int → float conversion scaled by 2^-24, NaN
+ *    as the widening table's 0x7fc00000;
+ *  - bfloat16: a rounding add and shift, NaN quieted with its sign and top bits kept.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import wabtInit from 'wabt';
+
+const OUT = join(dirname(fileURLToPath(import.meta.url)), '..', 'worker', 'collective', 'simd-kernels-wasm.ts');
+
+const splat = (v) => `(v128.const i32x4 ${v} ${v} ${v} ${v})`;
+
+/**
+ * binary16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a, $h.
+ * Magnitudes from 65536 (0x47800000) up are clamped to it first, which the normal path's rounding
+ * add turns into Inf (0x7c00); NaN is selected last.
+ */
+const narrowF16 = `
+      (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
+      (local.set $h (i32x4.min_s (local.get $a) ${splat('0x47800000')}))
+      (local.set $h (v128.bitselect
+        (i32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) ${splat('0x3f000000')})
+        (i32x4.shr_u
+          (i32x4.add (i32x4.sub (local.get $h) ${splat('0x37fff001')})
+                     (v128.and (i32x4.shr_u (local.get $h) (i32.const 13)) ${splat('1')}))
+          (i32.const 13))
+        (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
+      (local.set $h (v128.bitselect
+        (v128.or ${splat('0x7e00')} (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('0x3ff')}))
+        (local.get $h)
+        (i32x4.gt_s (local.get $a) ${splat('0x7f800000')})))
+      (v128.or (local.get $h) (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('0x8000')}))`;
+
+/** bfloat16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a. */
+const narrowBf16 = `
+      (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
+      (v128.bitselect
+        (v128.or (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('0x40')})
+        (i32x4.shr_u
+          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')})
+                     (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
+          (i32.const 16))
+        (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
+
+/**
+ * float32 lanes (on the stack) of the binary16 bits in the i32 lanes of local $h; uses $o, $e.
+ * Normals rebias by an integer add; subnormals and zero are m·2^-24 (an exact int → float
+ * conversion and scaling); exponent 31 becomes 255; NaN is the widening table's 0x7fc00000.
+ */
+const widenF16 = `
+      (local.set $e (v128.and (local.get $h) ${splat('0x7fff')}))
+      (local.set $o (i32x4.add (i32x4.shl (local.get $e) (i32.const 13)) ${splat('0x38000000')}))
+      (local.set $o (v128.bitselect
+        (f32x4.mul (f32x4.convert_i32x4_s (local.get $e)) ${splat('0x33800000')})
+        (local.get $o)
+        (i32x4.lt_s (local.get $e) ${splat('0x400')})))
+      (local.set $o (v128.or (local.get $o) (v128.and (i32x4.gt_s (local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
+      (local.set $o (v128.or (local.get $o) (i32x4.shl (v128.xor (local.get $h) (local.get $e)) (i32.const 16))))
+      (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $e) ${splat('0x7c00')}))`;
+
+/** float32 lanes (on the stack) of the bfloat16 bits in the i32 lanes of local $h. */
+const widenBf16 = `
+      (i32x4.shl (local.get $h) (i32.const 16))`;
+
+const LOCALS = '(local $end i32) (local $f v128) (local $a v128) (local $h v128) (local $o v128) (local $e v128) (local $lo v128)';
+
+/** A loop over 8 elements at a time: `$p` runs over the float32 side from `$p` to `$end`. */
+function loop8(body) {
+  return `
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      ${body}
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $q (i32.add (local.get $q) (i32.const 16)))
+      (br $next)))`;
+}
+
+const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
+
+/** narrow(src f32 at $p, dst u16 at $q, n). */
+function narrowFn(name, lanes) {
+  return `
+  (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    ${loop8(`
+      (local.set $f (v128.load (local.get $p)))
+      (local.set $lo ${lanes})
+      (local.set $f (v128.load offset=16 (local.get $p)))
+      (v128.store (local.get $q) (i16x8.narrow_i32x4_u (local.get $lo) ${lanes}))`)})`;
+}
+
+/** widen(src u16 at $q, dst f32 at $p, n). */
+function widenFn(name, lanes) {
+  return `
+  (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    ${loop8(`
+      (local.set $h (v128.load16x4_u (local.get $q)))
+      (v128.store (local.get $p) ${lanes})
+      (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
+      (v128.store offset=16 (local.get $p) ${lanes})`)})`;
+}
+
+/** addWidened(acc f32 at $p, src u16 at $q, n): acc += widen(src), float32 adds. */
+function addWidenedFn(name, lanes) {
+  return `
+  (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    ${loop8(`
+      (local.set $h (v128.load16x4_u (local.get $q)))
+      (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
+      (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
+}
+
+/** A float32 binary op: out = a op b, 8 at a time ($p: out, $q: a, $r: b). */
+function binaryF32Fn(name, op) {
+  return `
+  (func (export "${name}") (param $p i32) (param $q i32) (param $r i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (v128.store (local.get $p) (${op} (v128.load (local.get $q)) (v128.load (local.get $r))))
+      (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 (local.get $q)) (v128.load offset=16 (local.get $r))))
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $q (i32.add (local.get $q) (i32.const 32)))
+      (local.set $r (i32.add (local.get $r) (i32.const 32)))
+      (br $next)))`
+    + ')';
+}
+
+export const WAT = `(module
+  (memory (export "memory") 4)
+  ${narrowFn('narrowF16', narrowF16)}
+  ${narrowFn('narrowBf16', narrowBf16)}
+  ${widenFn('widenF16', widenF16)}
+  ${widenFn('widenBf16', widenBf16)}
+  ${addWidenedFn('addWidenedF16', widenF16)}
+  ${addWidenedFn('addWidenedBf16', widenBf16)}
+  ${binaryF32Fn('addF32', 'f32x4.add')}
+  ${binaryF32Fn('subF32', 'f32x4.sub')}
+)
+`;
+
+export async function buildModuleSource() {
+  const wabt = await wabtInit();
+  const mod = wabt.parseWat('simd-kernels.wat', WAT, { simd: true });
+  mod.validate();
+  const { buffer } = mod.toBinary({ log: false, write_debug_names: false });
+  mod.destroy();
+  const b64 = Buffer.from(buffer).toString('base64');
+  const lines = b64.match(/.{1,100}/g) ?? [];
+  return `// Generated by scripts/gen-simd-kernels.mjs from the WAT text in it; do not edit.
+// Regenerate with \`node scripts/gen-simd-kernels.mjs\` (run by \`npm run build\`).
+/** The collective's WebAssembly SIMD kernels (${buffer.length} bytes), base64. */
+export const SIMD_KERNELS_WASM_BASE64 =
+${lines.map((l) => `  '${l}'`).join(' +\n')};
+`;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const src = await buildModuleSource();
+  let old = '';
+  try { old = readFileSync(OUT, 'utf8'); } catch { /* first run */ }
+  if (process.argv.includes('--check')) {
+    if (old !== src) {
+      process.stderr.write(`${OUT} is stale: run node scripts/gen-simd-kernels.mjs\n`);
+      process.exit(1);
+    }
+  } else if (old !== src) {
+    writeFileSync(OUT, src);
+    process.stdout.write(`wrote ${OUT}\n`);
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * The collective's element-wise hot loops as WebAssembly SIMD kernels (generated from the WAT in
+ * `scripts/gen-simd-kernels.mjs`): narrowing float32 to binary16/bfloat16, widening back, and
+ * float32 sums in a given order. Bit-for-bit the same as the scalar JavaScript in `wire-codec.ts`
+ * (round to nearest even, subnormals, overflow, NaN; each add rounded to float32), which the unit
+ * tests check.
+ *
+ * The data live outside the module's memory (message buffers, the caller's arrays), so each call
+ * works in blocks of BLOCK elements: copy in (memcpy, tens of GB/s), run the kernel 4 or 8 lanes at
+ * a time, copy out. The module's memory is fixed (never grown), so the views below stay valid, and
+ * a block stays in the core's L1/L2 cache from copy-in to copy-out. Reads of a block all happen
+ * before its writes, so outputs may alias inputs element for element.
+ */
+import { ChunkDtype } from './chunk-header.js';
+import { SIMD_KERNELS_WASM_BASE64 } from './simd-kernels-wasm.js';
+
+export type Dtype16 = ChunkDtype.Float16 | ChunkDtype.BFloat16;
+
+interface Exports {
+  memory: { readonly buffer: ArrayBuffer };
+  narrowF16(src: number, dst: number, n: number): void;
+  narrowBf16(src: number, dst: number, n: number): void;
+  widenF16(src: number, dst: number, n: number): void;
+  widenBf16(src: number, dst: number, n: number): void;
+  addWidenedF16(acc: number, src: number, n: number): void;
+  addWidenedBf16(acc: number, src: number, n: number): void;
+  addF32(out: number, a: number, b: number, n: number): void;
+  subF32(out: number, a: number, b: number, n: number): void;
+}
+
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { readonly exports: unknown };
+}
+
+/** Elements a block (a multiple of 8: kernels round n up to 8 within their region). */
+export const BLOCK = 16384;
+/** Byte offsets of the regions: two float32 blocks, two 16-bit blocks. */
+const ACC = 0;
+const IN = ACC + BLOCK * 4;
+const Q = IN + BLOCK * 4;
+const OWN = Q + BLOCK * 2;
+const END = OWN + BLOCK * 2;
+
+const k = ((): Exports => {
+  const bytes = Buffer.from(SIMD_KERNELS_WASM_BASE64, 'base64');
+  // The WebAssembly global of Node (the project's lib settings do not declare it).
+  const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+  const instance = new wasm.Instance(new wasm.Module(bytes), {});
+  const e = instance.exports as unknown as Exports;
+  if (e.memory.buffer.byteLength < END) throw new Error('internal: SIMD kernel memory smaller than its regions');
+  return e;
+})();
+const mem = k.memory.buffer;
+const accF32 = new Float32Array(mem, ACC, BLOCK);
+const inF32 = new Float32Array(mem, IN, BLOCK);
+const qU16 = new Uint16Array(mem, Q, BLOCK);
+
+const narrowK = (d: Dtype16): Exports['narrowF16'] => (d === ChunkDtype.Float16 ? k.narrowF16 : k.narrowBf16);
+const widenK = (d: Dtype16): Exports['widenF16'] => (d === ChunkDtype.Float16 ? k.widenF16 : k.widenBf16);
+const addWidenedK = (d: Dtype16): Exports['addWidenedF16'] => (d === ChunkDtype.Float16 ? k.addWidenedF16 : k.addWidenedBf16);
+
+/**
+ * `dst = narrow(src (+ residualIn))`; with `residualOut`, what narrowing lost (`v − widen(q)`); with
+ * `widened`, `widen(q)`. Float32 arguments may alias each other element for element.
+ */
+export function narrowInto(
+  dtype: Dtype16, src: Float32Array, dst: Uint16Array, residualIn?: Float32Array, residualOut?: Float32Array, widened?: Float32Array,
+): void {
+  const n = src.length;
+  const narrow = narrowK(dtype);
+  const widen = widenK(dtype);
+  for (let i = 0; i < n; i += BLOCK) {
+    const m = Math.min(BLOCK, n - i);
+    accF32.set(src.subarray(i, i + m));
+    if (residualIn !== undefined) {
+      inF32.set(residualIn.subarray(i, i + m));
+      k.addF32(ACC, ACC, IN, m);
+    }
+    narrow(ACC, Q, m);
+    if (residualOut !== undefined || widened !== undefined) {
+      widen(Q, IN, m);
+      if (widened !== undefined) widened.set(m === BLOCK ? inF32 : inF32.subarray(0, m), i);
+      if (residualOut !== undefined) {
+        k.subF32(ACC, ACC, IN, m);
+        residualOut.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
+      }
+    }
+    dst.set(m === BLOCK ? qU16 : qU16.subarray(0, m), i);
+  }
+}
+
+/** `dst = widen(src)`, exact. */
+export function widenInto(dtype: Dtype16, src: Uint16Array, dst: Float32Array): void {
+  const n = src.length;
+  const widen = widenK(dtype);
+  for (let i = 0; i < n; i += BLOCK) {
+    const m = Math.min(BLOCK, n - i);
+    qU16.set(src.subarray(i, i + m));
+    widen(Q, ACC, m);
+    dst.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
+  }
+}
+
+/**
+ * `acc = x0 + x1 + …` in the order given, each add rounded to float32. `acc` may be any input
+ * (same elements): each block of every input is read before the block of `acc` is written.
+ */
+export function sumF32Into(acc: Float32Array, xs: readonly Float32Array[]): void {
+  const n = acc.length;
+  if (xs.length === 0) { acc.fill(0); return; }
+  for (let i = 0; i < n; i += BLOCK) {
+    const m = Math.min(BLOCK, n - i);
+    accF32.set(xs[0]!.subarray(i, i + m));
+    for (let r = 1; r < xs.length; r++) {
+      inF32.set(xs[r]!.subarray(i, i + m));
+      k.addF32(ACC, ACC, IN, m);
+    }
+    acc.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
+  }
+}
+
+/**
+ * As `sumF32Into`, of 16-bit inputs widened exactly: `acc = widen(x0) + widen(x1) + …`. An input
+ * may instead be given as float32 (`{ narrow: values }`): it is narrowed first (as `narrowInto`
+ * without feedback), which is how the owner's own contribution joins the sum.
+ */
+export function sumWidenedInto(dtype: Dtype16, acc: Float32Array, xs: ReadonlyArray<Uint16Array | { narrow: Float32Array }>): void {
+  const n = acc.length;
+  if (xs.length === 0) { acc.fill(0); return; }
+  const widen = widenK(dtype);
+  const addWidened = addWidenedK(dtype);
+  const narrow = narrowK(dtype);
+  for (let i = 0; i < n; i += BLOCK) {
+    const m = Math.min(BLOCK, n - i);
+    for (let r = 0; r < xs.length; r++) {
+      const x = xs[r]!;
+      let at = Q;
+      if (x instanceof Uint16Array) {
+        qU16.set(x.subarray(i, i + m));
+      } else {
+        inF32.set(x.narrow.subarray(i, i + m));
+        narrow(IN, OWN, m);
+        at = OWN;
+      }
+      if (r === 0) widen(at, ACC, m);
+      else addWidened(ACC, at, m);
+    }
+    acc.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
+  }
+}
+
