@@ -162,7 +162,7 @@ beforeAll(async () => {
     const server = await scope.start();
     const nc = await scope.connect(server);
     const ar = await GradientAllReduce.create({ nc, job: uniqueJobName('clean'), generation: 1, rank: 0, worldSize: 1 });
-    await train({ spec: parseJobSpec(specText('clean', join(dir, 'clean'), 1, 1)), rank: 0, worldSize: 1, allReduce: (s, d) => ar.allReduce(s, d) });
+    await train({ spec: parseJobSpec(specText('clean', join(dir, 'clean'), 1, 1)), rank: 0, worldSize: 1, allReduce: (s, d) => ar.allReduce(s, d), beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o) });
     await ar.close();
   } finally {
     await scope.cleanup();

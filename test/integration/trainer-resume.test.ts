@@ -80,10 +80,14 @@ async function generation(
     const opts: TrainerOptions = {
       spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder, evaluate: run.evaluate,
       signal: controllers[rank]!.signal,
-      allReduce: async (seq, data) => {
-        const out = await ar.allReduce(seq, data, controllers[rank]!.signal);
-        if (run.poison?.seq === seq) out[run.poison.index] = NaN;
-        return out;
+      allReduce: (seq, data, o) => ar.allReduce(seq, data, controllers[rank]!.signal, o),
+      beginAllReduce: (seq, length, o) => {
+        const h = ar.begin(seq, length, controllers[rank]!.signal, o);
+        const result = h.result.then((out) => {
+          if (run.poison?.seq === seq) out[run.poison.index] = NaN;
+          return out;
+        });
+        return { append: (d: Float32Array) => h.append(d), result };
       },
       onStep: (r) => {
         reports[rank]!.push(r);

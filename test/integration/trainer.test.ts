@@ -65,8 +65,6 @@ async function runJob(workers: number, outDir: string, microBatchSize = 2, gradi
       return await train({
         spec: spec(outDir, workers, microBatchSize, gradientCheckpointing), rank, worldSize: workers,
         allReduce: (step, data) => ar.allReduce(step, data),
-        // The gradients streamed into the collective, tensor by tensor (trainer-resume.test.ts
-        // covers the one-buffer path).
         beginAllReduce: (step, length, opts) => ar.begin(step, length, undefined, opts),
         onStep: (r) => reports[rank]!.push(r),
       });

@@ -133,8 +133,8 @@ export interface TrainerOptions {
   readonly rank: number;
   readonly worldSize: number;
   readonly allReduce: AllReduceFn;
-  /** When given, each step's gradients are streamed into the all-reduce (same sums, same order). */
-  readonly beginAllReduce?: BeginAllReduceFn;
+  /** Each step's gradients, streamed into the all-reduce (the same sums as `allReduce`). */
+  readonly beginAllReduce: BeginAllReduceFn;
   readonly onStep?: (report: StepReport) => void;
   /** Rank 0 wrote the checkpoint of `step` in `seconds` (for metrics). */
   readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number }) => void;
@@ -354,45 +354,27 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         throw e;
       }
 
-      // 3. One all-reduce of [head, gradients]: streamed tensor by tensor when the collective
-      // offers it (the first chunks travel while later tensors are still being copied off the
-      // device, into the last step's result array), else one buffer.
+      // 3. One all-reduce of [head, gradients], streamed tensor by tensor: the first chunks travel
+      // while later tensors are still being copied off the device, into the last step's result array.
       const head = new Float32Array(HEAD);
       head[0] = nllSum;
       head[1] = supervised;
       head[2] = tokens;
       head.set(langNll, 3);
       head.set(langTokens, 3 + L);
-      let reduced: Float32Array;
-      let t1: number;
-      if (options.beginAllReduce) {
-        t1 = performance.now();
-        const handle = options.beginAllReduce(seq++, HEAD + totalParams, lastReduced ? { output: lastReduced } : {});
-        handle.append(head);
-        if (acc) {
-          for (const g of acc) {
-            handle.append(await g.data() as Float32Array);
-            g.dispose();
-          }
-        } else {
-          handle.append(new Float32Array(totalParams));
+      const t1 = performance.now();
+      const handle = options.beginAllReduce(seq++, HEAD + totalParams, lastReduced ? { output: lastReduced } : {});
+      handle.append(head);
+      if (acc) {
+        for (const g of acc) {
+          handle.append(await g.data() as Float32Array);
+          g.dispose();
         }
-        reduced = await handle.result;
-        lastReduced = reduced;
       } else {
-        const flat = new Float32Array(HEAD + totalParams);
-        flat.set(head);
-        if (acc) {
-          let off = HEAD;
-          for (const g of acc) {
-            flat.set(await g.data() as Float32Array, off);
-            off += g.size;
-            g.dispose();
-          }
-        }
-        t1 = performance.now();
-        reduced = await reduce(flat);
+        handle.append(new Float32Array(totalParams));
       }
+      const reduced = await handle.result;
+      lastReduced = reduced;
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.
