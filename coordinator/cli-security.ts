@@ -11,6 +11,7 @@
  * | `--nats-creds FILE` | `POLYTUNE_NATS_CREDS` | the coordinator's own NATS credentials |
  * | `--nats-account-signing-key FILE` | `POLYTUNE_NATS_ACCOUNT_SIGNING_KEY` | seed that signs per-job worker credentials |
  * | `--nats-account PUBKEY` | `POLYTUNE_NATS_ACCOUNT` | the account the signing key belongs to |
+ * | `--nats-creds-ttl SECONDS` | `POLYTUNE_NATS_CREDS_TTL` | lifetime of issued worker credentials (default a day; 0: none) |
  * | `--nats-tls-ca FILE` | `POLYTUNE_NATS_TLS_CA` | TLS to NATS, verifying the servers with this CA |
  * | `--nats-tls-cert FILE`, `--nats-tls-key FILE` | `POLYTUNE_NATS_TLS_CERT`, `POLYTUNE_NATS_TLS_KEY` | a client certificate for NATS |
  *
@@ -41,16 +42,16 @@ export const SERVE_SECURITY_FLAGS = {
   'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' },
   'token-file': { type: 'string' }, 'worker-token-file': { type: 'string' },
   'nats-creds': { type: 'string' }, 'nats-account-signing-key': { type: 'string' }, 'nats-account': { type: 'string' },
-  ...NATS_TLS_FLAGS,
+  'nats-creds-ttl': { type: 'string' }, ...NATS_TLS_FLAGS,
 } as const;
 
 export const SECURITY_USAGE = `security (see README "Security"):
   serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--token-file FILE] [--worker-token-file FILE]
-           [--nats-creds FILE] [--nats-account-signing-key FILE [--nats-account PUBKEY]]
+           [--nats-creds FILE] [--nats-account-signing-key FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]]
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (workers take the same NATS TLS flags)
   clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   env: POLYTUNE_TOKEN, POLYTUNE_WORKER_TOKEN, POLYTUNE_TLS_{CERT,KEY,CLIENT_CA,CA,CLIENT_CERT,CLIENT_KEY,SERVER_NAME},
-       POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT}, POLYTUNE_NATS_TLS_{CA,CERT,KEY}
+       POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT,CREDS_TTL}, POLYTUNE_NATS_TLS_{CA,CERT,KEY}
   coordinator nats-auth init --out DIR    writes nats-server operator config and the coordinator's NATS secrets
 `;
 
@@ -88,7 +89,13 @@ export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth
   const keyFile = str(v, 'nats-account-signing-key', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY');
   const account = str(v, 'nats-account', 'POLYTUNE_NATS_ACCOUNT');
   if (account && !keyFile) throw new UserError('--nats-account needs --nats-account-signing-key');
-  const natsIssuer = keyFile ? new NatsCredentialIssuer({ signingKeySeed: readTextFile('--nats-account-signing-key', keyFile), ...(account ? { account } : {}) }) : undefined;
+  const ttlText = str(v, 'nats-creds-ttl', 'POLYTUNE_NATS_CREDS_TTL');
+  if (ttlText !== undefined && !keyFile) throw new UserError('--nats-creds-ttl needs --nats-account-signing-key (it is the lifetime of the credentials it signs)');
+  const ttlSeconds = ttlText === undefined ? undefined : Number(ttlText);
+  if (ttlSeconds !== undefined && !(Number.isInteger(ttlSeconds) && ttlSeconds >= 0)) throw new UserError(`--nats-creds-ttl: "${ttlText}" is not a whole number of seconds >= 0`);
+  const natsIssuer = keyFile ? new NatsCredentialIssuer({
+    signingKeySeed: readTextFile('--nats-account-signing-key', keyFile), ...(account ? { account } : {}), ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
+  }) : undefined;
   const natsTls = natsTlsFromFlags(v);
   const natsConnect = {
     ...(creds !== undefined ? { authenticator: credsAuthenticator(new TextEncoder().encode(creds)) } : {}),

@@ -60,9 +60,16 @@ export interface NatsCredentialIssuerOptions {
   signingKeySeed: string;
   /** The account's public key (`A…`) when the seed is a signing key's. @default the seed's own public key */
   account?: string;
-  /** Lifetime of an issued credential. 0: no expiry. @default 0 */
+  /**
+   * Lifetime of an issued credential, in seconds; 0: no expiry. The server closes a connection
+   * whose credential expires: the world re-forms (a NATS loss) and every rank gets fresh
+   * credentials with its new assignment. @default DEFAULT_NATS_CREDS_TTL_SECONDS (24 h)
+   */
   ttlSeconds?: number;
 }
+
+/** A day: a leaked worker credential is good for a day at most; a longer job re-forms once a day. */
+export const DEFAULT_NATS_CREDS_TTL_SECONDS = 24 * 60 * 60;
 
 /** Issues per-job worker credentials. */
 export class NatsCredentialIssuer {
@@ -86,7 +93,9 @@ export class NatsCredentialIssuer {
     }
     this.signer = signer;
     this.account = account;
-    this.ttlSeconds = options.ttlSeconds ?? 0;
+    const ttl = options.ttlSeconds ?? DEFAULT_NATS_CREDS_TTL_SECONDS;
+    if (!Number.isInteger(ttl) || ttl < 0) throw new UserError(`NATS credential lifetime: ${ttl} is not a whole number of seconds >= 0`);
+    this.ttlSeconds = ttl;
   }
 
   /** A fresh user, allowed only `jobId`'s subjects. */

@@ -5,12 +5,16 @@
  * subjects (the server reports a permissions violation and a subscriber with rights never sees
  * the message).
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reduceScatterSubject } from '../../common/subjects.js';
 import { JobClient } from '../../coordinator/client.js';
 import { JobStore } from '../../coordinator/job-store.js';
-import { createNatsOperatorSetup, NatsCredentialIssuer, type NatsOperatorSetup } from '../../coordinator/nats-credentials.js';
+import { serveSecurity } from '../../coordinator/cli-security.js';
+import { createNatsOperatorSetup, DEFAULT_NATS_CREDS_TTL_SECONDS, NatsCredentialIssuer, type NatsOperatorSetup } from '../../coordinator/nats-credentials.js';
 import { startCoordinator } from '../../coordinator/server.js';
 import { CoordinatorSession } from '../../worker/session.js';
 import { jobNatsConnection } from '../../worker/job-nats.js';
@@ -99,6 +103,42 @@ describe('NATS operator mode', () => {
     nc.publish('$KV.polytune_jobs.job-c-11111', '{"state":"Succeeded"}');
     await nc.flush();
     expect(await violation).toMatch(/Permissions Violation for Publish to "\$KV\.polytune_jobs\.job-c-11111"/);
+  });
+
+  it('a worker credential expires: the server closes the connection, and a new one is refused', async () => {
+    const shortLived = new NatsCredentialIssuer({ signingKeySeed: setup.signingKeySeed, account: setup.account, ttlSeconds: 2 });
+    const { creds: text } = await shortLived.issueWorker('job-ttl-22222', 'w-ttl');
+    const nc = await nats.connect(server, { authenticator: creds(text) });
+    const closed = nc.closed();
+    const started = Date.now();
+    const error = await Promise.race([closed, new Promise((r) => setTimeout(() => r('still open'), 8_000))]);
+    expect(String(error)).toMatch(/expired/i);
+    expect(Date.now() - started).toBeLessThan(8_000);
+    // Expiry is in whole seconds: a second later the server refuses the credential at connect too.
+    await new Promise((r) => setTimeout(r, 1_500));
+    await expect(nats.connect(server, { authenticator: creds(text) })).rejects.toThrow(/expired|authoriz/i);
+  });
+
+  it('serve reads the credential lifetime, a day by default, and refuses a bad one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'polytune-ttl-'));
+    try {
+      const key = join(dir, 'account-signing-key.nk');
+      writeFileSync(key, setup.signingKeySeed + '\n');
+      const base = { 'nats-account-signing-key': key, 'nats-account': setup.account };
+      const expiry = async (v: Record<string, string>): Promise<number | undefined> => {
+        const { creds: text } = await serveSecurity(v).natsIssuer!.issueWorker('job-x-33333', 'w');
+        const jwt = /-----BEGIN NATS USER JWT-----\n(.+)\n/.exec(text)![1]!;
+        const claims = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp?: number; iat: number };
+        return claims.exp === undefined ? undefined : claims.exp - claims.iat;
+      };
+      expect(await expiry(base)).toBe(DEFAULT_NATS_CREDS_TTL_SECONDS);
+      expect(await expiry({ ...base, 'nats-creds-ttl': '600' })).toBe(600);
+      expect(await expiry({ ...base, 'nats-creds-ttl': '0' })).toBeUndefined();
+      expect(() => serveSecurity({ ...base, 'nats-creds-ttl': '1.5h' })).toThrow(/--nats-creds-ttl: "1.5h" is not a whole number/);
+      expect(() => serveSecurity({ 'nats-creds-ttl': '60' })).toThrow(/--nats-creds-ttl needs --nats-account-signing-key/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a coordinator with only its own credentials runs; its workers get per-job credentials in the assignment', async () => {
