@@ -59,11 +59,13 @@ spec:
 
 interface RankRun {
   holder?: StateHolder;
-  /** Abort this rank after it reports this step. */
+  /** Abort every rank once each rank given a `stopAfter` has reported that step. */
   stopAfter?: number;
   /** Replace the reduced buffer of one collective call (by sequence number). */
   poison?: { seq: number; index: number };
   evaluate?: TrainerOptions['evaluate'];
+  /** Lengths of the plain all-reduce calls (state agreement, not gradients), recorded. */
+  calls?: number[];
 }
 
 /** One generation of a job: `ranks.length` ranks in this process, each with its own connection. */
@@ -74,13 +76,17 @@ async function generation(
   const reports: StepReport[][] = ranks.map(() => []);
   const errors: unknown[] = ranks.map(() => undefined);
   const controllers = ranks.map(() => new AbortController());
+  let stopped = 0;
   await Promise.all(ranks.map(async (run, rank) => {
     const nc = await nats.connect(server);
     const ar = await GradientAllReduce.create({ nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
     const opts: TrainerOptions = {
       spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder, evaluate: run.evaluate,
       signal: controllers[rank]!.signal,
-      allReduce: (seq, data, o) => ar.allReduce(seq, data, controllers[rank]!.signal, o),
+      allReduce: (seq, data, o) => {
+        run.calls?.push(data.length);
+        return ar.allReduce(seq, data, controllers[rank]!.signal, o);
+      },
       beginAllReduce: (seq, length, o) => {
         const h = ar.begin(seq, length, controllers[rank]!.signal, o);
         const result = h.result.then((out) => {
@@ -92,7 +98,9 @@ async function generation(
       onStep: (r) => {
         reports[rank]!.push(r);
         // Stopping every rank at the same step boundary, as a re-formed world does.
-        if (run.stopAfter === r.step) controllers.forEach((c) => c.abort(new Error('re-forming')));
+        if (run.stopAfter === r.step && ++stopped === ranks.filter((x) => x.stopAfter !== undefined).length) {
+          controllers.forEach((c) => c.abort(new Error('re-forming')));
+        }
       },
     };
     try {
@@ -148,6 +156,21 @@ describe('exact resume', () => {
     loads.mockRestore();
     expect(second.errors).toEqual([undefined, undefined]);
     expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
+    expectSameTensors(clean, await trainable(out));
+    holders.forEach(releaseHolder);
+  }, 120_000);
+
+  it('a world re-formed without newcomers keeps every rank\'s own state: only the offers travel', async () => {
+    const out = join(dir, 'no-newcomer');
+    const job = uniqueJobName('no-newcomer');
+    const holders: StateHolder[] = [{ state: undefined }, { state: undefined }];
+    await generation(out, 1, job, [{ holder: holders[0], stopAfter: 3 }, { holder: holders[1], stopAfter: 3 }], false);
+    expect(holders.map((h) => h.state?.step)).toEqual([3, 3]);
+    const calls: number[][] = [[], []];
+    const second = await generation(out, 2, job, [{ holder: holders[0], calls: calls[0] }, { holder: holders[1], calls: calls[1] }], true);
+    expect(second.errors).toEqual([undefined, undefined]);
+    expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
+    expect(calls).toEqual([[4], [4]]); // [restorable, in memory] x 2 ranks; no state vector
     expectSameTensors(clean, await trainable(out));
     holders.forEach(releaseHolder);
   }, 120_000);

@@ -183,10 +183,12 @@ class SampleCache {
 const STATE_HEAD = 2;
 
 /**
- * The ranks agree on the newest state any of them can restore and all take it. Two collective
- * calls: every rank offers the step it could restore (memory or newest checkpoint); then the rank
- * with the highest offer (the lowest such rank) contributes its whole state and the others zeros,
- * so the sum is exactly that state on every rank. Returns the step to go on from.
+ * The ranks agree on the newest state any of them can restore and all take it. Every rank offers
+ * the step it could restore (memory or newest checkpoint) and the step it holds in memory. When
+ * every rank holds the newest step in memory (a world re-formed without newcomers), the states are
+ * bit-identical and each rank keeps its own: nothing more travels. Else the rank with the highest
+ * offer (the lowest such rank) contributes its whole state and the others zeros, so the sum is
+ * exactly that state on every rank.
  */
 async function agreeOnState(
   state: TrainingState, holder: StateHolder | undefined, layout: CheckpointLayout, outputDir: string,
@@ -194,12 +196,22 @@ async function agreeOnState(
 ): Promise<void> {
   const memory = holder?.state;
   const newestCheckpoint = (await listCheckpoints(outputDir))[0]?.step ?? -1;
-  const offers = new Float32Array(worldSize);
+  // [restorable step + 1 per rank, step in memory + 1 per rank]
+  const offers = new Float32Array(2 * worldSize);
   offers[rank] = 1 + Math.max(memory?.step ?? -1, newestCheckpoint);
+  offers[worldSize + rank] = 1 + (memory?.step ?? -1);
   const all = await reduce(offers, { exact: true });
   let source = 0;
   for (let r = 1; r < worldSize; r++) if (all[r]! > all[source]!) source = r;
   if (all[source] === 0) return; // nobody holds anything: start from the model
+  if (memory && all.subarray(worldSize).every((m) => m === all[source])) {
+    state.step = memory.step;
+    state.optimizer.stepCount = memory.optimizer.stepCount;
+    const into = [...state.params, ...state.optimizer.buffers];
+    [...memory.params, ...memory.optimizer.buffers].forEach((a, i) => into[i]!.set(a));
+    log.info('state source for this generation', { step: memory.step, from: 'memory, on every rank' });
+    return;
+  }
 
   const buffers = state.optimizer.buffers;
   const total = STATE_HEAD + [...state.params, ...buffers].reduce((n, a) => n + a.length, 0);
