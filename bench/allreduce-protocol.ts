@@ -20,14 +20,17 @@ export interface RankSetup {
   readonly chunkBytes?: number;
 }
 export interface RankRun { readonly type: 'run'; readonly step: number }
-export type ToRank = RankSetup | RankRun | { readonly type: 'exit' };
+/** Checks the last result; asked once every rank is done, so that no check runs in a timed window. */
+export interface RankVerify { readonly type: 'verify'; readonly step: number }
+export type ToRank = RankSetup | RankRun | RankVerify | { readonly type: 'exit' };
 export type FromRank =
   | { type: 'ready'; rank: number; chunkElements: number; windowChunks: number }
   | { type: 'started'; rank: number; step: number }
   | {
     type: 'done'; rank: number; step: number; ok: boolean; error?: string; missingRanks?: number[];
-    start: number; end: number; cpuSeconds?: number; crc?: number; checked?: number; mismatches?: number; windowStalls?: number;
-  };
+    start: number; end: number; cpuSeconds?: number; windowStalls?: number;
+  }
+  | { type: 'verified'; rank: number; step: number; crc: number; checked: number; mismatches: number };
 
 /** Input of rank r at element i: multiples of 1/1024, exact in float32, binary16 and their sums up to 8 ranks in float32. */
 export function benchValue(i: number, rank: number): number {

@@ -41,6 +41,8 @@ let setup: RankSetup | undefined;
 let ar: GradientAllReduce | undefined;
 let input: Float32Array | undefined;
 let output: Float32Array | undefined;
+/** The last all-reduce result, until the parent asks for its check. */
+let last: Float32Array | undefined;
 let subs: Subscription[] = [];
 let received = 0;
 let receivedTarget = 0;
@@ -92,16 +94,23 @@ async function runAllReduce(s: RankSetup, step: number): Promise<void> {
       : await ar!.allReduce(step, input!, undefined, s.freshOutput ? {} : { output });
     const end = now();
     const cpuSeconds = cpuSince(cpu0);
-    let mismatches = 0;
-    let checked = 0;
-    const stride = Math.max(1, Math.floor(out.length / 4096));
-    for (let i = 0; i < out.length; i += stride, checked++) if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
-    const crc = crc32(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
-    send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds, crc, checked, mismatches, windowStalls: ar!.stats.windowStalls });
+    last = out;
+    send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds, windowStalls: ar!.stats.windowStalls });
   } catch (e) {
     const missing = (e as { missingRanks?: number[] }).missingRanks;
     send({ type: 'done', rank: s.rank, step, ok: false, error: errorMessage(e), missingRanks: missing ? [...missing] : undefined, start, end: now() });
   }
+}
+
+/** Sampled checks of the last result against the exact expectation, and its CRC (ranks must agree). */
+function verify(s: RankSetup, step: number): void {
+  const out = last!;
+  let mismatches = 0;
+  let checked = 0;
+  const stride = Math.max(1, Math.floor(out.length / 4096));
+  for (let i = 0; i < out.length; i += stride, checked++) if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
+  const crc = crc32(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+  send({ type: 'verified', rank: s.rank, step, crc, checked, mismatches });
 }
 
 /** The same traffic as the all-reduce, as plain pub/sub: (N-1)/N·S to the owners, S/N fanned out to all. */
@@ -143,7 +152,9 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
 process.on('message', (m: ToRank) => {
   const handle = async (): Promise<void> => {
     if (m.type === 'setup') await doSetup(m);
-    else if (m.type === 'run') {
+    else if (m.type === 'verify') {
+      if (setup) verify(setup, m.step);
+    } else if (m.type === 'run') {
       if (setup?.mode === 'allreduce') await runAllReduce(setup, m.step);
       else if (setup) await runPubSub(setup, m.step);
     } else {

@@ -180,8 +180,10 @@ async function main(): Promise<void> {
         const failed = done.filter((d) => !d.ok);
         if (failed.length > 0) throw new Error(`${mode} ${compression}: ${failed.map((d) => `rank ${d.rank}: ${d.error}`).join('; ')}`);
         if (mode === 'allreduce') {
-          const crcs = new Set(done.map((d) => d.crc));
-          const bad = done.reduce((k, d) => k + (d.mismatches ?? 0), 0);
+          // Checked after every rank is done: a check on one rank would take CPU from the others' timed work.
+          const checks = await ranks.all<Extract<FromRank, { type: 'verified' }>>('verified', () => ({ type: 'verify', step: it }));
+          const crcs = new Set(checks.map((d) => d.crc));
+          const bad = checks.reduce((k, d) => k + d.mismatches, 0);
           if (crcs.size !== 1 || bad > 0) verified = false;
           stalls = done.reduce((k, d) => k + (d.windowStalls ?? 0), 0);
         }
