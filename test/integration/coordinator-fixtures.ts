@@ -2,8 +2,12 @@
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { silentLogger } from '../../common/logging.js';
 import { startNatsServer, type NatsServer } from '../../common/nats-server-process.js';
+import { JobClient } from '../../coordinator/client.js';
 import { startCoordinator, type Coordinator, type CoordinatorOptions } from '../../coordinator/server.js';
+import { initBackend } from '../../worker/backend.js';
+import { runWorker, type WorkerOptions } from '../../worker/run-worker.js';
 
 export interface SpecFixture {
   dir: string;
@@ -77,4 +81,46 @@ export async function eventually<T>(fn: () => Promise<T | undefined> | T | undef
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A coordinator, a client of it and in-process workers (`runWorker`) on one NATS server. */
+export interface InProcessCluster {
+  readonly coordinator: Coordinator;
+  readonly client: JobClient;
+  /** Submits a spec and watches it to its end; the job record then. */
+  runToEnd(yaml: string): Promise<Awaited<ReturnType<JobClient['get']>>>;
+  /** Stops the workers, the client and the coordinator (not the NATS server). */
+  stop(): Promise<void>;
+}
+
+export async function startInProcessCluster(nats: NatsServer, options: {
+  workers: number;
+  idPrefix: string;
+  coordinator?: CoordinatorOptions;
+  worker?: Partial<WorkerOptions>;
+}): Promise<InProcessCluster> {
+  // The in-process workers share one tfjs engine: initialise it once, before they start.
+  await initBackend('wasm');
+  const coordinator = await startTestCoordinator(nats, options.coordinator);
+  const client = new JobClient({ address: coordinator.address, callTimeoutMs: 10_000 });
+  const stop = new AbortController();
+  const workers = Array.from({ length: options.workers }, (_, i) => runWorker({
+    coordinator: coordinator.address, nats: nats.url, backend: 'wasm', workerId: `${options.idPrefix}-w${i}`, logger: silentLogger, signal: stop.signal,
+    ...options.worker,
+  }));
+  return {
+    coordinator,
+    client,
+    async runToEnd(yaml) {
+      const id = await client.submitText(yaml, 'test.yaml');
+      for await (const ev of client.watch(id)) if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(String(ev.job?.state))) break;
+      return client.get(id);
+    },
+    async stop() {
+      stop.abort();
+      await Promise.allSettled(workers);
+      client.close();
+      await coordinator.stop();
+    },
+  };
 }

@@ -13,52 +13,31 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MGSM_LANGUAGES } from '../../common/eval-spec.js';
-import { silentLogger } from '../../common/logging.js';
 import type { NatsServer } from '../../common/nats-server-process.js';
-import { JobClient } from '../../coordinator/client.js';
-import type { Coordinator } from '../../coordinator/server.js';
-import { initBackend } from '../../worker/backend.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import type { EvalReport } from '../../worker/eval/evaluate.js';
 import { readSafetensors } from '../../worker/model/safetensors.js';
-import { runWorker } from '../../worker/run-worker.js';
-import { startNats, startTestCoordinator } from './coordinator-fixtures.js';
+import { startInProcessCluster, startNats, type InProcessCluster } from './coordinator-fixtures.js';
 
 const MGSM = join(import.meta.dirname, '..', '..', '..', 'shared', 'data', 'mgsm');
 let dir: string;
 let nats: NatsServer;
-let coord: Coordinator;
-let client: JobClient;
-const stop = new AbortController();
-let workers: Promise<void>[] = [];
+let cluster: InProcessCluster;
 
 beforeAll(async () => {
-  // The two in-process workers share one tfjs engine: initialise it once, before they start.
-  await initBackend('wasm');
   dir = await mkdtemp(join(tmpdir(), 'polytune-evaljob-'));
   await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 5, write: () => {} });
   nats = await startNats();
-  coord = await startTestCoordinator(nats);
-  client = new JobClient({ address: coord.address, callTimeoutMs: 10_000 });
-  workers = [0, 1].map((i) => runWorker({
-    coordinator: coord.address, nats: nats.url, backend: 'wasm', workerId: `eval-w${i}`, logger: silentLogger, signal: stop.signal,
-  }));
+  cluster = await startInProcessCluster(nats, { workers: 2, idPrefix: 'eval' });
 }, 120_000);
 
 afterAll(async () => {
-  stop.abort();
-  await Promise.allSettled(workers);
-  client?.close();
-  await coord?.stop();
+  await cluster?.stop();
   await nats?.stop();
   await rm(dir, { recursive: true, force: true });
 }, 30_000);
 
-async function runToEnd(yaml: string): Promise<Awaited<ReturnType<JobClient['get']>>> {
-  const id = await client.submitText(yaml, 'test.yaml');
-  for await (const ev of client.watch(id)) if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(String(ev.job?.state))) break;
-  return client.get(id);
-}
+const runToEnd = (yaml: string): ReturnType<InProcessCluster['runToEnd']> => cluster.runToEnd(yaml);
 
 describe('EvalJob, LayerAnalysis and layers auto through the coordinator and 2 workers', () => {
   it('an EvalJob on MGSM produces the per-language table', async () => {

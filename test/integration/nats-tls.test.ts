@@ -8,31 +8,22 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../common/logging.js';
 import { startNatsServer, type NatsServer } from '../../common/nats-server-process.js';
 import { loadNatsTls, natsTlsFromFlags } from '../../common/tls.js';
 import { serveSecurity } from '../../coordinator/cli-security.js';
-import { JobClient } from '../../coordinator/client.js';
-import type { Coordinator } from '../../coordinator/server.js';
-import { initBackend } from '../../worker/backend.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
-import { runWorker } from '../../worker/run-worker.js';
 import { natsScope } from '../helpers/nats-server.js';
-import { startTestCoordinator } from './coordinator-fixtures.js';
+import { startInProcessCluster, type InProcessCluster } from './coordinator-fixtures.js';
 import { makeTestPki, type TestPki } from './security-fixtures.js';
 
 let pki: TestPki;
 let dir: string;
 let server: NatsServer;
-let coord: Coordinator;
-let client: JobClient;
-const stop = new AbortController();
-let workers: Promise<void>[] = [];
+let cluster: InProcessCluster;
 const nats = natsScope();
 
 beforeAll(async () => {
-  await initBackend('wasm');
   pki = makeTestPki();
   dir = await mkdtemp(join(tmpdir(), 'polytune-nats-tls-'));
   await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 3, write: () => {} });
@@ -49,19 +40,11 @@ beforeAll(async () => {
     ],
   });
   const flags = { 'nats-tls-ca': pki.files.ca, 'nats-tls-cert': pki.files.workerCert, 'nats-tls-key': pki.files.workerKey };
-  coord = await startTestCoordinator(server, serveSecurity(flags));
-  client = new JobClient({ address: coord.address, callTimeoutMs: 10_000 });
-  const natsTls = natsTlsFromFlags(flags)!;
-  workers = [0, 1].map((i) => runWorker({
-    coordinator: coord.address, nats: server.url, backend: 'wasm', workerId: `tls-w${i}`, logger: silentLogger, signal: stop.signal, natsTls,
-  }));
+  cluster = await startInProcessCluster(server, { workers: 2, idPrefix: 'tls', coordinator: serveSecurity(flags), worker: { natsTls: natsTlsFromFlags(flags)! } });
 }, 120_000);
 
 afterAll(async () => {
-  stop.abort();
-  await Promise.allSettled(workers);
-  client?.close();
-  await coord?.stop();
+  await cluster?.stop();
   await nats.cleanup();
   await server?.stop();
   await rm(dir, { recursive: true, force: true });
@@ -79,7 +62,7 @@ describe('NATS over TLS', () => {
 
   it('the coordinator and two workers train a job to the end', async () => {
     const out = join(dir, 'out');
-    const id = await client.submitText(`
+    const job = await cluster.runToEnd(`
 apiVersion: polytune/v1
 kind: TrainJob
 metadata: { name: nats-tls-test }
@@ -96,9 +79,7 @@ spec:
     optimizer: { name: sgd, lr: 0.01 }
   workers: { count: 2 }
   output: { dir: ${out} }
-`, 'tls.yaml');
-    for await (const ev of client.watch(id)) if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(String(ev.job?.state))) break;
-    const job = await client.get(id);
+`);
     expect(job.error).toBe('');
     expect(job.state).toBe('SUCCEEDED');
     expect((await readFile(join(out, 'final', 'config.json'), 'utf8')).length).toBeGreaterThan(0);
