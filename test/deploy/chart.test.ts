@@ -263,6 +263,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'account-signing-key.nk' } });
       // --nats-account takes the public key itself, not a file.
       expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT')).toEqual({ value: { secret: 'polytune-nats-auth', key: 'account.pub' } });
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_NATS_CREDS_TTL')?.value).toBe('86400');
       // The workers' client certificate and key stay with the workers.
       expect(mountedSecretKeys(pod, c)).not.toContainEqual({ secret: 'polytune-tls-worker', key: 'tls.key' });
       for (const m of c.volumeMounts ?? []) if (m.mountPath.startsWith('/etc/polytune')) expect(m).toMatchObject({ readOnly: true });
@@ -352,7 +353,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('the code reads the security env vars the README lists (the test greps them out of the code)', () => {
-      expect(CODE_ENV.serve).toEqual(['POLYTUNE_NATS_ACCOUNT', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY', 'POLYTUNE_NATS_CREDS', 'POLYTUNE_TLS_CERT', 'POLYTUNE_TLS_CLIENT_CA', 'POLYTUNE_TLS_KEY', 'POLYTUNE_TOKEN', 'POLYTUNE_WORKER_TOKEN']);
+      expect(CODE_ENV.serve).toEqual(['POLYTUNE_NATS_ACCOUNT', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY', 'POLYTUNE_NATS_CREDS', 'POLYTUNE_NATS_CREDS_TTL', 'POLYTUNE_TLS_CERT', 'POLYTUNE_TLS_CLIENT_CA', 'POLYTUNE_TLS_KEY', 'POLYTUNE_TOKEN', 'POLYTUNE_WORKER_TOKEN']);
       expect(CODE_ENV.worker).toEqual(['POLYTUNE_TLS_CA', 'POLYTUNE_TLS_CLIENT_CERT', 'POLYTUNE_TLS_CLIENT_KEY', 'POLYTUNE_TLS_SERVER_NAME', 'POLYTUNE_WORKER_TOKEN']);
       const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
       for (const n of SECURITY_ENV) expect(readme).toContain(`\`${n}\``);

@@ -185,6 +185,8 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
     secretKeyRef:
       name: {{ include "polytune.natsAuthSecretName" . }}
       key: account.pub
+- name: POLYTUNE_NATS_CREDS_TTL
+  value: {{ .Values.natsAuth.credsTtlSeconds | int | toString | quote }}
 {{- end }}
 {{- end -}}
 
