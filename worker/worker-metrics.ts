@@ -13,6 +13,7 @@
  * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
  * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
  * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
+ * | `polytune_checkpoint_failures_total` | counter: checkpoints rank 0 failed to write (training went on) | job_id |
  * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
@@ -38,7 +39,8 @@ export const ALL_LANGUAGES = 'all';
 
 export interface WorkerMetrics {
   step(jobId: string, report: StepSample): void;
-  checkpoint(jobId: string, seconds: number): void;
+  /** Rank 0 wrote a checkpoint in `seconds`, or failed to (`failed`). */
+  checkpoint(jobId: string, seconds: number, failed?: boolean): void;
   /** An evaluation table (recorded by rank 0 only: every rank holds the same one). */
   evalReport(jobId: string, report: EvalReport, rank?: number): void;
   /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
@@ -72,6 +74,9 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
   });
   const checkpoint = meter.histogram({
     name: 'polytune_checkpoint_duration_seconds', help: 'Time for rank 0 to write a checkpoint.', labelNames: ['job_id'],
+  });
+  const checkpointFailures = meter.counter({
+    name: 'polytune_checkpoint_failures_total', help: 'Checkpoints rank 0 failed to write (a full disk, say); training went on from memory.', labelNames: ['job_id'],
   });
   const evalAccuracy = meter.gauge({
     name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language (greedy, last number); language="avg" is the mean over languages.',
@@ -118,8 +123,9 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
         evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: 'avg' }, b.average);
       }
     },
-    checkpoint(jobId, seconds) {
-      checkpoint.observe({ job_id: jobId }, seconds);
+    checkpoint(jobId, seconds, failed = false) {
+      if (failed) checkpointFailures.inc({ job_id: jobId });
+      else checkpoint.observe({ job_id: jobId }, seconds);
     },
     jobEnded(jobId) {
       tokensPerSecond.remove({ job_id: jobId });

@@ -56,6 +56,8 @@ export async function writeCheckpoint(
       step: state.step, optimizerStep: state.optimizerStep, cursor: { nextStep: state.step, epoch },
     }, null, 2) + '\n');
     await writeManifest(tmp, { step: state.step });
+  }).catch((e: unknown) => {
+    throw new Error(`checkpoint ${dir}: ${errorMessage(e)}`, { cause: e });
   });
   const all = await listCheckpoints(outputDir);
   for (const old of all.slice(keep)) await rm(old.dir, { recursive: true, force: true });

@@ -22,7 +22,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPosition, type StepPlan } from '../../common/data-plan.js';
-import { UserError } from '../../common/errors.js';
+import { errorMessage, UserError } from '../../common/errors.js';
 import type { JobSpec } from '../../common/jobspec.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
@@ -136,8 +136,8 @@ export interface TrainerOptions {
   /** Each step's gradients, streamed into the all-reduce (the same sums as `allReduce`). */
   readonly beginAllReduce: BeginAllReduceFn;
   readonly onStep?: (report: StepReport) => void;
-  /** Rank 0 wrote the checkpoint of `step` in `seconds` (for metrics). */
-  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number }) => void;
+  /** Rank 0 wrote the checkpoint of `step` in `seconds`, or failed to (`error`) (for metrics). */
+  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number; readonly error?: string }) => void;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
   /** This rank's state of the job from earlier generations; `train` keeps it current. */
@@ -444,10 +444,17 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       const every = s.checkpoint.everySteps;
       if (rank === 0 && every > 0 && state.step % every === 0 && state.step < plan.totalSteps) {
         const tc = performance.now();
-        await writeCheckpoint(s.output.dir, s.checkpoint.keep, layout, {
-          step: state.step, optimizerStep: state.optimizer.stepCount, params: master, buffers: state.optimizer.buffers,
-        }, stepPosition(plan, state.step).epoch);
-        options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
+        try {
+          await writeCheckpoint(s.output.dir, s.checkpoint.keep, layout, {
+            step: state.step, optimizerStep: state.optimizer.stepCount, params: master, buffers: state.optimizer.buffers,
+          }, stepPosition(plan, state.step).epoch);
+          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
+        } catch (e) {
+          // A full disk, say: the write left no partial checkpoint and kept the older ones, and every
+          // rank still holds the state, so training goes on; the next interval tries again.
+          log.error('checkpoint failed; training goes on from memory, the older checkpoints stay', { step: state.step, error: errorMessage(e) });
+          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000, error: errorMessage(e) });
+        }
       }
       // Evaluation (spec.eval): every rank, same step; the hook decides whether this step evaluates.
       await evaluate();
