@@ -175,8 +175,15 @@ export function peerCertificateVerified(call: { getAuthContext(): AuthContext })
   return ctx.transportSecurityType === 'ssl' && ctx.sslPeerCertificate !== undefined;
 }
 
-/** The subject CN of the verified client certificate, if any. */
-export function peerCommonName(call: { getAuthContext(): AuthContext }): string | undefined {
-  const cn = call.getAuthContext().sslPeerCertificate?.subject?.CN;
-  return typeof cn === 'string' ? cn : Array.isArray(cn) ? cn[0] : undefined;
+/** The names of the verified client certificate: its subject CN and its DNS subject alternative names. */
+export function peerCertificateNames(call: { getAuthContext(): AuthContext }): string[] {
+  const cert = call.getAuthContext().sslPeerCertificate;
+  if (!cert) return [];
+  const cn = cert.subject?.CN;
+  const names = typeof cn === 'string' ? [cn] : Array.isArray(cn) ? [...cn] : [];
+  for (const entry of (cert.subjectaltname ?? '').split(',')) {
+    const m = /^\s*DNS:(.+?)\s*$/.exec(entry);
+    if (m) names.push(m[1]!);
+  }
+  return [...new Set(names)];
 }

@@ -47,6 +47,16 @@ export interface CallAuthPolicy {
   workerToken?: string | undefined;
   /** Join needs a verified client certificate (mutual TLS). */
   requireWorkerCertificate?: boolean;
+  /** A worker's id must be a name of its client certificate (CN or DNS SAN): one certificate a worker. */
+  workerIdFromCertificate?: boolean;
+}
+
+/** Throws unless `workerId` is one of the names of the worker's client certificate (when the policy asks). */
+export function authorizeWorkerId(policy: CallAuthPolicy, workerId: string, certificateNames: readonly string[]): void {
+  if (!policy.workerIdFromCertificate) return;
+  if (!certificateNames.includes(workerId)) {
+    throw new AuthenticationError(`Hello.worker_id "${workerId}" is not a name of the worker's client certificate (${certificateNames.join(', ') || 'none'}); --worker-id-from-cert is on`);
+  }
 }
 
 /** Throws `AuthenticationError` unless the call carries the client token (when one is configured). */

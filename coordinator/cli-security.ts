@@ -8,6 +8,7 @@
  * | `--tls-client-ca FILE` | `POLYTUNE_TLS_CLIENT_CA` | workers must present a certificate it signed (mutual TLS) |
  * | `--token-file FILE` | `POLYTUNE_TOKEN` (the token itself) | bearer token every JobService call needs |
  * | `--worker-token-file FILE` | `POLYTUNE_WORKER_TOKEN` (the token itself) | bearer token Join needs |
+ * | `--worker-id-from-cert` | `POLYTUNE_WORKER_ID_FROM_CERT=1` | a worker's id must be a name of its client certificate |
  * | `--nats-creds FILE` | `POLYTUNE_NATS_CREDS` | the coordinator's own NATS credentials |
  * | `--nats-account-signing-key FILE` | `POLYTUNE_NATS_ACCOUNT_SIGNING_KEY` | seed that signs per-job worker credentials |
  * | `--nats-account PUBKEY` | `POLYTUNE_NATS_ACCOUNT` | the account the signing key belongs to |
@@ -39,14 +40,14 @@ export const CLIENT_SECURITY_FLAGS = {
 } as const;
 
 export const SERVE_SECURITY_FLAGS = {
-  'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' },
+  'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' }, 'worker-id-from-cert': { type: 'boolean' },
   'token-file': { type: 'string' }, 'worker-token-file': { type: 'string' },
   'nats-creds': { type: 'string' }, 'nats-account-signing-key': { type: 'string' }, 'nats-account': { type: 'string' },
   'nats-creds-ttl': { type: 'string' }, ...NATS_TLS_FLAGS,
 } as const;
 
 export const SECURITY_USAGE = `security (see README "Security"):
-  serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--token-file FILE] [--worker-token-file FILE]
+  serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--worker-id-from-cert]]] [--token-file FILE] [--worker-token-file FILE]
            [--nats-creds FILE] [--nats-account-signing-key FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]]
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (workers take the same NATS TLS flags)
   clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
@@ -103,7 +104,7 @@ export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth
   };
   return {
     ...(tls ? { tls } : {}),
-    auth: { clientToken, workerToken },
+    auth: { clientToken, workerToken, workerIdFromCertificate: v['worker-id-from-cert'] === true || process.env['POLYTUNE_WORKER_ID_FROM_CERT'] === '1' },
     ...(Object.keys(natsConnect).length > 0 ? { natsConnect } : {}),
     ...(natsIssuer ? { natsIssuer } : {}),
   };

@@ -9,12 +9,12 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
-import { errorMessage } from '../common/errors.js';
+import { errorMessage, UserError } from '../common/errors.js';
 import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import { validateJobSpecFiles } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
-import { peerCertificateVerified, serverCredentials, type ServerTls } from '../common/tls.js';
+import { peerCertificateNames, peerCertificateVerified, serverCredentials, type ServerTls } from '../common/tls.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage,
@@ -23,7 +23,7 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
-import { authorizeJobCall, authorizeWorkerCall, type CallAuthPolicy } from './auth.js';
+import { authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, type CallAuthPolicy } from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
@@ -70,7 +70,7 @@ export interface CoordinatorOptions {
   /** TLS for the gRPC port; with `clientCa`, workers must present a certificate it signed. @default plaintext */
   tls?: ServerTls;
   /** Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open) */
-  auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken'>;
+  auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken' | 'workerIdFromCertificate'>;
   /** Extra options for the coordinator's own NATS connection (credentials: `authenticator`). */
   natsConnect?: Partial<ConnectionOptions>;
   /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
@@ -103,6 +103,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
+  const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
+  if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
   let nc: NatsConnection;
   try {
     nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
@@ -135,7 +137,6 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       // Metadata (headers) is bounded too: a token and a few headers fit in 16 KiB.
       'grpc.max_metadata_size': 16 * 1024,
     });
-    const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
     server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
@@ -365,6 +366,12 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
             hello = checkHello(raw.hello);
           } catch (e) {
             fail(new WorkerProtocolError(`bad Hello: ${errorMessage(e)}`));
+            return;
+          }
+          try {
+            authorizeWorkerId(auth, hello.workerId, peerCertificateNames(call));
+          } catch (e) {
+            fail(e as Error);
             return;
           }
           workerId = hello.workerId;

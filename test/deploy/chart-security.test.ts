@@ -124,7 +124,7 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(s.tls?.cert.toString()).toBe(pki.server.cert.toString());
     expect(s.tls?.key.toString()).toBe(pki.server.key.toString());
     expect(s.tls?.clientCa?.toString()).toBe(pki.ca.toString());
-    expect(s.auth).toEqual({ clientToken: CLIENT_TOKEN, workerToken: WORKER_TOKEN });
+    expect(s.auth).toEqual({ clientToken: CLIENT_TOKEN, workerToken: WORKER_TOKEN, workerIdFromCertificate: false });
     expect(s.natsConnect?.authenticator).toBeDefined();
     expect(s.natsConnect?.tls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });
     expect(s.natsIssuer?.account).toBe(setup.account);

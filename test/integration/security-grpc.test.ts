@@ -138,6 +138,38 @@ describe('WorkerService.Join with mutual TLS and the worker token', () => {
   });
 });
 
+describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', () => {
+  let strict: Coordinator;
+  beforeAll(async () => {
+    strict = await startTestCoordinator(nats, {
+      tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca },
+      auth: { workerToken: WORKER_TOKEN, workerIdFromCertificate: true },
+    });
+  });
+  afterAll(() => strict?.stop());
+  const joinStrict = async (id: string): Promise<CoordinatorSession> => {
+    const s = await CoordinatorSession.connect({
+      address: `localhost:${strict.port}`, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 3_000,
+      tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: WORKER_TOKEN,
+    });
+    sessions.push(s);
+    return s;
+  };
+
+  it('lets the certificate\'s own name join and refuses another, naming both', async () => {
+    // The test PKI's worker certificate has CN=worker.
+    await expect(joinStrict('impostor')).rejects.toThrow(/Hello.worker_id "impostor" is not a name of the worker's client certificate \(worker\)/);
+    expect(strict.registry.get('impostor')).toBeUndefined();
+    const s = await joinStrict('worker');
+    expect(s.workerId).toBe('worker');
+    expect(strict.registry.get('worker')).toBeDefined();
+  });
+
+  it('refuses to start without mutual TLS', async () => {
+    await expect(startTestCoordinator(nats, { auth: { workerIdFromCertificate: true } })).rejects.toThrow(/--worker-id-from-cert needs mutual TLS/);
+  });
+});
+
 function roguePair(): { cert: Buffer; key: Buffer } {
   return { cert: pki.rogue.cert, key: pki.rogue.key };
 }
