@@ -34,6 +34,11 @@ export async function runCli(main: (signal: AbortSignal) => Promise<number | voi
   process.exit(code);
 }
 
+/** A flag's value as parsed (`parseArgs`), else its env var's; an empty one counts as unset. */
+export function flagOrEnv(values: Readonly<Record<string, string | boolean | undefined>>, flag: string, env: string): string | undefined {
+  return (values[flag] as string | undefined) || process.env[env] || undefined;
+}
+
 /** Parse an integer flag, naming the flag in the error. */
 export function intFlag(name: string, value: string | undefined, fallback: number, min = 0): number {
   if (value === undefined) return fallback;

@@ -17,6 +17,7 @@
  */
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
+import { flagOrEnv } from './cli.js';
 import { UserError } from './errors.js';
 
 /** PEM material for the server. */
@@ -124,9 +125,10 @@ export const NATS_TLS_FLAGS = {
 } as const;
 
 /** Loads NATS TLS from parsed flags, else their env vars. */
-export function natsTlsFromFlags(v: Record<string, string | boolean | undefined>): NatsTls | undefined {
-  const get = (flag: string, env: string): string | undefined => (v[flag] as string | undefined) || process.env[env] || undefined;
-  return loadNatsTls({ ca: get('nats-tls-ca', NATS_TLS_ENV.ca), cert: get('nats-tls-cert', NATS_TLS_ENV.cert), key: get('nats-tls-key', NATS_TLS_ENV.key) });
+export function natsTlsFromFlags(v: Readonly<Record<string, string | boolean | undefined>>): NatsTls | undefined {
+  return loadNatsTls({
+    ca: flagOrEnv(v, 'nats-tls-ca', NATS_TLS_ENV.ca), cert: flagOrEnv(v, 'nats-tls-cert', NATS_TLS_ENV.cert), key: flagOrEnv(v, 'nats-tls-key', NATS_TLS_ENV.key),
+  });
 }
 
 /** A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client certificates). */

@@ -25,6 +25,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { credsAuthenticator } from '@nats-io/transport-node';
+import { flagOrEnv } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { loadClientTls, loadServerTls, NATS_TLS_FLAGS, natsTlsFromFlags, type ClientTls } from '../common/tls.js';
 import { readToken } from '../common/token.js';
@@ -33,7 +34,6 @@ import { createNatsOperatorSetup, NatsCredentialIssuer, writeNatsOperatorSetup }
 import type { CoordinatorOptions } from './server.js';
 
 type Values = Record<string, string | boolean | undefined>;
-const str = (v: Values, flag: string, env?: string): string | undefined => (v[flag] as string | undefined) || (env ? process.env[env] || undefined : undefined);
 
 export const CLIENT_SECURITY_FLAGS = {
   'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' }, 'token-file': { type: 'string' },
@@ -59,10 +59,10 @@ export const SECURITY_USAGE = `security (see README "Security"):
 /** TLS and token for a JobService client, from flags, else env. */
 export function clientSecurity(v: Values): { tls?: ClientTls; token?: string } {
   const tls = loadClientTls({
-    ca: str(v, 'tls-ca', 'POLYTUNE_TLS_CA'),
-    cert: str(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
-    key: str(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'),
-    serverName: str(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
+    ca: flagOrEnv(v, 'tls-ca', 'POLYTUNE_TLS_CA'),
+    cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
+    key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'),
+    serverName: flagOrEnv(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
   });
   const token = readToken(v['token-file'] as string | undefined, TOKEN_ENV);
   return { ...(tls ? { tls } : {}), ...(token !== undefined ? { token } : {}) };
@@ -79,18 +79,18 @@ function readTextFile(flag: string, path: string): string {
 /** The security options of `serve`, from flags, else env. */
 export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth' | 'natsConnect' | 'natsIssuer'> {
   const tls = loadServerTls({
-    cert: str(v, 'tls-cert', 'POLYTUNE_TLS_CERT'), key: str(v, 'tls-key', 'POLYTUNE_TLS_KEY'), clientCa: str(v, 'tls-client-ca', 'POLYTUNE_TLS_CLIENT_CA'),
+    cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CERT'), key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_KEY'), clientCa: flagOrEnv(v, 'tls-client-ca', 'POLYTUNE_TLS_CLIENT_CA'),
   });
   const clientToken = readToken(v['token-file'] as string | undefined, TOKEN_ENV);
   const workerToken = readToken(v['worker-token-file'] as string | undefined, WORKER_TOKEN_ENV, '--worker-token-file');
   if (clientToken !== undefined && clientToken === workerToken) throw new UserError('the worker token must differ from the client token (a worker must not be able to submit or cancel)');
-  const credsFile = str(v, 'nats-creds', 'POLYTUNE_NATS_CREDS');
+  const credsFile = flagOrEnv(v, 'nats-creds', 'POLYTUNE_NATS_CREDS');
   const creds = credsFile ? readTextFile('--nats-creds', credsFile) : undefined;
   if (creds !== undefined && !creds.includes('BEGIN NATS USER JWT')) throw new UserError(`--nats-creds: ${credsFile} is not a NATS .creds file`);
-  const keyFile = str(v, 'nats-account-signing-key', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY');
-  const account = str(v, 'nats-account', 'POLYTUNE_NATS_ACCOUNT');
+  const keyFile = flagOrEnv(v, 'nats-account-signing-key', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY');
+  const account = flagOrEnv(v, 'nats-account', 'POLYTUNE_NATS_ACCOUNT');
   if (account && !keyFile) throw new UserError('--nats-account needs --nats-account-signing-key');
-  const ttlText = str(v, 'nats-creds-ttl', 'POLYTUNE_NATS_CREDS_TTL');
+  const ttlText = flagOrEnv(v, 'nats-creds-ttl', 'POLYTUNE_NATS_CREDS_TTL');
   if (ttlText !== undefined && !keyFile) throw new UserError('--nats-creds-ttl needs --nats-account-signing-key (it is the lifetime of the credentials it signs)');
   const ttlSeconds = ttlText === undefined ? undefined : Number(ttlText);
   if (ttlSeconds !== undefined && !(Number.isInteger(ttlSeconds) && ttlSeconds >= 0)) throw new UserError(`--nats-creds-ttl: "${ttlText}" is not a whole number of seconds >= 0`);

@@ -15,7 +15,7 @@
  */
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { intFlag, runCli, UsageError } from '../common/cli.js';
+import { flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer } from '../common/metrics.js';
@@ -76,10 +76,9 @@ async function main(signal: AbortSignal): Promise<number> {
       });
       if (v.help) return write(USAGE), 0;
       // Security toward the coordinator (README "Security"); flags win over env vars.
-      const flagOrEnv = (flag: string, env: string): string | undefined => (v[flag] as string | undefined) || process.env[env] || undefined;
       const tls = loadClientTls({
-        ca: flagOrEnv('tls-ca', 'POLYTUNE_TLS_CA'), cert: flagOrEnv('tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
-        key: flagOrEnv('tls-key', 'POLYTUNE_TLS_CLIENT_KEY'), serverName: flagOrEnv('tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
+        ca: flagOrEnv(v, 'tls-ca', 'POLYTUNE_TLS_CA'), cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
+        key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'), serverName: flagOrEnv(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
       });
       const token = readToken(v['token-file'] as string | undefined, 'POLYTUNE_WORKER_TOKEN');
       const natsTls = natsTlsFromFlags(v);

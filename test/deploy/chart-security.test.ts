@@ -137,7 +137,7 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     const env = materialize(objs, p, p.containers[0]!, join(dir, 'worker'));
     // The names worker/cli.ts reads, taken from its source.
     const src = readFileSync(join(ROOT, 'worker/cli.ts'), 'utf8');
-    const name = (flag: string): string => new RegExp(`flagOrEnv\\('${flag}', '(POLYTUNE_[A-Z_]+)'\\)`).exec(src)![1]!;
+    const name = (flag: string): string => new RegExp(`flagOrEnv\\(v, '${flag}', '(POLYTUNE_[A-Z_]+)'\\)`).exec(src)![1]!;
     const tokenEnv = /readToken\([^,]+, '(POLYTUNE_[A-Z_]+)'\)/.exec(src)![1]!;
     const { tls, token } = withEnv(env, () => ({
       tls: loadClientTls({ ca: process.env[name('tls-ca')], cert: process.env[name('tls-cert')], key: process.env[name('tls-key')], serverName: process.env[name('tls-server-name')] }),

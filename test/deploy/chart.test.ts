@@ -40,17 +40,17 @@ const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }
 
 /**
  * The security env vars the code reads, grepped out of it so that the chart cannot drift from it:
- * `serve` (coordinator/cli-security.ts serveSecurity: `str(v, 'flag', 'ENV')` and the two tokens)
- * and the worker (worker/cli.ts: `flagOrEnv('flag', 'ENV')` and `readToken(…, 'ENV')`).
+ * `serve` (coordinator/cli-security.ts serveSecurity: `flagOrEnv(v, 'flag', 'ENV')` and the two tokens)
+ * and the worker (worker/cli.ts: `flagOrEnv(v, 'flag', 'ENV')` and `readToken(…, 'ENV')`).
  */
 const CODE_ENV = ((): { serve: string[]; worker: string[] } => {
   const security = readFileSync(join(ROOT, 'coordinator/cli-security.ts'), 'utf8');
   const serve = /export function serveSecurity[\s\S]*?\n}\n/.exec(security)?.[0] ?? '';
-  const serveEnv = [...serve.matchAll(/str\(v, '[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => m[1]!);
+  const serveEnv = [...serve.matchAll(/flagOrEnv\(v, '[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => m[1]!);
   if (/readToken\([^)]*\bTOKEN_ENV\b/.test(serve)) serveEnv.push(TOKEN_ENV);
   if (/readToken\([^)]*\bWORKER_TOKEN_ENV\b/.test(serve)) serveEnv.push(WORKER_TOKEN_ENV);
   const worker = readFileSync(join(ROOT, 'worker/cli.ts'), 'utf8');
-  const workerEnv = [...worker.matchAll(/flagOrEnv\('[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)|readToken\([^,]+, '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => (m[1] ?? m[2])!);
+  const workerEnv = [...worker.matchAll(/flagOrEnv\(v, '[a-z-]+', '(POLYTUNE_[A-Z_]+)'\)|readToken\([^,]+, '(POLYTUNE_[A-Z_]+)'\)/g)].map((m) => (m[1] ?? m[2])!);
   return { serve: [...new Set(serveEnv)].sort(), worker: [...new Set(workerEnv)].sort() };
 })();
 const SECURITY_ENV = new Set([...CODE_ENV.serve, ...CODE_ENV.worker]);
