@@ -46,6 +46,8 @@ export interface WorkerOptions {
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const log = options.logger;
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
+  /** TLS toward NATS, for the shared connection and each job's own. */
+  const natsTls = options.natsTls ? { tls: options.natsTls } : {};
   const backend = await initBackend(options.backend);
   log.info('backend ready', { backend });
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
@@ -75,10 +77,9 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     let report: ResultReport;
     try {
       jobNats = await jobNatsConnection(a, {
-        natsFlag: options.nats, workerId: options.workerId, ...(options.natsTls ? { tls: options.natsTls } : {}),
+        natsFlag: options.nats, workerId: options.workerId, ...natsTls,
         shared: async () => (nc ??= await connect({
-          servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1,
-          ...(options.natsTls ? { tls: options.natsTls } : {}),
+          servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1, ...natsTls,
         })),
       });
       // NATS lost: a collective in flight cannot finish (core NATS does not replay what was lost),

@@ -327,25 +327,20 @@ export async function listModelTensors(dir: string): Promise<Map<string, TensorI
 
 /**
  * Streams the named tensors of a model directory (all when `names` is absent), widened to float32,
- * in file order. A name that the model does not have is a ModelLoadError naming it.
+ * in file order, each whole: `readModelTensorChunks` put together. A name that the model does not
+ * have is a ModelLoadError naming it.
  */
 export async function* readModelTensors(dir: string, names?: Iterable<string>): AsyncGenerator<NamedTensor> {
-  const wanted = await selectTensors(dir, await listModelTensors(dir), names);
-  let fh: FileHandle | undefined;
-  let openFile = '';
-  try {
-    for (const info of wanted) {
-      if (info.file !== openFile) {
-        await fh?.close();
-        fh = undefined;
-        fh = await openForRead(info.file);
-        openFile = info.file;
-      }
-      yield { name: info.name, shape: [...info.shape], data: await readTensorFrom(fh!, info) };
+  let cur: NamedTensor | undefined;
+  for await (const c of readModelTensorChunks(dir, names)) {
+    if (c.start === 0) {
+      // A tensor's first chunk: the one before is complete.
+      if (cur) yield cur;
+      cur = { name: c.info.name, shape: [...c.info.shape], data: new Float32Array(prod(c.info.shape)) };
     }
-  } finally {
-    await fh?.close();
+    cur!.data.set(c.data, c.start);
   }
+  if (cur) yield cur;
 }
 
 /** A piece of one tensor's data, widened to float32: whole rows of its last axis. */
