@@ -117,7 +117,8 @@ describe('coordinator CLI', () => {
     expect(r.stdout).toContain('fake failure at step 2');
   });
 
-  it('SIGINT during submit --local-workers stops nats-server and the workers', async () => {
+  /** `submit --local-workers 2` sent `signal` once its job runs; with the processes it had then. */
+  async function signalWhileRunning(signal: NodeJS.Signals): Promise<{ r: Awaited<ReturnType<typeof run>>; kids: number[] }> {
     fx = makeSpecFixture();
     let kids: number[] = [];
     const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { FAKE_WORKER_STEP_MS: '2000' }, (pid, stdout) => {
@@ -125,29 +126,23 @@ describe('coordinator CLI', () => {
         if (stdout().includes('Running')) {
           clearInterval(t);
           kids = descendants(pid);
-          process.kill(pid, 'SIGINT');
+          process.kill(pid, signal);
         }
       }, 20);
       t.unref();
     });
+    return { r, kids };
+  }
+
+  it('SIGINT during submit --local-workers stops nats-server and the workers', async () => {
+    const { r, kids } = await signalWhileRunning('SIGINT');
     expect(r.code).not.toBe(0);
     expect(kids.length).toBeGreaterThanOrEqual(3);
     expect(kids.filter(alive)).toEqual([]);
   });
 
   it('SIGKILL of submit --local-workers still leaves no process (the reaper stops them)', async () => {
-    fx = makeSpecFixture();
-    let kids: number[] = [];
-    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { FAKE_WORKER_STEP_MS: '2000' }, (pid, stdout) => {
-      const t = setInterval(() => {
-        if (stdout().includes('Running')) {
-          clearInterval(t);
-          kids = descendants(pid);
-          process.kill(pid, 'SIGKILL');
-        }
-      }, 20);
-      t.unref();
-    });
+    const { r, kids } = await signalWhileRunning('SIGKILL');
     expect(r.signal).toBe('SIGKILL');
     expect(kids.length).toBeGreaterThanOrEqual(4); // reaper, nats-server, 2 workers
     const deadline = Date.now() + 10_000;
