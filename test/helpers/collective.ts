@@ -1,9 +1,39 @@
 /** Shared helpers for the collective's tests: deterministic inputs and reference sums. */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { ChunkDtype } from '../../worker/collective/chunk-header.js';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { CHUNK_HEADER_BYTES, ChunkDtype } from '../../worker/collective/chunk-header.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
-import { uniqueJobName, type NatsScope, type NatsServer } from './nats-server.js';
+import { natsScope, uniqueJobName, type NatsScope, type NatsServer } from './nats-server.js';
 import { dequantize, quantize, type Compression } from '../../worker/collective/wire-codec.js';
+
+/** The collective suites' server's max_payload: small, so that test vectors span many chunks. */
+export const MAX_PAYLOAD = 64 * 1024;
+/** float32 elements in one chunk at MAX_PAYLOAD. */
+export const CHUNK_ELEMENTS = Math.floor((MAX_PAYLOAD - CHUNK_HEADER_BYTES) / 4);
+/** More than 3 x max_payload (in bytes and in elements), and not a multiple of the chunk size. */
+export const BIG = 200_003;
+
+/**
+ * A suite's nats-server (max_payload MAX_PAYLOAD), started before its tests and stopped after them,
+ * and a scope for each test's connections, closed after each test.
+ */
+export function collectiveSuite(): { readonly scope: NatsScope; readonly server: NatsServer } {
+  const servers = natsScope();
+  const scope = natsScope();
+  let server: NatsServer | undefined;
+  beforeAll(async () => {
+    server = await servers.start({ maxPayload: MAX_PAYLOAD });
+  });
+  afterAll(() => servers.cleanup());
+  afterEach(() => scope.cleanup());
+  return {
+    scope,
+    get server(): NatsServer {
+      if (!server) throw new Error('collectiveSuite: the server starts in beforeAll');
+      return server;
+    },
+  };
+}
 
 /** Deterministic pseudo-random floats over many magnitudes, so that summation order shows. */
 export function vector(seed: number, length: number): Float32Array {

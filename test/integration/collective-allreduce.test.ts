@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { CollectiveError } from '../../common/errors.js';
 import { allGatherSubject, reduceScatterSubject } from '../../common/subjects.js';
@@ -10,25 +10,13 @@ import {
   encodeChunkHeader,
   encodeFloat32Chunk,
 } from '../../worker/collective/chunk-header.js';
-import { bytes, collectiveWorld, sumInRankOrder, vector } from '../helpers/collective.js';
-import { natsScope, uniqueJobName, type NatsServer } from '../helpers/nats-server.js';
+import { BIG, bytes, CHUNK_ELEMENTS, collectiveSuite, collectiveWorld, MAX_PAYLOAD, sumInRankOrder, vector } from '../helpers/collective.js';
+import { uniqueJobName } from '../helpers/nats-server.js';
 
-const MAX_PAYLOAD = 64 * 1024;
-const CHUNK_ELEMENTS = Math.floor((MAX_PAYLOAD - CHUNK_HEADER_BYTES) / 4);
-// More than 3 × max_payload (in bytes and in elements), and not a multiple of the chunk size.
-const BIG = 200_003;
+const suite = collectiveSuite();
+const { scope } = suite;
 
-const servers = natsScope();
-const scope = natsScope();
-let server: NatsServer;
-
-beforeAll(async () => {
-  server = await servers.start({ maxPayload: MAX_PAYLOAD });
-});
-afterAll(() => servers.cleanup());
-afterEach(() => scope.cleanup());
-
-const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, server, n, extra);
+const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, suite.server, n, extra);
 
 describe('GradientAllReduce over a real nats-server', () => {
   it('reads max_payload from the server and chunks to fit', async () => {
@@ -120,7 +108,7 @@ describe('GradientAllReduce over a real nats-server', () => {
     // rank 0 is real; rank 1 is played by hand and sends only the first of its two chunks.
     const job = uniqueJobName('ar');
     const timeoutMs = 1000;
-    const [nc0, nc1] = [await scope.connect(server), await scope.connect(server)];
+    const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
     const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs });
     const length = 4 * CHUNK_ELEMENTS; // shard 0 = 2 chunks
     const pending = ar.allReduce(0, vector(5, length));
@@ -140,16 +128,16 @@ describe('GradientAllReduce over a real nats-server', () => {
     const n = 3;
     const job = uniqueJobName('gen');
     const length = 1000;
-    const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
+    const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(suite.server)));
     const current = await Promise.all(ncs.map((nc, rank) =>
       GradientAllReduce.create({ nc, job, generation: 5, rank, worldSize: n, timeoutMs: 20_000 })));
     // A zombie world of generation 4 on the same job, reducing garbage at the same step.
     const zombies = await Promise.all([0, 1, 2].map(async (rank) =>
-      GradientAllReduce.create({ nc: await scope.connect(server), job, generation: 4, rank, worldSize: n, timeoutMs: 20_000 })));
+      GradientAllReduce.create({ nc: await scope.connect(suite.server), job, generation: 4, rank, worldSize: n, timeoutMs: 20_000 })));
     const zombieRuns = zombies.map((z) => z.allReduce(0, new Float32Array(length).fill(1e6)));
 
     // Forged traffic on the current generation's subjects, before and during the step.
-    const forger = await scope.connect(server);
+    const forger = await scope.connect(suite.server);
     const stale = encodeFloat32Chunk({
       kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 4, step: 0, rank: 1, shard: 0,
       chunk: 0, chunks: 1, offset: 0, count: 333, chunkElements: 333, totalLength: length,
@@ -215,7 +203,7 @@ describe('GradientAllReduce over a real nats-server', () => {
   });
 
   it('validates its options', async () => {
-    const nc = await scope.connect(server);
+    const nc = await scope.connect(suite.server);
     await expect(GradientAllReduce.create({ nc, job: 'Bad_Name', generation: 0, rank: 0, worldSize: 1 })).rejects.toThrow(/DNS-1123/);
     await expect(GradientAllReduce.create({ nc, job: 'ok', generation: 0, rank: 2, worldSize: 2 })).rejects.toBeInstanceOf(RangeError);
     await expect(GradientAllReduce.create({ nc, job: 'ok', generation: 0, rank: 0, worldSize: 1, maxChunkBytes: 10 })).rejects.toBeInstanceOf(RangeError);

@@ -2,30 +2,19 @@
  * The collective's flow control, compression, overlap API, loss and corruption detection and start
  * barrier, against a real nats-server.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { CollectiveError } from '../../common/errors.js';
 import { reduceScatterSubject } from '../../common/subjects.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
 import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind, encodeFloat32Chunk } from '../../worker/collective/chunk-header.js';
-import { bytes, chunkStartOf, collectiveWorld, compressedReference, sumInRankOrder, vector } from '../helpers/collective.js';
-import { natsScope, uniqueJobName, type NatsServer } from '../helpers/nats-server.js';
+import { BIG, bytes, CHUNK_ELEMENTS, chunkStartOf, collectiveSuite, collectiveWorld, compressedReference, MAX_PAYLOAD, sumInRankOrder, vector } from '../helpers/collective.js';
+import { uniqueJobName } from '../helpers/nats-server.js';
 
-const MAX_PAYLOAD = 64 * 1024;
-const CHUNK_ELEMENTS = Math.floor((MAX_PAYLOAD - CHUNK_HEADER_BYTES) / 4);
-const BIG = 200_003;
+const suite = collectiveSuite();
+const { scope } = suite;
 
-const servers = natsScope();
-const scope = natsScope();
-let server: NatsServer;
-
-beforeAll(async () => {
-  server = await servers.start({ maxPayload: MAX_PAYLOAD });
-});
-afterAll(() => servers.cleanup());
-afterEach(() => scope.cleanup());
-
-const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, server, n, { jobPrefix: 'flow', ready: true, ...extra });
+const world = (n: number, extra: Partial<AllReduceOptions> = {}) => collectiveWorld(scope, suite.server, n, { jobPrefix: 'flow', ready: true, ...extra });
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -184,7 +173,7 @@ describe('flow control', () => {
   it('8 ranks through a window of 2 chunks: nothing dropped, no slow consumer, sends wait for credit', async () => {
     const n = 8;
     const length = 1_000_003; // 4 MB, 123 chunks of 64 KiB, 15-16 per shard
-    const before = Number((await server.monitor('varz'))['slow_consumers']);
+    const before = Number((await suite.server.monitor('varz'))['slow_consumers']);
     const { ranks } = await world(n, { windowChunks: 2 });
     expect(ranks[0]!.windowChunks).toBe(2);
     const inputs = ranks.map((_, r) => vector(r + 3, length));
@@ -197,7 +186,7 @@ describe('flow control', () => {
       expect(ar.stats.droppedInvalid).toBe(0);
       expect(ar.stats.acksSent).toBeGreaterThan(0);
     }
-    expect(Number((await server.monitor('varz'))['slow_consumers'])).toBe(before);
+    expect(Number((await suite.server.monitor('varz'))['slow_consumers'])).toBe(before);
   });
 
   it('the default window keeps 2(N-1) windows within the in-flight budget', async () => {
@@ -221,7 +210,7 @@ describe('losses and corruption', () => {
 
   it('a gap in a sender\'s sequence is a lost chunk: an error at once, never a sum with zeros', async () => {
     const job = uniqueJobName('lost');
-    const [nc0, nc1] = [await scope.connect(server), await scope.connect(server)];
+    const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
     const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
     const length = 6 * CHUNK_ELEMENTS; // shard 0 = 3 chunks
     const started = Date.now();
@@ -239,7 +228,7 @@ describe('losses and corruption', () => {
 
   it('a chunk whose checksum does not match is an error', async () => {
     const job = uniqueJobName('crc');
-    const [nc0, nc1] = [await scope.connect(server), await scope.connect(server)];
+    const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
     const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
     const length = 6 * CHUNK_ELEMENTS;
     const input = vector(5, length);
@@ -258,7 +247,7 @@ describe('losses and corruption', () => {
 describe('ready(): the start barrier', () => {
   it('names the ranks not heard from at its deadline', async () => {
     const job = uniqueJobName('ready');
-    const ncs = await Promise.all([0, 1, 2].map(() => scope.connect(server)));
+    const ncs = await Promise.all([0, 1, 2].map(() => scope.connect(suite.server)));
     const present = await Promise.all([0, 1].map((rank) => GradientAllReduce.create({ nc: ncs[rank]!, job, generation: 1, rank, worldSize: 4 })));
     const err = await present[0]!.ready({ timeoutMs: 400 }).then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(CollectiveError);
@@ -267,7 +256,7 @@ describe('ready(): the start barrier', () => {
 
   it('refuses a peer with other settings', async () => {
     const job = uniqueJobName('ready');
-    const ncs = await Promise.all([0, 1].map(() => scope.connect(server)));
+    const ncs = await Promise.all([0, 1].map(() => scope.connect(suite.server)));
     const a = await GradientAllReduce.create({ nc: ncs[0]!, job, generation: 1, rank: 0, worldSize: 2, compression: 'fp16' });
     const b = await GradientAllReduce.create({ nc: ncs[1]!, job, generation: 1, rank: 1, worldSize: 2 });
     const outcomes = await Promise.allSettled([a.ready({ timeoutMs: 2000 }), b.ready({ timeoutMs: 2000 })]);
