@@ -12,6 +12,7 @@ import { connect, type NatsConnection, type Subscription } from '@nats-io/transp
 import { errorMessage } from '../common/errors.js';
 import { ChunkDtype } from '../worker/collective/chunk-header.js';
 import { GradientAllReduce } from '../worker/collective/gradient-allreduce.js';
+import { presizeNatsMessageBuffers } from '../worker/collective/nats-receive.js';
 import { dequantize, quantize, type Compression } from '../worker/collective/wire-codec.js';
 import { benchValue, type FromRank, type RankSetup, type ToRank } from './allreduce-protocol.js';
 
@@ -50,6 +51,8 @@ let onReceived: (() => void) | undefined;
 
 async function doSetup(s: RankSetup): Promise<void> {
   setup = s;
+  // The ceiling's plain subscribers receive through the same client as the collective's.
+  presizeNatsMessageBuffers();
   nc ??= await connect({ servers: s.url, name: `bench-rank-${s.rank}`, reconnect: false });
   await ar?.close();
   ar = undefined;

@@ -43,7 +43,8 @@
  * copies a payload into its outbound frame and keeps no reference), or once the step's final
  * flush has returned; at most what a step can have in flight is kept for reuse. A caller may pass
  * the array to write the result into (`CallOptions.output`): writing a fresh vector costs a page
- * fault a 4 KiB page, more than the reduction's arithmetic.
+ * fault a 4 KiB page, more than the reduction's arithmetic. A received chunk longer than one
+ * socket read is gathered in one buffer of its size (`nats-receive.ts`), not one grown by doubling.
  *
  * ## Losses and checks
  * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
@@ -91,6 +92,7 @@ import {
   sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
+import { presizeNatsMessageBuffers } from './nats-receive.js';
 import { narrowInto, sumF32Into, sumWidenedInto, widenInto } from './simd-kernels.js';
 import { Compression, wireDtype } from './wire-codec.js';
 
@@ -362,6 +364,7 @@ export class GradientAllReduce {
   static async create(opts: AllReduceOptions): Promise<GradientAllReduce> {
     assertJobName(opts.job);
     if (!LITTLE_ENDIAN) throw new Error('the collective supports little-endian hosts only');
+    presizeNatsMessageBuffers();
     if (!Number.isSafeInteger(opts.generation) || opts.generation < 0 || opts.generation > 0xffffffff) {
       throw new RangeError(`generation: must be an integer 0..2^32-1, got ${opts.generation}`);
     }

@@ -1,0 +1,105 @@
+import { describe, expect, it } from 'vitest';
+import { Kind, Parser, type ParserEvent } from '@nats-io/nats-core/internal';
+
+import { presizeNatsMessageBuffers } from '../../worker/collective/nats-receive.js';
+
+interface Parsed { kind: Kind; subject?: string; sid?: number; reply?: string; size?: number; data: number[]; aligned: boolean; capacity: number }
+
+const dec = new TextDecoder();
+
+/** Parses `stream` fed in the frames that `cuts` make, with the hook installed or not. */
+function parse(stream: Uint8Array, cuts: number[], presized: boolean): Parsed[] {
+  const original = Parser.prototype.parse;
+  if (presized) presizeNatsMessageBuffers();
+  const events: Parsed[] = [];
+  try {
+    const p = new Parser({
+      push(e: ParserEvent): void {
+        events.push({
+          kind: e.kind,
+          subject: e.msg ? dec.decode(e.msg.subject) : undefined,
+          sid: e.msg?.sid,
+          reply: e.msg?.reply ? dec.decode(e.msg.reply) : undefined,
+          size: e.msg?.size,
+          data: Array.from(e.data ?? []),
+          aligned: (e.data?.byteOffset ?? 0) % 8 === 0,
+          capacity: e.data?.buffer.byteLength ?? 0,
+        });
+      },
+    });
+    let at = 0;
+    for (const cut of [...cuts, stream.length]) {
+      p.parse(stream.subarray(at, cut));
+      at = cut;
+    }
+  } finally {
+    Parser.prototype.parse = original;
+  }
+  return events;
+}
+
+function message(subject: string, sid: number, payload: Uint8Array, reply?: string): Uint8Array {
+  const head = new TextEncoder().encode(`MSG ${subject} ${sid}${reply ? ` ${reply}` : ''} ${payload.length}\r\n`);
+  const out = new Uint8Array(head.length + payload.length + 2);
+  out.set(head);
+  out.set(payload, head.length);
+  out.set([13, 10], head.length + payload.length);
+  return out;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+const payload = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
+
+describe('presizeNatsMessageBuffers', () => {
+  it('parses every split of a stream as the client does', () => {
+    const stream = concat([
+      new TextEncoder().encode('PING\r\n'),
+      message('grad.rs.1', 3, payload(37, 1)),
+      message('a.b', 12, payload(0, 2), 'reply.x'),
+      new TextEncoder().encode('+OK\r\n'),
+      message('grad.ag.0', 4, payload(300, 3)),
+    ]);
+    const want = parse(stream, [], false).map(({ capacity: _c, aligned: _a, ...e }) => e);
+    expect(want.filter((e) => e.kind === Kind.MSG)).toHaveLength(3);
+    for (let a = 1; a < stream.length; a += 3) {
+      for (const b of [a + 1, a + 17, a + 150]) {
+        const cuts = b < stream.length ? [a, b] : [a];
+        const got = parse(stream, cuts, true).map(({ capacity: _c, aligned: _a, ...e }) => e);
+        expect(got, `cut at ${cuts.join(', ')}`).toEqual(want);
+      }
+    }
+  });
+
+  it('gathers a long message in one buffer of its size, aligned, instead of doubling', () => {
+    const body = payload(1 << 20, 5);
+    const stream = concat([message('grad.rs.2', 9, body), message('grad.rs.2', 9, payload(70_000, 6))]);
+    const frames = Array.from({ length: Math.floor(stream.length / 65536) }, (_, i) => (i + 1) * 65536 - 11);
+    const plain = parse(stream, frames, false);
+    const presized = parse(stream, frames, true);
+    expect(presized.map((e) => e.data)).toEqual(plain.map((e) => e.data));
+    expect(plain[0]!.capacity).toBeGreaterThan(1.3 * body.length); // the behaviour this works around
+    for (const e of presized) {
+      expect(e.capacity).toBeLessThanOrEqual((e.size ?? 0) + 65536);
+      expect(e.aligned).toBe(true);
+    }
+  });
+
+  it('installs once', () => {
+    const original = Parser.prototype.parse;
+    try {
+      presizeNatsMessageBuffers();
+      const once = Parser.prototype.parse;
+      presizeNatsMessageBuffers();
+      expect(Parser.prototype.parse).toBe(once);
+      expect(once).not.toBe(original);
+    } finally {
+      Parser.prototype.parse = original;
+    }
+  });
+});
