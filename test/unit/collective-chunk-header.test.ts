@@ -39,7 +39,7 @@ describe('chunk header', () => {
 
   it('has a fixed little-endian layout', () => {
     const b = message(base);
-    expect([b[0], b[1], b[2], b[3]]).toEqual([0x50, 2, ChunkKind.ReduceScatter, ChunkDtype.Float32]);
+    expect([b[0], b[1], b[2], b[3]]).toEqual([0x50, 3, ChunkKind.ReduceScatter, ChunkDtype.Float32]);
     const v = new DataView(b.buffer);
     expect(v.getUint32(4, true)).toBe(7);
     expect(v.getUint32(8, true)).toBe(123);
@@ -95,7 +95,7 @@ describe('chunk header', () => {
     expect(() => encodeFloat32Chunk(base, new Float32Array(2))).toThrow(RangeError);
   });
 
-  it('carries a CRC-32 of header and payload: any flipped bit is caught', () => {
+  it('carries a checksum of header and payload: any flipped bit is caught', () => {
     const msg = encodeFloat32Chunk(base, new Float32Array([1, 2, 3]));
     expect(chunkChecksumOk(msg)).toBe(true);
     expect(new DataView(msg.buffer).getUint32(56, true)).not.toBe(0);

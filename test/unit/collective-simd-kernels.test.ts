@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { ChunkDtype } from '../../worker/collective/chunk-header.js';
-import { BLOCK, narrowInto, sumF32Into, sumWidenedInto, widenInto, type Dtype16 } from '../../worker/collective/simd-kernels.js';
+import { BLOCK, hash32, narrowInto, sumF32Into, sumWidenedInto, widenInto, type Dtype16 } from '../../worker/collective/simd-kernels.js';
 import { f32BitsToBf16, f32BitsToF16, widenTable } from '../../worker/collective/wire-codec.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -179,6 +179,70 @@ describe('SIMD kernels: float32 sums', () => {
     expect(acc[0]).toBe(1); // (1 + 2^-24) ties to even: 1, twice
     sumF32Into(acc, [Float32Array.of(2 ** -24), Float32Array.of(2 ** -24), Float32Array.of(1)]);
     expect(acc[0]).toBe(1 + 2 ** -23);
+  });
+});
+
+/** The checksum as its comment defines it, word by word. */
+function hash32Ref(bytes: Uint8Array, zeroFrom: number, zeroTo: number): number {
+  const [P1, P2, P3, P4] = [0x9e3779b1, 0x85ebca77, 0xc2b2ae3d, 0x27d4eb2f];
+  const rotl = (x: number, r: number): number => (x << r) | (x >>> (32 - r));
+  const padded = new Uint8Array(Math.ceil(bytes.length / 128) * 128);
+  padded.set(bytes);
+  padded.fill(0, zeroFrom, Math.min(zeroTo, bytes.length));
+  const view = new DataView(padded.buffer);
+  const lanes = Array.from({ length: 32 }, (_, j) => Math.imul(j + 1, P1));
+  for (let w = 0; w < padded.length / 4; w++) {
+    const j = w % 32;
+    lanes[j] = Math.imul(rotl((lanes[j]! + Math.imul(view.getUint32(w * 4, true), P2)) | 0, 13), P1);
+  }
+  let h = bytes.length;
+  for (const acc of lanes) h = Math.imul(rotl((h + Math.imul(acc, P3)) | 0, 17), P4);
+  h ^= h >>> 15;
+  h = Math.imul(h, P2);
+  h ^= h >>> 13;
+  h = Math.imul(h, P3);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+describe('SIMD kernels: the checksum', () => {
+  const bytesOf = (n: number, seed: number): Uint8Array => new Uint8Array(randomBits(Math.ceil(n / 4), seed).buffer, 0, n);
+
+  it('is its definition, for lengths around the stripe and the block, with and without a zeroed range', () => {
+    const hashBlock = BLOCK * 8;
+    for (const n of [0, 1, 3, 56, 60, 64, 127, 128, 129, 1000, hashBlock - 1, hashBlock, hashBlock + 5, 3 * hashBlock + 777]) {
+      const b = bytesOf(n, n + 1);
+      expect(hash32(b), `${n} bytes`).toBe(hash32Ref(b, 0, 0));
+      expect(hash32(b, 56, 60), `${n} bytes, 56..60 zeroed`).toBe(hash32Ref(b, 56, 60));
+      if (n > hashBlock + 4) expect(hash32(b, hashBlock - 2, hashBlock + 2)).toBe(hash32Ref(b, hashBlock - 2, hashBlock + 2));
+    }
+  });
+
+  it('reads the zeroed range as zeros, and the bytes it is given in place', () => {
+    const b = bytesOf(300, 9);
+    const z = Uint8Array.from(b);
+    z.fill(0, 56, 60);
+    expect(hash32(b, 56, 60)).toBe(hash32(z));
+    expect(b).not.toEqual(z); // the caller's bytes are not written
+  });
+
+  it('changes with any flipped bit, swapped words, the length, or a zero word moved', () => {
+    const b = bytesOf(4096 + 12, 3);
+    const h = hash32(b);
+    const seen = new Set([h]);
+    for (const at of [0, 1, 127, 128, 2000, b.length - 1]) {
+      for (let bit = 0; bit < 8; bit++) {
+        const c = Uint8Array.from(b);
+        c[at]! ^= 1 << bit;
+        seen.add(hash32(c));
+      }
+    }
+    expect(seen.size).toBe(1 + 6 * 8);
+    const swapped = Uint8Array.from(b);
+    swapped.set(b.subarray(0, 4), 4);
+    swapped.set(b.subarray(4, 8), 0);
+    expect(hash32(swapped)).not.toBe(h);
+    expect(hash32(new Uint8Array(5))).not.toBe(hash32(new Uint8Array(4))); // zero padding does not hide the length
   });
 });
 

@@ -26,6 +26,7 @@ interface Exports {
   addWidenedBf16(acc: number, src: number, n: number): void;
   addF32(out: number, a: number, b: number, n: number): void;
   subF32(out: number, a: number, b: number, n: number): void;
+  hash(state: number, p: number, n: number): void;
 }
 
 interface WasmApi {
@@ -40,7 +41,9 @@ const ACC = 0;
 const IN = ACC + BLOCK * 4;
 const Q = IN + BLOCK * 4;
 const OWN = Q + BLOCK * 2;
-const END = OWN + BLOCK * 2;
+/** The checksum's 32 u32 lane accumulators. */
+const HASH_STATE = OWN + BLOCK * 2;
+const END = HASH_STATE + 128;
 
 const k = ((): Exports => {
   const bytes = Buffer.from(SIMD_KERNELS_WASM_BASE64, 'base64');
@@ -55,6 +58,8 @@ const mem = k.memory.buffer;
 const accF32 = new Float32Array(mem, ACC, BLOCK);
 const inF32 = new Float32Array(mem, IN, BLOCK);
 const qU16 = new Uint16Array(mem, Q, BLOCK);
+const memU8 = new Uint8Array(mem);
+const hashLanes = new Uint32Array(mem, HASH_STATE, 32);
 
 const narrowK = (d: Dtype16): Exports['narrowF16'] => (d === ChunkDtype.Float16 ? k.narrowF16 : k.narrowBf16);
 const widenK = (d: Dtype16): Exports['widenF16'] => (d === ChunkDtype.Float16 ? k.widenF16 : k.widenBf16);
@@ -150,3 +155,47 @@ export function sumWidenedInto(dtype: Dtype16, acc: Float32Array, xs: ReadonlyAr
   }
 }
 
+
+/** xxHash32's primes. */
+const P1 = 0x9e3779b1;
+const P2 = 0x85ebca77;
+const P3 = 0xc2b2ae3d;
+const P4 = 0x27d4eb2f;
+/** Bytes the checksum reads a block: the ACC and IN regions (a multiple of its 128-byte stripe). */
+const HASH_BLOCK = BLOCK * 8;
+
+const rotl = (x: number, r: number): number => (x << r) | (x >>> (32 - r));
+
+/**
+ * A 32-bit checksum of `bytes`, with the bytes in [zeroFrom, zeroTo) read as zeros (where a
+ * message keeps its own checksum). xxHash32's round and avalanche on 32 interleaved u32 lanes, at
+ * about 3x zlib's crc32 here (20+ GB/s):
+ *   - the bytes, zero-padded to a multiple of 128, are little-endian u32 words; word w goes to
+ *     lane w mod 32, whose accumulator starts at (lane + 1)·P1 and takes each of its words as
+ *     acc = rotl(acc + word·P2, 13)·P1;
+ *   - then h = the length in bytes; for each lane in order, h = rotl(h + acc·P3, 17)·P4; and
+ *     xxHash32's avalanche of h (all arithmetic mod 2^32).
+ * Lengths must be below 2^32.
+ */
+export function hash32(bytes: Uint8Array, zeroFrom = 0, zeroTo = 0): number {
+  const n = bytes.length;
+  for (let j = 0; j < 32; j++) hashLanes[j] = Math.imul(j + 1, P1);
+  for (let i = 0; i < n; i += HASH_BLOCK) {
+    const m = Math.min(HASH_BLOCK, n - i);
+    memU8.set(bytes.subarray(i, i + m), ACC);
+    const zs = Math.max(zeroFrom, i);
+    const ze = Math.min(zeroTo, i + m);
+    if (zs < ze) memU8.fill(0, ACC + zs - i, ACC + ze - i);
+    const padded = (m + 127) & ~127;
+    if (padded > m) memU8.fill(0, ACC + m, ACC + padded);
+    k.hash(HASH_STATE, ACC, padded);
+  }
+  let h = n >>> 0;
+  for (let j = 0; j < 32; j++) h = Math.imul(rotl((h + Math.imul(hashLanes[j]!, P3)) | 0, 17), P4);
+  h ^= h >>> 15;
+  h = Math.imul(h, P2);
+  h ^= h >>> 13;
+  h = Math.imul(h, P3);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
