@@ -82,7 +82,54 @@ const widenF16 = `
 const widenBf16 = `
       (i32x4.shl (local.get $h) (i32.const 16))`;
 
+/**
+ * widen(narrow(x)) of the float32 lanes in local $f, to float32 lanes (on the stack), without the
+ * 16-bit value in between (for the owner's own contribution to a sum); uses $a, $o. Bit for bit
+ * the two kernels composed: |x| from 65520 (which rounds to 2^16) up is Inf; normals round their
+ * mantissa to 10 bits (one add and a mask, the carry running into the exponent); below 2^-14,
+ * (|x| + 0.5) − 0.5 rounds to a multiple of 2^-24 as binary16's subnormals do; the sign goes back
+ * on; NaN is the widening table's 0x7fc00000.
+ */
+const quantizeF16 = `
+      (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
+      (local.set $o (v128.and
+        (i32x4.add (i32x4.add (local.get $a) ${splat('0xfff')}) (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
+        ${splat('0xffffe000')}))
+      (local.set $o (v128.bitselect
+        (f32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) (v128.const f32x4 0.5 0.5 0.5 0.5))
+        (local.get $o)
+        (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
+      (local.set $o (v128.bitselect ${splat('0x7f800000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x477fefff')})))
+      (local.set $o (v128.or (local.get $o) (v128.and (local.get $f) ${splat('0x80000000')})))
+      (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
+
+/** widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits kept. */
+const quantizeBf16 = `
+      (v128.bitselect
+        (v128.or (v128.and (local.get $f) ${splat('0xffff0000')}) ${splat('0x400000')})
+        (v128.and
+          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
+          ${splat('0xffff0000')})
+        (i32x4.gt_s (v128.and (local.get $f) ${splat('0x7fffffff')}) ${splat('0x7f800000')}))`;
+
 const LOCALS = '(local $end i32) (local $f v128) (local $a v128) (local $h v128) (local $o v128) (local $e v128) (local $lo v128)';
+
+/**
+ * Moves a function's v128 constants into locals set once before its loop: V8 builds a v128.const
+ * from immediates each time it is used (several instructions), which made the narrowing and
+ * widening kernels about a fifth slower. `fn` is a whole (func …) whose locals end with LOCALS.
+ */
+function hoistConstants(fn) {
+  const names = new Map();
+  const body = fn.replace(/\(v128\.const [^()]*\)/g, (c) => {
+    if (!names.has(c)) names.set(c, `$k${names.size}`);
+    return `(local.get ${names.get(c)})`;
+  });
+  const at = body.indexOf(LOCALS) + LOCALS.length;
+  const decls = [...names.values()].map((k) => `(local ${k} v128)`).join(' ');
+  const inits = [...names].map(([c, k]) => `(local.set ${k} ${c})`).join('\n    ');
+  return `${body.slice(0, at)} ${decls}\n    ${inits}${body.slice(at)}`;
+}
 
 /** A loop over 8 elements at a time: `$p` runs over the float32 side from `$p` to `$end`. */
 function loop8(body) {
@@ -133,6 +180,38 @@ function addWidenedFn(name, lanes) {
       (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
 }
 
+/** quantize(src f32 at $q, dst f32 at $p, n): dst = widen(narrow(src)). */
+function quantizeFn(name, lanes) {
+  return `
+  (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $f (v128.load (local.get $q)))
+      (v128.store (local.get $p) ${lanes})
+      (local.set $f (v128.load offset=16 (local.get $q)))
+      (v128.store offset=16 (local.get $p) ${lanes})
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $q (i32.add (local.get $q) (i32.const 32)))
+      (br $next))))`;
+}
+
+/** addQuantized(acc f32 at $p, src f32 at $q, n): acc += widen(narrow(src)), float32 adds. */
+function addQuantizedFn(name, lanes) {
+  return `
+  (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
+    ${endOf}
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $f (v128.load (local.get $q)))
+      (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
+      (local.set $f (v128.load offset=16 (local.get $q)))
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $q (i32.add (local.get $q) (i32.const 32)))
+      (br $next))))`;
+}
+
 /** A float32 binary op: out = a op b, 8 at a time ($p: out, $q: a, $r: b). */
 function binaryF32Fn(name, op) {
   return `
@@ -160,13 +239,10 @@ const HASH_P1 = '0x9E3779B1';
 const HASH_P2 = '0x85EBCA77';
 const ACCS = ['$a0', '$a1', '$a2', '$a3', '$a4', '$a5', '$a6', '$a7'];
 const hashRound = (acc, off) => `
-      (local.set $t (i32x4.add (local.get ${acc}) (i32x4.mul (v128.load offset=${off} (local.get $p)) (local.get $p2))))
-      (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const 13)) (i32x4.shr_u (local.get $t) (i32.const 19))) (local.get $p1)))`;
+      (local.set $t (i32x4.add (local.get ${acc}) (i32x4.mul (v128.load offset=${off} (local.get $p)) ${splat(HASH_P2)})))
+      (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const 13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
 const hashFn = `
-  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local $end i32) (local $t v128) (local $p1 v128) (local $p2 v128)
-    ${ACCS.map((a) => `(local ${a} v128)`).join(' ')}
-    (local.set $p1 ${splat(HASH_P1)})
-    (local.set $p2 ${splat(HASH_P2)})
+  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local $t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
     ${ACCS.map((a, i) => `(local.set ${a} (v128.load offset=${i * 16} (local.get $s)))`).join('\n    ')}
     (local.set $end (i32.add (local.get $p) (local.get $n)))
     (block $done (loop $next
@@ -178,15 +254,21 @@ const hashFn = `
 
 export const WAT = `(module
   (memory (export "memory") 4)
-  ${narrowFn('narrowF16', narrowF16)}
-  ${narrowFn('narrowBf16', narrowBf16)}
-  ${widenFn('widenF16', widenF16)}
-  ${widenFn('widenBf16', widenBf16)}
-  ${addWidenedFn('addWidenedF16', widenF16)}
-  ${addWidenedFn('addWidenedBf16', widenBf16)}
-  ${binaryF32Fn('addF32', 'f32x4.add')}
-  ${binaryF32Fn('subF32', 'f32x4.sub')}
-  ${hashFn}
+  ${[
+    narrowFn('narrowF16', narrowF16),
+    narrowFn('narrowBf16', narrowBf16),
+    widenFn('widenF16', widenF16),
+    widenFn('widenBf16', widenBf16),
+    addWidenedFn('addWidenedF16', widenF16),
+    addWidenedFn('addWidenedBf16', widenBf16),
+    quantizeFn('quantizeF16', quantizeF16),
+    quantizeFn('quantizeBf16', quantizeBf16),
+    addQuantizedFn('addQuantizedF16', quantizeF16),
+    addQuantizedFn('addQuantizedBf16', quantizeBf16),
+    binaryF32Fn('addF32', 'f32x4.add'),
+    binaryF32Fn('subF32', 'f32x4.sub'),
+    hashFn,
+  ].map(hoistConstants).join('\n')}
 )
 `;
 

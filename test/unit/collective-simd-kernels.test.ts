@@ -147,6 +147,33 @@ describe.each(DTYPES)('SIMD kernels: %s', (_name, dtype) => {
   });
 });
 
+describe('SIMD kernels: a float32 input to a 16-bit sum', () => {
+  it('joins as widen(narrow(x)), bit for bit, first or after others (every 4099th pattern, specials)', () => {
+    const bits: number[] = specialBits();
+    for (let b = 0; b < 2 ** 32; b += 4099) bits.push(b);
+    const x = new Float32Array(Uint32Array.from(bits).buffer);
+    const n = x.length;
+    for (const dtype of [ChunkDtype.Float16, ChunkDtype.BFloat16] as const) {
+      const q = new Uint16Array(n);
+      const want = new Float32Array(n);
+      narrowInto(dtype, x, q);
+      widenInto(dtype, q, want);
+      const first = new Float32Array(n);
+      sumWidenedInto(dtype, first, [{ narrow: x }]);
+      const zero = new Uint16Array(n); // +0: x + 0 is x but for -0 (+0) and NaN (kept)
+      const later = new Float32Array(n);
+      sumWidenedInto(dtype, later, [zero, { narrow: x }]);
+      for (let i = 0; i < n; i++) {
+        if (bitsOf(first)[i] !== bitsOf(want)[i]) expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)}: 0x${bitsOf(first)[i]!.toString(16)} ≠ 0x${bitsOf(want)[i]!.toString(16)}`);
+        const w = add32(0, want[i]!);
+        if (!(Object.is(later[i], w) || (Number.isNaN(w) && bitsOf(later)[i] === bitsOf(want)[i]))) {
+          expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)} after +0: ${later[i]} ≠ ${w}`);
+        }
+      }
+    }
+  });
+});
+
 describe('SIMD kernels: float32 sums', () => {
   it('in rank order, each add rounded to float32, bit for bit; acc may be an input', () => {
     for (const n of LENGTHS) {

@@ -24,6 +24,10 @@ interface Exports {
   widenBf16(src: number, dst: number, n: number): void;
   addWidenedF16(acc: number, src: number, n: number): void;
   addWidenedBf16(acc: number, src: number, n: number): void;
+  quantizeF16(src: number, dst: number, n: number): void;
+  quantizeBf16(src: number, dst: number, n: number): void;
+  addQuantizedF16(acc: number, src: number, n: number): void;
+  addQuantizedBf16(acc: number, src: number, n: number): void;
   addF32(out: number, a: number, b: number, n: number): void;
   subF32(out: number, a: number, b: number, n: number): void;
   hash(state: number, p: number, n: number): void;
@@ -36,13 +40,12 @@ interface WasmApi {
 
 /** Elements a block (a multiple of 8: kernels round n up to 8 within their region). */
 export const BLOCK = 16384;
-/** Byte offsets of the regions: two float32 blocks, two 16-bit blocks. */
+/** Byte offsets of the regions: two float32 blocks, a 16-bit block, the checksum state. */
 const ACC = 0;
 const IN = ACC + BLOCK * 4;
 const Q = IN + BLOCK * 4;
-const OWN = Q + BLOCK * 2;
 /** The checksum's 32 u32 lane accumulators. */
-const HASH_STATE = OWN + BLOCK * 2;
+const HASH_STATE = Q + BLOCK * 2;
 const END = HASH_STATE + 128;
 
 const k = ((): Exports => {
@@ -64,6 +67,8 @@ const hashLanes = new Uint32Array(mem, HASH_STATE, 32);
 const narrowK = (d: Dtype16): Exports['narrowF16'] => (d === ChunkDtype.Float16 ? k.narrowF16 : k.narrowBf16);
 const widenK = (d: Dtype16): Exports['widenF16'] => (d === ChunkDtype.Float16 ? k.widenF16 : k.widenBf16);
 const addWidenedK = (d: Dtype16): Exports['addWidenedF16'] => (d === ChunkDtype.Float16 ? k.addWidenedF16 : k.addWidenedBf16);
+const quantizeK = (d: Dtype16): Exports['quantizeF16'] => (d === ChunkDtype.Float16 ? k.quantizeF16 : k.quantizeBf16);
+const addQuantizedK = (d: Dtype16): Exports['addQuantizedF16'] => (d === ChunkDtype.Float16 ? k.addQuantizedF16 : k.addQuantizedBf16);
 
 /**
  * `dst = narrow(src (+ residualIn))`; with `residualOut`, what narrowing lost (`v − widen(q)`); with
@@ -127,29 +132,30 @@ export function sumF32Into(acc: Float32Array, xs: readonly Float32Array[]): void
 
 /**
  * As `sumF32Into`, of 16-bit inputs widened exactly: `acc = widen(x0) + widen(x1) + …`. An input
- * may instead be given as float32 (`{ narrow: values }`): it is narrowed first (as `narrowInto`
- * without feedback), which is how the owner's own contribution joins the sum.
+ * may instead be given as float32 (`{ narrow: values }`): it joins as widen(narrow(values)), in
+ * one kernel without the 16-bit values (as `narrowInto` without feedback, then widening), which
+ * is how the owner's own contribution joins the sum.
  */
 export function sumWidenedInto(dtype: Dtype16, acc: Float32Array, xs: ReadonlyArray<Uint16Array | { narrow: Float32Array }>): void {
   const n = acc.length;
   if (xs.length === 0) { acc.fill(0); return; }
   const widen = widenK(dtype);
   const addWidened = addWidenedK(dtype);
-  const narrow = narrowK(dtype);
+  const quantize = quantizeK(dtype);
+  const addQuantized = addQuantizedK(dtype);
   for (let i = 0; i < n; i += BLOCK) {
     const m = Math.min(BLOCK, n - i);
     for (let r = 0; r < xs.length; r++) {
       const x = xs[r]!;
-      let at = Q;
       if (x instanceof Uint16Array) {
         qU16.set(x.subarray(i, i + m));
+        if (r === 0) widen(Q, ACC, m);
+        else addWidened(ACC, Q, m);
       } else {
         inF32.set(x.narrow.subarray(i, i + m));
-        narrow(IN, OWN, m);
-        at = OWN;
+        if (r === 0) quantize(IN, ACC, m);
+        else addQuantized(ACC, IN, m);
       }
-      if (r === 0) widen(at, ACC, m);
-      else addWidened(ACC, at, m);
     }
     acc.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
   }
