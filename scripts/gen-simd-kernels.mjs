@@ -31,25 +31,26 @@ const OUT = join(dirname(fileURLToPath(import.meta.url)), '..', 'worker', 'colle
 const splat = (v) => `(v128.const i32x4 ${v} ${v} ${v} ${v})`;
 
 /**
- * binary16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a, $h.
- * Magnitudes from 65536 (0x47800000) up are clamped to it first, which the normal path's rounding
- * add turns into Inf (0x7c00); NaN is selected last.
+ * binary16 bits but the sign (in i32 lanes, on the stack) of the float32 lanes in local $f; uses
+ * $a, $o, $h. Magnitudes from 65536 (0x47800000) up are clamped to it first, which the normal
+ * path's rounding add turns into Inf (0x7c00); NaN is selected last. The sign goes on 8 lanes at a
+ * time once two halves are packed (`narrowFn`).
  */
 const narrowF16 = `
       (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
-      (local.set $h (i32x4.min_s (local.get $a) ${splat('0x47800000')}))
+      (local.set $o (i32x4.shr_u (local.get $a) (i32.const 13)))
+      (local.set $h (i32x4.shr_u
+        (i32x4.add (i32x4.sub (i32x4.min_s (local.get $a) ${splat('0x47800000')}) ${splat('0x37fff001')})
+                   (v128.and (local.get $o) ${splat('1')}))
+        (i32.const 13)))
       (local.set $h (v128.bitselect
         (i32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) ${splat('0x3f000000')})
-        (i32x4.shr_u
-          (i32x4.add (i32x4.sub (local.get $h) ${splat('0x37fff001')})
-                     (v128.and (i32x4.shr_u (local.get $h) (i32.const 13)) ${splat('1')}))
-          (i32.const 13))
-        (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
-      (local.set $h (v128.bitselect
-        (v128.or ${splat('0x7e00')} (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('0x3ff')}))
         (local.get $h)
-        (i32x4.gt_s (local.get $a) ${splat('0x7f800000')})))
-      (v128.or (local.get $h) (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('0x8000')}))`;
+        (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
+      (v128.bitselect
+        (v128.or ${splat('0x7e00')} (v128.and (local.get $o) ${splat('0x3ff')}))
+        (local.get $h)
+        (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
 
 /** bfloat16 bits (in i32 lanes, on the stack) of the float32 lanes in local $f; uses $a. */
 const narrowBf16 = `
@@ -144,16 +145,24 @@ function loop8(body) {
 
 const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
 
-/** narrow(src f32 at $p, dst u16 at $q, n). */
-function narrowFn(name, lanes) {
+/**
+ * narrow(src f32 at $p, dst u16 at $q, n). With `signApart`, `lanes` leaves out the sign, which is
+ * put on the 8 packed 16-bit lanes at once (bit 31 of each input, shifted down and packed).
+ */
+function narrowFn(name, lanes, signApart = false) {
+  const pack = signApart
+    ? `(v128.or (i16x8.narrow_i32x4_u (local.get $lo) ${lanes})
+          (v128.and (i16x8.narrow_i32x4_u (i32x4.shr_u (local.get $e) (i32.const 16)) (i32x4.shr_u (local.get $f) (i32.const 16)))
+                    (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000)))`
+    : `(i16x8.narrow_i32x4_u (local.get $lo) ${lanes})`;
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
     ${loop8(`
-      (local.set $f (v128.load (local.get $p)))
+      (local.set $f (local.tee $e (v128.load (local.get $p))))
       (local.set $lo ${lanes})
       (local.set $f (v128.load offset=16 (local.get $p)))
-      (v128.store (local.get $q) (i16x8.narrow_i32x4_u (local.get $lo) ${lanes}))`)})`;
+      (v128.store (local.get $q) ${pack})`)})`;
 }
 
 /** widen(src u16 at $q, dst f32 at $p, n). */
@@ -255,7 +264,7 @@ const hashFn = `
 export const WAT = `(module
   (memory (export "memory") 4)
   ${[
-    narrowFn('narrowF16', narrowF16),
+    narrowFn('narrowF16', narrowF16, true),
     narrowFn('narrowBf16', narrowBf16),
     widenFn('widenF16', widenF16),
     widenFn('widenBf16', widenBf16),
