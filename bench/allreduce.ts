@@ -39,7 +39,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { ranks: 4, mib: 256, iters: 3, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, freshOutput: false, windowChunks: undefined, skipCeiling: false };
+  const a: Args = { ranks: 4, mib: 256, iters: 5, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, freshOutput: false, windowChunks: undefined, skipCeiling: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): number => {
@@ -141,6 +141,8 @@ interface PhaseResult {
   slowConsumers: number;
   /** CPU seconds (user + system) of all rank processes in one iteration (median): the ranks' work. */
   rankCpuSeconds: number;
+  /** CPU seconds of the busiest rank in one iteration (median). */
+  rankCpuSecondsMax: number;
   /** CPU seconds of the nats-server in one iteration (median; Linux /proc), the broker's work. */
   brokerCpuSeconds?: number;
   windowStalls?: number;
@@ -167,6 +169,7 @@ async function main(): Promise<void> {
       const times: number[] = [];
       const out: number[] = [];
       const cpu: number[] = [];
+      const cpuMax: number[] = [];
       const brokerCpu: number[] = [];
       let slow = 0;
       let verified = true;
@@ -193,6 +196,7 @@ async function main(): Promise<void> {
         times.push(t);
         out.push(after.outBytes - before.outBytes);
         cpu.push(done.reduce((k, d) => k + (d.cpuSeconds ?? 0), 0));
+        cpuMax.push(Math.max(...done.map((d) => d.cpuSeconds ?? 0)));
         if (broker0 !== undefined && broker1 !== undefined) brokerCpu.push(broker1 - broker0);
         log(`${mode} ${compression} iter ${it}: ${t.toFixed(3)} s, broker out ${(out.at(-1)! / 2 ** 20).toFixed(0)} MiB`
           + (mode === 'allreduce' ? ` (chunk ${ready[0]!.chunkElements} elements, window ${ready[0]!.windowChunks})` : ''));
@@ -203,7 +207,7 @@ async function main(): Promise<void> {
         seconds: round(seconds, 4), secondsAll: times.map((t) => round(t, 4)),
         brokerOutBytes: outBytes, brokerOutGBps: round(outBytes / seconds / 1e9, 3),
         algbwGBps: round(bytes / seconds / 1e9, 3), busbwGBps: round((bytes * 2 * (n - 1)) / n / seconds / 1e9, 3),
-        slowConsumers: slow, rankCpuSeconds: round(median(cpu), 3),
+        slowConsumers: slow, rankCpuSeconds: round(median(cpu), 3), rankCpuSecondsMax: round(median(cpuMax), 3),
         ...(brokerCpu.length > 0 ? { brokerCpuSeconds: round(median(brokerCpu), 3) } : {}),
         ...(mode === 'allreduce' ? { verified, windowStalls: stalls } : {}),
       };
@@ -226,7 +230,11 @@ async function main(): Promise<void> {
       // The same two ratios from CPU seconds (ranks + broker) instead of wall time: what they would
       // be with the cores to this run alone, every process busy; other load on the machine moves
       // the wall-time ratios, much less these.
-      cpuModel: cpuModel(ceiling, fp32, fp16),
+      cpuModel: cpuModel(ceiling, fp32, fp16, (p) => p.brokerCpuSeconds! + p.rankCpuSeconds),
+      // And with a core for every process (a rank a node, the broker on its own, as in a cluster):
+      // an iteration takes at least what its busiest process needs, the broker or the busiest rank.
+      // A model from the CPU seconds measured here, not a measurement.
+      coreEachModel: cpuModel(ceiling, fp32, fp16, (p) => Math.max(p.brokerCpuSeconds!, p.rankCpuSecondsMax)),
       slowConsumers,
     };
     process.stdout.write(JSON.stringify(result, null, args.json ? 2 : 2) + '\n');
@@ -236,8 +244,11 @@ async function main(): Promise<void> {
   }
 }
 
-function cpuModel(ceiling: PhaseResult | undefined, fp32: PhaseResult, fp16: PhaseResult): { brokerEfficiency?: number; fp16SpeedupVsFp32: number } | undefined {
-  const total = (p: PhaseResult): number | undefined => (p.brokerCpuSeconds === undefined ? undefined : p.brokerCpuSeconds + p.rankCpuSeconds);
+/** The two ratios from an iteration's time as `time` models it from the CPU seconds (undefined without the broker's). */
+function cpuModel(
+  ceiling: PhaseResult | undefined, fp32: PhaseResult, fp16: PhaseResult, time: (p: PhaseResult) => number,
+): { brokerEfficiency?: number; fp16SpeedupVsFp32: number } | undefined {
+  const total = (p: PhaseResult): number | undefined => (p.brokerCpuSeconds === undefined ? undefined : time(p));
   const t32 = total(fp32);
   const t16 = total(fp16);
   if (t32 === undefined || t16 === undefined) return undefined;
