@@ -51,9 +51,9 @@
  * publisher's messages, also across routes: a chunk index that skips ahead means a lost chunk,
  * reported at once (CollectiveError naming the sender), never summed as zero; a peer that goes
  * quiet turns into a CollectiveError naming the missing ranks at the deadline. Every message
- * carries a CRC-32 of header and payload; a mismatch fails the step. Generation and phase come from
- * the subject; magic, version, kind, dtype, generation, sender, shard, chunk index/count/offset/
- * length from the header, all consistent with the vector length.
+ * carries a checksum of header and payload (`hash32`); a mismatch fails the step. Generation and
+ * phase come from the subject; magic, version, kind, dtype, generation, sender, shard, chunk
+ * index/count/offset/length from the header, all consistent with the vector length.
  *
  * ## Steps
  * No barrier is needed between steps. A rank can start step s+1 only once it has the result of
