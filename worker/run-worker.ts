@@ -139,7 +139,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           allReduce: (step, data, opts) => ar.allReduce(offset + step, data, abort.signal, opts),
           beginAllReduce: (step, length, opts) => ar.begin(offset + step, length, abort.signal, opts),
           ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
-          onCheckpoint: (c) => metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined),
+          // The histogram is of checkpoints; a failure of either kind is counted.
+          onCheckpoint: (c) => { if (!c.final || c.error !== undefined) metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined); },
           onStep: (r) => {
             metrics.step(a.jobId, r);
             session.progress(lastProgress = {

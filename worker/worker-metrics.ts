@@ -13,7 +13,7 @@
  * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
  * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
  * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
- * | `polytune_checkpoint_failures_total` | counter: checkpoints rank 0 failed to write (training went on) | job_id |
+ * | `polytune_checkpoint_failures_total` | counter: checkpoints or final outputs rank 0 failed to write (the state stayed in memory) | job_id |
  * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
@@ -76,7 +76,7 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
     name: 'polytune_checkpoint_duration_seconds', help: 'Time for rank 0 to write a checkpoint.', labelNames: ['job_id'],
   });
   const checkpointFailures = meter.counter({
-    name: 'polytune_checkpoint_failures_total', help: 'Checkpoints rank 0 failed to write (a full disk, say); training went on from memory.', labelNames: ['job_id'],
+    name: 'polytune_checkpoint_failures_total', help: 'Checkpoints or final outputs rank 0 failed to write (a full disk, say); the state stayed in memory.', labelNames: ['job_id'],
   });
   const evalAccuracy = meter.gauge({
     name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language (greedy, last number); language="avg" is the mean over languages.',

@@ -2,10 +2,12 @@
  * A checkpoint that cannot be written, on a real full filesystem (a 2 MiB tmpfs mounted at the
  * job's checkpoints directory; skipped where this process may not mount): training goes on from
  * memory and finishes, the failure is reported, no partial checkpoint is left, and the older
- * checkpoint stays and verifies.
+ * checkpoint stays and verifies. Final outputs that cannot be written (a tmpfs as the whole
+ * output directory, filled after the last step) are tried again until the space is freed, or
+ * until the job is cancelled.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +24,7 @@ import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 
 let dir: string;
 let mounted: string | undefined;
+let outputs: string | undefined;
 const nats = natsScope();
 
 /** Mounts a tmpfs of `bytes` at `at`; undefined when this process may not. */
@@ -41,13 +44,21 @@ beforeAll(async () => {
   await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 3, write: () => {} });
   await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(2, 9)));
   mounted = mountTmpfs(join(dir, 'out', 'checkpoints'), 2 * 1024 * 1024);
+  outputs = mountTmpfs(join(dir, 'out2'), 64 * 1024 * 1024); // the final outputs take about 22 MB
 }, 120_000);
 
 afterAll(async () => {
   await nats.cleanup();
   if (mounted) execFileSync('umount', [mounted]);
+  if (outputs) execFileSync('umount', [outputs]);
   await rm(dir, { recursive: true, force: true });
 });
+
+/** Fills the filesystem at `at` with a file named `filler`. */
+function fill(at: string): void {
+  const fs = statfsSync(at);
+  writeFileSync(join(at, 'filler'), Buffer.alloc(fs.bavail * fs.bsize));
+}
 
 describe('a full disk under the checkpoints', () => {
   it('training goes on and finishes; the older checkpoint stays, no partial one is left', async (ctx) => {
@@ -80,12 +91,10 @@ spec:
       allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
       beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
       onCheckpoint: (c) => {
+        if (c.final) return;
         checkpoints.push({ step: c.step, ...(c.error !== undefined ? { error: c.error } : {}) });
         // After the first one, the disk fills up.
-        if (c.step === 2) {
-          const fs = statfsSync(mounted!);
-          writeFileSync(join(mounted!, 'filler'), Buffer.alloc(fs.bavail * fs.bsize));
-        }
+        if (c.step === 2) fill(mounted!);
       },
     });
     await ar.close();
@@ -97,5 +106,68 @@ spec:
     expect(readdirSync(mounted!).sort()).toEqual(['filler', 'step-00000002']);
     expect((await verifyManifest(join(mounted!, 'step-00000002')))['step']).toBe(2);
     expect(readdirSync(join(out, 'final'))).toContain('model.safetensors');
+  }, 120_000);
+});
+
+describe('a full disk at the end', () => {
+  const specFor = (out: string): ReturnType<typeof parseJobSpec> => parseJobSpec(`
+apiVersion: polytune/v1
+kind: TrainJob
+metadata: { name: full-disk-final }
+spec:
+  model: { path: model }
+  method: { name: slam, layers: [1, 3] }
+  data:
+    train: [{ path: data.jsonl, format: alpaca }]
+    maxSeqLen: 64
+  training:
+    maxSteps: 3
+    globalBatchSize: 6
+    microBatchSize: 2
+    optimizer: { name: adamw, lr: 1.0e-2 }
+  workers: { count: 1 }
+  checkpoint: { everySteps: 100 }
+  output: { dir: ${out} }
+`, { baseDir: dir });
+
+  async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal): Promise<unknown> {
+    const server = await nats.start();
+    const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
+    try {
+      return await train({
+        spec: specFor(out), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
+        allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
+        beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
+        onStep: (r) => { if (r.step === 3) fill(out); }, // the disk fills up during the last step
+        onCheckpoint: (c) => { if (c.final) onFinal(c); },
+      });
+    } finally {
+      await ar.close();
+    }
+  }
+
+  it('keeps the trained state and writes the final outputs once there is room again', async (ctx) => {
+    if (!outputs) ctx.skip();
+    const finals: Array<{ error?: string }> = [];
+    const result = await trainInto(outputs!, (c) => {
+      finals.push(c);
+      if (finals.length === 2) rmSync(join(outputs!, 'filler')); // the operator frees space
+    });
+    expect((result as { steps: number }).steps).toBe(3);
+    expect(finals.map((c) => c.error === undefined)).toEqual([false, false, true]);
+    expect(finals[0]!.error).toMatch(/ENOSPC: no space left/);
+    expect(readdirSync(outputs!)).toEqual(['final']); // no partial directory left by the failed tries
+    expect(readdirSync(join(outputs!, 'final'))).toEqual(expect.arrayContaining(['model.safetensors', 'trainable.safetensors', 'config.json']));
+  }, 120_000);
+
+  it('stops trying when the job is cancelled', async (ctx) => {
+    if (!outputs) ctx.skip();
+    rmSync(join(outputs!, 'final'), { recursive: true, force: true });
+    const abort = new AbortController();
+    let tries = 0;
+    const run = trainInto(outputs!, () => { if (++tries === 2) abort.abort(new Error('job cancelled')); }, abort.signal);
+    await expect(run).rejects.toThrow('job cancelled');
+    expect(tries).toBe(2);
+    expect(readdirSync(outputs!)).toEqual(['filler']);
   }, 120_000);
 });

@@ -20,6 +20,8 @@
  * A step whose loss or gradient is not finite is skipped on every rank (they all see the same
  * reduced numbers), counted and reported; more than `maxNonFiniteSteps` in a row fail the job.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import * as tf from '@tensorflow/tfjs-core';
 import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPosition, type StepPlan } from '../../common/data-plan.js';
 import { errorMessage, UserError } from '../../common/errors.js';
@@ -128,6 +130,10 @@ export interface TrainResult {
   readonly truncatedSamples: number;
 }
 
+/** The first pause before the final outputs are tried again, and the longest. */
+export const FINAL_OUTPUTS_RETRY_MS = 2_000;
+export const FINAL_OUTPUTS_RETRY_MAX_MS = 60_000;
+
 export interface TrainerOptions {
   readonly spec: JobSpec;
   readonly rank: number;
@@ -136,8 +142,16 @@ export interface TrainerOptions {
   /** Each step's gradients, streamed into the all-reduce (the same sums as `allReduce`). */
   readonly beginAllReduce: BeginAllReduceFn;
   readonly onStep?: (report: StepReport) => void;
-  /** Rank 0 wrote the checkpoint of `step` in `seconds`, or failed to (`error`) (for metrics). */
-  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number; readonly error?: string }) => void;
+  /**
+   * Rank 0 wrote the checkpoint of `step` (or, with `final`, the final outputs) in `seconds`, or
+   * failed to (`error`) (for metrics).
+   */
+  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number; readonly error?: string; readonly final?: true }) => void;
+  /**
+   * The first pause before rank 0 tries the final outputs again after a failure; it doubles up to
+   * FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s)
+   */
+  readonly finalOutputsRetryMs?: number;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
   /** This rank's state of the job from earlier generations; `train` keeps it current. */
@@ -466,11 +480,31 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       await evaluate();
     }
     if (rank === 0) {
-      await writeFinalOutputs({
-        modelDir: s.model.path, outputDir: s.output.dir, model,
-        trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
-        inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
-      });
+      // The trained state exists only in memory past the last checkpoint: a write that fails (a
+      // full disk, say) is tried again, with growing pauses, until it succeeds or the job is
+      // cancelled, rather than failing the job and losing it.
+      let pause = options.finalOutputsRetryMs ?? FINAL_OUTPUTS_RETRY_MS;
+      for (;;) {
+        const tw = performance.now();
+        try {
+          await writeFinalOutputs({
+            modelDir: s.model.path, outputDir: s.output.dir, model,
+            trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
+            inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
+          });
+          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tw) / 1000, final: true });
+          break;
+        } catch (e) {
+          aborted();
+          log.error('final outputs could not be written; the trained state stays in memory and they are tried again', {
+            dir: s.output.dir, retryInSeconds: pause / 1000, error: errorMessage(e),
+          });
+          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tw) / 1000, error: errorMessage(e), final: true });
+          await sleep(pause, undefined, signal ? { signal } : {}).catch(() => undefined);
+          aborted();
+          pause = Math.min(2 * pause, FINAL_OUTPUTS_RETRY_MAX_MS);
+        }
+      }
     }
     return {
       steps: plan.totalSteps, firstLoss, finalLoss: lastLoss, outputDir: s.output.dir,
