@@ -6,19 +6,23 @@
  * `test/unit/collective-simd-kernels.test.ts` checks that the committed file is what this script
  * makes. `--check` exits 1 when the file is stale instead of writing it.
  *
- * Every kernel processes `n` rounded up to a multiple of 8 elements: the caller's regions are sized
- * in whole blocks of 8, so a tail reads and writes a few elements past `n` in its own scratch
- * memory, and only the first `n` are copied out.
+ * Every element kernel processes `n` rounded up to a multiple of 8 elements: the caller's regions
+ * are sized in whole blocks of 8, so a tail reads and writes a few elements past `n` in its own
+ * scratch memory, and only the first `n` are copied out. The checksum kernel (`hash`) takes bytes,
+ * a multiple of its 128-byte stripe (the caller zero-pads).
  *
  * Exactness (checked bit for bit against the scalar JavaScript in the unit tests):
  *  - f32x4.add/sub are IEEE binary32 with round-to-nearest-even and subnormals, the same as
  *    Math.fround of the exact float64 sum or difference of two float32 values;
  *  - binary16 narrowing: normals by integer rebias and one rounding add (as wire-codec's
- *    narrowF16; overflow clamped to 65536 first, which that add takes to Inf), subnormals and zero by the float add 0.5 + |x| whose rounding is binary16's
- *    round-to-nearest-even at 2^-24, overflow to Inf, NaN as sign | 0x7e00 | top mantissa bits;
+ *    narrowF16; overflow clamped to 65536 first, which that add takes to Inf), subnormals and
+ *    zero by the float add 0.5 + |x| whose rounding is binary16's round-to-nearest-even at 2^-24,
+ *    overflow to Inf, NaN as sign | 0x7e00 | top mantissa bits;
  *  - binary16 widening: exact, subnormals as an exact int → float conversion scaled by 2^-24, NaN
  *    as the widening table's 0x7fc00000;
- *  - bfloat16: a rounding add and shift, NaN quieted with its sign and top bits kept.
+ *  - bfloat16: a rounding add and shift, NaN quieted with its sign and top bits kept;
+ *  - quantize (widen∘narrow on float32 lanes, for the owner's own contribution): the two composed,
+ *    bit for bit.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -126,7 +130,9 @@ function hoistConstants(fn) {
     if (!names.has(c)) names.set(c, `$k${names.size}`);
     return `(local.get ${names.get(c)})`;
   });
-  const at = body.indexOf(LOCALS) + LOCALS.length;
+  const i = body.indexOf(LOCALS);
+  if (i < 0) throw new Error('hoistConstants: a kernel without the LOCALS declarations');
+  const at = i + LOCALS.length;
   const decls = [...names.values()].map((k) => `(local ${k} v128)`).join(' ');
   const inits = [...names].map(([c, k]) => `(local.set ${k} ${c})`).join('\n    ');
   return `${body.slice(0, at)} ${decls}\n    ${inits}${body.slice(at)}`;

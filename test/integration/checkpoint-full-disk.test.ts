@@ -130,7 +130,7 @@ spec:
   output: { dir: ${out} }
 `, { baseDir: dir });
 
-  async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal): Promise<unknown> {
+  async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal, fillAtEnd = true): Promise<unknown> {
     const server = await nats.start();
     const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
     try {
@@ -138,7 +138,7 @@ spec:
         spec: specFor(out), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
         allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
         beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
-        onStep: (r) => { if (r.step === 3) fill(out); }, // the disk fills up during the last step
+        onStep: (r) => { if (fillAtEnd && r.step === 3) fill(out); }, // the disk fills up during the last step
         onCheckpoint: (c) => { if (c.final) onFinal(c); },
       });
     } finally {
@@ -158,6 +158,12 @@ spec:
     expect(finals[0]!.error).toMatch(/ENOSPC: no space left/);
     expect(readdirSync(outputs!)).toEqual(['final']); // no partial directory left by the failed tries
     expect(readdirSync(join(outputs!, 'final'))).toEqual(expect.arrayContaining(['model.safetensors', 'trainable.safetensors', 'config.json']));
+  }, 120_000);
+
+  it('fails at once on an error that freeing space does not clear', async () => {
+    const finals: Array<{ error?: string }> = [];
+    await expect(trainInto(join(dir, 'data.jsonl', 'out'), (c) => finals.push(c), undefined, false)).rejects.toThrow(/ENOTDIR/);
+    expect(finals).toEqual([]);
   }, 120_000);
 
   it('stops trying when the job is cancelled', async (ctx) => {

@@ -7,7 +7,7 @@
  * ```
  * off size field
  *   0  u8  magic 0x50 ('P')
- *   1  u8  version (2)
+ *   1  u8  version (3)
  *   2  u8  kind       ChunkKind: 1 reduce-scatter piece, 2 all-gather reduced shard
  *   3  u8  dtype      ChunkDtype: 1 float32, 2 float16 (IEEE binary16), 3 bfloat16
  *   4  u32 generation

@@ -1,9 +1,9 @@
 /**
- * The collective's element-wise hot loops as WebAssembly SIMD kernels (generated from the WAT in
- * `scripts/gen-simd-kernels.mjs`): narrowing float32 to binary16/bfloat16, widening back, and
- * float32 sums in a given order. Bit-for-bit the same as the scalar JavaScript in `wire-codec.ts`
- * (round to nearest even, subnormals, overflow, NaN; each add rounded to float32), which the unit
- * tests check.
+ * The collective's hot loops as WebAssembly SIMD kernels (generated from the WAT in
+ * `scripts/gen-simd-kernels.mjs`): narrowing float32 to binary16/bfloat16, widening back, float32
+ * sums in a given order, and the chunks' checksum (`hash32`, defined here). Bit-for-bit the same
+ * as the scalar JavaScript in `wire-codec.ts` (round to nearest even, subnormals, overflow, NaN;
+ * each add rounded to float32), which the unit tests check.
  *
  * The data live outside the module's memory (message buffers, the caller's arrays), so each call
  * works in blocks of BLOCK elements: copy in (memcpy, tens of GB/s), run the kernel 4 or 8 lanes at

@@ -133,6 +133,8 @@ export interface TrainResult {
 /** The first pause before the final outputs are tried again, and the longest. */
 export const FINAL_OUTPUTS_RETRY_MS = 2_000;
 export const FINAL_OUTPUTS_RETRY_MAX_MS = 60_000;
+/** Write errors that freeing space clears: the ones the final outputs are tried again after. */
+const OUT_OF_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 
 export interface TrainerOptions {
   readonly spec: JobSpec;
@@ -148,8 +150,8 @@ export interface TrainerOptions {
    */
   readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number; readonly error?: string; readonly final?: true }) => void;
   /**
-   * The first pause before rank 0 tries the final outputs again after a failure; it doubles up to
-   * FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s)
+   * The first pause before rank 0 tries the final outputs again after running out of space
+   * (ENOSPC, EDQUOT); it doubles up to FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s)
    */
   readonly finalOutputsRetryMs?: number;
   readonly signal?: AbortSignal;
@@ -480,10 +482,11 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       await evaluate();
     }
     if (rank === 0) {
-      // The trained state exists only in memory past the last checkpoint: a write that fails (a
-      // full disk, say) is tried again, with growing pauses, until it succeeds or the job is
-      // cancelled, rather than failing the job and losing it.
-      let pause = options.finalOutputsRetryMs ?? FINAL_OUTPUTS_RETRY_MS;
+      // The trained state exists only in memory past the last checkpoint: a write that fails for
+      // want of space is tried again, with growing pauses, until it succeeds or the job is
+      // cancelled, rather than failing the job and losing it. Other errors fail the job.
+      let pause = Math.max(1, options.finalOutputsRetryMs ?? FINAL_OUTPUTS_RETRY_MS);
+      let seconds: number;
       for (;;) {
         const tw = performance.now();
         try {
@@ -492,10 +495,10 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
             trainable: names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! })),
             inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
           });
-          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tw) / 1000, final: true });
+          seconds = (performance.now() - tw) / 1000;
           break;
         } catch (e) {
-          aborted();
+          if (!OUT_OF_SPACE.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
           log.error('final outputs could not be written; the trained state stays in memory and they are tried again', {
             dir: s.output.dir, retryInSeconds: pause / 1000, error: errorMessage(e),
           });
@@ -505,6 +508,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           pause = Math.min(2 * pause, FINAL_OUTPUTS_RETRY_MAX_MS);
         }
       }
+      options.onCheckpoint?.({ step: state.step, seconds, final: true });
     }
     return {
       steps: plan.totalSteps, firstLoss, finalLoss: lastLoss, outputDir: s.output.dir,
