@@ -195,20 +195,27 @@ function addWidenedFn(name, lanes) {
       (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
 }
 
+/** A loop over 8 float32 elements at a time on both sides: `$p` (the output) and `$q` (the input). */
+function loopF32(body) {
+  return `
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      ${body}
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $q (i32.add (local.get $q) (i32.const 32)))
+      (br $next)))`;
+}
+
 /** quantize(src f32 at $q, dst f32 at $p, n): dst = widen(narrow(src)). */
 function quantizeFn(name, lanes) {
   return `
   (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
     ${endOf}
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+    ${loopF32(`
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) ${lanes})
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) ${lanes})
-      (local.set $p (i32.add (local.get $p) (i32.const 32)))
-      (local.set $q (i32.add (local.get $q) (i32.const 32)))
-      (br $next))))`;
+      (v128.store offset=16 (local.get $p) ${lanes})`)})`;
 }
 
 /** addQuantized(acc f32 at $p, src f32 at $q, n): acc += widen(narrow(src)), float32 adds. */
@@ -216,15 +223,11 @@ function addQuantizedFn(name, lanes) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+    ${loopF32(`
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))
-      (local.set $p (i32.add (local.get $p) (i32.const 32)))
-      (local.set $q (i32.add (local.get $q) (i32.const 32)))
-      (br $next))))`;
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
 }
 
 /** A float32 binary op: out = a op b, 8 at a time ($p: out, $q: a, $r: b). */

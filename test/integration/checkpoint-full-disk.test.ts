@@ -54,17 +54,9 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Fills the filesystem at `at` with a file named `filler`. */
-function fill(at: string): void {
-  const fs = statfsSync(at);
-  writeFileSync(join(at, 'filler'), Buffer.alloc(fs.bavail * fs.bsize));
-}
-
-describe('a full disk under the checkpoints', () => {
-  it('training goes on and finishes; the older checkpoint stays, no partial one is left', async (ctx) => {
-    if (!mounted) ctx.skip();
-    const out = join(dir, 'out');
-    const spec = parseJobSpec(`
+/** SLAM on the tiny model, one worker, `steps` steps of 6 samples, into `out`. */
+function trainSpec(out: string, steps: number, checkpoint: string): ReturnType<typeof parseJobSpec> {
+  return parseJobSpec(`
 apiVersion: polytune/v1
 kind: TrainJob
 metadata: { name: full-disk-test }
@@ -75,14 +67,27 @@ spec:
     train: [{ path: data.jsonl, format: alpaca }]
     maxSeqLen: 64
   training:
-    maxSteps: 6
+    maxSteps: ${steps}
     globalBatchSize: 6
     microBatchSize: 2
     optimizer: { name: adamw, lr: 1.0e-2 }
   workers: { count: 1 }
-  checkpoint: { everySteps: 2, keep: 3 }
+  ${checkpoint}
   output: { dir: ${out} }
 `, { baseDir: dir });
+}
+
+/** Fills the filesystem at `at` with a file named `filler`. */
+function fill(at: string): void {
+  const fs = statfsSync(at);
+  writeFileSync(join(at, 'filler'), Buffer.alloc(fs.bavail * fs.bsize));
+}
+
+describe('a full disk under the checkpoints', () => {
+  it('training goes on and finishes; the older checkpoint stays, no partial one is left', async (ctx) => {
+    if (!mounted) ctx.skip();
+    const out = join(dir, 'out');
+    const spec = trainSpec(out, 6, 'checkpoint: { everySteps: 2, keep: 3 }');
     const server = await nats.start();
     const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldisk'), generation: 1, rank: 0, worldSize: 1 });
     const checkpoints: Array<{ step: number; error?: string }> = [];
@@ -110,32 +115,14 @@ spec:
 });
 
 describe('a full disk at the end', () => {
-  const specFor = (out: string): ReturnType<typeof parseJobSpec> => parseJobSpec(`
-apiVersion: polytune/v1
-kind: TrainJob
-metadata: { name: full-disk-final }
-spec:
-  model: { path: model }
-  method: { name: slam, layers: [1, 3] }
-  data:
-    train: [{ path: data.jsonl, format: alpaca }]
-    maxSeqLen: 64
-  training:
-    maxSteps: 3
-    globalBatchSize: 6
-    microBatchSize: 2
-    optimizer: { name: adamw, lr: 1.0e-2 }
-  workers: { count: 1 }
-  checkpoint: { everySteps: 100 }
-  output: { dir: ${out} }
-`, { baseDir: dir });
+
 
   async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal, fillAtEnd = true): Promise<unknown> {
     const server = await nats.start();
     const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
     try {
       return await train({
-        spec: specFor(out), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
+        spec: trainSpec(out, 3, 'checkpoint: { everySteps: 100 }'), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
         allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
         beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
         onStep: (r) => { if (fillAtEnd && r.step === 3) fill(out); }, // the disk fills up during the last step
