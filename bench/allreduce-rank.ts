@@ -12,7 +12,7 @@ import { connect, type NatsConnection, type Subscription } from '@nats-io/transp
 import { errorMessage } from '../common/errors.js';
 import { ChunkDtype } from '../worker/collective/chunk-header.js';
 import { GradientAllReduce } from '../worker/collective/gradient-allreduce.js';
-import { presizeNatsMessageBuffers } from '../worker/collective/nats-receive.js';
+import { presizeNatsMessageBuffers, releaseReceived } from '../worker/collective/nats-receive.js';
 import { dequantize, quantize, type Compression } from '../worker/collective/wire-codec.js';
 import { benchValue, type FromRank, type RankSetup, type ToRank } from './allreduce-protocol.js';
 
@@ -75,6 +75,7 @@ async function doSetup(s: RankSetup): Promise<void> {
   } else {
     const cb = (_e: Error | null, m: { data: Uint8Array }): void => {
       received += m.data.byteLength;
+      releaseReceived(m.data); // as the collective does once it has used a chunk
       onReceived?.();
     };
     subs.push(nc.subscribe(`bench.${s.job}.rs.${s.rank}`, { callback: cb }));

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { Kind, Parser, type ParserEvent } from '@nats-io/nats-core/internal';
 
-import { presizeNatsMessageBuffers } from '../../worker/collective/nats-receive.js';
+import { presizeNatsMessageBuffers, receiveBuffersReused, RECEIVE_POOL_BYTES, releaseReceived } from '../../worker/collective/nats-receive.js';
 
 interface Parsed { kind: Kind; subject?: string; sid?: number; reply?: string; size?: number; data: number[]; aligned: boolean; capacity: number }
 
@@ -112,6 +112,34 @@ describe('presizeNatsMessageBuffers', () => {
     for (const e of presized) {
       expect(e.capacity).toBe(e.size);
       expect(e.aligned).toBe(true);
+    }
+  });
+
+  it('hands a released buffer to a later message of its size, once, and only its own buffers', () => {
+    const original = Parser.prototype.parse;
+    presizeNatsMessageBuffers();
+    try {
+      const got: Uint8Array[] = [];
+      const p = new Parser({ push(e: ParserEvent): void { if (e.data) got.push(e.data); } });
+      const feed = (stream: Uint8Array): void => { for (let at = 0; at < stream.length; at += 65536) p.parse(stream.subarray(at, at + 65536)); };
+      const size = 300_000;
+      feed(message('a', 1, payload(size, 1)));
+      const first = got[0]!;
+      expect(first.buffer.byteLength).toBe(size);
+      const before = receiveBuffersReused();
+      releaseReceived(first.subarray(64)); // a view of the message, as a kept piece is
+      releaseReceived(first); // given back twice: pooled once
+      releaseReceived(new Uint8Array(size)); // not a buffer of the parser's: ignored
+      feed(message('a', 1, payload(size, 2)));
+      feed(message('a', 1, payload(size, 3)));
+      expect(receiveBuffersReused() - before).toBe(1);
+      expect(got[1]!.buffer).toBe(first.buffer); // the pooled one, refilled
+      expect(got[2]!.buffer).not.toBe(first.buffer); // not handed out twice
+      expect(Array.from(got[1]!)).toEqual(Array.from(payload(size, 2)));
+      expect(Array.from(got[2]!)).toEqual(Array.from(payload(size, 3)));
+      expect(RECEIVE_POOL_BYTES).toBeGreaterThanOrEqual(32 * 1024 * 1024);
+    } finally {
+      Parser.prototype.parse = original;
     }
   });
 

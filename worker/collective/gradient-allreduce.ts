@@ -44,7 +44,8 @@
  * flush has returned; at most what a step can have in flight is kept for reuse. A caller may pass
  * the array to write the result into (`CallOptions.output`): writing a fresh vector costs a page
  * fault a 4 KiB page, more than the reduction's arithmetic. A received chunk longer than one
- * socket read is gathered in one buffer of its size (`nats-receive.ts`), not one grown by doubling.
+ * socket read is gathered in one buffer of its size (`nats-receive.ts`), not one grown by doubling,
+ * and that buffer goes back to a pool once its numbers are summed or copied.
  *
  * ## Losses and checks
  * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
@@ -92,7 +93,7 @@ import {
   sealChunk,
   type ChunkHeader,
 } from './chunk-header.js';
-import { presizeNatsMessageBuffers } from './nats-receive.js';
+import { presizeNatsMessageBuffers, releaseReceived } from './nats-receive.js';
 import { narrowInto, sumF32Into, sumWidenedInto, widenInto } from './simd-kernels.js';
 import { Compression, wireDtype } from './wire-codec.js';
 
@@ -758,6 +759,7 @@ export class GradientAllReduce {
       for (let r = 0; r < n; r++) if (r !== me && op.rsRecv[r]! <= c) { complete = false; break; }
       if (!complete) break;
       this.#reduceChunk(op, c, chunks, offset, count);
+      for (const piece of op.pieces.get(c) ?? []) if (piece !== undefined) releaseReceived(piece);
       op.pieces.delete(c);
       op.reduced++;
       any = true;
@@ -1089,6 +1091,8 @@ export class GradientAllReduce {
     if (op !== undefined && h.step === op.step) {
       if (!op.settled) {
         this.#apply(op, subj.phase, h, msg.data);
+        // A reduce-scatter piece is kept until its chunk is reduced; an all-gather chunk is used up.
+        if (subj.phase === GradPhase.allGather) releaseReceived(msg.data);
         this.#pump(op);
       } else {
         this.#stats.droppedStale++;
