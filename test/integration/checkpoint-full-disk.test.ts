@@ -8,19 +8,16 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseJobSpec } from '../../common/jobspec.js';
-import { initBackend } from '../../worker/backend.js';
+import type { JobSpec } from '../../common/jobspec.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
-import { runInitModel } from '../../worker/commands/init-model.js';
-import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { verifyManifest } from '../../worker/train/atomic-dir.js';
 import { listCheckpoints } from '../../worker/train/checkpoint.js';
 import { train } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
 
 let dir: string;
 let mounted: string | undefined;
@@ -39,10 +36,7 @@ function mountTmpfs(at: string, bytes: number): string | undefined {
 }
 
 beforeAll(async () => {
-  await initBackend('wasm');
-  dir = await mkdtemp(join(tmpdir(), 'polytune-fulldisk-'));
-  await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 3, write: () => {} });
-  await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(2, 9)));
+  dir = await tinyTrainDir('polytune-fulldisk-', 3, 2, 9);
   mounted = mountTmpfs(join(dir, 'out', 'checkpoints'), 2 * 1024 * 1024);
   outputs = mountTmpfs(join(dir, 'out2'), 64 * 1024 * 1024); // the final outputs take about 22 MB
 }, 120_000);
@@ -55,26 +49,8 @@ afterAll(async () => {
 });
 
 /** SLAM on the tiny model, one worker, `steps` steps of 6 samples, into `out`. */
-function trainSpec(out: string, steps: number, checkpoint: string): ReturnType<typeof parseJobSpec> {
-  return parseJobSpec(`
-apiVersion: polytune/v1
-kind: TrainJob
-metadata: { name: full-disk-test }
-spec:
-  model: { path: model }
-  method: { name: slam, layers: [1, 3] }
-  data:
-    train: [{ path: data.jsonl, format: alpaca }]
-    maxSeqLen: 64
-  training:
-    maxSteps: ${steps}
-    globalBatchSize: 6
-    microBatchSize: 2
-    optimizer: { name: adamw, lr: 1.0e-2 }
-  workers: { count: 1 }
-  ${checkpoint}
-  output: { dir: ${out} }
-`, { baseDir: dir });
+function trainSpec(out: string, steps: number, checkpoint: string): JobSpec {
+  return tinySlamSpec(dir, { name: 'full-disk-test', out, steps, checkpoint });
 }
 
 /** Fills the filesystem at `at` with a file named `filler`. */
@@ -87,7 +63,7 @@ describe('a full disk under the checkpoints', () => {
   it('training goes on and finishes; the older checkpoint stays, no partial one is left', async (ctx) => {
     if (!mounted) ctx.skip();
     const out = join(dir, 'out');
-    const spec = trainSpec(out, 6, 'checkpoint: { everySteps: 2, keep: 3 }');
+    const spec = trainSpec(out, 6, '{ everySteps: 2, keep: 3 }');
     const server = await nats.start();
     const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldisk'), generation: 1, rank: 0, worldSize: 1 });
     const checkpoints: Array<{ step: number; error?: string }> = [];
@@ -122,7 +98,7 @@ describe('a full disk at the end', () => {
     const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
     try {
       return await train({
-        spec: trainSpec(out, 3, 'checkpoint: { everySteps: 100 }'), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
+        spec: trainSpec(out, 3, '{ everySteps: 100 }'), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
         allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
         beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
         onStep: (r) => { if (fillAtEnd && r.step === 3) fill(out); }, // the disk fills up during the last step

@@ -4,30 +4,24 @@
  * trainable tensors of an uninterrupted run; a corrupt checkpoint is refused for the one before;
  * a non-finite step is skipped on every rank.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
-import { initBackend } from '../../worker/backend.js';
+import type { JobSpec } from '../../common/jobspec.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
-import { runInitModel } from '../../worker/commands/init-model.js';
-import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { checkpointName, listCheckpoints } from '../../worker/train/checkpoint.js';
 import { LlamaModel } from '../../worker/model/llama.js';
 import { releaseHolder, train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
+import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
 
 let dir: string;
 const nats = natsScope();
 const STEPS = 6;
 
 beforeAll(async () => {
-  await initBackend('wasm');
-  dir = await mkdtemp(join(tmpdir(), 'polytune-resume-'));
-  await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 3, write: () => {} });
-  await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(2, 9)));
+  dir = await tinyTrainDir('polytune-resume-', 3, 2, 9);
 }, 120_000);
 afterEach(() => nats.cleanup());
 afterAll(async () => {
@@ -35,26 +29,11 @@ afterAll(async () => {
 });
 
 function spec(outDir: string, workers: number): JobSpec {
-  return parseJobSpec(`
-apiVersion: polytune/v1
-kind: TrainJob
-metadata: { name: resume-test }
-spec:
-  model: { path: model }
-  method: { name: slam, layers: [1, 3] }
-  data:
-    train: [{ path: data.jsonl, format: alpaca }]
-    maxSeqLen: 64
-  training:
-    maxSteps: ${STEPS}
-    globalBatchSize: 6
-    microBatchSize: 2
-    optimizer: { name: adamw, lr: 1.0e-2, weightDecay: 0.01 }
-    schedule: { name: cosine, warmupRatio: 0.2 }
-  workers: { count: ${workers} }
-  checkpoint: { everySteps: 2, keep: 3 }
-  output: { dir: ${outDir} }
-`, { baseDir: dir });
+  return tinySlamSpec(dir, {
+    name: 'resume-test', out: outDir, steps: STEPS, workers,
+    optimizer: '{ name: adamw, lr: 1.0e-2, weightDecay: 0.01 }', training: ['schedule: { name: cosine, warmupRatio: 0.2 }'],
+    checkpoint: '{ everySteps: 2, keep: 3 }',
+  });
 }
 
 interface RankRun {

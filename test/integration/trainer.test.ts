@@ -4,27 +4,22 @@
  * compare a 1-rank and a 2-rank run of the same spec: DESIGN.md says the data order and the loss
  * do not depend on the world size.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
-import { initBackend } from '../../worker/backend.js';
+import type { JobSpec } from '../../common/jobspec.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
-import { runInitModel } from '../../worker/commands/init-model.js';
-import { makeWordProblems, WORD_PROBLEM_LANGUAGES, wordProblemsJsonl } from '../../worker/data/word-problems.js';
+import { WORD_PROBLEM_LANGUAGES } from '../../worker/data/word-problems.js';
 import { train, type StepReport, type TrainResult } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
+import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
 
 let dir: string;
 const nats = natsScope();
 
 beforeAll(async () => {
-  await initBackend('wasm');
-  dir = await mkdtemp(join(tmpdir(), 'polytune-trainer-'));
-  await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: 7, write: () => {} });
-  await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(3, 5)));
+  dir = await tinyTrainDir('polytune-trainer-', 7, 3, 5);
 }, 120_000);
 afterEach(() => nats.cleanup());
 afterAll(async () => {
@@ -32,26 +27,10 @@ afterAll(async () => {
 });
 
 function spec(outDir: string, workers: number, microBatchSize: number, gradientCheckpointing = false): JobSpec {
-  return parseJobSpec(`
-apiVersion: polytune/v1
-kind: TrainJob
-metadata: { name: trainer-test }
-spec:
-  model: { path: model }
-  method: { name: slam, layers: [0, 2] }
-  data:
-    train: [{ path: data.jsonl, format: alpaca }]
-    maxSeqLen: 64
-  training:
-    maxSteps: 3
-    globalBatchSize: 6
-    microBatchSize: ${microBatchSize}
-    optimizer: { name: adamw, lr: 1.0e-2 }
-    gradClip: 1.0
-    gradientCheckpointing: ${gradientCheckpointing}
-  workers: { count: ${workers} }
-  output: { dir: ${outDir} }
-`, { baseDir: dir });
+  return tinySlamSpec(dir, {
+    name: 'trainer-test', out: outDir, steps: 3, workers, layers: [0, 2], microBatchSize,
+    training: ['gradClip: 1.0', `gradientCheckpointing: ${gradientCheckpointing}`],
+  });
 }
 
 async function runJob(workers: number, outDir: string, microBatchSize = 2, gradientCheckpointing = false): Promise<{ results: TrainResult[]; reports: StepReport[][] }> {
