@@ -138,14 +138,17 @@ function hoistConstants(fn) {
   return `${body.slice(0, at)} ${decls}\n    ${inits}${body.slice(at)}`;
 }
 
-/** A loop over 8 elements at a time: `$p` runs over the float32 side from `$p` to `$end`. */
-function loop8(body) {
+/**
+ * A loop while `$p` is below `$end`: `body`, then each pointer of `strides` (`$p` first) advances by
+ * its byte count. Element kernels do 8 elements a pass: `$p` 32 bytes (float32), a 16-bit side 16.
+ */
+function loop(body, strides) {
+  const advance = Object.entries(strides).map(([r, bytes]) => `(local.set ${r} (i32.add (local.get ${r}) (i32.const ${bytes})))`);
   return `
     (block $done (loop $next
       (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
       ${body}
-      (local.set $p (i32.add (local.get $p) (i32.const 32)))
-      (local.set $q (i32.add (local.get $q) (i32.const 16)))
+      ${advance.join('\n      ')}
       (br $next)))`;
 }
 
@@ -164,11 +167,11 @@ function narrowFn(name, lanes, signApart = false) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop8(`
+    ${loop(`
       (local.set $f (local.tee $e (v128.load (local.get $p))))
       (local.set $lo ${lanes})
       (local.set $f (v128.load offset=16 (local.get $p)))
-      (v128.store (local.get $q) ${pack})`)})`;
+      (v128.store (local.get $q) ${pack})`, { $p: 32, $q: 16 })})`;
 }
 
 /** widen(src u16 at $q, dst f32 at $p, n). */
@@ -176,11 +179,11 @@ function widenFn(name, lanes) {
   return `
   (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop8(`
+    ${loop(`
       (local.set $h (v128.load16x4_u (local.get $q)))
       (v128.store (local.get $p) ${lanes})
       (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
-      (v128.store offset=16 (local.get $p) ${lanes})`)})`;
+      (v128.store offset=16 (local.get $p) ${lanes})`, { $p: 32, $q: 16 })})`;
 }
 
 /** addWidened(acc f32 at $p, src u16 at $q, n): acc += widen(src), float32 adds. */
@@ -188,22 +191,11 @@ function addWidenedFn(name, lanes) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop8(`
+    ${loop(`
       (local.set $h (v128.load16x4_u (local.get $q)))
       (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
       (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
-      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
-}
-
-/** A loop over 8 float32 elements at a time on both sides: `$p` (the output) and `$q` (the input). */
-function loopF32(body) {
-  return `
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-      ${body}
-      (local.set $p (i32.add (local.get $p) (i32.const 32)))
-      (local.set $q (i32.add (local.get $q) (i32.const 32)))
-      (br $next)))`;
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`, { $p: 32, $q: 16 })})`;
 }
 
 /** quantize(src f32 at $q, dst f32 at $p, n): dst = widen(narrow(src)). */
@@ -211,11 +203,11 @@ function quantizeFn(name, lanes) {
   return `
   (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loopF32(`
+    ${loop(`
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) ${lanes})
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) ${lanes})`)})`;
+      (v128.store offset=16 (local.get $p) ${lanes})`, { $p: 32, $q: 32 })})`;
 }
 
 /** addQuantized(acc f32 at $p, src f32 at $q, n): acc += widen(narrow(src)), float32 adds. */
@@ -223,11 +215,11 @@ function addQuantizedFn(name, lanes) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loopF32(`
+    ${loop(`
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`)})`;
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`, { $p: 32, $q: 32 })})`;
 }
 
 /** A float32 binary op: out = a op b, 8 at a time ($p: out, $q: a, $r: b). */
@@ -235,15 +227,10 @@ function binaryF32Fn(name, op) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $r i32) (param $n i32) ${LOCALS}
     ${endOf}
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+    ${loop(`
       (v128.store (local.get $p) (${op} (v128.load (local.get $q)) (v128.load (local.get $r))))
-      (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 (local.get $q)) (v128.load offset=16 (local.get $r))))
-      (local.set $p (i32.add (local.get $p) (i32.const 32)))
-      (local.set $q (i32.add (local.get $q) (i32.const 32)))
-      (local.set $r (i32.add (local.get $r) (i32.const 32)))
-      (br $next)))`
-    + ')';
+      (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 (local.get $q)) (v128.load offset=16 (local.get $r))))`,
+    { $p: 32, $q: 32, $r: 32 })})`;
 }
 
 /**
@@ -263,11 +250,7 @@ const hashFn = `
   (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local $t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
     ${ACCS.map((a, i) => `(local.set ${a} (v128.load offset=${i * 16} (local.get $s)))`).join('\n    ')}
     (local.set $end (i32.add (local.get $p) (local.get $n)))
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-      ${ACCS.map((a, i) => hashRound(a, i * 16)).join('')}
-      (local.set $p (i32.add (local.get $p) (i32.const 128)))
-      (br $next)))
+    ${loop(ACCS.map((a, i) => hashRound(a, i * 16)).join(''), { $p: 128 })}
     ${ACCS.map((a, i) => `(v128.store offset=${i * 16} (local.get $s) (local.get ${a}))`).join('\n    ')})`;
 
 export const WAT = `(module
