@@ -29,7 +29,7 @@ import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
-import { parameterCounts } from '../common/trainable.js';
+import { parameterCounts } from '../common/methods/index.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,

@@ -30,7 +30,7 @@ import { silentLogger, type Logger } from '../../common/logging.js';
 import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
 import type { DataRecord } from '../../common/records.js';
 import { encodeRecord, padBatch, type EncodedSample } from '../data/encode.js';
-import { trainableTensorNames } from '../../common/trainable.js';
+import { trainableTensorNames } from '../../common/methods/index.js';
 import { LlamaModel } from '../model/llama.js';
 import { readLlamaConfig } from '../../common/model-config.js';
 import { listModelTensors } from '../model/safetensors.js';
