@@ -35,7 +35,7 @@ describe('hook points', () => {
 
   it('adds at the given rows only, with a gradient for what was added', () => {
     const H = model.config.hiddenSize;
-    const v = tf.variable(tf.randomNormal([2, H], 0, 0.1, 'float32', 7));
+    const v = tf.variable(tf.randomNormal<tf.Rank.R2>([2, H], 0, 0.1, 'float32', 7));
     const rows = Int32Array.from([3, 8 + 4]);
     const ids = tf.tensor2d(IDS, undefined, 'int32');
     const labels = tf.tensor2d(LABELS, undefined, 'int32');
