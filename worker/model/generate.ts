@@ -8,7 +8,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { eosIds as configEosIds } from '../../common/model-config.js';
-import { MASKED, type KvCache, type LlamaModel } from './llama.js';
+import type { KvCache, LlamaModel } from './llama.js';
+import { MASKED } from './ops.js';
 import type { ModelTokenizer } from './tokenizer.js';
 
 export const FinishReason = { eos: 'eos', stop: 'stop', length: 'length' } as const;

@@ -32,10 +32,6 @@ import { applyRope, ropeTensors } from './rope.js';
 import type { NamedTensor } from './safetensors.js';
 import { checkedModelListing, loadWeights, tensorSink, type TensorSink } from './weight-loader.js';
 
-// The model's helpers, for the modules that import them from here.
-export { IGNORE_INDEX } from './loss-head.js';
-export { MASKED, causalMask, gatherRows, rmsNorm } from './ops.js';
-
 /** Per layer, keys and values after RoPE, [B, numKeyValueHeads, length, headDim]. */
 export interface KvCache {
   readonly k: readonly tf.Tensor4D[];
