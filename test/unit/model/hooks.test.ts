@@ -68,6 +68,15 @@ describe('hook points', () => {
     for (let b = 0; b < 2; b++) expected.set(longer.subarray((b * (P + T) + P) * H, (b + 1) * (P + T) * H), b * T * H);
     expect(prepended.length).toBe(expected.length);
     for (let i = 0; i < expected.length; i++) expect(prepended[i]).toBeCloseTo(expected[i]!, 5);
+    // The loss sees the input positions only: the same NLL as the longer ids with the prefix unsupervised.
+    const nll = tf.tidy(() => [
+      model.nllSum(tf.tensor2d(IDS, undefined, 'int32'), tf.tensor2d(LABELS, undefined, 'int32'), {
+        hooks: { embeddings: () => ({ prepend: tf.stack([0, 1].map(() => tf.gather(E, prefix))) as tf.Tensor3D }) },
+      }).dataSync()[0]!,
+      model.nllSum(tf.tensor2d(IDS.map((row) => [...prefix, ...row]), undefined, 'int32'),
+        tf.tensor2d(LABELS.map((row) => [-100, -100, -100, ...row]), undefined, 'int32')).dataSync()[0]!,
+    ]);
+    expect(nll[0]).toBeCloseTo(nll[1]!, 4);
     E.dispose();
   });
 
