@@ -277,7 +277,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         reduced, languages, sizes, gradClip: s.training.gradClip, optimizer: state.optimizer, master, vars, lr,
       });
       const { loss: stepLoss, gradNorm, skipped } = applied;
-      if (applied.globalSupervised <= 0) log.warn('a global batch without supervised tokens: no update', { step });
+      if (!(applied.globalSupervised > 0)) log.warn('a global batch without supervised tokens: no update', { step });
       if (skipped) {
         nonFiniteSteps++;
         nonFiniteInARow++;
