@@ -13,6 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { MethodSpecOf } from '../../common/methods/index.js';
 import { readLlamaConfig } from '../../common/model-config.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
+import { encodeRecord } from '../../worker/data/encode.js';
 import { initModules } from '../../worker/methods/modules.js';
 import { slam } from '../../worker/methods/slam.js';
 import type { TrainingMethod } from '../../worker/methods/training-method.js';
@@ -35,9 +36,23 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** SLAM plus `probe.bias` [hidden], normal(0, 0.05) from the seed, added after layer 0 at position 1 of every row. */
+/** Calls of the probe's `encode` and `loss` (they do what the defaults do). */
+const calls = { encode: 0, loss: 0 };
+
+/**
+ * SLAM plus `probe.bias` [hidden], normal(0, 0.05) from the seed, added after layer 0 at position 1
+ * of every row; its `encode` and `loss` are the defaults, counted.
+ */
 const probe: TrainingMethod<MethodSpecOf<'slam'>> = {
   ...slam,
+  encode: (_m, record, tokenizer, template, maxSeqLen) => {
+    calls.encode++;
+    return encodeRecord(record, tokenizer, template, maxSeqLen);
+  },
+  loss: ({ model }, { inputIds, labels, hooks }) => {
+    calls.loss++;
+    return model.nllRowSums(inputIds, labels, hooks ? { hooks } : {});
+  },
   modules: (_m, config) => [{ name: 'probe.bias', shape: [config.hiddenSize], init: { kind: 'normal', std: 0.05 } }],
   hooks: ({ modules }) => ({
     afterLayer: (layer, hidden, { B, T }) => {
@@ -76,6 +91,11 @@ describe('a method with its own module', () => {
     const clean = join(dir, 'clean');
     const losses = await run(clean, uniqueJobName('modules'), false);
     expect(losses).toHaveLength(STEPS);
+    // The method's loss runs for every micro-batch with supervised tokens (at most 2 a rank a step:
+    // 3 samples, micro-batches of 2), its encoding once a sample a rank.
+    expect(calls.loss).toBeGreaterThan(0);
+    expect(calls.loss).toBeLessThanOrEqual(2 * 2 * STEPS);
+    expect(calls.encode).toBeGreaterThan(0);
 
     const config = await readLlamaConfig(join(dir, 'model'));
     const start = initModules('slam', probe.modules!({ name: 'slam' }, config), SEED, new Set())[0]!;
