@@ -8,7 +8,8 @@
  *      optimizer to the float32 master copies; every rank does the same arithmetic on the same
  *      numbers, so every rank ends the step with bit-identical parameters.
  *
- * computeGradients → all-reduce → applyGradients is the seam; every device step runs in `tf.tidy`.
+ * computeStepGradients → all-reduce → applyReducedGradients (step.ts) is the seam; every device step
+ * runs in `tf.tidy`.
  *
  * A rank keeps its state (`TrainingState`: step, master copies, optimizer arrays) in a holder that
  * outlives one generation of the job. When a world is re-formed (a lost worker, a failed collective,
