@@ -305,8 +305,12 @@ export class LlamaModel {
         if (options.cache || options.positions || options.mask) {
           throw new UserError('the embeddings hook prepends vectors: not with a KV cache, explicit positions or mask');
         }
-        prefix = edit.prepend.shape[1];
         const H = this.config.hiddenSize;
+        const [pb, p, ph] = edit.prepend.shape;
+        if (edit.prepend.rank !== 3 || pb !== B || ph !== H) {
+          throw new Error(`the embeddings hook prepended shape [${edit.prepend.shape.join(', ')}], expected [${B}, P, ${H}]`);
+        }
+        prefix = p;
         x = tf.reshape(tf.concat([edit.prepend, tf.reshape(x, [B, T0, H])], 1), [B * (prefix + T0), H]);
       }
       if (x !== embedded) embedded.dispose();
@@ -363,7 +367,13 @@ export class LlamaModel {
 
   /** `x` [n, H] plus `add` ([n, H], or [rows.length, H] added at flat rows `rows`). */
   private added(x: tf.Tensor2D, add: tf.Tensor2D, rows: Int32Array | undefined): tf.Tensor2D {
-    return tf.add(x, rows ? scatterRows(add, rows, x.shape[0]) : add);
+    const [n, H] = x.shape;
+    const want = [rows ? rows.length : n, H];
+    if (add.rank !== 2 || add.shape[0] !== want[0] || add.shape[1] !== H) {
+      throw new Error(`a hook added a tensor of shape [${add.shape.join(', ')}], expected [${want.join(', ')}]`);
+    }
+    if (rows?.some((r) => !(r >= 0 && r < n))) throw new Error(`a hook added at a row outside [0, ${n})`);
+    return tf.add(x, rows ? scatterRows(add, rows, n) : add);
   }
 
   /** Decoder layer `l` on its input [B*T, H]: its output, and its keys and values (after RoPE). */

@@ -180,11 +180,13 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   });
   if (held) log.info('model kept from the previous generation', { path: s.model.path });
   if (options.holder) options.holder.model = model;
-  // The method's own modules: variables of this generation, their values from the seed or, when
-  // resuming, from the state the ranks agree on (they are part of it).
-  const moduleInit = initModules(method.name, method.modules?.(s.method, config) ?? [], s.training.seed, new Set(tensors.keys()));
-  const moduleVars = moduleInit.map((m) => tf.tidy(() => tf.variable(tf.tensor(m.data, m.shape, 'float32'), true, `polytune-module/${m.name}/${moduleSeq++}`)));
+  let moduleVars: tf.Variable[] = [];
   try {
+    // The method's own modules: variables of this generation, their values from the seed or, when
+    // resuming, from the state the ranks agree on (they are part of it).
+    const moduleInit = initModules(method.name, method.modules?.(s.method, config) ?? [], s.training.seed, new Set(tensors.keys()));
+    moduleVars = moduleInit.map((m) =>
+      tf.tidy(() => tf.variable(tf.tensor(m.data, m.shape, 'float32'), true, `polytune-module/${m.name}/${moduleSeq++}`)));
     const run: MethodRun = { method: s.method, model, modules: new Map(moduleInit.map((m, i) => [m.name, moduleVars[i]!])) };
     const hooks = method.hooks?.(run);
     const loss: RowLoss = method.loss

@@ -56,6 +56,13 @@ describe('hook points', () => {
     tf.dispose([a.value, b.value, a.grads, b.grads, v, ids, labels]);
   });
 
+  it('refuses an addition of the wrong shape or outside the rows, naming what was expected', () => {
+    const H = model.config.hiddenSize;
+    expect(() => hidden({ afterLayer: () => ({ add: tf.zeros([3, H]) }) })).toThrow(`expected [16, ${H}]`);
+    expect(() => hidden({ embeddings: () => ({ add: tf.zeros([1, H]), rows: Int32Array.from([16]) }) })).toThrow('outside [0, 16)');
+    expect(() => hidden({ embeddings: () => ({ prepend: tf.zeros([1, 2, H]) }) })).toThrow(`expected [2, P, ${H}]`);
+  });
+
   it('prepending the embeddings of tokens equals running with those tokens first', () => {
     const prefix = [5, 6, 7];
     const E = model.tensor('model.embed_tokens.weight');
