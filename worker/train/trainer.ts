@@ -38,6 +38,7 @@ import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js'
 import { readLlamaConfig } from '../../common/model-config.js';
 import { encodeRecord } from '../data/encode.js';
 import { initModules, trainingMethodFor, type MethodRun, type TrainingMethod } from '../methods/index.js';
+import type { ForwardHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
@@ -153,7 +154,12 @@ export interface TrainerOptions {
    * Evaluation hook (worker/eval/run-eval.ts `createEvalHook`), called on every rank after each
    * step with the live model; it decides whether to evaluate and may use the collective.
    */
-  readonly evaluate?: (ctx: { step: number; totalSteps: number; model: LlamaModel; tokenizer: ModelTokenizer; reduce: (data: Float32Array) => Promise<Float32Array> }) => Promise<void>;
+  readonly evaluate?: (ctx: {
+    step: number; totalSteps: number; model: LlamaModel; tokenizer: ModelTokenizer;
+    /** The method's forward hooks, when it has some: generation uses them as training does. */
+    hooks?: ForwardHooks;
+    reduce: (data: Float32Array) => Promise<Float32Array>;
+  }) => Promise<void>;
 }
 
 export async function train(options: TrainerOptions): Promise<TrainResult> {
@@ -240,7 +246,10 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     };
 
     const evaluate = async (): Promise<void> =>
-      options.evaluate?.({ step: state.step, totalSteps: plan.totalSteps, model, tokenizer, reduce: (d) => reduce(d, { exact: true }) });
+      options.evaluate?.({
+        step: state.step, totalSteps: plan.totalSteps, model, tokenizer, ...(hooks ? { hooks } : {}),
+        reduce: (d) => reduce(d, { exact: true }),
+      });
 
     for (let step = startStep; step < plan.totalSteps; step++) {
       aborted();

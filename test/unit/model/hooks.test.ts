@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../../worker/backend.js';
+import { generateIds } from '../../../worker/model/generate.js';
 import { LINEAR_NAMES, type ForwardHooks, type LinearName } from '../../../worker/model/hooks.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 
@@ -142,5 +143,22 @@ describe('hook points', () => {
     } finally {
       ck.dispose();
     }
+  });
+
+  it('generation runs the hooks at the prefill and at every decoding step', async () => {
+    const prompts = [[1, 40, 41], [1, 90]];
+    const plain = await generateIds(model, prompts, { maxNewTokens: 4, eosIds: [] });
+    const Ts: number[] = [];
+    const hooked = await generateIds(model, prompts, {
+      maxNewTokens: 4, eosIds: [],
+      hooks: {
+        afterLayer: (l, h, { T }) => {
+          if (l === 0) Ts.push(T);
+          return { add: tf.zerosLike(h) };
+        },
+      },
+    });
+    expect(hooked.ids).toEqual(plain.ids);
+    expect(Ts).toEqual([3, 1, 1, 1]); // the prefill (left-padded to 3), then one position a step
   });
 });
