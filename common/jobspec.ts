@@ -11,7 +11,7 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
-import { methodIssues, methodModelIssues, methodSchema, type MethodSpec } from './methods/index.js';
+import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 
 // The method block and its names live in common/methods/ (one file a method); re-exported for the
@@ -245,9 +245,7 @@ function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
         train: s.data.train.map((src) => ({ ...src, path: abs(src.path), ...(src.target ? { target: abs(src.target) } : {}) })),
       },
       output: { dir: abs(s.output.dir) },
-      ...(s.method.analysis
-        ? { method: { ...s.method, analysis: { ...s.method.analysis, probe: resolveProblemSets(s.method.analysis.probe, baseDir) } } as MethodSpec }
-        : {}),
+      method: resolveMethodPaths(s.method, baseDir),
       ...(s.eval ? { eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) } } : {}),
     },
   };

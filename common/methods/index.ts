@@ -4,7 +4,7 @@
  */
 export {
   METHOD_NAMES, SUPPORTED_METHODS, describeTrainable, methodContract, methodIssues, methodModelIssues, methodSchema,
-  parameterCounts, trainableTensorNames,
+  parameterCounts, resolveMethodPaths, trainableTensorNames,
 } from './method-table.js';
 export type { MethodName, MethodSpec, MethodSpecOf } from './method-table.js';
 export type { MethodContract } from './contract.js';

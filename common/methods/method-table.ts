@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import type { SpecIssue } from '../errors.js';
+import { resolveProblemSets } from '../eval-spec.js';
 import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
@@ -87,4 +88,10 @@ export function parameterCounts(method: MethodSpec, config: LlamaConfig): { trai
 export function describeTrainable(counts: { trainable: number; total: number }): string {
   const human = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}K`);
   return `${human(counts.trainable)} of ${human(counts.total)} parameters (${((100 * counts.trainable) / counts.total).toFixed(1)}%)`;
+}
+
+/** The block with its relative paths (the layer analysis's probe sets) resolved against `baseDir`. */
+export function resolveMethodPaths(method: MethodSpec, baseDir: string): MethodSpec {
+  if (!method.analysis) return method;
+  return { ...method, analysis: { ...method.analysis, probe: resolveProblemSets(method.analysis.probe, baseDir) } } as MethodSpec;
 }
