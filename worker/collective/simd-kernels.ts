@@ -11,10 +11,10 @@
  * a block stays in the core's L1/L2 cache from copy-in to copy-out. Reads of a block all happen
  * before its writes, so outputs may alias inputs element for element.
  */
-import { ChunkDtype } from './chunk-header.js';
+import { ChunkDtype, type Dtype16 } from './dtype.js';
 import { SIMD_KERNELS_WASM_BASE64 } from './simd-kernels-wasm.js';
 
-export type Dtype16 = ChunkDtype.Float16 | ChunkDtype.BFloat16;
+export type { Dtype16 };
 
 interface Exports {
   memory: { readonly buffer: ArrayBuffer };
