@@ -31,7 +31,10 @@ export const RejectReason = {
   header: 'header',
   /** The tag does not verify: not made with this generation's key, or altered. */
   mac: 'mac',
-  /** Authentic, of a step that is over here (a replay, or a late copy). */
+  /**
+   * Of another generation (by its header, on this generation's subject: a replay; its MAC would
+   * fail too), or authentic and of a step that is over here (a replay, or a late copy).
+   */
   stale: 'stale',
   /** Authentic, more than one step ahead of this rank. */
   ahead: 'ahead',
@@ -68,6 +71,9 @@ export function screenChunk(subject: string, msg: Uint8Array, me: Receiver, mac:
     h = decodeChunkHeader(msg);
   } catch (e) {
     return { ok: false, reason: RejectReason.malformed, detail: errorMessage(e) };
+  }
+  if (h.generation !== me.generation) {
+    return { ok: false, reason: RejectReason.stale, detail: `generation ${h.generation} on a subject of generation ${me.generation}`, header: h };
   }
   const bad = headerMismatch(subj, h, me);
   if (bad !== undefined) return { ok: false, reason: RejectReason.header, detail: bad, header: h };
