@@ -18,11 +18,11 @@
  * Node 20, OpenSSL 3; GB/s of message bytes, a new cipher object a message included; two runs:
  * a raw node:crypto loop, then through this class, with the old checksum beside it):
  *
- * | chunk   | HMAC-SHA256 | HMAC-BLAKE2b512 | AES-256-GCM (GMAC) | ChaCha20-Poly1305 (chosen)   | hash32 (v3, unkeyed) |
- * |---------|-------------|-----------------|--------------------|------------------------------|----------------------|
- * | 64 KiB  | 1.18 / 0.70 | 0.71            | 3.75               | 3.85 / seal 2.1, verify 3.4  | 8.6                  |
- * | 256 KiB | 1.46 / 0.58 | 0.71            | 4.01               | 8.13 / seal 4.9, verify 5.2  | 4.6                  |
- * | 1 MiB   | 1.23 / 0.56 | 0.61            | 3.87               | 8.19 / seal 3.8, verify 11.9 | 4.8                  |
+ * | chunk   | HMAC-SHA256 | HMAC-BLAKE2b | AES-GCM (GMAC) | ChaCha20-Poly1305 (chosen)   | hash32 (v3, no key) |
+ * |---------|-------------|--------------|----------------|------------------------------|---------------------|
+ * | 64 KiB  | 1.18 / 0.70 | 0.71         | 3.75           | 3.85 / seal 2.1, verify 3.4  | 8.6                 |
+ * | 256 KiB | 1.46 / 0.58 | 0.71         | 4.01           | 8.13 / seal 4.9, verify 5.2  | 4.6                 |
+ * | 1 MiB   | 1.23 / 0.56 | 0.61         | 3.87           | 8.19 / seal 3.8, verify 11.9 | 4.8                 |
  *
  * A rank tags what it sends (L·b an all-reduce) and verifies what it receives (2(N-1)/N·L·b), so
  * HMAC-SHA256 would cost a rank about 2 s a GB sent, as much as the broker's whole egress at the

@@ -140,7 +140,8 @@ export function placeChunk(h: ChunkHeader, phase: GradPhase, layout: StepLayout,
   if (h.chunkElements !== ce) {
     return {
       action: 'fail', lost: 0,
-      detail: `rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${layout.rank} expects ${ce} (different max_payload? call ready() first)`,
+      detail: `rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${layout.rank} expects ${ce}`
+        + ' (different max_payload? call ready() first)',
     };
   }
   const [start, end] = shardBounds(layout.length, layout.worldSize, h.shard);
