@@ -17,7 +17,7 @@ import { PolytuneError, errorMessage } from '../common/errors.js';
 import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
-import { checkCollectiveKey } from './collective/index.js';
+import { checkCollectiveKey } from './collective/chunk-mac.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage__Output,
