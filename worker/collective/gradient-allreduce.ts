@@ -15,7 +15,7 @@
  * Every element is summed once, by one owner, in a fixed order from the same numbers, so every rank
  * holds bit-identical results whatever the message timing, with or without compression.
  *
- * ## Bytes (L elements of b bytes on the wire, 4 for float32, 2 compressed; + 64 B a chunk)
+ * ## Bytes (L elements of b bytes on the wire, 4 for float32, 2 compressed; + 96 B a chunk)
  *   per rank, sent:      (N-1)/N·L·b (its pieces) + L/N·b (its reduced shard, published once) = L·b
  *   per rank, received:  (N-1)/N·L·b (pieces of its shard) + (N-1)/N·L·b (others' shards) = 2(N-1)/N·L·b
  *   the broker:          receives N·L·b, sends 2(N-1)·L·b per all-reduce (on one server; a cluster
