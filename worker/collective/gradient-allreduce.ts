@@ -55,9 +55,10 @@
  * (`timeout-diagnosis.ts`). Every message carries a MAC under the generation's key
  * (`chunk-mac.ts`); what fails it, or whose header is not what this rank expects, is dropped and
  * counted by reason (`chunk-validation.ts`), never applied and never a reason to fail the step, so
- * a publisher without the key can neither change a result nor stop a step. Two different
- * authentic chunks at one position fail the step (ChunkConflictError); the same one twice is
- * ignored. Control messages (hellos, acks) carry an HMAC too.
+ * what a publisher without the key sends can neither change a result nor fail a step (flooding
+ * the server is for NATS credentials to stop). Two different authentic chunks at one position fail
+ * the step (ChunkConflictError); the same one twice is ignored. Control messages (hellos, acks)
+ * carry an HMAC too.
  *
  * ## Steps
  * No barrier is needed between steps. A rank can start step s+1 only once it has the result of
@@ -66,7 +67,15 @@
  * for one future step only (at most a window a peer); messages of finished or abandoned steps are
  * dropped. The caller's input is never written (unless it asks for in-place) and the result is a
  * new array (or the array the caller gave for it), so a failed step leaves the caller's parameters
- * and other buffers as they were; error feedback residuals are committed only when a step succeeds.
+ * and other buffers as they were; error feedback residuals are committed only when a step succeeds
+ * (`error-feedback.ts`).
+ *
+ * ## Files
+ * This engine (a step's state machine: send, reduce, publish, receive, ack) uses: `allreduce-options.ts`
+ * (options, defaults, validation, chunk size and window), `start-barrier.ts` (`ready()`),
+ * `buffer-pool.ts` (message buffers), `chunk-header.ts` and `dtype.ts` (the wire layout),
+ * `chunk-mac.ts` (MACs), `chunk-validation.ts` (which chunks are used), `timeout-diagnosis.ts`,
+ * `error-feedback.ts`, `simd-kernels.ts` and `wire-codec.ts` (the numbers), `nats-receive.ts`.
  */
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 
