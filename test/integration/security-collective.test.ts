@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import { ChunkConflictError } from '../../common/errors.js';
 import { PromMeter } from '../../common/metrics.js';
-import { reduceScatterSubject } from '../../common/subjects.js';
+import { ackSubject, helloSubject, reduceScatterSubject } from '../../common/subjects.js';
 import { ChunkDtype, ChunkKind } from '../../worker/collective/chunk-header.js';
 import { ChunkMac, encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
 import { GradientAllReduce, RejectReason, type AllReduceOptions } from '../../worker/collective/index.js';
@@ -126,6 +126,44 @@ describe('a rogue NATS client without the key', () => {
     const total = w.ranks.reduce((n, ar) => n + (ar.stats.rejected.mac ?? 0), 0);
     expect(total).toBeGreaterThan(0);
     expect(line).toBe(`polytune_collective_rejected_chunks_total{job_id="${job}",reason="mac"} ${total}`);
+  });
+});
+
+describe('forged control messages', () => {
+  it('hellos and acks without the key are dropped: the barrier and the credit are the ranks\' own', async () => {
+    const job = uniqueJobName('ctl');
+    const rogue = await scope.connect(suite.server);
+    const forge = (): void => {
+      rogue.publish(helloSubject(job, 1), JSON.stringify({
+        type: 'hello', from: 1, heard: [0, 1, 2], ready: true, worldSize: N, compression: 'fp16', exactPrefix: 0, chunkElements: 1,
+      }));
+      rogue.publish(helloSubject(job, 1), JSON.stringify({
+        type: 'hello', from: 2, heard: [0, 1, 2], ready: true, worldSize: N, compression: 'none', exactPrefix: 0, chunkElements: 1,
+      }));
+      for (let r = 0; r < N; r++) {
+        for (let step = 0; step < STEPS; step++) {
+          rogue.publish(ackSubject(job, 1, r), JSON.stringify({ type: 'ack', from: r, step, reduced: 1e9, received: [1e9, 1e9, 1e9] }));
+        }
+      }
+    };
+    const timer = setInterval(forge, 5);
+    try {
+      const ncs = await Promise.all(Array.from({ length: N }, () => scope.connect(suite.server)));
+      const ranks = await Promise.all(ncs.map((nc, rank) => GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY, nc, job, generation: 1, rank, worldSize: N, timeoutMs: 20_000, windowChunks: 1,
+      })));
+      forge();
+      await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 5000 })));
+      for (const ar of ranks) expect(ar.chunkElements).toBe(16_360);
+      const results = await runSteps(ranks);
+      for (let s = 0; s < STEPS; s++) expect(bytes(results[s]!).equals(bytes(sumInRankOrder(inputsOf(s)))), `step ${s}`).toBe(true);
+      for (const ar of ranks) {
+        expect(ar.stats.rejectedControl).toBeGreaterThan(0);
+        expect(ar.stats.windowStalls).toBeGreaterThan(0); // credit came only from the peers' real acks
+      }
+    } finally {
+      clearInterval(timer);
+    }
   });
 });
 
