@@ -19,6 +19,7 @@ import { slam } from '../../worker/methods/slam.js';
 import type { TrainingMethod } from '../../worker/methods/training-method.js';
 import { checkpointName } from '../../worker/train/checkpoint.js';
 import { train } from '../../worker/train/trainer.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { tensorMap } from '../helpers/tensors.js';
 import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
@@ -70,7 +71,7 @@ async function run(outDir: string, job: string, resume: boolean): Promise<number
   const losses: number[] = [];
   await Promise.all([0, 1].map(async (rank) => {
     const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({ nc, job, generation: resume ? 2 : 1, rank, worldSize: 2, timeoutMs: 20_000 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: resume ? 2 : 1, rank, worldSize: 2, timeoutMs: 20_000 });
     try {
       await train({
         spec: tinySlamSpec(dir, { name: 'modules-test', out: outDir, steps: STEPS, workers: 2, checkpoint: '{ everySteps: 2, keep: 3 }' }),

@@ -3,7 +3,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../worker/backend.js';
 import { createOptimizer } from '../../worker/train/optimizers.js';
-import { applyReducedGradients, stepHead, stepHeadLength } from '../../worker/train/step.js';
+import { headLength } from '../../worker/train/reduced-head.js';
+import { applyReducedGradients, stepHead } from '../../worker/train/step.js';
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -15,7 +16,7 @@ function reducedOf(nll: number, supervised: number, grads: number[]): Float32Arr
     grads: undefined, nllSum: nll, supervised, tokens: 50,
     langNll: Float64Array.from([nll / 4, (3 * nll) / 4]), langTokens: Float64Array.from([supervised / 2, supervised / 2]),
   });
-  expect(head.length).toBe(stepHeadLength(2));
+  expect(head.length).toBe(headLength(2));
   return Float32Array.from([...head, ...grads]);
 }
 

@@ -11,6 +11,7 @@ import { microBatches } from '../../common/data-plan.js';
 import { UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
 import { padBatch } from '../data/encode.js';
 import { clipGradNorm, type Optimizer } from './optimizers.js';
+import { headLength } from './reduced-head.js';
 import type { SampleCache } from './sample-cache.js';
 
 /** A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`). */
@@ -91,15 +92,13 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   return { grads: acc, nllSum, supervised, tokens, langNll, langTokens };
 }
 
-/** Ahead of the gradients in the reduced vector: [nll sum, supervised, tokens, nll per language, supervised per language]. */
-export function stepHeadLength(languages: number): number {
-  return 3 + 2 * languages;
-}
-
-/** This rank's head of the reduced vector. */
+/**
+ * This rank's head of the reduced vector: [nll sum, supervised, tokens, nll per language,
+ * supervised per language] (reduced-head.ts checks the sum).
+ */
 export function stepHead(g: StepGradients): Float32Array {
   const L = g.langNll.length;
-  const head = new Float32Array(stepHeadLength(L));
+  const head = new Float32Array(headLength(L));
   head[0] = g.nllSum;
   head[1] = g.supervised;
   head[2] = g.tokens;
@@ -145,7 +144,7 @@ export function applyReducedGradients(c: {
   if (globalSupervised > 0) {
     loss = reduced[0]! / globalSupervised;
     const grads: Float32Array[] = [];
-    let off = stepHeadLength(L);
+    let off = headLength(L);
     for (const n of c.sizes) {
       const g = reduced.subarray(off, off + n);
       for (let j = 0; j < n; j++) g[j] = g[j]! / globalSupervised;

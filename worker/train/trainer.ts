@@ -48,7 +48,8 @@ import { createOptimizer } from './optimizers.js';
 import { FINAL_OUTPUTS_RETRY_MAX_MS, FINAL_OUTPUTS_RETRY_MS, writeFinalOutputsRetrying } from './outputs.js';
 import { SampleCache } from './sample-cache.js';
 import { learningRate } from './schedule.js';
-import { applyReducedGradients, computeStepGradients, stepHead, stepHeadLength, type RowLoss } from './step.js';
+import { checkReducedHead, headLength } from './reduced-head.js';
+import { applyReducedGradients, computeStepGradients, stepHead, type RowLoss } from './step.js';
 import type { StateHolder, TrainingState } from './training-state.js';
 
 // What the trainer's callers import from here.
@@ -238,7 +239,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     let lastLoss = NaN;
     let nonFiniteInARow = 0;
     let nonFiniteSteps = 0;
-    const HEAD = stepHeadLength(languages.length);
+    const HEAD = headLength(languages.length);
     /** The last step's all-reduce result, used up by then: the next streamed step writes into it. */
     let lastReduced: Float32Array | undefined;
     const aborted = (): void => {
@@ -281,6 +282,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       }
       const reduced = await handle.result;
       lastReduced = reduced;
+      checkReducedHead(reduced, { step, languages: languages.length, maxTokens: s.training.globalBatchSize * s.data.maxSeqLen });
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens; the update.
