@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelLoadError, UserError } from './errors.js';
+import { jsonSyntaxProblem, ModelLoadError, UserError } from './errors.js';
 
 export const ModelType = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2' } as const;
 export type ModelType = keyof typeof ModelType;
@@ -205,7 +205,7 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new ModelLoadError(file, `invalid JSON: ${(e as Error).message}`, { cause: e });
+    throw new ModelLoadError(file, jsonSyntaxProblem(e));
   }
   return parseLlamaConfig(raw, file);
 }

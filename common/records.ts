@@ -12,7 +12,7 @@
  * | parallel  | two line-aligned text files (`path`, `target`): source in, target out       |
  */
 import { readFile } from 'node:fs/promises';
-import { DataFormatError } from './errors.js';
+import { DataFormatError, jsonSyntaxProblem } from './errors.js';
 import type { DataSource } from './jobspec.js';
 
 /** A prompt/response pair, to be templated and tokenized by the worker. */
@@ -33,6 +33,9 @@ export interface TokenRecord {
 }
 
 export type DataRecord = TextRecord | TokenRecord;
+
+/** Lines parsed between two turns of the event loop. */
+const YIELD_LINES = 8192;
 
 /** The label value that takes no loss (HF's ignore_index). */
 export const IGNORE_INDEX = -100;
@@ -57,7 +60,7 @@ function parseJsonLine(file: string, line: string, lineNo: number): Record<strin
   try {
     value = JSON.parse(line);
   } catch (e) {
-    throw new DataFormatError(file, `not valid JSON (${(e as Error).message})`, lineNo);
+    throw new DataFormatError(file, jsonSyntaxProblem(e), lineNo);
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new DataFormatError(file, 'expected a JSON object', lineNo);
@@ -123,9 +126,12 @@ export function recordFromJson(
 /** The objects of a JSON Lines file with their 1-based line numbers; blank lines are skipped. */
 export async function readJsonLines(file: string): Promise<{ obj: Record<string, unknown>; lineNo: number }[]> {
   const out: { obj: Record<string, unknown>; lineNo: number }[] = [];
-  lines(await readText(file)).forEach((line, i) => {
+  const all = lines(await readText(file));
+  for (const [i, line] of all.entries()) {
     if (line.trim() !== '') out.push({ obj: parseJsonLine(file, line, i + 1), lineNo: i + 1 });
-  });
+    // A big file is parsed in slices: the coordinator keeps serving heartbeats meanwhile.
+    if ((i + 1) % YIELD_LINES === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
   return out;
 }
 
