@@ -2,7 +2,10 @@
  * A job as the coordinator stores it (JSON in the `polytune_jobs` KV bucket), its lifecycle, and
  * its conversion to the wire `Job` message.
  */
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { z } from 'zod';
+import { errorMessage, JobSpecError } from '../common/errors.js';
+import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
+import { isJobName } from '../common/subjects.js';
 import type { Job } from '../proto/index.js';
 import type { Ledger } from './ledger.js';
 
@@ -90,6 +93,77 @@ export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, no
   };
 }
 
+/**
+ * The shape of a stored record, for reading it back from the store, which is not trusted (anyone
+ * with access to the NATS account can write the bucket). Loose: fields added by a newer
+ * coordinator are kept, not dropped. The spec is checked apart (`parseStoredRecord`).
+ */
+const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const time = z.number().nonnegative().max(8.64e15);
+const finite = z.number().refine(Number.isFinite, 'must be finite');
+export const jobRecordSchema = z.looseObject({
+  id: z.string().refine(isJobName, 'must be a job id'),
+  name: z.string().max(63),
+  state: z.enum(Object.values(JobState) as [JobState, ...JobState[]]),
+  spec: z.record(z.string(), z.unknown()),
+  numLayers: count,
+  step: count,
+  totalSteps: count,
+  epoch: count,
+  firstLoss: finite.nullable(),
+  lastLoss: finite.nullable(),
+  tokensPerSecond: z.number().nonnegative(),
+  elapsedSeconds: z.number().nonnegative(),
+  error: z.string().max(64 * 1024),
+  generation: count,
+  workers: z.array(z.string().max(253)).max(4096),
+  resume: z.boolean(),
+  reforms: count,
+  chosenLayers: z.array(count).max(4096).optional(),
+  evalJson: z.string().max(4 * 1024 * 1024).optional(),
+  lossByLanguage: z.record(z.string().max(16), finite),
+  outputDir: z.string().max(4096),
+  createdAt: time,
+  updatedAt: time,
+  startedAt: time,
+  finishedAt: time,
+});
+
+/** Why a stored value is not a record we can use: `unreadable` (not JSON / wrong shape) or `spec` (the spec fails validation). */
+export type BadRecordReason = 'unreadable' | 'spec';
+
+export type ParsedRecord =
+  | { readonly ok: true; readonly record: JobRecord }
+  | { readonly ok: false; readonly reason: BadRecordReason; readonly message: string; readonly record?: JobRecord };
+
+/**
+ * A stored value as a record: JSON, the record's shape, its id the key, and its spec valid by
+ * the same parser as a submitted one (paths in it are absolute). A value whose record is readable
+ * but whose spec is not comes back with the record, so that it can be marked Failed.
+ */
+export function parseStoredRecord(key: string, text: string): ParsedRecord {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: 'unreadable', message: 'not JSON' };
+  }
+  const parsed = jobRecordSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    return { ok: false, reason: 'unreadable', message: `not a job record (${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'bad shape'})` };
+  }
+  if (parsed.data.id !== key) return { ok: false, reason: 'unreadable', message: `holds the record of job ${parsed.data.id}, not ${key}` };
+  const record = parsed.data as unknown as JobRecord;
+  try {
+    const spec = parseAnyJobSpec(JSON.stringify(record.spec), { source: `stored job ${key}` });
+    return { ok: true, record: { ...record, spec } };
+  } catch (e) {
+    const message = e instanceof JobSpecError ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ') : errorMessage(e);
+    return { ok: false, reason: 'spec', message: `its spec is invalid: ${message}`, record };
+  }
+}
+
 const WIRE_STATE = {
   Pending: 'PENDING',
   Running: 'RUNNING',
@@ -98,8 +172,8 @@ const WIRE_STATE = {
   Cancelled: 'CANCELLED',
 } as const satisfies Record<JobState, string>;
 
-/** The wire form of a record. */
-export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
+/** The wire form of a record; without its spec for `List` (`withSpec: false`). */
+export function toWireJob(r: JobRecord, ledger?: Ledger, options: { withSpec?: boolean } = {}): Job {
   return {
     ledgerJson: ledger ? JSON.stringify(ledger) : '',
     chosenLayers: r.chosenLayers ?? [],
@@ -121,7 +195,7 @@ export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
     generation: r.generation,
     workers: r.workers,
     outputDir: r.outputDir,
-    specJson: JSON.stringify(r.spec),
+    specJson: options.withSpec === false ? '' : JSON.stringify(r.spec),
     tokensPerSecond: r.tokensPerSecond,
     elapsedSeconds: r.elapsedSeconds,
     epoch: r.epoch,

@@ -36,6 +36,7 @@ import {
 } from './request-limits.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
+import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
 
@@ -115,13 +116,16 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   let metrics: CoordinatorMetrics | undefined;
+  let openedStore: JobStore | undefined;
   try {
-    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
+    const storeEvents = new StoreEvents();
+    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents }).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
-    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET);
+    openedStore = store;
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, { logger: logger.child('ledger'), events: storeEvents });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
-    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
+    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
       metrics, ledger,
@@ -163,6 +167,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
         met.close();
         for (const w of watches) w.abort();
         reg.close();
+        store.close();
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             srv.forceShutdown();
@@ -183,6 +188,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     registry?.close();
     metrics?.close();
     await scheduler?.stop().catch(() => undefined);
+    openedStore?.close();
     await nc.close();
     throw e;
   }
