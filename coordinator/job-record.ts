@@ -58,6 +58,8 @@ export interface JobRecord {
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
   outputDir: string;
+  /** Who submitted it (auth.ts `clientIdentity`), for the Pending cap; absent in older records. */
+  readonly submittedBy?: string;
   readonly createdAt: number;
   updatedAt: number;
   startedAt: number;
@@ -65,8 +67,11 @@ export interface JobRecord {
 }
 
 /** A fresh Pending record for a validated spec. */
-export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
+export function newJobRecord(
+  id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false, submittedBy?: string,
+): JobRecord {
   return {
+    ...(submittedBy !== undefined ? { submittedBy } : {}),
     id,
     name: spec.metadata.name,
     state: JobState.Pending,
@@ -123,6 +128,7 @@ export const jobRecordSchema = z.looseObject({
   evalJson: z.string().max(4 * 1024 * 1024).optional(),
   lossByLanguage: z.record(z.string().max(16), finite),
   outputDir: z.string().max(4096),
+  submittedBy: z.string().max(256).optional(),
   createdAt: time,
   updatedAt: time,
   startedAt: time,
