@@ -38,17 +38,16 @@ const INPUT_FIELDS = new Set(['path', 'target', 'mgsm', 'msvamp']);
 export function specPaths(spec: AnyJobSpec): { inputs: { at: string; path: string }[]; outputs: { at: string; path: string }[] } {
   const inputs: { at: string; path: string }[] = [];
   const outputs: { at: string; path: string }[] = [];
-  const walk = (v: unknown, at: string, parent: string): void => {
-    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${at}[${i}]`, parent));
+  const walk = (v: unknown, at: string): void => {
+    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${at}[${i}]`));
     else if (v !== null && typeof v === 'object') {
-      for (const [k, x] of Object.entries(v as Record<string, unknown>)) walk(x, `${at}.${k}`, k);
+      for (const [k, x] of Object.entries(v as Record<string, unknown>)) walk(x, `${at}.${k}`);
     } else if (typeof v === 'string') {
-      const field = at.slice(at.lastIndexOf('.') + 1);
-      if (parent === 'output' && field === 'dir') outputs.push({ at, path: v });
-      else if (INPUT_FIELDS.has(field)) inputs.push({ at, path: v });
+      if (at.endsWith('.output.dir')) outputs.push({ at, path: v });
+      else if (INPUT_FIELDS.has(at.slice(at.lastIndexOf('.') + 1))) inputs.push({ at, path: v });
     }
   };
-  walk((spec as { spec: unknown }).spec, 'spec', '');
+  walk((spec as { spec: unknown }).spec, 'spec');
   return { inputs, outputs };
 }
 

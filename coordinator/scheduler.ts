@@ -139,8 +139,8 @@ export class Scheduler {
     this.unsubscribe = this.registry.on((e) => this.onRegistryEvent(e));
     this.kick();
     if (this.retentionMs > 0) {
-      // A sweep now, then every tenth of the retention (at most hourly, at least every 10 s).
-      const every = Math.min(3_600_000, Math.max(10_000, this.retentionMs / 10));
+      // A sweep now, then every tenth of the retention (at most hourly, at most every second).
+      const every = Math.min(3_600_000, Math.max(1_000, this.retentionMs / 10));
       const sweep = (): void => {
         this.serial(() => this.deleteExpired())
           .catch((e: unknown) => this.logger.warn('retention sweep failed', { error: errorMessage(e) }));
