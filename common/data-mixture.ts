@@ -28,7 +28,7 @@ export interface TrainingSet {
 export const UNKNOWN_LANGUAGE = 'und';
 
 /** Samples filled between two yields to the event loop (about a millisecond of work). */
-const YIELD_EVERY = 1 << 16;
+const YIELD_EVERY = 1 << 15;
 
 /**
  * `count` picks from `items` into `out` at `at`: whole copies, then a seeded choice of distinct

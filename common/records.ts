@@ -35,7 +35,7 @@ export interface TokenRecord {
 export type DataRecord = TextRecord | TokenRecord;
 
 /** Lines parsed between two turns of the event loop. */
-const YIELD_LINES = 8192;
+const YIELD_LINES = 2048;
 
 /** The label value that takes no loss (HF's ignore_index). */
 export const IGNORE_INDEX = -100;

@@ -307,11 +307,11 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     const id = await client.submitText(fx.yaml({ workers: 2 }));
     for (const wid of ['hb-a', 'hb-b']) workers.push(await FakeWorker.join(coord!.address, wid, { heartbeatIntervalMs: 200 }));
     await eventually(async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined), 10_000, 'the job to run');
-    // 10,000 records at weight 1000 = 10M samples an epoch: the largest mixture allowed.
+    // 100,000 records at weight 100 = 10M samples an epoch: the largest mixture allowed.
     const big = join(fx.dir, 'big.jsonl');
-    writeFileSync(big, Array.from({ length: 10_000 }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: `a${i}` })).join('\n') + '\n');
-    const heavy = fx.yaml({ name: 'heavy' }).replace(`{ path: ${fx.dataFile}, format: alpaca }`, `{ path: ${big}, format: alpaca, weight: 1000 }`);
-    expect(heavy).toContain('weight: 1000');
+    writeFileSync(big, Array.from({ length: 100_000 }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: `a${i}` })).join('\n') + '\n');
+    const heavy = fx.yaml({ name: 'heavy' }).replace(`{ path: ${fx.dataFile}, format: alpaca }`, `{ path: ${big}, format: alpaca, weight: 100 }`);
+    expect(heavy).toContain('weight: 100 }');
     let worst = 0;
     let last = performance.now();
     const probe = setInterval(() => {
