@@ -33,7 +33,7 @@ export interface FinalContents {
 export const FINAL_MARKER = '.polytune';
 
 /** Throws unless `dir` is missing or holds polytune's marker (a user's own `final/` is never replaced). */
-async function assertReplaceable(dir: string): Promise<void> {
+export async function assertFinalReplaceable(dir: string): Promise<void> {
   const st = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined;
     throw e;
@@ -46,7 +46,7 @@ async function assertReplaceable(dir: string): Promise<void> {
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
   const dir = join(c.outputDir, 'final');
   await mkdir(c.outputDir, { recursive: true });
-  await assertReplaceable(dir);
+  await assertFinalReplaceable(dir);
   await writeDirAtomically(dir, async (tmp) => {
     await writeFile(join(tmp, FINAL_MARKER), 'written by polytune; a final/ without this file is never replaced\n');
     // Tensor by tensor, each in its input dtype, sharded like the input (worker/model/export.ts);
