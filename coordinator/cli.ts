@@ -265,6 +265,10 @@ async function status(args: string[]): Promise<number> {
       return 0;
     }
     const jobs = await client.list();
+    const { corruptKeys } = await client.listPage(1);
+    if (corruptKeys.length > 0) {
+      process.stderr.write(`warning: ${corruptKeys.length} key(s) of the job store hold no job record and were skipped: ${corruptKeys.join(', ')}\n`);
+    }
     if (v.json) {
       out(JSON.stringify(jobs.map(jobJson), null, 2));
       return 0;
