@@ -37,6 +37,11 @@ export type DataRecord = TextRecord | TokenRecord;
 /** Lines parsed between two turns of the event loop. */
 const YIELD_LINES = 2048;
 
+/** A big file is parsed in slices: after every `YIELD_LINES` lines the event loop gets a turn (heartbeats keep flowing). */
+async function sliceBreak(lineIndex: number): Promise<void> {
+  if ((lineIndex + 1) % YIELD_LINES === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
 /** The label value that takes no loss (HF's ignore_index). */
 export const IGNORE_INDEX = -100;
 
@@ -129,8 +134,7 @@ export async function readJsonLines(file: string): Promise<{ obj: Record<string,
   const all = lines(await readText(file));
   for (const [i, line] of all.entries()) {
     if (line.trim() !== '') out.push({ obj: parseJsonLine(file, line, i + 1), lineNo: i + 1 });
-    // A big file is parsed in slices: the coordinator keeps serving heartbeats meanwhile.
-    if ((i + 1) % YIELD_LINES === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    await sliceBreak(i);
   }
   return out;
 }
@@ -146,12 +150,13 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
       for (const { obj, lineNo } of await readJsonLines(file)) records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
       break;
     case 'mgsm-tsv':
-      lines(await readText(file)).forEach((line, i) => {
-        if (line.trim() === '') return;
+      for (const [i, line] of lines(await readText(file)).entries()) {
+        await sliceBreak(i);
+        if (line.trim() === '') continue;
         const tab = line.lastIndexOf('\t');
         if (tab <= 0) throw new DataFormatError(file, 'expected question<TAB>answer', i + 1);
         records.push({ kind: 'text', question: line.slice(0, tab), output: line.slice(tab + 1).trim(), language: src.language });
-      });
+      }
       break;
     case 'parallel': {
       if (src.target === undefined) throw new DataFormatError(file, 'format parallel needs a target file');
@@ -160,12 +165,13 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
       if (targets.length !== sources.length) {
         throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`);
       }
-      sources.forEach((line, i) => {
+      for (const [i, line] of sources.entries()) {
+        await sliceBreak(i);
         const target = targets[i] ?? '';
-        if (line.trim() === '' && target.trim() === '') return;
+        if (line.trim() === '' && target.trim() === '') continue;
         if (line.trim() === '' || target.trim() === '') throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
         records.push({ kind: 'text', question: line, output: target, language: src.language });
-      });
+      }
       break;
     }
   }
