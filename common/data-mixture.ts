@@ -27,6 +27,12 @@ export interface TrainingSet {
 /** ISO 639-2 "undetermined": the language of records that name none. */
 export const UNKNOWN_LANGUAGE = 'und';
 
+/** A source of the mixture: its records and its weight. */
+export interface WeightedSource {
+  readonly records: readonly DataRecord[];
+  readonly weight: number;
+}
+
 /** Samples filled between two yields to the event loop (about a millisecond of work). */
 const YIELD_EVERY = 1 << 15;
 
@@ -34,7 +40,9 @@ const YIELD_EVERY = 1 << 15;
  * `count` picks from `items` into `out` at `at`: whole copies, then a seeded choice of distinct
  * items for the rest (a partial Fisher-Yates over a copy). Yields (the generator) now and then.
  */
-function* resampleInto(items: ArrayLike<number>, count: number, rand: () => number, out: Uint32Array, at: number): Generator<void, number> {
+function* resampleInto(
+  items: ArrayLike<number>, count: number, rand: () => number, out: Uint32Array, at: number,
+): Generator<void, number> {
   const n = items.length;
   const copies = Math.floor(count / n);
   for (let c = 0; c < copies; c++) {
@@ -58,17 +66,19 @@ function* resampleInto(items: ArrayLike<number>, count: number, rand: () => numb
 function epochTooLarge(count: number, why: string): JobSpecError {
   return new JobSpecError([{
     path: 'spec.data.train',
-    message: `${why} make ${count} samples an epoch; at most ${SPEC_LIMITS.epochSamples} (lower the weights or split the job)`,
+    message: `${why} make ${count} samples an epoch; at most ${SPEC_LIMITS.epochSamples} `
+      + '(lower the weights or split the job)',
   }]);
 }
 
 /** The mixture as a generator that yields between chunks of work (see `mixSamplesAsync`). */
 function* mixSteps(
-  sources: readonly { readonly records: readonly DataRecord[]; readonly weight: number }[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
 ): Generator<void, Uint32Array> {
   const rand = mulberry32((seed ^ 0x5bd1e995) >>> 0);
   // The size first, so that a mixture past the limit is refused before anything is allocated.
-  const counts = sources.map((src) => (src.weight === 1 ? src.records.length : Math.round(src.weight * src.records.length)));
+  const counts = sources.map((src) => (
+    src.weight === 1 ? src.records.length : Math.round(src.weight * src.records.length)));
   const total = counts.reduce((a, b) => a + b, 0);
   if (!(total <= SPEC_LIMITS.epochSamples)) throw epochTooLarge(total, 'the weights of spec.data.train');
   let samples = new Uint32Array(total);
@@ -99,10 +109,14 @@ function* mixSteps(
     }
     const target = Math.max(...[...byLanguage.values()].map((l) => l.length));
     const balanced = target * byLanguage.size;
-    if (!(balanced <= SPEC_LIMITS.epochSamples)) throw epochTooLarge(balanced, 'spec.data.balance "language" and the weights');
+    if (!(balanced <= SPEC_LIMITS.epochSamples)) {
+      throw epochTooLarge(balanced, 'spec.data.balance "language" and the weights');
+    }
     samples = new Uint32Array(balanced);
     at = 0;
-    for (const lang of [...byLanguage.keys()].sort()) at = yield* resampleInto(byLanguage.get(lang)!, target, rand, samples, at);
+    for (const lang of [...byLanguage.keys()].sort()) {
+      at = yield* resampleInto(byLanguage.get(lang)!, target, rand, samples, at);
+    }
   }
   return samples;
 }
@@ -112,7 +126,7 @@ function* mixSteps(
  * the epoch would hold more than `SPEC_LIMITS.epochSamples` samples.
  */
 export function mixSamples(
-  sources: readonly { readonly records: readonly DataRecord[]; readonly weight: number }[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
 ): Uint32Array {
   const it = mixSteps(sources, balance, seed);
   for (;;) {
@@ -121,9 +135,12 @@ export function mixSamples(
   }
 }
 
-/** `mixSamples`, giving the event loop a turn between chunks of work (the coordinator plans while it serves heartbeats). */
+/**
+ * `mixSamples`, giving the event loop a turn between chunks of work (the coordinator plans while
+ * it serves heartbeats).
+ */
 export async function mixSamplesAsync(
-  sources: readonly { readonly records: readonly DataRecord[]; readonly weight: number }[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
 ): Promise<Uint32Array> {
   const it = mixSteps(sources, balance, seed);
   for (;;) {
@@ -138,6 +155,8 @@ export async function loadTrainingSet(data: JobSpec['spec']['data'], seed: numbe
   const sources: { records: DataRecord[]; weight: number }[] = [];
   for (const src of data.train) sources.push({ records: await readDataSource(src), weight: src.weight });
   const samples = await mixSamplesAsync(sources, data.balance, seed);
-  if (samples.length === 0) throw new JobSpecError([{ path: 'spec.data.train', message: 'the mixture holds no samples (every weight is 0?)' }]);
+  if (samples.length === 0) {
+    throw new JobSpecError([{ path: 'spec.data.train', message: 'the mixture holds no samples (every weight is 0?)' }]);
+  }
   return { records: sources.flatMap((s) => s.records), samples };
 }

@@ -24,7 +24,8 @@ export function planSteps(numSamples: number, training: JobSpec['spec']['trainin
   const stepsPerEpoch = Math.ceil(numSamples / B);
   const totalSteps = training.maxSteps ?? stepsPerEpoch * (training.epochs ?? 1);
   if (totalSteps > SPEC_LIMITS.steps) {
-    throw new JobSpecError([{ path: 'spec.training.epochs', message: `makes ${totalSteps} steps; at most ${SPEC_LIMITS.steps}` }]);
+    const message = `makes ${totalSteps} steps; at most ${SPEC_LIMITS.steps}`;
+    throw new JobSpecError([{ path: 'spec.training.epochs', message }]);
   }
   return { numSamples, globalBatchSize: B, stepsPerEpoch, totalSteps };
 }

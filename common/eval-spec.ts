@@ -19,7 +19,7 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
-import { languageCode, pathString, positiveIntAtMost, nonNegativeIntAtMost, SPEC_LIMITS } from './spec-primitives.js';
+import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS } from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
 export const MGSM_LANGUAGES = ['bn', 'de', 'en', 'es', 'fr', 'ja', 'ru', 'sw', 'te', 'th', 'zh'] as const;
@@ -59,8 +59,11 @@ export const problemSetSchema = z.strictObject({
 });
 export type ProblemSet = z.infer<typeof problemSetSchema>;
 
+const problemSetList = z.array(problemSetSchema).min(1, 'must list at least one set')
+  .max(SPEC_LIMITS.problemSets, `must list at most ${SPEC_LIMITS.problemSets} sets`);
+
 export const evalSchema = z.strictObject({
-  sets: z.array(problemSetSchema).min(1, 'must list at least one set').max(SPEC_LIMITS.problemSets, `must list at most ${SPEC_LIMITS.problemSets} sets`),
+  sets: problemSetList,
   /** Prompt template: a named template (`slam`, `alpaca`) or a literal with {question}. */
   template: z.string().default('slam'),
   /** @default DEFAULT_EVAL_MAX_NEW_TOKENS */
@@ -68,7 +71,7 @@ export const evalSchema = z.strictObject({
   /** Prompts generated together on one rank (left-padded). */
   batchSize: batchSize.default(8),
   /** Generation also ends at one of these strings (besides EOS). */
-  stop: z.array(z.string().min(1, 'must not be empty').max(SPEC_LIMITS.stopStringChars, `must be at most ${SPEC_LIMITS.stopStringChars} characters`))
+  stop: z.array(nonEmptyString(SPEC_LIMITS.stopStringChars))
     .max(SPEC_LIMITS.stopStrings, `must list at most ${SPEC_LIMITS.stopStrings} strings`).default([]),
   /** TrainJob only: evaluate every N optimizer steps (0: only at the end). */
   everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).optional(),
@@ -77,7 +80,7 @@ export type EvalSpec = z.infer<typeof evalSchema>;
 
 export const analysisSchema = z.strictObject({
   /** Parallel prompts per language; must include English. */
-  probe: z.array(problemSetSchema).min(1, 'must list at least one set').max(SPEC_LIMITS.problemSets, `must list at most ${SPEC_LIMITS.problemSets} sets`),
+  probe: problemSetList,
   /** How many layers to choose. @default DEFAULT_ANALYSIS_K */
   k: positiveIntAtMost(SPEC_LIMITS.layers).default(DEFAULT_ANALYSIS_K),
   /** Share of a language's prompt tokens on which a neuron must fire to count as active. @default DEFAULT_ANALYSIS_THRESHOLD */

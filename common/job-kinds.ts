@@ -15,9 +15,13 @@ import { JobSpecError, type SpecIssue } from './errors.js';
 import {
   analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
 } from './eval-spec.js';
-import { readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions } from './jobspec.js';
+import {
+  readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
+} from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
-import { apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema } from './spec-primitives.js';
+import {
+  apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema,
+} from './spec-primitives.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];

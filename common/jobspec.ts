@@ -13,8 +13,8 @@ import { JobSpecError, type SpecIssue } from './errors.js';
 import { analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
-  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeInt, nonNegativeIntAtMost, pathString, positiveIntAtMost,
-  SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
+  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeInt, nonNegativeIntAtMost,
+  pathString, positiveAtMost, positiveIntAtMost, SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
 } from './spec-primitives.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -42,22 +42,22 @@ const dataSourceSchema = z.strictObject({
   /** `parallel` only: the line-aligned target file (English for question translation). */
   target: pathString.optional(),
   /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
-  weight: z.number().nonnegative('must be >= 0').max(SPEC_LIMITS.weight, `must be <= ${SPEC_LIMITS.weight}`).default(1),
+  weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
 
 const optimizerSchema = z.discriminatedUnion('name', [
   z.strictObject({
     name: z.literal('adamw'),
-    lr: z.number().positive('must be > 0').max(SPEC_LIMITS.lr, `must be <= ${SPEC_LIMITS.lr}`),
+    lr: positiveAtMost(SPEC_LIMITS.lr),
     betas: z
       .tuple([z.number().min(0).lt(1, 'must be < 1'), z.number().min(0).lt(1, 'must be < 1')])
       .default([0.9, 0.999]),
     eps: z.number().positive('must be > 0').max(1, 'must be <= 1').default(1e-8),
-    weightDecay: z.number().nonnegative('must be >= 0').max(SPEC_LIMITS.weightDecay, `must be <= ${SPEC_LIMITS.weightDecay}`).default(0),
+    weightDecay: nonNegativeAtMost(SPEC_LIMITS.weightDecay).default(0),
   }),
   z.strictObject({
     name: z.literal('sgd'),
-    lr: z.number().positive('must be > 0').max(SPEC_LIMITS.lr, `must be <= ${SPEC_LIMITS.lr}`),
+    lr: positiveAtMost(SPEC_LIMITS.lr),
   }),
 ], { message: 'must have name adamw or sgd' });
 
@@ -96,7 +96,7 @@ const specSchema = z.strictObject({
       microBatchSize: positiveIntAtMost(SPEC_LIMITS.microBatchSize).default(4),
       optimizer: optimizerSchema,
       schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
-      gradClip: z.number().nonnegative('must be >= 0').max(SPEC_LIMITS.gradClip, `must be <= ${SPEC_LIMITS.gradClip}`).default(1.0),
+      gradClip: nonNegativeAtMost(SPEC_LIMITS.gradClip).default(1.0),
       seed: intInRange(SPEC_LIMITS.seedMin, SPEC_LIMITS.seedMax).default(42),
       /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
       maxNonFiniteSteps: nonNegativeIntAtMost(SPEC_LIMITS.nonFiniteSteps).default(3),
@@ -180,7 +180,9 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
     issues.push({ path: 'spec.method.analysis', message: 'is only allowed with layers "auto"' });
   }
   if (s.method.analysis !== undefined) issues.push(...analysisIssues(s.method.analysis, 'spec.method.analysis'));
-  if (s.eval !== undefined) issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'), ...templateIssues(s.eval.template, 'spec.eval.template'));
+  if (s.eval !== undefined) {
+    issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'), ...templateIssues(s.eval.template, 'spec.eval.template'));
+  }
   if (s.method.name === 'freeze' && s.method.layers === undefined) {
     issues.push({ path: 'spec.method.layers', message: 'is required for method freeze' });
   }

@@ -37,7 +37,7 @@ export type DataRecord = TextRecord | TokenRecord;
 /** Lines parsed between two turns of the event loop. */
 const YIELD_LINES = 2048;
 
-/** A big file is parsed in slices: after every `YIELD_LINES` lines the event loop gets a turn (heartbeats keep flowing). */
+/** A big file is parsed in slices: every `YIELD_LINES` lines the event loop gets a turn (heartbeats keep flowing). */
 async function sliceBreak(lineIndex: number): Promise<void> {
   if ((lineIndex + 1) % YIELD_LINES === 0) await new Promise<void>((resolve) => setImmediate(resolve));
 }

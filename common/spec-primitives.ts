@@ -87,16 +87,33 @@ export function nonNegativeIntAtMost(max: number): z.ZodNumber {
   return z.number().int('must be an integer').nonnegative('must be >= 0').max(max, `must be <= ${max}`);
 }
 
+/** A number in (0, max]. */
+export function positiveAtMost(max: number): z.ZodNumber {
+  return z.number().positive('must be > 0').max(max, `must be <= ${max}`);
+}
+
+/** A number in [0, max]. */
+export function nonNegativeAtMost(max: number): z.ZodNumber {
+  return z.number().nonnegative('must be >= 0').max(max, `must be <= ${max}`);
+}
+
+/** A string of 1..max characters. */
+export function nonEmptyString(max: number): z.ZodString {
+  return z.string().min(1, 'must not be empty').max(max, `must be at most ${max} characters`);
+}
+
 /** A positive integer, at most 2^31 - 1 (use a tighter bound where one is known). */
 export const positiveInt = positiveIntAtMost(2_147_483_647);
 /** A non-negative integer, at most 2^31 - 1. */
 export const nonNegativeInt = nonNegativeIntAtMost(2_147_483_647);
 
 /** A non-empty path of at most `SPEC_LIMITS.pathChars` characters. */
-export const pathString = z.string().min(1, 'must not be empty').max(SPEC_LIMITS.pathChars, `must be at most ${SPEC_LIMITS.pathChars} characters`);
+export const pathString = nonEmptyString(SPEC_LIMITS.pathChars);
 
 export const apiVersionSchema = z.literal('polytune/v1', { message: 'must be "polytune/v1"' });
-export const metadataSchema = z.strictObject({ name: z.string().max(MAX_JOB_NAME_LENGTH, DNS_LABEL_MESSAGE).regex(DNS_LABEL, DNS_LABEL_MESSAGE) });
+export const metadataSchema = z.strictObject({
+  name: z.string().max(MAX_JOB_NAME_LENGTH, DNS_LABEL_MESSAGE).regex(DNS_LABEL, DNS_LABEL_MESSAGE),
+});
 
 /** `spec.workers`: the gang size and the fewest workers a re-formed world may go on with. */
 export const workersSchema = z.strictObject({
@@ -124,10 +141,12 @@ export function templateIssues(template: string, at: string): SpecIssue[] {
     return [{ path: at, message: `must be at most ${SPEC_LIMITS.templateBytes} bytes (it has ${bytes})` }];
   }
   if (template in PROMPT_TEMPLATES || template === CHAT_TEMPLATE_NAME || template.includes('{question}')) return [];
-  return [{ path: at, message: `must be one of ${[...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ')} or a literal containing {question}` }];
+  const names = [...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ');
+  return [{ path: at, message: `must be one of ${names} or a literal containing {question}` }];
 }
 
 /** `workers.min <= workers.count`. */
 export function workersIssues(w: { count: number; min?: number | undefined }, at = 'spec.workers'): SpecIssue[] {
-  return w.min !== undefined && w.min > w.count ? [{ path: `${at}.min`, message: `must be <= ${at}.count (${w.count})` }] : [];
+  if (w.min === undefined || w.min <= w.count) return [];
+  return [{ path: `${at}.min`, message: `must be <= ${at}.count (${w.count})` }];
 }

@@ -177,7 +177,8 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v } = parse(args, {
-    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
+    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' },
+    ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
@@ -267,7 +268,9 @@ async function status(args: string[]): Promise<number> {
     const jobs = await client.list();
     const { corruptKeys } = await client.listPage(1);
     if (corruptKeys.length > 0) {
-      process.stderr.write(`warning: ${corruptKeys.length} key(s) of the job store hold no job record and were skipped: ${corruptKeys.join(', ')}\n`);
+      const n = corruptKeys.length;
+      const keys = corruptKeys.join(', ');
+      process.stderr.write(`warning: ${n} key(s) of the job store hold no job record and were skipped: ${keys}\n`);
     }
     if (v.json) {
       out(JSON.stringify(jobs.map(jobJson), null, 2));
@@ -321,16 +324,21 @@ const STORE_FLAGS: Flags = {
   'retention-hours': { type: 'string' }, 'max-pending-per-client': { type: 'string' },
 };
 
-function storeOptions(v: Record<string, unknown>): Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' | 'maxPendingPerClient'> {
+type StoreOptions = Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' | 'maxPendingPerClient'>;
+
+function storeOptions(v: Record<string, unknown>): StoreOptions {
+  const int = (flag: string, fallback: number): number => intFlag(flag, v[flag] as string | undefined, fallback, 0);
   const dirs = (flag: string, env: string): string[] => {
     const given = v[flag] as string[] | undefined;
     if (given?.length) return given;
     return (process.env[env] ?? '').split(delimiter).filter((d) => d !== '');
   };
   return {
-    storageRoots: { dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'), outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS') },
-    retentionHours: intFlag('retention-hours', v['retention-hours'] as string | undefined, DEFAULT_RETENTION_HOURS, 0),
-    maxPendingPerClient: intFlag('max-pending-per-client', v['max-pending-per-client'] as string | undefined, DEFAULT_MAX_PENDING_PER_CLIENT, 0),
+    storageRoots: {
+      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'), outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
+    },
+    retentionHours: int('retention-hours', DEFAULT_RETENTION_HOURS),
+    maxPendingPerClient: int('max-pending-per-client', DEFAULT_MAX_PENDING_PER_CLIENT),
   };
 }
 
@@ -339,7 +347,8 @@ async function deleteJob(args: string[]): Promise<number> {
   if (v.help) return out(USAGE), 0;
   const id = positionals[0];
   if (id === undefined || positionals.length > 1) throw new UsageError(`delete takes one JOB\n${USAGE}`);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
+  const address = (v.coordinator as string | undefined) ?? defaultCoordinatorAddress();
+  const client = new JobClient({ address, ...clientSecurity(v) });
   try {
     const job = await client.delete(id);
     out(`deleted ${job.id} (${stateName(job)})`);

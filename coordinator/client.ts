@@ -120,7 +120,8 @@ export class JobClient {
 
   /** One page of jobs, newest first, without their specs; `nextPageToken` is '' on the last page. */
   listPage(pageSize = 0, pageToken = ''): Promise<ListJobsResponse__Output> {
-    return this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({ pageSize, pageToken }, m, o, cb));
+    return this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({ pageSize, pageToken }, m, o, cb),
+    );
   }
 
   /** Every job, newest first, page by page (without their specs: `get` has them). */

@@ -13,8 +13,8 @@
  * | `polytune_generation_changes_total` | counter: a gang formed (generation + 1) | job_id |
  * | `polytune_scheduling_latency_seconds` | histogram: Pending (submit, or back to Pending) to gang formed | |
  * | `polytune_submit_errors_total` | counter: Submit calls refused or failed | code (gRPC status name) |
- * | `polytune_store_bad_values_total` | counter: values in a KV bucket refused (store-events.ts) | bucket, reason (unreadable, spec, foreign) |
- * | `polytune_store_tampering_total` | counter: values the coordinator wrote, changed or deleted by someone else (restored) | bucket, kind |
+ * | `polytune_store_bad_values_total` | counter: KV values refused (store-events.ts) | bucket, reason |
+ * | `polytune_store_tampering_total` | counter: values it wrote, changed or deleted by others | bucket, kind |
  *
  * The job label is `job_id`, not `job`: Prometheus gives every scraped series a `job` target label
  * (the scrape job), and a metric's own `job` would be renamed `exported_job`.
@@ -105,12 +105,12 @@ export function createCoordinatorMetrics(
   submitErrors.inc({ code: 'invalid_argument' }, 0);
   const badValues = meter.counter({
     name: 'polytune_store_bad_values_total',
-    help: 'Values in the coordinator\'s KV buckets refused: unreadable, an invalid spec, or a job record it did not write.',
+    help: 'Values in the coordinator\'s KV buckets refused: unreadable, an invalid spec, or a record it did not write.',
     labelNames: ['bucket', 'reason'],
   });
   const tampering = meter.counter({
     name: 'polytune_store_tampering_total',
-    help: 'Values the coordinator wrote that were changed or deleted by someone else (the coordinator restored its own).',
+    help: 'Values the coordinator wrote that were changed or deleted by someone else (it restored its own).',
     labelNames: ['bucket', 'kind'],
   });
   tampering.inc({ bucket: 'polytune_jobs', kind: 'rewritten' }, 0);

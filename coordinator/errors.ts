@@ -26,7 +26,8 @@ export class JobNotFinishedError extends PolytuneError {
   readonly jobId: string;
   readonly state: string;
   constructor(jobId: string, state: string) {
-    super(`job ${jobId} is ${state}: only a finished job can be deleted (cancel it first: coordinator cancel ${jobId})`);
+    super(`job ${jobId} is ${state}: only a finished job can be deleted `
+      + `(cancel it first: coordinator cancel ${jobId})`);
     this.name = 'JobNotFinishedError';
     this.jobId = jobId;
     this.state = state;

@@ -5,8 +5,8 @@
 import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { JobSpecError, PolytuneError, UserError, errorMessage } from '../common/errors.js';
 import {
-  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, PendingLimitError, RequestValidationError,
-  WorkerProtocolError,
+  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, PendingLimitError,
+  RequestValidationError, WorkerProtocolError,
 } from './errors.js';
 
 /** The status a handler answers with for `e`. Unknown errors are INTERNAL with their message. */
@@ -43,7 +43,8 @@ export class CoordinatorCallError extends PolytuneError {
 
   /** True for mistakes in what the user sent (bad spec, unknown job): print the message, no stack. */
   get isUserMistake(): boolean {
-    return this.code === status.INVALID_ARGUMENT || this.code === status.NOT_FOUND || this.code === status.FAILED_PRECONDITION;
+    const c = this.code;
+    return c === status.INVALID_ARGUMENT || c === status.NOT_FOUND || c === status.FAILED_PRECONDITION;
   }
 }
 

@@ -35,9 +35,15 @@ export const NO_ROOTS: StorageRoots = { dataRoots: [], outputRoots: [] };
 const INPUT_FIELDS = new Set(['path', 'target', 'mgsm', 'msvamp']);
 
 /** Every input path of a spec with its field path (`spec.data.train[0].path`), and every `output.dir`. */
-export function specPaths(spec: AnyJobSpec): { inputs: { at: string; path: string }[]; outputs: { at: string; path: string }[] } {
-  const inputs: { at: string; path: string }[] = [];
-  const outputs: { at: string; path: string }[] = [];
+/** A path of a spec and its field path. */
+export interface SpecPath {
+  readonly at: string;
+  readonly path: string;
+}
+
+export function specPaths(spec: AnyJobSpec): { inputs: SpecPath[]; outputs: SpecPath[] } {
+  const inputs: SpecPath[] = [];
+  const outputs: SpecPath[] = [];
   const walk = (v: unknown, at: string): void => {
     if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${at}[${i}]`));
     else if (v !== null && typeof v === 'object') {
@@ -63,6 +69,11 @@ async function realish(p: string): Promise<string> {
   }
 }
 
+const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;
+
+/** A path as given, with its real path when a link made them differ. */
+const shown = (path: string, real: string): string => (real !== path ? `${path} (${real})` : path);
+
 function isUnder(path: string, root: string): boolean {
   const rel = relative(root, path);
   return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
@@ -70,14 +81,21 @@ function isUnder(path: string, root: string): boolean {
 
 /** Resolves the roots once (they must exist): `--data-root`/`--output-root` as given to `serve`. */
 export async function resolveStorageRoots(roots: Partial<StorageRoots>): Promise<StorageRoots> {
-  const real = async (dirs: readonly string[] | undefined, flag: string): Promise<string[]> => Promise.all((dirs ?? []).map(async (d) => {
-    try {
-      return await realpath(resolve(d));
-    } catch (e) {
-      throw new JobSpecError([{ path: flag, message: `${d}: ${(e as NodeJS.ErrnoException).code ?? 'cannot resolve'}` }]);
+  const real = async (dirs: readonly string[] | undefined, flag: string): Promise<string[]> => {
+    const out: string[] = [];
+    for (const d of dirs ?? []) {
+      try {
+        out.push(await realpath(resolve(d)));
+      } catch (e) {
+        throw new JobSpecError([{ path: flag, message: `${d}: ${errnoCode(e, 'cannot resolve')}` }]);
+      }
     }
-  }));
-  return { dataRoots: await real(roots.dataRoots, '--data-root'), outputRoots: await real(roots.outputRoots, '--output-root') };
+    return out;
+  };
+  return {
+    dataRoots: await real(roots.dataRoots, '--data-root'),
+    outputRoots: await real(roots.outputRoots, '--output-root'),
+  };
 }
 
 /** Paths of the spec outside the storage roots (nothing is read). */
@@ -88,7 +106,8 @@ export async function storageRootIssues(spec: AnyJobSpec, roots: StorageRoots): 
     for (const { at, path } of inputs) {
       const real = await realish(path);
       if (!roots.dataRoots.some((r) => isUnder(real, r))) {
-        issues.push({ path: at, message: `${path}${real !== path ? ` (${real})` : ''} is not under a data root (${roots.dataRoots.join(', ')})` });
+        const message = `${shown(path, real)} is not under a data root (${roots.dataRoots.join(', ')})`;
+        issues.push({ path: at, message });
       }
     }
   }
@@ -96,7 +115,8 @@ export async function storageRootIssues(spec: AnyJobSpec, roots: StorageRoots): 
     for (const { at, path } of outputs) {
       const real = await realish(path);
       if (!roots.outputRoots.some((r) => isUnder(real, r) && real !== r)) {
-        issues.push({ path: at, message: `${path}${real !== path ? ` (${real})` : ''} is not inside an output root (${roots.outputRoots.join(', ')})` });
+        const message = `${shown(path, real)} is not inside an output root (${roots.outputRoots.join(', ')})`;
+        issues.push({ path: at, message });
       }
     }
   }
@@ -110,18 +130,16 @@ export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Prom
     st = await lstat(dir);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    return [{ path: at, message: `${dir}: cannot be checked (${(e as NodeJS.ErrnoException).code ?? 'error'})` }];
+    return [{ path: at, message: `${dir}: cannot be checked (${errnoCode(e)})` }];
   }
-  if (st.isSymbolicLink()) {
-    // A link is followed for the check; the roots (if any) were checked on its target.
-    return outputDirIssues(await realpath(dir), at).then((issues) => issues.map((i) => ({ ...i, message: i.message.replace(/^[^:]*/, dir) })));
-  }
+  // A link is checked at its target (the roots, if any, were checked on the target too).
+  if (st.isSymbolicLink()) return outputDirIssues(await realpath(dir), at);
   if (!st.isDirectory()) return [{ path: at, message: `${dir}: exists and is not a directory` }];
   let entries: string[];
   try {
     entries = await readdir(dir);
   } catch (e) {
-    return [{ path: at, message: `${dir}: cannot be listed (${(e as NodeJS.ErrnoException).code ?? 'error'})` }];
+    return [{ path: at, message: `${dir}: cannot be listed (${errnoCode(e)})` }];
   }
   if (entries.length === 0 || entries.includes(OUTPUT_MARKER)) return [];
   return [{
@@ -135,9 +153,9 @@ export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Prom
 export async function markOutputDir(dir: string, at = 'spec.output.dir'): Promise<void> {
   try {
     await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, OUTPUT_MARKER), 'This directory is written by polytune jobs (https://github.com/polytune).\n', { flag: 'a' });
+    await writeFile(join(dir, OUTPUT_MARKER), 'This directory is written by polytune jobs.\n', { flag: 'a' });
   } catch (e) {
-    throw new JobSpecError([{ path: at, message: `${dir}: cannot be written (${(e as NodeJS.ErrnoException).code ?? 'error'})` }]);
+    throw new JobSpecError([{ path: at, message: `${dir}: cannot be written (${errnoCode(e)})` }]);
   }
 }
 
@@ -146,7 +164,9 @@ export async function markOutputDir(dir: string, at = 'spec.output.dir'): Promis
  * directory. Throws `JobSpecError` naming each field. With `mark`, the output directory is
  * created and marked as polytune's (Submit).
  */
-export async function checkJobFiles<T>(spec: AnyJobSpec, roots: StorageRoots, validateFiles: () => Promise<T>, source?: string): Promise<T> {
+export async function checkJobFiles<T>(
+  spec: AnyJobSpec, roots: StorageRoots, validateFiles: () => Promise<T>, source?: string,
+): Promise<T> {
   const rootIssues = await storageRootIssues(spec, roots);
   if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);
   const files = await validateFiles();
@@ -157,7 +177,9 @@ export async function checkJobFiles<T>(spec: AnyJobSpec, roots: StorageRoots, va
 
 /** `checkJobFiles` with the file checks of the spec's kind (the scheduler's re-check of a stored spec). */
 export async function checkStoredJobFiles(spec: AnyJobSpec, roots: StorageRoots, source?: string): Promise<void> {
-  await checkJobFiles(spec, roots, () => (isTrainJob(spec) ? validateJobSpecFiles(spec, source) : validateAnyJobSpecFiles(spec, source)), source);
+  const validate = (): Promise<unknown> => (
+    isTrainJob(spec) ? validateJobSpecFiles(spec, source) : validateAnyJobSpecFiles(spec, source));
+  await checkJobFiles(spec, roots, validate, source);
 }
 
 /** Creates and marks the spec's output directories as polytune's (once a job is accepted). */

@@ -136,7 +136,7 @@ export const jobRecordSchema = z.looseObject({
   finishedAt: time,
 });
 
-/** Why a stored value is not a record we can use: `unreadable` (not JSON / wrong shape) or `spec` (the spec fails validation). */
+/** Why a stored value is not a usable record: `unreadable` (not JSON, wrong shape) or `spec` (an invalid spec). */
 export type BadRecordReason = 'unreadable' | 'spec';
 
 export type ParsedRecord =
@@ -158,15 +158,20 @@ export function parseStoredRecord(key: string, text: string): ParsedRecord {
   const parsed = jobRecordSchema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    return { ok: false, reason: 'unreadable', message: `not a job record (${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'bad shape'})` };
+    const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'bad shape';
+    return { ok: false, reason: 'unreadable', message: `not a job record (${where})` };
   }
-  if (parsed.data.id !== key) return { ok: false, reason: 'unreadable', message: `holds the record of job ${parsed.data.id}, not ${key}` };
+  if (parsed.data.id !== key) {
+    return { ok: false, reason: 'unreadable', message: `holds the record of job ${parsed.data.id}, not ${key}` };
+  }
   const record = parsed.data as unknown as JobRecord;
   try {
     const spec = parseAnyJobSpec(JSON.stringify(record.spec), { source: `stored job ${key}` });
     return { ok: true, record: { ...record, spec } };
   } catch (e) {
-    const message = e instanceof JobSpecError ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ') : errorMessage(e);
+    const message = e instanceof JobSpecError
+      ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ')
+      : errorMessage(e);
     return { ok: false, reason: 'spec', message: `its spec is invalid: ${message}`, record };
   }
 }

@@ -83,7 +83,9 @@ export class JobStore {
   private sentinel: { stop(): void } | undefined;
   private closed = false;
 
-  private constructor(private readonly kv: KV, bucket: string, private readonly logger: Logger, readonly events: StoreEvents) {
+  private constructor(
+    private readonly kv: KV, bucket: string, private readonly logger: Logger, readonly events: StoreEvents,
+  ) {
     this.bucket = bucket;
   }
 
@@ -101,7 +103,9 @@ export class JobStore {
 
   /** Keys whose value is not a job record (not JSON, wrong shape), with what is wrong. */
   corruptKeys(): { key: string; message: string }[] {
-    return [...this.corrupt].map(([key, v]) => ({ key, message: v.message })).sort((a, b) => a.key.localeCompare(b.key));
+    return [...this.corrupt]
+      .map(([key, v]) => ({ key, message: v.message }))
+      .sort((a, b) => a.key.localeCompare(b.key));
   }
 
   private async keys(): Promise<string[]> {
@@ -135,7 +139,8 @@ export class JobStore {
         if (this.isOwnRevision(entry.key, entry.revision)) continue;
         if (entry.operation !== 'PUT' && !this.own.has(entry.key)) continue; // our own delete, or a junk key's
         await this.get(entry.key).catch((e: unknown) => {
-          if (!this.closed) this.logger.warn('checking a job record failed', { key: entry.key, error: errorMessage(e) });
+          if (this.closed) return;
+          this.logger.warn('checking a job record failed', { key: entry.key, error: errorMessage(e) });
         });
       }
     })();
@@ -162,18 +167,24 @@ export class JobStore {
    * A value the store cannot take: a record it did not write (or whose spec is invalid) is set
    * Failed, never to run; anything else is listed as corrupt. Reported either way.
    */
-  private async refuse(key: string, entry: KvEntry, reason: BadValueReason, message: string, record?: JobRecord): Promise<StoredJob | null> {
+  private async refuse(
+    key: string, entry: KvEntry, reason: BadValueReason, message: string, record?: JobRecord,
+  ): Promise<StoredJob | null> {
     if (this.corrupt.get(key)?.revision === entry.revision) return null; // reported already
     this.events.emit({ type: 'bad-value', bucket: this.bucket, key, reason, message });
     if (!record) {
-      this.logger.error('a value in the job store is not a job record; skipped', { key, revision: entry.revision, error: message });
+      this.logger.error('a value in the job store is not a job record; skipped', {
+        key, revision: entry.revision, error: message,
+      });
       this.corrupt.set(key, { revision: entry.revision, message });
       return null;
     }
     const why = reason === BadValueReason.foreign
       ? `record not written by this coordinator (injected into ${this.bucket}): never run`
       : `stored record refused: ${message}`;
-    this.logger.error('a job record in the store is refused; the job is set Failed', { job: key, reason, error: message });
+    this.logger.error('a job record in the store is refused; the job is set Failed', {
+      job: key, reason, error: message,
+    });
     const failed: JobRecord = {
       ...record, state: JobState.Failed, error: why, workers: [], finishedAt: Date.now(), updatedAt: Date.now(),
     };
@@ -191,7 +202,9 @@ export class JobStore {
     for (let attempt = 0; ; attempt++) {
       const entry = await this.kv.get(key);
       const mine = this.own.get(key);
-      if (mine && isPut(entry) && entry.revision === mine.revision) return { record: mine.record, revision: mine.revision };
+      if (mine && isPut(entry) && entry.revision === mine.revision) {
+        return { record: mine.record, revision: mine.revision };
+      }
       if (!mine) {
         if (!isPut(entry)) return null;
         const parsed = parseStoredRecord(key, entry.string());
@@ -201,7 +214,8 @@ export class JobStore {
       // Ours, changed or deleted by someone else: ours wins.
       const kind = isPut(entry) ? TamperKind.rewritten : TamperKind.deleted;
       try {
-        const revision = entry === null ? await this.kv.create(key, encode(mine.record)) : await this.kv.update(key, encode(mine.record), entry.revision);
+        const value = encode(mine.record);
+        const revision = entry === null ? await this.kv.create(key, value) : await this.kv.update(key, value, entry.revision);
         this.events.emit({ type: 'tampered', bucket: this.bucket, key, kind });
         this.logger.error('a job record was changed behind the coordinator\'s back; restored', {
           job: key, kind, state: mine.record.state, revision: entry?.revision, restoredAs: revision,

@@ -110,10 +110,13 @@ export class LedgerStore {
   private readonly own = new Map<string, { revision: number; ledger: Ledger }>();
   private readonly mutex = new KeyedMutex();
 
-  private constructor(private readonly kv: KV, private readonly bucket: string, private readonly logger: Logger, private readonly events: StoreEvents) {}
+  private constructor(
+    private readonly kv: KV, private readonly bucket: string, private readonly logger: Logger, private readonly events: StoreEvents,
+  ) {}
 
   static async open(nc: NatsConnection, bucket = LEDGER_BUCKET, options: LedgerStoreOptions = {}): Promise<LedgerStore> {
-    return new LedgerStore(await new Kvm(nc).create(bucket, { history: 1 }), bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
+    const kv = await new Kvm(nc).create(bucket, { history: 1 });
+    return new LedgerStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
   }
 
   async get(jobId: string): Promise<Ledger> {
@@ -140,7 +143,8 @@ export class LedgerStore {
       const parsed = ledgerSchema.safeParse(raw);
       if (!parsed.success) {
         const message = raw === undefined ? 'not JSON' : `not a ledger (${parsed.error.issues[0]?.message ?? 'bad shape'})`;
-        this.events.emit({ type: 'bad-value', bucket: this.bucket, key: jobId, reason: BadValueReason.unreadable, message });
+        const reason = BadValueReason.unreadable;
+        this.events.emit({ type: 'bad-value', bucket: this.bucket, key: jobId, reason, message });
         this.logger.error('a ledger in the store is unreadable; read as empty', { job: jobId, error: message });
         return EMPTY_LEDGER;
       }

@@ -31,7 +31,8 @@ export function decodePageToken(token: string): Position {
   } catch {
     bad();
   }
-  if (!Array.isArray(v) || v.length !== 2 || !Number.isSafeInteger(v[0]) || typeof v[1] !== 'string' || !isJobName(v[1])) bad();
+  const ok = Array.isArray(v) && v.length === 2 && Number.isSafeInteger(v[0]) && typeof v[1] === 'string' && isJobName(v[1]);
+  if (!ok) bad();
   const [createdAt, id] = v as [number, string];
   return { createdAt, id };
 }
@@ -39,7 +40,8 @@ export function decodePageToken(token: string): Position {
 export function checkPageSize(v: unknown): number {
   if (v === undefined || v === null || v === 0) return DEFAULT_LIST_PAGE_SIZE;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > MAX_LIST_PAGE_SIZE) {
-    throw new RequestValidationError('page_size', `must be 1..${MAX_LIST_PAGE_SIZE} (0 for ${DEFAULT_LIST_PAGE_SIZE}), got ${String(v)}`);
+    const range = `1..${MAX_LIST_PAGE_SIZE} (0 for ${DEFAULT_LIST_PAGE_SIZE})`;
+    throw new RequestValidationError('page_size', `must be ${range}, got ${String(v)}`);
   }
   return v;
 }
@@ -50,7 +52,9 @@ export function compareJobs(a: Position, b: Position): number {
 }
 
 /** One page of `jobs` (any order) after `token`, and the token of the next page ('' on the last). */
-export function listPage(jobs: readonly JobRecord[], pageSize: number, token: string): { page: JobRecord[]; next: string } {
+export function listPage(
+  jobs: readonly JobRecord[], pageSize: number, token: string,
+): { page: JobRecord[]; next: string } {
   const sorted = [...jobs].sort(compareJobs);
   const after = token ? decodePageToken(token) : undefined;
   const start = after ? sorted.findIndex((j) => compareJobs(after, j) < 0) : 0;

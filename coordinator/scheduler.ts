@@ -158,7 +158,8 @@ export class Scheduler {
     for (const job of await this.store.list()) {
       if (!isTerminal(job.state) || (job.finishedAt || job.updatedAt) > cutoff) continue;
       await this.removeJob(job.id);
-      this.logger.info('job deleted: past the retention', { job: job.id, finishedAt: new Date(job.finishedAt || job.updatedAt).toISOString() });
+      const finishedAt = new Date(job.finishedAt || job.updatedAt).toISOString();
+      this.logger.info('job deleted: past the retention', { job: job.id, finishedAt });
     }
   }
 
@@ -168,7 +169,7 @@ export class Scheduler {
     await this.ledgerStore?.delete(jobId);
   }
 
-  /** Deletes a finished job's record and ledger; `JobNotFinishedError` for one that has not finished. Returns it as it was. */
+  /** Deletes a finished job's record and ledger, and returns it as it was; `JobNotFinishedError` for an unfinished one. */
   async delete(jobId: string): Promise<JobRecord> {
     return this.serial(async () => {
       const { record } = await this.store.mustGet(jobId);
@@ -182,7 +183,8 @@ export class Scheduler {
   /** Throws `PendingLimitError` when `client` has as many Pending jobs as it may. */
   async checkPendingLimit(client: string | undefined): Promise<void> {
     if (client === undefined || this.maxPendingPerClient <= 0) return;
-    const pending = (await this.store.list()).filter((j) => j.state === JobState.Pending && j.submittedBy === client).length;
+    const jobs = await this.store.list();
+    const pending = jobs.filter((j) => j.state === JobState.Pending && j.submittedBy === client).length;
     if (pending >= this.maxPendingPerClient) throw new PendingLimitError(client, this.maxPendingPerClient);
   }
 
@@ -194,7 +196,9 @@ export class Scheduler {
   }
 
   /** Stores a new Pending job for an already validated spec. */
-  async submit(spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false, submittedBy?: string): Promise<JobRecord> {
+  async submit(
+    spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false, submittedBy?: string,
+  ): Promise<JobRecord> {
     if (this.stopping) throw new CoordinatorStoppingError();
     await this.checkPendingLimit(submittedBy);
     for (;;) {

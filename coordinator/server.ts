@@ -23,7 +23,9 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
-import { authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy } from './auth.js';
+import {
+  authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy,
+} from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
@@ -36,7 +38,9 @@ import {
 } from './request-limits.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
-import { checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots } from './job-files.js';
+import {
+  checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots,
+} from './job-files.js';
 import { checkPageSize, listPage } from './list-pages.js';
 import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
@@ -128,11 +132,14 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let openedStore: JobStore | undefined;
   try {
     const storeEvents = new StoreEvents();
-    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents }).catch((e: unknown) => {
+    const storeOptions = { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents };
+    const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
     openedStore = store;
-    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, { logger: logger.child('ledger'), events: storeEvents });
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, {
+      logger: logger.child('ledger'), events: storeEvents,
+    });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
     metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
     scheduler = new Scheduler({
@@ -153,7 +160,9 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
-    server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth, roots }));
+    server.addService(proto.JobService.service, jobHandlers({
+      store, ledger, scheduler, watches, logger, metrics, auth, roots,
+    }));
     server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
@@ -215,7 +224,8 @@ interface JobHandlerDeps {
   roots: StorageRoots;
 }
 
-function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth, roots }: JobHandlerDeps): JobServiceHandlers {
+function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
+  const { store, ledger, scheduler, watches, logger, metrics, auth, roots } = deps;
   const unary = <Req, Res>(name: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       Promise.resolve().then(() => {

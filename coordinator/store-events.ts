@@ -24,7 +24,10 @@ export const TamperKind = {
 export type TamperKind = (typeof TamperKind)[keyof typeof TamperKind];
 
 export type StoreEvent =
-  | { readonly type: 'bad-value'; readonly bucket: string; readonly key: string; readonly reason: BadValueReason; readonly message: string }
+  | {
+    readonly type: 'bad-value'; readonly bucket: string; readonly key: string; readonly reason: BadValueReason;
+    readonly message: string;
+  }
   | { readonly type: 'tampered'; readonly bucket: string; readonly key: string; readonly kind: TamperKind };
 
 export class StoreEvents {

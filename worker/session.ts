@@ -322,7 +322,8 @@ export class CoordinatorSession {
           spec = parseAnyJobSpec(a.specJson, { source: `assignment of job ${a.jobId}` });
         } catch (e) {
           this.logger.error('assignment with an invalid spec refused', { job: a.jobId, error: errorMessage(e) });
-          this.result({ jobId: a.jobId, generation: a.generation, ok: false, error: `refused: the assignment's spec_json is invalid: ${errorMessage(e)}` });
+          const error = `refused: the assignment's spec_json is invalid: ${errorMessage(e)}`;
+          this.result({ jobId: a.jobId, generation: a.generation, ok: false, error });
           return;
         }
         this.push({

@@ -40,7 +40,10 @@ export async function assertFinalReplaceable(dir: string): Promise<void> {
   });
   if (st === undefined) return;
   const marked = st.isDirectory() && (await lstat(join(dir, FINAL_MARKER)).then(() => true, () => false));
-  if (!marked) throw new UserError(`${dir}: exists and was not written by polytune (no ${FINAL_MARKER} marker): it is left as it is; move it away`);
+  if (!marked) {
+    const why = `exists and was not written by polytune (no ${FINAL_MARKER} marker): it is left as it is; move it away`;
+    throw new UserError(`${dir}: ${why}`);
+  }
 }
 
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
