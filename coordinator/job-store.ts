@@ -134,14 +134,19 @@ export class JobStore {
     const it = await this.kv.watch({ key: '>', include: KvWatchInclude.UpdatesOnly });
     this.sentinel = it;
     void (async () => {
-      for await (const entry of it) {
-        if (this.closed) return;
-        if (this.isOwnRevision(entry.key, entry.revision)) continue;
-        if (entry.operation !== 'PUT' && !this.own.has(entry.key)) continue; // our own delete, or a junk key's
-        await this.get(entry.key).catch((e: unknown) => {
+      try {
+        for await (const entry of it) {
           if (this.closed) return;
-          this.logger.warn('checking a job record failed', { key: entry.key, error: errorMessage(e) });
-        });
+          if (this.isOwnRevision(entry.key, entry.revision)) continue;
+          if (entry.operation !== 'PUT' && !this.own.has(entry.key)) continue; // our own delete, or a junk key's
+          await this.get(entry.key).catch((e: unknown) => {
+            if (this.closed) return;
+            this.logger.warn('checking a job record failed', { key: entry.key, error: errorMessage(e) });
+          });
+        }
+      } catch (e) {
+        // Reads still check every value; only the immediate notice of foreign writes is lost.
+        if (!this.closed) this.logger.error('the watch on the job store ended', { error: errorMessage(e) });
       }
     })();
   }
