@@ -30,15 +30,27 @@ export type StoreEvent =
   }
   | { readonly type: 'tampered'; readonly bucket: string; readonly key: string; readonly kind: TamperKind };
 
+/** Events kept while nobody listens (the stores check their buckets when they open, before the metrics exist). */
+const MAX_EARLY_EVENTS = 1000;
+
 export class StoreEvents {
   private readonly listeners = new Set<(e: StoreEvent) => void>();
+  private early: StoreEvent[] = [];
 
+  /** Listens; the first listener also receives the events emitted before it (at most `MAX_EARLY_EVENTS`). */
   on(listener: (e: StoreEvent) => void): () => void {
     this.listeners.add(listener);
+    const early = this.early;
+    this.early = [];
+    for (const e of early) listener(e);
     return () => this.listeners.delete(listener);
   }
 
   emit(e: StoreEvent): void {
+    if (this.listeners.size === 0) {
+      if (this.early.length < MAX_EARLY_EVENTS) this.early.push(e);
+      return;
+    }
     for (const l of this.listeners) l(e);
   }
 }

@@ -15,6 +15,8 @@ import { PromMeter } from '../../common/metrics.js';
 import type { NatsServer } from '../../common/nats-server-process.js';
 import { JobClient } from '../../coordinator/client.js';
 import { CoordinatorCallError } from '../../coordinator/grpc-errors.js';
+import { parseAnyJobSpec } from '../../common/job-kinds.js';
+import { newJobRecord } from '../../coordinator/job-record.js';
 import { JOBS_BUCKET } from '../../coordinator/job-store.js';
 import { LEDGER_BUCKET } from '../../coordinator/ledger.js';
 import type { Coordinator, CoordinatorOptions } from '../../coordinator/server.js';
@@ -119,6 +121,22 @@ describe('the job store is not trusted', () => {
     expect(w1.assignments()).toEqual([]);
     expect(await metric(meter, 'polytune_store_bad_values_total{bucket="polytune_jobs",reason="foreign"}')).toBe(1);
     expect((await client.list()).map((j) => [j.id, j.state])).toContainEqual(['evil-abcde', 'FAILED']);
+  });
+
+  it('a Pending record found at start whose spec no longer validates is set Failed, never run', async () => {
+    const kvm = new Kvm(nc);
+    kv = await kvm.create(JOBS_BUCKET, { history: 5 });
+    const spec = parseAnyJobSpec(fx.yaml({ name: 'old' }));
+    const record = newJobRecord('old-abcde', spec, 2, Date.now());
+    const bad = { ...record, spec: { ...spec, spec: { ...spec.spec, collective: { compression: 'none', timeoutSeconds: 1e9 } } } };
+    await kv.put(record.id, JSON.stringify(bad));
+    await start();
+    await join('w-a');
+    await join('w-b');
+    const job = await client.get(record.id);
+    expect(job.state).toBe('FAILED');
+    expect(job.error).toMatch(/stored record refused: its spec is invalid: spec.collective.timeoutSeconds: must be <= 2147483/);
+    expect(await metric(meter, 'polytune_store_bad_values_total{bucket="polytune_jobs",reason="spec"}')).toBe(1);
   });
 
   it('a junk value under any key does not break List (it is listed as corrupt)', async () => {
