@@ -347,7 +347,8 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect(job.generation).toBe(1);
     expect(coord!.registry.get('hb-a')?.status).toBe('busy');
     expect(coord!.registry.get('hb-b')?.status).toBe('busy');
-    // The event loop (shared with the coordinator here) never stalled for most of a heartbeat timeout.
-    expect(worst, `the longest gap between two 20 ms ticks`).toBeLessThan(700);
+    // Without the slices the workers are declared lost above; the loop (shared with the coordinator
+    // here) never stalled for a heartbeat timeout (1 s). Measured: 0.2-0.5 s with slices.
+    expect(worst, `the longest gap between two 20 ms ticks`).toBeLessThan(900);
   }, 60_000);
 });
