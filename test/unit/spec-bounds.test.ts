@@ -5,6 +5,7 @@ import { mixSamples, mixSamplesAsync } from '../../common/data-mixture.js';
 import { planSteps } from '../../common/data-plan.js';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
+import { readLlamaConfig } from '../../common/model-config.js';
 import { readDataSource } from '../../common/records.js';
 import { SPEC_LIMITS } from '../../common/spec-primitives.js';
 import { isJobName } from '../../common/subjects.js';
@@ -123,6 +124,18 @@ describe('errors name a file and what is wrong, never its contents', () => {
     expect(err).toBeInstanceOf(DataFormatError);
     expect((err as Error).message).toContain(`${file}:1: not valid JSON`);
     expect((err as Error).message).not.toContain('root');
+  });
+
+  it('a config.json that is someone else\'s JSON is not quoted back', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'polytune-bounds-'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'ghp_s3cr3t-t0ken/with+symbols', auths: {} }));
+    const err = await readLlamaConfig(dir).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/config.json: model_type a string of 29 characters is not supported/);
+    expect((err as Error).message).not.toContain('s3cr3t');
+    writeFileSync(join(dir, 'config.json'), '{"token": "s3cr3t"');
+    const bad = await readLlamaConfig(dir).catch((e: unknown) => e);
+    expect((bad as Error).message).toMatch(/config.json: not valid JSON/);
+    expect((bad as Error).message).not.toContain('s3cr3t');
   });
 
   it('jsonSyntaxProblem keeps the position and drops the quote', () => {
