@@ -255,6 +255,18 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect((await callError(client.listPage(2, 'not-a-token'))).message).toMatch(/page_token/);
   });
 
+  it('List stays small with big specs: 40 jobs with 60 KiB templates fit one page of a few KiB', async () => {
+    await start({ maxPendingPerClient: 0 });
+    const template = `{question}${'t'.repeat(60 * 1024)}`;
+    const yaml = fx.yaml().replace('  data:\n', `  data:\n    template: "${template}"\n`);
+    expect(yaml.length).toBeGreaterThan(60 * 1024);
+    await Promise.all(Array.from({ length: 40 }, () => client.submitText(yaml)));
+    const page = await client.listPage(100);
+    expect(page.jobs).toHaveLength(40);
+    expect(JSON.stringify(page).length).toBeLessThan(40 * 1024);
+    expect(JSON.parse((await client.get(page.jobs[0]!.id)).specJson).spec.data.template).toBe(template);
+  });
+
   it('Delete removes a finished job (record and ledger) and refuses an unfinished one', async () => {
     await start();
     const id = await client.submitText(fx.yaml());
