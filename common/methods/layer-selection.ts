@@ -6,14 +6,13 @@
 import { z } from 'zod';
 import type { SpecIssue } from '../errors.js';
 import { analysisIssues, analysisSchema, DEFAULT_ANALYSIS_K, type AnalysisSpec } from '../eval-spec.js';
+import { nonNegativeInt } from '../spec-primitives.js';
 
 export const FFN_MODULES = ['gate_proj', 'up_proj', 'down_proj'] as const;
 export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
 /** What `method.modules` may name: a projection, a norm, or a whole block (`mlp`, `self_attn`). */
 export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm', 'mlp', 'self_attn'] as const;
 export type LayerModule = (typeof LAYER_MODULES)[number];
-
-const nonNegativeInt = z.number().int('must be an integer').nonnegative('must be >= 0');
 
 /** The zod fields `layers`, `modules`, `analysis`, to spread into a method's strict object. */
 export const layerSelectionFields = {
