@@ -12,10 +12,9 @@
  * tried again (`writeFinalOutputsRetrying`) rather than failing the job and losing it.
  */
 import { copyFile, lstat, mkdir, writeFile } from 'node:fs/promises';
-import { UserError } from '../../common/errors.js';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorMessage } from '../../common/errors.js';
+import { errorMessage, UserError } from '../../common/errors.js';
 import type { Logger } from '../../common/logging.js';
 import type { LlamaModel } from '../model/llama.js';
 import { exportModel } from '../model/export.js';
