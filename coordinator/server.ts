@@ -25,12 +25,13 @@ import {
 } from '../proto/index.js';
 import { authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, type CallAuthPolicy } from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
-import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
+import { CoordinatorStartError, JoinDeadlineError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import { parameterCounts } from '../common/trainable.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
+import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
 } from './request-limits.js';
@@ -38,6 +39,7 @@ import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
+import { DEFAULT_HELLO_TIMEOUT_MS, resetHttp2Stream } from './join-deadlines.js';
 
 export const DEFAULT_LISTEN = '0.0.0.0:7070';
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
@@ -69,14 +71,24 @@ export interface CoordinatorOptions {
   meter?: MetricMeter;
   /** TLS for the gRPC port; with `clientCa`, workers must present a certificate it signed. @default plaintext */
   tls?: ServerTls;
-  /** Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open) */
+  /**
+   * Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open)
+   * `workerIdFromCertificate` @default true under mutual TLS (`tls.clientCa`), else false.
+   */
   auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken' | 'workerIdFromCertificate'>;
   /** Extra options for the coordinator's own NATS connection (credentials: `authenticator`). */
   natsConnect?: Partial<ConnectionOptions>;
+  /**
+   * Use a NATS without authentication that is not on loopback (`--insecure-nats`); without it the
+   * coordinator refuses to start (nats-exposure.ts). @default false
+   */
+  insecureNats?: boolean;
   /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
   natsIssuer?: NatsCredentialIssuer;
   /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
   maxReceiveMessageBytes?: number;
+  /** A Join stream without Hello by then is ended (join-deadlines.ts). @default DEFAULT_HELLO_TIMEOUT_MS */
+  helloTimeoutMs?: number;
 }
 
 export interface Coordinator {
@@ -97,14 +109,28 @@ function splitHostPort(listen: string): { host: string; port: number } {
   return { host: listen.slice(0, i), port };
 }
 
+/** The host of a `HOST:PORT` listen address, without IPv6 brackets (`[::1]:7070` gives `::1`). */
+export function listenHost(listen: string): string {
+  return splitHostPort(listen).host.replace(/^\[(.*)\]$/, '$1');
+}
+
 /** Connects to NATS, recovers jobs, and serves gRPC. */
 export async function startCoordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
   const logger = options.logger ?? silentLogger;
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
-  const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
+  const requireWorkerCertificate = options.tls?.clientCa !== undefined;
+  // Under mutual TLS a worker's id is a name of its certificate unless turned off
+  // (--no-worker-id-from-cert): otherwise one certificate could join under any busy worker's id.
+  const auth: CallAuthPolicy = {
+    ...options.auth, requireWorkerCertificate, workerIdFromCertificate: options.auth?.workerIdFromCertificate ?? requireWorkerCertificate,
+  };
   if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
+  const natsExposure = checkNatsExposure({ natsUrl, connect: options.natsConnect, insecureNats: options.insecureNats });
+  if (natsExposure === NatsExposure.Insecure) {
+    logger.warn('NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs', { nats: natsUrl });
+  }
   let nc: NatsConnection;
   try {
     nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
@@ -140,7 +166,9 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
     server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
-    server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
+    server.addService(proto.WorkerService.service, workerHandlers({
+      registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+    }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
       srv.bindAsync(listen, serverCredentials(options.tls), (err, p) => (
@@ -148,7 +176,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     logger.info('coordinator listening', {
-      address, nats: natsUrl, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
+      address, nats: natsUrl, natsExposure, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
       clientToken: auth.clientToken !== undefined, workerToken: auth.workerToken !== undefined, natsCredentials: options.natsIssuer !== undefined,
     });
 
@@ -278,17 +306,20 @@ interface WorkerHandlerDeps {
   store: JobStore;
   auth: CallAuthPolicy;
   natsIssuer: NatsCredentialIssuer | undefined;
+  helloTimeoutMs: number;
 }
 
 /**
  * The Join stream. Every message is checked before it reaches the registry or the scheduler:
  * - the call itself: worker token and/or verified client certificate (auth.ts);
- * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT);
+ * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT),
+ *   within `helloTimeoutMs` (else DEADLINE_EXCEEDED), under a worker id not connected already
+ *   (else ALREADY_EXISTS; join-deadlines.ts, worker-registry.ts);
  * - each later message: field types and ranges (request-limits.ts), then membership: the job is
  *   the one the worker is assigned to, at the current generation. A message that fails is not
  *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
  */
-function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }: WorkerHandlerDeps): WorkerServiceHandlers {
+function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
@@ -320,23 +351,33 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           if (ended) return;
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         },
+        isOpen: () => !ended && !call.cancelled,
       };
       const gone = (reason: string): void => {
         if (workerId !== undefined) registry.leave(workerId, link, reason);
+        clearTimeout(helloTimer);
         if (!ended) {
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         }
       };
       /** Ends the stream with the error's status (protocol violations, failed authentication). */
       const fail = (e: Error): void => {
         if (ended) return;
         ended = true;
+        clearTimeout(helloTimer);
         logger.warn('worker stream refused', { worker: workerId, error: e.message });
         if (workerId !== undefined) registry.leave(workerId, link, `refused: ${e.message}`);
         call.emit('error', toGrpcStatus(e));
+        resetHttp2Stream(call);
       };
+      const helloTimer = setTimeout(() => {
+        if (workerId === undefined) fail(new JoinDeadlineError(`no Hello within ${helloTimeoutMs} ms of the Join call`));
+      }, helloTimeoutMs);
+      helloTimer.unref();
       const refuse = (message: string, error: string, jobId = '', generation = 0): void => {
         logger.warn('worker message refused', { worker: workerId, message, error });
         link.send({ refusal: { message, error, jobId, generation } });
@@ -370,13 +411,15 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           }
           try {
             authorizeWorkerId(auth, hello.workerId, peerCertificateNames(call));
+            // Refused (WorkerIdInUseError) while a live stream holds this id; the ack follows the join.
+            registry.join(hello, link);
           } catch (e) {
             fail(e as Error);
             return;
           }
+          clearTimeout(helloTimer);
           workerId = hello.workerId;
           link.send({ ack: { workerId } });
-          registry.join(hello, link);
           return;
         }
         const wid = workerId;

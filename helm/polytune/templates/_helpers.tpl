@@ -174,6 +174,14 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
 {{- if include "polytune.tlsMutual" . }}
 - name: POLYTUNE_TLS_CLIENT_CA
   value: /etc/polytune/tls-client-ca/ca.crt
+{{/* Every worker pod presents the same certificate (tls.mutual), so its name cannot be each worker's id. */}}
+- name: POLYTUNE_WORKER_ID_FROM_CERT
+  value: "0"
+{{- end }}
+{{- if not (or .Values.natsAuth.enabled (and .Values.natsTls.enabled (include "polytune.natsTlsClientCert" .))) }}
+{{/* No NATS credentials: the in-cluster NATS is reachable by every pod the NetworkPolicy lets in (README "Security"). */}}
+- name: POLYTUNE_INSECURE_NATS
+  value: "1"
 {{- end }}
 {{- if .Values.natsAuth.enabled }}
 - name: POLYTUNE_NATS_CREDS
