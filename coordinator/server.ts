@@ -8,7 +8,7 @@
  * directory), checks the files on its own file system (`validateJobSpecFiles`) and plans the steps.
  */
 import * as grpc from '@grpc/grpc-js';
-import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage, UserError } from '../common/errors.js';
 import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import { validateJobSpecFiles } from '../common/jobspec.js';
@@ -31,6 +31,7 @@ import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import { parameterCounts } from '../common/trainable.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
+import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
 import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
@@ -85,6 +86,11 @@ export interface CoordinatorOptions {
   insecureNats?: boolean;
   /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
   natsIssuer?: NatsCredentialIssuer;
+  /**
+   * Revokes the credentials `natsIssuer` issued when their generation ends or their worker leaves
+   * (nats-revocation.ts). @default none: they expire after their lifetime
+   */
+  natsRevocation?: NatsRevocationSettings;
   /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
   maxReceiveMessageBytes?: number;
   /** A Join stream without Hello by then is ended (join-deadlines.ts). @default DEFAULT_HELLO_TIMEOUT_MS */
@@ -114,6 +120,18 @@ export function listenHost(listen: string): string {
   return splitHostPort(listen).host.replace(/^\[(.*)\]$/, '$1');
 }
 
+/** The system-account connection that sends account updates (revocations), with the coordinator's TLS. */
+async function connectRevoker(natsUrl: string, r: NatsRevocationSettings, base: Partial<ConnectionOptions> | undefined): Promise<NatsConnection> {
+  try {
+    return await connect({
+      ...(base?.tls ? { tls: base.tls } : {}), servers: natsUrl, name: 'polytune-coordinator-revocations', maxReconnectAttempts: -1,
+      authenticator: credsAuthenticator(new TextEncoder().encode(r.systemCreds)),
+    });
+  } catch (e) {
+    throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl} as the system-account user (--nats-system-creds): ${errorMessage(e)}`, { cause: e });
+  }
+}
+
 /** Connects to NATS, recovers jobs, and serves gRPC. */
 export async function startCoordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
   const logger = options.logger ?? silentLogger;
@@ -141,6 +159,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   let metrics: CoordinatorMetrics | undefined;
+  let revocationNc: NatsConnection | undefined;
+  let credentials: WorkerCredentialLifecycle | undefined;
   try {
     const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
@@ -148,6 +168,17 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET);
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
     metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
+    if (options.natsIssuer) {
+      revocationNc = options.natsRevocation ? await connectRevoker(natsUrl, options.natsRevocation, options.natsConnect) : undefined;
+      const revoker = revocationNc && options.natsRevocation
+        ? new NatsRevoker({ nc: revocationNc, ...options.natsRevocation, logger: logger.child('revocation') }) : undefined;
+      if (!revoker) logger.warn('NATS credentials of ended generations are not revoked (no --nats-system-creds); they expire instead');
+      credentials = new WorkerCredentialLifecycle(options.natsIssuer, revoker, logger.child('credentials'));
+      const lifecycle = credentials;
+      registry.on((e) => {
+        if (e.type === 'idle' || e.type === 'lost') lifecycle.end(e.worker.id, undefined, `worker ${e.type === 'idle' ? 'idle' : `lost: ${e.reason}`}`);
+      });
+    }
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
       metrics, ledger,
@@ -167,7 +198,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
     server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
     server.addService(proto.WorkerService.service, workerHandlers({
-      registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+      registry, scheduler, logger, store, auth, credentials, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
     }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
@@ -202,6 +233,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
           });
         });
         await nc.drain().catch(() => nc.close());
+        await revocationNc?.close();
       })();
       return stopped;
     };
@@ -211,6 +243,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     registry?.close();
     metrics?.close();
     await scheduler?.stop().catch(() => undefined);
+    await revocationNc?.close();
     await nc.close();
     throw e;
   }
@@ -305,7 +338,7 @@ interface WorkerHandlerDeps {
   logger: Logger;
   store: JobStore;
   auth: CallAuthPolicy;
-  natsIssuer: NatsCredentialIssuer | undefined;
+  credentials: WorkerCredentialLifecycle | undefined;
   helloTimeoutMs: number;
 }
 
@@ -319,7 +352,7 @@ interface WorkerHandlerDeps {
  *   the one the worker is assigned to, at the current generation. A message that fails is not
  *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
  */
-function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
+function workerHandlers({ registry, scheduler, logger, store, auth, credentials, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
@@ -331,9 +364,16 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer, 
         writes = writes.then(async () => {
           if (ended) return;
           const a = msg.assignment;
-          if (a && natsIssuer && workerId !== undefined && a.jobId) {
-            const c = await natsIssuer.issueWorker(a.jobId, workerId);
+          if (a && credentials && workerId !== undefined && a.jobId) {
+            const c = await credentials.forAssignment(workerId, a.jobId, Number(a.generation));
             msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
+          }
+          // The generation ends for this worker: its credentials stop working (the cancel goes first).
+          if (msg.cancel && credentials && workerId !== undefined) {
+            const { jobId } = msg.cancel;
+            if (!ended) call.write(msg);
+            credentials.end(workerId, jobId || undefined, `cancel: ${msg.cancel.reason ?? ''}`);
+            return;
           }
           if (!ended) call.write(msg);
         }).catch((e: unknown) => {

@@ -195,6 +195,12 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
       key: account.pub
 - name: POLYTUNE_NATS_CREDS_TTL
   value: {{ .Values.natsAuth.credsTtlSeconds | int | toString | quote }}
+- name: POLYTUNE_NATS_SYSTEM_CREDS
+  value: /etc/polytune/nats/system.creds
+- name: POLYTUNE_NATS_ACCOUNT_JWT
+  value: /etc/polytune/nats/account.jwt
+- name: POLYTUNE_NATS_OPERATOR_SIGNING_KEY
+  value: /etc/polytune/nats/operator-signing-key.nk
 {{- end }}
 {{- end -}}
 
@@ -242,6 +248,9 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
     items:
       - { key: coordinator.creds, path: coordinator.creds }
       - { key: account-signing-key.nk, path: account-signing-key.nk }
+      - { key: system.creds, path: system.creds }
+      - { key: account.jwt, path: account.jwt }
+      - { key: operator-signing-key.nk, path: operator-signing-key.nk }
 {{- end }}
 {{- end -}}
 
