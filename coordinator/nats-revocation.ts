@@ -15,9 +15,11 @@
  * - a system-account user (`system.creds`) allowed only to publish that update.
  *
  * Limits: with `resolver: MEMORY` the servers forget updates when they restart (they load the
- * preloaded JWT again), and this list lives in the coordinator's memory: a revoked credential
- * that has not expired yet works again after a NATS or coordinator restart, until its expiry. So
- * the lifetime stays short (nats-credentials.ts). Entries leave the list once their credential
+ * preloaded JWT again); the revoker sends its list again when its connection comes back, which
+ * covers a restarted server it reconnects to, but the list lives in the coordinator's memory: a
+ * revoked credential that has not expired yet works again after a coordinator restart, or on a
+ * restarted server before the list reaches it, until its expiry. So the lifetime stays short
+ * (nats-credentials.ts). Entries leave the list once their credential
  * has expired (the server refuses it anyway), so the JWT does not grow with the job's history.
  */
 import { decode, encodeAccount, type Account } from '@nats-io/jwt';
@@ -30,6 +32,9 @@ import { silentLogger, type Logger } from '../common/logging.js';
 export function accountUpdateSubject(account: string): string {
   return `$SYS.REQ.ACCOUNT.${account}.CLAIMS.UPDATE`;
 }
+
+/** Attempts (500 ms apart) to send the list again after a reconnect. */
+const RESEND_ATTEMPTS = 20;
 
 /** @default 5 s for the servers to answer an account update. */
 export const DEFAULT_REVOCATION_TIMEOUT_MS = 5_000;
@@ -121,6 +126,31 @@ export class NatsRevoker {
     this.nc = options.nc;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_REVOCATION_TIMEOUT_MS;
     this.logger = options.logger ?? silentLogger;
+    void this.resendOnReconnect();
+  }
+
+  /**
+   * A server that restarted has forgotten the list (memory resolver): send it again, retrying
+   * while the server has not loaded the account yet (it skips updates of accounts it has not).
+   */
+  private async resendOnReconnect(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type !== 'reconnect' || this.revoked.size === 0) continue;
+      void (async () => {
+        for (let attempt = 1; attempt <= RESEND_ATTEMPTS; attempt++) {
+          try {
+            await this.revoke([]);
+            return;
+          } catch (e) {
+            if (attempt === RESEND_ATTEMPTS || this.nc.isClosed()) {
+              this.logger.warn('cannot send the revocations again after a reconnect', { error: errorMessage(e) });
+              return;
+            }
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        }
+      })();
+    }
   }
 
   /** Public keys currently on the list (for tests and logs). */
@@ -161,6 +191,8 @@ export class NatsRevoker {
     if (reply.data?.code !== undefined && reply.data.code !== 200) {
       throw new NatsRevocationError(this.account, reply.data.message ?? `code ${reply.data.code}`);
     }
+    // "jwt update skipped": the server has not loaded the account (no user of it connected yet).
+    if (/skipped/i.test(reply.data?.message ?? '')) throw new NatsRevocationError(this.account, `the server did not apply it (${reply.data?.message})`);
     this.logger.info('NATS credentials revoked', { account: this.account, revoked: this.revoked.size });
   }
 }

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decode } from '@nats-io/jwt';
-import { credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reduceScatterSubject } from '../../common/subjects.js';
 import { serveSecurity } from '../../coordinator/cli-security.js';
@@ -17,7 +17,7 @@ import { createNatsOperatorSetup, NatsCredentialIssuer, writeNatsOperatorSetup, 
 import { NatsRevoker } from '../../coordinator/nats-revocation.js';
 import { startCoordinator } from '../../coordinator/server.js';
 import { CoordinatorSession, type AssignmentEvent } from '../../worker/session.js';
-import { natsScope, type NatsServer } from '../helpers/nats-server.js';
+import { natsScope, startNatsServer, type NatsServer } from '../helpers/nats-server.js';
 import { eventually, makeSpecFixture } from './coordinator-fixtures.js';
 
 const nats = natsScope();
@@ -66,6 +66,39 @@ describe('NatsRevoker', () => {
     expect(revoker.list().sort()).toEqual([gone.userPublicKey, kept.userPublicKey].sort());
     await expect(nats.connect(server, { authenticator: creds(gone.creds), reconnect: false })).rejects.toThrow(/authoriz|revoked/i);
     expect(await closedWithin(ncKept, 5_000)).toMatch(/revoked/i);
+  });
+
+  it('sends the list again when a restarted server (memory resolver: updates forgotten) comes back', async () => {
+    const own = await startNatsServer({ config: setup.serverConfig });
+    let restarted: NatsServer | undefined;
+    const conns: NatsConnection[] = [];
+    try {
+      const again = { reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 100 };
+      conns.push(await connect({ servers: own.url, authenticator: creds(setup.coordinatorCreds), ...again }));
+      const sys = await connect({ servers: own.url, authenticator: creds(setup.systemCreds), ...again });
+      conns.push(sys);
+      const revoker = new NatsRevoker({ nc: sys, ...revocation() });
+      const gone = await issuer.issueWorker('job-r-22222', 'w0', 3);
+      await revoker.revoke([gone]);
+      await own.stop();
+      restarted = await startNatsServer({ config: setup.serverConfig, port: own.port });
+      // Until the list is back, the restarted server would take the credential: it must end refused.
+      await eventually(async () => {
+        try {
+          const nc = await connect({ servers: restarted!.url, authenticator: creds(gone.creds), reconnect: false });
+          await nc.close();
+          return undefined;
+        } catch (e) {
+          return /authoriz|revoked/i.test(String(e)) ? true : undefined;
+        }
+      }, 10_000, 'the revoked credential refused by the restarted server');
+      // And it stays refused (the list was applied, not a transient failure).
+      await expect(connect({ servers: restarted.url, authenticator: creds(gone.creds), reconnect: false })).rejects.toThrow(/authoriz|revoked/i);
+    } finally {
+      for (const c of conns) await c.close();
+      await own.stop();
+      await restarted?.stop();
+    }
   });
 
   it('leaves expired credentials off the list', async () => {
