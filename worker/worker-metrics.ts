@@ -23,7 +23,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
-import type { EvalReport } from './eval/evaluate.js';
+import type { EvalReport } from './eval/report.js';
 import type { StepReport } from './train/trainer.js';
 
 /** What `step()` reads of a report; `lossByLanguage` is the hook for the per-language loss. */
