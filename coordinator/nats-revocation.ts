@@ -228,7 +228,10 @@ export class IssuedCredentials {
   }
 }
 
-/** What `coordinator serve` reads for revocation (`--nats-system-creds`, `--nats-account-jwt`, `--nats-operator-signing-key`). */
+/**
+ * What `coordinator serve` reads for revocation:
+ * `--nats-system-creds`, `--nats-account-jwt`, `--nats-operator-signing-key`.
+ */
 export interface NatsRevocationSettings {
   /** `.creds` text of the system-account user. */
   readonly systemCreds: string;

@@ -2,8 +2,9 @@
 /**
  * The `worker` command.
  *
- *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--metrics-host HOST]
- *            [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+ *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N]
+ *            [--metrics-host HOST] [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *            [--tls-server-name NAME] [--token-file FILE]
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
