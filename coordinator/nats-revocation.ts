@@ -252,7 +252,7 @@ export class WorkerCredentialLifecycle {
 
   constructor(
     private readonly issuer: { issueWorker(jobId: string, workerId: string, generation?: number): Promise<IssuedCredential & { creds: string; inboxPrefix: string }> },
-    private readonly revoker: NatsRevoker | undefined,
+    private readonly revoker: Pick<NatsRevoker, 'revoke'> | undefined,
     private readonly logger: Logger = silentLogger,
   ) {}
 
