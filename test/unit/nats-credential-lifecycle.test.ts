@@ -1,5 +1,6 @@
 /** Which worker credentials are revoked when (coordinator/nats-revocation.ts), without NATS. */
 import { describe, expect, it } from 'vitest';
+import { isCredentialFailure } from '../../worker/job-nats.js';
 import { IssuedCredentials, WorkerCredentialLifecycle, type IssuedCredential } from '../../coordinator/nats-revocation.js';
 
 function fixture(): { lifecycle: WorkerCredentialLifecycle; revoked: string[][] } {
@@ -53,5 +54,15 @@ describe('IssuedCredentials', () => {
     expect(c.size).toBe(1);
     expect(c.take('w').map((x) => x.userPublicKey)).toEqual(['U1']);
     expect(c.take('w')).toEqual([]);
+  });
+});
+
+describe('isCredentialFailure (worker/job-nats.ts)', () => {
+  it('knows an expired, revoked or refused credential from other errors', () => {
+    expect(isCredentialFailure(Object.assign(new Error('User Authentication Expired'), { name: 'UserAuthenticationExpiredError' }))).toBe(true);
+    expect(isCredentialFailure(new Error('User Authentication Revoked'))).toBe(true);
+    expect(isCredentialFailure(new Error("'Authorization Violation'"))).toBe(true);
+    expect(isCredentialFailure(new Error('Permissions Violation for Publish to "x"'))).toBe(false);
+    expect(isCredentialFailure(new Error('connection refused'))).toBe(false);
   });
 });
