@@ -83,6 +83,8 @@ export interface NatsCredentialIssuerOptions {
  * An hour: a leaked worker credential that was not revoked is good for an hour at most. A
  * generation that runs longer re-forms once an hour (its ranks keep their state in memory, so
  * this costs a pause, not progress); revocation, not the lifetime, ends a departed worker's access.
+ * A lifetime must be well above a generation's start-up (model load, start barrier), or no
+ * generation gets to a step before its credentials expire.
  */
 export const DEFAULT_NATS_CREDS_TTL_SECONDS = 60 * 60;
 

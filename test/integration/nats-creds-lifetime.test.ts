@@ -15,7 +15,9 @@ import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { startInProcessCluster, type InProcessCluster } from './coordinator-fixtures.js';
 
-const TTL_SECONDS = 4;
+// Longer than a generation takes to start (model load, start barrier) even on a loaded machine, or no
+// generation would get to a step before its credentials expire.
+const TTL_SECONDS = 10;
 
 let dir: string;
 let server: NatsServer;
@@ -58,7 +60,7 @@ spec:
     train: [{ path: ${join(dir, 'data.jsonl')}, format: alpaca }]
     maxSeqLen: 64
   training:
-    maxSteps: 60
+    maxSteps: 40
     globalBatchSize: 4
     microBatchSize: 2
     optimizer: { name: sgd, lr: 0.01 }
@@ -69,7 +71,7 @@ spec:
     const seconds = (Date.now() - started) / 1000;
     expect(job.error).toBe('');
     expect(job.state).toBe('SUCCEEDED');
-    expect(job.step).toBe(60);
+    expect(job.step).toBe(40);
     // It ran past at least one credential lifetime, so at least one generation ended by expiry.
     if (seconds > TTL_SECONDS + 1) expect(job.generation).toBeGreaterThan(1);
     expect((await readFile(join(out, 'final', 'config.json'), 'utf8')).length).toBeGreaterThan(0);
