@@ -1,5 +1,5 @@
 /**
- * `npm run bench:model -- [--json] [--steps N] [--checkpointing]`: the model on the wasm backend,
+ * `npm run bench:model -- [--json] [--steps N] [--checkpointing] [--no-torch]`: the model on the wasm backend,
  * for a LLaMA of about 50M parameters (vocab 32000, hidden 512, 6 layers, GQA 8/4, intermediate
  * 1408) written on the fly in BF16 as two shards with an index. `--checkpointing` trains with
  * gradient checkpointing (`training.gradientCheckpointing`); the layers computed again in the
@@ -25,18 +25,31 @@
  *   forwardTokensPerSecond  forward + loss over every position, no gradient
  *   trainTokensPerSecond    a SLAM step (up/down projections of layers 0-1 train): loss + gradients
  *   trainGflops, matmulGflops, trainOverMatmul (target >= 0.5)
+ *                          these of the first kernel set in `byKernels`
+ *   byKernels               the same speed figures for each set of product kernels (issue 18):
+ *                          `openblas` (worker/native, when the addon loads) and `xnnpack` (the
+ *                          wasm backend's own), measured in the same process on the same model
+ *   torch                   the same figures from PyTorch on one thread (bench/model_torch.py, the
+ *                          same shape and SLAM step), or why it was skipped (no python3 with torch;
+ *                          --no-torch)
+ *   openblasOverXnnpack*, trainOverTorch, forwardOverTorch, matmulOverTorch   the ratios
+ *
+ * The kernel sets and PyTorch take turns, one round each (a matmul, a forward, a training step,
+ * a matmul), --steps rounds after a warm-up round, and medians are taken: on a shared machine all
+ * see the same load, so the ratios hold better than the absolute figures.
  *
  * FLOPs are counted, not guessed from 6·params·tokens: only the products a SLAM step computes
  * (see `slamStepFlops`); element-wise work is not counted.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from '../worker/backend.js';
+import { initBackend, nativeStatus } from '../worker/backend.js';
+import { setupNativeKernels } from '../worker/native/index.js';
 import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { shardName } from '../worker/model/export.js';
 import { LlamaModel } from '../worker/model/llama.js';
@@ -112,8 +125,24 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function child(dir: string, steps: number, gradientCheckpointing: boolean): Promise<Record<string, number | string | boolean>> {
+/** The two kernel sets a run compares: OpenBLAS (worker/native) and the wasm backend's own. */
+const KERNEL_SETS = ['openblas', 'xnnpack'] as const;
+type KernelSet = (typeof KERNEL_SETS)[number];
+
+/** A kernel set's timings, seconds: each list a sample a round. */
+interface Samples {
+  forward: number[];
+  train: number[];
+  matmul: number[];
+}
+
+async function child(dir: string, steps: number, gradientCheckpointing: boolean, torch: boolean): Promise<Record<string, unknown>> {
   await initBackend('wasm');
+  const native = nativeStatus();
+  const sets: KernelSet[] = native?.kernels === 'openblas' ? [...KERNEL_SETS] : ['xnnpack'];
+  const useKernels = (k: KernelSet): void => {
+    setupNativeKernels({ enabled: k === 'openblas' });
+  };
   const rssBefore = process.memoryUsage().rss;
   const trainable = new Set(SLAM_LAYERS.flatMap((l) => ['up_proj', 'down_proj'].map((m) => `model.layers.${l}.mlp.${m}.weight`)));
   const t0 = performance.now();
@@ -129,15 +158,6 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean)
   const a = tf.randomNormal([N, c.hiddenSize]);
   const b = tf.randomNormal([c.hiddenSize, c.intermediateSize]);
   const mm = (): void => tf.tidy(() => void tf.matMul(a, b).dataSync());
-  const mmTimes: number[] = [];
-  const timeMatmul = (): void => {
-    for (let i = 0; i < 2; i++) {
-      const s = performance.now();
-      mm();
-      mmTimes.push((performance.now() - s) / 1000);
-    }
-  };
-  mm();
   const rng = new SeededRandom(2);
   const idsData = Int32Array.from({ length: N }, () => 3 + (rng.nextUint32() % (c.vocabSize - 3)));
   const ids = tf.tensor2d(idsData, [BATCH, SEQ], 'int32');
@@ -151,41 +171,142 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean)
       value.dataSync();
       for (const g of Object.values(grads)) g.dataSync();
     });
-  // The machine may be shared: matmuls are timed between the measured runs, so that both see
-  // the same conditions, and medians are taken.
-  const time = (f: () => void): number[] => {
-    f(); // warm-up
-    const ts: number[] = [];
-    for (let i = 0; i < steps; i++) {
-      timeMatmul();
-      const s = performance.now();
-      f();
-      ts.push((performance.now() - s) / 1000);
-    }
-    timeMatmul();
-    return ts;
+  const timeIt = (f: () => void): number => {
+    const s = performance.now();
+    f();
+    return (performance.now() - s) / 1000;
   };
-  const fwd = median(time(forward));
-  const before = tf.memory().numTensors;
-  const step = median(time(train));
-  const leaked = tf.memory().numTensors - before;
+  const peer = torch ? await startTorchPeer() : undefined;
+  const samples = new Map<KernelSet | 'torch', Samples>();
+  for (const k of [...sets, ...(peer?.ok ? ['torch' as const] : [])]) samples.set(k, { forward: [], train: [], matmul: [] });
+  // The machine may be shared: the kernel sets (and PyTorch) take turns, a round each, so that
+  // all see the same conditions; medians are taken. Round 0 is the warm-up.
+  let leaked = 0;
+  for (let round = 0; round <= steps; round++) {
+    for (const k of sets) {
+      useKernels(k);
+      const m1 = timeIt(mm);
+      const fwd = timeIt(forward);
+      const before = tf.memory().numTensors;
+      const step = timeIt(train);
+      if (round > 0) leaked += tf.memory().numTensors - before;
+      const m2 = timeIt(mm);
+      if (round === 0) continue;
+      const sk = samples.get(k)!;
+      sk.forward.push(fwd);
+      sk.train.push(step);
+      sk.matmul.push(m1, m2);
+    }
+    if (peer?.ok) {
+      const t = await peer.round();
+      if (round > 0) {
+        const sk = samples.get('torch')!;
+        sk.forward.push(t.forward);
+        sk.train.push(t.train);
+        sk.matmul.push(t.matmul);
+      }
+    }
+  }
+  peer?.close();
+  useKernels(sets[0]!);
   const trainPeakRss = process.resourceUsage().maxRSS * 1024;
-  const matmulGflops = (2 * N * c.hiddenSize * c.intermediateSize) / median(mmTimes) / 1e9;
-  tf.dispose([a, b]);
-  const trainGflops = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS) / step / 1e9;
-  const forwardGflops = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS, false) / fwd / 1e9;
-  tf.dispose([ids, labels]);
+  tf.dispose([a, b, ids, labels]);
   model.dispose();
+  const flopsTrain = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS);
+  const flopsForward = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS, false);
+  const flopsMatmul = 2 * N * c.hiddenSize * c.intermediateSize;
+  const figures = (x: Samples): Record<string, number> => {
+    const fwd = median(x.forward);
+    const step = median(x.train);
+    const matmulGflops = flopsMatmul / median(x.matmul) / 1e9;
+    const trainGflops = flopsTrain / step / 1e9;
+    const forwardGflops = flopsForward / fwd / 1e9;
+    return {
+      forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
+      trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
+      matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
+    };
+  };
+  const kernels: Record<string, Record<string, number>> = {};
+  for (const k of sets) kernels[k] = figures(samples.get(k)!);
+  const main = kernels[sets[0]!]!;
+  const torchSamples = samples.get('torch');
+  const torchFigures = torchSamples && peer?.ok ? { ...peer.info, ...figures(torchSamples) } : undefined;
+  const ratio = (x: Record<string, unknown> | undefined, y: Record<string, unknown> | undefined, key: string): number | undefined =>
+    x && y ? round(Number(x[key]) / Number(y[key])) : undefined;
+  const ratios: Record<string, number | undefined> = {
+    openblasOverXnnpackTrain: ratio(kernels['openblas'], kernels['xnnpack'], 'trainTokensPerSecond'),
+    openblasOverXnnpackForward: ratio(kernels['openblas'], kernels['xnnpack'], 'forwardTokensPerSecond'),
+    openblasOverXnnpackMatmul: ratio(kernels['openblas'], kernels['xnnpack'], 'matmulGflops'),
+    trainOverTorch: ratio(main, torchFigures, 'trainTokensPerSecond'),
+    forwardOverTorch: ratio(main, torchFigures, 'forwardTokensPerSecond'),
+    matmulOverTorch: ratio(main, torchFigures, 'matmulGflops'),
+  };
   return {
-    backend: tf.getBackend(), gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
+    backend: tf.getBackend(), kernels: sets[0], nativeThreads: native?.kernels === 'openblas' ? native.threads : null,
+    ...(native?.kernels === 'xnnpack' ? { nativeUnavailable: native.reason } : {}),
+    gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','), rounds: steps,
     loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
     peakRssOverF32: round((peakRss - rssBefore) / f32Bytes), runtimeRssOverF32: round(rssBefore / f32Bytes), processPeakRssOverF32: round(peakRss / f32Bytes),
     trainPeakRssBytes: trainPeakRss, trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
-    forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
-    trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
-    matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
-    tensorsLeakedPerStep: leaked / steps,
+    ...main,
+    tensorsLeakedPerStep: leaked / (steps * sets.length),
+    byKernels: kernels,
+    torch: torchFigures ?? (torch ? { skipped: peer?.ok === false ? peer.reason : 'unknown' } : { skipped: '--no-torch' }),
+    ...Object.fromEntries(Object.entries(ratios).filter(([, v]) => v !== undefined)),
   };
+}
+
+/** The PyTorch peer (bench/model_torch.py --serve), driven a round at a time. */
+type TorchPeer =
+  | { ok: true; info: Record<string, unknown>; round(): Promise<{ forward: number; train: number; matmul: number }>; close(): void }
+  | { ok: false; reason: string; close(): void };
+
+/** A python3 that imports torch: $POLYTUNE_TORCH_PYTHON, else python3, else Debian's /usr/bin/python3. */
+function torchPython(): string | undefined {
+  const candidates = [process.env['POLYTUNE_TORCH_PYTHON'], 'python3', '/usr/bin/python3'].filter((x): x is string => !!x);
+  return candidates.find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
+}
+
+async function startTorchPeer(): Promise<TorchPeer> {
+  const py = torchPython();
+  const none = (reason: string): TorchPeer => ({ ok: false, reason, close: () => {} });
+  if (py === undefined) return none('no python3 with torch (apt-get install python3-torch libopenblas0-pthread)');
+  const script = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'model_torch.py');
+  const p = spawn(py, [script, '--serve', '--threads', '1'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines: string[] = [];
+  const waiting: Array<(line: string) => void> = [];
+  let buf = '';
+  p.stdout.on('data', (d: Buffer) => {
+    buf += d.toString();
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      const w = waiting.shift();
+      if (w) w(line);
+      else lines.push(line);
+    }
+  });
+  const exited = new Promise<string>((resolve) => p.on('exit', (code) => resolve(`the torch peer exited ${code}`)));
+  const next = (): Promise<string> => {
+    const l = lines.shift();
+    if (l !== undefined) return Promise.resolve(l);
+    return Promise.race([new Promise<string>((resolve) => waiting.push(resolve)), exited.then((m) => Promise.reject(new Error(m)))]);
+  };
+  try {
+    const info = JSON.parse(await next()) as Record<string, unknown>;
+    return {
+      ok: true, info,
+      round: async () => {
+        p.stdin.write('round\n');
+        return JSON.parse(await next()) as { forward: number; train: number; matmul: number };
+      },
+      close: () => p.stdin.end(),
+    };
+  } catch (e) {
+    p.kill();
+    return none(e instanceof Error ? e.message : String(e));
+  }
 }
 
 function round(x: number): number {
@@ -193,10 +314,16 @@ function round(x: number): number {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' }, checkpointing: { type: 'boolean' } } });
+  const { values } = parseArgs({
+    options: {
+      json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' }, checkpointing: { type: 'boolean' },
+      'no-torch': { type: 'boolean' },
+    },
+  });
   const steps = Number(values.steps ?? 3);
   if (values.child !== undefined) {
-    process.stdout.write(JSON.stringify(await child(values.child, steps, values.checkpointing ?? false)) + '\n');
+    const out = await child(values.child, steps, values.checkpointing ?? false, !values['no-torch']);
+    process.stdout.write(JSON.stringify(out) + '\n');
     return;
   }
   const dir = await mkdtemp(join(tmpdir(), 'polytune-bench-model-'));
@@ -204,7 +331,10 @@ async function main(): Promise<void> {
     const params = await writeModel(dir);
     if (!values.json) process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
     const out = await new Promise<string>((resolve, reject) => {
-      const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps), ...(values.checkpointing ? ['--checkpointing'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(process.execPath, [
+        fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps),
+        ...(values.checkpointing ? ['--checkpointing'] : []), ...(values['no-torch'] ? ['--no-torch'] : []),
+      ], { stdio: ['ignore', 'pipe', 'inherit'] });
       let s = '';
       p.stdout.on('data', (d: Buffer) => (s += d.toString()));
       p.on('error', reject);
@@ -212,7 +342,11 @@ async function main(): Promise<void> {
     });
     const result = JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
     if (values.json) process.stdout.write(JSON.stringify(result) + '\n');
-    else for (const [k, v] of Object.entries(result)) process.stdout.write(`${k.padEnd(24)} ${String(v)}\n`);
+    else {
+      for (const [k, v] of Object.entries(result)) {
+        process.stdout.write(`${k.padEnd(26)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+      }
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

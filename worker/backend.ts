@@ -73,6 +73,7 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND, native: N
   const ok = await tf.setBackend(name);
   if (!ok) throw new UserError(`backend ${name}: failed to initialise`);
   await tf.ready();
+  lastNativeStatus = undefined;
   if (name === 'wasm') {
     shareIdentityOnWasm();
     lastNativeStatus = setupNativeKernels(native);

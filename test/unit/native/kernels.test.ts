@@ -85,11 +85,12 @@ describe.skipIf(!available)('native products on wasm', () => {
     tf.dispose([a, b]);
   });
 
-  const ACTIVATIONS = {
-    linear: (x: tf.Tensor) => x, relu: tf.relu, relu6: tf.relu6, leakyrelu: (x: tf.Tensor) => tf.leakyRelu(x, 0.3),
-    sigmoid: tf.sigmoid, elu: tf.elu,
-  } as const;
-  it.each(Object.keys(ACTIVATIONS) as Array<keyof typeof ACTIVATIONS>)('fused product with a bias and %s', (activation) => {
+  type Activation = 'linear' | 'relu' | 'relu6' | 'leakyrelu' | 'sigmoid' | 'elu';
+  const ACTIVATIONS: Record<Activation, (x: tf.Tensor) => tf.Tensor> = {
+    linear: (x) => x, relu: (x) => tf.relu(x), relu6: (x) => tf.relu6(x), leakyrelu: (x) => tf.leakyRelu(x, 0.3),
+    sigmoid: (x) => tf.sigmoid(x), elu: (x) => tf.elu(x),
+  };
+  it.each(Object.keys(ACTIVATIONS) as Activation[])('fused product with a bias and %s', (activation) => {
     // One matrix: the wasm backend's own fused kernel adds the bias wrongly to a batch (tfjs 4.22:
     // from the second row of each matrix on, it adds it cumulatively), so it is the reference only here.
     const a1 = tf.mul(rand([1, 7, 11], 5), 4);
