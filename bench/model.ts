@@ -129,12 +129,15 @@ function median(xs: number[]): number {
 const KERNEL_SETS = ['openblas', 'xnnpack'] as const;
 type KernelSet = (typeof KERNEL_SETS)[number];
 
-/** A kernel set's timings, seconds: each list a sample a round. */
+/** A kernel set's timings, seconds: each list a sample a round; wall clock and the process's CPU time. */
 interface Samples {
   forward: number[];
   train: number[];
   matmul: number[];
+  cpu: { forward: number[]; train: number[]; matmul: number[] };
 }
+
+const emptySamples = (): Samples => ({ forward: [], train: [], matmul: [], cpu: { forward: [], train: [], matmul: [] } });
 
 async function child(dir: string, steps: number, gradientCheckpointing: boolean, torch: boolean): Promise<Record<string, unknown>> {
   await initBackend('wasm');
@@ -171,14 +174,18 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
       value.dataSync();
       for (const g of Object.values(grads)) g.dataSync();
     });
-  const timeIt = (f: () => void): number => {
+  /** Wall seconds and CPU seconds (user + system, every thread of the process) of f. */
+  const timeIt = (f: () => void): [number, number] => {
+    const c = process.cpuUsage();
     const s = performance.now();
     f();
-    return (performance.now() - s) / 1000;
+    const wall = (performance.now() - s) / 1000;
+    const cpu = process.cpuUsage(c);
+    return [wall, (cpu.user + cpu.system) / 1e6];
   };
   const peer = torch ? await startTorchPeer() : undefined;
   const samples = new Map<KernelSet | 'torch', Samples>();
-  for (const k of [...sets, ...(peer?.ok ? ['torch' as const] : [])]) samples.set(k, { forward: [], train: [], matmul: [] });
+  for (const k of [...sets, ...(peer?.ok ? ['torch' as const] : [])]) samples.set(k, emptySamples());
   // The machine may be shared: the kernel sets (and PyTorch) take turns, a round each, so that
   // all see the same conditions; medians are taken. Round 0 is the warm-up.
   let leaked = 0;
@@ -193,9 +200,12 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
       const m2 = timeIt(mm);
       if (round === 0) continue;
       const sk = samples.get(k)!;
-      sk.forward.push(fwd);
-      sk.train.push(step);
-      sk.matmul.push(m1, m2);
+      sk.forward.push(fwd[0]);
+      sk.train.push(step[0]);
+      sk.matmul.push(m1[0], m2[0]);
+      sk.cpu.forward.push(fwd[1]);
+      sk.cpu.train.push(step[1]);
+      sk.cpu.matmul.push(m1[1], m2[1]);
     }
     if (peer?.ok) {
       const t = await peer.round();
@@ -204,6 +214,9 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
         sk.forward.push(t.forward);
         sk.train.push(t.train);
         sk.matmul.push(t.matmul);
+        sk.cpu.forward.push(t.cpu.forward);
+        sk.cpu.train.push(t.cpu.train);
+        sk.cpu.matmul.push(t.cpu.matmul);
       }
     }
   }
@@ -215,7 +228,9 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
   const flopsTrain = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS);
   const flopsForward = slamStepFlops(c, BATCH, SEQ, M, SLAM_LAYERS, false);
   const flopsMatmul = 2 * N * c.hiddenSize * c.intermediateSize;
-  const figures = (x: Samples): Record<string, number> => {
+  const figures = (x: Samples): Record<string, unknown> => ({ ...speeds(x), cpu: speeds(x.cpu) });
+  /** The speed figures of one set of samples (wall clock, or CPU seconds: a core's worth of work). */
+  const speeds = (x: Pick<Samples, 'forward' | 'train' | 'matmul'>): Record<string, number> => {
     const fwd = median(x.forward);
     const step = median(x.train);
     const matmulGflops = flopsMatmul / median(x.matmul) / 1e9;
@@ -227,20 +242,28 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
       matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
     };
   };
-  const kernels: Record<string, Record<string, number>> = {};
+  const kernels: Record<string, Record<string, unknown>> = {};
   for (const k of sets) kernels[k] = figures(samples.get(k)!);
-  const main = kernels[sets[0]!]!;
+  const main = kernels[sets[0]!]! as Record<string, number>;
   const torchSamples = samples.get('torch');
   const torchFigures = torchSamples && peer?.ok ? { ...peer.info, ...figures(torchSamples) } : undefined;
-  const ratio = (x: Record<string, unknown> | undefined, y: Record<string, unknown> | undefined, key: string): number | undefined =>
+  type Figures = Record<string, unknown> | undefined;
+  const cpuOf = (x: Figures): Figures => x?.['cpu'] as Figures;
+  const ratio = (x: Figures, y: Figures, key: string): number | undefined =>
     x && y ? round(Number(x[key]) / Number(y[key])) : undefined;
-  const ratios: Record<string, number | undefined> = {
-    openblasOverXnnpackTrain: ratio(kernels['openblas'], kernels['xnnpack'], 'trainTokensPerSecond'),
-    openblasOverXnnpackForward: ratio(kernels['openblas'], kernels['xnnpack'], 'forwardTokensPerSecond'),
-    openblasOverXnnpackMatmul: ratio(kernels['openblas'], kernels['xnnpack'], 'matmulGflops'),
-    trainOverTorch: ratio(main, torchFigures, 'trainTokensPerSecond'),
-    forwardOverTorch: ratio(main, torchFigures, 'forwardTokensPerSecond'),
-    matmulOverTorch: ratio(main, torchFigures, 'matmulGflops'),
+  /** Each ratio from wall clock and from CPU seconds (the per-core figure, robust to a shared machine). */
+  const both = (x: Figures, y: Figures, key: string): { wall: number; cpu: number } | undefined => {
+    const wall = ratio(x, y, key);
+    const cpu = ratio(cpuOf(x), cpuOf(y), key);
+    return wall === undefined || cpu === undefined ? undefined : { wall, cpu };
+  };
+  const ratios: Record<string, { wall: number; cpu: number } | undefined> = {
+    openblasOverXnnpackTrain: both(kernels['openblas'], kernels['xnnpack'], 'trainTokensPerSecond'),
+    openblasOverXnnpackForward: both(kernels['openblas'], kernels['xnnpack'], 'forwardTokensPerSecond'),
+    openblasOverXnnpackMatmul: both(kernels['openblas'], kernels['xnnpack'], 'matmulGflops'),
+    trainOverTorch: both(main, torchFigures, 'trainTokensPerSecond'),
+    forwardOverTorch: both(main, torchFigures, 'forwardTokensPerSecond'),
+    matmulOverTorch: both(main, torchFigures, 'matmulGflops'),
   };
   return {
     backend: tf.getBackend(), kernels: sets[0], nativeThreads: native?.kernels === 'openblas' ? native.threads : null,
@@ -257,9 +280,17 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
   };
 }
 
+/** One round of the PyTorch peer: wall seconds, and CPU seconds (time.process_time). */
+interface TorchRound {
+  forward: number;
+  train: number;
+  matmul: number;
+  cpu: { forward: number; train: number; matmul: number };
+}
+
 /** The PyTorch peer (bench/model_torch.py --serve), driven a round at a time. */
 type TorchPeer =
-  | { ok: true; info: Record<string, unknown>; round(): Promise<{ forward: number; train: number; matmul: number }>; close(): void }
+  | { ok: true; info: Record<string, unknown>; round(): Promise<TorchRound>; close(): void }
   | { ok: false; reason: string; close(): void };
 
 /** A python3 that imports torch: $POLYTUNE_TORCH_PYTHON, else python3, else Debian's /usr/bin/python3. */
@@ -299,7 +330,7 @@ async function startTorchPeer(): Promise<TorchPeer> {
       ok: true, info,
       round: async () => {
         p.stdin.write('round\n');
-        return JSON.parse(await next()) as { forward: number; train: number; matmul: number };
+        return JSON.parse(await next()) as TorchRound;
       },
       close: () => p.stdin.end(),
     };
