@@ -91,8 +91,8 @@ describe.skipIf(!available)('native products on wasm', () => {
     sigmoid: (x) => tf.sigmoid(x), elu: (x) => tf.elu(x),
   };
   it.each(Object.keys(ACTIVATIONS) as Activation[])('fused product with a bias and %s', (activation) => {
-    // One matrix: the wasm backend's own fused kernel adds the bias wrongly to a batch (tfjs 4.22:
-    // from the second row of each matrix on, it adds it cumulatively), so it is the reference only here.
+    // One matrix: the wasm backend's own fused kernel adds the wrong bias to a batch (tfjs 4.22: from
+    // the second row of each matrix on), so it is the reference only here.
     const a1 = tf.mul(rand([1, 7, 11], 5), 4);
     const b1 = rand([1, 11, 13], 6);
     const bias = rand([13], 7);
