@@ -135,8 +135,15 @@ export function installNativeKernels(addon: BlasAddon): void {
   }
   const funcs = makeKernels(addon, originals);
   for (const name of KERNELS) {
+    const original = originals.get(name)!;
     tf.unregisterKernel(name, 'wasm');
-    tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: funcs.get(name)! });
+    // The original's setup goes along: should the backend be initialised again, the fallback's
+    // wasm functions are bound to the new module.
+    tf.registerKernel({
+      kernelName: name, backendName: 'wasm', kernelFunc: funcs.get(name)!,
+      ...(original.setupFunc ? { setupFunc: original.setupFunc } : {}),
+      ...(original.disposeFunc ? { disposeFunc: original.disposeFunc } : {}),
+    });
   }
   installed = { addon, originals, funcs };
 }
