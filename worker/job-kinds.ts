@@ -12,7 +12,7 @@ import type { AnyJobSpec, EvalJobSpec, LayerAnalysisJobSpec } from '../common/jo
 import type { JobSpec } from '../common/jobspec.js';
 import type { Logger } from '../common/logging.js';
 import { join } from 'node:path';
-import type { EvalReport } from './eval/evaluate.js';
+import type { EvalReport } from './eval/report.js';
 import { createEvalHook, runEvalJob, type EvalHook } from './eval/run-eval.js';
 import { runLayerAnalysis } from './methods/layer-analysis.js';
 
