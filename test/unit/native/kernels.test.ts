@@ -7,7 +7,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../../worker/backend.js';
 import { addonPath, loadAddon } from '../../../worker/native/addon.js';
-import { nativeKernelsActive, setupNativeKernels, uninstallNativeKernels } from '../../../worker/native/index.js';
+import { compileNativeOptions, nativeKernelsActive, setupNativeKernels, uninstallNativeKernels } from '../../../worker/native/index.js';
+import { matMul, matMulTransposeB } from '../../../worker/model/matmul.js';
 import type { Logger } from '../../../common/logging.js';
 
 const available = loadAddon(addonPath()).ok;
@@ -163,6 +164,34 @@ describe.skipIf(!available)('native products on wasm', () => {
     }
     expect(setupNativeKernels({ logger }).kernels).toBe('openblas');
     expect(nativeKernelsActive()).toBe(true);
+  });
+
+  it('model products pass transposes and batches straight to sgemm: no Transpose, no split', async () => {
+    const a = rand([4, 16, 8], 14);
+    const b = rand([4, 12, 8], 15);
+    const w = rand([40, 8], 16);
+    const x = rand([5, 8], 17);
+    const kernelsOf = async (f: () => tf.Tensor): Promise<string[]> => (await tf.profile(() => tf.dispose(f()))).kernels.map((k) => k.name);
+    setupNativeKernels({ enabled: true });
+    expect(await kernelsOf(() => matMul(a, b, false, true))).toEqual(['BatchMatMul']);
+    expect(await kernelsOf(() => matMulTransposeB(x as tf.Tensor2D, w as tf.Tensor2D))).toEqual(['BatchMatMul']);
+    const [want, got] = both(() => matMul(a, b, false, true));
+    expectClose(want, got);
+    setupNativeKernels({ enabled: false });
+    expect(await kernelsOf(() => matMul(a, b, false, true))).toContain('Transpose');
+    setupNativeKernels({ enabled: true });
+    tf.dispose([a, b, w, x]);
+  });
+
+  it('reads POLYTUNE_NATIVE and POLYTUNE_NATIVE_THREADS when the options leave them unset', () => {
+    expect(compileNativeOptions({}, {})).toEqual({ enabled: true, threads: 1 });
+    expect(compileNativeOptions({}, { POLYTUNE_NATIVE: '0' }).enabled).toBe(false);
+    expect(compileNativeOptions({}, { POLYTUNE_NATIVE: 'off' }).enabled).toBe(false);
+    expect(compileNativeOptions({}, { POLYTUNE_NATIVE: '1' }).enabled).toBe(true);
+    expect(compileNativeOptions({ enabled: true }, { POLYTUNE_NATIVE: '0' }).enabled).toBe(true);
+    expect(compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(3);
+    expect(compileNativeOptions({ threads: 2 }, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(2);
+    expect(() => compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: 'two' })).toThrow(/POLYTUNE_NATIVE_THREADS: must be an integer/);
   });
 
   it('is single-threaded unless told, and takes a thread count', () => {
