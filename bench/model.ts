@@ -137,9 +137,13 @@ interface Samples {
   cpu: { forward: number[]; train: number[]; matmul: number[] };
 }
 
-const emptySamples = (): Samples => ({ forward: [], train: [], matmul: [], cpu: { forward: [], train: [], matmul: [] } });
+const emptySamples = (): Samples => ({
+  forward: [], train: [], matmul: [], cpu: { forward: [], train: [], matmul: [] },
+});
 
-async function child(dir: string, steps: number, gradientCheckpointing: boolean, torch: boolean): Promise<Record<string, unknown>> {
+async function child(
+  dir: string, steps: number, gradientCheckpointing: boolean, torch: boolean,
+): Promise<Record<string, unknown>> {
   await initBackend('wasm');
   const native = nativeStatus();
   const sets: KernelSet[] = native?.kernels === 'openblas' ? [...KERNEL_SETS] : ['xnnpack'];
@@ -239,7 +243,8 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
     return {
       forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
       trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
-      matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops), forwardOverMatmul: round(forwardGflops / matmulGflops),
+      matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops),
+      forwardOverMatmul: round(forwardGflops / matmulGflops),
     };
   };
   const kernels: Record<string, Record<string, unknown>> = {};
@@ -268,14 +273,15 @@ async function child(dir: string, steps: number, gradientCheckpointing: boolean,
   return {
     backend: tf.getBackend(), kernels: sets[0], nativeThreads: native?.kernels === 'openblas' ? native.threads : null,
     ...(native?.kernels === 'xnnpack' ? { nativeUnavailable: native.reason } : {}),
-    gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','), rounds: steps,
+    gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
+    rounds: steps,
     loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
     peakRssOverF32: round((peakRss - rssBefore) / f32Bytes), runtimeRssOverF32: round(rssBefore / f32Bytes), processPeakRssOverF32: round(peakRss / f32Bytes),
     trainPeakRssBytes: trainPeakRss, trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
     ...main,
     tensorsLeakedPerStep: leaked / (steps * sets.length),
     byKernels: kernels,
-    torch: torchFigures ?? (torch ? { skipped: peer?.ok === false ? peer.reason : 'unknown' } : { skipped: '--no-torch' }),
+    torch: torchFigures ?? { skipped: !torch ? '--no-torch' : peer?.ok === false ? peer.reason : 'unknown' },
     ...Object.fromEntries(Object.entries(ratios).filter(([, v]) => v !== undefined)),
   };
 }
@@ -295,7 +301,8 @@ type TorchPeer =
 
 /** A python3 that imports torch: $POLYTUNE_TORCH_PYTHON, else python3, else Debian's /usr/bin/python3. */
 function torchPython(): string | undefined {
-  const candidates = [process.env['POLYTUNE_TORCH_PYTHON'], 'python3', '/usr/bin/python3'].filter((x): x is string => !!x);
+  const candidates = [process.env['POLYTUNE_TORCH_PYTHON'], 'python3', '/usr/bin/python3']
+    .filter((x): x is string => !!x);
   return candidates.find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
 }
 
@@ -322,7 +329,8 @@ async function startTorchPeer(): Promise<TorchPeer> {
   const next = (): Promise<string> => {
     const l = lines.shift();
     if (l !== undefined) return Promise.resolve(l);
-    return Promise.race([new Promise<string>((resolve) => waiting.push(resolve)), exited.then((m) => Promise.reject(new Error(m)))]);
+    const line = new Promise<string>((resolve) => waiting.push(resolve));
+    return Promise.race([line, exited.then((m) => Promise.reject(new Error(m)))]);
   };
   try {
     const info = JSON.parse(await next()) as Record<string, unknown>;
@@ -347,8 +355,8 @@ function round(x: number): number {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' }, checkpointing: { type: 'boolean' },
-      'no-torch': { type: 'boolean' },
+      json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' },
+      checkpointing: { type: 'boolean' }, 'no-torch': { type: 'boolean' },
     },
   });
   const steps = Number(values.steps ?? 3);
@@ -375,7 +383,8 @@ async function main(): Promise<void> {
     if (values.json) process.stdout.write(JSON.stringify(result) + '\n');
     else {
       for (const [k, v] of Object.entries(result)) {
-        process.stdout.write(`${k.padEnd(26)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+        const text = typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v);
+        process.stdout.write(`${k.padEnd(26)} ${text}\n`);
       }
     }
   } finally {

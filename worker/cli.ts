@@ -144,8 +144,8 @@ async function main(signal: AbortSignal): Promise<number> {
     }
     case 'score': {
       const v = parse({
-        model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' }, template: { type: 'string' },
-        ...NATIVE_FLAGS,
+        model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
+        template: { type: 'string' }, ...NATIVE_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
       await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));

@@ -50,7 +50,8 @@ export interface WorkerOptions {
 function productKernelsField(): { products?: string } {
   const s = nativeStatus();
   if (!s) return {};
-  return { products: s.kernels === 'openblas' ? `openblas (${s.threads} thread${s.threads === 1 ? '' : 's'})` : 'xnnpack' };
+  if (s.kernels === 'xnnpack') return { products: 'xnnpack' };
+  return { products: `openblas (${s.threads} thread${s.threads === 1 ? '' : 's'})` };
 }
 
 export async function runWorker(options: WorkerOptions): Promise<void> {

@@ -16,11 +16,19 @@ const WORKER = join(ROOT, 'dist/worker/cli.js');
 const WARNING = /native products unavailable, running the XNNPACK kernels/;
 let dir: string;
 
-function worker(args: string[], env: Record<string, string> = {}): { code: number | null; stdout: string; stderr: string } {
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function worker(args: string[], env: Record<string, string> = {}): Run {
   const base = { ...process.env };
   delete base['POLYTUNE_NATIVE'];
   delete base['POLYTUNE_NATIVE_ADDON'];
-  const r = spawnSync(process.execPath, [WORKER, ...args], { cwd: dir, encoding: 'utf8', timeout: 120_000, env: { ...base, ...env } });
+  const r = spawnSync(process.execPath, [WORKER, ...args], {
+    cwd: dir, encoding: 'utf8', timeout: 120_000, env: { ...base, ...env },
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -52,7 +60,9 @@ describe('worker with and without the native addon', () => {
     await writeFile(join(dir, 'broken.node'), 'not a shared object\n');
     const broken = worker([...generate, '--threads', '2'], { POLYTUNE_NATIVE_ADDON: join(dir, 'broken.node') });
     expect(broken.code, broken.stderr).toBe(0);
-    expect(broken.stderr.split('\n').filter((l) => WARNING.test(l))).toEqual([expect.stringContaining('broken.node failed to load')]);
+    expect(broken.stderr.split('\n').filter((l) => WARNING.test(l))).toEqual([
+      expect.stringContaining('broken.node failed to load'),
+    ]);
     expect((JSON.parse(broken.stdout) as { text: string }).text).toBe(text);
   });
 
@@ -61,7 +71,8 @@ describe('worker with and without the native addon', () => {
     expect(native.code, native.stderr).toBe(0);
     expect(native.stderr).not.toMatch(WARNING);
     const plain = worker(generate, { POLYTUNE_NATIVE: '0' });
-    expect((JSON.parse(native.stdout) as { text: string }).text).toBe((JSON.parse(plain.stdout) as { text: string }).text);
+    const text = (r: Run): string => (JSON.parse(r.stdout) as { text: string }).text;
+    expect(text(native)).toBe(text(plain));
   });
 
   it('refuses a thread count below 1, naming the flag', () => {

@@ -42,14 +42,16 @@ function projectRoot(): string {
 /** Where the addon is looked for: $POLYTUNE_NATIVE_ADDON, else `.cache/native/polytune-blas.node`. */
 export function addonPath(env: NodeJS.ProcessEnv = process.env): string {
   const override = env[ADDON_PATH_ENV];
-  return override !== undefined && override !== '' ? resolve(override) : join(projectRoot(), '.cache', 'native', 'polytune-blas.node');
+  if (override !== undefined && override !== '') return resolve(override);
+  return join(projectRoot(), '.cache', 'native', 'polytune-blas.node');
 }
 
 const loaded = new Map<string, AddonLoad>();
 
 function isBlasAddon(x: unknown): x is BlasAddon {
   const o = x as Partial<Record<keyof BlasAddon, unknown>> | null;
-  return typeof o === 'object' && o !== null && typeof o.sgemm === 'function' && typeof o.setNumThreads === 'function' &&
+  if (typeof o !== 'object' || o === null) return false;
+  return typeof o.sgemm === 'function' && typeof o.setNumThreads === 'function' &&
     typeof o.numThreads === 'function' && typeof o.config === 'function';
 }
 
@@ -63,7 +65,9 @@ export function loadAddon(path: string = addonPath()): AddonLoad {
   } else {
     try {
       const mod: unknown = createRequire(import.meta.url)(path);
-      result = isBlasAddon(mod) ? { ok: true, path, addon: mod } : { ok: false, path, reason: `${path} is not the polytune-blas addon` };
+      result = isBlasAddon(mod)
+        ? { ok: true, path, addon: mod }
+        : { ok: false, path, reason: `${path} is not the polytune-blas addon` };
     } catch (e) {
       result = { ok: false, path, reason: `${path} failed to load: ${errorMessage(e)}` };
     }

@@ -36,7 +36,10 @@ export type NativeStatus =
 const OFF = new Set(['0', 'false', 'off', 'no']);
 
 /** The options with their defaults applied and checked (env vars fill what the caller left unset). */
-export function compileNativeOptions(options: NativeOptions = {}, env: NodeJS.ProcessEnv = process.env): { enabled: boolean; threads: number } {
+export function compileNativeOptions(
+  options: NativeOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): { enabled: boolean; threads: number } {
   const enabledEnv = env[NATIVE_ENV];
   const enabled = options.enabled ?? !(enabledEnv !== undefined && OFF.has(enabledEnv.trim().toLowerCase()));
   let threads = options.threads;

@@ -27,7 +27,9 @@ interface WasmHeapBackend {
 }
 
 /** The activations sgemm applies itself (polytune-blas.c `activate`); PReLU is left to XNNPACK. */
-const ACTIVATION_CODE: Readonly<Record<string, number>> = { linear: 0, relu: 1, relu6: 2, leakyrelu: 3, sigmoid: 4, elu: 5 };
+const ACTIVATION_CODE: Readonly<Record<string, number>> = {
+  linear: 0, relu: 1, relu6: 2, leakyrelu: 3, sigmoid: 4, elu: 5,
+};
 
 const KERNELS = [tf.BatchMatMul, tf._FusedMatMul] as const;
 
@@ -98,7 +100,8 @@ function product(addon: BlasAddon, be: WasmHeapBackend, p: Product): tf.TensorIn
 }
 
 function makeKernels(addon: BlasAddon, originals: ReadonlyMap<string, tf.KernelConfig>): Map<string, tf.KernelFunc> {
-  const fallback = (name: string, args: Parameters<tf.KernelFunc>[0]): ReturnType<tf.KernelFunc> => originals.get(name)!.kernelFunc(args);
+  type Args = Parameters<tf.KernelFunc>[0];
+  const fallback = (name: string, args: Args): ReturnType<tf.KernelFunc> => originals.get(name)!.kernelFunc(args);
   const batchMatMul: tf.KernelFunc = (args) => {
     const { a, b } = args.inputs as unknown as { a: tf.TensorInfo; b: tf.TensorInfo };
     const { transposeA, transposeB } = args.attrs as unknown as tf.BatchMatMulAttrs;
@@ -114,7 +117,8 @@ function makeKernels(addon: BlasAddon, originals: ReadonlyMap<string, tf.KernelC
     const code = ACTIVATION_CODE[activation];
     if (code === undefined || preluActivationWeights) return fallback(tf._FusedMatMul, args);
     const be = args.backend as unknown as WasmHeapBackend;
-    const out = product(addon, be, { a, b, transposeA, transposeB, bias, activation: code, alpha: leakyreluAlpha ?? 0 });
+    const alpha = leakyreluAlpha ?? 0;
+    const out = product(addon, be, { a, b, transposeA, transposeB, bias, activation: code, alpha });
     return out ?? fallback(tf._FusedMatMul, args);
   };
   return new Map([[tf.BatchMatMul, batchMatMul], [tf._FusedMatMul, fusedMatMul]]);

@@ -43,7 +43,8 @@ const KERNEL_SETS = [
 ] as const;
 const nativeLoad = loadAddon(addonPath());
 if (!nativeLoad.ok) process.stderr.write(`golden: skipping wasm+openblas: ${nativeLoad.reason}\n`);
-const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok).flatMap((k) => MODELS.map((name) => [k.label, name, k] as const));
+const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok)
+  .flatMap((k) => MODELS.map((name) => [k.label, name, k] as const));
 
 describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
   const dir = join(GOLDEN, name);

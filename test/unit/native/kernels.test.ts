@@ -7,7 +7,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../../worker/backend.js';
 import { addonPath, loadAddon } from '../../../worker/native/addon.js';
-import { compileNativeOptions, nativeKernelsActive, setupNativeKernels, uninstallNativeKernels } from '../../../worker/native/index.js';
+import {
+  compileNativeOptions, nativeKernelsActive, setupNativeKernels, uninstallNativeKernels,
+} from '../../../worker/native/index.js';
 import { matMul, matMulTransposeB } from '../../../worker/model/matmul.js';
 import type { Logger } from '../../../common/logging.js';
 
@@ -28,7 +30,9 @@ function both(f: () => tf.Tensor): [Float32Array, Float32Array, number[], number
   setupNativeKernels({ enabled: true });
   expect(nativeKernelsActive()).toBe(true);
   const y = tf.tidy(f);
-  const r: [Float32Array, Float32Array, number[], number[]] = [x.dataSync() as Float32Array, y.dataSync() as Float32Array, x.shape, y.shape];
+  const r: [Float32Array, Float32Array, number[], number[]] = [
+    x.dataSync() as Float32Array, y.dataSync() as Float32Array, x.shape, y.shape,
+  ];
   tf.dispose([x, y]);
   return r;
 }
@@ -78,7 +82,8 @@ describe.skipIf(!available)('native products on wasm', () => {
     const a = rand([2, 8, 12], 3);
     const b = rand([2, 10, 12], 4);
     const g = (): tf.Tensor => {
-      const [ga, gb] = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.square(tf.matMul(x, y, false, true))))([a, b]);
+      const loss = (x: tf.Tensor, y: tf.Tensor): tf.Tensor => tf.sum(tf.square(tf.matMul(x, y, false, true)));
+      const [ga, gb] = tf.grads(loss)([a, b]);
       return tf.concat([tf.reshape(ga!, [-1]), tf.reshape(gb!, [-1])]);
     };
     const [want, got] = both(g);
@@ -171,7 +176,8 @@ describe.skipIf(!available)('native products on wasm', () => {
     const b = rand([4, 12, 8], 15);
     const w = rand([40, 8], 16);
     const x = rand([5, 8], 17);
-    const kernelsOf = async (f: () => tf.Tensor): Promise<string[]> => (await tf.profile(() => tf.dispose(f()))).kernels.map((k) => k.name);
+    const kernelsOf = async (f: () => tf.Tensor): Promise<string[]> =>
+      (await tf.profile(() => tf.dispose(f()))).kernels.map((k) => k.name);
     setupNativeKernels({ enabled: true });
     expect(await kernelsOf(() => matMul(a, b, false, true))).toEqual(['BatchMatMul']);
     expect(await kernelsOf(() => matMulTransposeB(x as tf.Tensor2D, w as tf.Tensor2D))).toEqual(['BatchMatMul']);
@@ -191,7 +197,8 @@ describe.skipIf(!available)('native products on wasm', () => {
     expect(compileNativeOptions({ enabled: true }, { POLYTUNE_NATIVE: '0' }).enabled).toBe(true);
     expect(compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(3);
     expect(compileNativeOptions({ threads: 2 }, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(2);
-    expect(() => compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: 'two' })).toThrow(/POLYTUNE_NATIVE_THREADS: must be an integer/);
+    expect(() => compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: 'two' }))
+      .toThrow(/POLYTUNE_NATIVE_THREADS: must be an integer/);
   });
 
   it('is single-threaded unless told, and takes a thread count', () => {
