@@ -311,7 +311,9 @@ async function startTorchPeer(): Promise<TorchPeer> {
   const none = (reason: string): TorchPeer => ({ ok: false, reason, close: () => {} });
   if (py === undefined) return none('no python3 with torch (apt-get install python3-torch libopenblas0-pthread)');
   const script = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'model_torch.py');
-  const p = spawn(py, [script, '--serve', '--threads', '1'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  // One thread for OpenBLAS too: Debian's torch does not pass its thread count on to it.
+  const env = { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' };
+  const p = spawn(py, [script, '--serve', '--threads', '1'], { stdio: ['pipe', 'pipe', 'inherit'], env });
   const lines: string[] = [];
   const waiting: Array<(line: string) => void> = [];
   let buf = '';

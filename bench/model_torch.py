@@ -8,7 +8,7 @@ head), the same batch (4 x 128 tokens, float32) and the same work:
             layers 0-1 only (everything else frozen, requires_grad=False)
   matmul    [512, 512] x [512, 1408]
 
-One thread (torch.set_num_threads(1); the bench passes --threads). Eager attention over the full
+One thread (torch.set_num_threads(1), and OPENBLAS_NUM_THREADS=1 before torch loads OpenBLAS). Eager attention over the full
 T x T square with a causal mask, as HF's eager path and polytune compute it. Prints one JSON
 object: tokens/s of each, the matmul's GFLOP/s, medians of --steps timed runs after a warm-up,
 with torch's version and BLAS.
@@ -25,7 +25,23 @@ import statistics
 import sys
 import time
 
-import torch
+
+def _threads_arg():
+    for i, a in enumerate(sys.argv):
+        if a == '--threads' and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith('--threads='):
+            return a.split('=', 1)[1]
+    return '1'
+
+
+# Debian's torch reaches OpenBLAS through libblas.so.3 (BLAS_INFO=generic), so torch.set_num_threads
+# does not reach it: the pthread OpenBLAS would run its products on every core. Its thread count
+# is read when the library loads, so it is set before torch is imported.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', _threads_arg())
+os.environ.setdefault('OMP_NUM_THREADS', _threads_arg())
+
+import torch  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, INTER = 32000, 512, 6, 8, 4, 1408
 BATCH, SEQ, SLAM_LAYERS, EPS, THETA = 4, 128, (0, 1), 1e-5, 10000.0
