@@ -52,7 +52,7 @@ done
 
 mkdir -p "$OUT_DIR"
 tmp="$OUT.tmp.$$"
-if ! "$CC" -O2 -fPIC -shared -std=c11 -Wall -Wextra -DNAPI_VERSION=8 -DNODE_GYP_MODULE_NAME=polytune_blas \
+if ! "$CC" -O3 -fno-math-errno -fopenmp-simd -fPIC -shared -std=c11 -Wall -Wextra -DNAPI_VERSION=8 -DNODE_GYP_MODULE_NAME=polytune_blas \
   -I"$headers" $blas_cflags -o "$tmp" "$SRC" -lopenblas -lm 2>"$OUT_DIR/build.log"; then
   rm -f "$tmp"
   fail "compiling $SRC failed (see .cache/native/build.log)"

@@ -16,6 +16,8 @@ export interface BlasAddon {
     aOff: number, aStride: number, bOff: number, bStride: number, cOff: number,
     biasOff: number, activation: number, alpha: number,
   ): void;
+  /** y = op(x) over n floats of the heap; op 0 is exp. */
+  unary(heap: Float32Array, op: number, xOff: number, yOff: number, n: number): void;
   setNumThreads(n: number): void;
   numThreads(): number;
   config(): string;
@@ -51,7 +53,7 @@ const loaded = new Map<string, AddonLoad>();
 function isBlasAddon(x: unknown): x is BlasAddon {
   const o = x as Partial<Record<keyof BlasAddon, unknown>> | null;
   if (typeof o !== 'object' || o === null) return false;
-  return typeof o.sgemm === 'function' && typeof o.setNumThreads === 'function' &&
+  return typeof o.sgemm === 'function' && typeof o.unary === 'function' && typeof o.setNumThreads === 'function' &&
     typeof o.numThreads === 'function' && typeof o.config === 'function';
 }
 

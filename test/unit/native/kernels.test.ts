@@ -131,6 +131,30 @@ describe.skipIf(!available)('native products on wasm', () => {
     tf.dispose([a, b, alpha, scalarBias, ia, ib]);
   });
 
+  it('exp matches the wasm kernel, infinities and NaN included, and leaves int32 to it', () => {
+    const special = tf.tensor1d([-Infinity, Infinity, NaN, 88, -104]);
+    const x = tf.tidy(() => tf.concat([tf.reshape(tf.mul(rand([131, 300], 18), 40), [-1]), special]));
+    special.dispose();
+    const [want, got, wantShape, gotShape] = both(() => tf.exp(x));
+    expect(gotShape).toEqual(wantShape);
+    const n = want.length;
+    expect([...got.subarray(n - 5)]).toEqual([...want.subarray(n - 5)]);
+    let maxRel = 0;
+    for (let i = 0; i < n - 5; i++) maxRel = Math.max(maxRel, Math.abs(got[i]! - want[i]!) / Math.max(want[i]!, 1e-30));
+    expect(maxRel).toBeLessThan(1e-6);
+    const ints = tf.tensor1d([0, 1, 2], 'int32');
+    const [wantI, gotI] = both(() => tf.exp(ints));
+    expect(gotI).toEqual(wantI);
+    tf.dispose([x, ints]);
+  });
+
+  it('the exp gradient is unchanged', () => {
+    const x = rand([7, 9], 19);
+    const [want, got] = both(() => tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.exp(t), t)))(x));
+    expectClose(want, got);
+    x.dispose();
+  });
+
   it('throws tfjs own error when the inner dimensions differ', () => {
     const a = rand([3, 4], 11);
     const b = rand([5, 6], 12);
