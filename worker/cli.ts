@@ -2,9 +2,9 @@
 /**
  * The `worker` command.
  *
- *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
- *            [--no-native] [--threads N]
- *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+ *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N]
+ *            [--metrics-host HOST] [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *            [--tls-server-name NAME] [--token-file FILE] [--no-native] [--threads N]
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
@@ -12,7 +12,9 @@
  *
  * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
  * (--local-rank, else $POLYTUNE_LOCAL_RANK, else 0: the index of this worker process among those of
- * its pod or host, one per GPU); --metrics-port 0 picks a free port.
+ * its pod or host, one per GPU); --metrics-port 0 picks a free port. A worker listens on nothing
+ * else, so metrics bind --metrics-host, else $POLYTUNE_METRICS_HOST, else 0.0.0.0 (a pod is scraped
+ * from outside).
  *
  * On wasm the matrix products run in OpenBLAS when the native addon is built (worker/native):
  * `--no-native` (or POLYTUNE_NATIVE=0) keeps XNNPACK's; `--threads N` (or POLYTUNE_NATIVE_THREADS)
@@ -37,9 +39,9 @@ import { runWorker } from './run-worker.js';
 const DEFAULT_WORKER_METRICS_PORT = 9465;
 
 const USAGE = `usage:
-  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
+  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--metrics-host HOST]
+           [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
            [--no-native] [--threads N]   (env POLYTUNE_NATIVE=0, POLYTUNE_NATIVE_THREADS)
-           [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
@@ -87,7 +89,7 @@ async function main(signal: AbortSignal): Promise<number> {
     case 'run': {
       const v = parse({
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
-        'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
+        'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
         'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
         'token-file': { type: 'string' }, ...NATS_TLS_FLAGS, ...NATIVE_FLAGS,
       });
@@ -106,7 +108,8 @@ async function main(signal: AbortSignal): Promise<number> {
       // The entry point wires prom-client (STYLE.md); the worker records through the MetricMeter.
       const meter = new PromMeter({ logger: logger.child('metrics') });
       const serveMetrics = (port: number): ReturnType<typeof startMetricsServer> => startMetricsServer({
-        meter, port, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics'),
+        meter, port, host: (v['metrics-host'] as string | undefined) || process.env['POLYTUNE_METRICS_HOST'] || '0.0.0.0',
+        logger: logger.child('metrics'),
       });
       const metrics = await serveMetrics(metricsPort).catch((e: unknown) => {
         // A default port taken (several workers on one host without --local-rank): any free port, and say so.
