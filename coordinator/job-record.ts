@@ -2,7 +2,7 @@
  * A job as the coordinator stores it (JSON in the `polytune_jobs` KV bucket), its lifecycle, and
  * its conversion to the wire `Job` message.
  */
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 import type { Job } from '../proto/index.js';
 import type { Ledger } from './ledger.js';
 
@@ -52,6 +52,11 @@ export interface JobRecord {
   chosenLayers?: number[];
   /** The latest evaluation table (spec.eval, EvalJob) as JSON; absent before one. */
   evalJson?: string;
+  /**
+   * A job of several stages (spec.stages): the stage it is in, 0-based, as the last progress said
+   * (the first stage before any); absent for a job of one stage.
+   */
+  stage?: JobStage;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
   outputDir: string;
@@ -61,8 +66,16 @@ export interface JobRecord {
   finishedAt: number;
 }
 
+/** Where a job of several stages is: `index` (0-based) of `count`, named `name`. */
+export interface JobStage {
+  readonly index: number;
+  readonly count: number;
+  readonly name: string;
+}
+
 /** A fresh Pending record for a validated spec. */
 export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
+  const stages = jobKindOf(spec).stageNames(spec);
   return {
     id,
     name: spec.metadata.name,
@@ -82,6 +95,7 @@ export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, no
     resume,
     reforms: 0,
     lossByLanguage: {},
+    ...(stages.length > 0 ? { stage: { index: 0, count: stages.length, name: stages[0]! } } : {}),
     outputDir: spec.spec.output.dir,
     createdAt: now,
     updatedAt: now,
@@ -125,6 +139,9 @@ export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
     tokensPerSecond: r.tokensPerSecond,
     elapsedSeconds: r.elapsedSeconds,
     epoch: r.epoch,
+    stageIndex: r.stage?.index ?? 0,
+    stageCount: r.stage?.count ?? 0,
+    stageName: r.stage?.name ?? '',
   };
 }
 

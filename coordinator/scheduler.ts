@@ -13,11 +13,11 @@
  * which steps each generation committed.
  */
 import { errorMessage } from '../common/errors.js';
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError, JobNotFoundError } from './errors.js';
-import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
+import { isTerminal, JobState, newJobRecord, type JobRecord, type JobStage } from './job-record.js';
 import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
 import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
@@ -67,6 +67,17 @@ function randomSuffix(n = 5): string {
 /** A job id: the spec's metadata.name, '-', 5 random characters (still a DNS label when the name allows). */
 export function newJobId(name: string): string {
   return `${name.slice(0, 57)}-${randomSuffix()}`;
+}
+
+/**
+ * The stage a progress report names, when it is one of the job's (same count, same name at that
+ * index): `{ stage }` to record, else nothing (the record keeps the stage it has).
+ */
+export function stageOf(r: JobRecord, p: Progress__Output): { stage?: JobStage } {
+  const names = jobKindOf(r.spec).stageNames(r.spec);
+  const index = p.stageIndex ?? 0;
+  if (names.length === 0 || p.stageCount !== names.length || names[index] !== p.stageName) return {};
+  return { stage: { index, count: names.length, name: names[index] } };
 }
 
 export class Scheduler {
@@ -220,7 +231,8 @@ export class Scheduler {
   }
 
   /**
-   * A TrainJob running below `workers.count` (it lost workers and went on with `min`) takes idle
+   * A job running below `workers.count` (it lost workers and went on with `min`) whose kind
+   * `growsWorld` (a TrainJob: common/job-kinds.ts) takes idle
    * workers in: its world is re-formed with them, and they receive the current state from the
    * others as every new generation does. One job per pass; the re-form asks for the next pass.
    */
@@ -228,7 +240,7 @@ export class Scheduler {
     const idle = this.registry.idle();
     if (idle.length === 0) return;
     const running = (await this.store.list()).filter((j) =>
-      j.state === JobState.Running && j.spec.kind === 'TrainJob' && j.workers.length < j.spec.spec.workers.count
+      j.state === JobState.Running && jobKindOf(j.spec).growsWorld && j.workers.length < j.spec.spec.workers.count
       // A member that finished its part is idle too, but no newcomer; a finishing job is left alone.
       && idle.some((w) => !j.workers.includes(w.id)) && (this.gangs.get(j.id)?.done.size ?? 0) === 0);
     const job = running.sort((a, b) => a.createdAt - b.createdAt)[0];
@@ -377,6 +389,7 @@ export class Scheduler {
         elapsedSeconds: p.elapsedSeconds,
         ...(p.chosenLayers?.length ? { chosenLayers: [...p.chosenLayers] } : {}),
         ...(p.evalJson ? { evalJson: p.evalJson } : {}),
+        ...stageOf(r, p),
         lossByLanguage: Object.fromEntries(Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v))),
       };
     });

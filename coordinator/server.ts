@@ -10,8 +10,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage, UserError } from '../common/errors.js';
-import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
-import { validateJobSpecFiles } from '../common/jobspec.js';
+import { jobKindOf, parseAnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import { peerCertificateNames, peerCertificateVerified, serverCredentials, type ServerTls } from '../common/tls.js';
@@ -29,7 +28,6 @@ import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
-import { parameterCounts } from '../common/trainable.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
@@ -220,17 +218,13 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
       const { specYaml, sourceName } = checkSubmit(req);
       const source = sourceName || 'spec';
       const spec = parseAnyJobSpec(specYaml, { source });
-      if (!isTrainJob(spec)) {
-        // EvalJob, LayerAnalysis (common/job-kinds.ts): nothing trains; "steps" are problems / prompts.
-        const { numLayers } = await validateAnyJobSpecFiles(spec, source);
-        const record = await scheduler.submit(spec, numLayers, await computeTotalSteps(spec), false);
-        return { jobId: record.id, trainableParameters: 0, totalParameters: 0 };
-      }
-      const { numLayers, config } = await validateJobSpecFiles(spec, source);
+      // The kind's row (common/job-kinds.ts): its files, its steps, what it trains (0 of 0: nothing
+      // trains in an EvalJob or a LayerAnalysis, whose "steps" are problems and prompts).
+      const kind = jobKindOf(spec);
+      const { numLayers, parameters } = await kind.validateFiles(spec, source);
       const totalSteps = await computeTotalSteps(spec);
-      const counts = parameterCounts(spec.spec.method, config);
-      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);
-      return { jobId: record.id, trainableParameters: counts.trainable, totalParameters: counts.total };
+      const record = await scheduler.submit(spec, numLayers, totalSteps, kind.resumable && req.resume === true);
+      return { jobId: record.id, trainableParameters: parameters.trainable, totalParameters: parameters.total };
     }),
     Get: unary('Get', async (req) => {
       const id = checkJobId(req.jobId);
