@@ -15,7 +15,7 @@
  * once is committing every step of every stage once. `output.dir/final/` is the last stage's final
  * model (the same files, hard-linked; worker/train/stages.ts).
  */
-import { join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import {
@@ -136,13 +136,15 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
   const baseDir = options.baseDir ?? process.cwd();
   // Each stage's paths resolved as a single-stage job's are; the job's blocks are the same in each.
   const resolved = spec.spec.stages.map((_, i) => resolvePaths(stageJobSpec(spec, i), baseDir));
+  // Stage 0's model and eval are the job's; its output.dir is the job's with the stage's name.
   const job = resolved[0]!.spec;
+  const outputDir = spec.spec.output.dir;
   return {
     ...spec,
     spec: {
       ...spec.spec,
       model: job.model,
-      output: job.output,
+      output: { dir: isAbsolute(outputDir) ? outputDir : resolve(baseDir, outputDir) },
       ...(job.eval ? { eval: job.eval } : {}),
       stages: spec.spec.stages.map((stage, i) => ({ ...stage, method: resolved[i]!.spec.method, data: resolved[i]!.spec.data })),
     },
