@@ -54,7 +54,7 @@ export interface JobRecord {
   evalJson?: string;
   /**
    * A job of several stages (spec.stages): the stage it is in, 0-based, as the last progress said
-   * (the first stage before any); absent for a job of one stage.
+   * (before any: the first stage, or, for a resumed job, unknown and absent); absent for a job of one stage.
    */
   stage?: JobStage;
   /** The last reported step's loss per language. */
@@ -95,7 +95,8 @@ export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, no
     resume,
     reforms: 0,
     lossByLanguage: {},
-    ...(stages.length > 0 ? { stage: { index: 0, count: stages.length, name: stages[0]! } } : {}),
+    // A resumed job may start at any stage: it says which in its first progress.
+    ...(stages.length > 0 && !resume ? { stage: { index: 0, count: stages.length, name: stages[0]! } } : {}),
     outputDir: spec.spec.output.dir,
     createdAt: now,
     updatedAt: now,

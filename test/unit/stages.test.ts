@@ -148,6 +148,8 @@ describe('spec.stages', () => {
     const spec = parseStaged(TWO);
     const record = newJobRecord('two-x', spec, 2);
     expect(record.stage).toEqual({ index: 0, count: 2, name: 'translate' });
+    // Resumed, it may start at any stage: unknown until its first progress.
+    expect(newJobRecord('two-y', spec, 2, Date.now(), true).stage).toBeUndefined();
     const p = { stageIndex: 1, stageCount: 2, stageName: 'answer' } as Parameters<typeof stageOf>[1];
     expect(stageOf(record, p)).toEqual({ stage: { index: 1, count: 2, name: 'answer' } });
     expect(stageOf(record, { ...p, stageName: 'other' })).toEqual({});
