@@ -51,6 +51,8 @@ interface Run {
   out: string;
   steps: [number, number];
   optimizer: string;
+  /** workers.count; min is 2. @default 2 */
+  workers?: number;
 }
 
 function twoStageText(r: Run): string {
@@ -68,7 +70,7 @@ spec:
       method: ${STAGE2.method}
       data: ${dataBlock(2)}
       training: ${trainingBlock(r.steps[1], r.optimizer)}
-  workers: { count: 2, min: 2 }
+  workers: { count: ${r.workers ?? 2}, min: 2 }
   collective: { timeoutSeconds: 8 }
   checkpoint: { everySteps: 3, keep: 2 }
   output: { dir: ${r.out} }
@@ -183,6 +185,23 @@ describe('jobs of several stages (real processes)', () => {
     await trainByHand(byHand);
     expectSameTensors(await model(join(byHand.out, '1', 'final')), first, 1e-6);
     expectSameTensors(await model(join(byHand.out, '2', 'final')), second, 1e-6);
+  }, 300_000);
+
+  it('a worker SIGKILLed inside stage 1: the other 2 finish both stages as an uninterrupted run would', async () => {
+    const run: Run = { ...clean, name: 'lost-worker', out: join(dir, 'lost-worker'), workers: 3 };
+    const c = await procs.cluster(3);
+    const id = await submit(c, twoStageText(run));
+    await until('stage 1, step 3', async () => {
+      const j = await c.client.get(id);
+      return j.state === 'RUNNING' && j.stageCount === 2 && j.stageIndex === 0 && Number(j.step) >= 3 ? j : undefined;
+    });
+    c.workers[1]!.kill('SIGKILL');
+    const { job, ledger } = await finished(c, id, S1 + S2);
+    expect(ledger.committed[0]!.from).toBe(0);
+    expect(Number(job.generation)).toBeGreaterThanOrEqual(2);
+    expect(ledger.committed.at(-1)!.worldSize).toBe(2);
+    expectSameTensors(await trainable(join(clean.out, '1', 'final')), await trainable(join(run.out, STAGE1.name, 'final')));
+    expectSameTensors(await trainable(join(clean.out, '2', 'final')), await trainable(join(run.out, 'final')));
   }, 300_000);
 
   it('the coordinator SIGKILLed inside stage 2 and restarted: the job ends as an uninterrupted run would', async () => {
