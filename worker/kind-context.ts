@@ -4,7 +4,7 @@
  * and the table that names them import it without importing each other.
  */
 import type { Logger } from '../common/logging.js';
-import type { EvalReport } from './eval/evaluate.js';
+import type { EvalReport } from './eval/report.js';
 import type { StateHolder, StepReport } from './train/trainer.js';
 
 /** One call of the generation's collective: numbered by the caller, strictly increasing. */

@@ -24,7 +24,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
-import type { EvalReport } from './eval/evaluate.js';
+import type { EvalReport } from './eval/report.js';
 import type { StagePosition } from './kind-context.js';
 import type { StepReport } from './train/trainer.js';
 

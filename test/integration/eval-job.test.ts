@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MGSM_LANGUAGES } from '../../common/eval-spec.js';
 import type { NatsServer } from '../../common/nats-server-process.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
-import type { EvalReport } from '../../worker/eval/evaluate.js';
+import type { EvalReport } from '../../worker/eval/report.js';
 import { readSafetensors } from '../../worker/model/safetensors.js';
 import { startInProcessCluster, startNats, type InProcessCluster } from './coordinator-fixtures.js';
 

@@ -20,38 +20,10 @@ import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { extractLastNumber, isCorrect, parseGold } from './answer.js';
 import type { Problem } from './problems.js';
-import { evalMarkdown } from './report.js';
+import { evalMarkdown, type BenchmarkScore, type EvalReport, type LanguageScore } from './report.js';
 
 /** Sums a vector over the ranks; identical on every rank. */
 export type ReduceFn = (data: Float32Array) => Promise<Float32Array>;
-
-export interface LanguageScore {
-  readonly language: string;
-  readonly correct: number;
-  readonly total: number;
-  /** correct / total, in [0, 1]. */
-  readonly accuracy: number;
-}
-
-export interface BenchmarkScore {
-  readonly benchmark: string;
-  readonly languages: readonly LanguageScore[];
-  /** The unweighted mean of the languages' accuracies (as the papers report it). */
-  readonly average: number;
-}
-
-/** The table of one evaluation: what `eval/<name>.json` holds. */
-export interface EvalReport {
-  /** `final` or `step-NNNNNNNN`. */
-  readonly name: string;
-  /** The optimizer step evaluated (0 for an EvalJob). */
-  readonly step: number;
-  readonly benchmarks: readonly BenchmarkScore[];
-  readonly maxNewTokens: number;
-  readonly template: string;
-  readonly worldSize: number;
-  readonly seconds: number;
-}
 
 /** One scored problem, a line of `eval/<name>.predictions.rank-R.jsonl`. */
 export interface Prediction {

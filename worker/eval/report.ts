@@ -1,5 +1,31 @@
-/** The Markdown form of an evaluation: one row per benchmark, accuracy (%) per language and the average. */
-import type { EvalReport } from './evaluate.js';
+/** The report of an evaluation (the JSON `eval/<name>.json` holds) and its Markdown form. */
+export interface LanguageScore {
+  readonly language: string;
+  readonly correct: number;
+  readonly total: number;
+  /** correct / total, in [0, 1]. */
+  readonly accuracy: number;
+}
+
+export interface BenchmarkScore {
+  readonly benchmark: string;
+  readonly languages: readonly LanguageScore[];
+  /** The unweighted mean of the languages' accuracies (as the papers report it). */
+  readonly average: number;
+}
+
+/** The table of one evaluation: what `eval/<name>.json` holds. */
+export interface EvalReport {
+  /** `final` or `step-NNNNNNNN`. */
+  readonly name: string;
+  /** The optimizer step evaluated (0 for an EvalJob). */
+  readonly step: number;
+  readonly benchmarks: readonly BenchmarkScore[];
+  readonly maxNewTokens: number;
+  readonly template: string;
+  readonly worldSize: number;
+  readonly seconds: number;
+}
 
 const pct = (x: number): string => (100 * x).toFixed(1);
 

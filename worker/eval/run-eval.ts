@@ -7,7 +7,8 @@ import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
-import { evalName, evaluate, type EvalReport, type ReduceFn } from './evaluate.js';
+import { evalName, evaluate, type ReduceFn } from './evaluate.js';
+import type { EvalReport } from './report.js';
 import { readProblems, type Problem } from './problems.js';
 
 export interface EvalJobOptions {
