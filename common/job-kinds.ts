@@ -272,7 +272,10 @@ export function isJobKind(kind: unknown): kind is JobKind {
 
 /** The table's row for `spec`'s kind, typed for that spec. */
 export function jobKindOf<S extends AnyJobSpec>(spec: S): JobKindSpec<S> {
-  return JOB_KIND_TABLE[spec.kind] as unknown as JobKindSpec<S>;
+  const kind: unknown = spec.kind;
+  // A spec that did not come from `parseAnyJobSpec` (a stored record, a message) may name no kind.
+  if (!isJobKind(kind)) throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}, got ${JSON.stringify(kind)}` }]);
+  return JOB_KIND_TABLE[kind] as unknown as JobKindSpec<S>;
 }
 
 /**

@@ -11,7 +11,8 @@
  * (memory, else the stage's checkpoints).
  *
  * Between stages every rank waits for rank 0's final outputs of the stage (an all-reduce used as a
- * barrier), since they are the next stage's model. The rank's state holder (worker/run-worker.ts)
+ * barrier), since they are the next stage's model: every worker reads it from output.dir, which is
+ * therefore on a volume they share (the chart's ReadWriteMany volume, or one machine's disk). The rank's state holder (worker/run-worker.ts)
  * belongs to one stage at a time: entering another stage frees what it holds of the previous one.
  *
  * At the end rank 0 makes `output.dir/final/` the last stage's final model: the same files,
