@@ -3,7 +3,7 @@
  *
  * | kind | does | spec |
  * |---|---|---|
- * | `TrainJob` | trains (common/jobspec.ts) | model, method, data, training, workers, ..., optional `eval` |
+ * | `TrainJob` | trains (common/jobspec.ts, common/stages.ts) | model, method, data, training (or stages), ..., `eval` |
  * | `EvalJob` | scores a model on MGSM/MSVAMP by greedy generation (worker/eval/) | model, eval, workers, output |
  * | `LayerAnalysis` | finds the language-specific layers (worker/methods/layer-analysis.ts) | model, analysis, workers, output |
  *
@@ -18,12 +18,11 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
-import {
-  analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
-} from './eval-spec.js';
 import { loadTrainingSet } from './data-mixture.js';
 import { planSteps } from './data-plan.js';
-import { expandProblemSets, type ProblemSet } from './eval-spec.js';
+import {
+  analysisIssues, analysisSchema, evalSchema, expandProblemSets, problemSetFileIssues, problemSetIssues, resolveProblemSets, type ProblemSet,
+} from './eval-spec.js';
 import {
   CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES, readSpecText, specSchema, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
 } from './jobspec.js';

@@ -28,7 +28,10 @@ import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 let dir: string;
 const procs = processScope(() => dir);
 
-/** Stage 1 trains layers 0 and 2's FFN up/down (SLAM) on question translation; stage 2 layer 4's q/v (freeze) on the answers. */
+/**
+ * Stage 1 trains layers 0 and 2's FFN up/down (SLAM) on question translation; stage 2 layer 4's
+ * q/v (freeze) on the answers.
+ */
 const STAGE1 = { name: 'translate', method: '{ name: slam, layers: [0, 2] }' };
 const STAGE2 = { name: 'answer', method: '{ name: freeze, layers: [4], modules: [q_proj, v_proj] }' };
 const STAGE1_TENSORS = ['model.layers.0.mlp.up_proj.weight', 'model.layers.0.mlp.down_proj.weight', 'model.layers.2.mlp.up_proj.weight', 'model.layers.2.mlp.down_proj.weight'];
@@ -166,7 +169,7 @@ afterAll(async () => {
 });
 
 describe('jobs of several stages (real processes)', () => {
-  it('two stages on 2 workers: each changes only its tensors, and one SGD step each equals the two single-stage jobs by hand', async () => {
+  it('two stages on 2 workers: each changes only its tensors; one SGD step each equals single-stage jobs by hand', async () => {
     const run: Run = { name: 'two-sgd', out: join(dir, 'two-sgd'), steps: [1, 1], optimizer: SGD };
     const c = await procs.cluster(2);
     const id = await submit(c, twoStageText(run));
@@ -231,7 +234,7 @@ describe('jobs of several stages (real processes)', () => {
     expect(text).toContain(`stage 2/2 (${STAGE2.name})  step ${S1 + S2}/${S1 + S2}`);
   }, 300_000);
 
-  it('killed between the stages, then `submit --resume`: stage 1 is not run again and the job ends as an uninterrupted run would', async () => {
+  it('killed between the stages, then `submit --resume`: stage 1 does not run again; ends as an uninterrupted run', async () => {
     const run: Run = { ...clean, name: 'resumed', out: join(dir, 'resumed') };
     const stage1Final = join(run.out, STAGE1.name, 'final', 'model.safetensors');
     const a = await procs.cluster(2);
