@@ -18,7 +18,7 @@ import { silentLogger, type Logger } from '../common/logging.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError, JobNotFoundError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord, type JobStage } from './job-record.js';
-import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
+import { completeLedger, recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
 import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
 import { WorkerStatus, type RegistryEvent, type WorkerInfo, type WorkerRegistry } from './worker-registry.js';
@@ -405,6 +405,16 @@ export class Scheduler {
     this.ledgers.set(jobId, ledger);
   }
 
+  /** The job succeeded after `steps`: steps run while no report reached this coordinator are recorded (ledger.ts). */
+  private async completeLedger(jobId: string, steps: number): Promise<void> {
+    if (!this.ledgerStore || steps <= 0) return;
+    const ledger = this.ledgers.get(jobId) ?? (await this.ledgerStore.get(jobId));
+    const completed = completeLedger(ledger, steps);
+    if (completed === ledger) return;
+    await this.ledgerStore.put(jobId, completed);
+    this.ledgers.set(jobId, completed);
+  }
+
   /** Worker `workerId` reports the end of its assignment. */
   onResult(workerId: string, res: Result__Output): Promise<void> {
     return this.serial(() => this.handleResult(workerId, res));
@@ -442,6 +452,7 @@ export class Scheduler {
     if (gang.done.size < current.record.workers.length || !gang.rank0) return;
     const r0 = gang.rank0;
     await this.flushProgress(res.jobId);
+    await this.completeLedger(res.jobId, r0.steps);
     const { changed } = await this.store.update(res.jobId, (r) => {
       if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
       return {
