@@ -21,6 +21,7 @@ import { GradientAllReduce } from '../../worker/collective/index.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, questionTranslationTexts, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { train } from '../../worker/train/trainer.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { COORDINATOR_CLI, processScope, until, type Cluster } from '../helpers/processes.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
@@ -103,7 +104,7 @@ async function trainByHand(r: Run): Promise<void> {
     const server = await scope.start();
     const nc = await scope.connect(server);
     for (const spec of byHandSpecs(r)) {
-      const ar = await GradientAllReduce.create({ nc, job: uniqueJobName('by-hand'), generation: 1, rank: 0, worldSize: 1 });
+      const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: uniqueJobName('by-hand'), generation: 1, rank: 0, worldSize: 1 });
       await train({ spec, rank: 0, worldSize: 1, allReduce: (s, d) => ar.allReduce(s, d), beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o) });
       await ar.close();
     }
