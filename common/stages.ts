@@ -23,6 +23,7 @@ import {
   type JobSpec, type ParseOptions,
 } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
+import { DNS_LABEL, DNS_LABEL_MESSAGE } from './spec-primitives.js';
 
 /** What a stage cannot be called: the names of what a stage and the job write under output.dir. */
 export const RESERVED_STAGE_NAMES = ['final', 'checkpoints', 'analysis', 'eval'] as const;
@@ -32,10 +33,8 @@ export const STAGE_BLOCKS = ['method', 'data', 'training'] as const;
 /** Stages a job may have. */
 export const MAX_STAGES = 64;
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-
 export const stageSchema = z.strictObject({
-  name: z.string().regex(DNS_LABEL, 'must be a DNS-1123 label: lower-case letters, digits and "-", at most 63'),
+  name: z.string().regex(DNS_LABEL, DNS_LABEL_MESSAGE),
   method: methodSchema,
   data: dataSchema,
   training: trainingSchema,

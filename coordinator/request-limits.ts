@@ -11,6 +11,7 @@
  *   is in that job's gang, at that generation) is checked by the server against the registry.
  */
 import { isJobName } from '../common/subjects.js';
+import { DNS_LABEL } from '../common/spec-primitives.js';
 import type { Hello__Output, Progress__Output, Result__Output } from '../proto/index.js';
 import { RequestValidationError } from './errors.js';
 
@@ -142,7 +143,7 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
   checkCount('progress.stage_count', p.stageCount ?? 0, 0, MAX_STAGES);
   checkCount('progress.stage_index', p.stageIndex ?? 0, 0, Math.max(0, (p.stageCount ?? 0) - 1));
   const stageName = checkString('progress.stage_name', p.stageName ?? '', 63);
-  if ((p.stageCount ?? 0) > 0 ? !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(stageName) : stageName !== '') {
+  if ((p.stageCount ?? 0) > 0 ? !DNS_LABEL.test(stageName) : stageName !== '') {
     throw new RequestValidationError('progress.stage_name', (p.stageCount ?? 0) > 0 ? 'must be a stage name (a DNS label)' : 'must be empty without stage_count');
   }
   return p;

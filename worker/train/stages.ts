@@ -25,6 +25,7 @@ import { trainJobStageSteps } from '../../common/job-kinds.js';
 import { stageFinalDir, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
 import type { KindContext, KindResult } from '../kind-context.js';
 import { writeDirAtomically } from './atomic-dir.js';
+import { assertFinalReplaceable, FINAL_MARKER } from './outputs.js';
 import { releaseHolder, type StateHolder } from './trainer.js';
 import { runSingleStage } from './train-job.js';
 
@@ -35,19 +36,19 @@ interface StageMemory {
 }
 const memories = new WeakMap<StateHolder, StageMemory>();
 
-async function isDir(path: string): Promise<boolean> {
+async function isFile(path: string): Promise<boolean> {
   try {
-    return (await stat(path)).isDirectory();
+    return (await stat(path)).isFile();
   } catch {
     return false;
   }
 }
 
-/** Leading stages whose final model exists on this rank's file system. */
+/** Leading stages whose final model polytune wrote (it holds the marker) on this rank's file system. */
 export async function finishedStagesOnDisk(spec: StagedJobSpec): Promise<number> {
   let n = 0;
   for (const stage of spec.spec.stages) {
-    if (!(await isDir(stageFinalDir(spec, stage.name)))) break;
+    if (!(await isFile(join(stageFinalDir(spec, stage.name), FINAL_MARKER)))) break;
     n++;
   }
   return n;
@@ -61,8 +62,12 @@ async function agreeOnStage(spec: StagedJobSpec, ctx: KindContext, memory: Stage
   return Math.max(...all);
 }
 
-/** `dst` becomes a directory of the files of `src`, hard-linked (copied where that fails), atomically. */
+/**
+ * `dst` becomes a directory of the files of `src` (a final/, marker included), hard-linked (copied
+ * where that fails), atomically; a `dst` polytune did not write is never replaced.
+ */
 export async function linkDirectory(src: string, dst: string): Promise<void> {
+  await assertFinalReplaceable(dst);
   await writeDirAtomically(dst, async (tmp) => {
     for (const name of await readdir(src)) {
       await link(join(src, name), join(tmp, name)).catch(() => copyFile(join(src, name), join(tmp, name)));
