@@ -8,7 +8,7 @@ import { JOB_KIND_TABLE, jobKindOf, parseAnyJobSpec, trainJobStageSteps } from '
 import { parseJobSpec } from '../../common/jobspec.js';
 import { isStaged, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
 import { PromMeter } from '../../common/metrics.js';
-import { newJobRecord } from '../../coordinator/job-record.js';
+import { newJobRecord, parseStoredRecord } from '../../coordinator/job-record.js';
 import { stageOf } from '../../coordinator/scheduler.js';
 import { createWorkerMetrics } from '../../worker/worker-metrics.js';
 
@@ -154,6 +154,15 @@ describe('spec.stages', () => {
     expect(stageOf(record, p)).toEqual({ stage: { index: 1, count: 2, name: 'answer' } });
     expect(stageOf(record, { ...p, stageName: 'other' })).toEqual({});
     expect(stageOf(record, { ...p, stageCount: 3 })).toEqual({});
+    // Read back from the (untrusted) store, a stage the spec does not have is dropped.
+    const stored = (stage: unknown): unknown => {
+      const r = parseStoredRecord('two-x', JSON.stringify({ ...record, stage }));
+      return r.ok ? r.record.stage : r.message;
+    };
+    expect(stored({ index: 1, count: 2, name: 'answer' })).toEqual({ index: 1, count: 2, name: 'answer' });
+    expect(stored({ index: 1, count: 2, name: 'translate' })).toBeUndefined();
+    expect(stored({ index: 5, count: 2, name: 'answer' })).toBeUndefined();
+    expect(stored({ index: 0, count: 2, name: 'translate', extra: 1 })).toMatch(/not a job record/);
     const single = newJobRecord('one-x', parseJobSpec(stageJobSpecText()), 2);
     expect(single.stage).toBeUndefined();
     expect(stageOf(single, p)).toEqual({});
