@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
+import { isStaged, stageJobSpec } from '../../common/stages.js';
 
 const CONFIGS = resolve(import.meta.dirname, '../../configs');
 
@@ -19,5 +20,27 @@ describe('configs/', () => {
     expect(s.data.maxSeqLen).toBe(1024);
     expect(s.data.template).toBe('slam');
     expect(new Set(s.data.train.map((d) => d.language))).toEqual(new Set(['bn', 'th', 'sw', 'ja', 'zh', 'de', 'fr', 'ru', 'es', 'en']));
+  });
+});
+
+describe('configs/two-stage-tiny.yaml', () => {
+  it('is a job of two stages on the quickstart model: question translation (parallel), then the answers', () => {
+    const spec = parseAnyJobSpec(readFileSync(join(CONFIGS, 'two-stage-tiny.yaml'), 'utf8'), { baseDir: CONFIGS });
+    expect(spec.kind).toBe('TrainJob');
+    if (spec.kind !== 'TrainJob' || !isStaged(spec)) throw new Error('expected spec.stages');
+    const quickstart = parseJobSpec(readFileSync(join(CONFIGS, 'quickstart.yaml'), 'utf8'), { baseDir: CONFIGS });
+    expect(spec.spec.model).toEqual(quickstart.spec.model);
+    const [first, second] = spec.spec.stages;
+    expect(spec.spec.stages.map((s) => s.name)).toEqual(['question-alignment', 'answers']);
+    expect(first!.data.train.length).toBeGreaterThan(1);
+    for (const src of first!.data.train) {
+      expect(src.format).toBe('parallel');
+      expect(src.target).toMatch(/\.en\.txt$/);
+      expect(src.path.startsWith(join(quickstart.spec.model.path, '..', 'data'))).toBe(true);
+    }
+    expect(second!.data.train).toEqual(quickstart.spec.data.train);
+    // Stage 2 starts from stage 1's final model; each writes under output.dir/<stage>/.
+    expect(stageJobSpec(spec, 1).spec.model.path).toBe(join(spec.spec.output.dir, 'question-alignment', 'final'));
+    expect(stageJobSpec(spec, 1).spec.output.dir).toBe(join(spec.spec.output.dir, 'answers'));
   });
 });
