@@ -119,8 +119,16 @@ const specSchema = z.strictObject({
        * forward pass a step. The same gradients, bit for bit.
        */
       gradientCheckpointing: z.boolean().default(false),
+      /** TF32 matmuls on Ampere and newer GPUs (`NVIDIA_TF32_OVERRIDE`): faster, ~1e-3 relative error. As HF's `tf32`. */
+      tf32: z.boolean().default(false),
     }),
-    workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
+    workers: z.strictObject({
+      count: positiveInt,
+      min: positiveInt.optional(),
+      /** Memory of each worker's GPU and of its process on the host: a job whose plan (common/memory-plan.ts) exceeds them is refused. */
+      gpuMemoryGiB: z.number().positive('must be > 0').optional(),
+      hostMemoryGiB: z.number().positive('must be > 0').optional(),
+    }),
     collective: z.strictObject({
       compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
       /**

@@ -8,6 +8,7 @@
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
+ *   coordinator plan SPEC.yaml [--model-config DIR|config.json] [--json]   (plan-command.ts)
  *
  * Security flags and their env vars: cli-security.ts.
  *
@@ -29,17 +30,19 @@ import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
-  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume] [--dry-run]
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator nats-auth init --out DIR
+  ${PLAN_USAGE}
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
 
@@ -201,13 +204,14 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
     coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
+    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
   if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
   // Fast, local errors with field paths before anything starts.
   const spec = await readSpecFile(file);
+  if (v['dry-run']) return printPlan(spec);
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
@@ -320,6 +324,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'watch': return await watch(rest, signal);
       case 'cancel': return await cancel(rest);
       case 'nats-auth': return await natsAuth(rest);
+      case 'plan': return await planCommand(rest);
       case undefined:
       case 'help':
       case '--help':

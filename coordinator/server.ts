@@ -9,7 +9,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
-import { errorMessage, UserError } from '../common/errors.js';
+import { errorMessage, JobSpecError, UserError } from '../common/errors.js';
 import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import { validateJobSpecFiles } from '../common/jobspec.js';
 import { silentLogger, type Logger } from '../common/logging.js';
@@ -30,6 +30,7 @@ import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import { parameterCounts } from '../common/trainable.js';
+import { memoryFitIssues } from '../common/memory-plan.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
@@ -227,6 +228,8 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
         return { jobId: record.id, trainableParameters: 0, totalParameters: 0 };
       }
       const { numLayers, config } = await validateJobSpecFiles(spec, source);
+      const memory = memoryFitIssues(config, spec);
+      if (memory.length > 0) throw new JobSpecError(memory, source);
       const totalSteps = await computeTotalSteps(spec);
       const counts = parameterCounts(spec.spec.method, config);
       const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);

@@ -1,0 +1,83 @@
+/**
+ * `coordinator plan SPEC.yaml [--model-config PATH] [--json]` and `coordinator submit SPEC.yaml
+ * --dry-run`: the memory plan of a TrainJob (common/memory-plan.ts) per worker, from the model's
+ * config.json and the spec, printed before anything starts. The coordinator refuses the same job
+ * at submit when `spec.workers.gpuMemoryGiB` / `hostMemoryGiB` are stated and the plan exceeds them.
+ *
+ * `--model-config` reads config.json from another place than `spec.model.path` (a directory or the
+ * file itself): a laptop without the weights can plan a cluster job; the paper configs' models are
+ * in `configs/models/`. Exit 0 when the plan fits the stated devices (or none is stated), 1 when not.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { ExitCode, UsageError } from '../common/cli.js';
+import { UserError } from '../common/errors.js';
+import { isTrainJob, type AnyJobSpec } from '../common/job-kinds.js';
+import { formatMemoryPlan, memoryFitIssues, planMemory } from '../common/memory-plan.js';
+import { parseLlamaConfig, readLlamaConfig, type LlamaConfig } from '../common/model-config.js';
+import { readSpecFile } from './client.js';
+
+export const PLAN_USAGE = 'coordinator plan SPEC.yaml [--model-config DIR|config.json] [--json]';
+
+const out = (line: string): void => {
+  process.stdout.write(line + '\n');
+};
+
+/** config.json from `path` (a directory or the file), else from the spec's model directory. */
+async function modelConfig(spec: AnyJobSpec, path: string | undefined): Promise<LlamaConfig> {
+  if (path === undefined) {
+    try {
+      return await readLlamaConfig(spec.spec.model.path);
+    } catch (e) {
+      throw new UserError(`spec.model.path: ${(e as Error).message} (plan from another copy with --model-config DIR)`, { cause: e });
+    }
+  }
+  let isDir: boolean;
+  try {
+    isDir = (await stat(path)).isDirectory();
+  } catch (e) {
+    throw new UserError(`--model-config ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { cause: e });
+  }
+  if (isDir) return readLlamaConfig(path);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new UserError(`--model-config ${path}: not a JSON file (${(e as Error).message})`, { cause: e });
+  }
+  return parseLlamaConfig(raw, path);
+}
+
+/** Prints the plan of a parsed spec; the exit code says whether it fits the devices it states. */
+export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: string; json?: boolean } = {}): Promise<number> {
+  if (!isTrainJob(spec)) {
+    out(`${spec.kind}: nothing trains; a worker holds the float32 model (see the TrainJob plan for its size)`);
+    return ExitCode.ok;
+  }
+  const config = await modelConfig(spec, options.modelConfig);
+  const plan = planMemory(config, spec);
+  const issues = memoryFitIssues(config, spec);
+  if (options.json) out(JSON.stringify({ plan, issues }, null, 2));
+  else {
+    for (const line of formatMemoryPlan(plan, spec.spec.workers)) out(line);
+    for (const i of issues) out(`${i.path}: ${i.message}`);
+  }
+  return issues.length > 0 ? ExitCode.failure : ExitCode.ok;
+}
+
+/** `coordinator plan`. */
+export async function planCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args, allowPositionals: true, strict: true,
+      options: { 'model-config': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } },
+    });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\nusage: ${PLAN_USAGE}`);
+  }
+  if (parsed.values.help) return out(`usage: ${PLAN_USAGE}`), ExitCode.ok;
+  const file = parsed.positionals[0];
+  if (file === undefined || parsed.positionals.length > 1) throw new UsageError(`plan takes one SPEC.yaml\nusage: ${PLAN_USAGE}`);
+  return printPlan(await readSpecFile(file), { modelConfig: parsed.values['model-config'], json: parsed.values.json });
+}
