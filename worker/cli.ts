@@ -3,6 +3,7 @@
  * The `worker` command.
  *
  *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
+ *            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls)
  *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
@@ -32,12 +33,18 @@ const DEFAULT_WORKER_METRICS_PORT = 9465;
 
 const USAGE = `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
+           [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls; env POLYTUNE_ALLOW_CPU, POLYTUNE_TF32)
            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
 `;
+
+/** A boolean flag, else its env var (`1` or `true`). */
+function boolFlagOrEnv(values: Record<string, string | boolean | undefined>, flag: string, env: string): boolean {
+  return values[flag] === true || ['1', 'true'].includes((process.env[env] ?? '').toLowerCase());
+}
 
 function backendFlag(value: string | undefined): BackendName {
   if (value === undefined) return DEFAULT_BACKEND;
@@ -72,7 +79,7 @@ async function main(signal: AbortSignal): Promise<number> {
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
         'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
         'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
-        'token-file': { type: 'string' }, ...NATS_TLS_FLAGS,
+        'token-file': { type: 'string' }, 'allow-cpu': { type: 'boolean' }, tf32: { type: 'boolean' }, ...NATS_TLS_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
       // Security toward the coordinator (README "Security"); flags win over env vars.
@@ -105,6 +112,7 @@ async function main(signal: AbortSignal): Promise<number> {
           coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
           nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
           backend: backendFlag(v.backend as string | undefined),
+          backendOptions: { allowCpu: boolFlagOrEnv(v, 'allow-cpu', 'POLYTUNE_ALLOW_CPU'), tf32: boolFlagOrEnv(v, 'tf32', 'POLYTUNE_TF32') },
           workerId,
           logger,
           signal,

@@ -16,7 +16,8 @@ import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.j
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
-import { initBackend, type BackendName } from './backend.js';
+import { backendInfo, initBackend, type BackendName } from './backend.js';
+import { checkTf32, type TensorflowOptions } from './backend-tensorflow.js';
 import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
@@ -31,6 +32,8 @@ export interface WorkerOptions {
   readonly nats: string | undefined;
   /** @default 'wasm' */
   readonly backend: BackendName;
+  /** `tensorflow` only: run without a GPU, TF32 (worker/backend-tensorflow.ts). @default both off */
+  readonly backendOptions?: TensorflowOptions;
   readonly workerId: string;
   readonly logger: Logger;
   readonly signal: AbortSignal;
@@ -48,8 +51,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
-  const backend = await initBackend(options.backend);
-  log.info('backend ready', { backend });
+  const backend = await initBackend(options.backend, options.backendOptions);
+  const device = backendInfo();
+  log.info('backend ready', { ...device });
+  metrics.backend(device);
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,
     hello: {
@@ -131,6 +136,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...(r.evalJson ? { evalJson: r.evalJson } : {}),
         };
       } else {
+        checkTf32(device, a.spec.spec.training.tf32);
         const prepared = await prepareTrainJob(a.spec, kindCtx);
         const offset = seq;
         const result = await train({

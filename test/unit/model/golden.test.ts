@@ -1,14 +1,15 @@
 /**
  * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
- * HF's modeling_llama.py (scripts/make-golden.py), on the wasm and cpu backends.
+ * HF's modeling_llama.py (scripts/make-golden.py), on the wasm and cpu backends and on the path tfjs-node
+ * takes (test/helpers/backends.ts).
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initBackend } from '../../../worker/backend.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
+import { MODEL_BACKENDS, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear', 'llama-gqa-bf16-sharded', 'llama-dynamic'];
@@ -32,7 +33,7 @@ interface Golden {
   grads: string[];
 }
 
-const CASES = (['wasm', 'cpu'] as const).flatMap((backend) => MODELS.map((name) => [backend, name] as const));
+const CASES = MODEL_BACKENDS.flatMap((backend) => MODELS.map((name) => [backend, name] as const));
 
 describe.each(CASES)('golden %s %s', (backend, name) => {
   const dir = join(GOLDEN, name);
@@ -43,7 +44,7 @@ describe.each(CASES)('golden %s %s', (backend, name) => {
   let labels: tf.Tensor2D;
 
   beforeAll(async () => {
-    await initBackend(backend);
+    await useBackend(backend);
     golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
     expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
     model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });
