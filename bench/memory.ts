@@ -26,7 +26,9 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { activationBytes, CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN, layerBytes, TAPE_PEAK, TAPE_SAVED } from '../common/memory-plan.js';
+import {
+  activationBytes, CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN, DEFAULT_GPU_RUNTIME_BYTES, layerBytes, TAPE_PEAK, TAPE_SAVED,
+} from '../common/memory-plan.js';
 import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { BackendName, initBackend } from '../worker/backend.js';
 import { LlamaModel } from '../worker/model/llama.js';
@@ -84,6 +86,8 @@ const SHAPES: Shape[] = [
   { name: 'h128-gqa8/2-t96-b2', hidden: 128, intermediate: 352, heads: 8, kvHeads: 2, vocab: 512, batch: 2, seq: 96 },
   { name: 'h256-mha-t64-b1', hidden: 256, intermediate: 688, heads: 4, kvHeads: 4, vocab: 512, batch: 1, seq: 64 },
 ];
+
+const c4of = (s: Shape): LlamaConfig => shapeConfig(s, 4);
 
 function shapeConfig(s: Shape, layers: number): LlamaConfig {
   return parseLlamaConfig({
@@ -198,6 +202,9 @@ async function main(): Promise<void> {
       stepSecondsScaled: Number((r.seconds.layers4 + (L - 4) * perLayerSeconds).toFixed(3)),
       activationsPlanned: Math.round(activationBytes(full, bs, checkpointing).peak),
       activationsScaled: Math.round(r.stepPeak.measured + (L - 4) * r.perLayerPeak.measured),
+      // What the GPU should hold for the 4-layer step (gpu-check.sh compares nvidia-smi's peak with it).
+      gpuPlanned4Layers: Math.round(4 * [...expectedTensorShapes(c4of(shape))].reduce((n, [, d]) => n + d.reduce((a, b) => a * b, 1), 0)
+        + r.stepPeak.planned + DEFAULT_GPU_RUNTIME_BYTES),
     }, null, 2) + '\n');
     return;
   }
