@@ -23,6 +23,7 @@ import { PromMeter, startMetricsServer } from '../common/metrics.js';
 import { loadClientTls, NATS_TLS_FLAGS, natsTlsFromFlags } from '../common/tls.js';
 import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
+import { HEARTBEAT_DIR_ENV, startHeartbeatFile } from './heartbeat-file.js';
 import { runGenerate } from './commands/generate.js';
 import { runInitModel } from './commands/init-model.js';
 import { runScore } from './commands/score.js';
@@ -107,6 +108,8 @@ async function main(signal: AbortSignal): Promise<number> {
         throw new UserError(`--metrics-port ${metricsPort}: cannot serve metrics: ${(e as Error).message}`, { cause: e });
       });
       logger.info('metrics at /metrics', { url: metrics.url, localRank });
+      const heartbeatDir = process.env[HEARTBEAT_DIR_ENV];
+      const heartbeat = heartbeatDir ? startHeartbeatFile(heartbeatDir, localRank, logger) : undefined;
       try {
         await runWorker({
           coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
@@ -122,6 +125,7 @@ async function main(signal: AbortSignal): Promise<number> {
           ...(natsTls ? { natsTls } : {}),
         });
       } finally {
+        heartbeat?.stop();
         await metrics.close();
       }
       return 0;
