@@ -211,7 +211,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
   if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
   // Fast, local errors with field paths before anything starts.
   const spec = await readSpecFile(file);
-  if (v['dry-run']) return printPlan(spec);
+  if (v['dry-run']) return printPlan(spec, { specFile: file });
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);

@@ -5,10 +5,13 @@
  * at submit when `spec.workers.gpuMemoryGiB` / `hostMemoryGiB` are stated and the plan exceeds them.
  *
  * `--model-config` reads config.json from another place than `spec.model.path` (a directory or the
- * file itself): a laptop without the weights can plan a cluster job; the paper configs' models are
- * in `configs/models/`. Exit 0 when the plan fits the stated devices (or none is stated), 1 when not.
+ * file itself): a laptop without the weights can plan a cluster job. Without it, when the model
+ * directory is not here, `models/<its name>/config.json` beside the spec is used if there is one
+ * (the paper configs' models are in `configs/models/`), and the plan says so. Exit 0 when the plan
+ * fits the stated devices (or none is stated), 1 when not.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { access, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ExitCode, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
@@ -48,13 +51,24 @@ async function modelConfig(spec: AnyJobSpec, path: string | undefined): Promise<
   return parseLlamaConfig(raw, path);
 }
 
+/** `models/<name of spec.model.path>/config.json` beside the spec file, when the model directory has no config.json here. */
+async function configBesideSpec(spec: AnyJobSpec, specFile: string | undefined): Promise<string | undefined> {
+  if (specFile === undefined) return undefined;
+  const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
+  if (await exists(join(spec.spec.model.path, 'config.json'))) return undefined;
+  const copy = join(dirname(resolve(specFile)), 'models', basename(spec.spec.model.path), 'config.json');
+  return (await exists(copy)) ? copy : undefined;
+}
+
 /** Prints the plan of a parsed spec; the exit code says whether it fits the devices it states. */
-export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: string; json?: boolean } = {}): Promise<number> {
+export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: string; json?: boolean; specFile?: string } = {}): Promise<number> {
   if (!isTrainJob(spec)) {
     out(`${spec.kind}: nothing trains; a worker holds the float32 model (see the TrainJob plan for its size)`);
     return ExitCode.ok;
   }
-  const config = await modelConfig(spec, options.modelConfig);
+  const beside = options.modelConfig === undefined ? await configBesideSpec(spec, options.specFile) : undefined;
+  if (beside && !options.json) out(`model: ${beside} (${spec.spec.model.path} is not on this machine)`);
+  const config = await modelConfig(spec, options.modelConfig ?? beside);
   const plan = planMemory(config, spec);
   const issues = memoryFitIssues(config, spec);
   if (options.json) out(JSON.stringify({ plan, issues }, null, 2));
@@ -79,5 +93,5 @@ export async function planCommand(args: string[]): Promise<number> {
   if (parsed.values.help) return out(`usage: ${PLAN_USAGE}`), ExitCode.ok;
   const file = parsed.positionals[0];
   if (file === undefined || parsed.positionals.length > 1) throw new UsageError(`plan takes one SPEC.yaml\nusage: ${PLAN_USAGE}`);
-  return printPlan(await readSpecFile(file), { modelConfig: parsed.values['model-config'], json: parsed.values.json });
+  return printPlan(await readSpecFile(file), { modelConfig: parsed.values['model-config'], json: parsed.values.json, specFile: file });
 }

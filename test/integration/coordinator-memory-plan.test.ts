@@ -64,6 +64,11 @@ describe('coordinator plan (built CLI)', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/gradient checkpointing on/);
     expect(r.stdout).toMatch(/peak +\d+\.\d GiB {2}fits 80 GiB with a 10% margin/);
+    // Without the flag: /models is not here, so the copy beside the spec (configs/models/<name>) is used, and said.
+    const plain = cli('plan', join(ROOT, 'configs', `${name}.yaml`));
+    expect(plain.code).toBe(0);
+    expect(plain.stdout.split('\n')[0]).toBe(`model: ${join(ROOT, 'configs/models', model, 'config.json')} (/models/${model} is not on this machine)`);
+    expect(plain.stdout.split('\n').slice(1).join('\n')).toBe(r.stdout);
   });
 
   it('exits 1 with the fix when the plan does not fit; submit --dry-run prints the plan and submits nothing', () => {
