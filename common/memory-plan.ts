@@ -265,6 +265,7 @@ export function formatMemoryPlan(p: MemoryPlan, devices: { gpuMemoryGiB?: number
 export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[] {
   const w = spec.spec.workers;
   const issues: SpecIssue[] = [];
+  if (w.gpuMemoryGiB === undefined && w.hostMemoryGiB === undefined) return issues;
   const plan = planMemory(config, spec);
   if (w.gpuMemoryGiB !== undefined && !fitsDevice(plan.gpu.peak, w.gpuMemoryGiB)) {
     const g = plan.gpu;
