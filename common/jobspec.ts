@@ -119,13 +119,19 @@ const specSchema = z.strictObject({
        * forward pass a step. The same gradients, bit for bit.
        */
       gradientCheckpointing: z.boolean().default(false),
-      /** TF32 matmuls on Ampere and newer GPUs (`NVIDIA_TF32_OVERRIDE`): faster, ~1e-3 relative error. As HF's `tf32`. */
+      /**
+       * TF32 matmuls on Ampere and newer GPUs (`NVIDIA_TF32_OVERRIDE`, worker --tf32): faster,
+       * ~1e-3 relative error. As HF's `tf32`.
+       */
       tf32: z.boolean().default(false),
     }),
     workers: z.strictObject({
       count: positiveInt,
       min: positiveInt.optional(),
-      /** Memory of each worker's GPU and of its process on the host: a job whose plan (common/memory-plan.ts) exceeds them is refused. */
+      /**
+       * Memory of each worker's GPU and of its process on the host: a job whose plan
+       * (common/memory-plan.ts) exceeds them is refused at submit.
+       */
       gpuMemoryGiB: z.number().positive('must be > 0').optional(),
       hostMemoryGiB: z.number().positive('must be > 0').optional(),
     }),

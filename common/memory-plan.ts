@@ -234,7 +234,8 @@ export function formatMemoryPlan(p: MemoryPlan, devices: { gpuMemoryGiB?: number
   const verdict = (peak: number, device: number | undefined): string => {
     if (device === undefined) return '';
     const ok = fitsDevice(peak, device);
-    return `${ok ? 'fits' : 'does NOT fit'} ${device} GiB with a ${100 * DEFAULT_MARGIN}% margin (${gib((1 - DEFAULT_MARGIN) * device * GiB)} usable)`;
+    const usable = gib((1 - DEFAULT_MARGIN) * device * GiB);
+    return `${ok ? 'fits' : 'does NOT fit'} ${device} GiB with a ${100 * DEFAULT_MARGIN}% margin (${usable} usable)`;
   };
   const setting = p.checkpointing ? 'on' : 'off';
   return [
@@ -244,7 +245,7 @@ export function formatMemoryPlan(p: MemoryPlan, devices: { gpuMemoryGiB?: number
     row('weights', g.weights, `${(p.parameters.total / 1e9).toFixed(2)}B parameters x 4 B`),
     row('trainable transposes on the tape', g.trainableTransposes, p.checkpointing ? 'one layer at a time' : 'every trainable matrix'),
     row('gradients (accumulated + new)', g.gradients),
-    row('activations', g.activations, `with checkpointing ${p.checkpointing ? 'on' : 'off'}; ${p.checkpointing ? 'off' : 'on'}: ${gib(g.activationsOtherSetting)}`),
+    row('activations', g.activations, `with checkpointing ${setting}; ${p.checkpointing ? 'off' : 'on'}: ${gib(g.activationsOtherSetting)}`),
     row('runtime (CUDA, TensorFlow, cuDNN)', g.runtime),
     row('summing gradients (3 copies)', g.gradientSum, 'a moment of its own, after the backward pass'),
     row('peak', g.peak, verdict(g.peak, devices.gpuMemoryGiB)),
@@ -270,19 +271,23 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
   if (w.gpuMemoryGiB !== undefined && !fitsDevice(plan.gpu.peak, w.gpuMemoryGiB)) {
     const g = plan.gpu;
     const parts = `weights ${gib(g.weights)}, activations ${gib(g.activations)}, gradients ${gib(Math.max(g.gradients, g.gradientSum))}`;
+    const usable = gib((1 - DEFAULT_MARGIN) * w.gpuMemoryGiB * GiB);
     issues.push({
       path: 'spec.workers.gpuMemoryGiB',
-      message: `the plan needs ${gib(g.peak)} of GPU memory a worker (${parts}), over ${gib((1 - DEFAULT_MARGIN) * w.gpuMemoryGiB * GiB)} ` +
+      message:
+        `the plan needs ${gib(g.peak)} of GPU memory a worker (${parts}), over ${usable} ` +
         `(${w.gpuMemoryGiB} GiB less a ${100 * DEFAULT_MARGIN}% margin); ${gpuFix(config, spec, w.gpuMemoryGiB)}`,
     });
   }
   if (w.hostMemoryGiB !== undefined && !fitsDevice(plan.host.peak, w.hostMemoryGiB)) {
+    const h = plan.host;
+    const rest = gib(h.peak - h.loadWeights - h.runtime);
     issues.push({
       path: 'spec.workers.hostMemoryGiB',
-      message: `the plan needs ${gib(plan.host.peak)} of host memory a worker (float32 model at load ${gib(plan.host.loadWeights)}, ` +
-        `master copies, optimizer and all-reduce ${gib(plan.host.peak - plan.host.loadWeights - plan.host.runtime)}), over ` +
-        `${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; give each worker process more memory (fewer processes a pod) ` +
-        'or train fewer tensors',
+      message:
+        `the plan needs ${gib(h.peak)} of host memory a worker (float32 model at load ${gib(h.loadWeights)}, ` +
+        `master copies, optimizer and all-reduce ${rest}), over ${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
+        'give each worker process more memory (fewer processes a pod) or train fewer tensors',
     });
   }
   return issues;
@@ -307,9 +312,13 @@ function gpuFix(config: LlamaConfig, spec: JobSpec, deviceGiB: number): string {
     if (on) return `set spec.training.gradientCheckpointing: true (${gib(on.gpu.peak)})`;
   }
   const smaller = largest(t.gradientCheckpointing);
-  if (smaller && smaller.b < t.microBatchSize) return `lower spec.training.microBatchSize to ${smaller.b} (${gib(smaller.p.gpu.peak)})`;
+  if (smaller && smaller.b < t.microBatchSize) {
+    return `lower spec.training.microBatchSize to ${smaller.b} (${gib(smaller.p.gpu.peak)})`;
+  }
   const both = largest(true);
-  if (both) return `set spec.training.gradientCheckpointing: true and spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`;
+  if (both) {
+    return `set spec.training.gradientCheckpointing: true and spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`;
+  }
   const min = planMemory(config, spec, { microBatchSize: 1, gradientCheckpointing: true });
   return `even with checkpointing and micro-batch 1 it needs ${gib(min.gpu.peak)}: use a larger GPU or train fewer tensors`;
 }

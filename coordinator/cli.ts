@@ -4,6 +4,7 @@
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+ *                      [--dry-run]   (plan-command.ts)
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
@@ -37,7 +38,8 @@ const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
-  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume] [--dry-run]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+                     [--dry-run]   (print the memory plan, submit nothing)
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]

@@ -32,7 +32,8 @@ async function modelConfig(spec: AnyJobSpec, path: string | undefined): Promise<
     try {
       return await readLlamaConfig(spec.spec.model.path);
     } catch (e) {
-      throw new UserError(`spec.model.path: ${(e as Error).message} (plan from another copy with --model-config DIR)`, { cause: e });
+      const hint = 'plan from another copy with --model-config DIR';
+      throw new UserError(`spec.model.path: ${(e as Error).message} (${hint})`, { cause: e });
     }
   }
   let isDir: boolean;
@@ -51,7 +52,7 @@ async function modelConfig(spec: AnyJobSpec, path: string | undefined): Promise<
   return parseLlamaConfig(raw, path);
 }
 
-/** `models/<name of spec.model.path>/config.json` beside the spec file, when the model directory has no config.json here. */
+/** `models/<name of spec.model.path>/config.json` beside the spec, when the model directory has no config.json here. */
 async function configBesideSpec(spec: AnyJobSpec, specFile: string | undefined): Promise<string | undefined> {
   if (specFile === undefined) return undefined;
   const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
