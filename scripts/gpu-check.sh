@@ -42,14 +42,16 @@ for model in MetaMath-7B-V1.0 MetaMath-13B-V1.0; do
     echo "FAIL: the step did not run"; fail=1; continue
   fi
   cat "$out"
-  # Within 15% of the plan: per layer, the 4-layer step, and the GPU's peak (MiB) against its plan.
+  # The tape within 15% of the plan (per layer and the 4-layer step); the GPU's peak (nvidia-smi, which
+  # includes what TensorFlow's allocator reserved) not over the plan by 15% or more.
   node -e '
     const lines = require("fs").readFileSync(process.argv[1], "utf8");
     const r = JSON.parse(lines.slice(0, lines.lastIndexOf("}") + 1));
     const peak = Number(/gpuPeakMiB (\d+)/.exec(lines)[1]) * 1048576;
-    const checks = { perLayerPeak: r.perLayerPeak.ratio, stepPeak: r.stepPeak.ratio, gpuPeak: peak / r.gpuPlanned4Layers };
-    console.log(JSON.stringify({ checks, stepSecondsScaled: r.stepSecondsScaled, layers: r.layers }));
-    process.exit(Object.values(checks).every((x) => x > 0.85 && x < 1.15) ? 0 : 1);
+    const tape = { perLayerPeak: r.perLayerPeak.ratio, stepPeak: r.stepPeak.ratio };
+    const gpuPeak = peak / r.gpuPlanned4Layers;
+    console.log(JSON.stringify({ tape, gpuPeak, stepSecondsScaled: r.stepSecondsScaled, layers: r.layers }));
+    process.exit(Object.values(tape).every((x) => x > 0.85 && x < 1.15) && gpuPeak < 1.15 ? 0 : 1);
   ' "$out" || { echo "FAIL: $model off the plan by 15% or more"; fail=1; }
   rm -f "$out"
 done
