@@ -120,6 +120,10 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(c.volumeMounts).toContainEqual({ name: 'cuda-cache', mountPath: '/var/cache/cuda' });
     expect(w.volumes?.find((v) => v['name'] === 'cuda-cache')).toMatchObject({ emptyDir: { sizeLimit: '8Gi' } });
     expect(c.startupProbe!.periodSeconds * c.startupProbe!.failureThreshold).toBeGreaterThanOrEqual(30 * 60);
+    const kept = render(renderer, [...NATS_AUTH, '--set', 'worker.cudaCache.existingClaim=cuda-cache']);
+    expect(pod(kept, 'StatefulSet', 'polytune-worker').volumes?.find((v) => v['name'] === 'cuda-cache')).toEqual({
+      name: 'cuda-cache', persistentVolumeClaim: { claimName: 'cuda-cache' },
+    });
     expect(w.securityContext['fsGroupChangePolicy']).toBe('OnRootMismatch');
   });
 
