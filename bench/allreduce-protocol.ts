@@ -10,6 +10,8 @@ export interface RankSetup {
   readonly worldSize: number;
   readonly elements: number;
   readonly compression: Compression;
+  /** The collective key (hex), the same for every rank of a phase, as a generation's. */
+  readonly keyHex: string;
   readonly timeoutMs: number;
   readonly inPlace: boolean;
   /** A new result array each step instead of reusing the last one. */

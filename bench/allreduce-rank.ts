@@ -62,7 +62,7 @@ async function doSetup(s: RankSetup): Promise<void> {
   receivedTarget = 0;
   if (s.mode === 'allreduce') {
     ar = await GradientAllReduce.create({
-      nc, job: s.job, generation: 1, rank: s.rank, worldSize: s.worldSize, timeoutMs: s.timeoutMs,
+      nc, key: Buffer.from(s.keyHex, 'hex'), job: s.job, generation: 1, rank: s.rank, worldSize: s.worldSize, timeoutMs: s.timeoutMs,
       compression: s.compression, maxChunkBytes: s.maxChunkBytes, windowChunks: s.windowChunks,
     });
     await ar.ready({ timeoutMs: 30_000 });

@@ -17,6 +17,7 @@
  * the exact expectation and by a CRC that must agree across ranks.
  */
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -162,8 +163,9 @@ async function main(): Promise<void> {
   try {
     const phase = async (mode: 'allreduce' | 'pubsub', compression: RankSetup['compression']): Promise<PhaseResult> => {
       const name = `bench-${process.pid}-${++job}`;
+      const keyHex = randomBytes(32).toString('hex');
       const ready = await ranks.all<Extract<FromRank, { type: 'ready' }>>('ready', (rank) => ({
-        type: 'setup', mode, url: server.url, job: name, rank, worldSize: n, elements, compression,
+        type: 'setup', mode, url: server.url, job: name, rank, worldSize: n, elements, compression, keyHex,
         timeoutMs: 600_000, inPlace: args.inPlace, freshOutput: args.freshOutput, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
       }));
       const times: number[] = [];

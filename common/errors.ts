@@ -73,6 +73,35 @@ export class CollectiveError extends PolytuneError {
   }
 }
 
+/**
+ * Two different chunks at one position of a step, both with a valid MAC: only a holder of the
+ * generation's key (a rank) can make one, so a rank is broken or hostile. The step fails; the
+ * generation may be re-formed (with a new key), and the re-form limit bounds how often.
+ */
+export class ChunkConflictError extends CollectiveError {
+  readonly sender: number;
+  constructor(message: string, options: { step: number; sender: number }) {
+    super(message, { step: options.step, missingRanks: [options.sender] });
+    this.name = 'ChunkConflictError';
+    this.sender = options.sender;
+  }
+}
+
+/**
+ * The all-reduced head of a step (loss sums, token counts) holds what no set of ranks can have
+ * sent: a negative or fractional count, more tokens than the global batch holds. The step fails
+ * before anything uses it; retryable, as any collective failure.
+ */
+export class ReducedHeadError extends CollectiveError {
+  /** Which entry, e.g. `head[1] (supervised tokens)`. */
+  readonly field: string;
+  constructor(field: string, message: string, options: { step: number }) {
+    super(`step ${options.step}: all-reduced ${field}: ${message}`, { step: options.step });
+    this.name = 'ReducedHeadError';
+    this.field = field;
+  }
+}
+
 export function isUserError(e: unknown): e is UserError {
   return e instanceof UserError;
 }

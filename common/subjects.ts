@@ -19,6 +19,9 @@ import { UserError } from './errors.js';
 
 export const SUBJECT_ROOT = 'polytune';
 
+/** Bytes of a generation's collective key (`Assignment.collective_key`), which MACs the messages below. */
+export const COLLECTIVE_KEY_BYTES = 32;
+
 /** JetStream KV buckets. */
 export const KvBucket = {
   /** job specs and their status, keyed by job name. */

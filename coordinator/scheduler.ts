@@ -12,9 +12,12 @@
  * and finds Running jobs puts them back to Pending the same way. The ledger (ledger.ts) records
  * which steps each generation committed.
  */
+import { randomBytes } from 'node:crypto';
+
 import { errorMessage } from '../common/errors.js';
 import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
+import { COLLECTIVE_KEY_BYTES } from '../common/subjects.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError, JobNotFoundError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
@@ -207,11 +210,15 @@ export class Scheduler {
       this.logger.info('gang formed', { job: job.id, generation, workers });
       // metrics: job.updatedAt is when the job last became Pending (submitted, or put back).
       this.metrics.gangFormed(job.id, generation, (Date.now() - job.updatedAt) / 1000);
+      // The generation's collective key (worker/collective/chunk-mac.ts): in memory and in the
+      // assignments only. A coordinator restart puts a Running job back to Pending, so the next
+      // gang gets a new generation and a new key; nothing needs it from the store.
+      const collectiveKey = randomBytes(COLLECTIVE_KEY_BYTES);
       gang.forEach((w, rank) => {
         this.registry.send(w.id, {
           assignment: {
             jobId: job.id, generation, rank, worldSize, specJson, natsUrl: this.workerNatsUrl, totalSteps: record.totalSteps,
-            resume: generation > 1 || record.resume,
+            resume: generation > 1 || record.resume, collectiveKey,
           },
         });
       });

@@ -98,7 +98,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         }
       })();
       allReduce = await GradientAllReduce.create({
-        nc: jobNats.nc, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, logger: jlog.child('allreduce'),
+        nc: jobNats.nc, key: a.collectiveKey, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize,
+        logger: jlog.child('allreduce'), onRejected: (reason) => metrics.rejectedChunk(a.jobId, reason),
         timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000,
         compression: collectiveOf(a.spec).compression,
         // The trainer's head ([nll sum, supervised tokens, tokens] + 2 per language) stays exact

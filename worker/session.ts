@@ -17,6 +17,7 @@ import { PolytuneError, errorMessage } from '../common/errors.js';
 import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
+import { checkCollectiveKey } from './collective/chunk-mac.js';
 import {
   loadCoordinatorProto,
   type CoordinatorMessage__Output,
@@ -88,6 +89,8 @@ export interface AssignmentEvent {
   natsInboxPrefix: string;
   /** Agree with the other ranks on the newest state (memory or checkpoint) before training. */
   resume: boolean;
+  /** The generation's collective key (32 bytes, checked on receipt): MACs the gradient chunks. Secret: never log it. */
+  collectiveKey: Uint8Array;
 }
 
 export interface CancelEvent {
@@ -324,9 +327,17 @@ export class CoordinatorSession {
           this.result({ jobId: a.jobId, generation: a.generation, ok: false, error: `unreadable spec_json: ${errorMessage(e)}` });
           return;
         }
+        let collectiveKey: Uint8Array;
+        try {
+          collectiveKey = checkCollectiveKey(a.collectiveKey, 'assignment.collective_key');
+        } catch (e) {
+          this.logger.error('assignment without a usable collective key', { job: a.jobId, error: errorMessage(e) });
+          this.result({ jobId: a.jobId, generation: a.generation, ok: false, error: errorMessage(e) });
+          return;
+        }
         this.push({
           type: 'assignment', jobId: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, spec, natsUrl: a.natsUrl, totalSteps: a.totalSteps,
-          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix, resume: a.resume,
+          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix, resume: a.resume, collectiveKey,
         });
         return;
       }

@@ -12,6 +12,7 @@
  * | `polytune_nonfinite_steps_total` | counter: steps skipped for a non-finite loss or gradient | job_id |
  * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
  * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
+ * | `polytune_collective_rejected_chunks_total` | counter: gradient chunks dropped unused, by why (`RejectReason`: `mac` forged or altered, `header` not what this rank expects, `malformed`, `stale` a replay or late copy, `ahead`, `duplicate`, `position`) | job_id, reason |
  * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
  * | `polytune_checkpoint_failures_total` | counter: checkpoints or final outputs rank 0 failed to write (the state stayed in memory) | job_id |
  * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
@@ -25,6 +26,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
 import type { BackendInfo } from './backend-tensorflow.js';
+import type { RejectReason } from './collective/index.js';
 import type { EvalReport } from './eval/report.js';
 import type { StepReport } from './train/trainer.js';
 
@@ -45,6 +47,8 @@ export interface WorkerMetrics {
   checkpoint(jobId: string, seconds: number, failed?: boolean): void;
   /** An evaluation table (recorded by rank 0 only: every rank holds the same one). */
   evalReport(jobId: string, report: EvalReport, rank?: number): void;
+  /** A gradient chunk was dropped unused (`RejectReason`). */
+  rejectedChunk(jobId: string, reason: RejectReason): void;
   /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
   jobEnded(jobId: string): void;
   /** What the worker computes on, once at start. */
@@ -85,6 +89,11 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
   const evalAccuracy = meter.gauge({
     name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language (greedy, last number); language="avg" is the mean over languages.',
     labelNames: ['job_id', 'benchmark', 'language'],
+  });
+  const rejectedChunks = meter.counter({
+    name: 'polytune_collective_rejected_chunks_total',
+    help: 'Gradient chunks dropped unused, by reason: mac (forged or altered), header, malformed, stale (replay or late copy), ahead, duplicate, position.',
+    labelNames: ['job_id', 'reason'],
   });
   meter.observableGauge({ name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' }, (observe) => {
     observe({}, tf.memory().numTensors);
@@ -137,6 +146,9 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
     checkpoint(jobId, seconds, failed = false) {
       if (failed) checkpointFailures.inc({ job_id: jobId });
       else checkpoint.observe({ job_id: jobId }, seconds);
+    },
+    rejectedChunk(jobId, reason) {
+      rejectedChunks.inc({ job_id: jobId, reason });
     },
     jobEnded(jobId) {
       tokensPerSecond.remove({ job_id: jobId });

@@ -20,6 +20,7 @@ import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-prob
 import { train } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const STEPS = 24;
@@ -161,7 +162,7 @@ beforeAll(async () => {
   try {
     const server = await scope.start();
     const nc = await scope.connect(server);
-    const ar = await GradientAllReduce.create({ nc, job: uniqueJobName('clean'), generation: 1, rank: 0, worldSize: 1 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: uniqueJobName('clean'), generation: 1, rank: 0, worldSize: 1 });
     await train({ spec: parseJobSpec(specText('clean', join(dir, 'clean'), 1, 1)), rank: 0, worldSize: 1, allReduce: (s, d) => ar.allReduce(s, d), beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o) });
     await ar.close();
   } finally {

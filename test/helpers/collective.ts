@@ -2,9 +2,15 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { CHUNK_HEADER_BYTES, ChunkDtype } from '../../worker/collective/chunk-header.js';
+import { ChunkMac } from '../../worker/collective/chunk-mac.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
 import { natsScope, uniqueJobName, type NatsScope, type NatsServer } from './nats-server.js';
 import { dequantize, quantize, type Compression } from '../../worker/collective/wire-codec.js';
+
+/** The collective key of the test worlds (a generation's key, as the coordinator hands out). */
+export const TEST_COLLECTIVE_KEY = Uint8Array.from({ length: 32 }, (_, i) => i + 1);
+/** Seals chunks as the test worlds' ranks do (for hand-made peers). */
+export const testMac = new ChunkMac(TEST_COLLECTIVE_KEY);
 
 /** The collective suites' server's max_payload: small, so that test vectors span many chunks. */
 export const MAX_PAYLOAD = 64 * 1024;
@@ -115,11 +121,11 @@ export function chunkStartOf(i: number, length: number, worldSize: number, chunk
 export async function collectiveWorld(
   scope: NatsScope, server: NatsServer, n: number, extra: Partial<AllReduceOptions> & { jobPrefix?: string; ready?: boolean } = {},
 ): Promise<{ job: string; ncs: NatsConnection[]; ranks: GradientAllReduce[] }> {
-  const { jobPrefix = 'ar', ready = false, ...opts } = extra;
+  const { jobPrefix = 'ar', ready = false, key = TEST_COLLECTIVE_KEY, ...opts } = extra;
   const job = opts.job ?? uniqueJobName(jobPrefix);
   const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
   const ranks = await Promise.all(
-    ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...opts })),
+    ncs.map((nc, rank) => GradientAllReduce.create({ nc, key, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...opts })),
   );
   if (ready) await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 5000 })));
   return { job, ncs, ranks };

@@ -18,6 +18,7 @@ import { listCheckpoints } from '../../worker/train/checkpoint.js';
 import { train } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 
 let dir: string;
 let mounted: string | undefined;
@@ -65,7 +66,7 @@ describe('a full disk under the checkpoints', () => {
     const out = join(dir, 'out');
     const spec = trainSpec(out, 6, '{ everySteps: 2, keep: 3 }');
     const server = await nats.start();
-    const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldisk'), generation: 1, rank: 0, worldSize: 1 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await nats.connect(server), job: uniqueJobName('fulldisk'), generation: 1, rank: 0, worldSize: 1 });
     const checkpoints: Array<{ step: number; error?: string }> = [];
     const result = await train({
       spec, rank: 0, worldSize: 1,
@@ -95,7 +96,7 @@ describe('a full disk at the end', () => {
 
   async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal, fillAtEnd = true): Promise<unknown> {
     const server = await nats.start();
-    const ar = await GradientAllReduce.create({ nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
     try {
       return await train({
         spec: trainSpec(out, 3, '{ everySteps: 100 }'), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),

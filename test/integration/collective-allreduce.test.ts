@@ -9,9 +9,9 @@ import {
   ChunkDtype,
   ChunkKind,
   encodeChunkHeader,
-  encodeFloat32Chunk,
 } from '../../worker/collective/chunk-header.js';
-import { BIG, bytes, CHUNK_ELEMENTS, collectiveSuite, collectiveWorld, MAX_PAYLOAD, sumInRankOrder, vector } from '../helpers/collective.js';
+import { encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
+import { BIG, bytes, CHUNK_ELEMENTS, collectiveSuite, collectiveWorld, MAX_PAYLOAD, sumInRankOrder, vector, TEST_COLLECTIVE_KEY, testMac } from '../helpers/collective.js';
 import { uniqueJobName } from '../helpers/nats-server.js';
 
 const suite = collectiveSuite();
@@ -114,14 +114,14 @@ describe('GradientAllReduce over a real nats-server', () => {
     const job = uniqueJobName('ar');
     const timeoutMs = 1000;
     const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
-    const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs });
     const length = 4 * CHUNK_ELEMENTS; // shard 0 = 2 chunks
     const pending = ar.allReduce(0, vector(5, length));
     const piece = vector(6, CHUNK_ELEMENTS);
     nc1.publish(reduceScatterSubject(job, 1, 0), encodeFloat32Chunk({
       kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 1, step: 0, rank: 1, shard: 0,
       chunk: 0, chunks: 2, offset: 0, count: CHUNK_ELEMENTS, chunkElements: CHUNK_ELEMENTS, totalLength: length,
-    }, piece));
+    }, piece, testMac));
     await nc1.flush();
     const err = await pending.then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(CollectiveError);
@@ -135,10 +135,10 @@ describe('GradientAllReduce over a real nats-server', () => {
     const length = 1000;
     const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(suite.server)));
     const current = await Promise.all(ncs.map((nc, rank) =>
-      GradientAllReduce.create({ nc, job, generation: 5, rank, worldSize: n, timeoutMs: 20_000 })));
+      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: 5, rank, worldSize: n, timeoutMs: 20_000 })));
     // A zombie world of generation 4 on the same job, reducing garbage at the same step.
     const zombies = await Promise.all([0, 1, 2].map(async (rank) =>
-      GradientAllReduce.create({ nc: await scope.connect(suite.server), job, generation: 4, rank, worldSize: n, timeoutMs: 20_000 })));
+      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await scope.connect(suite.server), job, generation: 4, rank, worldSize: n, timeoutMs: 20_000 })));
     const zombieRuns = zombies.map((z) => z.allReduce(0, new Float32Array(length).fill(1e6)));
 
     // Forged traffic on the current generation's subjects, before and during the step.
@@ -146,7 +146,7 @@ describe('GradientAllReduce over a real nats-server', () => {
     const stale = encodeFloat32Chunk({
       kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 4, step: 0, rank: 1, shard: 0,
       chunk: 0, chunks: 1, offset: 0, count: 333, chunkElements: 333, totalLength: length,
-    }, new Float32Array(333).fill(1e6));
+    }, new Float32Array(333).fill(1e6), testMac);
     forger.publish(reduceScatterSubject(job, 5, 0), stale);
     forger.publish(reduceScatterSubject(job, 5, 0), new Uint8Array([1, 2, 3]));
     const badKind = new Uint8Array(CHUNK_HEADER_BYTES + 4);
@@ -209,8 +209,8 @@ describe('GradientAllReduce over a real nats-server', () => {
 
   it('validates its options', async () => {
     const nc = await scope.connect(suite.server);
-    await expect(GradientAllReduce.create({ nc, job: 'Bad_Name', generation: 0, rank: 0, worldSize: 1 })).rejects.toThrow(/DNS-1123/);
-    await expect(GradientAllReduce.create({ nc, job: 'ok', generation: 0, rank: 2, worldSize: 2 })).rejects.toBeInstanceOf(RangeError);
-    await expect(GradientAllReduce.create({ nc, job: 'ok', generation: 0, rank: 0, worldSize: 1, maxChunkBytes: 10 })).rejects.toBeInstanceOf(RangeError);
+    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'Bad_Name', generation: 0, rank: 0, worldSize: 1 })).rejects.toThrow(/DNS-1123/);
+    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'ok', generation: 0, rank: 2, worldSize: 2 })).rejects.toBeInstanceOf(RangeError);
+    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'ok', generation: 0, rank: 0, worldSize: 1, maxChunkBytes: 10 })).rejects.toBeInstanceOf(RangeError);
   });
 });

@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { GradientAllReduce } from '../../worker/collective/index.js';
-import { bytes, compressedReference, sumInRankOrder, vector } from '../helpers/collective.js';
+import { bytes, compressedReference, sumInRankOrder, vector, TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 import { natsScope, uniqueJobName, type NatsCluster } from '../helpers/nats-server.js';
 
 const scope = natsScope();
@@ -23,7 +23,7 @@ describe('GradientAllReduce on a 3-server cluster', () => {
     // rank r connects to server r % 3 only, so traffic must cross routes
     const ncs = await Promise.all(Array.from({ length: n }, (_, r) => scope.connect(cluster.servers[r % 3]!.url)));
     const ranks = await Promise.all(ncs.map((nc, rank) =>
-      GradientAllReduce.create({ nc, job, generation: 3, rank, worldSize: n, timeoutMs: 20_000, compression })));
+      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: 3, rank, worldSize: n, timeoutMs: 20_000, compression })));
     await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 10_000 })));
     for (let step = 0; step < 2; step++) {
       const inputs = ranks.map((_, r) => vector(r + 17 * step + length, length));

@@ -7,8 +7,9 @@ import { describe, expect, it } from 'vitest';
 import { CollectiveError } from '../../common/errors.js';
 import { reduceScatterSubject } from '../../common/subjects.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
-import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind, encodeFloat32Chunk } from '../../worker/collective/chunk-header.js';
-import { BIG, bytes, CHUNK_ELEMENTS, chunkStartOf, collectiveSuite, collectiveWorld, compressedReference, MAX_PAYLOAD, sumInRankOrder, vector } from '../helpers/collective.js';
+import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind } from '../../worker/collective/chunk-header.js';
+import { encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
+import { BIG, bytes, CHUNK_ELEMENTS, chunkStartOf, collectiveSuite, collectiveWorld, compressedReference, MAX_PAYLOAD, sumInRankOrder, vector, TEST_COLLECTIVE_KEY, testMac } from '../helpers/collective.js';
 import { uniqueJobName } from '../helpers/nats-server.js';
 
 const suite = collectiveSuite();
@@ -202,7 +203,7 @@ describe('losses and corruption', () => {
     const m = encodeFloat32Chunk({
       kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 1, step: 0, rank: 1, shard: 0,
       chunk, chunks: 3, offset: chunk * CHUNK_ELEMENTS, count: CHUNK_ELEMENTS, chunkElements: CHUNK_ELEMENTS, totalLength: length,
-    }, vector(chunk, CHUNK_ELEMENTS));
+    }, vector(chunk, CHUNK_ELEMENTS), testMac);
     mutate?.(m);
     void job;
     return m;
@@ -211,7 +212,7 @@ describe('losses and corruption', () => {
   it('a gap in a sender\'s sequence is a lost chunk: an error at once, never a sum with zeros', async () => {
     const job = uniqueJobName('lost');
     const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
-    const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
     const length = 6 * CHUNK_ELEMENTS; // shard 0 = 3 chunks
     const started = Date.now();
     const pending = ar.allReduce(0, vector(5, length)).then(() => undefined, (e: unknown) => e);
@@ -226,20 +227,25 @@ describe('losses and corruption', () => {
     expect(ar.stats.lostChunks).toBe(1);
   });
 
-  it('a chunk whose checksum does not match is an error', async () => {
-    const job = uniqueJobName('crc');
+  it('a chunk whose MAC does not verify is dropped and counted, never applied, and does not fail the step', async () => {
+    const job = uniqueJobName('mac');
     const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
-    const ar = await GradientAllReduce.create({ nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });
     const length = 6 * CHUNK_ELEMENTS;
     const input = vector(5, length);
     const pending = ar.allReduce(0, input).then(() => undefined, (e: unknown) => e);
+    // A flipped bit (corruption on the way, or a forger's edit): dropped. The genuine chunk 0 after it
+    // is taken as chunk 0, so the gap at chunk 2 is what fails the step.
     nc1.publish(reduceScatterSubject(job, 1, 0), piece(job, 0, length, (m) => { m[CHUNK_HEADER_BYTES + 100]! ^= 0x04; }));
+    nc1.publish(reduceScatterSubject(job, 1, 0), piece(job, 0, length));
+    nc1.publish(reduceScatterSubject(job, 1, 0), piece(job, 2, length));
     await nc1.flush();
     const err = await pending;
     expect(err).toBeInstanceOf(CollectiveError);
-    expect((err as CollectiveError).message).toMatch(/corrupted chunk .*checksum/);
+    expect((err as CollectiveError).message).toMatch(/lost 1 chunk\(s\) from rank 1 .*got chunk 2, expected 1/);
     expect((err as CollectiveError).missingRanks).toEqual([1]);
     expect(ar.stats.corrupted).toBe(1);
+    expect(ar.stats.rejected).toEqual({ mac: 1 });
     expect(bytes(input).equals(bytes(vector(5, length)))).toBe(true);
   });
 });
@@ -248,7 +254,7 @@ describe('ready(): the start barrier', () => {
   it('names the ranks not heard from at its deadline', async () => {
     const job = uniqueJobName('ready');
     const ncs = await Promise.all([0, 1, 2].map(() => scope.connect(suite.server)));
-    const present = await Promise.all([0, 1].map((rank) => GradientAllReduce.create({ nc: ncs[rank]!, job, generation: 1, rank, worldSize: 4 })));
+    const present = await Promise.all([0, 1].map((rank) => GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: ncs[rank]!, job, generation: 1, rank, worldSize: 4 })));
     const err = await present[0]!.ready({ timeoutMs: 400 }).then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(CollectiveError);
     expect((err as CollectiveError).missingRanks).toEqual([2, 3]);
@@ -257,8 +263,8 @@ describe('ready(): the start barrier', () => {
   it('refuses a peer with other settings', async () => {
     const job = uniqueJobName('ready');
     const ncs = await Promise.all([0, 1].map(() => scope.connect(suite.server)));
-    const a = await GradientAllReduce.create({ nc: ncs[0]!, job, generation: 1, rank: 0, worldSize: 2, compression: 'fp16' });
-    const b = await GradientAllReduce.create({ nc: ncs[1]!, job, generation: 1, rank: 1, worldSize: 2 });
+    const a = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: ncs[0]!, job, generation: 1, rank: 0, worldSize: 2, compression: 'fp16' });
+    const b = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: ncs[1]!, job, generation: 1, rank: 1, worldSize: 2 });
     const outcomes = await Promise.allSettled([a.ready({ timeoutMs: 2000 }), b.ready({ timeoutMs: 2000 })]);
     for (const o of outcomes) {
       expect(o.status).toBe('rejected');

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CollectiveError } from '../../common/errors.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { benchValue, type FromRank, type ToRank } from '../../bench/allreduce-protocol.js';
-import { bytes } from '../helpers/collective.js';
+import { bytes, TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 import { natsScope, uniqueJobName, type NatsServer } from '../helpers/nats-server.js';
 
 const RANK_SCRIPT = join(import.meta.dirname, '../../dist/bench/allreduce-rank.js');
@@ -55,10 +55,10 @@ describe('a rank killed mid-collective', () => {
     const send = (m: ToRank): void => { child!.send(m); };
     send({
       type: 'setup', mode: 'allreduce', url: server.url, job, rank: killed, worldSize: n, elements: length,
-      compression: 'none', timeoutMs, inPlace: false, freshOutput: false,
+      compression: 'none', keyHex: Buffer.from(TEST_COLLECTIVE_KEY).toString('hex'), timeoutMs, inPlace: false, freshOutput: false,
     });
     const ncs = await Promise.all([0, 1].map(() => scope.connect(server)));
-    const ranks = await Promise.all(ncs.map((nc, rank) => GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: n, timeoutMs })));
+    const ranks = await Promise.all(ncs.map((nc, rank) => GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: 1, rank, worldSize: n, timeoutMs })));
     await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 10_000 })));
     await next('ready');
 

@@ -82,6 +82,10 @@ describe('coordinator WorkerService and scheduling', () => {
       expect(a).toMatchObject({ jobId: id, generation: 1, worldSize: 2, natsUrl: nats.url, totalSteps: 4 });
       expect(a.spec.spec.model.path).toBe(fx.modelDir);
     }
+    // The generation's collective key: 32 bytes, the same for the gang (not in the job's record).
+    expect(a0.collectiveKey).toHaveLength(32);
+    expect(Buffer.from(a1.collectiveKey).equals(Buffer.from(a0.collectiveKey))).toBe(true);
+    expect(JSON.stringify(await client.get(id))).not.toContain(Buffer.from(a0.collectiveKey).toString('base64'));
     expect(chooseNatsUrl(undefined, a0)).toBe(nats.url);
     expect(chooseNatsUrl('nats://elsewhere:4222', a0)).toBe('nats://elsewhere:4222');
 
@@ -164,12 +168,16 @@ describe('coordinator WorkerService and scheduling', () => {
     await Promise.all([w0.assignment(), w1.assignment()]);
     await w1.session.close();
     expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
-    expect(await w0.assignment()).toMatchObject({ jobId: id, generation: 2, rank: 0, worldSize: 1, resume: true });
+    const gen2 = await w0.assignment();
+    expect(gen2).toMatchObject({ jobId: id, generation: 2, rank: 0, worldSize: 1, resume: true });
     const w2 = await join('g-3');
     expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
     const [a0, a2] = await Promise.all([w0.assignment(), w2.assignment()]);
     expect(a0).toMatchObject({ generation: 3, rank: 0, worldSize: 2 });
     expect(a2).toMatchObject({ generation: 3, rank: 1, worldSize: 2, resume: true });
+    // Each generation its own collective key.
+    expect(Buffer.from(a2.collectiveKey).equals(Buffer.from(a0.collectiveKey))).toBe(true);
+    expect(Buffer.from(a0.collectiveKey).equals(Buffer.from(gen2.collectiveKey))).toBe(false);
   });
 
   it('heartbeats keep an idle worker registered past the heartbeat timeout', async () => {

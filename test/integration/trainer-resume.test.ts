@@ -15,6 +15,7 @@ import { releaseHolder, train, type StateHolder, type StepReport, type TrainerOp
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 
 let dir: string;
 const nats = natsScope();
@@ -58,7 +59,7 @@ async function generation(
   let stopped = 0;
   await Promise.all(ranks.map(async (run, rank) => {
     const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({ nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
     const opts: TrainerOptions = {
       spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder, evaluate: run.evaluate,
       signal: controllers[rank]!.signal,

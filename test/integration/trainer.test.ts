@@ -14,6 +14,7 @@ import { train, type StepReport, type TrainResult } from '../../worker/train/tra
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 
 let dir: string;
 const nats = natsScope();
@@ -39,7 +40,7 @@ async function runJob(workers: number, outDir: string, microBatchSize = 2, gradi
   const reports: StepReport[][] = Array.from({ length: workers }, () => []);
   const results = await Promise.all(Array.from({ length: workers }, async (_, rank) => {
     const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({ nc, job, generation: 1, rank, worldSize: workers, timeoutMs: 60_000 });
+    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: 1, rank, worldSize: workers, timeoutMs: 60_000 });
     try {
       return await train({
         spec: spec(outDir, workers, microBatchSize, gradientCheckpointing), rank, worldSize: workers,

@@ -1,13 +1,13 @@
 /**
- * The fixed 64-byte binary prefix of every gradient chunk message, followed by the payload as raw
+ * The fixed 96-byte binary prefix of every gradient chunk message, followed by the payload as raw
  * little-endian numbers. Field names follow `ChunkHeader` in `proto/polytune/v1/collective.proto`
  * (step, rank, shard, chunk, chunks, offset, count, dtype); a fixed layout rather than protobuf so
- * that it costs nothing to decode and keeps the payload 8-byte aligned.
+ * that it costs nothing to decode and keeps the payload 32-byte aligned.
  *
  * ```
  * off size field
  *   0  u8  magic 0x50 ('P')
- *   1  u8  version (3)
+ *   1  u8  version (4)
  *   2  u8  kind       ChunkKind: 1 reduce-scatter piece, 2 all-gather reduced shard
  *   3  u8  dtype      ChunkDtype: 1 float32, 2 float16 (IEEE binary16), 3 bfloat16
  *   4  u32 generation
@@ -21,35 +21,28 @@
  *  40  u32 count      elements in this chunk
  *  44  u32 chunkElements  the sender's nominal chunk size (every chunk but the last has it)
  *  48  u64 totalLength    elements in the whole vector
- *  56  u32 checksum   `hash32` of the whole message, these 4 bytes read as zeros
- *  60  u32 reserved   0
+ *  56  u64 reserved   0
+ *  64  12B nonce      the MAC's nonce, random for every message (`chunk-mac.ts`)
+ *  76  u32 reserved   0
+ *  80  16B tag        the MAC of bytes 0..80 and the payload (`chunk-mac.ts`)
  * ```
- * All integers little-endian; u64 fields hold safe integers (< 2^53). The checksum covers the
- * header and the payload: `sealChunk` writes it once the payload is in place, `chunkChecksumOk`
- * checks it. It is xxHash32's mixing on 32 lanes, a WebAssembly SIMD kernel at over 20 GB/s; version
- * 2 had zlib's CRC-32, whose 6-7 GB/s cost a rank a sixth of its time in the all-reduce.
+ * All integers little-endian; u64 fields hold safe integers (< 2^53); reserved bytes must be zero
+ * (they are under the MAC, so they cannot carry anything unseen). Every field a receiver acts on
+ * is under the MAC. Version 3 carried an unkeyed checksum (`hash32`) where the reserved u64 is
+ * now: anyone could re-compute it, so it proved nothing; the MAC also catches what it caught.
  */
-import { hash32 } from './simd-kernels.js';
+import { bytesPerElement, ChunkDtype, ChunkKind } from './dtype.js';
 
+export { bytesPerElement, ChunkDtype, ChunkKind };
 
 export const CHUNK_MAGIC = 0x50;
-export const CHUNK_VERSION = 3;
-export const CHUNK_HEADER_BYTES = 64;
-/** Where the checksum sits. */
-const CHECKSUM_AT = 56;
-
-/** Wire codes. */
-export enum ChunkKind {
-  ReduceScatter = 1,
-  AllGather = 2,
-}
-
-/** Wire codes, as `ChunkDtype` in collective.proto. */
-export enum ChunkDtype {
-  Float32 = 1,
-  Float16 = 2,
-  BFloat16 = 3,
-}
+export const CHUNK_VERSION = 4;
+export const CHUNK_HEADER_BYTES = 96;
+/** Where the MAC's nonce and tag sit, and their sizes. */
+export const CHUNK_NONCE_AT = 64;
+export const CHUNK_NONCE_BYTES = 12;
+export const CHUNK_TAG_AT = 80;
+export const CHUNK_TAG_BYTES = 16;
 
 export interface ChunkHeader {
   readonly kind: ChunkKind;
@@ -114,27 +107,8 @@ export function encodeChunkHeader(h: ChunkHeader, buf: Uint8Array): void {
   v.setUint32(40, h.count, true);
   v.setUint32(44, h.chunkElements, true);
   setU64(v, 48, h.totalLength);
-  v.setUint32(CHECKSUM_AT, 0, true);
-  v.setUint32(60, 0, true);
-}
-
-export function bytesPerElement(dtype: ChunkDtype): number {
-  return dtype === ChunkDtype.Float32 ? 4 : 2;
-}
-
-function checksum(msg: Uint8Array): number {
-  return hash32(msg, CHECKSUM_AT, CHECKSUM_AT + 4);
-}
-
-/** Writes the checksum of a complete message (header and payload in place). */
-export function sealChunk(msg: Uint8Array): void {
-  new DataView(msg.buffer, msg.byteOffset, CHUNK_HEADER_BYTES).setUint32(CHECKSUM_AT, checksum(msg), true);
-}
-
-/** True when the message's checksum matches its header and payload. */
-export function chunkChecksumOk(msg: Uint8Array): boolean {
-  if (msg.byteLength < CHUNK_HEADER_BYTES) return false;
-  return new DataView(msg.buffer, msg.byteOffset, CHUNK_HEADER_BYTES).getUint32(CHECKSUM_AT, true) === checksum(msg);
+  // Reserved, nonce and tag: zero until `sealChunk` writes the nonce and the tag.
+  buf.fill(0, 56, CHUNK_HEADER_BYTES);
 }
 
 /**
@@ -152,6 +126,9 @@ export function decodeChunkHeader(msg: Uint8Array): ChunkHeader {
   const dtype = v.getUint8(3);
   if (dtype !== ChunkDtype.Float32 && dtype !== ChunkDtype.Float16 && dtype !== ChunkDtype.BFloat16) {
     throw new ChunkDecodeError(`unknown dtype ${dtype}`);
+  }
+  if (v.getUint32(56, true) !== 0 || v.getUint32(60, true) !== 0 || v.getUint32(76, true) !== 0) {
+    throw new ChunkDecodeError('reserved bytes are not zero');
   }
   const h: ChunkHeader = {
     kind,
@@ -206,14 +183,4 @@ export function readFloat32LE(src: Uint8Array, dst: Float32Array, dstOffset: num
   }
   const v = new DataView(src.buffer, src.byteOffset, count * 4);
   for (let i = 0; i < count; i++) dst[dstOffset + i] = v.getFloat32(i * 4, true);
-}
-
-/** Header followed by float32 payload, as one sealed message. */
-export function encodeFloat32Chunk(h: ChunkHeader, data: Float32Array): Uint8Array {
-  if (h.dtype !== ChunkDtype.Float32 || data.length !== h.count) throw new RangeError('encodeFloat32Chunk: header does not describe data');
-  const buf = new Uint8Array(CHUNK_HEADER_BYTES + data.length * 4);
-  encodeChunkHeader(h, buf);
-  writeFloat32LE(data, buf.subarray(CHUNK_HEADER_BYTES));
-  sealChunk(buf);
-  return buf;
 }

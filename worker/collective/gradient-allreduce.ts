@@ -15,7 +15,7 @@
  * Every element is summed once, by one owner, in a fixed order from the same numbers, so every rank
  * holds bit-identical results whatever the message timing, with or without compression.
  *
- * ## Bytes (L elements of b bytes on the wire, 4 for float32, 2 compressed; + 64 B a chunk)
+ * ## Bytes (L elements of b bytes on the wire, 4 for float32, 2 compressed; + 96 B a chunk)
  *   per rank, sent:      (N-1)/N·L·b (its pieces) + L/N·b (its reduced shard, published once) = L·b
  *   per rank, received:  (N-1)/N·L·b (pieces of its shard) + (N-1)/N·L·b (others' shards) = 2(N-1)/N·L·b
  *   the broker:          receives N·L·b, sends 2(N-1)·L·b per all-reduce (on one server; a cluster
@@ -51,10 +51,14 @@
  * A (step, phase, sender, shard) stream is sent in chunk order, and NATS keeps the order of one
  * publisher's messages, also across routes: a chunk index that skips ahead means a lost chunk,
  * reported at once (CollectiveError naming the sender), never summed as zero; a peer that goes
- * quiet turns into a CollectiveError naming the missing ranks at the deadline. Every message
- * carries a checksum of header and payload (`hash32`); a mismatch fails the step. Generation and
- * phase come from the subject; magic, version, kind, dtype, generation, sender, shard, chunk
- * index/count/offset/length from the header, all consistent with the vector length.
+ * quiet turns into a CollectiveError naming the missing ranks at the deadline
+ * (`timeout-diagnosis.ts`). Every message carries a MAC under the generation's key
+ * (`chunk-mac.ts`); what fails it, or whose header is not what this rank expects, is dropped and
+ * counted by reason (`chunk-validation.ts`), never applied and never a reason to fail the step, so
+ * what a publisher without the key sends can neither change a result nor fail a step (flooding
+ * the server is for NATS credentials to stop). Two different authentic chunks at one position fail
+ * the step (ChunkConflictError); the same one twice is ignored. Control messages (hellos, acks)
+ * carry an HMAC too.
  *
  * ## Steps
  * No barrier is needed between steps. A rank can start step s+1 only once it has the result of
@@ -63,162 +67,65 @@
  * for one future step only (at most a window a peer); messages of finished or abandoned steps are
  * dropped. The caller's input is never written (unless it asks for in-place) and the result is a
  * new array (or the array the caller gave for it), so a failed step leaves the caller's parameters
- * and other buffers as they were; error feedback residuals are committed only when a step succeeds.
+ * and other buffers as they were; error feedback residuals are committed only when a step succeeds
+ * (`error-feedback.ts`).
+ *
+ * ## Files
+ * This engine (a step's state machine: send, reduce, publish, receive, ack) uses: `allreduce-options.ts`
+ * (options, defaults, validation, chunk size and window), `start-barrier.ts` (`ready()`),
+ * `buffer-pool.ts` (message buffers), `chunk-header.ts` and `dtype.ts` (the wire layout),
+ * `chunk-mac.ts` (MACs), `chunk-validation.ts` (which chunks are used), `timeout-diagnosis.ts`,
+ * `error-feedback.ts`, `simd-kernels.ts` and `wire-codec.ts` (the numbers), `nats-receive.ts`.
  */
-import { Buffer } from 'node:buffer';
-
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 
-import { CollectiveError, errorMessage } from '../../common/errors.js';
+import { ChunkConflictError, CollectiveError, errorMessage } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import {
   ackSubject,
   allGatherSubject,
-  assertJobName,
   GradPhase,
   helloSubject,
-  parseGradSubject,
   reduceScatterSubject,
   type AckMessage,
   type HelloMessage,
 } from '../../common/subjects.js';
 import {
-  bytesPerElement,
-  CHUNK_HEADER_BYTES,
-  ChunkDtype,
-  ChunkKind,
-  chunkChecksumOk,
-  decodeChunkHeader,
-  encodeChunkHeader,
-  sealChunk,
-  type ChunkHeader,
-} from './chunk-header.js';
+  badOutput,
+  compileOptions,
+  DEFAULT_READY_TIMEOUT_MS,
+  type AllReduceHandle,
+  type AllReduceOptions,
+  type AllReduceStats,
+  type CallOptions,
+} from './allreduce-options.js';
+import { MessagePool } from './buffer-pool.js';
+import { CHUNK_HEADER_BYTES, encodeChunkHeader, type ChunkHeader } from './chunk-header.js';
+import { ChunkMac, ControlMac } from './chunk-mac.js';
+import {
+  duplicateVerdict,
+  placeChunk,
+  positionKey,
+  RejectReason,
+  screenChunk,
+  shardBounds,
+  tagOf,
+} from './chunk-validation.js';
+import { bytesPerElement, ChunkDtype, ChunkKind } from './dtype.js';
+import { ErrorFeedback } from './error-feedback.js';
 import { presizeNatsMessageBuffers, releaseReceived } from './nats-receive.js';
 import { narrowInto, sumF32Into, sumWidenedInto, widenInto } from './simd-kernels.js';
-import { Compression, wireDtype } from './wire-codec.js';
+import { StartBarrier } from './start-barrier.js';
+import { diagnoseTimeout } from './timeout-diagnosis.js';
+import { wireDtype, type Compression } from './wire-codec.js';
 
-export const DEFAULT_ALLREDUCE_TIMEOUT_MS = 60_000;
-export const DEFAULT_READY_TIMEOUT_MS = 60_000;
-/** Bound on the chunk bytes that may be on their way to one rank at any time. */
-export const DEFAULT_ALLREDUCE_INFLIGHT_BYTES = 32 * 1024 * 1024;
-/** Used when the connection does not report the server's max_payload. */
-export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
-const MAX_WINDOW_CHUNKS = 256;
-const HELLO_INTERVAL_MS = 50;
-
-export interface AllReduceOptions {
-  nc: NatsConnection;
-  /** Job name, a DNS-1123 label. */
-  job: string;
-  /** The world's generation; only this generation's messages are received. */
-  generation: number;
-  rank: number;
-  worldSize: number;
-  /** The deadline of each all-reduce, from its start. @default DEFAULT_ALLREDUCE_TIMEOUT_MS (60 s) */
-  timeoutMs?: number;
-  /** @default silentLogger */
-  logger?: Logger;
-  /**
-   * Upper bound on a chunk message (header + payload), in bytes; the server's `max_payload`
-   * (from `nc.info`) bounds it too. For tests and tuning.
-   * @default the server's max_payload
-   */
-  maxChunkBytes?: number;
-  /** Numbers on the wire (`spec.collective.compression`); sums are float32 either way. @default 'none' */
-  compression?: Compression;
-  /**
-   * With compression: carry what narrowing lost to the next step (on the sender for its pieces,
-   * on the owner for its reduced shard). @default false
-   */
-  errorFeedback?: boolean;
-  /**
-   * The first `exactPrefix` elements always travel as float32 (the chunks that hold them), e.g.
-   * counts such as [nll sum, supervised tokens, tokens] that 16 bits cannot hold. With a non-zero
-   * prefix, chunks are sized for float32. @default 0
-   */
-  exactPrefix?: number;
-  /** Chunk bytes that may be on their way to one rank (sets the window). @default DEFAULT_ALLREDUCE_INFLIGHT_BYTES */
-  inflightBytes?: number;
-  /** Chunks in flight a peer and phase; overrides `inflightBytes`. @default from inflightBytes, 2..256 */
-  windowChunks?: number;
-}
-
-/** Counters since `create`, for metrics (`polytune_allreduce_bytes_total`) and tests. */
-export interface AllReduceStats {
-  readonly steps: number;
-  readonly completedSteps: number;
-  readonly bytesSent: number;
-  readonly bytesReceived: number;
-  readonly messagesSent: number;
-  readonly messagesReceived: number;
-  readonly acksSent: number;
-  /** Chunk messages built in a buffer of an earlier message (acknowledged or flushed) rather than a new one. */
-  readonly messageBuffersReused: number;
-  /** Times sending stopped for want of credit (a full window). */
-  readonly windowStalls: number;
-  /** Messages of a finished or abandoned step (late duplicates, or after a timeout), or another generation. */
-  readonly droppedStale: number;
-  /** Messages of the next step that arrived before this rank started it (buffered, then used). */
-  readonly bufferedAhead: number;
-  /** Messages more than one step ahead. */
-  readonly droppedAhead: number;
-  /** Malformed or inconsistent messages, and duplicates. */
-  readonly droppedInvalid: number;
-  /** Messages whose checksum did not match. */
-  readonly corrupted: number;
-  /** Chunks known lost (a gap in a sender's sequence). */
-  readonly lostChunks: number;
-}
-
-/**
- * An all-reduce whose input arrives in pieces: chunks are sent (and reduced) as soon as the
- * elements they cover have been appended, so the reduction overlaps with producing the input.
- */
-export interface AllReduceHandle {
-  readonly step: number;
-  readonly length: number;
-  /** Elements appended so far. */
-  readonly appended: number;
-  /**
-   * Copies `data` to the input after what was appended before. Once the step has failed, does
-   * nothing (the failure comes from `result`).
-   * @throws RangeError when it would go beyond `length`
-   */
-  append(data: Float32Array): void;
-  /** Settles like `allReduce`; never an unhandled rejection. */
-  readonly result: Promise<Float32Array>;
-}
-
-/** Per call. */
-export interface CallOptions {
-  /**
-   * Every element travels as float32, whatever `compression`: for what must stay exact, such as a
-   * state broadcast (one rank's parameters, zeros elsewhere) or step counts. Every rank must pass
-   * the same value for a step. @default false
-   */
-  exact?: boolean;
-  /**
-   * `allReduce` and `begin` only: the array to write the result into (and resolve with), instead of
-   * a new one, e.g. the previous step's result once it has been used. A fresh array of a vector's
-   * size costs more than the reduction's arithmetic: the kernel zero-fills each of its pages on
-   * first write. Its length must be the vector's, it must not overlap the input, and it must not
-   * be read until the promise settles; after a failure it holds a mix of old values and sums.
-   * @default a new Float32Array
-   */
-  output?: Float32Array;
-}
-
-/** Checks `CallOptions.output`; undefined when it is usable. */
-function badOutput(output: Float32Array | undefined, length: number, input: Float32Array | undefined): Error | undefined {
-  if (output === undefined) return undefined;
-  if (!(output instanceof Float32Array)) return new TypeError('output: must be a Float32Array');
-  if (output.length !== length) return new RangeError(`output: has ${output.length} elements, the vector ${length}`);
-  if (input !== undefined && input.buffer === output.buffer
-    && input.byteOffset < output.byteOffset + output.byteLength && output.byteOffset < input.byteOffset + input.byteLength) {
-    return new RangeError('output: overlaps the input (use allReduceInPlace to reduce in place)');
-  }
-  return undefined;
-}
+export {
+  DEFAULT_ALLREDUCE_INFLIGHT_BYTES,
+  DEFAULT_ALLREDUCE_TIMEOUT_MS,
+  DEFAULT_MAX_PAYLOAD,
+  DEFAULT_READY_TIMEOUT_MS,
+} from './allreduce-options.js';
+export type { AllReduceHandle, AllReduceOptions, AllReduceStats, CallOptions } from './allreduce-options.js';
 
 type State = 'OPEN' | 'CLOSED';
 
@@ -265,28 +172,29 @@ interface Op {
   readonly ackedRecv: number[];
   flushing: boolean;
   flushed: boolean;
+  /** The tags of the chunks received, by position (`positionKey`), to tell a copy from a conflicting chunk. */
+  readonly tags: Map<string, string>;
 }
 
 interface Buffered {
   readonly phase: GradPhase;
   readonly header: ChunkHeader;
   readonly data: Uint8Array;
+  readonly tag: string;
 }
 
-function shardBounds(length: number, worldSize: number, shard: number): [number, number] {
-  return [Math.floor((shard * length) / worldSize), Math.floor(((shard + 1) * length) / worldSize)];
+/** Authentic messages of the one step ahead, kept until this rank starts it. */
+interface Future {
+  readonly step: number;
+  readonly messages: Map<string, Buffered>;
+  /** Two different authentic chunks at one position: the step fails as soon as it starts. */
+  conflict: ChunkConflictError | undefined;
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-/**
- * A new message buffer that the caller fills completely (header and payload): not zero-filled
- * first, which would be one more pass over every byte sent. Its own ArrayBuffer (offset 0, not
- * Node's shared pool): the message is handed to the client, which keeps it until it is written,
- * and then reused (`#allocMessage`).
- */
-function allocMessage(bytes: number): Uint8Array {
-  return Buffer.allocUnsafeSlow(bytes);
+function isPowerOfTwo(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
 }
 
 function rejectNow<T>(e: unknown): Promise<T> {
@@ -310,6 +218,9 @@ export class GradientAllReduce {
   readonly #nc: NatsConnection;
   readonly #log: Logger;
   readonly #wire: ChunkDtype;
+  readonly #mac: ChunkMac;
+  readonly #ctl: ControlMac;
+  readonly #onRejected: ((reason: RejectReason) => void) | undefined;
   readonly #subs: Subscription[] = [];
   readonly #ackEvery: number;
   #state: State = 'OPEN';
@@ -317,96 +228,71 @@ export class GradientAllReduce {
   /** The highest step started (-1: none). */
   #lastStep = -1;
   #op: Op | undefined;
-  #future: { step: number; messages: Map<string, Buffered>; corrupt: string | undefined } | undefined;
-  /** Error feedback: sender residuals (by element) and owner residuals (by element of the own shard). */
-  #res: { length: number; senderIn: Float32Array; senderOut: Float32Array; ownerIn: Float32Array; ownerOut: Float32Array } | undefined;
-  /** Start barrier. */
-  readonly #heard = new Set<number>();
-  readonly #heardMe = new Set<number>();
-  readonly #peerChunkElements = new Map<number, number>();
-  #readyDone = false;
-  #helloWaiter: (() => void) | undefined;
-  #helloError: CollectiveError | undefined;
-  #lastHelloAt = 0;
+  #future: Future | undefined;
+  /** Error feedback residuals (with compression and `errorFeedback`). */
+  #res: ErrorFeedback | undefined;
+  readonly #barrier: StartBarrier;
   #pumping = false;
   #scratch16 = new Uint16Array(0);
   /** `begin()`'s input buffer, kept for the next step of the same length. */
   #beginInput: Float32Array | undefined;
-  /** Released message buffers by byte length, for reuse (at most `#poolCap` bytes). */
-  readonly #pool = new Map<number, Uint8Array[]>();
-  #poolBytes = 0;
-  readonly #poolCap: number;
+  /** Released message buffers for reuse. */
+  readonly #pool: MessagePool;
   #stats = {
-    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0, messageBuffersReused: 0,
+    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
     windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
+    rejectedControl: 0,
   };
+  readonly #rejected: Partial<Record<RejectReason, number>> = {};
 
-  private constructor(opts: AllReduceOptions, chunkElements: number, windowChunks: number) {
+  private constructor(opts: AllReduceOptions) {
+    const c = compileOptions(opts);
     this.#nc = opts.nc;
     this.job = opts.job;
     this.generation = opts.generation;
     this.rank = opts.rank;
     this.worldSize = opts.worldSize;
-    this.timeoutMs = opts.timeoutMs ?? DEFAULT_ALLREDUCE_TIMEOUT_MS;
-    this.compression = opts.compression ?? 'none';
-    this.errorFeedback = (opts.errorFeedback ?? false) && this.compression !== 'none';
-    this.exactPrefix = opts.exactPrefix ?? 0;
+    this.timeoutMs = c.timeoutMs;
+    this.compression = c.compression;
+    this.errorFeedback = c.errorFeedback;
+    this.exactPrefix = c.exactPrefix;
     this.#wire = wireDtype(this.compression);
-    this.chunkElements = chunkElements;
-    this.windowChunks = windowChunks;
-    this.#ackEvery = Math.max(1, Math.floor(windowChunks / 2));
+    this.chunkElements = c.chunkElements;
+    this.windowChunks = c.windowChunks;
+    this.#mac = new ChunkMac(c.key);
+    this.#ctl = new ControlMac(c.key);
+    this.#onRejected = opts.onRejected;
+    this.#ackEvery = Math.max(1, Math.floor(c.windowChunks / 2));
     // What a step can have out at once: a window of pieces a peer, a window of reduced chunks
     // published and one queued, at float32's chunk size.
-    this.#poolCap = (opts.worldSize + 1) * windowChunks * (CHUNK_HEADER_BYTES + chunkElements * 4);
+    this.#pool = new MessagePool((opts.worldSize + 1) * c.windowChunks * (CHUNK_HEADER_BYTES + c.chunkElements * 4));
     this.#log = (opts.logger ?? silentLogger).child('allreduce');
+    this.#barrier = new StartBarrier(
+      { rank: this.rank, worldSize: this.worldSize, compression: this.compression, exactPrefix: this.exactPrefix },
+      (msg) => {
+        if (this.#state !== 'OPEN' || this.#nc.isClosed()) return;
+        const subject = helloSubject(this.job, this.generation);
+        this.#nc.publish(subject, this.#ctl.seal(subject, JSON.stringify(msg)));
+      },
+      () => this.chunkElements,
+    );
   }
 
-  /** Validates the options and subscribes (flushed to the server) before resolving. */
+  /** Validates the options (`compileOptions`) and subscribes (flushed to the server) before resolving. */
   static async create(opts: AllReduceOptions): Promise<GradientAllReduce> {
-    assertJobName(opts.job);
     if (!LITTLE_ENDIAN) throw new Error('the collective supports little-endian hosts only');
     presizeNatsMessageBuffers();
-    if (!Number.isSafeInteger(opts.generation) || opts.generation < 0 || opts.generation > 0xffffffff) {
-      throw new RangeError(`generation: must be an integer 0..2^32-1, got ${opts.generation}`);
-    }
-    if (!Number.isInteger(opts.worldSize) || opts.worldSize < 1 || opts.worldSize > 0xffff) {
-      throw new RangeError(`worldSize: must be an integer 1..65535, got ${opts.worldSize}`);
-    }
-    if (!Number.isInteger(opts.rank) || opts.rank < 0 || opts.rank >= opts.worldSize) {
-      throw new RangeError(`rank: must be an integer 0..${opts.worldSize - 1}, got ${opts.rank}`);
-    }
-    if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) throw new RangeError(`timeoutMs: must be > 0, got ${opts.timeoutMs}`);
-    const compression = opts.compression ?? 'none';
-    if (!Object.values(Compression).includes(compression)) {
-      throw new RangeError(`compression: must be one of ${Object.values(Compression).join(', ')}, got ${String(compression)}`);
-    }
-    if (opts.exactPrefix !== undefined && !(Number.isSafeInteger(opts.exactPrefix) && opts.exactPrefix >= 0)) {
-      throw new RangeError(`exactPrefix: must be a non-negative integer, got ${opts.exactPrefix}`);
-    }
-    if (opts.inflightBytes !== undefined && !(opts.inflightBytes > 0)) throw new RangeError(`inflightBytes: must be > 0, got ${opts.inflightBytes}`);
-    if (opts.windowChunks !== undefined && !(Number.isInteger(opts.windowChunks) && opts.windowChunks >= 1)) {
-      throw new RangeError(`windowChunks: must be an integer >= 1, got ${opts.windowChunks}`);
-    }
-    const serverMax = opts.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
-    const maxBytes = Math.min(serverMax, opts.maxChunkBytes ?? Number.POSITIVE_INFINITY);
-    const elemBytes = compression === 'none' || (opts.exactPrefix ?? 0) > 0 ? 4 : 2;
-    const chunkElements = Math.min(Math.floor((maxBytes - CHUNK_HEADER_BYTES) / elemBytes), 0xffffffff);
-    if (chunkElements < 1) {
-      throw new RangeError(`max chunk size ${maxBytes} bytes leaves no room for data after the ${CHUNK_HEADER_BYTES}-byte header`);
-    }
-    const chunkBytes = CHUNK_HEADER_BYTES + chunkElements * (compression === 'none' ? 4 : 2);
-    const peers = Math.max(1, opts.worldSize - 1);
-    const windowChunks = opts.windowChunks ?? Math.min(MAX_WINDOW_CHUNKS,
-      Math.max(2, Math.floor((opts.inflightBytes ?? DEFAULT_ALLREDUCE_INFLIGHT_BYTES) / (2 * peers * chunkBytes))));
-    const ar = new GradientAllReduce(opts, chunkElements, windowChunks);
+    const ar = new GradientAllReduce(opts);
     ar.#subscribe();
     await opts.nc.flush();
-    ar.#log.debug('created', { job: ar.job, generation: ar.generation, rank: ar.rank, worldSize: ar.worldSize, chunkElements, windowChunks });
+    ar.#log.debug('created', {
+      job: ar.job, generation: ar.generation, rank: ar.rank, worldSize: ar.worldSize, chunkElements: ar.chunkElements, windowChunks: ar.windowChunks,
+    });
     return ar;
   }
 
   get stats(): AllReduceStats {
-    return { ...this.#stats };
+    return { ...this.#stats, messageBuffersReused: this.#pool.reused, rejected: { ...this.#rejected } };
   }
 
   /**
@@ -419,34 +305,11 @@ export class GradientAllReduce {
    * @throws CollectiveError naming the ranks not heard from at the deadline, or on a mismatch
    */
   async ready(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
-    if (this.#readyDone) return;
+    if (this.#barrier.done) return;
     if (this.#state !== 'OPEN') throw new CollectiveError('ready: closed', { step: -1 });
-    const timeoutMs = options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
-    const deadline = Date.now() + timeoutMs;
-    const signal = options.signal;
-    while (!this.#barrierPassed()) {
-      if (this.#helloError) throw this.#helloError;
-      if (this.#state !== 'OPEN') throw new CollectiveError('ready: closed', { step: -1 });
-      if (signal?.aborted) throw new CollectiveError('ready: aborted', { step: -1, cause: signal.reason });
-      if (Date.now() >= deadline) {
-        const missing = this.#peers().filter((r) => !this.#heard.has(r) || !this.#heardMe.has(r));
-        throw new CollectiveError(
-          `ready: rank ${this.rank} has not exchanged hellos with ranks ${missing.join(', ')} within ${timeoutMs} ms`,
-          { step: -1, missingRanks: missing },
-        );
-      }
-      this.#sayHello();
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, Math.min(HELLO_INTERVAL_MS, Math.max(0, deadline - Date.now())));
-        function done(): void { clearTimeout(t); resolve(); }
-        this.#helloWaiter = done;
-      });
-      this.#helloWaiter = undefined;
-    }
-    if (this.#helloError) throw this.#helloError;
-    this.#readyDone = true;
-    for (const ce of this.#peerChunkElements.values()) this.chunkElements = Math.min(this.chunkElements, ce);
-    this.#sayHello(); // tell the peers we are through
+    const ce = await this.#barrier.wait(options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS, options.signal, () => this.#state === 'OPEN');
+    this.chunkElements = Math.min(this.chunkElements, ce);
+    this.#barrier.say(); // tell the peers we are through
     this.#log.debug('ready', { rank: this.rank, chunkElements: this.chunkElements });
   }
 
@@ -522,13 +385,12 @@ export class GradientAllReduce {
       const op = this.#op;
       if (op !== undefined) this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: closed`, { step: op.step }));
       this.#future = undefined;
-      this.#helloWaiter?.();
+      this.#barrier.wake();
       for (const sub of this.#subs) {
         try { sub.unsubscribe(); } catch { /* connection already closed */ }
       }
       this.#subs.length = 0;
       this.#pool.clear();
-      this.#poolBytes = 0;
       if (!this.#nc.isClosed()) {
         try { await this.#nc.flush(); } catch { /* closing anyway */ }
       }
@@ -559,20 +421,17 @@ export class GradientAllReduce {
       pieces: new Map(), reduced: 0, agQueue: [], agSent: 0,
       rsOut: Array.from({ length: n }, () => []), rsReleased: new Array<number>(n).fill(0), agOut: [], agReleased: 0, agAcked: new Array<number>(n).fill(0),
       agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
-      flushing: false, flushed: false,
+      flushing: false, flushed: false, tags: new Map(),
     };
     this.#lastStep = step;
     this.#op = op;
     this.#stats.steps++;
-    if (this.errorFeedback && this.#res?.length !== length) {
-      const [s, e] = shardBounds(length, n, this.rank);
-      this.#res = {
-        length, senderIn: new Float32Array(length), senderOut: new Float32Array(length),
-        ownerIn: new Float32Array(e - s), ownerOut: new Float32Array(e - s),
-      };
-    }
+    if (this.errorFeedback && this.#res?.length !== length) this.#res = new ErrorFeedback(length, n, this.rank);
 
-    const timer = setTimeout(() => this.#fail(op, this.#timeoutError(op)), this.timeoutMs);
+    const timer = setTimeout(() => this.#fail(op, diagnoseTimeout({
+      step: op.step, rank: this.rank, worldSize: n, timeoutMs: this.timeoutMs, windowChunks: this.windowChunks, ready: op.ready,
+      length: op.length, rsRecv: op.rsRecv, agRecv: op.agRecv, rsNext: op.rsNext, rsAcked: op.rsAcked, chunksOf: (r) => this.#chunksOf(op, r),
+    })), this.timeoutMs);
     const onAbort = (): void => this.#fail(op, new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal?.reason }));
     signal?.addEventListener('abort', onAbort, { once: true });
     const settled = promise.finally(() => {
@@ -586,12 +445,12 @@ export class GradientAllReduce {
     if (future !== undefined && future.step <= step) {
       this.#future = undefined;
       if (future.step === step) {
-        if (future.corrupt !== undefined) {
-          this.#fail(op, new CollectiveError(`all-reduce step ${step}: ${future.corrupt}`, { step }));
+        if (future.conflict !== undefined) {
+          this.#fail(op, future.conflict);
           return { op, promise: settled };
         }
         for (const b of future.messages.values()) {
-          this.#apply(op, b.phase, b.header, b.data);
+          this.#apply(op, b.phase, b.header, b.data, b.tag);
           if (op.settled) break;
         }
       } else {
@@ -683,31 +542,20 @@ export class GradientAllReduce {
     } else {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
       const res = feedback ? this.#res : undefined;
-      if (res) narrowInto(dtype, values, dst, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+      if (res) narrowInto(dtype, values, dst, ...res.sender(offset, count));
       else narrowInto(dtype, values, dst);
     }
-    sealChunk(buf);
+    this.#mac.seal(buf);
     return buf;
   }
 
-  /** A message buffer of `bytes`: a released one of that size, else a new one (see `allocMessage`). */
+  /** A message buffer of `bytes` (`MessagePool.alloc`). */
   #allocMessage(bytes: number): Uint8Array {
-    const free = this.#pool.get(bytes);
-    const buf = free?.pop();
-    if (buf !== undefined) {
-      this.#poolBytes -= bytes;
-      this.#stats.messageBuffersReused++;
-      return buf;
-    }
-    return allocMessage(bytes);
+    return this.#pool.alloc(bytes);
   }
 
   #release(buf: Uint8Array): void {
-    if (this.#poolBytes + buf.byteLength > this.#poolCap) return;
-    let free = this.#pool.get(buf.byteLength);
-    if (free === undefined) this.#pool.set(buf.byteLength, free = []);
-    free.push(buf);
-    this.#poolBytes += buf.byteLength;
+    this.#pool.release(buf);
   }
 
   /**
@@ -797,7 +645,7 @@ export class GradientAllReduce {
       let own: Uint16Array | { narrow: Float32Array } = { narrow: src };
       if (res) {
         own = this.#scratchU16(count);
-        narrowInto(dtype, src, own, res.senderIn.subarray(offset, offset + count), res.senderOut.subarray(offset, offset + count));
+        narrowInto(dtype, src, own, ...res.sender(offset, count));
       }
       const xs: Array<Uint16Array | { narrow: Float32Array }> = [];
       for (let r = 0; r < n; r++) {
@@ -818,12 +666,10 @@ export class GradientAllReduce {
       new Float32Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count).set(acc);
     } else {
       const dst = new Uint16Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count);
-      const [start] = shardBounds(op.length, n, me);
-      const at = offset - start;
-      if (res) narrowInto(dtype, acc, dst, res.ownerIn.subarray(at, at + count), res.ownerOut.subarray(at, at + count), acc);
+      if (res) narrowInto(dtype, acc, dst, ...res.owner(offset, count), acc);
       else narrowInto(dtype, acc, dst, undefined, undefined, acc);
     }
-    sealChunk(buf);
+    this.#mac.seal(buf);
     op.agQueue.push(buf);
   }
 
@@ -866,7 +712,8 @@ export class GradientAllReduce {
     }
     if (!due) return;
     const msg: AckMessage = { type: 'ack', from: this.rank, step: op.step, reduced: op.reduced, received: op.agRecv };
-    this.#nc.publish(ackSubject(this.job, this.generation, this.rank), JSON.stringify(msg));
+    const subject = ackSubject(this.job, this.generation, this.rank);
+    this.#nc.publish(subject, this.#ctl.seal(subject, JSON.stringify(msg)));
     this.#stats.acksSent++;
     op.ackedReduced = op.reduced;
     for (let r = 0; r < n; r++) op.ackedRecv[r] = op.agRecv[r]!;
@@ -892,11 +739,7 @@ export class GradientAllReduce {
     op.settled = true;
     // Flushed: the server has every message of the step, so the client holds none of them.
     this.#releaseAll(op);
-    if (this.#res) {
-      const r = this.#res;
-      [r.senderIn, r.senderOut] = [r.senderOut, r.senderIn];
-      [r.ownerIn, r.ownerOut] = [r.ownerOut, r.ownerIn];
-    }
+    this.#res?.commit();
     this.#stats.completedSteps++;
     op.resolve(op.output);
   }
@@ -908,41 +751,6 @@ export class GradientAllReduce {
     op.agQueue.length = 0;
     if (err.missingRanks.length > 0 || this.#state === 'OPEN') this.#log.warn(err.message, { step: op.step });
     op.reject(err);
-  }
-
-  #timeoutError(op: Op): CollectiveError {
-    const n = this.worldSize;
-    const missing = (counts: number[], what: (r: number) => number): { ranks: number[]; detail: string[] } => {
-      const ranks: number[] = [];
-      const detail: string[] = [];
-      for (let r = 0; r < n; r++) {
-        if (r === this.rank) continue;
-        const want = what(r);
-        if (counts[r]! < want) {
-          ranks.push(r);
-          detail.push(`${r} (${counts[r]}/${want} chunks)`);
-        }
-      }
-      return { ranks, detail };
-    };
-    const pre = `all-reduce step ${op.step} timed out after ${this.timeoutMs} ms: rank ${this.rank}`;
-    const myChunks = this.#chunksOf(op, this.rank);
-    const rs = missing(op.rsRecv, () => myChunks);
-    if (rs.ranks.length > 0) {
-      return new CollectiveError(`${pre} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`, { step: op.step, missingRanks: rs.ranks });
-    }
-    const ag = missing(op.agRecv, (r) => this.#chunksOf(op, r));
-    if (ag.ranks.length > 0) {
-      return new CollectiveError(`${pre} is missing the reduced shards of ranks ${ag.detail.join(', ')}`, { step: op.step, missingRanks: ag.ranks });
-    }
-    if (op.ready < op.length) {
-      return new CollectiveError(`${pre}: only ${op.ready} of ${op.length} input elements were appended`, { step: op.step });
-    }
-    const unacked = [];
-    for (let r = 0; r < n; r++) if (r !== this.rank && op.rsAcked[r]! < op.rsNext[r]! - this.windowChunks + 1) unacked.push(r);
-    return new CollectiveError(`${pre} while sending${unacked.length ? ` (no credit from ranks ${unacked.join(', ')})` : ''}`, {
-      step: op.step, missingRanks: unacked,
-    });
   }
 
   // --- receiving ----------------------------------------------------------------------------------
@@ -959,64 +767,36 @@ export class GradientAllReduce {
     this.#subs.push(this.#nc.subscribe(helloSubject(this.job, this.generation), { callback: (e, m) => this.#onHello(e, m) }));
   }
 
-  #peers(): number[] {
-    return Array.from({ length: this.worldSize }, (_, r) => r).filter((r) => r !== this.rank);
-  }
-
-  #barrierPassed(): boolean {
-    return this.#heard.size >= this.worldSize - 1 && this.#heardMe.size >= this.worldSize - 1;
-  }
-
-  #sayHello(): void {
-    if (this.#state !== 'OPEN' || this.#nc.isClosed()) return;
-    this.#lastHelloAt = Date.now();
-    const msg: HelloMessage = {
-      type: 'hello', from: this.rank, heard: [...this.#heard], ready: this.#readyDone, worldSize: this.worldSize,
-      compression: this.compression, exactPrefix: this.exactPrefix, chunkElements: this.chunkElements,
-    };
-    this.#nc.publish(helloSubject(this.job, this.generation), JSON.stringify(msg));
+  /** The body of an authenticated control message, parsed; undefined (and counted) when it is not one. */
+  #control<T>(msg: Msg): T | undefined {
+    let body: string | undefined;
+    try {
+      body = this.#ctl.open(msg.subject, msg.string());
+      if (body !== undefined) return JSON.parse(body) as T;
+    } catch {
+      // not JSON: dropped below
+    }
+    this.#stats.droppedInvalid++;
+    this.#stats.rejectedControl++;
+    if (isPowerOfTwo(this.#stats.rejectedControl)) {
+      this.#log.warn('dropped control messages without a valid MAC', { subject: msg.subject, count: this.#stats.rejectedControl });
+    }
+    return undefined;
   }
 
   #onHello(err: Error | null, msg: Msg): void {
     if (err !== null || this.#state !== 'OPEN') return;
-    let h: HelloMessage;
-    try {
-      h = msg.json<HelloMessage>();
-    } catch {
-      this.#stats.droppedInvalid++;
-      return;
-    }
-    if (h.type !== 'hello' || !Number.isInteger(h.from) || h.from < 0 || h.from >= this.worldSize || h.from === this.rank) return;
-    const mismatch = h.worldSize !== this.worldSize ? `world size ${h.worldSize} ≠ ${this.worldSize}`
-      : h.compression !== this.compression ? `compression ${h.compression} ≠ ${this.compression}`
-      : h.exactPrefix !== this.exactPrefix ? `exactPrefix ${h.exactPrefix} ≠ ${this.exactPrefix}` : undefined;
-    if (mismatch !== undefined) {
-      this.#helloError ??= new CollectiveError(`ready: rank ${h.from} differs from rank ${this.rank}: ${mismatch}`, { step: -1, missingRanks: [h.from] });
-      this.#helloWaiter?.();
-      return;
-    }
-    const newPeer = !this.#heard.has(h.from);
-    this.#heard.add(h.from);
-    const heard = Array.isArray(h.heard) ? h.heard : [];
-    if (heard.includes(this.rank)) this.#heardMe.add(h.from);
-    if (Number.isInteger(h.chunkElements) && h.chunkElements > 0) this.#peerChunkElements.set(h.from, h.chunkElements);
-    // A peer still waiting, or one we just heard of, gets our news (rate-limited).
-    const peerNeedsUs = h.ready !== true && (newPeer || !heard.includes(this.rank) || this.#barrierPassed());
-    if (peerNeedsUs && Date.now() - this.#lastHelloAt >= 10) this.#sayHello();
-    if (this.#barrierPassed()) this.#helloWaiter?.();
+    const h = this.#control<HelloMessage>(msg);
+    if (h === undefined || h === null || typeof h !== 'object') return;
+    this.#barrier.onHello(h, this.#state === 'OPEN' && !this.#nc.isClosed());
   }
 
   #onAck(err: Error | null, msg: Msg): void {
     if (err !== null || this.#state !== 'OPEN') return;
     const op = this.#op;
     if (op === undefined || op.settled) return;
-    let a: AckMessage;
-    try {
-      a = msg.json<AckMessage>();
-    } catch {
-      this.#stats.droppedInvalid++;
-      return;
-    }
+    const a = this.#control<AckMessage>(msg);
+    if (a === undefined || a === null || typeof a !== 'object') return;
     if (a.type !== 'ack' || a.step !== op.step || !Number.isInteger(a.from) || a.from < 0 || a.from >= this.worldSize || a.from === this.rank) return;
     if (Number.isInteger(a.reduced)) op.rsAcked[a.from] = Math.max(op.rsAcked[a.from]!, a.reduced);
     const got = Array.isArray(a.received) ? a.received[this.rank] : undefined;
@@ -1025,9 +805,23 @@ export class GradientAllReduce {
     this.#pump(op);
   }
 
-  #invalid(reason: string, msg: Msg): void {
-    this.#stats.droppedInvalid++;
-    this.#log.warn('dropped gradient message', { reason, subject: msg.subject, bytes: msg.data.byteLength });
+  /** Drops a chunk: counted by reason (stats, `onRejected`), logged at the 1st, 2nd, 4th, 8th… of a reason. */
+  #reject(reason: RejectReason, detail: string, subject: string, h?: ChunkHeader): void {
+    const n = (this.#rejected[reason] ?? 0) + 1;
+    this.#rejected[reason] = n;
+    switch (reason) {
+      case RejectReason.mac: this.#stats.corrupted++; break;
+      case RejectReason.stale: this.#stats.droppedStale++; break;
+      case RejectReason.ahead: this.#stats.droppedAhead++; break;
+      default: this.#stats.droppedInvalid++;
+    }
+    this.#onRejected?.(reason);
+    const level = reason === RejectReason.stale ? 'debug' : 'warn';
+    if (isPowerOfTwo(n)) {
+      this.#log[level]('dropped gradient chunk', {
+        reason, detail, subject, count: n, ...(h ? { step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk } : {}),
+      });
+    }
   }
 
   #onMessage(err: Error | null, msg: Msg): void {
@@ -1041,124 +835,85 @@ export class GradientAllReduce {
     this.#stats.messagesReceived++;
     this.#stats.bytesReceived += msg.data.byteLength;
 
-    const subj = parseGradSubject(msg.subject);
-    if (subj === undefined || subj.job !== this.job || subj.generation !== this.generation) {
-      this.#invalid('foreign subject', msg);
+    const screened = screenChunk(msg.subject, msg.data, this, this.#mac);
+    if (!screened.ok) {
+      this.#reject(screened.reason, screened.detail, msg.subject, screened.header);
       return;
     }
-    let h: ChunkHeader;
-    try {
-      h = decodeChunkHeader(msg.data);
-    } catch (e) {
-      this.#invalid(errorMessage(e), msg);
-      return;
-    }
-    if (h.generation !== this.generation) {
-      this.#stats.droppedStale++;
-      this.#log.debug('dropped message of another generation', { generation: h.generation, from: h.rank });
-      return;
-    }
-    if (h.rank >= this.worldSize || h.rank === this.rank) {
-      this.#invalid(`sender rank ${h.rank} not a peer`, msg);
-      return;
-    }
-    if (subj.phase === GradPhase.reduceScatter) {
-      if (h.kind !== ChunkKind.ReduceScatter || h.shard !== this.rank || subj.rank !== this.rank) {
-        this.#invalid('not a reduce-scatter chunk of this rank\'s shard', msg);
-        return;
-      }
-    } else if (h.kind !== ChunkKind.AllGather || h.shard !== h.rank || subj.rank !== h.rank) {
-      this.#invalid('not an all-gather chunk of the sender\'s shard', msg);
-      return;
-    }
-
-    if (!chunkChecksumOk(msg.data)) {
-      this.#stats.corrupted++;
-      const what = `corrupted chunk on ${msg.subject} (checksum mismatch; header says rank ${h.rank}, step ${h.step}, chunk ${h.chunk})`;
-      const from = h.rank < this.worldSize && h.rank !== this.rank ? [h.rank] : [];
-      const op = this.#op;
-      if (op !== undefined && !op.settled) {
-        this.#stats.lostChunks++;
-        this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${what}`, { step: op.step, missingRanks: from }));
-      } else if (h.step > this.#lastStep) {
-        this.#future ??= { step: h.step, messages: new Map(), corrupt: undefined };
-        if (this.#future.step === h.step) this.#future.corrupt = what;
-      }
-      this.#log.warn('corrupted gradient message', { subject: msg.subject });
-      return;
-    }
+    const { phase, header: h } = screened;
+    const tag = tagOf(msg.data);
     const op = this.#op;
     if (op !== undefined && h.step === op.step) {
       if (!op.settled) {
-        this.#apply(op, subj.phase, h, msg.data);
+        this.#apply(op, phase, h, msg.data, tag);
         // A reduce-scatter piece is kept until its chunk is reduced; an all-gather chunk is used up.
-        if (subj.phase === GradPhase.allGather) releaseReceived(msg.data);
+        if (phase === GradPhase.allGather) releaseReceived(msg.data);
         this.#pump(op);
       } else {
-        this.#stats.droppedStale++;
+        this.#reject(RejectReason.stale, `step ${h.step} is over`, msg.subject, h);
       }
       return;
     }
     if (h.step <= this.#lastStep) {
-      this.#stats.droppedStale++;
+      this.#reject(RejectReason.stale, `step ${h.step} is over (at step ${this.#lastStep})`, msg.subject, h);
       return;
     }
     // A step not started here yet: peers may be one step ahead (at most a window each).
-    this.#future ??= { step: h.step, messages: new Map(), corrupt: undefined };
+    this.#future ??= { step: h.step, messages: new Map(), conflict: undefined };
     if (this.#future.step !== h.step) {
-      this.#stats.droppedAhead++;
-      this.#log.warn('dropped message more than one step ahead', { step: h.step, buffered: this.#future.step, from: h.rank });
+      this.#reject(RejectReason.ahead, `step ${h.step} while step ${this.#future.step} is the one buffered`, msg.subject, h);
       return;
     }
-    const key = `${h.kind}:${h.rank}:${h.chunk}`;
-    if (this.#future.messages.has(key)) {
-      this.#invalid('duplicate chunk', msg);
+    const key = positionKey(phase, h);
+    const kept = this.#future.messages.get(key);
+    if (kept !== undefined) {
+      if (duplicateVerdict(kept.tag, tag) === 'identical') this.#reject(RejectReason.duplicate, 'a copy of a buffered chunk', msg.subject, h);
+      else this.#future.conflict ??= this.#conflict(h.step, h);
       return;
     }
-    this.#future.messages.set(key, { phase: subj.phase, header: h, data: new Uint8Array(msg.data) });
+    this.#future.messages.set(key, { phase, header: h, data: new Uint8Array(msg.data), tag });
     this.#stats.bufferedAhead++;
   }
 
-  /** Checks a chunk against the step and its sender's sequence, and stores its numbers. */
-  #apply(op: Op, phase: GradPhase, h: ChunkHeader, data: Uint8Array): void {
+  #conflict(step: number, h: ChunkHeader): ChunkConflictError {
+    const e = new ChunkConflictError(
+      `all-reduce step ${step}: rank ${h.rank} sent two different authentic chunks at chunk ${h.chunk} of shard ${h.shard}`
+      + ' (a holder of the generation\'s key is broken or hostile)',
+      { step, sender: h.rank },
+    );
+    this.#log.error('conflicting authentic chunks', { step, from: h.rank, shard: h.shard, chunk: h.chunk });
+    return e;
+  }
+
+  /** Checks a chunk against the step and its sender's sequence (`placeChunk`), and stores its numbers. */
+  #apply(op: Op, phase: GradPhase, h: ChunkHeader, data: Uint8Array, tag: string): void {
     if (op.settled) return;
-    if (h.totalLength !== op.length) {
-      this.#fail(op, new CollectiveError(
-        `all-reduce step ${op.step}: rank ${h.rank} reduces a vector of ${h.totalLength} elements, rank ${this.rank} one of ${op.length}`,
-        { step: op.step, missingRanks: [h.rank] },
-      ));
-      return;
-    }
-    if (h.chunkElements !== op.ce) {
-      this.#fail(op, new CollectiveError(
-        `all-reduce step ${op.step}: rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${this.rank} expects ${op.ce} (different max_payload? call ready() first)`,
-        { step: op.step, missingRanks: [h.rank] },
-      ));
-      return;
-    }
-    const drop = (reason: string): void => {
-      this.#stats.droppedInvalid++;
-      this.#log.warn('dropped gradient chunk', { reason, step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk });
-    };
-    const [start, end] = shardBounds(op.length, this.worldSize, h.shard);
-    const chunks = Math.ceil((end - start) / op.ce);
-    if (h.chunks !== chunks) return drop(`chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${op.ce}`);
-    const offset = start + h.chunk * op.ce;
-    const count = Math.min(op.ce, end - offset);
-    if (h.offset !== offset || h.count !== count) return drop(`chunk ${h.chunk} should hold elements ${offset}..${offset + count}`);
-    if (h.dtype !== this.#dtypeAt(op, offset)) return drop(`dtype ${h.dtype} where ${this.#dtypeAt(op, offset)} is expected`);
     const counts = phase === GradPhase.reduceScatter ? op.rsRecv : op.agRecv;
     const expected = counts[h.rank]!;
-    if (h.chunk < expected) return drop('duplicate chunk');
-    if (h.chunk > expected) {
-      const lost = h.chunk - expected;
-      this.#stats.lostChunks += lost;
-      this.#fail(op, new CollectiveError(
-        `all-reduce step ${op.step}: lost ${lost} chunk(s) from rank ${h.rank} (${phase === GradPhase.reduceScatter ? 'pieces of shard' : 'reduced shard'} ${h.shard}: got chunk ${h.chunk}, expected ${expected})`,
-        { step: op.step, missingRanks: [h.rank] },
-      ));
-      return;
+    const place = placeChunk(h, phase, {
+      step: op.step, length: op.length, chunkElements: op.ce, worldSize: this.worldSize, rank: this.rank,
+      dtypeAt: (offset) => this.#dtypeAt(op, offset),
+    }, expected);
+    switch (place.action) {
+      case 'fail':
+        this.#stats.lostChunks += place.lost;
+        this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${place.detail}`, { step: op.step, missingRanks: [h.rank] }));
+        return;
+      case 'drop':
+        this.#reject(place.reason, place.detail, '', h);
+        return;
+      case 'duplicate':
+        if (duplicateVerdict(op.tags.get(positionKey(phase, h)), tag) === 'identical') {
+          this.#reject(RejectReason.duplicate, 'duplicate chunk', '', h);
+        } else {
+          this.#fail(op, this.#conflict(op.step, h));
+        }
+        return;
+      case 'accept':
+        break;
     }
+    const { offset, count } = place;
+    op.tags.set(positionKey(phase, h), tag);
     const payload = data.subarray(CHUNK_HEADER_BYTES);
     if (phase === GradPhase.reduceScatter) {
       let slot = op.pieces.get(h.chunk);

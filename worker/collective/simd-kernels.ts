@@ -11,10 +11,10 @@
  * a block stays in the core's L1/L2 cache from copy-in to copy-out. Reads of a block all happen
  * before its writes, so outputs may alias inputs element for element.
  */
-import { ChunkDtype } from './chunk-header.js';
+import { ChunkDtype, type Dtype16 } from './dtype.js';
 import { SIMD_KERNELS_WASM_BASE64 } from './simd-kernels-wasm.js';
 
-export type Dtype16 = ChunkDtype.Float16 | ChunkDtype.BFloat16;
+export type { Dtype16 };
 
 interface Exports {
   memory: { readonly buffer: ArrayBuffer };
@@ -181,7 +181,8 @@ const rotl = (x: number, r: number): number => (x << r) | (x >>> (32 - r));
  *     acc = rotl(acc + word·P2, 13)·P1;
  *   - then h = the length in bytes; for each lane in order, h = rotl(h + acc·P3, 17)·P4; and
  *     xxHash32's avalanche of h (all arithmetic mod 2^32).
- * Lengths must be below 2^32.
+ * Lengths must be below 2^32. Off the wire since chunk version 4 (a keyed MAC, `chunk-mac.ts`,
+ * replaced this unkeyed checksum); kept, with its kernel, as a tested fast hash.
  */
 export function hash32(bytes: Uint8Array, zeroFrom = 0, zeroTo = 0): number {
   const n = bytes.length;

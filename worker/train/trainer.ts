@@ -39,6 +39,7 @@ import { latestValidCheckpoint, listCheckpoints, writeCheckpoint, type Checkpoin
 import { writeFinalOutputs } from './outputs.js';
 import { clipGradNorm, createOptimizer, type Optimizer } from './optimizers.js';
 import { learningRate } from './schedule.js';
+import { checkReducedHead } from './reduced-head.js';
 
 /**
  * Sums `data` over all ranks in rank order; identical on every rank. `exact` keeps the whole call in
@@ -403,6 +404,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       }
       const reduced = await handle.result;
       lastReduced = reduced;
+      checkReducedHead(reduced, { step, languages: L, maxTokens: s.training.globalBatchSize * s.data.maxSeqLen });
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens.

@@ -34,6 +34,14 @@ export interface Assignment {
    * set for every generation after the first, and for a job submitted with resume.
    */
   'resume'?: (boolean);
+  /**
+   * The collective key of this generation: 32 random bytes the coordinator makes when it forms the
+   * gang, the same for every rank, new for every generation, kept in the coordinator's memory only
+   * (never in the job store, never logged). Every gradient chunk and control message between the
+   * ranks carries a MAC under it (worker/collective/chunk-mac.ts), so a NATS client without it
+   * cannot forge or alter one. Secret: send it only over TLS.
+   */
+  'collectiveKey'?: (Buffer | Uint8Array | string);
 }
 
 export interface Assignment__Output {
@@ -66,4 +74,12 @@ export interface Assignment__Output {
    * set for every generation after the first, and for a job submitted with resume.
    */
   'resume': (boolean);
+  /**
+   * The collective key of this generation: 32 random bytes the coordinator makes when it forms the
+   * gang, the same for every rank, new for every generation, kept in the coordinator's memory only
+   * (never in the job store, never logged). Every gradient chunk and control message between the
+   * ranks carries a MAC under it (worker/collective/chunk-mac.ts), so a NATS client without it
+   * cannot forge or alter one. Secret: send it only over TLS.
+   */
+  'collectiveKey': (Buffer);
 }
