@@ -17,7 +17,9 @@ export CUDA_CACHE_PATH="${CUDA_CACHE_PATH:-/tmp/cuda-cache}" CUDA_CACHE_MAXSIZE=
 fail=0
 
 echo "== GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+# compute_cap needs a 510+ driver; older ones get the list without it.
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>/dev/null \
+  || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 echo "== 1-2. backend start and golden parity (TF32 off)"
 if ! node dist/bench/golden-check.js --backend tensorflow --golden test/golden; then
