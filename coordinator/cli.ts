@@ -8,6 +8,7 @@
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
+ *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
  *   coordinator plan SPEC.yaml [--model-config DIR|config.json] [--json]   (plan-command.ts)
  *
@@ -17,6 +18,7 @@
  * of `serve` to $POLYTUNE_NATS_URL, else nats://127.0.0.1:4222. Exit codes: 0 ok, 1 the job
  * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
  */
+import { delimiter } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
@@ -30,7 +32,8 @@ import { CoordinatorStartError } from './errors.js';
 import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
-import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
+import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator, type CoordinatorOptions } from './server.js';
 import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
@@ -38,13 +41,18 @@ const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+                    [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
                      [--dry-run]   (print the memory plan, submit nothing)
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
+  coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
   ${PLAN_USAGE}
+
+--data-root/--output-root (or $POLYTUNE_DATA_ROOTS/$POLYTUNE_OUTPUT_ROOTS, ':'-separated): job inputs
+must be under a data root and output.dir under an output root; unset, any path is allowed.
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
 
@@ -54,7 +62,7 @@ const out = (line: string): void => {
   process.stdout.write(line + '\n');
 };
 
-type Flags = Record<string, { type: 'string' | 'boolean' }>;
+type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
 
 function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
@@ -173,7 +181,10 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
 }
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, ...SERVE_SECURITY_FLAGS });
+  const { values: v } = parse(args, {
+    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' },
+    ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
   const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
@@ -184,6 +195,7 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
     natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
     logger,
     meter,
+    ...storeOptions(v),
     ...serveSecurity(v),
   });
   let metrics: MetricsServer;
@@ -260,6 +272,12 @@ async function status(args: string[]): Promise<number> {
       return 0;
     }
     const jobs = await client.list();
+    const { corruptKeys } = await client.listPage(1);
+    if (corruptKeys.length > 0) {
+      const n = corruptKeys.length;
+      const keys = corruptKeys.join(', ');
+      process.stderr.write(`warning: ${n} key(s) of the job store hold no job record and were skipped: ${keys}\n`);
+    }
     if (v.json) {
       out(JSON.stringify(jobs.map(jobJson), null, 2));
       return 0;
@@ -306,6 +324,46 @@ async function cancel(args: string[]): Promise<number> {
   }
 }
 
+/** `serve`'s flags of the job store and the files jobs may touch. */
+const STORE_FLAGS: Flags = {
+  'data-root': { type: 'string', multiple: true }, 'output-root': { type: 'string', multiple: true },
+  'retention-hours': { type: 'string' }, 'max-pending-per-client': { type: 'string' },
+};
+
+type StoreOptions = Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' | 'maxPendingPerClient'>;
+
+function storeOptions(v: Record<string, unknown>): StoreOptions {
+  const int = (flag: string, fallback: number): number => intFlag(flag, v[flag] as string | undefined, fallback, 0);
+  const dirs = (flag: string, env: string): string[] => {
+    const given = v[flag] as string[] | undefined;
+    if (given?.length) return given;
+    return (process.env[env] ?? '').split(delimiter).filter((d) => d !== '');
+  };
+  return {
+    storageRoots: {
+      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'), outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
+    },
+    retentionHours: int('retention-hours', DEFAULT_RETENTION_HOURS),
+    maxPendingPerClient: int('max-pending-per-client', DEFAULT_MAX_PENDING_PER_CLIENT),
+  };
+}
+
+async function deleteJob(args: string[]): Promise<number> {
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
+  if (v.help) return out(USAGE), 0;
+  const id = positionals[0];
+  if (id === undefined || positionals.length > 1) throw new UsageError(`delete takes one JOB\n${USAGE}`);
+  const address = (v.coordinator as string | undefined) ?? defaultCoordinatorAddress();
+  const client = new JobClient({ address, ...clientSecurity(v) });
+  try {
+    const job = await client.delete(id);
+    out(`deleted ${job.id} (${stateName(job)})`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
 async function natsAuth(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, { out: { type: 'string' } });
   if (v.help) return out(USAGE), 0;
@@ -325,6 +383,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'status': return await status(rest);
       case 'watch': return await watch(rest, signal);
       case 'cancel': return await cancel(rest);
+      case 'delete': return await deleteJob(rest);
       case 'nats-auth': return await natsAuth(rest);
       case 'plan': return await planCommand(rest);
       case undefined:

@@ -21,6 +21,32 @@ export class JobConflictError extends PolytuneError {
   }
 }
 
+/** A job that has not finished cannot be deleted (cancel it first). FAILED_PRECONDITION. */
+export class JobNotFinishedError extends PolytuneError {
+  readonly jobId: string;
+  readonly state: string;
+  constructor(jobId: string, state: string) {
+    super(`job ${jobId} is ${state}: only a finished job can be deleted `
+      + `(cancel it first: coordinator cancel ${jobId})`);
+    this.name = 'JobNotFinishedError';
+    this.jobId = jobId;
+    this.state = state;
+  }
+}
+
+/** A client has as many Pending jobs as it may have. RESOURCE_EXHAUSTED. */
+export class PendingLimitError extends PolytuneError {
+  readonly client: string;
+  readonly limit: number;
+  constructor(client: string, limit: number) {
+    super(`client ${client} already has ${limit} Pending jobs (the coordinator's --max-pending-per-client): ` +
+      'wait for some to start, or cancel some, before submitting more', { retryable: true });
+    this.name = 'PendingLimitError';
+    this.client = client;
+    this.limit = limit;
+  }
+}
+
 /** A worker stream that broke the Join protocol (e.g. did not start with Hello). */
 export class WorkerProtocolError extends PolytuneError {
   readonly workerId: string | undefined;

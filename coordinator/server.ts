@@ -23,7 +23,9 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
-import { authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, type CallAuthPolicy } from './auth.js';
+import {
+  authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy,
+} from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
@@ -37,6 +39,11 @@ import {
 } from './request-limits.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
+import {
+  checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots,
+} from './job-files.js';
+import { checkPageSize, listPage } from './list-pages.js';
+import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
 
@@ -78,6 +85,12 @@ export interface CoordinatorOptions {
   natsIssuer?: NatsCredentialIssuer;
   /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
   maxReceiveMessageBytes?: number;
+  /** Where inputs and outputs of jobs may be (job-files.ts). @default none: anywhere */
+  storageRoots?: Partial<StorageRoots>;
+  /** Finished jobs are deleted this long after they finished; 0 keeps them. @default DEFAULT_RETENTION_HOURS */
+  retentionHours?: number;
+  /** Pending jobs one client may have; 0: no limit. @default DEFAULT_MAX_PENDING_PER_CLIENT */
+  maxPendingPerClient?: number;
 }
 
 export interface Coordinator {
@@ -104,6 +117,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
+  const roots = await resolveStorageRoots(options.storageRoots ?? {});
   const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
   if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
   let nc: NatsConnection;
@@ -116,16 +130,23 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   let metrics: CoordinatorMetrics | undefined;
+  let openedStore: JobStore | undefined;
   try {
-    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
+    const storeEvents = new StoreEvents();
+    const storeOptions = { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents };
+    const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
-    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET);
+    openedStore = store;
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, {
+      logger: logger.child('ledger'), events: storeEvents,
+    });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
-    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
+    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
-      metrics, ledger,
+      metrics, ledger, retentionHours: options.retentionHours, maxPendingPerClient: options.maxPendingPerClient,
+      revalidate: (spec, jobId) => checkStoredJobFiles(spec, roots, `stored job ${jobId}`),
     });
     await scheduler.start();
 
@@ -140,7 +161,9 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
-    server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
+    server.addService(proto.JobService.service, jobHandlers({
+      store, ledger, scheduler, watches, logger, metrics, auth, roots,
+    }));
     server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
@@ -164,6 +187,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
         met.close();
         for (const w of watches) w.abort();
         reg.close();
+        store.close();
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             srv.forceShutdown();
@@ -184,6 +208,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     registry?.close();
     metrics?.close();
     await scheduler?.stop().catch(() => undefined);
+    openedStore?.close();
     await nc.close();
     throw e;
   }
@@ -197,14 +222,16 @@ interface JobHandlerDeps {
   logger: Logger;
   metrics: CoordinatorMetrics;
   auth: CallAuthPolicy;
+  roots: StorageRoots;
 }
 
-function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }: JobHandlerDeps): JobServiceHandlers {
-  const unary = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
+function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
+  const { store, ledger, scheduler, watches, logger, metrics, auth, roots } = deps;
+  const unary = <Req, Res>(name: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       Promise.resolve().then(() => {
         authorizeJobCall(auth, name, call.metadata);
-        return fn(call.request);
+        return fn(call.request, call);
       }).then(
         (res) => callback(null, res),
         (e: unknown) => {
@@ -217,29 +244,44 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
     };
 
   return {
-    Submit: unary('Submit', async (req) => {
+    Submit: unary('Submit', async (req, call) => {
       const { specYaml, sourceName } = checkSubmit(req);
       const source = sourceName || 'spec';
+      const client = clientIdentity(call.metadata, call.getPeer());
+      await scheduler.checkPendingLimit(client);
       const spec = parseAnyJobSpec(specYaml, { source });
       if (!isTrainJob(spec)) {
         // EvalJob, LayerAnalysis (common/job-kinds.ts): nothing trains; "steps" are problems / prompts.
-        const { numLayers } = await validateAnyJobSpecFiles(spec, source);
-        const record = await scheduler.submit(spec, numLayers, await computeTotalSteps(spec), false);
+        const { numLayers } = await checkJobFiles(spec, roots, () => validateAnyJobSpecFiles(spec, source), source);
+        const totalSteps = await computeTotalSteps(spec);
+        await markOutputDirs(spec);
+        const record = await scheduler.submit(spec, numLayers, totalSteps, false, client);
         return { jobId: record.id, trainableParameters: 0, totalParameters: 0 };
       }
-      const { numLayers, config } = await validateJobSpecFiles(spec, source);
+      const { numLayers, config } = await checkJobFiles(spec, roots, () => validateJobSpecFiles(spec, source), source);
       const memory = memoryFitIssues(config, spec);
       if (memory.length > 0) throw new JobSpecError(memory, source);
       const totalSteps = await computeTotalSteps(spec);
       const counts = parameterCounts(spec.spec.method, config);
-      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);
+      await markOutputDirs(spec);
+      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true, client);
       return { jobId: record.id, trainableParameters: counts.trainable, totalParameters: counts.total };
     }),
     Get: unary('Get', async (req) => {
       const id = checkJobId(req.jobId);
       return toWireJob((await store.mustGet(id)).record, await ledger.get(id));
     }),
-    List: unary('List', async () => ({ jobs: (await store.list()).map((r) => toWireJob(r)) })),
+    List: unary('List', async (req) => {
+      const pageSize = checkPageSize(req.pageSize);
+      const token = typeof req.pageToken === 'string' ? req.pageToken : '';
+      const { page, next } = listPage(await store.list(), pageSize, token);
+      return {
+        jobs: page.map((r) => toWireJob(r, undefined, { withSpec: false })),
+        nextPageToken: next,
+        corruptKeys: token ? [] : store.corruptKeys().map((k) => k.key),
+      };
+    }),
+    Delete: unary('Delete', async (req) => toWireJob(await scheduler.delete(checkJobId(req.jobId)))),
     Cancel: unary('Cancel', async (req) => {
       const jobId = checkJobId(req.jobId);
       const reason = checkReason(req.reason);

@@ -117,7 +117,7 @@ describe('proto loader', () => {
   it('finds the .proto files from the source tree and loads both services and the chunk header', () => {
     expect(protoDir()).toMatch(/proto$/);
     const v1 = loadCoordinatorProto();
-    expect(Object.keys(v1.JobService.service)).toEqual(['Submit', 'Get', 'List', 'Cancel', 'Watch']);
+    expect(Object.keys(v1.JobService.service)).toEqual(['Submit', 'Get', 'List', 'Cancel', 'Watch', 'Delete']);
     expect(Object.keys(v1.WorkerService.service)).toEqual(['Join']);
     const c = loadCollectiveProto();
     expect((c.ChunkHeader.type as { field: { name: string }[] }).field.map((f) => f.name)).toEqual(['step', 'rank', 'shard', 'chunk', 'chunks', 'offset', 'count', 'dtype']);
