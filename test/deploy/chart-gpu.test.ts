@@ -87,6 +87,19 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(pm.spec.selector.matchLabels['app.kubernetes.io/name']).toBe('nats');
   });
 
+  it('the coordinator confines spec paths to the shared volume by default, or to the storage roots given', () => {
+    const env = (objs: K8sObject[]): Record<string, string | undefined> =>
+      Object.fromEntries((pod(objs, 'Deployment', 'polytune-coordinator').containers[0]!.env ?? []).map((e) => [e.name, e.value]));
+    expect(env(defaults)).toMatchObject({ POLYTUNE_DATA_ROOTS: '/data', POLYTUNE_OUTPUT_ROOTS: '/data' });
+    const file = join(tmp, 'roots.yaml');
+    writeFileSync(file, 'storageRoots: { data: [/data, /models], output: [/runs] }\n');
+    const given = render(renderer, [...NATS_AUTH, '-f', file]);
+    expect(env(given)).toMatchObject({ POLYTUNE_DATA_ROOTS: '/data:/models', POLYTUNE_OUTPUT_ROOTS: '/runs' });
+    const none = env(render(renderer, [...NATS_AUTH, '--set', 'persistence.enabled=false']));
+    expect(none['POLYTUNE_DATA_ROOTS']).toBeUndefined();
+    expect(none['POLYTUNE_OUTPUT_ROOTS']).toBeUndefined();
+  });
+
   it('Kueue mode renders only the queue label', () => {
     const objs = render(renderer, [...NATS_AUTH, '--set', 'gangScheduling.mode=kueue', '--set', 'gangScheduling.kueue.queueName=gpu']);
     const text = JSON.stringify(objs);

@@ -157,6 +157,16 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
 {{- end -}}
 {{- end -}}
 
+{{/* The storage roots of a kind ("data" or "output"), ':'-joined: the values, else the shared volume's mountPath. */}}
+{{- define "polytune.storageRoots" -}}
+{{- $given := index .ctx.Values.storageRoots .kind -}}
+{{- if $given -}}
+{{- join ":" $given -}}
+{{- else if .ctx.Values.persistence.enabled -}}
+{{- .ctx.Values.persistence.mountPath -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "polytune.claimName" -}}
 {{- default (printf "%s-data" (include "polytune.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
