@@ -53,7 +53,7 @@ async function main(): Promise<number> {
   const { values } = parseArgs({ options: { backend: { type: 'string', default: 'tensorflow' }, golden: { type: 'string', default: 'test/golden' }, tf32: { type: 'boolean' } } });
   if (!(values.backend in BackendName)) throw new Error(`--backend ${values.backend}: expected wasm, cpu or tensorflow`);
   const t0 = performance.now();
-  await initBackend(values.backend as BackendName, { tf32: values.tf32 === true });
+  await initBackend(values.backend as BackendName, {}, { tf32: values.tf32 === true });
   const t1 = performance.now();
   tf.tidy(() => tf.matMul(tf.ones([512, 512]), tf.ones([512, 512]), false, true).dataSync());
   const t2 = performance.now();

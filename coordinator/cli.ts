@@ -2,7 +2,7 @@
 /**
  * The `coordinator` command.
  *
- *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+ *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
  *                      [--dry-run]   (plan-command.ts)
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
@@ -20,7 +20,7 @@
  */
 import { delimiter } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
+import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
@@ -33,14 +33,14 @@ import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
-import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator, type CoordinatorOptions } from './server.js';
+import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
 import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
-  coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+  coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
                     [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
                      [--dry-run]   (print the memory plan, submit nothing)
@@ -182,16 +182,20 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v } = parse(args, {
-    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' },
+    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' },
     ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
   const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
+  const listen = (v.listen as string | undefined) ?? DEFAULT_LISTEN;
+  // Metrics are served where the gRPC port is, unless told otherwise: `--listen 127.0.0.1:7070`
+  // keeps them off the network too (issue 20).
+  const metricsHost = flagOrEnv(v, 'metrics-host', 'POLYTUNE_METRICS_HOST') ?? listenHost(listen);
   // The entry point wires prom-client (STYLE.md); the coordinator records through the MetricMeter.
   const meter = new PromMeter({ logger: logger.child('metrics') });
   const coordinator = await startCoordinator({
-    listen: (v.listen as string | undefined) ?? DEFAULT_LISTEN,
+    listen,
     natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
     logger,
     meter,
@@ -200,10 +204,10 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
   });
   let metrics: MetricsServer;
   try {
-    metrics = await startMetricsServer({ meter, port: metricsPort, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics') });
+    metrics = await startMetricsServer({ meter, port: metricsPort, host: metricsHost, logger: logger.child('metrics') });
   } catch (e) {
     await coordinator.stop();
-    throw new CoordinatorStartError(`cannot serve metrics on port ${metricsPort}: ${(e as Error).message}`, { cause: e });
+    throw new CoordinatorStartError(`cannot serve metrics on ${metricsHost} port ${metricsPort}: ${(e as Error).message}`, { cause: e });
   }
   logger.info('metrics at /metrics', { url: metrics.url });
   await new Promise<void>((resolve) => {

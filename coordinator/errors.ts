@@ -57,6 +57,28 @@ export class WorkerProtocolError extends PolytuneError {
   }
 }
 
+/** A Join stream that did not send Hello in time. DEADLINE_EXCEEDED. */
+export class JoinDeadlineError extends PolytuneError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'JoinDeadlineError';
+  }
+}
+
+/**
+ * A Join under a worker id whose stream is alive (a heartbeat within the timeout, its stream
+ * open). ALREADY_EXISTS: the newcomer is refused, the connected worker keeps its job.
+ */
+export class WorkerIdInUseError extends PolytuneError {
+  readonly workerId: string;
+  constructor(workerId: string, lastSeenMsAgo: number) {
+    super(`worker id "${workerId}" is already connected (last heard from ${lastSeenMsAgo} ms ago); `
+      + 'a second worker cannot take its place until that stream is closed or misses its heartbeats', { retryable: true });
+    this.name = 'WorkerIdInUseError';
+    this.workerId = workerId;
+  }
+}
+
 /** The coordinator is stopping and does not take the request. Retryable. */
 export class CoordinatorStoppingError extends PolytuneError {
   constructor() {

@@ -5,8 +5,8 @@
 import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { JobSpecError, PolytuneError, UserError, errorMessage } from '../common/errors.js';
 import {
-  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, PendingLimitError,
-  RequestValidationError, WorkerProtocolError,
+  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, JoinDeadlineError, PendingLimitError,
+  RequestValidationError, WorkerIdInUseError, WorkerProtocolError,
 } from './errors.js';
 
 /** The status a handler answers with for `e`. Unknown errors are INTERNAL with their message. */
@@ -21,6 +21,8 @@ export function toGrpcStatus(e: unknown): Partial<StatusObject> & { code: status
   else if (e instanceof WorkerProtocolError) code = status.INVALID_ARGUMENT;
   else if (e instanceof RequestValidationError) code = status.INVALID_ARGUMENT;
   else if (e instanceof AuthenticationError) code = status.UNAUTHENTICATED;
+  else if (e instanceof WorkerIdInUseError) code = status.ALREADY_EXISTS;
+  else if (e instanceof JoinDeadlineError) code = status.DEADLINE_EXCEEDED;
   else if (e instanceof CoordinatorStoppingError) code = status.UNAVAILABLE;
   else if (e instanceof UserError) code = status.INVALID_ARGUMENT;
   else code = status.INTERNAL;

@@ -8,7 +8,7 @@
  * directory), checks the files on its own file system (`validateJobSpecFiles`) and plans the steps.
  */
 import * as grpc from '@grpc/grpc-js';
-import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage, JobSpecError, UserError } from '../common/errors.js';
 import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import { validateJobSpecFiles } from '../common/jobspec.js';
@@ -27,13 +27,15 @@ import {
   authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy,
 } from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
-import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
+import { CoordinatorStartError, JoinDeadlineError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import { parameterCounts } from '../common/trainable.js';
 import { memoryFitIssues } from '../common/memory-plan.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
+import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
+import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
 } from './request-limits.js';
@@ -46,6 +48,7 @@ import { checkPageSize, listPage } from './list-pages.js';
 import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
+import { DEFAULT_HELLO_TIMEOUT_MS, resetHttp2Stream } from './join-deadlines.js';
 
 export const DEFAULT_LISTEN = '0.0.0.0:7070';
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
@@ -77,14 +80,29 @@ export interface CoordinatorOptions {
   meter?: MetricMeter;
   /** TLS for the gRPC port; with `clientCa`, workers must present a certificate it signed. @default plaintext */
   tls?: ServerTls;
-  /** Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open) */
+  /**
+   * Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open)
+   * `workerIdFromCertificate` @default true under mutual TLS (`tls.clientCa`), else false.
+   */
   auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken' | 'workerIdFromCertificate'>;
   /** Extra options for the coordinator's own NATS connection (credentials: `authenticator`). */
   natsConnect?: Partial<ConnectionOptions>;
+  /**
+   * Use a NATS without authentication that is not on loopback (`--insecure-nats`); without it the
+   * coordinator refuses to start (nats-exposure.ts). @default false
+   */
+  insecureNats?: boolean;
   /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
   natsIssuer?: NatsCredentialIssuer;
+  /**
+   * Revokes the credentials `natsIssuer` issued when their generation ends or their worker leaves
+   * (nats-revocation.ts). @default none: they expire after their lifetime
+   */
+  natsRevocation?: NatsRevocationSettings;
   /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
   maxReceiveMessageBytes?: number;
+  /** A Join stream without Hello by then is ended (join-deadlines.ts). @default DEFAULT_HELLO_TIMEOUT_MS */
+  helloTimeoutMs?: number;
   /** Where inputs and outputs of jobs may be (job-files.ts). @default none: anywhere */
   storageRoots?: Partial<StorageRoots>;
   /** Finished jobs are deleted this long after they finished; 0 keeps them. @default DEFAULT_RETENTION_HOURS */
@@ -111,6 +129,23 @@ function splitHostPort(listen: string): { host: string; port: number } {
   return { host: listen.slice(0, i), port };
 }
 
+/** The host of a `HOST:PORT` listen address, without IPv6 brackets (`[::1]:7070` gives `::1`). */
+export function listenHost(listen: string): string {
+  return splitHostPort(listen).host.replace(/^\[(.*)\]$/, '$1');
+}
+
+/** The system-account connection that sends account updates (revocations), with the coordinator's TLS. */
+async function connectRevoker(natsUrl: string, r: NatsRevocationSettings, base: Partial<ConnectionOptions> | undefined): Promise<NatsConnection> {
+  try {
+    return await connect({
+      ...(base?.tls ? { tls: base.tls } : {}), servers: natsUrl, name: 'polytune-coordinator-revocations', maxReconnectAttempts: -1,
+      authenticator: credsAuthenticator(new TextEncoder().encode(r.systemCreds)),
+    });
+  } catch (e) {
+    throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl} as the system-account user (--nats-system-creds): ${errorMessage(e)}`, { cause: e });
+  }
+}
+
 /** Connects to NATS, recovers jobs, and serves gRPC. */
 export async function startCoordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
   const logger = options.logger ?? silentLogger;
@@ -118,8 +153,17 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
   const roots = await resolveStorageRoots(options.storageRoots ?? {});
-  const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
+  const requireWorkerCertificate = options.tls?.clientCa !== undefined;
+  // Under mutual TLS a worker's id is a name of its certificate unless turned off
+  // (--no-worker-id-from-cert): otherwise one certificate could join under any busy worker's id.
+  const auth: CallAuthPolicy = {
+    ...options.auth, requireWorkerCertificate, workerIdFromCertificate: options.auth?.workerIdFromCertificate ?? requireWorkerCertificate,
+  };
   if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
+  const natsExposure = checkNatsExposure({ natsUrl, connect: options.natsConnect, insecureNats: options.insecureNats });
+  if (natsExposure === NatsExposure.Insecure) {
+    logger.warn('NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs', { nats: natsUrl });
+  }
   let nc: NatsConnection;
   try {
     nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
@@ -130,6 +174,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   let metrics: CoordinatorMetrics | undefined;
+  let revocationNc: NatsConnection | undefined;
+  let credentials: WorkerCredentialLifecycle | undefined;
   let openedStore: JobStore | undefined;
   try {
     const storeEvents = new StoreEvents();
@@ -143,6 +189,17 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
     metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
+    if (options.natsIssuer) {
+      revocationNc = options.natsRevocation ? await connectRevoker(natsUrl, options.natsRevocation, options.natsConnect) : undefined;
+      const revoker = revocationNc && options.natsRevocation
+        ? new NatsRevoker({ nc: revocationNc, ...options.natsRevocation, logger: logger.child('revocation') }) : undefined;
+      if (!revoker) logger.warn('NATS credentials of ended generations are not revoked (no --nats-system-creds); they expire instead');
+      credentials = new WorkerCredentialLifecycle(options.natsIssuer, revoker, logger.child('credentials'));
+      const lifecycle = credentials;
+      registry.on((e) => {
+        if (e.type === 'idle' || e.type === 'lost') lifecycle.end(e.worker.id, undefined, `worker ${e.type === 'idle' ? 'idle' : `lost: ${e.reason}`}`);
+      });
+    }
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
       metrics, ledger, retentionHours: options.retentionHours, maxPendingPerClient: options.maxPendingPerClient,
@@ -164,7 +221,9 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     server.addService(proto.JobService.service, jobHandlers({
       store, ledger, scheduler, watches, logger, metrics, auth, roots,
     }));
-    server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
+    server.addService(proto.WorkerService.service, workerHandlers({
+      registry, scheduler, logger, store, auth, credentials, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+    }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
       srv.bindAsync(listen, serverCredentials(options.tls), (err, p) => (
@@ -172,7 +231,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     logger.info('coordinator listening', {
-      address, nats: natsUrl, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
+      address, nats: natsUrl, natsExposure, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
       clientToken: auth.clientToken !== undefined, workerToken: auth.workerToken !== undefined, natsCredentials: options.natsIssuer !== undefined,
     });
 
@@ -199,6 +258,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
           });
         });
         await nc.drain().catch(() => nc.close());
+        await revocationNc?.close();
       })();
       return stopped;
     };
@@ -208,6 +268,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     registry?.close();
     metrics?.close();
     await scheduler?.stop().catch(() => undefined);
+    await revocationNc?.close();
     openedStore?.close();
     await nc.close();
     throw e;
@@ -322,18 +383,21 @@ interface WorkerHandlerDeps {
   logger: Logger;
   store: JobStore;
   auth: CallAuthPolicy;
-  natsIssuer: NatsCredentialIssuer | undefined;
+  credentials: WorkerCredentialLifecycle | undefined;
+  helloTimeoutMs: number;
 }
 
 /**
  * The Join stream. Every message is checked before it reaches the registry or the scheduler:
  * - the call itself: worker token and/or verified client certificate (auth.ts);
- * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT);
+ * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT),
+ *   within `helloTimeoutMs` (else DEADLINE_EXCEEDED), under a worker id not connected already
+ *   (else ALREADY_EXISTS; join-deadlines.ts, worker-registry.ts);
  * - each later message: field types and ranges (request-limits.ts), then membership: the job is
  *   the one the worker is assigned to, at the current generation. A message that fails is not
  *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
  */
-function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }: WorkerHandlerDeps): WorkerServiceHandlers {
+function workerHandlers({ registry, scheduler, logger, store, auth, credentials, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
@@ -345,9 +409,16 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
         writes = writes.then(async () => {
           if (ended) return;
           const a = msg.assignment;
-          if (a && natsIssuer && workerId !== undefined && a.jobId) {
-            const c = await natsIssuer.issueWorker(a.jobId, workerId);
+          if (a && credentials && workerId !== undefined && a.jobId) {
+            const c = await credentials.forAssignment(workerId, a.jobId, Number(a.generation));
             msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
+          }
+          // The generation ends for this worker: its credentials stop working (the cancel goes first).
+          if (msg.cancel && credentials && workerId !== undefined) {
+            const { jobId } = msg.cancel;
+            if (!ended) call.write(msg);
+            credentials.end(workerId, jobId || undefined, `cancel: ${msg.cancel.reason ?? ''}`);
+            return;
           }
           if (!ended) call.write(msg);
         }).catch((e: unknown) => {
@@ -365,23 +436,33 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           if (ended) return;
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         },
+        isOpen: () => !ended && !call.cancelled,
       };
       const gone = (reason: string): void => {
         if (workerId !== undefined) registry.leave(workerId, link, reason);
+        clearTimeout(helloTimer);
         if (!ended) {
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         }
       };
       /** Ends the stream with the error's status (protocol violations, failed authentication). */
       const fail = (e: Error): void => {
         if (ended) return;
         ended = true;
+        clearTimeout(helloTimer);
         logger.warn('worker stream refused', { worker: workerId, error: e.message });
         if (workerId !== undefined) registry.leave(workerId, link, `refused: ${e.message}`);
         call.emit('error', toGrpcStatus(e));
+        resetHttp2Stream(call);
       };
+      const helloTimer = setTimeout(() => {
+        if (workerId === undefined) fail(new JoinDeadlineError(`no Hello within ${helloTimeoutMs} ms of the Join call`));
+      }, helloTimeoutMs);
+      helloTimer.unref();
       const refuse = (message: string, error: string, jobId = '', generation = 0): void => {
         logger.warn('worker message refused', { worker: workerId, message, error });
         link.send({ refusal: { message, error, jobId, generation } });
@@ -415,13 +496,15 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           }
           try {
             authorizeWorkerId(auth, hello.workerId, peerCertificateNames(call));
+            // Refused (WorkerIdInUseError) while a live stream holds this id; the ack follows the join.
+            registry.join(hello, link);
           } catch (e) {
             fail(e as Error);
             return;
           }
+          clearTimeout(helloTimer);
           workerId = hello.workerId;
           link.send({ ack: { workerId } });
-          registry.join(hello, link);
           return;
         }
         const wid = workerId;

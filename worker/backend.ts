@@ -6,6 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from '../common/errors.js';
 import { loadTensorflowBackend, type BackendInfo, type TensorflowOptions } from './backend-tensorflow.js';
 import './model/gradients.js';
+import { setupNativeKernels, type NativeOptions, type NativeStatus } from './native/index.js';
 
 export const BackendName = { wasm: 'wasm', cpu: 'cpu', tensorflow: 'tensorflow' } as const;
 export type BackendName = keyof typeof BackendName;
@@ -13,14 +14,24 @@ export type BackendName = keyof typeof BackendName;
 /** @default 'wasm' */
 export const DEFAULT_BACKEND: BackendName = 'wasm';
 
+let lastNativeStatus: NativeStatus | undefined;
 let tensorflowInfo: BackendInfo | undefined;
+
+/** Which product kernels the last `initBackend('wasm')` left in (undefined before one). */
+export function nativeStatus(): NativeStatus | undefined {
+  return lastNativeStatus;
+}
 
 /**
  * Registers and activates a backend; returns the name tfjs reports as active.
  * `tensorflow` uses `@tensorflow/tfjs-node-gpu`, else `@tensorflow/tfjs-node`, on a GPU unless
- * `options.allowCpu`, with TF32 as `options.tf32` (backend-tensorflow.ts).
+ * `tensorflow.allowCpu`, with TF32 as `tensorflow.tf32` (backend-tensorflow.ts).
+ * On wasm, the products run in OpenBLAS when the native addon loads (worker/native), unless
+ * `native.enabled` is false.
  */
-export async function initBackend(name: BackendName = DEFAULT_BACKEND, options: TensorflowOptions = {}): Promise<string> {
+export async function initBackend(
+  name: BackendName = DEFAULT_BACKEND, native: NativeOptions = {}, tensorflow: TensorflowOptions = {},
+): Promise<string> {
   switch (name) {
     case 'wasm':
       await import('@tensorflow/tfjs-backend-wasm');
@@ -29,7 +40,7 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND, options: 
       await import('@tensorflow/tfjs-backend-cpu');
       break;
     case 'tensorflow':
-      tensorflowInfo = await loadTensorflowBackend(options);
+      tensorflowInfo = await loadTensorflowBackend(tensorflow);
       break;
     default: {
       const never: never = name;
@@ -39,7 +50,11 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND, options: 
   const ok = await tf.setBackend(name);
   if (!ok) throw new UserError(`backend ${name}: failed to initialise`);
   await tf.ready();
-  if (name === 'wasm') shareIdentityOnWasm();
+  lastNativeStatus = undefined;
+  if (name === 'wasm') {
+    shareIdentityOnWasm();
+    lastNativeStatus = setupNativeKernels(native);
+  }
   return tf.getBackend();
 }
 

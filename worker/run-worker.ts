@@ -16,11 +16,12 @@ import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.j
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
-import { backendInfo, initBackend, type BackendName } from './backend.js';
+import { backendInfo, initBackend, nativeStatus, type BackendName } from './backend.js';
 import { checkTf32, type TensorflowOptions } from './backend-tensorflow.js';
 import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
+import type { NativeOptions } from './native/index.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
 import { releaseHolder, train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
@@ -32,6 +33,8 @@ export interface WorkerOptions {
   readonly nats: string | undefined;
   /** @default 'wasm' */
   readonly backend: BackendName;
+  /** The wasm backend's OpenBLAS products (`--no-native`, `--threads`). @default on when built, 1 thread */
+  readonly native?: NativeOptions;
   /** `tensorflow` only: run without a GPU, TF32 (worker/backend-tensorflow.ts). @default both off */
   readonly backendOptions?: TensorflowOptions;
   readonly workerId: string;
@@ -46,14 +49,22 @@ export interface WorkerOptions {
   readonly natsTls?: NatsTls;
 }
 
+/** Which kernels run the products, for the log line: `openblas (1 thread)` or `xnnpack`. */
+function productKernelsField(): { products?: string } {
+  const s = nativeStatus();
+  if (!s) return {};
+  if (s.kernels === 'xnnpack') return { products: 'xnnpack' };
+  return { products: `openblas (${s.threads} thread${s.threads === 1 ? '' : 's'})` };
+}
+
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const log = options.logger;
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
-  const backend = await initBackend(options.backend, options.backendOptions);
+  const backend = await initBackend(options.backend, { ...options.native, logger: log }, options.backendOptions);
   const device = backendInfo();
-  log.info('backend ready', { ...device });
+  log.info('backend ready', { ...device, ...productKernelsField() });
   metrics.backend(device);
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,

@@ -1,15 +1,19 @@
 /**
  * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
- * HF's modeling_llama.py (scripts/make-golden.py), on the wasm and cpu backends and on the path tfjs-node
- * takes (test/helpers/backends.ts).
+ * HF's modeling_llama.py (scripts/make-golden.py), on the wasm backend with its products in OpenBLAS
+ * (worker/native) and in XNNPACK, on the cpu backend, and on the path tfjs-node takes (a stand-in:
+ * test/helpers/backends.ts).
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../../../worker/backend.js';
+import { addonPath, loadAddon } from '../../../worker/native/addon.js';
+import { nativeKernelsActive } from '../../../worker/native/index.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
-import { MODEL_BACKENDS, useBackend } from '../../helpers/backends.js';
+import { NATIVE_PATH_STANDIN, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear', 'llama-gqa-bf16-sharded', 'llama-dynamic'];
@@ -33,9 +37,19 @@ interface Golden {
   grads: string[];
 }
 
-const CASES = MODEL_BACKENDS.flatMap((backend) => MODELS.map((name) => [backend, name] as const));
+/** Each backend, and on wasm each set of product kernels. */
+const KERNEL_SETS = [
+  { label: 'wasm+openblas', backend: 'wasm', native: true },
+  { label: 'wasm+xnnpack', backend: 'wasm', native: false },
+  { label: 'cpu', backend: 'cpu', native: false },
+  { label: NATIVE_PATH_STANDIN, backend: NATIVE_PATH_STANDIN, native: false },
+] as const;
+const nativeLoad = loadAddon(addonPath());
+if (!nativeLoad.ok) process.stderr.write(`golden: skipping wasm+openblas: ${nativeLoad.reason}\n`);
+const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok)
+  .flatMap((k) => MODELS.map((name) => [k.label, name, k] as const));
 
-describe.each(CASES)('golden %s %s', (backend, name) => {
+describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
   const dir = join(GOLDEN, name);
   let golden: Golden;
   let expected: Map<string, Float32Array>;
@@ -44,7 +58,9 @@ describe.each(CASES)('golden %s %s', (backend, name) => {
   let labels: tf.Tensor2D;
 
   beforeAll(async () => {
-    await useBackend(backend);
+    if (backend === NATIVE_PATH_STANDIN) await useBackend(backend);
+    else await initBackend(backend, { enabled: native });
+    expect(nativeKernelsActive()).toBe(native);
     golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
     expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
     model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });
