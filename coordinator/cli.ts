@@ -24,7 +24,7 @@ import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
-import { describeTrainable } from '../common/trainable.js';
+import { jobKindOf } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
@@ -99,6 +99,7 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
     lossByLanguage: job.lossByLanguage ?? {},
+    ...(job.stageCount > 0 ? { stage: { index: job.stageIndex, count: job.stageCount, name: job.stageName, text: stageText(job) } } : {}),
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
     ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
     ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
@@ -107,8 +108,14 @@ function jobJson(job: Job__Output): Record<string, unknown> {
 
 const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : String(x));
 
+/** `stage 2/3 (answers)` for a job of several stages; undefined for a job of one. */
+function stageText(job: Pick<Job__Output, 'stageIndex' | 'stageCount' | 'stageName'>): string | undefined {
+  return job.stageCount > 0 ? `stage ${job.stageIndex + 1}/${job.stageCount} (${job.stageName})` : undefined;
+}
+
 function progressLine(job: Job__Output): string {
-  const parts = [`step ${job.step}/${job.totalSteps}`];
+  const stage = stageText(job);
+  const parts = [...(stage ? [stage] : []), `step ${job.step}/${job.totalSteps}`];
   if (job.hasLoss) parts.push(`loss ${fmtLoss(job.lastLoss)}`);
   parts.push(`${Math.round(job.tokensPerSecond)} tok/s`, `elapsed ${job.elapsedSeconds.toFixed(1)}s`);
   const byLanguage = Object.entries(job.lossByLanguage ?? {}).sort(([a], [b]) => a.localeCompare(b));
@@ -118,7 +125,10 @@ function progressLine(job: Job__Output): string {
 
 function stateLine(job: Job__Output): string {
   const s = stateName(job);
-  const extra = s === 'Running' ? ` (generation ${job.generation}, workers ${job.workers.join(', ')})` : job.error ? `: ${job.error}` : '';
+  const stage = stageText(job);
+  const extra = s === 'Running'
+    ? ` (${stage ? `${stage}, ` : ''}generation ${job.generation}, workers ${job.workers.join(', ')})`
+    : job.error ? `: ${job.error}` : '';
   return `[${job.id}] ${s}${extra}`;
 }
 
@@ -133,6 +143,8 @@ function summary(job: Job__Output): string[] {
   const seconds = job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds;
   const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
+  const stage = stageText(job);
+  if (stage) lines.push(`  ${stage}`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
   if (job.evalJson) lines.push(...evalLines(job.evalJson));
@@ -248,9 +260,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
     const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(spec.kind === 'TrainJob'
-      ? `submitted ${jobId}: ${spec.spec.method.name} trains ${describeTrainable({ trainable: counts.trainableParameters, total: counts.totalParameters })}`
-      : `submitted ${jobId}: ${spec.kind}`);
+    out(`submitted ${jobId}: ${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
     return await follow(client, jobId, signal, crashed);
@@ -290,8 +300,9 @@ async function status(args: string[]): Promise<number> {
       out('no jobs');
       return 0;
     }
-    const rows = [['JOB', 'STATE', 'STEP', 'LOSS', 'WORKERS'], ...jobs.map((j) => [
-      j.id, stateName(j), `${j.step}/${j.totalSteps}`, j.hasLoss ? fmtLoss(j.lastLoss) : '-', String(j.workers.length),
+    const rows = [['JOB', 'STATE', 'STAGE', 'STEP', 'LOSS', 'WORKERS'], ...jobs.map((j) => [
+      j.id, stateName(j), j.stageCount > 0 ? `${j.stageIndex + 1}/${j.stageCount} ${j.stageName}` : '-', `${j.step}/${j.totalSteps}`,
+      j.hasLoss ? fmtLoss(j.lastLoss) : '-', String(j.workers.length),
     ])];
     const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
     for (const r of rows) out(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());

@@ -15,7 +15,9 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ExitCode, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
-import { isTrainJob, type AnyJobSpec } from '../common/job-kinds.js';
+import type { AnyJobSpec } from '../common/job-kinds.js';
+import type { JobSpec } from '../common/jobspec.js';
+import { isStaged, stageJobSpec } from '../common/stages.js';
 import { formatMemoryPlan, memoryFitIssues, planMemory } from '../common/memory-plan.js';
 import { parseLlamaConfig, readLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { readSpecFile } from './client.js';
@@ -63,19 +65,26 @@ async function configBesideSpec(spec: AnyJobSpec, specFile: string | undefined):
 
 /** Prints the plan of a parsed spec; the exit code says whether it fits the devices it states. */
 export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: string; json?: boolean; specFile?: string } = {}): Promise<number> {
-  if (!isTrainJob(spec)) {
+  if (spec.kind !== 'TrainJob') {
     out(`${spec.kind}: nothing trains; a worker holds the float32 model (see the TrainJob plan for its size)`);
     return ExitCode.ok;
   }
   const beside = options.modelConfig === undefined ? await configBesideSpec(spec, options.specFile) : undefined;
   if (beside && !options.json) out(`model: ${beside} (${spec.spec.model.path} is not on this machine)`);
   const config = await modelConfig(spec, options.modelConfig ?? beside);
-  const plan = planMemory(config, spec);
-  const issues = memoryFitIssues(config, spec);
-  if (options.json) out(JSON.stringify({ plan, issues }, null, 2));
+  // Each stage of a staged job has its own method and training: a plan each (the same model shapes).
+  const jobs: Array<{ name?: string; job: JobSpec }> = isStaged(spec)
+    ? spec.spec.stages.map((st, i) => ({ name: st.name, job: stageJobSpec(spec, i) }))
+    : [{ job: spec }];
+  const plans = jobs.map(({ name, job }) => ({ name, plan: planMemory(config, job), issues: memoryFitIssues(config, job) }));
+  const issues = plans.flatMap((p) => p.issues);
+  if (options.json) out(JSON.stringify(plans.length === 1 ? { plan: plans[0]!.plan, issues } : { stages: plans, issues }, null, 2));
   else {
-    for (const line of formatMemoryPlan(plan, spec.spec.workers)) out(line);
-    for (const i of issues) out(`${i.path}: ${i.message}`);
+    for (const p of plans) {
+      if (p.name !== undefined) out(`stage ${p.name}:`);
+      for (const line of formatMemoryPlan(p.plan, spec.spec.workers)) out(line);
+      for (const i of p.issues) out(`${i.path}: ${i.message}`);
+    }
   }
   return issues.length > 0 ? ExitCode.failure : ExitCode.ok;
 }

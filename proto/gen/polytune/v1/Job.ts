@@ -55,6 +55,13 @@ export interface Job {
    * The latest evaluation table (worker/eval/evaluate.ts EvalReport) as JSON; empty before one.
    */
   'evalJson'?: (string);
+  /**
+   * A job of several stages: the stage it is in (0-based) of stage_count, and its name, as the last
+   * progress said; stage_count 0 for a job of one stage.
+   */
+  'stageIndex'?: (number);
+  'stageCount'?: (number);
+  'stageName'?: (string);
 }
 
 export interface Job__Output {
@@ -107,4 +114,11 @@ export interface Job__Output {
    * The latest evaluation table (worker/eval/evaluate.ts EvalReport) as JSON; empty before one.
    */
   'evalJson': (string);
+  /**
+   * A job of several stages: the stage it is in (0-based) of stage_count, and its name, as the last
+   * progress said; stage_count 0 for a job of one stage.
+   */
+  'stageIndex': (number);
+  'stageCount': (number);
+  'stageName': (string);
 }
