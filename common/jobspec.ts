@@ -89,6 +89,18 @@ export const trainingSchema = z.strictObject({
    * forward pass a step. The same gradients, bit for bit.
    */
   gradientCheckpointing: z.boolean().default(false),
+  /**
+   * TF32 matmuls on Ampere and newer GPUs (`NVIDIA_TF32_OVERRIDE`, worker --tf32): faster,
+   * ~1e-3 relative error. As HF's `tf32`.
+   */
+  tf32: z.boolean().default(false),
+});
+
+/** A TrainJob's workers: their count, and the memory each has (common/memory-plan.ts refuses what cannot fit). */
+export const trainWorkersSchema = workersSchema.extend({
+  /** Memory of each worker's GPU and of its process on the host, in GiB. */
+  gpuMemoryGiB: positiveAtMost(4096).optional(),
+  hostMemoryGiB: positiveAtMost(65536).optional(),
 });
 
 export const specSchema = z.strictObject({
@@ -100,7 +112,7 @@ export const specSchema = z.strictObject({
     method: methodSchema,
     data: dataSchema,
     training: trainingSchema,
-    workers: workersSchema,
+    workers: trainWorkersSchema,
     collective: z.strictObject({
       compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
       /**

@@ -4,11 +4,13 @@
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+ *                      [--dry-run]   (plan-command.ts)
  *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
+ *   coordinator plan SPEC.yaml [--model-config DIR|config.json] [--json]   (plan-command.ts)
  *
  * Security flags and their env vars: cli-security.ts.
  *
@@ -32,6 +34,7 @@ import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
+import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
@@ -40,11 +43,13 @@ const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
                     [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+                     [--dry-run]   (print the memory plan, submit nothing)
   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
+  ${PLAN_USAGE}
 
 --data-root/--output-root (or $POLYTUNE_DATA_ROOTS/$POLYTUNE_OUTPUT_ROOTS, ':'-separated): job inputs
 must be under a data root and output.dir under an output root; unset, any path is allowed.
@@ -229,13 +234,14 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
     coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
+    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
   if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
   // Fast, local errors with field paths before anything starts.
   const spec = await readSpecFile(file);
+  if (v['dry-run']) return printPlan(spec, { specFile: file });
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
@@ -394,6 +400,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'cancel': return await cancel(rest);
       case 'delete': return await deleteJob(rest);
       case 'nats-auth': return await natsAuth(rest);
+      case 'plan': return await planCommand(rest);
       case undefined:
       case 'help':
       case '--help':

@@ -16,7 +16,9 @@ import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.j
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
-import { initBackend, nativeStatus, type BackendName } from './backend.js';
+import { backendInfo, initBackend, nativeStatus, type BackendName } from './backend.js';
+import { checkTf32, type TensorflowOptions } from './backend-tensorflow.js';
+import { isStaged } from '../common/stages.js';
 import { GradientAllReduce } from './collective/index.js';
 import { jobKindOf } from '../common/job-kinds.js';
 import { runJobKind, type KindContext } from './job-kinds.js';
@@ -35,6 +37,8 @@ export interface WorkerOptions {
   readonly backend: BackendName;
   /** The wasm backend's OpenBLAS products (`--no-native`, `--threads`). @default on when built, 1 thread */
   readonly native?: NativeOptions;
+  /** `tensorflow` only: run without a GPU, TF32 (worker/backend-tensorflow.ts). @default both off */
+  readonly backendOptions?: TensorflowOptions;
   readonly workerId: string;
   readonly logger: Logger;
   readonly signal: AbortSignal;
@@ -60,8 +64,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
-  const backend = await initBackend(options.backend, { ...options.native, logger: log });
-  log.info('backend ready', { backend, ...productKernelsField() });
+  const backend = await initBackend(options.backend, { ...options.native, logger: log }, options.backendOptions);
+  const device = backendInfo();
+  log.info('backend ready', { ...device, ...productKernelsField() });
+  metrics.backend(device);
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,
     hello: {
@@ -155,6 +161,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           jlog.debug('step', { step: at.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, ...(at.stage ? { stage: at.stage.name } : {}) });
         },
       };
+      // TF32 is fixed when TensorFlow loads: a TrainJob (each stage) must ask for this worker's setting.
+      if (a.spec.kind === 'TrainJob') {
+        for (const t of isStaged(a.spec) ? a.spec.spec.stages.map((st) => st.training) : [a.spec.spec.training]) checkTf32(device, t.tf32);
+      }
       const r = await runJobKind(a.spec, kindCtx);
       jlog.info('job done', {
         kind: a.spec.kind, steps: r.steps, firstLoss: r.firstLoss, finalLoss: r.finalLoss, seconds: (performance.now() - started) / 1000,

@@ -19,12 +19,14 @@
  * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
+ * | `polytune_worker_backend_info` | gauge, always 1: what the worker computes on (worker/backend-tensorflow.ts) | backend, device, tf32, cuda, cudnn |
  *
  * Loss: the global batch's with `language="all"`, and each language's from the report's
  * `lossByLanguage`.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
+import type { BackendInfo } from './backend-tensorflow.js';
 import type { RejectReason } from './collective/index.js';
 import type { EvalReport } from './eval/report.js';
 import type { StagePosition } from './kind-context.js';
@@ -53,6 +55,8 @@ export interface WorkerMetrics {
   rejectedChunk(jobId: string, reason: RejectReason): void;
   /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
   jobEnded(jobId: string): void;
+  /** What the worker computes on, once at start. */
+  backend(info: BackendInfo): void;
 }
 
 export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
@@ -108,7 +112,14 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
   const languages = new Map<string, Set<string>>();
   const stages = new Map<string, string>();
 
+  const backendGauge = meter.gauge({
+    name: 'polytune_worker_backend_info', help: 'What the worker computes on (always 1): backend, device (gpu or cpu), TF32, CUDA and cuDNN versions.',
+    labelNames: ['backend', 'device', 'tf32', 'cuda', 'cudnn'],
+  });
   return {
+    backend(info) {
+      backendGauge.set({ backend: info.backend, device: info.device, tf32: info.tf32, cuda: info.cuda, cudnn: info.cudnn }, 1);
+    },
     step(jobId, r) {
       const job = { job_id: jobId };
       stepDuration.observe(job, r.stepSeconds);

@@ -4,6 +4,8 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
+import { fitsDevice, formatMemoryPlan, memoryFitIssues, planMemory } from '../../common/memory-plan.js';
+import { parseLlamaConfig } from '../../common/model-config.js';
 import { isStaged, stageJobSpec } from '../../common/stages.js';
 
 const CONFIGS = resolve(import.meta.dirname, '../../configs');
@@ -20,6 +22,27 @@ describe('configs/', () => {
     expect(s.data.maxSeqLen).toBe(1024);
     expect(s.data.template).toBe('slam');
     expect(new Set(s.data.train.map((d) => d.language))).toEqual(new Set(['bn', 'th', 'sw', 'ja', 'zh', 'de', 'fr', 'ru', 'es', 'en']));
+  });
+});
+
+describe('paper configs: memory', () => {
+  it.each([
+    ['slam-metamath-7b.yaml', 'MetaMath-7B-V1.0'],
+    ['slam-metamath-13b.yaml', 'MetaMath-13B-V1.0'],
+  ])('%s fits an 80 GiB GPU with the margin, checkpointing on, and its comments are the plan', (file, model) => {
+    const text = readFileSync(join(CONFIGS, file), 'utf8');
+    const spec = parseJobSpec(text, { baseDir: CONFIGS });
+    expect(spec.spec.model.path).toBe(`/models/${model}`);
+    const config = parseLlamaConfig(JSON.parse(readFileSync(join(CONFIGS, 'models', model, 'config.json'), 'utf8')));
+    const plan = planMemory(config, spec);
+    expect(spec.spec.training.gradientCheckpointing).toBe(true);
+    expect(spec.spec.workers.gpuMemoryGiB).toBe(80);
+    expect(fitsDevice(plan.gpu.peak, 80)).toBe(true);
+    expect(memoryFitIssues(config, spec)).toEqual([]);
+    // Without checkpointing the same settings would not fit: the reason it is on.
+    expect(fitsDevice(planMemory(config, spec, { gradientCheckpointing: false }).gpu.peak, 80)).toBe(false);
+    const comment = formatMemoryPlan(plan, spec.spec.workers).map((l) => `#   ${l}`.trimEnd()).join('\n');
+    expect(text).toContain(comment);
   });
 });
 
