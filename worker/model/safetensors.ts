@@ -10,6 +10,7 @@
 import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelLoadError } from '../../common/errors.js';
+import { f16ToF32Table, f32BitsToBf16, f32BitsToF16 } from '../float16.js';
 
 export const FloatDtype = { F32: 'F32', F16: 'F16', BF16: 'BF16' } as const;
 export type FloatDtype = keyof typeof FloatDtype;
@@ -155,28 +156,9 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
 // ---------------------------------------------------------------------------------------------
 // Float conversions.
 
-let f16Table: Float32Array | undefined;
-
-/** All 65536 half-precision values as float32, built on first use (256 KB). */
-function halfTable(): Float32Array {
-  if (f16Table) return f16Table;
-  const t = new Float32Array(65536);
-  const bits = new Uint32Array(t.buffer);
-  for (let h = 0; h < 65536; h++) {
-    const sign = (h & 0x8000) << 16;
-    const exp = (h >> 10) & 0x1f;
-    const mant = h & 0x3ff;
-    if (exp === 0x1f) bits[h] = sign | 0x7f800000 | (mant << 13); // inf / NaN
-    else if (exp !== 0) bits[h] = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-    else t[h] = (sign ? -1 : 1) * mant * 2 ** -24; // zero and subnormals
-  }
-  f16Table = t;
-  return t;
-}
-
 /** Widens IEEE half-precision bit patterns to float32. */
 export function f16ToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
-  const t = halfTable();
+  const t = f16ToF32Table();
   for (let i = 0; i < src.length; i++) out[i] = t[src[i]!]!;
   return out;
 }
@@ -191,42 +173,8 @@ export function bf16ToF32(src: Uint16Array, out = new Float32Array(src.length)):
 /** Narrows float32 to bfloat16 with round-to-nearest-even; NaN stays a (quiet) NaN. */
 export function f32ToBf16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
   const s = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  for (let i = 0; i < s.length; i++) {
-    const x = s[i]!;
-    if ((x & 0x7fffffff) > 0x7f800000) {
-      out[i] = (x >>> 16) | 0x40;
-      continue;
-    }
-    // Add 0x7fff plus the lowest kept bit: ties round to the even neighbour, carries may
-    // overflow into the exponent (and up to infinity), which is the correct rounding.
-    out[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-  }
+  for (let i = 0; i < s.length; i++) out[i] = f32BitsToBf16(s[i]!);
   return out;
-}
-
-/** Narrows one float32 bit pattern to IEEE half with round-to-nearest-even. */
-function f32BitsToF16(x: number): number {
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0); // inf or quiet NaN
-  const e = exp - 127 + 15; // the half exponent field, if the value were normal in half
-  if (e >= 0x1f) return sign | 0x7c00; // overflow to infinity
-  if (e <= 0) {
-    // Half subnormal (or zero): value = m * 2^-24 with m = (1.mant * 2^23) >> (14 - e).
-    if (e < -10) return sign; // below half the smallest subnormal: rounds to zero
-    const m24 = mant | 0x800000;
-    const shift = 14 - e; // 14..24
-    const halfway = 1 << (shift - 1);
-    const rem = m24 & ((1 << shift) - 1);
-    let m = m24 >>> shift;
-    if (rem > halfway || (rem === halfway && (m & 1) === 1)) m++; // may become 0x400: smallest normal, correctly encoded
-    return sign | m;
-  }
-  let h = sign | (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++; // a carry into the exponent is correct, up to inf
-  return h;
 }
 
 /** Narrows float32 to IEEE half-precision with round-to-nearest-even, subnormals and infinities. */
