@@ -25,6 +25,7 @@ import { isTerminal, JobState } from './job-record.js';
 import type { JobStore } from './job-store.js';
 import type { StoreEvents } from './store-events.js';
 import { WorkerStatus, type WorkerRegistry } from './worker-registry.js';
+import { KvBucket } from '../common/subjects.js';
 
 /** What the scheduler records (scheduler.ts calls these; `noopSchedulerMetrics` by default). */
 export interface SchedulerMetrics {
@@ -113,7 +114,7 @@ export function createCoordinatorMetrics(
     help: 'Values the coordinator wrote that were changed or deleted by someone else (it restored its own).',
     labelNames: ['bucket', 'kind'],
   });
-  tampering.inc({ bucket: 'polytune_jobs', kind: 'rewritten' }, 0);
+  tampering.inc({ bucket: KvBucket.jobs, kind: 'rewritten' }, 0);
   const unwatchStore = sources.storeEvents?.on((e) => {
     if (e.type === 'bad-value') badValues.inc({ bucket: e.bucket, reason: e.reason });
     else tampering.inc({ bucket: e.bucket, kind: e.kind });

@@ -26,8 +26,8 @@ import { JobConflictError, JobNotFoundError } from './errors.js';
 import { isTerminal, JobState, parseStoredRecord, type JobRecord } from './job-record.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { BadValueReason, StoreEvents, TamperKind } from './store-events.js';
+import { KvBucket } from '../common/subjects.js';
 
-export const JOBS_BUCKET = 'polytune_jobs';
 /** @default 5 revisions kept per job (JetStream allows 1..64; we use 1..5). */
 export const DEFAULT_JOBS_HISTORY = 5;
 /** @default 20 attempts of a compare-and-set before `JobConflictError`. */
@@ -36,7 +36,7 @@ export const DEFAULT_UPDATE_ATTEMPTS = 20;
 const OWN_REVISIONS_KEPT = 32;
 
 export interface JobStoreOptions {
-  /** @default JOBS_BUCKET */
+  /** @default KvBucket.jobs */
   bucket?: string;
   /** Revisions kept per key, 1..5. @default DEFAULT_JOBS_HISTORY */
   history?: number;
@@ -93,7 +93,7 @@ export class JobStore {
   static async open(nc: NatsConnection, options: JobStoreOptions = {}): Promise<JobStore> {
     const history = options.history ?? DEFAULT_JOBS_HISTORY;
     if (!Number.isInteger(history) || history < 1 || history > 5) throw new RangeError(`history must be 1..5, got ${history}`);
-    const bucket = options.bucket ?? JOBS_BUCKET;
+    const bucket = options.bucket ?? KvBucket.jobs;
     const kv = await new Kvm(nc).create(bucket, { history });
     const store = new JobStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
     await store.adopt();

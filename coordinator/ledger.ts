@@ -19,8 +19,8 @@ import { z } from 'zod';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { BadValueReason, StoreEvents, TamperKind } from './store-events.js';
+import { KvBucket } from '../common/subjects.js';
 
-export const LEDGER_BUCKET = 'polytune_ledger';
 
 /** Steps [from, to) run by one generation. */
 export interface StepRange {
@@ -127,7 +127,7 @@ export class LedgerStore {
     private readonly kv: KV, private readonly bucket: string, private readonly logger: Logger, private readonly events: StoreEvents,
   ) {}
 
-  static async open(nc: NatsConnection, bucket = LEDGER_BUCKET, options: LedgerStoreOptions = {}): Promise<LedgerStore> {
+  static async open(nc: NatsConnection, bucket: string = KvBucket.ledger, options: LedgerStoreOptions = {}): Promise<LedgerStore> {
     const kv = await new Kvm(nc).create(bucket, { history: 1 });
     return new LedgerStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
   }

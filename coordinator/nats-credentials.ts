@@ -29,8 +29,7 @@ import { join } from 'node:path';
 import { encodeAccount, encodeOperator, encodeUser, fmtCreds, type User } from '@nats-io/jwt';
 import { createAccount, createOperator, createUser, fromPublic, fromSeed, type KeyPair } from '@nats-io/nkeys';
 import { UserError } from '../common/errors.js';
-import { SUBJECT_ROOT } from '../common/subjects.js';
-import { JOBS_BUCKET } from './job-store.js';
+import { KvBucket, SUBJECT_ROOT } from '../common/subjects.js';
 
 /** Credentials for one worker on one job, as sent in `Assignment.nats_creds`. */
 export interface WorkerNatsCredentials {
@@ -59,7 +58,7 @@ export function workerPermissions(jobId: string): Pick<User, 'pub' | 'sub'> {
  * What the coordinator may do: JetStream API and its KV buckets (jobs, ledger), its own inboxes,
  * and every job's subjects (it is trusted with them).
  */
-export function coordinatorPermissions(buckets: readonly string[] = [JOBS_BUCKET, 'polytune_ledger']): Pick<User, 'pub' | 'sub'> {
+export function coordinatorPermissions(buckets: readonly string[] = [KvBucket.jobs, KvBucket.ledger]): Pick<User, 'pub' | 'sub'> {
   return {
     pub: { allow: ['$JS.API.>', '$JS.ACK.>', '$JS.FC.>', ...buckets.map((b) => `$KV.${b}.>`), '_INBOX.>', `${SUBJECT_ROOT}.>`] },
     sub: { allow: ['_INBOX.>', `${SUBJECT_ROOT}.>`] },

@@ -29,14 +29,14 @@ import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator
 import { CoordinatorStartError, JoinDeadlineError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
-import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
+import { LedgerStore } from './ledger.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
 import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
 } from './request-limits.js';
-import { JobStore, JOBS_BUCKET } from './job-store.js';
+import { JobStore } from './job-store.js';
 import { Scheduler } from './scheduler.js';
 import {
   checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots,
@@ -46,6 +46,7 @@ import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
 import { DEFAULT_HELLO_TIMEOUT_MS, resetHttp2Stream } from './join-deadlines.js';
+import { KvBucket } from '../common/subjects.js';
 
 export const DEFAULT_LISTEN = '0.0.0.0:7070';
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
@@ -66,9 +67,9 @@ export interface CoordinatorOptions {
   heartbeatTimeoutMs?: number;
   /** @default DEFAULT_PROGRESS_FLUSH_MS (scheduler.ts) */
   progressFlushMs?: number;
-  /** @default JOBS_BUCKET */
+  /** @default KvBucket.jobs */
   jobsBucket?: string;
-  /** @default LEDGER_BUCKET */
+  /** @default KvBucket.ledger */
   ledgerBucket?: string;
   /** @default DEFAULT_SHUTDOWN_GRACE_MS */
   shutdownGraceMs?: number;
@@ -176,12 +177,12 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let openedStore: JobStore | undefined;
   try {
     const storeEvents = new StoreEvents();
-    const storeOptions = { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents };
+    const storeOptions = { bucket: options.jobsBucket ?? KvBucket.jobs, logger: logger.child('store'), events: storeEvents };
     const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
-      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
+      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? KvBucket.jobs} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
     openedStore = store;
-    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, {
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? KvBucket.ledger, {
       logger: logger.child('ledger'), events: storeEvents,
     });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });

@@ -11,9 +11,9 @@ import { connect } from '@nats-io/transport-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { NatsServer } from '../../common/nats-server-process.js';
 import { JobClient } from '../../coordinator/client.js';
-import { JOBS_BUCKET } from '../../coordinator/job-store.js';
 import type { Coordinator } from '../../coordinator/server.js';
 import { makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
+import { KvBucket } from '../../common/subjects.js';
 
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'coordinator', 'cli.js');
 
@@ -52,7 +52,7 @@ describe('coordinator CLI: status, delete, serve flags of the store', () => {
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) ids.push(await client.submitText(fx.yaml({ name: `cli-${i}` })));
     const nc = await connect({ servers: nats.url });
-    await (await new Kvm(nc).open(JOBS_BUCKET)).put('junk', 'garbage');
+    await (await new Kvm(nc).open(KvBucket.jobs)).put('junk', 'garbage');
     await nc.close();
     const status = await run(['status', '--coordinator', coord.address]);
     expect(status.code).toBe(0);

@@ -17,11 +17,10 @@ import { JobClient } from '../../coordinator/client.js';
 import { CoordinatorCallError } from '../../coordinator/grpc-errors.js';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { newJobRecord } from '../../coordinator/job-record.js';
-import { JOBS_BUCKET } from '../../coordinator/job-store.js';
-import { LEDGER_BUCKET } from '../../coordinator/ledger.js';
 import type { Coordinator, CoordinatorOptions } from '../../coordinator/server.js';
 import { CoordinatorSession, type SessionEvent } from '../../worker/session.js';
 import { eventually, makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
+import { KvBucket } from '../../common/subjects.js';
 
 class FakeWorker {
   private readonly events: SessionEvent[] = [];
@@ -102,7 +101,7 @@ describe('the job store is not trusted', () => {
 
   it('a Pending record written into polytune_jobs by someone else never runs and is reported', async () => {
     await start();
-    kv = await new Kvm(nc).open(JOBS_BUCKET);
+    kv = await new Kvm(nc).open(KvBucket.jobs);
     // A well-formed record of a valid spec, as an attacker with NATS access would write it.
     const real = await client.submitText(fx.yaml({ name: 'legit' }));
     await client.cancel(real);
@@ -125,7 +124,7 @@ describe('the job store is not trusted', () => {
 
   it('a Pending record found at start whose spec no longer validates is set Failed, never run', async () => {
     const kvm = new Kvm(nc);
-    kv = await kvm.create(JOBS_BUCKET, { history: 5 });
+    kv = await kvm.create(KvBucket.jobs, { history: 5 });
     const spec = parseAnyJobSpec(fx.yaml({ name: 'old' }));
     const record = newJobRecord('old-abcde', spec, 2, Date.now());
     const bad = { ...record, spec: { ...spec, spec: { ...spec.spec, collective: { compression: 'none', timeoutSeconds: 1e9 } } } };
@@ -141,7 +140,7 @@ describe('the job store is not trusted', () => {
 
   it('a junk value under any key does not break List (it is listed as corrupt)', async () => {
     await start();
-    kv = await new Kvm(nc).open(JOBS_BUCKET);
+    kv = await new Kvm(nc).open(KvBucket.jobs);
     const id = await client.submitText(fx.yaml());
     await kv.put('junk-key', 'this is not JSON {');
     await kv.put('shape-key', JSON.stringify({ id: 'shape-key', state: 'Running' }));
@@ -159,7 +158,7 @@ describe('the job store is not trusted', () => {
 
   it('a running job rewritten as Succeeded (or deleted) is restored, the alert counter goes up, and it can still be cancelled', async () => {
     await start();
-    kv = await new Kvm(nc).open(JOBS_BUCKET);
+    kv = await new Kvm(nc).open(KvBucket.jobs);
     const { id, w0 } = await runningJob();
     const stored = JSON.parse((await kv.get(id))!.string()) as Record<string, unknown>;
     await kv.put(id, JSON.stringify({ ...stored, state: 'Succeeded', lastLoss: 0.0001, finishedAt: Date.now() }));
@@ -185,7 +184,7 @@ describe('the job store is not trusted', () => {
     if (a0?.type !== 'assignment' || a1?.type !== 'assignment') throw new Error('no assignments');
     const rank0 = a0.rank === 0 ? w0 : w1;
     rank0.session.progress({ jobId: id, generation: 1, step: 1, totalSteps: 4, loss: 1, tokensPerSecond: 1, epoch: 0, supervisedTokens: 1, elapsedSeconds: 1 });
-    const ledgerKv = await new Kvm(nc).open(LEDGER_BUCKET);
+    const ledgerKv = await new Kvm(nc).open(KvBucket.ledger);
     await eventually(async () => ((await ledgerKv.get(id))?.length ? true : undefined), 5_000, 'the ledger to be written');
     await ledgerKv.put(id, JSON.stringify({ committed: [{ from: 0, to: 4, generation: 1, worldSize: 2 }], rolledBack: [] }));
     const ledger = JSON.parse((await client.get(id)).ledgerJson) as { committed: { to: number }[] };

@@ -7,9 +7,9 @@ import type { NatsServer } from '../../common/nats-server-process.js';
 import { JobClient } from '../../coordinator/client.js';
 import { CoordinatorCallError } from '../../coordinator/grpc-errors.js';
 import type { JobRecord } from '../../coordinator/job-record.js';
-import { JOBS_BUCKET } from '../../coordinator/job-store.js';
 import type { Coordinator } from '../../coordinator/server.js';
 import { makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
+import { KvBucket } from '../../common/subjects.js';
 
 describe('coordinator JobService', () => {
   let nats: NatsServer;
@@ -41,7 +41,7 @@ describe('coordinator JobService', () => {
     expect(id).toMatch(/^kv-check-[a-z0-9]{5}$/);
 
     nc = await connect({ servers: nats.url });
-    const kv = await new Kvm(nc).open(JOBS_BUCKET);
+    const kv = await new Kvm(nc).open(KvBucket.jobs);
     const entry = await kv.get(id);
     expect(entry?.operation).toBe('PUT');
     const stored = entry!.json<JobRecord>();
