@@ -4,6 +4,7 @@
  */
 import type { AnyJobSpec } from '../common/job-kinds.js';
 import type { Job } from '../proto/index.js';
+import { jobTimings, type GenerationRecord } from './job-timings.js';
 import type { Ledger } from './ledger.js';
 
 /** The job lifecycle. Pending -> Running -> Succeeded | Failed | Cancelled; Running -> Pending on recovery. */
@@ -54,6 +55,8 @@ export interface JobRecord {
   evalJson?: string;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
+  /** One row per generation, for the job's timings (job-timings.ts); absent in older records. */
+  generations?: GenerationRecord[];
   outputDir: string;
   readonly createdAt: number;
   updatedAt: number;
@@ -98,9 +101,15 @@ const WIRE_STATE = {
   Cancelled: 'CANCELLED',
 } as const satisfies Record<JobState, string>;
 
-/** The wire form of a record. */
+/** The wire form of a record (its timings by the clock now). */
 export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
+  const t = jobTimings(r);
   return {
+    kind: r.spec.kind,
+    wallSeconds: t.wallSeconds,
+    computeSeconds: t.computeSeconds,
+    reformSeconds: t.reformSeconds,
+    generations: [...t.generations],
     ledgerJson: ledger ? JSON.stringify(ledger) : '',
     chosenLayers: r.chosenLayers ?? [],
     evalJson: r.evalJson ?? '',
