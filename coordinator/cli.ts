@@ -4,8 +4,8 @@
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
- *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
- *   coordinator watch JOB [--coordinator HOST:PORT]
+ *   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
+ *   coordinator watch JOB [--languages] [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
  *
@@ -14,6 +14,7 @@
  * The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070; the NATS URL
  * of `serve` to $POLYTUNE_NATS_URL, else nats://127.0.0.1:4222. Exit codes: 0 ok, 1 the job
  * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
+ * What a person sees (progress, tables, the status block) is in views/.
  */
 import { parseArgs } from 'node:util';
 import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
@@ -21,6 +22,8 @@ import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
 import { describeTrainable } from '../common/trainable.js';
+import { evalTextTables, type EvalTableInput } from '../common/eval-table.js';
+import { validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
@@ -29,19 +32,25 @@ import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+import { computeTotalSteps } from './total-steps.js';
+import { formatDuration, kindOf } from './views/job-view.js';
+import { createProgressView, isLiveTerminal, stateLine } from './views/progress-view.js';
+import { outputFormat, statusBlock, statusTable, timingsJson } from './views/status-view.js';
+import { stringify as toYaml } from 'yaml';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
-  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
-  coordinator status [JOB] [--json] [--coordinator HOST:PORT]
-  coordinator watch JOB [--coordinator HOST:PORT]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume] [--languages]
+  coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
+  coordinator watch JOB [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator nats-auth init --out DIR
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
+On a terminal, --watch and watch redraw one line per job; --languages adds the loss per language.
 
 ${SECURITY_USAGE}`;
 
@@ -49,7 +58,7 @@ const out = (line: string): void => {
   process.stdout.write(line + '\n');
 };
 
-type Flags = Record<string, { type: 'string' | 'boolean' }>;
+type Flags = Record<string, { type: 'string' | 'boolean'; short?: string }>;
 
 function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
@@ -64,11 +73,15 @@ function stateName(job: Job__Output): string {
   return fromWireState(job.state) ?? job.state;
 }
 
+/** The view flags of submit and watch. */
+const VIEW_FLAGS = { languages: { type: 'boolean' } } as const satisfies Flags;
+
 /** The JSON form of `status --json`. */
 function jobJson(job: Job__Output): Record<string, unknown> {
   return {
     id: job.id,
     name: job.name,
+    kind: kindOf(job),
     state: stateName(job),
     step: job.step,
     totalSteps: job.totalSteps,
@@ -89,47 +102,31 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
     ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
     ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
+    timings: timingsJson(job),
   };
 }
 
 const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : String(x));
 
-function progressLine(job: Job__Output): string {
-  const parts = [`step ${job.step}/${job.totalSteps}`];
-  if (job.hasLoss) parts.push(`loss ${fmtLoss(job.lastLoss)}`);
-  parts.push(`${Math.round(job.tokensPerSecond)} tok/s`, `elapsed ${job.elapsedSeconds.toFixed(1)}s`);
-  const byLanguage = Object.entries(job.lossByLanguage ?? {}).sort(([a], [b]) => a.localeCompare(b));
-  if (byLanguage.length > 1) parts.push(byLanguage.map(([l, v]) => `${l} ${v.toFixed(2)}`).join(' '));
-  return `[${job.id}] ${parts.join('  ')}`;
-}
-
-function stateLine(job: Job__Output): string {
-  const s = stateName(job);
-  const extra = s === 'Running' ? ` (generation ${job.generation}, workers ${job.workers.join(', ')})` : job.error ? `: ${job.error}` : '';
-  return `[${job.id}] ${s}${extra}`;
-}
-
-/** An evaluation table (worker/eval/evaluate.ts EvalReport) as lines: accuracy % per language and the average. */
-function evalLines(evalJson: string): string[] {
-  const r = JSON.parse(evalJson) as { name: string; benchmarks: { benchmark: string; average: number; languages: { language: string; accuracy: number }[] }[] };
-  return r.benchmarks.map((b) => `  ${b.benchmark} (${r.name}): ${b.languages.map((l) => `${l.language} ${(100 * l.accuracy).toFixed(1)}`).join(', ')}; avg ${(100 * b.average).toFixed(1)}%`);
-}
-
 function summary(job: Job__Output): string[] {
   const s = stateName(job);
-  const seconds = job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds;
-  const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s`];
+  const seconds = job.wallSeconds || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
+  const lost = job.generations.length > 1 ? `, ${formatDuration(job.reformSeconds)} re-forming` : '';
+  const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s (compute ${formatDuration(job.computeSeconds)}${lost})`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
-  if (job.evalJson) lines.push(...evalLines(job.evalJson));
+  if (job.evalJson) lines.push(...evalTextTables(JSON.parse(job.evalJson) as EvalTableInput));
   if (job.error) lines.push(`  error: ${job.error}`);
   return lines;
 }
 
 /** Follows a job to its end, printing state changes and progress; the exit code says how it ended. */
-async function follow(client: JobClient, jobId: string, signal: AbortSignal, extraEnd?: Promise<string>): Promise<number> {
+async function follow(
+  client: JobClient, jobId: string, signal: AbortSignal, extraEnd?: Promise<string>, languages = false,
+): Promise<number> {
   let last: Job__Output | undefined;
+  const view = createProgressView({ live: isLiveTerminal(), write: out, languages });
   const abort = new AbortController();
   const onAbort = (): void => abort.abort();
   signal.addEventListener('abort', onAbort, { once: true });
@@ -142,14 +139,11 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
     for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
       const job = ev.job;
       if (!job) continue;
-      if (ev.kind === 'PROGRESS') {
-        if (job.step !== last?.step) out(progressLine(job));
-      } else {
-        out(stateLine(job));
-      }
+      view.update(ev.kind, job);
       last = job;
     }
   } finally {
+    view.done();
     signal.removeEventListener('abort', onAbort);
   }
   if (signal.aborted) {
@@ -201,7 +195,7 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
     coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
+    resume: { type: 'boolean' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
@@ -211,6 +205,11 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
+  }
+  // An embedded cluster is this machine: its files and data are checked here too, before any process starts.
+  if (localWorkers > 0) {
+    await validateAnyJobSpecFiles(spec, file);
+    await computeTotalSteps(spec);
   }
   let cluster: LocalCluster | undefined;
   let client: JobClient | undefined;
@@ -231,7 +230,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       : `submitted ${jobId}: ${spec.kind}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
-    return await follow(client, jobId, signal, crashed);
+    return await follow(client, jobId, signal, crashed, v.languages === true);
   } finally {
     client?.close();
     await cluster?.stop();
@@ -239,34 +238,26 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
 }
 
 async function status(args: string[]): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, json: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS });
+  const { values: v, positionals } = parse(args, {
+    coordinator: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' }, ...CLIENT_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
+  const format = outputFormat(v.output as string | undefined, v.json as boolean | undefined);
   const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
     const id = positionals[0];
     if (id !== undefined) {
       const job = await client.get(id);
-      if (v.json) out(JSON.stringify(jobJson(job), null, 2));
-      else {
-        out(stateLine(job));
-        if (job.step > 0 || job.hasLoss) out(progressLine(job));
-      }
+      if (format === 'json') out(JSON.stringify(jobJson(job), null, 2));
+      else if (format === 'yaml') process.stdout.write(toYaml(jobJson(job)));
+      else for (const line of statusBlock(job, Date.now())) out(line);
       return 0;
     }
     const jobs = await client.list();
-    if (v.json) {
-      out(JSON.stringify(jobs.map(jobJson), null, 2));
-      return 0;
-    }
-    if (jobs.length === 0) {
-      out('no jobs');
-      return 0;
-    }
-    const rows = [['JOB', 'STATE', 'STEP', 'LOSS', 'WORKERS'], ...jobs.map((j) => [
-      j.id, stateName(j), `${j.step}/${j.totalSteps}`, j.hasLoss ? fmtLoss(j.lastLoss) : '-', String(j.workers.length),
-    ])];
-    const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-    for (const r of rows) out(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+    if (format === 'json') out(JSON.stringify(jobs.map(jobJson), null, 2));
+    else if (format === 'yaml') process.stdout.write(toYaml(jobs.map(jobJson)));
+    else if (jobs.length === 0) out('no jobs');
+    else for (const line of statusTable(jobs, format === 'wide', Date.now())) out(line);
     return 0;
   } finally {
     client.close();
@@ -274,13 +265,13 @@ async function status(args: string[]): Promise<number> {
 }
 
 async function watch(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS });
   if (v.help) return out(USAGE), 0;
   const id = positionals[0];
   if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);
   const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
-    return await follow(client, id, signal);
+    return await follow(client, id, signal, undefined, v.languages === true);
   } finally {
     client.close();
   }
