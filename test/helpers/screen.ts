@@ -10,6 +10,9 @@
  */
 import { spawn } from 'node:child_process';
 
+// eslint-disable-next-line no-control-regex -- the escape character is what is parsed here
+const CSI = /^\x1b\[([?\d;]*)([A-Za-z])/;
+
 export function replay(output: string): string[] {
   const lines: string[] = [''];
   let row = 0;
@@ -22,7 +25,7 @@ export function replay(output: string): string[] {
   for (let i = 0; i < output.length; i++) {
     const ch = output[i]!;
     if (ch === '\x1b' && output[i + 1] === '[') {
-      const m = /^\x1b\[([?\d;]*)([A-Za-z])/.exec(output.slice(i));
+      const m = CSI.exec(output.slice(i));
       if (!m) continue;
       i += m[0].length - 1;
       const n = m[1] && !m[1].startsWith('?') ? Number(m[1]) : 1;

@@ -73,7 +73,7 @@ describe('what a person sees', () => {
     ]);
     expect(screen.some((l) => /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d/.test(l))).toBe(true);
     // While it ran, a frame had an ETA.
-    expect(r.output).toMatch(/[1-7]\/8 +\d+%  loss \d\.\d{4}  1000 tok\/s  ETA \d/);
+    expect(r.output).toMatch(/[1-7]\/8 +\d+% {2}loss \d\.\d{4} {2}1000 tok\/s {2}ETA \d/);
   }, 60_000);
 
   it('a pipe: a line per update, no escape codes (CI logs)', async () => {
