@@ -107,7 +107,8 @@ export function statusBlock(job: JobView, now: number): string[] {
   }
   const gen = job.generations.at(-1);
   if (job.wallSeconds > 0) {
-    const lost = job.generations.length > 1 ? `, re-forming ${formatDuration(job.reformSeconds)} (${job.generations.length - 1} re-forms)` : '';
+    const n = job.generations.length - 1;
+    const lost = n > 0 ? `, re-forming ${formatDuration(job.reformSeconds)} (${n} re-form${n > 1 ? 's' : ''})` : '';
     rows.push(['time', `wall ${formatDuration(job.wallSeconds)}, this generation ${formatDuration(gen?.wallSeconds)}, `
       + `compute ${formatDuration(job.computeSeconds)}${lost}`]);
   } else {

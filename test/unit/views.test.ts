@@ -179,7 +179,7 @@ describe('status', () => {
     expect(b).toContain('step        12/24 (50%)');
     expect(b).toContain('loss        5.0000 -> 1.2500   (de 2.00 en 1.00)');
     expect(b).toContain('rate        1000 tok/s, ETA 12s');
-    expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-forms)');
+    expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-form)');
     expect(b).toContain('ledger      12 steps committed: 0-6 (gen 1, world 3), 6-12 (gen 2, world 2)');
     expect(b).toContain('output      /runs/tiny');
     expect(timingsJson(j)).toMatchObject({ wallSeconds: 18.2, generationSeconds: 2.1, computeSeconds: 14, reformSeconds: 3.1 });
