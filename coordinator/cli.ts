@@ -112,7 +112,7 @@ function summary(job: Job__Output): string[] {
   const s = stateName(job);
   const seconds = job.wallSeconds || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
   const lost = job.generations.length > 1 ? `, ${formatDuration(job.reformSeconds)} re-forming` : '';
-  const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s (compute ${formatDuration(job.computeSeconds)}${lost})`];
+  const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${formatDuration(job.computeSeconds)}${lost})`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);

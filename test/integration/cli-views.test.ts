@@ -71,7 +71,7 @@ describe('what a person sees', () => {
     expect(screen.filter((l) => l.startsWith(`[${id}] `) && !l.endsWith('] Pending')), screen.join('\n')).toEqual([
       expect.stringMatching(/\] Running \(generation 1, workers local-\d, local-\d\)$/), `[${id}] Succeeded`,
     ]);
-    expect(screen.some((l) => /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d/.test(l))).toBe(true);
+    expect(screen.some((l) => /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d+\.\ds\)$/.test(l))).toBe(true);
     // While it ran, a frame had an ETA.
     expect(r.output).toMatch(/[1-7]\/8 +\d+% {2}loss \d\.\d{4} {2}1000 tok\/s {2}ETA \d/);
   }, 60_000);

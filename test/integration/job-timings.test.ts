@@ -118,6 +118,9 @@ describe('job timings across re-forms', () => {
     expect(block).toMatch(new RegExp(`^time {8}wall ${formatDuration(t.wallSeconds)}, this generation \\S+, compute \\S+, `
       + `re-forming \\S+ \\(1 re-form\\)$`, 'm'));
     expect(await status(c.address, ['-o', 'yaml'])).toMatch(/^ {2}timings:\n {4}wallSeconds: \d/m);
+    const table = (await status(c.address, [])).trimEnd().split('\n');
+    expect(table[0]).toMatch(/^ID\s+KIND\s+STATE\s+STAGE\s+STEP\s+LOSS\s+RATE\s+AGE$/);
+    expect(table[1]).toMatch(new RegExp(`^${id}\\s+TrainJob\\s+Succeeded\\s+-\\s+20/20\\s+\\d\\.\\d{4}\\s+-\\s+\\S+$`));
   }, 60_000);
 
   it('after a coordinator restart, the wall time counts the time it was away', async () => {
