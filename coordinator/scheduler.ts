@@ -460,7 +460,9 @@ export class Scheduler {
         state: JobState.Succeeded,
         step: r0.steps || r.step,
         lastLoss: r0.steps > 0 && Number.isFinite(r0.finalLoss) ? r0.finalLoss : r.lastLoss,
-        firstLoss: r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
+        // The job's first loss: a later generation's Result has its own first step's, not the job's.
+        firstLoss: ref.generation > 1 && r.firstLoss !== null ? r.firstLoss
+          : r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
         outputDir: r0.outputDir || r.outputDir,
         ...(r0.chosenLayers?.length ? { chosenLayers: [...r0.chosenLayers] } : {}),
         ...(r0.evalJson ? { evalJson: r0.evalJson } : {}),

@@ -102,6 +102,9 @@ describe('job timings across re-forms', () => {
     const done = await stateOf(client, id, (j) => j.state === 'SUCCEEDED');
     const seenDone = Date.now();
     expect(Number(running.generation)).toBe(1);
+    // The job's first loss is its first step's (generation 1's), not the second generation's first.
+    expect(done.firstLoss).toBe(5);
+    expect(done.lastLoss).toBe(5 / 20 + 1);
 
     const t = (JSON.parse(await status(c.address, [id, '--json'])) as { timings: Timings }).timings;
     expect(t.generations.map((g) => [g.generation, g.worldSize])).toEqual([[1, 2], [2, 1]]);
