@@ -6,13 +6,20 @@
  * were hard to compare (issue 19). A row per language reads down, and the average is the last row.
  */
 
+interface LanguageRow {
+  readonly language: string;
+  readonly correct: number;
+  readonly total: number;
+  readonly accuracy: number;
+}
+
 /** The part of an evaluation report (worker/eval/report.ts `EvalReport`) a table shows. */
 export interface EvalTableInput {
   readonly name: string;
   readonly benchmarks: readonly {
     readonly benchmark: string;
     readonly average: number;
-    readonly languages: readonly { readonly language: string; readonly correct: number; readonly total: number; readonly accuracy: number }[];
+    readonly languages: readonly LanguageRow[];
   }[];
 }
 
@@ -34,7 +41,8 @@ export function evalTextTables(report: EvalTableInput, indent = '  '): string[] 
     const widths = r[0]!.map((_, c) => Math.max(...r.map((row) => row[c]!.length)));
     lines.push(`${indent}${b.benchmark} (${report.name})`);
     for (const row of r) {
-      lines.push(indent + row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+      const cells = row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)));
+      lines.push(indent + cells.join('  '));
     }
   }
   return lines;

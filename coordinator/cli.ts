@@ -43,7 +43,8 @@ const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
-  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume] [--languages]
+  coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+                              [--languages]
   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
@@ -110,9 +111,11 @@ const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : Stri
 
 function summary(job: Job__Output): string[] {
   const s = stateName(job);
-  const seconds = job.wallSeconds || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
+  const seconds = job.wallSeconds
+    || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
   const lost = job.generations.length > 1 ? `, ${formatDuration(job.reformSeconds)} re-forming` : '';
-  const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${formatDuration(job.computeSeconds)}${lost})`];
+  const compute = formatDuration(job.computeSeconds);
+  const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${compute}${lost})`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
@@ -239,7 +242,8 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
 
 async function status(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' }, ...CLIENT_SECURITY_FLAGS,
+    coordinator: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' },
+    ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const format = outputFormat(v.output as string | undefined, v.json as boolean | undefined);
@@ -265,7 +269,9 @@ async function status(args: string[]): Promise<number> {
 }
 
 async function watch(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS });
+  const { values: v, positionals } = parse(args, {
+    coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
   const id = positionals[0];
   if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);

@@ -52,26 +52,36 @@ const seconds = (fromMs: number, toMs: number): number => Math.max(0, (toMs - fr
 
 /** A new generation begins: a row appended (ending the previous one if it was left open). */
 export function openGeneration(
-  gens: readonly GenerationRecord[] | undefined, g: { generation: number; worldSize: number; fromStep: number }, now: number,
+  gens: readonly GenerationRecord[] | undefined,
+  g: { generation: number; worldSize: number; fromStep: number },
+  now: number,
 ): GenerationRecord[] {
   const closed = closeGeneration(gens, now, 'replaced by the next generation');
   return [...closed, { ...g, startedAt: now, endedAt: 0, computeSeconds: 0, endReason: '' }];
 }
 
 /** The open generation ends at `at` (no-op when none is open). */
-export function closeGeneration(gens: readonly GenerationRecord[] | undefined, at: number, reason = ''): GenerationRecord[] {
+export function closeGeneration(
+  gens: readonly GenerationRecord[] | undefined, at: number, reason = '',
+): GenerationRecord[] {
   const list = [...(gens ?? [])];
   const last = list.at(-1);
-  if (last && last.endedAt === 0) list[list.length - 1] = { ...last, endedAt: Math.max(at, last.startedAt), endReason: reason };
+  if (last && last.endedAt === 0) {
+    list[list.length - 1] = { ...last, endedAt: Math.max(at, last.startedAt), endReason: reason };
+  }
   return list;
 }
 
 /** Rank 0 of `generation` reported `elapsedSeconds`: that generation's compute time. */
-export function recordCompute(gens: readonly GenerationRecord[] | undefined, generation: number, elapsedSeconds: number): GenerationRecord[] {
+export function recordCompute(
+  gens: readonly GenerationRecord[] | undefined, generation: number, elapsedSeconds: number,
+): GenerationRecord[] {
   const list = [...(gens ?? [])];
   const i = list.findLastIndex((g) => g.generation === generation);
   const g = list[i];
-  if (g && Number.isFinite(elapsedSeconds) && elapsedSeconds >= g.computeSeconds) list[i] = { ...g, computeSeconds: elapsedSeconds };
+  if (g && Number.isFinite(elapsedSeconds) && elapsedSeconds >= g.computeSeconds) {
+    list[i] = { ...g, computeSeconds: elapsedSeconds };
+  }
   return list;
 }
 

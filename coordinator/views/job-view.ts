@@ -14,10 +14,10 @@ import type { Job__Output } from '../../proto/index.js';
 /** The fields of a job a view reads; the stage fields come with multi-stage jobs (spec.stages). */
 export type JobView = Pick<
   Job__Output,
-  | 'id' | 'name' | 'state' | 'step' | 'totalSteps' | 'hasLoss' | 'lastLoss' | 'firstLoss' | 'tokensPerSecond' | 'elapsedSeconds'
-  | 'generation' | 'workers' | 'error' | 'outputDir' | 'createdAt' | 'startedAt' | 'finishedAt' | 'lossByLanguage'
-  | 'specJson' | 'kind' | 'wallSeconds' | 'computeSeconds' | 'reformSeconds' | 'generations' | 'ledgerJson' | 'chosenLayers'
-  | 'evalJson'
+  | 'id' | 'name' | 'state' | 'step' | 'totalSteps' | 'hasLoss' | 'lastLoss' | 'firstLoss' | 'tokensPerSecond'
+  | 'elapsedSeconds' | 'generation' | 'workers' | 'error' | 'outputDir' | 'createdAt' | 'startedAt' | 'finishedAt'
+  | 'lossByLanguage' | 'specJson' | 'kind' | 'wallSeconds' | 'computeSeconds' | 'reformSeconds' | 'generations'
+  | 'ledgerJson' | 'chosenLayers' | 'evalJson'
 > & { readonly stageIndex?: number; readonly stageCount?: number; readonly stageName?: string };
 
 /** The unit of a kind's steps per second; a TrainJob's rate is in tokens. */
@@ -55,10 +55,13 @@ export interface Rate {
  * The job's rate as the coordinator last heard it: a TrainJob's tokens/s, the other kinds' steps
  * per second of this generation. Undefined before there is one.
  */
-export function jobRate(job: Pick<JobView, 'kind' | 'specJson' | 'tokensPerSecond' | 'step' | 'elapsedSeconds' | 'generations'>): Rate | undefined {
+export function jobRate(
+  job: Pick<JobView, 'kind' | 'specJson' | 'tokensPerSecond' | 'step' | 'elapsedSeconds' | 'generations'>,
+): Rate | undefined {
   const kind = kindOf(job);
   if (kind === 'TrainJob') {
-    return job.tokensPerSecond > 0 && Number.isFinite(job.tokensPerSecond) ? { value: job.tokensPerSecond, unit: RATE_UNIT.TrainJob } : undefined;
+    const known = job.tokensPerSecond > 0 && Number.isFinite(job.tokensPerSecond);
+    return known ? { value: job.tokensPerSecond, unit: RATE_UNIT.TrainJob } : undefined;
   }
   const done = job.step - Number(job.generations.at(-1)?.fromStep ?? 0);
   if (done <= 0 || !(job.elapsedSeconds > 0)) return undefined;
@@ -92,7 +95,9 @@ export function stageText(job: Pick<JobView, 'stageIndex' | 'stageCount' | 'stag
 }
 
 /** Seconds until the job's last step at `stepsPerSecond`; undefined when that is not known. */
-export function etaSeconds(job: Pick<JobView, 'step' | 'totalSteps'>, stepsPerSecond: number | undefined): number | undefined {
+export function etaSeconds(
+  job: Pick<JobView, 'step' | 'totalSteps'>, stepsPerSecond: number | undefined,
+): number | undefined {
   if (!stepsPerSecond || !(stepsPerSecond > 0) || !(job.totalSteps > 0)) return undefined;
   return Math.max(0, job.totalSteps - job.step) / stepsPerSecond;
 }

@@ -87,12 +87,15 @@ export function liveBlock(job: JobView, recentStepsPerSecond: number | undefined
   const s = stateName(job);
   const stage = stageText(job);
   const pct = job.totalSteps > 0 ? `${String(Math.floor((100 * job.step) / job.totalSteps)).padStart(3)}%` : '';
-  const parts = [`${job.id}`, ...(stage ? [stage] : []), bar(job.step, job.totalSteps), `${job.step}/${job.totalSteps || '?'}`, pct];
+  const steps = `${job.step}/${job.totalSteps || '?'}`;
+  const parts = [`${job.id}`, ...(stage ? [stage] : []), bar(job.step, job.totalSteps), steps, pct];
   if (s !== 'Running') parts.push(s);
   if (job.hasLoss) parts.push(`loss ${formatLoss(job.lastLoss)}`);
   const rate = shownRate(job, recentStepsPerSecond);
   if (rate) parts.push(formatRate(rate));
-  if (s === 'Running') parts.push(`ETA ${formatDuration(etaSeconds(job, recentStepsPerSecond ?? generationStepRate(job)))}`);
+  if (s === 'Running') {
+    parts.push(`ETA ${formatDuration(etaSeconds(job, recentStepsPerSecond ?? generationStepRate(job)))}`);
+  }
   const lines = [parts.filter((p) => p !== '').join('  ')];
   const langs = languageLosses(job);
   if (languages && langs) lines.push(`  loss by language: ${langs}`);

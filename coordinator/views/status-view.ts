@@ -51,7 +51,10 @@ function align(rows: string[][]): string[] {
   return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('   ').trimEnd());
 }
 
-const stepText = (j: JobView): string => (j.totalSteps > 0 ? `${j.step}/${j.totalSteps}` : j.step > 0 ? String(j.step) : '-');
+const stepText = (j: JobView): string =>
+  j.totalSteps > 0 ? `${j.step}/${j.totalSteps}` : j.step > 0 ? String(j.step) : '-';
+const stageCell = (j: JobView): string =>
+  j.stageCount ? `${(j.stageIndex ?? 0) + 1}/${j.stageCount} ${j.stageName ?? ''}` : '-';
 
 /** The jobs as table lines, header first. */
 export function statusTable(jobs: readonly JobView[], wide: boolean, now: number): string[] {
@@ -60,12 +63,13 @@ export function statusTable(jobs: readonly JobView[], wide: boolean, now: number
   const rows = jobs.map((j) => {
     const s = stateName(j);
     const row = [
-      j.id, kindOf(j), s, j.stageCount ? `${(j.stageIndex ?? 0) + 1}/${j.stageCount} ${j.stageName ?? ''}` : '-', stepText(j),
-      j.hasLoss ? formatLoss(j.lastLoss) : '-', s === 'Running' ? formatRate(jobRate(j)) : '-', formatDuration(ageSeconds(j, now)),
+      j.id, kindOf(j), s, stageCell(j), stepText(j), j.hasLoss ? formatLoss(j.lastLoss) : '-',
+      s === 'Running' ? formatRate(jobRate(j)) : '-', formatDuration(ageSeconds(j, now)),
     ];
     if (wide) {
       const eta = s === 'Running' ? etaSeconds(j, generationStepRate(j)) : undefined;
-      row.push(String(j.generation), String(j.workers.length), formatDuration(j.wallSeconds || undefined), formatDuration(eta));
+      const wall = formatDuration(j.wallSeconds || undefined);
+      row.push(String(j.generation), String(j.workers.length), wall, formatDuration(eta));
     }
     return row;
   });
@@ -79,9 +83,11 @@ function ledgerSummary(ledgerJson: string): string | undefined {
   } catch {
     return undefined;
   }
-  const range = (r: StepRange): string => `${r.from}-${r.to} (gen ${r.generation}, world ${r.worldSize}${r.unreported ? ', unreported' : ''})`;
+  const range = (r: StepRange): string =>
+    `${r.from}-${r.to} (gen ${r.generation}, world ${r.worldSize}${r.unreported ? ', unreported' : ''})`;
   const committed = ledger.committed.reduce((s, r) => s + r.to - r.from, 0);
-  const parts = [`${committed} steps committed${ledger.committed.length ? `: ${ledger.committed.map(range).join(', ')}` : ''}`];
+  const list = ledger.committed.length ? `: ${ledger.committed.map(range).join(', ')}` : '';
+  const parts = [`${committed} steps committed${list}`];
   if (ledger.rolledBack.length) parts.push(`rolled back ${ledger.rolledBack.map(range).join(', ')}`);
   return parts.join('; ');
 }
@@ -89,11 +95,15 @@ function ledgerSummary(ledgerJson: string): string | undefined {
 /** One job as a block of `label  value` lines. */
 export function statusBlock(job: JobView, now: number): string[] {
   const s = stateName(job);
-  const rows: [string, string][] = [['job', `${job.id} (${kindOf(job)})`], ['state', s + (job.error ? `: ${job.error}` : '')]];
+  const rows: [string, string][] = [
+    ['job', `${job.id} (${kindOf(job)})`],
+    ['state', s + (job.error ? `: ${job.error}` : '')],
+  ];
   const stage = stageText(job);
   if (stage) rows.push(['stage', stage]);
   if (job.generation > 0) {
-    rows.push(['generation', `${job.generation}, world ${job.workers.length}${job.workers.length ? `: ${job.workers.join(', ')}` : ''}`]);
+    const who = job.workers.length ? `: ${job.workers.join(', ')}` : '';
+    rows.push(['generation', `${job.generation}, world ${job.workers.length}${who}`]);
   }
   const pct = job.totalSteps > 0 ? ` (${Math.floor((100 * job.step) / job.totalSteps)}%)` : '';
   rows.push(['step', `${stepText(job)}${pct}`]);

@@ -56,7 +56,9 @@ export interface PtyRun {
 }
 
 /** Runs `command` (a shell line) in a `rows` x `cols` pseudo-terminal. */
-export function runInPty(command: string, env: NodeJS.ProcessEnv, size = { rows: 30, cols: 160 }, cwd?: string): Promise<PtyRun> {
+export function runInPty(
+  command: string, env: NodeJS.ProcessEnv, size = { rows: 30, cols: 160 }, cwd?: string,
+): Promise<PtyRun> {
   return new Promise((resolve, reject) => {
     const child = spawn('script', ['-qfec', `stty rows ${size.rows} cols ${size.cols}; ${command}`, '/dev/null'], {
       env, cwd, stdio: ['ignore', 'pipe', 'pipe'],

@@ -21,7 +21,13 @@ function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...process.env, POLYTUNE_WORKER_CLI: fakeWorker, FAKE_WORKER_STEP_MS: '150', ...extra };
 }
 
-function runPiped(args: string[], extra: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+interface Piped {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function runPiped(args: string[], extra: Record<string, string> = {}): Promise<Piped> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cli, ...args], { env: env(extra), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -53,10 +59,11 @@ describe('what a person sees', () => {
     return p;
   }
 
-  it('a terminal: one line per job redrawn in place, with bar, step/total, rate and ETA; the summary after it', async () => {
+  it('a terminal: one line per job redrawn in place (bar, step/total, rate, ETA); then the summary', async () => {
     fx = makeSpecFixture(16);
     const file = spec(fx.yaml());
-    const r = await runInPty(`${JSON.stringify(process.execPath)} ${JSON.stringify(cli)} submit ${JSON.stringify(file)} --local-workers 2`, env());
+    const q = JSON.stringify;
+    const r = await runInPty(`${q(process.execPath)} ${q(cli)} submit ${q(file)} --local-workers 2`, env());
     const screen = replay(r.output);
     expect(r.code, r.output).toBe(0);
     // Redrawn: log-update went back over its line (erase line, cursor up) more than once.
@@ -71,7 +78,8 @@ describe('what a person sees', () => {
     expect(screen.filter((l) => l.startsWith(`[${id}] `) && !l.endsWith('] Pending')), screen.join('\n')).toEqual([
       expect.stringMatching(/\] Running \(generation 1, workers local-\d, local-\d\)$/), `[${id}] Succeeded`,
     ]);
-    expect(screen.some((l) => /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d+\.\ds\)$/.test(l))).toBe(true);
+    const summary = /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d+\.\ds\)$/;
+    expect(screen.some((l) => summary.test(l))).toBe(true);
     // While it ran, a frame had an ETA.
     expect(r.output).toMatch(/[1-7]\/8 +\d+% {2}loss \d\.\d{4} {2}1000 tok\/s {2}ETA \d/);
   }, 60_000);

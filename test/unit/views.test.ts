@@ -21,15 +21,20 @@ import { evalMarkdown, type EvalReport } from '../../worker/eval/report.js';
 const NOW = Date.UTC(2026, 0, 1, 12, 0, 0);
 
 function gen(g: Partial<GenerationTiming__Output> = {}): GenerationTiming__Output {
-  return { generation: 1, worldSize: 2, startedAt: NOW - 10_000, endedAt: 0, wallSeconds: 10, computeSeconds: 9, fromStep: 0, endReason: '', ...g };
+  return {
+    generation: 1, worldSize: 2, startedAt: NOW - 10_000, endedAt: 0, wallSeconds: 10, computeSeconds: 9, fromStep: 0,
+    endReason: '', ...g,
+  };
 }
 
 function job(o: Partial<JobView> = {}): JobView {
   return {
-    id: 'tiny-abcde', name: 'tiny', state: 'RUNNING', step: 12, totalSteps: 24, hasLoss: true, lastLoss: 1.25, firstLoss: 5,
+    id: 'tiny-abcde', name: 'tiny', state: 'RUNNING', step: 12, totalSteps: 24, hasLoss: true, lastLoss: 1.25,
+    firstLoss: 5,
     tokensPerSecond: 1000, elapsedSeconds: 6, generation: 1, workers: ['w0', 'w1'], error: '', outputDir: '/runs/tiny',
     createdAt: NOW - 60_000, startedAt: NOW - 10_000, finishedAt: 0, lossByLanguage: {}, specJson: '', kind: 'TrainJob',
-    wallSeconds: 10, computeSeconds: 9, reformSeconds: 0, generations: [gen()], ledgerJson: '', chosenLayers: [], evalJson: '',
+    wallSeconds: 10, computeSeconds: 9, reformSeconds: 0, generations: [gen()], ledgerJson: '', chosenLayers: [],
+    evalJson: '',
     ...o,
   };
 }
@@ -61,7 +66,8 @@ describe('units per kind', () => {
 
 describe('formatting', () => {
   it('durations', () => {
-    expect([3.21, 42, 185, 7620, 3 * 86400 + 4 * 3600].map(formatDuration)).toEqual(['3.2s', '42s', '3m05s', '2h07m', '3d04h']);
+    expect([3.21, 42, 185, 7620, 3 * 86400 + 4 * 3600].map(formatDuration))
+      .toEqual(['3.2s', '42s', '3m05s', '2h07m', '3d04h']);
     expect(formatDuration(undefined)).toBe('-');
     expect(formatDuration(Infinity)).toBe('-');
   });
@@ -118,7 +124,11 @@ describe('progress view', () => {
 
   it('a terminal: one redrawn block, state changes kept above it, languages on a second line when asked', () => {
     const calls: string[] = [];
-    const live: LiveWriter = { render: (t) => calls.push(`render:${t}`), persist: (l) => calls.push(`persist:${l}`), done: () => calls.push('done') };
+    const live: LiveWriter = {
+      render: (t) => calls.push(`render:${t}`),
+      persist: (l) => calls.push(`persist:${l}`),
+      done: () => calls.push('done'),
+    };
     const lines: string[] = [];
     const v = createProgressView({ live: true, write: (l) => lines.push(l), liveWriter: live, languages: true });
     v.update('SNAPSHOT', job({ step: 0 }), NOW);
@@ -127,7 +137,9 @@ describe('progress view', () => {
     expect(lines).toEqual([]);
     expect(calls[0]).toBe('persist:[tiny-abcde] Running (generation 1, workers w0, w1)');
     expect(calls[1]).toMatch(/^render:tiny-abcde {2}\[░+\] {2}0\/24 {4}0%/);
-    expect(calls[2]).toMatch(/^render:tiny-abcde {2}\[█{6}░{18}\] {2}6\/24 {3}25% {2}loss 1\.2500 {2}1000 tok\/s {2}ETA 3\.0s\n {2}loss by language: de 1\.10 en 0\.90$/);
+    const [first, second] = calls[2]!.split('\n');
+    expect(first).toBe(`render:tiny-abcde  [${'█'.repeat(6)}${'░'.repeat(18)}]  6/24   25%  loss 1.2500  1000 tok/s  ETA 3.0s`);
+    expect(second).toBe('  loss by language: de 1.10 en 0.90');
     expect(calls.at(-1)).toBe('done');
   });
 
@@ -150,8 +162,13 @@ describe('status', () => {
   it('a table with id, kind, state, stage, step/total, loss, rate, age; wide adds generation, world, wall, ETA', () => {
     const jobs = [
       job(),
-      job({ id: 'eval-xyz12', kind: 'EvalJob', state: 'SUCCEEDED', hasLoss: false, step: 250, totalSteps: 250, createdAt: NOW - 7200_000 }),
-      job({ id: 'staged-aaaaa', stageIndex: 1, stageCount: 2, stageName: 'answers', state: 'PENDING', tokensPerSecond: 0 }),
+      job({
+        id: 'eval-xyz12', kind: 'EvalJob', state: 'SUCCEEDED', hasLoss: false, step: 250, totalSteps: 250,
+        createdAt: NOW - 7200_000,
+      }),
+      job({
+        id: 'staged-aaaaa', stageIndex: 1, stageCount: 2, stageName: 'answers', state: 'PENDING', tokensPerSecond: 0,
+      }),
     ];
     const t = statusTable(jobs, false, NOW);
     expect(t[0]).toMatch(/^ID\s+KIND\s+STATE\s+STAGE\s+STEP\s+LOSS\s+RATE\s+AGE$/);
@@ -168,9 +185,16 @@ describe('status', () => {
 
   it('a job as a block: wall time, this generation, compute, re-forming, ledger, output', () => {
     const j = job({
-      generation: 2, workers: ['w0', 'w2'], wallSeconds: 18.2, computeSeconds: 14, reformSeconds: 3.1, lossByLanguage: { en: 1, de: 2 },
-      generations: [gen({ endedAt: NOW - 5000, wallSeconds: 12, endReason: 'worker w1 lost' }), gen({ generation: 2, wallSeconds: 2.1, fromStep: 6 })],
-      ledgerJson: JSON.stringify({ committed: [{ from: 0, to: 6, generation: 1, worldSize: 3 }, { from: 6, to: 12, generation: 2, worldSize: 2 }], rolledBack: [] }),
+      generation: 2, workers: ['w0', 'w2'], wallSeconds: 18.2, computeSeconds: 14, reformSeconds: 3.1,
+      lossByLanguage: { en: 1, de: 2 },
+      generations: [
+        gen({ endedAt: NOW - 5000, wallSeconds: 12, endReason: 'worker w1 lost' }),
+        gen({ generation: 2, wallSeconds: 2.1, fromStep: 6 }),
+      ],
+      ledgerJson: JSON.stringify({
+        committed: [{ from: 0, to: 6, generation: 1, worldSize: 3 }, { from: 6, to: 12, generation: 2, worldSize: 2 }],
+        rolledBack: [],
+      }),
     });
     const b = statusBlock(j, NOW);
     expect(b).toContain('job         tiny-abcde (TrainJob)');
@@ -182,7 +206,8 @@ describe('status', () => {
     expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-form)');
     expect(b).toContain('ledger      12 steps committed: 0-6 (gen 1, world 3), 6-12 (gen 2, world 2)');
     expect(b).toContain('output      /runs/tiny');
-    expect(timingsJson(j)).toMatchObject({ wallSeconds: 18.2, generationSeconds: 2.1, computeSeconds: 14, reformSeconds: 3.1 });
+    expect(timingsJson(j))
+      .toMatchObject({ wallSeconds: 18.2, generationSeconds: 2.1, computeSeconds: 14, reformSeconds: 3.1 });
   });
 });
 
@@ -191,7 +216,10 @@ describe('evaluation tables', () => {
     name: 'final', step: 0, maxNewTokens: 64, template: 'alpaca', worldSize: 2, seconds: 3,
     benchmarks: [{
       benchmark: 'mgsm', average: 0.5,
-      languages: [{ language: 'en', correct: 3, total: 4, accuracy: 0.75 }, { language: 'sw', correct: 1, total: 4, accuracy: 0.25 }],
+      languages: [
+        { language: 'en', correct: 3, total: 4, accuracy: 0.75 },
+        { language: 'sw', correct: 1, total: 4, accuracy: 0.25 },
+      ],
     }],
   };
 
@@ -204,7 +232,8 @@ describe('evaluation tables', () => {
       '  average         50.0      4/8',
     ]);
     expect(evalMarkdownTables(report)).toEqual([
-      '### mgsm', '', '| language | accuracy % | correct |', '|---|---:|---:|', '| en | 75.0 | 3/4 |', '| sw | 25.0 | 1/4 |',
+      '### mgsm', '', '| language | accuracy % | correct |', '|---|---:|---:|', '| en | 75.0 | 3/4 |',
+      '| sw | 25.0 | 1/4 |',
       '| average | 50.0 | 4/8 |', '',
     ]);
     expect(evalMarkdown(report)).toContain('| sw | 25.0 | 1/4 |');
@@ -212,7 +241,10 @@ describe('evaluation tables', () => {
 });
 
 describe('job timings', () => {
-  const spec = { apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'unit' }, spec: { output: { dir: '/o' }, workers: { count: 2 } } } as unknown as JobSpec;
+  const spec = {
+    apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'unit' },
+    spec: { output: { dir: '/o' }, workers: { count: 2 } },
+  } as unknown as JobSpec;
 
   it('wall time spans the generations; compute is theirs; re-forming is the gaps', () => {
     const t0 = NOW;
@@ -238,7 +270,10 @@ describe('job timings', () => {
   it('a record from before timings reads as none; the wire job carries them', () => {
     const old = { ...newJobRecord('unit-abcde', spec, 2, NOW - 5000), startedAt: NOW - 4000, finishedAt: NOW };
     expect(jobTimings(old)).toEqual({ wallSeconds: 4, computeSeconds: 0, reformSeconds: 0, generations: [] });
-    const wire = toWireJob({ ...old, generations: [{ generation: 1, worldSize: 2, startedAt: NOW - 4000, endedAt: NOW, computeSeconds: 3, fromStep: 0, endReason: '' }] });
+    const g1 = {
+      generation: 1, worldSize: 2, startedAt: NOW - 4000, endedAt: NOW, computeSeconds: 3, fromStep: 0, endReason: '',
+    };
+    const wire = toWireJob({ ...old, generations: [g1] });
     expect(wire).toMatchObject({ kind: 'TrainJob', wallSeconds: 4, computeSeconds: 3, reformSeconds: 0 });
     expect(wire.generations?.[0]).toMatchObject({ generation: 1, wallSeconds: 4 });
   });
