@@ -7,7 +7,9 @@
  * ceil(n / B) steps; its last global batch may be smaller. `maxSteps`, when given, is the total
  * number of steps, cycling through epochs as needed (as HF's `max_steps` does).
  */
+import { JobSpecError } from './errors.js';
 import type { JobSpec } from './jobspec.js';
+import { SPEC_LIMITS } from './spec-primitives.js';
 
 export interface StepPlan {
   readonly numSamples: number;
@@ -21,6 +23,10 @@ export function planSteps(numSamples: number, training: JobSpec['spec']['trainin
   const B = training.globalBatchSize;
   const stepsPerEpoch = Math.ceil(numSamples / B);
   const totalSteps = training.maxSteps ?? stepsPerEpoch * (training.epochs ?? 1);
+  if (totalSteps > SPEC_LIMITS.steps) {
+    const message = `makes ${totalSteps} steps; at most ${SPEC_LIMITS.steps}`;
+    throw new JobSpecError([{ path: 'spec.training.epochs', message }]);
+  }
   return { numSamples, globalBatchSize: B, stepsPerEpoch, totalSteps };
 }
 

@@ -109,3 +109,15 @@ export function isUserError(e: unknown): e is UserError {
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/**
+ * What is wrong with text that `JSON.parse` refused, without V8's quote of the text (it shows the
+ * first characters of the file: an error must name a file and the problem, never its contents).
+ */
+export function jsonSyntaxProblem(e: unknown): string {
+  const msg = errorMessage(e);
+  const at = /at position (\d+)/.exec(msg);
+  if (at) return `not valid JSON (at character ${Number(at[1]) + 1})`;
+  if (/end of JSON input/i.test(msg)) return 'not valid JSON (it ends too early)';
+  return 'not valid JSON';
+}

@@ -19,6 +19,7 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
+import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS } from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
 export const MGSM_LANGUAGES = ['bn', 'de', 'en', 'es', 'fr', 'ja', 'ru', 'sw', 'te', 'th', 'zh'] as const;
@@ -38,11 +39,9 @@ export const DEFAULT_ANALYSIS_K = 6;
 /** @default a neuron is active for a language when it fires on at least half of its prompt tokens. */
 export const DEFAULT_ANALYSIS_THRESHOLD = 0.5;
 
-const LANGUAGE = /^[a-z]{2,3}$/;
-const positiveInt = z.number().int('must be an integer').positive('must be > 0');
-const nonNegativeInt = z.number().int('must be an integer').nonnegative('must be >= 0');
-const language = z.string().regex(LANGUAGE, 'must be an ISO 639 code such as "sw"');
-const nonEmpty = z.string().min(1, 'must not be empty');
+const language = languageCode;
+const nonEmpty = pathString;
+const batchSize = positiveIntAtMost(SPEC_LIMITS.microBatchSize);
 
 export const problemSetSchema = z.strictObject({
   /** One file of problems. */
@@ -56,35 +55,39 @@ export const problemSetSchema = z.strictObject({
   /** With `mgsm`/`msvamp`: the languages to take. @default all of the benchmark's */
   languages: z.array(language).min(1, 'must name at least one language').optional(),
   /** The first N problems of each language. @default all */
-  limit: positiveInt.optional(),
+  limit: positiveIntAtMost(SPEC_LIMITS.problemsPerLanguage).optional(),
 });
 export type ProblemSet = z.infer<typeof problemSetSchema>;
 
+const problemSetList = z.array(problemSetSchema).min(1, 'must list at least one set')
+  .max(SPEC_LIMITS.problemSets, `must list at most ${SPEC_LIMITS.problemSets} sets`);
+
 export const evalSchema = z.strictObject({
-  sets: z.array(problemSetSchema).min(1, 'must list at least one set'),
+  sets: problemSetList,
   /** Prompt template: a named template (`slam`, `alpaca`) or a literal with {question}. */
   template: z.string().default('slam'),
   /** @default DEFAULT_EVAL_MAX_NEW_TOKENS */
-  maxNewTokens: positiveInt.default(DEFAULT_EVAL_MAX_NEW_TOKENS),
+  maxNewTokens: positiveIntAtMost(SPEC_LIMITS.maxNewTokens).default(DEFAULT_EVAL_MAX_NEW_TOKENS),
   /** Prompts generated together on one rank (left-padded). */
-  batchSize: positiveInt.default(8),
+  batchSize: batchSize.default(8),
   /** Generation also ends at one of these strings (besides EOS). */
-  stop: z.array(nonEmpty).default([]),
+  stop: z.array(nonEmptyString(SPEC_LIMITS.stopStringChars))
+    .max(SPEC_LIMITS.stopStrings, `must list at most ${SPEC_LIMITS.stopStrings} strings`).default([]),
   /** TrainJob only: evaluate every N optimizer steps (0: only at the end). */
-  everySteps: nonNegativeInt.optional(),
+  everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).optional(),
 });
 export type EvalSpec = z.infer<typeof evalSchema>;
 
 export const analysisSchema = z.strictObject({
   /** Parallel prompts per language; must include English. */
-  probe: z.array(problemSetSchema).min(1, 'must list at least one set'),
+  probe: problemSetList,
   /** How many layers to choose. @default DEFAULT_ANALYSIS_K */
-  k: positiveInt.default(DEFAULT_ANALYSIS_K),
+  k: positiveIntAtMost(SPEC_LIMITS.layers).default(DEFAULT_ANALYSIS_K),
   /** Share of a language's prompt tokens on which a neuron must fire to count as active. @default DEFAULT_ANALYSIS_THRESHOLD */
   threshold: z.number().gt(0, 'must be > 0').lte(1, 'must be <= 1').default(DEFAULT_ANALYSIS_THRESHOLD),
   /** Prompts longer than this are cut. */
-  maxSeqLen: positiveInt.default(512),
-  batchSize: positiveInt.default(8),
+  maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(512),
+  batchSize: batchSize.default(8),
 });
 export type AnalysisSpec = z.infer<typeof analysisSchema>;
 

@@ -15,25 +15,23 @@ import { JobSpecError, type SpecIssue } from './errors.js';
 import {
   analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
 } from './eval-spec.js';
-import { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES, readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions } from './jobspec.js';
+import {
+  readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
+} from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
+import {
+  apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema,
+} from './spec-primitives.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const positiveInt = z.number().int('must be an integer').positive('must be > 0');
-const nonEmpty = z.string().min(1, 'must not be empty');
+const nonEmpty = pathString;
 
-const common = {
-  apiVersion: z.literal('polytune/v1', { message: 'must be "polytune/v1"' }),
-  metadata: z.strictObject({
-    name: z.string().regex(DNS_LABEL, 'must be a DNS-1123 label: lower-case letters, digits and "-", at most 63'),
-  }),
-};
+const common = { apiVersion: apiVersionSchema, metadata: metadataSchema };
 const model = z.strictObject({ path: nonEmpty });
 /** `min`: the job goes on in a re-formed world of at least `min` (it starts over: evaluation and analysis are deterministic). */
-const workers = z.strictObject({ count: positiveInt, min: positiveInt.optional() });
+const workers = workersSchema;
 const output = z.strictObject({ dir: nonEmpty });
 
 const evalJobSchema = z.strictObject({
@@ -56,21 +54,14 @@ export function isTrainJob(spec: AnyJobSpec): spec is JobSpec {
   return spec.kind === 'TrainJob';
 }
 
-function templateIssue(template: string, at: string): SpecIssue[] {
-  if (template in PROMPT_TEMPLATES || template === CHAT_TEMPLATE_NAME || template.includes('{question}')) return [];
-  return [{ path: at, message: `must be one of ${[...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ')} or a literal containing {question}` }];
-}
-
 /** Checks of a `spec.eval` block (also used for a TrainJob's). */
 export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTrainJob: boolean): SpecIssue[] {
-  const issues = [...problemSetIssues(ev.sets, `${at}.sets`), ...templateIssue(ev.template, `${at}.template`)];
+  const issues = [...problemSetIssues(ev.sets, `${at}.sets`), ...templateIssues(ev.template, `${at}.template`)];
   if (!onTrainJob && ev.everySteps !== undefined) issues.push({ path: `${at}.everySteps`, message: 'is only allowed on a TrainJob' });
   return issues;
 }
 
-function minIssues(w: { count: number; min?: number | undefined }): SpecIssue[] {
-  return w.min !== undefined && w.min > w.count ? [{ path: 'spec.workers.min', message: `must be <= spec.workers.count (${w.count})` }] : [];
-}
+const minIssues = (w: { count: number; min?: number | undefined }): SpecIssue[] => workersIssues(w);
 
 /**
  * Parse and validate a job spec of any kind from YAML or JSON text; relative paths resolve against

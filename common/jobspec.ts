@@ -12,6 +12,10 @@ import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
+import {
+  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeInt, nonNegativeIntAtMost,
+  pathString, positiveAtMost, positiveIntAtMost, SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
+} from './spec-primitives.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
@@ -27,49 +31,33 @@ export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as con
 export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm', 'mlp', 'self_attn'] as const;
 export type LayerModule = (typeof LAYER_MODULES)[number];
 
-/** The named prompt templates; a literal template must contain `{question}`. */
-export const PROMPT_TEMPLATES = {
-  /** SLAM (LLaMA-Factory's `default`). */
-  slam: 'Human: {question}\nAssistant: ',
-  /** MetaMath / Alpaca. */
-  alpaca:
-    'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' +
-    '### Instruction:\n{question}\n\n### Response:\n',
-} as const;
+export { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from './spec-primitives.js';
 
-/** The template name that means "the model's own chat template" (tokenizer_config.json). */
-export const CHAT_TEMPLATE_NAME = 'chat';
-
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const LANGUAGE = /^[a-z]{2,3}$/;
-
-const positiveInt = z.number().int('must be an integer').positive('must be > 0');
-const nonNegativeInt = z.number().int('must be an integer').nonnegative('must be >= 0');
 
 const dataSourceSchema = z.strictObject({
-  path: z.string().min(1, 'must not be empty'),
+  path: pathString,
   format: z.enum(DATA_FORMATS, { message: `must be one of ${DATA_FORMATS.join(', ')}` }),
   /** ISO 639-1 code of the records' language; for `parallel`, of `path` (the source side). */
-  language: z.string().regex(LANGUAGE, 'must be an ISO 639 code such as "sw"').optional(),
+  language: languageCode.optional(),
   /** `parallel` only: the line-aligned target file (English for question translation). */
-  target: z.string().min(1, 'must not be empty').optional(),
+  target: pathString.optional(),
   /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
-  weight: z.number().nonnegative('must be >= 0').default(1),
+  weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
 
 const optimizerSchema = z.discriminatedUnion('name', [
   z.strictObject({
     name: z.literal('adamw'),
-    lr: z.number().positive('must be > 0'),
+    lr: positiveAtMost(SPEC_LIMITS.lr),
     betas: z
       .tuple([z.number().min(0).lt(1, 'must be < 1'), z.number().min(0).lt(1, 'must be < 1')])
       .default([0.9, 0.999]),
-    eps: z.number().positive('must be > 0').default(1e-8),
-    weightDecay: z.number().nonnegative('must be >= 0').default(0),
+    eps: z.number().positive('must be > 0').max(1, 'must be <= 1').default(1e-8),
+    weightDecay: nonNegativeAtMost(SPEC_LIMITS.weightDecay).default(0),
   }),
   z.strictObject({
     name: z.literal('sgd'),
-    lr: z.number().positive('must be > 0'),
+    lr: positiveAtMost(SPEC_LIMITS.lr),
   }),
 ], { message: 'must have name adamw or sgd' });
 
@@ -79,13 +67,11 @@ const scheduleSchema = z.strictObject({
 });
 
 const specSchema = z.strictObject({
-  apiVersion: z.literal('polytune/v1', { message: 'must be "polytune/v1"' }),
+  apiVersion: apiVersionSchema,
   kind: z.literal('TrainJob', { message: 'must be "TrainJob"' }),
-  metadata: z.strictObject({
-    name: z.string().regex(DNS_LABEL, 'must be a DNS-1123 label: lower-case letters, digits and "-", at most 63'),
-  }),
+  metadata: metadataSchema,
   spec: z.strictObject({
-    model: z.strictObject({ path: z.string().min(1, 'must not be empty') }),
+    model: z.strictObject({ path: pathString }),
     method: z.strictObject({
       name: z.enum(METHOD_NAMES, { message: `must be one of ${METHOD_NAMES.join(', ')}` }),
       layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
@@ -95,24 +81,25 @@ const specSchema = z.strictObject({
       analysis: analysisSchema.optional(),
     }),
     data: z.strictObject({
-      train: z.array(dataSourceSchema).min(1, 'must list at least one file'),
+      train: z.array(dataSourceSchema).min(1, 'must list at least one file')
+        .max(SPEC_LIMITS.dataSources, `must list at most ${SPEC_LIMITS.dataSources} files`),
       template: z.string().default('slam'),
       /** `language`: every language brought to the sample count of the largest (data-mixture.ts). */
       balance: z.enum(['none', 'language'], { message: 'must be one of none, language' }).default('none'),
-      maxSeqLen: positiveInt.default(1024),
+      maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(1024),
       shuffle: z.boolean().default(true),
     }),
     training: z.strictObject({
-      epochs: positiveInt.optional(),
-      maxSteps: positiveInt.optional(),
-      globalBatchSize: positiveInt,
-      microBatchSize: positiveInt.default(4),
+      epochs: positiveIntAtMost(SPEC_LIMITS.epochs).optional(),
+      maxSteps: positiveIntAtMost(SPEC_LIMITS.steps).optional(),
+      globalBatchSize: positiveIntAtMost(SPEC_LIMITS.globalBatchSize),
+      microBatchSize: positiveIntAtMost(SPEC_LIMITS.microBatchSize).default(4),
       optimizer: optimizerSchema,
       schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
-      gradClip: z.number().nonnegative('must be >= 0').default(1.0),
-      seed: z.number().int('must be an integer').default(42),
+      gradClip: nonNegativeAtMost(SPEC_LIMITS.gradClip).default(1.0),
+      seed: intInRange(SPEC_LIMITS.seedMin, SPEC_LIMITS.seedMax).default(42),
       /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
-      maxNonFiniteSteps: nonNegativeInt.default(3),
+      maxNonFiniteSteps: nonNegativeIntAtMost(SPEC_LIMITS.nonFiniteSteps).default(3),
       /**
        * Each decoder layer keeps only its input for the backward pass and is computed again there
        * (HF's gradient_checkpointing): activation memory of one layer instead of all, for one more
@@ -120,7 +107,7 @@ const specSchema = z.strictObject({
        */
       gradientCheckpointing: z.boolean().default(false),
     }),
-    workers: z.strictObject({ count: positiveInt, min: positiveInt.optional() }),
+    workers: workersSchema,
     collective: z.strictObject({
       compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
       /**
@@ -128,13 +115,14 @@ const specSchema = z.strictObject({
        * compute). A lost worker is noticed sooner, by the coordinator's heartbeats; this bounds what
        * heartbeats cannot see, such as a NATS outage.
        */
-      timeoutSeconds: z.number().positive('must be > 0').default(300),
+      timeoutSeconds: z.number().positive('must be > 0')
+        .max(SPEC_LIMITS.timeoutSeconds, `must be <= ${SPEC_LIMITS.timeoutSeconds} (Node's timer limit)`).default(300),
     }).default({ compression: 'none', timeoutSeconds: 300 }),
     checkpoint: z.strictObject({
-      everySteps: nonNegativeInt.default(0),
-      keep: positiveInt.default(3),
+      everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).default(0),
+      keep: positiveIntAtMost(SPEC_LIMITS.checkpointsKept).default(3),
     }).default({ everySteps: 0, keep: 3 }),
-    output: z.strictObject({ dir: z.string().min(1, 'must not be empty') }),
+    output: z.strictObject({ dir: pathString }),
     /** Evaluation every `eval.everySteps` steps and at the end (common/eval-spec.ts, worker/eval/). */
     eval: evalSchema.optional(),
   }),
@@ -175,9 +163,7 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
   if (t.epochs === undefined && t.maxSteps === undefined) {
     issues.push({ path: 'spec.training.epochs', message: 'one of epochs or maxSteps is required' });
   }
-  if (s.workers.min !== undefined && s.workers.min > s.workers.count) {
-    issues.push({ path: 'spec.workers.min', message: `must be <= spec.workers.count (${s.workers.count})` });
-  }
+  issues.push(...workersIssues(s.workers));
   if (t.globalBatchSize < s.workers.count) {
     issues.push({
       path: 'spec.training.globalBatchSize',
@@ -194,7 +180,9 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
     issues.push({ path: 'spec.method.analysis', message: 'is only allowed with layers "auto"' });
   }
   if (s.method.analysis !== undefined) issues.push(...analysisIssues(s.method.analysis, 'spec.method.analysis'));
-  if (s.eval !== undefined) issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'));
+  if (s.eval !== undefined) {
+    issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'), ...templateIssues(s.eval.template, 'spec.eval.template'));
+  }
   if (s.method.name === 'freeze' && s.method.layers === undefined) {
     issues.push({ path: 'spec.method.layers', message: 'is required for method freeze' });
   }
@@ -204,13 +192,7 @@ function crossFieldIssues(spec: JobSpec): SpecIssue[] {
   if (Array.isArray(s.method.layers) && new Set(s.method.layers).size !== s.method.layers.length) {
     issues.push({ path: 'spec.method.layers', message: 'must not repeat a layer' });
   }
-  const template = s.data.template;
-  if (!(template in PROMPT_TEMPLATES) && template !== CHAT_TEMPLATE_NAME && !template.includes('{question}')) {
-    issues.push({
-      path: 'spec.data.template',
-      message: `must be one of ${[...Object.keys(PROMPT_TEMPLATES), CHAT_TEMPLATE_NAME].join(', ')} or a literal containing {question}`,
-    });
-  }
+  issues.push(...templateIssues(s.data.template, 'spec.data.template'));
   s.data.train.forEach((src, i) => {
     if (src.format === 'parallel' && src.target === undefined) {
       issues.push({ path: `spec.data.train[${i}].target`, message: 'is required for format parallel (the line-aligned target file)' });

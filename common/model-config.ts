@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelLoadError, UserError } from './errors.js';
+import { jsonSyntaxProblem, ModelLoadError, UserError } from './errors.js';
 
 export const ModelType = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2' } as const;
 export type ModelType = keyof typeof ModelType;
@@ -58,6 +58,19 @@ export interface LlamaConfig {
 
 type Json = Record<string, unknown>;
 
+/**
+ * A config value for an error message: numbers, booleans and short identifier-like strings as
+ * they are (`"gpt2"`), anything else by its type and size only, so that a JSON file that is not a
+ * model's config (a model path pointed at someone's credentials) is never quoted back.
+ */
+function shown(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);
+  if (typeof v === 'string') {
+    return /^[A-Za-z0-9_.-]{1,32}$/.test(v) ? JSON.stringify(v) : `a string of ${v.length} characters`;
+  }
+  return Array.isArray(v) ? 'an array' : 'an object';
+}
+
 class Reader {
   constructor(
     private readonly file: string,
@@ -72,24 +85,24 @@ class Reader {
   int(key: string, dflt?: number): number {
     const v = this.obj[key] ?? dflt;
     if (v === undefined) this.fail(`missing ${key}`);
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) this.fail(`${key} must be a positive integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) this.fail(`${key} must be a positive integer, got ${shown(v)}`);
     return v;
   }
   num(key: string, dflt?: number): number {
     const v = this.obj[key] ?? dflt;
     if (v === undefined) this.fail(`missing ${key}`);
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.fail(`${key} must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.fail(`${key} must be a positive number, got ${shown(v)}`);
     return v;
   }
   bool(key: string, dflt: boolean): boolean {
     const v = this.obj[key] ?? dflt;
-    if (typeof v !== 'boolean') this.fail(`${key} must be a boolean, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'boolean') this.fail(`${key} must be a boolean, got ${shown(v)}`);
     return v;
   }
   optTokenId(key: string): number | null {
     const v = this.obj[key];
     if (v === undefined || v === null) return null;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) this.fail(`${key} must be a token id, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) this.fail(`${key} must be a token id, got ${shown(v)}`);
     return v;
   }
 }
@@ -115,7 +128,7 @@ function parseRopeScaling(r: Reader, raw: unknown, file: string): RopeScaling | 
         originalMaxPositionEmbeddings: s.int('original_max_position_embeddings'),
       };
     default:
-      return r.fail(`rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3, linear, dynamic)`);
+      return r.fail(`rope_scaling type ${shown(type)} is not supported (supported: llama3, linear, dynamic)`);
   }
 }
 
@@ -126,11 +139,11 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   const r = new Reader(file, obj);
   const modelType = obj['model_type'];
   if (typeof modelType !== 'string' || !(modelType in ModelType)) {
-    r.fail(`model_type ${JSON.stringify(modelType)} is not supported (supported: llama, mistral, qwen2)`);
+    r.fail(`model_type ${shown(modelType)} is not supported (supported: llama, mistral, qwen2)`);
   }
   const mt = modelType as ModelType;
   const act = obj['hidden_act'] ?? 'silu';
-  if (act !== 'silu') r.fail(`hidden_act ${JSON.stringify(act)} is not supported (only silu)`);
+  if (act !== 'silu') r.fail(`hidden_act ${shown(act)} is not supported (only silu)`);
 
   const hiddenSize = r.int('hidden_size');
   const numAttentionHeads = r.int('num_attention_heads');
@@ -158,7 +171,7 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
     r.fail(`quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: quantized checkpoints cannot be loaded, use the float weights`);
   }
   const dropout = obj['attention_dropout'] ?? 0;
-  if (dropout !== 0) r.fail(`attention_dropout ${JSON.stringify(dropout)} is not supported (only 0)`);
+  if (dropout !== 0) r.fail(`attention_dropout ${shown(dropout)} is not supported (only 0)`);
   let slidingWindow: number | null = null;
   const sw = obj['sliding_window'];
   const swInEffect = mt === 'mistral' || (mt === 'qwen2' && obj['use_sliding_window'] === true);
@@ -205,7 +218,7 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new ModelLoadError(file, `invalid JSON: ${(e as Error).message}`, { cause: e });
+    throw new ModelLoadError(file, jsonSyntaxProblem(e));
   }
   return parseLlamaConfig(raw, file);
 }

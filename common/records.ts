@@ -12,7 +12,7 @@
  * | parallel  | two line-aligned text files (`path`, `target`): source in, target out       |
  */
 import { readFile } from 'node:fs/promises';
-import { DataFormatError } from './errors.js';
+import { DataFormatError, jsonSyntaxProblem } from './errors.js';
 import type { DataSource } from './jobspec.js';
 
 /** A prompt/response pair, to be templated and tokenized by the worker. */
@@ -33,6 +33,14 @@ export interface TokenRecord {
 }
 
 export type DataRecord = TextRecord | TokenRecord;
+
+/** Lines parsed between two turns of the event loop. */
+const YIELD_LINES = 2048;
+
+/** A big file is parsed in slices: every `YIELD_LINES` lines the event loop gets a turn (heartbeats keep flowing). */
+async function sliceBreak(lineIndex: number): Promise<void> {
+  if ((lineIndex + 1) % YIELD_LINES === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+}
 
 /** The label value that takes no loss (HF's ignore_index). */
 export const IGNORE_INDEX = -100;
@@ -57,7 +65,7 @@ function parseJsonLine(file: string, line: string, lineNo: number): Record<strin
   try {
     value = JSON.parse(line);
   } catch (e) {
-    throw new DataFormatError(file, `not valid JSON (${(e as Error).message})`, lineNo);
+    throw new DataFormatError(file, jsonSyntaxProblem(e), lineNo);
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new DataFormatError(file, 'expected a JSON object', lineNo);
@@ -123,9 +131,11 @@ export function recordFromJson(
 /** The objects of a JSON Lines file with their 1-based line numbers; blank lines are skipped. */
 export async function readJsonLines(file: string): Promise<{ obj: Record<string, unknown>; lineNo: number }[]> {
   const out: { obj: Record<string, unknown>; lineNo: number }[] = [];
-  lines(await readText(file)).forEach((line, i) => {
+  const all = lines(await readText(file));
+  for (const [i, line] of all.entries()) {
     if (line.trim() !== '') out.push({ obj: parseJsonLine(file, line, i + 1), lineNo: i + 1 });
-  });
+    await sliceBreak(i);
+  }
   return out;
 }
 
@@ -140,12 +150,13 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
       for (const { obj, lineNo } of await readJsonLines(file)) records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
       break;
     case 'mgsm-tsv':
-      lines(await readText(file)).forEach((line, i) => {
-        if (line.trim() === '') return;
+      for (const [i, line] of lines(await readText(file)).entries()) {
+        await sliceBreak(i);
+        if (line.trim() === '') continue;
         const tab = line.lastIndexOf('\t');
         if (tab <= 0) throw new DataFormatError(file, 'expected question<TAB>answer', i + 1);
         records.push({ kind: 'text', question: line.slice(0, tab), output: line.slice(tab + 1).trim(), language: src.language });
-      });
+      }
       break;
     case 'parallel': {
       if (src.target === undefined) throw new DataFormatError(file, 'format parallel needs a target file');
@@ -154,12 +165,13 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
       if (targets.length !== sources.length) {
         throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`);
       }
-      sources.forEach((line, i) => {
+      for (const [i, line] of sources.entries()) {
+        await sliceBreak(i);
         const target = targets[i] ?? '';
-        if (line.trim() === '' && target.trim() === '') return;
+        if (line.trim() === '' && target.trim() === '') continue;
         if (line.trim() === '' || target.trim() === '') throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
         records.push({ kind: 'text', question: line, output: target, language: src.language });
-      });
+      }
       break;
     }
   }

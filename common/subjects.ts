@@ -16,6 +16,9 @@
  * subscribes to its own generation.
  */
 import { UserError } from './errors.js';
+import { DNS_LABEL, MAX_JOB_NAME_LENGTH } from './spec-primitives.js';
+
+export { MAX_JOB_NAME_LENGTH };
 
 export const SUBJECT_ROOT = 'polytune';
 
@@ -84,13 +87,11 @@ export interface AckMessage extends CtlMessage {
   readonly received: readonly number[];
 }
 
-const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const TOPIC_TOKEN = /^[A-Za-z0-9_-]+$/;
-export const MAX_JOB_NAME_LENGTH = 63;
 
 /** True when `name` is a DNS-1123 label: lower-case alphanumerics and `-`, 1-63 chars, alphanumeric at both ends. */
 export function isJobName(name: string): boolean {
-  return name.length <= MAX_JOB_NAME_LENGTH && DNS1123_LABEL.test(name);
+  return name.length <= MAX_JOB_NAME_LENGTH && DNS_LABEL.test(name);
 }
 
 /** @throws UserError naming what is wrong with the job name. */

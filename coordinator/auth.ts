@@ -59,6 +59,18 @@ export function authorizeWorkerId(policy: CallAuthPolicy, workerId: string, cert
   }
 }
 
+/**
+ * Who a JobService call comes from, for per-client limits (the Pending cap): the bearer token's
+ * identity (a digest, never the token) when the call has one, else the peer's address without
+ * its port (`ipv4:10.0.0.7`).
+ */
+export function clientIdentity(metadata: Metadata, peer: string): string {
+  const token = bearerToken(metadata);
+  if (token !== undefined) return `token:${digest(token).toString('hex').slice(0, 16)}`;
+  const m = /^(.*):\d+$/.exec(peer);
+  return (m?.[1] ?? peer).replace(/^ipv6:\[(.*)\]$/, 'ipv6:$1');
+}
+
 /** Throws `AuthenticationError` unless the call carries the client token (when one is configured). */
 export function authorizeJobCall(policy: CallAuthPolicy, method: string, metadata: Metadata): void {
   if (policy.clientToken === undefined) return;

@@ -2,11 +2,12 @@
 /**
  * The `coordinator` command.
  *
- *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+ *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
  *   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB [--languages] [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
+ *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
  *
  * Security flags and their env vars: cli-security.ts.
@@ -16,8 +17,9 @@
  * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
  * What a person sees (progress, tables, the status block) is in views/.
  */
+import { delimiter } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ExitCode, intFlag, runCli, UsageError } from '../common/cli.js';
+import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
@@ -31,7 +33,8 @@ import { CoordinatorStartError } from './errors.js';
 import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
-import { DEFAULT_LISTEN, DEFAULT_NATS_URL, startCoordinator } from './server.js';
+import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
+import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
 import { computeTotalSteps } from './total-steps.js';
 import { formatDuration, kindOf } from './views/job-view.js';
 import { createProgressView, isLiveTerminal, stateLine } from './views/progress-view.js';
@@ -42,13 +45,18 @@ import { stringify as toYaml } from 'yaml';
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
-  coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N]
+  coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
+                    [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
                               [--languages]
   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
+  coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
+
+--data-root/--output-root (or $POLYTUNE_DATA_ROOTS/$POLYTUNE_OUTPUT_ROOTS, ':'-separated): job inputs
+must be under a data root and output.dir under an output root; unset, any path is allowed.
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
 On a terminal, --watch and watch redraw one line per job; --languages adds the loss per language.
@@ -59,7 +67,7 @@ const out = (line: string): void => {
   process.stdout.write(line + '\n');
 };
 
-type Flags = Record<string, { type: 'string' | 'boolean'; short?: string }>;
+type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
 function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
@@ -165,25 +173,33 @@ async function follow(
 }
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v } = parse(args, { listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, ...SERVE_SECURITY_FLAGS });
+  const { values: v } = parse(args, {
+    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' },
+    ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
   const logger = createLogger('coordinator');
   const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
+  const listen = (v.listen as string | undefined) ?? DEFAULT_LISTEN;
+  // Metrics are served where the gRPC port is, unless told otherwise: `--listen 127.0.0.1:7070`
+  // keeps them off the network too (issue 20).
+  const metricsHost = flagOrEnv(v, 'metrics-host', 'POLYTUNE_METRICS_HOST') ?? listenHost(listen);
   // The entry point wires prom-client (STYLE.md); the coordinator records through the MetricMeter.
   const meter = new PromMeter({ logger: logger.child('metrics') });
   const coordinator = await startCoordinator({
-    listen: (v.listen as string | undefined) ?? DEFAULT_LISTEN,
+    listen,
     natsUrl: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'] ?? DEFAULT_NATS_URL,
     logger,
     meter,
+    ...storeOptions(v),
     ...serveSecurity(v),
   });
   let metrics: MetricsServer;
   try {
-    metrics = await startMetricsServer({ meter, port: metricsPort, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics') });
+    metrics = await startMetricsServer({ meter, port: metricsPort, host: metricsHost, logger: logger.child('metrics') });
   } catch (e) {
     await coordinator.stop();
-    throw new CoordinatorStartError(`cannot serve metrics on port ${metricsPort}: ${(e as Error).message}`, { cause: e });
+    throw new CoordinatorStartError(`cannot serve metrics on ${metricsHost} port ${metricsPort}: ${(e as Error).message}`, { cause: e });
   }
   logger.info('metrics at /metrics', { url: metrics.url });
   await new Promise<void>((resolve) => {
@@ -258,6 +274,12 @@ async function status(args: string[]): Promise<number> {
       return 0;
     }
     const jobs = await client.list();
+    const { corruptKeys } = await client.listPage(1);
+    if (corruptKeys.length > 0) {
+      const n = corruptKeys.length;
+      const keys = corruptKeys.join(', ');
+      process.stderr.write(`warning: ${n} key(s) of the job store hold no job record and were skipped: ${keys}\n`);
+    }
     if (format === 'json') out(JSON.stringify(jobs.map(jobJson), null, 2));
     else if (format === 'yaml') process.stdout.write(toYaml(jobs.map(jobJson)));
     else if (jobs.length === 0) out('no jobs');
@@ -297,6 +319,46 @@ async function cancel(args: string[]): Promise<number> {
   }
 }
 
+/** `serve`'s flags of the job store and the files jobs may touch. */
+const STORE_FLAGS: Flags = {
+  'data-root': { type: 'string', multiple: true }, 'output-root': { type: 'string', multiple: true },
+  'retention-hours': { type: 'string' }, 'max-pending-per-client': { type: 'string' },
+};
+
+type StoreOptions = Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' | 'maxPendingPerClient'>;
+
+function storeOptions(v: Record<string, unknown>): StoreOptions {
+  const int = (flag: string, fallback: number): number => intFlag(flag, v[flag] as string | undefined, fallback, 0);
+  const dirs = (flag: string, env: string): string[] => {
+    const given = v[flag] as string[] | undefined;
+    if (given?.length) return given;
+    return (process.env[env] ?? '').split(delimiter).filter((d) => d !== '');
+  };
+  return {
+    storageRoots: {
+      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'), outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
+    },
+    retentionHours: int('retention-hours', DEFAULT_RETENTION_HOURS),
+    maxPendingPerClient: int('max-pending-per-client', DEFAULT_MAX_PENDING_PER_CLIENT),
+  };
+}
+
+async function deleteJob(args: string[]): Promise<number> {
+  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
+  if (v.help) return out(USAGE), 0;
+  const id = positionals[0];
+  if (id === undefined || positionals.length > 1) throw new UsageError(`delete takes one JOB\n${USAGE}`);
+  const address = (v.coordinator as string | undefined) ?? defaultCoordinatorAddress();
+  const client = new JobClient({ address, ...clientSecurity(v) });
+  try {
+    const job = await client.delete(id);
+    out(`deleted ${job.id} (${stateName(job)})`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
 async function natsAuth(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, { out: { type: 'string' } });
   if (v.help) return out(USAGE), 0;
@@ -316,6 +378,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'status': return await status(rest);
       case 'watch': return await watch(rest, signal);
       case 'cancel': return await cancel(rest);
+      case 'delete': return await deleteJob(rest);
       case 'nats-auth': return await natsAuth(rest);
       case undefined:
       case 'help':

@@ -118,8 +118,27 @@ export class JobClient {
     return this.unary<Job__Output>('Get', (m, o, cb) => this.client.Get({ jobId }, m, o, cb));
   }
 
-  async list(): Promise<Job__Output[]> {
-    return (await this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({}, m, o, cb))).jobs;
+  /** One page of jobs, newest first, without their specs; `nextPageToken` is '' on the last page. */
+  listPage(pageSize = 0, pageToken = ''): Promise<ListJobsResponse__Output> {
+    return this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({ pageSize, pageToken }, m, o, cb),
+    );
+  }
+
+  /** Every job, newest first, page by page (without their specs: `get` has them). */
+  async list(pageSize = 0): Promise<Job__Output[]> {
+    const jobs: Job__Output[] = [];
+    let token = '';
+    do {
+      const page = await this.listPage(pageSize, token);
+      jobs.push(...page.jobs);
+      token = page.nextPageToken;
+    } while (token);
+    return jobs;
+  }
+
+  /** Deletes a finished job (record and ledger); returns it as it was. */
+  delete(jobId: string): Promise<Job__Output> {
+    return this.unary<Job__Output>('Delete', (m, o, cb) => this.client.Delete({ jobId }, m, o, cb));
   }
 
   cancel(jobId: string, reason = ''): Promise<Job__Output> {

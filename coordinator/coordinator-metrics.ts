@@ -13,6 +13,8 @@
  * | `polytune_generation_changes_total` | counter: a gang formed (generation + 1) | job_id |
  * | `polytune_scheduling_latency_seconds` | histogram: Pending (submit, or back to Pending) to gang formed | |
  * | `polytune_submit_errors_total` | counter: Submit calls refused or failed | code (gRPC status name) |
+ * | `polytune_store_bad_values_total` | counter: KV values refused (store-events.ts) | bucket, reason |
+ * | `polytune_store_tampering_total` | counter: values it wrote, changed or deleted by others | bucket, kind |
  *
  * The job label is `job_id`, not `job`: Prometheus gives every scraped series a `job` target label
  * (the scrape job), and a metric's own `job` would be renamed `exported_job`.
@@ -21,6 +23,7 @@ import { status } from '@grpc/grpc-js';
 import type { MetricMeter } from '../common/metrics.js';
 import { isTerminal, JobState } from './job-record.js';
 import type { JobStore } from './job-store.js';
+import type { StoreEvents } from './store-events.js';
 import { WorkerStatus, type WorkerRegistry } from './worker-registry.js';
 
 /** What the scheduler records (scheduler.ts calls these; `noopSchedulerMetrics` by default). */
@@ -34,6 +37,7 @@ export const noopSchedulerMetrics: SchedulerMetrics = { gangFormed: () => {} };
 export interface CoordinatorMetrics extends SchedulerMetrics {
   /** A Submit call failed with this gRPC status code. */
   submitFailed(code: status): void;
+
   /** Stops listening to the registry. Idempotent. */
   close(): void;
 }
@@ -42,7 +46,9 @@ export interface CoordinatorMetrics extends SchedulerMetrics {
 const SCHEDULING_BUCKETS = [0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400];
 
 /** Defines the coordinator's metrics on `meter`, reading jobs from `store` and workers from `registry`. */
-export function createCoordinatorMetrics(meter: MetricMeter, sources: { store: JobStore; registry: WorkerRegistry }): CoordinatorMetrics {
+export function createCoordinatorMetrics(
+  meter: MetricMeter, sources: { store: JobStore; registry: WorkerRegistry; storeEvents?: StoreEvents },
+): CoordinatorMetrics {
   const { store, registry } = sources;
 
   // Job gauges share one store listing per scrape (the first gauge collected lists; the others reuse it).
@@ -97,6 +103,21 @@ export function createCoordinatorMetrics(meter: MetricMeter, sources: { store: J
     name: 'polytune_submit_errors_total', help: 'Submit calls that failed, by gRPC status (invalid_argument is a bad spec).', labelNames: ['code'],
   });
   submitErrors.inc({ code: 'invalid_argument' }, 0);
+  const badValues = meter.counter({
+    name: 'polytune_store_bad_values_total',
+    help: 'Values in the coordinator\'s KV buckets refused: unreadable, an invalid spec, or a record it did not write.',
+    labelNames: ['bucket', 'reason'],
+  });
+  const tampering = meter.counter({
+    name: 'polytune_store_tampering_total',
+    help: 'Values the coordinator wrote that were changed or deleted by someone else (it restored its own).',
+    labelNames: ['bucket', 'kind'],
+  });
+  tampering.inc({ bucket: 'polytune_jobs', kind: 'rewritten' }, 0);
+  const unwatchStore = sources.storeEvents?.on((e) => {
+    if (e.type === 'bad-value') badValues.inc({ bucket: e.bucket, reason: e.reason });
+    else tampering.inc({ bucket: e.bucket, kind: e.kind });
+  });
 
   return {
     gangFormed(jobId, _generation, waitSeconds) {
@@ -108,6 +129,7 @@ export function createCoordinatorMetrics(meter: MetricMeter, sources: { store: J
     },
     close: () => {
       unsubscribe();
+      unwatchStore?.();
     },
   };
 }

@@ -21,12 +21,60 @@ export class JobConflictError extends PolytuneError {
   }
 }
 
+/** A job that has not finished cannot be deleted (cancel it first). FAILED_PRECONDITION. */
+export class JobNotFinishedError extends PolytuneError {
+  readonly jobId: string;
+  readonly state: string;
+  constructor(jobId: string, state: string) {
+    super(`job ${jobId} is ${state}: only a finished job can be deleted `
+      + `(cancel it first: coordinator cancel ${jobId})`);
+    this.name = 'JobNotFinishedError';
+    this.jobId = jobId;
+    this.state = state;
+  }
+}
+
+/** A client has as many Pending jobs as it may have. RESOURCE_EXHAUSTED. */
+export class PendingLimitError extends PolytuneError {
+  readonly client: string;
+  readonly limit: number;
+  constructor(client: string, limit: number) {
+    super(`client ${client} already has ${limit} Pending jobs (the coordinator's --max-pending-per-client): ` +
+      'wait for some to start, or cancel some, before submitting more', { retryable: true });
+    this.name = 'PendingLimitError';
+    this.client = client;
+    this.limit = limit;
+  }
+}
+
 /** A worker stream that broke the Join protocol (e.g. did not start with Hello). */
 export class WorkerProtocolError extends PolytuneError {
   readonly workerId: string | undefined;
   constructor(message: string, workerId?: string) {
     super(message);
     this.name = 'WorkerProtocolError';
+    this.workerId = workerId;
+  }
+}
+
+/** A Join stream that did not send Hello in time. DEADLINE_EXCEEDED. */
+export class JoinDeadlineError extends PolytuneError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'JoinDeadlineError';
+  }
+}
+
+/**
+ * A Join under a worker id whose stream is alive (a heartbeat within the timeout, its stream
+ * open). ALREADY_EXISTS: the newcomer is refused, the connected worker keeps its job.
+ */
+export class WorkerIdInUseError extends PolytuneError {
+  readonly workerId: string;
+  constructor(workerId: string, lastSeenMsAgo: number) {
+    super(`worker id "${workerId}" is already connected (last heard from ${lastSeenMsAgo} ms ago); `
+      + 'a second worker cannot take its place until that stream is closed or misses its heartbeats', { retryable: true });
+    this.name = 'WorkerIdInUseError';
     this.workerId = workerId;
   }
 }

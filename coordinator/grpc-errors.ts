@@ -4,7 +4,10 @@
  */
 import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { JobSpecError, PolytuneError, UserError, errorMessage } from '../common/errors.js';
-import { AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFoundError, RequestValidationError, WorkerProtocolError } from './errors.js';
+import {
+  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, JoinDeadlineError, PendingLimitError,
+  RequestValidationError, WorkerIdInUseError, WorkerProtocolError,
+} from './errors.js';
 
 /** The status a handler answers with for `e`. Unknown errors are INTERNAL with their message. */
 export function toGrpcStatus(e: unknown): Partial<StatusObject> & { code: status; details: string } {
@@ -13,9 +16,13 @@ export function toGrpcStatus(e: unknown): Partial<StatusObject> & { code: status
   if (e instanceof JobSpecError) code = status.INVALID_ARGUMENT;
   else if (e instanceof JobNotFoundError) code = status.NOT_FOUND;
   else if (e instanceof JobConflictError) code = status.ABORTED;
+  else if (e instanceof JobNotFinishedError) code = status.FAILED_PRECONDITION;
+  else if (e instanceof PendingLimitError) code = status.RESOURCE_EXHAUSTED;
   else if (e instanceof WorkerProtocolError) code = status.INVALID_ARGUMENT;
   else if (e instanceof RequestValidationError) code = status.INVALID_ARGUMENT;
   else if (e instanceof AuthenticationError) code = status.UNAUTHENTICATED;
+  else if (e instanceof WorkerIdInUseError) code = status.ALREADY_EXISTS;
+  else if (e instanceof JoinDeadlineError) code = status.DEADLINE_EXCEEDED;
   else if (e instanceof CoordinatorStoppingError) code = status.UNAVAILABLE;
   else if (e instanceof UserError) code = status.INVALID_ARGUMENT;
   else code = status.INTERNAL;
@@ -38,7 +45,8 @@ export class CoordinatorCallError extends PolytuneError {
 
   /** True for mistakes in what the user sent (bad spec, unknown job): print the message, no stack. */
   get isUserMistake(): boolean {
-    return this.code === status.INVALID_ARGUMENT || this.code === status.NOT_FOUND;
+    const c = this.code;
+    return c === status.INVALID_ARGUMENT || c === status.NOT_FOUND || c === status.FAILED_PRECONDITION;
   }
 }
 

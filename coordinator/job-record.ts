@@ -2,7 +2,10 @@
  * A job as the coordinator stores it (JSON in the `polytune_jobs` KV bucket), its lifecycle, and
  * its conversion to the wire `Job` message.
  */
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { z } from 'zod';
+import { errorMessage, JobSpecError } from '../common/errors.js';
+import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
+import { isJobName } from '../common/subjects.js';
 import type { Job } from '../proto/index.js';
 import { jobTimings, type GenerationRecord } from './job-timings.js';
 import type { Ledger } from './ledger.js';
@@ -58,6 +61,8 @@ export interface JobRecord {
   /** One row per generation, for the job's timings (job-timings.ts); absent in older records. */
   generations?: GenerationRecord[];
   outputDir: string;
+  /** Who submitted it (auth.ts `clientIdentity`), for the Pending cap; absent in older records. */
+  readonly submittedBy?: string;
   readonly createdAt: number;
   updatedAt: number;
   startedAt: number;
@@ -65,8 +70,11 @@ export interface JobRecord {
 }
 
 /** A fresh Pending record for a validated spec. */
-export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false): JobRecord {
+export function newJobRecord(
+  id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false, submittedBy?: string,
+): JobRecord {
   return {
+    ...(submittedBy !== undefined ? { submittedBy } : {}),
     id,
     name: spec.metadata.name,
     state: JobState.Pending,
@@ -93,6 +101,93 @@ export function newJobRecord(id: string, spec: AnyJobSpec, numLayers: number, no
   };
 }
 
+/**
+ * The shape of a stored record, for reading it back from the store, which is not trusted (anyone
+ * with access to the NATS account can write the bucket). Loose: fields added by a newer
+ * coordinator are kept, not dropped. The spec is checked apart (`parseStoredRecord`).
+ */
+const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const time = z.number().nonnegative().max(8.64e15);
+const finite = z.number().refine(Number.isFinite, 'must be finite');
+export const jobRecordSchema = z.looseObject({
+  id: z.string().refine(isJobName, 'must be a job id'),
+  name: z.string().max(63),
+  state: z.enum(Object.values(JobState) as [JobState, ...JobState[]]),
+  spec: z.record(z.string(), z.unknown()),
+  numLayers: count,
+  step: count,
+  totalSteps: count,
+  epoch: count,
+  firstLoss: finite.nullable(),
+  lastLoss: finite.nullable(),
+  tokensPerSecond: z.number().nonnegative(),
+  elapsedSeconds: z.number().nonnegative(),
+  error: z.string().max(64 * 1024),
+  generation: count,
+  workers: z.array(z.string().max(253)).max(4096),
+  // Fields added after the first release: records written before them read with their defaults.
+  resume: z.boolean().default(false),
+  reforms: count.default(0),
+  chosenLayers: z.array(count).max(4096).optional(),
+  evalJson: z.string().max(4 * 1024 * 1024).optional(),
+  lossByLanguage: z.record(z.string().max(16), finite).default({}),
+  generations: z.array(z.looseObject({
+    generation: count,
+    worldSize: count,
+    startedAt: time,
+    endedAt: time,
+    computeSeconds: z.number().nonnegative().refine(Number.isFinite, 'must be finite'),
+    fromStep: count,
+    endReason: z.string().max(64 * 1024),
+  })).max(4096).optional(),
+  outputDir: z.string().max(4096),
+  submittedBy: z.string().max(256).optional(),
+  createdAt: time,
+  updatedAt: time,
+  startedAt: time,
+  finishedAt: time,
+});
+
+/** Why a stored value is not a usable record: `unreadable` (not JSON, wrong shape) or `spec` (an invalid spec). */
+export type BadRecordReason = 'unreadable' | 'spec';
+
+export type ParsedRecord =
+  | { readonly ok: true; readonly record: JobRecord }
+  | { readonly ok: false; readonly reason: BadRecordReason; readonly message: string; readonly record?: JobRecord };
+
+/**
+ * A stored value as a record: JSON, the record's shape, its id the key, and its spec valid by
+ * the same parser as a submitted one (paths in it are absolute). A value whose record is readable
+ * but whose spec is not comes back with the record, so that it can be marked Failed.
+ */
+export function parseStoredRecord(key: string, text: string): ParsedRecord {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: 'unreadable', message: 'not JSON' };
+  }
+  const parsed = jobRecordSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'bad shape';
+    return { ok: false, reason: 'unreadable', message: `not a job record (${where})` };
+  }
+  if (parsed.data.id !== key) {
+    return { ok: false, reason: 'unreadable', message: `holds the record of job ${parsed.data.id}, not ${key}` };
+  }
+  const record = parsed.data as unknown as JobRecord;
+  try {
+    const spec = parseAnyJobSpec(JSON.stringify(record.spec), { source: `stored job ${key}` });
+    return { ok: true, record: { ...record, spec } };
+  } catch (e) {
+    const message = e instanceof JobSpecError
+      ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ')
+      : errorMessage(e);
+    return { ok: false, reason: 'spec', message: `its spec is invalid: ${message}`, record };
+  }
+}
+
 const WIRE_STATE = {
   Pending: 'PENDING',
   Running: 'RUNNING',
@@ -101,8 +196,8 @@ const WIRE_STATE = {
   Cancelled: 'CANCELLED',
 } as const satisfies Record<JobState, string>;
 
-/** The wire form of a record (its timings by the clock now). */
-export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
+/** The wire form of a record (its timings by the clock now); without its spec for `List` (`withSpec: false`). */
+export function toWireJob(r: JobRecord, ledger?: Ledger, options: { withSpec?: boolean } = {}): Job {
   const t = jobTimings(r);
   return {
     kind: r.spec.kind,
@@ -130,7 +225,7 @@ export function toWireJob(r: JobRecord, ledger?: Ledger): Job {
     generation: r.generation,
     workers: r.workers,
     outputDir: r.outputDir,
-    specJson: JSON.stringify(r.spec),
+    specJson: options.withSpec === false ? '' : JSON.stringify(r.spec),
     tokensPerSecond: r.tokensPerSecond,
     elapsedSeconds: r.elapsedSeconds,
     epoch: r.epoch,

@@ -8,10 +8,17 @@
  * newest any rank held), the steps after it are rolled back: moved from `committed` to
  * `rolledBack`, to be committed again by the new generation.
  *
- * Kept in the JetStream KV bucket `polytune_ledger`, key = job id.
+ * Kept in the JetStream KV bucket `polytune_ledger`, key = job id. The bucket is not trusted (see
+ * job-store.ts): a value is parsed against `ledgerSchema`, and one that changed behind the
+ * coordinator's back (not the revision it wrote) is replaced by the coordinator's own, reported
+ * as tampering; an unreadable one is reported and read as empty.
  */
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
+import { silentLogger, type Logger } from '../common/logging.js';
+import { KeyedMutex } from './keyed-mutex.js';
+import { BadValueReason, StoreEvents, TamperKind } from './store-events.js';
 
 export const LEDGER_BUCKET = 'polytune_ledger';
 
@@ -83,19 +90,83 @@ export function ledgerGaps(ledger: Ledger, upTo: number): { missing: number[]; r
   return { missing, repeated };
 }
 
-export class LedgerStore {
-  private constructor(private readonly kv: KV) {}
+const step = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const rangeSchema = z.strictObject({
+  from: step, to: step, generation: step, worldSize: step.max(65_536), unreported: z.literal(true).optional(),
+}).refine((r) => r.from <= r.to, 'from must be <= to');
+/** A stored ledger: at most 100,000 ranges each way (a range per generation, a re-form at most every step). */
+export const ledgerSchema = z.strictObject({
+  committed: z.array(rangeSchema).max(100_000),
+  rolledBack: z.array(rangeSchema).max(100_000),
+});
 
-  static async open(nc: NatsConnection, bucket = LEDGER_BUCKET): Promise<LedgerStore> {
-    return new LedgerStore(await new Kvm(nc).create(bucket, { history: 1 }));
+export interface LedgerStoreOptions {
+  /** @default silentLogger */
+  logger?: Logger;
+  events?: StoreEvents;
+}
+
+export class LedgerStore {
+  private readonly own = new Map<string, { revision: number; ledger: Ledger }>();
+  private readonly mutex = new KeyedMutex();
+
+  private constructor(
+    private readonly kv: KV, private readonly bucket: string, private readonly logger: Logger, private readonly events: StoreEvents,
+  ) {}
+
+  static async open(nc: NatsConnection, bucket = LEDGER_BUCKET, options: LedgerStoreOptions = {}): Promise<LedgerStore> {
+    const kv = await new Kvm(nc).create(bucket, { history: 1 });
+    return new LedgerStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
   }
 
   async get(jobId: string): Promise<Ledger> {
-    const e = await this.kv.get(jobId);
-    return e && e.operation === 'PUT' && e.length > 0 ? e.json<Ledger>() : EMPTY_LEDGER;
+    return this.mutex.run(jobId, async () => {
+      const e = await this.kv.get(jobId);
+      const present = e !== null && e.operation === 'PUT' && e.length > 0;
+      const mine = this.own.get(jobId);
+      if (mine) {
+        if (present && e.revision === mine.revision) return mine.ledger;
+        const kind = present ? TamperKind.rewritten : TamperKind.deleted;
+        this.events.emit({ type: 'tampered', bucket: this.bucket, key: jobId, kind });
+        this.logger.error('a ledger was changed behind the coordinator\'s back; restored', { job: jobId, kind });
+        await this.write(jobId, mine.ledger);
+        return mine.ledger;
+      }
+      if (!present) return EMPTY_LEDGER;
+      // Written before this coordinator started (or by someone else): taken only if it is a ledger.
+      let raw: unknown;
+      try {
+        raw = JSON.parse(e.string());
+      } catch {
+        raw = undefined;
+      }
+      const parsed = ledgerSchema.safeParse(raw);
+      if (!parsed.success) {
+        const message = raw === undefined ? 'not JSON' : `not a ledger (${parsed.error.issues[0]?.message ?? 'bad shape'})`;
+        const reason = BadValueReason.unreadable;
+        this.events.emit({ type: 'bad-value', bucket: this.bucket, key: jobId, reason, message });
+        this.logger.error('a ledger in the store is unreadable; read as empty', { job: jobId, error: message });
+        return EMPTY_LEDGER;
+      }
+      const ledger = parsed.data as Ledger;
+      this.own.set(jobId, { revision: e.revision, ledger });
+      return ledger;
+    });
+  }
+
+  private async write(jobId: string, ledger: Ledger): Promise<void> {
+    this.own.set(jobId, { revision: await this.kv.put(jobId, JSON.stringify(ledger)), ledger });
   }
 
   async put(jobId: string, ledger: Ledger): Promise<void> {
-    await this.kv.put(jobId, JSON.stringify(ledger));
+    await this.mutex.run(jobId, () => this.write(jobId, ledger));
+  }
+
+  /** Removes a job's ledger. */
+  async delete(jobId: string): Promise<void> {
+    await this.mutex.run(jobId, async () => {
+      this.own.delete(jobId);
+      await this.kv.purge(jobId);
+    });
   }
 }

@@ -13,9 +13,16 @@
  * one with another job's credentials gets a permissions violation and its messages are dropped
  * by the server.
  *
+ * Each credential is for one worker in one generation of one job, with a short lifetime
+ * (`DEFAULT_NATS_CREDS_TTL_SECONDS`); a new generation gets new ones, and those of an ended
+ * generation or a departed worker are revoked (nats-revocation.ts) when the coordinator can update
+ * the account JWT, else they expire.
+ *
  * The nats-server side (operator JWT, a system account, the polytune account with JetStream, a
  * memory resolver) is produced by `createNatsOperatorSetup`, for tests, for `coordinator nats-auth
- * init`, and from there for the Helm chart.
+ * init`, and from there for the Helm chart. With it come what revocation needs: an operator
+ * signing key (the account JWT must be signed by the operator to be updated), a system-account
+ * user allowed only to send account updates, and the account JWT itself.
  */
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -31,6 +38,10 @@ export interface WorkerNatsCredentials {
   readonly creds: string;
   /** The inbox prefix the worker must connect with. */
   readonly inboxPrefix: string;
+  /** The user's public key (`U…`): what a revocation names. */
+  readonly userPublicKey: string;
+  /** Expiry in Unix seconds; 0: none. */
+  readonly expiresAt: number;
 }
 
 /** The inbox prefix of a job's workers (a single subject token). */
@@ -63,13 +74,19 @@ export interface NatsCredentialIssuerOptions {
   /**
    * Lifetime of an issued credential, in seconds; 0: no expiry. The server closes a connection
    * whose credential expires: the world re-forms (a NATS loss) and every rank gets fresh
-   * credentials with its new assignment. @default DEFAULT_NATS_CREDS_TTL_SECONDS (24 h)
+   * credentials with its new assignment. @default DEFAULT_NATS_CREDS_TTL_SECONDS (1 h)
    */
   ttlSeconds?: number;
 }
 
-/** A day: a leaked worker credential is good for a day at most; a longer job re-forms once a day. */
-export const DEFAULT_NATS_CREDS_TTL_SECONDS = 24 * 60 * 60;
+/**
+ * An hour: a leaked worker credential that was not revoked is good for an hour at most. A
+ * generation that runs longer re-forms once an hour (its ranks keep their state in memory, so
+ * this costs a pause, not progress); revocation, not the lifetime, ends a departed worker's access.
+ * A lifetime must be well above a generation's start-up (model load, start barrier), or no
+ * generation gets to a step before its credentials expire.
+ */
+export const DEFAULT_NATS_CREDS_TTL_SECONDS = 60 * 60;
 
 /** Issues per-job worker credentials. */
 export class NatsCredentialIssuer {
@@ -98,16 +115,18 @@ export class NatsCredentialIssuer {
     this.ttlSeconds = ttl;
   }
 
-  /** A fresh user, allowed only `jobId`'s subjects. */
-  async issueWorker(jobId: string, workerId: string): Promise<WorkerNatsCredentials> {
+  /** A fresh user, allowed only `jobId`'s subjects, for one generation (named in the JWT). */
+  async issueWorker(jobId: string, workerId: string, generation?: number): Promise<WorkerNatsCredentials> {
     const user = createUser();
+    const expiresAt = this.ttlSeconds > 0 ? Math.floor(Date.now() / 1000) + this.ttlSeconds : 0;
     const opts: Parameters<typeof encodeUser>[4] = {
-      ...(this.ttlSeconds > 0 ? { exp: Math.floor(Date.now() / 1000) + this.ttlSeconds } : {}),
+      ...(expiresAt > 0 ? { exp: expiresAt } : {}),
       ...(this.signer.getPublicKey() !== this.account ? { signer: this.signer } : {}),
     };
     const issuer = this.signer.getPublicKey() !== this.account ? this.account : this.signer;
-    const jwt = await encodeUser(`worker ${workerId} job ${jobId}`, user, issuer, workerPermissions(jobId), opts);
-    return { creds: new TextDecoder().decode(fmtCreds(jwt, user)), inboxPrefix: jobInboxPrefix(jobId) };
+    const name = `worker ${workerId} job ${jobId}${generation !== undefined ? ` generation ${generation}` : ''}`;
+    const jwt = await encodeUser(name, user, issuer, workerPermissions(jobId), opts);
+    return { creds: new TextDecoder().decode(fmtCreds(jwt, user)), inboxPrefix: jobInboxPrefix(jobId), userPublicKey: user.getPublicKey(), expiresAt };
   }
 }
 
@@ -121,6 +140,12 @@ export interface NatsOperatorSetup {
   readonly signingKeySeed: string;
   /** `.creds` for the coordinator (JetStream KV, its inboxes, all job subjects). */
   readonly coordinatorCreds: string;
+  /** The polytune account's JWT as preloaded (the base that revocations are added to). */
+  readonly accountJwt: string;
+  /** Seed of an operator signing key: signs account JWT updates (revocations). */
+  readonly operatorSigningKeySeed: string;
+  /** `.creds` of a system-account user that may only send account JWT updates. */
+  readonly systemCreds: string;
   /** Issues `.creds` for another user of the account with the given permissions (tests, tools). */
   issueUser(name: string, permissions: Pick<User, 'pub' | 'sub'>): Promise<string>;
 }
@@ -130,19 +155,27 @@ const enc = (s: Uint8Array): string => new TextDecoder().decode(s);
 /** Creates an operator, a system account and the polytune account (JetStream on, a signing key). */
 export async function createNatsOperatorSetup(options: { buckets?: readonly string[] } = {}): Promise<NatsOperatorSetup> {
   const operator = createOperator();
+  const operatorSigning = createOperator();
   const system = createAccount();
   const account = createAccount();
   const signing = createAccount();
-  const operatorJwt = await encodeOperator('polytune-operator', operator, { system_account: system.getPublicKey() });
-  const systemJwt = await encodeAccount('SYS', system, {}, { signer: operator });
+  const operatorJwt = await encodeOperator('polytune-operator', operator, {
+    system_account: system.getPublicKey(), signing_keys: [operatorSigning.getPublicKey()],
+  });
   const unlimited = -1;
+  // Connections to the system account (the coordinator's revocation user) need limits of their own.
+  const systemJwt = await encodeAccount('SYS', system, {
+    limits: { subs: unlimited, data: unlimited, payload: unlimited, imports: unlimited, exports: unlimited, wildcards: true, conn: unlimited, leaf: unlimited },
+  }, { signer: operator });
   const accountJwt = await encodeAccount('polytune', account, {
     signing_keys: [signing.getPublicKey()],
     limits: {
       subs: unlimited, data: unlimited, payload: unlimited, imports: unlimited, exports: unlimited, wildcards: true, conn: unlimited, leaf: unlimited,
       mem_storage: unlimited, disk_storage: unlimited, streams: unlimited, consumer: unlimited,
     },
-  }, { signer: operator });
+  }, { signer: operatorSigning });
+  const systemUser = createUser();
+  const systemUserJwt = await encodeUser('coordinator-revocations', systemUser, system, revocationPermissions(account.getPublicKey()));
   const issueUser = async (name: string, permissions: Pick<User, 'pub' | 'sub'>): Promise<string> => {
     const user = createUser();
     const jwt = await encodeUser(name, user, account.getPublicKey(), permissions, { signer: signing });
@@ -158,13 +191,22 @@ export async function createNatsOperatorSetup(options: { buckets?: readonly stri
     account: account.getPublicKey(),
     signingKeySeed: enc(signing.getSeed()),
     coordinatorCreds: await issueUser('coordinator', coordinatorPermissions(options.buckets)),
+    accountJwt,
+    operatorSigningKeySeed: enc(operatorSigning.getSeed()),
+    systemCreds: enc(fmtCreds(systemUserJwt, systemUser)),
     issueUser,
   };
 }
 
+/** What the coordinator's system-account user may do: send the polytune account's JWT updates. */
+export function revocationPermissions(account: string): Pick<User, 'pub' | 'sub'> {
+  return { pub: { allow: [`$SYS.REQ.ACCOUNT.${account}.CLAIMS.UPDATE`] }, sub: { allow: ['_INBOX.>'] } };
+}
+
 /**
  * Writes a setup into `dir` (created 0700, files 0600): `nats-auth.conf` (include it from the
- * nats-server config), `coordinator.creds`, `account-signing-key.nk`, `account.pub`.
+ * nats-server config), `coordinator.creds`, `account-signing-key.nk`, `account.pub`, and for
+ * revocation `account.jwt`, `operator-signing-key.nk`, `system.creds`.
  */
 export function writeNatsOperatorSetup(setup: NatsOperatorSetup, dir: string): Record<string, string> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -173,6 +215,9 @@ export function writeNatsOperatorSetup(setup: NatsOperatorSetup, dir: string): R
     'coordinator.creds': setup.coordinatorCreds,
     'account-signing-key.nk': setup.signingKeySeed + '\n',
     'account.pub': setup.account + '\n',
+    'account.jwt': setup.accountJwt + '\n',
+    'operator-signing-key.nk': setup.operatorSigningKeySeed + '\n',
+    'system.creds': setup.systemCreds,
   };
   const written: Record<string, string> = {};
   for (const [name, text] of Object.entries(files)) {

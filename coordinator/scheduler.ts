@@ -19,7 +19,7 @@ import type { AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { COLLECTIVE_KEY_BYTES } from '../common/subjects.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
-import { CoordinatorStoppingError, JobNotFoundError } from './errors.js';
+import { CoordinatorStoppingError, JobNotFinishedError, JobNotFoundError, PendingLimitError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
 import { closeGeneration, openGeneration, recordCompute } from './job-timings.js';
 import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
@@ -32,6 +32,12 @@ export const DEFAULT_MAX_REFORMS = 50;
 
 /** @default at most one progress write per job every 500 ms. */
 export const DEFAULT_PROGRESS_FLUSH_MS = 500;
+
+/** @default finished jobs are deleted a week (168 h) after they finished. */
+export const DEFAULT_RETENTION_HOURS = 168;
+
+/** @default a client may have at most 100 Pending jobs. */
+export const DEFAULT_MAX_PENDING_PER_CLIENT = 100;
 
 export interface SchedulerOptions {
   store: JobStore;
@@ -47,6 +53,15 @@ export interface SchedulerOptions {
   ledger?: LedgerStore;
   /** @default DEFAULT_MAX_REFORMS */
   maxReforms?: number;
+  /**
+   * Checks a stored spec against the file system (roots, files, output dir) before a gang is
+   * formed for it: the store is not trusted, and files change. Throws to fail the job. @default none
+   */
+  revalidate?: (spec: AnyJobSpec, jobId: string) => Promise<void>;
+  /** Finished jobs older than this (since they finished) are deleted; 0 keeps them. @default DEFAULT_RETENTION_HOURS */
+  retentionHours?: number;
+  /** Pending jobs a client may have; 0: no limit. @default DEFAULT_MAX_PENDING_PER_CLIENT */
+  maxPendingPerClient?: number;
 }
 
 interface PendingProgress {
@@ -82,6 +97,10 @@ export class Scheduler {
   private readonly metrics: SchedulerMetrics;
   private readonly ledgerStore: LedgerStore | undefined;
   private readonly maxReforms: number;
+  private readonly revalidate: SchedulerOptions['revalidate'];
+  private readonly retentionMs: number;
+  private readonly maxPendingPerClient: number;
+  private retentionTimer: NodeJS.Timeout | undefined;
   /** Steps reported by rank 0 and not yet written to the ledger, per job. */
   private readonly ledgerQueue = new Map<string, { generation: number; worldSize: number; completed: number }[]>();
   private readonly ledgers = new Map<string, Ledger>();
@@ -104,6 +123,9 @@ export class Scheduler {
     this.metrics = options.metrics ?? noopSchedulerMetrics;
     this.ledgerStore = options.ledger;
     this.maxReforms = options.maxReforms ?? DEFAULT_MAX_REFORMS;
+    this.revalidate = options.revalidate;
+    this.retentionMs = (options.retentionHours ?? DEFAULT_RETENTION_HOURS) * 3_600_000;
+    this.maxPendingPerClient = options.maxPendingPerClient ?? DEFAULT_MAX_PENDING_PER_CLIENT;
   }
 
   /** Recovers jobs left Running by a previous coordinator, then listens to the registry. */
@@ -124,6 +146,54 @@ export class Scheduler {
     }
     this.unsubscribe = this.registry.on((e) => this.onRegistryEvent(e));
     this.kick();
+    if (this.retentionMs > 0) {
+      // A sweep now, then every tenth of the retention (at most hourly, at most every second).
+      const every = Math.min(3_600_000, Math.max(1_000, this.retentionMs / 10));
+      const sweep = (): void => {
+        this.serial(() => this.deleteExpired())
+          .catch((e: unknown) => this.logger.warn('retention sweep failed', { error: errorMessage(e) }));
+      };
+      sweep();
+      this.retentionTimer = setInterval(sweep, every);
+      this.retentionTimer.unref();
+    }
+  }
+
+  /** Deletes finished jobs that finished more than the retention ago. */
+  private async deleteExpired(): Promise<void> {
+    if (this.stopping) return;
+    const cutoff = Date.now() - this.retentionMs;
+    for (const job of await this.store.list()) {
+      if (!isTerminal(job.state) || (job.finishedAt || job.updatedAt) > cutoff) continue;
+      await this.removeJob(job.id);
+      const finishedAt = new Date(job.finishedAt || job.updatedAt).toISOString();
+      this.logger.info('job deleted: past the retention', { job: job.id, finishedAt });
+    }
+  }
+
+  private async removeJob(jobId: string): Promise<void> {
+    this.dropJobState(jobId);
+    await this.store.delete(jobId);
+    await this.ledgerStore?.delete(jobId);
+  }
+
+  /** Deletes a finished job's record and ledger, and returns it as it was; `JobNotFinishedError` for an unfinished one. */
+  async delete(jobId: string): Promise<JobRecord> {
+    return this.serial(async () => {
+      const { record } = await this.store.mustGet(jobId);
+      if (!isTerminal(record.state)) throw new JobNotFinishedError(jobId, record.state);
+      await this.removeJob(jobId);
+      this.logger.info('job deleted', { job: jobId });
+      return record;
+    });
+  }
+
+  /** Throws `PendingLimitError` when `client` has as many Pending jobs as it may. */
+  async checkPendingLimit(client: string | undefined): Promise<void> {
+    if (client === undefined || this.maxPendingPerClient <= 0) return;
+    const jobs = await this.store.list();
+    const pending = jobs.filter((j) => j.state === JobState.Pending && j.submittedBy === client).length;
+    if (pending >= this.maxPendingPerClient) throw new PendingLimitError(client, this.maxPendingPerClient);
   }
 
   /** Runs `fn` after every decision queued before it. */
@@ -134,10 +204,13 @@ export class Scheduler {
   }
 
   /** Stores a new Pending job for an already validated spec. */
-  async submit(spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false): Promise<JobRecord> {
+  async submit(
+    spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false, submittedBy?: string,
+  ): Promise<JobRecord> {
     if (this.stopping) throw new CoordinatorStoppingError();
+    await this.checkPendingLimit(submittedBy);
     for (;;) {
-      const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers, Date.now(), resume);
+      const record = newJobRecord(newJobId(spec.metadata.name), spec, numLayers, Date.now(), resume, submittedBy);
       record.totalSteps = totalSteps;
       try {
         await this.store.create(record);
@@ -187,6 +260,7 @@ export class Scheduler {
       const need = job.generation === 0 ? count : (min ?? count);
       const idle = this.registry.idle().sort((a, b) => Number(job.workers.includes(b.id)) - Number(job.workers.includes(a.id)));
       if (idle.length < need) continue;
+      if (!(await this.stillValid(job))) continue;
       const gang = idle.slice(0, count);
       const worldSize = gang.length;
       const generation = job.generation + 1;
@@ -232,6 +306,21 @@ export class Scheduler {
       });
     }
     await this.growWorlds();
+  }
+
+  /** Re-checks a Pending job's spec against the file system; a job that fails it is set Failed. */
+  private async stillValid(job: JobRecord): Promise<boolean> {
+    if (!this.revalidate) return true;
+    try {
+      await this.revalidate(job.spec, job.id);
+      return true;
+    } catch (e) {
+      const error = `refused before running: ${errorMessage(e)}`;
+      const { changed } = await this.store.update(job.id, (r) => (
+        r.state === JobState.Pending ? { ...r, state: JobState.Failed, error, finishedAt: Date.now() } : null));
+      if (changed) this.logger.warn('job failed: its spec no longer passes', { job: job.id, error });
+      return false;
+    }
   }
 
   /**
@@ -479,6 +568,7 @@ export class Scheduler {
     if (this.stopping) return;
     this.stopping = true;
     this.unsubscribe?.();
+    if (this.retentionTimer) clearInterval(this.retentionTimer);
     for (const t of this.flushTimers.values()) clearTimeout(t);
     this.flushTimers.clear();
     const jobs = [...this.pendingProgress.keys()];

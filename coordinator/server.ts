@@ -8,7 +8,7 @@
  * directory), checks the files on its own file system (`validateJobSpecFiles`) and plans the steps.
  */
 import * as grpc from '@grpc/grpc-js';
-import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { errorMessage, UserError } from '../common/errors.js';
 import { isTrainJob, parseAnyJobSpec, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import { validateJobSpecFiles } from '../common/jobspec.js';
@@ -23,21 +23,31 @@ import {
   type WorkerMessage__Output,
   type WorkerServiceHandlers,
 } from '../proto/index.js';
-import { authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, type CallAuthPolicy } from './auth.js';
+import {
+  authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy,
+} from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
-import { CoordinatorStartError, WorkerProtocolError } from './errors.js';
+import { CoordinatorStartError, JoinDeadlineError, WorkerProtocolError } from './errors.js';
 import { toGrpcStatus } from './grpc-errors.js';
 import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LEDGER_BUCKET, LedgerStore } from './ledger.js';
 import { parameterCounts } from '../common/trainable.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
+import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
+import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
   checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
 } from './request-limits.js';
 import { JobStore, JOBS_BUCKET } from './job-store.js';
 import { Scheduler } from './scheduler.js';
+import {
+  checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots,
+} from './job-files.js';
+import { checkPageSize, listPage } from './list-pages.js';
+import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS, WorkerRegistry, type WorkerLink } from './worker-registry.js';
+import { DEFAULT_HELLO_TIMEOUT_MS, resetHttp2Stream } from './join-deadlines.js';
 
 export const DEFAULT_LISTEN = '0.0.0.0:7070';
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
@@ -69,14 +79,35 @@ export interface CoordinatorOptions {
   meter?: MetricMeter;
   /** TLS for the gRPC port; with `clientCa`, workers must present a certificate it signed. @default plaintext */
   tls?: ServerTls;
-  /** Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open) */
+  /**
+   * Bearer tokens: `clientToken` for JobService, `workerToken` for Join. @default none (open)
+   * `workerIdFromCertificate` @default true under mutual TLS (`tls.clientCa`), else false.
+   */
   auth?: Pick<CallAuthPolicy, 'clientToken' | 'workerToken' | 'workerIdFromCertificate'>;
   /** Extra options for the coordinator's own NATS connection (credentials: `authenticator`). */
   natsConnect?: Partial<ConnectionOptions>;
+  /**
+   * Use a NATS without authentication that is not on loopback (`--insecure-nats`); without it the
+   * coordinator refuses to start (nats-exposure.ts). @default false
+   */
+  insecureNats?: boolean;
   /** Issues per-job NATS credentials sent to workers in their Assignment. @default none (workers connect without) */
   natsIssuer?: NatsCredentialIssuer;
+  /**
+   * Revokes the credentials `natsIssuer` issued when their generation ends or their worker leaves
+   * (nats-revocation.ts). @default none: they expire after their lifetime
+   */
+  natsRevocation?: NatsRevocationSettings;
   /** `grpc.max_receive_message_length` of the server. @default DEFAULT_MAX_RECEIVE_MESSAGE_BYTES */
   maxReceiveMessageBytes?: number;
+  /** A Join stream without Hello by then is ended (join-deadlines.ts). @default DEFAULT_HELLO_TIMEOUT_MS */
+  helloTimeoutMs?: number;
+  /** Where inputs and outputs of jobs may be (job-files.ts). @default none: anywhere */
+  storageRoots?: Partial<StorageRoots>;
+  /** Finished jobs are deleted this long after they finished; 0 keeps them. @default DEFAULT_RETENTION_HOURS */
+  retentionHours?: number;
+  /** Pending jobs one client may have; 0: no limit. @default DEFAULT_MAX_PENDING_PER_CLIENT */
+  maxPendingPerClient?: number;
 }
 
 export interface Coordinator {
@@ -97,14 +128,41 @@ function splitHostPort(listen: string): { host: string; port: number } {
   return { host: listen.slice(0, i), port };
 }
 
+/** The host of a `HOST:PORT` listen address, without IPv6 brackets (`[::1]:7070` gives `::1`). */
+export function listenHost(listen: string): string {
+  return splitHostPort(listen).host.replace(/^\[(.*)\]$/, '$1');
+}
+
+/** The system-account connection that sends account updates (revocations), with the coordinator's TLS. */
+async function connectRevoker(natsUrl: string, r: NatsRevocationSettings, base: Partial<ConnectionOptions> | undefined): Promise<NatsConnection> {
+  try {
+    return await connect({
+      ...(base?.tls ? { tls: base.tls } : {}), servers: natsUrl, name: 'polytune-coordinator-revocations', maxReconnectAttempts: -1,
+      authenticator: credsAuthenticator(new TextEncoder().encode(r.systemCreds)),
+    });
+  } catch (e) {
+    throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl} as the system-account user (--nats-system-creds): ${errorMessage(e)}`, { cause: e });
+  }
+}
+
 /** Connects to NATS, recovers jobs, and serves gRPC. */
 export async function startCoordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
   const logger = options.logger ?? silentLogger;
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
-  const auth: CallAuthPolicy = { ...options.auth, requireWorkerCertificate: options.tls?.clientCa !== undefined };
+  const roots = await resolveStorageRoots(options.storageRoots ?? {});
+  const requireWorkerCertificate = options.tls?.clientCa !== undefined;
+  // Under mutual TLS a worker's id is a name of its certificate unless turned off
+  // (--no-worker-id-from-cert): otherwise one certificate could join under any busy worker's id.
+  const auth: CallAuthPolicy = {
+    ...options.auth, requireWorkerCertificate, workerIdFromCertificate: options.auth?.workerIdFromCertificate ?? requireWorkerCertificate,
+  };
   if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
+  const natsExposure = checkNatsExposure({ natsUrl, connect: options.natsConnect, insecureNats: options.insecureNats });
+  if (natsExposure === NatsExposure.Insecure) {
+    logger.warn('NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs', { nats: natsUrl });
+  }
   let nc: NatsConnection;
   try {
     nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
@@ -115,16 +173,36 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let registry: WorkerRegistry | undefined;
   let scheduler: Scheduler | undefined;
   let metrics: CoordinatorMetrics | undefined;
+  let revocationNc: NatsConnection | undefined;
+  let credentials: WorkerCredentialLifecycle | undefined;
+  let openedStore: JobStore | undefined;
   try {
-    const store = await JobStore.open(nc, { bucket: options.jobsBucket ?? JOBS_BUCKET }).catch((e: unknown) => {
+    const storeEvents = new StoreEvents();
+    const storeOptions = { bucket: options.jobsBucket ?? JOBS_BUCKET, logger: logger.child('store'), events: storeEvents };
+    const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
       throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? JOBS_BUCKET} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
-    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET);
+    openedStore = store;
+    const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? LEDGER_BUCKET, {
+      logger: logger.child('ledger'), events: storeEvents,
+    });
     registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
-    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry });
+    metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
+    if (options.natsIssuer) {
+      revocationNc = options.natsRevocation ? await connectRevoker(natsUrl, options.natsRevocation, options.natsConnect) : undefined;
+      const revoker = revocationNc && options.natsRevocation
+        ? new NatsRevoker({ nc: revocationNc, ...options.natsRevocation, logger: logger.child('revocation') }) : undefined;
+      if (!revoker) logger.warn('NATS credentials of ended generations are not revoked (no --nats-system-creds); they expire instead');
+      credentials = new WorkerCredentialLifecycle(options.natsIssuer, revoker, logger.child('credentials'));
+      const lifecycle = credentials;
+      registry.on((e) => {
+        if (e.type === 'idle' || e.type === 'lost') lifecycle.end(e.worker.id, undefined, `worker ${e.type === 'idle' ? 'idle' : `lost: ${e.reason}`}`);
+      });
+    }
     scheduler = new Scheduler({
       store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
-      metrics, ledger,
+      metrics, ledger, retentionHours: options.retentionHours, maxPendingPerClient: options.maxPendingPerClient,
+      revalidate: (spec, jobId) => checkStoredJobFiles(spec, roots, `stored job ${jobId}`),
     });
     await scheduler.start();
 
@@ -139,8 +217,12 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
     if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
-    server.addService(proto.JobService.service, jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }));
-    server.addService(proto.WorkerService.service, workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer: options.natsIssuer }));
+    server.addService(proto.JobService.service, jobHandlers({
+      store, ledger, scheduler, watches, logger, metrics, auth, roots,
+    }));
+    server.addService(proto.WorkerService.service, workerHandlers({
+      registry, scheduler, logger, store, auth, credentials, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+    }));
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
       srv.bindAsync(listen, serverCredentials(options.tls), (err, p) => (
@@ -148,7 +230,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     logger.info('coordinator listening', {
-      address, nats: natsUrl, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
+      address, nats: natsUrl, natsExposure, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
       clientToken: auth.clientToken !== undefined, workerToken: auth.workerToken !== undefined, natsCredentials: options.natsIssuer !== undefined,
     });
 
@@ -163,6 +245,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
         met.close();
         for (const w of watches) w.abort();
         reg.close();
+        store.close();
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             srv.forceShutdown();
@@ -174,6 +257,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
           });
         });
         await nc.drain().catch(() => nc.close());
+        await revocationNc?.close();
       })();
       return stopped;
     };
@@ -183,6 +267,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     registry?.close();
     metrics?.close();
     await scheduler?.stop().catch(() => undefined);
+    await revocationNc?.close();
+    openedStore?.close();
     await nc.close();
     throw e;
   }
@@ -196,14 +282,16 @@ interface JobHandlerDeps {
   logger: Logger;
   metrics: CoordinatorMetrics;
   auth: CallAuthPolicy;
+  roots: StorageRoots;
 }
 
-function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth }: JobHandlerDeps): JobServiceHandlers {
-  const unary = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
+function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
+  const { store, ledger, scheduler, watches, logger, metrics, auth, roots } = deps;
+  const unary = <Req, Res>(name: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       Promise.resolve().then(() => {
         authorizeJobCall(auth, name, call.metadata);
-        return fn(call.request);
+        return fn(call.request, call);
       }).then(
         (res) => callback(null, res),
         (e: unknown) => {
@@ -216,27 +304,42 @@ function jobHandlers({ store, ledger, scheduler, watches, logger, metrics, auth 
     };
 
   return {
-    Submit: unary('Submit', async (req) => {
+    Submit: unary('Submit', async (req, call) => {
       const { specYaml, sourceName } = checkSubmit(req);
       const source = sourceName || 'spec';
+      const client = clientIdentity(call.metadata, call.getPeer());
+      await scheduler.checkPendingLimit(client);
       const spec = parseAnyJobSpec(specYaml, { source });
       if (!isTrainJob(spec)) {
         // EvalJob, LayerAnalysis (common/job-kinds.ts): nothing trains; "steps" are problems / prompts.
-        const { numLayers } = await validateAnyJobSpecFiles(spec, source);
-        const record = await scheduler.submit(spec, numLayers, await computeTotalSteps(spec), false);
+        const { numLayers } = await checkJobFiles(spec, roots, () => validateAnyJobSpecFiles(spec, source), source);
+        const totalSteps = await computeTotalSteps(spec);
+        await markOutputDirs(spec);
+        const record = await scheduler.submit(spec, numLayers, totalSteps, false, client);
         return { jobId: record.id, trainableParameters: 0, totalParameters: 0 };
       }
-      const { numLayers, config } = await validateJobSpecFiles(spec, source);
+      const { numLayers, config } = await checkJobFiles(spec, roots, () => validateJobSpecFiles(spec, source), source);
       const totalSteps = await computeTotalSteps(spec);
       const counts = parameterCounts(spec.spec.method, config);
-      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true);
+      await markOutputDirs(spec);
+      const record = await scheduler.submit(spec, numLayers, totalSteps, req.resume === true, client);
       return { jobId: record.id, trainableParameters: counts.trainable, totalParameters: counts.total };
     }),
     Get: unary('Get', async (req) => {
       const id = checkJobId(req.jobId);
       return toWireJob((await store.mustGet(id)).record, await ledger.get(id));
     }),
-    List: unary('List', async () => ({ jobs: (await store.list()).map((r) => toWireJob(r)) })),
+    List: unary('List', async (req) => {
+      const pageSize = checkPageSize(req.pageSize);
+      const token = typeof req.pageToken === 'string' ? req.pageToken : '';
+      const { page, next } = listPage(await store.list(), pageSize, token);
+      return {
+        jobs: page.map((r) => toWireJob(r, undefined, { withSpec: false })),
+        nextPageToken: next,
+        corruptKeys: token ? [] : store.corruptKeys().map((k) => k.key),
+      };
+    }),
+    Delete: unary('Delete', async (req) => toWireJob(await scheduler.delete(checkJobId(req.jobId)))),
     Cancel: unary('Cancel', async (req) => {
       const jobId = checkJobId(req.jobId);
       const reason = checkReason(req.reason);
@@ -277,18 +380,21 @@ interface WorkerHandlerDeps {
   logger: Logger;
   store: JobStore;
   auth: CallAuthPolicy;
-  natsIssuer: NatsCredentialIssuer | undefined;
+  credentials: WorkerCredentialLifecycle | undefined;
+  helloTimeoutMs: number;
 }
 
 /**
  * The Join stream. Every message is checked before it reaches the registry or the scheduler:
  * - the call itself: worker token and/or verified client certificate (auth.ts);
- * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT);
+ * - the protocol: Hello first and only once, well-formed (else the stream ends, INVALID_ARGUMENT),
+ *   within `helloTimeoutMs` (else DEADLINE_EXCEEDED), under a worker id not connected already
+ *   (else ALREADY_EXISTS; join-deadlines.ts, worker-registry.ts);
  * - each later message: field types and ranges (request-limits.ts), then membership: the job is
  *   the one the worker is assigned to, at the current generation. A message that fails is not
  *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
  */
-function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }: WorkerHandlerDeps): WorkerServiceHandlers {
+function workerHandlers({ registry, scheduler, logger, store, auth, credentials, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
@@ -300,9 +406,16 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
         writes = writes.then(async () => {
           if (ended) return;
           const a = msg.assignment;
-          if (a && natsIssuer && workerId !== undefined && a.jobId) {
-            const c = await natsIssuer.issueWorker(a.jobId, workerId);
+          if (a && credentials && workerId !== undefined && a.jobId) {
+            const c = await credentials.forAssignment(workerId, a.jobId, Number(a.generation));
             msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
+          }
+          // The generation ends for this worker: its credentials stop working (the cancel goes first).
+          if (msg.cancel && credentials && workerId !== undefined) {
+            const { jobId } = msg.cancel;
+            if (!ended) call.write(msg);
+            credentials.end(workerId, jobId || undefined, `cancel: ${msg.cancel.reason ?? ''}`);
+            return;
           }
           if (!ended) call.write(msg);
         }).catch((e: unknown) => {
@@ -320,23 +433,33 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           if (ended) return;
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         },
+        isOpen: () => !ended && !call.cancelled,
       };
       const gone = (reason: string): void => {
         if (workerId !== undefined) registry.leave(workerId, link, reason);
+        clearTimeout(helloTimer);
         if (!ended) {
           ended = true;
           call.end();
+          resetHttp2Stream(call);
         }
       };
       /** Ends the stream with the error's status (protocol violations, failed authentication). */
       const fail = (e: Error): void => {
         if (ended) return;
         ended = true;
+        clearTimeout(helloTimer);
         logger.warn('worker stream refused', { worker: workerId, error: e.message });
         if (workerId !== undefined) registry.leave(workerId, link, `refused: ${e.message}`);
         call.emit('error', toGrpcStatus(e));
+        resetHttp2Stream(call);
       };
+      const helloTimer = setTimeout(() => {
+        if (workerId === undefined) fail(new JoinDeadlineError(`no Hello within ${helloTimeoutMs} ms of the Join call`));
+      }, helloTimeoutMs);
+      helloTimer.unref();
       const refuse = (message: string, error: string, jobId = '', generation = 0): void => {
         logger.warn('worker message refused', { worker: workerId, message, error });
         link.send({ refusal: { message, error, jobId, generation } });
@@ -370,13 +493,15 @@ function workerHandlers({ registry, scheduler, logger, store, auth, natsIssuer }
           }
           try {
             authorizeWorkerId(auth, hello.workerId, peerCertificateNames(call));
+            // Refused (WorkerIdInUseError) while a live stream holds this id; the ack follows the join.
+            registry.join(hello, link);
           } catch (e) {
             fail(e as Error);
             return;
           }
+          clearTimeout(helloTimer);
           workerId = hello.workerId;
           link.send({ ack: { workerId } });
-          registry.join(hello, link);
           return;
         }
         const wid = workerId;

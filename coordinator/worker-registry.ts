@@ -7,6 +7,7 @@
 import type { Logger } from '../common/logging.js';
 import { silentLogger } from '../common/logging.js';
 import type { CoordinatorMessage, Hello__Output } from '../proto/index.js';
+import { WorkerIdInUseError } from './errors.js';
 
 /** @default 10 s without any message from a worker and it is lost. */
 export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000;
@@ -22,6 +23,8 @@ export interface WorkerLink {
   send(msg: CoordinatorMessage): boolean;
   /** Ends the stream from the coordinator's side. */
   close(reason: string): void;
+  /** False once the stream is known to be closed (its HTTP/2 stream ended). @default always open */
+  isOpen?(): boolean;
 }
 
 export interface WorkerAssignmentRef {
@@ -98,17 +101,22 @@ export class WorkerRegistry {
   }
 
   /**
-   * Registers a worker from its Hello. A worker id that is already connected replaces the old
-   * connection, which is lost ("replaced by a new connection").
+   * Registers a worker from its Hello. A worker id that is already connected is refused
+   * (`WorkerIdInUseError`) while its stream is alive: whoever holds the worker token must not be
+   * able to evict a busy worker and take its job and NATS credentials. A dead one (stream closed,
+   * or silent for `heartbeatTimeoutMs`, before the monitor noticed) is replaced: it is lost.
    */
   join(hello: Hello__Output, link: WorkerLink): WorkerInfo {
     const id = hello.workerId;
     const old = this.workers.get(id);
+    const now = Date.now();
     if (old) {
-      this.remove(id, old, 'replaced by a new connection from the same worker id');
+      const silentMs = now - old.info.lastSeen;
+      const open = old.link.isOpen?.() ?? true;
+      if (open && silentMs <= this.heartbeatTimeoutMs) throw new WorkerIdInUseError(id, silentMs);
+      this.remove(id, old, open ? `no heartbeat for ${Math.round(silentMs / 1000)} s; replaced by a new connection` : 'stream closed; replaced by a new connection');
       old.link.close('replaced by a new connection');
     }
-    const now = Date.now();
     const info: WorkerInfo = {
       id,
       hostname: hello.hostname,

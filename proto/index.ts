@@ -85,6 +85,7 @@ export type { GetJobRequest, GetJobRequest__Output } from './gen/polytune/v1/Get
 export type { ListJobsRequest, ListJobsRequest__Output } from './gen/polytune/v1/ListJobsRequest.js';
 export type { ListJobsResponse, ListJobsResponse__Output } from './gen/polytune/v1/ListJobsResponse.js';
 export type { CancelJobRequest, CancelJobRequest__Output } from './gen/polytune/v1/CancelJobRequest.js';
+export type { DeleteJobRequest, DeleteJobRequest__Output } from './gen/polytune/v1/DeleteJobRequest.js';
 export type { WatchRequest, WatchRequest__Output } from './gen/polytune/v1/WatchRequest.js';
 export type { JobServiceClient, JobServiceHandlers } from './gen/polytune/v1/JobService.js';
 export type { WorkerServiceClient, WorkerServiceHandlers } from './gen/polytune/v1/WorkerService.js';

@@ -200,6 +200,33 @@ deploy_tools() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 2c. Native products (issue 18): Debian's OpenBLAS and a C compiler, then the Node-API addon
+#     (scripts/build-native.sh -> .cache/native/polytune-blas.node). Never fails the set-up: without
+#     the addon the workers run the XNNPACK kernels and say so.
+# ---------------------------------------------------------------------------------------------
+native_products() {
+  local pkgs=() p
+  for p in libopenblas-dev gcc libc6-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+  done
+  if [ "${#pkgs[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    wait_for_apt
+    if ! apt-cache show "${pkgs[@]}" >/dev/null 2>&1; then
+      apt-get -o DPkg::Lock::Timeout=600 update -qq || true
+    fi
+    say "apt-get install ${pkgs[*]}"
+    wait_for_apt
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
+      || say "warning: apt-get install ${pkgs[*]} failed"
+  fi
+  if ! bash scripts/build-native.sh; then
+    say "warning: native products addon not built (above); workers run the XNNPACK kernels"
+  fi
+  return 0
+}
+
+# ---------------------------------------------------------------------------------------------
 # 3. build (dist/ for e2e tests)
 # ---------------------------------------------------------------------------------------------
 build() {
@@ -217,6 +244,7 @@ build() {
 npm_deps
 ensure_nats
 deploy_tools
+native_products
 if build; then
   say "done"
 else

@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError, errorMessage } from '../common/errors.js';
 import './model/gradients.js';
+import { setupNativeKernels, type NativeOptions, type NativeStatus } from './native/index.js';
 
 export const BackendName = { wasm: 'wasm', cpu: 'cpu', tensorflow: 'tensorflow' } as const;
 export type BackendName = keyof typeof BackendName;
@@ -32,11 +33,20 @@ async function importOptional(pkg: string): Promise<boolean> {
   }
 }
 
+let lastNativeStatus: NativeStatus | undefined;
+
+/** Which product kernels the last `initBackend('wasm')` left in (undefined before one). */
+export function nativeStatus(): NativeStatus | undefined {
+  return lastNativeStatus;
+}
+
 /**
  * Registers and activates a backend; returns the name tfjs reports as active.
  * `tensorflow` uses `@tensorflow/tfjs-node-gpu`, else `@tensorflow/tfjs-node`.
+ * On wasm, the products run in OpenBLAS when the native addon loads (worker/native), unless
+ * `native.enabled` is false.
  */
-export async function initBackend(name: BackendName = DEFAULT_BACKEND): Promise<string> {
+export async function initBackend(name: BackendName = DEFAULT_BACKEND, native: NativeOptions = {}): Promise<string> {
   switch (name) {
     case 'wasm':
       await import('@tensorflow/tfjs-backend-wasm');
@@ -63,7 +73,11 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND): Promise<
   const ok = await tf.setBackend(name);
   if (!ok) throw new UserError(`backend ${name}: failed to initialise`);
   await tf.ready();
-  if (name === 'wasm') shareIdentityOnWasm();
+  lastNativeStatus = undefined;
+  if (name === 'wasm') {
+    shareIdentityOnWasm();
+    lastNativeStatus = setupNativeKernels(native);
+  }
   return tf.getBackend();
 }
 

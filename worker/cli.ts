@@ -2,8 +2,9 @@
 /**
  * The `worker` command.
  *
- *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
- *            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+ *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N]
+ *            [--metrics-host HOST] [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+ *            [--tls-server-name NAME] [--token-file FILE] [--no-native] [--threads N]
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
@@ -11,7 +12,13 @@
  *
  * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
  * (--local-rank, else $POLYTUNE_LOCAL_RANK, else 0: the index of this worker process among those of
- * its pod or host, one per GPU); --metrics-port 0 picks a free port.
+ * its pod or host, one per GPU); --metrics-port 0 picks a free port. A worker listens on nothing
+ * else, so metrics bind --metrics-host, else $POLYTUNE_METRICS_HOST, else 0.0.0.0 (a pod is scraped
+ * from outside).
+ *
+ * On wasm the matrix products run in OpenBLAS when the native addon is built (worker/native):
+ * `--no-native` (or POLYTUNE_NATIVE=0) keeps XNNPACK's; `--threads N` (or POLYTUNE_NATIVE_THREADS)
+ * gives OpenBLAS N threads, default 1 (one worker a core).
  */
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -22,6 +29,7 @@ import { PromMeter, startMetricsServer } from '../common/metrics.js';
 import { loadClientTls, NATS_TLS_FLAGS, natsTlsFromFlags } from '../common/tls.js';
 import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
+import type { NativeOptions } from './native/index.js';
 import { runGenerate } from './commands/generate.js';
 import { runInitModel } from './commands/init-model.js';
 import { runScore } from './commands/score.js';
@@ -31,18 +39,29 @@ import { runWorker } from './run-worker.js';
 const DEFAULT_WORKER_METRICS_PORT = 9465;
 
 const USAGE = `usage:
-  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--local-rank N] [--id ID]
-           [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+  worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--metrics-host HOST]
+           [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+           [--no-native] [--threads N]   (env POLYTUNE_NATIVE=0, POLYTUNE_NATIVE_THREADS)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
-  worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
-  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
+  worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
+  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B] [--no-native] [--threads N]
 `;
 
 function backendFlag(value: string | undefined): BackendName {
   if (value === undefined) return DEFAULT_BACKEND;
   if (!(value in BackendName)) throw new UsageError(`--backend: must be one of ${Object.keys(BackendName).join(', ')}, got "${value}"`);
   return value as BackendName;
+}
+
+const NATIVE_FLAGS = { 'no-native': { type: 'boolean' }, threads: { type: 'string' } } as const;
+
+/** `--no-native` and `--threads N`; what they leave unset comes from the env vars (worker/native). */
+function nativeFlags(v: Record<string, string | boolean | undefined>): NativeOptions {
+  return {
+    ...(v['no-native'] ? { enabled: false } : {}),
+    ...(v.threads !== undefined ? { threads: intFlag('threads', v.threads as string, 1, 1) } : {}),
+  };
 }
 
 function required(name: string, value: string | undefined): string {
@@ -70,9 +89,9 @@ async function main(signal: AbortSignal): Promise<number> {
     case 'run': {
       const v = parse({
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
-        'metrics-port': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
+        'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
         'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
-        'token-file': { type: 'string' }, ...NATS_TLS_FLAGS,
+        'token-file': { type: 'string' }, ...NATS_TLS_FLAGS, ...NATIVE_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
       // Security toward the coordinator (README "Security"); flags win over env vars.
@@ -89,7 +108,8 @@ async function main(signal: AbortSignal): Promise<number> {
       // The entry point wires prom-client (STYLE.md); the worker records through the MetricMeter.
       const meter = new PromMeter({ logger: logger.child('metrics') });
       const serveMetrics = (port: number): ReturnType<typeof startMetricsServer> => startMetricsServer({
-        meter, port, host: process.env['POLYTUNE_METRICS_HOST'] ?? '0.0.0.0', logger: logger.child('metrics'),
+        meter, port, host: (v['metrics-host'] as string | undefined) || process.env['POLYTUNE_METRICS_HOST'] || '0.0.0.0',
+        logger: logger.child('metrics'),
       });
       const metrics = await serveMetrics(metricsPort).catch((e: unknown) => {
         // A default port taken (several workers on one host without --local-rank): any free port, and say so.
@@ -105,6 +125,7 @@ async function main(signal: AbortSignal): Promise<number> {
           coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
           nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
           backend: backendFlag(v.backend as string | undefined),
+          native: nativeFlags(v),
           workerId,
           logger,
           signal,
@@ -125,9 +146,12 @@ async function main(signal: AbortSignal): Promise<number> {
       return 0;
     }
     case 'score': {
-      const v = parse({ model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' }, template: { type: 'string' } });
+      const v = parse({
+        model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
+        template: { type: 'string' }, ...NATIVE_FLAGS,
+      });
       if (v.help) return write(USAGE), 0;
-      await initBackend(backendFlag(v.backend as string | undefined));
+      await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runScore({
         model: required('model', v.model as string | undefined), input: required('input', v.input as string | undefined), json: Boolean(v.json), write,
         ...(v.template !== undefined ? { template: v.template as string } : {}),
@@ -137,9 +161,10 @@ async function main(signal: AbortSignal): Promise<number> {
     case 'generate': {
       const v = parse({
         model: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
+        ...NATIVE_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
-      await initBackend(backendFlag(v.backend as string | undefined));
+      await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runGenerate({
         model: required('model', v.model as string | undefined), prompt: required('prompt', v.prompt as string | undefined),
         maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1), json: Boolean(v.json), write,

@@ -2,7 +2,8 @@
  * The NATS connection a worker uses for one assignment. With credentials in the assignment
  * (coordinator running NATS security, see coordinator/nats-credentials.ts), a connection of its
  * own, authenticated as this worker on this job only, with the job's inbox prefix; it is closed
- * when the assignment ends. Without, the worker's one shared, unauthenticated connection.
+ * when the assignment ends (drained, or closed at once when it lost its server: its credential
+ * expired or was revoked). Without, the worker's one shared, unauthenticated connection.
  */
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import type { NatsTls } from '../common/tls.js';
@@ -30,6 +31,54 @@ export async function jobNatsConnection(
     ...(a.natsInboxPrefix ? { inboxPrefix: a.natsInboxPrefix } : {}),
     ...(options.tls ? { tls: options.tls } : {}),
   });
+  closeOnLostCredentials(nc);
   let released: Promise<void> | undefined;
-  return { nc, release: () => (released ??= nc.drain().catch(() => nc.close())) };
+  return { nc, release: () => (released ??= drainOrClose(nc)) };
+}
+
+/** The server's word for a credential that expired or was revoked, or a connect it refused. */
+export function isCredentialFailure(error: unknown): boolean {
+  const e = error as { name?: unknown; message?: unknown } | undefined;
+  return /UserAuthenticationExpired|AuthorizationError/.test(String(e?.name ?? ''))
+    || /user authentication (expired|revoked)|authorization violation/i.test(String(e?.message ?? error ?? ''));
+}
+
+/**
+ * An assignment's credential that expired or was revoked never works again: once the server says
+ * so and the connection drops, it is closed instead of reconnecting in vain, so that whatever
+ * waits on it (a flush, a drain) ends and the worker reports the generation's end.
+ */
+function closeOnLostCredentials(nc: NatsConnection): void {
+  void (async () => {
+    let refused = false;
+    for await (const s of nc.status()) {
+      if (s.type === 'error' && isCredentialFailure(s.error)) refused = true;
+      if (refused && (s.type === 'disconnect' || s.type === 'reconnecting')) {
+        await nc.close().catch(() => undefined);
+        return;
+      }
+    }
+  })();
+}
+
+/** @default 2 s for a job connection to drain before it is closed. */
+export const DEFAULT_JOB_NATS_DRAIN_MS = 2_000;
+
+/**
+ * Drains the connection, or closes it when draining does not finish in `timeoutMs`: a connection
+ * whose credential expired or was revoked (its generation is over) reconnects in vain, and a drain
+ * waits for a server, so the assignment would never end and its Result never be sent.
+ */
+export async function drainOrClose(nc: NatsConnection, timeoutMs = DEFAULT_JOB_NATS_DRAIN_MS): Promise<void> {
+  if (nc.isClosed()) return;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, timeoutMs);
+  });
+  try {
+    await Promise.race([nc.drain().catch(() => undefined), timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!nc.isClosed()) await nc.close();
 }

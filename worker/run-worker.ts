@@ -16,10 +16,11 @@ import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.j
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
-import { initBackend, type BackendName } from './backend.js';
+import { initBackend, nativeStatus, type BackendName } from './backend.js';
 import { GradientAllReduce } from './collective/index.js';
 import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
+import type { NativeOptions } from './native/index.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
 import { releaseHolder, train, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
@@ -31,6 +32,8 @@ export interface WorkerOptions {
   readonly nats: string | undefined;
   /** @default 'wasm' */
   readonly backend: BackendName;
+  /** The wasm backend's OpenBLAS products (`--no-native`, `--threads`). @default on when built, 1 thread */
+  readonly native?: NativeOptions;
   readonly workerId: string;
   readonly logger: Logger;
   readonly signal: AbortSignal;
@@ -43,13 +46,21 @@ export interface WorkerOptions {
   readonly natsTls?: NatsTls;
 }
 
+/** Which kernels run the products, for the log line: `openblas (1 thread)` or `xnnpack`. */
+function productKernelsField(): { products?: string } {
+  const s = nativeStatus();
+  if (!s) return {};
+  if (s.kernels === 'xnnpack') return { products: 'xnnpack' };
+  return { products: `openblas (${s.threads} thread${s.threads === 1 ? '' : 's'})` };
+}
+
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const log = options.logger;
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
-  const backend = await initBackend(options.backend);
-  log.info('backend ready', { backend });
+  const backend = await initBackend(options.backend, { ...options.native, logger: log });
+  log.info('backend ready', { backend, ...productKernelsField() });
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,
     hello: {

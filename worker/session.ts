@@ -14,7 +14,7 @@
 import { hostname as osHostname, availableParallelism, totalmem } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { PolytuneError, errorMessage } from '../common/errors.js';
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
 import { checkCollectiveKey } from './collective/chunk-mac.js';
@@ -320,11 +320,13 @@ export class CoordinatorSession {
         if (!a) return;
         let spec: AnyJobSpec;
         try {
-          // The coordinator validated and path-resolved the spec before assigning it.
-          spec = JSON.parse(a.specJson) as AnyJobSpec;
+          // The coordinator validated and path-resolved the spec, but what crossed the wire (and the
+          // store it came from) is checked again here, by the coordinator's own parser.
+          spec = parseAnyJobSpec(a.specJson, { source: `assignment of job ${a.jobId}` });
         } catch (e) {
-          this.logger.error('assignment with an unreadable spec', { job: a.jobId, error: errorMessage(e) });
-          this.result({ jobId: a.jobId, generation: a.generation, ok: false, error: `unreadable spec_json: ${errorMessage(e)}` });
+          this.logger.error('assignment with an invalid spec refused', { job: a.jobId, error: errorMessage(e) });
+          const error = `refused: the assignment's spec_json is invalid: ${errorMessage(e)}`;
+          this.result({ jobId: a.jobId, generation: a.generation, ok: false, error });
           return;
         }
         let collectiveKey: Uint8Array;

@@ -9,6 +9,7 @@ import type { CancelAssignment as _polytune_v1_CancelAssignment, CancelAssignmen
 import type { CancelJobRequest as _polytune_v1_CancelJobRequest, CancelJobRequest__Output as _polytune_v1_CancelJobRequest__Output } from './polytune/v1/CancelJobRequest.js';
 import type { Capabilities as _polytune_v1_Capabilities, Capabilities__Output as _polytune_v1_Capabilities__Output } from './polytune/v1/Capabilities.js';
 import type { CoordinatorMessage as _polytune_v1_CoordinatorMessage, CoordinatorMessage__Output as _polytune_v1_CoordinatorMessage__Output } from './polytune/v1/CoordinatorMessage.js';
+import type { DeleteJobRequest as _polytune_v1_DeleteJobRequest, DeleteJobRequest__Output as _polytune_v1_DeleteJobRequest__Output } from './polytune/v1/DeleteJobRequest.js';
 import type { GenerationTiming as _polytune_v1_GenerationTiming, GenerationTiming__Output as _polytune_v1_GenerationTiming__Output } from './polytune/v1/GenerationTiming.js';
 import type { GetJobRequest as _polytune_v1_GetJobRequest, GetJobRequest__Output as _polytune_v1_GetJobRequest__Output } from './polytune/v1/GetJobRequest.js';
 import type { Heartbeat as _polytune_v1_Heartbeat, Heartbeat__Output as _polytune_v1_Heartbeat__Output } from './polytune/v1/Heartbeat.js';
@@ -40,6 +41,7 @@ export interface ProtoGrpcType {
       CancelJobRequest: MessageTypeDefinition<_polytune_v1_CancelJobRequest, _polytune_v1_CancelJobRequest__Output>
       Capabilities: MessageTypeDefinition<_polytune_v1_Capabilities, _polytune_v1_Capabilities__Output>
       CoordinatorMessage: MessageTypeDefinition<_polytune_v1_CoordinatorMessage, _polytune_v1_CoordinatorMessage__Output>
+      DeleteJobRequest: MessageTypeDefinition<_polytune_v1_DeleteJobRequest, _polytune_v1_DeleteJobRequest__Output>
       GenerationTiming: MessageTypeDefinition<_polytune_v1_GenerationTiming, _polytune_v1_GenerationTiming__Output>
       GetJobRequest: MessageTypeDefinition<_polytune_v1_GetJobRequest, _polytune_v1_GetJobRequest__Output>
       Heartbeat: MessageTypeDefinition<_polytune_v1_Heartbeat, _polytune_v1_Heartbeat__Output>

@@ -99,7 +99,10 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
         enabled: true, cert: pki.server.cert.toString(), key: pki.server.key.toString(), ca: pki.ca.toString(), serverName: 'localhost',
         mutual: { enabled: true, cert: pki.worker.cert.toString(), key: pki.worker.key.toString(), ca: pki.ca.toString() },
       },
-      natsAuth: { enabled: true, coordinatorCreds: setup.coordinatorCreds, accountSigningKey: setup.signingKeySeed + '\n', account: setup.account + '\n' },
+      natsAuth: {
+        enabled: true, coordinatorCreds: setup.coordinatorCreds, accountSigningKey: setup.signingKeySeed + '\n', account: setup.account + '\n',
+        systemCreds: setup.systemCreds, accountJwt: setup.accountJwt + '\n', operatorSigningKey: setup.operatorSigningKeySeed + '\n',
+      },
       natsTls: { enabled: true, ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() },
     };
     valuesFile = join(dir, 'values.yaml');

@@ -263,7 +263,11 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'account-signing-key.nk' } });
       // --nats-account takes the public key itself, not a file.
       expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT')).toEqual({ value: { secret: 'polytune-nats-auth', key: 'account.pub' } });
-      expect(c.env?.find((e) => e.name === 'POLYTUNE_NATS_CREDS_TTL')?.value).toBe('86400');
+      expect(c.env?.find((e) => e.name === 'POLYTUNE_NATS_CREDS_TTL')?.value).toBe('3600');
+      // Revocation: the system user, the account JWT and the operator signing key, as files.
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_SYSTEM_CREDS')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'system.creds' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_ACCOUNT_JWT')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'account.jwt' } });
+      expect(envSource(objs, pod, c, 'POLYTUNE_NATS_OPERATOR_SIGNING_KEY')).toEqual({ file: { secret: 'polytune-nats-auth', key: 'operator-signing-key.nk' } });
       // The workers' client certificate and key stay with the workers.
       expect(mountedSecretKeys(pod, c)).not.toContainEqual({ secret: 'polytune-tls-worker', key: 'tls.key' });
       for (const m of c.volumeMounts ?? []) if (m.mountPath.startsWith('/etc/polytune')) expect(m).toMatchObject({ readOnly: true });
@@ -295,7 +299,9 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(data('-auth')).toEqual({ token: 'client-token-0123456789', 'worker-token': 'worker-token-0123456789' });
       expect(data('-tls')).toEqual({ 'tls.crt': 'CERT', 'tls.key': 'KEY', 'ca.crt': 'CA' });
       expect(data('-tls-worker')).toEqual({ 'tls.crt': 'WORKER-CERT', 'tls.key': 'WORKER-KEY', 'ca.crt': 'WORKER-CA' });
-      expect(Object.keys(data('-nats-auth')).sort()).toEqual(['account-signing-key.nk', 'account.pub', 'coordinator.creds']);
+      expect(Object.keys(data('-nats-auth')).sort()).toEqual([
+        'account-signing-key.nk', 'account.jwt', 'account.pub', 'coordinator.creds', 'operator-signing-key.nk', 'system.creds',
+      ]);
       expect((find(objs, 'Secret', '-tls') as K8sObject & { type: string }).type).toBe('kubernetes.io/tls');
     });
 
@@ -353,7 +359,11 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('the code reads the security env vars the README lists (the test greps them out of the code)', () => {
-      expect(CODE_ENV.serve).toEqual(['POLYTUNE_NATS_ACCOUNT', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY', 'POLYTUNE_NATS_CREDS', 'POLYTUNE_NATS_CREDS_TTL', 'POLYTUNE_TLS_CERT', 'POLYTUNE_TLS_CLIENT_CA', 'POLYTUNE_TLS_KEY', 'POLYTUNE_TOKEN', 'POLYTUNE_WORKER_TOKEN']);
+      expect(CODE_ENV.serve).toEqual([
+        'POLYTUNE_NATS_ACCOUNT', 'POLYTUNE_NATS_ACCOUNT_JWT', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY', 'POLYTUNE_NATS_CREDS', 'POLYTUNE_NATS_CREDS_TTL',
+        'POLYTUNE_NATS_OPERATOR_SIGNING_KEY', 'POLYTUNE_NATS_SYSTEM_CREDS', 'POLYTUNE_TLS_CERT', 'POLYTUNE_TLS_CLIENT_CA', 'POLYTUNE_TLS_KEY',
+        'POLYTUNE_TOKEN', 'POLYTUNE_WORKER_TOKEN',
+      ]);
       expect(CODE_ENV.worker).toEqual(['POLYTUNE_TLS_CA', 'POLYTUNE_TLS_CLIENT_CERT', 'POLYTUNE_TLS_CLIENT_KEY', 'POLYTUNE_TLS_SERVER_NAME', 'POLYTUNE_WORKER_TOKEN']);
       const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
       for (const n of SECURITY_ENV) expect(readme).toContain(`\`${n}\``);
@@ -385,6 +395,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(mountedSecretKeys(coord, c)).toEqual([
         { secret: 'my-tls', key: 'tls.crt' }, { secret: 'my-tls', key: 'tls.key' }, { secret: 'my-worker-tls', key: 'ca.crt' },
         { secret: 'my-nats', key: 'coordinator.creds' }, { secret: 'my-nats', key: 'account-signing-key.nk' },
+        { secret: 'my-nats', key: 'system.creds' }, { secret: 'my-nats', key: 'account.jwt' }, { secret: 'my-nats', key: 'operator-signing-key.nk' },
       ]);
       expect(mountedSecretKeys(worker, w)).toEqual([{ secret: 'my-tls', key: 'ca.crt' }, { secret: 'my-worker-tls', key: 'tls.crt' }, { secret: 'my-worker-tls', key: 'tls.key' }]);
       expect(w.env?.find((e) => e.name === 'POLYTUNE_TLS_SERVER_NAME')?.value).toBe('coordinator.example.com');

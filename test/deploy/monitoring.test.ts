@@ -122,7 +122,7 @@ describe.skipIf(skip !== undefined)('PromQL and rules (promtool)', () => {
   it('promtool check rules passes on deploy/prometheus/rules.yaml', async () => {
     const r = await runTool(promtool, ['check', 'rules', RULES]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toContain('SUCCESS: 6 rules found');
+    expect(r.stdout).toContain('SUCCESS: 8 rules found');
   });
 
   it('promtool test rules: each alert fires on the series it is for, and only then', async () => {

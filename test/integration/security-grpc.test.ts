@@ -51,7 +51,9 @@ beforeAll(async () => {
   nats = await startNats();
   coordinator = await startTestCoordinator(nats, {
     tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca },
-    auth: { clientToken: CLIENT_TOKEN, workerToken: WORKER_TOKEN },
+    // Worker ids other than the certificate's name join here (--no-worker-id-from-cert); the
+    // default under mutual TLS is tested below.
+    auth: { clientToken: CLIENT_TOKEN, workerToken: WORKER_TOKEN, workerIdFromCertificate: false },
   });
   address = `localhost:${coordinator.port}`;
 });
@@ -163,6 +165,24 @@ describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', (
     const s = await joinStrict('worker');
     expect(s.workerId).toBe('worker');
     expect(strict.registry.get('worker')).toBeDefined();
+  });
+
+  it('is on by default under mutual TLS', async () => {
+    const byDefault = await startTestCoordinator(nats, {
+      tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca }, auth: { workerToken: WORKER_TOKEN },
+    });
+    try {
+      const connect = (id: string): Promise<CoordinatorSession> => CoordinatorSession.connect({
+        address: `localhost:${byDefault.port}`, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 3_000,
+        tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: WORKER_TOKEN,
+      });
+      await expect(connect('impostor')).rejects.toThrow(/is not a name of the worker's client certificate/);
+      const s = await connect('worker');
+      sessions.push(s);
+      expect(byDefault.registry.get('worker')).toBeDefined();
+    } finally {
+      await byDefault.stop();
+    }
   });
 
   it('refuses to start without mutual TLS', async () => {

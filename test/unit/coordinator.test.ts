@@ -2,7 +2,7 @@
 import { status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { JobSpecError, UserError } from '../../common/errors.js';
-import { CoordinatorStoppingError, JobConflictError, JobNotFoundError } from '../../coordinator/errors.js';
+import { CoordinatorStoppingError, JobConflictError, JobNotFoundError, WorkerIdInUseError } from '../../coordinator/errors.js';
 import { CoordinatorCallError, fromGrpcError, toGrpcStatus } from '../../coordinator/grpc-errors.js';
 import { fromWireState, isTerminal, JobState, newJobRecord, toWireJob } from '../../coordinator/job-record.js';
 import { newJobId } from '../../coordinator/scheduler.js';
@@ -92,12 +92,17 @@ describe('worker registry', () => {
     reg.close();
   });
 
-  it('loses a silent worker and closes its link; a second Hello with the same id replaces the first', async () => {
+  it('loses a silent worker and closes its link; a second Hello with the same id replaces the first once its stream closed', async () => {
     const reg = new WorkerRegistry({ heartbeatTimeoutMs: 200 });
     const lost: string[] = [];
     reg.on((e) => { if (e.type === 'lost') lost.push(`${e.worker.id}: ${e.reason}`); });
-    const l1 = link();
+    let open = true;
+    const l1 = { ...link(), isOpen: () => open };
     reg.join(hello('a'), l1);
+    // A live worker's id is refused, not evicted (issue 20).
+    expect(() => reg.join(hello('a'), link())).toThrow(WorkerIdInUseError);
+    expect(l1.closed).toEqual([]);
+    open = false;
     const l2 = link();
     reg.join(hello('a'), l2);
     expect(l1.closed).toHaveLength(1);
@@ -111,13 +116,26 @@ describe('worker registry', () => {
     expect(l2.closed).toEqual(['heartbeat timeout']);
     reg.close();
   });
+
+  it('refuses a second Hello under a live id, and takes it once the first has been silent past the heartbeat timeout', () => {
+    const reg = new WorkerRegistry({ heartbeatTimeoutMs: 60_000 });
+    const l1 = link();
+    const first = reg.join(hello('b'), l1);
+    expect(() => reg.join(hello('b'), link())).toThrow(/worker id "b" is already connected/);
+    expect(reg.get('b')).toBe(first);
+    first.lastSeen = Date.now() - 61_000; // silent, and the monitor has not run yet
+    const second = reg.join(hello('b'), link());
+    expect(reg.get('b')).toBe(second);
+    expect(l1.closed).toEqual(['replaced by a new connection']);
+    reg.close();
+  });
 });
 
 describe('proto loader', () => {
   it('finds the .proto files from the source tree and loads both services and the chunk header', () => {
     expect(protoDir()).toMatch(/proto$/);
     const v1 = loadCoordinatorProto();
-    expect(Object.keys(v1.JobService.service)).toEqual(['Submit', 'Get', 'List', 'Cancel', 'Watch']);
+    expect(Object.keys(v1.JobService.service)).toEqual(['Submit', 'Get', 'List', 'Cancel', 'Watch', 'Delete']);
     expect(Object.keys(v1.WorkerService.service)).toEqual(['Join']);
     const c = loadCollectiveProto();
     expect((c.ChunkHeader.type as { field: { name: string }[] }).field.map((f) => f.name)).toEqual(['step', 'rank', 'shard', 'chunk', 'chunks', 'offset', 'count', 'dtype']);

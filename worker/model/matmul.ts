@@ -8,9 +8,11 @@
  * [1024,1024] tensor costs 11 ms. A batched product [16,256,64] x [16,64,128] runs at ~3 GFLOP/s
  * against ~35 for the same work as 16 unbatched products. So on wasm and cpu, transposes are
  * materialised and the product runs plain, and on wasm a batched product is a loop of unbatched
- * ones; backends with native transposed/batched GEMM (tensorflow, webgl, webgpu) get the flags.
+ * ones; backends with native transposed/batched GEMM (tensorflow, webgl, webgpu) get the flags,
+ * and so does wasm while its products run in OpenBLAS (worker/native), whose sgemm takes them.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeKernelsActive } from '../native/index.js';
 
 const MATERIALISE_TRANSPOSE = new Set(['wasm', 'cpu']);
 
@@ -80,7 +82,7 @@ const batchedMatMul = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>
 /** `tf.matMul` with the same meaning, choosing how transposes and batches are done per backend. */
 export function matMul<T extends tf.Tensor>(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false): T {
   const backend = tf.getBackend();
-  if (!MATERIALISE_TRANSPOSE.has(backend)) return tf.matMul(a, b, transposeA, transposeB) as T;
+  if (!MATERIALISE_TRANSPOSE.has(backend) || nativeKernelsActive()) return tf.matMul(a, b, transposeA, transposeB) as T;
   const x = transposeA ? transposeLast(a) : a;
   const y = transposeB ? transposeLast(b) : b;
   if (backend === 'wasm' && x.rank === 3 && y.rank === 3 && x.shape[0] > 1 && x.shape[0] === y.shape[0] && x.dtype === 'float32' && y.dtype === 'float32') {
@@ -96,6 +98,6 @@ export function matMul<T extends tf.Tensor>(a: tf.Tensor, b: tf.Tensor, transpos
  * operand of a product, per tensor).
  */
 export function matMulTransposeB(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
-  if (!MATERIALISE_TRANSPOSE.has(tf.getBackend())) return tf.matMul(a, b, false, true);
+  if (!MATERIALISE_TRANSPOSE.has(tf.getBackend()) || nativeKernelsActive()) return tf.matMul(a, b, false, true);
   return transposeLast(tf.matMul(b, transposeLast(a)));
 }

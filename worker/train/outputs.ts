@@ -7,7 +7,8 @@
  *
  * Written under a temporary name and renamed, so a reader never sees half of it.
  */
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, writeFile } from 'node:fs/promises';
+import { UserError } from '../../common/errors.js';
 import { join } from 'node:path';
 import type { LlamaModel } from '../model/llama.js';
 import { exportModel } from '../model/export.js';
@@ -28,10 +29,29 @@ export interface FinalContents {
   readonly inputDtypes: ReadonlyMap<string, string>;
 }
 
+/** The marker of a `final/` polytune wrote: only such a directory is ever replaced. */
+export const FINAL_MARKER = '.polytune';
+
+/** Throws unless `dir` is missing or holds polytune's marker (a user's own `final/` is never replaced). */
+export async function assertFinalReplaceable(dir: string): Promise<void> {
+  const st = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return undefined;
+    throw e;
+  });
+  if (st === undefined) return;
+  const marked = st.isDirectory() && (await lstat(join(dir, FINAL_MARKER)).then(() => true, () => false));
+  if (!marked) {
+    const why = `exists and was not written by polytune (no ${FINAL_MARKER} marker): it is left as it is; move it away`;
+    throw new UserError(`${dir}: ${why}`);
+  }
+}
+
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
   const dir = join(c.outputDir, 'final');
   await mkdir(c.outputDir, { recursive: true });
+  await assertFinalReplaceable(dir);
   await writeDirAtomically(dir, async (tmp) => {
+    await writeFile(join(tmp, FINAL_MARKER), 'written by polytune; a final/ without this file is never replaced\n');
     // Tensor by tensor, each in its input dtype, sharded like the input (worker/model/export.ts);
     // trained tensors from the trainer's float32 master copies.
     await exportModel(tmp, c.model, {

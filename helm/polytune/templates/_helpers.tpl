@@ -174,6 +174,14 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
 {{- if include "polytune.tlsMutual" . }}
 - name: POLYTUNE_TLS_CLIENT_CA
   value: /etc/polytune/tls-client-ca/ca.crt
+{{/* Every worker pod presents the same certificate (tls.mutual), so its name cannot be each worker's id. */}}
+- name: POLYTUNE_WORKER_ID_FROM_CERT
+  value: "0"
+{{- end }}
+{{- if not (or .Values.natsAuth.enabled (and .Values.natsTls.enabled (include "polytune.natsTlsClientCert" .))) }}
+{{/* No NATS credentials: the in-cluster NATS is reachable by every pod the NetworkPolicy lets in (README "Security"). */}}
+- name: POLYTUNE_INSECURE_NATS
+  value: "1"
 {{- end }}
 {{- if .Values.natsAuth.enabled }}
 - name: POLYTUNE_NATS_CREDS
@@ -187,6 +195,12 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
       key: account.pub
 - name: POLYTUNE_NATS_CREDS_TTL
   value: {{ .Values.natsAuth.credsTtlSeconds | int | toString | quote }}
+- name: POLYTUNE_NATS_SYSTEM_CREDS
+  value: /etc/polytune/nats/system.creds
+- name: POLYTUNE_NATS_ACCOUNT_JWT
+  value: /etc/polytune/nats/account.jwt
+- name: POLYTUNE_NATS_OPERATOR_SIGNING_KEY
+  value: /etc/polytune/nats/operator-signing-key.nk
 {{- end }}
 {{- end -}}
 
@@ -234,6 +248,9 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
     items:
       - { key: coordinator.creds, path: coordinator.creds }
       - { key: account-signing-key.nk, path: account-signing-key.nk }
+      - { key: system.creds, path: system.creds }
+      - { key: account.jwt, path: account.jwt }
+      - { key: operator-signing-key.nk, path: operator-signing-key.nk }
 {{- end }}
 {{- end -}}
 

@@ -1,12 +1,15 @@
 /**
  * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
- * HF's modeling_llama.py (scripts/make-golden.py), on the wasm and cpu backends.
+ * HF's modeling_llama.py (scripts/make-golden.py), on the wasm backend with its products in OpenBLAS
+ * (worker/native) and in XNNPACK, and on the cpu backend.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../../worker/backend.js';
+import { addonPath, loadAddon } from '../../../worker/native/addon.js';
+import { nativeKernelsActive } from '../../../worker/native/index.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
 
@@ -32,9 +35,18 @@ interface Golden {
   grads: string[];
 }
 
-const CASES = (['wasm', 'cpu'] as const).flatMap((backend) => MODELS.map((name) => [backend, name] as const));
+/** Each backend, and on wasm each set of product kernels. */
+const KERNEL_SETS = [
+  { label: 'wasm+openblas', backend: 'wasm', native: true },
+  { label: 'wasm+xnnpack', backend: 'wasm', native: false },
+  { label: 'cpu', backend: 'cpu', native: false },
+] as const;
+const nativeLoad = loadAddon(addonPath());
+if (!nativeLoad.ok) process.stderr.write(`golden: skipping wasm+openblas: ${nativeLoad.reason}\n`);
+const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok)
+  .flatMap((k) => MODELS.map((name) => [k.label, name, k] as const));
 
-describe.each(CASES)('golden %s %s', (backend, name) => {
+describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
   const dir = join(GOLDEN, name);
   let golden: Golden;
   let expected: Map<string, Float32Array>;
@@ -43,7 +55,8 @@ describe.each(CASES)('golden %s %s', (backend, name) => {
   let labels: tf.Tensor2D;
 
   beforeAll(async () => {
-    await initBackend(backend);
+    await initBackend(backend, { enabled: native });
+    expect(nativeKernelsActive()).toBe(native);
     golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
     expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
     model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });

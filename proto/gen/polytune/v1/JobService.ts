@@ -5,6 +5,7 @@
 import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
 import type { CancelJobRequest as _polytune_v1_CancelJobRequest, CancelJobRequest__Output as _polytune_v1_CancelJobRequest__Output } from '../../polytune/v1/CancelJobRequest.js';
+import type { DeleteJobRequest as _polytune_v1_DeleteJobRequest, DeleteJobRequest__Output as _polytune_v1_DeleteJobRequest__Output } from '../../polytune/v1/DeleteJobRequest.js';
 import type { GetJobRequest as _polytune_v1_GetJobRequest, GetJobRequest__Output as _polytune_v1_GetJobRequest__Output } from '../../polytune/v1/GetJobRequest.js';
 import type { Job as _polytune_v1_Job, Job__Output as _polytune_v1_Job__Output } from '../../polytune/v1/Job.js';
 import type { JobEvent as _polytune_v1_JobEvent, JobEvent__Output as _polytune_v1_JobEvent__Output } from '../../polytune/v1/JobEvent.js';
@@ -32,6 +33,23 @@ export interface JobServiceClient extends grpc.Client {
   cancel(argument: _polytune_v1_CancelJobRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   cancel(argument: _polytune_v1_CancelJobRequest, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Remove a finished job's record and ledger; returns the job as it was. FAILED_PRECONDITION for
+   * a job that has not finished (cancel it first).
+   */
+  Delete(argument: _polytune_v1_DeleteJobRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  Delete(argument: _polytune_v1_DeleteJobRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  Delete(argument: _polytune_v1_DeleteJobRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  Delete(argument: _polytune_v1_DeleteJobRequest, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  /**
+   * Remove a finished job's record and ledger; returns the job as it was. FAILED_PRECONDITION for
+   * a job that has not finished (cancel it first).
+   */
+  delete(argument: _polytune_v1_DeleteJobRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  delete(argument: _polytune_v1_DeleteJobRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  delete(argument: _polytune_v1_DeleteJobRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  delete(argument: _polytune_v1_DeleteJobRequest, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
+  
   Get(argument: _polytune_v1_GetJobRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   Get(argument: _polytune_v1_GetJobRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   Get(argument: _polytune_v1_GetJobRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
@@ -41,10 +59,16 @@ export interface JobServiceClient extends grpc.Client {
   get(argument: _polytune_v1_GetJobRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   get(argument: _polytune_v1_GetJobRequest, callback: grpc.requestCallback<_polytune_v1_Job__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Jobs newest first, a page at a time, without their specs (Get has the spec).
+   */
   List(argument: _polytune_v1_ListJobsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
   List(argument: _polytune_v1_ListJobsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
   List(argument: _polytune_v1_ListJobsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
   List(argument: _polytune_v1_ListJobsRequest, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Jobs newest first, a page at a time, without their specs (Get has the spec).
+   */
   list(argument: _polytune_v1_ListJobsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
   list(argument: _polytune_v1_ListJobsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
   list(argument: _polytune_v1_ListJobsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_polytune_v1_ListJobsResponse__Output>): grpc.ClientUnaryCall;
@@ -87,8 +111,17 @@ export interface JobServiceHandlers extends grpc.UntypedServiceImplementation {
    */
   Cancel: grpc.handleUnaryCall<_polytune_v1_CancelJobRequest__Output, _polytune_v1_Job>;
   
+  /**
+   * Remove a finished job's record and ledger; returns the job as it was. FAILED_PRECONDITION for
+   * a job that has not finished (cancel it first).
+   */
+  Delete: grpc.handleUnaryCall<_polytune_v1_DeleteJobRequest__Output, _polytune_v1_Job>;
+  
   Get: grpc.handleUnaryCall<_polytune_v1_GetJobRequest__Output, _polytune_v1_Job>;
   
+  /**
+   * Jobs newest first, a page at a time, without their specs (Get has the spec).
+   */
   List: grpc.handleUnaryCall<_polytune_v1_ListJobsRequest__Output, _polytune_v1_ListJobsResponse>;
   
   /**
@@ -106,6 +139,7 @@ export interface JobServiceHandlers extends grpc.UntypedServiceImplementation {
 
 export interface JobServiceDefinition extends grpc.ServiceDefinition {
   Cancel: MethodDefinition<_polytune_v1_CancelJobRequest, _polytune_v1_Job, _polytune_v1_CancelJobRequest__Output, _polytune_v1_Job__Output>
+  Delete: MethodDefinition<_polytune_v1_DeleteJobRequest, _polytune_v1_Job, _polytune_v1_DeleteJobRequest__Output, _polytune_v1_Job__Output>
   Get: MethodDefinition<_polytune_v1_GetJobRequest, _polytune_v1_Job, _polytune_v1_GetJobRequest__Output, _polytune_v1_Job__Output>
   List: MethodDefinition<_polytune_v1_ListJobsRequest, _polytune_v1_ListJobsResponse, _polytune_v1_ListJobsRequest__Output, _polytune_v1_ListJobsResponse__Output>
   Submit: MethodDefinition<_polytune_v1_SubmitRequest, _polytune_v1_SubmitResponse, _polytune_v1_SubmitRequest__Output, _polytune_v1_SubmitResponse__Output>

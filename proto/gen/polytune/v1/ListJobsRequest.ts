@@ -4,7 +4,23 @@
 
 
 export interface ListJobsRequest {
+  /**
+   * Jobs per page, 1..1000; 0 means the default (100).
+   */
+  'pageSize'?: (number);
+  /**
+   * The next_page_token of the previous page; empty for the first page.
+   */
+  'pageToken'?: (string);
 }
 
 export interface ListJobsRequest__Output {
+  /**
+   * Jobs per page, 1..1000; 0 means the default (100).
+   */
+  'pageSize': (number);
+  /**
+   * The next_page_token of the previous page; empty for the first page.
+   */
+  'pageToken': (string);
 }

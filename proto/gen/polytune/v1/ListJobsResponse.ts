@@ -6,14 +6,30 @@ import type { Job as _polytune_v1_Job, Job__Output as _polytune_v1_Job__Output }
 
 export interface ListJobsResponse {
   /**
-   * Newest first.
+   * Newest first; spec_json and ledger_json are left empty (Get has them).
    */
   'jobs'?: (_polytune_v1_Job)[];
+  /**
+   * Empty on the last page.
+   */
+  'nextPageToken'?: (string);
+  /**
+   * Keys of the job store whose value is not a job record (skipped), on the first page.
+   */
+  'corruptKeys'?: (string)[];
 }
 
 export interface ListJobsResponse__Output {
   /**
-   * Newest first.
+   * Newest first; spec_json and ledger_json are left empty (Get has them).
    */
   'jobs': (_polytune_v1_Job__Output)[];
+  /**
+   * Empty on the last page.
+   */
+  'nextPageToken': (string);
+  /**
+   * Keys of the job store whose value is not a job record (skipped), on the first page.
+   */
+  'corruptKeys': (string)[];
 }

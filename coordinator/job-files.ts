@@ -1,0 +1,188 @@
+/**
+ * What a job may touch on the coordinator's file system, checked at Submit and again before a
+ * gang is formed (a stored spec is not trusted: job-store.ts):
+ *
+ * - storage roots (`coordinator serve --data-root DIR --output-root DIR`, repeatable): when set,
+ *   every input path of the spec (model, data, problem sets) must lie under a data root and
+ *   `output.dir` under an output root, after symbolic links are resolved; a path outside is refused
+ *   with the path and its field before anything reads it. Unset (local use), any path is allowed.
+ * - the output directory: it must be missing, empty, or polytune's (it holds the marker file
+ *   `.polytune`, written here when a job is accepted). A directory holding someone else's files is
+ *   refused, so that a job never writes (and `final/` never replaces) files it does not own.
+ * - then the files themselves (common/jobspec.ts, common/job-kinds.ts).
+ *
+ * Errors name the field path and the file, never a file's contents.
+ */
+import { lstat, mkdir, readdir, realpath, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { JobSpecError, type SpecIssue } from '../common/errors.js';
+import { isTrainJob, validateAnyJobSpecFiles, type AnyJobSpec } from '../common/job-kinds.js';
+import { validateJobSpecFiles } from '../common/jobspec.js';
+
+/** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
+export const OUTPUT_MARKER = '.polytune';
+
+export interface StorageRoots {
+  /** Directories inputs (model, data) must be under; empty: anywhere. */
+  readonly dataRoots: readonly string[];
+  /** Directories `output.dir` must be under; empty: anywhere. */
+  readonly outputRoots: readonly string[];
+}
+
+export const NO_ROOTS: StorageRoots = { dataRoots: [], outputRoots: [] };
+
+/** Field names whose string values are input paths, wherever they are in a spec (stages included). */
+const INPUT_FIELDS = new Set(['path', 'target', 'mgsm', 'msvamp']);
+
+/** Every input path of a spec with its field path (`spec.data.train[0].path`), and every `output.dir`. */
+/** A path of a spec and its field path. */
+export interface SpecPath {
+  readonly at: string;
+  readonly path: string;
+}
+
+export function specPaths(spec: AnyJobSpec): { inputs: SpecPath[]; outputs: SpecPath[] } {
+  const inputs: SpecPath[] = [];
+  const outputs: SpecPath[] = [];
+  const walk = (v: unknown, at: string): void => {
+    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${at}[${i}]`));
+    else if (v !== null && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v as Record<string, unknown>)) walk(x, `${at}.${k}`);
+    } else if (typeof v === 'string') {
+      if (at.endsWith('.output.dir')) outputs.push({ at, path: v });
+      else if (INPUT_FIELDS.has(at.slice(at.lastIndexOf('.') + 1))) inputs.push({ at, path: v });
+    }
+  };
+  walk((spec as { spec: unknown }).spec, 'spec');
+  return { inputs, outputs };
+}
+
+/** The real path of `p`, or of its nearest existing ancestor joined with the rest (for paths not yet created). */
+async function realish(p: string): Promise<string> {
+  const abs = resolve(p);
+  try {
+    return await realpath(abs);
+  } catch {
+    const parent = dirname(abs);
+    if (parent === abs) return abs;
+    return join(await realish(parent), basename(abs));
+  }
+}
+
+const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;
+
+/** A path as given, with its real path when a link made them differ. */
+const shown = (path: string, real: string): string => (real !== path ? `${path} (${real})` : path);
+
+function isUnder(path: string, root: string): boolean {
+  const rel = relative(root, path);
+  return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
+}
+
+/** Resolves the roots once (they must exist): `--data-root`/`--output-root` as given to `serve`. */
+export async function resolveStorageRoots(roots: Partial<StorageRoots>): Promise<StorageRoots> {
+  const real = async (dirs: readonly string[] | undefined, flag: string): Promise<string[]> => {
+    const out: string[] = [];
+    for (const d of dirs ?? []) {
+      try {
+        out.push(await realpath(resolve(d)));
+      } catch (e) {
+        throw new JobSpecError([{ path: flag, message: `${d}: ${errnoCode(e, 'cannot resolve')}` }]);
+      }
+    }
+    return out;
+  };
+  return {
+    dataRoots: await real(roots.dataRoots, '--data-root'),
+    outputRoots: await real(roots.outputRoots, '--output-root'),
+  };
+}
+
+/** Paths of the spec outside the storage roots (nothing is read). */
+export async function storageRootIssues(spec: AnyJobSpec, roots: StorageRoots): Promise<SpecIssue[]> {
+  const issues: SpecIssue[] = [];
+  const { inputs, outputs } = specPaths(spec);
+  if (roots.dataRoots.length > 0) {
+    for (const { at, path } of inputs) {
+      const real = await realish(path);
+      if (!roots.dataRoots.some((r) => isUnder(real, r))) {
+        const message = `${shown(path, real)} is not under a data root (${roots.dataRoots.join(', ')})`;
+        issues.push({ path: at, message });
+      }
+    }
+  }
+  if (roots.outputRoots.length > 0) {
+    for (const { at, path } of outputs) {
+      const real = await realish(path);
+      if (!roots.outputRoots.some((r) => isUnder(real, r) && real !== r)) {
+        const message = `${shown(path, real)} is not inside an output root (${roots.outputRoots.join(', ')})`;
+        issues.push({ path: at, message });
+      }
+    }
+  }
+  return issues;
+}
+
+/** Whether `dir` may be written by a job: missing, empty, or marked as polytune's. */
+export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Promise<SpecIssue[]> {
+  let st;
+  try {
+    st = await lstat(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    return [{ path: at, message: `${dir}: cannot be checked (${errnoCode(e)})` }];
+  }
+  // A link is checked at its target (the roots, if any, were checked on the target too).
+  if (st.isSymbolicLink()) return outputDirIssues(await realpath(dir), at);
+  if (!st.isDirectory()) return [{ path: at, message: `${dir}: exists and is not a directory` }];
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (e) {
+    return [{ path: at, message: `${dir}: cannot be listed (${errnoCode(e)})` }];
+  }
+  if (entries.length === 0 || entries.includes(OUTPUT_MARKER)) return [];
+  return [{
+    path: at,
+    message: `${dir} holds files polytune did not write (${entries.length} entries, no ${OUTPUT_MARKER} marker): ` +
+      'choose a new or empty directory',
+  }];
+}
+
+/** Marks `dir` (created if missing) as polytune's. */
+export async function markOutputDir(dir: string, at = 'spec.output.dir'): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, OUTPUT_MARKER), 'This directory is written by polytune jobs.\n', { flag: 'a' });
+  } catch (e) {
+    throw new JobSpecError([{ path: at, message: `${dir}: cannot be written (${errnoCode(e)})` }]);
+  }
+}
+
+/**
+ * Every file check of a job, in order: roots (before anything is read), the files, the output
+ * directory. Throws `JobSpecError` naming each field. With `mark`, the output directory is
+ * created and marked as polytune's (Submit).
+ */
+export async function checkJobFiles<T>(
+  spec: AnyJobSpec, roots: StorageRoots, validateFiles: () => Promise<T>, source?: string,
+): Promise<T> {
+  const rootIssues = await storageRootIssues(spec, roots);
+  if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);
+  const files = await validateFiles();
+  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, o.at)))).flat();
+  if (outIssues.length > 0) throw new JobSpecError(outIssues, source);
+  return files;
+}
+
+/** `checkJobFiles` with the file checks of the spec's kind (the scheduler's re-check of a stored spec). */
+export async function checkStoredJobFiles(spec: AnyJobSpec, roots: StorageRoots, source?: string): Promise<void> {
+  const validate = (): Promise<unknown> => (
+    isTrainJob(spec) ? validateJobSpecFiles(spec, source) : validateAnyJobSpecFiles(spec, source));
+  await checkJobFiles(spec, roots, validate, source);
+}
+
+/** Creates and marks the spec's output directories as polytune's (once a job is accepted). */
+export async function markOutputDirs(spec: AnyJobSpec): Promise<void> {
+  for (const o of specPaths(spec).outputs) await markOutputDir(o.path, o.at);
+}
