@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { evalMarkdownTables, evalTextTables } from '../../common/eval-table.js';
 import type { JobSpec } from '../../common/jobspec.js';
-import { newJobRecord, toWireJob, type JobRecord } from '../../coordinator/job-record.js';
+import { newJobRecord, parseStoredRecord, toWireJob, type JobRecord } from '../../coordinator/job-record.js';
 import { closeGeneration, jobTimings, openGeneration, recordCompute } from '../../coordinator/job-timings.js';
 import {
   formatDuration, formatRate, jobRate, kindOf, stageText, type JobView,
@@ -265,6 +265,18 @@ describe('job timings', () => {
     // finished: the clock stops at finishedAt
     const done = { ...r, finishedAt: t0 + 18_000, generations: closeGeneration(g, t0 + 18_000) };
     expect(jobTimings(done, t0 + 100_000)).toMatchObject({ wallSeconds: 18, reformSeconds: 3 });
+  });
+
+  it('the store is not trusted: generations of the wrong shape make the record unreadable', () => {
+    const t0 = NOW;
+    const g = closeGeneration(openGeneration(undefined, { generation: 1, worldSize: 2, fromStep: 0 }, t0), t0 + 1000, 'x');
+    const r = { ...newJobRecord('unit-abcde', spec, 2, t0 - 1000), startedAt: t0, generations: g };
+    const back = parseStoredRecord(r.id, JSON.stringify(r));
+    expect(back.ok, JSON.stringify(back)).toBe(false); // the stub spec is not a valid TrainJob...
+    expect(back).toMatchObject({ reason: 'spec' }); // ...but the record's shape, generations included, is
+    const bad = { ...r, generations: [{ ...g[0]!, computeSeconds: -1 }] };
+    expect(parseStoredRecord(r.id, JSON.stringify(bad)))
+      .toMatchObject({ ok: false, reason: 'unreadable', message: expect.stringMatching(/generations\.0\.computeSeconds/) });
   });
 
   it('a record from before timings reads as none; the wire job carries them', () => {
