@@ -22,6 +22,8 @@ import {
 
 /** @default the ETA and the rate of the other kinds come from the last 30 s of progress. */
 export const RATE_WINDOW_MS = 30_000;
+/** @default the live line is redrawn every second between updates (the ETA counts down). */
+export const REDRAW_MS = 1000;
 /** @default 24 cells in the bar. */
 export const BAR_WIDTH = 24;
 
@@ -83,7 +85,9 @@ export function plainProgressLine(job: JobView, recentStepsPerSecond?: number): 
 }
 
 /** The live block (a terminal): the bar line, and the languages' line when asked for. */
-export function liveBlock(job: JobView, recentStepsPerSecond: number | undefined, languages: boolean): string[] {
+export function liveBlock(
+  job: JobView, recentStepsPerSecond: number | undefined, languages: boolean, secondsSinceUpdate = 0,
+): string[] {
   const s = stateName(job);
   const stage = stageText(job);
   const pct = job.totalSteps > 0 ? `${String(Math.floor((100 * job.step) / job.totalSteps)).padStart(3)}%` : '';
@@ -94,7 +98,9 @@ export function liveBlock(job: JobView, recentStepsPerSecond: number | undefined
   const rate = shownRate(job, recentStepsPerSecond);
   if (rate) parts.push(formatRate(rate));
   if (s === 'Running') {
-    parts.push(`ETA ${formatDuration(etaSeconds(job, recentStepsPerSecond ?? generationStepRate(job)))}`);
+    // Between updates the ETA counts down (a step of a large model can take minutes).
+    const eta = etaSeconds(job, recentStepsPerSecond ?? generationStepRate(job));
+    parts.push(`ETA ${formatDuration(eta === undefined ? undefined : Math.max(0, eta - secondsSinceUpdate))}`);
   }
   const lines = [parts.filter((p) => p !== '').join('  ')];
   const langs = languageLosses(job);
@@ -137,6 +143,8 @@ export interface ProgressViewOptions {
   liveWriter?: LiveWriter;
   /** Loss per language on a second line (live). @default false */
   languages?: boolean;
+  /** Live: redraw this often between updates; 0 never. @default REDRAW_MS */
+  redrawMs?: number;
 }
 
 export function logUpdateWriter(stream: NodeJS.WriteStream = process.stdout): LiveWriter {
@@ -154,6 +162,13 @@ export function createProgressView(options: ProgressViewOptions): ProgressView {
   let lastStep: number | undefined;
   let lastGeneration: number | undefined;
   let live: LiveWriter | undefined;
+  let shown: { job: JobView; sps: number | undefined; at: number } | undefined;
+  let ticker: NodeJS.Timeout | undefined;
+  const draw = (now: number): void => {
+    if (!live || !shown) return;
+    const since = Math.max(0, (now - shown.at) / 1000);
+    live.render(liveBlock(shown.job, shown.sps, options.languages === true, since).join('\n'));
+  };
   const track = (job: JobView, now: number): number | undefined => {
     if (job.generation !== lastGeneration) {
       lastGeneration = job.generation;
@@ -176,11 +191,20 @@ export function createProgressView(options: ProgressViewOptions): ProgressView {
       }
       live ??= options.liveWriter ?? logUpdateWriter();
       if (kind !== 'PROGRESS') live.persist(stateLine(job));
-      live.render(liveBlock(job, sps, options.languages === true).join('\n'));
+      shown = { job, sps, at: now };
+      draw(now);
       lastStep = job.step;
+      const every = options.redrawMs ?? REDRAW_MS;
+      if (!ticker && every > 0) {
+        ticker = setInterval(() => draw(Date.now()), every);
+        ticker.unref();
+      }
     },
     done() {
+      if (ticker) clearInterval(ticker);
+      ticker = undefined;
       live?.done();
+      live = undefined;
     },
   };
 }

@@ -3,7 +3,7 @@
  * ETA, the live and plain progress, the status table and block, the evaluation table, and the
  * job timings that survive re-forms and coordinator restarts.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { evalMarkdownTables, evalTextTables } from '../../common/eval-table.js';
 import type { JobSpec } from '../../common/jobspec.js';
 import { newJobRecord, parseStoredRecord, toWireJob, type JobRecord } from '../../coordinator/job-record.js';
@@ -141,6 +141,26 @@ describe('progress view', () => {
     expect(first).toBe(`render:tiny-abcde  [${'█'.repeat(6)}${'░'.repeat(18)}]  6/24   25%  loss 1.2500  1000 tok/s  ETA 3.0s`);
     expect(second).toBe('  loss by language: de 1.10 en 0.90');
     expect(calls.at(-1)).toBe('done');
+  });
+
+  it('a terminal: between updates the line is redrawn and the ETA counts down; done() stops it', () => {
+    vi.useFakeTimers({ now: NOW });
+    try {
+      const frames: string[] = [];
+      const live: LiveWriter = { render: (t) => frames.push(t), persist: () => {}, done: () => frames.push('done') };
+      const v = createProgressView({ live: true, write: () => {}, liveWriter: live, redrawMs: 1000 });
+      v.update('PROGRESS', job({ step: 12 }), NOW); // this generation: 12 steps in 6 s, 12 left: ETA 6 s
+      expect(frames.at(-1)).toMatch(/ETA 6\.0s$/);
+      vi.advanceTimersByTime(3000);
+      expect(frames.at(-1)).toMatch(/ETA 3\.0s$/);
+      v.done();
+      const n = frames.length;
+      vi.advanceTimersByTime(5000);
+      expect(frames).toHaveLength(n);
+      expect(frames.at(-1)).toBe('done');
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('state lines say why a job went back to Pending', () => {
