@@ -138,7 +138,8 @@ describe('progress view', () => {
     expect(calls[0]).toBe('persist:[tiny-abcde] Running (generation 1, workers w0, w1)');
     expect(calls[1]).toMatch(/^render:tiny-abcde {2}\[░+\] {2}0\/24 {4}0%/);
     const [first, second] = calls[2]!.split('\n');
-    expect(first).toBe(`render:tiny-abcde  [${'█'.repeat(6)}${'░'.repeat(18)}]  6/24   25%  loss 1.2500  1000 tok/s  ETA 3.0s`);
+    const bar6 = `[${'█'.repeat(6)}${'░'.repeat(18)}]`;
+    expect(first).toBe(`render:tiny-abcde  ${bar6}  6/24   25%  loss 1.2500  1000 tok/s  ETA 3.0s`);
     expect(second).toBe('  loss by language: de 1.10 en 0.90');
     expect(calls.at(-1)).toBe('done');
   });
@@ -289,14 +290,15 @@ describe('job timings', () => {
 
   it('the store is not trusted: generations of the wrong shape make the record unreadable', () => {
     const t0 = NOW;
-    const g = closeGeneration(openGeneration(undefined, { generation: 1, worldSize: 2, fromStep: 0 }, t0), t0 + 1000, 'x');
+    const opened = openGeneration(undefined, { generation: 1, worldSize: 2, fromStep: 0 }, t0);
+    const g = closeGeneration(opened, t0 + 1000, 'x');
     const r = { ...newJobRecord('unit-abcde', spec, 2, t0 - 1000), startedAt: t0, generations: g };
     const back = parseStoredRecord(r.id, JSON.stringify(r));
     expect(back.ok, JSON.stringify(back)).toBe(false); // the stub spec is not a valid TrainJob...
     expect(back).toMatchObject({ reason: 'spec' }); // ...but the record's shape, generations included, is
     const bad = { ...r, generations: [{ ...g[0]!, computeSeconds: -1 }] };
-    expect(parseStoredRecord(r.id, JSON.stringify(bad)))
-      .toMatchObject({ ok: false, reason: 'unreadable', message: expect.stringMatching(/generations\.0\.computeSeconds/) });
+    const message = expect.stringMatching(/generations\.0\.computeSeconds/) as unknown;
+    expect(parseStoredRecord(r.id, JSON.stringify(bad))).toMatchObject({ ok: false, reason: 'unreadable', message });
   });
 
   it('a record from before timings reads as none; the wire job carries them', () => {
