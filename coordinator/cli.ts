@@ -5,7 +5,7 @@
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
  *   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
- *   coordinator watch JOB [--languages] [--coordinator HOST:PORT]
+ *   coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
@@ -50,7 +50,7 @@ const USAGE = `usage:
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
                               [--languages]
   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
-  coordinator watch JOB [--languages] [--coordinator HOST:PORT]
+  coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
@@ -132,11 +132,13 @@ function summary(job: Job__Output): string[] {
   return lines;
 }
 
-/** Follows a job to its end, printing state changes and progress; the exit code says how it ended. */
+/**
+ * Follows jobs to their end in one progress view (views/progress-view.ts), then prints each one's
+ * summary; the exit code says how they ended (the worst of them).
+ */
 async function follow(
-  client: JobClient, jobId: string, signal: AbortSignal, extraEnd?: Promise<string>, languages = false,
+  client: JobClient, jobIds: readonly string[], signal: AbortSignal, extraEnd?: Promise<string>, languages = false,
 ): Promise<number> {
-  let last: Job__Output | undefined;
   const view = createProgressView({ live: isLiveTerminal(), write: out, languages });
   const abort = new AbortController();
   const onAbort = (): void => abort.abort();
@@ -146,30 +148,44 @@ async function follow(
     endReason = reason;
     abort.abort();
   });
+  const lasts = new Map<string, Job__Output>();
   try {
-    for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
-      const job = ev.job;
-      if (!job) continue;
-      view.update(ev.kind, job);
-      last = job;
-    }
+    await Promise.all(jobIds.map(async (jobId) => {
+      for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
+        const job = ev.job;
+        if (!job) continue;
+        view.update(ev.kind, job);
+        lasts.set(jobId, job);
+      }
+    }));
   } finally {
     view.done();
     signal.removeEventListener('abort', onAbort);
   }
   if (signal.aborted) {
-    process.stderr.write(`interrupted; job ${jobId} keeps its state on the coordinator\n`);
+    for (const jobId of jobIds) process.stderr.write(`interrupted; job ${jobId} keeps its state on the coordinator\n`);
     return 130;
   }
   if (endReason) {
     // Give the coordinator a moment to record the loss of the worker, then report what it says.
     await new Promise((r) => setTimeout(r, 500));
-    last = await client.get(jobId).catch(() => last);
+    for (const jobId of jobIds) {
+      const job = await client.get(jobId).catch(() => undefined);
+      if (job) lasts.set(jobId, job);
+    }
     process.stderr.write(`error: ${endReason}\n`);
   }
-  if (!last) return ExitCode.failure;
-  for (const line of summary(last)) out(line);
-  return stateName(last) === 'Succeeded' ? ExitCode.ok : ExitCode.failure;
+  let code: number = ExitCode.ok;
+  for (const jobId of jobIds) {
+    const last = lasts.get(jobId);
+    if (!last) {
+      code = ExitCode.failure;
+      continue;
+    }
+    for (const line of summary(last)) out(line);
+    if (stateName(last) !== 'Succeeded') code = ExitCode.failure;
+  }
+  return code;
 }
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
@@ -249,7 +265,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       : `submitted ${jobId}: ${spec.kind}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
-    return await follow(client, jobId, signal, crashed, v.languages === true);
+    return await follow(client, [jobId], signal, crashed, v.languages === true);
   } finally {
     client?.close();
     await cluster?.stop();
@@ -295,11 +311,10 @@ async function watch(args: string[], signal: AbortSignal): Promise<number> {
     coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
-  const id = positionals[0];
-  if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);
+  if (positionals.length === 0) throw new UsageError(`watch takes a JOB (or several)\n${USAGE}`);
   const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
-    return await follow(client, id, signal, undefined, v.languages === true);
+    return await follow(client, [...new Set(positionals)], signal, undefined, v.languages === true);
   } finally {
     client.close();
   }

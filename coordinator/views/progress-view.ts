@@ -1,5 +1,5 @@
 /**
- * The progress view of `submit --watch` and `watch`.
+ * The progress view of `submit --watch` and `watch` (one job or several, a line each).
  *
  * On a terminal: one live line per job, redrawn in place by log-update (a maintained library, so
  * no hand-written escape codes: it erases what it drew, wraps to the terminal's width and hides
@@ -158,42 +158,53 @@ export function isLiveTerminal(stream: NodeJS.WriteStream = process.stdout): boo
 }
 
 export function createProgressView(options: ProgressViewOptions): ProgressView {
-  const recent = new RecentRate();
-  let lastStep: number | undefined;
-  let lastGeneration: number | undefined;
+  /** Per job (a view may follow several): its recent rate, last step and generation, what is shown. */
+  interface Followed {
+    recent: RecentRate;
+    lastStep?: number;
+    lastGeneration?: number;
+    shown?: { job: JobView; sps: number | undefined; at: number };
+  }
+  const jobs = new Map<string, Followed>();
   let live: LiveWriter | undefined;
-  let shown: { job: JobView; sps: number | undefined; at: number } | undefined;
   let ticker: NodeJS.Timeout | undefined;
   const draw = (now: number): void => {
-    if (!live || !shown) return;
-    const since = Math.max(0, (now - shown.at) / 1000);
-    live.render(liveBlock(shown.job, shown.sps, options.languages === true, since).join('\n'));
-  };
-  const track = (job: JobView, now: number): number | undefined => {
-    if (job.generation !== lastGeneration) {
-      lastGeneration = job.generation;
-      recent.reset(); // a new generation: the window starts over
+    if (!live) return;
+    const lines: string[] = [];
+    for (const { shown } of jobs.values()) {
+      if (!shown) continue;
+      const since = Math.max(0, (now - shown.at) / 1000);
+      lines.push(...liveBlock(shown.job, shown.sps, options.languages === true, since));
     }
-    recent.add(now, job.step);
-    return recent.stepsPerSecond();
+    live.render(lines.join('\n'));
+  };
+  const track = (f: Followed, job: JobView, now: number): number | undefined => {
+    if (job.generation !== f.lastGeneration) {
+      f.lastGeneration = job.generation;
+      f.recent.reset(); // a new generation: the window starts over
+    }
+    f.recent.add(now, job.step);
+    return f.recent.stepsPerSecond();
   };
   return {
     update(kind, job, now = Date.now()) {
-      const sps = track(job, now);
+      let f = jobs.get(job.id);
+      if (!f) jobs.set(job.id, (f = { recent: new RecentRate() }));
+      const sps = track(f, job, now);
       if (!options.live) {
         if (kind === 'PROGRESS') {
-          if (job.step !== lastStep) options.write(plainProgressLine(job, sps));
+          if (job.step !== f.lastStep) options.write(plainProgressLine(job, sps));
         } else {
           options.write(stateLine(job));
         }
-        lastStep = job.step;
+        f.lastStep = job.step;
         return;
       }
       live ??= options.liveWriter ?? logUpdateWriter();
       if (kind !== 'PROGRESS') live.persist(stateLine(job));
-      shown = { job, sps, at: now };
+      f.shown = { job, sps, at: now };
+      f.lastStep = job.step;
       draw(now);
-      lastStep = job.step;
       const every = options.redrawMs ?? REDRAW_MS;
       if (!ticker && every > 0) {
         ticker = setInterval(() => draw(Date.now()), every);

@@ -11,7 +11,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { replay, runInPty } from '../helpers/screen.js';
-import { makeSpecFixture, type SpecFixture } from './coordinator-fixtures.js';
+import { JobClient } from '../../coordinator/client.js';
+import { makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const cli = join(here, '..', '..', 'dist', 'coordinator', 'cli.js');
@@ -82,6 +83,36 @@ describe('what a person sees', () => {
     expect(screen.some((l) => summary.test(l))).toBe(true);
     // While it ran, a frame had an ETA.
     expect(r.output).toMatch(/[1-7]\/8 +\d+% {2}loss \d\.\d{4} {2}1000 tok\/s {2}ETA \d/);
+  }, 60_000);
+
+  it('watch of two jobs on a terminal: a live line each, then both summaries', async () => {
+    fx = makeSpecFixture(16);
+    const nats = await startNats();
+    const coordinator = await startTestCoordinator(nats);
+    const client = new JobClient({ address: coordinator.address });
+    const workers = ['w0', 'w1'].map((id) => spawn(process.execPath, [
+      fakeWorker, '--coordinator', coordinator.address, '--nats', nats.url, '--id', id,
+    ], { stdio: 'ignore', env: env({ FAKE_WORKER_STEP_MS: '200' }) }));
+    try {
+      const a = await client.submitText(fx.yaml({ name: 'job-a', workers: 1 }), 'a.yaml');
+      const b = await client.submitText(fx.yaml({ name: 'job-b', workers: 1 }), 'b.yaml');
+      const q = JSON.stringify;
+      const cmd = `${q(process.execPath)} ${q(cli)} watch ${a} ${b} --coordinator ${coordinator.address}`;
+      const r = await runInPty(cmd, env());
+      const screen = replay(r.output);
+      expect(r.code, r.output).toBe(0);
+      for (const id of [a, b]) {
+        expect(screen.filter((l) => l.startsWith(`${id}  [`)), screen.join('\n')).toEqual([
+          expect.stringMatching(/\[█{24}\] {2}8\/8 {2}100% {2}Succeeded/),
+        ]);
+        expect(screen.some((l) => l.startsWith(`job ${id} Succeeded in `))).toBe(true);
+      }
+    } finally {
+      for (const w of workers) w.kill('SIGKILL');
+      client.close();
+      await coordinator.stop();
+      await nats.stop();
+    }
   }, 60_000);
 
   it('a pipe: a line per update, no escape codes (CI logs)', async () => {

@@ -164,6 +164,20 @@ describe('progress view', () => {
     }
   });
 
+  it('several jobs: a line each, in the order they came, each redrawn with its own progress', () => {
+    const frames: string[] = [];
+    const live: LiveWriter = { render: (t) => frames.push(t), persist: () => {}, done: () => {} };
+    const v = createProgressView({ live: true, write: () => {}, liveWriter: live, redrawMs: 0 });
+    v.update('SNAPSHOT', job({ id: 'a-11111', step: 2 }), NOW);
+    v.update('SNAPSHOT', job({ id: 'b-22222', kind: 'EvalJob', tokensPerSecond: 0, step: 5, totalSteps: 10 }), NOW);
+    v.update('PROGRESS', job({ id: 'a-11111', step: 3 }), NOW + 1000);
+    v.done();
+    const [a, b] = frames.at(-1)!.split('\n');
+    expect(a).toMatch(/^a-11111 .* 3\/24 .* 1000 tok\/s {2}ETA 21s$/); // 1 step/s recently, 21 left
+    // 5 problems in 6 s: 6 s left, drawn 1 s later
+    expect(b).toMatch(/^b-22222 .* 5\/10 {3}50% {2}loss 1\.2500 {2}0\.83 problems\/s {2}ETA 5\.0s$/);
+  });
+
   it('state lines say why a job went back to Pending', () => {
     expect(stateLine(job({ state: 'PENDING', error: 'worker w1 (rank 1) lost: heartbeat timeout' })))
       .toBe('[tiny-abcde] Pending: worker w1 (rank 1) lost: heartbeat timeout');
