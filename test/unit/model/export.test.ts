@@ -60,6 +60,7 @@ describe('export', () => {
 
     const files = (await readdir(out)).sort();
     expect(files).toEqual([
+      '.polytune', // the marker that lets a later run replace this final/ (outputs.ts)
       'config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json', 'trainable.safetensors',
     ]);
     const inIndex = JSON.parse(await readFile(join(modelDir, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
