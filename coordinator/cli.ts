@@ -36,9 +36,9 @@ import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
 import { computeTotalSteps } from './total-steps.js';
-import { formatDuration, kindOf } from './views/job-view.js';
-import { createProgressView, isLiveTerminal, stateLine } from './views/progress-view.js';
-import { outputFormat, statusBlock, statusTable, timingsJson } from './views/status-view.js';
+import {
+  createProgressView, formatDuration, isLiveTerminal, kindOf, outputFormat, stateLine, statusBlock, statusTable, timingsJson,
+} from './views/index.js';
 import { stringify as toYaml } from 'yaml';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
