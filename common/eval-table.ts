@@ -5,12 +5,39 @@
  * Why rows: MGSM has 11 languages; as columns (or one line) they ran past a terminal's width and
  * were hard to compare (issue 19). A row per language reads down, and the average is the last row.
  */
+import { z } from 'zod';
 
 interface LanguageRow {
   readonly language: string;
   readonly correct: number;
   readonly total: number;
   readonly accuracy: number;
+}
+
+const languageRow = z.object({
+  language: z.string().max(64),
+  correct: z.number().int().nonnegative(),
+  total: z.number().int().nonnegative(),
+  accuracy: z.number().min(0).max(1),
+});
+const evalTableSchema = z.object({
+  name: z.string().max(256),
+  benchmarks: z.array(z.object({
+    benchmark: z.string().max(256), average: z.number().min(0).max(1), languages: z.array(languageRow).max(1000),
+  })).max(100),
+});
+
+/**
+ * An evaluation table from JSON that came from elsewhere (the coordinator's record, a worker's
+ * report): the table, or undefined when it is not one (so a view prints that, not a stack trace).
+ */
+export function parseEvalTable(json: string): EvalTableInput | undefined {
+  try {
+    const r = evalTableSchema.safeParse(JSON.parse(json));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The part of an evaluation report (worker/eval/report.ts `EvalReport`) a table shows. */

@@ -24,7 +24,7 @@ import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
 import { describeTrainable } from '../common/trainable.js';
-import { evalTextTables, type EvalTableInput } from '../common/eval-table.js';
+import { evalTextTables, parseEvalTable } from '../common/eval-table.js';
 import { validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
@@ -127,7 +127,10 @@ function summary(job: Job__Output): string[] {
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
-  if (job.evalJson) lines.push(...evalTextTables(JSON.parse(job.evalJson) as EvalTableInput));
+  if (job.evalJson) {
+    const table = parseEvalTable(job.evalJson);
+    lines.push(...(table ? evalTextTables(table) : ['  evaluation: the coordinator sent a table that does not parse']));
+  }
   if (job.error) lines.push(`  error: ${job.error}`);
   return lines;
 }

@@ -4,7 +4,7 @@
  * job timings that survive re-forms and coordinator restarts.
  */
 import { describe, expect, it, vi } from 'vitest';
-import { evalMarkdownTables, evalTextTables } from '../../common/eval-table.js';
+import { evalMarkdownTables, evalTextTables, parseEvalTable } from '../../common/eval-table.js';
 import type { JobSpec } from '../../common/jobspec.js';
 import { newJobRecord, parseStoredRecord, toWireJob, type JobRecord } from '../../coordinator/job-record.js';
 import { closeGeneration, jobTimings, openGeneration, recordCompute } from '../../coordinator/job-timings.js';
@@ -272,6 +272,12 @@ describe('evaluation tables', () => {
       '| average | 50.0 | 4/8 |', '',
     ]);
     expect(evalMarkdown(report)).toContain('| sw | 25.0 | 1/4 |');
+    // From elsewhere: parsed, or refused (not a stack trace)
+    expect(parseEvalTable(JSON.stringify(report)))
+      .toMatchObject({ name: 'final', benchmarks: [{ benchmark: 'mgsm' }] });
+    const outOfRange = { name: 'x', benchmarks: [{ benchmark: 'm', average: 7, languages: [] }] };
+    expect(parseEvalTable(JSON.stringify(outOfRange))).toBeUndefined();
+    expect(parseEvalTable('not json')).toBeUndefined();
   });
 });
 
