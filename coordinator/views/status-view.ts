@@ -83,6 +83,12 @@ function ledgerSummary(ledgerJson: string): string | undefined {
   } catch {
     return undefined;
   }
+  // From the coordinator: only a ledger of the right shape is summarised.
+  const isRange = (r: unknown): r is StepRange =>
+    typeof r === 'object' && r !== null && ['from', 'to', 'generation', 'worldSize'].every(
+      (k) => Number.isFinite((r as Record<string, unknown>)[k]));
+  if (!Array.isArray(ledger?.committed) || !Array.isArray(ledger.rolledBack)) return undefined;
+  if (!ledger.committed.every(isRange) || !ledger.rolledBack.every(isRange)) return undefined;
   const range = (r: StepRange): string =>
     `${r.from}-${r.to} (gen ${r.generation}, world ${r.worldSize}${r.unreported ? ', unreported' : ''})`;
   const committed = ledger.committed.reduce((s, r) => s + r.to - r.from, 0);

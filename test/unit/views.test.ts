@@ -241,6 +241,10 @@ describe('status', () => {
     expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-form)');
     expect(b).toContain('ledger      12 steps committed: 0-6 (gen 1, world 3), 6-12 (gen 2, world 2)');
     expect(b).toContain('output      /runs/tiny');
+    // a ledger of the wrong shape is left out, not a crash
+    expect(statusBlock({ ...j, ledgerJson: '{"committed": 3}' }, NOW).some((l) => l.startsWith('ledger'))).toBe(false);
+    expect(statusBlock({ ...j, ledgerJson: '{"committed": [{"from": "x"}], "rolledBack": []}' }, NOW).join('\n'))
+      .not.toContain('ledger');
     expect(timingsJson(j))
       .toMatchObject({ wallSeconds: 18.2, generationSeconds: 2.1, computeSeconds: 14, reformSeconds: 3.1 });
   });
