@@ -63,7 +63,9 @@ export function statusTable(jobs: readonly JobView[], wide: boolean, now: number
   const rows = jobs.map((j) => {
     const s = stateName(j);
     const row = [
-      j.id, kindOf(j), s, stageCell(j), stepText(j), j.hasLoss ? formatLoss(j.lastLoss) : '-',
+      // A Pending job that ran before is waiting for its next gang, not queued: say so.
+      j.id, kindOf(j), s === 'Pending' && j.generation > 0 ? 'Pending (re-forming)' : s, stageCell(j), stepText(j),
+      j.hasLoss ? formatLoss(j.lastLoss) : '-',
       s === 'Running' ? formatRate(jobRate(j)) : '-', formatDuration(ageSeconds(j, now)),
     ];
     if (wide) {

@@ -209,7 +209,8 @@ describe('status', () => {
     expect(t[0]).toMatch(/^ID\s+KIND\s+STATE\s+STAGE\s+STEP\s+LOSS\s+RATE\s+AGE$/);
     expect(t[1]).toMatch(/^tiny-abcde\s+TrainJob\s+Running\s+-\s+12\/24\s+1\.2500\s+1000 tok\/s\s+1m00s$/);
     expect(t[2]).toMatch(/^eval-xyz12\s+EvalJob\s+Succeeded\s+-\s+250\/250\s+-\s+-\s+2h00m$/);
-    expect(t[3]).toMatch(/^staged-aaaaa\s+TrainJob\s+Pending\s+2\/2 answers\s+12\/24/);
+    expect(t[3]).toMatch(/^staged-aaaaa\s+TrainJob\s+Pending \(re-forming\)\s+2\/2 answers\s+12\/24/);
+    expect(statusTable([job({ state: 'PENDING', generation: 0, step: 0 })], false, NOW)[1]).toMatch(/TrainJob\s+Pending\s+-/);
     // columns line up
     const col = t[0]!.indexOf('STEP');
     expect(t.slice(1).every((l) => /\S/.test(l[col]!) && l[col - 1] === ' ')).toBe(true);
