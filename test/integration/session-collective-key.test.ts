@@ -9,6 +9,21 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { loadCoordinatorProto, type WorkerMessage__Output, type WorkerServiceHandlers } from '../../proto/index.js';
 import { CoordinatorSession, type SessionEvent } from '../../worker/session.js';
 
+/** A valid TrainJob (the session re-parses every assignment's spec before it looks at the key). */
+const SPEC_JSON = JSON.stringify({
+  apiVersion: 'polytune/v1',
+  kind: 'TrainJob',
+  metadata: { name: 'key-test' },
+  spec: {
+    model: { path: '/models/tiny' },
+    method: { name: 'slam', layers: [0] },
+    data: { train: [{ path: '/data/train.jsonl', format: 'alpaca' }] },
+    training: { maxSteps: 1, globalBatchSize: 1, optimizer: { name: 'sgd', lr: 0.1 } },
+    workers: { count: 1 },
+    output: { dir: '/runs/key-test' },
+  },
+});
+
 let server: grpc.Server | undefined;
 afterEach(() => {
   server?.forceShutdown();
@@ -26,7 +41,7 @@ async function fakeCoordinator(keys: Uint8Array[]): Promise<{ address: string; r
         keys.forEach((collectiveKey, i) => call.write({
           assignment: {
             jobId: `job-${i}`, generation: 1, rank: 0, worldSize: 1, totalSteps: 1, natsUrl: 'nats://127.0.0.1:1',
-            specJson: JSON.stringify({ kind: 'TrainJob' }), collectiveKey,
+            specJson: SPEC_JSON, collectiveKey,
           },
         }));
       });
