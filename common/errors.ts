@@ -110,6 +110,20 @@ export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** `--backend tensorflow` on a node where TensorFlow found no GPU (worker/backend-tensorflow.ts). */
+export class GpuNotFoundError extends UserError {
+  /** The package that loaded, with its version. */
+  readonly package: string;
+  /** CUDA_VISIBLE_DEVICES and the NVIDIA driver, as found. */
+  readonly environment: string;
+  constructor(message: string, fields: { package: string; environment: string }) {
+    super(message);
+    this.name = 'GpuNotFoundError';
+    this.package = fields.package;
+    this.environment = fields.environment;
+  }
+}
+
 /**
  * What is wrong with text that `JSON.parse` refused, without V8's quote of the text (it shows the
  * first characters of the file: an error must name a file and the problem, never its contents).

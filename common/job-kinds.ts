@@ -3,25 +3,39 @@
  *
  * | kind | does | spec |
  * |---|---|---|
- * | `TrainJob` | trains (common/jobspec.ts) | model, method, data, training, workers, ..., optional `eval` |
+ * | `TrainJob` | trains (common/jobspec.ts, common/stages.ts) | model, method, data, training (or stages), ..., `eval` |
  * | `EvalJob` | scores a model on MGSM/MSVAMP by greedy generation (worker/eval/) | model, eval, workers, output |
  * | `LayerAnalysis` | finds the language-specific layers (worker/methods/layer-analysis.ts) | model, analysis, workers, output |
  *
- * `parseJobSpec` stays the TrainJob parser; `parseAnyJobSpec` dispatches on `kind`.
+ * Each kind is one row of `JOB_KIND_TABLE`: its schema and parser, its checks against the file
+ * system, its number of steps and its one-line description; the worker's half of a row (how a rank
+ * runs it) is in worker/job-kinds.ts. Code that depends on the kind looks it up here
+ * (`jobKindOf(spec)`) instead of testing `kind`; a new kind is a new row in each table.
+ *
+ * `parseJobSpec` stays the single-stage TrainJob parser; a TrainJob with `spec.stages` is parsed by
+ * common/stages.ts.
  */
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
+import { loadTrainingSet } from './data-mixture.js';
+import { planSteps } from './data-plan.js';
 import {
-  analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets,
+  analysisIssues, analysisSchema, evalSchema, expandProblemSets, problemSetFileIssues, problemSetIssues, resolveProblemSets, type ProblemSet,
 } from './eval-spec.js';
 import {
-  readSpecText, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
+  readSpecText, specSchema, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
 } from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
+import { readDataSource } from './records.js';
 import {
   apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema,
 } from './spec-primitives.js';
+import {
+  isStaged, stagedJobFromObject, stagedSpecSchema, stageJobSpec, validateStagedJobFiles, type StagedJobSpec, type TrainJobSpec,
+} from './stages.js';
+import { memoryFitIssues } from './memory-plan.js';
+import { describeTrainable, parameterCounts } from './trainable.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
@@ -47,12 +61,10 @@ const layerAnalysisSchema = z.strictObject({
 
 export type EvalJobSpec = z.infer<typeof evalJobSchema>;
 export type LayerAnalysisJobSpec = z.infer<typeof layerAnalysisSchema>;
-/** A TrainJob is `JobSpec` (common/jobspec.ts). */
-export type AnyJobSpec = JobSpec | EvalJobSpec | LayerAnalysisJobSpec;
-
-export function isTrainJob(spec: AnyJobSpec): spec is JobSpec {
-  return spec.kind === 'TrainJob';
-}
+/** A TrainJob is `JobSpec` (common/jobspec.ts) or, with `spec.stages`, `StagedJobSpec` (common/stages.ts). */
+export type AnyJobSpec = TrainJobSpec | EvalJobSpec | LayerAnalysisJobSpec;
+/** The spec of kind `K`. */
+export type JobSpecOf<K extends JobKind> = Extract<AnyJobSpec, { kind: K }>;
 
 /** Checks of a `spec.eval` block (also used for a TrainJob's). */
 export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTrainJob: boolean): SpecIssue[] {
@@ -63,61 +75,218 @@ export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTr
 
 const minIssues = (w: { count: number; min?: number | undefined }): SpecIssue[] => workersIssues(w);
 
-/**
- * Parse and validate a job spec of any kind from YAML or JSON text; relative paths resolve against
- * `baseDir`. Throws `JobSpecError` listing every problem with its field path.
- */
-export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
-  const raw = readSpecText(text, options.source);
-  const kind = raw['kind'];
-  if (kind === undefined || kind === 'TrainJob') return trainJobFromObject(raw, options);
-  if (kind !== 'EvalJob' && kind !== 'LayerAnalysis') {
-    throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
+/** What a submit checks on the file system, and the parameters the job trains (0 of 0 when none). */
+export interface ValidatedFiles {
+  readonly numLayers: number;
+  readonly parameters: { readonly trainable: number; readonly total: number };
+}
+
+/** The settings of a job's collective (worker/collective/). */
+export interface CollectiveSettings {
+  readonly compression: 'none' | 'fp16' | 'bf16';
+  readonly timeoutSeconds: number;
+}
+
+/** One row of the table: what the coordinator, the CLI and the worker's set-up need of a kind. */
+export interface JobKindSpec<S extends AnyJobSpec> {
+  /** The zod schema of the whole object (apiVersion, kind, metadata, spec). */
+  readonly schema: z.ZodType;
+  /** The schema, the rules across fields and relative paths resolved; throws `JobSpecError`. */
+  readonly parse: (raw: Record<string, unknown>, options: ParseOptions) => S;
+  /** Checks against the file system (model directory, data and problem files, layers against the depth). */
+  readonly validateFiles: (spec: S, source?: string) => Promise<ValidatedFiles>;
+  /** The job's "steps", for progress (reads its data files; throws `DataFormatError` on bad data). */
+  readonly totalSteps: (spec: S) => Promise<number>;
+  /** What `coordinator submit` prints after "submitted JOB: ". */
+  readonly describe: (spec: S, parameters: ValidatedFiles['parameters']) => string;
+  /** The collective's settings: a TrainJob's spec says; the others sum exact counts in float32. */
+  readonly collective: (spec: S) => CollectiveSettings;
+  /**
+   * A job running below `workers.count` takes idle workers in (a re-formed world hands them the
+   * state); a kind without state to hand over starts over instead and is left alone.
+   */
+  readonly growsWorld: boolean;
+  /** `submit --resume` goes on from the job's checkpoints; a kind without them ignores it. */
+  readonly resumable: boolean;
+  /** The names of the job's stages, in order (common/stages.ts); none for a job of one stage. */
+  readonly stageNames: (spec: S) => readonly string[];
+}
+
+async function countProblems(sets: readonly ProblemSet[]): Promise<number> {
+  let n = 0;
+  for (const src of expandProblemSets(sets)) {
+    const records = await readDataSource({ path: src.path, format: src.format, language: src.language });
+    n += Math.min(records.length, src.limit ?? records.length);
   }
+  return n;
+}
+
+async function singleStageSteps(spec: JobSpec): Promise<number> {
+  const set = await loadTrainingSet(spec.spec.data, spec.spec.training.seed);
+  return planSteps(set.samples.length, spec.spec.training).totalSteps;
+}
+
+/** Every stage's optimizer steps, in order (a single-stage job: one entry). */
+export async function trainJobStageSteps(spec: TrainJobSpec): Promise<number[]> {
+  if (!isStaged(spec)) return [await singleStageSteps(spec)];
+  const steps: number[] = [];
+  for (let i = 0; i < spec.spec.stages.length; i++) steps.push(await singleStageSteps(stageJobSpec(spec, i)));
+  return steps;
+}
+
+const NO_PARAMETERS = { trainable: 0, total: 0 } as const;
+const FLOAT32_COLLECTIVE: CollectiveSettings = { compression: 'none', timeoutSeconds: 300 };
+
+/** Checks shared by EvalJob and LayerAnalysis: the model's config (for its depth). */
+async function modelDepth(spec: EvalJobSpec | LayerAnalysisJobSpec, issues: SpecIssue[]): Promise<number> {
+  try {
+    return (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers;
+  } catch (e) {
+    issues.push({ path: 'spec.model.path', message: (e as Error).message });
+    return 0;
+  }
+}
+
+function resolver(options: ParseOptions): (p: string) => string {
   const baseDir = options.baseDir ?? process.cwd();
-  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
-  if (kind === 'EvalJob') {
+  return (p) => (isAbsolute(p) ? p : resolve(baseDir, p));
+}
+
+const trainJob: JobKindSpec<TrainJobSpec> = {
+  schema: z.union([specSchema, stagedSpecSchema]),
+  parse: (raw, options) => {
+    const spec = raw['spec'];
+    const staged = spec !== null && typeof spec === 'object' && 'stages' in spec;
+    return staged ? stagedJobFromObject(raw, options) : trainJobFromObject(raw, options);
+  },
+  validateFiles: async (spec, source) => {
+    if (!isStaged(spec)) {
+      const { numLayers, config } = await validateJobSpecFiles(spec, source);
+      // A job that cannot fit the memory spec.workers states is refused with the numbers and the fix.
+      const memory = memoryFitIssues(config, spec);
+      if (memory.length > 0) throw new JobSpecError(memory, source);
+      return { numLayers, parameters: parameterCounts(spec.spec.method, config) };
+    }
+    // Each stage trains its own tensors: the one that trains the most is reported.
+    const { numLayers, config, stages } = await validateStagedJobFiles(spec, source);
+    const memory = stages.flatMap((s) => memoryFitIssues(config, s));
+    if (memory.length > 0) throw new JobSpecError(memory, source);
+    const counts = stages.map((s) => parameterCounts(s.spec.method, config));
+    return { numLayers, parameters: counts.reduce((a, b) => (b.trainable > a.trainable ? b : a)) };
+  },
+  totalSteps: async (spec) => (await trainJobStageSteps(spec)).reduce((a, b) => a + b, 0),
+  describe: (spec, parameters) => {
+    if (!isStaged(spec)) return `${spec.spec.method.name} trains ${describeTrainable(parameters)}`;
+    const stages = spec.spec.stages.map((s) => `${s.name} (${s.method.name})`).join(', ');
+    return `${spec.spec.stages.length} stages: ${stages}; a stage trains at most ${describeTrainable(parameters)}`;
+  },
+  collective: (spec) => spec.spec.collective,
+  growsWorld: true,
+  resumable: true,
+  stageNames: (spec) => (isStaged(spec) ? spec.spec.stages.map((s) => s.name) : []),
+};
+
+const evalJob: JobKindSpec<EvalJobSpec> = {
+  schema: evalJobSchema,
+  parse: (raw, options) => {
     const parsed = evalJobSchema.safeParse(raw);
     if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
     const s = parsed.data.spec;
     const issues = [...evalBlockIssues(s.eval, 'spec.eval', false), ...minIssues(s.workers)];
     if (issues.length > 0) throw new JobSpecError(issues, options.source);
+    const abs = resolver(options);
     return {
       ...parsed.data,
-      spec: { ...s, model: { path: abs(s.model.path) }, eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) }, output: { dir: abs(s.output.dir) } },
+      spec: {
+        ...s, model: { path: abs(s.model.path) }, eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, options.baseDir ?? process.cwd()) },
+        output: { dir: abs(s.output.dir) },
+      },
     };
-  }
-  const parsed = layerAnalysisSchema.safeParse(raw);
-  if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
-  const s = parsed.data.spec;
-  const issues = [...analysisIssues(s.analysis, 'spec.analysis'), ...minIssues(s.workers)];
-  if (issues.length > 0) throw new JobSpecError(issues, options.source);
-  return {
-    ...parsed.data,
-    spec: {
-      ...s, model: { path: abs(s.model.path) }, analysis: { ...s.analysis, probe: resolveProblemSets(s.analysis.probe, baseDir) }, output: { dir: abs(s.output.dir) },
-    },
-  };
-}
-
-/** `validateJobSpecFiles` for any kind: the model directory, the problem files, k against the depth. */
-export async function validateAnyJobSpecFiles(spec: AnyJobSpec, source?: string): Promise<{ numLayers: number }> {
-  if (isTrainJob(spec)) return validateJobSpecFiles(spec, source);
-  const issues: SpecIssue[] = [];
-  let numLayers = 0;
-  try {
-    numLayers = (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers;
-  } catch (e) {
-    issues.push({ path: 'spec.model.path', message: (e as Error).message });
-  }
-  if (spec.kind === 'EvalJob') {
+  },
+  validateFiles: async (spec, source) => {
+    const issues: SpecIssue[] = [];
+    const numLayers = await modelDepth(spec, issues);
     issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
-  } else {
+    if (issues.length > 0) throw new JobSpecError(issues, source);
+    return { numLayers, parameters: NO_PARAMETERS };
+  },
+  totalSteps: (spec) => countProblems(spec.spec.eval.sets),
+  describe: (spec) => spec.kind,
+  collective: () => FLOAT32_COLLECTIVE,
+  growsWorld: false,
+  resumable: false,
+  stageNames: () => [],
+};
+
+const layerAnalysis: JobKindSpec<LayerAnalysisJobSpec> = {
+  schema: layerAnalysisSchema,
+  parse: (raw, options) => {
+    const parsed = layerAnalysisSchema.safeParse(raw);
+    if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
+    const s = parsed.data.spec;
+    const issues = [...analysisIssues(s.analysis, 'spec.analysis'), ...minIssues(s.workers)];
+    if (issues.length > 0) throw new JobSpecError(issues, options.source);
+    const abs = resolver(options);
+    return {
+      ...parsed.data,
+      spec: {
+        ...s, model: { path: abs(s.model.path) },
+        analysis: { ...s.analysis, probe: resolveProblemSets(s.analysis.probe, options.baseDir ?? process.cwd()) }, output: { dir: abs(s.output.dir) },
+      },
+    };
+  },
+  validateFiles: async (spec, source) => {
+    const issues: SpecIssue[] = [];
+    const numLayers = await modelDepth(spec, issues);
     issues.push(...(await problemSetFileIssues(spec.spec.analysis.probe, 'spec.analysis.probe')));
     if (numLayers > 0 && spec.spec.analysis.k > numLayers) {
       issues.push({ path: 'spec.analysis.k', message: `must be <= the model's depth (${numLayers} layers)` });
     }
-  }
-  if (issues.length > 0) throw new JobSpecError(issues, source);
-  return { numLayers };
+    if (issues.length > 0) throw new JobSpecError(issues, source);
+    return { numLayers, parameters: NO_PARAMETERS };
+  },
+  totalSteps: (spec) => countProblems(spec.spec.analysis.probe),
+  describe: (spec) => spec.kind,
+  collective: () => FLOAT32_COLLECTIVE,
+  growsWorld: false,
+  resumable: false,
+  stageNames: () => [],
+};
+
+/** The kinds of job, by `kind`. */
+export const JOB_KIND_TABLE: { readonly [K in JobKind]: JobKindSpec<JobSpecOf<K>> } = {
+  TrainJob: trainJob,
+  EvalJob: evalJob,
+  LayerAnalysis: layerAnalysis,
+};
+
+export function isJobKind(kind: unknown): kind is JobKind {
+  return typeof kind === 'string' && Object.hasOwn(JOB_KIND_TABLE, kind);
 }
+
+/** The table's row for `spec`'s kind, typed for that spec. */
+export function jobKindOf<S extends AnyJobSpec>(spec: S): JobKindSpec<S> {
+  const kind: unknown = spec.kind;
+  // A spec that did not come from `parseAnyJobSpec` (a stored record, a message) may name no kind.
+  if (!isJobKind(kind)) throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}, got ${JSON.stringify(kind)}` }]);
+  return JOB_KIND_TABLE[kind] as unknown as JobKindSpec<S>;
+}
+
+/**
+ * Parse and validate a job spec of any kind from YAML or JSON text; relative paths resolve against
+ * `baseDir`. A spec without `kind` is read as a TrainJob (whose schema then asks for it). Throws
+ * `JobSpecError` listing every problem with its field path.
+ */
+export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
+  const raw = readSpecText(text, options.source);
+  const kind = raw['kind'] ?? 'TrainJob';
+  if (!isJobKind(kind)) throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
+  return JOB_KIND_TABLE[kind].parse(raw, options);
+}
+
+/** `validateJobSpecFiles` for any kind: the model directory, the data and problem files, layers against the depth. */
+export function validateAnyJobSpecFiles(spec: AnyJobSpec, source?: string): Promise<ValidatedFiles> {
+  return jobKindOf(spec).validateFiles(spec, source);
+}
+
+export type { StagedJobSpec, TrainJobSpec };

@@ -66,48 +66,69 @@ const scheduleSchema = z.strictObject({
   warmupRatio: z.number().min(0, 'must be >= 0').max(1, 'must be <= 1').default(0),
 });
 
-const specSchema = z.strictObject({
+/** `spec.method` (a TrainJob's, or a stage's: common/stages.ts). */
+export const methodSchema = z.strictObject({
+  name: z.enum(METHOD_NAMES, { message: `must be one of ${METHOD_NAMES.join(', ')}` }),
+  layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
+  modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
+    .min(1, 'must name at least one module').optional(),
+  /** With `layers: auto`: the layer analysis that picks them (common/eval-spec.ts). */
+  analysis: analysisSchema.optional(),
+});
+
+/** `spec.data` (a TrainJob's, or a stage's). */
+export const dataSchema = z.strictObject({
+  train: z.array(dataSourceSchema).min(1, 'must list at least one file')
+    .max(SPEC_LIMITS.dataSources, `must list at most ${SPEC_LIMITS.dataSources} files`),
+  template: z.string().default('slam'),
+  /** `language`: every language brought to the sample count of the largest (data-mixture.ts). */
+  balance: z.enum(['none', 'language'], { message: 'must be one of none, language' }).default('none'),
+  maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(1024),
+  shuffle: z.boolean().default(true),
+});
+
+/** `spec.training` (a TrainJob's, or a stage's). */
+export const trainingSchema = z.strictObject({
+  epochs: positiveIntAtMost(SPEC_LIMITS.epochs).optional(),
+  maxSteps: positiveIntAtMost(SPEC_LIMITS.steps).optional(),
+  globalBatchSize: positiveIntAtMost(SPEC_LIMITS.globalBatchSize),
+  microBatchSize: positiveIntAtMost(SPEC_LIMITS.microBatchSize).default(4),
+  optimizer: optimizerSchema,
+  schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
+  gradClip: nonNegativeAtMost(SPEC_LIMITS.gradClip).default(1.0),
+  seed: intInRange(SPEC_LIMITS.seedMin, SPEC_LIMITS.seedMax).default(42),
+  /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
+  maxNonFiniteSteps: nonNegativeIntAtMost(SPEC_LIMITS.nonFiniteSteps).default(3),
+  /**
+   * Each decoder layer keeps only its input for the backward pass and is computed again there
+   * (HF's gradient_checkpointing): activation memory of one layer instead of all, for one more
+   * forward pass a step. The same gradients, bit for bit.
+   */
+  gradientCheckpointing: z.boolean().default(false),
+  /**
+   * TF32 matmuls on Ampere and newer GPUs (`NVIDIA_TF32_OVERRIDE`, worker --tf32): faster,
+   * ~1e-3 relative error. As HF's `tf32`.
+   */
+  tf32: z.boolean().default(false),
+});
+
+/** A TrainJob's workers: their count, and the memory each has (common/memory-plan.ts refuses what cannot fit). */
+export const trainWorkersSchema = workersSchema.extend({
+  /** Memory of each worker's GPU and of its process on the host, in GiB. */
+  gpuMemoryGiB: positiveAtMost(4096).optional(),
+  hostMemoryGiB: positiveAtMost(65536).optional(),
+});
+
+export const specSchema = z.strictObject({
   apiVersion: apiVersionSchema,
   kind: z.literal('TrainJob', { message: 'must be "TrainJob"' }),
   metadata: metadataSchema,
   spec: z.strictObject({
     model: z.strictObject({ path: pathString }),
-    method: z.strictObject({
-      name: z.enum(METHOD_NAMES, { message: `must be one of ${METHOD_NAMES.join(', ')}` }),
-      layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
-      modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
-        .min(1, 'must name at least one module').optional(),
-      /** With `layers: auto`: the layer analysis that picks them (common/eval-spec.ts). */
-      analysis: analysisSchema.optional(),
-    }),
-    data: z.strictObject({
-      train: z.array(dataSourceSchema).min(1, 'must list at least one file')
-        .max(SPEC_LIMITS.dataSources, `must list at most ${SPEC_LIMITS.dataSources} files`),
-      template: z.string().default('slam'),
-      /** `language`: every language brought to the sample count of the largest (data-mixture.ts). */
-      balance: z.enum(['none', 'language'], { message: 'must be one of none, language' }).default('none'),
-      maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(1024),
-      shuffle: z.boolean().default(true),
-    }),
-    training: z.strictObject({
-      epochs: positiveIntAtMost(SPEC_LIMITS.epochs).optional(),
-      maxSteps: positiveIntAtMost(SPEC_LIMITS.steps).optional(),
-      globalBatchSize: positiveIntAtMost(SPEC_LIMITS.globalBatchSize),
-      microBatchSize: positiveIntAtMost(SPEC_LIMITS.microBatchSize).default(4),
-      optimizer: optimizerSchema,
-      schedule: scheduleSchema.default({ name: 'constant', warmupRatio: 0 }),
-      gradClip: nonNegativeAtMost(SPEC_LIMITS.gradClip).default(1.0),
-      seed: intInRange(SPEC_LIMITS.seedMin, SPEC_LIMITS.seedMax).default(42),
-      /** Steps in a row with a non-finite loss or gradient that are skipped before the job fails. */
-      maxNonFiniteSteps: nonNegativeIntAtMost(SPEC_LIMITS.nonFiniteSteps).default(3),
-      /**
-       * Each decoder layer keeps only its input for the backward pass and is computed again there
-       * (HF's gradient_checkpointing): activation memory of one layer instead of all, for one more
-       * forward pass a step. The same gradients, bit for bit.
-       */
-      gradientCheckpointing: z.boolean().default(false),
-    }),
-    workers: workersSchema,
+    method: methodSchema,
+    data: dataSchema,
+    training: trainingSchema,
+    workers: trainWorkersSchema,
     collective: z.strictObject({
       compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
       /**
@@ -156,7 +177,7 @@ export function zodIssues(error: z.ZodError): SpecIssue[] {
 }
 
 /** Rules across fields that the schema alone cannot state. */
-function crossFieldIssues(spec: JobSpec): SpecIssue[] {
+export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
   const issues: SpecIssue[] = [];
   const s = spec.spec;
   const t = s.training;
@@ -244,7 +265,7 @@ export function trainJobFromObject(raw: Record<string, unknown>, options: ParseO
   return resolvePaths(spec, options.baseDir ?? process.cwd());
 }
 
-function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
+export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
   const s = spec.spec;
   return {

@@ -4,11 +4,13 @@
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
+ *                      [--languages] [--dry-run]   (plan-command.ts)
  *   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
  *   coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
+ *   coordinator plan SPEC.yaml [--model-config DIR|config.json] [--json]   (plan-command.ts)
  *
  * Security flags and their env vars: cli-security.ts.
  *
@@ -23,9 +25,8 @@ import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
-import { describeTrainable } from '../common/trainable.js';
 import { evalTextTables, parseEvalTable } from '../common/eval-table.js';
-import { validateAnyJobSpecFiles } from '../common/job-kinds.js';
+import { jobKindOf, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
@@ -35,9 +36,11 @@ import { fromWireState } from './job-record.js';
 import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
+import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 import { computeTotalSteps } from './total-steps.js';
 import {
-  createProgressView, formatDuration, isLiveTerminal, kindOf, outputFormat, stateLine, statusBlock, statusTable, timingsJson,
+  createProgressView, formatDuration, isLiveTerminal, kindOf, outputFormat, stageText, stateLine, statusBlock, statusTable,
+  timingsJson,
 } from './views/index.js';
 import { stringify as toYaml } from 'yaml';
 
@@ -48,12 +51,13 @@ const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
                     [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
-                              [--languages]
+                     [--languages] [--dry-run]   (--dry-run: print the memory plan, submit nothing)
   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
   coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
+  ${PLAN_USAGE}
 
 --data-root/--output-root (or $POLYTUNE_DATA_ROOTS/$POLYTUNE_OUTPUT_ROOTS, ':'-separated): job inputs
 must be under a data root and output.dir under an output root; unset, any path is allowed.
@@ -108,6 +112,7 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
     lossByLanguage: job.lossByLanguage ?? {},
+    ...(job.stageCount > 0 ? { stage: { index: job.stageIndex, count: job.stageCount, name: job.stageName, text: stageText(job) } } : {}),
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
     ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
     ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
@@ -125,6 +130,8 @@ function summary(job: Job__Output): string[] {
   const compute = formatDuration(job.computeSeconds);
   const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${compute}${lost})`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
+  const stage = stageText(job);
+  if (stage) lines.push(`  ${stage}`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
   if (job.evalJson) {
@@ -233,13 +240,14 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
     coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
+    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
   if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
   // Fast, local errors with field paths before anything starts.
   const spec = await readSpecFile(file);
+  if (v['dry-run']) return printPlan(spec, { specFile: file });
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
@@ -263,9 +271,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
     const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(spec.kind === 'TrainJob'
-      ? `submitted ${jobId}: ${spec.spec.method.name} trains ${describeTrainable({ trainable: counts.trainableParameters, total: counts.totalParameters })}`
-      : `submitted ${jobId}: ${spec.kind}`);
+    out(`submitted ${jobId}: ${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
     return await follow(client, [jobId], signal, crashed, v.languages === true);
@@ -398,6 +404,7 @@ async function main(signal: AbortSignal): Promise<number> {
       case 'cancel': return await cancel(rest);
       case 'delete': return await deleteJob(rest);
       case 'nats-auth': return await natsAuth(rest);
+      case 'plan': return await planCommand(rest);
       case undefined:
       case 'help':
       case '--help':

@@ -16,8 +16,7 @@
 import { lstat, mkdir, readdir, realpath, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { JobSpecError, type SpecIssue } from '../common/errors.js';
-import { isTrainJob, validateAnyJobSpecFiles, type AnyJobSpec } from '../common/job-kinds.js';
-import { validateJobSpecFiles } from '../common/jobspec.js';
+import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 
 /** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
 export const OUTPUT_MARKER = '.polytune';
@@ -177,9 +176,7 @@ export async function checkJobFiles<T>(
 
 /** `checkJobFiles` with the file checks of the spec's kind (the scheduler's re-check of a stored spec). */
 export async function checkStoredJobFiles(spec: AnyJobSpec, roots: StorageRoots, source?: string): Promise<void> {
-  const validate = (): Promise<unknown> => (
-    isTrainJob(spec) ? validateJobSpecFiles(spec, source) : validateAnyJobSpecFiles(spec, source));
-  await checkJobFiles(spec, roots, validate, source);
+  await checkJobFiles(spec, roots, () => jobKindOf(spec).validateFiles(spec, source), source);
 }
 
 /** Creates and marks the spec's output directories as polytune's (once a job is accepted). */

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { errorMessage, JobSpecError } from '../common/errors.js';
-import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
+import { jobKindOf, parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
 import { isJobName } from '../common/subjects.js';
 import type { Job } from '../proto/index.js';
 import { jobTimings, type GenerationRecord } from './job-timings.js';
@@ -56,6 +56,11 @@ export interface JobRecord {
   chosenLayers?: number[];
   /** The latest evaluation table (spec.eval, EvalJob) as JSON; absent before one. */
   evalJson?: string;
+  /**
+   * A job of several stages (spec.stages): the stage it is in, 0-based, as the last progress said
+   * (before any: the first stage, or, for a resumed job, unknown and absent); absent for a job of one stage.
+   */
+  stage?: JobStage;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
   /** One row per generation, for the job's timings (job-timings.ts); absent in older records. */
@@ -69,10 +74,18 @@ export interface JobRecord {
   finishedAt: number;
 }
 
+/** Where a job of several stages is: `index` (0-based) of `count`, named `name`. */
+export interface JobStage {
+  readonly index: number;
+  readonly count: number;
+  readonly name: string;
+}
+
 /** A fresh Pending record for a validated spec. */
 export function newJobRecord(
   id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false, submittedBy?: string,
 ): JobRecord {
+  const stages = jobKindOf(spec).stageNames(spec);
   return {
     ...(submittedBy !== undefined ? { submittedBy } : {}),
     id,
@@ -93,6 +106,8 @@ export function newJobRecord(
     resume,
     reforms: 0,
     lossByLanguage: {},
+    // A resumed job may start at any stage: it says which in its first progress.
+    ...(stages.length > 0 && !resume ? { stage: { index: 0, count: stages.length, name: stages[0]! } } : {}),
     outputDir: spec.spec.output.dir,
     createdAt: now,
     updatedAt: now,
@@ -142,6 +157,8 @@ export const jobRecordSchema = z.looseObject({
   })).max(4096).optional(),
   outputDir: z.string().max(4096),
   submittedBy: z.string().max(256).optional(),
+  // A job of several stages; checked against the spec's stages in parseStoredRecord.
+  stage: z.strictObject({ index: count, count, name: z.string().max(63) }).optional(),
   createdAt: time,
   updatedAt: time,
   startedAt: time,
@@ -179,7 +196,11 @@ export function parseStoredRecord(key: string, text: string): ParsedRecord {
   const record = parsed.data as unknown as JobRecord;
   try {
     const spec = parseAnyJobSpec(JSON.stringify(record.spec), { source: `stored job ${key}` });
-    return { ok: true, record: { ...record, spec } };
+    // A stage the spec does not have (index, count or name) is dropped: the next progress sets it.
+    const names = jobKindOf(spec).stageNames(spec);
+    const { stage, ...rest } = record;
+    const known = stage && stage.count === names.length && names[stage.index] === stage.name;
+    return { ok: true, record: { ...rest, ...(known ? { stage } : {}), spec } };
   } catch (e) {
     const message = e instanceof JobSpecError
       ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ')
@@ -229,6 +250,9 @@ export function toWireJob(r: JobRecord, ledger?: Ledger, options: { withSpec?: b
     tokensPerSecond: r.tokensPerSecond,
     elapsedSeconds: r.elapsedSeconds,
     epoch: r.epoch,
+    stageIndex: r.stage?.index ?? 0,
+    stageCount: r.stage?.count ?? 0,
+    stageName: r.stage?.name ?? '',
   };
 }
 

@@ -73,6 +73,19 @@ export function recordStep(ledger: Ledger, generation: number, worldSize: number
   return { committed, rolledBack };
 }
 
+/**
+ * The job ended successfully after `completed` steps. Steps after the last reported one were
+ * committed while no report reached the coordinator (it was restarting, and the world finished the
+ * job meanwhile, so no later generation reported a step); the result proves them, and they are
+ * recorded as committed, unreported, by the last generation that reported. An empty ledger stays.
+ */
+export function completeLedger(ledger: Ledger, completed: number): Ledger {
+  const last = ledger.committed.at(-1);
+  if (!last || last.to >= completed) return ledger;
+  const tail: StepRange = { from: last.to, to: completed, generation: last.generation, worldSize: last.worldSize, unreported: true };
+  return { ...ledger, committed: [...ledger.committed, tail] };
+}
+
 /** Steps committed more than once, and steps below `upTo` never committed. */
 export function ledgerGaps(ledger: Ledger, upTo: number): { missing: number[]; repeated: number[] } {
   const seen = new Uint8Array(upTo);

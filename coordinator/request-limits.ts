@@ -11,6 +11,7 @@
  *   is in that job's gang, at that generation) is checked by the server against the registry.
  */
 import { isJobName } from '../common/subjects.js';
+import { DNS_LABEL } from '../common/spec-primitives.js';
 import type { Hello__Output, Progress__Output, Result__Output } from '../proto/index.js';
 import { RequestValidationError } from './errors.js';
 
@@ -137,8 +138,19 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
     if (!/^[a-z]{2,3}$/.test(lang)) throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
     checkLoss(`progress.loss_by_language.${lang}`, loss);
   }
+  // A stage of a job of several stages: its index within the count, its name a DNS label (the
+  // scheduler checks both against the job's spec before recording them).
+  checkCount('progress.stage_count', p.stageCount ?? 0, 0, MAX_STAGES);
+  checkCount('progress.stage_index', p.stageIndex ?? 0, 0, Math.max(0, (p.stageCount ?? 0) - 1));
+  const stageName = checkString('progress.stage_name', p.stageName ?? '', 63);
+  if ((p.stageCount ?? 0) > 0 ? !DNS_LABEL.test(stageName) : stageName !== '') {
+    throw new RequestValidationError('progress.stage_name', (p.stageCount ?? 0) > 0 ? 'must be a stage name (a DNS label)' : 'must be empty without stage_count');
+  }
   return p;
 }
+
+/** Stages a progress report may count (a job's `spec.stages`). */
+export const MAX_STAGES = 1024;
 
 /** Languages a progress report may name (the loss per language); low cardinality on purpose. */
 export const MAX_LANGUAGES = 64;

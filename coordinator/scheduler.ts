@@ -15,14 +15,14 @@
 import { randomBytes } from 'node:crypto';
 
 import { errorMessage } from '../common/errors.js';
-import type { AnyJobSpec } from '../common/job-kinds.js';
+import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 import { silentLogger, type Logger } from '../common/logging.js';
 import { COLLECTIVE_KEY_BYTES } from '../common/subjects.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError, JobNotFinishedError, JobNotFoundError, PendingLimitError } from './errors.js';
-import { isTerminal, JobState, newJobRecord, type JobRecord } from './job-record.js';
+import { isTerminal, JobState, newJobRecord, type JobRecord, type JobStage } from './job-record.js';
 import { closeGeneration, openGeneration, recordCompute } from './job-timings.js';
-import { recordStep, type Ledger, type LedgerStore } from './ledger.js';
+import { completeLedger, recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
 import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
 import { WorkerStatus, type RegistryEvent, type WorkerInfo, type WorkerRegistry } from './worker-registry.js';
@@ -86,6 +86,17 @@ function randomSuffix(n = 5): string {
 /** A job id: the spec's metadata.name, '-', 5 random characters (still a DNS label when the name allows). */
 export function newJobId(name: string): string {
   return `${name.slice(0, 57)}-${randomSuffix()}`;
+}
+
+/**
+ * The stage a progress report names, when it is one of the job's (same count, same name at that
+ * index): `{ stage }` to record, else nothing (the record keeps the stage it has).
+ */
+export function stageOf(r: JobRecord, p: Progress__Output): { stage?: JobStage } {
+  const names = jobKindOf(r.spec).stageNames(r.spec);
+  const index = p.stageIndex ?? 0;
+  if (names.length === 0 || p.stageCount !== names.length || names[index] !== p.stageName) return {};
+  return { stage: { index, count: names.length, name: names[index] } };
 }
 
 export class Scheduler {
@@ -324,7 +335,8 @@ export class Scheduler {
   }
 
   /**
-   * A TrainJob running below `workers.count` (it lost workers and went on with `min`) takes idle
+   * A job running below `workers.count` (it lost workers and went on with `min`) whose kind
+   * `growsWorld` (a TrainJob: common/job-kinds.ts) takes idle
    * workers in: its world is re-formed with them, and they receive the current state from the
    * others as every new generation does. One job per pass; the re-form asks for the next pass.
    */
@@ -332,7 +344,7 @@ export class Scheduler {
     const idle = this.registry.idle();
     if (idle.length === 0) return;
     const running = (await this.store.list()).filter((j) =>
-      j.state === JobState.Running && j.spec.kind === 'TrainJob' && j.workers.length < j.spec.spec.workers.count
+      j.state === JobState.Running && jobKindOf(j.spec).growsWorld && j.workers.length < j.spec.spec.workers.count
       // A member that finished its part is idle too, but no newcomer; a finishing job is left alone.
       && idle.some((w) => !j.workers.includes(w.id)) && (this.gangs.get(j.id)?.done.size ?? 0) === 0);
     const job = running.sort((a, b) => a.createdAt - b.createdAt)[0];
@@ -489,6 +501,7 @@ export class Scheduler {
         generations: recordCompute(r.generations, pending.generation, p.elapsedSeconds),
         ...(p.chosenLayers?.length ? { chosenLayers: [...p.chosenLayers] } : {}),
         ...(p.evalJson ? { evalJson: p.evalJson } : {}),
+        ...stageOf(r, p),
         lossByLanguage: Object.fromEntries(Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v))),
       };
     });
@@ -502,6 +515,16 @@ export class Scheduler {
     for (const q of queue) ledger = recordStep(ledger, q.generation, q.worldSize, q.completed);
     await this.ledgerStore.put(jobId, ledger);
     this.ledgers.set(jobId, ledger);
+  }
+
+  /** The job succeeded after `steps`: steps run while no report reached this coordinator are recorded (ledger.ts). */
+  private async completeLedger(jobId: string, steps: number): Promise<void> {
+    if (!this.ledgerStore || steps <= 0) return;
+    const ledger = this.ledgers.get(jobId) ?? (await this.ledgerStore.get(jobId));
+    const completed = completeLedger(ledger, steps);
+    if (completed === ledger) return;
+    await this.ledgerStore.put(jobId, completed);
+    this.ledgers.set(jobId, completed);
   }
 
   /** Worker `workerId` reports the end of its assignment. */
@@ -542,6 +565,7 @@ export class Scheduler {
     if (gang.done.size < current.record.workers.length || !gang.rank0) return;
     const r0 = gang.rank0;
     await this.flushProgress(res.jobId);
+    await this.completeLedger(res.jobId, r0.steps);
     const { changed } = await this.store.update(res.jobId, (r) => {
       if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
       return {

@@ -1,6 +1,7 @@
 /**
  * The number of "steps" of a job, for progress: a TrainJob's optimizer steps, from its training
- * data and spec (common/data-plan.ts); an EvalJob's problems; a LayerAnalysis's probe prompts.
+ * data and spec (common/data-plan.ts; a job of several stages: theirs end to end); an EvalJob's
+ * problems; a LayerAnalysis's probe prompts. Each kind says how (common/job-kinds.ts).
  *
  * Planning reads the job's data on the coordinator, so it is bounded three ways: the spec's limits
  * (at most 10M samples an epoch, common/spec-primitives.ts), slices that give the event loop a
@@ -8,11 +9,7 @@
  * `MAX_CONCURRENT_PLANS` plans at a time in this process (the others wait), so a burst of submits
  * holds a bounded amount of memory (each plan up to ~40 MB of sample indices and its records).
  */
-import { expandProblemSets, type ProblemSet } from '../common/eval-spec.js';
-import { planSteps } from '../common/data-plan.js';
-import type { AnyJobSpec } from '../common/job-kinds.js';
-import { loadTrainingSet } from '../common/data-mixture.js';
-import { readDataSource } from '../common/records.js';
+import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 
 /** Plans computed at the same time; more wait for a slot. */
 export const MAX_CONCURRENT_PLANS = 2;
@@ -31,21 +28,7 @@ async function inPlanSlot<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function countProblems(sets: readonly ProblemSet[]): Promise<number> {
-  let n = 0;
-  for (const src of expandProblemSets(sets)) {
-    const records = await readDataSource({ path: src.path, format: src.format, language: src.language });
-    n += Math.min(records.length, src.limit ?? records.length);
-  }
-  return n;
-}
-
 /** Reads the job's data files (throws `DataFormatError`, a UserError, on bad data). */
 export async function computeTotalSteps(spec: AnyJobSpec): Promise<number> {
-  return inPlanSlot(async () => {
-    if (spec.kind === 'EvalJob') return countProblems(spec.spec.eval.sets);
-    if (spec.kind === 'LayerAnalysis') return countProblems(spec.spec.analysis.probe);
-    const set = await loadTrainingSet(spec.spec.data, spec.spec.training.seed);
-    return planSteps(set.samples.length, spec.spec.training).totalSteps;
-  });
+  return inPlanSlot(() => jobKindOf(spec).totalSteps(spec));
 }

@@ -10,7 +10,8 @@ RUN=runs/quickstart
 if [ ! -f "$RUN/model/model.safetensors" ]; then
   node dist/worker/cli.js init-model --preset tiny --out "$RUN/model"
 fi
-node dist/scripts/quickstart-data.js --out "$RUN/data/word-problems.jsonl" --per-language 32
+node dist/scripts/quickstart-data.js --out "$RUN/data/word-problems.jsonl" --per-language 32 \
+  --parallel-dir "$RUN/data/parallel"
 rm -rf "$RUN/output"
 
 node dist/coordinator/cli.js submit configs/quickstart.yaml --local-workers 2 --watch

@@ -3,7 +3,8 @@
  * registers kernels, so it is imported on demand and only the chosen one is loaded.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { UserError, errorMessage } from '../common/errors.js';
+import { UserError } from '../common/errors.js';
+import { loadTensorflowBackend, type BackendInfo, type TensorflowOptions } from './backend-tensorflow.js';
 import './model/gradients.js';
 import { setupNativeKernels, type NativeOptions, type NativeStatus } from './native/index.js';
 
@@ -13,27 +14,8 @@ export type BackendName = keyof typeof BackendName;
 /** @default 'wasm' */
 export const DEFAULT_BACKEND: BackendName = 'wasm';
 
-/** Whether a dynamic import failed because the package itself is not installed. */
-function isModuleNotFound(e: unknown, pkg: string): boolean {
-  const code = (e as { code?: unknown } | null)?.code;
-  return (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && errorMessage(e).includes(pkg);
-}
-
-/**
- * Dynamic import through a variable specifier, so that TypeScript does not need the optional
- * peer dependency's types and bundlers do not try to resolve it.
- */
-async function importOptional(pkg: string): Promise<boolean> {
-  try {
-    await import(pkg);
-    return true;
-  } catch (e) {
-    if (isModuleNotFound(e, pkg)) return false;
-    throw new UserError(`backend tensorflow: ${pkg} is installed but failed to load: ${errorMessage(e)}`, { cause: e });
-  }
-}
-
 let lastNativeStatus: NativeStatus | undefined;
+let tensorflowInfo: BackendInfo | undefined;
 
 /** Which product kernels the last `initBackend('wasm')` left in (undefined before one). */
 export function nativeStatus(): NativeStatus | undefined {
@@ -42,11 +24,14 @@ export function nativeStatus(): NativeStatus | undefined {
 
 /**
  * Registers and activates a backend; returns the name tfjs reports as active.
- * `tensorflow` uses `@tensorflow/tfjs-node-gpu`, else `@tensorflow/tfjs-node`.
+ * `tensorflow` uses `@tensorflow/tfjs-node-gpu`, else `@tensorflow/tfjs-node`, on a GPU unless
+ * `tensorflow.allowCpu`, with TF32 as `tensorflow.tf32` (backend-tensorflow.ts).
  * On wasm, the products run in OpenBLAS when the native addon loads (worker/native), unless
  * `native.enabled` is false.
  */
-export async function initBackend(name: BackendName = DEFAULT_BACKEND, native: NativeOptions = {}): Promise<string> {
+export async function initBackend(
+  name: BackendName = DEFAULT_BACKEND, native: NativeOptions = {}, tensorflow: TensorflowOptions = {},
+): Promise<string> {
   switch (name) {
     case 'wasm':
       await import('@tensorflow/tfjs-backend-wasm');
@@ -54,17 +39,9 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND, native: N
     case 'cpu':
       await import('@tensorflow/tfjs-backend-cpu');
       break;
-    case 'tensorflow': {
-      const found = (await importOptional('@tensorflow/tfjs-node-gpu')) || (await importOptional('@tensorflow/tfjs-node'));
-      if (!found) {
-        throw new UserError(
-          'backend tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed; ' +
-            'install one (`npm install @tensorflow/tfjs-node-gpu@4.22` on a CUDA 11.2 / cuDNN 8.1 node, ' +
-            'or `npm install @tensorflow/tfjs-node@4.22`) or use --backend wasm',
-        );
-      }
+    case 'tensorflow':
+      tensorflowInfo = await loadTensorflowBackend(tensorflow);
       break;
-    }
     default: {
       const never: never = name;
       throw new UserError(`unknown backend ${String(never)}: expected wasm, cpu or tensorflow`);
@@ -79,6 +56,13 @@ export async function initBackend(name: BackendName = DEFAULT_BACKEND, native: N
     lastNativeStatus = setupNativeKernels(native);
   }
   return tf.getBackend();
+}
+
+/** What the active backend runs on, for the log and the `polytune_worker_backend_info` metric. */
+export function backendInfo(): BackendInfo {
+  const backend = tf.getBackend();
+  if (backend === 'tensorflow' && tensorflowInfo) return tensorflowInfo;
+  return { backend, device: 'cpu', tf32: 'n/a', package: `@tensorflow/tfjs-backend-${backend}@${tf.version_core}`, cuda: '', cudnn: '' };
 }
 
 /** What the Identity kernel uses of the wasm backend: its reference count of a tensor's memory. */

@@ -5,6 +5,7 @@
  *   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N]
  *            [--metrics-host HOST] [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *            [--tls-server-name NAME] [--token-file FILE] [--no-native] [--threads N]
+ *            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls)
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
@@ -29,6 +30,7 @@ import { PromMeter, startMetricsServer } from '../common/metrics.js';
 import { loadClientTls, NATS_TLS_FLAGS, natsTlsFromFlags } from '../common/tls.js';
 import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
+import { HEARTBEAT_DIR_ENV, startHeartbeatFile } from './heartbeat-file.js';
 import type { NativeOptions } from './native/index.js';
 import { runGenerate } from './commands/generate.js';
 import { runInitModel } from './commands/init-model.js';
@@ -42,11 +44,17 @@ const USAGE = `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--metrics-host HOST]
            [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
            [--no-native] [--threads N]   (env POLYTUNE_NATIVE=0, POLYTUNE_NATIVE_THREADS)
+           [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls; env POLYTUNE_ALLOW_CPU, POLYTUNE_TF32)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B] [--no-native] [--threads N]
 `;
+
+/** A boolean flag, else its env var (`1` or `true`). */
+function boolFlagOrEnv(values: Record<string, string | boolean | undefined>, flag: string, env: string): boolean {
+  return values[flag] === true || ['1', 'true'].includes((process.env[env] ?? '').toLowerCase());
+}
 
 function backendFlag(value: string | undefined): BackendName {
   if (value === undefined) return DEFAULT_BACKEND;
@@ -91,7 +99,7 @@ async function main(signal: AbortSignal): Promise<number> {
         coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
         'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
         'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
-        'token-file': { type: 'string' }, ...NATS_TLS_FLAGS, ...NATIVE_FLAGS,
+        'token-file': { type: 'string' }, 'allow-cpu': { type: 'boolean' }, tf32: { type: 'boolean' }, ...NATS_TLS_FLAGS, ...NATIVE_FLAGS,
       });
       if (v.help) return write(USAGE), 0;
       // Security toward the coordinator (README "Security"); flags win over env vars.
@@ -120,12 +128,15 @@ async function main(signal: AbortSignal): Promise<number> {
         throw new UserError(`--metrics-port ${metricsPort}: cannot serve metrics: ${(e as Error).message}`, { cause: e });
       });
       logger.info('metrics at /metrics', { url: metrics.url, localRank });
+      const heartbeatDir = process.env[HEARTBEAT_DIR_ENV];
+      const heartbeat = heartbeatDir ? startHeartbeatFile(heartbeatDir, localRank, logger) : undefined;
       try {
         await runWorker({
           coordinator: (v.coordinator as string | undefined) ?? process.env['POLYTUNE_COORDINATOR'] ?? '127.0.0.1:7070',
           nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
           backend: backendFlag(v.backend as string | undefined),
           native: nativeFlags(v),
+          backendOptions: { allowCpu: boolFlagOrEnv(v, 'allow-cpu', 'POLYTUNE_ALLOW_CPU'), tf32: boolFlagOrEnv(v, 'tf32', 'POLYTUNE_TF32') },
           workerId,
           logger,
           signal,
@@ -135,6 +146,7 @@ async function main(signal: AbortSignal): Promise<number> {
           ...(natsTls ? { natsTls } : {}),
         });
       } finally {
+        heartbeat?.stop();
         await metrics.close();
       }
       return 0;

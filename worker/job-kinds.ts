@@ -1,99 +1,64 @@
 /**
- * What a worker does for each kind of job besides training (common/job-kinds.ts): an EvalJob's or
- * a LayerAnalysis's rank, and a TrainJob's preparation (`method.layers: auto` runs the layer
- * analysis first; `spec.eval` becomes the trainer's evaluation hook).
+ * How a rank runs each kind of job: the worker's half of the job-kind table (the other half, the
+ * schema, checks, steps and description, is common/job-kinds.ts). worker/run-worker.ts looks the
+ * kind up here and never tests it; a new kind is one more row.
  *
- * The collective: these use the job's all-reduce with their own call numbers, before the trainer's
- * (the trainer's calls are shifted past them: `seqOffset`). Their sums are of counts, which must be
- * exact: the worker's `reduce` for them always asks the collective for float32 (`exact`), whatever
- * a TrainJob's `collective.compression` says for gradients.
+ * | kind | run |
+ * |---|---|
+ * | `TrainJob` | the trainer (worker/train/train-job.ts); with `spec.stages`, its stages in order (worker/train/stages.ts) |
+ * | `EvalJob` | MGSM/MSVAMP scoring by greedy generation (worker/eval/run-eval.ts) |
+ * | `LayerAnalysis` | the language-specific layers (worker/methods/layer-analysis.ts) |
+ *
+ * The collective: every kind's calls are numbered from the context's `calls`, in the order the
+ * ranks make them. Sums of counts (analysis, evaluation, agreement) go through `ctx.reduce`, which
+ * always asks for float32 (`exact`), whatever a TrainJob's `collective.compression` says for gradients.
  */
-import type { AnyJobSpec, EvalJobSpec, LayerAnalysisJobSpec } from '../common/job-kinds.js';
-import type { JobSpec } from '../common/jobspec.js';
-import type { Logger } from '../common/logging.js';
-import { join } from 'node:path';
-import type { EvalReport } from './eval/report.js';
-import { createEvalHook, runEvalJob, type EvalHook } from './eval/run-eval.js';
+import type { AnyJobSpec, JobKind, JobSpecOf } from '../common/job-kinds.js';
+import { isStaged } from '../common/stages.js';
+import { runEvalJob } from './eval/run-eval.js';
+import type { KindContext, KindResult } from './kind-context.js';
 import { runLayerAnalysis } from './methods/layer-analysis.js';
+import { runStages } from './train/stages.js';
+import { runSingleStage } from './train/train-job.js';
 
-/** The collective of a job: a TrainJob's spec says; the other kinds use float32 and 300 s. */
-export function collectiveOf(spec: AnyJobSpec): { compression: 'none' | 'fp16' | 'bf16'; timeoutSeconds: number } {
-  return spec.kind === 'TrainJob' ? spec.spec.collective : { compression: 'none', timeoutSeconds: 300 };
+export type { KindContext, KindResult } from './kind-context.js';
+
+/** One row: runs a job of the kind on this rank. */
+export interface WorkerJobKind<S extends AnyJobSpec> {
+  readonly run: (spec: S, ctx: KindContext) => Promise<KindResult>;
 }
 
-type Reduce = (data: Float32Array) => Promise<Float32Array>;
-
-
-export interface KindContext {
-  readonly rank: number;
-  readonly worldSize: number;
-  /** The next collective call of this generation (numbered by the caller). */
-  readonly reduce: Reduce;
-  readonly signal: AbortSignal;
-  readonly logger: Logger;
-  /** Rank 0's progress: done of total (problems or prompts), and what the job record should show. */
-  readonly progress: (done: number, total: number, extra?: { chosenLayers?: number[]; evalJson?: string }) => void;
-  readonly onEvalReport?: (report: EvalReport) => void;
+function base(ctx: KindContext): Pick<KindContext, 'rank' | 'worldSize' | 'reduce' | 'signal' | 'logger'> {
+  return { rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce, signal: ctx.signal, logger: ctx.logger };
 }
 
-export interface KindResult {
-  readonly steps: number;
-  readonly outputDir: string;
-  readonly chosenLayers?: number[];
-  readonly evalJson?: string;
-}
+export const WORKER_JOB_KINDS: { readonly [K in JobKind]: WorkerJobKind<JobSpecOf<K>> } = {
+  TrainJob: {
+    run: (spec, ctx) => (isStaged(spec) ? runStages(spec, ctx) : runSingleStage(spec, ctx)),
+  },
+  EvalJob: {
+    run: async (spec, ctx) => {
+      const report = await runEvalJob({ ...base(ctx), spec, onProgress: (done, total) => ctx.rank === 0 && ctx.progress(done, total) });
+      ctx.onEvalReport?.(report);
+      const steps = report.benchmarks.reduce((n, b) => n + b.languages.reduce((m, l) => m + l.total, 0), 0);
+      return { steps, outputDir: spec.spec.output.dir, evalJson: JSON.stringify(report) };
+    },
+  },
+  LayerAnalysis: {
+    run: async (spec, ctx) => {
+      const s = spec.spec;
+      const analysis = await runLayerAnalysis({
+        ...base(ctx), modelPath: s.model.path, spec: s.analysis, outputDir: s.output.dir,
+        // Rank 0's share scaled to the whole; the total is the record's (0 keeps it).
+        onProgress: (done) => ctx.rank === 0 && ctx.progress(done * ctx.worldSize, 0),
+      });
+      const prompts = Object.values(analysis.promptsPerLanguage).reduce((a, b) => a + b, 0);
+      return { steps: prompts, outputDir: s.output.dir, chosenLayers: [...analysis.chosenLayers] };
+    },
+  },
+};
 
-/** Runs an EvalJob or a LayerAnalysis on this rank. */
-export async function runOtherKind(spec: EvalJobSpec | LayerAnalysisJobSpec, ctx: KindContext): Promise<KindResult> {
-  const base = { rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce, signal: ctx.signal, logger: ctx.logger };
-  if (spec.kind === 'EvalJob') {
-    const report = await runEvalJob({ ...base, spec, onProgress: (done, total) => ctx.rank === 0 && ctx.progress(done, total) });
-    ctx.onEvalReport?.(report);
-    const steps = report.benchmarks.reduce((n, b) => n + b.languages.reduce((m, l) => m + l.total, 0), 0);
-    return { steps, outputDir: spec.spec.output.dir, evalJson: JSON.stringify(report) };
-  }
-  const s = spec.spec;
-  const analysis = await runLayerAnalysis({
-    ...base, modelPath: s.model.path, spec: s.analysis, outputDir: s.output.dir,
-    // Rank 0's share scaled to the whole; the total is the record's (0 keeps it).
-    onProgress: (done) => ctx.rank === 0 && ctx.progress(done * ctx.worldSize, 0),
-  });
-  const prompts = Object.values(analysis.promptsPerLanguage).reduce((a, b) => a + b, 0);
-  return { steps: prompts, outputDir: s.output.dir, chosenLayers: [...analysis.chosenLayers] };
-}
-
-export interface PreparedTrainJob {
-  /** The spec to train: `method.layers` filled in when it was `auto`. */
-  readonly spec: JobSpec;
-  readonly chosenLayers?: number[];
-  readonly evaluate?: EvalHook;
-}
-
-/**
- * Before training: `method.layers: auto` runs the layer analysis (spread over the ranks, or on
- * rank 0 under compression) and every rank trains the same chosen layers; `spec.eval` makes the hook.
- * The analysis writes `output.dir/analysis/analysis.{json,png}`.
- */
-export async function prepareTrainJob(spec: JobSpec, ctx: KindContext): Promise<PreparedTrainJob> {
-  const s = spec.spec;
-  let trainSpec = spec;
-  let chosenLayers: number[] | undefined;
-  if (s.method.layers === 'auto' && s.method.analysis) {
-    const outputDir = join(s.output.dir, 'analysis');
-    const common = { modelPath: s.model.path, spec: s.method.analysis, outputDir, signal: ctx.signal, logger: ctx.logger };
-    chosenLayers = [...(await runLayerAnalysis({ ...common, rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce })).chosenLayers];
-    ctx.logger.info('layers chosen by the analysis', { chosenLayers });
-    if (ctx.rank === 0) ctx.progress(0, 0, { chosenLayers });
-    trainSpec = { ...spec, spec: { ...s, method: { ...s.method, layers: chosenLayers } } };
-  }
-  const evaluate = s.eval
-    ? createEvalHook({
-      spec: s.eval, outputDir: s.output.dir, rank: ctx.rank, worldSize: ctx.worldSize, signal: ctx.signal, logger: ctx.logger,
-      onReport: (r) => {
-        ctx.onEvalReport?.(r);
-        if (ctx.rank === 0) ctx.progress(0, 0, { evalJson: JSON.stringify(r) });
-      },
-    })
-    : undefined;
-  return { spec: trainSpec, ...(chosenLayers ? { chosenLayers } : {}), ...(evaluate ? { evaluate } : {}) };
+/** Runs `spec` on this rank with its kind's row. */
+export function runJobKind(spec: AnyJobSpec, ctx: KindContext): Promise<KindResult> {
+  return (WORKER_JOB_KINDS[spec.kind] as WorkerJobKind<AnyJobSpec>).run(spec, ctx);
 }

@@ -16,13 +16,16 @@ import { CollectiveError, errorMessage, PolytuneError } from '../common/errors.j
 import type { Logger } from '../common/logging.js';
 import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
-import { initBackend, nativeStatus, type BackendName } from './backend.js';
+import { backendInfo, initBackend, nativeStatus, type BackendName } from './backend.js';
+import { checkTf32, type TensorflowOptions } from './backend-tensorflow.js';
+import { isStaged } from '../common/stages.js';
 import { GradientAllReduce } from './collective/index.js';
-import { collectiveOf, prepareTrainJob, runOtherKind, type KindContext } from './job-kinds.js';
+import { jobKindOf } from '../common/job-kinds.js';
+import { runJobKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
 import type { NativeOptions } from './native/index.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
-import { releaseHolder, train, type StateHolder } from './train/trainer.js';
+import { releaseHolder, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
 export interface WorkerOptions {
@@ -34,6 +37,8 @@ export interface WorkerOptions {
   readonly backend: BackendName;
   /** The wasm backend's OpenBLAS products (`--no-native`, `--threads`). @default on when built, 1 thread */
   readonly native?: NativeOptions;
+  /** `tensorflow` only: run without a GPU, TF32 (worker/backend-tensorflow.ts). @default both off */
+  readonly backendOptions?: TensorflowOptions;
   readonly workerId: string;
   readonly logger: Logger;
   readonly signal: AbortSignal;
@@ -59,8 +64,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
-  const backend = await initBackend(options.backend, { ...options.native, logger: log });
-  log.info('backend ready', { backend, ...productKernelsField() });
+  const backend = await initBackend(options.backend, { ...options.native, logger: log }, options.backendOptions);
+  const device = backendInfo();
+  log.info('backend ready', { ...device, ...productKernelsField() });
+  metrics.backend(device);
   const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
     address: options.coordinator,
     hello: {
@@ -103,29 +110,30 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           return;
         }
       })();
+      const collective = jobKindOf(a.spec).collective(a.spec);
       allReduce = await GradientAllReduce.create({
         nc: jobNats.nc, key: a.collectiveKey, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize,
         logger: jlog.child('allreduce'), onRejected: (reason) => metrics.rejectedChunk(a.jobId, reason),
-        timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000,
-        compression: collectiveOf(a.spec).compression,
+        timeoutMs: collective.timeoutSeconds * 1000,
+        compression: collective.compression,
         // The trainer's head ([nll sum, supervised tokens, tokens] + 2 per language) stays exact
         // under compression; exactness is per chunk anyway, so a generous bound costs nothing more.
         exactPrefix: 4096,
       });
       // Start barrier: every peer's subscriptions are known on every NATS server (a cluster's routes
       // propagate interest asynchronously), and all ranks share the collective's settings.
-      await allReduce.ready({ timeoutMs: collectiveOf(a.spec).timeoutSeconds * 1000, signal: abort.signal });
+      await allReduce.ready({ timeoutMs: collective.timeoutSeconds * 1000, signal: abort.signal });
       const ar = allReduce;
       const started = performance.now();
-      // Other kinds, layer analysis and evaluation (worker/job-kinds.ts): their collective calls are
-      // numbered here, before the trainer's, which follow them (`offset`).
-      let seq = 0;
+      // Every collective call of this generation gets the next number, the same on every rank: the
+      // kind's own sums (analysis, evaluation, stage agreement) and the trainer's (worker/job-kinds.ts).
+      const calls = { next: 0 };
       let lastProgress: ProgressReport | undefined;
       let evalJson: string | undefined;
       const kindCtx: KindContext = {
         rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
         // Counts and chosen layers: always float32 on the wire, whatever the gradients' compression.
-        reduce: (data) => ar.allReduce(seq++, data, abort.signal, { exact: true }),
+        reduce: (data) => ar.allReduce(calls.next++, data, abort.signal, { exact: true }),
         progress: (done, totalSteps, extra) => session.progress(lastProgress && extra ? { ...lastProgress, ...extra } : {
           jobId: a.jobId, generation: a.generation, step: done, totalSteps, loss: NaN, tokensPerSecond: 0, epoch: 0, supervisedTokens: 0,
           elapsedSeconds: (performance.now() - started) / 1000, ...extra,
@@ -134,42 +142,38 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           evalJson = JSON.stringify(r);
           metrics.evalReport(a.jobId, r, a.rank);
         },
+        collective: {
+          allReduce: (call, data, opts) => ar.allReduce(call, data, abort.signal, opts),
+          begin: (call, length, opts) => ar.begin(call, length, abort.signal, opts),
+        },
+        calls, holder, resume: a.resume || a.generation > 1,
+        // The histogram is of checkpoints; a failure of either kind is counted.
+        onCheckpoint: (c) => { if (!c.final || c.error !== undefined) metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined); },
+        onStep: (r, at) => {
+          metrics.step(a.jobId, r);
+          if (at.stage) metrics.stage(a.jobId, at.stage);
+          session.progress(lastProgress = {
+            jobId: a.jobId, generation: a.generation, step: at.step, totalSteps: at.totalSteps, loss: r.loss,
+            tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
+            lossByLanguage: { ...r.lossByLanguage },
+            ...(at.stage ? { stageIndex: at.stage.index, stageCount: at.stage.count, stageName: at.stage.name } : {}),
+          });
+          jlog.debug('step', { step: at.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, ...(at.stage ? { stage: at.stage.name } : {}) });
+        },
       };
-      if (a.spec.kind !== 'TrainJob') {
-        const r = await runOtherKind(a.spec, kindCtx);
-        jlog.info('job done', { kind: a.spec.kind, steps: r.steps, seconds: (performance.now() - started) / 1000 });
-        report = {
-          jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: r.outputDir, firstLoss: NaN, finalLoss: NaN, steps: r.steps,
-          ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...(r.evalJson ? { evalJson: r.evalJson } : {}),
-        };
-      } else {
-        const prepared = await prepareTrainJob(a.spec, kindCtx);
-        const offset = seq;
-        const result = await train({
-          spec: prepared.spec, rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
-          holder, resume: a.resume || a.generation > 1,
-          allReduce: (step, data, opts) => ar.allReduce(offset + step, data, abort.signal, opts),
-          beginAllReduce: (step, length, opts) => ar.begin(offset + step, length, abort.signal, opts),
-          ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
-          // The histogram is of checkpoints; a failure of either kind is counted.
-          onCheckpoint: (c) => { if (!c.final || c.error !== undefined) metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined); },
-          onStep: (r) => {
-            metrics.step(a.jobId, r);
-            session.progress(lastProgress = {
-              jobId: a.jobId, generation: a.generation, step: r.step, totalSteps: r.totalSteps, loss: r.loss,
-              tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
-              lossByLanguage: { ...r.lossByLanguage },
-            });
-            jlog.debug('step', { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
-          },
-        });
-        jlog.info('job done', { steps: result.steps, firstLoss: result.firstLoss, finalLoss: result.finalLoss, seconds: result.seconds });
-        report = {
-          jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: result.outputDir,
-          firstLoss: result.firstLoss, finalLoss: result.finalLoss, steps: result.steps,
-          ...(prepared.chosenLayers ? { chosenLayers: prepared.chosenLayers } : {}), ...(evalJson ? { evalJson } : {}),
-        };
+      // TF32 is fixed when TensorFlow loads: a TrainJob (each stage) must ask for this worker's setting.
+      if (a.spec.kind === 'TrainJob') {
+        for (const t of isStaged(a.spec) ? a.spec.spec.stages.map((st) => st.training) : [a.spec.spec.training]) checkTf32(device, t.tf32);
       }
+      const r = await runJobKind(a.spec, kindCtx);
+      jlog.info('job done', {
+        kind: a.spec.kind, steps: r.steps, firstLoss: r.firstLoss, finalLoss: r.finalLoss, seconds: (performance.now() - started) / 1000,
+      });
+      report = {
+        jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: r.outputDir,
+        firstLoss: r.firstLoss ?? NaN, finalLoss: r.finalLoss ?? NaN, steps: r.steps,
+        ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...((r.evalJson ?? evalJson) ? { evalJson: r.evalJson ?? evalJson } : {}),
+      };
     } catch (e) {
       const msg = errorMessage(e);
       const retryable = e instanceof PolytuneError && e.retryable;

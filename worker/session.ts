@@ -121,6 +121,10 @@ export interface ProgressReport {
   /** Layers chosen by the layer analysis; evaluation table as JSON (proto Progress). */
   chosenLayers?: number[];
   evalJson?: string;
+  /** A job of several stages: the step's stage (0-based) of `stageCount`, and its name (proto Progress). */
+  stageIndex?: number;
+  stageCount?: number;
+  stageName?: string;
 }
 
 export interface ResultReport {

@@ -15,17 +15,21 @@
  * | `polytune_collective_rejected_chunks_total` | counter: gradient chunks dropped unused, by why (`RejectReason`: `mac` forged or altered, `header` not what this rank expects, `malformed`, `stale` a replay or late copy, `ahead`, `duplicate`, `position`) | job_id, reason |
  * | `polytune_checkpoint_duration_seconds` | histogram: rank 0 writing a checkpoint | job_id |
  * | `polytune_checkpoint_failures_total` | counter: checkpoints or final outputs rank 0 failed to write (the state stayed in memory) | job_id |
+ * | `polytune_job_stage` | gauge: the stage a job of several stages is in, 1-based; `stage` is its name (one series a job: the previous stage's goes) | job_id, stage |
  * | `polytune_eval_accuracy_ratio` | gauge: accuracy of the last evaluation (rank 0 only), `language="avg"` the unweighted mean; kept after the job ends so the last table can be scraped | job_id, benchmark, language |
  * | `polytune_tfjs_tensors` | gauge, read at scrape time from `tf.memory()` | |
  * | `polytune_tfjs_memory_bytes` | gauge, read at scrape time from `tf.memory()` | |
+ * | `polytune_worker_backend_info` | gauge, always 1: what the worker computes on (worker/backend-tensorflow.ts) | backend, device, tf32, cuda, cudnn |
  *
  * Loss: the global batch's with `language="all"`, and each language's from the report's
  * `lossByLanguage`.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MetricMeter } from '../common/metrics.js';
+import type { BackendInfo } from './backend-tensorflow.js';
 import type { RejectReason } from './collective/index.js';
 import type { EvalReport } from './eval/report.js';
+import type { StagePosition } from './kind-context.js';
 import type { StepReport } from './train/trainer.js';
 
 /** What `step()` reads of a report; `lossByLanguage` is the hook for the per-language loss. */
@@ -45,10 +49,14 @@ export interface WorkerMetrics {
   checkpoint(jobId: string, seconds: number, failed?: boolean): void;
   /** An evaluation table (recorded by rank 0 only: every rank holds the same one). */
   evalReport(jobId: string, report: EvalReport, rank?: number): void;
+  /** The stage of a job of several stages that this rank's last step was in. */
+  stage(jobId: string, stage: StagePosition): void;
   /** A gradient chunk was dropped unused (`RejectReason`). */
   rejectedChunk(jobId: string, reason: RejectReason): void;
   /** Drops the job's gauges when this worker leaves it (counters and histograms stay: they are cumulative). */
   jobEnded(jobId: string): void;
+  /** What the worker computes on, once at start. */
+  backend(info: BackendInfo): void;
 }
 
 export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
@@ -97,9 +105,21 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
   meter.observableGauge({ name: 'polytune_tfjs_memory_bytes', help: 'Bytes held by TensorFlow.js tensors (tf.memory().numBytes).' }, (observe) => {
     observe({}, tf.memory().numBytes);
   });
+  const stageGauge = meter.gauge({
+    name: 'polytune_job_stage', help: 'The stage a job of several stages is in, 1-based; the stage label is its name.',
+    labelNames: ['job_id', 'stage'],
+  });
   const languages = new Map<string, Set<string>>();
+  const stages = new Map<string, string>();
 
+  const backendGauge = meter.gauge({
+    name: 'polytune_worker_backend_info', help: 'What the worker computes on (always 1): backend, device (gpu or cpu), TF32, CUDA and cuDNN versions.',
+    labelNames: ['backend', 'device', 'tf32', 'cuda', 'cudnn'],
+  });
   return {
+    backend(info) {
+      backendGauge.set({ backend: info.backend, device: info.device, tf32: info.tf32, cuda: info.cuda, cudnn: info.cudnn }, 1);
+    },
     step(jobId, r) {
       const job = { job_id: jobId };
       stepDuration.observe(job, r.stepSeconds);
@@ -125,6 +145,12 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
         seen.add(language);
       }
     },
+    stage(jobId, stage) {
+      const previous = stages.get(jobId);
+      if (previous !== undefined && previous !== stage.name) stageGauge.remove({ job_id: jobId, stage: previous });
+      stages.set(jobId, stage.name);
+      stageGauge.set({ job_id: jobId, stage: stage.name }, stage.index + 1);
+    },
     evalReport(jobId, report, rank = 0) {
       if (rank !== 0) return;
       for (const b of report.benchmarks) {
@@ -144,6 +170,9 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
       bandwidth.remove({ job_id: jobId });
       for (const language of languages.get(jobId) ?? []) loss.remove({ job_id: jobId, language });
       languages.delete(jobId);
+      const stage = stages.get(jobId);
+      if (stage !== undefined) stageGauge.remove({ job_id: jobId, stage });
+      stages.delete(jobId);
     },
   };
 }

@@ -15,6 +15,8 @@ const skip = typeof bin === 'string' ? undefined : bin.skip;
 if (skip) console.warn(`chart: ${skip}`);
 const ALL_ON = join(ROOT, 'test', 'deploy', 'fixtures', 'values-all-on.yaml');
 const OPERATOR_APIS = ['--api-versions', 'monitoring.coreos.com/v1', '--api-versions', 'scheduling.volcano.sh/v1beta1'];
+/** NATS authentication is on by default: the least a default install must give (an existing Secret and the server's operator config). */
+const NATS_AUTH = ['--set', 'natsAuth.existingSecret=polytune-nats-creds', '--set', 'nats.config.merge.$include=auth/nats-auth.conf'];
 
 type Container = {
   name: string; image: string; args?: string[]; command?: string[]; env?: Array<{ name: string; value?: string; valueFrom?: unknown }>;
@@ -22,7 +24,7 @@ type Container = {
   securityContext: Record<string, unknown>; startupProbe?: Probe; readinessProbe?: Probe; livenessProbe?: Probe;
   volumeMounts?: Array<{ name: string; mountPath: string }>;
 };
-type Probe = { httpGet?: { path: string; port: string }; tcpSocket?: { port: string } };
+type Probe = { httpGet?: { path: string; port: string }; tcpSocket?: { port: string }; exec?: { command: string[] } };
 type PodSpec = {
   containers: Container[]; securityContext: Record<string, unknown>; volumes?: Array<Record<string, unknown>>; schedulerName?: string;
   nodeSelector?: Record<string, string>; tolerations?: unknown[]; affinity?: unknown; serviceAccountName?: string; imagePullSecrets?: unknown[];
@@ -127,12 +129,14 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
   const renderer = bin as string;
 
   describe('default values', () => {
-    const objs = skip ? [] : render(renderer);
+    const objs = skip ? [] : render(renderer, NATS_AUTH);
 
-    it('renders Kubernetes objects: coordinator, workers, services, volume, dashboard; no operator objects without the CRDs', () => {
+    it('renders Kubernetes objects: coordinator, workers, services, volume, dashboard, the secure defaults; no operator objects without the CRDs', () => {
       expectKubernetesObjects(objs);
       expect(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
-        'ConfigMap/polytune-dashboard', 'Deployment/polytune-coordinator', 'PersistentVolumeClaim/polytune-data',
+        'ConfigMap/polytune-dashboard', 'Deployment/polytune-coordinator',
+        'NetworkPolicy/polytune-coordinator', 'NetworkPolicy/polytune-nats', 'NetworkPolicy/polytune-worker',
+        'PersistentVolumeClaim/polytune-data', 'PodDisruptionBudget/polytune-worker', 'Secret/polytune-auth',
         'Service/polytune-coordinator', 'Service/polytune-worker', 'ServiceAccount/polytune', 'StatefulSet/polytune-worker',
       ]);
     });
@@ -150,7 +154,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(sts.spec.template.spec.volumes?.find((v) => v['name'] === 'dshm')).toMatchObject({ emptyDir: { medium: 'Memory' } });
     });
 
-    it('probes: the coordinator is ready when gRPC accepts, alive while /healthz answers; workers on /healthz of metrics-0', () => {
+    it('probes: the coordinator is ready when gRPC accepts, alive while /healthz answers; workers start on /healthz of metrics-0, then live on their heartbeat files', () => {
       const c = workload(objs, 'Deployment', '-coordinator').spec.template.spec.containers[0]!;
       expect(c.startupProbe?.tcpSocket?.port).toBe('grpc');
       expect(c.readinessProbe?.tcpSocket?.port).toBe('grpc');
@@ -158,7 +162,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(c.ports).toEqual([{ name: 'grpc', containerPort: 7070, protocol: 'TCP' }, { name: 'metrics', containerPort: 9464, protocol: 'TCP' }]);
       expect(c.args).toEqual(['serve', '--listen', '0.0.0.0:7070', '--nats', 'nats://polytune-nats.default.svc:4222', '--metrics-port', '9464']);
       const w = workload(objs, 'StatefulSet', '-worker').spec.template.spec.containers[0]!;
-      for (const p of [w.startupProbe, w.readinessProbe, w.livenessProbe]) expect(p?.httpGet).toEqual({ path: '/healthz', port: 'metrics-0' });
+      expect(w.startupProbe?.httpGet).toEqual({ path: '/healthz', port: 'metrics-0' });
+      for (const p of [w.readinessProbe, w.livenessProbe]) expect(p?.exec?.command.join(' ')).toMatch(/^sh -c .*\/tmp\/heartbeat\/\*\.heartbeat/);
       expect(w.ports).toEqual([{ name: 'metrics-0', containerPort: 9465, protocol: 'TCP' }]);
     });
 
@@ -184,7 +189,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
   });
 
   describe('the NATS dependency', () => {
-    it('is the official chart, pinned, behind nats.enabled; not vendored here, which the renderer says', () => {
+    it('is the official chart, pinned (1.3.x), behind nats.enabled; not vendored here, which the renderer says', () => {
       const chart = parseYaml(readFileSync(join(CHART, 'Chart.yaml'), 'utf8')) as { dependencies: Array<Record<string, string>> };
       expect(chart.dependencies).toEqual([{ name: 'nats', version: expect.stringMatching(/^\d+\.\d+\.\d+$/), repository: 'https://nats-io.github.io/k8s/helm/charts/', condition: 'nats.enabled' }]);
       expect(runRender(renderer, []).stderr).toContain('dependency "nats" is not vendored');
@@ -201,10 +206,10 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('an external NATS replaces it; without its URL rendering fails and says why', () => {
-      const objs = render(renderer, ['--set', 'nats.enabled=false', '--set', 'externalNats.url=nats://nats.infra:4222']);
+      const objs = render(renderer, ['--set', 'nats.enabled=false', '--set', 'externalNats.url=nats://nats.infra:4222', '--set', 'natsAuth.existingSecret=x']);
       const c = workload(objs, 'Deployment', '-coordinator').spec.template.spec.containers[0]!;
       expect(c.args).toContain('nats://nats.infra:4222');
-      const r = runRender(renderer, ['--set', 'nats.enabled=false']);
+      const r = runRender(renderer, ['--set', 'nats.enabled=false', '--set', 'natsAuth.existingSecret=x']);
       expect(r.status).not.toBe(0);
       expect(r.stderr).toContain('externalNats.url is required when nats.enabled is false');
     });
@@ -219,7 +224,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       const kinds = objs.map((o) => o.kind).sort();
       for (const k of ['Ingress', 'NetworkPolicy', 'PodGroup', 'PodMonitor', 'PrometheusRule', 'Secret', 'ServiceMonitor']) expect(kinds).toContain(k);
       expect(kinds.filter((k) => k === 'Secret')).toHaveLength(4);
-      expect(kinds.filter((k) => k === 'NetworkPolicy')).toHaveLength(2);
+      expect(kinds.filter((k) => k === 'NetworkPolicy')).toHaveLength(3);
     });
 
     it('8 GPUs a pod: 8 processes, GPU limits of 8, metrics ports 9465..9472 scraped by the PodMonitor', () => {
@@ -339,7 +344,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
 
   describe('other choices', () => {
     it('CPU workers: the CPU image, no GPU resources, wasm backend', () => {
-      const objs = render(renderer, ['--set', 'worker.gpu.enabled=false', '--set', 'worker.backend=wasm', '--set', 'worker.processesPerPod=4', '--set', 'worker.tolerations=null']);
+      const objs = render(renderer, [...NATS_AUTH, '--set', 'worker.gpu.enabled=false', '--set', 'worker.backend=wasm', '--set', 'worker.processesPerPod=4', '--set', 'worker.tolerations=null']);
       const c = workload(objs, 'StatefulSet', '-worker').spec.template.spec.containers[0]!;
       expect(c.image).toBe('ghcr.io/polytune/polytune-worker-cpu:0.1.0');
       expect(JSON.stringify(c.resources)).not.toContain('nvidia.com/gpu');
@@ -347,13 +352,13 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(c.args).toContain('wasm');
     });
 
-    it('Kueue: the queue label on the StatefulSet and a pod group; without a queue name rendering fails', () => {
-      const objs = render(renderer, ['--set', 'gangScheduling.mode=kueue', '--set', 'gangScheduling.kueue.queueName=gpu-queue']);
+    it('Kueue: only the queue label on the StatefulSet (Kueue sets the pod group itself); without a queue name rendering fails', () => {
+      const objs = render(renderer, [...NATS_AUTH, '--set', 'gangScheduling.mode=kueue', '--set', 'gangScheduling.kueue.queueName=gpu-queue']);
       const s = workload(objs, 'StatefulSet', '-worker');
       expect(s.metadata.labels?.['kueue.x-k8s.io/queue-name']).toBe('gpu-queue');
-      expect(s.spec.template.metadata.labels['kueue.x-k8s.io/pod-group-name']).toBe('polytune-workers');
-      expect(s.spec.template.metadata.annotations).toEqual({ 'kueue.x-k8s.io/pod-group-total-count': '2' });
-      const r = runRender(renderer, ['--set', 'gangScheduling.mode=kueue']);
+      expect(JSON.stringify(objs).match(/kueue\.x-k8s\.io\/[a-z-]+/g)).toEqual(['kueue.x-k8s.io/queue-name']);
+      expect(s.spec.template.metadata.annotations).toBeUndefined();
+      const r = runRender(renderer, [...NATS_AUTH, '--set', 'gangScheduling.mode=kueue']);
       expect(r.status).not.toBe(0);
       expect(r.stderr).toContain('gangScheduling.kueue.queueName is required');
     });
@@ -369,8 +374,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       for (const n of SECURITY_ENV) expect(readme).toContain(`\`${n}\``);
     });
 
-    it('security off (the defaults): no secrets, no security env, the ingress speaks plain GRPC', () => {
-      const objs = render(renderer, ['--set', 'ingress.enabled=true']);
+    it('security off (auth.enabled and natsAuth.enabled false): no secrets, no security env, the ingress speaks plain GRPC', () => {
+      const objs = render(renderer, ['--set', 'ingress.enabled=true', '--set', 'auth.enabled=false', '--set', 'natsAuth.enabled=false']);
       expect(objs.filter((o) => o.kind === 'Secret')).toEqual([]);
       for (const w of [workload(objs, 'Deployment', '-coordinator'), workload(objs, 'StatefulSet', '-worker')]) expect(securityEnv(w.spec.template.spec.containers[0]!)).toEqual([]);
       expect(find(objs, 'Ingress').metadata.annotations?.['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPC');
@@ -402,13 +407,14 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     const refused: Array<[string, string[], string]> = [
-      ['a client token without a worker token', ['--set', 'auth.token=client-token-0123456789'], 'auth.workerToken is required with auth.token'],
-      ['a worker token without a client token', ['--set', 'auth.workerToken=worker-token-0123456789'], 'auth.token is required with auth.workerToken'],
-      ['the same token twice', ['--set', 'auth.token=same-token-0123456789', '--set', 'auth.workerToken=same-token-0123456789'], 'auth.workerToken must differ from auth.token'],
-      ['mutual TLS without TLS', ['--set', 'tls.mutual.enabled=true'], 'tls.mutual.enabled needs tls.enabled'],
-      ['TLS without the CA the workers need', ['--set', 'tls.enabled=true', '--set', 'tls.cert=C', '--set', 'tls.key=K'], 'tls.ca is required'],
+      ['a client token without a worker token', [...NATS_AUTH, '--set', 'auth.token=client-token-0123456789'], 'auth.workerToken is required with auth.token'],
+      ['a worker token without a client token', [...NATS_AUTH, '--set', 'auth.workerToken=worker-token-0123456789'], 'auth.token is required with auth.workerToken'],
+      ['the same token twice', [...NATS_AUTH, '--set', 'auth.token=same-token-0123456789', '--set', 'auth.workerToken=same-token-0123456789'], 'auth.workerToken must differ from auth.token'],
+      ['mutual TLS without TLS', [...NATS_AUTH, '--set', 'tls.mutual.enabled=true'], 'tls.mutual.enabled needs tls.enabled'],
+      ['TLS without the CA the workers need', [...NATS_AUTH, '--set', 'tls.enabled=true', '--set', 'tls.cert=C', '--set', 'tls.key=K'], 'tls.ca is required'],
       ['NATS credentials for a NATS server not in operator mode', ['--set', 'natsAuth.enabled=true', '--set', 'natsAuth.existingSecret=x'], 'the NATS server is not in operator mode'],
-      ['an operator-mode NATS server without credentials for the coordinator', ['--set', 'nats.config.merge.operator=eyJ'], 'set natsAuth'],
+      ['an operator-mode NATS server without credentials for the coordinator', ['--set', 'natsAuth.enabled=false', '--set', 'nats.config.merge.operator=eyJ'], 'set natsAuth'],
+      ['the default install without NATS credentials', [], 'natsAuth is on by default and needs credentials: run `coordinator nats-auth init --out DIR`'],
       ['NATS credentials without the signing key', ['--set', 'natsAuth.enabled=true', '--set', 'natsAuth.coordinatorCreds=x', '--set', 'natsAuth.account=A', '--set', 'nats.config.merge.operator=eyJ'], 'natsAuth.accountSigningKey is required'],
     ];
     it.each(refused)('refuses %s, saying why', (_what, args, message) => {
@@ -418,7 +424,7 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('TLS on without a certificate fails with the value to set', () => {
-      const r = runRender(renderer, ['--set', 'tls.enabled=true']);
+      const r = runRender(renderer, [...NATS_AUTH, '--set', 'tls.enabled=true']);
       expect(r.status).not.toBe(0);
       expect(r.stderr).toContain('tls.cert is required');
     });

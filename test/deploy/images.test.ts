@@ -84,26 +84,44 @@ describe.each(['Dockerfile.coordinator', 'Dockerfile.worker-cpu', 'Dockerfile.wo
 });
 
 describe('images', () => {
-  it('Node 20 on bookworm-slim for the coordinator and the CPU worker', () => {
+  it('Node 22 (LTS) on bookworm-slim for the coordinator and the CPU worker', () => {
     for (const f of ['Dockerfile.coordinator', 'Dockerfile.worker-cpu']) {
-      expect(external(load(f).stages)).toEqual(expect.arrayContaining([expect.stringMatching(/^node:20\.\d+\.\d+-bookworm-slim$/)]));
+      expect(external(load(f).stages)).toEqual(expect.arrayContaining([expect.stringMatching(/^node:22\.\d+\.\d+-bookworm-slim$/)]));
     }
     expect(last(load('Dockerfile.coordinator').stages).instructions.find((i) => i.op === 'EXPOSE')?.args).toBe('7070 9464');
   });
 
-  it('the GPU worker runs on the CUDA 11.2 + cuDNN 8.1 runtime with Node 20 and @tensorflow/tfjs-node-gpu 4.22.0', () => {
+  it('the GPU worker runs on the CUDA 11.2 + cuDNN 8.1 runtime with Node 22 and @tensorflow/tfjs-node-gpu 4.22.0', () => {
     const { stages } = load('Dockerfile.worker-gpu');
     const final = last(stages);
     // nvidia/cuda 11.2.2 "cudnn8" images carry cuDNN 8.1.1, what libtensorflow 2.9.1 was built for.
     expect(final.from).toBe('nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04');
     expect(ops(final, 'COPY')).toContain('--from=node /usr/local/bin/node /usr/local/bin/node');
-    expect(stages.find((s) => s.name === 'node')!.from).toMatch(/^node:20\.\d+\.\d+-bookworm-slim$/);
+    expect(stages.find((s) => s.name === 'node')!.from).toMatch(/^node:22\.\d+\.\d+-bookworm-slim$/);
     const tfjs = stages.find((s) => s.name === 'tfjs')!;
     expect(tfjs.from).toBe(final.from);
     expect(ops(tfjs, 'RUN').join(' ')).toContain('@tensorflow/tfjs-node-gpu@4.22.0');
     expect(ops(final, 'COPY')).toContain('--from=tfjs --chown=0:0 /src/node_modules ./node_modules');
     // Ubuntu packages pinned too.
     for (const pkg of ops(tfjs, 'RUN').join(' ').match(/\b(python3|make|g\+\+|ca-certificates)(=\S+)?/g) ?? []) expect(pkg).toContain('=');
+  });
+
+  it('the GPU image: no dev tools, a libtensorflow mirror and checksum as build arguments, a large CUDA cache on a volume, gpu-check.sh', () => {
+    const { stages } = load('Dockerfile.worker-gpu');
+    const tfjs = stages.find((s) => s.name === 'tfjs')!;
+    const install = ops(tfjs, 'RUN').find((r) => r.includes('@tensorflow/tfjs-node-gpu@4.22.0'))!;
+    expect(install).toMatch(/npm install --omit=dev /);
+    for (const a of ['TFJS_NODE_CDN_STORAGE', 'TFJS_NODE_BASE_URI', 'LIBTENSORFLOW_SHA256']) {
+      expect(ops(tfjs, 'ARG'), a).toContain(`${a}=""`);
+      expect(install).toContain(`$${a}`);
+    }
+    expect(install).toContain('sha256sum -c');
+    const env = ops(last(stages), 'ENV').join(' ');
+    expect(env).toContain('CUDA_CACHE_PATH=/var/cache/cuda');
+    expect(Number(/CUDA_CACHE_MAXSIZE=(\d+)/.exec(env)?.[1])).toBeGreaterThanOrEqual(2 ** 31);
+    const copies = ops(last(stages), 'COPY').join('\n');
+    for (const p of ['scripts/gpu-check.sh', 'test/golden', 'configs/models']) expect(copies).toContain(p);
+    expect(readFileSync(join(ROOT, 'deploy/Dockerfile.worker-gpu.dockerignore'), 'utf8').split('\n')).toContain('!test/golden');
   });
 
   it('workers start through worker-launch.sh: one process per GPU with CUDA_VISIBLE_DEVICES and its local rank', () => {

@@ -22,6 +22,8 @@ const DASHBOARD = join(ROOT, 'deploy/grafana/polytune.json');
 const RULES = join(ROOT, 'deploy/prometheus/rules.yaml');
 /** The DCGM exporter's GPU metrics the dashboard may use. */
 const DCGM_METRICS = ['DCGM_FI_DEV_GPU_UTIL', 'DCGM_FI_DEV_FB_USED', 'DCGM_FI_DEV_FB_FREE', 'DCGM_FI_DEV_POWER_USAGE', 'DCGM_FI_DEV_MEM_COPY_UTIL'];
+/** prometheus-nats-exporter's series (NATS chart's promExporter: -varz with the `nats` prefix) the dashboard and rules use. */
+const NATS_EXPORTER_METRICS = ['nats_varz_jetstream_stats_storage', 'nats_varz_jetstream_config_max_storage', 'nats_varz_slow_consumers', 'nats_varz_in_bytes', 'nats_varz_out_bytes'];
 const PANEL_TYPES = new Set(['row', 'timeseries', 'stat', 'bargauge', 'gauge', 'table', 'heatmap', 'text']);
 const VARIABLE_TYPES = new Set(['query', 'adhoc', 'groupby', 'constant', 'datasource', 'interval', 'textbox', 'custom', 'system', 'snapshot', 'switch']);
 
@@ -92,11 +94,34 @@ describe('the Grafana dashboard', () => {
     }
   });
 
+  it('units match the metrics: bytes for bytes, MiB for DCGM memory, a count for tensors; DCGM panels only show the jobs\' pods', () => {
+    type Unit = { fieldConfig?: { defaults?: { unit?: string } } };
+    const unitOf = (title: string): string | undefined => (panels.find((p) => p.title === title) as (AnyPanel & Unit) | undefined)?.fieldConfig?.defaults?.unit;
+    for (const p of panels as Array<AnyPanel & Unit>) {
+      const exprs = (p.targets ?? []).map((t) => t.expr);
+      if (exprs.length === 0) continue;
+      const unit = p.fieldConfig?.defaults?.unit;
+      // A panel has one unit: all its series are of one kind.
+      if (exprs.every((e) => /_bytes\b|_storage\b/.test(e) && !/rate\(/.test(e))) expect(unit, p.title).toBe('bytes');
+      if (exprs.some((e) => e.includes('polytune_tfjs_tensors'))) {
+        expect(unit, p.title).toBe('short');
+        expect(exprs.every((e) => e.includes('polytune_tfjs_tensors')), p.title).toBe(true);
+      }
+      if (exprs.some((e) => e.includes('DCGM_'))) {
+        expect(exprs.every((e) => /and on \(namespace, pod\) .*job_id=~"\$job_id"/.test(e)), p.title).toBe(true);
+      }
+    }
+    expect(unitOf('GPU memory used (DCGM)')).toBe('mbytes');
+    expect(unitOf('TensorFlow.js memory')).toBe('bytes');
+    expect(unitOf('TensorFlow.js tensors')).toBe('short');
+    expect(panels.map((p) => p.title)).toEqual(expect.arrayContaining(['JetStream storage used', 'NATS slow consumers', 'Workers: backend and device']));
+  });
+
   it('queries only metrics that exist: the coordinator\'s and workers\' registries, and DCGM\'s', async () => {
     const exported = await exportedSeriesNames();
     const used = new Set(queries.flatMap((q) => metricNames(q.expr)));
     expect(used.size).toBeGreaterThan(10);
-    const unknown = [...used].filter((n) => !exported.has(n) && !DCGM_METRICS.includes(n));
+    const unknown = [...used].filter((n) => !exported.has(n) && !DCGM_METRICS.includes(n) && !NATS_EXPORTER_METRICS.includes(n));
     expect(unknown).toEqual([]);
     // And every metric we export has a place on the dashboard or in the alerts, except the checked few.
     const rules = readFileSync(RULES, 'utf8');
@@ -122,7 +147,7 @@ describe.skipIf(skip !== undefined)('PromQL and rules (promtool)', () => {
   it('promtool check rules passes on deploy/prometheus/rules.yaml', async () => {
     const r = await runTool(promtool, ['check', 'rules', RULES]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toContain('SUCCESS: 8 rules found');
+    expect(r.stdout).toContain('SUCCESS: 11 rules found');
   });
 
   it('promtool test rules: each alert fires on the series it is for, and only then', async () => {

@@ -4,6 +4,9 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
+import { fitsDevice, formatMemoryPlan, memoryFitIssues, planMemory } from '../../common/memory-plan.js';
+import { parseLlamaConfig } from '../../common/model-config.js';
+import { isStaged, stageJobSpec } from '../../common/stages.js';
 
 const CONFIGS = resolve(import.meta.dirname, '../../configs');
 
@@ -19,5 +22,48 @@ describe('configs/', () => {
     expect(s.data.maxSeqLen).toBe(1024);
     expect(s.data.template).toBe('slam');
     expect(new Set(s.data.train.map((d) => d.language))).toEqual(new Set(['bn', 'th', 'sw', 'ja', 'zh', 'de', 'fr', 'ru', 'es', 'en']));
+  });
+});
+
+describe('paper configs: memory', () => {
+  it.each([
+    ['slam-metamath-7b.yaml', 'MetaMath-7B-V1.0'],
+    ['slam-metamath-13b.yaml', 'MetaMath-13B-V1.0'],
+  ])('%s fits an 80 GiB GPU with the margin, checkpointing on, and its comments are the plan', (file, model) => {
+    const text = readFileSync(join(CONFIGS, file), 'utf8');
+    const spec = parseJobSpec(text, { baseDir: CONFIGS });
+    expect(spec.spec.model.path).toBe(`/models/${model}`);
+    const config = parseLlamaConfig(JSON.parse(readFileSync(join(CONFIGS, 'models', model, 'config.json'), 'utf8')));
+    const plan = planMemory(config, spec);
+    expect(spec.spec.training.gradientCheckpointing).toBe(true);
+    expect(spec.spec.workers.gpuMemoryGiB).toBe(80);
+    expect(fitsDevice(plan.gpu.peak, 80)).toBe(true);
+    expect(memoryFitIssues(config, spec)).toEqual([]);
+    // Without checkpointing the same settings would not fit: the reason it is on.
+    expect(fitsDevice(planMemory(config, spec, { gradientCheckpointing: false }).gpu.peak, 80)).toBe(false);
+    const comment = formatMemoryPlan(plan, spec.spec.workers).map((l) => `#   ${l}`.trimEnd()).join('\n');
+    expect(text).toContain(comment);
+  });
+});
+
+describe('configs/two-stage-tiny.yaml', () => {
+  it('is a job of two stages on the quickstart model: question translation (parallel), then the answers', () => {
+    const spec = parseAnyJobSpec(readFileSync(join(CONFIGS, 'two-stage-tiny.yaml'), 'utf8'), { baseDir: CONFIGS });
+    expect(spec.kind).toBe('TrainJob');
+    if (spec.kind !== 'TrainJob' || !isStaged(spec)) throw new Error('expected spec.stages');
+    const quickstart = parseJobSpec(readFileSync(join(CONFIGS, 'quickstart.yaml'), 'utf8'), { baseDir: CONFIGS });
+    expect(spec.spec.model).toEqual(quickstart.spec.model);
+    const [first, second] = spec.spec.stages;
+    expect(spec.spec.stages.map((s) => s.name)).toEqual(['question-alignment', 'answers']);
+    expect(first!.data.train.length).toBeGreaterThan(1);
+    for (const src of first!.data.train) {
+      expect(src.format).toBe('parallel');
+      expect(src.target).toMatch(/\.en\.txt$/);
+      expect(src.path.startsWith(join(quickstart.spec.model.path, '..', 'data'))).toBe(true);
+    }
+    expect(second!.data.train).toEqual(quickstart.spec.data.train);
+    // Stage 2 starts from stage 1's final model; each writes under output.dir/<stage>/.
+    expect(stageJobSpec(spec, 1).spec.model.path).toBe(join(spec.spec.output.dir, 'question-alignment', 'final'));
+    expect(stageJobSpec(spec, 1).spec.output.dir).toBe(join(spec.spec.output.dir, 'answers'));
   });
 });

@@ -4,7 +4,7 @@ import type { JobSpec } from '../../common/jobspec.js';
 
 const training = (over: Partial<JobSpec['spec']['training']>): JobSpec['spec']['training'] => ({
   globalBatchSize: 4, microBatchSize: 2, optimizer: { name: 'sgd', lr: 0.1 },
-  schedule: { name: 'constant', warmupRatio: 0 }, gradClip: 1, seed: 42, maxNonFiniteSteps: 3, gradientCheckpointing: false, ...over,
+  schedule: { name: 'constant', warmupRatio: 0 }, gradClip: 1, seed: 42, maxNonFiniteSteps: 3, gradientCheckpointing: false, tf32: false, ...over,
 });
 
 describe('data plan', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { EMPTY_LEDGER, ledgerGaps, recordStep, type Ledger } from '../../coordinator/ledger.js';
+import { completeLedger, EMPTY_LEDGER, ledgerGaps, recordStep, type Ledger } from '../../coordinator/ledger.js';
 
 const run = (ledger: Ledger, generation: number, worldSize: number, from: number, to: number): Ledger => {
   for (let c = from + 1; c <= to; c++) ledger = recordStep(ledger, generation, worldSize, c);
@@ -36,5 +36,18 @@ describe('ledger', () => {
   it('finds missing and repeated steps', () => {
     const l: Ledger = { committed: [{ from: 0, to: 3, generation: 1, worldSize: 1 }, { from: 2, to: 4, generation: 2, worldSize: 1 }], rolledBack: [] };
     expect(ledgerGaps(l, 6)).toEqual({ missing: [4, 5], repeated: [2] });
+  });
+
+  it('a job that finished while the coordinator was away: its result commits the unreported tail', () => {
+    const l = run(EMPTY_LEDGER, 1, 2, 0, 9);
+    const done = completeLedger(l, 16);
+    expect(done.committed).toEqual([
+      { from: 0, to: 9, generation: 1, worldSize: 2 },
+      { from: 9, to: 16, generation: 1, worldSize: 2, unreported: true },
+    ]);
+    expect(ledgerGaps(done, 16)).toEqual({ missing: [], repeated: [] });
+    expect(completeLedger(done, 16)).toBe(done);
+    expect(completeLedger(run(EMPTY_LEDGER, 1, 2, 0, 16), 16).committed).toHaveLength(1);
+    expect(completeLedger(EMPTY_LEDGER, 16)).toBe(EMPTY_LEDGER);
   });
 });

@@ -79,6 +79,8 @@ export interface WordProblem {
   readonly output: string;
   readonly language: WordProblemLanguage;
   readonly answer: number;
+  /** The same problem's question in English (the target of question translation). */
+  readonly english: string;
 }
 
 /** `perLanguage` problems in each language, interleaved by language, from `seed`. */
@@ -93,7 +95,10 @@ export function makeWordProblems(perLanguage: number, seed = 1, languages: reado
       const b = op === 'mul' ? int(2, 12) : op === 'sub' ? int(1, a - 1) : int(1, 99);
       const answer = op === 'add' ? a + b : op === 'sub' ? a - b : a * b;
       const t = TEMPLATES[language][op];
-      out.push({ instruction: t.question(a, b), output: `${a} ${SYMBOL[op]} ${b} = ${answer}. ${t.answer} ${answer}.`, language, answer });
+      out.push({
+        instruction: t.question(a, b), output: `${a} ${SYMBOL[op]} ${b} = ${answer}. ${t.answer} ${answer}.`, language, answer,
+        english: TEMPLATES.en[op].question(a, b),
+      });
     }
   }
   return out;
@@ -102,4 +107,21 @@ export function makeWordProblems(perLanguage: number, seed = 1, languages: reado
 /** The problems as alpaca JSON Lines. */
 export function wordProblemsJsonl(problems: readonly WordProblem[]): string {
   return problems.map((p) => JSON.stringify({ instruction: p.instruction, output: p.output, language: p.language })).join('\n') + '\n';
+}
+
+/**
+ * Question translation (the first stage of QAlign-style two-stage systems): for each language but
+ * English, its questions and the same questions in English, as the two line-aligned texts of the
+ * `parallel` format.
+ */
+export function questionTranslationTexts(problems: readonly WordProblem[]): Map<WordProblemLanguage, { source: string; target: string }> {
+  const out = new Map<WordProblemLanguage, { source: string[]; target: string[] }>();
+  for (const p of problems) {
+    if (p.language === 'en') continue;
+    const t = out.get(p.language) ?? { source: [], target: [] };
+    t.source.push(p.instruction);
+    t.target.push(p.english);
+    out.set(p.language, t);
+  }
+  return new Map([...out].map(([l, t]) => [l, { source: t.source.join('\n') + '\n', target: t.target.join('\n') + '\n' }]));
 }

@@ -1,14 +1,24 @@
-{{/* Chart name, truncated to a DNS label. */}}
+{{/* Chart name (or nameOverride), truncated to a DNS label. */}}
 {{- define "polytune.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Release-qualified name: the release name when it already contains the chart's. */}}
+{{/*
+Release-qualified name (or fullnameOverride): the release name when it already contains the chart's.
+Cut to 45 characters: the longest suffix is "-worker" (7) on a StatefulSet, whose name may have at
+most 52 (its pods' controller-revision-hash label is the name, "-" and 10 more); "-coordinator"
+(12) on the Deployment, the Services and the rest stay within 63.
+*/}}
 {{- define "polytune.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 45 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -35,13 +45,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* registry/repository:tag; include "polytune.image" (dict "ctx" . "repository" "x") */}}
+{{/* registry/repository:tag, or @digest; include "polytune.image" (dict "ctx" . "repository" "x" "digest" "sha256:...") */}}
 {{- define "polytune.image" -}}
-{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag -}}
+{{- $ref := printf ":%s" (default .ctx.Chart.AppVersion .ctx.Values.image.tag) -}}
+{{- if .digest -}}{{- $ref = printf "@%s" .digest -}}{{- end -}}
 {{- if .ctx.Values.image.registry -}}
-{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository $tag -}}
+{{- printf "%s/%s%s" .ctx.Values.image.registry .repository $ref -}}
 {{- else -}}
-{{- printf "%s:%s" .repository $tag -}}
+{{- printf "%s%s" .repository $ref -}}
 {{- end -}}
 {{- end -}}
 
@@ -86,7 +97,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.natsTls.cert .Values.natsTls.clientCertificate -}}true{{- end -}}
 {{- end -}}
 {{- define "polytune.authEnabled" -}}
-{{- if or .Values.auth.token .Values.auth.workerToken .Values.auth.existingSecret -}}true{{- end -}}
+{{- if or .Values.auth.enabled .Values.auth.token .Values.auth.workerToken .Values.auth.existingSecret -}}true{{- end -}}
+{{- end -}}
+{{/* A token: the value given, else the one in the Secret from an earlier install, else a new random one. */}}
+{{- define "polytune.token" -}}
+{{- $given := index .ctx.Values.auth .value -}}
+{{- if $given -}}
+{{- $given | trim -}}
+{{- else -}}
+{{- $old := lookup "v1" "Secret" .ctx.Release.Namespace (include "polytune.authSecretName" .ctx) -}}
+{{- if and $old $old.data (index $old.data .key) -}}
+{{- index $old.data .key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 40 -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- define "polytune.tlsMutual" -}}
 {{- if and .Values.tls.enabled .Values.tls.mutual.enabled -}}true{{- end -}}
@@ -120,12 +145,25 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
 {{- $include := false -}}
 {{- range $k, $v := $merge -}}{{- if hasSuffix "$include" $k -}}{{- $include = true -}}{{- end -}}{{- end -}}
 {{- $operator := or (hasKey $merge "operator") $include -}}
+{{- if and .Values.natsAuth.enabled (not .Values.natsAuth.existingSecret) (not .Values.natsAuth.coordinatorCreds) (not $operator) -}}
+{{- fail "natsAuth is on by default and needs credentials: run `coordinator nats-auth init --out DIR`, create a Secret from DIR's coordinator.creds, account-signing-key.nk and account.pub (natsAuth.existingSecret), and put nats-auth.conf's lines (or a $include of it) under nats.config.merge; or set natsAuth.enabled=false to leave NATS without authentication (README \"Deploying on Kubernetes with Helm\")" -}}
+{{- end -}}
 {{- if and .Values.natsAuth.enabled (not $operator) -}}
 {{- fail "natsAuth.enabled but the NATS server is not in operator mode: put the lines of nats-auth.conf (coordinator nats-auth init) under nats.config.merge, or a $include of it (README \"Deploying on Kubernetes with Helm\")" -}}
 {{- end -}}
 {{- if and (hasKey $merge "operator") (not .Values.natsAuth.enabled) -}}
 {{- fail "nats.config.merge.operator puts the NATS server in operator mode, where the coordinator cannot connect without credentials: set natsAuth" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The storage roots of a kind ("data" or "output"), ':'-joined: the values, else the shared volume's mountPath. */}}
+{{- define "polytune.storageRoots" -}}
+{{- $given := index .ctx.Values.storageRoots .kind -}}
+{{- if $given -}}
+{{- join ":" $given -}}
+{{- else if .ctx.Values.persistence.enabled -}}
+{{- .ctx.Values.persistence.mountPath -}}
 {{- end -}}
 {{- end -}}
 
@@ -349,4 +387,21 @@ certificate, their client certificate under mutual TLS. No client token, no NATS
       - { key: tls.key, path: tls.key }
       {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The workers' readiness and liveness: every heartbeat file (worker/heartbeat-file.ts, one a process)
+touched within worker.liveness.maxStallSeconds. A process that has not written one yet is covered
+by the startup probe.
+*/}}
+{{- define "polytune.heartbeatProbe" -}}
+{{- $script := printf "now=$(date +%%s); n=0; for f in /tmp/heartbeat/*.heartbeat; do [ -e \"$f\" ] || exit 1; n=$((n+1)); [ $((now - $(stat -c %%Y \"$f\"))) -lt %d ] || exit 1; done; [ \"$n\" -ge %d ]" (int .Values.worker.liveness.maxStallSeconds) (int .Values.worker.processesPerPod) -}}
+{{- list "sh" "-c" $script | toJson -}}
+{{- end -}}
+
+{{/* The NATS dependency's pod labels (its chart: app.kubernetes.io/name nats, or its nameOverride). */}}
+{{- define "polytune.natsSelectorLabels" -}}
+app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
 {{- end -}}

@@ -1,7 +1,8 @@
 /**
  * The TensorFlow.js LLaMA forward, loss and gradients against an independent PyTorch reference of
  * HF's modeling_llama.py (scripts/make-golden.py), on the wasm backend with its products in OpenBLAS
- * (worker/native) and in XNNPACK, and on the cpu backend.
+ * (worker/native) and in XNNPACK, on the cpu backend, and on the path tfjs-node takes (a stand-in:
+ * test/helpers/backends.ts).
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { addonPath, loadAddon } from '../../../worker/native/addon.js';
 import { nativeKernelsActive } from '../../../worker/native/index.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { readSafetensors } from '../../../worker/model/safetensors.js';
+import { NATIVE_PATH_STANDIN, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear', 'llama-gqa-bf16-sharded', 'llama-dynamic'];
@@ -40,6 +42,7 @@ const KERNEL_SETS = [
   { label: 'wasm+openblas', backend: 'wasm', native: true },
   { label: 'wasm+xnnpack', backend: 'wasm', native: false },
   { label: 'cpu', backend: 'cpu', native: false },
+  { label: NATIVE_PATH_STANDIN, backend: NATIVE_PATH_STANDIN, native: false },
 ] as const;
 const nativeLoad = loadAddon(addonPath());
 if (!nativeLoad.ok) process.stderr.write(`golden: skipping wasm+openblas: ${nativeLoad.reason}\n`);
@@ -55,7 +58,8 @@ describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
   let labels: tf.Tensor2D;
 
   beforeAll(async () => {
-    await initBackend(backend, { enabled: native });
+    if (backend === NATIVE_PATH_STANDIN) await useBackend(backend);
+    else await initBackend(backend, { enabled: native });
     expect(nativeKernelsActive()).toBe(native);
     golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as Golden;
     expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));

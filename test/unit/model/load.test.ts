@@ -13,12 +13,13 @@ import { expectedTensorShapes, parseLlamaConfig } from '../../../common/model-co
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { SeededRandom } from '../../../worker/model/presets.js';
 import { readModelTensors } from '../../../worker/model/safetensors.js';
+import { MODEL_BACKENDS, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 
-describe.each(['wasm', 'cpu'] as const)('chunked loading (%s)', (backend) => {
+describe.each(MODEL_BACKENDS)('chunked loading (%s)', (backend) => {
   it('loads every tensor bit-identically in chunks of a few rows (sharded bf16, transposed operands)', async () => {
-    await initBackend(backend);
+    await useBackend(backend);
     const dir = join(GOLDEN, 'llama-gqa-bf16-sharded');
     const trainable = new Set(['model.layers.0.mlp.up_proj.weight']);
     // 37 elements: chunks of one row for [*, 32] and [*, 64] tensors, several rows for 1-D ones.

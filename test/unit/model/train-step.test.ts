@@ -1,16 +1,16 @@
-/** A SLAM-style training step on the wasm backend: gradients flow, loss falls, tensors do not grow. */
+/** A SLAM-style training step on every model backend (test/helpers/backends.ts): gradients flow, loss falls, tensors do not grow. */
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initBackend } from '../../../worker/backend.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
+import { MODEL_BACKENDS, useBackend } from '../../helpers/backends.js';
 
 const dir = join(import.meta.dirname, '..', '..', 'golden', 'llama-gqa');
 
-describe('training step (wasm)', () => {
+describe.each(MODEL_BACKENDS)('training step (%s)', (backend) => {
   let model: LlamaModel;
   beforeAll(async () => {
-    await initBackend('wasm');
+    await useBackend(backend);
     const trainable = new Set<string>();
     for (const l of [0, 1]) for (const m of ['up_proj', 'down_proj']) trainable.add(`model.layers.${l}.mlp.${m}.weight`);
     model = await LlamaModel.load(dir, { trainable });

@@ -57,6 +57,13 @@ export interface Job {
    */
   'evalJson'?: (string);
   /**
+   * A job of several stages: the stage it is in (0-based) of stage_count, and its name, as the last
+   * progress said; stage_count 0 for a job of one stage.
+   */
+  'stageIndex'?: (number);
+  'stageCount'?: (number);
+  'stageName'?: (string);
+  /**
    * The spec's kind (TrainJob, EvalJob, LayerAnalysis), for views that get no spec_json.
    */
   'kind'?: (string);
@@ -131,6 +138,13 @@ export interface Job__Output {
    * The latest evaluation table (worker/eval/evaluate.ts EvalReport) as JSON; empty before one.
    */
   'evalJson': (string);
+  /**
+   * A job of several stages: the stage it is in (0-based) of stage_count, and its name, as the last
+   * progress said; stage_count 0 for a job of one stage.
+   */
+  'stageIndex': (number);
+  'stageCount': (number);
+  'stageName': (string);
   /**
    * The spec's kind (TrainJob, EvalJob, LayerAnalysis), for views that get no spec_json.
    */

@@ -26,6 +26,14 @@ export interface Progress {
    * Set when an evaluation finished (spec.eval, EvalJob): its table as JSON.
    */
   'evalJson'?: (string);
+  /**
+   * A job of several stages (spec.stages): the stage of this step, 0-based, of stage_count;
+   * stage_count 0 for a job of one stage. `step` and `total_steps` count the job's steps, the
+   * stages' end to end.
+   */
+  'stageIndex'?: (number);
+  'stageCount'?: (number);
+  'stageName'?: (string);
 }
 
 export interface Progress__Output {
@@ -50,4 +58,12 @@ export interface Progress__Output {
    * Set when an evaluation finished (spec.eval, EvalJob): its table as JSON.
    */
   'evalJson': (string);
+  /**
+   * A job of several stages (spec.stages): the stage of this step, 0-based, of stage_count;
+   * stage_count 0 for a job of one stage. `step` and `total_steps` count the job's steps, the
+   * stages' end to end.
+   */
+  'stageIndex': (number);
+  'stageCount': (number);
+  'stageName': (string);
 }
