@@ -9,7 +9,7 @@ import { UsageError } from '../../common/cli.js';
 import type { Ledger, StepRange } from '../ledger.js';
 import {
   ageSeconds, etaSeconds, formatDuration, formatLoss, formatRate, generationStepRate, jobRate, kindOf, languageLosses,
-  stageText, stateName, type JobView,
+  stateName, type JobView,
 } from './job-view.js';
 
 export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'yaml'] as const;
@@ -107,8 +107,7 @@ export function statusBlock(job: JobView, now: number): string[] {
     ['job', `${job.id} (${kindOf(job)})`],
     ['state', s + (job.error ? `: ${job.error}` : '')],
   ];
-  const stage = stageText(job);
-  if (stage) rows.push(['stage', stage]);
+  if (job.stageCount) rows.push(['stage', `${(job.stageIndex ?? 0) + 1}/${job.stageCount} (${job.stageName ?? ''})`]);
   if (job.generation > 0) {
     const who = job.workers.length ? `: ${job.workers.join(', ')}` : '';
     rows.push(['generation', `${job.generation}, world ${job.workers.length}${who}`]);

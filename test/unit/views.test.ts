@@ -242,6 +242,7 @@ describe('status', () => {
     expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-form)');
     expect(b).toContain('ledger      12 steps committed: 0-6 (gen 1, world 3), 6-12 (gen 2, world 2)');
     expect(b).toContain('output      /runs/tiny');
+    expect(statusBlock({ ...j, stageIndex: 1, stageCount: 2, stageName: 'answer' }, NOW)).toContain('stage       2/2 (answer)');
     // a ledger of the wrong shape is left out, not a crash
     expect(statusBlock({ ...j, ledgerJson: '{"committed": 3}' }, NOW).some((l) => l.startsWith('ledger'))).toBe(false);
     expect(statusBlock({ ...j, ledgerJson: '{"committed": [{"from": "x"}], "rolledBack": []}' }, NOW).join('\n'))
