@@ -35,7 +35,7 @@ import {
   isStaged, stagedJobFromObject, stagedSpecSchema, stageJobSpec, validateStagedJobFiles, type StagedJobSpec, type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
-import { describeTrainable, parameterCounts } from './trainable.js';
+import { describeTrainable, parameterCounts } from './methods/index.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];

@@ -10,29 +10,23 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
-import { analysisIssues, analysisSchema, evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
+import { evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
+import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
-  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeInt, nonNegativeIntAtMost,
+  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeIntAtMost,
   pathString, positiveAtMost, positiveIntAtMost, SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
 } from './spec-primitives.js';
 
-export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
-export type MethodName = (typeof METHOD_NAMES)[number];
-/** Methods this build can train; the others are refused with a clear message. */
-export const SUPPORTED_METHODS: readonly MethodName[] = ['slam', 'freeze', 'full'];
+// The method block and its names live in common/methods/ (one file a method); re-exported for the
+// spec's readers, and `methodSchema` for blocks that reuse it (a stage's method).
+export { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, METHOD_NAMES, SUPPORTED_METHODS, methodSchema } from './methods/index.js';
+export type { LayerModule, MethodName, MethodSpec } from './methods/index.js';
 
 export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
 
-export const FFN_MODULES = ['gate_proj', 'up_proj', 'down_proj'] as const;
-export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
-/** What `method.modules` may name: a projection, a norm, or a whole block (`mlp`, `self_attn`). */
-export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm', 'mlp', 'self_attn'] as const;
-export type LayerModule = (typeof LAYER_MODULES)[number];
-
 export { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from './spec-primitives.js';
-
 
 const dataSourceSchema = z.strictObject({
   path: pathString,
@@ -64,16 +58,6 @@ const optimizerSchema = z.discriminatedUnion('name', [
 const scheduleSchema = z.strictObject({
   name: z.enum(['constant', 'linear', 'cosine'], { message: 'must be one of constant, linear, cosine' }),
   warmupRatio: z.number().min(0, 'must be >= 0').max(1, 'must be <= 1').default(0),
-});
-
-/** `spec.method` (a TrainJob's, or a stage's: common/stages.ts). */
-export const methodSchema = z.strictObject({
-  name: z.enum(METHOD_NAMES, { message: `must be one of ${METHOD_NAMES.join(', ')}` }),
-  layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
-  modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
-    .min(1, 'must name at least one module').optional(),
-  /** With `layers: auto`: the layer analysis that picks them (common/eval-spec.ts). */
-  analysis: analysisSchema.optional(),
 });
 
 /** `spec.data` (a TrainJob's, or a stage's). */
@@ -191,27 +175,9 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
       message: `must be >= spec.workers.count (${s.workers.count}): every worker takes part of each global batch`,
     });
   }
-  if (!SUPPORTED_METHODS.includes(s.method.name)) {
-    issues.push({ path: 'spec.method.name', message: `"${s.method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})` });
-  }
-  if (s.method.layers === 'auto' && s.method.analysis === undefined) {
-    issues.push({ path: 'spec.method.analysis', message: 'is required with layers "auto" (the probe prompts of the layer analysis)' });
-  }
-  if (s.method.analysis !== undefined && s.method.layers !== 'auto') {
-    issues.push({ path: 'spec.method.analysis', message: 'is only allowed with layers "auto"' });
-  }
-  if (s.method.analysis !== undefined) issues.push(...analysisIssues(s.method.analysis, 'spec.method.analysis'));
+  issues.push(...methodIssues(s.method, 'spec.method'));
   if (s.eval !== undefined) {
     issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'), ...templateIssues(s.eval.template, 'spec.eval.template'));
-  }
-  if (s.method.name === 'freeze' && s.method.layers === undefined) {
-    issues.push({ path: 'spec.method.layers', message: 'is required for method freeze' });
-  }
-  if (s.method.name === 'full' && (s.method.layers !== undefined || s.method.modules !== undefined)) {
-    issues.push({ path: 'spec.method', message: 'method full trains every tensor: layers and modules must not be set' });
-  }
-  if (Array.isArray(s.method.layers) && new Set(s.method.layers).size !== s.method.layers.length) {
-    issues.push({ path: 'spec.method.layers', message: 'must not repeat a layer' });
   }
   issues.push(...templateIssues(s.data.template, 'spec.data.template'));
   s.data.train.forEach((src, i) => {
@@ -278,7 +244,7 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
         train: s.data.train.map((src) => ({ ...src, path: abs(src.path), ...(src.target ? { target: abs(src.target) } : {}) })),
       },
       output: { dir: abs(s.output.dir) },
-      ...(s.method.analysis ? { method: { ...s.method, analysis: { ...s.method.analysis, probe: resolveProblemSets(s.method.analysis.probe, baseDir) } } } : {}),
+      method: resolveMethodPaths(s.method, baseDir),
       ...(s.eval ? { eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) } } : {}),
     },
   };
@@ -318,13 +284,7 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
     }
   }
   const numLayers = config?.numHiddenLayers ?? 0;
-  if (numLayers > 0 && Array.isArray(s.method.layers)) {
-    s.method.layers.forEach((layer, i) => {
-      if (layer >= numLayers) {
-        issues.push({ path: `spec.method.layers[${i}]`, message: `layer ${layer} is past the model's depth (${numLayers} layers: 0-${numLayers - 1})` });
-      }
-    });
-  }
+  issues.push(...methodModelIssues(s.method, numLayers, 'spec.method'));
   for (const [i, src] of s.data.train.entries()) {
     if (!(await isFile(src.path))) issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
     if (src.target !== undefined && !(await isFile(src.target))) {

@@ -51,7 +51,7 @@ import type { SpecIssue } from './errors.js';
 import type { JobSpec } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
 import { expectedTensorShapes } from './model-config.js';
-import { parameterCounts, trainableTensorNames } from './trainable.js';
+import { parameterCounts, trainableTensorNames } from './methods/index.js';
 
 export const GiB = 1024 ** 3;
 const F32 = 4;

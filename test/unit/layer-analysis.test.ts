@@ -2,7 +2,7 @@
 import { inflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { layerHeatmapPng, layerStatistics, type LayerAnalysis } from '../../worker/methods/layer-analysis.js';
-import { encodePng } from '../../worker/methods/png.js';
+import { encodePng } from '../../worker/report/png.js';
 
 describe('layer statistic', () => {
   // 2 layers x 3 neurons; en over 4 prompt tokens, de over 2; threshold 0.5.

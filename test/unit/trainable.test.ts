@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { JobSpec } from '../../common/jobspec.js';
 import { expectedTensorShapes, parseLlamaConfig } from '../../common/model-config.js';
-import { describeTrainable, parameterCounts, trainableTensorNames } from '../../common/trainable.js';
+import { describeTrainable, parameterCounts, trainableTensorNames } from '../../common/methods/index.js';
 
 const config = (name: string) => parseLlamaConfig(JSON.parse(readFileSync(new URL(`../fixtures/${name}/config.json`, import.meta.url), 'utf8')));
 type Method = JobSpec['spec']['method'];

@@ -16,6 +16,7 @@ import { CHAT_TEMPLATE_NAME } from '../../common/jobspec.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { applyTemplate } from '../data/encode.js';
 import { generate } from '../model/generate.js';
+import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { extractLastNumber, isCorrect, parseGold } from './answer.js';
@@ -39,6 +40,8 @@ export interface Prediction {
 export interface EvaluateOptions {
   readonly model: LlamaModel;
   readonly tokenizer: ModelTokenizer;
+  /** The trained method's forward hooks, used in generation. @default none */
+  readonly hooks?: ForwardHooks;
   readonly spec: EvalSpec;
   /** All problems, in the same order on every rank (problems.ts `readProblems`). */
   readonly problems: readonly Problem[];
@@ -96,6 +99,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     const outs = await generate(model, tokenizer, prompts.map((p) => p.text), {
       maxNewTokens: spec.maxNewTokens, stop: spec.stop, ...(addBos !== undefined ? { addBos } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.hooks ? { hooks: options.hooks } : {}),
     });
     batch.forEach((p, j) => {
       const output = outs[j]!.text;

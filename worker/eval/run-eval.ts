@@ -5,6 +5,7 @@
 import type { EvalSpec } from '../../common/eval-spec.js';
 import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
+import type { ForwardHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { evalName, evaluate, type ReduceFn } from './evaluate.js';
@@ -53,6 +54,8 @@ export interface EvalHookContext {
   readonly totalSteps: number;
   readonly model: LlamaModel;
   readonly tokenizer: ModelTokenizer;
+  /** The trained method's forward hooks (its modules in use), for generation. */
+  readonly hooks?: ForwardHooks;
   readonly reduce: ReduceFn;
 }
 
@@ -77,7 +80,7 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
     if (!final && !(every > 0 && ctx.step % every === 0)) return;
     problems ??= await readProblems(options.spec.sets);
     const report = await evaluate({
-      model: ctx.model, tokenizer: ctx.tokenizer, spec: options.spec, problems, rank: options.rank, worldSize: options.worldSize,
+      model: ctx.model, tokenizer: ctx.tokenizer, ...(ctx.hooks ? { hooks: ctx.hooks } : {}), spec: options.spec, problems, rank: options.rank, worldSize: options.worldSize,
       reduce: ctx.reduce, outputDir: options.outputDir, name: evalName(ctx.step, final), step: ctx.step,
       ...(options.signal ? { signal: options.signal } : {}), logger: options.logger ?? silentLogger,
     });

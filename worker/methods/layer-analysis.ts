@@ -31,7 +31,7 @@ import { silentLogger, type Logger } from '../../common/logging.js';
 import { readProblems, type Problem } from '../eval/problems.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
-import { colorRamp, Raster } from './png.js';
+import { colorRamp, Raster } from '../report/png.js';
 
 export type ReduceFn = (data: Float32Array) => Promise<Float32Array>;
 
@@ -159,8 +159,10 @@ export async function analyzeLayers(options: AnalyzeOptions): Promise<LayerAnaly
       tf.tidy(() => {
         const m = tf.tensor2d(mask, [1, B * T]);
         model.forwardHidden(tf.tensor2d(ids, [B, T], 'int32'), {
-          onGate: (_l, gate) => {
-            perLayer.push(tf.keep(tf.matMul(m, tf.cast(tf.greater(gate, 0), 'float32'))));
+          hooks: {
+            gate: (_l, gate) => {
+              perLayer.push(tf.keep(tf.matMul(m, tf.cast(tf.greater(gate, 0), 'float32'))));
+            },
           },
         });
       });

@@ -8,7 +8,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { eosIds as configEosIds } from '../../common/model-config.js';
-import { MASKED, type KvCache, type LlamaModel } from './llama.js';
+import type { KvCache, LlamaModel } from './llama.js';
+import type { ForwardHooks } from './hooks.js';
+import { MASKED } from './ops.js';
 import type { ModelTokenizer } from './tokenizer.js';
 
 export const FinishReason = { eos: 'eos', stop: 'stop', length: 'length' } as const;
@@ -27,6 +29,11 @@ export interface GenerateIdsOptions {
   /** Called after each new token; returning true ends the row with reason `stop`. */
   shouldStop?: (row: number, ids: readonly number[]) => boolean;
   signal?: AbortSignal;
+  /**
+   * A method's forward hooks (hooks.ts), at the prefill and at every decoding step (T = 1 then);
+   * not prepending, which a KV cache does not allow. @default none
+   */
+  hooks?: ForwardHooks;
 }
 
 export interface GeneratedIds {
@@ -94,6 +101,7 @@ export async function generateIds(model: LlamaModel, prompts: readonly (readonly
         positions,
         mask: tf.tensor(prefillMask, [B, 1, 1, L, L]),
         returnCache: true,
+        ...(options.hooks ? { hooks: options.hooks } : {}),
       });
       const last = tf.gather(f.hidden, tf.tensor1d(prompts.map((_, b) => b * L + L - 1), 'int32'));
       return { token: tf.argMax(model.head(last), 1), cache: f.cache! };
@@ -128,6 +136,7 @@ export async function generateIds(model: LlamaModel, prompts: readonly (readonly
           positions: stepPos,
           mask: tf.tensor(stepMask, [B, 1, 1, 1, past + 1]),
           cache: prev,
+          ...(options.hooks ? { hooks: options.hooks } : {}),
         });
         return { token: tf.argMax(model.head(f.hidden), 1), cache: f.cache! };
       });
@@ -150,6 +159,8 @@ export interface GenerateOptions {
   /** Prepend BOS to each prompt. @default the tokenizer's add_bos_token */
   addBos?: boolean;
   signal?: AbortSignal;
+  /** A method's forward hooks (see GenerateIdsOptions). @default none */
+  hooks?: ForwardHooks;
 }
 
 export interface Generation {
@@ -177,6 +188,7 @@ export async function generate(
     padId: tokenizer.padId ?? [...eos][0] ?? 0,
     ...(stops.length > 0 ? { shouldStop: (_row: number, ids: readonly number[]) => stops.some((s) => tokenizer.decode(ids).includes(s)) } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.hooks ? { hooks: options.hooks } : {}),
   });
   return r.ids.map((ids, b) => {
     let text = tokenizer.decode(ids);

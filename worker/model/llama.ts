@@ -15,28 +15,22 @@
  * matMul; keys are produced directly in the [B, kvHeads, D, T] layout the score product needs. Every op between a trainable parameter and the loss has a gradient that runs on the wasm
  * backend: row gathers go through `gatherRows` (gradient = ScatterNd), and the loss head is a
  * custom-gradient op that never materialises a one-hot tensor.
+ *
+ * Beside this file: the weight loader (weight-loader.ts), the ops (ops.ts), the loss head
+ * (loss-head.ts), RoPE (rope.ts) and the hook points methods use (hooks.ts). No method's code is here.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { ModelLoadError, UserError } from '../../common/errors.js';
+import { UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from '../../common/model-config.js';
 import './gradients.js';
-import { matMul, matMulTransposeB, transposeLast } from './matmul.js';
-import { ropeTables } from './rope.js';
-import { FloatDtype, listModelTensors, readModelTensorChunks, type NamedTensor } from './safetensors.js';
-
-/** The label value that takes no loss, as in HF / PyTorch's CrossEntropyLoss. */
-export const IGNORE_INDEX = -100;
-
-/** Additive attention-mask value for a masked key: exp(-1e9 - max) is exactly 0 in float32. */
-export const MASKED = -1e9;
-
-/**
- * Logits of the loss head computed at once (rows x vocab floats): 16 MiB of them, 131 rows of a
- * 32000-token vocabulary. Smaller chunks cost no speed (the product's rows are independent); the
- * whole [tokens, vocab] would be 65 MB for 512 tokens of 32000, 266 MB of Llama-3's 128256.
- */
-const HEAD_CHUNK_ELEMS = 4 * 1024 * 1024;
+import { withoutReadHooks, type ForwardHooks, type HookShape, type LinearName } from './hooks.js';
+import { HEAD_CHUNK_ELEMS, supervisedPositions, tokenNll } from './loss-head.js';
+import { matMul, transposeLast } from './matmul.js';
+import { causalMask, customOp, gatherRows, nestedGradients, rmsNorm, scatterRows, transposeHost } from './ops.js';
+import { applyRope, ropeTensors } from './rope.js';
+import type { NamedTensor } from './safetensors.js';
+import { checkedModelListing, loadWeights, tensorSink, type TensorSink } from './weight-loader.js';
 
 /** Per layer, keys and values after RoPE, [B, numKeyValueHeads, length, headDim]. */
 export interface KvCache {
@@ -58,11 +52,14 @@ export interface ForwardOptions {
   cache?: KvCache;
   /** Return the extended cache (also when `cache` is absent: a prefill). @default !!cache */
   returnCache?: boolean;
-  /**
-   * Sees each layer's FFN gate pre-activation [B*T, intermediate] (SiLU(gate) > 0 exactly when
-   * gate > 0), inside the caller's tidy scope: for the layer analysis (worker/methods/layer-analysis.ts).
-   */
-  onGate?: (layer: number, gate: tf.Tensor2D) => void;
+  /** Reads and edits at the hook points (hooks.ts); none by default. */
+  hooks?: ForwardHooks;
+}
+
+/** Options of the loss functions (`nllSum`, `nllRowSums`, `nllPerRow`). */
+export interface LossOptions {
+  /** Reads and edits at the hook points during the forward pass (hooks.ts). */
+  hooks?: ForwardHooks;
 }
 
 export interface ForwardResult {
@@ -92,83 +89,6 @@ export interface LoadOptions {
   chunkElems?: number;
 }
 
-/** Where one tensor's data goes while it is loaded, chunk by chunk. */
-interface TensorSink {
-  /** Elements of the tensor. */
-  readonly size: number;
-  /** Copies `data`, whole rows of the HF layout starting at element `start`. */
-  write(start: number, data: Float32Array): void;
-  /** Hands the finished tensor to the model. */
-  finish(): void;
-  /** Frees what was allocated (after an error). */
-  abort(): void;
-}
-
-/** What the loader uses of the wasm backend: allocate a tensor, and view its heap memory. */
-interface HeapBackend {
-  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
-  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
-}
-
-function heapBackend(): HeapBackend | undefined {
-  if (tf.getBackend() !== 'wasm') return undefined;
-  const b = tf.backend() as unknown as Partial<HeapBackend>;
-  return typeof b.makeOutput === 'function' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapBackend) : undefined;
-}
-
-/**
- * Copies rows [r0, r0 + k) of a row-major [rows, cols] matrix (`src`, k*cols values) into `dst`,
- * the [cols, rows] transpose, in cache-friendly blocks.
- */
-function transposeRowsInto(src: Float32Array, r0: number, rows: number, cols: number, dst: Float32Array): void {
-  const k = src.length / cols;
-  const BS = 64;
-  for (let c0 = 0; c0 < cols; c0 += BS) {
-    const c1 = Math.min(cols, c0 + BS);
-    for (let i0 = 0; i0 < k; i0 += BS) {
-      const i1 = Math.min(k, i0 + BS);
-      for (let c = c0; c < c1; c++) {
-        const o = c * rows + r0;
-        for (let i = i0; i < i1; i++) dst[o + i] = src[i * cols + c]!;
-      }
-    }
-  }
-}
-
-/**
- * `table[indices]` along axis 0, with a gradient for `table` that runs on every backend:
- * ScatterNd (which sums duplicate indices) instead of UnsortedSegmentSum, which wasm lacks.
- */
-export function gatherRows(table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D {
-  const shape = table.shape;
-  return customOp([table, indices], ([t, idx], save) => {
-    save([idx!]);
-    return {
-      value: tf.gather(t!, idx!),
-      gradFunc: (dy, [i]) => [tf.scatterND(tf.expandDims(i!, 1), dy, shape), tf.zerosLike(i!)],
-    };
-  }) as tf.Tensor2D;
-}
-
-type CustomOpForward = (
-  inputs: tf.Tensor[],
-  save: tf.GradSaveFunc,
-) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
-
-/**
- * `tf.customGrad` with typed inputs: `forward` runs untaped and returns the value and a gradient
- * function giving one gradient per input. Tensors the gradient needs must go through `save`
- * (anything else created in the forward pass may be disposed before the backward pass runs).
- */
-function customOp(inputs: tf.Tensor[], forward: CustomOpForward): tf.Tensor {
-  const f = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-    const save = args[args.length - 1] as tf.GradSaveFunc;
-    const r = forward(args.slice(0, -1) as tf.Tensor[], save);
-    return { value: r.value, gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => r.gradFunc(dy as tf.Tensor, saved) };
-  });
-  return f(...inputs);
-}
-
 /** What every decoder layer of one forward pass reads besides its input. */
 interface LayerContext {
   readonly B: number;
@@ -183,81 +103,11 @@ interface LayerContext {
   /** Additive attention mask, broadcast to [B, nKV, groups, T, past + T]. */
   readonly mask: tf.Tensor;
   readonly cache?: KvCache;
-  readonly onGate?: (layer: number, gate: tf.Tensor2D) => void;
-}
-
-/**
- * The gradients of `f` at `xs` for the upstream gradient `dy`, computed inside another gradient
- * computation's backward pass. tfjs keeps one tape: a gradient computation started at depth 0
- * (which a backward pass is) replaces it and clears it when done, so the outer tape is put back.
- */
-function nestedGradients(f: () => tf.Tensor, xs: tf.Tensor[], dy: tf.Tensor): tf.Tensor[] {
-  const engine = tf.engine();
-  const outer = engine.state.activeTape;
-  try {
-    const { value, grads } = engine.gradients(f, xs, dy, true);
-    value.dispose();
-    return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
-  } finally {
-    engine.state.activeTape = outer;
-  }
-}
-
-/** The tensors concatenated along the first axis; one tensor as it is. */
-function concatOrOnly<T extends tf.Tensor>(ts: T[]): T {
-  return ts.length === 1 ? ts[0]! : tf.concat(ts, 0);
-}
-
-/** HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, over the last axis. */
-export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
-  const variance = tf.mean(tf.square(x), -1, true);
-  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(variance, eps))), weight);
-}
-
-/** [x1, x2] -> [x2, x1] over the halves of the last axis: two slices and a concat (copies). */
-function swapHalvesRaw(x: tf.Tensor): tf.Tensor {
-  const rows = x.size / x.shape[x.rank - 1]!;
-  const h = x.shape[x.rank - 1]! / 2;
-  const x2 = tf.reshape(x, [rows, 2 * h]);
-  return tf.reshape(tf.concat([tf.slice(x2, [0, h], [rows, h]), tf.slice(x2, [0, 0], [rows, h])], 1), x.shape);
-}
-
-/**
- * The half swap of rotate_half, as one op whose gradient is the same swap (a permutation that is
- * its own inverse). wasm's Reverse kernel, used before, was ~10x slower than these copies.
- */
-function swapHalves(x: tf.Tensor4D): tf.Tensor4D {
-  return customOp([x], ([t]) => ({ value: swapHalvesRaw(t!), gradFunc: (dy) => [swapHalvesRaw(dy)] })) as tf.Tensor4D;
-}
-
-/** x [B, T, n, D] rotated: x*cos + rotate_half(x)*sin, with `sin` pre-signed (see ropeTables). */
-function applyRope(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor4D {
-  return tf.add(tf.mul(x, cos), tf.mul(swapHalves(x), sin));
-}
-
-/** Upper-triangular additive causal mask [1, 1, 1, T, past + T]: query i sees keys j <= past + i. */
-export function causalMask(t: number, past = 0): tf.Tensor {
-  const tk = past + t;
-  const m = new Float32Array(t * tk);
-  for (let i = 0; i < t; i++) for (let j = past + i + 1; j < tk; j++) m[i * tk + j] = MASKED;
-  return tf.tensor(m, [1, 1, 1, t, tk]);
+  readonly hooks?: ForwardHooks;
+  readonly shape: HookShape;
 }
 
 let modelSeq = 0;
-
-/** Transposes a row-major [rows, cols] matrix on the host, in cache-friendly blocks. */
-function transposeHost(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  const BS = 64;
-  for (let r0 = 0; r0 < rows; r0 += BS) {
-    const r1 = Math.min(rows, r0 + BS);
-    for (let c0 = 0; c0 < cols; c0 += BS) {
-      const c1 = Math.min(cols, c0 + BS);
-      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * rows + r] = data[r * cols + c]!;
-    }
-  }
-  return out;
-}
 
 export class LlamaModel {
   readonly config: LlamaConfig;
@@ -287,36 +137,15 @@ export class LlamaModel {
     const log = options.logger ?? silentLogger;
     const config = await readLlamaConfig(dir);
     const expected = expectedTensorShapes(config);
-    const listing = await listModelTensors(dir);
-    for (const [name, shape] of expected) {
-      const info = listing.get(name);
-      if (!info) throw new ModelLoadError(dir, 'tensor missing from the model files', { tensor: name });
-      if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-        throw new ModelLoadError(info.file, `shape [${info.shape.join(', ')}] does not match config.json's [${shape.join(', ')}]`, { tensor: name });
-      }
-      if (!(info.dtype in FloatDtype)) {
-        throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: name });
-      }
-    }
+    const listing = await checkedModelListing(dir, expected);
     if (options.maxSeqLen !== undefined) checkSequenceLength(config, options.maxSeqLen, 'maxSeqLen');
     const trainable = LlamaModel.checkTrainable(config, options.trainable);
     const trainableSet = new Set(trainable);
     const model = new LlamaModel(config, trainable, options);
     const started = Date.now();
-    let pending: TensorSink | undefined;
     try {
-      // Chunk by chunk straight into the tensor's final memory (on wasm, the wasm heap): no
-      // whole-tensor copy on the JS heap, so peak memory stays near the float32 model size.
-      for await (const ch of readModelTensorChunks(dir, expected.keys(), { listing, chunkElems: options.chunkElems })) {
-        if (ch.start === 0) pending = model.beginTensor(ch.info.name, [...ch.info.shape], trainableSet.has(ch.info.name));
-        pending!.write(ch.start, ch.data);
-        if (ch.start + ch.data.length === pending!.size) {
-          pending!.finish();
-          pending = undefined;
-        }
-      }
+      await loadWeights(dir, expected.keys(), listing, options.chunkElems, (name, shape) => model.beginTensor(name, shape, trainableSet.has(name)));
     } catch (e) {
-      pending?.abort();
       model.dispose();
       throw e;
     }
@@ -378,21 +207,10 @@ export class LlamaModel {
     } else this.params.set(t.name, tf.tensor(t.data, t.shape, 'float32'));
   }
 
-  /**
-   * Starts loading tensor `name` (HF shape): frozen product operands are written transposed, and
-   * on wasm the data goes straight into the tensor's heap memory, re-viewed at every write since
-   * the heap may grow (and its buffer change) between chunks.
-   */
+  /** Starts loading tensor `name` (HF shape): frozen product operands are stored transposed. */
   private beginTensor(name: string, shape: number[], trainable: boolean): TensorSink {
-    const size = shape.reduce((a, b) => a * b, 1);
     const transpose = !trainable && this.isMatrixOperand(name);
-    const [rows, cols] = shape as [number, number];
-    const stored = transpose ? [cols, rows] : shape;
-    const heap = heapBackend();
-    const info = heap ? heap.makeOutput(stored, 'float32') : undefined;
-    const host = info ? undefined : new Float32Array(size);
-    let tensor: tf.Tensor | undefined = info ? tf.engine().makeTensorFromTensorInfo(info) : undefined;
-    const adopt = (t: tf.Tensor): void => {
+    return tensorSink(shape, transpose, (t) => {
       if (trainable) {
         this.vars.set(name, tf.variable(t, true, `polytune/${modelSeq++}/${name}`));
         this.params.set(name, this.vars.get(name)!);
@@ -401,21 +219,7 @@ export class LlamaModel {
         this.params.set(name, t);
         if (transpose) this.transposed.add(name);
       }
-    };
-    return {
-      size,
-      write: (start, data) => {
-        const dst = host ?? heap!.typedArrayFromHeap(info!);
-        if (transpose) transposeRowsInto(data, start / cols, rows, cols, dst);
-        else dst.set(data, start);
-      },
-      finish: () => {
-        const t = tensor ?? tf.tensor(host!, stored, 'float32');
-        tensor = undefined;
-        adopt(t);
-      },
-      abort: () => tensor?.dispose(),
-    };
+    });
   }
 
   private live(): void {
@@ -457,7 +261,8 @@ export class LlamaModel {
     return this.params.get(layerTensorName(layer, suffix))!;
   }
 
-  private linear(x: tf.Tensor2D, layer: number, proj: string, bias: boolean): tf.Tensor2D {
+  private linear(x: tf.Tensor2D, layer: number, proj: LinearName, bias: boolean, ctx: LayerContext): tf.Tensor2D {
+    ctx.hooks?.linearInput?.(layer, proj, x, ctx.shape);
     const y: tf.Tensor2D = tf.matMul(x, this.operand(layerTensorName(layer, `${proj}.weight`)));
     return bias ? tf.add<tf.Tensor2D>(y, this.p(layer, `${proj}.bias`)) : y;
   }
@@ -483,34 +288,42 @@ export class LlamaModel {
   forwardHidden(inputIds: tf.Tensor2D, options: ForwardOptions = {}): ForwardResult {
     this.live();
     const c = this.config;
-    const [B, T] = inputIds.shape;
+    const [B, T0] = inputIds.shape;
     const past = options.cache?.length ?? 0;
-    const D = c.headDim;
     const wantCache = options.returnCache ?? options.cache !== undefined;
-    checkSequenceLength(c, past + T);
+    const hooks = options.hooks;
+    checkSequenceLength(c, past + T0);
 
-    // RoPE tables [rows, T, 1, D]. The 1/sqrt(D) attention scale is folded into q's tables:
-    // (s q) k^T = s (q k^T), saving an elementwise pass over the scores.
-    let positions = options.positions;
-    let rows = B;
-    if (!positions) {
-      positions = new Int32Array(T);
-      for (let t = 0; t < T; t++) positions[t] = past + t;
-      rows = 1;
+    let x = this.embed(tf.reshape(inputIds, [B * T0]));
+    // The `embeddings` hook point: vectors added to rows, or prepended to every row (T grows by P).
+    let prefix = 0;
+    const edit = hooks?.embeddings?.(x, { B, T: T0 });
+    if (edit) {
+      const embedded = x;
+      if (edit.add) x = this.added(x, edit.add, edit.rows);
+      if (edit.prepend) {
+        if (options.cache || options.positions || options.mask) {
+          throw new UserError('the embeddings hook prepends vectors: not with a KV cache, explicit positions or mask');
+        }
+        const H = this.config.hiddenSize;
+        const [pb, p, ph] = edit.prepend.shape;
+        if (edit.prepend.rank !== 3 || pb !== B || ph !== H) {
+          throw new Error(`the embeddings hook prepended shape [${edit.prepend.shape.join(', ')}], expected [${B}, P, ${H}]`);
+        }
+        prefix = p;
+        x = tf.reshape(tf.concat([edit.prepend, tf.reshape(x, [B, T0, H])], 1), [B * (prefix + T0), H]);
+      }
+      if (x !== embedded) embedded.dispose();
     }
-    const tables = ropeTables(c, positions);
-    const scale = 1 / Math.sqrt(D);
-    const cos = tf.tensor(tables.cos, [rows, T, 1, D]);
-    const sin = tf.tensor(tables.sin, [rows, T, 1, D]);
-    const cosQ = tf.mul(cos, scale);
-    const sinQ = tf.mul(sin, scale);
+    const T = prefix + T0;
+    if (prefix > 0) checkSequenceLength(c, past + T);
+    const { cos, sin, cosQ, sinQ } = ropeTensors(c, options.positions, B, T, past);
     const mask = options.mask ?? causalMask(T, past);
-
-    let x = this.embed(tf.reshape(inputIds, [B * T]));
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 
-    const ctx: LayerContext = { B, T, past, cos, sin, cosQ, sinQ, mask, cache: options.cache, onGate: options.onGate };
+    const shape = { B, T };
+    const ctx: LayerContext = { B, T, past, cos, sin, cosQ, sinQ, mask, cache: options.cache, hooks, shape };
     // Under a gradient tape with checkpointing, a layer keeps only its input for the backward pass
     // and computes itself again there (HF's gradient_checkpointing).
     const checkpoint = this.gradientCheckpointing && !wantCache && tf.engine().state.gradientDepth > 0;
@@ -531,9 +344,36 @@ export class LlamaModel {
         }
       }
       input.dispose();
+      // The `afterLayer` hook point: the residual stream after layer l, read or added to.
+      if (hooks?.afterLayer) {
+        const before = x;
+        x = tf.tidy(() => {
+          const e = hooks.afterLayer!(l, before, shape);
+          return e ? this.added(before, e.add, e.rows) : before;
+        });
+        if (x !== before) before.dispose();
+      }
+    }
+    if (prefix > 0) {
+      // Only the input positions leave: the prepended ones were context.
+      const H = this.config.hiddenSize;
+      const all = x;
+      x = tf.reshape(tf.slice(tf.reshape(all, [B, T, H]), [0, prefix, 0], [B, T0, H]), [B * T0, H]);
+      all.dispose();
     }
     const hidden = rmsNorm(x, this.params.get('model.norm.weight')!, c.rmsNormEps);
     return wantCache ? { hidden, cache: { k: newK, v: newV, length: past + T } } : { hidden };
+  }
+
+  /** `x` [n, H] plus `add` ([n, H], or [rows.length, H] added at flat rows `rows`). */
+  private added(x: tf.Tensor2D, add: tf.Tensor2D, rows: Int32Array | undefined): tf.Tensor2D {
+    const [n, H] = x.shape;
+    const want = [rows ? rows.length : n, H];
+    if (add.rank !== 2 || add.shape[0] !== want[0] || add.shape[1] !== H) {
+      throw new Error(`a hook added a tensor of shape [${add.shape.join(', ')}], expected [${want.join(', ')}]`);
+    }
+    if (rows?.some((r) => !(r >= 0 && r < n))) throw new Error(`a hook added at a row outside [0, ${n})`);
+    return tf.add(x, rows ? scatterRows(add, rows, n) : add);
   }
 
   /** Decoder layer `l` on its input [B*T, H]: its output, and its keys and values (after RoPE). */
@@ -547,9 +387,9 @@ export class LlamaModel {
     let y = x;
     // Self-attention.
     const h = rmsNorm(y, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
-    const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias), [B, T, nH, D]), cosQ, sinQ);
-    const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias), [B, T, nKV, D]), cos, sin);
-    const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias), [B, T, nKV, D]);
+    const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias, ctx), [B, T, nH, D]), cosQ, sinQ);
+    const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias, ctx), [B, T, nKV, D]), cos, sin);
+    const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias, ctx), [B, T, nKV, D]);
     let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
     let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
     if (ctx.cache) {
@@ -565,14 +405,16 @@ export class LlamaModel {
     const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
     const heads = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
     const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(heads, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
-    y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias));
+    y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias, ctx));
 
     // SwiGLU MLP: down(silu(gate(h)) * up(h)).
     const h2 = rmsNorm(y, this.p(l, 'post_attention_layernorm.weight'), c.rmsNormEps);
-    const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias);
-    ctx.onGate?.(l, gate);
-    const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias);
-    y = tf.add(y, this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias));
+    const gate = this.linear(h2, l, 'mlp.gate_proj', c.mlpBias, ctx);
+    ctx.hooks?.gate?.(l, gate, ctx.shape);
+    const up = this.linear(h2, l, 'mlp.up_proj', c.mlpBias, ctx);
+    const ffn = this.linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), l, 'mlp.down_proj', c.mlpBias, ctx);
+    ctx.hooks?.ffnOutput?.(l, ffn, ctx.shape);
+    y = tf.add(y, ffn);
     return { y, kt, vh };
   }
 
@@ -594,7 +436,7 @@ export class LlamaModel {
         }),
         gradFunc: (dy, saved) => {
           const [sx, cos, sin, cosQ, sinQ, mask] = saved as [tf.Tensor2D, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-          const again: LayerContext = { ...ctx, cos, sin, cosQ, sinQ, mask, onGate: undefined };
+          const again: LayerContext = { ...ctx, cos, sin, cosQ, sinQ, mask, hooks: withoutReadHooks(ctx.hooks) };
           return nestedGradients(() => this.layer(l, sx, again).y, [sx, ...vars], dy as tf.Tensor2D);
         },
       };
@@ -614,126 +456,18 @@ export class LlamaModel {
     });
   }
 
-  /**
-   * The supervised positions under HF's shift: hidden state at (b, t) predicts labels[b, t+1].
-   * Returns flat indices b*T+t, their targets and rows.
-   */
-  private supervised(labels: tf.Tensor2D): { index: Int32Array; target: Int32Array; row: Int32Array } {
-    const [B, T] = labels.shape;
-    const lab = labels.dataSync();
-    const V = this.config.vocabSize;
-    const index: number[] = [];
-    const target: number[] = [];
-    const row: number[] = [];
-    for (let b = 0; b < B; b++) {
-      for (let t = 0; t + 1 < T; t++) {
-        const y = lab[b * T + t + 1]!;
-        if (y === IGNORE_INDEX) continue;
-        if (!Number.isInteger(y) || y < 0 || y >= V) throw new UserError(`label ${y} at [${b}, ${t + 1}] is outside the vocabulary [0, ${V})`);
-        index.push(b * T + t);
-        target.push(y);
-        row.push(b);
-      }
-    }
-    return { index: Int32Array.from(index), target: Int32Array.from(target), row: Int32Array.from(row) };
-  }
-
-  /**
-   * Per-token NLL -log softmax(h W^T)[target] for hidden states `hs` [M, H], as one
-   * custom-gradient op: logsumexp - logit[target], with d/dh = (softmax - onehot) W applied
-   * without building a one-hot tensor. Logits exist one chunk of rows at a time (`headChunkElems`
-   * floats), never whole. Under a gradient tape, each chunk's softmax goes through the head weight
-   * at once (p W, what dh needs), so that the backward pass needs no logits. A head weight that
-   * trains (full tuning, or tied to trainable embeddings) needs its own gradient too,
-   * sum_m dy_m (p_m - onehot_m)^T h_m, which depends on dy: for it the backward pass recomputes
-   * the chunks' logits.
-   */
-  private tokenNll(hs: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
-    const name = this.headName;
-    const stored = this.params.get(name) as tf.Tensor2D;
-    const wTrains = !this.transposed.has(name); // a variable in the HF layout [V, H]; else [H, V]
-    const [M] = hs.shape;
-    const chunk = Math.max(1, Math.floor(this.headChunkElems / this.config.vocabSize));
-    const parts: Array<{ start: number; size: number }> = [];
-    for (let s = 0; s < M; s += chunk) parts.push({ start: s, size: Math.min(chunk, M - s) });
-    // h W^T: logits [rows, V]; p W: [rows, V] -> [rows, H]. Whichever layout W is stored in, the
-    // vocabulary-sized operand is never transposed.
-    const logitsOf = (h: tf.Tensor2D): tf.Tensor2D => (wTrains ? matMulTransposeB(h, stored) : tf.matMul(h, stored));
-    const throughHead = (p: tf.Tensor2D): tf.Tensor2D => (wTrains ? tf.matMul(p, stored) : matMulTransposeB(p, stored));
-    const rowsOf = (t: tf.Tensor2D, start: number, size: number): tf.Tensor2D => tf.slice(t, [start, 0], [size, -1]);
-
-    // Inputs: hs, targets, and the head weight only when it trains (a frozen one gets no gradient).
-    const inputs: tf.Tensor[] = wTrains ? [hs, targets, stored] : [hs, targets];
-    return customOp(inputs, ([h, tg], save) => {
-      const fuse = tf.engine().state.gradientDepth > 0 && !wTrains;
-      const lses: tf.Tensor[] = [];
-      const pws: tf.Tensor[] = [];
-      for (const { start, size } of parts) {
-        const out = tf.tidy(() => {
-          // logsumexp = m + log(sum(exp(logits - m)))
-          const logits = logitsOf(rowsOf(h as tf.Tensor2D, start, size));
-          const m = tf.max(logits, 1, true);
-          const e = tf.exp(tf.sub(logits, m));
-          const total = tf.sum(e, 1, true);
-          const lse = tf.reshape(tf.add(m, tf.log(total)), [size]);
-          return fuse ? [lse, throughHead(tf.div(e, total))] : [lse];
-        });
-        lses.push(out[0]!);
-        if (fuse) pws.push(out[1]!);
-      }
-      const lse = concatOrOnly(lses) as tf.Tensor1D;
-      // The target logit as a row dot product <h_m, W[target_m]>: the number the matMul gives.
-      const wRows = wTrains ? tf.gather(stored, tg!) : tf.transpose(tf.gather(stored, tg!, 1));
-      const labelLogit = tf.sum(tf.mul(h!, wRows), 1);
-      save(fuse ? [h!, tg!, lse, wRows, concatOrOnly(pws)] : [h!, tg!, lse, wRows]);
-      return {
-        value: tf.sub(lse, labelLogit),
-        gradFunc: (dy, saved) => {
-          const [sh, stg, slse, sRows, spw] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D, tf.Tensor2D, tf.Tensor2D?];
-          const dyCol = tf.expandDims(dy, 1);
-          let pw = spw ? tf.mul(spw, dyCol) : undefined; // sum_v dy p_v W_v
-          let dW: tf.Tensor | undefined;
-          if (!pw) {
-            const pwChunks: tf.Tensor[] = [];
-            for (const { start, size } of parts) {
-              const prev = dW;
-              const out = tf.tidy(() => {
-                const hc = rowsOf(sh, start, size);
-                // dy * softmax(logits), recomputed with the forward pass's lse.
-                const logits = tf.sub(logitsOf(hc), tf.expandDims(tf.slice(slse, [start], [size]), 1));
-                const p = tf.mul<tf.Tensor2D>(tf.exp(logits), rowsOf(dyCol as tf.Tensor2D, start, size));
-                if (!wTrains) return [throughHead(p)];
-                const g = tf.matMul(transposeLast(p), hc); // [V, H]: the transpose is chunk-sized
-                return [throughHead(p), prev ? tf.add(prev, g) : g];
-              });
-              pwChunks.push(out[0]!);
-              if (wTrains) {
-                prev?.dispose();
-                dW = out[1];
-              }
-            }
-            pw = concatOrOnly(pwChunks);
-          }
-          // minus dy * onehot(target), pushed through the product: dh -= dy * W[target].
-          const grads: tf.Tensor[] = [tf.sub(pw, tf.mul(sRows, dyCol)), tf.zerosLike(stg)];
-          if (wTrains) grads.push(tf.sub(dW!, tf.scatterND(tf.expandDims(stg, 1), tf.mul(sh, dyCol), stored.shape)));
-          return grads;
-        },
-      };
-    }) as tf.Tensor1D;
-  }
-
   /** Per-token NLL of the supervised positions, with their rows. */
-  private supervisedNll(inputIds: tf.Tensor2D, labels: tf.Tensor2D): { nll: tf.Tensor1D | null; hidden: tf.Tensor2D; row: Int32Array } {
+  private supervisedNll(inputIds: tf.Tensor2D, labels: tf.Tensor2D, hooks?: ForwardHooks): { nll: tf.Tensor1D | null; hidden: tf.Tensor2D; row: Int32Array } {
     if (labels.shape[0] !== inputIds.shape[0] || labels.shape[1] !== inputIds.shape[1]) {
       throw new UserError(`labels shape [${labels.shape.join(', ')}] differs from input_ids shape [${inputIds.shape.join(', ')}]`);
     }
-    const sup = this.supervised(labels);
-    const { hidden } = this.forwardHidden(inputIds);
+    const sup = supervisedPositions(labels, this.config.vocabSize);
+    const { hidden } = this.forwardHidden(inputIds, hooks ? { hooks } : {});
     if (sup.index.length === 0) return { nll: null, hidden, row: sup.row };
     // Only supervised positions reach the (vocabulary-sized) head: prompt tokens cost nothing there.
     const hs = gatherRows(hidden, tf.tensor1d(sup.index, 'int32'));
-    return { nll: this.tokenNll(hs, tf.tensor1d(sup.target, 'int32')), hidden, row: sup.row };
+    const head = { stored: this.params.get(this.headName) as tf.Tensor2D, trains: !this.transposed.has(this.headName), vocabSize: this.config.vocabSize };
+    return { nll: tokenNll(hs, tf.tensor1d(sup.target, 'int32'), head, this.headChunkElems), hidden, row: sup.row };
   }
 
   /**
@@ -741,9 +475,9 @@ export class LlamaModel {
    * at t-1 predict labels[t]; -100 takes no loss; labels[:, 0] is never used). A scalar. Right
    * padding labelled -100 needs no attention mask: attention is causal.
    */
-  nllSum(inputIds: tf.Tensor2D, labels: tf.Tensor2D): tf.Scalar {
+  nllSum(inputIds: tf.Tensor2D, labels: tf.Tensor2D, options: LossOptions = {}): tf.Scalar {
     return tf.tidy(() => {
-      const { nll, hidden } = this.supervisedNll(inputIds, labels);
+      const { nll, hidden } = this.supervisedNll(inputIds, labels, options.hooks);
       // No supervised token: zero, still connected to the parameters so that gradients are zeros.
       if (!nll) return tf.mul(tf.sum(hidden), 0);
       return tf.sum(nll);
@@ -755,10 +489,10 @@ export class LlamaModel {
    * (the row sums are a matmul with a constant 0/1 matrix, which every backend can differentiate).
    * Its sum is the loss of the batch; the rows give the trainer the loss per language.
    */
-  nllRowSums(inputIds: tf.Tensor2D, labels: tf.Tensor2D): tf.Tensor1D {
+  nllRowSums(inputIds: tf.Tensor2D, labels: tf.Tensor2D, options: LossOptions = {}): tf.Tensor1D {
     return tf.tidy(() => {
       const B = inputIds.shape[0];
-      const { nll, hidden, row } = this.supervisedNll(inputIds, labels);
+      const { nll, hidden, row } = this.supervisedNll(inputIds, labels, options.hooks);
       // No supervised token: zeros, still connected to the parameters (gradients are zeros).
       if (!nll) return tf.slice(tf.mul(tf.sum(hidden, 1), 0), [0], [B]) as tf.Tensor1D;
       const member = new Float32Array(B * row.length);
@@ -770,12 +504,12 @@ export class LlamaModel {
   }
 
   /** Per row: the summed NLL of its supervised tokens and their count. */
-  nllPerRow(inputIds: tf.Tensor2D, labels: tf.Tensor2D): { nll: number[]; tokens: number[] } {
+  nllPerRow(inputIds: tf.Tensor2D, labels: tf.Tensor2D, options: LossOptions = {}): { nll: number[]; tokens: number[] } {
     const B = inputIds.shape[0];
     const nll = new Array<number>(B).fill(0);
     const tokens = new Array<number>(B).fill(0);
     tf.tidy(() => {
-      const r = this.supervisedNll(inputIds, labels);
+      const r = this.supervisedNll(inputIds, labels, options.hooks);
       if (!r.nll) return;
       const values = r.nll.dataSync();
       r.row.forEach((b, i) => {

@@ -5,8 +5,13 @@
  * which dimension j < d/2 pairs with j + d/2 (not interleaved pairs). Tables are computed on the
  * host in float64 and rounded to float32; HF computes them in float32, which differs by far less
  * than the golden tests' tolerance.
+ *
+ * Also the rotation itself (`applyRope`, with the half swap as one op whose gradient is itself)
+ * and the tables of a forward pass as tensors (`ropeTensors`).
  */
+import * as tf from '@tensorflow/tfjs-core';
 import type { LlamaConfig } from '../../common/model-config.js';
+import { customOp } from './ops.js';
 
 /** inv_freq for one head (length headDim/2). `seqLen` matters only for `dynamic` scaling. */
 export function ropeInvFreq(c: LlamaConfig, seqLen: number): Float64Array {
@@ -71,4 +76,48 @@ export function ropeTables(c: LlamaConfig, positions: ArrayLike<number>): { cos:
     }
   }
   return { cos, sin };
+}
+
+/** [x1, x2] -> [x2, x1] over the halves of the last axis: two slices and a concat (copies). */
+function swapHalvesRaw(x: tf.Tensor): tf.Tensor {
+  const rows = x.size / x.shape[x.rank - 1]!;
+  const h = x.shape[x.rank - 1]! / 2;
+  const x2 = tf.reshape(x, [rows, 2 * h]);
+  return tf.reshape(tf.concat([tf.slice(x2, [0, h], [rows, h]), tf.slice(x2, [0, 0], [rows, h])], 1), x.shape);
+}
+
+/**
+ * The half swap of rotate_half, as one op whose gradient is the same swap (a permutation that is
+ * its own inverse). wasm's Reverse kernel, used before, was ~10x slower than these copies.
+ */
+function swapHalves(x: tf.Tensor4D): tf.Tensor4D {
+  return customOp([x], ([t]) => ({ value: swapHalvesRaw(t!), gradFunc: (dy) => [swapHalvesRaw(dy)] })) as tf.Tensor4D;
+}
+
+/** x [B, T, n, D] rotated: x*cos + rotate_half(x)*sin, with `sin` pre-signed (see ropeTables). */
+export function applyRope(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor4D {
+  return tf.add(tf.mul(x, cos), tf.mul(swapHalves(x), sin));
+}
+
+/**
+ * The RoPE tables of one forward pass as tensors [rows, T, 1, D]: for explicit `positions` [B*T]
+ * one row per batch row, else one row (past..past+T-1) broadcast over the batch. The 1/sqrt(D)
+ * attention scale is folded into q's tables: (s q) k^T = s (q k^T), saving an elementwise pass
+ * over the scores.
+ */
+export function ropeTensors(
+  c: LlamaConfig, positions: Int32Array | undefined, B: number, T: number, past: number,
+): { cos: tf.Tensor; sin: tf.Tensor; cosQ: tf.Tensor; sinQ: tf.Tensor } {
+  const D = c.headDim;
+  let rows = B;
+  if (!positions) {
+    positions = new Int32Array(T);
+    for (let t = 0; t < T; t++) positions[t] = past + t;
+    rows = 1;
+  }
+  const tables = ropeTables(c, positions);
+  const scale = 1 / Math.sqrt(D);
+  const cos = tf.tensor(tables.cos, [rows, T, 1, D]);
+  const sin = tf.tensor(tables.sin, [rows, T, 1, D]);
+  return { cos, sin, cosQ: tf.mul(cos, scale), sinQ: tf.mul(sin, scale) };
 }

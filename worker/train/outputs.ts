@@ -3,13 +3,19 @@
  *
  *   output.dir/final/   model.safetensors, or shards + model.safetensors.index.json like the
  *                       input's (whole model, HF names, each tensor in its input dtype),
- *                       trainable.safetensors, config.json, tokenizer files
+ *                       trainable.safetensors, config.json, tokenizer files,
+ *                       <method>.safetensors: the method's own modules, when it has some,
+ *                       and whatever else the method writes (its `finalOutputs`)
  *
- * Written under a temporary name and renamed, so a reader never sees half of it.
+ * Written under a temporary name and renamed, so a reader never sees half of it. The trained
+ * state exists only in memory past the last checkpoint, so a write that fails for want of space is
+ * tried again (`writeFinalOutputsRetrying`) rather than failing the job and losing it.
  */
 import { copyFile, lstat, mkdir, writeFile } from 'node:fs/promises';
-import { UserError } from '../../common/errors.js';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { errorMessage, UserError } from '../../common/errors.js';
+import type { Logger } from '../../common/logging.js';
 import type { LlamaModel } from '../model/llama.js';
 import { exportModel } from '../model/export.js';
 import { writeSafetensors, type NamedTensor } from '../model/safetensors.js';
@@ -27,6 +33,13 @@ export interface FinalContents {
   readonly trainable: readonly NamedTensor[];
   /** Each input tensor's dtype, so the export keeps it (a bf16 model comes back bf16). */
   readonly inputDtypes: ReadonlyMap<string, string>;
+  /** The method's own modules, written to `<name>.safetensors`; none: no file. */
+  readonly method?: {
+    readonly name: string;
+    readonly modules: readonly NamedTensor[];
+    /** More files the method writes into the temporary directory that becomes `final/`. */
+    readonly write?: (dir: string) => Promise<void>;
+  };
 }
 
 /** The marker of a `final/` polytune wrote: only such a directory is ever replaced. */
@@ -58,6 +71,10 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
       inputDir: c.modelDir, dtypes: c.inputDtypes, values: new Map(c.trainable.map((t) => [t.name, t.data])),
     });
     await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, { dtype: 'F32', metadata: { format: 'pt' } });
+    if (c.method && c.method.modules.length > 0) {
+      await writeSafetensors(join(tmp, `${c.method.name}.safetensors`), c.method.modules, { dtype: 'F32', metadata: { format: 'pt' } });
+    }
+    await c.method?.write?.(tmp);
     for (const name of MODEL_SIDE_FILES) {
       await copyFile(join(c.modelDir, name), join(tmp, name)).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'ENOENT') throw e;
@@ -65,4 +82,46 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
     }
   });
   return dir;
+}
+
+/** The first pause before the final outputs are tried again, and the longest. */
+export const FINAL_OUTPUTS_RETRY_MS = 2_000;
+export const FINAL_OUTPUTS_RETRY_MAX_MS = 60_000;
+/** Write errors that freeing space clears: the ones the final outputs are tried again after. */
+const OUT_OF_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+export interface RetryOptions {
+  /** The first pause; it doubles up to FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s) */
+  readonly retryMs?: number;
+  readonly signal?: AbortSignal;
+  readonly logger: Logger;
+  /** Each failed attempt (for metrics): its seconds and error. */
+  readonly onFailure?: (info: { readonly seconds: number; readonly error: string }) => void;
+}
+
+/**
+ * `writeFinalOutputs`, tried again after running out of space (ENOSPC, EDQUOT) with growing
+ * pauses until it succeeds or `signal` aborts (its reason is thrown); other errors are thrown.
+ * Returns the seconds of the attempt that succeeded.
+ */
+export async function writeFinalOutputsRetrying(c: FinalContents, options: RetryOptions): Promise<number> {
+  let pause = Math.max(1, options.retryMs ?? FINAL_OUTPUTS_RETRY_MS);
+  for (;;) {
+    const tw = performance.now();
+    try {
+      await writeFinalOutputs(c);
+      return (performance.now() - tw) / 1000;
+    } catch (e) {
+      if (!OUT_OF_SPACE.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
+      options.logger.error('final outputs could not be written; the trained state stays in memory and they are tried again', {
+        dir: c.outputDir, retryInSeconds: pause / 1000, error: errorMessage(e),
+      });
+      options.onFailure?.({ seconds: (performance.now() - tw) / 1000, error: errorMessage(e) });
+      await sleep(pause, undefined, options.signal ? { signal: options.signal } : {}).catch(() => undefined);
+      if (options.signal?.aborted) {
+        throw options.signal.reason instanceof Error ? options.signal.reason : new Error('training cancelled');
+      }
+      pause = Math.min(2 * pause, FINAL_OUTPUTS_RETRY_MAX_MS);
+    }
+  }
 }

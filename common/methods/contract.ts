@@ -1,0 +1,28 @@
+/**
+ * What a method is to the code that does not run it (the spec parser, the coordinator): its spec
+ * block and the pure functions over it. One `MethodContract` a method, in its own file; the table
+ * in method-table.ts pairs each name with its contract, as tfjs's `kernel_names.ts` pairs a kernel
+ * with its inputs and attributes. The worker's side (which tensors train, hooks, loss) is
+ * `TrainingMethod` in worker/methods/.
+ */
+import type { z } from 'zod';
+import type { SpecIssue } from '../errors.js';
+
+export interface MethodContract<S extends { readonly name: string }> {
+  readonly name: S['name'];
+  /** The method's block of the spec (`spec.method`): a strict object with `name` as a literal. */
+  readonly schema: z.ZodType<S>;
+  /** False: the name is reserved and refused at submit ("not implemented yet"). */
+  readonly implemented: boolean;
+  /** Rules across this method's fields that its schema alone cannot state; paths start at `path`. */
+  issues(method: S, path: string): SpecIssue[];
+  /** Checks against the model (its depth, from config.json); paths start at `path`. */
+  modelIssues(method: S, numLayers: number, path: string): SpecIssue[];
+  /** HF names of the tensors that train, among `allNames` (the model's), in the model's order. */
+  trainableTensorNames(method: S, numLayers: number, allNames: readonly string[]): string[];
+  /**
+   * The block as it will train, for counting parameters before the worker has decided what is
+   * left open (`layers: auto` counts the analysis's `k` layers). @default the block as it is
+   */
+  forCounting?(method: S, numLayers: number): S;
+}

@@ -1,0 +1,73 @@
+/**
+ * What a method is to the worker: one `TrainingMethod` object a method, in `worker/methods/<name>.ts`,
+ * looked up by name in registry.ts. Only `trainableTensors` is required; everything else is
+ * optional and costs nothing when absent (the trainer then does what SLAM, freeze and full do:
+ * the summed token NLL of the plain forward pass over the data encoded by the prompt template).
+ *
+ * The spec side of a method (its block, rules, parameter counts) is its `MethodContract` in
+ * common/methods/; this side runs it.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { MethodSpec } from '../../common/methods/index.js';
+import type { LlamaConfig } from '../../common/model-config.js';
+import type { DataRecord } from '../../common/records.js';
+import type { EncodedSample, PromptTokenizer } from '../data/encode.js';
+import type { ForwardHooks } from '../model/hooks.js';
+import type { LlamaModel } from '../model/llama.js';
+import type { NamedTensor } from '../model/safetensors.js';
+
+/** How a module tensor starts: zeros, or normal(0, std) drawn from the job's seed. */
+export type ModuleInit = { readonly kind: 'zeros' } | { readonly kind: 'normal'; readonly std: number };
+
+/**
+ * A tensor of the method's own that is not in the HF checkpoint (a Decision Maker, an alignment
+ * layer): it trains with the model's trainable tensors (all-reduced, checkpointed in
+ * `trainable.safetensors`) and is written to `final/<method>.safetensors`.
+ */
+export interface ModuleTensor {
+  /** `<module>.<tensor>`, e.g. `decision_maker.weight`; never an HF parameter name. */
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly init: ModuleInit;
+}
+
+/** What a method's hooks and loss see of a run: its block, the model, its module variables by name. */
+export interface MethodRun<M extends MethodSpec = MethodSpec> {
+  readonly method: M;
+  readonly model: LlamaModel;
+  readonly modules: ReadonlyMap<string, tf.Variable>;
+}
+
+/** One micro-batch, as the loss sees it. */
+export interface LossBatch {
+  /** int32 [B, T] */
+  readonly inputIds: tf.Tensor2D;
+  /** int32 [B, T], -100 where no loss is taken */
+  readonly labels: tf.Tensor2D;
+  /** The method's forward hooks for this run (from `hooks`), if any. */
+  readonly hooks?: ForwardHooks;
+}
+
+export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
+  readonly name: M['name'];
+  /** HF names of the model tensors that train, among `allNames` (the model's), in the model's order. */
+  trainableTensors(method: M, config: LlamaConfig, allNames: readonly string[]): string[];
+  /** Extra modules: tensors not in the HF checkpoint, initialised from `training.seed`. @default none */
+  modules?(method: M, config: LlamaConfig): ModuleTensor[];
+  /** Forward hooks (worker/model/hooks.ts) for training and evaluation. @default none */
+  hooks?(run: MethodRun<M>): ForwardHooks;
+  /**
+   * The loss of a micro-batch as per-row sums of token NLL [B], differentiable; the trainer sums
+   * the rows and divides by the global batch's supervised tokens (DESIGN.md's loss), and reads the
+   * rows for the loss per language. @default `model.nllRowSums(inputIds, labels, { hooks })`
+   */
+  loss?(run: MethodRun<M>, batch: LossBatch): tf.Tensor1D;
+  /** One record as token ids and labels. @default worker/data/encode.ts `encodeRecord` (the prompt template) */
+  encode?(method: M, record: DataRecord, tokenizer: PromptTokenizer, template: string, maxSeqLen: number): EncodedSample;
+  /**
+   * More files in `final/` beside the model, `trainable.safetensors` and `<method>.safetensors`
+   * (which the trainer writes when the method has modules). `dir` is the temporary directory that
+   * is renamed to `final/` once everything is written. @default none
+   */
+  finalOutputs?(ctx: { readonly method: M; readonly model: LlamaModel; readonly modules: readonly NamedTensor[]; readonly dir: string }): Promise<void>;
+}

@@ -1,0 +1,167 @@
+/**
+ * The two halves of an optimizer step around the all-reduce (the trainer streams the reduction in
+ * between): `computeStepGradients`, the gradient of the summed token NLL of this rank's share,
+ * accumulated on the device across micro-batches; and `applyReducedGradients`, which turns the
+ * reduced sums into DESIGN.md's loss, clips, and applies the optimizer to the float32 master
+ * copies. Every rank does the same arithmetic on the same reduced numbers, so every rank ends the
+ * step with bit-identical parameters. Every device computation runs in `tf.tidy`.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { microBatches } from '../../common/data-plan.js';
+import { UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
+import { padBatch } from '../data/encode.js';
+import { clipGradNorm, type Optimizer } from './optimizers.js';
+import { headLength } from './reduced-head.js';
+import type { SampleCache } from './sample-cache.js';
+
+/** A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`). */
+export type RowLoss = (inputIds: tf.Tensor2D, labels: tf.Tensor2D) => tf.Tensor1D;
+
+export interface StepGradientsInput {
+  /** This rank's samples of the step (indices into `sampleRecords`). */
+  readonly mine: ArrayLike<number>;
+  readonly microBatchSize: number;
+  readonly samples: SampleCache;
+  /** Sample -> record index. */
+  readonly sampleRecords: ArrayLike<number>;
+  readonly padId: number;
+  /** What trains: the model's variables, then the method's modules. */
+  readonly vars: readonly tf.Variable[];
+  readonly loss: RowLoss;
+  /** Language -> its index in the per-language sums (the same order on every rank). */
+  readonly languageIndex: ReadonlyMap<string, number>;
+  readonly aborted: () => void;
+}
+
+export interface StepGradients {
+  /** Summed gradients on the device, one per variable; undefined when no micro-batch had supervised tokens. */
+  readonly grads: tf.Tensor[] | undefined;
+  readonly nllSum: number;
+  readonly supervised: number;
+  readonly tokens: number;
+  readonly langNll: Float64Array;
+  readonly langTokens: Float64Array;
+}
+
+/** Gradients of the summed NLL of this rank's share of a step, accumulated across micro-batches. */
+export async function computeStepGradients(c: StepGradientsInput): Promise<StepGradients> {
+  const L = c.languageIndex.size;
+  let acc: tf.Tensor[] | undefined;
+  let nllSum = 0;
+  let supervised = 0;
+  let tokens = 0;
+  const langNll = new Float64Array(L);
+  const langTokens = new Float64Array(L);
+  const vars = c.vars as tf.Variable[];
+  try {
+    for (const mb of microBatches(c.mine, c.microBatchSize)) {
+      c.aborted();
+      const batch = padBatch(mb.map((i) => c.samples.get(c.sampleRecords[i]!)), c.padId);
+      supervised += batch.supervised;
+      tokens += batch.tokens;
+      if (batch.supervised === 0) continue;
+      let rows: tf.Tensor1D | undefined;
+      const { value, grads } = tf.tidy(() => {
+        const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
+        const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
+        const r = tf.variableGrads(() => {
+          rows = tf.keep(c.loss(ids, labels));
+          return tf.sum(rows);
+        }, vars);
+        const g = vars.map((v) => r.grads[v.name]!);
+        const summed = acc ? g.map((x, i) => tf.add(acc![i]!, x)) : g;
+        return { value: r.value, grads: summed };
+      });
+      acc?.forEach((t) => t.dispose());
+      acc = grads;
+      nllSum += (await value.data())[0]!;
+      value.dispose();
+      const rowNll = await rows!.data();
+      rows!.dispose();
+      mb.forEach((i, b) => {
+        const sample = c.samples.get(c.sampleRecords[i]!);
+        const li = c.languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
+        langNll[li] = langNll[li]! + rowNll[b]!;
+        langTokens[li] = langTokens[li]! + sample.supervised;
+      });
+    }
+  } catch (e) {
+    acc?.forEach((t) => t.dispose());
+    throw e;
+  }
+  return { grads: acc, nllSum, supervised, tokens, langNll, langTokens };
+}
+
+/**
+ * This rank's head of the reduced vector: [nll sum, supervised, tokens, nll per language,
+ * supervised per language] (reduced-head.ts checks the sum).
+ */
+export function stepHead(g: StepGradients): Float32Array {
+  const L = g.langNll.length;
+  const head = new Float32Array(headLength(L));
+  head[0] = g.nllSum;
+  head[1] = g.supervised;
+  head[2] = g.tokens;
+  head.set(g.langNll, 3);
+  head.set(g.langTokens, 3 + L);
+  return head;
+}
+
+export interface AppliedStep {
+  /** Mean token NLL over the global batch (NaN without supervised tokens). */
+  readonly loss: number;
+  readonly gradNorm: number;
+  /** A non-finite loss or gradient: nothing was applied. */
+  readonly skipped: boolean;
+  readonly globalSupervised: number;
+  readonly globalTokens: number;
+  /** Mean token NLL per language of the global batch (languages with supervised tokens in it). */
+  readonly lossByLanguage: Record<string, number>;
+}
+
+/**
+ * DESIGN.md's loss and update from the reduced [head, gradients]: the gradients divided (in place)
+ * by the global number of supervised tokens, clipped, and applied by the optimizer to `master`,
+ * which is then copied into `vars`. A global batch without supervised tokens changes nothing.
+ */
+export function applyReducedGradients(c: {
+  readonly reduced: Float32Array;
+  readonly languages: readonly string[];
+  readonly sizes: readonly number[];
+  readonly gradClip: number;
+  readonly optimizer: Optimizer;
+  readonly master: readonly Float32Array[];
+  readonly vars: readonly tf.Variable[];
+  readonly lr: number;
+}): AppliedStep {
+  const { reduced } = c;
+  const L = c.languages.length;
+  const globalSupervised = reduced[1]!;
+  const globalTokens = reduced[2]!;
+  let gradNorm = 0;
+  let loss = NaN;
+  let skipped = false;
+  if (globalSupervised > 0) {
+    loss = reduced[0]! / globalSupervised;
+    const grads: Float32Array[] = [];
+    let off = headLength(L);
+    for (const n of c.sizes) {
+      const g = reduced.subarray(off, off + n);
+      for (let j = 0; j < n; j++) g[j] = g[j]! / globalSupervised;
+      grads.push(g);
+      off += n;
+    }
+    gradNorm = clipGradNorm(grads, c.gradClip);
+    skipped = !Number.isFinite(loss) || !Number.isFinite(gradNorm);
+    if (!skipped) {
+      c.optimizer.step(c.master, grads, c.lr);
+      c.vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(c.master[i]!, v.shape))));
+    }
+  }
+  const lossByLanguage: Record<string, number> = {};
+  c.languages.forEach((lang, li) => {
+    const n = reduced[3 + L + li]!;
+    if (n > 0) lossByLanguage[lang] = reduced[3 + li]! / n;
+  });
+  return { loss, gradNorm, skipped, globalSupervised, globalTokens, lossByLanguage };
+}
