@@ -4,9 +4,9 @@
  *
  *   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
  *   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
- *                      [--dry-run]   (plan-command.ts)
- *   coordinator status [JOB] [--json] [--coordinator HOST:PORT]
- *   coordinator watch JOB [--coordinator HOST:PORT]
+ *                      [--languages] [--dry-run]   (plan-command.ts)
+ *   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
+ *   coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
  *   coordinator cancel JOB [--coordinator HOST:PORT]
  *   coordinator delete JOB [--coordinator HOST:PORT]
  *   coordinator nats-auth init --out DIR
@@ -17,6 +17,7 @@
  * The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070; the NATS URL
  * of `serve` to $POLYTUNE_NATS_URL, else nats://127.0.0.1:4222. Exit codes: 0 ok, 1 the job
  * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
+ * What a person sees (progress, tables, the status block) is in views/.
  */
 import { delimiter } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,7 +25,8 @@ import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.
 import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
-import { jobKindOf } from '../common/job-kinds.js';
+import { evalTextTables, parseEvalTable } from '../common/eval-table.js';
+import { jobKindOf, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
 import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
@@ -35,6 +37,12 @@ import { startLocalCluster, type LocalCluster } from './local-cluster.js';
 import { DEFAULT_MAX_PENDING_PER_CLIENT, DEFAULT_RETENTION_HOURS } from './scheduler.js';
 import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type CoordinatorOptions } from './server.js';
 import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
+import { computeTotalSteps } from './total-steps.js';
+import {
+  createProgressView, formatDuration, isLiveTerminal, kindOf, outputFormat, stageText, stateLine, statusBlock, statusTable,
+  timingsJson,
+} from './views/index.js';
+import { stringify as toYaml } from 'yaml';
 
 /** DESIGN.md: the coordinator serves Prometheus metrics on 9464 (`--metrics-port 0` picks a free port). */
 const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
@@ -43,9 +51,9 @@ const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
                     [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
-                     [--dry-run]   (print the memory plan, submit nothing)
-  coordinator status [JOB] [--json] [--coordinator HOST:PORT]
-  coordinator watch JOB [--coordinator HOST:PORT]
+                     [--languages] [--dry-run]   (--dry-run: print the memory plan, submit nothing)
+  coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
+  coordinator watch JOB... [--languages] [--coordinator HOST:PORT]
   coordinator cancel JOB [--coordinator HOST:PORT]
   coordinator delete JOB [--coordinator HOST:PORT]     (a finished job: its record and ledger)
   coordinator nats-auth init --out DIR
@@ -55,6 +63,7 @@ const USAGE = `usage:
 must be under a data root and output.dir under an output root; unset, any path is allowed.
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
+On a terminal, --watch and watch redraw one line per job; --languages adds the loss per language.
 
 ${SECURITY_USAGE}`;
 
@@ -62,7 +71,7 @@ const out = (line: string): void => {
   process.stdout.write(line + '\n');
 };
 
-type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
+type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
 function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
@@ -77,11 +86,15 @@ function stateName(job: Job__Output): string {
   return fromWireState(job.state) ?? job.state;
 }
 
+/** The view flags of submit and watch. */
+const VIEW_FLAGS = { languages: { type: 'boolean' } } as const satisfies Flags;
+
 /** The JSON form of `status --json`. */
 function jobJson(job: Job__Output): Record<string, unknown> {
   return {
     id: job.id,
     name: job.name,
+    kind: kindOf(job),
     state: stateName(job),
     step: job.step,
     totalSteps: job.totalSteps,
@@ -103,58 +116,40 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
     ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
     ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
+    timings: timingsJson(job),
   };
 }
 
 const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : String(x));
 
-/** `stage 2/3 (answers)` for a job of several stages; undefined for a job of one. */
-function stageText(job: Pick<Job__Output, 'stageIndex' | 'stageCount' | 'stageName'>): string | undefined {
-  return job.stageCount > 0 ? `stage ${job.stageIndex + 1}/${job.stageCount} (${job.stageName})` : undefined;
-}
-
-function progressLine(job: Job__Output): string {
-  const stage = stageText(job);
-  const parts = [...(stage ? [stage] : []), `step ${job.step}/${job.totalSteps}`];
-  if (job.hasLoss) parts.push(`loss ${fmtLoss(job.lastLoss)}`);
-  parts.push(`${Math.round(job.tokensPerSecond)} tok/s`, `elapsed ${job.elapsedSeconds.toFixed(1)}s`);
-  const byLanguage = Object.entries(job.lossByLanguage ?? {}).sort(([a], [b]) => a.localeCompare(b));
-  if (byLanguage.length > 1) parts.push(byLanguage.map(([l, v]) => `${l} ${v.toFixed(2)}`).join(' '));
-  return `[${job.id}] ${parts.join('  ')}`;
-}
-
-function stateLine(job: Job__Output): string {
-  const s = stateName(job);
-  const stage = stageText(job);
-  const extra = s === 'Running'
-    ? ` (${stage ? `${stage}, ` : ''}generation ${job.generation}, workers ${job.workers.join(', ')})`
-    : job.error ? `: ${job.error}` : '';
-  return `[${job.id}] ${s}${extra}`;
-}
-
-/** An evaluation table (worker/eval/evaluate.ts EvalReport) as lines: accuracy % per language and the average. */
-function evalLines(evalJson: string): string[] {
-  const r = JSON.parse(evalJson) as { name: string; benchmarks: { benchmark: string; average: number; languages: { language: string; accuracy: number }[] }[] };
-  return r.benchmarks.map((b) => `  ${b.benchmark} (${r.name}): ${b.languages.map((l) => `${l.language} ${(100 * l.accuracy).toFixed(1)}`).join(', ')}; avg ${(100 * b.average).toFixed(1)}%`);
-}
-
 function summary(job: Job__Output): string[] {
   const s = stateName(job);
-  const seconds = job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds;
-  const lines = [`job ${job.id} ${s} in ${seconds.toFixed(1)}s`];
+  const seconds = job.wallSeconds
+    || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
+  const lost = job.generations.length > 1 ? `, ${formatDuration(job.reformSeconds)} re-forming` : '';
+  const compute = formatDuration(job.computeSeconds);
+  const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${compute}${lost})`];
   if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   const stage = stageText(job);
   if (stage) lines.push(`  ${stage}`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
-  if (job.evalJson) lines.push(...evalLines(job.evalJson));
+  if (job.evalJson) {
+    const table = parseEvalTable(job.evalJson);
+    lines.push(...(table ? evalTextTables(table) : ['  evaluation: the coordinator sent a table that does not parse']));
+  }
   if (job.error) lines.push(`  error: ${job.error}`);
   return lines;
 }
 
-/** Follows a job to its end, printing state changes and progress; the exit code says how it ended. */
-async function follow(client: JobClient, jobId: string, signal: AbortSignal, extraEnd?: Promise<string>): Promise<number> {
-  let last: Job__Output | undefined;
+/**
+ * Follows jobs to their end in one progress view (views/progress-view.ts), then prints each one's
+ * summary; the exit code says how they ended (the worst of them).
+ */
+async function follow(
+  client: JobClient, jobIds: readonly string[], signal: AbortSignal, extraEnd?: Promise<string>, languages = false,
+): Promise<number> {
+  const view = createProgressView({ live: isLiveTerminal(), write: out, languages });
   const abort = new AbortController();
   const onAbort = (): void => abort.abort();
   signal.addEventListener('abort', onAbort, { once: true });
@@ -163,33 +158,44 @@ async function follow(client: JobClient, jobId: string, signal: AbortSignal, ext
     endReason = reason;
     abort.abort();
   });
+  const lasts = new Map<string, Job__Output>();
   try {
-    for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
-      const job = ev.job;
-      if (!job) continue;
-      if (ev.kind === 'PROGRESS') {
-        if (job.step !== last?.step) out(progressLine(job));
-      } else {
-        out(stateLine(job));
+    await Promise.all(jobIds.map(async (jobId) => {
+      for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
+        const job = ev.job;
+        if (!job) continue;
+        view.update(ev.kind, job);
+        lasts.set(jobId, job);
       }
-      last = job;
-    }
+    }));
   } finally {
+    view.done();
     signal.removeEventListener('abort', onAbort);
   }
   if (signal.aborted) {
-    process.stderr.write(`interrupted; job ${jobId} keeps its state on the coordinator\n`);
+    for (const jobId of jobIds) process.stderr.write(`interrupted; job ${jobId} keeps its state on the coordinator\n`);
     return 130;
   }
   if (endReason) {
     // Give the coordinator a moment to record the loss of the worker, then report what it says.
     await new Promise((r) => setTimeout(r, 500));
-    last = await client.get(jobId).catch(() => last);
+    for (const jobId of jobIds) {
+      const job = await client.get(jobId).catch(() => undefined);
+      if (job) lasts.set(jobId, job);
+    }
     process.stderr.write(`error: ${endReason}\n`);
   }
-  if (!last) return ExitCode.failure;
-  for (const line of summary(last)) out(line);
-  return stateName(last) === 'Succeeded' ? ExitCode.ok : ExitCode.failure;
+  let code: number = ExitCode.ok;
+  for (const jobId of jobIds) {
+    const last = lasts.get(jobId);
+    if (!last) {
+      code = ExitCode.failure;
+      continue;
+    }
+    for (const line of summary(last)) out(line);
+    if (stateName(last) !== 'Succeeded') code = ExitCode.failure;
+  }
+  return code;
 }
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
@@ -234,7 +240,7 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
     coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS,
+    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
   });
   if (v.help) return out(USAGE), 0;
   const file = positionals[0];
@@ -245,6 +251,11 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
     throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
+  }
+  // An embedded cluster is this machine: its files and data are checked here too, before any process starts.
+  if (localWorkers > 0) {
+    await validateAnyJobSpecFiles(spec, file);
+    await computeTotalSteps(spec);
   }
   let cluster: LocalCluster | undefined;
   let client: JobClient | undefined;
@@ -263,7 +274,7 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
     out(`submitted ${jobId}: ${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
-    return await follow(client, jobId, signal, crashed);
+    return await follow(client, [jobId], signal, crashed, v.languages === true);
   } finally {
     client?.close();
     await cluster?.stop();
@@ -271,18 +282,20 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
 }
 
 async function status(args: string[]): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, json: { type: 'boolean' }, ...CLIENT_SECURITY_FLAGS });
+  const { values: v, positionals } = parse(args, {
+    coordinator: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' },
+    ...CLIENT_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
+  const format = outputFormat(v.output as string | undefined, v.json as boolean | undefined);
   const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
     const id = positionals[0];
     if (id !== undefined) {
       const job = await client.get(id);
-      if (v.json) out(JSON.stringify(jobJson(job), null, 2));
-      else {
-        out(stateLine(job));
-        if (job.step > 0 || job.hasLoss) out(progressLine(job));
-      }
+      if (format === 'json') out(JSON.stringify(jobJson(job), null, 2));
+      else if (format === 'yaml') process.stdout.write(toYaml(jobJson(job)));
+      else for (const line of statusBlock(job, Date.now())) out(line);
       return 0;
     }
     const jobs = await client.list();
@@ -292,20 +305,10 @@ async function status(args: string[]): Promise<number> {
       const keys = corruptKeys.join(', ');
       process.stderr.write(`warning: ${n} key(s) of the job store hold no job record and were skipped: ${keys}\n`);
     }
-    if (v.json) {
-      out(JSON.stringify(jobs.map(jobJson), null, 2));
-      return 0;
-    }
-    if (jobs.length === 0) {
-      out('no jobs');
-      return 0;
-    }
-    const rows = [['JOB', 'STATE', 'STAGE', 'STEP', 'LOSS', 'WORKERS'], ...jobs.map((j) => [
-      j.id, stateName(j), j.stageCount > 0 ? `${j.stageIndex + 1}/${j.stageCount} ${j.stageName}` : '-', `${j.step}/${j.totalSteps}`,
-      j.hasLoss ? fmtLoss(j.lastLoss) : '-', String(j.workers.length),
-    ])];
-    const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-    for (const r of rows) out(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+    if (format === 'json') out(JSON.stringify(jobs.map(jobJson), null, 2));
+    else if (format === 'yaml') process.stdout.write(toYaml(jobs.map(jobJson)));
+    else if (jobs.length === 0) out('no jobs');
+    else for (const line of statusTable(jobs, format === 'wide', Date.now())) out(line);
     return 0;
   } finally {
     client.close();
@@ -313,13 +316,14 @@ async function status(args: string[]): Promise<number> {
 }
 
 async function watch(args: string[], signal: AbortSignal): Promise<number> {
-  const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
+  const { values: v, positionals } = parse(args, {
+    coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
+  });
   if (v.help) return out(USAGE), 0;
-  const id = positionals[0];
-  if (id === undefined) throw new UsageError(`watch takes a JOB\n${USAGE}`);
+  if (positionals.length === 0) throw new UsageError(`watch takes a JOB (or several)\n${USAGE}`);
   const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
   try {
-    return await follow(client, id, signal);
+    return await follow(client, [...new Set(positionals)], signal, undefined, v.languages === true);
   } finally {
     client.close();
   }

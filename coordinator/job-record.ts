@@ -7,6 +7,7 @@ import { errorMessage, JobSpecError } from '../common/errors.js';
 import { jobKindOf, parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
 import { isJobName } from '../common/subjects.js';
 import type { Job } from '../proto/index.js';
+import { jobTimings, type GenerationRecord } from './job-timings.js';
 import type { Ledger } from './ledger.js';
 
 /** The job lifecycle. Pending -> Running -> Succeeded | Failed | Cancelled; Running -> Pending on recovery. */
@@ -62,6 +63,8 @@ export interface JobRecord {
   stage?: JobStage;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
+  /** One row per generation, for the job's timings (job-timings.ts); absent in older records. */
+  generations?: GenerationRecord[];
   outputDir: string;
   /** Who submitted it (auth.ts `clientIdentity`), for the Pending cap; absent in older records. */
   readonly submittedBy?: string;
@@ -143,6 +146,15 @@ export const jobRecordSchema = z.looseObject({
   chosenLayers: z.array(count).max(4096).optional(),
   evalJson: z.string().max(4 * 1024 * 1024).optional(),
   lossByLanguage: z.record(z.string().max(16), finite).default({}),
+  generations: z.array(z.looseObject({
+    generation: count,
+    worldSize: count,
+    startedAt: time,
+    endedAt: time,
+    computeSeconds: z.number().nonnegative().refine(Number.isFinite, 'must be finite'),
+    fromStep: count,
+    endReason: z.string().max(64 * 1024),
+  })).max(4096).optional(),
   outputDir: z.string().max(4096),
   submittedBy: z.string().max(256).optional(),
   // A job of several stages; checked against the spec's stages in parseStoredRecord.
@@ -205,9 +217,15 @@ const WIRE_STATE = {
   Cancelled: 'CANCELLED',
 } as const satisfies Record<JobState, string>;
 
-/** The wire form of a record; without its spec for `List` (`withSpec: false`). */
+/** The wire form of a record (its timings by the clock now); without its spec for `List` (`withSpec: false`). */
 export function toWireJob(r: JobRecord, ledger?: Ledger, options: { withSpec?: boolean } = {}): Job {
+  const t = jobTimings(r);
   return {
+    kind: r.spec.kind,
+    wallSeconds: t.wallSeconds,
+    computeSeconds: t.computeSeconds,
+    reformSeconds: t.reformSeconds,
+    generations: [...t.generations],
     ledgerJson: ledger ? JSON.stringify(ledger) : '',
     chosenLayers: r.chosenLayers ?? [],
     evalJson: r.evalJson ?? '',

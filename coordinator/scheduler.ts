@@ -21,6 +21,7 @@ import { COLLECTIVE_KEY_BYTES } from '../common/subjects.js';
 import type { Progress__Output, Result__Output } from '../proto/index.js';
 import { CoordinatorStoppingError, JobNotFinishedError, JobNotFoundError, PendingLimitError } from './errors.js';
 import { isTerminal, JobState, newJobRecord, type JobRecord, type JobStage } from './job-record.js';
+import { closeGeneration, openGeneration, recordCompute } from './job-timings.js';
 import { completeLedger, recordStep, type Ledger, type LedgerStore } from './ledger.js';
 import type { JobStore } from './job-store.js';
 import { noopSchedulerMetrics, type SchedulerMetrics } from './coordinator-metrics.js';
@@ -146,7 +147,11 @@ export class Scheduler {
         if (r.state !== JobState.Running) return null;
         // Its workers' streams died with the old coordinator; they join again and, being the
         // previous members, are preferred for the next generation.
-        return { ...r, state: JobState.Pending, reforms: r.reforms + 1, error: 'coordinator restarted', updatedAt: Date.now() };
+        return {
+          ...r, state: JobState.Pending, reforms: r.reforms + 1, error: 'coordinator restarted', updatedAt: Date.now(),
+          // It ended at the last write before the restart, its last sign of life (job-timings.ts).
+          generations: closeGeneration(r.generations, r.updatedAt, 'coordinator restarted'),
+        };
       });
       if (changed) this.logger.warn('job was Running under a previous coordinator; back to Pending', { job: job.id, generation: job.generation });
     }
@@ -235,7 +240,8 @@ export class Scheduler {
     return this.serial(async () => {
       const { record, changed } = await this.store.update(jobId, (r) => {
         if (isTerminal(r.state)) return null;
-        return { ...r, state: JobState.Cancelled, error: reason, finishedAt: Date.now() };
+        const generations = closeGeneration(r.generations, Date.now(), reason);
+        return { ...r, state: JobState.Cancelled, error: reason, finishedAt: Date.now(), generations };
       });
       if (changed) {
         this.logger.info('job cancelled', { job: jobId, reason });
@@ -275,9 +281,11 @@ export class Scheduler {
       try {
         const res = await this.store.update(job.id, (r) => {
           if (r.state !== JobState.Pending || r.generation !== job.generation) return null;
-          if (r.generation > 0) return { ...r, state: JobState.Running, generation, workers, error: '' };
+          const fromStep = job.spec.kind === 'TrainJob' ? r.step : 0; // the other kinds start over
+          const generations = openGeneration(r.generations, { generation, worldSize, fromStep }, Date.now());
+          if (r.generation > 0) return { ...r, state: JobState.Running, generation, workers, error: '', generations };
           return {
-            ...r, state: JobState.Running, generation, workers, startedAt: Date.now(), error: '',
+            ...r, state: JobState.Running, generation, workers, startedAt: Date.now(), error: '', generations,
             step: 0, epoch: 0, firstLoss: null, lastLoss: null, tokensPerSecond: 0, elapsedSeconds: 0,
           };
         });
@@ -372,9 +380,16 @@ export class Scheduler {
     const { record, changed } = await this.untilStored(() => this.store.update(jobId, (r) => {
       if (r.state !== JobState.Running || r.generation !== generation) return null;
       if (r.reforms >= this.maxReforms) {
-        return { ...r, state: JobState.Failed, error: `${reason}; the world was re-formed ${r.reforms} times already`, finishedAt: Date.now() };
+        return {
+          ...r, state: JobState.Failed, error: `${reason}; the world was re-formed ${r.reforms} times already`,
+          finishedAt: Date.now(),
+          generations: closeGeneration(r.generations, Date.now(), reason),
+        };
       }
-      return { ...r, state: JobState.Pending, reforms: r.reforms + 1, error: reason, updatedAt: Date.now() };
+      return {
+        ...r, state: JobState.Pending, reforms: r.reforms + 1, error: reason, updatedAt: Date.now(),
+        generations: closeGeneration(r.generations, Date.now(), reason),
+      };
     }), `re-forming ${jobId}`);
     if (!changed) return;
     if (record.state === JobState.Failed) {
@@ -483,6 +498,7 @@ export class Scheduler {
         firstLoss: r.firstLoss ?? finite(first?.generation === pending.generation ? first.loss : p.loss),
         tokensPerSecond: p.tokensPerSecond,
         elapsedSeconds: p.elapsedSeconds,
+        generations: recordCompute(r.generations, pending.generation, p.elapsedSeconds),
         ...(p.chosenLayers?.length ? { chosenLayers: [...p.chosenLayers] } : {}),
         ...(p.evalJson ? { evalJson: p.evalJson } : {}),
         ...stageOf(r, p),
@@ -532,7 +548,8 @@ export class Scheduler {
       const error = `rank ${ref.rank} (worker ${workerId}): ${res.error || 'failed without a message'}`;
       const { record, changed } = await this.store.update(res.jobId, (r) => {
         if (r.state !== JobState.Running || r.generation !== ref.generation) return null;
-        return { ...r, state: JobState.Failed, error, finishedAt: Date.now() };
+        const generations = closeGeneration(r.generations, Date.now(), error);
+        return { ...r, state: JobState.Failed, error, finishedAt: Date.now(), generations };
       });
       if (changed) {
         this.logger.warn('job failed', { job: res.jobId, error });
@@ -556,11 +573,14 @@ export class Scheduler {
         state: JobState.Succeeded,
         step: r0.steps || r.step,
         lastLoss: r0.steps > 0 && Number.isFinite(r0.finalLoss) ? r0.finalLoss : r.lastLoss,
-        firstLoss: r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
+        // The job's first loss: a later generation's Result has its own first step's, not the job's.
+        firstLoss: ref.generation > 1 && r.firstLoss !== null ? r.firstLoss
+          : r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
         outputDir: r0.outputDir || r.outputDir,
         ...(r0.chosenLayers?.length ? { chosenLayers: [...r0.chosenLayers] } : {}),
         ...(r0.evalJson ? { evalJson: r0.evalJson } : {}),
         finishedAt: Date.now(),
+        generations: closeGeneration(r.generations, Date.now()),
       };
     });
     this.dropJobState(res.jobId);

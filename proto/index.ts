@@ -77,6 +77,7 @@ export function loadCollectiveProto(): CollectiveProto['polytune']['v1'] {
 export { JobState } from './gen/polytune/v1/JobState.js';
 export type { JobState__Output } from './gen/polytune/v1/JobState.js';
 export type { Job, Job__Output } from './gen/polytune/v1/Job.js';
+export type { GenerationTiming, GenerationTiming__Output } from './gen/polytune/v1/GenerationTiming.js';
 export type { JobEvent, JobEvent__Output } from './gen/polytune/v1/JobEvent.js';
 export type { SubmitRequest, SubmitRequest__Output } from './gen/polytune/v1/SubmitRequest.js';
 export type { SubmitResponse, SubmitResponse__Output } from './gen/polytune/v1/SubmitResponse.js';

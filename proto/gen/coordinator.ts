@@ -10,6 +10,7 @@ import type { CancelJobRequest as _polytune_v1_CancelJobRequest, CancelJobReques
 import type { Capabilities as _polytune_v1_Capabilities, Capabilities__Output as _polytune_v1_Capabilities__Output } from './polytune/v1/Capabilities.js';
 import type { CoordinatorMessage as _polytune_v1_CoordinatorMessage, CoordinatorMessage__Output as _polytune_v1_CoordinatorMessage__Output } from './polytune/v1/CoordinatorMessage.js';
 import type { DeleteJobRequest as _polytune_v1_DeleteJobRequest, DeleteJobRequest__Output as _polytune_v1_DeleteJobRequest__Output } from './polytune/v1/DeleteJobRequest.js';
+import type { GenerationTiming as _polytune_v1_GenerationTiming, GenerationTiming__Output as _polytune_v1_GenerationTiming__Output } from './polytune/v1/GenerationTiming.js';
 import type { GetJobRequest as _polytune_v1_GetJobRequest, GetJobRequest__Output as _polytune_v1_GetJobRequest__Output } from './polytune/v1/GetJobRequest.js';
 import type { Heartbeat as _polytune_v1_Heartbeat, Heartbeat__Output as _polytune_v1_Heartbeat__Output } from './polytune/v1/Heartbeat.js';
 import type { Hello as _polytune_v1_Hello, Hello__Output as _polytune_v1_Hello__Output } from './polytune/v1/Hello.js';
@@ -41,6 +42,7 @@ export interface ProtoGrpcType {
       Capabilities: MessageTypeDefinition<_polytune_v1_Capabilities, _polytune_v1_Capabilities__Output>
       CoordinatorMessage: MessageTypeDefinition<_polytune_v1_CoordinatorMessage, _polytune_v1_CoordinatorMessage__Output>
       DeleteJobRequest: MessageTypeDefinition<_polytune_v1_DeleteJobRequest, _polytune_v1_DeleteJobRequest__Output>
+      GenerationTiming: MessageTypeDefinition<_polytune_v1_GenerationTiming, _polytune_v1_GenerationTiming__Output>
       GetJobRequest: MessageTypeDefinition<_polytune_v1_GetJobRequest, _polytune_v1_GetJobRequest__Output>
       Heartbeat: MessageTypeDefinition<_polytune_v1_Heartbeat, _polytune_v1_Heartbeat__Output>
       Hello: MessageTypeDefinition<_polytune_v1_Hello, _polytune_v1_Hello__Output>

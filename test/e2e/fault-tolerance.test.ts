@@ -149,6 +149,12 @@ async function finished(c: Cluster, id: string): Promise<{ generation: number; l
   const gaps = ledgerGaps(ledger, STEPS);
   expect({ missing: gaps.missing.filter((s) => s >= from), repeated: gaps.repeated }).toEqual({ missing: [], repeated: [] });
   expect(ledger.committed.at(-1)!.to).toBe(STEPS);
+  // The timings (issue 19): the job's wall time spans its generations and the re-forms between them.
+  const gens = job.generations;
+  expect(gens.map((g) => Number(g.generation))).toEqual(Array.from({ length: gens.length }, (_, i) => i + 1));
+  expect(job.wallSeconds).toBeCloseTo((Number(job.finishedAt) - Number(job.startedAt)) / 1000, 1);
+  expect(job.wallSeconds).toBeCloseTo(gens.reduce((s, g) => s + g.wallSeconds, 0) + job.reformSeconds, 1);
+  if (gens.length > 1) expect(job.wallSeconds).toBeGreaterThan(gens.at(-1)!.wallSeconds + gens[0]!.wallSeconds);
   return { generation: Number(job.generation), ledger };
 }
 

@@ -227,12 +227,13 @@ describe('jobs of several stages (real processes)', () => {
     expectSameTensors(await trainable(join(clean.out, '1', 'final')), await trainable(join(run.out, STAGE1.name, 'final')));
     expectSameTensors(await trainable(join(clean.out, '2', 'final')), await trainable(join(run.out, 'final')));
 
-    // status shows the stage: `stage 2/2 (answer)`.
+    // status shows the stage: `stage 2/2 (answer)` (in the status block, issue 19).
     const status = procs.node([COORDINATOR_CLI, 'status', id, '--coordinator', c.address], { stdout: true });
     let text = '';
     status.stdout!.on('data', (b: Buffer) => (text += b.toString()));
     expect(await new Promise((r) => status.on('exit', r))).toBe(0);
-    expect(text).toContain(`stage 2/2 (${STAGE2.name})  step ${S1 + S2}/${S1 + S2}`);
+    expect(text).toMatch(new RegExp(`^stage {7}2/2 \\(${STAGE2.name}\\)$`, 'm'));
+    expect(text).toMatch(new RegExp(`^step {8}${S1 + S2}/${S1 + S2} \\(100%\\)$`, 'm'));
   }, 300_000);
 
   it('killed between the stages, then `submit --resume`: stage 1 does not run again; ends as an uninterrupted run', async () => {

@@ -3,7 +3,8 @@
 // needed), no training. Accepts the worker's flags; on an assignment it reports progress for
 // every step and an ok Result. FAKE_WORKER_PIDFILE: append its pid there. FAKE_WORKER_HANG=1:
 // ignore SIGTERM (to test SIGKILL after the grace period). FAKE_WORKER_STEP_MS: time a step takes.
-// FAKE_WORKER_FAIL=1: rank 1 fails at step 2.
+// FAKE_WORKER_FAIL=1: rank 1 fails at step 2. A generation g > 1 starts over at step 1 with losses
+// g - 1 higher (so that a view can tell the generations' losses apart).
 import { appendFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,7 +30,7 @@ stream.on('data', (msg) => {
   let step = 0;
   const t = setInterval(() => {
     step++;
-    stream.write({ progress: { jobId: a.jobId, generation: a.generation, step, totalSteps: a.totalSteps, loss: 5 / step, tokensPerSecond: 1000, epoch: 0, supervisedTokens: 10, elapsedSeconds: step / 10 } });
+    stream.write({ progress: { jobId: a.jobId, generation: a.generation, step, totalSteps: a.totalSteps, loss: 5 / step + a.generation - 1, tokensPerSecond: 1000, epoch: 0, supervisedTokens: 10, elapsedSeconds: step / 10 } });
     if (process.env.FAKE_WORKER_FAIL === '1' && a.rank === 1 && step === 2) {
       clearInterval(t);
       stream.write({ result: { jobId: a.jobId, generation: a.generation, ok: false, error: 'fake failure at step 2' } });
@@ -37,7 +38,7 @@ stream.on('data', (msg) => {
     }
     if (step >= a.totalSteps) {
       clearInterval(t);
-      stream.write({ result: { jobId: a.jobId, generation: a.generation, ok: true, outputDir: JSON.parse(a.specJson).spec.output.dir, firstLoss: 5, finalLoss: 5 / step, steps: step } });
+      stream.write({ result: { jobId: a.jobId, generation: a.generation, ok: true, outputDir: JSON.parse(a.specJson).spec.output.dir, firstLoss: 5 + a.generation - 1, finalLoss: 5 / step + a.generation - 1, steps: step } });
     }
   }, Number(process.env.FAKE_WORKER_STEP_MS ?? 50));
 });

@@ -70,7 +70,10 @@ spec:
     }
     expect(mgsm.average).toBeCloseTo(mgsm.languages.reduce((s, l) => s + l.accuracy, 0) / 11, 12);
     const md = await readFile(join(out, 'eval', 'final.md'), 'utf8');
-    expect(md).toContain(`| mgsm | ${MGSM_LANGUAGES.join(' | ')} | Avg |`);
+    // The Markdown table: a row per language (issue 19: 11 languages as columns did not read), then the average.
+    expect(md).toContain('### mgsm\n\n| language | accuracy % | correct |\n|---|---:|---:|\n');
+    for (const l of mgsm.languages) expect(md).toContain(`| ${l.language} | ${(100 * l.accuracy).toFixed(1)} | ${l.correct}/2 |`);
+    expect(md).toContain(`| average | ${(100 * mgsm.average).toFixed(1)} | `);
     // Each rank wrote its share of the predictions: 11 and 11 of the 22 problems.
     const preds = await Promise.all([0, 1].map(async (r) => (await readFile(join(out, 'eval', `final.predictions.rank-${r}.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { language: string; index: number; answer: string })));
     expect(preds.map((p) => p.length)).toEqual([11, 11]);

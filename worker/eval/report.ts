@@ -1,4 +1,6 @@
 /** The report of an evaluation (the JSON `eval/<name>.json` holds) and its Markdown form. */
+import { evalMarkdownTables } from '../../common/eval-table.js';
+
 export interface LanguageScore {
   readonly language: string;
   readonly correct: number;
@@ -27,18 +29,10 @@ export interface EvalReport {
   readonly seconds: number;
 }
 
-const pct = (x: number): string => (100 * x).toFixed(1);
-
+/** The report as Markdown: a table per problem set, language by row (common/eval-table.ts, as the CLI prints it). */
 export function evalMarkdown(report: EvalReport): string {
   const lines = [`# Evaluation ${report.name}${report.step > 0 ? ` (step ${report.step})` : ''}`, ''];
   lines.push(`Accuracy (%), greedy decoding up to ${report.maxNewTokens} new tokens, template \`${report.template}\`, last number in the output.`, '');
-  for (const b of report.benchmarks) {
-    const langs = b.languages.map((l) => l.language);
-    lines.push(`| ${b.benchmark} | ${langs.join(' | ')} | Avg |`);
-    lines.push(`|---|${langs.map(() => '---:').join('|')}|---:|`);
-    lines.push(`| accuracy | ${b.languages.map((l) => pct(l.accuracy)).join(' | ')} | ${pct(b.average)} |`);
-    lines.push(`| correct / total | ${b.languages.map((l) => `${l.correct}/${l.total}`).join(' | ')} | |`);
-    lines.push('');
-  }
+  lines.push(...evalMarkdownTables(report));
   return lines.join('\n');
 }

@@ -3,6 +3,7 @@
 // Original file: proto/polytune/v1/coordinator.proto
 
 import type { JobState as _polytune_v1_JobState, JobState__Output as _polytune_v1_JobState__Output } from '../../polytune/v1/JobState.js';
+import type { GenerationTiming as _polytune_v1_GenerationTiming, GenerationTiming__Output as _polytune_v1_GenerationTiming__Output } from '../../polytune/v1/GenerationTiming.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Job {
@@ -62,6 +63,29 @@ export interface Job {
   'stageIndex'?: (number);
   'stageCount'?: (number);
   'stageName'?: (string);
+  /**
+   * The spec's kind (TrainJob, EvalJob, LayerAnalysis), for views that get no spec_json.
+   */
+  'kind'?: (string);
+  /**
+   * Timings (coordinator/job-timings.ts), in seconds, by the coordinator's clock when it answered.
+   * wall: since started_at, to finished_at or now, re-forms and coordinator restarts included.
+   */
+  'wallSeconds'?: (number | string);
+  /**
+   * compute: the generations' own time, as their rank 0 reported it (elapsed_seconds is only the
+   * current generation's).
+   */
+  'computeSeconds'?: (number | string);
+  /**
+   * re-forming: from a generation's end (a lost worker, a failed collective, the coordinator gone)
+   * to the next generation's start.
+   */
+  'reformSeconds'?: (number | string);
+  /**
+   * The generations, oldest first.
+   */
+  'generations'?: (_polytune_v1_GenerationTiming)[];
 }
 
 export interface Job__Output {
@@ -121,4 +145,27 @@ export interface Job__Output {
   'stageIndex': (number);
   'stageCount': (number);
   'stageName': (string);
+  /**
+   * The spec's kind (TrainJob, EvalJob, LayerAnalysis), for views that get no spec_json.
+   */
+  'kind': (string);
+  /**
+   * Timings (coordinator/job-timings.ts), in seconds, by the coordinator's clock when it answered.
+   * wall: since started_at, to finished_at or now, re-forms and coordinator restarts included.
+   */
+  'wallSeconds': (number);
+  /**
+   * compute: the generations' own time, as their rank 0 reported it (elapsed_seconds is only the
+   * current generation's).
+   */
+  'computeSeconds': (number);
+  /**
+   * re-forming: from a generation's end (a lost worker, a failed collective, the coordinator gone)
+   * to the next generation's start.
+   */
+  'reformSeconds': (number);
+  /**
+   * The generations, oldest first.
+   */
+  'generations': (_polytune_v1_GenerationTiming__Output)[];
 }
