@@ -16,10 +16,10 @@
  * each language (MGSM's files are line-parallel: the i-th line is the same problem everywhere).
  */
 import { stat } from 'node:fs/promises';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
-import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS } from './spec-primitives.js';
+import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS, resolveSpecPath } from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
 export const MGSM_LANGUAGES = ['bn', 'de', 'en', 'es', 'fr', 'ja', 'ru', 'sw', 'te', 'th', 'zh'] as const;
@@ -154,7 +154,7 @@ export function expandProblemSets(sets: readonly ProblemSet[]): ProblemSource[] 
 }
 
 export function resolveProblemSets(sets: readonly ProblemSet[], baseDir: string): ProblemSet[] {
-  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  const abs = (p: string): string => resolveSpecPath(p, baseDir);
   return sets.map((s) => ({
     ...s,
     ...(s.path !== undefined ? { path: abs(s.path) } : {}),

@@ -15,7 +15,6 @@
  * `parseJobSpec` stays the single-stage TrainJob parser; a TrainJob with `spec.stages` is parsed by
  * common/stages.ts.
  */
-import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { loadTrainingSet } from './data-mixture.js';
@@ -30,6 +29,7 @@ import { readLlamaConfig } from './model-config.js';
 import { readDataSource } from './records.js';
 import {
   apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema,
+  resolveSpecPath,
 } from './spec-primitives.js';
 import {
   isStaged, stagedJobFromObject, stagedSpecSchema, stageJobSpec, validateStagedJobFiles, type StagedJobSpec, type TrainJobSpec,
@@ -149,7 +149,7 @@ async function modelDepth(spec: EvalJobSpec | LayerAnalysisJobSpec, issues: Spec
 
 function resolver(options: ParseOptions): (p: string) => string {
   const baseDir = options.baseDir ?? process.cwd();
-  return (p) => (isAbsolute(p) ? p : resolve(baseDir, p));
+  return (p) => resolveSpecPath(p, baseDir);
 }
 
 const trainJob: JobKindSpec<TrainJobSpec> = {

@@ -6,7 +6,7 @@
  * so that a client can parse a spec without the data, and the coordinator checks what it will use.
  */
 import { stat } from 'node:fs/promises';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
@@ -16,6 +16,7 @@ import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
   apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeIntAtMost,
   pathString, positiveAtMost, positiveIntAtMost, SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
+  resolveSpecPath,
 } from './spec-primitives.js';
 
 // The method block and its names live in common/methods/ (one file a method); re-exported for the
@@ -232,7 +233,7 @@ export function trainJobFromObject(raw: Record<string, unknown>, options: ParseO
 }
 
 export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
-  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  const abs = (p: string): string => resolveSpecPath(p, baseDir);
   const s = spec.spec;
   return {
     ...spec,

@@ -10,6 +10,7 @@
  * all-reduce timed out at once. The limits below are far above any real job (LLaMA-2 7B on 4096
  * GPUs with 128k-token sequences) and far below what hurts.
  */
+import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
 
@@ -106,6 +107,17 @@ export function nonEmptyString(max: number): z.ZodString {
 export const positiveInt = positiveIntAtMost(2_147_483_647);
 /** A non-negative integer, at most 2^31 - 1. */
 export const nonNegativeInt = nonNegativeIntAtMost(2_147_483_647);
+
+/**
+ * A spec's path as every later reader sees it: relative paths against `baseDir` (the spec file's
+ * folder), and every path, absolute ones too, normalised (`a/link/../b` is `a/b`). The storage-root
+ * check and the worker that opens the file must read the same string: left as written, a root
+ * check that normalises would pass `root/link/../x` while the operating system, following `link`
+ * first, opens a file outside the root.
+ */
+export function resolveSpecPath(p: string, baseDir: string): string {
+  return resolve(baseDir, p);
+}
 
 /** A non-empty path of at most `SPEC_LIMITS.pathChars` characters. */
 export const pathString = nonEmptyString(SPEC_LIMITS.pathChars);

@@ -15,7 +15,7 @@
  * once is committing every step of every stage once. `output.dir/final/` is the last stage's final
  * model (the same files, hard-linked; worker/train/stages.ts).
  */
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import {
@@ -23,7 +23,7 @@ import {
   type JobSpec, type ParseOptions,
 } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
-import { DNS_LABEL, DNS_LABEL_MESSAGE } from './spec-primitives.js';
+import { DNS_LABEL, DNS_LABEL_MESSAGE, resolveSpecPath } from './spec-primitives.js';
 
 /** What a stage cannot be called: the names of what a stage and the job write under output.dir. */
 export const RESERVED_STAGE_NAMES = ['final', 'checkpoints', 'analysis', 'eval'] as const;
@@ -143,7 +143,7 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
     spec: {
       ...spec.spec,
       model: job.model,
-      output: { dir: isAbsolute(outputDir) ? outputDir : resolve(baseDir, outputDir) },
+      output: { dir: resolveSpecPath(outputDir, baseDir) },
       ...(job.eval ? { eval: job.eval } : {}),
       stages: spec.spec.stages.map((stage, i) => ({ ...stage, method: resolved[i]!.spec.method, data: resolved[i]!.spec.data })),
     },

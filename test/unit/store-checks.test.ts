@@ -84,6 +84,24 @@ describe('files a job may touch', () => {
     await expect(resolveStorageRoots({ dataRoots: [join(dir, 'nope')] })).rejects.toThrow(/--data-root: .*nope: ENOENT/);
   });
 
+  it('storage roots: a path through a link and `..` is normalised at parse, so the check and the open see one path', async () => {
+    const dir = tmp();
+    mkdirSync(join(dir, 'data'));
+    mkdirSync(join(dir, 'elsewhere', 'deep'), { recursive: true });
+    writeFileSync(join(dir, 'elsewhere', 'secret.jsonl'), '{}\n');
+    symlinkSync(join('..', 'elsewhere', 'deep'), join(dir, 'data', 'link'));
+    // Followed by the operating system, data/link/../secret.jsonl is elsewhere/secret.jsonl.
+    const written = join(dir, 'data', 'link') + '/../secret.jsonl';
+    const parsed = spec(dir, written);
+    const train = (parsed.spec as { data: { train: { path: string }[] } }).data.train;
+    expect(train[0]!.path).toBe(join(dir, 'data', 'secret.jsonl'));
+    const roots = await resolveStorageRoots({ dataRoots: [join(dir, 'data')] });
+    expect(await storageRootIssues(parsed, roots)).toEqual([]);
+    // Through the link without `..`: resolved to its target and refused.
+    const through = await storageRootIssues(spec(dir, join(dir, 'data', 'link', 'x.jsonl')), roots);
+    expect(through.map((i) => i.path)).toEqual(['spec.data.train[0].path']);
+  });
+
   it('an output dir: missing, empty or marked is fine; someone else\'s files or a file are refused', async () => {
     const dir = tmp();
     expect(await outputDirIssues(join(dir, 'missing'))).toEqual([]);
