@@ -15,10 +15,10 @@
  * `languages` defaults to every language of the benchmark; `limit` keeps the first N problems of
  * each language (MGSM's files are line-parallel: the i-th line is the same problem everywhere).
  */
-import { stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
+import { isFile } from './fs-checks.js';
 import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS } from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
@@ -172,14 +172,6 @@ export function analysisIssues(analysis: AnalysisSpec, at: string): SpecIssue[] 
   const dup = langs.find((l, i) => langs.indexOf(l) !== i);
   if (dup !== undefined) issues.push({ path: `${at}.probe`, message: `names language "${dup}" twice` });
   return issues;
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /** Every file of the sets exists; issues name the set's field path. */
