@@ -15,11 +15,13 @@
  * `languages` defaults to every language of the benchmark; `limit` keeps the first N problems of
  * each language (MGSM's files are line-parallel: the i-th line is the same problem everywhere).
  */
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
-import { languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, SPEC_LIMITS, resolveSpecPath } from './spec-primitives.js';
+import { isFile } from './fs-checks.js';
+import {
+  languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, resolveSpecPath, SPEC_LIMITS,
+} from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
 export const MGSM_LANGUAGES = ['bn', 'de', 'en', 'es', 'fr', 'ja', 'ru', 'sw', 'te', 'th', 'zh'] as const;
@@ -172,14 +174,6 @@ export function analysisIssues(analysis: AnalysisSpec, at: string): SpecIssue[] 
   const dup = langs.find((l, i) => langs.indexOf(l) !== i);
   if (dup !== undefined) issues.push({ path: `${at}.probe`, message: `names language "${dup}" twice` });
   return issues;
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /** Every file of the sets exists; issues name the set's field path. */

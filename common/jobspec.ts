@@ -5,12 +5,12 @@
  * Checks that need the file system (files exist, the model's depth) live in `validateJobSpecFiles`,
  * so that a client can parse a spec without the data, and the coordinator checks what it will use.
  */
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
+import { isFile } from './fs-checks.js';
 import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
@@ -249,14 +249,6 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
       ...(s.eval ? { eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) } } : {}),
     },
   };
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -51,7 +51,7 @@ import type { SpecIssue } from './errors.js';
 import type { JobSpec } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
 import { expectedTensorShapes } from './model-config.js';
-import { parameterCounts, trainableTensorNames } from './methods/index.js';
+import { methodForCounting, parameterCounts, trainableTensorNames } from './methods/index.js';
 
 export const GiB = 1024 ** 3;
 const F32 = 4;
@@ -170,9 +170,7 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
 
   // Trainable product operands (2-D weights), in total and for the largest layer.
   const shapes = expectedTensorShapes(config);
-  const method = s.method.layers === 'auto'
-    ? { ...s.method, layers: Array.from({ length: Math.min(s.method.analysis?.k ?? 6, config.numHiddenLayers) }, (_, i) => i) }
-    : s.method;
+  const method = methodForCounting(s.method, config.numHiddenLayers);
   const names = trainableTensorNames(method, config.numHiddenLayers, [...shapes.keys()]);
   const perLayer = new Map<string, number>();
   let matrices = 0;

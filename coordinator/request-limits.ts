@@ -12,6 +12,7 @@
  */
 import { isJobName } from '../common/subjects.js';
 import { DNS_LABEL } from '../common/spec-primitives.js';
+import { MAX_STAGES } from '../common/stages.js';
 import type { Hello__Output, Progress__Output, Result__Output } from '../proto/index.js';
 import { RequestValidationError } from './errors.js';
 
@@ -138,8 +139,8 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
     if (!/^[a-z]{2,3}$/.test(lang)) throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
     checkLoss(`progress.loss_by_language.${lang}`, loss);
   }
-  // A stage of a job of several stages: its index within the count, its name a DNS label (the
-  // scheduler checks both against the job's spec before recording them).
+  // A stage of a job of several stages: its index within the count (at most the spec's bound),
+  // its name a DNS label (the scheduler checks both against the job's spec before recording them).
   checkCount('progress.stage_count', p.stageCount ?? 0, 0, MAX_STAGES);
   checkCount('progress.stage_index', p.stageIndex ?? 0, 0, Math.max(0, (p.stageCount ?? 0) - 1));
   const stageName = checkString('progress.stage_name', p.stageName ?? '', 63);
@@ -148,9 +149,6 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
   }
   return p;
 }
-
-/** Stages a progress report may count (a job's `spec.stages`). */
-export const MAX_STAGES = 1024;
 
 /** Languages a progress report may name (the loss per language); low cardinality on purpose. */
 export const MAX_LANGUAGES = 64;

@@ -69,15 +69,24 @@ export function trainableTensorNames(method: MethodSpec, numLayers: number, allN
 }
 
 /**
+ * The block as it counts before the worker resolves what is left open (`layers: auto` counts the
+ * analysis's `k` layers): `MethodContract.forCounting`, or the block as it is.
+ */
+export function methodForCounting(method: MethodSpec, numLayers: number): MethodSpec {
+  const c = methodContract(method);
+  return c.forCounting ? c.forCounting(method, numLayers) : method;
+}
+
+/**
  * Parameters of the model and of what the method trains, from config.json's shapes (before the
- * worker resolves what is left open, such as `layers: auto`: see `MethodContract.forCounting`).
+ * worker resolves what is left open, such as `layers: auto`: see `methodForCounting`).
  */
 export function parameterCounts(method: MethodSpec, config: LlamaConfig): { trainable: number; total: number } {
   const shapes = expectedTensorShapes(config);
   const numel = (name: string): number => shapes.get(name)!.reduce((a, b) => a * b, 1);
   const names = [...shapes.keys()];
   const c = methodContract(method);
-  const counted = c.forCounting ? c.forCounting(method, config.numHiddenLayers) : method;
+  const counted = methodForCounting(method, config.numHiddenLayers);
   return {
     trainable: c.trainableTensorNames(counted, config.numHiddenLayers, names).reduce((n, name) => n + numel(name), 0),
     total: names.reduce((n, name) => n + numel(name), 0),

@@ -23,11 +23,6 @@ export interface EvalJobOptions {
   readonly logger?: Logger;
 }
 
-/** The number of problems of an eval block: an EvalJob's "steps". */
-export async function countProblems(spec: EvalSpec): Promise<number> {
-  return (await readProblems(spec.sets)).length;
-}
-
 /** Runs an EvalJob's rank: `output.dir/eval/final.{json,md}` and this rank's predictions. */
 export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   const s = options.spec.spec;

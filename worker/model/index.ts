@@ -12,7 +12,7 @@ export type { ExportModelOptions, ExportedModel } from './export.js';
 export { ModelTokenizer } from './tokenizer.js';
 export type { DecodeOptions, EncodeOptions } from './tokenizer.js';
 export { LlamaModel } from './llama.js';
-export { IGNORE_INDEX } from './loss-head.js';
+export { IGNORE_INDEX } from '../../common/records.js';
 export { MASKED, causalMask, gatherRows, rmsNorm, scatterRows } from './ops.js';
 export { applyRope, ropeInvFreq, ropeTables, ropeTensors } from './rope.js';
 export type { ForwardOptions, ForwardResult, KvCache, LoadOptions, LossOptions } from './llama.js';

@@ -5,11 +5,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from '../../common/errors.js';
+import { IGNORE_INDEX } from '../../common/records.js';
 import { matMulTransposeB, transposeLast } from './matmul.js';
 import { concatOrOnly, customOp } from './ops.js';
-
-/** The label value that takes no loss, as in HF / PyTorch's CrossEntropyLoss. */
-export const IGNORE_INDEX = -100;
 
 /**
  * Logits of the loss head computed at once (rows x vocab floats): 16 MiB of them, 131 rows of a

@@ -19,8 +19,9 @@
  * hard-linked into a directory renamed into place (copied where the file system cannot link), so
  * it costs no space and a reader never sees half of it.
  */
-import { copyFile, link, readdir, stat } from 'node:fs/promises';
+import { copyFile, link, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isFile } from '../../common/fs-checks.js';
 import { trainJobStageSteps } from '../../common/job-kinds.js';
 import { stageFinalDir, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
 import type { KindContext, KindResult } from '../kind-context.js';
@@ -35,14 +36,6 @@ interface StageMemory {
   finished: number;
 }
 const memories = new WeakMap<StateHolder, StageMemory>();
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
-}
 
 /** Leading stages whose final model polytune wrote (it holds the marker) on this rank's file system. */
 export async function finishedStagesOnDisk(spec: StagedJobSpec): Promise<number> {
