@@ -14,7 +14,8 @@
  * a valid job name is "not ours". The empty or one-sentence marker of polytune before job names
  * (`legacy`) matches no job either; the messages say how to proceed.
  */
-import { open, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { open, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isJobName } from './subjects.js';
 
@@ -89,9 +90,25 @@ export async function readMarker(dir: string): Promise<MarkerState> {
   }
 }
 
-/** Writes `dir`'s marker naming `job` (replacing any marker there). */
+/** Whether a directory entry is a marker being written (`writeMarker`'s temporary file). */
+export function isMarkerTemporary(entry: string): boolean {
+  return /^\.polytune\.\d+\.[0-9a-f]{12}\.tmp$/.test(entry);
+}
+
+/**
+ * Writes `dir`'s marker naming `job` (nothing when it already does), replacing any marker there atomically (a temporary file
+ * renamed over it), so a concurrent reader never sees it empty or half written.
+ */
 export async function writeMarker(dir: string, job: string): Promise<void> {
-  await writeFile(join(dir, MARKER_NAME), markerContent(job));
+  if (isMarkerOf(await readMarker(dir), job)) return;
+  const tmp = join(dir, `${MARKER_NAME}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  try {
+    await writeFile(tmp, markerContent(job), { flag: 'wx' });
+    await rename(tmp, join(dir, MARKER_NAME));
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => {});
+    throw e;
+  }
 }
 
 /** Whether `state` is the marker of `job`. */

@@ -18,7 +18,7 @@ import { lstat, mkdir, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { JobSpecError, type SpecIssue } from '../common/errors.js';
 import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
-import { MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../common/output-marker.js';
+import { isMarkerTemporary, MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../common/output-marker.js';
 
 /** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
 export const OUTPUT_MARKER = MARKER_NAME;
@@ -138,14 +138,15 @@ export async function outputDirIssues(dir: string, job: string, at = 'spec.outpu
   if (!st.isDirectory()) return [{ path: at, message: `${dir}: exists and is not a directory` }];
   let entries: string[];
   try {
-    entries = await readdir(dir);
+    // A marker another Submit is writing is not a file of someone else's.
+    entries = (await readdir(dir)).filter((e) => !isMarkerTemporary(e));
   } catch (e) {
     return [{ path: at, message: `${dir}: cannot be listed (${errnoCode(e)})` }];
   }
   if (entries.length === 0) return [];
   if (entries.includes(OUTPUT_MARKER)) {
     const why = markerMismatch(await readMarker(dir), job, dir);
-    return why === undefined ? [] : [{ path: at, message: `${why}: choose a new or empty directory` }];
+    return why === undefined ? [] : [{ path: at, message: `${why}; or choose a new or empty directory` }];
   }
   return [{
     path: at,

@@ -13,8 +13,10 @@ export interface SpecFixture {
   dir: string;
   modelDir: string;
   dataFile: string;
-  /** A valid spec as YAML with absolute paths. */
-  /** output.dir is `out`, or `out-<name>` with a name (a dir is marked by one job: common/output-marker.ts). */
+  /**
+   * A valid spec as YAML with absolute paths; output.dir is `out`, or `out-<name>` with a name (a
+   * directory is marked as one job's: common/output-marker.ts).
+   */
   yaml(overrides?: { name?: string; workers?: number; min?: number; epochs?: number; samples?: number }): string;
   cleanup(): void;
 }

@@ -1,10 +1,10 @@
 /** The `.polytune` marker naming the job that owns a directory (common/output-marker.ts), read as untrusted. */
-import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
-  isMarkerOf, MARKER_MAX_BYTES, MARKER_NAME, markerContent, markerMismatch, parseMarker, readMarker, writeMarker,
+  isMarkerOf, isMarkerTemporary, MARKER_MAX_BYTES, MARKER_NAME, markerContent, markerMismatch, parseMarker, readMarker, writeMarker,
 } from '../../common/output-marker.js';
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'polytune-marker-'));
@@ -38,6 +38,9 @@ describe('the output marker', () => {
     expect(await readMarker(dir)).toEqual({ kind: 'job', job: 'my-job' });
     await writeMarker(dir, 'next-job');
     expect(await readMarker(dir)).toEqual({ kind: 'job', job: 'next-job' });
+    expect(readdirSync(dir)).toEqual([MARKER_NAME]); // the temporary file is renamed over it
+    expect(isMarkerTemporary(`${MARKER_NAME}.${process.pid}.0123456789ab.tmp`)).toBe(true);
+    expect(isMarkerTemporary('notes.tmp')).toBe(false);
     writeFileSync(join(dir, MARKER_NAME), markerContent('my-job') + ' '.repeat(10 * MARKER_MAX_BYTES));
     expect(await readMarker(dir)).toEqual({ kind: 'invalid' });
     const d2 = join(dir, 'd2');

@@ -65,7 +65,7 @@ export async function assertFinalReplaceable(dir: string, job: string): Promise<
     throw new UserError(`${dir}: ${why}`);
   }
   const why = markerMismatch(marker, job, dir);
-  if (why !== undefined) throw new UserError(`${why}: it is left as it is; move it away`);
+  if (why !== undefined) throw new UserError(`${why}; it is left as it is: move it away`);
 }
 
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
