@@ -96,8 +96,8 @@ export function isMarkerTemporary(entry: string): boolean {
 }
 
 /**
- * Writes `dir`'s marker naming `job` (nothing when it already does), replacing any marker there atomically (a temporary file
- * renamed over it), so a concurrent reader never sees it empty or half written.
+ * Writes `dir`'s marker naming `job` (nothing when it already does), replacing any marker there
+ * atomically (a temporary file renamed over it), so a concurrent reader never sees it empty or half written.
  */
 export async function writeMarker(dir: string, job: string): Promise<void> {
   if (isMarkerOf(await readMarker(dir), job)) return;
@@ -125,7 +125,8 @@ export function markerMismatch(state: MarkerState, job: string, dir: string): st
     case 'job':
       return state.job === job ? undefined : `${dir} belongs to job "${state.job}" (its ${MARKER_NAME} marker)`;
     case 'legacy':
-      return `${dir} has a ${MARKER_NAME} marker from a polytune before markers named their job; if it is job "${job}"'s ` +
+      return `${dir} has a ${MARKER_NAME} marker from a polytune before markers named their job; ` +
+        `if it is job "${job}"'s ` +
         `(or no longer needed), write {"job":"${job}","by":"polytune"} into ${join(dir, MARKER_NAME)}`;
     case 'invalid':
       return `${dir} has a ${MARKER_NAME} marker polytune did not write`;

@@ -176,7 +176,8 @@ export async function checkJobFiles<T>(
   const rootIssues = await storageRootIssues(spec, roots);
   if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);
   const files = await validateFiles();
-  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, spec.metadata.name, o.at)))).flat();
+  const job = spec.metadata.name;
+  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, job, o.at)))).flat();
   if (outIssues.length > 0) throw new JobSpecError(outIssues, source);
   return files;
 }

@@ -299,7 +299,7 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     await client.submitText(fx.yaml({ name: 'c' }));
   });
 
-  it('an output dir holding someone else\'s files or another job\'s is refused; the job\'s own (marked) is reused', async () => {
+  it('an output dir with someone else\'s files or another job\'s is refused; the job\'s own is reused', async () => {
     await start();
     const theirs = join(fx.dir, 'theirs');
     mkdirSync(theirs);

@@ -108,10 +108,12 @@ describe('files a job may touch', () => {
     writeFileSync(join(dir, 'out', '.polytune'), markerContent('other-job'));
     expect(await outputDirIssues(join(dir, 'out'), 'other-job')).toEqual([]);
     const [issue] = await outputDirIssues(join(dir, 'out'), 'mine');
-    expect(issue).toEqual({ path: 'spec.output.dir', message: expect.stringMatching(/out belongs to job "other-job"/) });
+    expect(issue).toEqual({
+      path: 'spec.output.dir', message: expect.stringMatching(/out belongs to job "other-job"/),
+    });
     writeFileSync(join(dir, 'out', '.polytune'), '');
     const [old] = await outputDirIssues(join(dir, 'out'), 'mine');
-    expect(old!.message).toMatch(/marker from a polytune before markers named their job; .*\{"job":"mine","by":"polytune"\}/);
+    expect(old!.message).toMatch(/from a polytune before markers named their job; .*\{"job":"mine","by":"polytune"\}/);
     writeFileSync(join(dir, 'out', '.polytune'), '{"job":"</x>","by":"polytune"}');
     const [forged] = await outputDirIssues(join(dir, 'out'), 'mine');
     expect(forged!.message).toMatch(/a .polytune marker polytune did not write/);
@@ -123,11 +125,12 @@ describe('files a job may touch', () => {
     await assertFinalReplaceable(join(dir, 'final'), 'mine');
     mkdirSync(join(dir, 'final'));
     writeFileSync(join(dir, 'final', 'mine.txt'), 'a user file');
-    await expect(assertFinalReplaceable(join(dir, 'final'), 'mine')).rejects.toThrow(/final: exists and was not written by polytune/);
+    const replaceable = (): Promise<void> => assertFinalReplaceable(join(dir, 'final'), 'mine');
+    await expect(replaceable()).rejects.toThrow(/final: exists and was not written by polytune/);
     writeFileSync(join(dir, 'final', FINAL_MARKER), markerContent('other-job'));
-    await expect(assertFinalReplaceable(join(dir, 'final'), 'mine')).rejects.toThrow(/final belongs to job "other-job".*move it away/);
+    await expect(replaceable()).rejects.toThrow(/final belongs to job "other-job".*move it away/);
     writeFileSync(join(dir, 'final', FINAL_MARKER), '');
-    await expect(assertFinalReplaceable(join(dir, 'final'), 'mine')).rejects.toThrow(/before markers named their job/);
+    await expect(replaceable()).rejects.toThrow(/before markers named their job/);
     writeFileSync(join(dir, 'final', FINAL_MARKER), markerContent('mine'));
     await assertFinalReplaceable(join(dir, 'final'), 'mine');
   });

@@ -45,7 +45,7 @@ export interface FinalContents {
   };
 }
 
-/** The marker of a `final/` polytune wrote, naming the job (common/output-marker.ts): only such a directory is replaced. */
+/** The marker of a `final/` polytune wrote, naming the job (common/output-marker.ts): only such a one is replaced. */
 export const FINAL_MARKER = MARKER_NAME;
 
 /**
@@ -58,14 +58,15 @@ export async function assertFinalReplaceable(dir: string, job: string): Promise<
     throw e;
   });
   if (st === undefined) return;
-  if (!st.isDirectory()) throw new UserError(`${dir}: exists and is not a directory: it is left as it is; move it away`);
+  const keep = 'it is left as it is: move it away';
+  if (!st.isDirectory()) throw new UserError(`${dir}: exists and is not a directory; ${keep}`);
   const marker = await readMarker(dir);
   if (marker.kind === 'missing') {
     const why = `exists and was not written by polytune (no ${FINAL_MARKER} marker): it is left as it is; move it away`;
     throw new UserError(`${dir}: ${why}`);
   }
   const why = markerMismatch(marker, job, dir);
-  if (why !== undefined) throw new UserError(`${why}; it is left as it is: move it away`);
+  if (why !== undefined) throw new UserError(`${why}; ${keep}`);
 }
 
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
