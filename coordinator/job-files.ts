@@ -6,20 +6,22 @@
  *   every input path of the spec (model, data, problem sets) must lie under a data root and
  *   `output.dir` under an output root, after symbolic links are resolved; a path outside is refused
  *   with the path and its field before anything reads it. Unset (local use), any path is allowed.
- * - the output directory: it must be missing, empty, or polytune's (it holds the marker file
- *   `.polytune`, written here when a job is accepted). A directory holding someone else's files is
- *   refused, so that a job never writes (and `final/` never replaces) files it does not own.
+ * - the output directory: it must be missing, empty, or this job's (it holds the marker file
+ *   `.polytune` naming the job, written here when a job is accepted: common/output-marker.ts). A
+ *   directory holding someone else's files, or marked by another job, is refused, so that a job never
+ *   writes (and `final/` never replaces) files it does not own.
  * - then the files themselves (common/jobspec.ts, common/job-kinds.ts).
  *
  * Errors name the field path and the file, never a file's contents.
  */
-import { lstat, mkdir, readdir, realpath, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { JobSpecError, type SpecIssue } from '../common/errors.js';
 import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
+import { isMarkerTemporary, MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../common/output-marker.js';
 
 /** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
-export const OUTPUT_MARKER = '.polytune';
+export const OUTPUT_MARKER = MARKER_NAME;
 
 export interface StorageRoots {
   /** Directories inputs (model, data) must be under; empty: anywhere. */
@@ -122,8 +124,8 @@ export async function storageRootIssues(spec: AnyJobSpec, roots: StorageRoots): 
   return issues;
 }
 
-/** Whether `dir` may be written by a job: missing, empty, or marked as polytune's. */
-export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Promise<SpecIssue[]> {
+/** Whether `dir` may be written by job `job` (its `metadata.name`): missing, empty, or marked as its own. */
+export async function outputDirIssues(dir: string, job: string, at = 'spec.output.dir'): Promise<SpecIssue[]> {
   let st;
   try {
     st = await lstat(dir);
@@ -132,15 +134,20 @@ export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Prom
     return [{ path: at, message: `${dir}: cannot be checked (${errnoCode(e)})` }];
   }
   // A link is checked at its target (the roots, if any, were checked on the target too).
-  if (st.isSymbolicLink()) return outputDirIssues(await realpath(dir), at);
+  if (st.isSymbolicLink()) return outputDirIssues(await realpath(dir), job, at);
   if (!st.isDirectory()) return [{ path: at, message: `${dir}: exists and is not a directory` }];
   let entries: string[];
   try {
-    entries = await readdir(dir);
+    // A marker another Submit is writing is not a file of someone else's.
+    entries = (await readdir(dir)).filter((e) => !isMarkerTemporary(e));
   } catch (e) {
     return [{ path: at, message: `${dir}: cannot be listed (${errnoCode(e)})` }];
   }
-  if (entries.length === 0 || entries.includes(OUTPUT_MARKER)) return [];
+  if (entries.length === 0) return [];
+  if (entries.includes(OUTPUT_MARKER)) {
+    const why = markerMismatch(await readMarker(dir), job, dir);
+    return why === undefined ? [] : [{ path: at, message: `${why}; or choose a new or empty directory` }];
+  }
   return [{
     path: at,
     message: `${dir} holds files polytune did not write (${entries.length} entries, no ${OUTPUT_MARKER} marker): ` +
@@ -148,11 +155,11 @@ export async function outputDirIssues(dir: string, at = 'spec.output.dir'): Prom
   }];
 }
 
-/** Marks `dir` (created if missing) as polytune's. */
-export async function markOutputDir(dir: string, at = 'spec.output.dir'): Promise<void> {
+/** Marks `dir` (created if missing) as job `job`'s (once `outputDirIssues` found it missing, empty or `job`'s). */
+export async function markOutputDir(dir: string, job: string, at = 'spec.output.dir'): Promise<void> {
   try {
     await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, OUTPUT_MARKER), 'This directory is written by polytune jobs.\n', { flag: 'a' });
+    await writeMarker(dir, job);
   } catch (e) {
     throw new JobSpecError([{ path: at, message: `${dir}: cannot be written (${errnoCode(e)})` }]);
   }
@@ -169,7 +176,8 @@ export async function checkJobFiles<T>(
   const rootIssues = await storageRootIssues(spec, roots);
   if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);
   const files = await validateFiles();
-  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, o.at)))).flat();
+  const job = spec.metadata.name;
+  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, job, o.at)))).flat();
   if (outIssues.length > 0) throw new JobSpecError(outIssues, source);
   return files;
 }
@@ -179,7 +187,7 @@ export async function checkStoredJobFiles(spec: AnyJobSpec, roots: StorageRoots,
   await checkJobFiles(spec, roots, () => jobKindOf(spec).validateFiles(spec, source), source);
 }
 
-/** Creates and marks the spec's output directories as polytune's (once a job is accepted). */
+/** Creates and marks the spec's output directories as its job's (once a job is accepted). */
 export async function markOutputDirs(spec: AnyJobSpec): Promise<void> {
-  for (const o of specPaths(spec).outputs) await markOutputDir(o.path, o.at);
+  for (const o of specPaths(spec).outputs) await markOutputDir(o.path, spec.metadata.name, o.at);
 }

@@ -13,7 +13,10 @@ export interface SpecFixture {
   dir: string;
   modelDir: string;
   dataFile: string;
-  /** A valid spec as YAML with absolute paths. */
+  /**
+   * A valid spec as YAML with absolute paths; output.dir is `out`, or `out-<name>` with a name (a
+   * directory is marked as one job's: common/output-marker.ts).
+   */
   yaml(overrides?: { name?: string; workers?: number; min?: number; epochs?: number; samples?: number }): string;
   cleanup(): void;
 }
@@ -53,7 +56,7 @@ spec:
     microBatchSize: 1
     optimizer: { name: sgd, lr: 0.1 }
   workers: { count: ${o.workers ?? 2}${o.min !== undefined ? `, min: ${o.min}` : ''} }
-  output: { dir: ${join(dir, 'out')} }
+  output: { dir: ${join(dir, o.name === undefined ? 'out' : `out-${o.name}`)} }
 `,
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };

@@ -299,12 +299,13 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     await client.submitText(fx.yaml({ name: 'c' }));
   });
 
-  it('an output dir holding someone else\'s files is refused; polytune\'s own (marked) is reused', async () => {
+  it('an output dir with someone else\'s files or another job\'s is refused; the job\'s own is reused', async () => {
     await start();
     const theirs = join(fx.dir, 'theirs');
     mkdirSync(theirs);
     writeFileSync(join(theirs, 'notes.txt'), 'private');
-    const yaml = (dir: string): string => fx.yaml().replace(/output: \{ dir: .* \}/, `output: { dir: ${dir} }`);
+    const yaml = (dir: string, name?: string): string =>
+      fx.yaml(name === undefined ? {} : { name }).replace(/output: \{ dir: .* \}/, `output: { dir: ${dir} }`);
     const e = await callError(client.submitText(yaml(theirs)));
     expect(e.code).toBe(status.INVALID_ARGUMENT);
     expect(e.message).toMatch(/spec.output.dir: .*theirs holds files polytune did not write/);
@@ -314,6 +315,10 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect(existsSync(join(ours, '.polytune'))).toBe(true);
     writeFileSync(join(ours, 'checkpoints'), '');
     await client.submitText(yaml(ours));
+    // Another job's (marked with its name) is refused, naming that job.
+    const other = await callError(client.submitText(yaml(ours, 'other-job')));
+    expect(other.code).toBe(status.INVALID_ARGUMENT);
+    expect(other.message).toMatch(/spec.output.dir: .*ours belongs to job "tiny-job"/);
   });
 
   it('with storage roots, inputs outside a data root and outputs outside an output root are refused, naming the path', async () => {

@@ -1,15 +1,17 @@
 /** Jobs of several stages: parsing, the derived single-stage specs, their checks and steps (common/stages.ts). */
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { JobSpecError } from '../../common/errors.js';
 import { JOB_KIND_TABLE, jobKindOf, parseAnyJobSpec, trainJobStageSteps } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
-import { isStaged, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
+import { markerContent } from '../../common/output-marker.js';
+import { isStaged, stageFinalDir, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
 import { PromMeter } from '../../common/metrics.js';
 import { newJobRecord, parseStoredRecord } from '../../coordinator/job-record.js';
 import { stageOf } from '../../coordinator/scheduler.js';
+import { finishedStagesOnDisk } from '../../worker/train/stages.js';
 import { createWorkerMetrics } from '../../worker/worker-metrics.js';
 
 const stage = (name: string, method: string, data = 'data/a.jsonl', extra = ''): string => `
@@ -72,6 +74,25 @@ describe('spec.stages', () => {
     expect('stages' in b.spec).toBe(false);
     // A derived stage is a valid single-stage spec.
     expect(parseJobSpec(JSON.stringify(b))).toEqual(b);
+  });
+
+  it("counts as finished only the leading stages whose final/ this job's marker names", async () => {
+    const base = await mkdtemp(join(tmpdir(), 'polytune-stages-'));
+    const spec = parseAnyJobSpec(TWO, { baseDir: base }) as StagedJobSpec;
+    const mark = async (stageName: string, content: string): Promise<void> => {
+      await mkdir(stageFinalDir(spec, stageName), { recursive: true });
+      await writeFile(join(stageFinalDir(spec, stageName), '.polytune'), content);
+    };
+    expect(await finishedStagesOnDisk(spec)).toBe(0);
+    await mark('translate', markerContent('another-job'));
+    await mark('answer', markerContent('two'));
+    expect(await finishedStagesOnDisk(spec)).toBe(0);
+    await mark('translate', '');
+    expect(await finishedStagesOnDisk(spec)).toBe(0);
+    await mark('translate', markerContent('two'));
+    expect(await finishedStagesOnDisk(spec)).toBe(2);
+    await mark('answer', markerContent('another-job'));
+    expect(await finishedStagesOnDisk(spec)).toBe(1);
   });
 
   it('refuses top-level method, data or training beside stages', () => {

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
+import { markerContent } from '../../common/output-marker.js';
 import { outputDirIssues, resolveStorageRoots, specPaths, storageRootIssues } from '../../coordinator/job-files.js';
 import { newJobRecord, parseStoredRecord } from '../../coordinator/job-record.js';
 import { decodePageToken, encodePageToken, listPage } from '../../coordinator/list-pages.js';
@@ -104,27 +105,51 @@ describe('files a job may touch', () => {
 
   it('an output dir: missing, empty or marked is fine; someone else\'s files or a file are refused', async () => {
     const dir = tmp();
-    expect(await outputDirIssues(join(dir, 'missing'))).toEqual([]);
+    expect(await outputDirIssues(join(dir, 'missing'), 'mine')).toEqual([]);
     mkdirSync(join(dir, 'empty'));
-    expect(await outputDirIssues(join(dir, 'empty'))).toEqual([]);
+    expect(await outputDirIssues(join(dir, 'empty'), 'mine')).toEqual([]);
     mkdirSync(join(dir, 'theirs'));
     writeFileSync(join(dir, 'theirs', 'secret.txt'), 'top secret');
-    const [issue] = await outputDirIssues(join(dir, 'theirs'));
+    const [issue] = await outputDirIssues(join(dir, 'theirs'), 'mine');
     expect(issue!.message).toMatch(/holds files polytune did not write \(1 entries, no .polytune marker\)/);
     expect(issue!.message).not.toMatch(/secret/);
-    writeFileSync(join(dir, 'theirs', '.polytune'), '');
-    expect(await outputDirIssues(join(dir, 'theirs'))).toEqual([]);
+    writeFileSync(join(dir, 'theirs', '.polytune'), markerContent('mine'));
+    expect(await outputDirIssues(join(dir, 'theirs'), 'mine')).toEqual([]);
     writeFileSync(join(dir, 'file'), '');
-    expect((await outputDirIssues(join(dir, 'file')))[0]!.message).toMatch(/exists and is not a directory/);
+    expect((await outputDirIssues(join(dir, 'file'), 'mine'))[0]!.message).toMatch(/exists and is not a directory/);
   });
 
-  it('final/ is replaced only when polytune wrote it', async () => {
+  it('an output dir marked by another job is refused naming it; an old empty marker says how to proceed', async () => {
     const dir = tmp();
-    await assertFinalReplaceable(join(dir, 'final'));
+    mkdirSync(join(dir, 'out'));
+    writeFileSync(join(dir, 'out', 'checkpoints'), '');
+    writeFileSync(join(dir, 'out', '.polytune'), markerContent('other-job'));
+    expect(await outputDirIssues(join(dir, 'out'), 'other-job')).toEqual([]);
+    const [issue] = await outputDirIssues(join(dir, 'out'), 'mine');
+    expect(issue).toEqual({
+      path: 'spec.output.dir', message: expect.stringMatching(/out belongs to job "other-job"/),
+    });
+    writeFileSync(join(dir, 'out', '.polytune'), '');
+    const [old] = await outputDirIssues(join(dir, 'out'), 'mine');
+    expect(old!.message).toMatch(/from a polytune before markers named their job; .*\{"job":"mine","by":"polytune"\}/);
+    writeFileSync(join(dir, 'out', '.polytune'), '{"job":"</x>","by":"polytune"}');
+    const [forged] = await outputDirIssues(join(dir, 'out'), 'mine');
+    expect(forged!.message).toMatch(/a .polytune marker polytune did not write/);
+    expect(forged!.message).not.toContain('</x>');
+  });
+
+  it('final/ is replaced only when this job wrote it', async () => {
+    const dir = tmp();
+    await assertFinalReplaceable(join(dir, 'final'), 'mine');
     mkdirSync(join(dir, 'final'));
     writeFileSync(join(dir, 'final', 'mine.txt'), 'a user file');
-    await expect(assertFinalReplaceable(join(dir, 'final'))).rejects.toThrow(/final: exists and was not written by polytune/);
+    const replaceable = (): Promise<void> => assertFinalReplaceable(join(dir, 'final'), 'mine');
+    await expect(replaceable()).rejects.toThrow(/final: exists and was not written by polytune/);
+    writeFileSync(join(dir, 'final', FINAL_MARKER), markerContent('other-job'));
+    await expect(replaceable()).rejects.toThrow(/final belongs to job "other-job".*move it away/);
     writeFileSync(join(dir, 'final', FINAL_MARKER), '');
-    await assertFinalReplaceable(join(dir, 'final'));
+    await expect(replaceable()).rejects.toThrow(/before markers named their job/);
+    writeFileSync(join(dir, 'final', FINAL_MARKER), markerContent('mine'));
+    await assertFinalReplaceable(join(dir, 'final'), 'mine');
   });
 });

@@ -11,11 +11,12 @@
  * state exists only in memory past the last checkpoint, so a write that fails for want of space is
  * tried again (`writeFinalOutputsRetrying`) rather than failing the job and losing it.
  */
-import { copyFile, lstat, mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, UserError } from '../../common/errors.js';
 import type { Logger } from '../../common/logging.js';
+import { MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../../common/output-marker.js';
 import type { LlamaModel } from '../model/llama.js';
 import { exportModel } from '../model/export.js';
 import { writeSafetensors, type NamedTensor } from '../model/safetensors.js';
@@ -27,6 +28,8 @@ export const MODEL_SIDE_FILES = [
 ] as const;
 
 export interface FinalContents {
+  /** The job writing it (its `metadata.name`), named in `final/`'s marker. */
+  readonly job: string;
   readonly modelDir: string;
   readonly outputDir: string;
   readonly model: LlamaModel;
@@ -42,29 +45,36 @@ export interface FinalContents {
   };
 }
 
-/** The marker of a `final/` polytune wrote: only such a directory is ever replaced. */
-export const FINAL_MARKER = '.polytune';
+/** The marker of a `final/` polytune wrote, naming the job (common/output-marker.ts): only such a one is replaced. */
+export const FINAL_MARKER = MARKER_NAME;
 
-/** Throws unless `dir` is missing or holds polytune's marker (a user's own `final/` is never replaced). */
-export async function assertFinalReplaceable(dir: string): Promise<void> {
+/**
+ * Throws unless `dir` is missing or holds the marker of job `job` (its `metadata.name`): a user's own
+ * `final/`, or another job's, is never replaced.
+ */
+export async function assertFinalReplaceable(dir: string, job: string): Promise<void> {
   const st = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined;
     throw e;
   });
   if (st === undefined) return;
-  const marked = st.isDirectory() && (await lstat(join(dir, FINAL_MARKER)).then(() => true, () => false));
-  if (!marked) {
+  const keep = 'it is left as it is: move it away';
+  if (!st.isDirectory()) throw new UserError(`${dir}: exists and is not a directory; ${keep}`);
+  const marker = await readMarker(dir);
+  if (marker.kind === 'missing') {
     const why = `exists and was not written by polytune (no ${FINAL_MARKER} marker): it is left as it is; move it away`;
     throw new UserError(`${dir}: ${why}`);
   }
+  const why = markerMismatch(marker, job, dir);
+  if (why !== undefined) throw new UserError(`${why}; ${keep}`);
 }
 
 export async function writeFinalOutputs(c: FinalContents): Promise<string> {
   const dir = join(c.outputDir, 'final');
   await mkdir(c.outputDir, { recursive: true });
-  await assertFinalReplaceable(dir);
+  await assertFinalReplaceable(dir, c.job);
   await writeDirAtomically(dir, async (tmp) => {
-    await writeFile(join(tmp, FINAL_MARKER), 'written by polytune; a final/ without this file is never replaced\n');
+    await writeMarker(tmp, c.job);
     // Tensor by tensor, each in its input dtype, sharded like the input (worker/model/export.ts);
     // trained tensors from the trainer's float32 master copies.
     await exportModel(tmp, c.model, {

@@ -21,12 +21,12 @@
  */
 import { copyFile, link, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isFile } from '../../common/fs-checks.js';
 import { trainJobStageSteps } from '../../common/job-kinds.js';
+import { isMarkerOf, readMarker } from '../../common/output-marker.js';
 import { stageFinalDir, stageJobSpec, stageOffsets, type StagedJobSpec } from '../../common/stages.js';
 import type { KindContext, KindResult } from '../kind-context.js';
 import { writeDirAtomically } from './atomic-dir.js';
-import { assertFinalReplaceable, FINAL_MARKER } from './outputs.js';
+import { assertFinalReplaceable } from './outputs.js';
 import { releaseHolder, type StateHolder } from './trainer.js';
 import { runSingleStage } from './train-job.js';
 
@@ -37,11 +37,14 @@ interface StageMemory {
 }
 const memories = new WeakMap<StateHolder, StageMemory>();
 
-/** Leading stages whose final model polytune wrote (it holds the marker) on this rank's file system. */
+/**
+ * Leading stages whose final model this job wrote (it holds the marker naming the job,
+ * common/output-marker.ts) on this rank's file system: another job's `final/` is not this job's stage.
+ */
 export async function finishedStagesOnDisk(spec: StagedJobSpec): Promise<number> {
   let n = 0;
   for (const stage of spec.spec.stages) {
-    if (!(await isFile(join(stageFinalDir(spec, stage.name), FINAL_MARKER)))) break;
+    if (!isMarkerOf(await readMarker(stageFinalDir(spec, stage.name)), spec.metadata.name)) break;
     n++;
   }
   return n;
@@ -57,10 +60,10 @@ async function agreeOnStage(spec: StagedJobSpec, ctx: KindContext, memory: Stage
 
 /**
  * `dst` becomes a directory of the files of `src` (a final/, marker included), hard-linked (copied
- * where that fails), atomically; a `dst` polytune did not write is never replaced.
+ * where that fails), atomically; a `dst` job `job` did not write is never replaced.
  */
-export async function linkDirectory(src: string, dst: string): Promise<void> {
-  await assertFinalReplaceable(dst);
+export async function linkDirectory(src: string, dst: string, job: string): Promise<void> {
+  await assertFinalReplaceable(dst, job);
   await writeDirAtomically(dst, async (tmp) => {
     for (const name of await readdir(src)) {
       await link(join(src, name), join(tmp, name)).catch(() => copyFile(join(src, name), join(tmp, name)));
@@ -98,7 +101,9 @@ export async function runStages(spec: StagedJobSpec, ctx: KindContext): Promise<
     memory.finished = Math.max(memory.finished, k + 1);
   }
   const last = stages[n - 1]!;
-  if (ctx.rank === 0) await linkDirectory(stageFinalDir(spec, last.name), join(spec.spec.output.dir, 'final'));
+  if (ctx.rank === 0) {
+    await linkDirectory(stageFinalDir(spec, last.name), join(spec.spec.output.dir, 'final'), spec.metadata.name);
+  }
   return {
     steps: total, outputDir: spec.spec.output.dir, firstLoss, finalLoss, ...(chosenLayers ? { chosenLayers } : {}),
   };

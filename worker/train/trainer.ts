@@ -341,7 +341,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       const named = names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! }));
       const modules = named.slice(modelTrainable.length);
       const seconds = await writeFinalOutputsRetrying({
-        modelDir: s.model.path, outputDir: s.output.dir, model,
+        job: spec.metadata.name, modelDir: s.model.path, outputDir: s.output.dir, model,
         trainable: named.slice(0, modelTrainable.length),
         inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
         method: {

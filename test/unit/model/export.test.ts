@@ -54,6 +54,7 @@ describe('export', () => {
     });
     const trained = model.trainableNames.map((name) => ({ name, shape: [...model.variable(name).shape], data: model.variable(name).dataSync() as Float32Array }));
     const out = await writeFinalOutputs({
+      job: 'export-test',
       modelDir, outputDir: join(tmp, 'run'), model, trainable: trained, inputDtypes: new Map([...input].map(([n, t]) => [n, t.dtype])),
     });
     model.dispose();
