@@ -231,7 +231,8 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
 export function checkSequenceLength(c: LlamaConfig, length: number, what = 'sequence length'): void {
   if (c.slidingWindow !== null && length > c.slidingWindow) {
     throw new UserError(
-      `${what} ${length} exceeds the model's sliding_window ${c.slidingWindow}: sliding-window attention is not supported; ` +
+      `${what} ${length} exceeds the model's sliding_window ` +
+        `${c.slidingWindow}: sliding-window attention is not supported; ` +
         `keep sequences at most ${c.slidingWindow} tokens long`,
     );
   }

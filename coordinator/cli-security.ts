@@ -134,7 +134,8 @@ function revocationSettings(
 ): NatsRevocationSettings | undefined {
   const given = Object.values(files).filter((f) => f !== undefined).length;
   if (given === 0) return undefined;
-  if (given !== 3) throw new UserError('--nats-system-creds, --nats-account-jwt and --nats-operator-signing-key go together (revocation needs all three)');
+  if (given !== 3) throw new UserError('--nats-system-creds, --nats-account-jwt and ' +
+    '--nats-operator-signing-key go together (revocation needs all three)');
   if (account === undefined) throw new UserError('--nats-system-creds needs --nats-account-signing-key (revocation is of the credentials it signs)');
   const settings = {
     systemCreds: readTextFile('--nats-system-creds', files.systemCreds!),

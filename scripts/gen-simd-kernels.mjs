@@ -108,7 +108,10 @@ const quantizeF16 = `
       (local.set $o (v128.or (local.get $o) (v128.and (local.get $f) ${splat('0x80000000')})))
       (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
 
-/** widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits kept. */
+/**
+ * widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits
+ * kept.
+ */
 const quantizeBf16 = `
       (v128.bitselect
         (v128.or (v128.and (local.get $f) ${splat('0xffff0000')}) ${splat('0x400000')})
@@ -152,7 +155,8 @@ function loop(body, strides) {
       (br $next)))`;
 }
 
-const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
+const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add ` +
+  `(local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
 
 /**
  * narrow(src f32 at $p, dst u16 at $q, n). With `signApart`, `lanes` leaves out the sign, which is

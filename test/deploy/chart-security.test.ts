@@ -120,7 +120,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
 
   const pod = (kind: string, suffix: string): Pod => (objs.find((o) => o.kind === kind && o.metadata.name.endsWith(suffix)) as Workload).spec.template.spec;
 
-  it('the coordinator: serveSecurity reads TLS with the client CA, both tokens, its NATS credentials and an issuer for the account', async () => {
+  it('the coordinator: serveSecurity reads TLS with the client CA, ' +
+    'both tokens, its NATS credentials and an issuer for the account', async () => {
     const p = pod('Deployment', '-coordinator');
     const env = materialize(objs, p, p.containers[0]!, join(dir, 'coordinator'));
     const s = withEnv(env, () => serveSecurity({}));
@@ -158,7 +159,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(natsTls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });
   });
 
-  it('NOTES.txt: its commands fetch the CA and the client token from the rendered Secrets, and its submit flags reach the server', () => {
+  it('NOTES.txt: its commands fetch the CA and the client token from ' +
+    'the rendered Secrets, and its submit flags reach the server', () => {
     const notes = runRender(bin as string, ['-f', valuesFile, '--notes']);
     expect(notes.status, notes.stderr).toBe(0);
     const here = join(dir, 'laptop');

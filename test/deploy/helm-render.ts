@@ -23,7 +23,8 @@ export function helmRender(): string | { skip: string } {
   if (!go || !haveSources) {
     const apt = spawnSync('sh', ['-c', 'command -v apt-get']).status === 0;
     if (!apt) return { skip: 'no Go with Debian\'s sprig/ghodss-yaml sources to build tools/helm-render, and no apt-get: skipping the chart tests' };
-    throw new Error('tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)');
+    throw new Error('tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs ' +
+      'golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)');
   }
   mkdirSync(dirname(BIN), { recursive: true });
   execFileSync(go, ['build', '-o', BIN, './tools/helm-render'], {

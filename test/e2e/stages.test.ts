@@ -170,7 +170,8 @@ afterAll(async () => {
 });
 
 describe('jobs of several stages (real processes)', () => {
-  it('two stages on 2 workers: each changes only its tensors; one SGD step each equals single-stage jobs by hand', async () => {
+  it('two stages on 2 workers: each changes only its tensors; ' +
+    'one SGD step each equals single-stage jobs by hand', async () => {
     const run: Run = { name: 'two-sgd', out: join(dir, 'two-sgd'), steps: [1, 1], optimizer: SGD };
     const c = await procs.cluster(2);
     const id = await submit(c, twoStageText(run));
@@ -236,7 +237,8 @@ describe('jobs of several stages (real processes)', () => {
     expect(text).toMatch(new RegExp(`^step {8}${S1 + S2}/${S1 + S2} \\(100%\\)$`, 'm'));
   }, 300_000);
 
-  it('killed between the stages, then `submit --resume`: stage 1 does not run again; ends as an uninterrupted run', async () => {
+  it('killed between the stages, then `submit --resume`: ' +
+    'stage 1 does not run again; ends as an uninterrupted run', async () => {
     const run: Run = { ...clean, name: 'resumed', out: join(dir, 'resumed') };
     const stage1Final = join(run.out, STAGE1.name, 'final', 'model.safetensors');
     const a = await procs.cluster(2);

@@ -59,7 +59,8 @@ async function world(extra: Partial<AllReduceOptions> & { jobPrefix?: string; jo
 }
 
 describe('a rogue NATS client without the key', () => {
-  it('forged chunks (step + 1, values × -100, re-sealed), forged heads, replays and duplicates change no result', async () => {
+  it('forged chunks (step + 1, values × -100, re-sealed), ' +
+    'forged heads, replays and duplicates change no result', async () => {
     // The clean run: the same inputs, no rogue.
     const clean = await runSteps((await world({ jobPrefix: 'clean' })).ranks);
     for (let s = 0; s < STEPS; s++) expect(bytes(clean[s]!).equals(bytes(sumInRankOrder(inputsOf(s))))).toBe(true);
@@ -86,7 +87,8 @@ describe('a rogue NATS client without the key', () => {
     });
   });
 
-  it('a replay of a genuine chunk from an earlier generation changes nothing, as it is or with its generation rewritten', async () => {
+  it('a replay of a genuine chunk from an earlier generation ' +
+    'changes nothing, as it is or with its generation rewritten', async () => {
     const job = uniqueJobName('regen');
     // Generation 1 runs while two recorders keep every chunk, to replay onto generation 2's subjects.
     const asIs = rogueClient(await scope.connect(suite.server), job, { toGeneration: 2 });
