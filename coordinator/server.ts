@@ -472,7 +472,8 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
             : `${kind}.generation: ${generation} is not the current generation ${ref.generation} of job ${jobId}`;
         }
         if (!(await store.get(jobId))) return `${kind}.job_id: job ${jobId} not found`;
-        return `${kind}.job_id: worker ${wid} is not in the gang of job ${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
+        return `${kind}.job_id: worker ${wid} is not in the gang of job ` +
+          `${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
       };
 
       call.on('data', (raw: WorkerMessage__Output) => {

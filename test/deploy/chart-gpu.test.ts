@@ -69,7 +69,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(chart.dependencies.find((d) => d.name === 'nats')!.version).toMatch(/^1\.3\.\d+$/);
   });
 
-  it('NetworkPolicies are on and cover the NATS pods: clients only from this release\'s pods, routes from NATS, metrics', () => {
+  it('NetworkPolicies are on and cover the NATS pods: clients ' +
+    'only from this release\'s pods, routes from NATS, metrics', () => {
     const np = get(defaults, 'NetworkPolicy', 'polytune-nats') as K8sObject & {
       spec: { podSelector: { matchLabels: Record<string, string> }; ingress: Array<{ ports: Array<{ port: number }>; from?: Array<{ podSelector?: { matchLabels: Record<string, string> } }> }> };
     };
@@ -172,11 +173,13 @@ coordinator:
   image: { digest: "${digest}" }
   priorityClassName: system-cluster-critical
   nodeSelector: { pool: cpu }
-  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: pool, operator: In, values: [cpu] }] }] } } }
+  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { ` +
+`nodeSelectorTerms: [{ matchExpressions: [{ key: pool, operator: In, values: [cpu] }] }] } } }
   envFrom: [{ configMapRef: { name: coord-env } }]
   extraVolumes: [{ name: extra, configMap: { name: extra } }]
   extraVolumeMounts: [{ name: extra, mountPath: /etc/extra }]
-  topologySpreadConstraints: [{ maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway }]
+  topologySpreadConstraints: [{ maxSkew: 1, topologyKey: ` +
+`topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway }]
 worker:
   image: { digest: "${digest}" }
   priorityClassName: training-high

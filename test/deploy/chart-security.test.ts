@@ -136,7 +136,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(issued.creds).toContain('BEGIN NATS USER JWT');
   });
 
-  it('the workers: TLS with the coordinator\'s CA, their client certificate and the server name; the worker token; nothing else', () => {
+  it('the workers: TLS with the coordinator\'s CA, their client ' +
+    'certificate and the server name; the worker token; nothing else', () => {
     const p = pod('StatefulSet', '-worker');
     const env = materialize(objs, p, p.containers[0]!, join(dir, 'worker'));
     // The names worker/cli.ts reads, taken from its source.
@@ -184,7 +185,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(token).toBe(CLIENT_TOKEN);
   });
 
-  it('nats-server takes nats.config.merge as the NATS chart writes it (JSON): no credentials, no connection; the coordinator\'s open its KV bucket', async () => {
+  it('nats-server takes nats.config.merge as the NATS chart writes it (JSON): ' +
+    'no credentials, no connection; the coordinator\'s open its KV bucket', async () => {
     const merge = (mergedValues(bin as string, ['-f', valuesFile, '-f', join(dir, 'nats-auth-values.yaml')])['nats'] as { config: { merge: Record<string, unknown> } }).config.merge;
     // Merged over the chart's defaults, not replacing them.
     expect(merge['max_payload']).toBe(8 * 1024 * 1024);

@@ -201,7 +201,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('gets JetStream on a file store, max_payload raised through config.merge, its Prometheus exporter on', () => {
-      const nats = mergedValues(renderer)['nats'] as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const nats = mergedValues(renderer)['nats'] as Record<string, any>;
       expect(nats['enabled']).toBe(true);
       expect(nats['config'].jetstream).toMatchObject({ enabled: true, fileStore: { enabled: true, dir: '/data', pvc: { enabled: true } } });
       // Gradient chunks fill the server's max_payload (worker/collective): 8 MiB, above NATS' 1 MiB default.
@@ -285,7 +286,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expectHardened(pod);
     });
 
-    it('secrets: workers get the worker token, the CA and name of the coordinator\'s certificate and their client certificate; never the client token, NATS credentials or the coordinator\'s key', () => {
+    it('secrets: workers get the worker token, the CA and name of the coordinator\'s certificate and ' +
+      'their client certificate; never the client token, NATS credentials or the coordinator\'s key', () => {
       const pod = sts().spec.template.spec;
       const c = pod.containers[0]!;
       expect(securityEnv(c)).toEqual(CODE_ENV.worker);
@@ -340,7 +342,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
 
     it('the ingress speaks gRPC to the coordinator; the NetworkPolicy ' +
       'lets in workers, the listed clients and Prometheus', () => {
-      const ing = find(objs, 'Ingress') as K8sObject & { spec: Record<string, any> }; // eslint-disable-line @typescript-eslint/no-explicit-any
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const ing = find(objs, 'Ingress') as K8sObject & { spec: Record<string, any> };
             expect(ing.spec['rules'][0].http.paths[0].backend.service).toEqual({ name: 'polytune-coordinator', port: { name: 'grpc' } });
       const np = find(objs, 'NetworkPolicy', '-coordinator') as K8sObject & { spec: { ingress: Array<{ from: Array<Record<string, unknown>> }> } };
       expect(np.spec.ingress[0]!.from).toContainEqual({ ipBlock: { cidr: '10.0.0.0/8' } });

@@ -143,7 +143,8 @@ describe('images', () => {
     const dir = mkdtempSync(join(tmpdir(), 'polytune-launch-'));
     try {
       const cli = join(dir, 'fake-worker.mjs');
-      writeFileSync(cli, `const e = process.env; console.log(JSON.stringify({ argv: process.argv.slice(2), cuda: e.CUDA_VISIBLE_DEVICES ?? null, rank: e.POLYTUNE_LOCAL_RANK }));
+      writeFileSync(cli, `const e = process.env; console.log(JSON.stringify({ argv: ` +
+`process.argv.slice(2), cuda: e.CUDA_VISIBLE_DEVICES ?? null, rank: e.POLYTUNE_LOCAL_RANK }));
 setTimeout(() => process.exit(3), e.POLYTUNE_LOCAL_RANK === '1' ? 800 : 30000);`);
       const r = spawnSync(join(ROOT, 'deploy/worker-launch.sh'), ['--backend', 'tensorflow'], {
         env: { ...process.env, POLYTUNE_WORKER_CLI: cli, POLYTUNE_WORKER_PROCESSES: '3', POLYTUNE_WORKER_GPUS: '3', POD_NAME: 'w-0' }, encoding: 'utf8', timeout: 20_000,

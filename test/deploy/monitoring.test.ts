@@ -97,7 +97,8 @@ describe('the Grafana dashboard', () => {
     }
   });
 
-  it('units match the metrics: bytes for bytes, MiB for DCGM memory, a count for tensors; DCGM panels only show the jobs\' pods', () => {
+  it('units match the metrics: bytes for bytes, MiB for DCGM memory, ' +
+    'a count for tensors; DCGM panels only show the jobs\' pods', () => {
     type Unit = { fieldConfig?: { defaults?: { unit?: string } } };
     const unitOf = (title: string): string | undefined => (panels.find((p) => p.title === title) as (AnyPanel & Unit) | undefined)?.fieldConfig?.defaults?.unit;
     for (const p of panels as Array<AnyPanel & Unit>) {

@@ -31,7 +31,8 @@ export function findPromTools(): PromTools | { skip: string } {
   const prometheus = which('prometheus');
   if (promtool && prometheus) return { promtool, prometheus };
   if (!which('apt-get')) {
-    return { skip: 'promtool/prometheus not found and no apt-get to install Debian\'s `prometheus` package: skipping (install Prometheus 2.x to run this suite)' };
+    return { skip: 'promtool/prometheus not found and no apt-get to install Debian\'s ' +
+      '`prometheus` package: skipping (install Prometheus 2.x to run this suite)' };
   }
   throw new Error('promtool/prometheus not found: run `bash scripts/setup.sh` as root (it installs Debian\'s `prometheus` package)');
 }

@@ -43,8 +43,10 @@ const ADAMW = '{ name: adamw, lr: 5.0e-3 }';
 const S1 = 6;
 const S2 = 20;
 
+const parallelSet = (l: string): string =>
+  `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, format: parallel, language: ${l} }`;
 const dataBlock = (stage: 1 | 2): string => (stage === 1
-  ? `{ train: [${['sw', 'de', 'zh'].map((l) => `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, format: parallel, language: ${l} }`).join(', ')}], maxSeqLen: 64 }`
+  ? `{ train: [${['sw', 'de', 'zh'].map(parallelSet).join(', ')}], maxSeqLen: 64 }`
   : `{ train: [{ path: ${join(dir, 'data.jsonl')}, format: alpaca }], maxSeqLen: 64 }`);
 /** SGD runs one step a stage at a constant rate (a warmup would make it 0); AdamW runs warm up and decay. */
 const trainingBlock = (steps: number, optimizer: string): string => `{ maxSteps: ${steps}, globalBatchSize: 6, microBatchSize: 2, optimizer: ${optimizer}, `
