@@ -119,7 +119,8 @@ const quantizeBf16 = `
       (v128.bitselect
         (v128.or (v128.and (local.get $f) ${splat('0xffff0000')}) ${splat('0x400000')})
         (v128.and
-          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
+          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and ` +
+`(i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
           ${splat('0xffff0000')})
         (i32x4.gt_s (v128.and (local.get $f) ${splat('0x7fffffff')}) ${splat('0x7f800000')}))`;
 
