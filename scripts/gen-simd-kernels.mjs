@@ -259,7 +259,8 @@ const hashRound = (acc, off) => `
       (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const ` +
 `13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
 const hashFn = `
-  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local $t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
+  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local ` +
+`$t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
     ${ACCS.map((a, i) => `(local.set ${a} (v128.load offset=${i * 16} (local.get $s)))`).join('\n    ')}
     (local.set $end (i32.add (local.get $p) (local.get $n)))
     ${loop(ACCS.map((a, i) => hashRound(a, i * 16)).join(''), { $p: 128 })}

@@ -154,7 +154,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(tls?.serverName).toBe('localhost');
     expect(token).toBe(WORKER_TOKEN);
     expect(Object.values(env).join('\n')).not.toContain(CLIENT_TOKEN);
-    // NATS: the URL and TLS (the same flags as the coordinator's), no credentials (each assignment carries the job's).
+    // NATS: the URL and TLS (the same flags as the coordinator's), no credentials (each assignment carries the
+    // job's).
     expect(Object.keys(env).filter((k) => k.startsWith('POLYTUNE_NATS_') && !k.startsWith('POLYTUNE_NATS_TLS_'))).toEqual(['POLYTUNE_NATS_URL']);
     const natsTls = withEnv(env, () => natsTlsFromFlags({}));
     expect(natsTls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });

@@ -44,7 +44,8 @@ const S1 = 6;
 const S2 = 20;
 
 const parallelSet = (l: string): string =>
-  `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, format: parallel, language: ${l} }`;
+  `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, ` +
+  `format: parallel, language: ${l} }`;
 const dataBlock = (stage: 1 | 2): string => (stage === 1
   ? `{ train: [${['sw', 'de', 'zh'].map(parallelSet).join(', ')}], maxSeqLen: 64 }`
   : `{ train: [{ path: ${join(dir, 'data.jsonl')}, format: alpaca }], maxSeqLen: 64 }`);

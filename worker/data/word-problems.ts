@@ -40,12 +40,9 @@ const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
     mul: { question: (a, b) => `Hay ${a} cajas con ${b} lápices en cada una. ¿Cuántos lápices hay en total?`, answer: 'La respuesta es' },
   },
   ru: {
-    add: { question: (a, b) => `У Марии ${a} яблок. Она покупает ещё ` +
-      `${b}. Сколько яблок у неё теперь?`, answer: 'Ответ:' },
-    sub: { question: (a, b) => `Пекарь испёк ${a} буханок хлеба и ` +
-      `продал ${b}. Сколько буханок осталось?`, answer: 'Ответ:' },
-    mul: { question: (a, b) => `Есть ${a} коробок, в каждой по ${b} ` +
-      `карандашей. Сколько всего карандашей?`, answer: 'Ответ:' },
+    add: { question: (a, b) => `У Марии ${a} яблок. Она покупает ещё ${b}. Сколько яблок у неё теперь?`, answer: 'Ответ:' },
+    sub: { question: (a, b) => `Пекарь испёк ${a} буханок хлеба и продал ${b}. Сколько буханок осталось?`, answer: 'Ответ:' },
+    mul: { question: (a, b) => `Есть ${a} коробок, в каждой по ${b} карандашей. Сколько всего карандашей?`, answer: 'Ответ:' },
   },
   zh: {
     add: { question: (a, b) => `玛丽亚有${a}个苹果。她又买了${b}个。她现在有多少个苹果？`, answer: '答案是' },
@@ -58,12 +55,9 @@ const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
     mul: { question: (a, b) => `箱が${a}個あり、それぞれに鉛筆が${b}本入っています。鉛筆は全部で何本ですか？`, answer: '答えは' },
   },
   th: {
-    add: { question: (a, b) => `มาเรียมีแอปเปิล ${a} ผล เธอซื้อเพิ่มอีก ` +
-      `${b} ผล ตอนนี้เธอมีแอปเปิลกี่ผล`, answer: 'คำตอบคือ' },
-    sub: { question: (a, b) => `คนทำขนมปังอบขนมปัง ${a} ก้อน และขายไป ` +
-      `${b} ก้อน เหลือขนมปังกี่ก้อน`, answer: 'คำตอบคือ' },
-    mul: { question: (a, b) => `มีกล่อง ${a} กล่อง แต่ละกล่องมีดินสอ ` +
-      `${b} แท่ง มีดินสอทั้งหมดกี่แท่ง`, answer: 'คำตอบคือ' },
+    add: { question: (a, b) => `มาเรียมีแอปเปิล ${a} ผล เธอซื้อเพิ่มอีก ${b} ผล ตอนนี้เธอมีแอปเปิลกี่ผล`, answer: 'คำตอบคือ' },
+    sub: { question: (a, b) => `คนทำขนมปังอบขนมปัง ${a} ก้อน และขายไป ${b} ก้อน เหลือขนมปังกี่ก้อน`, answer: 'คำตอบคือ' },
+    mul: { question: (a, b) => `มีกล่อง ${a} กล่อง แต่ละกล่องมีดินสอ ${b} แท่ง มีดินสอทั้งหมดกี่แท่ง`, answer: 'คำตอบคือ' },
   },
   sw: {
     add: { question: (a, b) => `Maria ana matufaha ${a}. Ananunua mengine ${b}. Sasa ana matufaha mangapi?`, answer: 'Jibu ni' },
@@ -71,12 +65,9 @@ const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
     mul: { question: (a, b) => `Kuna masanduku ${a} yenye penseli ${b} kila moja. Kuna penseli ngapi kwa jumla?`, answer: 'Jibu ni' },
   },
   bn: {
-    add: { question: (a, b) => `মারিয়ার কাছে ${a}টি আপেল আছে। সে আরও ` +
-      `${b}টি কেনে। এখন তার কাছে কতগুলি আপেল আছে?`, answer: 'উত্তর হল' },
-    sub: { question: (a, b) => `একজন রুটিওয়ালা ${a}টি রুটি বানিয়ে ` +
-      `${b}টি বিক্রি করল। কতগুলি রুটি বাকি আছে?`, answer: 'উত্তর হল' },
-    mul: { question: (a, b) => `${a}টি বাক্সের প্রতিটিতে ${b}টি ` +
-      `পেন্সিল আছে। মোট কতগুলি পেন্সিল আছে?`, answer: 'উত্তর হল' },
+    add: { question: (a, b) => `মারিয়ার কাছে ${a}টি আপেল আছে। সে আরও ${b}টি কেনে। এখন তার কাছে কতগুলি আপেল আছে?`, answer: 'উত্তর হল' },
+    sub: { question: (a, b) => `একজন রুটিওয়ালা ${a}টি রুটি বানিয়ে ${b}টি বিক্রি করল। কতগুলি রুটি বাকি আছে?`, answer: 'উত্তর হল' },
+    mul: { question: (a, b) => `${a}টি বাক্সের প্রতিটিতে ${b}টি পেন্সিল আছে। মোট কতগুলি পেন্সিল আছে?`, answer: 'উত্তর হল' },
   },
 };
 
