@@ -34,7 +34,10 @@ export type FromRank =
   }
   | { type: 'verified'; rank: number; step: number; crc: number; checked: number; mismatches: number };
 
-/** Input of rank r at element i: multiples of 1/1024, exact in float32, binary16 and their sums up to 8 ranks in float32. */
+/**
+ * Input of rank r at element i: multiples of 1/1024, exact in float32, binary16 and their sums up to 8 ranks in
+ * float32.
+ */
 export function benchValue(i: number, rank: number): number {
   return ((((i * 7 + rank * 13) ^ (i >>> 10)) & 1023) - 512) / 1024;
 }

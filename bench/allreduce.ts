@@ -58,7 +58,8 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--in-place') a.inPlace = true;
     else if (k === '--fresh-output') a.freshOutput = true;
     else if (k === '--skip-ceiling') a.skipCeiling = true;
-    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES --window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`);
+    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES ` +
+      `--window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`);
   }
   return a;
 }
@@ -246,7 +247,9 @@ async function main(): Promise<void> {
   }
 }
 
-/** The two ratios from an iteration's time as `time` models it from the CPU seconds (undefined without the broker's). */
+/**
+ * The two ratios from an iteration's time as `time` models it from the CPU seconds (undefined without the broker's).
+ */
 function cpuModel(
   ceiling: PhaseResult | undefined, fp32: PhaseResult, fp16: PhaseResult, time: (p: PhaseResult) => number,
 ): { brokerEfficiency?: number; fp16SpeedupVsFp32: number } | undefined {

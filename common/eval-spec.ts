@@ -85,7 +85,10 @@ export const analysisSchema = z.strictObject({
   probe: problemSetList,
   /** How many layers to choose. @default DEFAULT_ANALYSIS_K */
   k: positiveIntAtMost(SPEC_LIMITS.layers).default(DEFAULT_ANALYSIS_K),
-  /** Share of a language's prompt tokens on which a neuron must fire to count as active. @default DEFAULT_ANALYSIS_THRESHOLD */
+  /**
+   * Share of a language's prompt tokens on which a neuron must fire to count as active.
+   * @default DEFAULT_ANALYSIS_THRESHOLD
+   */
   threshold: z.number().gt(0, 'must be > 0').lte(1, 'must be <= 1').default(DEFAULT_ANALYSIS_THRESHOLD),
   /** Prompts longer than this are cut. */
   maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(512),

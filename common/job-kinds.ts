@@ -44,7 +44,10 @@ const nonEmpty = pathString;
 
 const common = { apiVersion: apiVersionSchema, metadata: metadataSchema };
 const model = z.strictObject({ path: nonEmpty });
-/** `min`: the job goes on in a re-formed world of at least `min` (it starts over: evaluation and analysis are deterministic). */
+/**
+ * `min`: the job goes on in a re-formed world of at least `min` (it starts over: evaluation and analysis are
+ * deterministic).
+ */
 const workers = workersSchema;
 const output = z.strictObject({ dir: nonEmpty });
 

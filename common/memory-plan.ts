@@ -268,7 +268,8 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
   const plan = planMemory(config, spec);
   if (w.gpuMemoryGiB !== undefined && !fitsDevice(plan.gpu.peak, w.gpuMemoryGiB)) {
     const g = plan.gpu;
-    const parts = `weights ${gib(g.weights)}, activations ${gib(g.activations)}, gradients ${gib(Math.max(g.gradients, g.gradientSum))}`;
+    const parts = `weights ${gib(g.weights)}, activations ${gib(g.activations)}, ` +
+      `gradients ${gib(Math.max(g.gradients, g.gradientSum))}`;
     const usable = gib((1 - DEFAULT_MARGIN) * w.gpuMemoryGiB * GiB);
     issues.push({
       path: 'spec.workers.gpuMemoryGiB',
@@ -284,7 +285,8 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
       path: 'spec.workers.hostMemoryGiB',
       message:
         `the plan needs ${gib(h.peak)} of host memory a worker (float32 model at load ${gib(h.loadWeights)}, ` +
-        `master copies, optimizer and all-reduce ${rest}), over ${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
+        `master copies, optimizer and all-reduce ${rest}), over ` +
+          `${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
         'give each worker process more memory (fewer processes a pod) or train fewer tensors',
     });
   }
@@ -315,8 +317,10 @@ function gpuFix(config: LlamaConfig, spec: JobSpec, deviceGiB: number): string {
   }
   const both = largest(true);
   if (both) {
-    return `set spec.training.gradientCheckpointing: true and spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`;
+    return `set spec.training.gradientCheckpointing: true and ` +
+      `spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`;
   }
   const min = planMemory(config, spec, { microBatchSize: 1, gradientCheckpointing: true });
-  return `even with checkpointing and micro-batch 1 it needs ${gib(min.gpu.peak)}: use a larger GPU or train fewer tensors`;
+  return `even with checkpointing and micro-batch 1 it needs ` +
+    `${gib(min.gpu.peak)}: use a larger GPU or train fewer tensors`;
 }

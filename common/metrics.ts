@@ -67,7 +67,9 @@ export interface MetricMeter {
 export const DEFAULT_SECONDS_BUCKETS: readonly number[] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
 export const METRIC_PREFIX = 'polytune_';
-/** Label names reserved by Prometheus for target labels; a metric using them would be renamed `exported_*` on scrape. */
+/**
+ * Label names reserved by Prometheus for target labels; a metric using them would be renamed `exported_*` on scrape.
+ */
 const RESERVED_LABELS = new Set(['job', 'instance', 'le', 'quantile', 'step']);
 
 export type MetricKind = 'counter' | 'gauge' | 'histogram';

@@ -168,7 +168,8 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
 
   if (obj['quantization_config'] !== undefined && obj['quantization_config'] !== null) {
     const qm = (obj['quantization_config'] as Json | null)?.['quant_method'];
-    r.fail(`quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: quantized checkpoints cannot be loaded, use the float weights`);
+    r.fail(`quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: ` +
+      'quantized checkpoints cannot be loaded, use the float weights');
   }
   const dropout = obj['attention_dropout'] ?? 0;
   if (dropout !== 0) r.fail(`attention_dropout ${shown(dropout)} is not supported (only 0)`);
@@ -231,7 +232,8 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
 export function checkSequenceLength(c: LlamaConfig, length: number, what = 'sequence length'): void {
   if (c.slidingWindow !== null && length > c.slidingWindow) {
     throw new UserError(
-      `${what} ${length} exceeds the model's sliding_window ${c.slidingWindow}: sliding-window attention is not supported; ` +
+      `${what} ${length} exceeds the model's sliding_window ` +
+        `${c.slidingWindow}: sliding-window attention is not supported; ` +
         `keep sequences at most ${c.slidingWindow} tokens long`,
     );
   }

@@ -99,7 +99,8 @@ export function assertJobName(name: string): void {
   if (!isJobName(name)) {
     throw new UserError(
       `metadata.name: ${JSON.stringify(name)} is not a DNS-1123 label ` +
-        `(lower-case letters, digits and '-', at most ${MAX_JOB_NAME_LENGTH}, starting and ending with a letter or digit)`,
+        `(lower-case letters, digits and '-', at most ` +
+          `${MAX_JOB_NAME_LENGTH}, starting and ending with a letter or digit)`,
     );
   }
 }

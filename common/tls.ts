@@ -131,7 +131,10 @@ export function natsTlsFromFlags(v: Readonly<Record<string, string | boolean | u
   });
 }
 
-/** A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client certificates). */
+/**
+ * A certificate provider that always offers the same PEM material (grpc-js asks for one to request, not require, client
+ * certificates).
+ */
 class StaticCertificateProvider implements grpc.experimental.CertificateProvider {
   constructor(private readonly ca: Buffer | null, private readonly identity: { certificate: Buffer; privateKey: Buffer } | null) {}
   // Listeners are called on a later microtask, as a file-watching provider would: grpc-js
@@ -147,7 +150,10 @@ class StaticCertificateProvider implements grpc.experimental.CertificateProvider
   removeIdentityCertificateListener(): void {}
 }
 
-/** Server credentials: plaintext without `tls`; TLS; or TLS that also asks for (but does not require) client certificates. */
+/**
+ * Server credentials: plaintext without `tls`; TLS; or TLS that also asks for (but does not require) client
+ * certificates.
+ */
 export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
   if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false);

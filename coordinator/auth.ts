@@ -55,7 +55,8 @@ export interface CallAuthPolicy {
 export function authorizeWorkerId(policy: CallAuthPolicy, workerId: string, certificateNames: readonly string[]): void {
   if (!policy.workerIdFromCertificate) return;
   if (!certificateNames.includes(workerId)) {
-    throw new AuthenticationError(`Hello.worker_id "${workerId}" is not a name of the worker's client certificate (${certificateNames.join(', ') || 'none'}); --worker-id-from-cert is on`);
+    throw new AuthenticationError(`Hello.worker_id "${workerId}" is not a name of the worker's client certificate ` +
+      `(${certificateNames.join(', ') || 'none'}); --worker-id-from-cert is on`);
   }
 }
 

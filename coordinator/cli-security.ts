@@ -55,13 +55,16 @@ export const SERVE_SECURITY_FLAGS = {
 } as const;
 
 export const SECURITY_USAGE = `security (see README "Security"):
-  serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--no-worker-id-from-cert]]] [--token-file FILE] [--worker-token-file FILE]
-           [--insecure-nats] [--nats-creds FILE] [--nats-account-signing-key FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]
+  serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE ` +
+`[--no-worker-id-from-cert]]] [--token-file FILE] [--worker-token-file FILE]
+           [--insecure-nats] [--nats-creds FILE] [--nats-account-signing-key ` +
+`FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]
              [--nats-system-creds FILE --nats-account-jwt FILE --nats-operator-signing-key FILE]]   (revocation)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (workers take the same NATS TLS flags)
   clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   env: POLYTUNE_TOKEN, POLYTUNE_WORKER_TOKEN, POLYTUNE_TLS_{CERT,KEY,CLIENT_CA,CA,CLIENT_CERT,CLIENT_KEY,SERVER_NAME},
-       POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT,CREDS_TTL,SYSTEM_CREDS,ACCOUNT_JWT,OPERATOR_SIGNING_KEY}, POLYTUNE_NATS_TLS_{CA,CERT,KEY}, POLYTUNE_INSECURE_NATS=1,
+       POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT,CREDS_TTL,SYSTEM_CREDS,ACCOUNT_JWT,OPERATOR_SIGNING_KEY}, ` +
+`POLYTUNE_NATS_TLS_{CA,CERT,KEY}, POLYTUNE_INSECURE_NATS=1,
        POLYTUNE_WORKER_ID_FROM_CERT=0|1
   coordinator nats-auth init --out DIR    writes nats-server operator config and the coordinator's NATS secrets
 `;
@@ -134,7 +137,8 @@ function revocationSettings(
 ): NatsRevocationSettings | undefined {
   const given = Object.values(files).filter((f) => f !== undefined).length;
   if (given === 0) return undefined;
-  if (given !== 3) throw new UserError('--nats-system-creds, --nats-account-jwt and --nats-operator-signing-key go together (revocation needs all three)');
+  if (given !== 3) throw new UserError('--nats-system-creds, --nats-account-jwt and ' +
+    '--nats-operator-signing-key go together (revocation needs all three)');
   if (account === undefined) throw new UserError('--nats-system-creds needs --nats-account-signing-key (revocation is of the credentials it signs)');
   const settings = {
     systemCreds: readTextFile('--nats-system-creds', files.systemCreds!),

@@ -271,7 +271,8 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
       ? { address: cluster.coordinatorAddress }
       : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
     const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(`submitted ${jobId}: ${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
+    out(`submitted ${jobId}: ` +
+      `${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
     if (!v.watch && !cluster) return 0;
     const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
     return await follow(client, [jobId], signal, crashed, v.languages === true);

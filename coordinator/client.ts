@@ -41,7 +41,10 @@ export function defaultCoordinatorAddress(): string {
   return process.env[COORDINATOR_ENV] || DEFAULT_COORDINATOR_ADDRESS;
 }
 
-/** Reads and parses a spec file; relative paths are resolved against the file's directory. Throws JobSpecError / UserError. */
+/**
+ * Reads and parses a spec file; relative paths are resolved against the file's directory. Throws JobSpecError /
+ * UserError.
+ */
 export async function readSpecFile(path: string): Promise<AnyJobSpec> {
   let text: string;
   try {

@@ -185,7 +185,8 @@ export async function createNatsOperatorSetup(options: { buckets?: readonly stri
       `operator: ${JSON.stringify(operatorJwt)}`,
       `system_account: ${JSON.stringify(system.getPublicKey())}`,
       'resolver: MEMORY',
-      `resolver_preload: { ${JSON.stringify(system.getPublicKey())}: ${JSON.stringify(systemJwt)}, ${JSON.stringify(account.getPublicKey())}: ${JSON.stringify(accountJwt)} }`,
+      `resolver_preload: { ${JSON.stringify(system.getPublicKey())}: ${JSON.stringify(systemJwt)}, ` +
+        `${JSON.stringify(account.getPublicKey())}: ${JSON.stringify(accountJwt)} }`,
     ],
     account: account.getPublicKey(),
     signingKeySeed: enc(signing.getSeed()),

@@ -29,10 +29,13 @@ export const INSECURE_NATS_ENV = 'POLYTUNE_INSECURE_NATS';
 export class InsecureNatsError extends UserError {
   readonly hosts: readonly string[];
   constructor(natsUrl: string, hosts: readonly string[]) {
-    super(`refusing to use NATS at ${natsUrl} without authentication: ${hosts.join(', ')} ${hosts.length === 1 ? 'is' : 'are'} not `
-      + 'loopback, and anyone who reaches it can forge gradients and rewrite jobs. Give the coordinator NATS credentials '
+    super(`refusing to use NATS at ${natsUrl} without authentication: ` +
+      `${hosts.join(', ')} ${hosts.length === 1 ? 'is' : 'are'} not `
+      + 'loopback, and anyone who reaches it can forge gradients ' +
+        'and rewrite jobs. Give the coordinator NATS credentials '
       + '(--nats-creds, operator mode: `coordinator nats-auth init`) or a TLS client certificate (--nats-tls-cert), '
-      + 'or pass --insecure-nats (POLYTUNE_INSECURE_NATS=1) if the network is trusted by other means (README "Security")');
+      + 'or pass --insecure-nats (POLYTUNE_INSECURE_NATS=1) if ' +
+        'the network is trusted by other means (README "Security")');
     this.name = 'InsecureNatsError';
     this.hosts = hosts;
   }

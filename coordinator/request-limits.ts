@@ -163,7 +163,8 @@ export function checkResult(r: Result__Output | null | undefined): Result__Outpu
   checkCount('result.steps', r.steps);
   checkLoss('result.first_loss', r.firstLoss);
   checkLoss('result.final_loss', r.finalLoss);
-  if (error.length > MAX_RESULT_ERROR_LENGTH) return { ...r, error: `${error.slice(0, MAX_RESULT_ERROR_LENGTH)}… (${error.length - MAX_RESULT_ERROR_LENGTH} more characters cut)` };
+  if (error.length > MAX_RESULT_ERROR_LENGTH) return { ...r, error: `${error.slice(0, MAX_RESULT_ERROR_LENGTH)}… ` +
+    `(${error.length - MAX_RESULT_ERROR_LENGTH} more characters cut)` };
   return r;
 }
 

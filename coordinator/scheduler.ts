@@ -188,7 +188,9 @@ export class Scheduler {
     await this.ledgerStore?.delete(jobId);
   }
 
-  /** Deletes a finished job's record and ledger, and returns it as it was; `JobNotFinishedError` for an unfinished one. */
+  /**
+   * Deletes a finished job's record and ledger, and returns it as it was; `JobNotFinishedError` for an unfinished one.
+   */
   async delete(jobId: string): Promise<JobRecord> {
     return this.serial(async () => {
       const { record } = await this.store.mustGet(jobId);

@@ -179,7 +179,8 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     const storeEvents = new StoreEvents();
     const storeOptions = { bucket: options.jobsBucket ?? KvBucket.jobs, logger: logger.child('store'), events: storeEvents };
     const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
-      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? KvBucket.jobs} on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
+      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? KvBucket.jobs} ` +
+        `on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
     });
     openedStore = store;
     const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? KvBucket.ledger, {
@@ -457,17 +458,22 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
         logger.warn('worker message refused', { worker: workerId, message, error });
         link.send({ refusal: { message, error, jobId, generation } });
       };
-      /** Undefined when `workerId` is in `jobId`'s gang at `generation`; else why not (the store is asked whether the job exists). */
+      /**
+       * Undefined when `workerId` is in `jobId`'s gang at `generation`; else why not (the store is asked whether the
+       * job exists).
+       */
       const membership = async (wid: string, kind: string, jobId: string, generation: number): Promise<string | undefined> => {
         const ref = registry.get(wid)?.job;
         if (ref && ref.jobId === jobId) {
           if (ref.generation === generation) return undefined;
           return generation < ref.generation
-            ? `${kind}.generation: ${generation} is stale (worker ${wid} is in generation ${ref.generation} of job ${jobId})`
+            ? `${kind}.generation: ${generation} is stale (worker ${wid} ` +
+              `is in generation ${ref.generation} of job ${jobId})`
             : `${kind}.generation: ${generation} is not the current generation ${ref.generation} of job ${jobId}`;
         }
         if (!(await store.get(jobId))) return `${kind}.job_id: job ${jobId} not found`;
-        return `${kind}.job_id: worker ${wid} is not in the gang of job ${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
+        return `${kind}.job_id: worker ${wid} is not in the gang of job ` +
+          `${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
       };
 
       call.on('data', (raw: WorkerMessage__Output) => {

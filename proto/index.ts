@@ -47,7 +47,8 @@ export function protoDir(): string {
     }
     const parent = dirname(dir);
     if (parent === dir) {
-      throw new Error(`cannot find proto/polytune/v1/coordinator.proto above ${fileURLToPath(import.meta.url)}; set POLYTUNE_PROTO_DIR`);
+      throw new Error(`cannot find proto/polytune/v1/coordinator.proto above ` +
+        `${fileURLToPath(import.meta.url)}; set POLYTUNE_PROTO_DIR`);
     }
     dir = parent;
   }

@@ -79,7 +79,8 @@ const widenF16 = `
         (f32x4.mul (f32x4.convert_i32x4_s (local.get $e)) ${splat('0x33800000')})
         (local.get $o)
         (i32x4.lt_s (local.get $e) ${splat('0x400')})))
-      (local.set $o (v128.or (local.get $o) (v128.and (i32x4.gt_s (local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
+      (local.set $o (v128.or (local.get $o) (v128.and (i32x4.gt_s ` +
+`(local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
       (local.set $o (v128.or (local.get $o) (i32x4.shl (v128.xor (local.get $h) (local.get $e)) (i32.const 16))))
       (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $e) ${splat('0x7c00')}))`;
 
@@ -98,22 +99,28 @@ const widenBf16 = `
 const quantizeF16 = `
       (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
       (local.set $o (v128.and
-        (i32x4.add (i32x4.add (local.get $a) ${splat('0xfff')}) (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
+        (i32x4.add (i32x4.add (local.get $a) ${splat('0xfff')}) (v128.and ` +
+`(i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
         ${splat('0xffffe000')}))
       (local.set $o (v128.bitselect
         (f32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) (v128.const f32x4 0.5 0.5 0.5 0.5))
         (local.get $o)
         (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
-      (local.set $o (v128.bitselect ${splat('0x7f800000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x477fefff')})))
+      (local.set $o (v128.bitselect ${splat('0x7f800000')} (local.get ` +
+`$o) (i32x4.gt_s (local.get $a) ${splat('0x477fefff')})))
       (local.set $o (v128.or (local.get $o) (v128.and (local.get $f) ${splat('0x80000000')})))
       (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
 
-/** widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits kept. */
+/**
+ * widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits
+ * kept.
+ */
 const quantizeBf16 = `
       (v128.bitselect
         (v128.or (v128.and (local.get $f) ${splat('0xffff0000')}) ${splat('0x400000')})
         (v128.and
-          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and (i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
+          (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and ` +
+`(i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
           ${splat('0xffff0000')})
         (i32x4.gt_s (v128.and (local.get $f) ${splat('0x7fffffff')}) ${splat('0x7f800000')}))`;
 
@@ -152,7 +159,8 @@ function loop(body, strides) {
       (br $next)))`;
 }
 
-const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
+const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add ` +
+  `(local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
 
 /**
  * narrow(src f32 at $p, dst u16 at $q, n). With `signApart`, `lanes` leaves out the sign, which is
@@ -161,7 +169,8 @@ const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.ad
 function narrowFn(name, lanes, signApart = false) {
   const pack = signApart
     ? `(v128.or (i16x8.narrow_i32x4_u (local.get $lo) ${lanes})
-          (v128.and (i16x8.narrow_i32x4_u (i32x4.shr_u (local.get $e) (i32.const 16)) (i32x4.shr_u (local.get $f) (i32.const 16)))
+          (v128.and (i16x8.narrow_i32x4_u (i32x4.shr_u (local.get $e) ` +
+`(i32.const 16)) (i32x4.shr_u (local.get $f) (i32.const 16)))
                     (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000)))`
     : `(i16x8.narrow_i32x4_u (local.get $lo) ${lanes})`;
   return `
@@ -229,7 +238,8 @@ function binaryF32Fn(name, op) {
     ${endOf}
     ${loop(`
       (v128.store (local.get $p) (${op} (v128.load (local.get $q)) (v128.load (local.get $r))))
-      (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 (local.get $q)) (v128.load offset=16 (local.get $r))))`,
+      (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 ` +
+`(local.get $q)) (v128.load offset=16 (local.get $r))))`,
     { $p: 32, $q: 32, $r: 32 })})`;
 }
 
@@ -244,10 +254,13 @@ const HASH_P1 = '0x9E3779B1';
 const HASH_P2 = '0x85EBCA77';
 const ACCS = ['$a0', '$a1', '$a2', '$a3', '$a4', '$a5', '$a6', '$a7'];
 const hashRound = (acc, off) => `
-      (local.set $t (i32x4.add (local.get ${acc}) (i32x4.mul (v128.load offset=${off} (local.get $p)) ${splat(HASH_P2)})))
-      (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const 13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
+      (local.set $t (i32x4.add (local.get ${acc}) (i32x4.mul ` +
+`(v128.load offset=${off} (local.get $p)) ${splat(HASH_P2)})))
+      (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const ` +
+`13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
 const hashFn = `
-  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local $t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
+  (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local ` +
+`$t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
     ${ACCS.map((a, i) => `(local.set ${a} (v128.load offset=${i * 16} (local.get $s)))`).join('\n    ')}
     (local.set $end (i32.add (local.get $p) (local.get $n)))
     ${loop(ACCS.map((a, i) => hashRound(a, i * 16)).join(''), { $p: 128 })}

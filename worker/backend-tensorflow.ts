@@ -104,7 +104,8 @@ export async function loadTensorflowBackend(options: TensorflowOptions = {}): Pr
   if (!found) {
     throw new UserError(
       `backend tensorflow: neither ${TFJS_NODE_PACKAGES.join(' nor ')} is installed (looked from ${from}); ` +
-        'install @tensorflow/tfjs-node-gpu@4.22 on a CUDA 11.2 / cuDNN 8.1 node (the GPU worker image has it), or use --backend wasm',
+        'install @tensorflow/tfjs-node-gpu@4.22 on a CUDA 11.2 / cuDNN ' +
+          '8.1 node (the GPU worker image has it), or use --backend wasm',
     );
   }
   try {
@@ -122,7 +123,8 @@ export async function loadTensorflowBackend(options: TensorflowOptions = {}): Pr
     const build = found.pkg === '@tensorflow/tfjs-node' ? 'the CPU build' : 'the GPU build';
     throw new GpuNotFoundError(
       `backend tensorflow: TensorFlow found no GPU (${pkg}, ${build}; ${gpuEnvironment()}); ` +
-        'check the pod requests nvidia.com/gpu and the node runs the NVIDIA device plugin, or pass --allow-cpu to run on the CPU',
+        'check the pod requests nvidia.com/gpu and the node runs the ' +
+          'NVIDIA device plugin, or pass --allow-cpu to run on the CPU',
       { package: pkg, environment: gpuEnvironment() },
     );
   }
@@ -141,7 +143,9 @@ export function checkTf32(info: BackendInfo, wanted: boolean): void {
   const have = info.tf32 === 'on';
   if (have === wanted) return;
   throw new UserError(
-    `spec.training.tf32 is ${wanted} but this worker runs with TF32 ${info.tf32} (NVIDIA_TF32_OVERRIDE is read when TensorFlow loads); ` +
-      `start the workers with${wanted ? '' : 'out'} --tf32 (the chart's worker.tf32), or set spec.training.tf32: ${have}`,
+    `spec.training.tf32 is ${wanted} but this worker runs with TF32 ` +
+      `${info.tf32} (NVIDIA_TF32_OVERRIDE is read when TensorFlow loads); ` +
+      `start the workers with${wanted ? '' : 'out'} --tf32 (the ` +
+        `chart's worker.tf32), or set spec.training.tf32: ${have}`,
   );
 }

@@ -34,7 +34,9 @@ export const DEFAULT_BACKOFF_INITIAL_MS = 200;
 export const DEFAULT_BACKOFF_MAX_MS = 2_000;
 /** @default 5 s for one attempt (stream open + Ack). */
 export const DEFAULT_ATTEMPT_TIMEOUT_MS = 5_000;
-/** @default 64 events queued before the session reports itself slow (the queue keeps them all: they are few and small). */
+/**
+ * @default 64 events queued before the session reports itself slow (the queue keeps them all: they are few and small).
+ */
 export const DEFAULT_EVENT_QUEUE_WARN = 64;
 
 export interface SessionHello {

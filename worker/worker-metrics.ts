@@ -91,12 +91,14 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
     name: 'polytune_checkpoint_failures_total', help: 'Checkpoints or final outputs rank 0 failed to write (a full disk, say); the state stayed in memory.', labelNames: ['job_id'],
   });
   const evalAccuracy = meter.gauge({
-    name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language (greedy, last number); language="avg" is the mean over languages.',
+    name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language ' +
+      '(greedy, last number); language="avg" is the mean over languages.',
     labelNames: ['job_id', 'benchmark', 'language'],
   });
   const rejectedChunks = meter.counter({
     name: 'polytune_collective_rejected_chunks_total',
-    help: 'Gradient chunks dropped unused, by reason: mac (forged or altered), header, malformed, stale (replay or late copy), ahead, duplicate, position.',
+    help: 'Gradient chunks dropped unused, by reason: mac (forged or altered), ' +
+      'header, malformed, stale (replay or late copy), ahead, duplicate, position.',
     labelNames: ['job_id', 'reason'],
   });
   meter.observableGauge({ name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' }, (observe) => {

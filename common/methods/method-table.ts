@@ -96,7 +96,8 @@ export function parameterCounts(method: MethodSpec, config: LlamaConfig): { trai
 /** "541.1M of 6.74B parameters (8.0%)". */
 export function describeTrainable(counts: { trainable: number; total: number }): string {
   const human = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}K`);
-  return `${human(counts.trainable)} of ${human(counts.total)} parameters (${((100 * counts.trainable) / counts.total).toFixed(1)}%)`;
+  return `${human(counts.trainable)} of ${human(counts.total)} parameters ` +
+    `(${((100 * counts.trainable) / counts.total).toFixed(1)}%)`;
 }
 
 /** The block with its relative paths (the layer analysis's probe sets) resolved against `baseDir`. */

@@ -41,7 +41,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
   const renderer = bin as string;
   const defaults = skip ? [] : render(renderer, NATS_AUTH);
 
-  it('a default install has auth on: both tokens generated (different, 40 characters) into the Secret the pods read', () => {
+  it('a default install has auth on: both tokens generated ' +
+    '(different, 40 characters) into the Secret the pods read', () => {
     const secret = get(defaults, 'Secret', 'polytune-auth');
     const token = Buffer.from(secret.data!['token']!, 'base64').toString();
     const worker = Buffer.from(secret.data!['worker-token']!, 'base64').toString();
@@ -68,7 +69,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(chart.dependencies.find((d) => d.name === 'nats')!.version).toMatch(/^1\.3\.\d+$/);
   });
 
-  it('NetworkPolicies are on and cover the NATS pods: clients only from this release\'s pods, routes from NATS, metrics', () => {
+  it('NetworkPolicies are on and cover the NATS pods: clients ' +
+    'only from this release\'s pods, routes from NATS, metrics', () => {
     const np = get(defaults, 'NetworkPolicy', 'polytune-nats') as K8sObject & {
       spec: { podSelector: { matchLabels: Record<string, string> }; ingress: Array<{ ports: Array<{ port: number }>; from?: Array<{ podSelector?: { matchLabels: Record<string, string> } }> }> };
     };
@@ -108,7 +110,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(text).not.toContain('pod-group');
   });
 
-  it('a 60-character release renders valid names: a StatefulSet of at most 52, every name and label a DNS label', () => {
+  it('a 60-character release renders valid names: a StatefulSet ' +
+    'of at most 52, every name and label a DNS label', () => {
     const release = 'r'.repeat(50) + '-abcdefghi';
     expect(release).toHaveLength(60);
     const objs = render(renderer, [...NATS_AUTH, '--name', release, '--api-versions', 'monitoring.coreos.com/v1', '--set', 'gangScheduling.mode=volcano', '--api-versions', 'scheduling.volcano.sh/v1beta1']);
@@ -124,7 +127,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     for (const s of objs.filter((o) => o.kind === 'Service')) expect(s.metadata.name.length).toBeLessThanOrEqual(63);
   });
 
-  it('the CUDA cache is on a writable volume with a large size, and the startup probe allows the first compile (>= 30 minutes)', () => {
+  it('the CUDA cache is on a writable volume with a large size, and ' +
+    'the startup probe allows the first compile (>= 30 minutes)', () => {
     const w = pod(defaults, 'StatefulSet', 'polytune-worker');
     const c = w.containers[0]!;
     const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value]));
@@ -140,7 +144,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(w.securityContext['fsGroupChangePolicy']).toBe('OnRootMismatch');
   });
 
-  it('the liveness probe reads the heartbeat files: fresh ones pass, a stale or a missing one fails (a long step cannot fail it)', () => {
+  it('the liveness probe reads the heartbeat files: fresh ones pass, ' +
+    'a stale or a missing one fails (a long step cannot fail it)', () => {
     const objs = render(renderer, [...NATS_AUTH, '--set', 'worker.processesPerPod=2', '--set', 'worker.liveness.maxStallSeconds=600']);
     const [sh, flag, script] = pod(objs, 'StatefulSet', 'polytune-worker').containers[0]!.livenessProbe!.exec!.command as [string, string, string];
     expect([sh, flag]).toEqual(['sh', '-c']);
@@ -158,7 +163,8 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(run()).not.toBe(0);
   });
 
-  it('the values users expect render: priorityClassName, topologySpreadConstraints, placement per component, extra volumes, envFrom, digests, name overrides, a PDB, --tf32', () => {
+  it('the values users expect render: priorityClassName, topologySpreadConstraints, ' +
+    'placement per component, extra volumes, envFrom, digests, name overrides, a PDB, --tf32', () => {
     const digest = `sha256:${'a'.repeat(64)}`;
     const file = join(tmp, 'values.yaml');
     writeFileSync(file, `
@@ -167,11 +173,13 @@ coordinator:
   image: { digest: "${digest}" }
   priorityClassName: system-cluster-critical
   nodeSelector: { pool: cpu }
-  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: pool, operator: In, values: [cpu] }] }] } } }
+  affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { ` +
+`nodeSelectorTerms: [{ matchExpressions: [{ key: pool, operator: In, values: [cpu] }] }] } } }
   envFrom: [{ configMapRef: { name: coord-env } }]
   extraVolumes: [{ name: extra, configMap: { name: extra } }]
   extraVolumeMounts: [{ name: extra, mountPath: /etc/extra }]
-  topologySpreadConstraints: [{ maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway }]
+  topologySpreadConstraints: [{ maxSkew: 1, topologyKey: ` +
+`topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway }]
 worker:
   image: { digest: "${digest}" }
   priorityClassName: training-high

@@ -120,7 +120,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
 
   const pod = (kind: string, suffix: string): Pod => (objs.find((o) => o.kind === kind && o.metadata.name.endsWith(suffix)) as Workload).spec.template.spec;
 
-  it('the coordinator: serveSecurity reads TLS with the client CA, both tokens, its NATS credentials and an issuer for the account', async () => {
+  it('the coordinator: serveSecurity reads TLS with the client CA, ' +
+    'both tokens, its NATS credentials and an issuer for the account', async () => {
     const p = pod('Deployment', '-coordinator');
     const env = materialize(objs, p, p.containers[0]!, join(dir, 'coordinator'));
     const s = withEnv(env, () => serveSecurity({}));
@@ -135,7 +136,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(issued.creds).toContain('BEGIN NATS USER JWT');
   });
 
-  it('the workers: TLS with the coordinator\'s CA, their client certificate and the server name; the worker token; nothing else', () => {
+  it('the workers: TLS with the coordinator\'s CA, their client ' +
+    'certificate and the server name; the worker token; nothing else', () => {
     const p = pod('StatefulSet', '-worker');
     const env = materialize(objs, p, p.containers[0]!, join(dir, 'worker'));
     // The names worker/cli.ts reads, taken from its source.
@@ -152,13 +154,15 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(tls?.serverName).toBe('localhost');
     expect(token).toBe(WORKER_TOKEN);
     expect(Object.values(env).join('\n')).not.toContain(CLIENT_TOKEN);
-    // NATS: the URL and TLS (the same flags as the coordinator's), no credentials (each assignment carries the job's).
+    // NATS: the URL and TLS (the same flags as the coordinator's), no credentials (each assignment carries the
+    // job's).
     expect(Object.keys(env).filter((k) => k.startsWith('POLYTUNE_NATS_') && !k.startsWith('POLYTUNE_NATS_TLS_'))).toEqual(['POLYTUNE_NATS_URL']);
     const natsTls = withEnv(env, () => natsTlsFromFlags({}));
     expect(natsTls).toEqual({ ca: pki.ca.toString(), cert: pki.worker.cert.toString(), key: pki.worker.key.toString() });
   });
 
-  it('NOTES.txt: its commands fetch the CA and the client token from the rendered Secrets, and its submit flags reach the server', () => {
+  it('NOTES.txt: its commands fetch the CA and the client token from ' +
+    'the rendered Secrets, and its submit flags reach the server', () => {
     const notes = runRender(bin as string, ['-f', valuesFile, '--notes']);
     expect(notes.status, notes.stderr).toBe(0);
     const here = join(dir, 'laptop');
@@ -182,7 +186,8 @@ describe.skipIf(skip !== undefined)('helm/polytune with security on, its setting
     expect(token).toBe(CLIENT_TOKEN);
   });
 
-  it('nats-server takes nats.config.merge as the NATS chart writes it (JSON): no credentials, no connection; the coordinator\'s open its KV bucket', async () => {
+  it('nats-server takes nats.config.merge as the NATS chart writes it (JSON): ' +
+    'no credentials, no connection; the coordinator\'s open its KV bucket', async () => {
     const merge = (mergedValues(bin as string, ['-f', valuesFile, '-f', join(dir, 'nats-auth-values.yaml')])['nats'] as { config: { merge: Record<string, unknown> } }).config.merge;
     // Merged over the chart's defaults, not replacing them.
     expect(merge['max_payload']).toBe(8 * 1024 * 1024);

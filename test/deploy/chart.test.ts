@@ -15,7 +15,10 @@ const skip = typeof bin === 'string' ? undefined : bin.skip;
 if (skip) console.warn(`chart: ${skip}`);
 const ALL_ON = join(ROOT, 'test', 'deploy', 'fixtures', 'values-all-on.yaml');
 const OPERATOR_APIS = ['--api-versions', 'monitoring.coreos.com/v1', '--api-versions', 'scheduling.volcano.sh/v1beta1'];
-/** NATS authentication is on by default: the least a default install must give (an existing Secret and the server's operator config). */
+/**
+ * NATS authentication is on by default: the least a default install must give (an existing Secret and the server's
+ * operator config).
+ */
 const NATS_AUTH = ['--set', 'natsAuth.existingSecret=polytune-nats-creds', '--set', 'nats.config.merge.$include=auth/nats-auth.conf'];
 
 type Container = {
@@ -131,7 +134,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
   describe('default values', () => {
     const objs = skip ? [] : render(renderer, NATS_AUTH);
 
-    it('renders Kubernetes objects: coordinator, workers, services, volume, dashboard, the secure defaults; no operator objects without the CRDs', () => {
+    it('renders Kubernetes objects: coordinator, workers, services, volume, ' +
+      'dashboard, the secure defaults; no operator objects without the CRDs', () => {
       expectKubernetesObjects(objs);
       expect(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
         'ConfigMap/polytune-dashboard', 'Deployment/polytune-coordinator',
@@ -154,7 +158,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(sts.spec.template.spec.volumes?.find((v) => v['name'] === 'dshm')).toMatchObject({ emptyDir: { medium: 'Memory' } });
     });
 
-    it('probes: the coordinator is ready when gRPC accepts, alive while /healthz answers; workers start on /healthz of metrics-0, then live on their heartbeat files', () => {
+    it('probes: the coordinator is ready when gRPC accepts, alive while /healthz answers; ' +
+      'workers start on /healthz of metrics-0, then live on their heartbeat files', () => {
       const c = workload(objs, 'Deployment', '-coordinator').spec.template.spec.containers[0]!;
       expect(c.startupProbe?.tcpSocket?.port).toBe('grpc');
       expect(c.readinessProbe?.tcpSocket?.port).toBe('grpc');
@@ -196,7 +201,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
     });
 
     it('gets JetStream on a file store, max_payload raised through config.merge, its Prometheus exporter on', () => {
-      const nats = mergedValues(renderer)['nats'] as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const nats = mergedValues(renderer)['nats'] as Record<string, any>;
       expect(nats['enabled']).toBe(true);
       expect(nats['config'].jetstream).toMatchObject({ enabled: true, fileStore: { enabled: true, dir: '/data', pvc: { enabled: true } } });
       // Gradient chunks fill the server's max_payload (worker/collective): 8 MiB, above NATS' 1 MiB default.
@@ -255,7 +261,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(sts().spec.template.metadata.annotations).toEqual({ 'example.com/team': 'nlp', 'scheduling.k8s.io/group-name': pg.metadata.name });
     });
 
-    it('secrets: the coordinator gets both tokens, its certificate, the client CA, its NATS credentials and the signing key', () => {
+    it('secrets: the coordinator gets both tokens, its certificate, ' +
+      'the client CA, its NATS credentials and the signing key', () => {
       const pod = workload(objs, 'Deployment', '-coordinator').spec.template.spec;
       const c = pod.containers[0]!;
       expect(securityEnv(c)).toEqual(CODE_ENV.serve);
@@ -279,7 +286,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expectHardened(pod);
     });
 
-    it('secrets: workers get the worker token, the CA and name of the coordinator\'s certificate and their client certificate; never the client token, NATS credentials or the coordinator\'s key', () => {
+    it('secrets: workers get the worker token, the CA and name of the coordinator\'s certificate and ' +
+      'their client certificate; never the client token, NATS credentials or the coordinator\'s key', () => {
       const pod = sts().spec.template.spec;
       const c = pod.containers[0]!;
       expect(securityEnv(c)).toEqual(CODE_ENV.worker);
@@ -332,8 +340,10 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(sm.spec.selector.matchLabels['app.kubernetes.io/component']).toBe('coordinator');
     });
 
-    it('the ingress speaks gRPC to the coordinator; the NetworkPolicy lets in workers, the listed clients and Prometheus', () => {
-      const ing = find(objs, 'Ingress') as K8sObject & { spec: Record<string, any> }; // eslint-disable-line @typescript-eslint/no-explicit-any
+    it('the ingress speaks gRPC to the coordinator; the NetworkPolicy ' +
+      'lets in workers, the listed clients and Prometheus', () => {
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const ing = find(objs, 'Ingress') as K8sObject & { spec: Record<string, any> };
             expect(ing.spec['rules'][0].http.paths[0].backend.service).toEqual({ name: 'polytune-coordinator', port: { name: 'grpc' } });
       const np = find(objs, 'NetworkPolicy', '-coordinator') as K8sObject & { spec: { ingress: Array<{ from: Array<Record<string, unknown>> }> } };
       expect(np.spec.ingress[0]!.from).toContainEqual({ ipBlock: { cidr: '10.0.0.0/8' } });
@@ -352,7 +362,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       expect(c.args).toContain('wasm');
     });
 
-    it('Kueue: only the queue label on the StatefulSet (Kueue sets the pod group itself); without a queue name rendering fails', () => {
+    it('Kueue: only the queue label on the StatefulSet (Kueue sets ' +
+      'the pod group itself); without a queue name rendering fails', () => {
       const objs = render(renderer, [...NATS_AUTH, '--set', 'gangScheduling.mode=kueue', '--set', 'gangScheduling.kueue.queueName=gpu-queue']);
       const s = workload(objs, 'StatefulSet', '-worker');
       expect(s.metadata.labels?.['kueue.x-k8s.io/queue-name']).toBe('gpu-queue');
@@ -374,7 +385,8 @@ describe.skipIf(skip !== undefined)('helm/polytune', () => {
       for (const n of SECURITY_ENV) expect(readme).toContain(`\`${n}\``);
     });
 
-    it('security off (auth.enabled and natsAuth.enabled false): no secrets, no security env, the ingress speaks plain GRPC', () => {
+    it('security off (auth.enabled and natsAuth.enabled false): no ' +
+      'secrets, no security env, the ingress speaks plain GRPC', () => {
       const objs = render(renderer, ['--set', 'ingress.enabled=true', '--set', 'auth.enabled=false', '--set', 'natsAuth.enabled=false']);
       expect(objs.filter((o) => o.kind === 'Secret')).toEqual([]);
       for (const w of [workload(objs, 'Deployment', '-coordinator'), workload(objs, 'StatefulSet', '-worker')]) expect(securityEnv(w.spec.template.spec.containers[0]!)).toEqual([]);

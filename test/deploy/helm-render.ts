@@ -22,8 +22,10 @@ export function helmRender(): string | { skip: string } {
   const haveSources = existsSync(join(GOPATH, 'src/github.com/Masterminds/sprig')) && existsSync(join(GOPATH, 'src/github.com/ghodss/yaml'));
   if (!go || !haveSources) {
     const apt = spawnSync('sh', ['-c', 'command -v apt-get']).status === 0;
-    if (!apt) return { skip: 'no Go with Debian\'s sprig/ghodss-yaml sources to build tools/helm-render, and no apt-get: skipping the chart tests' };
-    throw new Error('tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)');
+    if (!apt) return { skip: 'no Go with Debian\'s sprig/ghodss-yaml sources to build ' +
+      'tools/helm-render, and no apt-get: skipping the chart tests' };
+    throw new Error('tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs ' +
+      'golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)');
   }
   mkdirSync(dirname(BIN), { recursive: true });
   execFileSync(go, ['build', '-o', BIN, './tools/helm-render'], {

@@ -13,7 +13,9 @@ import { ROOT } from './helm-render.js';
 interface Instruction { op: string; args: string }
 interface Stage { from: string; name?: string; instructions: Instruction[] }
 
-/** Instructions (continuation lines joined, comments dropped), ARG defaults substituted into FROM, split into stages. */
+/**
+ * Instructions (continuation lines joined, comments dropped), ARG defaults substituted into FROM, split into stages.
+ */
 function parseDockerfile(text: string): { args: Map<string, string>; stages: Stage[] } {
   const lines = text.replace(/\\\r?\n/g, ' ').split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
   const args = new Map<string, string>();
@@ -91,7 +93,8 @@ describe('images', () => {
     expect(last(load('Dockerfile.coordinator').stages).instructions.find((i) => i.op === 'EXPOSE')?.args).toBe('7070 9464');
   });
 
-  it('the GPU worker runs on the CUDA 11.2 + cuDNN 8.1 runtime with Node 22 and @tensorflow/tfjs-node-gpu 4.22.0', () => {
+  it('the GPU worker runs on the CUDA 11.2 + cuDNN 8.1 runtime ' +
+    'with Node 22 and @tensorflow/tfjs-node-gpu 4.22.0', () => {
     const { stages } = load('Dockerfile.worker-gpu');
     const final = last(stages);
     // nvidia/cuda 11.2.2 "cudnn8" images carry cuDNN 8.1.1, what libtensorflow 2.9.1 was built for.
@@ -106,7 +109,8 @@ describe('images', () => {
     for (const pkg of ops(tfjs, 'RUN').join(' ').match(/\b(python3|make|g\+\+|ca-certificates)(=\S+)?/g) ?? []) expect(pkg).toContain('=');
   });
 
-  it('the GPU image: no dev tools, a libtensorflow mirror and checksum as build arguments, a large CUDA cache on a volume, gpu-check.sh', () => {
+  it('the GPU image: no dev tools, a libtensorflow mirror and checksum ' +
+    'as build arguments, a large CUDA cache on a volume, gpu-check.sh', () => {
     const { stages } = load('Dockerfile.worker-gpu');
     const tfjs = stages.find((s) => s.name === 'tfjs')!;
     const install = ops(tfjs, 'RUN').find((r) => r.includes('@tensorflow/tfjs-node-gpu@4.22.0'))!;
@@ -134,11 +138,13 @@ describe('images', () => {
     expect(statSync(join(ROOT, 'deploy/worker-launch.sh')).mode & 0o111).not.toBe(0);
   });
 
-  it('worker-launch.sh really starts one process per GPU, each with its device, local rank and id, and exits with the first one to stop', () => {
+  it('worker-launch.sh really starts one process per GPU, each with its ' +
+    'device, local rank and id, and exits with the first one to stop', () => {
     const dir = mkdtempSync(join(tmpdir(), 'polytune-launch-'));
     try {
       const cli = join(dir, 'fake-worker.mjs');
-      writeFileSync(cli, `const e = process.env; console.log(JSON.stringify({ argv: process.argv.slice(2), cuda: e.CUDA_VISIBLE_DEVICES ?? null, rank: e.POLYTUNE_LOCAL_RANK }));
+      writeFileSync(cli, `const e = process.env; console.log(JSON.stringify({ argv: ` +
+`process.argv.slice(2), cuda: e.CUDA_VISIBLE_DEVICES ?? null, rank: e.POLYTUNE_LOCAL_RANK }));
 setTimeout(() => process.exit(3), e.POLYTUNE_LOCAL_RANK === '1' ? 800 : 30000);`);
       const r = spawnSync(join(ROOT, 'deploy/worker-launch.sh'), ['--backend', 'tensorflow'], {
         env: { ...process.env, POLYTUNE_WORKER_CLI: cli, POLYTUNE_WORKER_PROCESSES: '3', POLYTUNE_WORKER_GPUS: '3', POD_NAME: 'w-0' }, encoding: 'utf8', timeout: 20_000,

@@ -22,7 +22,10 @@ const DASHBOARD = join(ROOT, 'deploy/grafana/polytune.json');
 const RULES = join(ROOT, 'deploy/prometheus/rules.yaml');
 /** The DCGM exporter's GPU metrics the dashboard may use. */
 const DCGM_METRICS = ['DCGM_FI_DEV_GPU_UTIL', 'DCGM_FI_DEV_FB_USED', 'DCGM_FI_DEV_FB_FREE', 'DCGM_FI_DEV_POWER_USAGE', 'DCGM_FI_DEV_MEM_COPY_UTIL'];
-/** prometheus-nats-exporter's series (NATS chart's promExporter: -varz with the `nats` prefix) the dashboard and rules use. */
+/**
+ * prometheus-nats-exporter's series (NATS chart's promExporter: -varz with the `nats` prefix) the dashboard and rules
+ * use.
+ */
 const NATS_EXPORTER_METRICS = ['nats_varz_jetstream_stats_storage', 'nats_varz_jetstream_config_max_storage', 'nats_varz_slow_consumers', 'nats_varz_in_bytes', 'nats_varz_out_bytes'];
 const PANEL_TYPES = new Set(['row', 'timeseries', 'stat', 'bargauge', 'gauge', 'table', 'heatmap', 'text']);
 const VARIABLE_TYPES = new Set(['query', 'adhoc', 'groupby', 'constant', 'datasource', 'interval', 'textbox', 'custom', 'system', 'snapshot', 'switch']);
@@ -94,7 +97,8 @@ describe('the Grafana dashboard', () => {
     }
   });
 
-  it('units match the metrics: bytes for bytes, MiB for DCGM memory, a count for tensors; DCGM panels only show the jobs\' pods', () => {
+  it('units match the metrics: bytes for bytes, MiB for DCGM memory, ' +
+    'a count for tensors; DCGM panels only show the jobs\' pods', () => {
     type Unit = { fieldConfig?: { defaults?: { unit?: string } } };
     const unitOf = (title: string): string | undefined => (panels.find((p) => p.title === title) as (AnyPanel & Unit) | undefined)?.fieldConfig?.defaults?.unit;
     for (const p of panels as Array<AnyPanel & Unit>) {

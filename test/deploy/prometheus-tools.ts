@@ -31,7 +31,8 @@ export function findPromTools(): PromTools | { skip: string } {
   const prometheus = which('prometheus');
   if (promtool && prometheus) return { promtool, prometheus };
   if (!which('apt-get')) {
-    return { skip: 'promtool/prometheus not found and no apt-get to install Debian\'s `prometheus` package: skipping (install Prometheus 2.x to run this suite)' };
+    return { skip: 'promtool/prometheus not found and no apt-get to install Debian\'s ' +
+      '`prometheus` package: skipping (install Prometheus 2.x to run this suite)' };
   }
   throw new Error('promtool/prometheus not found: run `bash scripts/setup.sh` as root (it installs Debian\'s `prometheus` package)');
 }
@@ -73,12 +74,16 @@ export interface PrometheusServer {
   stop(): Promise<void>;
 }
 
-/** Starts Prometheus on 127.0.0.1 with its TSDB in a temporary directory, scraping `targets` (HOST:PORT) every `scrapeInterval`. */
+/**
+ * Starts Prometheus on 127.0.0.1 with its TSDB in a temporary directory, scraping `targets` (HOST:PORT) every
+ * `scrapeInterval`.
+ */
 export async function startPrometheus(bin: string, targets: Record<string, string[]>, scrapeInterval = '500ms'): Promise<PrometheusServer> {
   const dir = mkdtempSync(join(tmpdir(), 'polytune-prometheus-'));
   const port = await freePort();
   const jobs = Object.entries(targets).map(([job, ts]) => `  - job_name: ${job}\n    static_configs:\n      - targets: [${ts.map((t) => `'${t}'`).join(', ')}]`);
-  writeFileSync(join(dir, 'prometheus.yml'), `global:\n  scrape_interval: ${scrapeInterval}\n  scrape_timeout: ${scrapeInterval}\n  evaluation_interval: ${scrapeInterval}\nscrape_configs:\n${jobs.join('\n')}\n`);
+  writeFileSync(join(dir, 'prometheus.yml'), `global:\n  scrape_interval: ${scrapeInterval}\n  scrape_timeout: ${scrapeInterval}\n ` +
+    ` evaluation_interval: ${scrapeInterval}\nscrape_configs:\n${jobs.join('\n')}\n`);
   let log = '';
   const child: ChildProcess = spawn(bin, [
     `--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`,

@@ -1,4 +1,7 @@
-/** values.schema.json accepts the chart's values and refuses bad ones, as `helm install` would (validated with ajv on Helm's merged values). */
+/**
+ * values.schema.json accepts the chart's values and refuses bad ones, as `helm install` would (validated with ajv on
+ * Helm's merged values).
+ */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -43,8 +43,11 @@ const ADAMW = '{ name: adamw, lr: 5.0e-3 }';
 const S1 = 6;
 const S2 = 20;
 
+const parallelSet = (l: string): string =>
+  `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, ` +
+  `format: parallel, language: ${l} }`;
 const dataBlock = (stage: 1 | 2): string => (stage === 1
-  ? `{ train: [${['sw', 'de', 'zh'].map((l) => `{ path: ${join(dir, 'par', `${l}.txt`)}, target: ${join(dir, 'par', `${l}.en.txt`)}, format: parallel, language: ${l} }`).join(', ')}], maxSeqLen: 64 }`
+  ? `{ train: [${['sw', 'de', 'zh'].map(parallelSet).join(', ')}], maxSeqLen: 64 }`
   : `{ train: [{ path: ${join(dir, 'data.jsonl')}, format: alpaca }], maxSeqLen: 64 }`);
 /** SGD runs one step a stage at a constant rate (a warmup would make it 0); AdamW runs warm up and decay. */
 const trainingBlock = (steps: number, optimizer: string): string => `{ maxSteps: ${steps}, globalBatchSize: 6, microBatchSize: 2, optimizer: ${optimizer}, `
@@ -170,7 +173,8 @@ afterAll(async () => {
 });
 
 describe('jobs of several stages (real processes)', () => {
-  it('two stages on 2 workers: each changes only its tensors; one SGD step each equals single-stage jobs by hand', async () => {
+  it('two stages on 2 workers: each changes only its tensors; ' +
+    'one SGD step each equals single-stage jobs by hand', async () => {
     const run: Run = { name: 'two-sgd', out: join(dir, 'two-sgd'), steps: [1, 1], optimizer: SGD };
     const c = await procs.cluster(2);
     const id = await submit(c, twoStageText(run));
@@ -236,7 +240,8 @@ describe('jobs of several stages (real processes)', () => {
     expect(text).toMatch(new RegExp(`^step {8}${S1 + S2}/${S1 + S2} \\(100%\\)$`, 'm'));
   }, 300_000);
 
-  it('killed between the stages, then `submit --resume`: stage 1 does not run again; ends as an uninterrupted run', async () => {
+  it('killed between the stages, then `submit --resume`: ' +
+    'stage 1 does not run again; ends as an uninterrupted run', async () => {
     const run: Run = { ...clean, name: 'resumed', out: join(dir, 'resumed') };
     const stage1Final = join(run.out, STAGE1.name, 'final', 'model.safetensors');
     const a = await procs.cluster(2);

@@ -227,7 +227,8 @@ describe('losses and corruption', () => {
     expect(ar.stats.lostChunks).toBe(1);
   });
 
-  it('a chunk whose MAC does not verify is dropped and counted, never applied, and does not fail the step', async () => {
+  it('a chunk whose MAC does not verify is dropped and ' +
+    'counted, never applied, and does not fail the step', async () => {
     const job = uniqueJobName('mac');
     const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
     const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs: 10_000 });

@@ -35,7 +35,8 @@ function input(rank: number, length: number): Float32Array {
 }
 
 describe('a rank killed mid-collective', () => {
-  it('the others get a CollectiveError naming it within the deadline + 1 s; their parameters stay those of the last completed step', async () => {
+  it('the others get a CollectiveError naming it within the deadline ' +
+    '+ 1 s; their parameters stay those of the last completed step', async () => {
     expect(existsSync(RANK_SCRIPT), `${RANK_SCRIPT}: run npm run build first`).toBe(true);
     const n = 3;
     const killed = 2;

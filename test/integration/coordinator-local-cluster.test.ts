@@ -1,4 +1,6 @@
-/** The embedded local cluster: real nats-server, in-process coordinator, worker child processes; nothing left behind. */
+/**
+ * The embedded local cluster: real nats-server, in-process coordinator, worker child processes; nothing left behind.
+ */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';

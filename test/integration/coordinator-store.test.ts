@@ -156,7 +156,8 @@ describe('the job store is not trusted', () => {
     expect(await metric(meter, 'polytune_store_bad_values_total{bucket="polytune_jobs",reason="unreadable"}')).toBe(3);
   });
 
-  it('a running job rewritten as Succeeded (or deleted) is restored, the alert counter goes up, and it can still be cancelled', async () => {
+  it('a running job rewritten as Succeeded (or deleted) is restored, ' +
+    'the alert counter goes up, and it can still be cancelled', async () => {
     await start();
     kv = await new Kvm(nc).open(KvBucket.jobs);
     const { id, w0 } = await runningJob();
@@ -321,7 +322,8 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect(other.message).toMatch(/spec.output.dir: .*ours belongs to job "tiny-job"/);
   });
 
-  it('with storage roots, inputs outside a data root and outputs outside an output root are refused, naming the path', async () => {
+  it('with storage roots, inputs outside a data root and outputs ' +
+    'outside an output root are refused, naming the path', async () => {
     const outRoot = join(fx.dir, 'runs');
     mkdirSync(outRoot);
     await start({ storageRoots: { dataRoots: [fx.dir], outputRoots: [outRoot] } });
@@ -336,7 +338,8 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect(escape.message).toMatch(/spec.output.dir: .* is not inside an output root/);
   });
 
-  it('five submits with huge (allowed) weights do not delay heartbeats past their timeout while a job runs', async () => {
+  it('five submits with huge (allowed) weights do not ' +
+    'delay heartbeats past their timeout while a job runs', async () => {
     await start();
     const id = await client.submitText(fx.yaml({ workers: 2 }));
     for (const wid of ['hb-a', 'hb-b']) workers.push(await FakeWorker.join(coord!.address, wid, { heartbeatIntervalMs: 200 }));

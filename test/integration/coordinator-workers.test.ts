@@ -143,7 +143,8 @@ describe('coordinator WorkerService and scheduling', () => {
     expect(job.error).toContain('out of memory at step 3');
   });
 
-  it('a worker whose stream closes mid-job re-forms the world: the survivor leaves the old generation, the job goes on in the next', async () => {
+  it('a worker whose stream closes mid-job re-forms the world: the ' +
+    'survivor leaves the old generation, the job goes on in the next', async () => {
     const id = await client.submitText(fx.yaml({ workers: 2 }));
     const [w0, w1] = await Promise.all([join('c-1'), join('c-2')]);
     await Promise.all([w0.assignment(), w1.assignment()]);

@@ -179,7 +179,8 @@ describe('twenty malformed gRPC messages', () => {
     await stillAnswers();
   });
 
-  it('bytes that are not a WorkerMessage (wrong wire types, garbage): the stream fails, the coordinator answers', async () => {
+  it('bytes that are not a WorkerMessage (wrong wire types, ' +
+    'garbage): the stream fails, the coordinator answers', async () => {
     // Field 1 (hello, a message) sent as a varint; then pure garbage.
     for (const bytes of [Buffer.from([0x08, 0x96, 0x01]), Buffer.from('ffffffffffffffffffff', 'hex')]) {
       const s = rawBytesJoin();
@@ -222,7 +223,8 @@ describe('twenty malformed gRPC messages', () => {
     await client.cancel(id);
   });
 
-  it('messages about jobs, gangs and generations the worker is not in are refused; the stream stays open and good messages still count', async () => {
+  it('messages about jobs, gangs and generations the worker is not in ' +
+    'are refused; the stream stays open and good messages still count', async () => {
     // A job with one worker, whose generation is moved to 4 before the worker joins, so that it runs generation 5.
     const jobId = await client.submitText(fixture.yaml({ name: 'gang-job', workers: 1 }));
     await coordinator.store.update(jobId, (r) => ({ ...r, generation: 4 }));

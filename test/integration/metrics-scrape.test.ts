@@ -147,7 +147,8 @@ spec:
     expect(sample(workerText, `polytune_nonfinite_steps_total{job_id="${jobId}"}`)).toBe(0);
   });
 
-  it('a real Prometheus scrapes the coordinator and the workers and answers for polytune_step_duration_seconds', async () => {
+  it('a real Prometheus scrapes the coordinator and the ' +
+    'workers and answers for polytune_step_duration_seconds', async () => {
     const p = prometheus!;
     const series = await until(async () => {
       const r = await p.query(`polytune_step_duration_seconds_count{job_id="${jobId}"}`);
@@ -156,7 +157,8 @@ spec:
     expect(new Set(series.map((s) => s.metric['job']))).toEqual(new Set(['polytune-worker']));
     // The dashboard's query for step time, evaluated by Prometheus itself.
     const mean = await until(async () => {
-      const r = await p.query(`sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[1m])) / sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[1m]))`);
+      const r = await p.query(`sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[1m])) / ` +
+        `sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[1m]))`);
       const v = Number(r[0]?.value[1]);
       return Number.isFinite(v) && v > 0 ? v : undefined;
     }, 'a mean step duration');

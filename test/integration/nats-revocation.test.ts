@@ -44,7 +44,8 @@ beforeAll(async () => {
 afterAll(() => nats.cleanup());
 
 describe('NatsRevoker', () => {
-  it('revokes a worker credential: its connection is closed, a new one refused; another credential works on', async () => {
+  it('revokes a worker credential: its connection is ' +
+    'closed, a new one refused; another credential works on', async () => {
     const sys = await nats.connect(server, { authenticator: creds(setup.systemCreds) });
     const revoker = new NatsRevoker({ nc: sys, ...revocation() });
     const gone = await issuer.issueWorker('job-r-11111', 'w0', 1);
@@ -121,7 +122,8 @@ describe('NatsRevoker', () => {
 });
 
 describe('through the coordinator', () => {
-  it('a worker gets credentials for its generation; cancelling the job revokes them; a worker that leaves loses its own', async () => {
+  it('a worker gets credentials for its generation; cancelling ' +
+    'the job revokes them; a worker that leaves loses its own', async () => {
     const fixture = makeSpecFixture();
     const coordinator = await startCoordinator({
       listen: '127.0.0.1:0', natsUrl: server.url, progressFlushMs: 50,

@@ -59,7 +59,8 @@ async function world(extra: Partial<AllReduceOptions> & { jobPrefix?: string; jo
 }
 
 describe('a rogue NATS client without the key', () => {
-  it('forged chunks (step + 1, values × -100, re-sealed), forged heads, replays and duplicates change no result', async () => {
+  it('forged chunks (step + 1, values × -100, re-sealed), ' +
+    'forged heads, replays and duplicates change no result', async () => {
     // The clean run: the same inputs, no rogue.
     const clean = await runSteps((await world({ jobPrefix: 'clean' })).ranks);
     for (let s = 0; s < STEPS; s++) expect(bytes(clean[s]!).equals(bytes(sumInRankOrder(inputsOf(s))))).toBe(true);
@@ -86,7 +87,8 @@ describe('a rogue NATS client without the key', () => {
     });
   });
 
-  it('a replay of a genuine chunk from an earlier generation changes nothing, as it is or with its generation rewritten', async () => {
+  it('a replay of a genuine chunk from an earlier generation ' +
+    'changes nothing, as it is or with its generation rewritten', async () => {
     const job = uniqueJobName('regen');
     // Generation 1 runs while two recorders keep every chunk, to replay onto generation 2's subjects.
     const asIs = rogueClient(await scope.connect(suite.server), job, { toGeneration: 2 });
@@ -109,7 +111,8 @@ describe('a rogue NATS client without the key', () => {
     expect(replayed).toBeGreaterThan(100);
     const total = (reason: RejectReason): number => gen2.ranks.reduce((n, ar) => n + (ar.stats.rejected[reason] ?? 0), 0);
     expect(total(RejectReason.stale)).toBeGreaterThan(20); // generation 1 in the header
-    expect(total(RejectReason.mac)).toBeGreaterThan(20); // generation 2 in the header: generation 1's key does not verify
+    // generation 2 in the header: generation 1's key does not verify
+    expect(total(RejectReason.mac)).toBeGreaterThan(20);
     gen2.ranks.forEach((ar, r) => expect(ar.stats.rejected).toEqual(counts[r]));
   });
 

@@ -143,7 +143,8 @@ describe('NATS operator mode', () => {
     }
   });
 
-  it('a coordinator with only its own credentials runs; its workers get per-job credentials in the assignment', async () => {
+  it('a coordinator with only its own credentials runs; ' +
+    'its workers get per-job credentials in the assignment', async () => {
     const fixture = makeSpecFixture();
     const coordinator = await startCoordinator({
       listen: '127.0.0.1:0', natsUrl: server.url, progressFlushMs: 50,

@@ -66,7 +66,8 @@ spec:
     expect(await client.list()).toEqual([]);
   });
 
-  it('takes a valid one: steps of both stages end to end, stage 1/2 on the record, what the largest stage trains', async () => {
+  it('takes a valid one: steps of both stages end to end, ' +
+    'stage 1/2 on the record, what the largest stage trains', async () => {
     const res = await client.submitSpec(parseAnyJobSpec(twoStages()), 'two.yaml');
     expect(res.trainableParameters).toBeGreaterThan(0);
     expect(res.totalParameters).toBeGreaterThan(res.trainableParameters);

@@ -57,7 +57,8 @@ async function runJob(workers: number, outDir: string, microBatchSize = 2, gradi
 
 
 describe('trainer over NATS', () => {
-  it('1 and 2 workers, and any micro-batch size, end with the same trainable tensors; frozen tensors stay bit-identical', async () => {
+  it('1 and 2 workers, and any micro-batch size, end with the ' +
+    'same trainable tensors; frozen tensors stay bit-identical', async () => {
     const one = await runJob(1, join(dir, 'out-1'));
     const two = await runJob(2, join(dir, 'out-2'));
     const micro = await runJob(2, join(dir, 'out-micro'), 1);

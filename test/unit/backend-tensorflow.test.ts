@@ -72,7 +72,8 @@ describe('backend tensorflow', () => {
     expect(() => checkTf32(info, true)).not.toThrow();
   });
 
-  it('on a GPU: NVIDIA_TF32_OVERRIDE is set before TensorFlow loads, and a job asking otherwise is refused', async () => {
+  it('on a GPU: NVIDIA_TF32_OVERRIDE is set before TensorFlow ' +
+    'loads, and a job asking otherwise is refused', async () => {
     const info = await loadTensorflowBackend({ resolveFrom: fakeTfjsNode(true), tf32: true });
     expect((globalThis as { fakeTf32AtLoad?: string }).fakeTf32AtLoad).toBe('1');
     expect(process.env[TF32_ENV]).toBe('1');

@@ -110,10 +110,14 @@ describe('screenChunk', () => {
     expect(reason(reduceScatterSubject('j', 6, 0), good)).toBe(RejectReason.malformed); // another generation's subject
     expect(reason(reduceScatterSubject('k', 7, 0), good)).toBe(RejectReason.malformed);
     expect(reason(rs, new Uint8Array([1, 2, 3]))).toBe(RejectReason.malformed);
-    expect(reason(rs, encodeFloat32Chunk({ ...base, generation: 6 }, values, testMac))).toBe(RejectReason.stale); // a replay from generation 6
-    expect(reason(rs, encodeFloat32Chunk({ ...base, rank: 0 }, values, testMac))).toBe(RejectReason.header); // "from" this rank
-    expect(reason(rs, encodeFloat32Chunk({ ...base, rank: 3 }, values, testMac))).toBe(RejectReason.header); // not a rank
-    expect(reason(rs, encodeFloat32Chunk({ ...base, shard: 1 }, values, testMac))).toBe(RejectReason.header); // another shard
+    // a replay from generation 6
+    expect(reason(rs, encodeFloat32Chunk({ ...base, generation: 6 }, values, testMac))).toBe(RejectReason.stale);
+    // "from" this rank
+    expect(reason(rs, encodeFloat32Chunk({ ...base, rank: 0 }, values, testMac))).toBe(RejectReason.header);
+    // not a rank
+    expect(reason(rs, encodeFloat32Chunk({ ...base, rank: 3 }, values, testMac))).toBe(RejectReason.header);
+    // another shard
+    expect(reason(rs, encodeFloat32Chunk({ ...base, shard: 1 }, values, testMac))).toBe(RejectReason.header);
     expect(reason(rs, encodeFloat32Chunk({ ...base, kind: ChunkKind.AllGather }, values, testMac))).toBe(RejectReason.header);
     expect(reason(reduceScatterSubject('j', 7, 1), good)).toBe(RejectReason.header); // someone else's subject
     expect(reason(rs, encodeFloat32Chunk(base, values, new ChunkMac(otherKey)))).toBe(RejectReason.mac);

@@ -62,7 +62,8 @@ describe.each(DTYPES)('SIMD kernels: %s', (_name, dtype) => {
       const src = new Float32Array(bits.buffer);
       const dst = new Uint16Array(n).fill(0xdead);
       narrowInto(dtype, src, dst);
-      for (let i = 0; i < n; i++) if (dst[i] !== narrowRef(dtype, bits[i]!)) expect.fail(`n=${n} i=${i} bits 0x${bits[i]!.toString(16)}: 0x${dst[i]!.toString(16)} ≠ 0x${narrowRef(dtype, bits[i]!).toString(16)}`);
+      for (let i = 0; i < n; i++) if (dst[i] !== narrowRef(dtype, bits[i]!)) expect.fail(`n=${n} i=${i} bits 0x${bits[i]!.toString(16)}: ` +
+        `0x${dst[i]!.toString(16)} ≠ 0x${narrowRef(dtype, bits[i]!).toString(16)}`);
     }
   });
 
@@ -164,7 +165,8 @@ describe('SIMD kernels: a float32 input to a 16-bit sum', () => {
       const later = new Float32Array(n);
       sumWidenedInto(dtype, later, [zero, { narrow: x }]);
       for (let i = 0; i < n; i++) {
-        if (bitsOf(first)[i] !== bitsOf(want)[i]) expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)}: 0x${bitsOf(first)[i]!.toString(16)} ≠ 0x${bitsOf(want)[i]!.toString(16)}`);
+        if (bitsOf(first)[i] !== bitsOf(want)[i]) expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)}: ` +
+          `0x${bitsOf(first)[i]!.toString(16)} ≠ 0x${bitsOf(want)[i]!.toString(16)}`);
         const w = add32(0, want[i]!);
         if (!(Object.is(later[i], w) || (Number.isNaN(w) && bitsOf(later)[i] === bitsOf(want)[i]))) {
           expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)} after +0: ${later[i]} ≠ ${w}`);

@@ -92,7 +92,8 @@ describe('worker registry', () => {
     reg.close();
   });
 
-  it('loses a silent worker and closes its link; a second Hello with the same id replaces the first once its stream closed', async () => {
+  it('loses a silent worker and closes its link; a second Hello ' +
+    'with the same id replaces the first once its stream closed', async () => {
     const reg = new WorkerRegistry({ heartbeatTimeoutMs: 200 });
     const lost: string[] = [];
     reg.on((e) => { if (e.type === 'lost') lost.push(`${e.worker.id}: ${e.reason}`); });
@@ -117,7 +118,8 @@ describe('worker registry', () => {
     reg.close();
   });
 
-  it('refuses a second Hello under a live id, and takes it once the first has been silent past the heartbeat timeout', () => {
+  it('refuses a second Hello under a live id, and takes it once ' +
+    'the first has been silent past the heartbeat timeout', () => {
     const reg = new WorkerRegistry({ heartbeatTimeoutMs: 60_000 });
     const l1 = link();
     const first = reg.join(hello('b'), l1);

@@ -30,7 +30,8 @@ describe('answer extraction (MathOctopus / QAlign: last number, commas removed, 
       const gold = parseGold(p.answer);
       expect(gold).toBe(Number(p.answer.replace(/,/g, '')));
       // A worked answer that writes the number with commas, then stops with trailing text.
-      const out = `Let's think step by step. ${p.question.slice(0, 40)} ... So the answer is ${p.answer}.\n\nHuman: next`;
+      const out = `Let's think step by step. ${p.question.slice(0, 40)} ` +
+        `... So the answer is ${p.answer}.\n\nHuman: next`;
       expect(extractLastNumber(out)).toBe(gold);
       expect(isCorrect(extractLastNumber(out), gold)).toBe(true);
       // ... and one that writes it without commas is as right.

@@ -27,7 +27,8 @@ spec:
 
 describe('EvalJob and LayerAnalysis specs', () => {
   it('parses an EvalJob, resolves paths against the spec directory, applies defaults, expands sets', () => {
-    const spec = parseAnyJobSpec(evalJob('{ sets: [{ mgsm: data/mgsm, languages: [en, sw], limit: 5 }, { path: x.jsonl, format: msvamp, language: zh }] }'), { baseDir: '/base' });
+    const spec = parseAnyJobSpec(evalJob('{ sets: [{ mgsm: data/mgsm, languages: [en, sw], limit: ' +
+      '5 }, { path: x.jsonl, format: msvamp, language: zh }] }'), { baseDir: '/base' });
     expect(spec.kind).toBe('EvalJob');
     if (spec.kind !== 'EvalJob') return;
     expect(spec.spec.model.path).toBe('/base/m');
@@ -48,7 +49,8 @@ describe('EvalJob and LayerAnalysis specs', () => {
     expect(issues(evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, xx], format: mgsm-tsv }], maxNewTokens: 0 }'))).toEqual([
       'spec.eval.maxNewTokens: must be > 0',
     ]);
-    expect(issues(evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, tlh], format: mgsm-tsv }, { msvamp: d, languages: [te] }] }'))).toEqual([
+    expect(issues(evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, tlh], ' +
+      'format: mgsm-tsv }, { msvamp: d, languages: [te] }] }'))).toEqual([
       'spec.eval.sets[0].format: is required with path',
       'spec.eval.sets[0].language: is required with path',
       'spec.eval.sets[1].format: is only allowed with path (mgsm implies it)',

@@ -32,7 +32,8 @@ spec:
 }
 
 describe('memory plan', () => {
-  it('counts a layer as the tape does: 25 hidden-sized, 2 heads x T and 5 FFN-sized floats a token (LLaMA-2 7B)', () => {
+  it('counts a layer as the tape does: 25 hidden-sized, 2 ' +
+    'heads x T and 5 FFN-sized floats a token (LLaMA-2 7B)', () => {
     const T = 1024;
     const saved = layerBytes(config7b, { batch: 1, seqLen: T }, TAPE_SAVED);
     expect(saved).toBe(4 * T * (25 * 4096 + 2 * 32 * T + 5 * 11008));
@@ -57,7 +58,8 @@ describe('memory plan', () => {
     expect(on.gpu.gradientSum).toBe(3 * 4 * on.parameters.trainable);
   });
 
-  it('host: the float32 model at load, master copies, AdamW moments and the all-reduce vectors (SGD keeps no moments)', () => {
+  it('host: the float32 model at load, master copies, AdamW ' +
+    'moments and the all-reduce vectors (SGD keeps no moments)', () => {
     const p = planMemory(config7b, spec7b());
     const G = 4 * p.parameters.trainable;
     expect(p.host.masterCopies).toBe(G);

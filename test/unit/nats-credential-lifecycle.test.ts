@@ -16,7 +16,8 @@ function fixture(): { lifecycle: WorkerCredentialLifecycle; revoked: string[][] 
 }
 
 describe('WorkerCredentialLifecycle', () => {
-  it('a new generation revokes the worker\'s previous credential; a cancel of its job revokes the current one', async () => {
+  it('a new generation revokes the worker\'s previous ' +
+    'credential; a cancel of its job revokes the current one', async () => {
     const { lifecycle, revoked } = fixture();
     await lifecycle.forAssignment('w0', 'job-a', 1); // U1
     await lifecycle.forAssignment('w1', 'job-a', 1); // U2

@@ -39,7 +39,8 @@ describe('checkNatsExposure', () => {
     expect(checkNatsExposure({ natsUrl: 'nats://10.0.0.5:4222', insecureNats: true })).toBe(NatsExposure.Insecure);
   });
 
-  it('accepts any host when the coordinator authenticates: creds, token, user, a client certificate, or a user in the URL', () => {
+  it('accepts any host when the coordinator authenticates: creds, ' +
+    'token, user, a client certificate, or a user in the URL', () => {
     const url = 'nats://10.0.0.5:4222';
     const creds = '-----BEGIN NATS USER JWT-----\neyJ\n------END NATS USER JWT------\n';
     expect(checkNatsExposure({ natsUrl: url, connect: { authenticator: credsAuthenticator(new TextEncoder().encode(creds)) } })).toBe(NatsExposure.Authenticated);

@@ -133,7 +133,8 @@ export function placeChunk(h: ChunkHeader, phase: GradPhase, layout: StepLayout,
   if (h.totalLength !== layout.length) {
     return {
       action: 'fail', lost: 0,
-      detail: `rank ${h.rank} reduces a vector of ${h.totalLength} elements, rank ${layout.rank} one of ${layout.length}`,
+      detail: `rank ${h.rank} reduces a vector of ${h.totalLength} ` +
+        `elements, rank ${layout.rank} one of ${layout.length}`,
     };
   }
   const ce = layout.chunkElements;
@@ -162,7 +163,8 @@ export function placeChunk(h: ChunkHeader, phase: GradPhase, layout: StepLayout,
     const what = phase === GradPhase.reduceScatter ? 'pieces of shard' : 'reduced shard';
     return {
       action: 'fail', lost,
-      detail: `lost ${lost} chunk(s) from rank ${h.rank} (${what} ${h.shard}: got chunk ${h.chunk}, expected ${expected})`,
+      detail: `lost ${lost} chunk(s) from rank ${h.rank} (${what} ` +
+        `${h.shard}: got chunk ${h.chunk}, expected ${expected})`,
     };
   }
   return { action: 'accept', offset, count };

@@ -526,7 +526,9 @@ export class GradientAllReduce {
     }
   }
 
-  /** Builds a sealed chunk message from `src[offset, offset+count)`; narrows (with error feedback) if its dtype says so. */
+  /**
+   * Builds a sealed chunk message from `src[offset, offset+count)`; narrows (with error feedback) if its dtype says so.
+   */
   #encode(
     op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
   ): Uint8Array {
@@ -615,7 +617,9 @@ export class GradientAllReduce {
     return any;
   }
 
-  /** acc = x0 + x1 + … in rank order, float32 adds, fused into one pass; then narrowed once, widened back in place. */
+  /**
+   * acc = x0 + x1 + … in rank order, float32 adds, fused into one pass; then narrowed once, widened back in place.
+   */
   #reduceChunk(op: Op, c: number, chunks: number, offset: number, count: number): void {
     const n = this.worldSize;
     const me = this.rank;
@@ -877,7 +881,8 @@ export class GradientAllReduce {
 
   #conflict(step: number, h: ChunkHeader): ChunkConflictError {
     const e = new ChunkConflictError(
-      `all-reduce step ${step}: rank ${h.rank} sent two different authentic chunks at chunk ${h.chunk} of shard ${h.shard}`
+      `all-reduce step ${step}: rank ${h.rank} sent two different ` +
+        `authentic chunks at chunk ${h.chunk} of shard ${h.shard}`
       + ' (a holder of the generation\'s key is broken or hostile)',
       { step, sender: h.rank },
     );

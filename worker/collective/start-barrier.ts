@@ -104,7 +104,8 @@ export class StartBarrier {
         const missing = [];
         for (let r = 0; r < this.#s.worldSize; r++) if (r !== this.#s.rank && (!this.#heard.has(r) || !this.#heardMe.has(r))) missing.push(r);
         throw new CollectiveError(
-          `ready: rank ${this.#s.rank} has not exchanged hellos with ranks ${missing.join(', ')} within ${timeoutMs} ms`,
+          `ready: rank ${this.#s.rank} has not exchanged hellos ` +
+            `with ranks ${missing.join(', ')} within ${timeoutMs} ms`,
           { step: -1, missingRanks: missing },
         );
       }

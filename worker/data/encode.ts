@@ -34,7 +34,8 @@ function encodeChat(question: string, output: string, tokenizer: PromptTokenizer
   const prefix = tokenizer.renderChat([user], true);
   const full = tokenizer.renderChat([user, { role: 'assistant', content: output }], false);
   if (!full.startsWith(prefix)) {
-    throw new UserError(`template ${CHAT_TEMPLATE_NAME}: the model's chat template does not render the answer after the prompt it renders for generation`);
+    throw new UserError(`template ${CHAT_TEMPLATE_NAME}: the model's chat template does ` +
+      `not render the answer after the prompt it renders for generation`);
   }
   return { prompt: tokenizer.encode(prefix, { addBos: false }), answer: tokenizer.encode(full.slice(prefix.length), { addBos: false }) };
 }

@@ -193,7 +193,9 @@ export async function analyzeLayers(options: AnalyzeOptions): Promise<LayerAnaly
   };
 }
 
-/** The heatmap: per layer (rows) and language (columns) the active share and the overlap with English, and the score. */
+/**
+ * The heatmap: per layer (rows) and language (columns) the active share and the overlap with English, and the score.
+ */
 export function layerHeatmapPng(a: LayerAnalysis): Buffer {
   const G = a.languages.length;
   const L = a.layers.length;

@@ -12,7 +12,8 @@
  * applied as plain `matMul(x, Wt)`; trainable ones are `tf.Variable`s in the HF layout [out, in]
  * (what the trainer all-reduces, checkpoints and exports) and are transposed inside the step.
  * Activations are kept as 2-D [B*T, hidden] between layers so that every projection is one
- * matMul; keys are produced directly in the [B, kvHeads, D, T] layout the score product needs. Every op between a trainable parameter and the loss has a gradient that runs on the wasm
+ * matMul; keys are produced directly in the [B, kvHeads, D, T] layout the score product needs. Every op between a
+ * trainable parameter and the loss has a gradient that runs on the wasm
  * backend: row gathers go through `gatherRows` (gradient = ScatterNd), and the loss head is a
  * custom-gradient op that never materialises a one-hot tensor.
  *

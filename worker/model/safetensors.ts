@@ -114,7 +114,8 @@ async function readHeaderFrom(fh: FileHandle, file: string): Promise<Safetensors
     const [b, en] = offsets as [number, number];
     if (en < b) bad(`data_offsets [${b}, ${en}] end before begin`);
     const want = prod(shape as number[]) * elBytes!;
-    if (en - b !== want) bad(`byte size ${en - b} does not match shape [${(shape as number[]).join(', ')}] x ${dtype as string} (${want} bytes)`);
+    if (en - b !== want) bad(`byte size ${en - b} does not match shape ` +
+      `[${(shape as number[]).join(', ')}] x ${dtype as string} (${want} bytes)`);
     if (en > dataLen) {
       throw new ModelLoadError(file, `file is truncated: data_offsets end ${en} beyond data size ${dataLen}`, { tensor: name });
     }

@@ -104,7 +104,8 @@ export interface StepReport {
 export class NonFiniteLossError extends UserError {
   readonly step: number;
   constructor(step: number, count: number) {
-    super(`step ${step}: ${count} steps in a row had a non-finite loss or gradient (spec.training.maxNonFiniteSteps); the job stops`);
+    super(`step ${step}: ${count} steps in a row had a non-finite loss ` +
+      `or gradient (spec.training.maxNonFiniteSteps); the job stops`);
     this.name = 'NonFiniteLossError';
     this.step = step;
   }
@@ -140,7 +141,10 @@ export interface TrainerOptions {
    * (ENOSPC, EDQUOT); it doubles up to FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s)
    */
   readonly finalOutputsRetryMs?: number;
-  /** The method to run. @default the registry's for `spec.method.name` (worker/methods/registry.ts); tests give their own */
+  /**
+   * The method to run. @default the registry's for `spec.method.name` (worker/methods/registry.ts); tests give their
+   * own
+   */
   readonly method?: TrainingMethod;
   readonly signal?: AbortSignal;
   readonly logger?: Logger;

@@ -15,8 +15,10 @@ import { ModelTokenizer } from '../../../worker/model/tokenizer.js';
 const MISTRAL_CHAT =
   "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}" +
   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" +
-  "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}" +
-  "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+  "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] " +
+    "+ ' [/INST]' }}{% elif message['role'] == 'assistant' %}" +
+  "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only " +
+    "user and assistant roles are supported!') }}{% endif %}{% endfor %}";
 
 const text = (question: string, output: string) => ({ kind: 'text' as const, question, output, language: undefined });
 
@@ -48,7 +50,8 @@ describe('prompts', () => {
     expect(b.inputIds[b.inputIds.length - 1]).toBe(noBos.eosId);
   });
 
-  it('the chat template renders the conversation; the prompt is unsupervised, the answer and end of turn are', async () => {
+  it('the chat template renders the conversation; the prompt ' +
+    'is unsupervised, the answer and end of turn are', async () => {
     const tok = (await tokenizerWith('chat', { chat_template: MISTRAL_CHAT })) as ModelTokenizer & { eosId: number };
     expect(tok.renderChat([{ role: 'user', content: 'Hi' }], true)).toBe('<s>[INST] Hi [/INST]');
     const s = encodeRecord(text('What is 2+2?', 'It is 4.'), tok, 'chat', 100);

@@ -1,4 +1,7 @@
-/** A SLAM-style training step on every model backend (test/helpers/backends.ts): gradients flow, loss falls, tensors do not grow. */
+/**
+ * A SLAM-style training step on every model backend (test/helpers/backends.ts): gradients flow, loss falls, tensors do
+ * not grow.
+ */
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
