@@ -21,17 +21,31 @@ export interface RankSetup {
   /** pubsub: bytes a message, and how many payload bytes each rank sends to each subject. */
   readonly chunkBytes?: number;
 }
-export interface RankRun { readonly type: 'run'; readonly step: number }
+export interface RankRun {
+  readonly type: 'run';
+  readonly step: number;
+}
 /** Checks the last result; asked once every rank is done, so that no check runs in a timed window. */
-export interface RankVerify { readonly type: 'verify'; readonly step: number }
+export interface RankVerify {
+  readonly type: 'verify';
+  readonly step: number;
+}
 export type ToRank = RankSetup | RankRun | RankVerify | { readonly type: 'exit' };
 export type FromRank =
   | { type: 'ready'; rank: number; chunkElements: number; windowChunks: number }
   | { type: 'started'; rank: number; step: number }
   | {
-    type: 'done'; rank: number; step: number; ok: boolean; error?: string; missingRanks?: number[];
-    start: number; end: number; cpuSeconds?: number; windowStalls?: number;
-  }
+      type: 'done';
+      rank: number;
+      step: number;
+      ok: boolean;
+      error?: string;
+      missingRanks?: number[];
+      start: number;
+      end: number;
+      cpuSeconds?: number;
+      windowStalls?: number;
+    }
   | { type: 'verified'; rank: number; step: number; crc: number; checked: number; mismatches: number };
 
 /**
@@ -41,4 +55,3 @@ export type FromRank =
 export function benchValue(i: number, rank: number): number {
   return ((((i * 7 + rank * 13) ^ (i >>> 10)) & 1023) - 512) / 1024;
 }
-

@@ -34,8 +34,13 @@ function expected(i: number, n: number, compression: Compression): number {
 
 const now = (): number => performance.timeOrigin + performance.now();
 /** CPU seconds (user + system) of this process since `since`. */
-const cpuSince = (since: NodeJS.CpuUsage): number => { const u = process.cpuUsage(since); return (u.user + u.system) / 1e6; };
-const send = (m: FromRank): void => { process.send?.(m); };
+const cpuSince = (since: NodeJS.CpuUsage): number => {
+  const u = process.cpuUsage(since);
+  return (u.user + u.system) / 1e6;
+};
+const send = (m: FromRank): void => {
+  process.send?.(m);
+};
 
 let nc: NatsConnection | undefined;
 let setup: RankSetup | undefined;
@@ -62,8 +67,16 @@ async function doSetup(s: RankSetup): Promise<void> {
   receivedTarget = 0;
   if (s.mode === 'allreduce') {
     ar = await GradientAllReduce.create({
-      nc, key: Buffer.from(s.keyHex, 'hex'), job: s.job, generation: 1, rank: s.rank, worldSize: s.worldSize, timeoutMs: s.timeoutMs,
-      compression: s.compression, maxChunkBytes: s.maxChunkBytes, windowChunks: s.windowChunks,
+      nc,
+      key: Buffer.from(s.keyHex, 'hex'),
+      job: s.job,
+      generation: 1,
+      rank: s.rank,
+      worldSize: s.worldSize,
+      timeoutMs: s.timeoutMs,
+      compression: s.compression,
+      maxChunkBytes: s.maxChunkBytes,
+      windowChunks: s.windowChunks,
     });
     await ar.ready({ timeoutMs: 30_000 });
     if (input?.length !== s.elements) {
@@ -79,7 +92,8 @@ async function doSetup(s: RankSetup): Promise<void> {
       onReceived?.();
     };
     subs.push(nc.subscribe(`bench.${s.job}.rs.${s.rank}`, { callback: cb }));
-    for (let r = 0; r < s.worldSize; r++) if (r !== s.rank) subs.push(nc.subscribe(`bench.${s.job}.ag.${r}`, { callback: cb }));
+    for (let r = 0; r < s.worldSize; r++)
+      if (r !== s.rank) subs.push(nc.subscribe(`bench.${s.job}.ag.${r}`, { callback: cb }));
     await nc.flush();
     send({ type: 'ready', rank: s.rank, chunkElements: 0, windowChunks: 0 });
   }
@@ -94,7 +108,8 @@ async function runAllReduce(s: RankSetup, step: number): Promise<void> {
     // As the trainer: the previous step's result (checked and done with) takes this step's, unless
     // --fresh-output asks for a new array each step.
     if (!s.inPlace && !s.freshOutput && output?.length !== input!.length) output = new Float32Array(input!.length);
-    const out = s.inPlace ? await ar!.allReduceInPlace(step, input!)
+    const out = s.inPlace
+      ? await ar!.allReduceInPlace(step, input!)
       : await ar!.allReduce(step, input!, undefined, s.freshOutput ? {} : { output });
     const end = now();
     const cpuSeconds = cpuSince(cpu0);
@@ -102,7 +117,16 @@ async function runAllReduce(s: RankSetup, step: number): Promise<void> {
     send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds, windowStalls: ar!.stats.windowStalls });
   } catch (e) {
     const missing = (e as { missingRanks?: number[] }).missingRanks;
-    send({ type: 'done', rank: s.rank, step, ok: false, error: errorMessage(e), missingRanks: missing ? [...missing] : undefined, start, end: now() });
+    send({
+      type: 'done',
+      rank: s.rank,
+      step,
+      ok: false,
+      error: errorMessage(e),
+      missingRanks: missing ? [...missing] : undefined,
+      start,
+      end: now(),
+    });
   }
 }
 
@@ -112,7 +136,8 @@ function verify(s: RankSetup, step: number): void {
   let mismatches = 0;
   let checked = 0;
   const stride = Math.max(1, Math.floor(out.length / 4096));
-  for (let i = 0; i < out.length; i += stride, checked++) if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
+  for (let i = 0; i < out.length; i += stride, checked++)
+    if (out[i] !== expected(i, s.worldSize, s.compression)) mismatches++;
   const crc = crc32(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
   send({ type: 'verified', rank: s.rank, step, crc, checked, mismatches });
 }
@@ -127,9 +152,14 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
   const expect = 2 * (n - 1) * Math.ceil(shard / chunk) * chunk; // every message full-size
   // Cumulative over runs: a peer that starts the next run first may already be sending to this
   // rank before it gets here, and those bytes must count for the next run, not be reset away.
-  const target = receivedTarget += expect;
+  const target = (receivedTarget += expect);
   const got = new Promise<void>((resolve) => {
-    onReceived = () => { if (received >= target) { onReceived = undefined; resolve(); } };
+    onReceived = () => {
+      if (received >= target) {
+        onReceived = undefined;
+        resolve();
+      }
+    };
     onReceived();
   });
   const start = now();
@@ -140,7 +170,10 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
     for (let sent = 0; sent < shard; sent += chunk) {
       client.publish(subject, payload);
       unflushed += chunk;
-      if (unflushed >= 4 * 1024 * 1024) { unflushed = 0; await client.flush(); }
+      if (unflushed >= 4 * 1024 * 1024) {
+        unflushed = 0;
+        await client.flush();
+      }
     }
   };
   for (let i = 1; i < n; i++) await pub(`bench.${s.job}.rs.${(s.rank + i) % n}`);
@@ -150,7 +183,16 @@ async function runPubSub(s: RankSetup, step: number): Promise<void> {
   const res = await Promise.race([got.then(() => 'ok' as const), timeout]);
   const end = now();
   if (res === 'ok') send({ type: 'done', rank: s.rank, step, ok: true, start, end, cpuSeconds: cpuSince(cpu0) });
-  else send({ type: 'done', rank: s.rank, step, ok: false, error: `received ${received - (target - expect)} of ${expect} bytes`, start, end });
+  else
+    send({
+      type: 'done',
+      rank: s.rank,
+      step,
+      ok: false,
+      error: `received ${received - (target - expect)} of ${expect} bytes`,
+      start,
+      end,
+    });
 }
 
 process.on('message', (m: ToRank) => {

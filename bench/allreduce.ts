@@ -40,7 +40,18 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { ranks: 4, mib: 256, iters: 5, maxPayload: 1024 * 1024, json: false, bf16: false, inPlace: false, freshOutput: false, windowChunks: undefined, skipCeiling: false };
+  const a: Args = {
+    ranks: 4,
+    mib: 256,
+    iters: 5,
+    maxPayload: 1024 * 1024,
+    json: false,
+    bf16: false,
+    inPlace: false,
+    freshOutput: false,
+    windowChunks: undefined,
+    skipCeiling: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): number => {
@@ -58,8 +69,11 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--in-place') a.inPlace = true;
     else if (k === '--fresh-output') a.freshOutput = true;
     else if (k === '--skip-ceiling') a.skipCeiling = true;
-    else throw new Error(`unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES ` +
-      `--window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`);
+    else
+      throw new Error(
+        `unknown argument ${k} (--ranks N --mib M --iters K --max-payload BYTES ` +
+          `--window CHUNKS --bf16 --in-place --fresh-output --skip-ceiling --json)`,
+      );
   }
   return a;
 }
@@ -68,12 +82,20 @@ type Done = Extract<FromRank, { type: 'done' }>;
 
 class Ranks {
   readonly children: ChildProcess[] = [];
-  #waiters: Array<{ type: FromRank['type']; got: FromRank[]; resolve: (m: FromRank[]) => void; reject: (e: Error) => void }> = [];
+  #waiters: Array<{
+    type: FromRank['type'];
+    got: FromRank[];
+    resolve: (m: FromRank[]) => void;
+    reject: (e: Error) => void;
+  }> = [];
 
   constructor(n: number) {
     const script = join(dirname(fileURLToPath(import.meta.url)), 'allreduce-rank.js');
     for (let r = 0; r < n; r++) {
-      const child = fork(script, [], { execArgv: process.env['BENCH_RANK_EXEC_ARGV']?.split(' ').filter(Boolean) ?? [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const child = fork(script, [], {
+        execArgv: process.env['BENCH_RANK_EXEC_ARGV']?.split(' ').filter(Boolean) ?? [],
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
       child.on('message', (m: FromRank) => {
         for (const w of this.#waiters) {
           if (w.type === m.type) {
@@ -87,7 +109,8 @@ class Ranks {
         }
       });
       child.on('exit', (code, signal) => {
-        if (code !== 0 && code !== null) for (const w of this.#waiters) w.reject(new Error(`rank ${r} exited with ${code ?? signal}`));
+        if (code !== 0 && code !== null)
+          for (const w of this.#waiters) w.reject(new Error(`rank ${r} exited with ${code ?? signal}`));
       });
       this.children.push(child);
     }
@@ -109,12 +132,20 @@ class Ranks {
 
 async function varz(server: NatsServer): Promise<{ outBytes: number; inBytes: number; slowConsumers: number }> {
   const v = await server.monitor('varz');
-  return { outBytes: Number(v['out_bytes']), inBytes: Number(v['in_bytes']), slowConsumers: Number(v['slow_consumers']) };
+  return {
+    outBytes: Number(v['out_bytes']),
+    inBytes: Number(v['in_bytes']),
+    slowConsumers: Number(v['slow_consumers']),
+  };
 }
 
 /** Clock ticks a second of /proc's CPU times. */
 const CLK_TCK = ((): number => {
-  try { return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100; } catch { return 100; }
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
 })();
 
 /** CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. */
@@ -158,7 +189,9 @@ async function main(): Promise<void> {
   const bytes = elements * 4;
   const server = await startNatsServer({ maxPayload: args.maxPayload });
   const ranks = new Ranks(n);
-  const log = (s: string): void => { if (!args.json) process.stderr.write(s + '\n'); };
+  const log = (s: string): void => {
+    if (!args.json) process.stderr.write(s + '\n');
+  };
   let job = 0;
   const slowStart = (await varz(server)).slowConsumers;
   try {
@@ -166,8 +199,20 @@ async function main(): Promise<void> {
       const name = `bench-${process.pid}-${++job}`;
       const keyHex = randomBytes(32).toString('hex');
       const ready = await ranks.all<Extract<FromRank, { type: 'ready' }>>('ready', (rank) => ({
-        type: 'setup', mode, url: server.url, job: name, rank, worldSize: n, elements, compression, keyHex,
-        timeoutMs: 600_000, inPlace: args.inPlace, freshOutput: args.freshOutput, windowChunks: args.windowChunks, chunkBytes: args.maxPayload,
+        type: 'setup',
+        mode,
+        url: server.url,
+        job: name,
+        rank,
+        worldSize: n,
+        elements,
+        compression,
+        keyHex,
+        timeoutMs: 600_000,
+        inPlace: args.inPlace,
+        freshOutput: args.freshOutput,
+        windowChunks: args.windowChunks,
+        chunkBytes: args.maxPayload,
       }));
       const times: number[] = [];
       const out: number[] = [];
@@ -184,10 +229,14 @@ async function main(): Promise<void> {
         const broker1 = processCpuSeconds(server.pid);
         const after = await varz(server);
         const failed = done.filter((d) => !d.ok);
-        if (failed.length > 0) throw new Error(`${mode} ${compression}: ${failed.map((d) => `rank ${d.rank}: ${d.error}`).join('; ')}`);
+        if (failed.length > 0)
+          throw new Error(`${mode} ${compression}: ${failed.map((d) => `rank ${d.rank}: ${d.error}`).join('; ')}`);
         if (mode === 'allreduce') {
           // Checked after every rank is done: a check on one rank would take CPU from the others' timed work.
-          const checks = await ranks.all<Extract<FromRank, { type: 'verified' }>>('verified', () => ({ type: 'verify', step: it }));
+          const checks = await ranks.all<Extract<FromRank, { type: 'verified' }>>('verified', () => ({
+            type: 'verify',
+            step: it,
+          }));
           const crcs = new Set(checks.map((d) => d.crc));
           const bad = checks.reduce((k, d) => k + d.mismatches, 0);
           if (crcs.size !== 1 || bad > 0) verified = false;
@@ -201,16 +250,25 @@ async function main(): Promise<void> {
         cpu.push(done.reduce((k, d) => k + (d.cpuSeconds ?? 0), 0));
         cpuMax.push(Math.max(...done.map((d) => d.cpuSeconds ?? 0)));
         if (broker0 !== undefined && broker1 !== undefined) brokerCpu.push(broker1 - broker0);
-        log(`${mode} ${compression} iter ${it}: ${t.toFixed(3)} s, broker out ${(out.at(-1)! / 2 ** 20).toFixed(0)} MiB`
-          + (mode === 'allreduce' ? ` (chunk ${ready[0]!.chunkElements} elements, window ${ready[0]!.windowChunks})` : ''));
+        log(
+          `${mode} ${compression} iter ${it}: ${t.toFixed(3)} s, broker out ${(out.at(-1)! / 2 ** 20).toFixed(0)} MiB` +
+            (mode === 'allreduce'
+              ? ` (chunk ${ready[0]!.chunkElements} elements, window ${ready[0]!.windowChunks})`
+              : ''),
+        );
       }
       const seconds = median(times);
       const outBytes = median(out);
       return {
-        seconds: round(seconds, 4), secondsAll: times.map((t) => round(t, 4)),
-        brokerOutBytes: outBytes, brokerOutGBps: round(outBytes / seconds / 1e9, 3),
-        algbwGBps: round(bytes / seconds / 1e9, 3), busbwGBps: round((bytes * 2 * (n - 1)) / n / seconds / 1e9, 3),
-        slowConsumers: slow, rankCpuSeconds: round(median(cpu), 3), rankCpuSecondsMax: round(median(cpuMax), 3),
+        seconds: round(seconds, 4),
+        secondsAll: times.map((t) => round(t, 4)),
+        brokerOutBytes: outBytes,
+        brokerOutGBps: round(outBytes / seconds / 1e9, 3),
+        algbwGBps: round(bytes / seconds / 1e9, 3),
+        busbwGBps: round((bytes * 2 * (n - 1)) / n / seconds / 1e9, 3),
+        slowConsumers: slow,
+        rankCpuSeconds: round(median(cpu), 3),
+        rankCpuSecondsMax: round(median(cpuMax), 3),
         ...(brokerCpu.length > 0 ? { brokerCpuSeconds: round(median(brokerCpu), 3) } : {}),
         ...(mode === 'allreduce' ? { verified, windowStalls: stalls } : {}),
       };
@@ -222,7 +280,14 @@ async function main(): Promise<void> {
     const bf16 = args.bf16 ? await phase('allreduce', 'bf16') : undefined;
     const slowConsumers = (await varz(server)).slowConsumers - slowStart;
     const result = {
-      ranks: n, mib: args.mib, bytes, elements, iterations: args.iters, maxPayload: args.maxPayload, inPlace: args.inPlace, freshOutput: args.freshOutput,
+      ranks: n,
+      mib: args.mib,
+      bytes,
+      elements,
+      iterations: args.iters,
+      maxPayload: args.maxPayload,
+      inPlace: args.inPlace,
+      freshOutput: args.freshOutput,
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? '?', node: process.version },
       expectedBrokerOutBytes: 2 * (n - 1) * bytes,
       brokerCeiling: ceiling,
@@ -251,14 +316,20 @@ async function main(): Promise<void> {
  * The two ratios from an iteration's time as `time` models it from the CPU seconds (undefined without the broker's).
  */
 function cpuModel(
-  ceiling: PhaseResult | undefined, fp32: PhaseResult, fp16: PhaseResult, time: (p: PhaseResult) => number,
+  ceiling: PhaseResult | undefined,
+  fp32: PhaseResult,
+  fp16: PhaseResult,
+  time: (p: PhaseResult) => number,
 ): { brokerEfficiency?: number; fp16SpeedupVsFp32: number } | undefined {
   const total = (p: PhaseResult): number | undefined => (p.brokerCpuSeconds === undefined ? undefined : time(p));
   const t32 = total(fp32);
   const t16 = total(fp16);
   if (t32 === undefined || t16 === undefined) return undefined;
   const tc = ceiling ? total(ceiling) : undefined;
-  return { ...(tc !== undefined ? { brokerEfficiency: round(tc / t32, 3) } : {}), fp16SpeedupVsFp32: round(t32 / t16, 3) };
+  return {
+    ...(tc !== undefined ? { brokerEfficiency: round(tc / t32, 3) } : {}),
+    fp16SpeedupVsFp32: round(t32 / t16, 3),
+  };
 }
 
 function round(x: number, digits: number): number {

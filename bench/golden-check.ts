@@ -30,8 +30,14 @@ function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 async function checkModel(dir: string): Promise<{ name: string; logits: number; nllSum: number; grads: number }> {
-  const golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as { input_ids: number[][]; labels: number[][]; grads: string[] };
-  const expected = new Map((await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]));
+  const golden = JSON.parse(await readFile(join(dir, 'golden.json'), 'utf8')) as {
+    input_ids: number[][];
+    labels: number[][];
+    grads: string[];
+  };
+  const expected = new Map(
+    (await readSafetensors(join(dir, 'expected.safetensors'))).tensors.map((t) => [t.name, t.data]),
+  );
   const model = await LlamaModel.load(dir, { trainable: new Set(golden.grads) });
   try {
     return tf.tidy(() => {
@@ -41,7 +47,9 @@ async function checkModel(dir: string): Promise<{ name: string; logits: number; 
       const vars = model.trainableNames.map((n) => model.variable(n));
       const { value, grads } = tf.variableGrads(() => model.nllSum(ids, labels), vars);
       const nllSum = relErr(value.dataSync(), expected.get('nll_sum')!);
-      const g = Math.max(...golden.grads.map((n) => relErr(grads[model.variable(n).name]!.dataSync(), expected.get(`grad.${n}`)!)));
+      const g = Math.max(
+        ...golden.grads.map((n) => relErr(grads[model.variable(n).name]!.dataSync(), expected.get(`grad.${n}`)!)),
+      );
       return { name: dir.split('/').at(-1)!, logits, nllSum, grads: g };
     });
   } finally {
@@ -50,24 +58,47 @@ async function checkModel(dir: string): Promise<{ name: string; logits: number; 
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { backend: { type: 'string', default: 'tensorflow' }, golden: { type: 'string', default: 'test/golden' }, tf32: { type: 'boolean' } } });
-  if (!(values.backend in BackendName)) throw new Error(`--backend ${values.backend}: expected wasm, cpu or tensorflow`);
+  const { values } = parseArgs({
+    options: {
+      backend: { type: 'string', default: 'tensorflow' },
+      golden: { type: 'string', default: 'test/golden' },
+      tf32: { type: 'boolean' },
+    },
+  });
+  if (!(values.backend in BackendName))
+    throw new Error(`--backend ${values.backend}: expected wasm, cpu or tensorflow`);
   const t0 = performance.now();
   await initBackend(values.backend as BackendName, {}, { tf32: values.tf32 === true });
   const t1 = performance.now();
   tf.tidy(() => tf.matMul(tf.ones([512, 512]), tf.ones([512, 512]), false, true).dataSync());
   const t2 = performance.now();
   const root = resolve(values.golden);
-  const dirs = (await readdir(root, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => join(root, d.name)).sort();
+  const dirs = (await readdir(root, { withFileTypes: true }))
+    .filter((d) => d.isDirectory())
+    .map((d) => join(root, d.name))
+    .sort();
   const models = [];
   for (const d of dirs) models.push(await checkModel(d));
   const maxRelErr = Math.max(...models.flatMap((m) => [m.logits, m.nllSum, m.grads]));
   const info = backendInfo();
   const pass = models.length > 0 && maxRelErr < TOL;
-  process.stdout.write(JSON.stringify({
-    backend: info.backend, device: info.device, tf32: info.tf32, backendSeconds: (t1 - t0) / 1000, firstOpSeconds: (t2 - t1) / 1000,
-    models, maxRelErr, tolerance: TOL, pass,
-  }, null, 2) + '\n');
+  process.stdout.write(
+    JSON.stringify(
+      {
+        backend: info.backend,
+        device: info.device,
+        tf32: info.tf32,
+        backendSeconds: (t1 - t0) / 1000,
+        firstOpSeconds: (t2 - t1) / 1000,
+        models,
+        maxRelErr,
+        tolerance: TOL,
+        pass,
+      },
+      null,
+      2,
+    ) + '\n',
+  );
   return pass ? 0 : 1;
 }
 

@@ -27,7 +27,12 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  activationBytes, CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN, DEFAULT_GPU_RUNTIME_BYTES, layerBytes, TAPE_PEAK, TAPE_SAVED,
+  activationBytes,
+  CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN,
+  DEFAULT_GPU_RUNTIME_BYTES,
+  layerBytes,
+  TAPE_PEAK,
+  TAPE_SAVED,
 } from '../common/memory-plan.js';
 import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { BackendName, initBackend } from '../worker/backend.js';
@@ -91,9 +96,17 @@ const c4of = (s: Shape): LlamaConfig => shapeConfig(s, 4);
 
 function shapeConfig(s: Shape, layers: number): LlamaConfig {
   return parseLlamaConfig({
-    model_type: 'llama', vocab_size: s.vocab, hidden_size: s.hidden, intermediate_size: s.intermediate, num_hidden_layers: layers,
-    num_attention_heads: s.heads, num_key_value_heads: s.kvHeads, max_position_embeddings: Math.max(2048, s.seq),
-    rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false,
+    model_type: 'llama',
+    vocab_size: s.vocab,
+    hidden_size: s.hidden,
+    intermediate_size: s.intermediate,
+    num_hidden_layers: layers,
+    num_attention_heads: s.heads,
+    num_key_value_heads: s.kvHeads,
+    max_position_embeddings: Math.max(2048, s.seq),
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
   });
 }
 
@@ -143,7 +156,9 @@ function measureStep(meter: BufferMeter, model: LlamaModel, batch: number, seq: 
 }
 
 const compare = (measured: number, planned: number): { measured: number; planned: number; ratio: number } => ({
-  measured, planned: Math.round(planned), ratio: Number((measured / planned).toFixed(4)),
+  measured,
+  planned: Math.round(planned),
+  ratio: Number((measured / planned).toFixed(4)),
 });
 
 /** 2- and 4-layer models of `shape`: per-layer figures and the 4-layer step against the plan. */
@@ -165,7 +180,9 @@ function run(meter: BufferMeter, backend: string, shape: Shape, checkpointing: b
   const trainable = 4 * 2 * shape.hidden * shape.intermediate;
   const plannedStep = activationBytes(c4, bs, checkpointing).peak + 2 * trainable;
   return {
-    backend, shape: shape.name, checkpointing,
+    backend,
+    shape: shape.name,
+    checkpointing,
     perLayerSaved: compare((m4.saved - m2.saved) / 2, plannedSaved),
     perLayerPeak: compare((m4.peak - m2.peak) / 2, plannedPeak),
     stepPeak: compare(m4.peak, plannedStep),
@@ -176,8 +193,11 @@ function run(meter: BufferMeter, backend: string, shape: Shape, checkpointing: b
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      backend: { type: 'string', default: 'wasm,cpu' }, config: { type: 'string' }, batch: { type: 'string', default: '1' },
-      seq: { type: 'string', default: '1024' }, checkpointing: { type: 'boolean' },
+      backend: { type: 'string', default: 'wasm,cpu' },
+      config: { type: 'string' },
+      batch: { type: 'string', default: '1' },
+      seq: { type: 'string', default: '1024' },
+      checkpointing: { type: 'boolean' },
     },
   });
   const backends = values.backend.split(',').map((b) => {
@@ -188,8 +208,14 @@ async function main(): Promise<void> {
   if (values.config) {
     const full = parseLlamaConfig(JSON.parse(readFileSync(values.config, 'utf8')), values.config);
     const shape: Shape = {
-      name: values.config, hidden: full.hiddenSize, intermediate: full.intermediateSize, heads: full.numAttentionHeads,
-      kvHeads: full.numKeyValueHeads, vocab: full.vocabSize, batch: Number(values.batch), seq: Number(values.seq),
+      name: values.config,
+      hidden: full.hiddenSize,
+      intermediate: full.intermediateSize,
+      heads: full.numAttentionHeads,
+      kvHeads: full.numKeyValueHeads,
+      vocab: full.vocabSize,
+      batch: Number(values.batch),
+      seq: Number(values.seq),
     };
     const checkpointing = values.checkpointing === true;
     await initBackend(backends[0]);
@@ -197,25 +223,38 @@ async function main(): Promise<void> {
     const L = full.numHiddenLayers;
     const perLayerSeconds = (r.seconds.layers4 - r.seconds.layers2) / 2;
     const bs = { batch: shape.batch, seqLen: shape.seq };
-    process.stdout.write(JSON.stringify({
-      ...r, layers: L,
-      stepSecondsScaled: Number((r.seconds.layers4 + (L - 4) * perLayerSeconds).toFixed(3)),
-      activationsPlanned: Math.round(activationBytes(full, bs, checkpointing).peak),
-      activationsScaled: Math.round(r.stepPeak.measured + (L - 4) * r.perLayerPeak.measured),
-      // What the GPU should hold for the 4-layer step (gpu-check.sh compares nvidia-smi's peak with it).
-      gpuPlanned4Layers: Math.round(4 * [...expectedTensorShapes(c4of(shape))].reduce((n, [, d]) => n + d.reduce((a, b) => a * b, 1), 0)
-        + r.stepPeak.planned + DEFAULT_GPU_RUNTIME_BYTES),
-    }, null, 2) + '\n');
+    process.stdout.write(
+      JSON.stringify(
+        {
+          ...r,
+          layers: L,
+          stepSecondsScaled: Number((r.seconds.layers4 + (L - 4) * perLayerSeconds).toFixed(3)),
+          activationsPlanned: Math.round(activationBytes(full, bs, checkpointing).peak),
+          activationsScaled: Math.round(r.stepPeak.measured + (L - 4) * r.perLayerPeak.measured),
+          // What the GPU should hold for the 4-layer step (gpu-check.sh compares nvidia-smi's peak with it).
+          gpuPlanned4Layers: Math.round(
+            4 * [...expectedTensorShapes(c4of(shape))].reduce((n, [, d]) => n + d.reduce((a, b) => a * b, 1), 0) +
+              r.stepPeak.planned +
+              DEFAULT_GPU_RUNTIME_BYTES,
+          ),
+        },
+        null,
+        2,
+      ) + '\n',
+    );
     return;
   }
   const runs = [];
   for (const backend of backends) {
     await initBackend(backend);
-    for (const shape of SHAPES) for (const checkpointing of [false, true]) runs.push(run(meter, backend, shape, checkpointing, false));
+    for (const shape of SHAPES)
+      for (const checkpointing of [false, true]) runs.push(run(meter, backend, shape, checkpointing, false));
   }
   const ratios = runs.flatMap((r) => [r.perLayerSaved.ratio, r.perLayerPeak.ratio, r.stepPeak.ratio]);
   const maxDeviation = Math.max(...ratios.map((x) => Math.abs(x - 1)));
-  process.stdout.write(JSON.stringify({ runs, maxDeviation: Number(maxDeviation.toFixed(4)), target: 0.15 }, null, 2) + '\n');
+  process.stdout.write(
+    JSON.stringify({ runs, maxDeviation: Number(maxDeviation.toFixed(4)), target: 0.15 }, null, 2) + '\n',
+  );
 }
 
 await main();

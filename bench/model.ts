@@ -57,9 +57,22 @@ import { SeededRandom } from '../worker/model/presets.js';
 import { tensorBytes, writeSafetensorsStreaming, type TensorToWrite } from '../worker/model/safetensors.js';
 
 const CONFIG = {
-  architectures: ['LlamaForCausalLM'], model_type: 'llama', vocab_size: 32000, hidden_size: 512, intermediate_size: 1408,
-  num_hidden_layers: 6, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 2048, rms_norm_eps: 1e-5,
-  rope_theta: 10000.0, hidden_act: 'silu', tie_word_embeddings: false, torch_dtype: 'bfloat16', bos_token_id: 1, eos_token_id: 2,
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 512,
+  intermediate_size: 1408,
+  num_hidden_layers: 6,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  hidden_act: 'silu',
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
+  bos_token_id: 1,
+  eos_token_id: 2,
 };
 const BATCH = 4;
 const SEQ = 128;
@@ -69,25 +82,39 @@ const SLAM_LAYERS = [0, 1];
 async function writeModel(dir: string): Promise<number> {
   const config = parseLlamaConfig(CONFIG);
   await writeFile(join(dir, 'config.json'), JSON.stringify(CONFIG, null, 2));
-  const entries: TensorToWrite[] = [...expectedTensorShapes(config)].map(([name, shape]) => ({ name, shape, dtype: 'BF16' }));
+  const entries: TensorToWrite[] = [...expectedTensorShapes(config)].map(([name, shape]) => ({
+    name,
+    shape,
+    dtype: 'BF16',
+  }));
   const half = config.numHiddenLayers / 2;
-  const first = (n: string): boolean => n === 'model.embed_tokens.weight' || /^model\.layers\.(\d+)\./.exec(n)?.[1] !== undefined && Number(/^model\.layers\.(\d+)\./.exec(n)![1]) < half;
+  const first = (n: string): boolean =>
+    n === 'model.embed_tokens.weight' ||
+    (/^model\.layers\.(\d+)\./.exec(n)?.[1] !== undefined && Number(/^model\.layers\.(\d+)\./.exec(n)![1]) < half);
   const rng = new SeededRandom(1);
   const data = (name: string): Float32Array => {
-    const n = expectedTensorShapes(config).get(name)!.reduce((a, b) => a * b, 1);
+    const n = expectedTensorShapes(config)
+      .get(name)!
+      .reduce((a, b) => a * b, 1);
     const out = new Float32Array(n);
     if (name.endsWith('norm.weight')) out.fill(1);
     else for (let i = 0; i < n; i++) out[i] = 0.02 * rng.normal();
     return out;
   };
   const weightMap: Record<string, string> = {};
-  for (const [k, pick] of [[1, first], [2, (n: string) => !first(n)]] as const) {
+  for (const [k, pick] of [
+    [1, first],
+    [2, (n: string) => !first(n)],
+  ] as const) {
     const part = entries.filter((e) => pick(e.name));
     await writeSafetensorsStreaming(join(dir, shardName(k, 2)), part, data, { format: 'pt' });
     for (const e of part) weightMap[e.name] = shardName(k, 2);
   }
   const total = entries.reduce((n, e) => n + tensorBytes(e), 0);
-  await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  await writeFile(
+    join(dir, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }),
+  );
   return entries.reduce((n, e) => n + e.shape.reduce((a, b) => a * b, 1), 0);
 }
 
@@ -101,7 +128,14 @@ async function writeModel(dir: string): Promise<number> {
  *            input gradient when up_proj trains, the attention there is not differentiated);
  *            and each trainable weight's gradient 2·N·in·out.
  */
-export function slamStepFlops(c: LlamaConfig, B: number, T: number, M: number, layers: readonly number[], withBackward = true): number {
+export function slamStepFlops(
+  c: LlamaConfig,
+  B: number,
+  T: number,
+  M: number,
+  layers: readonly number[],
+  withBackward = true,
+): number {
   const N = B * T;
   const H = c.hiddenSize;
   const I = c.intermediateSize;
@@ -138,11 +172,17 @@ interface Samples {
 }
 
 const emptySamples = (): Samples => ({
-  forward: [], train: [], matmul: [], cpu: { forward: [], train: [], matmul: [] },
+  forward: [],
+  train: [],
+  matmul: [],
+  cpu: { forward: [], train: [], matmul: [] },
 });
 
 async function child(
-  dir: string, steps: number, gradientCheckpointing: boolean, torch: boolean,
+  dir: string,
+  steps: number,
+  gradientCheckpointing: boolean,
+  torch: boolean,
 ): Promise<Record<string, unknown>> {
   await initBackend('wasm');
   const native = nativeStatus();
@@ -151,7 +191,9 @@ async function child(
     setupNativeKernels({ enabled: k === 'openblas' });
   };
   const rssBefore = process.memoryUsage().rss;
-  const trainable = new Set(SLAM_LAYERS.flatMap((l) => ['up_proj', 'down_proj'].map((m) => `model.layers.${l}.mlp.${m}.weight`)));
+  const trainable = new Set(
+    SLAM_LAYERS.flatMap((l) => ['up_proj', 'down_proj'].map((m) => `model.layers.${l}.mlp.${m}.weight`)),
+  );
   const t0 = performance.now();
   const model = await LlamaModel.load(dir, { trainable, gradientCheckpointing });
   const loadSeconds = (performance.now() - t0) / 1000;
@@ -241,9 +283,13 @@ async function child(
     const trainGflops = flopsTrain / step / 1e9;
     const forwardGflops = flopsForward / fwd / 1e9;
     return {
-      forwardTokensPerSecond: round(N / fwd), forwardGflops: round(forwardGflops),
-      trainTokensPerSecond: round(N / step), trainStepSeconds: round(step), trainGflops: round(trainGflops),
-      matmulGflops: round(matmulGflops), trainOverMatmul: round(trainGflops / matmulGflops),
+      forwardTokensPerSecond: round(N / fwd),
+      forwardGflops: round(forwardGflops),
+      trainTokensPerSecond: round(N / step),
+      trainStepSeconds: round(step),
+      trainGflops: round(trainGflops),
+      matmulGflops: round(matmulGflops),
+      trainOverMatmul: round(trainGflops / matmulGflops),
       forwardOverMatmul: round(forwardGflops / matmulGflops),
     };
   };
@@ -271,13 +317,25 @@ async function child(
     matmulOverTorch: both(main, torchFigures, 'matmulGflops'),
   };
   return {
-    backend: tf.getBackend(), kernels: sets[0], nativeThreads: native?.kernels === 'openblas' ? native.threads : null,
+    backend: tf.getBackend(),
+    kernels: sets[0],
+    nativeThreads: native?.kernels === 'openblas' ? native.threads : null,
     ...(native?.kernels === 'xnnpack' ? { nativeUnavailable: native.reason } : {}),
-    gradientCheckpointing, parameters: params, batch: BATCH, seqLen: SEQ, slamLayers: SLAM_LAYERS.join(','),
+    gradientCheckpointing,
+    parameters: params,
+    batch: BATCH,
+    seqLen: SEQ,
+    slamLayers: SLAM_LAYERS.join(','),
     rounds: steps,
-    loadSeconds: round(loadSeconds), float32Bytes: f32Bytes, rssBeforeLoadBytes: rssBefore, peakRssBytes: peakRss,
-    peakRssOverF32: round((peakRss - rssBefore) / f32Bytes), runtimeRssOverF32: round(rssBefore / f32Bytes), processPeakRssOverF32: round(peakRss / f32Bytes),
-    trainPeakRssBytes: trainPeakRss, trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
+    loadSeconds: round(loadSeconds),
+    float32Bytes: f32Bytes,
+    rssBeforeLoadBytes: rssBefore,
+    peakRssBytes: peakRss,
+    peakRssOverF32: round((peakRss - rssBefore) / f32Bytes),
+    runtimeRssOverF32: round(rssBefore / f32Bytes),
+    processPeakRssOverF32: round(peakRss / f32Bytes),
+    trainPeakRssBytes: trainPeakRss,
+    trainPeakRssOverF32: round(trainPeakRss / f32Bytes),
     ...main,
     tensorsLeakedPerStep: leaked / (steps * sets.length),
     byKernels: kernels,
@@ -301,8 +359,9 @@ type TorchPeer =
 
 /** A python3 that imports torch: $POLYTUNE_TORCH_PYTHON, else python3, else Debian's /usr/bin/python3. */
 function torchPython(): string | undefined {
-  const candidates = [process.env['POLYTUNE_TORCH_PYTHON'], 'python3', '/usr/bin/python3']
-    .filter((x): x is string => !!x);
+  const candidates = [process.env['POLYTUNE_TORCH_PYTHON'], 'python3', '/usr/bin/python3'].filter(
+    (x): x is string => !!x,
+  );
   return candidates.find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
 }
 
@@ -337,7 +396,8 @@ async function startTorchPeer(): Promise<TorchPeer> {
   try {
     const info = JSON.parse(await next()) as Record<string, unknown>;
     return {
-      ok: true, info,
+      ok: true,
+      info,
       round: async () => {
         p.stdin.write('round\n');
         return JSON.parse(await next()) as TorchRound;
@@ -357,8 +417,11 @@ function round(x: number): number {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      json: { type: 'boolean' }, child: { type: 'string' }, steps: { type: 'string' },
-      checkpointing: { type: 'boolean' }, 'no-torch': { type: 'boolean' },
+      json: { type: 'boolean' },
+      child: { type: 'string' },
+      steps: { type: 'string' },
+      checkpointing: { type: 'boolean' },
+      'no-torch': { type: 'boolean' },
     },
   });
   const steps = Number(values.steps ?? 3);
@@ -370,12 +433,22 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'polytune-bench-model-'));
   try {
     const params = await writeModel(dir);
-    if (!values.json) process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
+    if (!values.json)
+      process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
     const out = await new Promise<string>((resolve, reject) => {
-      const p = spawn(process.execPath, [
-        fileURLToPath(import.meta.url), '--child', dir, '--steps', String(steps),
-        ...(values.checkpointing ? ['--checkpointing'] : []), ...(values['no-torch'] ? ['--no-torch'] : []),
-      ], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(
+        process.execPath,
+        [
+          fileURLToPath(import.meta.url),
+          '--child',
+          dir,
+          '--steps',
+          String(steps),
+          ...(values.checkpointing ? ['--checkpointing'] : []),
+          ...(values['no-torch'] ? ['--no-torch'] : []),
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
       let s = '';
       p.stdout.on('data', (d: Buffer) => (s += d.toString()));
       p.on('error', reject);

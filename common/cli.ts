@@ -35,7 +35,11 @@ export async function runCli(main: (signal: AbortSignal) => Promise<number | voi
 }
 
 /** A flag's value as parsed (`parseArgs`), else its env var's; an empty one counts as unset. */
-export function flagOrEnv(values: Readonly<Record<string, string | boolean | undefined>>, flag: string, env: string): string | undefined {
+export function flagOrEnv(
+  values: Readonly<Record<string, string | boolean | undefined>>,
+  flag: string,
+  env: string,
+): string | undefined {
   return (values[flag] as string | undefined) || process.env[env] || undefined;
 }
 

@@ -41,7 +41,11 @@ const YIELD_EVERY = 1 << 15;
  * items for the rest (a partial Fisher-Yates over a copy). Yields (the generator) now and then.
  */
 function* resampleInto(
-  items: ArrayLike<number>, count: number, rand: () => number, out: Uint32Array, at: number,
+  items: ArrayLike<number>,
+  count: number,
+  rand: () => number,
+  out: Uint32Array,
+  at: number,
 ): Generator<void, number> {
   const n = items.length;
   const copies = Math.floor(count / n);
@@ -64,21 +68,27 @@ function* resampleInto(
 }
 
 function epochTooLarge(count: number, why: string): JobSpecError {
-  return new JobSpecError([{
-    path: 'spec.data.train',
-    message: `${why} make ${count} samples an epoch; at most ${SPEC_LIMITS.epochSamples} `
-      + '(lower the weights or split the job)',
-  }]);
+  return new JobSpecError([
+    {
+      path: 'spec.data.train',
+      message:
+        `${why} make ${count} samples an epoch; at most ${SPEC_LIMITS.epochSamples} ` +
+        '(lower the weights or split the job)',
+    },
+  ]);
 }
 
 /** The mixture as a generator that yields between chunks of work (see `mixSamplesAsync`). */
 function* mixSteps(
-  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[],
+  balance: 'none' | 'language',
+  seed: number,
 ): Generator<void, Uint32Array> {
   const rand = mulberry32((seed ^ 0x5bd1e995) >>> 0);
   // The size first, so that a mixture past the limit is refused before anything is allocated.
-  const counts = sources.map((src) => (
-    src.weight === 1 ? src.records.length : Math.round(src.weight * src.records.length)));
+  const counts = sources.map((src) =>
+    src.weight === 1 ? src.records.length : Math.round(src.weight * src.records.length),
+  );
   const total = counts.reduce((a, b) => a + b, 0);
   if (!(total <= SPEC_LIMITS.epochSamples)) throw epochTooLarge(total, 'the weights of spec.data.train');
   let samples = new Uint32Array(total);
@@ -126,7 +136,9 @@ function* mixSteps(
  * the epoch would hold more than `SPEC_LIMITS.epochSamples` samples.
  */
 export function mixSamples(
-  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[],
+  balance: 'none' | 'language',
+  seed: number,
 ): Uint32Array {
   const it = mixSteps(sources, balance, seed);
   for (;;) {
@@ -140,7 +152,9 @@ export function mixSamples(
  * it serves heartbeats).
  */
 export async function mixSamplesAsync(
-  sources: readonly WeightedSource[], balance: 'none' | 'language', seed: number,
+  sources: readonly WeightedSource[],
+  balance: 'none' | 'language',
+  seed: number,
 ): Promise<Uint32Array> {
   const it = mixSteps(sources, balance, seed);
   for (;;) {

@@ -84,7 +84,11 @@ export function globalBatch(plan: StepPlan, order: Uint32Array, stepInEpoch: num
  * size by at most one; the union over ranks is the whole batch. With n >= N (the spec guarantees
  * globalBatchSize >= workers, but a short last batch can be smaller) a rank may get none.
  */
-export function rankShare<T extends { subarray(a: number, b: number): T; length: number }>(batch: T, rank: number, worldSize: number): T {
+export function rankShare<T extends { subarray(a: number, b: number): T; length: number }>(
+  batch: T,
+  rank: number,
+  worldSize: number,
+): T {
   const n = batch.length;
   return batch.subarray(Math.floor((rank * n) / worldSize), Math.floor(((rank + 1) * n) / worldSize));
 }
@@ -92,6 +96,7 @@ export function rankShare<T extends { subarray(a: number, b: number): T; length:
 /** Split a list into consecutive micro-batches of at most `size`. */
 export function microBatches<T>(items: ArrayLike<T>, size: number): T[][] {
   const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(Array.from({ length: Math.min(size, items.length - i) }, (_, k) => items[i + k]!));
+  for (let i = 0; i < items.length; i += size)
+    out.push(Array.from({ length: Math.min(size, items.length - i) }, (_, k) => items[i + k]!));
   return out;
 }

@@ -20,15 +20,29 @@ import { z } from 'zod';
 import type { SpecIssue } from './errors.js';
 import { isFile } from './fs-checks.js';
 import {
-  languageCode, nonEmptyString, nonNegativeIntAtMost, pathString, positiveIntAtMost, resolveSpecPath, SPEC_LIMITS,
+  languageCode,
+  nonEmptyString,
+  nonNegativeIntAtMost,
+  pathString,
+  positiveIntAtMost,
+  resolveSpecPath,
+  SPEC_LIMITS,
 } from './spec-primitives.js';
 
 /** MGSM's languages (`mgsm_<lang>.tsv`). */
 export const MGSM_LANGUAGES = ['bn', 'de', 'en', 'es', 'fr', 'ja', 'ru', 'sw', 'te', 'th', 'zh'] as const;
 /** MSVAMP's file names by language (no Telugu). */
 export const MSVAMP_FILES: Readonly<Record<string, string>> = {
-  bn: 'test_Bengali.json', de: 'test_German.json', en: 'test_English.json', es: 'test_Spanish.json', fr: 'test_French.json',
-  ja: 'test_Japanese.json', ru: 'test_Russian.json', sw: 'test_Swahili.json', th: 'test_Thai.json', zh: 'test_Chinese.json',
+  bn: 'test_Bengali.json',
+  de: 'test_German.json',
+  en: 'test_English.json',
+  es: 'test_Spanish.json',
+  fr: 'test_French.json',
+  ja: 'test_Japanese.json',
+  ru: 'test_Russian.json',
+  sw: 'test_Swahili.json',
+  th: 'test_Thai.json',
+  zh: 'test_Chinese.json',
 };
 
 export const EVAL_FORMATS = ['mgsm-tsv', 'msvamp'] as const;
@@ -61,7 +75,9 @@ export const problemSetSchema = z.strictObject({
 });
 export type ProblemSet = z.infer<typeof problemSetSchema>;
 
-const problemSetList = z.array(problemSetSchema).min(1, 'must list at least one set')
+const problemSetList = z
+  .array(problemSetSchema)
+  .min(1, 'must list at least one set')
   .max(SPEC_LIMITS.problemSets, `must list at most ${SPEC_LIMITS.problemSets} sets`);
 
 export const evalSchema = z.strictObject({
@@ -73,8 +89,10 @@ export const evalSchema = z.strictObject({
   /** Prompts generated together on one rank (left-padded). */
   batchSize: batchSize.default(8),
   /** Generation also ends at one of these strings (besides EOS). */
-  stop: z.array(nonEmptyString(SPEC_LIMITS.stopStringChars))
-    .max(SPEC_LIMITS.stopStrings, `must list at most ${SPEC_LIMITS.stopStrings} strings`).default([]),
+  stop: z
+    .array(nonEmptyString(SPEC_LIMITS.stopStringChars))
+    .max(SPEC_LIMITS.stopStrings, `must list at most ${SPEC_LIMITS.stopStrings} strings`)
+    .default([]),
   /** TrainJob only: evaluate every N optimizer steps (0: only at the end). */
   everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).optional(),
 });
@@ -117,20 +135,30 @@ export function problemSetIssues(sets: readonly ProblemSet[], at: string): SpecI
     const p = `${at}[${i}]`;
     const kinds = (['path', 'mgsm', 'msvamp'] as const).filter((k) => set[k] !== undefined);
     if (kinds.length !== 1) {
-      issues.push({ path: p, message: kinds.length === 0 ? 'needs one of path, mgsm, msvamp' : `must have only one of ${kinds.join(', ')}` });
+      issues.push({
+        path: p,
+        message: kinds.length === 0 ? 'needs one of path, mgsm, msvamp' : `must have only one of ${kinds.join(', ')}`,
+      });
       return;
     }
     if (set.path !== undefined) {
       if (set.format === undefined) issues.push({ path: `${p}.format`, message: 'is required with path' });
       if (set.language === undefined) issues.push({ path: `${p}.language`, message: 'is required with path' });
-      if (set.languages !== undefined) issues.push({ path: `${p}.languages`, message: 'is only allowed with mgsm or msvamp (use language)' });
+      if (set.languages !== undefined)
+        issues.push({ path: `${p}.languages`, message: 'is only allowed with mgsm or msvamp (use language)' });
     } else {
       const dirKey = set.mgsm !== undefined ? 'mgsm' : 'msvamp';
-      if (set.format !== undefined) issues.push({ path: `${p}.format`, message: `is only allowed with path (${dirKey} implies it)` });
-      if (set.language !== undefined) issues.push({ path: `${p}.language`, message: 'is only allowed with path (use languages)' });
+      if (set.format !== undefined)
+        issues.push({ path: `${p}.format`, message: `is only allowed with path (${dirKey} implies it)` });
+      if (set.language !== undefined)
+        issues.push({ path: `${p}.language`, message: 'is only allowed with path (use languages)' });
       const known: readonly string[] = dirKey === 'mgsm' ? MGSM_LANGUAGES : Object.keys(MSVAMP_FILES);
       set.languages?.forEach((lang, j) => {
-        if (!known.includes(lang)) issues.push({ path: `${p}.languages[${j}]`, message: `${dirKey} has no "${lang}" (it has ${known.join(', ')})` });
+        if (!known.includes(lang))
+          issues.push({
+            path: `${p}.languages[${j}]`,
+            message: `${dirKey} has no "${lang}" (it has ${known.join(', ')})`,
+          });
       });
     }
   });
@@ -147,11 +175,23 @@ export function expandProblemSets(sets: readonly ProblemSet[]): ProblemSource[] 
       out.push({ path: set.path, format, language: set.language ?? 'und', benchmark: benchmarkOf(format), limit });
     } else if (set.mgsm !== undefined) {
       for (const lang of set.languages ?? MGSM_LANGUAGES) {
-        out.push({ path: join(set.mgsm, `mgsm_${lang}.tsv`), format: 'mgsm-tsv', language: lang, benchmark: 'mgsm', limit });
+        out.push({
+          path: join(set.mgsm, `mgsm_${lang}.tsv`),
+          format: 'mgsm-tsv',
+          language: lang,
+          benchmark: 'mgsm',
+          limit,
+        });
       }
     } else if (set.msvamp !== undefined) {
       for (const lang of set.languages ?? Object.keys(MSVAMP_FILES)) {
-        out.push({ path: join(set.msvamp, MSVAMP_FILES[lang] ?? `test_${lang}.json`), format: 'msvamp', language: lang, benchmark: 'msvamp', limit });
+        out.push({
+          path: join(set.msvamp, MSVAMP_FILES[lang] ?? `test_${lang}.json`),
+          format: 'msvamp',
+          language: lang,
+          benchmark: 'msvamp',
+          limit,
+        });
       }
     }
   }
@@ -173,7 +213,8 @@ export function analysisIssues(analysis: AnalysisSpec, at: string): SpecIssue[] 
   const issues = problemSetIssues(analysis.probe, `${at}.probe`);
   if (issues.length > 0) return issues;
   const langs = expandProblemSets(analysis.probe).map((s) => s.language);
-  if (!langs.includes('en')) issues.push({ path: `${at}.probe`, message: 'must include English (en): overlap is measured against it' });
+  if (!langs.includes('en'))
+    issues.push({ path: `${at}.probe`, message: 'must include English (en): overlap is measured against it' });
   const dup = langs.find((l, i) => langs.indexOf(l) !== i);
   if (dup !== undefined) issues.push({ path: `${at}.probe`, message: `names language "${dup}" twice` });
   return issues;

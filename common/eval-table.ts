@@ -22,9 +22,15 @@ const languageRow = z.object({
 });
 const evalTableSchema = z.object({
   name: z.string().max(256),
-  benchmarks: z.array(z.object({
-    benchmark: z.string().max(256), average: z.number().min(0).max(1), languages: z.array(languageRow).max(1000),
-  })).max(100),
+  benchmarks: z
+    .array(
+      z.object({
+        benchmark: z.string().max(256),
+        average: z.number().min(0).max(1),
+        languages: z.array(languageRow).max(1000),
+      }),
+    )
+    .max(100),
 });
 
 /**

@@ -20,19 +20,43 @@ import { JobSpecError, type SpecIssue } from './errors.js';
 import { loadTrainingSet } from './data-mixture.js';
 import { planSteps } from './data-plan.js';
 import {
-  analysisIssues, analysisSchema, evalSchema, expandProblemSets, problemSetFileIssues, problemSetIssues, resolveProblemSets, type ProblemSet,
+  analysisIssues,
+  analysisSchema,
+  evalSchema,
+  expandProblemSets,
+  problemSetFileIssues,
+  problemSetIssues,
+  resolveProblemSets,
+  type ProblemSet,
 } from './eval-spec.js';
 import {
-  readSpecText, specSchema, trainJobFromObject, validateJobSpecFiles, zodIssues, type JobSpec, type ParseOptions,
+  readSpecText,
+  specSchema,
+  trainJobFromObject,
+  validateJobSpecFiles,
+  zodIssues,
+  type JobSpec,
+  type ParseOptions,
 } from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
 import { readDataSource } from './records.js';
 import {
-  apiVersionSchema, metadataSchema, pathString, templateIssues, workersIssues, workersSchema,
+  apiVersionSchema,
+  metadataSchema,
+  pathString,
+  templateIssues,
+  workersIssues,
+  workersSchema,
   resolveSpecPath,
 } from './spec-primitives.js';
 import {
-  isStaged, stagedJobFromObject, stagedSpecSchema, stageJobSpec, validateStagedJobFiles, type StagedJobSpec, type TrainJobSpec,
+  isStaged,
+  stagedJobFromObject,
+  stagedSpecSchema,
+  stageJobSpec,
+  validateStagedJobFiles,
+  type StagedJobSpec,
+  type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
 import { describeTrainable, parameterCounts } from './methods/index.js';
@@ -72,7 +96,8 @@ export type JobSpecOf<K extends JobKind> = Extract<AnyJobSpec, { kind: K }>;
 /** Checks of a `spec.eval` block (also used for a TrainJob's). */
 export function evalBlockIssues(ev: z.infer<typeof evalSchema>, at: string, onTrainJob: boolean): SpecIssue[] {
   const issues = [...problemSetIssues(ev.sets, `${at}.sets`), ...templateIssues(ev.template, `${at}.template`)];
-  if (!onTrainJob && ev.everySteps !== undefined) issues.push({ path: `${at}.everySteps`, message: 'is only allowed on a TrainJob' });
+  if (!onTrainJob && ev.everySteps !== undefined)
+    issues.push({ path: `${at}.everySteps`, message: 'is only allowed on a TrainJob' });
   return issues;
 }
 
@@ -201,7 +226,9 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
     return {
       ...parsed.data,
       spec: {
-        ...s, model: { path: abs(s.model.path) }, eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, options.baseDir ?? process.cwd()) },
+        ...s,
+        model: { path: abs(s.model.path) },
+        eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, options.baseDir ?? process.cwd()) },
         output: { dir: abs(s.output.dir) },
       },
     };
@@ -233,8 +260,10 @@ const layerAnalysis: JobKindSpec<LayerAnalysisJobSpec> = {
     return {
       ...parsed.data,
       spec: {
-        ...s, model: { path: abs(s.model.path) },
-        analysis: { ...s.analysis, probe: resolveProblemSets(s.analysis.probe, options.baseDir ?? process.cwd()) }, output: { dir: abs(s.output.dir) },
+        ...s,
+        model: { path: abs(s.model.path) },
+        analysis: { ...s.analysis, probe: resolveProblemSets(s.analysis.probe, options.baseDir ?? process.cwd()) },
+        output: { dir: abs(s.output.dir) },
       },
     };
   },
@@ -271,7 +300,10 @@ export function isJobKind(kind: unknown): kind is JobKind {
 export function jobKindOf<S extends AnyJobSpec>(spec: S): JobKindSpec<S> {
   const kind: unknown = spec.kind;
   // A spec that did not come from `parseAnyJobSpec` (a stored record, a message) may name no kind.
-  if (!isJobKind(kind)) throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}, got ${JSON.stringify(kind)}` }]);
+  if (!isJobKind(kind))
+    throw new JobSpecError([
+      { path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}, got ${JSON.stringify(kind)}` },
+    ]);
   return JOB_KIND_TABLE[kind] as unknown as JobKindSpec<S>;
 }
 
@@ -283,7 +315,8 @@ export function jobKindOf<S extends AnyJobSpec>(spec: S): JobKindSpec<S> {
 export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
   const raw = readSpecText(text, options.source);
   const kind = raw['kind'] ?? 'TrainJob';
-  if (!isJobKind(kind)) throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
+  if (!isJobKind(kind))
+    throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);
   return JOB_KIND_TABLE[kind].parse(raw, options);
 }
 

@@ -14,14 +14,32 @@ import { isFile } from './fs-checks.js';
 import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
-  apiVersionSchema, intInRange, languageCode, metadataSchema, nonNegativeAtMost, nonNegativeIntAtMost,
-  pathString, positiveAtMost, positiveIntAtMost, SPEC_LIMITS, templateIssues, workersIssues, workersSchema,
+  apiVersionSchema,
+  intInRange,
+  languageCode,
+  metadataSchema,
+  nonNegativeAtMost,
+  nonNegativeIntAtMost,
+  pathString,
+  positiveAtMost,
+  positiveIntAtMost,
+  SPEC_LIMITS,
+  templateIssues,
+  workersIssues,
+  workersSchema,
   resolveSpecPath,
 } from './spec-primitives.js';
 
 // The method block and its names live in common/methods/ (one file a method); re-exported for the
 // spec's readers, and `methodSchema` for blocks that reuse it (a stage's method).
-export { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES, METHOD_NAMES, SUPPORTED_METHODS, methodSchema } from './methods/index.js';
+export {
+  ATTENTION_MODULES,
+  FFN_MODULES,
+  LAYER_MODULES,
+  METHOD_NAMES,
+  SUPPORTED_METHODS,
+  methodSchema,
+} from './methods/index.js';
 export type { LayerModule, MethodName, MethodSpec } from './methods/index.js';
 
 export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel'] as const;
@@ -40,21 +58,25 @@ const dataSourceSchema = z.strictObject({
   weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
 
-const optimizerSchema = z.discriminatedUnion('name', [
-  z.strictObject({
-    name: z.literal('adamw'),
-    lr: positiveAtMost(SPEC_LIMITS.lr),
-    betas: z
-      .tuple([z.number().min(0).lt(1, 'must be < 1'), z.number().min(0).lt(1, 'must be < 1')])
-      .default([0.9, 0.999]),
-    eps: z.number().positive('must be > 0').max(1, 'must be <= 1').default(1e-8),
-    weightDecay: nonNegativeAtMost(SPEC_LIMITS.weightDecay).default(0),
-  }),
-  z.strictObject({
-    name: z.literal('sgd'),
-    lr: positiveAtMost(SPEC_LIMITS.lr),
-  }),
-], { message: 'must have name adamw or sgd' });
+const optimizerSchema = z.discriminatedUnion(
+  'name',
+  [
+    z.strictObject({
+      name: z.literal('adamw'),
+      lr: positiveAtMost(SPEC_LIMITS.lr),
+      betas: z
+        .tuple([z.number().min(0).lt(1, 'must be < 1'), z.number().min(0).lt(1, 'must be < 1')])
+        .default([0.9, 0.999]),
+      eps: z.number().positive('must be > 0').max(1, 'must be <= 1').default(1e-8),
+      weightDecay: nonNegativeAtMost(SPEC_LIMITS.weightDecay).default(0),
+    }),
+    z.strictObject({
+      name: z.literal('sgd'),
+      lr: positiveAtMost(SPEC_LIMITS.lr),
+    }),
+  ],
+  { message: 'must have name adamw or sgd' },
+);
 
 const scheduleSchema = z.strictObject({
   name: z.enum(['constant', 'linear', 'cosine'], { message: 'must be one of constant, linear, cosine' }),
@@ -63,7 +85,9 @@ const scheduleSchema = z.strictObject({
 
 /** `spec.data` (a TrainJob's, or a stage's). */
 export const dataSchema = z.strictObject({
-  train: z.array(dataSourceSchema).min(1, 'must list at least one file')
+  train: z
+    .array(dataSourceSchema)
+    .min(1, 'must list at least one file')
     .max(SPEC_LIMITS.dataSources, `must list at most ${SPEC_LIMITS.dataSources} files`),
   template: z.string().default('slam'),
   /** `language`: every language brought to the sample count of the largest (data-mixture.ts). */
@@ -114,20 +138,27 @@ export const specSchema = z.strictObject({
     data: dataSchema,
     training: trainingSchema,
     workers: trainWorkersSchema,
-    collective: z.strictObject({
-      compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
-      /**
-       * The deadline of one all-reduce, from its start (it includes waiting for the slowest peer's
-       * compute). A lost worker is noticed sooner, by the coordinator's heartbeats; this bounds what
-       * heartbeats cannot see, such as a NATS outage.
-       */
-      timeoutSeconds: z.number().positive('must be > 0')
-        .max(SPEC_LIMITS.timeoutSeconds, `must be <= ${SPEC_LIMITS.timeoutSeconds} (Node's timer limit)`).default(300),
-    }).default({ compression: 'none', timeoutSeconds: 300 }),
-    checkpoint: z.strictObject({
-      everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).default(0),
-      keep: positiveIntAtMost(SPEC_LIMITS.checkpointsKept).default(3),
-    }).default({ everySteps: 0, keep: 3 }),
+    collective: z
+      .strictObject({
+        compression: z.enum(['none', 'fp16', 'bf16'], { message: 'must be one of none, fp16, bf16' }).default('none'),
+        /**
+         * The deadline of one all-reduce, from its start (it includes waiting for the slowest peer's
+         * compute). A lost worker is noticed sooner, by the coordinator's heartbeats; this bounds what
+         * heartbeats cannot see, such as a NATS outage.
+         */
+        timeoutSeconds: z
+          .number()
+          .positive('must be > 0')
+          .max(SPEC_LIMITS.timeoutSeconds, `must be <= ${SPEC_LIMITS.timeoutSeconds} (Node's timer limit)`)
+          .default(300),
+      })
+      .default({ compression: 'none', timeoutSeconds: 300 }),
+    checkpoint: z
+      .strictObject({
+        everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).default(0),
+        keep: positiveIntAtMost(SPEC_LIMITS.checkpointsKept).default(3),
+      })
+      .default({ everySteps: 0, keep: 3 }),
     output: z.strictObject({ dir: pathString }),
     /** Evaluation every `eval.everySteps` steps and at the end (common/eval-spec.ts, worker/eval/). */
     eval: evalSchema.optional(),
@@ -153,7 +184,12 @@ export function zodIssues(error: z.ZodError): SpecIssue[] {
       for (const key of issue.keys) issues.push({ path: formatPath([...issue.path, key]), message: 'unknown field' });
     } else if (issue.code === 'invalid_type') {
       const missing = issue.message.endsWith('received undefined');
-      issues.push({ path: formatPath(issue.path), message: missing ? 'is required' : `must be ${issue.expected}` + issue.message.replace(/^.*(, received \w+)$/, '$1') });
+      issues.push({
+        path: formatPath(issue.path),
+        message: missing
+          ? 'is required'
+          : `must be ${issue.expected}` + issue.message.replace(/^.*(, received \w+)$/, '$1'),
+      });
     } else {
       issues.push({ path: formatPath(issue.path), message: issue.message });
     }
@@ -178,12 +214,18 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
   }
   issues.push(...methodIssues(s.method, 'spec.method'));
   if (s.eval !== undefined) {
-    issues.push(...problemSetIssues(s.eval.sets, 'spec.eval.sets'), ...templateIssues(s.eval.template, 'spec.eval.template'));
+    issues.push(
+      ...problemSetIssues(s.eval.sets, 'spec.eval.sets'),
+      ...templateIssues(s.eval.template, 'spec.eval.template'),
+    );
   }
   issues.push(...templateIssues(s.data.template, 'spec.data.template'));
   s.data.train.forEach((src, i) => {
     if (src.format === 'parallel' && src.target === undefined) {
-      issues.push({ path: `spec.data.train[${i}].target`, message: 'is required for format parallel (the line-aligned target file)' });
+      issues.push({
+        path: `spec.data.train[${i}].target`,
+        message: 'is required for format parallel (the line-aligned target file)',
+      });
     }
     if (src.format !== 'parallel' && src.target !== undefined) {
       issues.push({ path: `spec.data.train[${i}].target`, message: 'is only allowed for format parallel' });
@@ -205,11 +247,14 @@ export function readSpecText(text: string, source?: string): Record<string, unkn
   try {
     raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
   } catch (e) {
-    const msg = e instanceof YAMLParseError ? e.message.split('\n')[0] ?? e.message : String(e);
+    const msg = e instanceof YAMLParseError ? (e.message.split('\n')[0] ?? e.message) : String(e);
     throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], source);
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-    throw new JobSpecError([{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }], source);
+    throw new JobSpecError(
+      [{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }],
+      source,
+    );
   }
   return raw as Record<string, unknown>;
 }
@@ -242,7 +287,11 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
       model: { path: abs(s.model.path) },
       data: {
         ...s.data,
-        train: s.data.train.map((src) => ({ ...src, path: abs(src.path), ...(src.target ? { target: abs(src.target) } : {}) })),
+        train: s.data.train.map((src) => ({
+          ...src,
+          path: abs(src.path),
+          ...(src.target ? { target: abs(src.target) } : {}),
+        })),
       },
       output: { dir: abs(s.output.dir) },
       method: resolveMethodPaths(s.method, baseDir),
@@ -256,7 +305,10 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
  * holds a config.json of a supported architecture, weights and tokenizer.json; every layer index is
  * below the model's depth; every data file exists. Throws `JobSpecError`.
  */
-export async function validateJobSpecFiles(spec: JobSpec, source?: string): Promise<{ numLayers: number; config: LlamaConfig }> {
+export async function validateJobSpecFiles(
+  spec: JobSpec,
+  source?: string,
+): Promise<{ numLayers: number; config: LlamaConfig }> {
   const issues: SpecIssue[] = [];
   const s = spec.spec;
   const dir = s.model.path;
@@ -270,8 +322,10 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
     } catch (e) {
       issues.push({ path: 'spec.model.path', message: (e as Error).message });
     }
-    const weights = (await isFile(join(dir, 'model.safetensors'))) || (await isFile(join(dir, 'model.safetensors.index.json')));
-    if (!weights) issues.push({ path: 'spec.model.path', message: `${dir}: no model.safetensors or model.safetensors.index.json` });
+    const weights =
+      (await isFile(join(dir, 'model.safetensors'))) || (await isFile(join(dir, 'model.safetensors.index.json')));
+    if (!weights)
+      issues.push({ path: 'spec.model.path', message: `${dir}: no model.safetensors or model.safetensors.index.json` });
     if (!(await isFile(join(dir, 'tokenizer.json')))) {
       issues.push({ path: 'spec.model.path', message: `${join(dir, 'tokenizer.json')}: no such file` });
     }
@@ -279,12 +333,14 @@ export async function validateJobSpecFiles(spec: JobSpec, source?: string): Prom
   const numLayers = config?.numHiddenLayers ?? 0;
   issues.push(...methodModelIssues(s.method, numLayers, 'spec.method'));
   for (const [i, src] of s.data.train.entries()) {
-    if (!(await isFile(src.path))) issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
+    if (!(await isFile(src.path)))
+      issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
     if (src.target !== undefined && !(await isFile(src.target))) {
       issues.push({ path: `spec.data.train[${i}].target`, message: `${src.target}: no such file` });
     }
   }
-  if (s.method.analysis) issues.push(...(await problemSetFileIssues(s.method.analysis.probe, 'spec.method.analysis.probe')));
+  if (s.method.analysis)
+    issues.push(...(await problemSetFileIssues(s.method.analysis.probe, 'spec.method.analysis.probe')));
   if (s.eval) issues.push(...(await problemSetFileIssues(s.eval.sets, 'spec.eval.sets')));
   if (issues.length > 0 || !config) throw new JobSpecError(issues, source);
   return { numLayers, config };

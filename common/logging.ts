@@ -39,9 +39,13 @@ export function createLogger(component: string, options: LoggerOptions = {}): Lo
       sink(JSON.stringify({ time: new Date().toISOString(), level: lvl, component, msg, ...fields }));
       return;
     }
-    const extra = fields && Object.keys(fields).length > 0
-      ? ' ' + Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ')
-      : '';
+    const extra =
+      fields && Object.keys(fields).length > 0
+        ? ' ' +
+          Object.entries(fields)
+            .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+            .join(' ')
+        : '';
     sink(`${new Date().toISOString().slice(11, 23)} ${lvl.padEnd(5)} [${component}] ${msg}${extra}`);
   };
   return {
@@ -55,6 +59,9 @@ export function createLogger(component: string, options: LoggerOptions = {}): Lo
 
 /** A logger that drops everything, for tests and library defaults. */
 export const silentLogger: Logger = {
-  debug: () => {}, info: () => {}, warn: () => {}, error: () => {},
+  debug: () => {},
+  info: () => {},
+  warn: () => {},
+  error: () => {},
   child: () => silentLogger,
 };

@@ -98,7 +98,8 @@ export function layerBytes(c: LlamaConfig, shape: BatchShape, k: LayerConstants)
   // The constants were counted with q = hidden: 10 hidden-sized tensors and 8 query-sized of 18.
   const h = (10 * c.hiddenSize + 8 * q) / 18;
   const kv = c.numKeyValueHeads * c.headDim;
-  const perToken = k.hidden * h + k.kv * kv + k.scores * c.numAttentionHeads * shape.seqLen + k.ffn * c.intermediateSize;
+  const perToken =
+    k.hidden * h + k.kv * kv + k.scores * c.numAttentionHeads * shape.seqLen + k.ffn * c.intermediateSize;
   return F32 * shape.batch * shape.seqLen * perToken;
 }
 
@@ -113,12 +114,17 @@ export interface Activations {
 export function activationBytes(c: LlamaConfig, shape: BatchShape, checkpointing: boolean): Activations {
   const L = c.numHiddenLayers;
   const tokens = shape.batch * shape.seqLen;
-  const head = F32 * tokens * HEAD_FLOATS_PER_TOKEN_HIDDEN * c.hiddenSize + 3 * Math.min(HEAD_CHUNK_BYTES, F32 * tokens * c.vocabSize);
+  const head =
+    F32 * tokens * HEAD_FLOATS_PER_TOKEN_HIDDEN * c.hiddenSize +
+    3 * Math.min(HEAD_CHUNK_BYTES, F32 * tokens * c.vocabSize);
   if (!checkpointing) {
     return { saved: L * layerBytes(c, shape, TAPE_SAVED), peak: L * layerBytes(c, shape, TAPE_PEAK) + head };
   }
   const inputs = F32 * tokens * c.hiddenSize;
-  return { saved: L * inputs, peak: L * CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN * inputs + layerBytes(c, shape, TAPE_PEAK) + head };
+  return {
+    saved: L * inputs,
+    peak: L * CHECKPOINT_FLOATS_PER_TOKEN_HIDDEN * inputs + layerBytes(c, shape, TAPE_PEAK) + head,
+  };
 }
 
 export interface MemoryPlan {
@@ -205,10 +211,21 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
     parameters: counts,
     microBatchesPerStep,
     gpu: {
-      weights, trainableTransposes, gradients, gradientSum, activations: act.peak, activationsOtherSetting: other.peak, runtime, peak: gpuPeak,
+      weights,
+      trainableTransposes,
+      gradients,
+      gradientSum,
+      activations: act.peak,
+      activationsOtherSetting: other.peak,
+      runtime,
+      peak: gpuPeak,
     },
     host: {
-      loadWeights: weights, masterCopies: G, optimizer, allReduce, runtime: hostRuntime,
+      loadWeights: weights,
+      masterCopies: G,
+      optimizer,
+      allReduce,
+      runtime: hostRuntime,
       peak: weights + G + optimizer + allReduce + hostRuntime,
     },
   };
@@ -225,8 +242,12 @@ export function fitsDevice(bytes: number, deviceGiB: number, margin = DEFAULT_MA
 }
 
 /** The plan as lines for a terminal (`coordinator plan`, `submit --dry-run`). */
-export function formatMemoryPlan(p: MemoryPlan, devices: { gpuMemoryGiB?: number; hostMemoryGiB?: number } = {}): string[] {
-  const row = (label: string, bytes: number, note = ''): string => `    ${label.padEnd(34)}${gib(bytes).padStart(10)}${note ? `  ${note}` : ''}`;
+export function formatMemoryPlan(
+  p: MemoryPlan,
+  devices: { gpuMemoryGiB?: number; hostMemoryGiB?: number } = {},
+): string[] {
+  const row = (label: string, bytes: number, note = ''): string =>
+    `    ${label.padEnd(34)}${gib(bytes).padStart(10)}${note ? `  ${note}` : ''}`;
   const g = p.gpu;
   const h = p.host;
   const verdict = (peak: number, device: number | undefined): string => {
@@ -241,9 +262,17 @@ export function formatMemoryPlan(p: MemoryPlan, devices: { gpuMemoryGiB?: number
       `gradient checkpointing ${setting}, ${p.microBatchesPerStep} micro-batches a step`,
     '  GPU (float32):',
     row('weights', g.weights, `${(p.parameters.total / 1e9).toFixed(2)}B parameters x 4 B`),
-    row('trainable transposes on the tape', g.trainableTransposes, p.checkpointing ? 'one layer at a time' : 'every trainable matrix'),
+    row(
+      'trainable transposes on the tape',
+      g.trainableTransposes,
+      p.checkpointing ? 'one layer at a time' : 'every trainable matrix',
+    ),
     row('gradients (accumulated + new)', g.gradients),
-    row('activations', g.activations, `with checkpointing ${setting}; ${p.checkpointing ? 'off' : 'on'}: ${gib(g.activationsOtherSetting)}`),
+    row(
+      'activations',
+      g.activations,
+      `with checkpointing ${setting}; ${p.checkpointing ? 'off' : 'on'}: ${gib(g.activationsOtherSetting)}`,
+    ),
     row('runtime (CUDA, TensorFlow, cuDNN)', g.runtime),
     row('summing gradients (3 copies)', g.gradientSum, 'a moment of its own, after the backward pass'),
     row('peak', g.peak, verdict(g.peak, devices.gpuMemoryGiB)),
@@ -268,7 +297,8 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
   const plan = planMemory(config, spec);
   if (w.gpuMemoryGiB !== undefined && !fitsDevice(plan.gpu.peak, w.gpuMemoryGiB)) {
     const g = plan.gpu;
-    const parts = `weights ${gib(g.weights)}, activations ${gib(g.activations)}, ` +
+    const parts =
+      `weights ${gib(g.weights)}, activations ${gib(g.activations)}, ` +
       `gradients ${gib(Math.max(g.gradients, g.gradientSum))}`;
     const usable = gib((1 - DEFAULT_MARGIN) * w.gpuMemoryGiB * GiB);
     issues.push({
@@ -286,7 +316,7 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
       message:
         `the plan needs ${gib(h.peak)} of host memory a worker (float32 model at load ${gib(h.loadWeights)}, ` +
         `master copies, optimizer and all-reduce ${rest}), over ` +
-          `${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
+        `${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
         'give each worker process more memory (fewer processes a pod) or train fewer tensors',
     });
   }
@@ -317,10 +347,14 @@ function gpuFix(config: LlamaConfig, spec: JobSpec, deviceGiB: number): string {
   }
   const both = largest(true);
   if (both) {
-    return `set spec.training.gradientCheckpointing: true and ` +
-      `spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`;
+    return (
+      `set spec.training.gradientCheckpointing: true and ` +
+      `spec.training.microBatchSize: ${both.b} (${gib(both.p.gpu.peak)})`
+    );
   }
   const min = planMemory(config, spec, { microBatchSize: 1, gradientCheckpointing: true });
-  return `even with checkpointing and micro-batch 1 it needs ` +
-    `${gib(min.gpu.peak)}: use a larger GPU or train fewer tensors`;
+  return (
+    `even with checkpointing and micro-batch 1 it needs ` +
+    `${gib(min.gpu.peak)}: use a larger GPU or train fewer tensors`
+  );
 }

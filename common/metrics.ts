@@ -14,7 +14,13 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { collectDefaultMetrics, Counter as PromCounter, Gauge as PromGauge, Histogram as PromHistogram, Registry } from 'prom-client';
+import {
+  collectDefaultMetrics,
+  Counter as PromCounter,
+  Gauge as PromGauge,
+  Histogram as PromHistogram,
+  Registry,
+} from 'prom-client';
 import { silentLogger, type Logger } from './logging.js';
 
 /** Label values of a metric whose label names are `L`. */
@@ -60,11 +66,16 @@ export interface MetricMeter {
    * A gauge whose series are read at scrape time from `collect` (series it does not report are
    * gone). An error in `collect` is logged and leaves the gauge empty for that scrape.
    */
-  observableGauge<L extends string = never>(options: MetricOptions<L>, collect: (observe: Observe<L>) => void | Promise<void>): void;
+  observableGauge<L extends string = never>(
+    options: MetricOptions<L>,
+    collect: (observe: Observe<L>) => void | Promise<void>,
+  ): void;
 }
 
 /** Durations from a millisecond to ten minutes: tiny CPU jobs and 7B GPU steps alike. */
-export const DEFAULT_SECONDS_BUCKETS: readonly number[] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+export const DEFAULT_SECONDS_BUCKETS: readonly number[] = [
+  0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+];
 
 export const METRIC_PREFIX = 'polytune_';
 /**
@@ -80,10 +91,12 @@ export function checkMetricDefinition(kind: MetricKind, options: MetricOptions<s
   const fail = (why: string): never => {
     throw new RangeError(`metric ${name}: ${why}`);
   };
-  if (!/^polytune_[a-z][a-z0-9_]*[a-z0-9]$/.test(name)) fail(`must match polytune_[a-z0-9_]+ (prefix ${METRIC_PREFIX})`);
+  if (!/^polytune_[a-z][a-z0-9_]*[a-z0-9]$/.test(name))
+    fail(`must match polytune_[a-z0-9_]+ (prefix ${METRIC_PREFIX})`);
   if (kind === 'counter' && !name.endsWith('_total')) fail('a counter ends in _total');
   if (kind !== 'counter' && name.endsWith('_total')) fail('only counters end in _total');
-  if (kind === 'histogram' && /_(bucket|count|sum)$/.test(name)) fail('a histogram name must not end in _bucket, _count or _sum');
+  if (kind === 'histogram' && /_(bucket|count|sum)$/.test(name))
+    fail('a histogram name must not end in _bucket, _count or _sum');
   if (options.help.trim() === '') fail('help is empty');
   for (const l of options.labelNames ?? []) {
     if (!/^[a-z][a-z0-9_]*$/.test(l)) fail(`label ${l}: must match [a-z][a-z0-9_]*`);
@@ -136,13 +149,23 @@ export class PromMeter implements MetricMeter {
 
   counter<L extends string = never>(o: MetricOptions<L>): Counter<L> {
     checkMetricDefinition('counter', o);
-    const c = new PromCounter<L>({ name: o.name, help: o.help, labelNames: [...(o.labelNames ?? [])], registers: [this.registry] });
+    const c = new PromCounter<L>({
+      name: o.name,
+      help: o.help,
+      labelNames: [...(o.labelNames ?? [])],
+      registers: [this.registry],
+    });
     return { inc: (labels, value = 1) => c.inc(labels as never, value), remove: (labels) => c.remove(labels as never) };
   }
 
   gauge<L extends string = never>(o: MetricOptions<L>): Gauge<L> {
     checkMetricDefinition('gauge', o);
-    const g = new PromGauge<L>({ name: o.name, help: o.help, labelNames: [...(o.labelNames ?? [])], registers: [this.registry] });
+    const g = new PromGauge<L>({
+      name: o.name,
+      help: o.help,
+      labelNames: [...(o.labelNames ?? [])],
+      registers: [this.registry],
+    });
     return {
       set: (labels, value) => g.set(labels as never, value),
       inc: (labels, value = 1) => g.inc(labels as never, value),
@@ -153,23 +176,39 @@ export class PromMeter implements MetricMeter {
   histogram<L extends string = never>(o: HistogramOptions<L>): Histogram<L> {
     checkMetricDefinition('histogram', o);
     const h = new PromHistogram<L>({
-      name: o.name, help: o.help, labelNames: [...(o.labelNames ?? [])], buckets: [...(o.buckets ?? DEFAULT_SECONDS_BUCKETS)], registers: [this.registry],
+      name: o.name,
+      help: o.help,
+      labelNames: [...(o.labelNames ?? [])],
+      buckets: [...(o.buckets ?? DEFAULT_SECONDS_BUCKETS)],
+      registers: [this.registry],
     });
-    return { observe: (labels, value) => h.observe(labels as never, value), remove: (labels) => h.remove(labels as never) };
+    return {
+      observe: (labels, value) => h.observe(labels as never, value),
+      remove: (labels) => h.remove(labels as never),
+    };
   }
 
-  observableGauge<L extends string = never>(o: MetricOptions<L>, collect: (observe: Observe<L>) => void | Promise<void>): void {
+  observableGauge<L extends string = never>(
+    o: MetricOptions<L>,
+    collect: (observe: Observe<L>) => void | Promise<void>,
+  ): void {
     checkMetricDefinition('gauge', o);
     const logger = this.logger;
     new PromGauge<L>({
-      name: o.name, help: o.help, labelNames: [...(o.labelNames ?? [])], registers: [this.registry],
+      name: o.name,
+      help: o.help,
+      labelNames: [...(o.labelNames ?? [])],
+      registers: [this.registry],
       async collect() {
         this.reset();
         try {
           await collect((labels, value) => this.set(labels as never, value));
         } catch (e) {
           this.reset();
-          logger.warn('metric collection failed', { metric: o.name, error: e instanceof Error ? e.message : String(e) });
+          logger.warn('metric collection failed', {
+            metric: o.name,
+            error: e instanceof Error ? e.message : String(e),
+          });
         }
       },
     });

@@ -85,13 +85,15 @@ class Reader {
   int(key: string, dflt?: number): number {
     const v = this.obj[key] ?? dflt;
     if (v === undefined) this.fail(`missing ${key}`);
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) this.fail(`${key} must be a positive integer, got ${shown(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+      this.fail(`${key} must be a positive integer, got ${shown(v)}`);
     return v;
   }
   num(key: string, dflt?: number): number {
     const v = this.obj[key] ?? dflt;
     if (v === undefined) this.fail(`missing ${key}`);
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.fail(`${key} must be a positive number, got ${shown(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+      this.fail(`${key} must be a positive number, got ${shown(v)}`);
     return v;
   }
   bool(key: string, dflt: boolean): boolean {
@@ -134,7 +136,8 @@ function parseRopeScaling(r: Reader, raw: unknown, file: string): RopeScaling | 
 
 /** Validates a parsed `config.json` object. `file` names it in errors. */
 export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfig {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ModelLoadError(file, 'not a JSON object');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ModelLoadError(file, 'not a JSON object');
   const obj = raw as Json;
   const r = new Reader(file, obj);
   const modelType = obj['model_type'];
@@ -149,12 +152,15 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   const numAttentionHeads = r.int('num_attention_heads');
   const numKeyValueHeads = r.int('num_key_value_heads', numAttentionHeads);
   if (numAttentionHeads % numKeyValueHeads !== 0) {
-    r.fail(`num_attention_heads (${numAttentionHeads}) must be a multiple of num_key_value_heads (${numKeyValueHeads})`);
+    r.fail(
+      `num_attention_heads (${numAttentionHeads}) must be a multiple of num_key_value_heads (${numKeyValueHeads})`,
+    );
   }
   let headDim: number;
   if (r.has('head_dim')) headDim = r.int('head_dim');
   else {
-    if (hiddenSize % numAttentionHeads !== 0) r.fail(`hidden_size (${hiddenSize}) is not divisible by num_attention_heads (${numAttentionHeads})`);
+    if (hiddenSize % numAttentionHeads !== 0)
+      r.fail(`hidden_size (${hiddenSize}) is not divisible by num_attention_heads (${numAttentionHeads})`);
     headDim = hiddenSize / numAttentionHeads;
   }
   if (headDim % 2 !== 0) r.fail(`head_dim (${headDim}) must be even for rotary embeddings`);
@@ -162,14 +168,17 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   const eosRaw = obj['eos_token_id'];
   let eosTokenId: number | number[] | null;
   if (Array.isArray(eosRaw)) {
-    if (!eosRaw.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0)) r.fail('eos_token_id must be token ids');
+    if (!eosRaw.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0))
+      r.fail('eos_token_id must be token ids');
     eosTokenId = eosRaw as number[];
   } else eosTokenId = r.optTokenId('eos_token_id');
 
   if (obj['quantization_config'] !== undefined && obj['quantization_config'] !== null) {
     const qm = (obj['quantization_config'] as Json | null)?.['quant_method'];
-    r.fail(`quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: ` +
-      'quantized checkpoints cannot be loaded, use the float weights');
+    r.fail(
+      `quantization_config${typeof qm === 'string' ? ` (${qm})` : ''} is not supported: ` +
+        'quantized checkpoints cannot be loaded, use the float weights',
+    );
   }
   const dropout = obj['attention_dropout'] ?? 0;
   if (dropout !== 0) r.fail(`attention_dropout ${shown(dropout)} is not supported (only 0)`);
@@ -213,7 +222,9 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new ModelLoadError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(e), { cause: e });
+    throw new ModelLoadError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(e), {
+      cause: e,
+    });
   }
   let raw: unknown;
   try {

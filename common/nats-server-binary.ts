@@ -85,9 +85,15 @@ export function findNatsServer(options: FindNatsServerOptions = {}): string {
     throw new UserError(`${NATS_SERVER_ENV}=${fromEnv}: not an executable file`);
   }
   throw new UserError(
-    'nats-server not found (looked at $' + NATS_SERVER_ENV + ', ' + NATS_SERVER_CACHE_PATH + ' and PATH). ' +
+    'nats-server not found (looked at $' +
+      NATS_SERVER_ENV +
+      ', ' +
+      NATS_SERVER_CACHE_PATH +
+      ' and PATH). ' +
       'Run `bash scripts/setup.sh` (builds it on Debian), download one from ' +
       'https://github.com/nats-io/nats-server/releases, or `go install github.com/nats-io/nats-server/v2@latest`; ' +
-      'then put it on PATH or point ' + NATS_SERVER_ENV + ' at it.',
+      'then put it on PATH or point ' +
+      NATS_SERVER_ENV +
+      ' at it.',
   );
 }

@@ -111,8 +111,16 @@ function installExitHook(): void {
   exitHookInstalled = true;
   process.once('exit', () => {
     for (const s of live) {
-      try { s.child.kill('SIGKILL'); } catch { /* already gone */ }
-      try { rmSync(s.dir, { recursive: true, force: true }); } catch { /* best effort */ }
+      try {
+        s.child.kill('SIGKILL');
+      } catch {
+        /* already gone */
+      }
+      try {
+        rmSync(s.dir, { recursive: true, force: true });
+      } catch {
+        /* best effort */
+      }
     }
   });
 }
@@ -223,7 +231,10 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     stopping ??= (async () => {
       if (running) {
         child.kill('SIGTERM');
-        const timedOut = await Promise.race([exited.then(() => false), sleep(DEFAULT_NATS_STOP_TIMEOUT_MS).then(() => true)]);
+        const timedOut = await Promise.race([
+          exited.then(() => false),
+          sleep(DEFAULT_NATS_STOP_TIMEOUT_MS).then(() => true),
+        ]);
         if (timedOut && running) {
           child.kill('SIGKILL');
           await exited;
@@ -241,14 +252,18 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     for (;;) {
       if (!running) throw new NatsServerStartError(`nats-server ${binary} exited during start-up`, tail.join('\n'));
       if (Date.now() > deadline) {
-        throw new NatsServerStartError(`nats-server ${binary} did not start within ${startTimeoutMs} ms`, tail.join('\n'));
+        throw new NatsServerStartError(
+          `nats-server ${binary} did not start within ${startTimeoutMs} ms`,
+          tail.join('\n'),
+        );
       }
       if (ports === undefined && child.pid !== undefined) {
         const name = readdirSync(dir).find((f) => f.endsWith(`_${child.pid}.ports`));
         if (name !== undefined) {
           try {
             const parsed = JSON.parse(readFileSync(join(dir, name), 'utf8')) as PortsFile;
-            const complete = (parsed.nats?.length ?? 0) > 0 &&
+            const complete =
+              (parsed.nats?.length ?? 0) > 0 &&
               (monitorPort === false || (parsed.monitoring?.length ?? 0) > 0) &&
               (!options.cluster || (parsed.cluster?.length ?? 0) > 0);
             if (complete) ports = parsed;
@@ -281,7 +296,9 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     serverName,
     storeDir,
     exited,
-    get running() { return running; },
+    get running() {
+      return running;
+    },
     async monitor(endpoint: string): Promise<Record<string, unknown>> {
       if (server.monitorUrl === undefined) throw new PolytuneError(`nats-server ${serverName}: monitoring is off`);
       const res = await fetch(`${server.monitorUrl}/${endpoint.replace(/^\//, '')}`);
@@ -293,7 +310,12 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       if (running) child.kill(signal);
     },
   };
-  logger.debug('nats-server started', { url: server.url, monitor: server.monitorUrl, pid: server.pid, jetstream: storeDir !== undefined });
+  logger.debug('nats-server started', {
+    url: server.url,
+    monitor: server.monitorUrl,
+    pid: server.pid,
+    jetstream: storeDir !== undefined,
+  });
   return server;
 }
 
@@ -318,7 +340,8 @@ export async function startNatsCluster(n: number, options: NatsClusterOptions = 
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`n: must be a positive integer, got ${n}`);
   const { clusterName, ...serverOptions } = options;
   const name = clusterName ?? `polytune-${process.pid}-${++serverCounter}`;
-  if (serverOptions.monitorPort === false) throw new RangeError('monitorPort: a cluster needs monitoring to see its routes');
+  if (serverOptions.monitorPort === false)
+    throw new RangeError('monitorPort: a cluster needs monitoring to see its routes');
   const servers: NatsServer[] = [];
   const stop = async (): Promise<void> => {
     await Promise.all(servers.map((s) => s.stop()));
@@ -328,7 +351,12 @@ export async function startNatsCluster(n: number, options: NatsClusterOptions = 
     servers.push(seed);
     const rest = await Promise.all(
       Array.from({ length: n - 1 }, (_, i) =>
-        startNatsServer({ ...serverOptions, serverName: `${name}-${i + 1}`, cluster: { name, routes: [seed.clusterUrl!] } })),
+        startNatsServer({
+          ...serverOptions,
+          serverName: `${name}-${i + 1}`,
+          cluster: { name, routes: [seed.clusterUrl!] },
+        }),
+      ),
     );
     servers.push(...rest);
     const deadline = Date.now() + (options.startTimeoutMs ?? DEFAULT_NATS_START_TIMEOUT_MS);
@@ -339,7 +367,10 @@ export async function startNatsCluster(n: number, options: NatsClusterOptions = 
         const peers = new Set(routes.map((r) => r.remote_id));
         if (peers.size >= n - 1) break;
         if (Date.now() > deadline) {
-          throw new NatsServerStartError(`nats cluster ${name}: ${s.serverName} has ${peers.size} of ${n - 1} routes`, '');
+          throw new NatsServerStartError(
+            `nats cluster ${name}: ${s.serverName} has ${peers.size} of ${n - 1} routes`,
+            '',
+          );
         }
         await sleep(25);
       }

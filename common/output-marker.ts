@@ -47,7 +47,10 @@ export function markerContent(job: string): string {
 /** What a marker's text says; never throws. */
 export function parseMarker(text: string): MarkerState {
   if (text.length > MARKER_MAX_BYTES) return { kind: 'invalid' };
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
   if (lines.every((l) => LEGACY_LINES.has(l))) return { kind: 'legacy' };
   let v: unknown;
   try {
@@ -125,9 +128,11 @@ export function markerMismatch(state: MarkerState, job: string, dir: string): st
     case 'job':
       return state.job === job ? undefined : `${dir} belongs to job "${state.job}" (its ${MARKER_NAME} marker)`;
     case 'legacy':
-      return `${dir} has a ${MARKER_NAME} marker from a polytune before markers named their job; ` +
+      return (
+        `${dir} has a ${MARKER_NAME} marker from a polytune before markers named their job; ` +
         `if it is job "${job}"'s ` +
-        `(or no longer needed), write {"job":"${job}","by":"polytune"} into ${join(dir, MARKER_NAME)}`;
+        `(or no longer needed), write {"job":"${job}","by":"polytune"} into ${join(dir, MARKER_NAME)}`
+      );
     case 'invalid':
       return `${dir} has a ${MARKER_NAME} marker polytune did not write`;
     case 'missing':

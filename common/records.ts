@@ -95,13 +95,18 @@ export type JsonlFormat = 'alpaca' | 'tokenized' | 'msvamp';
 
 /** One JSON Lines record of `format`; errors name `file:lineNo`. */
 export function recordFromJson(
-  file: string, obj: Record<string, unknown>, lineNo: number, format: JsonlFormat, language: string | undefined,
+  file: string,
+  obj: Record<string, unknown>,
+  lineNo: number,
+  format: JsonlFormat,
+  language: string | undefined,
 ): DataRecord {
   switch (format) {
     case 'alpaca': {
       const instruction = firstString(obj, ['instruction', 'question', 'query']);
       const output = firstString(obj, ['output', 'answer', 'response']);
-      if (instruction === undefined) throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', lineNo);
+      if (instruction === undefined)
+        throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', lineNo);
       if (output === undefined) throw new DataFormatError(file, 'missing "output" (or "answer", "response")', lineNo);
       const input = firstString(obj, ['input']);
       const lang = firstString(obj, ['language']) ?? language;
@@ -118,11 +123,16 @@ export function recordFromJson(
       const inputIds = intArray(file, obj, 'input_ids', lineNo);
       const labels = intArray(file, obj, 'labels', lineNo);
       if (inputIds.length !== labels.length) {
-        throw new DataFormatError(file, `input_ids (${inputIds.length}) and labels (${labels.length}) differ in length`, lineNo);
+        throw new DataFormatError(
+          file,
+          `input_ids (${inputIds.length}) and labels (${labels.length}) differ in length`,
+          lineNo,
+        );
       }
       if (inputIds.length < 2) throw new DataFormatError(file, 'a record needs at least 2 tokens', lineNo);
       if (inputIds.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', lineNo);
-      if (labels.some((t) => t < 0 && t !== IGNORE_INDEX)) throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, lineNo);
+      if (labels.some((t) => t < 0 && t !== IGNORE_INDEX))
+        throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, lineNo);
       return { kind: 'tokens', inputIds, labels, language: firstString(obj, ['language']) ?? language };
     }
   }
@@ -140,14 +150,17 @@ export async function readJsonLines(file: string): Promise<{ obj: Record<string,
 }
 
 /** Read every record of one data source, in file order. Blank lines are skipped. */
-export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | 'language' | 'target'>): Promise<DataRecord[]> {
+export async function readDataSource(
+  src: Pick<DataSource, 'path' | 'format' | 'language' | 'target'>,
+): Promise<DataRecord[]> {
   const file = src.path;
   const records: DataRecord[] = [];
   switch (src.format) {
     case 'alpaca':
     case 'msvamp':
     case 'tokenized':
-      for (const { obj, lineNo } of await readJsonLines(file)) records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
+      for (const { obj, lineNo } of await readJsonLines(file))
+        records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
       break;
     case 'mgsm-tsv':
       for (const [i, line] of lines(await readText(file)).entries()) {
@@ -155,7 +168,12 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
         if (line.trim() === '') continue;
         const tab = line.lastIndexOf('\t');
         if (tab <= 0) throw new DataFormatError(file, 'expected question<TAB>answer', i + 1);
-        records.push({ kind: 'text', question: line.slice(0, tab), output: line.slice(tab + 1).trim(), language: src.language });
+        records.push({
+          kind: 'text',
+          question: line.slice(0, tab),
+          output: line.slice(tab + 1).trim(),
+          language: src.language,
+        });
       }
       break;
     case 'parallel': {
@@ -163,13 +181,17 @@ export async function readDataSource(src: Pick<DataSource, 'path' | 'format' | '
       const sources = lines(await readText(file));
       const targets = lines(await readText(src.target));
       if (targets.length !== sources.length) {
-        throw new DataFormatError(src.target, `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`);
+        throw new DataFormatError(
+          src.target,
+          `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`,
+        );
       }
       for (const [i, line] of sources.entries()) {
         await sliceBreak(i);
         const target = targets[i] ?? '';
         if (line.trim() === '' && target.trim() === '') continue;
-        if (line.trim() === '' || target.trim() === '') throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
+        if (line.trim() === '' || target.trim() === '')
+          throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
         records.push({ kind: 'text', question: line, output: target, language: src.language });
       }
       break;

@@ -19,8 +19,16 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import {
-  crossFieldIssues, dataSchema, methodSchema, resolvePaths, specSchema, trainingSchema, validateJobSpecFiles, zodIssues,
-  type JobSpec, type ParseOptions,
+  crossFieldIssues,
+  dataSchema,
+  methodSchema,
+  resolvePaths,
+  specSchema,
+  trainingSchema,
+  validateJobSpecFiles,
+  zodIssues,
+  type JobSpec,
+  type ParseOptions,
 } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
 import { DNS_LABEL, DNS_LABEL_MESSAGE, resolveSpecPath } from './spec-primitives.js';
@@ -42,7 +50,10 @@ export const stageSchema = z.strictObject({
 
 export const stagedSpecSchema = specSchema.extend({
   spec: specSchema.shape.spec.omit({ method: true, data: true, training: true }).extend({
-    stages: z.array(stageSchema).min(1, 'must list at least one stage').max(MAX_STAGES, `must list at most ${MAX_STAGES} stages`),
+    stages: z
+      .array(stageSchema)
+      .min(1, 'must list at least one stage')
+      .max(MAX_STAGES, `must list at most ${MAX_STAGES} stages`),
   }),
 });
 
@@ -112,7 +123,10 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
   if (rawSpec !== null && typeof rawSpec === 'object') {
     for (const block of STAGE_BLOCKS) {
       if (block in rawSpec) {
-        top.push({ path: `spec.${block}`, message: `is not allowed with spec.stages: each stage gives its own ${STAGE_BLOCKS.join(', ')}` });
+        top.push({
+          path: `spec.${block}`,
+          message: `is not allowed with spec.stages: each stage gives its own ${STAGE_BLOCKS.join(', ')}`,
+        });
       }
     }
   }
@@ -124,10 +138,17 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
   const names = new Map<string, number>();
   spec.spec.stages.forEach((stage, i) => {
     if ((RESERVED_STAGE_NAMES as readonly string[]).includes(stage.name)) {
-      issues.push({ path: `spec.stages[${i}].name`, message: `"${stage.name}" is reserved (${RESERVED_STAGE_NAMES.join(', ')} are written under output.dir)` });
+      issues.push({
+        path: `spec.stages[${i}].name`,
+        message: `"${stage.name}" is reserved (${RESERVED_STAGE_NAMES.join(', ')} are written under output.dir)`,
+      });
     }
     const first = names.get(stage.name);
-    if (first !== undefined) issues.push({ path: `spec.stages[${i}].name`, message: `"${stage.name}" is already the name of spec.stages[${first}]` });
+    if (first !== undefined)
+      issues.push({
+        path: `spec.stages[${i}].name`,
+        message: `"${stage.name}" is already the name of spec.stages[${first}]`,
+      });
     else names.set(stage.name, i);
     issues.push(...crossFieldIssues(stageJobSpec(spec, i)).map((x) => ({ ...x, path: stagePath(x.path, i) })));
   });
@@ -145,7 +166,11 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
       model: job.model,
       output: { dir: resolveSpecPath(outputDir, baseDir) },
       ...(job.eval ? { eval: job.eval } : {}),
-      stages: spec.spec.stages.map((stage, i) => ({ ...stage, method: resolved[i]!.spec.method, data: resolved[i]!.spec.data })),
+      stages: spec.spec.stages.map((stage, i) => ({
+        ...stage,
+        method: resolved[i]!.spec.method,
+        data: resolved[i]!.spec.data,
+      })),
     },
   };
 }
@@ -156,7 +181,8 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
  * each stage's layers against its depth, each stage's data files. Errors name the stage's path.
  */
 export async function validateStagedJobFiles(
-  spec: StagedJobSpec, source?: string,
+  spec: StagedJobSpec,
+  source?: string,
 ): Promise<{ numLayers: number; config: LlamaConfig; stages: JobSpec[] }> {
   const issues: SpecIssue[] = [];
   let found: { numLayers: number; config: LlamaConfig } | undefined;

@@ -100,7 +100,7 @@ export function assertJobName(name: string): void {
     throw new UserError(
       `metadata.name: ${JSON.stringify(name)} is not a DNS-1123 label ` +
         `(lower-case letters, digits and '-', at most ` +
-          `${MAX_JOB_NAME_LENGTH}, starting and ending with a letter or digit)`,
+        `${MAX_JOB_NAME_LENGTH}, starting and ending with a letter or digit)`,
     );
   }
 }
@@ -111,7 +111,12 @@ export function assertJobName(name: string): void {
  */
 export function toJobName(input: string): string {
   if (isJobName(input)) return input;
-  let s = input.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+/, '').slice(0, MAX_JOB_NAME_LENGTH).replace(/-+$/, '');
+  let s = input
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .replace(/^-+/, '')
+    .slice(0, MAX_JOB_NAME_LENGTH)
+    .replace(/-+$/, '');
   if (s === '') s = 'job';
   return s;
 }
@@ -123,7 +128,8 @@ function assertGeneration(generation: number): void {
 }
 
 function assertRank(rank: number, what = 'rank'): void {
-  if (!Number.isInteger(rank) || rank < 0 || rank > 0xffff) throw new RangeError(`${what}: must be 0..65535, got ${rank}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank > 0xffff)
+    throw new RangeError(`${what}: must be 0..65535, got ${rank}`);
 }
 
 /** `polytune.<job>.<generation>` */
@@ -152,7 +158,8 @@ export function allGatherSubject(job: string, generation: number, fromRank: numb
 
 /** `polytune.<job>.<generation>.ctl.<topic>`; topic is one token of `[A-Za-z0-9_-]`. */
 export function ctlSubject(job: string, generation: number, topic: string): string {
-  if (!TOPIC_TOKEN.test(topic)) throw new RangeError(`topic: must match ${TOPIC_TOKEN.source}, got ${JSON.stringify(topic)}`);
+  if (!TOPIC_TOKEN.test(topic))
+    throw new RangeError(`topic: must match ${TOPIC_TOKEN.source}, got ${JSON.stringify(topic)}`);
   return `${generationPrefix(job, generation)}.ctl.${topic}`;
 }
 

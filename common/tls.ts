@@ -45,7 +45,9 @@ export function readPem(what: string, path: string): Buffer {
   try {
     pem = readFileSync(path);
   } catch (e) {
-    throw new UserError(`${what}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+    throw new UserError(`${what}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, {
+      cause: e,
+    });
   }
   if (!pem.toString('latin1').includes('-----BEGIN ')) throw new UserError(`${what}: ${path} is not a PEM file`);
   return pem;
@@ -107,27 +109,38 @@ export interface NatsTlsFiles {
 /** Loads TLS toward NATS from files; undefined (plaintext) when none is given. */
 export function loadNatsTls(files: NatsTlsFiles): NatsTls | undefined {
   if (!files.ca && !files.cert && !files.key) return undefined;
-  if (!files.ca) throw new UserError('--nats-tls-cert and --nats-tls-key need --nats-tls-ca (the CA of the NATS servers)');
+  if (!files.ca)
+    throw new UserError('--nats-tls-cert and --nats-tls-key need --nats-tls-ca (the CA of the NATS servers)');
   if (Boolean(files.cert) !== Boolean(files.key)) throw new UserError('--nats-tls-cert and --nats-tls-key go together');
   const pem = (what: string, path: string): string => readPem(what, path).toString('utf8');
   return {
     ca: pem('--nats-tls-ca', files.ca),
-    ...(files.cert && files.key ? { cert: pem('--nats-tls-cert', files.cert), key: pem('--nats-tls-key', files.key) } : {}),
+    ...(files.cert && files.key
+      ? { cert: pem('--nats-tls-cert', files.cert), key: pem('--nats-tls-key', files.key) }
+      : {}),
   };
 }
 
 /** The env vars of the NATS TLS flags, the same for the coordinator and the workers. */
-export const NATS_TLS_ENV = { ca: 'POLYTUNE_NATS_TLS_CA', cert: 'POLYTUNE_NATS_TLS_CERT', key: 'POLYTUNE_NATS_TLS_KEY' } as const;
+export const NATS_TLS_ENV = {
+  ca: 'POLYTUNE_NATS_TLS_CA',
+  cert: 'POLYTUNE_NATS_TLS_CERT',
+  key: 'POLYTUNE_NATS_TLS_KEY',
+} as const;
 
 /** The NATS TLS flags, for parseArgs. */
 export const NATS_TLS_FLAGS = {
-  'nats-tls-ca': { type: 'string' }, 'nats-tls-cert': { type: 'string' }, 'nats-tls-key': { type: 'string' },
+  'nats-tls-ca': { type: 'string' },
+  'nats-tls-cert': { type: 'string' },
+  'nats-tls-key': { type: 'string' },
 } as const;
 
 /** Loads NATS TLS from parsed flags, else their env vars. */
 export function natsTlsFromFlags(v: Readonly<Record<string, string | boolean | undefined>>): NatsTls | undefined {
   return loadNatsTls({
-    ca: flagOrEnv(v, 'nats-tls-ca', NATS_TLS_ENV.ca), cert: flagOrEnv(v, 'nats-tls-cert', NATS_TLS_ENV.cert), key: flagOrEnv(v, 'nats-tls-key', NATS_TLS_ENV.key),
+    ca: flagOrEnv(v, 'nats-tls-ca', NATS_TLS_ENV.ca),
+    cert: flagOrEnv(v, 'nats-tls-cert', NATS_TLS_ENV.cert),
+    key: flagOrEnv(v, 'nats-tls-key', NATS_TLS_ENV.key),
   });
 }
 
@@ -136,7 +149,10 @@ export function natsTlsFromFlags(v: Readonly<Record<string, string | boolean | u
  * certificates).
  */
 class StaticCertificateProvider implements grpc.experimental.CertificateProvider {
-  constructor(private readonly ca: Buffer | null, private readonly identity: { certificate: Buffer; privateKey: Buffer } | null) {}
+  constructor(
+    private readonly ca: Buffer | null,
+    private readonly identity: { certificate: Buffer; privateKey: Buffer } | null,
+  ) {}
   // Listeners are called on a later microtask, as a file-watching provider would: grpc-js
   // registers the server's own watcher only after adding these listeners, and an update delivered
   // synchronously would never reach it (the server would then drop every connection).
@@ -156,7 +172,8 @@ class StaticCertificateProvider implements grpc.experimental.CertificateProvider
  */
 export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
-  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false);
+  if (!tls.clientCa)
+    return grpc.ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false);
   // One provider for both roles: grpc-js 1.14's factory and constructor name their first two
   // parameters in opposite orders, so the same object in both places is the only safe call.
   const provider = new StaticCertificateProvider(tls.clientCa, { certificate: tls.cert, privateKey: tls.key });
@@ -171,7 +188,9 @@ export function channelCredentials(tls: ClientTls | undefined): grpc.ChannelCred
 
 /** Channel options that go with `channelCredentials` (the server-name override). */
 export function channelTlsOptions(tls: ClientTls | undefined): grpc.ChannelOptions {
-  return tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
+  return tls?.serverName
+    ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName }
+    : {};
 }
 
 /** grpc-js's AuthContext (not exported by the package). */

@@ -13,8 +13,10 @@ export const MAX_TOKEN_LENGTH = 4096;
 /** Checks a token's shape; `what` names its source in the error. */
 export function checkToken(token: string, what: string): string {
   const t = token.trim();
-  if (t.length < MIN_TOKEN_LENGTH) throw new UserError(`${what}: the token must have at least ${MIN_TOKEN_LENGTH} characters`);
-  if (t.length > MAX_TOKEN_LENGTH) throw new UserError(`${what}: the token must have at most ${MAX_TOKEN_LENGTH} characters`);
+  if (t.length < MIN_TOKEN_LENGTH)
+    throw new UserError(`${what}: the token must have at least ${MIN_TOKEN_LENGTH} characters`);
+  if (t.length > MAX_TOKEN_LENGTH)
+    throw new UserError(`${what}: the token must have at most ${MAX_TOKEN_LENGTH} characters`);
   if (!/^[\x21-\x7e]+$/.test(t)) throw new UserError(`${what}: the token must be printable ASCII without spaces`);
   return t;
 }
@@ -29,7 +31,9 @@ export function readToken(file: string | undefined, envVar: string, flag = '--to
     try {
       text = readFileSync(file, 'utf8');
     } catch (e) {
-      throw new UserError(`${flag}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+      throw new UserError(`${flag}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, {
+        cause: e,
+      });
     }
     return checkToken(text, `${flag} ${file}`);
   }

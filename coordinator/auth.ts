@@ -55,8 +55,10 @@ export interface CallAuthPolicy {
 export function authorizeWorkerId(policy: CallAuthPolicy, workerId: string, certificateNames: readonly string[]): void {
   if (!policy.workerIdFromCertificate) return;
   if (!certificateNames.includes(workerId)) {
-    throw new AuthenticationError(`Hello.worker_id "${workerId}" is not a name of the worker's client certificate ` +
-      `(${certificateNames.join(', ') || 'none'}); --worker-id-from-cert is on`);
+    throw new AuthenticationError(
+      `Hello.worker_id "${workerId}" is not a name of the worker's client certificate ` +
+        `(${certificateNames.join(', ') || 'none'}); --worker-id-from-cert is on`,
+    );
   }
 }
 
@@ -76,14 +78,17 @@ export function clientIdentity(metadata: Metadata, peer: string): string {
 export function authorizeJobCall(policy: CallAuthPolicy, method: string, metadata: Metadata): void {
   if (policy.clientToken === undefined) return;
   const presented = bearerToken(metadata);
-  if (presented === undefined) throw new AuthenticationError(`missing bearer token (metadata "authorization: Bearer <token>")`);
+  if (presented === undefined)
+    throw new AuthenticationError(`missing bearer token (metadata "authorization: Bearer <token>")`);
   if (!tokenMatches(presented, policy.clientToken)) throw new AuthenticationError(`invalid bearer token for ${method}`);
 }
 
 /** Throws unless a Join call is allowed: verified client certificate and/or worker token, as configured. */
 export function authorizeWorkerCall(policy: CallAuthPolicy, metadata: Metadata, certificateVerified: boolean): void {
   if (policy.requireWorkerCertificate && !certificateVerified) {
-    throw new AuthenticationError('Join: a client certificate signed by the coordinator\'s --tls-client-ca is required (mutual TLS)');
+    throw new AuthenticationError(
+      "Join: a client certificate signed by the coordinator's --tls-client-ca is required (mutual TLS)",
+    );
   }
   if (policy.workerToken === undefined) return;
   const presented = bearerToken(metadata);

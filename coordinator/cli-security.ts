@@ -42,29 +42,44 @@ import type { CoordinatorOptions } from './server.js';
 type Values = Record<string, string | boolean | undefined>;
 
 export const CLIENT_SECURITY_FLAGS = {
-  'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' }, 'token-file': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-server-name': { type: 'string' },
+  'token-file': { type: 'string' },
 } as const;
 
 export const SERVE_SECURITY_FLAGS = {
-  'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' }, 'worker-id-from-cert': { type: 'boolean' },
-  'no-worker-id-from-cert': { type: 'boolean' }, 'insecure-nats': { type: 'boolean' },
-  'token-file': { type: 'string' }, 'worker-token-file': { type: 'string' },
-  'nats-creds': { type: 'string' }, 'nats-account-signing-key': { type: 'string' }, 'nats-account': { type: 'string' },
-  'nats-creds-ttl': { type: 'string' }, 'nats-system-creds': { type: 'string' }, 'nats-account-jwt': { type: 'string' },
-  'nats-operator-signing-key': { type: 'string' }, ...NATS_TLS_FLAGS,
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-client-ca': { type: 'string' },
+  'worker-id-from-cert': { type: 'boolean' },
+  'no-worker-id-from-cert': { type: 'boolean' },
+  'insecure-nats': { type: 'boolean' },
+  'token-file': { type: 'string' },
+  'worker-token-file': { type: 'string' },
+  'nats-creds': { type: 'string' },
+  'nats-account-signing-key': { type: 'string' },
+  'nats-account': { type: 'string' },
+  'nats-creds-ttl': { type: 'string' },
+  'nats-system-creds': { type: 'string' },
+  'nats-account-jwt': { type: 'string' },
+  'nats-operator-signing-key': { type: 'string' },
+  ...NATS_TLS_FLAGS,
 } as const;
 
-export const SECURITY_USAGE = `security (see README "Security"):
+export const SECURITY_USAGE =
+  `security (see README "Security"):
   serve:   [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE ` +
-`[--no-worker-id-from-cert]]] [--token-file FILE] [--worker-token-file FILE]
+  `[--no-worker-id-from-cert]]] [--token-file FILE] [--worker-token-file FILE]
            [--insecure-nats] [--nats-creds FILE] [--nats-account-signing-key ` +
-`FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]
+  `FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]
              [--nats-system-creds FILE --nats-account-jwt FILE --nats-operator-signing-key FILE]]   (revocation)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (workers take the same NATS TLS flags)
   clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   env: POLYTUNE_TOKEN, POLYTUNE_WORKER_TOKEN, POLYTUNE_TLS_{CERT,KEY,CLIENT_CA,CA,CLIENT_CERT,CLIENT_KEY,SERVER_NAME},
        POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT,CREDS_TTL,SYSTEM_CREDS,ACCOUNT_JWT,OPERATOR_SIGNING_KEY}, ` +
-`POLYTUNE_NATS_TLS_{CA,CERT,KEY}, POLYTUNE_INSECURE_NATS=1,
+  `POLYTUNE_NATS_TLS_{CA,CERT,KEY}, POLYTUNE_INSECURE_NATS=1,
        POLYTUNE_WORKER_ID_FROM_CERT=0|1
   coordinator nats-auth init --out DIR    writes nats-server operator config and the coordinator's NATS secrets
 `;
@@ -85,31 +100,49 @@ function readTextFile(flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
-    throw new UserError(`${flag}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+    throw new UserError(`${flag}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? String(e)})`, {
+      cause: e,
+    });
   }
 }
 
 /** The security options of `serve`, from flags, else env. */
-export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth' | 'natsConnect' | 'natsIssuer' | 'natsRevocation' | 'insecureNats'> {
+export function serveSecurity(
+  v: Values,
+): Pick<CoordinatorOptions, 'tls' | 'auth' | 'natsConnect' | 'natsIssuer' | 'natsRevocation' | 'insecureNats'> {
   const tls = loadServerTls({
-    cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CERT'), key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_KEY'), clientCa: flagOrEnv(v, 'tls-client-ca', 'POLYTUNE_TLS_CLIENT_CA'),
+    cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CERT'),
+    key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_KEY'),
+    clientCa: flagOrEnv(v, 'tls-client-ca', 'POLYTUNE_TLS_CLIENT_CA'),
   });
   const clientToken = readToken(v['token-file'] as string | undefined, TOKEN_ENV);
   const workerToken = readToken(v['worker-token-file'] as string | undefined, WORKER_TOKEN_ENV, '--worker-token-file');
-  if (clientToken !== undefined && clientToken === workerToken) throw new UserError('the worker token must differ from the client token (a worker must not be able to submit or cancel)');
+  if (clientToken !== undefined && clientToken === workerToken)
+    throw new UserError(
+      'the worker token must differ from the client token (a worker must not be able to submit or cancel)',
+    );
   const credsFile = flagOrEnv(v, 'nats-creds', 'POLYTUNE_NATS_CREDS');
   const creds = credsFile ? readTextFile('--nats-creds', credsFile) : undefined;
-  if (creds !== undefined && !creds.includes('BEGIN NATS USER JWT')) throw new UserError(`--nats-creds: ${credsFile} is not a NATS .creds file`);
+  if (creds !== undefined && !creds.includes('BEGIN NATS USER JWT'))
+    throw new UserError(`--nats-creds: ${credsFile} is not a NATS .creds file`);
   const keyFile = flagOrEnv(v, 'nats-account-signing-key', 'POLYTUNE_NATS_ACCOUNT_SIGNING_KEY');
   const account = flagOrEnv(v, 'nats-account', 'POLYTUNE_NATS_ACCOUNT');
   if (account && !keyFile) throw new UserError('--nats-account needs --nats-account-signing-key');
   const ttlText = flagOrEnv(v, 'nats-creds-ttl', 'POLYTUNE_NATS_CREDS_TTL');
-  if (ttlText !== undefined && !keyFile) throw new UserError('--nats-creds-ttl needs --nats-account-signing-key (it is the lifetime of the credentials it signs)');
+  if (ttlText !== undefined && !keyFile)
+    throw new UserError(
+      '--nats-creds-ttl needs --nats-account-signing-key (it is the lifetime of the credentials it signs)',
+    );
   const ttlSeconds = ttlText === undefined ? undefined : Number(ttlText);
-  if (ttlSeconds !== undefined && !(Number.isInteger(ttlSeconds) && ttlSeconds >= 0)) throw new UserError(`--nats-creds-ttl: "${ttlText}" is not a whole number of seconds >= 0`);
-  const natsIssuer = keyFile ? new NatsCredentialIssuer({
-    signingKeySeed: readTextFile('--nats-account-signing-key', keyFile), ...(account ? { account } : {}), ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
-  }) : undefined;
+  if (ttlSeconds !== undefined && !(Number.isInteger(ttlSeconds) && ttlSeconds >= 0))
+    throw new UserError(`--nats-creds-ttl: "${ttlText}" is not a whole number of seconds >= 0`);
+  const natsIssuer = keyFile
+    ? new NatsCredentialIssuer({
+        signingKeySeed: readTextFile('--nats-account-signing-key', keyFile),
+        ...(account ? { account } : {}),
+        ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
+      })
+    : undefined;
   const revocationFiles = {
     systemCreds: flagOrEnv(v, 'nats-system-creds', 'POLYTUNE_NATS_SYSTEM_CREDS'),
     accountJwt: flagOrEnv(v, 'nats-account-jwt', 'POLYTUNE_NATS_ACCOUNT_JWT'),
@@ -133,13 +166,24 @@ export function serveSecurity(v: Values): Pick<CoordinatorOptions, 'tls' | 'auth
 
 /** The three revocation files, all or none, read and checked; undefined when none is given. */
 function revocationSettings(
-  files: { systemCreds: string | undefined; accountJwt: string | undefined; operatorSigningKeySeed: string | undefined }, account: string | undefined,
+  files: {
+    systemCreds: string | undefined;
+    accountJwt: string | undefined;
+    operatorSigningKeySeed: string | undefined;
+  },
+  account: string | undefined,
 ): NatsRevocationSettings | undefined {
   const given = Object.values(files).filter((f) => f !== undefined).length;
   if (given === 0) return undefined;
-  if (given !== 3) throw new UserError('--nats-system-creds, --nats-account-jwt and ' +
-    '--nats-operator-signing-key go together (revocation needs all three)');
-  if (account === undefined) throw new UserError('--nats-system-creds needs --nats-account-signing-key (revocation is of the credentials it signs)');
+  if (given !== 3)
+    throw new UserError(
+      '--nats-system-creds, --nats-account-jwt and ' +
+        '--nats-operator-signing-key go together (revocation needs all three)',
+    );
+  if (account === undefined)
+    throw new UserError(
+      '--nats-system-creds needs --nats-account-signing-key (revocation is of the credentials it signs)',
+    );
   const settings = {
     systemCreds: readTextFile('--nats-system-creds', files.systemCreds!),
     accountJwt: readTextFile('--nats-account-jwt', files.accountJwt!).trim(),

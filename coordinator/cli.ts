@@ -29,7 +29,14 @@ import { evalTextTables, parseEvalTable } from '../common/eval-table.js';
 import { jobKindOf, validateAnyJobSpecFiles } from '../common/job-kinds.js';
 import type { JobEvent__Output, Job__Output } from '../proto/index.js';
 import { defaultCoordinatorAddress, JobClient, readSpecFile } from './client.js';
-import { CLIENT_SECURITY_FLAGS, clientSecurity, natsAuthInit, SECURITY_USAGE, SERVE_SECURITY_FLAGS, serveSecurity } from './cli-security.js';
+import {
+  CLIENT_SECURITY_FLAGS,
+  clientSecurity,
+  natsAuthInit,
+  SECURITY_USAGE,
+  SERVE_SECURITY_FLAGS,
+  serveSecurity,
+} from './cli-security.js';
 import { CoordinatorStartError } from './errors.js';
 import { CoordinatorCallError } from './grpc-errors.js';
 import { fromWireState } from './job-record.js';
@@ -39,7 +46,15 @@ import { DEFAULT_LISTEN, DEFAULT_NATS_URL, listenHost, startCoordinator, type Co
 import { PLAN_USAGE, planCommand, printPlan } from './plan-command.js';
 import { computeTotalSteps } from './total-steps.js';
 import {
-  createProgressView, formatDuration, isLiveTerminal, kindOf, outputFormat, stageText, stateLine, statusBlock, statusTable,
+  createProgressView,
+  formatDuration,
+  isLiveTerminal,
+  kindOf,
+  outputFormat,
+  stageText,
+  stateLine,
+  statusBlock,
+  statusTable,
   timingsJson,
 } from './views/index.js';
 import { stringify as toYaml } from 'yaml';
@@ -73,9 +88,17 @@ const out = (line: string): void => {
 
 type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
-function parse(args: string[], options: Flags): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+function parse(
+  args: string[],
+  options: Flags,
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
-    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: true });
+    const r = parseArgs({
+      args,
+      options: { ...options, help: { type: 'boolean' } },
+      strict: true,
+      allowPositionals: true,
+    });
     return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\n${USAGE}`);
@@ -112,7 +135,9 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
     lossByLanguage: job.lossByLanguage ?? {},
-    ...(job.stageCount > 0 ? { stage: { index: job.stageIndex, count: job.stageCount, name: job.stageName, text: stageText(job) } } : {}),
+    ...(job.stageCount > 0
+      ? { stage: { index: job.stageIndex, count: job.stageCount, name: job.stageName, text: stageText(job) } }
+      : {}),
     ...(job.ledgerJson ? { ledger: JSON.parse(job.ledgerJson) as unknown } : {}),
     ...(job.chosenLayers?.length ? { chosenLayers: job.chosenLayers } : {}),
     ...(job.evalJson ? { eval: JSON.parse(job.evalJson) as unknown } : {}),
@@ -124,12 +149,13 @@ const fmtLoss = (x: number): string => (Number.isFinite(x) ? x.toFixed(4) : Stri
 
 function summary(job: Job__Output): string[] {
   const s = stateName(job);
-  const seconds = job.wallSeconds
-    || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
+  const seconds =
+    job.wallSeconds || (job.startedAt && job.finishedAt ? (job.finishedAt - job.startedAt) / 1000 : job.elapsedSeconds);
   const lost = job.generations.length > 1 ? `, ${formatDuration(job.reformSeconds)} re-forming` : '';
   const compute = formatDuration(job.computeSeconds);
   const lines = [`job ${job.id} ${s} in ${formatDuration(seconds)} (compute ${compute}${lost})`];
-  if (job.hasLoss) lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
+  if (job.hasLoss)
+    lines.push(`  loss ${fmtLoss(job.firstLoss)} -> ${fmtLoss(job.lastLoss)} over ${job.step}/${job.totalSteps} steps`);
   const stage = stageText(job);
   if (stage) lines.push(`  ${stage}`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
@@ -147,7 +173,11 @@ function summary(job: Job__Output): string[] {
  * summary; the exit code says how they ended (the worst of them).
  */
 async function follow(
-  client: JobClient, jobIds: readonly string[], signal: AbortSignal, extraEnd?: Promise<string>, languages = false,
+  client: JobClient,
+  jobIds: readonly string[],
+  signal: AbortSignal,
+  extraEnd?: Promise<string>,
+  languages = false,
 ): Promise<number> {
   const view = createProgressView({ live: isLiveTerminal(), write: out, languages });
   const abort = new AbortController();
@@ -160,14 +190,16 @@ async function follow(
   });
   const lasts = new Map<string, Job__Output>();
   try {
-    await Promise.all(jobIds.map(async (jobId) => {
-      for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
-        const job = ev.job;
-        if (!job) continue;
-        view.update(ev.kind, job);
-        lasts.set(jobId, job);
-      }
-    }));
+    await Promise.all(
+      jobIds.map(async (jobId) => {
+        for await (const ev of client.watch(jobId, abort.signal) as AsyncIterable<JobEvent__Output>) {
+          const job = ev.job;
+          if (!job) continue;
+          view.update(ev.kind, job);
+          lasts.set(jobId, job);
+        }
+      }),
+    );
   } finally {
     view.done();
     signal.removeEventListener('abort', onAbort);
@@ -200,12 +232,20 @@ async function follow(
 
 async function serve(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v } = parse(args, {
-    listen: { type: 'string' }, nats: { type: 'string' }, 'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' },
-    ...STORE_FLAGS, ...SERVE_SECURITY_FLAGS,
+    listen: { type: 'string' },
+    nats: { type: 'string' },
+    'metrics-port': { type: 'string' },
+    'metrics-host': { type: 'string' },
+    ...STORE_FLAGS,
+    ...SERVE_SECURITY_FLAGS,
   });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   const logger = createLogger('coordinator');
-  const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_COORDINATOR_METRICS_PORT);
+  const metricsPort = intFlag(
+    'metrics-port',
+    v['metrics-port'] as string | undefined,
+    DEFAULT_COORDINATOR_METRICS_PORT,
+  );
   const listen = (v.listen as string | undefined) ?? DEFAULT_LISTEN;
   // Metrics are served where the gRPC port is, unless told otherwise: `--listen 127.0.0.1:7070`
   // keeps them off the network too (issue 20).
@@ -222,10 +262,18 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
   });
   let metrics: MetricsServer;
   try {
-    metrics = await startMetricsServer({ meter, port: metricsPort, host: metricsHost, logger: logger.child('metrics') });
+    metrics = await startMetricsServer({
+      meter,
+      port: metricsPort,
+      host: metricsHost,
+      logger: logger.child('metrics'),
+    });
   } catch (e) {
     await coordinator.stop();
-    throw new CoordinatorStartError(`cannot serve metrics on ${metricsHost} port ${metricsPort}: ${(e as Error).message}`, { cause: e });
+    throw new CoordinatorStartError(
+      `cannot serve metrics on ${metricsHost} port ${metricsPort}: ${(e as Error).message}`,
+      { cause: e },
+    );
   }
   logger.info('metrics at /metrics', { url: metrics.url });
   await new Promise<void>((resolve) => {
@@ -239,18 +287,27 @@ async function serve(args: string[], signal: AbortSignal): Promise<number> {
 
 async function submit(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, watch: { type: 'boolean' }, 'local-workers': { type: 'string' }, backend: { type: 'string' },
-    resume: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
+    coordinator: { type: 'string' },
+    watch: { type: 'boolean' },
+    'local-workers': { type: 'string' },
+    backend: { type: 'string' },
+    resume: { type: 'boolean' },
+    'dry-run': { type: 'boolean' },
+    ...VIEW_FLAGS,
+    ...CLIENT_SECURITY_FLAGS,
   });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   const file = positionals[0];
   if (file === undefined || positionals.length > 1) throw new UsageError(`submit takes one SPEC.yaml\n${USAGE}`);
   // Fast, local errors with field paths before anything starts.
   const spec = await readSpecFile(file);
   if (v['dry-run']) return printPlan(spec, { specFile: file });
-  const localWorkers = v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
+  const localWorkers =
+    v['local-workers'] === undefined ? 0 : intFlag('local-workers', v['local-workers'] as string, 0, 1);
   if (localWorkers > 0 && localWorkers !== spec.spec.workers.count) {
-    throw new UserError(`--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`);
+    throw new UserError(
+      `--local-workers ${localWorkers}: the job asks for spec.workers.count = ${spec.spec.workers.count} workers`,
+    );
   }
   // An embedded cluster is this machine: its files and data are checked here too, before any process starts.
   if (localWorkers > 0) {
@@ -262,19 +319,27 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
   try {
     if (localWorkers > 0) {
       cluster = await startLocalCluster({
-        workers: localWorkers, backend: v.backend as string | undefined, logger: createLogger('local-cluster', { level: 'error' }),
+        workers: localWorkers,
+        backend: v.backend as string | undefined,
+        logger: createLogger('local-cluster', { level: 'error' }),
       });
       out(`local cluster: coordinator ${cluster.coordinatorAddress}, nats ${cluster.natsUrl}, ${localWorkers} workers`);
     }
     // The embedded local cluster runs without security; a remote coordinator gets the flags.
-    client = new JobClient(cluster
-      ? { address: cluster.coordinatorAddress }
-      : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
+    client = new JobClient(
+      cluster
+        ? { address: cluster.coordinatorAddress }
+        : { address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) },
+    );
     const { jobId, ...counts } = await client.submitSpec(spec, file, { resume: v.resume === true });
-    out(`submitted ${jobId}: ` +
-      `${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`);
+    out(
+      `submitted ${jobId}: ` +
+        `${jobKindOf(spec).describe(spec, { trainable: counts.trainableParameters, total: counts.totalParameters })}`,
+    );
     if (!v.watch && !cluster) return 0;
-    const crashed = cluster?.workerExited.then((w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`);
+    const crashed = cluster?.workerExited.then(
+      (w) => `local worker ${w.index} exited (code ${w.code ?? 'none'}, signal ${w.signal ?? 'none'})`,
+    );
     return await follow(client, [jobId], signal, crashed, v.languages === true);
   } finally {
     client?.close();
@@ -284,12 +349,17 @@ async function submit(args: string[], signal: AbortSignal): Promise<number> {
 
 async function status(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' },
+    coordinator: { type: 'string' },
+    json: { type: 'boolean' },
+    output: { type: 'string', short: 'o' },
     ...CLIENT_SECURITY_FLAGS,
   });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   const format = outputFormat(v.output as string | undefined, v.json as boolean | undefined);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
+  const client = new JobClient({
+    address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(),
+    ...clientSecurity(v),
+  });
   try {
     const id = positionals[0];
     if (id !== undefined) {
@@ -318,11 +388,16 @@ async function status(args: string[]): Promise<number> {
 
 async function watch(args: string[], signal: AbortSignal): Promise<number> {
   const { values: v, positionals } = parse(args, {
-    coordinator: { type: 'string' }, ...VIEW_FLAGS, ...CLIENT_SECURITY_FLAGS,
+    coordinator: { type: 'string' },
+    ...VIEW_FLAGS,
+    ...CLIENT_SECURITY_FLAGS,
   });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   if (positionals.length === 0) throw new UsageError(`watch takes a JOB (or several)\n${USAGE}`);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
+  const client = new JobClient({
+    address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(),
+    ...clientSecurity(v),
+  });
   try {
     return await follow(client, [...new Set(positionals)], signal, undefined, v.languages === true);
   } finally {
@@ -332,10 +407,13 @@ async function watch(args: string[], signal: AbortSignal): Promise<number> {
 
 async function cancel(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   const id = positionals[0];
   if (id === undefined) throw new UsageError(`cancel takes a JOB\n${USAGE}`);
-  const client = new JobClient({ address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(), ...clientSecurity(v) });
+  const client = new JobClient({
+    address: (v.coordinator as string | undefined) ?? defaultCoordinatorAddress(),
+    ...clientSecurity(v),
+  });
   try {
     out(stateLine(await client.cancel(id)));
     return 0;
@@ -346,8 +424,10 @@ async function cancel(args: string[]): Promise<number> {
 
 /** `serve`'s flags of the job store and the files jobs may touch. */
 const STORE_FLAGS: Flags = {
-  'data-root': { type: 'string', multiple: true }, 'output-root': { type: 'string', multiple: true },
-  'retention-hours': { type: 'string' }, 'max-pending-per-client': { type: 'string' },
+  'data-root': { type: 'string', multiple: true },
+  'output-root': { type: 'string', multiple: true },
+  'retention-hours': { type: 'string' },
+  'max-pending-per-client': { type: 'string' },
 };
 
 type StoreOptions = Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' | 'maxPendingPerClient'>;
@@ -361,7 +441,8 @@ function storeOptions(v: Record<string, unknown>): StoreOptions {
   };
   return {
     storageRoots: {
-      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'), outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
+      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'),
+      outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
     },
     retentionHours: int('retention-hours', DEFAULT_RETENTION_HOURS),
     maxPendingPerClient: int('max-pending-per-client', DEFAULT_MAX_PENDING_PER_CLIENT),
@@ -370,7 +451,7 @@ function storeOptions(v: Record<string, unknown>): StoreOptions {
 
 async function deleteJob(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, { coordinator: { type: 'string' }, ...CLIENT_SECURITY_FLAGS });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   const id = positionals[0];
   if (id === undefined || positionals.length > 1) throw new UsageError(`delete takes one JOB\n${USAGE}`);
   const address = (v.coordinator as string | undefined) ?? defaultCoordinatorAddress();
@@ -386,7 +467,7 @@ async function deleteJob(args: string[]): Promise<number> {
 
 async function natsAuth(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(args, { out: { type: 'string' } });
-  if (v.help) return out(USAGE), 0;
+  if (v.help) return (out(USAGE), 0);
   if (positionals[0] !== 'init' || positionals.length !== 1) throw new UsageError(`nats-auth takes "init"\n${USAGE}`);
   if (!v.out) throw new UsageError(`nats-auth init: --out DIR is required\n${USAGE}`);
   const files = await natsAuthInit(v.out as string);
@@ -398,14 +479,22 @@ async function main(signal: AbortSignal): Promise<number> {
   const [command, ...rest] = process.argv.slice(2);
   try {
     switch (command) {
-      case 'serve': return await serve(rest, signal);
-      case 'submit': return await submit(rest, signal);
-      case 'status': return await status(rest);
-      case 'watch': return await watch(rest, signal);
-      case 'cancel': return await cancel(rest);
-      case 'delete': return await deleteJob(rest);
-      case 'nats-auth': return await natsAuth(rest);
-      case 'plan': return await planCommand(rest);
+      case 'serve':
+        return await serve(rest, signal);
+      case 'submit':
+        return await submit(rest, signal);
+      case 'status':
+        return await status(rest);
+      case 'watch':
+        return await watch(rest, signal);
+      case 'cancel':
+        return await cancel(rest);
+      case 'delete':
+        return await deleteJob(rest);
+      case 'nats-auth':
+        return await natsAuth(rest);
+      case 'plan':
+        return await planCommand(rest);
       case undefined:
       case 'help':
       case '--help':

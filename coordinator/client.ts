@@ -12,7 +12,14 @@ import * as grpc from '@grpc/grpc-js';
 import { UserError } from '../common/errors.js';
 import { parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
 import { channelCredentials, channelTlsOptions, type ClientTls } from '../common/tls.js';
-import { loadCoordinatorProto, type JobEvent__Output, type JobServiceClient, type Job__Output, type ListJobsResponse__Output, type SubmitResponse__Output } from '../proto/index.js';
+import {
+  loadCoordinatorProto,
+  type JobEvent__Output,
+  type JobServiceClient,
+  type Job__Output,
+  type ListJobsResponse__Output,
+  type SubmitResponse__Output,
+} from '../proto/index.js';
 import { fromGrpcError } from './grpc-errors.js';
 import { DEFAULT_CLIENT_MAX_RECEIVE_MESSAGE_BYTES } from './request-limits.js';
 
@@ -50,7 +57,9 @@ export async function readSpecFile(path: string): Promise<AnyJobSpec> {
   try {
     text = await readFile(path, 'utf8');
   } catch (e) {
-    throw new UserError(`${path}: cannot read the job spec (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+    throw new UserError(`${path}: cannot read the job spec (${(e as NodeJS.ErrnoException).code ?? String(e)})`, {
+      cause: e,
+    });
   }
   return parseAnyJobSpec(text, { source: path, baseDir: dirname(resolve(path)) });
 }
@@ -87,7 +96,11 @@ export class JobClient {
 
   private unary<Res>(
     method: string,
-    invoke: (metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown,
+    invoke: (
+      metadata: grpc.Metadata,
+      options: grpc.CallOptions,
+      cb: (err: grpc.ServiceError | null, res?: Res) => void,
+    ) => unknown,
   ): Promise<Res> {
     const callerStack = new Error().stack;
     return new Promise((resolvePromise, reject) => {
@@ -113,8 +126,13 @@ export class JobClient {
 
   private async submit(specText: string, sourceName: string, options: { resume?: boolean }): Promise<SubmitResult> {
     const res = await this.unary<SubmitResponse__Output>('Submit', (m, o, cb) =>
-      this.client.Submit({ specYaml: specText, sourceName, resume: options.resume ?? false }, m, o, cb));
-    return { jobId: res.jobId, trainableParameters: Number(res.trainableParameters), totalParameters: Number(res.totalParameters) };
+      this.client.Submit({ specYaml: specText, sourceName, resume: options.resume ?? false }, m, o, cb),
+    );
+    return {
+      jobId: res.jobId,
+      trainableParameters: Number(res.trainableParameters),
+      totalParameters: Number(res.totalParameters),
+    };
   }
 
   get(jobId: string): Promise<Job__Output> {
@@ -123,7 +141,8 @@ export class JobClient {
 
   /** One page of jobs, newest first, without their specs; `nextPageToken` is '' on the last page. */
   listPage(pageSize = 0, pageToken = ''): Promise<ListJobsResponse__Output> {
-    return this.unary<ListJobsResponse__Output>('List', (m, o, cb) => this.client.List({ pageSize, pageToken }, m, o, cb),
+    return this.unary<ListJobsResponse__Output>('List', (m, o, cb) =>
+      this.client.List({ pageSize, pageToken }, m, o, cb),
     );
   }
 
@@ -156,7 +175,20 @@ export class JobClient {
   async *watch(jobId: string, signal?: AbortSignal): AsyncGenerator<JobEvent__Output> {
     const callerStack = new Error().stack;
     await new Promise<void>((resolvePromise, reject) => {
-      this.client.waitForReady(Date.now() + DEFAULT_CONNECT_TIMEOUT_MS, (e) => (e ? reject(fromGrpcError('Watch', Object.assign(e, { code: grpc.status.UNAVAILABLE, details: `coordinator ${this.address} unreachable: ${e.message}` }), callerStack)) : resolvePromise()));
+      this.client.waitForReady(Date.now() + DEFAULT_CONNECT_TIMEOUT_MS, (e) =>
+        e
+          ? reject(
+              fromGrpcError(
+                'Watch',
+                Object.assign(e, {
+                  code: grpc.status.UNAVAILABLE,
+                  details: `coordinator ${this.address} unreachable: ${e.message}`,
+                }),
+                callerStack,
+              ),
+            )
+          : resolvePromise(),
+      );
     });
     const call = this.client.Watch({ jobId }, this.metadata());
     const onAbort = (): void => call.cancel();

@@ -48,7 +48,8 @@ const SCHEDULING_BUCKETS = [0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 36
 
 /** Defines the coordinator's metrics on `meter`, reading jobs from `store` and workers from `registry`. */
 export function createCoordinatorMetrics(
-  meter: MetricMeter, sources: { store: JobStore; registry: WorkerRegistry; storeEvents?: StoreEvents },
+  meter: MetricMeter,
+  sources: { store: JobStore; registry: WorkerRegistry; storeEvents?: StoreEvents },
 ): CoordinatorMetrics {
   const { store, registry } = sources;
 
@@ -57,56 +58,85 @@ export function createCoordinatorMetrics(
   const jobs = (): ReturnType<JobStore['list']> => {
     const now = Date.now();
     // JobStore.list() can return a job twice when it is written while the KV keys are listed: dedupe by id.
-    if (!listing || now - listing.at > 1_000) listing = { at: now, jobs: store.list().then((js) => [...new Map(js.map((j) => [j.id, j])).values()]) };
+    if (!listing || now - listing.at > 1_000)
+      listing = { at: now, jobs: store.list().then((js) => [...new Map(js.map((j) => [j.id, j])).values()]) };
     return listing.jobs;
   };
 
-  meter.observableGauge({ name: 'polytune_jobs', help: 'Jobs in the job store by state.', labelNames: ['state'] }, async (observe) => {
-    const counts = new Map<string, number>(Object.values(JobState).map((s) => [s, 0]));
-    for (const j of await jobs()) counts.set(j.state, (counts.get(j.state) ?? 0) + 1);
-    for (const [state, n] of counts) observe({ state }, n);
-  });
-  meter.observableGauge({
-    name: 'polytune_job_generation', help: 'Current generation (gangs formed so far) of each Pending or Running job.', labelNames: ['job_id'],
-  }, async (observe) => {
-    for (const j of await jobs()) if (!isTerminal(j.state)) observe({ job_id: j.id }, j.generation);
-  });
-  meter.observableGauge({
-    name: 'polytune_job_steps_completed', help: 'Optimizer steps completed by each Running job (rank 0\'s last progress).', labelNames: ['job_id'],
-  }, async (observe) => {
-    for (const j of await jobs()) if (j.state === JobState.Running) observe({ job_id: j.id }, j.step);
-  });
-  meter.observableGauge({
-    name: 'polytune_job_last_progress_timestamp_seconds',
-    help: 'Unix time of the last change to each Running job\'s record (gang formed or progress written).',
-    labelNames: ['job_id'],
-  }, async (observe) => {
-    for (const j of await jobs()) if (j.state === JobState.Running) observe({ job_id: j.id }, j.updatedAt / 1000);
-  });
-  meter.observableGauge({ name: 'polytune_workers', help: 'Workers connected to this coordinator by state.', labelNames: ['state'] }, (observe) => {
-    const counts = new Map<string, number>(Object.values(WorkerStatus).map((s) => [s, 0]));
-    for (const w of registry.all()) counts.set(w.status, (counts.get(w.status) ?? 0) + 1);
-    for (const [state, n] of counts) observe({ state }, n);
-  });
+  meter.observableGauge(
+    { name: 'polytune_jobs', help: 'Jobs in the job store by state.', labelNames: ['state'] },
+    async (observe) => {
+      const counts = new Map<string, number>(Object.values(JobState).map((s) => [s, 0]));
+      for (const j of await jobs()) counts.set(j.state, (counts.get(j.state) ?? 0) + 1);
+      for (const [state, n] of counts) observe({ state }, n);
+    },
+  );
+  meter.observableGauge(
+    {
+      name: 'polytune_job_generation',
+      help: 'Current generation (gangs formed so far) of each Pending or Running job.',
+      labelNames: ['job_id'],
+    },
+    async (observe) => {
+      for (const j of await jobs()) if (!isTerminal(j.state)) observe({ job_id: j.id }, j.generation);
+    },
+  );
+  meter.observableGauge(
+    {
+      name: 'polytune_job_steps_completed',
+      help: "Optimizer steps completed by each Running job (rank 0's last progress).",
+      labelNames: ['job_id'],
+    },
+    async (observe) => {
+      for (const j of await jobs()) if (j.state === JobState.Running) observe({ job_id: j.id }, j.step);
+    },
+  );
+  meter.observableGauge(
+    {
+      name: 'polytune_job_last_progress_timestamp_seconds',
+      help: "Unix time of the last change to each Running job's record (gang formed or progress written).",
+      labelNames: ['job_id'],
+    },
+    async (observe) => {
+      for (const j of await jobs()) if (j.state === JobState.Running) observe({ job_id: j.id }, j.updatedAt / 1000);
+    },
+  );
+  meter.observableGauge(
+    { name: 'polytune_workers', help: 'Workers connected to this coordinator by state.', labelNames: ['state'] },
+    (observe) => {
+      const counts = new Map<string, number>(Object.values(WorkerStatus).map((s) => [s, 0]));
+      for (const w of registry.all()) counts.set(w.status, (counts.get(w.status) ?? 0) + 1);
+      for (const [state, n] of counts) observe({ state }, n);
+    },
+  );
 
-  const lost = meter.counter({ name: 'polytune_workers_lost_total', help: 'Busy workers lost (stream closed or heartbeat timed out) while running a job.' });
+  const lost = meter.counter({
+    name: 'polytune_workers_lost_total',
+    help: 'Busy workers lost (stream closed or heartbeat timed out) while running a job.',
+  });
   lost.inc({}, 0);
   const unsubscribe = registry.on((e) => {
     if (e.type === 'lost' && e.worker.status === WorkerStatus.Busy) lost.inc({});
   });
   const generations = meter.counter({
-    name: 'polytune_generation_changes_total', help: 'Gangs formed, each a new generation of a job.', labelNames: ['job_id'],
+    name: 'polytune_generation_changes_total',
+    help: 'Gangs formed, each a new generation of a job.',
+    labelNames: ['job_id'],
   });
   const latency = meter.histogram({
-    name: 'polytune_scheduling_latency_seconds', help: 'Time from a job becoming Pending to its gang being formed.', buckets: SCHEDULING_BUCKETS,
+    name: 'polytune_scheduling_latency_seconds',
+    help: 'Time from a job becoming Pending to its gang being formed.',
+    buckets: SCHEDULING_BUCKETS,
   });
   const submitErrors = meter.counter({
-    name: 'polytune_submit_errors_total', help: 'Submit calls that failed, by gRPC status (invalid_argument is a bad spec).', labelNames: ['code'],
+    name: 'polytune_submit_errors_total',
+    help: 'Submit calls that failed, by gRPC status (invalid_argument is a bad spec).',
+    labelNames: ['code'],
   });
   submitErrors.inc({ code: 'invalid_argument' }, 0);
   const badValues = meter.counter({
     name: 'polytune_store_bad_values_total',
-    help: 'Values in the coordinator\'s KV buckets refused: unreadable, an invalid spec, or a record it did not write.',
+    help: "Values in the coordinator's KV buckets refused: unreadable, an invalid spec, or a record it did not write.",
     labelNames: ['bucket', 'reason'],
   });
   const tampering = meter.counter({

@@ -26,8 +26,10 @@ export class JobNotFinishedError extends PolytuneError {
   readonly jobId: string;
   readonly state: string;
   constructor(jobId: string, state: string) {
-    super(`job ${jobId} is ${state}: only a finished job can be deleted `
-      + `(cancel it first: coordinator cancel ${jobId})`);
+    super(
+      `job ${jobId} is ${state}: only a finished job can be deleted ` +
+        `(cancel it first: coordinator cancel ${jobId})`,
+    );
     this.name = 'JobNotFinishedError';
     this.jobId = jobId;
     this.state = state;
@@ -39,8 +41,11 @@ export class PendingLimitError extends PolytuneError {
   readonly client: string;
   readonly limit: number;
   constructor(client: string, limit: number) {
-    super(`client ${client} already has ${limit} Pending jobs (the coordinator's --max-pending-per-client): ` +
-      'wait for some to start, or cancel some, before submitting more', { retryable: true });
+    super(
+      `client ${client} already has ${limit} Pending jobs (the coordinator's --max-pending-per-client): ` +
+        'wait for some to start, or cancel some, before submitting more',
+      { retryable: true },
+    );
     this.name = 'PendingLimitError';
     this.client = client;
     this.limit = limit;
@@ -72,8 +77,11 @@ export class JoinDeadlineError extends PolytuneError {
 export class WorkerIdInUseError extends PolytuneError {
   readonly workerId: string;
   constructor(workerId: string, lastSeenMsAgo: number) {
-    super(`worker id "${workerId}" is already connected (last heard from ${lastSeenMsAgo} ms ago); `
-      + 'a second worker cannot take its place until that stream is closed or misses its heartbeats', { retryable: true });
+    super(
+      `worker id "${workerId}" is already connected (last heard from ${lastSeenMsAgo} ms ago); ` +
+        'a second worker cannot take its place until that stream is closed or misses its heartbeats',
+      { retryable: true },
+    );
     this.name = 'WorkerIdInUseError';
     this.workerId = workerId;
   }

@@ -5,8 +5,16 @@
 import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { JobSpecError, PolytuneError, UserError, errorMessage } from '../common/errors.js';
 import {
-  AuthenticationError, CoordinatorStoppingError, JobConflictError, JobNotFinishedError, JobNotFoundError, JoinDeadlineError, PendingLimitError,
-  RequestValidationError, WorkerIdInUseError, WorkerProtocolError,
+  AuthenticationError,
+  CoordinatorStoppingError,
+  JobConflictError,
+  JobNotFinishedError,
+  JobNotFoundError,
+  JoinDeadlineError,
+  PendingLimitError,
+  RequestValidationError,
+  WorkerIdInUseError,
+  WorkerProtocolError,
 } from './errors.js';
 
 /** The status a handler answers with for `e`. Unknown errors are INTERNAL with their message. */

@@ -148,11 +148,14 @@ export async function outputDirIssues(dir: string, job: string, at = 'spec.outpu
     const why = markerMismatch(await readMarker(dir), job, dir);
     return why === undefined ? [] : [{ path: at, message: `${why}; or choose a new or empty directory` }];
   }
-  return [{
-    path: at,
-    message: `${dir} holds files polytune did not write (${entries.length} entries, no ${OUTPUT_MARKER} marker): ` +
-      'choose a new or empty directory',
-  }];
+  return [
+    {
+      path: at,
+      message:
+        `${dir} holds files polytune did not write (${entries.length} entries, no ${OUTPUT_MARKER} marker): ` +
+        'choose a new or empty directory',
+    },
+  ];
 }
 
 /** Marks `dir` (created if missing) as job `job`'s (once `outputDirIssues` found it missing, empty or `job`'s). */
@@ -171,7 +174,10 @@ export async function markOutputDir(dir: string, job: string, at = 'spec.output.
  * created and marked as polytune's (Submit).
  */
 export async function checkJobFiles<T>(
-  spec: AnyJobSpec, roots: StorageRoots, validateFiles: () => Promise<T>, source?: string,
+  spec: AnyJobSpec,
+  roots: StorageRoots,
+  validateFiles: () => Promise<T>,
+  source?: string,
 ): Promise<T> {
   const rootIssues = await storageRootIssues(spec, roots);
   if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);

@@ -83,7 +83,12 @@ export interface JobStage {
 
 /** A fresh Pending record for a validated spec. */
 export function newJobRecord(
-  id: string, spec: AnyJobSpec, numLayers: number, now = Date.now(), resume = false, submittedBy?: string,
+  id: string,
+  spec: AnyJobSpec,
+  numLayers: number,
+  now = Date.now(),
+  resume = false,
+  submittedBy?: string,
 ): JobRecord {
   const stages = jobKindOf(spec).stageNames(spec);
   return {
@@ -144,17 +149,25 @@ export const jobRecordSchema = z.looseObject({
   resume: z.boolean().default(false),
   reforms: count.default(0),
   chosenLayers: z.array(count).max(4096).optional(),
-  evalJson: z.string().max(4 * 1024 * 1024).optional(),
+  evalJson: z
+    .string()
+    .max(4 * 1024 * 1024)
+    .optional(),
   lossByLanguage: z.record(z.string().max(16), finite).default({}),
-  generations: z.array(z.looseObject({
-    generation: count,
-    worldSize: count,
-    startedAt: time,
-    endedAt: time,
-    computeSeconds: z.number().nonnegative().refine(Number.isFinite, 'must be finite'),
-    fromStep: count,
-    endReason: z.string().max(64 * 1024),
-  })).max(4096).optional(),
+  generations: z
+    .array(
+      z.looseObject({
+        generation: count,
+        worldSize: count,
+        startedAt: time,
+        endedAt: time,
+        computeSeconds: z.number().nonnegative().refine(Number.isFinite, 'must be finite'),
+        fromStep: count,
+        endReason: z.string().max(64 * 1024),
+      }),
+    )
+    .max(4096)
+    .optional(),
   outputDir: z.string().max(4096),
   submittedBy: z.string().max(256).optional(),
   // A job of several stages; checked against the spec's stages in parseStoredRecord.
@@ -202,9 +215,8 @@ export function parseStoredRecord(key: string, text: string): ParsedRecord {
     const known = stage && stage.count === names.length && names[stage.index] === stage.name;
     return { ok: true, record: { ...rest, ...(known ? { stage } : {}), spec } };
   } catch (e) {
-    const message = e instanceof JobSpecError
-      ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ')
-      : errorMessage(e);
+    const message =
+      e instanceof JobSpecError ? e.issues.map((i) => `${i.path}: ${i.message}`).join('; ') : errorMessage(e);
     return { ok: false, reason: 'spec', message: `its spec is invalid: ${message}`, record };
   }
 }

@@ -57,8 +57,11 @@ export interface StoredJob {
 export type JobMutation = (current: JobRecord) => JobRecord | null;
 
 function isConflict(e: unknown): boolean {
-  return e instanceof JetStreamApiError
-    && (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
+  return (
+    e instanceof JetStreamApiError &&
+    (e.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
 }
 
 function isPut(entry: KvEntry | null): entry is KvEntry {
@@ -84,7 +87,10 @@ export class JobStore {
   private closed = false;
 
   private constructor(
-    private readonly kv: KV, bucket: string, private readonly logger: Logger, readonly events: StoreEvents,
+    private readonly kv: KV,
+    bucket: string,
+    private readonly logger: Logger,
+    readonly events: StoreEvents,
   ) {
     this.bucket = bucket;
   }
@@ -92,7 +98,8 @@ export class JobStore {
   /** Opens the bucket (creating it if it is missing) and takes the records in it (see the header). */
   static async open(nc: NatsConnection, options: JobStoreOptions = {}): Promise<JobStore> {
     const history = options.history ?? DEFAULT_JOBS_HISTORY;
-    if (!Number.isInteger(history) || history < 1 || history > 5) throw new RangeError(`history must be 1..5, got ${history}`);
+    if (!Number.isInteger(history) || history < 1 || history > 5)
+      throw new RangeError(`history must be 1..5, got ${history}`);
     const bucket = options.bucket ?? KvBucket.jobs;
     const kv = await new Kvm(nc).create(bucket, { history });
     const store = new JobStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
@@ -173,25 +180,39 @@ export class JobStore {
    * Failed, never to run; anything else is listed as corrupt. Reported either way.
    */
   private async refuse(
-    key: string, entry: KvEntry, reason: BadValueReason, message: string, record?: JobRecord,
+    key: string,
+    entry: KvEntry,
+    reason: BadValueReason,
+    message: string,
+    record?: JobRecord,
   ): Promise<StoredJob | null> {
     if (this.corrupt.get(key)?.revision === entry.revision) return null; // reported already
     this.events.emit({ type: 'bad-value', bucket: this.bucket, key, reason, message });
     if (!record) {
       this.logger.error('a value in the job store is not a job record; skipped', {
-        key, revision: entry.revision, error: message,
+        key,
+        revision: entry.revision,
+        error: message,
       });
       this.corrupt.set(key, { revision: entry.revision, message });
       return null;
     }
-    const why = reason === BadValueReason.foreign
-      ? `record not written by this coordinator (injected into ${this.bucket}): never run`
-      : `stored record refused: ${message}`;
+    const why =
+      reason === BadValueReason.foreign
+        ? `record not written by this coordinator (injected into ${this.bucket}): never run`
+        : `stored record refused: ${message}`;
     this.logger.error('a job record in the store is refused; the job is set Failed', {
-      job: key, reason, error: message,
+      job: key,
+      reason,
+      error: message,
     });
     const failed: JobRecord = {
-      ...record, state: JobState.Failed, error: why, workers: [], finishedAt: Date.now(), updatedAt: Date.now(),
+      ...record,
+      state: JobState.Failed,
+      error: why,
+      workers: [],
+      finishedAt: Date.now(),
+      updatedAt: Date.now(),
     };
     try {
       return this.remember(key, await this.kv.update(key, encode(failed), entry.revision), failed);
@@ -220,10 +241,15 @@ export class JobStore {
       const kind = isPut(entry) ? TamperKind.rewritten : TamperKind.deleted;
       try {
         const value = encode(mine.record);
-        const revision = entry === null ? await this.kv.create(key, value) : await this.kv.update(key, value, entry.revision);
+        const revision =
+          entry === null ? await this.kv.create(key, value) : await this.kv.update(key, value, entry.revision);
         this.events.emit({ type: 'tampered', bucket: this.bucket, key, kind });
-        this.logger.error('a job record was changed behind the coordinator\'s back; restored', {
-          job: key, kind, state: mine.record.state, revision: entry?.revision, restoredAs: revision,
+        this.logger.error("a job record was changed behind the coordinator's back; restored", {
+          job: key,
+          kind,
+          state: mine.record.state,
+          revision: entry?.revision,
+          restoredAs: revision,
         });
         return this.remember(key, revision, mine.record);
       } catch (e) {
@@ -256,7 +282,11 @@ export class JobStore {
    * Reads the job, applies `mutate`, writes it back only if nobody wrote in between (revision
    * check), retrying on conflict. Returns the record as stored afterwards, and whether it changed.
    */
-  async update(id: string, mutate: JobMutation, attempts = DEFAULT_UPDATE_ATTEMPTS): Promise<{ record: JobRecord; changed: boolean }> {
+  async update(
+    id: string,
+    mutate: JobMutation,
+    attempts = DEFAULT_UPDATE_ATTEMPTS,
+  ): Promise<{ record: JobRecord; changed: boolean }> {
     return this.mutex.run(id, async () => {
       let lastError: unknown;
       for (let i = 0; i < attempts; i++) {

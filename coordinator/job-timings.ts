@@ -62,7 +62,9 @@ export function openGeneration(
 
 /** The open generation ends at `at` (no-op when none is open). */
 export function closeGeneration(
-  gens: readonly GenerationRecord[] | undefined, at: number, reason = '',
+  gens: readonly GenerationRecord[] | undefined,
+  at: number,
+  reason = '',
 ): GenerationRecord[] {
   const list = [...(gens ?? [])];
   const last = list.at(-1);
@@ -74,7 +76,9 @@ export function closeGeneration(
 
 /** Rank 0 of `generation` reported `elapsedSeconds`: that generation's compute time. */
 export function recordCompute(
-  gens: readonly GenerationRecord[] | undefined, generation: number, elapsedSeconds: number,
+  gens: readonly GenerationRecord[] | undefined,
+  generation: number,
+  elapsedSeconds: number,
 ): GenerationRecord[] {
   const list = [...(gens ?? [])];
   const i = list.findLastIndex((g) => g.generation === generation);

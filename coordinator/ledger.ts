@@ -21,7 +21,6 @@ import { KeyedMutex } from './keyed-mutex.js';
 import { BadValueReason, StoreEvents, TamperKind } from './store-events.js';
 import { KvBucket } from '../common/subjects.js';
 
-
 /** Steps [from, to) run by one generation. */
 export interface StepRange {
   readonly from: number;
@@ -67,7 +66,13 @@ export function recordStep(ledger: Ledger, generation: number, worldSize: number
   }
   const before = committed.at(-1);
   if (before && before.to < step) {
-    committed.push({ from: before.to, to: step, generation: before.generation, worldSize: before.worldSize, unreported: true });
+    committed.push({
+      from: before.to,
+      to: step,
+      generation: before.generation,
+      worldSize: before.worldSize,
+      unreported: true,
+    });
   }
   committed.push({ from: step, to: completed, generation, worldSize });
   return { committed, rolledBack };
@@ -82,7 +87,13 @@ export function recordStep(ledger: Ledger, generation: number, worldSize: number
 export function completeLedger(ledger: Ledger, completed: number): Ledger {
   const last = ledger.committed.at(-1);
   if (!last || last.to >= completed) return ledger;
-  const tail: StepRange = { from: last.to, to: completed, generation: last.generation, worldSize: last.worldSize, unreported: true };
+  const tail: StepRange = {
+    from: last.to,
+    to: completed,
+    generation: last.generation,
+    worldSize: last.worldSize,
+    unreported: true,
+  };
   return { ...ledger, committed: [...ledger.committed, tail] };
 }
 
@@ -104,9 +115,15 @@ export function ledgerGaps(ledger: Ledger, upTo: number): { missing: number[]; r
 }
 
 const step = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
-const rangeSchema = z.strictObject({
-  from: step, to: step, generation: step, worldSize: step.max(65_536), unreported: z.literal(true).optional(),
-}).refine((r) => r.from <= r.to, 'from must be <= to');
+const rangeSchema = z
+  .strictObject({
+    from: step,
+    to: step,
+    generation: step,
+    worldSize: step.max(65_536),
+    unreported: z.literal(true).optional(),
+  })
+  .refine((r) => r.from <= r.to, 'from must be <= to');
 /** A stored ledger: at most 100,000 ranges each way (a range per generation, a re-form at most every step). */
 export const ledgerSchema = z.strictObject({
   committed: z.array(rangeSchema).max(100_000),
@@ -124,10 +141,17 @@ export class LedgerStore {
   private readonly mutex = new KeyedMutex();
 
   private constructor(
-    private readonly kv: KV, private readonly bucket: string, private readonly logger: Logger, private readonly events: StoreEvents,
+    private readonly kv: KV,
+    private readonly bucket: string,
+    private readonly logger: Logger,
+    private readonly events: StoreEvents,
   ) {}
 
-  static async open(nc: NatsConnection, bucket: string = KvBucket.ledger, options: LedgerStoreOptions = {}): Promise<LedgerStore> {
+  static async open(
+    nc: NatsConnection,
+    bucket: string = KvBucket.ledger,
+    options: LedgerStoreOptions = {},
+  ): Promise<LedgerStore> {
     const kv = await new Kvm(nc).create(bucket, { history: 1 });
     return new LedgerStore(kv, bucket, options.logger ?? silentLogger, options.events ?? new StoreEvents());
   }
@@ -141,7 +165,7 @@ export class LedgerStore {
         if (present && e.revision === mine.revision) return mine.ledger;
         const kind = present ? TamperKind.rewritten : TamperKind.deleted;
         this.events.emit({ type: 'tampered', bucket: this.bucket, key: jobId, kind });
-        this.logger.error('a ledger was changed behind the coordinator\'s back; restored', { job: jobId, kind });
+        this.logger.error("a ledger was changed behind the coordinator's back; restored", { job: jobId, kind });
         await this.write(jobId, mine.ledger);
         return mine.ledger;
       }
@@ -155,7 +179,8 @@ export class LedgerStore {
       }
       const parsed = ledgerSchema.safeParse(raw);
       if (!parsed.success) {
-        const message = raw === undefined ? 'not JSON' : `not a ledger (${parsed.error.issues[0]?.message ?? 'bad shape'})`;
+        const message =
+          raw === undefined ? 'not JSON' : `not a ledger (${parsed.error.issues[0]?.message ?? 'bad shape'})`;
         const reason = BadValueReason.unreadable;
         this.events.emit({ type: 'bad-value', bucket: this.bucket, key: jobId, reason, message });
         this.logger.error('a ledger in the store is unreadable; read as empty', { job: jobId, error: message });

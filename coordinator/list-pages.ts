@@ -31,7 +31,8 @@ export function decodePageToken(token: string): Position {
   } catch {
     bad();
   }
-  const ok = Array.isArray(v) && v.length === 2 && Number.isSafeInteger(v[0]) && typeof v[1] === 'string' && isJobName(v[1]);
+  const ok =
+    Array.isArray(v) && v.length === 2 && Number.isSafeInteger(v[0]) && typeof v[1] === 'string' && isJobName(v[1]);
   if (!ok) bad();
   const [createdAt, id] = v as [number, string];
   return { createdAt, id };
@@ -53,7 +54,9 @@ export function compareJobs(a: Position, b: Position): number {
 
 /** One page of `jobs` (any order) after `token`, and the token of the next page ('' on the last). */
 export function listPage(
-  jobs: readonly JobRecord[], pageSize: number, token: string,
+  jobs: readonly JobRecord[],
+  pageSize: number,
+  token: string,
 ): { page: JobRecord[]; next: string } {
   const sorted = [...jobs].sort(compareJobs);
   const after = token ? decodePageToken(token) : undefined;

@@ -51,7 +51,11 @@ export interface LocalCluster {
 /** The built worker CLI: `dist/worker/cli.js`, found from this module whether it runs from dist/ or from source. */
 export function findWorkerCli(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [join(here, '..', 'worker', 'cli.js'), join(here, '..', 'dist', 'worker', 'cli.js'), join(here, '..', '..', 'dist', 'worker', 'cli.js')];
+  const candidates = [
+    join(here, '..', 'worker', 'cli.js'),
+    join(here, '..', 'dist', 'worker', 'cli.js'),
+    join(here, '..', '..', 'dist', 'worker', 'cli.js'),
+  ];
   for (const c of candidates) if (existsSync(c)) return c;
   throw new UserError(`cannot find the built worker (tried ${candidates.join(', ')}): run \`npm run build\` first`);
 }
@@ -156,7 +160,8 @@ function signalGroup(pid: number, sig: NodeJS.Signals): void {
 
 export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
   const logger = options.logger ?? silentLogger;
-  if (!Number.isInteger(options.workers) || options.workers < 1) throw new UserError(`--local-workers: must be an integer >= 1, got ${options.workers}`);
+  if (!Number.isInteger(options.workers) || options.workers < 1)
+    throw new UserError(`--local-workers: must be an integer >= 1, got ${options.workers}`);
   const workerCli = options.workerCli ?? (process.env[WORKER_CLI_ENV] || findWorkerCli());
   const grace = options.stopGraceMs ?? DEFAULT_WORKER_STOP_GRACE_MS;
   installExitHook();
@@ -170,17 +175,19 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const stop = (): Promise<void> => {
     stopped ??= (async () => {
       stopping = true;
-      await Promise.all(procs.map(async (p) => {
-        if (!p.running || p.child.pid === undefined) return;
-        const pid = p.child.pid;
-        signalGroup(pid, 'SIGTERM');
-        const t = setTimeout(() => signalGroup(pid, 'SIGKILL'), grace);
-        await p.exited;
-        clearTimeout(t);
-        // Anything the worker left in its group.
-        signalGroup(pid, 'SIGKILL');
-        liveGroups.delete(pid);
-      }));
+      await Promise.all(
+        procs.map(async (p) => {
+          if (!p.running || p.child.pid === undefined) return;
+          const pid = p.child.pid;
+          signalGroup(pid, 'SIGTERM');
+          const t = setTimeout(() => signalGroup(pid, 'SIGKILL'), grace);
+          await p.exited;
+          clearTimeout(t);
+          // Anything the worker left in its group.
+          signalGroup(pid, 'SIGKILL');
+          liveGroups.delete(pid);
+        }),
+      );
       await coordinator?.stop();
       await nats?.stop();
       await reaper.close();
@@ -195,13 +202,32 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     const natsPid = nats.pid;
     reaper.add(natsPid);
     void nats.exited.then(() => reaper.forget(natsPid));
-    coordinator = await startCoordinator({ listen: '127.0.0.1:0', natsUrl: nats.url, logger: logger.child('coordinator') });
+    coordinator = await startCoordinator({
+      listen: '127.0.0.1:0',
+      natsUrl: nats.url,
+      logger: logger.child('coordinator'),
+    });
     logger.info('local cluster: nats and coordinator up', { nats: nats.url, coordinator: coordinator.address });
-    const env = { ...process.env, POLYTUNE_LOG_LEVEL: process.env['POLYTUNE_LOG_LEVEL'] ?? options.workerLogLevel ?? 'warn' };
+    const env = {
+      ...process.env,
+      POLYTUNE_LOG_LEVEL: process.env['POLYTUNE_LOG_LEVEL'] ?? options.workerLogLevel ?? 'warn',
+    };
     let firstExit!: (v: { index: number; code: number | null; signal: NodeJS.Signals | null }) => void;
-    const workerExited = new Promise<{ index: number; code: number | null; signal: NodeJS.Signals | null }>((r) => (firstExit = r));
+    const workerExited = new Promise<{ index: number; code: number | null; signal: NodeJS.Signals | null }>(
+      (r) => (firstExit = r),
+    );
     for (let i = 0; i < options.workers; i++) {
-      const args = [workerCli, '--coordinator', coordinator.address, '--nats', nats.url, '--id', `local-${i}`, '--local-rank', String(i)];
+      const args = [
+        workerCli,
+        '--coordinator',
+        coordinator.address,
+        '--nats',
+        nats.url,
+        '--id',
+        `local-${i}`,
+        '--local-rank',
+        String(i),
+      ];
       if (options.backend) args.push('--backend', options.backend);
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env, detached: true });
       const proc: WorkerProcess = {

@@ -58,9 +58,20 @@ export function workerPermissions(jobId: string): Pick<User, 'pub' | 'sub'> {
  * What the coordinator may do: JetStream API and its KV buckets (jobs, ledger), its own inboxes,
  * and every job's subjects (it is trusted with them).
  */
-export function coordinatorPermissions(buckets: readonly string[] = [KvBucket.jobs, KvBucket.ledger]): Pick<User, 'pub' | 'sub'> {
+export function coordinatorPermissions(
+  buckets: readonly string[] = [KvBucket.jobs, KvBucket.ledger],
+): Pick<User, 'pub' | 'sub'> {
   return {
-    pub: { allow: ['$JS.API.>', '$JS.ACK.>', '$JS.FC.>', ...buckets.map((b) => `$KV.${b}.>`), '_INBOX.>', `${SUBJECT_ROOT}.>`] },
+    pub: {
+      allow: [
+        '$JS.API.>',
+        '$JS.ACK.>',
+        '$JS.FC.>',
+        ...buckets.map((b) => `$KV.${b}.>`),
+        '_INBOX.>',
+        `${SUBJECT_ROOT}.>`,
+      ],
+    },
     sub: { allow: ['_INBOX.>', `${SUBJECT_ROOT}.>`] },
   };
 }
@@ -98,9 +109,13 @@ export class NatsCredentialIssuer {
     try {
       signer = fromSeed(new TextEncoder().encode(options.signingKeySeed.trim()));
     } catch (e) {
-      throw new UserError(`NATS account signing key: not an nkey seed (${e instanceof Error ? e.message : String(e)})`, { cause: e });
+      throw new UserError(
+        `NATS account signing key: not an nkey seed (${e instanceof Error ? e.message : String(e)})`,
+        { cause: e },
+      );
     }
-    if (!signer.getPublicKey().startsWith('A')) throw new UserError('NATS account signing key: the seed must be an account key (SA…)');
+    if (!signer.getPublicKey().startsWith('A'))
+      throw new UserError('NATS account signing key: the seed must be an account key (SA…)');
     const account = options.account?.trim() || signer.getPublicKey();
     try {
       if (!fromPublic(account).getPublicKey().startsWith('A')) throw new Error('not an account key');
@@ -110,7 +125,8 @@ export class NatsCredentialIssuer {
     this.signer = signer;
     this.account = account;
     const ttl = options.ttlSeconds ?? DEFAULT_NATS_CREDS_TTL_SECONDS;
-    if (!Number.isInteger(ttl) || ttl < 0) throw new UserError(`NATS credential lifetime: ${ttl} is not a whole number of seconds >= 0`);
+    if (!Number.isInteger(ttl) || ttl < 0)
+      throw new UserError(`NATS credential lifetime: ${ttl} is not a whole number of seconds >= 0`);
     this.ttlSeconds = ttl;
   }
 
@@ -125,7 +141,12 @@ export class NatsCredentialIssuer {
     const issuer = this.signer.getPublicKey() !== this.account ? this.account : this.signer;
     const name = `worker ${workerId} job ${jobId}${generation !== undefined ? ` generation ${generation}` : ''}`;
     const jwt = await encodeUser(name, user, issuer, workerPermissions(jobId), opts);
-    return { creds: new TextDecoder().decode(fmtCreds(jwt, user)), inboxPrefix: jobInboxPrefix(jobId), userPublicKey: user.getPublicKey(), expiresAt };
+    return {
+      creds: new TextDecoder().decode(fmtCreds(jwt, user)),
+      inboxPrefix: jobInboxPrefix(jobId),
+      userPublicKey: user.getPublicKey(),
+      expiresAt,
+    };
   }
 }
 
@@ -152,29 +173,66 @@ export interface NatsOperatorSetup {
 const enc = (s: Uint8Array): string => new TextDecoder().decode(s);
 
 /** Creates an operator, a system account and the polytune account (JetStream on, a signing key). */
-export async function createNatsOperatorSetup(options: { buckets?: readonly string[] } = {}): Promise<NatsOperatorSetup> {
+export async function createNatsOperatorSetup(
+  options: { buckets?: readonly string[] } = {},
+): Promise<NatsOperatorSetup> {
   const operator = createOperator();
   const operatorSigning = createOperator();
   const system = createAccount();
   const account = createAccount();
   const signing = createAccount();
   const operatorJwt = await encodeOperator('polytune-operator', operator, {
-    system_account: system.getPublicKey(), signing_keys: [operatorSigning.getPublicKey()],
+    system_account: system.getPublicKey(),
+    signing_keys: [operatorSigning.getPublicKey()],
   });
   const unlimited = -1;
   // Connections to the system account (the coordinator's revocation user) need limits of their own.
-  const systemJwt = await encodeAccount('SYS', system, {
-    limits: { subs: unlimited, data: unlimited, payload: unlimited, imports: unlimited, exports: unlimited, wildcards: true, conn: unlimited, leaf: unlimited },
-  }, { signer: operator });
-  const accountJwt = await encodeAccount('polytune', account, {
-    signing_keys: [signing.getPublicKey()],
-    limits: {
-      subs: unlimited, data: unlimited, payload: unlimited, imports: unlimited, exports: unlimited, wildcards: true, conn: unlimited, leaf: unlimited,
-      mem_storage: unlimited, disk_storage: unlimited, streams: unlimited, consumer: unlimited,
+  const systemJwt = await encodeAccount(
+    'SYS',
+    system,
+    {
+      limits: {
+        subs: unlimited,
+        data: unlimited,
+        payload: unlimited,
+        imports: unlimited,
+        exports: unlimited,
+        wildcards: true,
+        conn: unlimited,
+        leaf: unlimited,
+      },
     },
-  }, { signer: operatorSigning });
+    { signer: operator },
+  );
+  const accountJwt = await encodeAccount(
+    'polytune',
+    account,
+    {
+      signing_keys: [signing.getPublicKey()],
+      limits: {
+        subs: unlimited,
+        data: unlimited,
+        payload: unlimited,
+        imports: unlimited,
+        exports: unlimited,
+        wildcards: true,
+        conn: unlimited,
+        leaf: unlimited,
+        mem_storage: unlimited,
+        disk_storage: unlimited,
+        streams: unlimited,
+        consumer: unlimited,
+      },
+    },
+    { signer: operatorSigning },
+  );
   const systemUser = createUser();
-  const systemUserJwt = await encodeUser('coordinator-revocations', systemUser, system, revocationPermissions(account.getPublicKey()));
+  const systemUserJwt = await encodeUser(
+    'coordinator-revocations',
+    systemUser,
+    system,
+    revocationPermissions(account.getPublicKey()),
+  );
   const issueUser = async (name: string, permissions: Pick<User, 'pub' | 'sub'>): Promise<string> => {
     const user = createUser();
     const jwt = await encodeUser(name, user, account.getPublicKey(), permissions, { signer: signing });

@@ -29,13 +29,15 @@ export const INSECURE_NATS_ENV = 'POLYTUNE_INSECURE_NATS';
 export class InsecureNatsError extends UserError {
   readonly hosts: readonly string[];
   constructor(natsUrl: string, hosts: readonly string[]) {
-    super(`refusing to use NATS at ${natsUrl} without authentication: ` +
-      `${hosts.join(', ')} ${hosts.length === 1 ? 'is' : 'are'} not `
-      + 'loopback, and anyone who reaches it can forge gradients ' +
-        'and rewrite jobs. Give the coordinator NATS credentials '
-      + '(--nats-creds, operator mode: `coordinator nats-auth init`) or a TLS client certificate (--nats-tls-cert), '
-      + 'or pass --insecure-nats (POLYTUNE_INSECURE_NATS=1) if ' +
-        'the network is trusted by other means (README "Security")');
+    super(
+      `refusing to use NATS at ${natsUrl} without authentication: ` +
+        `${hosts.join(', ')} ${hosts.length === 1 ? 'is' : 'are'} not ` +
+        'loopback, and anyone who reaches it can forge gradients ' +
+        'and rewrite jobs. Give the coordinator NATS credentials ' +
+        '(--nats-creds, operator mode: `coordinator nats-auth init`) or a TLS client certificate (--nats-tls-cert), ' +
+        'or pass --insecure-nats (POLYTUNE_INSECURE_NATS=1) if ' +
+        'the network is trusted by other means (README "Security")',
+    );
     this.name = 'InsecureNatsError';
     this.hosts = hosts;
   }
@@ -67,16 +69,20 @@ export interface NatsServerAddress {
 
 /** The servers of a NATS URL list (comma-separated, as `--nats` takes it), scheme optional. */
 export function natsServerAddresses(natsUrl: string): NatsServerAddress[] {
-  return natsUrl.split(',').map((s) => s.trim()).filter((s) => s !== '').map((s) => {
-    const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(s) ? s : `nats://${s}`;
-    let url: URL;
-    try {
-      url = new URL(withScheme);
-    } catch (e) {
-      throw new UserError(`--nats: "${s}" is not a NATS URL`, { cause: e });
-    }
-    return { host: url.hostname, credentialsInUrl: url.username !== '' || url.password !== '' };
-  });
+  return natsUrl
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .map((s) => {
+      const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(s) ? s : `nats://${s}`;
+      let url: URL;
+      try {
+        url = new URL(withScheme);
+      } catch (e) {
+        throw new UserError(`--nats: "${s}" is not a NATS URL`, { cause: e });
+      }
+      return { host: url.hostname, credentialsInUrl: url.username !== '' || url.password !== '' };
+    });
 }
 
 /** True when the connection options carry credentials or a TLS client certificate. */
@@ -102,7 +108,8 @@ export function checkNatsExposure(input: NatsExposureInput): NatsExposure {
   if (servers.length === 0) throw new UserError('--nats: no server URL given');
   if (connectsWithCredentials(input.connect)) return NatsExposure.Authenticated;
   const open = servers.filter((s) => !s.credentialsInUrl && !isLoopbackHost(s.host)).map((s) => s.host);
-  if (open.length === 0) return servers.every((s) => s.credentialsInUrl) ? NatsExposure.Authenticated : NatsExposure.Loopback;
+  if (open.length === 0)
+    return servers.every((s) => s.credentialsInUrl) ? NatsExposure.Authenticated : NatsExposure.Loopback;
   if (input.insecureNats) return NatsExposure.Insecure;
   throw new InsecureNatsError(input.natsUrl, [...new Set(open)]);
 }

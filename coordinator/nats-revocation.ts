@@ -74,21 +74,26 @@ interface ServerReply {
 }
 
 /** Parses the account JWT and the operator key; throws `UserError` naming what is wrong. */
-function parseInputs(accountJwt: string, seed: string): { account: string; name: string; claims: Partial<Account>; signer: KeyPair } {
+function parseInputs(
+  accountJwt: string,
+  seed: string,
+): { account: string; name: string; claims: Partial<Account>; signer: KeyPair } {
   let claims;
   try {
     claims = decode<Account>(accountJwt.trim());
   } catch (e) {
     throw new UserError(`NATS account JWT: not a JWT (${errorMessage(e)})`, { cause: e });
   }
-  if (!claims.sub?.startsWith('A')) throw new UserError('NATS account JWT: its subject is not an account public key (A…)');
+  if (!claims.sub?.startsWith('A'))
+    throw new UserError('NATS account JWT: its subject is not an account public key (A…)');
   let signer: KeyPair;
   try {
     signer = fromSeed(new TextEncoder().encode(seed.trim()));
   } catch (e) {
     throw new UserError(`NATS operator signing key: not an nkey seed (${errorMessage(e)})`, { cause: e });
   }
-  if (!signer.getPublicKey().startsWith('O')) throw new UserError('NATS operator signing key: the seed must be an operator key (SO…)');
+  if (!signer.getPublicKey().startsWith('O'))
+    throw new UserError('NATS operator signing key: the seed must be an operator key (SO…)');
   return { account: claims.sub, name: claims.name, claims: claims.nats, signer };
 }
 
@@ -99,9 +104,12 @@ function parseInputs(accountJwt: string, seed: string): { account: string; name:
 export function checkNatsRevocationSettings(r: NatsRevocationSettings, account: string): void {
   const parsed = parseInputs(r.accountJwt, r.operatorSigningKeySeed);
   if (parsed.account !== account) {
-    throw new UserError(`--nats-account-jwt: the JWT is for account ${parsed.account}, but credentials are issued in ${account}`);
+    throw new UserError(
+      `--nats-account-jwt: the JWT is for account ${parsed.account}, but credentials are issued in ${account}`,
+    );
   }
-  if (!r.systemCreds.includes('BEGIN NATS USER JWT')) throw new UserError('--nats-system-creds: not a NATS .creds file');
+  if (!r.systemCreds.includes('BEGIN NATS USER JWT'))
+    throw new UserError('--nats-system-creds: not a NATS .creds file');
 }
 
 /** Keeps the account's revocation list and pushes it to the NATS servers. */
@@ -187,12 +195,14 @@ export class NatsRevoker {
     } catch (e) {
       throw new NatsRevocationError(this.account, `no answer from the NATS servers (${errorMessage(e)})`, { cause: e });
     }
-    if (reply.error) throw new NatsRevocationError(this.account, reply.error.description ?? `error ${reply.error.code ?? '?'}`);
+    if (reply.error)
+      throw new NatsRevocationError(this.account, reply.error.description ?? `error ${reply.error.code ?? '?'}`);
     if (reply.data?.code !== undefined && reply.data.code !== 200) {
       throw new NatsRevocationError(this.account, reply.data.message ?? `code ${reply.data.code}`);
     }
     // "jwt update skipped": the server has not loaded the account (no user of it connected yet).
-    if (/skipped/i.test(reply.data?.message ?? '')) throw new NatsRevocationError(this.account, `the server did not apply it (${reply.data?.message})`);
+    if (/skipped/i.test(reply.data?.message ?? ''))
+      throw new NatsRevocationError(this.account, `the server did not apply it (${reply.data?.message})`);
     this.logger.info('NATS credentials revoked', { account: this.account, revoked: this.revoked.size });
   }
 }
@@ -251,13 +261,23 @@ export class WorkerCredentialLifecycle {
   private readonly issued = new IssuedCredentials();
 
   constructor(
-    private readonly issuer: { issueWorker(jobId: string, workerId: string, generation?: number): Promise<IssuedCredential & { creds: string; inboxPrefix: string }> },
+    private readonly issuer: {
+      issueWorker(
+        jobId: string,
+        workerId: string,
+        generation?: number,
+      ): Promise<IssuedCredential & { creds: string; inboxPrefix: string }>;
+    },
     private readonly revoker: Pick<NatsRevoker, 'revoke'> | undefined,
     private readonly logger: Logger = silentLogger,
   ) {}
 
   /** Fresh credentials for `workerId` in `generation` of `jobId`; its earlier ones are revoked. */
-  async forAssignment(workerId: string, jobId: string, generation: number): Promise<{ creds: string; inboxPrefix: string }> {
+  async forAssignment(
+    workerId: string,
+    jobId: string,
+    generation: number,
+  ): Promise<{ creds: string; inboxPrefix: string }> {
     this.end(workerId, undefined, `worker ${workerId} gets generation ${generation} of ${jobId}`);
     const c = await this.issuer.issueWorker(jobId, workerId, generation);
     this.issued.add(workerId, jobId, generation, c);
@@ -270,7 +290,12 @@ export class WorkerCredentialLifecycle {
     if (taken.length === 0 || !this.revoker) return;
     this.revoker.revoke(taken).then(
       () => this.logger.info('worker NATS credentials revoked', { worker: workerId, count: taken.length, why }),
-      (e: unknown) => this.logger.warn('cannot revoke worker NATS credentials; they expire instead', { worker: workerId, why, error: errorMessage(e) }),
+      (e: unknown) =>
+        this.logger.warn('cannot revoke worker NATS credentials; they expire instead', {
+          worker: workerId,
+          why,
+          error: errorMessage(e),
+        }),
     );
   }
 

@@ -57,14 +57,21 @@ async function modelConfig(spec: AnyJobSpec, path: string | undefined): Promise<
 /** `models/<name of spec.model.path>/config.json` beside the spec, when the model directory has no config.json here. */
 async function configBesideSpec(spec: AnyJobSpec, specFile: string | undefined): Promise<string | undefined> {
   if (specFile === undefined) return undefined;
-  const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
+  const exists = (p: string): Promise<boolean> =>
+    access(p).then(
+      () => true,
+      () => false,
+    );
   if (await exists(join(spec.spec.model.path, 'config.json'))) return undefined;
   const copy = join(dirname(resolve(specFile)), 'models', basename(spec.spec.model.path), 'config.json');
   return (await exists(copy)) ? copy : undefined;
 }
 
 /** Prints the plan of a parsed spec; the exit code says whether it fits the devices it states. */
-export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: string; json?: boolean; specFile?: string } = {}): Promise<number> {
+export async function printPlan(
+  spec: AnyJobSpec,
+  options: { modelConfig?: string; json?: boolean; specFile?: string } = {},
+): Promise<number> {
   if (spec.kind !== 'TrainJob') {
     out(`${spec.kind}: nothing trains; a worker holds the float32 model (see the TrainJob plan for its size)`);
     return ExitCode.ok;
@@ -76,9 +83,14 @@ export async function printPlan(spec: AnyJobSpec, options: { modelConfig?: strin
   const jobs: Array<{ name?: string; job: JobSpec }> = isStaged(spec)
     ? spec.spec.stages.map((st, i) => ({ name: st.name, job: stageJobSpec(spec, i) }))
     : [{ job: spec }];
-  const plans = jobs.map(({ name, job }) => ({ name, plan: planMemory(config, job), issues: memoryFitIssues(config, job) }));
+  const plans = jobs.map(({ name, job }) => ({
+    name,
+    plan: planMemory(config, job),
+    issues: memoryFitIssues(config, job),
+  }));
   const issues = plans.flatMap((p) => p.issues);
-  if (options.json) out(JSON.stringify(plans.length === 1 ? { plan: plans[0]!.plan, issues } : { stages: plans, issues }, null, 2));
+  if (options.json)
+    out(JSON.stringify(plans.length === 1 ? { plan: plans[0]!.plan, issues } : { stages: plans, issues }, null, 2));
   else {
     for (const p of plans) {
       if (p.name !== undefined) out(`stage ${p.name}:`);
@@ -94,14 +106,21 @@ export async function planCommand(args: string[]): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
-      args, allowPositionals: true, strict: true,
+      args,
+      allowPositionals: true,
+      strict: true,
       options: { 'model-config': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } },
     });
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\nusage: ${PLAN_USAGE}`);
   }
-  if (parsed.values.help) return out(`usage: ${PLAN_USAGE}`), ExitCode.ok;
+  if (parsed.values.help) return (out(`usage: ${PLAN_USAGE}`), ExitCode.ok);
   const file = parsed.positionals[0];
-  if (file === undefined || parsed.positionals.length > 1) throw new UsageError(`plan takes one SPEC.yaml\nusage: ${PLAN_USAGE}`);
-  return printPlan(await readSpecFile(file), { modelConfig: parsed.values['model-config'], json: parsed.values.json, specFile: file });
+  if (file === undefined || parsed.positionals.length > 1)
+    throw new UsageError(`plan takes one SPEC.yaml\nusage: ${PLAN_USAGE}`);
+  return printPlan(await readSpecFile(file), {
+    modelConfig: parsed.values['model-config'],
+    json: parsed.values.json,
+    specFile: file,
+  });
 }

@@ -50,14 +50,19 @@ function checkString(field: string, v: unknown, max: number): string {
 export function checkJobId(v: unknown, field = 'job_id'): string {
   const id = checkString(field, v, 63);
   if (id === '') throw new RequestValidationError(field, 'is required');
-  if (!isJobName(id)) throw new RequestValidationError(field, `"${id}" is not a job id (lower-case letters, digits and "-", at most 63)`);
+  if (!isJobName(id))
+    throw new RequestValidationError(field, `"${id}" is not a job id (lower-case letters, digits and "-", at most 63)`);
   return id;
 }
 
-export function checkSubmit(req: { specYaml?: unknown; sourceName?: unknown }): { specYaml: string; sourceName: string } {
+export function checkSubmit(req: { specYaml?: unknown; sourceName?: unknown }): {
+  specYaml: string;
+  sourceName: string;
+} {
   const specYaml = checkString('spec_yaml', req.specYaml, Number.MAX_SAFE_INTEGER);
   const bytes = Buffer.byteLength(specYaml, 'utf8');
-  if (bytes > MAX_SPEC_BYTES) throw new RequestValidationError('spec_yaml', `at most ${MAX_SPEC_BYTES} bytes, got ${bytes}`);
+  if (bytes > MAX_SPEC_BYTES)
+    throw new RequestValidationError('spec_yaml', `at most ${MAX_SPEC_BYTES} bytes, got ${bytes}`);
   if (specYaml.trim() === '') throw new RequestValidationError('spec_yaml', 'is empty');
   if (specYaml.includes('\u0000')) throw new RequestValidationError('spec_yaml', 'contains a NUL character');
   const sourceName = checkString('source_name', req.sourceName ?? '', MAX_SOURCE_NAME_LENGTH);
@@ -71,13 +76,15 @@ export function checkReason(v: unknown): string {
 }
 
 function checkCount(field: string, v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new RequestValidationError(field, `must be an integer, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v))
+    throw new RequestValidationError(field, `must be an integer, got ${String(v)}`);
   if (v < min || v > max) throw new RequestValidationError(field, `must be in ${min}..${max}, got ${v}`);
   return v;
 }
 
 function checkFiniteNonNegative(field: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new RequestValidationError(field, `must be a finite number >= 0, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
+    throw new RequestValidationError(field, `must be a finite number >= 0, got ${String(v)}`);
   return v;
 }
 
@@ -105,11 +112,19 @@ export function checkHello(h: Hello__Output | null | undefined): Hello__Output {
   if (!h || typeof h !== 'object') throw new RequestValidationError('hello', 'is missing');
   const workerId = checkString('hello.worker_id', h.workerId, MAX_WORKER_ID_LENGTH);
   if (workerId === '') throw new RequestValidationError('hello.worker_id', 'is required');
-  if (!WORKER_ID.test(workerId)) throw new RequestValidationError('hello.worker_id', `"${workerId.slice(0, 64)}" may hold only letters, digits, ".", "_", ":", "-"`);
+  if (!WORKER_ID.test(workerId))
+    throw new RequestValidationError(
+      'hello.worker_id',
+      `"${workerId.slice(0, 64)}" may hold only letters, digits, ".", "_", ":", "-"`,
+    );
   checkString('hello.hostname', h.hostname, MAX_HOSTNAME_LENGTH);
-  for (const [field, b] of [['hello.backend', h.backend], ['hello.capabilities.backend', h.capabilities?.backend ?? '']] as const) {
+  for (const [field, b] of [
+    ['hello.backend', h.backend],
+    ['hello.capabilities.backend', h.capabilities?.backend ?? ''],
+  ] as const) {
     const backend = checkString(field, b, MAX_BACKEND_LENGTH);
-    if (backend !== '' && !BACKEND.test(backend)) throw new RequestValidationError(field, `"${backend}" is not a backend name`);
+    if (backend !== '' && !BACKEND.test(backend))
+      throw new RequestValidationError(field, `"${backend}" is not a backend name`);
   }
   checkCount('hello.pid', h.pid, 0, 0xffffffff);
   if (h.capabilities) {
@@ -125,7 +140,8 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
   checkCount('progress.generation', p.generation, 1);
   checkCount('progress.step', p.step);
   checkCount('progress.total_steps', p.totalSteps);
-  if (p.totalSteps > 0 && p.step > p.totalSteps) throw new RequestValidationError('progress.step', `${p.step} is beyond total_steps ${p.totalSteps}`);
+  if (p.totalSteps > 0 && p.step > p.totalSteps)
+    throw new RequestValidationError('progress.step', `${p.step} is beyond total_steps ${p.totalSteps}`);
   checkCount('progress.epoch', p.epoch);
   checkCount('progress.supervised_tokens', p.supervisedTokens);
   checkLoss('progress.loss', p.loss);
@@ -136,7 +152,8 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
     throw new RequestValidationError('progress.loss_by_language', `at most ${MAX_LANGUAGES} languages`);
   }
   for (const [lang, loss] of Object.entries(byLanguage)) {
-    if (!/^[a-z]{2,3}$/.test(lang)) throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
+    if (!/^[a-z]{2,3}$/.test(lang))
+      throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
     checkLoss(`progress.loss_by_language.${lang}`, loss);
   }
   // A stage of a job of several stages: its index within the count (at most the spec's bound),
@@ -145,7 +162,10 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
   checkCount('progress.stage_index', p.stageIndex ?? 0, 0, Math.max(0, (p.stageCount ?? 0) - 1));
   const stageName = checkString('progress.stage_name', p.stageName ?? '', 63);
   if ((p.stageCount ?? 0) > 0 ? !DNS_LABEL.test(stageName) : stageName !== '') {
-    throw new RequestValidationError('progress.stage_name', (p.stageCount ?? 0) > 0 ? 'must be a stage name (a DNS label)' : 'must be empty without stage_count');
+    throw new RequestValidationError(
+      'progress.stage_name',
+      (p.stageCount ?? 0) > 0 ? 'must be a stage name (a DNS label)' : 'must be empty without stage_count',
+    );
   }
   return p;
 }
@@ -163,15 +183,26 @@ export function checkResult(r: Result__Output | null | undefined): Result__Outpu
   checkCount('result.steps', r.steps);
   checkLoss('result.first_loss', r.firstLoss);
   checkLoss('result.final_loss', r.finalLoss);
-  if (error.length > MAX_RESULT_ERROR_LENGTH) return { ...r, error: `${error.slice(0, MAX_RESULT_ERROR_LENGTH)}… ` +
-    `(${error.length - MAX_RESULT_ERROR_LENGTH} more characters cut)` };
+  if (error.length > MAX_RESULT_ERROR_LENGTH)
+    return {
+      ...r,
+      error:
+        `${error.slice(0, MAX_RESULT_ERROR_LENGTH)}… ` +
+        `(${error.length - MAX_RESULT_ERROR_LENGTH} more characters cut)`,
+    };
   return r;
 }
 
 /** Checks the shape of a decoded WorkerMessage. Throws `RequestValidationError` naming the field. */
 export function checkWorkerMessage(msg: unknown): CheckedWorkerMessage {
   if (!msg || typeof msg !== 'object') throw new RequestValidationError('msg', 'empty message');
-  const m = msg as { msg?: unknown; hello?: Hello__Output | null; heartbeat?: object | null; progress?: Progress__Output | null; result?: Result__Output | null };
+  const m = msg as {
+    msg?: unknown;
+    hello?: Hello__Output | null;
+    heartbeat?: object | null;
+    progress?: Progress__Output | null;
+    result?: Result__Output | null;
+  };
   switch (m.msg) {
     case 'hello':
       return { type: 'hello', hello: checkHello(m.hello) };

@@ -148,12 +148,20 @@ export class Scheduler {
         // Its workers' streams died with the old coordinator; they join again and, being the
         // previous members, are preferred for the next generation.
         return {
-          ...r, state: JobState.Pending, reforms: r.reforms + 1, error: 'coordinator restarted', updatedAt: Date.now(),
+          ...r,
+          state: JobState.Pending,
+          reforms: r.reforms + 1,
+          error: 'coordinator restarted',
+          updatedAt: Date.now(),
           // It ended at the last write before the restart, its last sign of life (job-timings.ts).
           generations: closeGeneration(r.generations, r.updatedAt, 'coordinator restarted'),
         };
       });
-      if (changed) this.logger.warn('job was Running under a previous coordinator; back to Pending', { job: job.id, generation: job.generation });
+      if (changed)
+        this.logger.warn('job was Running under a previous coordinator; back to Pending', {
+          job: job.id,
+          generation: job.generation,
+        });
     }
     this.unsubscribe = this.registry.on((e) => this.onRegistryEvent(e));
     this.kick();
@@ -161,8 +169,9 @@ export class Scheduler {
       // A sweep now, then every tenth of the retention (at most hourly, at most every second).
       const every = Math.min(3_600_000, Math.max(1_000, this.retentionMs / 10));
       const sweep = (): void => {
-        this.serial(() => this.deleteExpired())
-          .catch((e: unknown) => this.logger.warn('retention sweep failed', { error: errorMessage(e) }));
+        this.serial(() => this.deleteExpired()).catch((e: unknown) =>
+          this.logger.warn('retention sweep failed', { error: errorMessage(e) }),
+        );
       };
       sweep();
       this.retentionTimer = setInterval(sweep, every);
@@ -212,13 +221,20 @@ export class Scheduler {
   /** Runs `fn` after every decision queued before it. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.chain.then(fn);
-    this.chain = run.then(() => undefined, () => undefined);
+    this.chain = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 
   /** Stores a new Pending job for an already validated spec. */
   async submit(
-    spec: AnyJobSpec, numLayers: number, totalSteps: number, resume = false, submittedBy?: string,
+    spec: AnyJobSpec,
+    numLayers: number,
+    totalSteps: number,
+    resume = false,
+    submittedBy?: string,
   ): Promise<JobRecord> {
     if (this.stopping) throw new CoordinatorStoppingError();
     await this.checkPendingLimit(submittedBy);
@@ -265,13 +281,17 @@ export class Scheduler {
 
   private async schedulePass(): Promise<void> {
     if (this.stopping) return;
-    const pending = (await this.store.list()).filter((j) => j.state === JobState.Pending).sort((a, b) => a.createdAt - b.createdAt);
+    const pending = (await this.store.list())
+      .filter((j) => j.state === JobState.Pending)
+      .sort((a, b) => a.createdAt - b.createdAt);
     for (const job of pending) {
       const { count, min } = job.spec.spec.workers;
       // A job starts with its whole gang; a re-formed one goes on with at least `min`, previous
       // members first (they hold its state).
       const need = job.generation === 0 ? count : (min ?? count);
-      const idle = this.registry.idle().sort((a, b) => Number(job.workers.includes(b.id)) - Number(job.workers.includes(a.id)));
+      const idle = this.registry
+        .idle()
+        .sort((a, b) => Number(job.workers.includes(b.id)) - Number(job.workers.includes(a.id)));
       if (idle.length < need) continue;
       if (!(await this.stillValid(job))) continue;
       const gang = idle.slice(0, count);
@@ -287,8 +307,19 @@ export class Scheduler {
           const generations = openGeneration(r.generations, { generation, worldSize, fromStep }, Date.now());
           if (r.generation > 0) return { ...r, state: JobState.Running, generation, workers, error: '', generations };
           return {
-            ...r, state: JobState.Running, generation, workers, startedAt: Date.now(), error: '', generations,
-            step: 0, epoch: 0, firstLoss: null, lastLoss: null, tokensPerSecond: 0, elapsedSeconds: 0,
+            ...r,
+            state: JobState.Running,
+            generation,
+            workers,
+            startedAt: Date.now(),
+            error: '',
+            generations,
+            step: 0,
+            epoch: 0,
+            firstLoss: null,
+            lastLoss: null,
+            tokensPerSecond: 0,
+            elapsedSeconds: 0,
           };
         });
         if (!res.changed) {
@@ -312,8 +343,15 @@ export class Scheduler {
       gang.forEach((w, rank) => {
         this.registry.send(w.id, {
           assignment: {
-            jobId: job.id, generation, rank, worldSize, specJson, natsUrl: this.workerNatsUrl, totalSteps: record.totalSteps,
-            resume: generation > 1 || record.resume, collectiveKey,
+            jobId: job.id,
+            generation,
+            rank,
+            worldSize,
+            specJson,
+            natsUrl: this.workerNatsUrl,
+            totalSteps: record.totalSteps,
+            resume: generation > 1 || record.resume,
+            collectiveKey,
           },
         });
       });
@@ -329,8 +367,9 @@ export class Scheduler {
       return true;
     } catch (e) {
       const error = `refused before running: ${errorMessage(e)}`;
-      const { changed } = await this.store.update(job.id, (r) => (
-        r.state === JobState.Pending ? { ...r, state: JobState.Failed, error, finishedAt: Date.now() } : null));
+      const { changed } = await this.store.update(job.id, (r) =>
+        r.state === JobState.Pending ? { ...r, state: JobState.Failed, error, finishedAt: Date.now() } : null,
+      );
       if (changed) this.logger.warn('job failed: its spec no longer passes', { job: job.id, error });
       return false;
     }
@@ -345,10 +384,15 @@ export class Scheduler {
   private async growWorlds(): Promise<void> {
     const idle = this.registry.idle();
     if (idle.length === 0) return;
-    const running = (await this.store.list()).filter((j) =>
-      j.state === JobState.Running && jobKindOf(j.spec).growsWorld && j.workers.length < j.spec.spec.workers.count
-      // A member that finished its part is idle too, but no newcomer; a finishing job is left alone.
-      && idle.some((w) => !j.workers.includes(w.id)) && (this.gangs.get(j.id)?.done.size ?? 0) === 0);
+    const running = (await this.store.list()).filter(
+      (j) =>
+        j.state === JobState.Running &&
+        jobKindOf(j.spec).growsWorld &&
+        j.workers.length < j.spec.spec.workers.count &&
+        // A member that finished its part is idle too, but no newcomer; a finishing job is left alone.
+        idle.some((w) => !j.workers.includes(w.id)) &&
+        (this.gangs.get(j.id)?.done.size ?? 0) === 0,
+    );
     const job = running.sort((a, b) => a.createdAt - b.createdAt)[0];
     if (job) await this.reform(job.id, job.generation, 'growing the world: idle workers join', '');
   }
@@ -360,8 +404,9 @@ export class Scheduler {
         this.kick();
         return;
       case 'lost':
-        this.serial(() => this.onWorkerLost(e.worker, e.reason))
-          .catch((err: unknown) => this.logger.error('handling a lost worker failed', { worker: e.worker.id, error: errorMessage(err) }));
+        this.serial(() => this.onWorkerLost(e.worker, e.reason)).catch((err: unknown) =>
+          this.logger.error('handling a lost worker failed', { worker: e.worker.id, error: errorMessage(err) }),
+        );
         return;
     }
   }
@@ -379,20 +424,30 @@ export class Scheduler {
   private async reform(jobId: string, generation: number, reason: string, except: string): Promise<void> {
     // NATS may be the part that was lost (workers fail fast when it goes): keep trying until the
     // store answers again, rather than leave the job Running without a world.
-    const { record, changed } = await this.untilStored(() => this.store.update(jobId, (r) => {
-      if (r.state !== JobState.Running || r.generation !== generation) return null;
-      if (r.reforms >= this.maxReforms) {
-        return {
-          ...r, state: JobState.Failed, error: `${reason}; the world was re-formed ${r.reforms} times already`,
-          finishedAt: Date.now(),
-          generations: closeGeneration(r.generations, Date.now(), reason),
-        };
-      }
-      return {
-        ...r, state: JobState.Pending, reforms: r.reforms + 1, error: reason, updatedAt: Date.now(),
-        generations: closeGeneration(r.generations, Date.now(), reason),
-      };
-    }), `re-forming ${jobId}`);
+    const { record, changed } = await this.untilStored(
+      () =>
+        this.store.update(jobId, (r) => {
+          if (r.state !== JobState.Running || r.generation !== generation) return null;
+          if (r.reforms >= this.maxReforms) {
+            return {
+              ...r,
+              state: JobState.Failed,
+              error: `${reason}; the world was re-formed ${r.reforms} times already`,
+              finishedAt: Date.now(),
+              generations: closeGeneration(r.generations, Date.now(), reason),
+            };
+          }
+          return {
+            ...r,
+            state: JobState.Pending,
+            reforms: r.reforms + 1,
+            error: reason,
+            updatedAt: Date.now(),
+            generations: closeGeneration(r.generations, Date.now(), reason),
+          };
+        }),
+      `re-forming ${jobId}`,
+    );
     if (!changed) return;
     if (record.state === JobState.Failed) {
       this.logger.warn('job failed: too many re-forms', { job: jobId, reason });
@@ -405,7 +460,8 @@ export class Scheduler {
     for (const id of record.workers) {
       if (id === except) continue;
       const w = this.registry.get(id);
-      if (!w?.job || w.job.jobId !== jobId || w.job.generation !== generation || w.status !== WorkerStatus.Busy) continue;
+      if (!w?.job || w.job.jobId !== jobId || w.job.generation !== generation || w.status !== WorkerStatus.Busy)
+        continue;
       this.registry.send(id, { cancel: { jobId, reason: `generation ${generation} ends: ${reason}` } });
       this.registry.release(id);
     }
@@ -453,7 +509,8 @@ export class Scheduler {
   /** Worker `workerId` reports progress; rank 0's updates the job (throttled). */
   onProgress(workerId: string, p: Progress__Output): void {
     const w = this.registry.get(workerId);
-    if (!w?.job || w.status !== WorkerStatus.Busy || w.job.jobId !== p.jobId || w.job.generation !== p.generation) return;
+    if (!w?.job || w.status !== WorkerStatus.Busy || w.job.jobId !== p.jobId || w.job.generation !== p.generation)
+      return;
     const jobId = p.jobId;
     // Every rank's report counts for the ledger: the rank that completed a step may be the one that
     // dies next, and its peers then go on from its state (repeats are merged by recordStep).
@@ -466,14 +523,21 @@ export class Scheduler {
     }
     // A report that carries the chosen layers or an evaluation is not lost to the throttle.
     const prev = this.pendingProgress.get(jobId)?.progress;
-    const merged = prev ? { ...p, chosenLayers: p.chosenLayers?.length ? p.chosenLayers : prev.chosenLayers, evalJson: p.evalJson || prev.evalJson } : p;
+    const merged = prev
+      ? {
+          ...p,
+          chosenLayers: p.chosenLayers?.length ? p.chosenLayers : prev.chosenLayers,
+          evalJson: p.evalJson || prev.evalJson,
+        }
+      : p;
     this.pendingProgress.set(jobId, { generation: p.generation, progress: merged });
     if (this.flushTimers.has(jobId)) return;
     const wait = Math.max(0, (this.lastFlush.get(jobId) ?? 0) + this.flushMs - Date.now());
     const timer = setTimeout(() => {
       this.flushTimers.delete(jobId);
-      this.serial(() => this.flushProgress(jobId))
-        .catch((e: unknown) => this.logger.error('progress write failed', { job: jobId, error: errorMessage(e) }));
+      this.serial(() => this.flushProgress(jobId)).catch((e: unknown) =>
+        this.logger.error('progress write failed', { job: jobId, error: errorMessage(e) }),
+      );
     }, wait);
     timer.unref();
     this.flushTimers.set(jobId, timer);
@@ -504,7 +568,9 @@ export class Scheduler {
         ...(p.chosenLayers?.length ? { chosenLayers: [...p.chosenLayers] } : {}),
         ...(p.evalJson ? { evalJson: p.evalJson } : {}),
         ...stageOf(r, p),
-        lossByLanguage: Object.fromEntries(Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v))),
+        lossByLanguage: Object.fromEntries(
+          Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v)),
+        ),
       };
     });
   }
@@ -543,7 +609,12 @@ export class Scheduler {
     if (!wasBusy) return; // a cancelled worker confirming it stopped
     const gang = this.gangs.get(res.jobId);
     if (!res.ok && res.retryable) {
-      await this.reform(res.jobId, ref.generation, `rank ${ref.rank} (worker ${workerId}): ${res.error || 'generation failed'}`, workerId);
+      await this.reform(
+        res.jobId,
+        ref.generation,
+        `rank ${ref.rank} (worker ${workerId}): ${res.error || 'generation failed'}`,
+        workerId,
+      );
       return;
     }
     if (!res.ok) {
@@ -576,8 +647,12 @@ export class Scheduler {
         step: r0.steps || r.step,
         lastLoss: r0.steps > 0 && Number.isFinite(r0.finalLoss) ? r0.finalLoss : r.lastLoss,
         // The job's first loss: a later generation's Result has its own first step's, not the job's.
-        firstLoss: ref.generation > 1 && r.firstLoss !== null ? r.firstLoss
-          : r0.steps > 0 && Number.isFinite(r0.firstLoss) ? r0.firstLoss : r.firstLoss,
+        firstLoss:
+          ref.generation > 1 && r.firstLoss !== null
+            ? r.firstLoss
+            : r0.steps > 0 && Number.isFinite(r0.firstLoss)
+              ? r0.firstLoss
+              : r.firstLoss,
         outputDir: r0.outputDir || r.outputDir,
         ...(r0.chosenLayers?.length ? { chosenLayers: [...r0.chosenLayers] } : {}),
         ...(r0.evalJson ? { evalJson: r0.evalJson } : {}),

@@ -23,7 +23,11 @@ import {
   type WorkerServiceHandlers,
 } from '../proto/index.js';
 import {
-  authorizeJobCall, authorizeWorkerCall, authorizeWorkerId, clientIdentity, type CallAuthPolicy,
+  authorizeJobCall,
+  authorizeWorkerCall,
+  authorizeWorkerId,
+  clientIdentity,
+  type CallAuthPolicy,
 } from './auth.js';
 import { createCoordinatorMetrics, type CoordinatorMetrics } from './coordinator-metrics.js';
 import { CoordinatorStartError, JoinDeadlineError, WorkerProtocolError } from './errors.js';
@@ -34,12 +38,22 @@ import type { NatsCredentialIssuer } from './nats-credentials.js';
 import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
 import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
 import {
-  checkHello, checkJobId, checkReason, checkSubmit, checkWorkerMessage, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, workerMessageKind,
+  checkHello,
+  checkJobId,
+  checkReason,
+  checkSubmit,
+  checkWorkerMessage,
+  DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+  workerMessageKind,
 } from './request-limits.js';
 import { JobStore } from './job-store.js';
 import { Scheduler } from './scheduler.js';
 import {
-  checkJobFiles, checkStoredJobFiles, markOutputDirs, resolveStorageRoots, type StorageRoots,
+  checkJobFiles,
+  checkStoredJobFiles,
+  markOutputDirs,
+  resolveStorageRoots,
+  type StorageRoots,
 } from './job-files.js';
 import { checkPageSize, listPage } from './list-pages.js';
 import { StoreEvents } from './store-events.js';
@@ -133,14 +147,24 @@ export function listenHost(listen: string): string {
 }
 
 /** The system-account connection that sends account updates (revocations), with the coordinator's TLS. */
-async function connectRevoker(natsUrl: string, r: NatsRevocationSettings, base: Partial<ConnectionOptions> | undefined): Promise<NatsConnection> {
+async function connectRevoker(
+  natsUrl: string,
+  r: NatsRevocationSettings,
+  base: Partial<ConnectionOptions> | undefined,
+): Promise<NatsConnection> {
   try {
     return await connect({
-      ...(base?.tls ? { tls: base.tls } : {}), servers: natsUrl, name: 'polytune-coordinator-revocations', maxReconnectAttempts: -1,
+      ...(base?.tls ? { tls: base.tls } : {}),
+      servers: natsUrl,
+      name: 'polytune-coordinator-revocations',
+      maxReconnectAttempts: -1,
       authenticator: credsAuthenticator(new TextEncoder().encode(r.systemCreds)),
     });
   } catch (e) {
-    throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl} as the system-account user (--nats-system-creds): ${errorMessage(e)}`, { cause: e });
+    throw new CoordinatorStartError(
+      `cannot connect to NATS at ${natsUrl} as the system-account user (--nats-system-creds): ${errorMessage(e)}`,
+      { cause: e },
+    );
   }
 }
 
@@ -155,16 +179,27 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   // Under mutual TLS a worker's id is a name of its certificate unless turned off
   // (--no-worker-id-from-cert): otherwise one certificate could join under any busy worker's id.
   const auth: CallAuthPolicy = {
-    ...options.auth, requireWorkerCertificate, workerIdFromCertificate: options.auth?.workerIdFromCertificate ?? requireWorkerCertificate,
+    ...options.auth,
+    requireWorkerCertificate,
+    workerIdFromCertificate: options.auth?.workerIdFromCertificate ?? requireWorkerCertificate,
   };
-  if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate) throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
+  if (auth.workerIdFromCertificate && !auth.requireWorkerCertificate)
+    throw new UserError('--worker-id-from-cert needs mutual TLS (--tls-client-ca)');
   const natsExposure = checkNatsExposure({ natsUrl, connect: options.natsConnect, insecureNats: options.insecureNats });
   if (natsExposure === NatsExposure.Insecure) {
-    logger.warn('NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs', { nats: natsUrl });
+    logger.warn(
+      'NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs',
+      { nats: natsUrl },
+    );
   }
   let nc: NatsConnection;
   try {
-    nc = await connect({ ...options.natsConnect, servers: natsUrl, name: 'polytune-coordinator', maxReconnectAttempts: -1 });
+    nc = await connect({
+      ...options.natsConnect,
+      servers: natsUrl,
+      name: 'polytune-coordinator',
+      maxReconnectAttempts: -1,
+    });
   } catch (e) {
     throw new CoordinatorStartError(`cannot connect to NATS at ${natsUrl}: ${errorMessage(e)}`, { cause: e });
   }
@@ -177,31 +212,57 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let openedStore: JobStore | undefined;
   try {
     const storeEvents = new StoreEvents();
-    const storeOptions = { bucket: options.jobsBucket ?? KvBucket.jobs, logger: logger.child('store'), events: storeEvents };
+    const storeOptions = {
+      bucket: options.jobsBucket ?? KvBucket.jobs,
+      logger: logger.child('store'),
+      events: storeEvents,
+    };
     const store = await JobStore.open(nc, storeOptions).catch((e: unknown) => {
-      throw new CoordinatorStartError(`cannot open the KV bucket ${options.jobsBucket ?? KvBucket.jobs} ` +
-        `on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`, { cause: e });
+      throw new CoordinatorStartError(
+        `cannot open the KV bucket ${options.jobsBucket ?? KvBucket.jobs} ` +
+          `on ${natsUrl} (is JetStream enabled?): ${errorMessage(e)}`,
+        { cause: e },
+      );
     });
     openedStore = store;
     const ledger = await LedgerStore.open(nc, options.ledgerBucket ?? KvBucket.ledger, {
-      logger: logger.child('ledger'), events: storeEvents,
+      logger: logger.child('ledger'),
+      events: storeEvents,
     });
-    registry = new WorkerRegistry({ heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger: logger.child('registry') });
+    registry = new WorkerRegistry({
+      heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS,
+      logger: logger.child('registry'),
+    });
     metrics = createCoordinatorMetrics(options.meter ?? noopMeter, { store, registry, storeEvents });
     if (options.natsIssuer) {
-      revocationNc = options.natsRevocation ? await connectRevoker(natsUrl, options.natsRevocation, options.natsConnect) : undefined;
-      const revoker = revocationNc && options.natsRevocation
-        ? new NatsRevoker({ nc: revocationNc, ...options.natsRevocation, logger: logger.child('revocation') }) : undefined;
-      if (!revoker) logger.warn('NATS credentials of ended generations are not revoked (no --nats-system-creds); they expire instead');
+      revocationNc = options.natsRevocation
+        ? await connectRevoker(natsUrl, options.natsRevocation, options.natsConnect)
+        : undefined;
+      const revoker =
+        revocationNc && options.natsRevocation
+          ? new NatsRevoker({ nc: revocationNc, ...options.natsRevocation, logger: logger.child('revocation') })
+          : undefined;
+      if (!revoker)
+        logger.warn(
+          'NATS credentials of ended generations are not revoked (no --nats-system-creds); they expire instead',
+        );
       credentials = new WorkerCredentialLifecycle(options.natsIssuer, revoker, logger.child('credentials'));
       const lifecycle = credentials;
       registry.on((e) => {
-        if (e.type === 'idle' || e.type === 'lost') lifecycle.end(e.worker.id, undefined, `worker ${e.type === 'idle' ? 'idle' : `lost: ${e.reason}`}`);
+        if (e.type === 'idle' || e.type === 'lost')
+          lifecycle.end(e.worker.id, undefined, `worker ${e.type === 'idle' ? 'idle' : `lost: ${e.reason}`}`);
       });
     }
     scheduler = new Scheduler({
-      store, registry, workerNatsUrl: options.workerNatsUrl ?? natsUrl, progressFlushMs: options.progressFlushMs, logger: logger.child('scheduler'),
-      metrics, ledger, retentionHours: options.retentionHours, maxPendingPerClient: options.maxPendingPerClient,
+      store,
+      registry,
+      workerNatsUrl: options.workerNatsUrl ?? natsUrl,
+      progressFlushMs: options.progressFlushMs,
+      logger: logger.child('scheduler'),
+      metrics,
+      ledger,
+      retentionHours: options.retentionHours,
+      maxPendingPerClient: options.maxPendingPerClient,
       revalidate: (spec, jobId) => checkStoredJobFiles(spec, roots, `stored job ${jobId}`),
     });
     await scheduler.start();
@@ -215,23 +276,52 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       // Metadata (headers) is bounded too: a token and a few headers fit in 16 KiB.
       'grpc.max_metadata_size': 16 * 1024,
     });
-    if (!options.tls && (auth.clientToken || auth.workerToken)) logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
-    if (!options.tls && options.natsIssuer) logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
-    server.addService(proto.JobService.service, jobHandlers({
-      store, ledger, scheduler, watches, logger, metrics, auth, roots,
-    }));
-    server.addService(proto.WorkerService.service, workerHandlers({
-      registry, scheduler, logger, store, auth, credentials, helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
-    }));
+    if (!options.tls && (auth.clientToken || auth.workerToken))
+      logger.warn('bearer tokens without TLS travel in clear text; serve with --tls-cert/--tls-key');
+    if (!options.tls && options.natsIssuer)
+      logger.warn('NATS credentials are sent to workers without TLS; serve with --tls-cert/--tls-key');
+    server.addService(
+      proto.JobService.service,
+      jobHandlers({
+        store,
+        ledger,
+        scheduler,
+        watches,
+        logger,
+        metrics,
+        auth,
+        roots,
+      }),
+    );
+    server.addService(
+      proto.WorkerService.service,
+      workerHandlers({
+        registry,
+        scheduler,
+        logger,
+        store,
+        auth,
+        credentials,
+        helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+      }),
+    );
     const srv = server;
     const port = await new Promise<number>((resolve, reject) => {
-      srv.bindAsync(listen, serverCredentials(options.tls), (err, p) => (
-        err ? reject(new CoordinatorStartError(`cannot listen on ${listen}: ${err.message}`, { cause: err })) : resolve(p)));
+      srv.bindAsync(listen, serverCredentials(options.tls), (err, p) =>
+        err
+          ? reject(new CoordinatorStartError(`cannot listen on ${listen}: ${err.message}`, { cause: err }))
+          : resolve(p),
+      );
     });
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     logger.info('coordinator listening', {
-      address, nats: natsUrl, natsExposure, tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
-      clientToken: auth.clientToken !== undefined, workerToken: auth.workerToken !== undefined, natsCredentials: options.natsIssuer !== undefined,
+      address,
+      nats: natsUrl,
+      natsExposure,
+      tls: options.tls ? (options.tls.clientCa ? 'mutual' : 'on') : 'off',
+      clientToken: auth.clientToken !== undefined,
+      workerToken: auth.workerToken !== undefined,
+      natsCredentials: options.natsIssuer !== undefined,
     });
 
     const reg = registry;
@@ -287,20 +377,23 @@ interface JobHandlerDeps {
 
 function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
   const { store, ledger, scheduler, watches, logger, metrics, auth, roots } = deps;
-  const unary = <Req, Res>(name: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) =>
+  const unary =
+    <Req, Res>(name: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
-      Promise.resolve().then(() => {
-        authorizeJobCall(auth, name, call.metadata);
-        return fn(call.request, call);
-      }).then(
-        (res) => callback(null, res),
-        (e: unknown) => {
-          const st = toGrpcStatus(e);
-          if (name === 'Submit') metrics.submitFailed(st.code);
-          if (st.code === grpc.status.INTERNAL) logger.error(`${name} failed`, { error: errorMessage(e) });
-          callback(st);
-        },
-      );
+      Promise.resolve()
+        .then(() => {
+          authorizeJobCall(auth, name, call.metadata);
+          return fn(call.request, call);
+        })
+        .then(
+          (res) => callback(null, res),
+          (e: unknown) => {
+            const st = toGrpcStatus(e);
+            if (name === 'Submit') metrics.submitFailed(st.code);
+            if (st.code === grpc.status.INTERNAL) logger.error(`${name} failed`, { error: errorMessage(e) });
+            callback(st);
+          },
+        );
     };
 
   return {
@@ -313,7 +406,12 @@ function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
       // The kind's row (common/job-kinds.ts): its files, its steps, what it trains (0 of 0: nothing
       // trains in an EvalJob or a LayerAnalysis, whose "steps" are problems and prompts).
       const kind = jobKindOf(spec);
-      const { numLayers, parameters } = await checkJobFiles(spec, roots, () => kind.validateFiles(spec, source), source);
+      const { numLayers, parameters } = await checkJobFiles(
+        spec,
+        roots,
+        () => kind.validateFiles(spec, source),
+        source,
+      );
       const totalSteps = await computeTotalSteps(spec);
       await markOutputDirs(spec);
       const record = await scheduler.submit(spec, numLayers, totalSteps, kind.resumable && req.resume === true, client);
@@ -351,7 +449,8 @@ function jobHandlers(deps: JobHandlerDeps): JobServiceHandlers {
           await store.mustGet(jobId);
           let last: JobState | undefined;
           for await (const { record } of store.watch(jobId, ac.signal)) {
-            const kind: JobEvent['kind'] = last === undefined ? 'SNAPSHOT' : record.state !== last ? 'STATE' : 'PROGRESS';
+            const kind: JobEvent['kind'] =
+              last === undefined ? 'SNAPSHOT' : record.state !== last ? 'STATE' : 'PROGRESS';
             last = record.state;
             call.write({ kind, job: toWireJob(record) });
             if (isTerminal(record.state)) break;
@@ -388,7 +487,15 @@ interface WorkerHandlerDeps {
  *   the one the worker is assigned to, at the current generation. A message that fails is not
  *   applied; the worker gets a `Refusal` naming the field, and the stream stays open.
  */
-function workerHandlers({ registry, scheduler, logger, store, auth, credentials, helloTimeoutMs }: WorkerHandlerDeps): WorkerServiceHandlers {
+function workerHandlers({
+  registry,
+  scheduler,
+  logger,
+  store,
+  auth,
+  credentials,
+  helloTimeoutMs,
+}: WorkerHandlerDeps): WorkerServiceHandlers {
   return {
     Join: (call) => {
       let workerId: string | undefined;
@@ -397,25 +504,27 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
       // asynchronously) is never overtaken by a later message such as its cancel.
       let writes = Promise.resolve();
       const write = (msg: CoordinatorMessage): void => {
-        writes = writes.then(async () => {
-          if (ended) return;
-          const a = msg.assignment;
-          if (a && credentials && workerId !== undefined && a.jobId) {
-            const c = await credentials.forAssignment(workerId, a.jobId, Number(a.generation));
-            msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
-          }
-          // The generation ends for this worker: its credentials stop working (the cancel goes first).
-          if (msg.cancel && credentials && workerId !== undefined) {
-            const { jobId } = msg.cancel;
+        writes = writes
+          .then(async () => {
+            if (ended) return;
+            const a = msg.assignment;
+            if (a && credentials && workerId !== undefined && a.jobId) {
+              const c = await credentials.forAssignment(workerId, a.jobId, Number(a.generation));
+              msg = { assignment: { ...a, natsCreds: c.creds, natsInboxPrefix: c.inboxPrefix } };
+            }
+            // The generation ends for this worker: its credentials stop working (the cancel goes first).
+            if (msg.cancel && credentials && workerId !== undefined) {
+              const { jobId } = msg.cancel;
+              if (!ended) call.write(msg);
+              credentials.end(workerId, jobId || undefined, `cancel: ${msg.cancel.reason ?? ''}`);
+              return;
+            }
             if (!ended) call.write(msg);
-            credentials.end(workerId, jobId || undefined, `cancel: ${msg.cancel.reason ?? ''}`);
-            return;
-          }
-          if (!ended) call.write(msg);
-        }).catch((e: unknown) => {
-          logger.error('cannot send to worker', { worker: workerId, error: errorMessage(e) });
-          fail(new WorkerProtocolError(`coordinator could not send a message: ${errorMessage(e)}`, workerId));
-        });
+          })
+          .catch((e: unknown) => {
+            logger.error('cannot send to worker', { worker: workerId, error: errorMessage(e) });
+            fail(new WorkerProtocolError(`coordinator could not send a message: ${errorMessage(e)}`, workerId));
+          });
       };
       const link: WorkerLink = {
         send: (msg: CoordinatorMessage) => {
@@ -451,7 +560,8 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
         resetHttp2Stream(call);
       };
       const helloTimer = setTimeout(() => {
-        if (workerId === undefined) fail(new JoinDeadlineError(`no Hello within ${helloTimeoutMs} ms of the Join call`));
+        if (workerId === undefined)
+          fail(new JoinDeadlineError(`no Hello within ${helloTimeoutMs} ms of the Join call`));
       }, helloTimeoutMs);
       helloTimer.unref();
       const refuse = (message: string, error: string, jobId = '', generation = 0): void => {
@@ -462,25 +572,36 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
        * Undefined when `workerId` is in `jobId`'s gang at `generation`; else why not (the store is asked whether the
        * job exists).
        */
-      const membership = async (wid: string, kind: string, jobId: string, generation: number): Promise<string | undefined> => {
+      const membership = async (
+        wid: string,
+        kind: string,
+        jobId: string,
+        generation: number,
+      ): Promise<string | undefined> => {
         const ref = registry.get(wid)?.job;
         if (ref && ref.jobId === jobId) {
           if (ref.generation === generation) return undefined;
           return generation < ref.generation
             ? `${kind}.generation: ${generation} is stale (worker ${wid} ` +
-              `is in generation ${ref.generation} of job ${jobId})`
+                `is in generation ${ref.generation} of job ${jobId})`
             : `${kind}.generation: ${generation} is not the current generation ${ref.generation} of job ${jobId}`;
         }
         if (!(await store.get(jobId))) return `${kind}.job_id: job ${jobId} not found`;
-        return `${kind}.job_id: worker ${wid} is not in the gang of job ` +
-          `${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`;
+        return (
+          `${kind}.job_id: worker ${wid} is not in the gang of job ` +
+          `${jobId}${ref ? ` (it is assigned ${ref.jobId})` : ''}`
+        );
       };
 
       call.on('data', (raw: WorkerMessage__Output) => {
         if (ended) return;
         if (workerId === undefined) {
           if (raw?.msg !== 'hello') {
-            fail(new WorkerProtocolError(`the first message on Join must be Hello, got ${workerMessageKind(raw) || 'an empty message'}`));
+            fail(
+              new WorkerProtocolError(
+                `the first message on Join must be Hello, got ${workerMessageKind(raw) || 'an empty message'}`,
+              ),
+            );
             return;
           }
           let hello;
@@ -524,14 +645,31 @@ function workerHandlers({ registry, scheduler, logger, store, auth, credentials,
             const ref = registry.get(wid)?.job;
             if (ref?.jobId !== body.jobId || ref.generation !== body.generation) {
               void membership(wid, msg.type, body.jobId, body.generation)
-                .then((why) => refuse(msg.type, why ?? `${msg.type}: worker ${wid} is no longer in job ${body.jobId}`, body.jobId, body.generation))
-                .catch((e: unknown) => refuse(msg.type, `${msg.type}.job_id: cannot check job ${body.jobId}: ${errorMessage(e)}`, body.jobId, body.generation));
+                .then((why) =>
+                  refuse(
+                    msg.type,
+                    why ?? `${msg.type}: worker ${wid} is no longer in job ${body.jobId}`,
+                    body.jobId,
+                    body.generation,
+                  ),
+                )
+                .catch((e: unknown) =>
+                  refuse(
+                    msg.type,
+                    `${msg.type}.job_id: cannot check job ${body.jobId}: ${errorMessage(e)}`,
+                    body.jobId,
+                    body.generation,
+                  ),
+                );
               return;
             }
             if (msg.type === 'progress') scheduler.onProgress(wid, msg.progress);
             else {
-              scheduler.onResult(wid, msg.result)
-                .catch((e: unknown) => logger.error('handling a result failed', { worker: wid, error: errorMessage(e) }));
+              scheduler
+                .onResult(wid, msg.result)
+                .catch((e: unknown) =>
+                  logger.error('handling a result failed', { worker: wid, error: errorMessage(e) }),
+                );
             }
             return;
           }

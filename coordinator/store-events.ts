@@ -25,9 +25,12 @@ export type TamperKind = (typeof TamperKind)[keyof typeof TamperKind];
 
 export type StoreEvent =
   | {
-    readonly type: 'bad-value'; readonly bucket: string; readonly key: string; readonly reason: BadValueReason;
-    readonly message: string;
-  }
+      readonly type: 'bad-value';
+      readonly bucket: string;
+      readonly key: string;
+      readonly reason: BadValueReason;
+      readonly message: string;
+    }
   | { readonly type: 'tampered'; readonly bucket: string; readonly key: string; readonly kind: TamperKind };
 
 /** Events kept while nobody listens (the stores check their buckets when they open, before the metrics exist). */

@@ -23,7 +23,8 @@ async function inPlanSlot<T>(fn: () => Promise<T>): Promise<T> {
     return await fn();
   } finally {
     const next = planQueue.shift();
-    if (next) next(); // the slot passes to the next plan
+    if (next)
+      next(); // the slot passes to the next plan
     else plansRunning--;
   }
 }

@@ -114,7 +114,13 @@ export class WorkerRegistry {
       const silentMs = now - old.info.lastSeen;
       const open = old.link.isOpen?.() ?? true;
       if (open && silentMs <= this.heartbeatTimeoutMs) throw new WorkerIdInUseError(id, silentMs);
-      this.remove(id, old, open ? `no heartbeat for ${Math.round(silentMs / 1000)} s; replaced by a new connection` : 'stream closed; replaced by a new connection');
+      this.remove(
+        id,
+        old,
+        open
+          ? `no heartbeat for ${Math.round(silentMs / 1000)} s; replaced by a new connection`
+          : 'stream closed; replaced by a new connection',
+      );
       old.link.close('replaced by a new connection');
     }
     const info: WorkerInfo = {
@@ -150,7 +156,8 @@ export class WorkerRegistry {
 
   private remove(id: string, e: Entry, reason: string): void {
     this.workers.delete(id);
-    if (e.info.status === WorkerStatus.Busy) this.logger.warn('worker lost', { worker: id, reason, job: e.info.job?.jobId });
+    if (e.info.status === WorkerStatus.Busy)
+      this.logger.warn('worker lost', { worker: id, reason, job: e.info.job?.jobId });
     else this.logger.info('worker left', { worker: id, reason });
     this.emit({ type: 'lost', worker: e.info, reason });
   }
@@ -165,7 +172,9 @@ export class WorkerRegistry {
 
   /** Idle workers, longest-connected first. */
   idle(): WorkerInfo[] {
-    return this.all().filter((w) => w.status === WorkerStatus.Idle).sort((a, b) => a.joinedAt - b.joinedAt || a.id.localeCompare(b.id));
+    return this.all()
+      .filter((w) => w.status === WorkerStatus.Idle)
+      .sort((a, b) => a.joinedAt - b.joinedAt || a.id.localeCompare(b.id));
   }
 
   /** Marks the worker busy with a job. */

@@ -47,20 +47,26 @@ export function protoDir(): string {
     }
     const parent = dirname(dir);
     if (parent === dir) {
-      throw new Error(`cannot find proto/polytune/v1/coordinator.proto above ` +
-        `${fileURLToPath(import.meta.url)}; set POLYTUNE_PROTO_DIR`);
+      throw new Error(
+        `cannot find proto/polytune/v1/coordinator.proto above ` +
+          `${fileURLToPath(import.meta.url)}; set POLYTUNE_PROTO_DIR`,
+      );
     }
     dir = parent;
   }
 }
 
 let coordinatorCache: CoordinatorProto['polytune']['v1'] | undefined;
-let collectiveCache: { definition: protoLoader.PackageDefinition; proto: CollectiveProto['polytune']['v1'] } | undefined;
+let collectiveCache:
+  { definition: protoLoader.PackageDefinition; proto: CollectiveProto['polytune']['v1'] } | undefined;
 
 /** The `polytune.v1` package of coordinator.proto: service constructors and definitions. */
 export function loadCoordinatorProto(): CoordinatorProto['polytune']['v1'] {
   if (!coordinatorCache) {
-    const definition = protoLoader.loadSync('polytune/v1/coordinator.proto', { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
+    const definition = protoLoader.loadSync('polytune/v1/coordinator.proto', {
+      ...LOADER_OPTIONS,
+      includeDirs: [protoDir()],
+    });
     coordinatorCache = (grpc.loadPackageDefinition(definition) as unknown as CoordinatorProto).polytune.v1;
   }
   return coordinatorCache;
@@ -69,8 +75,14 @@ export function loadCoordinatorProto(): CoordinatorProto['polytune']['v1'] {
 /** The `polytune.v1` package of collective.proto (ChunkHeader), for encoding and validation. */
 export function loadCollectiveProto(): CollectiveProto['polytune']['v1'] {
   if (!collectiveCache) {
-    const definition = protoLoader.loadSync('polytune/v1/collective.proto', { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
-    collectiveCache = { definition, proto: (grpc.loadPackageDefinition(definition) as unknown as CollectiveProto).polytune.v1 };
+    const definition = protoLoader.loadSync('polytune/v1/collective.proto', {
+      ...LOADER_OPTIONS,
+      includeDirs: [protoDir()],
+    });
+    collectiveCache = {
+      definition,
+      proto: (grpc.loadPackageDefinition(definition) as unknown as CollectiveProto).polytune.v1,
+    };
   }
   return collectiveCache.proto;
 }

@@ -15,7 +15,8 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_DIRS = ['common', 'coordinator', 'worker', 'bench', 'test', 'scripts'];
-const IMPORT = /(?:^|[\s;])(?:import|export)\s+(?:type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"](\.{1,2}\/[^'"]+)['"]|import\(\s*['"](\.{1,2}\/[^'"]+)['"]\s*\)/g;
+const IMPORT =
+  /(?:^|[\s;])(?:import|export)\s+(?:type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"](\.{1,2}\/[^'"]+)['"]|import\(\s*['"](\.{1,2}\/[^'"]+)['"]\s*\)/g;
 
 function sourceFiles(dir) {
   const out = [];
@@ -30,12 +31,19 @@ function sourceFiles(dir) {
 
 /** Relative imports of `file` that name another file of `files` (`.js` in a specifier means the `.ts`). */
 function importsOf(file, files) {
-  const text = readFileSync(file, 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
+  const text = readFileSync(file, 'utf8')
+    .replace(/\/\*[\s\S]*?\*\//g, '')
+    .replace(/^\s*\/\/.*$/gm, '');
   const found = new Set();
   for (const m of text.matchAll(IMPORT)) {
     const spec = m[1] ?? m[2];
     const base = resolve(dirname(file), spec);
-    for (const candidate of [base.replace(/\.js$/, '.ts'), base.replace(/\.mjs$/, '.mts'), `${base}.ts`, join(base, 'index.ts')]) {
+    for (const candidate of [
+      base.replace(/\.js$/, '.ts'),
+      base.replace(/\.mjs$/, '.mts'),
+      `${base}.ts`,
+      join(base, 'index.ts'),
+    ]) {
       if (files.has(candidate)) {
         found.add(candidate);
         break;

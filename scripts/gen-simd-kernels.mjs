@@ -72,7 +72,8 @@ const narrowBf16 = `
  * Normals rebias by an integer add; subnormals and zero are m·2^-24 (an exact int → float
  * conversion and scaling); exponent 31 becomes 255; NaN is the widening table's 0x7fc00000.
  */
-const widenF16 = `
+const widenF16 =
+  `
       (local.set $e (v128.and (local.get $h) ${splat('0x7fff')}))
       (local.set $o (i32x4.add (i32x4.shl (local.get $e) (i32.const 13)) ${splat('0x38000000')}))
       (local.set $o (v128.bitselect
@@ -80,7 +81,7 @@ const widenF16 = `
         (local.get $o)
         (i32x4.lt_s (local.get $e) ${splat('0x400')})))
       (local.set $o (v128.or (local.get $o) (v128.and (i32x4.gt_s ` +
-`(local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
+  `(local.get $e) ${splat('0x7bff')}) ${splat('0x7f800000')})))
       (local.set $o (v128.or (local.get $o) (i32x4.shl (v128.xor (local.get $h) (local.get $e)) (i32.const 16))))
       (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $e) ${splat('0x7c00')}))`;
 
@@ -96,18 +97,19 @@ const widenBf16 = `
  * (|x| + 0.5) − 0.5 rounds to a multiple of 2^-24 as binary16's subnormals do; the sign goes back
  * on; NaN is the widening table's 0x7fc00000.
  */
-const quantizeF16 = `
+const quantizeF16 =
+  `
       (local.set $a (v128.and (local.get $f) ${splat('0x7fffffff')}))
       (local.set $o (v128.and
         (i32x4.add (i32x4.add (local.get $a) ${splat('0xfff')}) (v128.and ` +
-`(i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
+  `(i32x4.shr_u (local.get $a) (i32.const 13)) ${splat('1')}))
         ${splat('0xffffe000')}))
       (local.set $o (v128.bitselect
         (f32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5)) (v128.const f32x4 0.5 0.5 0.5 0.5))
         (local.get $o)
         (i32x4.lt_s (local.get $a) ${splat('0x38800000')})))
       (local.set $o (v128.bitselect ${splat('0x7f800000')} (local.get ` +
-`$o) (i32x4.gt_s (local.get $a) ${splat('0x477fefff')})))
+  `$o) (i32x4.gt_s (local.get $a) ${splat('0x477fefff')})))
       (local.set $o (v128.or (local.get $o) (v128.and (local.get $f) ${splat('0x80000000')})))
       (v128.bitselect ${splat('0x7fc00000')} (local.get $o) (i32x4.gt_s (local.get $a) ${splat('0x7f800000')}))`;
 
@@ -115,16 +117,18 @@ const quantizeF16 = `
  * widen(narrow(x)) for bfloat16, as quantizeF16: the rounding add and a mask; NaN quieted with its sign and top bits
  * kept.
  */
-const quantizeBf16 = `
+const quantizeBf16 =
+  `
       (v128.bitselect
         (v128.or (v128.and (local.get $f) ${splat('0xffff0000')}) ${splat('0x400000')})
         (v128.and
           (i32x4.add (i32x4.add (local.get $f) ${splat('0x7fff')}) (v128.and ` +
-`(i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
+  `(i32x4.shr_u (local.get $f) (i32.const 16)) ${splat('1')}))
           ${splat('0xffff0000')})
         (i32x4.gt_s (v128.and (local.get $f) ${splat('0x7fffffff')}) ${splat('0x7f800000')}))`;
 
-const LOCALS = '(local $end i32) (local $f v128) (local $a v128) (local $h v128) (local $o v128) (local $e v128) (local $lo v128)';
+const LOCALS =
+  '(local $end i32) (local $f v128) (local $a v128) (local $h v128) (local $o v128) (local $e v128) (local $lo v128)';
 
 /**
  * Moves a function's v128 constants into locals set once before its loop: V8 builds a v128.const
@@ -150,7 +154,9 @@ function hoistConstants(fn) {
  * its byte count. Element kernels do 8 elements a pass: `$p` 32 bytes (float32), a 16-bit side 16.
  */
 function loop(body, strides) {
-  const advance = Object.entries(strides).map(([r, bytes]) => `(local.set ${r} (i32.add (local.get ${r}) (i32.const ${bytes})))`);
+  const advance = Object.entries(strides).map(
+    ([r, bytes]) => `(local.set ${r} (i32.add (local.get ${r}) (i32.const ${bytes})))`,
+  );
   return `
     (block $done (loop $next
       (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
@@ -159,7 +165,8 @@ function loop(body, strides) {
       (br $next)))`;
 }
 
-const endOf = `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add ` +
+const endOf =
+  `(local.set $end (i32.add (local.get $p) (i32.shl (i32.and (i32.add ` +
   `(local.get $n) (i32.const 7)) (i32.const -8)) (i32.const 2))))`;
 
 /**
@@ -170,17 +177,20 @@ function narrowFn(name, lanes, signApart = false) {
   const pack = signApart
     ? `(v128.or (i16x8.narrow_i32x4_u (local.get $lo) ${lanes})
           (v128.and (i16x8.narrow_i32x4_u (i32x4.shr_u (local.get $e) ` +
-`(i32.const 16)) (i32x4.shr_u (local.get $f) (i32.const 16)))
+      `(i32.const 16)) (i32x4.shr_u (local.get $f) (i32.const 16)))
                     (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000)))`
     : `(i16x8.narrow_i32x4_u (local.get $lo) ${lanes})`;
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (local.set $f (local.tee $e (v128.load (local.get $p))))
       (local.set $lo ${lanes})
       (local.set $f (v128.load offset=16 (local.get $p)))
-      (v128.store (local.get $q) ${pack})`, { $p: 32, $q: 16 })})`;
+      (v128.store (local.get $q) ${pack})`,
+      { $p: 32, $q: 16 },
+    )})`;
 }
 
 /** widen(src u16 at $q, dst f32 at $p, n). */
@@ -188,11 +198,14 @@ function widenFn(name, lanes) {
   return `
   (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (local.set $h (v128.load16x4_u (local.get $q)))
       (v128.store (local.get $p) ${lanes})
       (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
-      (v128.store offset=16 (local.get $p) ${lanes})`, { $p: 32, $q: 16 })})`;
+      (v128.store offset=16 (local.get $p) ${lanes})`,
+      { $p: 32, $q: 16 },
+    )})`;
 }
 
 /** addWidened(acc f32 at $p, src u16 at $q, n): acc += widen(src), float32 adds. */
@@ -200,11 +213,14 @@ function addWidenedFn(name, lanes) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (local.set $h (v128.load16x4_u (local.get $q)))
       (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
       (local.set $h (v128.load16x4_u offset=8 (local.get $q)))
-      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`, { $p: 32, $q: 16 })})`;
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`,
+      { $p: 32, $q: 16 },
+    )})`;
 }
 
 /** quantize(src f32 at $q, dst f32 at $p, n): dst = widen(narrow(src)). */
@@ -212,11 +228,14 @@ function quantizeFn(name, lanes) {
   return `
   (func (export "${name}") (param $q i32) (param $p i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) ${lanes})
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) ${lanes})`, { $p: 32, $q: 32 })})`;
+      (v128.store offset=16 (local.get $p) ${lanes})`,
+      { $p: 32, $q: 32 },
+    )})`;
 }
 
 /** addQuantized(acc f32 at $p, src f32 at $q, n): acc += widen(narrow(src)), float32 adds. */
@@ -224,11 +243,14 @@ function addQuantizedFn(name, lanes) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (local.set $f (v128.load (local.get $q)))
       (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) ${lanes}))
       (local.set $f (v128.load offset=16 (local.get $q)))
-      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`, { $p: 32, $q: 32 })})`;
+      (v128.store offset=16 (local.get $p) (f32x4.add (v128.load offset=16 (local.get $p)) ${lanes}))`,
+      { $p: 32, $q: 32 },
+    )})`;
 }
 
 /** A float32 binary op: out = a op b, 8 at a time ($p: out, $q: a, $r: b). */
@@ -236,11 +258,13 @@ function binaryF32Fn(name, op) {
   return `
   (func (export "${name}") (param $p i32) (param $q i32) (param $r i32) (param $n i32) ${LOCALS}
     ${endOf}
-    ${loop(`
+    ${loop(
+      `
       (v128.store (local.get $p) (${op} (v128.load (local.get $q)) (v128.load (local.get $r))))
       (v128.store offset=16 (local.get $p) (${op} (v128.load offset=16 ` +
-`(local.get $q)) (v128.load offset=16 (local.get $r))))`,
-    { $p: 32, $q: 32, $r: 32 })})`;
+        `(local.get $q)) (v128.load offset=16 (local.get $r))))`,
+      { $p: 32, $q: 32, $r: 32 },
+    )})`;
 }
 
 /**
@@ -253,14 +277,16 @@ function binaryF32Fn(name, op) {
 const HASH_P1 = '0x9E3779B1';
 const HASH_P2 = '0x85EBCA77';
 const ACCS = ['$a0', '$a1', '$a2', '$a3', '$a4', '$a5', '$a6', '$a7'];
-const hashRound = (acc, off) => `
+const hashRound = (acc, off) =>
+  `
       (local.set $t (i32x4.add (local.get ${acc}) (i32x4.mul ` +
-`(v128.load offset=${off} (local.get $p)) ${splat(HASH_P2)})))
+  `(v128.load offset=${off} (local.get $p)) ${splat(HASH_P2)})))
       (local.set ${acc} (i32x4.mul (v128.or (i32x4.shl (local.get $t) (i32.const ` +
-`13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
-const hashFn = `
+  `13)) (i32x4.shr_u (local.get $t) (i32.const 19))) ${splat(HASH_P1)}))`;
+const hashFn =
+  `
   (func (export "hash") (param $s i32) (param $p i32) (param $n i32) (local ` +
-`$t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
+  `$t v128) ${ACCS.map((a) => `(local ${a} v128)`).join(' ')} ${LOCALS}
     ${ACCS.map((a, i) => `(local.set ${a} (v128.load offset=${i * 16} (local.get $s)))`).join('\n    ')}
     (local.set $end (i32.add (local.get $p) (local.get $n)))
     ${loop(ACCS.map((a, i) => hashRound(a, i * 16)).join(''), { $p: 128 })}
@@ -282,7 +308,9 @@ export const WAT = `(module
     binaryF32Fn('addF32', 'f32x4.add'),
     binaryF32Fn('subF32', 'f32x4.sub'),
     hashFn,
-  ].map(hoistConstants).join('\n')}
+  ]
+    .map(hoistConstants)
+    .join('\n')}
 )
 `;
 
@@ -305,7 +333,11 @@ ${lines.map((l) => `  '${l}'`).join(' +\n')};
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const src = await buildModuleSource();
   let old = '';
-  try { old = readFileSync(OUT, 'utf8'); } catch { /* first run */ }
+  try {
+    old = readFileSync(OUT, 'utf8');
+  } catch {
+    /* first run */
+  }
   if (process.argv.includes('--check')) {
     if (old !== src) {
       process.stderr.write(`${OUT} is stale: run node scripts/gen-simd-kernels.mjs\n`);

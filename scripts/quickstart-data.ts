@@ -16,7 +16,10 @@ import { makeWordProblems, questionTranslationTexts, wordProblemsJsonl } from '.
 
 const { values } = parseArgs({
   options: {
-    out: { type: 'string' }, 'per-language': { type: 'string', default: '32' }, seed: { type: 'string', default: '1' }, 'parallel-dir': { type: 'string' },
+    out: { type: 'string' },
+    'per-language': { type: 'string', default: '32' },
+    seed: { type: 'string', default: '1' },
+    'parallel-dir': { type: 'string' },
   },
 });
 if (!values.out) {

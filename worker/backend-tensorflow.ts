@@ -70,7 +70,13 @@ function packageVersion(entry: string, pkg: string): string {
   const at = entry.lastIndexOf(join('node_modules', pkg));
   if (at < 0) return '';
   try {
-    return (JSON.parse(readFileSync(join(entry.slice(0, at), 'node_modules', pkg, 'package.json'), 'utf8')) as { version?: string }).version ?? '';
+    return (
+      (
+        JSON.parse(readFileSync(join(entry.slice(0, at), 'node_modules', pkg, 'package.json'), 'utf8')) as {
+          version?: string;
+        }
+      ).version ?? ''
+    );
   } catch {
     return '';
   }
@@ -105,15 +111,19 @@ export async function loadTensorflowBackend(options: TensorflowOptions = {}): Pr
     throw new UserError(
       `backend tensorflow: neither ${TFJS_NODE_PACKAGES.join(' nor ')} is installed (looked from ${from}); ` +
         'install @tensorflow/tfjs-node-gpu@4.22 on a CUDA 11.2 / cuDNN ' +
-          '8.1 node (the GPU worker image has it), or use --backend wasm',
+        '8.1 node (the GPU worker image has it), or use --backend wasm',
     );
   }
   try {
     await import(pathToFileURL(found.entry).href);
   } catch (e) {
-    throw new UserError(`backend tensorflow: ${found.pkg} is installed but failed to load: ${errorMessage(e).split('\n')[0]}`, { cause: e });
+    throw new UserError(
+      `backend tensorflow: ${found.pkg} is installed but failed to load: ${errorMessage(e).split('\n')[0]}`,
+      { cause: e },
+    );
   }
-  if (!(await tf.setBackend('tensorflow'))) throw new UserError(`backend tensorflow: ${found.pkg} loaded but the backend failed to initialise`);
+  if (!(await tf.setBackend('tensorflow')))
+    throw new UserError(`backend tensorflow: ${found.pkg} loaded but the backend failed to initialise`);
   await tf.ready();
   const be = tf.backend() as unknown as NodeBackend;
   const onGpu = be.isUsingGpuDevice === true;
@@ -124,13 +134,17 @@ export async function loadTensorflowBackend(options: TensorflowOptions = {}): Pr
     throw new GpuNotFoundError(
       `backend tensorflow: TensorFlow found no GPU (${pkg}, ${build}; ${gpuEnvironment()}); ` +
         'check the pod requests nvidia.com/gpu and the node runs the ' +
-          'NVIDIA device plugin, or pass --allow-cpu to run on the CPU',
+        'NVIDIA device plugin, or pass --allow-cpu to run on the CPU',
       { package: pkg, environment: gpuEnvironment() },
     );
   }
   return {
-    backend: 'tensorflow', device: onGpu ? 'gpu' : 'cpu', tf32: onGpu ? (options.tf32 ? 'on' : 'off') : 'n/a', package: pkg,
-    cuda: process.env['CUDA_VERSION'] ?? '', cudnn: process.env['NV_CUDNN_VERSION'] ?? process.env['CUDNN_VERSION'] ?? '',
+    backend: 'tensorflow',
+    device: onGpu ? 'gpu' : 'cpu',
+    tf32: onGpu ? (options.tf32 ? 'on' : 'off') : 'n/a',
+    package: pkg,
+    cuda: process.env['CUDA_VERSION'] ?? '',
+    cudnn: process.env['NV_CUDNN_VERSION'] ?? process.env['CUDNN_VERSION'] ?? '',
   };
 }
 
@@ -146,6 +160,6 @@ export function checkTf32(info: BackendInfo, wanted: boolean): void {
     `spec.training.tf32 is ${wanted} but this worker runs with TF32 ` +
       `${info.tf32} (NVIDIA_TF32_OVERRIDE is read when TensorFlow loads); ` +
       `start the workers with${wanted ? '' : 'out'} --tf32 (the ` +
-        `chart's worker.tf32), or set spec.training.tf32: ${have}`,
+      `chart's worker.tf32), or set spec.training.tf32: ${have}`,
   );
 }

@@ -30,7 +30,9 @@ export function nativeStatus(): NativeStatus | undefined {
  * `native.enabled` is false.
  */
 export async function initBackend(
-  name: BackendName = DEFAULT_BACKEND, native: NativeOptions = {}, tensorflow: TensorflowOptions = {},
+  name: BackendName = DEFAULT_BACKEND,
+  native: NativeOptions = {},
+  tensorflow: TensorflowOptions = {},
 ): Promise<string> {
   switch (name) {
     case 'wasm':
@@ -62,7 +64,14 @@ export async function initBackend(
 export function backendInfo(): BackendInfo {
   const backend = tf.getBackend();
   if (backend === 'tensorflow' && tensorflowInfo) return tensorflowInfo;
-  return { backend, device: 'cpu', tf32: 'n/a', package: `@tensorflow/tfjs-backend-${backend}@${tf.version_core}`, cuda: '', cudnn: '' };
+  return {
+    backend,
+    device: 'cpu',
+    tf32: 'n/a',
+    package: `@tensorflow/tfjs-backend-${backend}@${tf.version_core}`,
+    cuda: '',
+    cudnn: '',
+  };
 }
 
 /** What the Identity kernel uses of the wasm backend: its reference count of a tensor's memory. */

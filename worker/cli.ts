@@ -40,10 +40,11 @@ import { runWorker } from './run-worker.js';
 /** DESIGN.md: worker metrics on 9465 + the local rank. */
 const DEFAULT_WORKER_METRICS_PORT = 9465;
 
-const USAGE = `usage:
+const USAGE =
+  `usage:
   worker --coordinator HOST:PORT [--nats URL] [--backend wasm|cpu|tensorflow] [--metrics-port N] [--metrics-host HOST]
            [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE ` +
-`--tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
+  `--tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
            [--no-native] [--threads N]   (env POLYTUNE_NATIVE=0, POLYTUNE_NATIVE_THREADS)
            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls; env POLYTUNE_ALLOW_CPU, POLYTUNE_TF32)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
@@ -59,7 +60,8 @@ function boolFlagOrEnv(values: Record<string, string | boolean | undefined>, fla
 
 function backendFlag(value: string | undefined): BackendName {
   if (value === undefined) return DEFAULT_BACKEND;
-  if (!(value in BackendName)) throw new UsageError(`--backend: must be one of ${Object.keys(BackendName).join(', ')}, got "${value}"`);
+  if (!(value in BackendName))
+    throw new UsageError(`--backend: must be one of ${Object.keys(BackendName).join(', ')}, got "${value}"`);
   return value as BackendName;
 }
 
@@ -89,7 +91,12 @@ async function main(signal: AbortSignal): Promise<number> {
   type Flags = Record<string, { type: 'string' | 'boolean'; default?: string }>;
   const parse = (options: Flags): Record<string, string | boolean | undefined> => {
     try {
-      return parseArgs({ args: rest, options: { ...options, help: { type: 'boolean' } }, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+      return parseArgs({
+        args: rest,
+        options: { ...options, help: { type: 'boolean' } },
+        strict: true,
+        allowPositionals: false,
+      }).values as Record<string, string | boolean | undefined>;
     } catch (e) {
       throw new UsageError(`${(e as Error).message}\n${USAGE}`);
     }
@@ -97,36 +104,66 @@ async function main(signal: AbortSignal): Promise<number> {
   switch (command) {
     case 'run': {
       const v = parse({
-        coordinator: { type: 'string' }, nats: { type: 'string' }, backend: { type: 'string' },
-        'metrics-port': { type: 'string' }, 'metrics-host': { type: 'string' }, 'local-rank': { type: 'string' }, id: { type: 'string' },
-        'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-server-name': { type: 'string' },
-        'token-file': { type: 'string' }, 'allow-cpu': { type: 'boolean' }, tf32: { type: 'boolean' }, ...NATS_TLS_FLAGS, ...NATIVE_FLAGS,
+        coordinator: { type: 'string' },
+        nats: { type: 'string' },
+        backend: { type: 'string' },
+        'metrics-port': { type: 'string' },
+        'metrics-host': { type: 'string' },
+        'local-rank': { type: 'string' },
+        id: { type: 'string' },
+        'tls-ca': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-server-name': { type: 'string' },
+        'token-file': { type: 'string' },
+        'allow-cpu': { type: 'boolean' },
+        tf32: { type: 'boolean' },
+        ...NATS_TLS_FLAGS,
+        ...NATIVE_FLAGS,
       });
-      if (v.help) return write(USAGE), 0;
+      if (v.help) return (write(USAGE), 0);
       // Security toward the coordinator (README "Security"); flags win over env vars.
       const tls = loadClientTls({
-        ca: flagOrEnv(v, 'tls-ca', 'POLYTUNE_TLS_CA'), cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
-        key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'), serverName: flagOrEnv(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
+        ca: flagOrEnv(v, 'tls-ca', 'POLYTUNE_TLS_CA'),
+        cert: flagOrEnv(v, 'tls-cert', 'POLYTUNE_TLS_CLIENT_CERT'),
+        key: flagOrEnv(v, 'tls-key', 'POLYTUNE_TLS_CLIENT_KEY'),
+        serverName: flagOrEnv(v, 'tls-server-name', 'POLYTUNE_TLS_SERVER_NAME'),
       });
       const token = readToken(v['token-file'] as string | undefined, 'POLYTUNE_WORKER_TOKEN');
       const natsTls = natsTlsFromFlags(v);
-      const localRank = intFlag('local-rank', (v['local-rank'] as string | undefined) ?? process.env['POLYTUNE_LOCAL_RANK'], 0);
-      const metricsPort = intFlag('metrics-port', v['metrics-port'] as string | undefined, DEFAULT_WORKER_METRICS_PORT + localRank);
+      const localRank = intFlag(
+        'local-rank',
+        (v['local-rank'] as string | undefined) ?? process.env['POLYTUNE_LOCAL_RANK'],
+        0,
+      );
+      const metricsPort = intFlag(
+        'metrics-port',
+        v['metrics-port'] as string | undefined,
+        DEFAULT_WORKER_METRICS_PORT + localRank,
+      );
       const workerId = (v.id as string | undefined) ?? `${hostname()}-${process.pid}`;
       const logger = createLogger(`worker ${workerId}`);
       // The entry point wires prom-client (STYLE.md); the worker records through the MetricMeter.
       const meter = new PromMeter({ logger: logger.child('metrics') });
-      const serveMetrics = (port: number): ReturnType<typeof startMetricsServer> => startMetricsServer({
-        meter, port, host: (v['metrics-host'] as string | undefined) || process.env['POLYTUNE_METRICS_HOST'] || '0.0.0.0',
-        logger: logger.child('metrics'),
-      });
+      const serveMetrics = (port: number): ReturnType<typeof startMetricsServer> =>
+        startMetricsServer({
+          meter,
+          port,
+          host: (v['metrics-host'] as string | undefined) || process.env['POLYTUNE_METRICS_HOST'] || '0.0.0.0',
+          logger: logger.child('metrics'),
+        });
       const metrics = await serveMetrics(metricsPort).catch((e: unknown) => {
         // A default port taken (several workers on one host without --local-rank): any free port, and say so.
         if (v['metrics-port'] === undefined && (e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-          logger.warn('default metrics port in use; serving metrics on a free port (set --local-rank or --metrics-port)', { port: metricsPort });
+          logger.warn(
+            'default metrics port in use; serving metrics on a free port (set --local-rank or --metrics-port)',
+            { port: metricsPort },
+          );
           return serveMetrics(0);
         }
-        throw new UserError(`--metrics-port ${metricsPort}: cannot serve metrics: ${(e as Error).message}`, { cause: e });
+        throw new UserError(`--metrics-port ${metricsPort}: cannot serve metrics: ${(e as Error).message}`, {
+          cause: e,
+        });
       });
       logger.info('metrics at /metrics', { url: metrics.url, localRank });
       const heartbeatDir = process.env[HEARTBEAT_DIR_ENV];
@@ -137,7 +174,10 @@ async function main(signal: AbortSignal): Promise<number> {
           nats: (v.nats as string | undefined) ?? process.env['POLYTUNE_NATS_URL'],
           backend: backendFlag(v.backend as string | undefined),
           native: nativeFlags(v),
-          backendOptions: { allowCpu: boolFlagOrEnv(v, 'allow-cpu', 'POLYTUNE_ALLOW_CPU'), tf32: boolFlagOrEnv(v, 'tf32', 'POLYTUNE_TF32') },
+          backendOptions: {
+            allowCpu: boolFlagOrEnv(v, 'allow-cpu', 'POLYTUNE_ALLOW_CPU'),
+            tf32: boolFlagOrEnv(v, 'tf32', 'POLYTUNE_TF32'),
+          },
           workerId,
           logger,
           signal,
@@ -153,34 +193,57 @@ async function main(signal: AbortSignal): Promise<number> {
       return 0;
     }
     case 'init-model': {
-      const v = parse({ preset: { type: 'string', default: 'tiny' }, out: { type: 'string' }, seed: { type: 'string' } });
-      if (v.help) return write(USAGE), 0;
-      await runInitModel({ preset: v.preset as string, out: required('out', v.out as string | undefined), seed: intFlag('seed', v.seed as string | undefined, 0), write });
+      const v = parse({
+        preset: { type: 'string', default: 'tiny' },
+        out: { type: 'string' },
+        seed: { type: 'string' },
+      });
+      if (v.help) return (write(USAGE), 0);
+      await runInitModel({
+        preset: v.preset as string,
+        out: required('out', v.out as string | undefined),
+        seed: intFlag('seed', v.seed as string | undefined, 0),
+        write,
+      });
       return 0;
     }
     case 'score': {
       const v = parse({
-        model: { type: 'string' }, input: { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
-        template: { type: 'string' }, ...NATIVE_FLAGS,
+        model: { type: 'string' },
+        input: { type: 'string' },
+        json: { type: 'boolean' },
+        backend: { type: 'string' },
+        template: { type: 'string' },
+        ...NATIVE_FLAGS,
       });
-      if (v.help) return write(USAGE), 0;
+      if (v.help) return (write(USAGE), 0);
       await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runScore({
-        model: required('model', v.model as string | undefined), input: required('input', v.input as string | undefined), json: Boolean(v.json), write,
+        model: required('model', v.model as string | undefined),
+        input: required('input', v.input as string | undefined),
+        json: Boolean(v.json),
+        write,
         ...(v.template !== undefined ? { template: v.template as string } : {}),
       });
       return 0;
     }
     case 'generate': {
       const v = parse({
-        model: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' }, json: { type: 'boolean' }, backend: { type: 'string' },
+        model: { type: 'string' },
+        prompt: { type: 'string' },
+        'max-new-tokens': { type: 'string' },
+        json: { type: 'boolean' },
+        backend: { type: 'string' },
         ...NATIVE_FLAGS,
       });
-      if (v.help) return write(USAGE), 0;
+      if (v.help) return (write(USAGE), 0);
       await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runGenerate({
-        model: required('model', v.model as string | undefined), prompt: required('prompt', v.prompt as string | undefined),
-        maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1), json: Boolean(v.json), write,
+        model: required('model', v.model as string | undefined),
+        prompt: required('prompt', v.prompt as string | undefined),
+        maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1),
+        json: Boolean(v.json),
+        write,
       });
       return 0;
     }

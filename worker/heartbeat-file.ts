@@ -19,14 +19,23 @@ export const HEARTBEAT_DIR_ENV = 'POLYTUNE_HEARTBEAT_DIR';
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 10_000;
 
 /** Touches `dir/worker-<localRank>.heartbeat` now and every `intervalMs`; `stop()` ends it. */
-export function startHeartbeatFile(dir: string, localRank: number, logger: Logger, intervalMs = DEFAULT_HEARTBEAT_INTERVAL_MS): { file: string; stop(): void } {
+export function startHeartbeatFile(
+  dir: string,
+  localRank: number,
+  logger: Logger,
+  intervalMs = DEFAULT_HEARTBEAT_INTERVAL_MS,
+): { file: string; stop(): void } {
   const file = join(dir, `worker-${localRank}.heartbeat`);
   let warned = false;
   const touch = (): void => {
     try {
       writeFileSync(file, `${new Date().toISOString()}\n`);
     } catch (e) {
-      if (!warned) logger.warn('cannot write the heartbeat file: the liveness probe will fail', { file, error: (e as Error).message });
+      if (!warned)
+        logger.warn('cannot write the heartbeat file: the liveness probe will fail', {
+          file,
+          error: (e as Error).message,
+        });
       warned = true;
     }
   };

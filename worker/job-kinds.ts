@@ -38,7 +38,11 @@ export const WORKER_JOB_KINDS: { readonly [K in JobKind]: WorkerJobKind<JobSpecO
   },
   EvalJob: {
     run: async (spec, ctx) => {
-      const report = await runEvalJob({ ...base(ctx), spec, onProgress: (done, total) => ctx.rank === 0 && ctx.progress(done, total) });
+      const report = await runEvalJob({
+        ...base(ctx),
+        spec,
+        onProgress: (done, total) => ctx.rank === 0 && ctx.progress(done, total),
+      });
       ctx.onEvalReport?.(report);
       const steps = report.benchmarks.reduce((n, b) => n + b.languages.reduce((m, l) => m + l.total, 0), 0);
       return { steps, outputDir: spec.spec.output.dir, evalJson: JSON.stringify(report) };
@@ -48,7 +52,10 @@ export const WORKER_JOB_KINDS: { readonly [K in JobKind]: WorkerJobKind<JobSpecO
     run: async (spec, ctx) => {
       const s = spec.spec;
       const analysis = await runLayerAnalysis({
-        ...base(ctx), modelPath: s.model.path, spec: s.analysis, outputDir: s.output.dir,
+        ...base(ctx),
+        modelPath: s.model.path,
+        spec: s.analysis,
+        outputDir: s.output.dir,
         // Rank 0's share scaled to the whole; the total is the record's (0 keeps it).
         onProgress: (done) => ctx.rank === 0 && ctx.progress(done * ctx.worldSize, 0),
       });

@@ -39,8 +39,10 @@ export async function jobNatsConnection(
 /** The server's word for a credential that expired or was revoked, or a connect it refused. */
 export function isCredentialFailure(error: unknown): boolean {
   const e = error as { name?: unknown; message?: unknown } | undefined;
-  return /UserAuthenticationExpired|AuthorizationError/.test(String(e?.name ?? ''))
-    || /user authentication (expired|revoked)|authorization violation/i.test(String(e?.message ?? error ?? ''));
+  return (
+    /UserAuthenticationExpired|AuthorizationError/.test(String(e?.name ?? '')) ||
+    /user authentication (expired|revoked)|authorization violation/i.test(String(e?.message ?? error ?? ''))
+  );
 }
 
 /**

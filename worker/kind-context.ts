@@ -10,7 +10,11 @@ import type { StateHolder, StepReport } from './train/trainer.js';
 /** One call of the generation's collective: numbered by the caller, strictly increasing. */
 export interface NumberedCollective {
   allReduce(call: number, data: Float32Array, options?: { exact?: boolean }): Promise<Float32Array>;
-  begin(call: number, length: number, options?: { output?: Float32Array }): { append(data: Float32Array): void; readonly result: Promise<Float32Array> };
+  begin(
+    call: number,
+    length: number,
+    options?: { output?: Float32Array },
+  ): { append(data: Float32Array): void; readonly result: Promise<Float32Array> };
 }
 
 /** Which stage of a job of several stages (common/stages.ts) a report belongs to. */
@@ -48,7 +52,12 @@ export interface KindContext {
   readonly holder: StateHolder;
   /** A trainer step, with its place in the job. */
   readonly onStep: (report: StepReport, position: JobStepPosition) => void;
-  readonly onCheckpoint: (info: { readonly step: number; readonly seconds: number; readonly error?: string; readonly final?: true }) => void;
+  readonly onCheckpoint: (info: {
+    readonly step: number;
+    readonly seconds: number;
+    readonly error?: string;
+    readonly final?: true;
+  }) => void;
 }
 
 export interface KindResult {

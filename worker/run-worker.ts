@@ -24,7 +24,14 @@ import { jobKindOf } from '../common/job-kinds.js';
 import { runJobKind, type KindContext } from './job-kinds.js';
 import { jobNatsConnection, type JobNats } from './job-nats.js';
 import type { NativeOptions } from './native/index.js';
-import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type ProgressReport, type ResultReport, type SessionOptions } from './session.js';
+import {
+  chooseNatsUrl,
+  CoordinatorSession,
+  type AssignmentEvent,
+  type ProgressReport,
+  type ResultReport,
+  type SessionOptions,
+} from './session.js';
 import { releaseHolder, type StateHolder } from './train/trainer.js';
 import { createWorkerMetrics } from './worker-metrics.js';
 
@@ -68,17 +75,22 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const device = backendInfo();
   log.info('backend ready', { ...device, ...productKernelsField() });
   metrics.backend(device);
-  const connectSession = (): Promise<CoordinatorSession> => CoordinatorSession.connect({
-    address: options.coordinator,
-    hello: {
-      workerId: options.workerId, hostname: hostname(), backend, pid: process.pid,
-      cores: availableParallelism(), memoryBytes: totalmem(),
-    },
-    logger: log.child('session'),
-    signal: options.signal,
-    ...(options.tls ? { tls: options.tls } : {}),
-    ...(options.token !== undefined ? { token: options.token } : {}),
-  });
+  const connectSession = (): Promise<CoordinatorSession> =>
+    CoordinatorSession.connect({
+      address: options.coordinator,
+      hello: {
+        workerId: options.workerId,
+        hostname: hostname(),
+        backend,
+        pid: process.pid,
+        cores: availableParallelism(),
+        memoryBytes: totalmem(),
+      },
+      logger: log.child('session'),
+      signal: options.signal,
+      ...(options.tls ? { tls: options.tls } : {}),
+      ...(options.token !== undefined ? { token: options.token } : {}),
+    });
   let session = await connectSession();
   let nc: NatsConnection | undefined;
   let running: { jobId: string; generation: number; abort: AbortController; done: Promise<void> } | undefined;
@@ -95,10 +107,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     let report: ResultReport;
     try {
       jobNats = await jobNatsConnection(a, {
-        natsFlag: options.nats, workerId: options.workerId, ...natsTls,
-        shared: async () => (nc ??= await connect({
-          servers: chooseNatsUrl(options.nats, a), name: `polytune-worker-${options.workerId}`, maxReconnectAttempts: -1, ...natsTls,
-        })),
+        natsFlag: options.nats,
+        workerId: options.workerId,
+        ...natsTls,
+        shared: async () =>
+          (nc ??= await connect({
+            servers: chooseNatsUrl(options.nats, a),
+            name: `polytune-worker-${options.workerId}`,
+            maxReconnectAttempts: -1,
+            ...natsTls,
+          })),
       });
       // NATS lost: a collective in flight cannot finish (core NATS does not replay what was lost),
       // so the generation ends at once as a retryable failure instead of waiting for its deadline.
@@ -106,14 +124,22 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       void (async () => {
         for (let ev = await events.next(); !ev.done; ev = await events.next()) {
           if (ev.value.type !== 'disconnect') continue;
-          abort.abort(new CollectiveError(`NATS connection to ${ev.value.server} lost: this generation ends`, { step: -1 }));
+          abort.abort(
+            new CollectiveError(`NATS connection to ${ev.value.server} lost: this generation ends`, { step: -1 }),
+          );
           return;
         }
       })();
       const collective = jobKindOf(a.spec).collective(a.spec);
       allReduce = await GradientAllReduce.create({
-        nc: jobNats.nc, key: a.collectiveKey, job: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize,
-        logger: jlog.child('allreduce'), onRejected: (reason) => metrics.rejectedChunk(a.jobId, reason),
+        nc: jobNats.nc,
+        key: a.collectiveKey,
+        job: a.jobId,
+        generation: a.generation,
+        rank: a.rank,
+        worldSize: a.worldSize,
+        logger: jlog.child('allreduce'),
+        onRejected: (reason) => metrics.rejectedChunk(a.jobId, reason),
         timeoutMs: collective.timeoutSeconds * 1000,
         compression: collective.compression,
         // The trainer's head ([nll sum, supervised tokens, tokens] + 2 per language) stays exact
@@ -131,13 +157,29 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       let lastProgress: ProgressReport | undefined;
       let evalJson: string | undefined;
       const kindCtx: KindContext = {
-        rank: a.rank, worldSize: a.worldSize, signal: abort.signal, logger: jlog,
+        rank: a.rank,
+        worldSize: a.worldSize,
+        signal: abort.signal,
+        logger: jlog,
         // Counts and chosen layers: always float32 on the wire, whatever the gradients' compression.
         reduce: (data) => ar.allReduce(calls.next++, data, abort.signal, { exact: true }),
-        progress: (done, totalSteps, extra) => session.progress(lastProgress && extra ? { ...lastProgress, ...extra } : {
-          jobId: a.jobId, generation: a.generation, step: done, totalSteps, loss: NaN, tokensPerSecond: 0, epoch: 0, supervisedTokens: 0,
-          elapsedSeconds: (performance.now() - started) / 1000, ...extra,
-        }),
+        progress: (done, totalSteps, extra) =>
+          session.progress(
+            lastProgress && extra
+              ? { ...lastProgress, ...extra }
+              : {
+                  jobId: a.jobId,
+                  generation: a.generation,
+                  step: done,
+                  totalSteps,
+                  loss: NaN,
+                  tokensPerSecond: 0,
+                  epoch: 0,
+                  supervisedTokens: 0,
+                  elapsedSeconds: (performance.now() - started) / 1000,
+                  ...extra,
+                },
+          ),
         onEvalReport: (r) => {
           evalJson = JSON.stringify(r);
           metrics.evalReport(a.jobId, r, a.rank);
@@ -146,33 +188,64 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
           allReduce: (call, data, opts) => ar.allReduce(call, data, abort.signal, opts),
           begin: (call, length, opts) => ar.begin(call, length, abort.signal, opts),
         },
-        calls, holder, resume: a.resume || a.generation > 1,
+        calls,
+        holder,
+        resume: a.resume || a.generation > 1,
         // The histogram is of checkpoints; a failure of either kind is counted.
-        onCheckpoint: (c) => { if (!c.final || c.error !== undefined) metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined); },
+        onCheckpoint: (c) => {
+          if (!c.final || c.error !== undefined) metrics.checkpoint(a.jobId, c.seconds, c.error !== undefined);
+        },
         onStep: (r, at) => {
           metrics.step(a.jobId, r);
           if (at.stage) metrics.stage(a.jobId, at.stage);
-          session.progress(lastProgress = {
-            jobId: a.jobId, generation: a.generation, step: at.step, totalSteps: at.totalSteps, loss: r.loss,
-            tokensPerSecond: r.tokensPerSecond, epoch: r.epoch, supervisedTokens: r.supervisedTokens, elapsedSeconds: (performance.now() - started) / 1000,
-            lossByLanguage: { ...r.lossByLanguage },
-            ...(at.stage ? { stageIndex: at.stage.index, stageCount: at.stage.count, stageName: at.stage.name } : {}),
+          session.progress(
+            (lastProgress = {
+              jobId: a.jobId,
+              generation: a.generation,
+              step: at.step,
+              totalSteps: at.totalSteps,
+              loss: r.loss,
+              tokensPerSecond: r.tokensPerSecond,
+              epoch: r.epoch,
+              supervisedTokens: r.supervisedTokens,
+              elapsedSeconds: (performance.now() - started) / 1000,
+              lossByLanguage: { ...r.lossByLanguage },
+              ...(at.stage ? { stageIndex: at.stage.index, stageCount: at.stage.count, stageName: at.stage.name } : {}),
+            }),
+          );
+          jlog.debug('step', {
+            step: at.step,
+            loss: r.loss,
+            lr: r.lr,
+            gradNorm: r.gradNorm,
+            ...(at.stage ? { stage: at.stage.name } : {}),
           });
-          jlog.debug('step', { step: at.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, ...(at.stage ? { stage: at.stage.name } : {}) });
         },
       };
       // TF32 is fixed when TensorFlow loads: a TrainJob (each stage) must ask for this worker's setting.
       if (a.spec.kind === 'TrainJob') {
-        for (const t of isStaged(a.spec) ? a.spec.spec.stages.map((st) => st.training) : [a.spec.spec.training]) checkTf32(device, t.tf32);
+        for (const t of isStaged(a.spec) ? a.spec.spec.stages.map((st) => st.training) : [a.spec.spec.training])
+          checkTf32(device, t.tf32);
       }
       const r = await runJobKind(a.spec, kindCtx);
       jlog.info('job done', {
-        kind: a.spec.kind, steps: r.steps, firstLoss: r.firstLoss, finalLoss: r.finalLoss, seconds: (performance.now() - started) / 1000,
+        kind: a.spec.kind,
+        steps: r.steps,
+        firstLoss: r.firstLoss,
+        finalLoss: r.finalLoss,
+        seconds: (performance.now() - started) / 1000,
       });
       report = {
-        jobId: a.jobId, generation: a.generation, ok: true, error: '', outputDir: r.outputDir,
-        firstLoss: r.firstLoss ?? NaN, finalLoss: r.finalLoss ?? NaN, steps: r.steps,
-        ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}), ...((r.evalJson ?? evalJson) ? { evalJson: r.evalJson ?? evalJson } : {}),
+        jobId: a.jobId,
+        generation: a.generation,
+        ok: true,
+        error: '',
+        outputDir: r.outputDir,
+        firstLoss: r.firstLoss ?? NaN,
+        finalLoss: r.finalLoss ?? NaN,
+        steps: r.steps,
+        ...(r.chosenLayers ? { chosenLayers: r.chosenLayers } : {}),
+        ...((r.evalJson ?? evalJson) ? { evalJson: r.evalJson ?? evalJson } : {}),
       };
     } catch (e) {
       const msg = errorMessage(e);
@@ -181,15 +254,26 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       else if (retryable) jlog.warn('generation failed; the job can go on in a new one', { error: msg });
       else jlog.error('job failed', { error: msg });
       report = {
-        jobId: a.jobId, generation: a.generation, ok: false, error: msg, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0,
+        jobId: a.jobId,
+        generation: a.generation,
+        ok: false,
+        error: msg,
+        outputDir: '',
+        firstLoss: NaN,
+        finalLoss: NaN,
+        steps: 0,
         retryable: retryable || abort.signal.aborted,
       };
     } finally {
       // Not awaited: a status iterator's pending read ends only when the connection does.
       void statuses?.return?.();
       metrics.jobEnded(a.jobId);
-      await allReduce?.close().catch((e: unknown) => jlog.warn('closing the collective failed', { error: errorMessage(e) }));
-      await jobNats?.release().catch((e: unknown) => jlog.warn('closing the job connection failed', { error: errorMessage(e) }));
+      await allReduce
+        ?.close()
+        .catch((e: unknown) => jlog.warn('closing the collective failed', { error: errorMessage(e) }));
+      await jobNats
+        ?.release()
+        .catch((e: unknown) => jlog.warn('closing the job connection failed', { error: errorMessage(e) }));
     }
     // Over for this worker (done, or failed for good): what it kept for a next generation goes.
     if (report.ok || !report.retryable) releaseHolder(holder);
@@ -199,7 +283,11 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
 
   const onAssignment = async (ev: AssignmentEvent): Promise<void> => {
     if (running && running.jobId === ev.jobId && running.generation < ev.generation) {
-      log.info('world re-formed: leaving the old generation', { jobId: ev.jobId, from: running.generation, to: ev.generation });
+      log.info('world re-formed: leaving the old generation', {
+        jobId: ev.jobId,
+        from: running.generation,
+        to: ev.generation,
+      });
       running.abort.abort(new Error(`generation ${ev.generation} replaces ${running.generation}`));
       await running.done;
     }
@@ -207,7 +295,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     if (running?.abort.signal.aborted) await running.done;
     if (running) {
       log.warn('assignment while busy: refused', { jobId: ev.jobId, busyWith: running.jobId });
-      session.result({ jobId: ev.jobId, generation: ev.generation, ok: false, error: `worker ${options.workerId} is busy with ${running.jobId}`, outputDir: '', firstLoss: NaN, finalLoss: NaN, steps: 0 });
+      session.result({
+        jobId: ev.jobId,
+        generation: ev.generation,
+        ok: false,
+        error: `worker ${options.workerId} is busy with ${running.jobId}`,
+        outputDir: '',
+        firstLoss: NaN,
+        finalLoss: NaN,
+        steps: 0,
+      });
       return;
     }
     if (held?.jobId !== ev.jobId) {
@@ -249,7 +346,11 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
 }
 
 /** Join again until it works or the worker stops; each attempt already retries for a while. */
-async function rejoin(connect: () => Promise<CoordinatorSession>, signal: AbortSignal, log: Logger): Promise<CoordinatorSession> {
+async function rejoin(
+  connect: () => Promise<CoordinatorSession>,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<CoordinatorSession> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await connect();

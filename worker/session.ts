@@ -181,7 +181,12 @@ function jittered(ms: number): number {
 type Stream = grpc.ClientDuplexStream<WorkerMessage, CoordinatorMessage__Output>;
 
 /** Opens the Join stream and waits for the coordinator's Ack. Rejects on error, end or timeout. */
-function attempt(client: WorkerServiceClient, hello: WorkerMessage, timeoutMs: number, metadata: grpc.Metadata): Promise<{ stream: Stream; workerId: string }> {
+function attempt(
+  client: WorkerServiceClient,
+  hello: WorkerMessage,
+  timeoutMs: number,
+  metadata: grpc.Metadata,
+): Promise<{ stream: Stream; workerId: string }> {
   return new Promise((resolve, reject) => {
     const stream = client.Join(metadata, { deadline: undefined });
     let settled = false;
@@ -246,7 +251,9 @@ export class CoordinatorSession {
     this.heartbeat = setInterval(() => this.send({ heartbeat: {} }), heartbeatIntervalMs);
     this.heartbeat.unref();
     stream.on('data', (msg: CoordinatorMessage__Output) => this.onMessage(msg));
-    stream.on('error', (e: grpc.ServiceError) => this.finish(e.code === grpc.status.CANCELLED && this.closing ? undefined : e));
+    stream.on('error', (e: grpc.ServiceError) =>
+      this.finish(e.code === grpc.status.CANCELLED && this.closing ? undefined : e),
+    );
     stream.on('end', () => this.finish(undefined));
     stream.resume();
     this.onAbort = () => void this.close();
@@ -268,7 +275,11 @@ export class CoordinatorSession {
         hostname: h.hostname ?? osHostname(),
         backend: h.backend,
         pid: h.pid ?? process.pid,
-        capabilities: { cores: h.cores ?? availableParallelism(), memoryBytes: h.memoryBytes ?? totalmem(), backend: h.backend },
+        capabilities: {
+          cores: h.cores ?? availableParallelism(),
+          memoryBytes: h.memoryBytes ?? totalmem(),
+          backend: h.backend,
+        },
       },
     };
     const proto = loadCoordinatorProto();
@@ -291,27 +302,49 @@ export class CoordinatorSession {
       if (left <= 0) break;
       try {
         await new Promise<void>((resolve, reject) => {
-          client.waitForReady(Date.now() + Math.min(left, DEFAULT_ATTEMPT_TIMEOUT_MS), (e) => (e ? reject(e) : resolve()));
+          client.waitForReady(Date.now() + Math.min(left, DEFAULT_ATTEMPT_TIMEOUT_MS), (e) =>
+            e ? reject(e) : resolve(),
+          );
         });
         const metadata = new grpc.Metadata();
         if (options.token !== undefined) metadata.set('authorization', `Bearer ${options.token}`);
-        const { stream, workerId } = await attempt(client, hello, Math.min(Math.max(deadline - Date.now(), 1), DEFAULT_ATTEMPT_TIMEOUT_MS), metadata);
+        const { stream, workerId } = await attempt(
+          client,
+          hello,
+          Math.min(Math.max(deadline - Date.now(), 1), DEFAULT_ATTEMPT_TIMEOUT_MS),
+          metadata,
+        );
         logger.info('joined coordinator', { address: options.address, worker: workerId, attempts: n });
         return new CoordinatorSession(
-          client, stream, workerId, options.address, options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS, logger, options.signal,
+          client,
+          stream,
+          workerId,
+          options.address,
+          options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
+          logger,
+          options.signal,
         );
       } catch (e) {
         lastError = e;
         const code = (e as Partial<grpc.ServiceError>).code;
         // A refused Hello or refused credentials do not get better by retrying.
-        if (code === grpc.status.INVALID_ARGUMENT || code === grpc.status.UNAUTHENTICATED || code === grpc.status.PERMISSION_DENIED) break;
+        if (
+          code === grpc.status.INVALID_ARGUMENT ||
+          code === grpc.status.UNAUTHENTICATED ||
+          code === grpc.status.PERMISSION_DENIED
+        )
+          break;
         logger.debug('coordinator not reachable yet', { address: options.address, attempt: n, error: errorMessage(e) });
       }
       await sleep(Math.min(jittered(backoff), Math.max(0, deadline - Date.now())), options.signal);
       backoff = Math.min(backoff * 2, DEFAULT_BACKOFF_MAX_MS);
     }
     client.close();
-    throw new CoordinatorConnectError(options.address, `not reachable within ${Math.round(timeoutMs / 1000)} s: ${errorMessage(lastError)}`, { cause: lastError });
+    throw new CoordinatorConnectError(
+      options.address,
+      `not reachable within ${Math.round(timeoutMs / 1000)} s: ${errorMessage(lastError)}`,
+      { cause: lastError },
+    );
   }
 
   /** Whether the stream is still open. */
@@ -344,8 +377,18 @@ export class CoordinatorSession {
           return;
         }
         this.push({
-          type: 'assignment', jobId: a.jobId, generation: a.generation, rank: a.rank, worldSize: a.worldSize, spec, natsUrl: a.natsUrl, totalSteps: a.totalSteps,
-          natsCreds: a.natsCreds, natsInboxPrefix: a.natsInboxPrefix, resume: a.resume, collectiveKey,
+          type: 'assignment',
+          jobId: a.jobId,
+          generation: a.generation,
+          rank: a.rank,
+          worldSize: a.worldSize,
+          spec,
+          natsUrl: a.natsUrl,
+          totalSteps: a.totalSteps,
+          natsCreds: a.natsCreds,
+          natsInboxPrefix: a.natsInboxPrefix,
+          resume: a.resume,
+          collectiveKey,
         });
         return;
       }
@@ -354,7 +397,12 @@ export class CoordinatorSession {
         return;
       case 'refusal':
         // The coordinator dropped one of our messages (e.g. progress of a generation it has moved past).
-        if (msg.refusal) this.logger.warn('coordinator refused a message', { message: msg.refusal.message, error: msg.refusal.error, job: msg.refusal.jobId });
+        if (msg.refusal)
+          this.logger.warn('coordinator refused a message', {
+            message: msg.refusal.message,
+            error: msg.refusal.error,
+            job: msg.refusal.jobId,
+          });
         return;
       default:
         return;
@@ -363,7 +411,8 @@ export class CoordinatorSession {
 
   private push(e: SessionEvent): void {
     this.queue.push(e);
-    if (this.queue.length === DEFAULT_EVENT_QUEUE_WARN) this.logger.warn('session events are not being consumed', { depth: this.queue.length });
+    if (this.queue.length === DEFAULT_EVENT_QUEUE_WARN)
+      this.logger.warn('session events are not being consumed', { depth: this.queue.length });
     const w = this.wake;
     this.wake = undefined;
     w?.();
@@ -415,9 +464,17 @@ export class CoordinatorSession {
   result(r: ResultReport): boolean {
     return this.send({
       result: {
-        jobId: r.jobId, generation: r.generation, ok: r.ok, error: r.error ?? '', outputDir: r.outputDir ?? '',
-        firstLoss: r.firstLoss ?? 0, finalLoss: r.finalLoss ?? 0, steps: r.steps ?? 0, retryable: r.retryable ?? false,
-        chosenLayers: r.chosenLayers ?? [], evalJson: r.evalJson ?? '',
+        jobId: r.jobId,
+        generation: r.generation,
+        ok: r.ok,
+        error: r.error ?? '',
+        outputDir: r.outputDir ?? '',
+        firstLoss: r.firstLoss ?? 0,
+        finalLoss: r.finalLoss ?? 0,
+        steps: r.steps ?? 0,
+        retryable: r.retryable ?? false,
+        chosenLayers: r.chosenLayers ?? [],
+        evalJson: r.evalJson ?? '',
       },
     });
   }
@@ -429,9 +486,18 @@ export class CoordinatorSession {
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, 2_000);
           t.unref();
-          this.stream.once('end', () => { clearTimeout(t); resolve(); });
-          this.stream.once('error', () => { clearTimeout(t); resolve(); });
-          this.stream.once('close', () => { clearTimeout(t); resolve(); });
+          this.stream.once('end', () => {
+            clearTimeout(t);
+            resolve();
+          });
+          this.stream.once('error', () => {
+            clearTimeout(t);
+            resolve();
+          });
+          this.stream.once('close', () => {
+            clearTimeout(t);
+            resolve();
+          });
           this.stream.end();
         });
       }

@@ -33,8 +33,17 @@ import type { StagePosition } from './kind-context.js';
 import type { StepReport } from './train/trainer.js';
 
 /** What `step()` reads of a report; `lossByLanguage` is the hook for the per-language loss. */
-export type StepSample = Pick<StepReport,
-  'loss' | 'tokensPerSecond' | 'supervisedTokens' | 'stepSeconds' | 'computeSeconds' | 'allReduceSeconds' | 'optimizerSeconds' | 'allReduceBytes' | 'skipped'
+export type StepSample = Pick<
+  StepReport,
+  | 'loss'
+  | 'tokensPerSecond'
+  | 'supervisedTokens'
+  | 'stepSeconds'
+  | 'computeSeconds'
+  | 'allReduceSeconds'
+  | 'optimizerSeconds'
+  | 'allReduceBytes'
+  | 'skipped'
 > & { readonly lossByLanguage?: ReadonlyMap<string, number> | Readonly<Record<string, number>> };
 
 export const StepPhase = { compute: 'compute', allreduce: 'allreduce', optimizer: 'optimizer' } as const;
@@ -60,67 +69,101 @@ export interface WorkerMetrics {
 }
 
 export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
-  const stepDuration = meter.histogram({ name: 'polytune_step_duration_seconds', help: 'Duration of an optimizer step.', labelNames: ['job_id'] });
+  const stepDuration = meter.histogram({
+    name: 'polytune_step_duration_seconds',
+    help: 'Duration of an optimizer step.',
+    labelNames: ['job_id'],
+  });
   const phaseSeconds = meter.counter({
-    name: 'polytune_step_phase_seconds_total', help: 'Seconds spent in each phase of the optimizer steps: compute (forward/backward), allreduce, optimizer.',
+    name: 'polytune_step_phase_seconds_total',
+    help: 'Seconds spent in each phase of the optimizer steps: compute (forward/backward), allreduce, optimizer.',
     labelNames: ['job_id', 'phase'],
   });
   const tokensPerSecond = meter.gauge({
-    name: 'polytune_tokens_per_second', help: 'Non-padding tokens of the global batch per second of the last step (the same on every rank).', labelNames: ['job_id'],
+    name: 'polytune_tokens_per_second',
+    help: 'Non-padding tokens of the global batch per second of the last step (the same on every rank).',
+    labelNames: ['job_id'],
   });
   const supervisedTokens = meter.counter({
-    name: 'polytune_supervised_tokens_total', help: 'Supervised tokens of the global batches trained (the same on every rank).', labelNames: ['job_id'],
+    name: 'polytune_supervised_tokens_total',
+    help: 'Supervised tokens of the global batches trained (the same on every rank).',
+    labelNames: ['job_id'],
   });
   const loss = meter.gauge({
-    name: 'polytune_train_loss', help: 'Mean token NLL of the last finite step; language="all" is the global batch.', labelNames: ['job_id', 'language'],
+    name: 'polytune_train_loss',
+    help: 'Mean token NLL of the last finite step; language="all" is the global batch.',
+    labelNames: ['job_id', 'language'],
   });
   const nonFinite = meter.counter({
-    name: 'polytune_nonfinite_steps_total', help: 'Steps skipped for a non-finite loss or gradient.', labelNames: ['job_id'],
+    name: 'polytune_nonfinite_steps_total',
+    help: 'Steps skipped for a non-finite loss or gradient.',
+    labelNames: ['job_id'],
   });
   const allReduceBytes = meter.counter({
-    name: 'polytune_allreduce_bytes_total', help: 'Bytes of gradient buffers all-reduced by this rank (the payload, not the wire traffic).', labelNames: ['job_id'],
+    name: 'polytune_allreduce_bytes_total',
+    help: 'Bytes of gradient buffers all-reduced by this rank (the payload, not the wire traffic).',
+    labelNames: ['job_id'],
   });
   const bandwidth = meter.gauge({
-    name: 'polytune_allreduce_bandwidth_bytes_per_second', help: 'All-reduced payload bytes per second of all-reduce in the last step (algorithm bandwidth).',
+    name: 'polytune_allreduce_bandwidth_bytes_per_second',
+    help: 'All-reduced payload bytes per second of all-reduce in the last step (algorithm bandwidth).',
     labelNames: ['job_id'],
   });
   const checkpoint = meter.histogram({
-    name: 'polytune_checkpoint_duration_seconds', help: 'Time for rank 0 to write a checkpoint.', labelNames: ['job_id'],
+    name: 'polytune_checkpoint_duration_seconds',
+    help: 'Time for rank 0 to write a checkpoint.',
+    labelNames: ['job_id'],
   });
   const checkpointFailures = meter.counter({
-    name: 'polytune_checkpoint_failures_total', help: 'Checkpoints or final outputs rank 0 failed to write (a full disk, say); the state stayed in memory.', labelNames: ['job_id'],
+    name: 'polytune_checkpoint_failures_total',
+    help: 'Checkpoints or final outputs rank 0 failed to write (a full disk, say); the state stayed in memory.',
+    labelNames: ['job_id'],
   });
   const evalAccuracy = meter.gauge({
-    name: 'polytune_eval_accuracy_ratio', help: 'Accuracy of the last evaluation per benchmark and language ' +
+    name: 'polytune_eval_accuracy_ratio',
+    help:
+      'Accuracy of the last evaluation per benchmark and language ' +
       '(greedy, last number); language="avg" is the mean over languages.',
     labelNames: ['job_id', 'benchmark', 'language'],
   });
   const rejectedChunks = meter.counter({
     name: 'polytune_collective_rejected_chunks_total',
-    help: 'Gradient chunks dropped unused, by reason: mac (forged or altered), ' +
+    help:
+      'Gradient chunks dropped unused, by reason: mac (forged or altered), ' +
       'header, malformed, stale (replay or late copy), ahead, duplicate, position.',
     labelNames: ['job_id', 'reason'],
   });
-  meter.observableGauge({ name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' }, (observe) => {
-    observe({}, tf.memory().numTensors);
-  });
-  meter.observableGauge({ name: 'polytune_tfjs_memory_bytes', help: 'Bytes held by TensorFlow.js tensors (tf.memory().numBytes).' }, (observe) => {
-    observe({}, tf.memory().numBytes);
-  });
+  meter.observableGauge(
+    { name: 'polytune_tfjs_tensors', help: 'Tensors held by TensorFlow.js (tf.memory().numTensors).' },
+    (observe) => {
+      observe({}, tf.memory().numTensors);
+    },
+  );
+  meter.observableGauge(
+    { name: 'polytune_tfjs_memory_bytes', help: 'Bytes held by TensorFlow.js tensors (tf.memory().numBytes).' },
+    (observe) => {
+      observe({}, tf.memory().numBytes);
+    },
+  );
   const stageGauge = meter.gauge({
-    name: 'polytune_job_stage', help: 'The stage a job of several stages is in, 1-based; the stage label is its name.',
+    name: 'polytune_job_stage',
+    help: 'The stage a job of several stages is in, 1-based; the stage label is its name.',
     labelNames: ['job_id', 'stage'],
   });
   const languages = new Map<string, Set<string>>();
   const stages = new Map<string, string>();
 
   const backendGauge = meter.gauge({
-    name: 'polytune_worker_backend_info', help: 'What the worker computes on (always 1): backend, device (gpu or cpu), TF32, CUDA and cuDNN versions.',
+    name: 'polytune_worker_backend_info',
+    help: 'What the worker computes on (always 1): backend, device (gpu or cpu), TF32, CUDA and cuDNN versions.',
     labelNames: ['backend', 'device', 'tf32', 'cuda', 'cudnn'],
   });
   return {
     backend(info) {
-      backendGauge.set({ backend: info.backend, device: info.device, tf32: info.tf32, cuda: info.cuda, cudnn: info.cudnn }, 1);
+      backendGauge.set(
+        { backend: info.backend, device: info.device, tf32: info.tf32, cuda: info.cuda, cudnn: info.cudnn },
+        1,
+      );
     },
     step(jobId, r) {
       const job = { job_id: jobId };
@@ -140,7 +183,8 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
         loss.set({ ...job, language: ALL_LANGUAGES }, r.loss);
         seen.add(ALL_LANGUAGES);
       }
-      const byLanguage = r.lossByLanguage instanceof Map ? r.lossByLanguage : new Map(Object.entries(r.lossByLanguage ?? {}));
+      const byLanguage =
+        r.lossByLanguage instanceof Map ? r.lossByLanguage : new Map(Object.entries(r.lossByLanguage ?? {}));
       for (const [language, l] of byLanguage) {
         if (!Number.isFinite(l)) continue;
         loss.set({ ...job, language }, l);
@@ -156,7 +200,8 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
     evalReport(jobId, report, rank = 0) {
       if (rank !== 0) return;
       for (const b of report.benchmarks) {
-        for (const l of b.languages) evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: l.language }, l.accuracy);
+        for (const l of b.languages)
+          evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: l.language }, l.accuracy);
         evalAccuracy.set({ job_id: jobId, benchmark: b.benchmark, language: 'avg' }, b.average);
       }
     },

@@ -6,7 +6,12 @@
 import { z } from 'zod';
 import type { MethodContract } from './contract.js';
 import {
-  countedLayers, LAYER_MODULES, layerDepthIssues, layerSelectionFields, layerSelectionIssues, layerTensorNames,
+  countedLayers,
+  LAYER_MODULES,
+  layerDepthIssues,
+  layerSelectionFields,
+  layerSelectionIssues,
+  layerTensorNames,
 } from './layer-selection.js';
 
 export const freezeSchema = z.strictObject({ name: z.literal('freeze'), ...layerSelectionFields });

@@ -3,8 +3,17 @@
  * pure functions (which tensors train, parameter counts). The worker's side is worker/methods/.
  */
 export {
-  METHOD_NAMES, SUPPORTED_METHODS, describeTrainable, methodContract, methodForCounting, methodIssues,
-  methodModelIssues, methodSchema, parameterCounts, resolveMethodPaths, trainableTensorNames,
+  METHOD_NAMES,
+  SUPPORTED_METHODS,
+  describeTrainable,
+  methodContract,
+  methodForCounting,
+  methodIssues,
+  methodModelIssues,
+  methodSchema,
+  parameterCounts,
+  resolveMethodPaths,
+  trainableTensorNames,
 } from './method-table.js';
 export type { MethodName, MethodSpec, MethodSpecOf } from './method-table.js';
 export type { MethodContract } from './contract.js';

@@ -11,14 +11,23 @@ import { nonNegativeInt } from '../spec-primitives.js';
 export const FFN_MODULES = ['gate_proj', 'up_proj', 'down_proj'] as const;
 export const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
 /** What `method.modules` may name: a projection, a norm, or a whole block (`mlp`, `self_attn`). */
-export const LAYER_MODULES = [...FFN_MODULES, ...ATTENTION_MODULES, 'input_layernorm', 'post_attention_layernorm', 'mlp', 'self_attn'] as const;
+export const LAYER_MODULES = [
+  ...FFN_MODULES,
+  ...ATTENTION_MODULES,
+  'input_layernorm',
+  'post_attention_layernorm',
+  'mlp',
+  'self_attn',
+] as const;
 export type LayerModule = (typeof LAYER_MODULES)[number];
 
 /** The zod fields `layers`, `modules`, `analysis`, to spread into a method's strict object. */
 export const layerSelectionFields = {
   layers: z.union([z.array(nonNegativeInt).min(1, 'must name at least one layer'), z.literal('auto')]).optional(),
-  modules: z.array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
-    .min(1, 'must name at least one module').optional(),
+  modules: z
+    .array(z.enum(LAYER_MODULES, { message: `must be one of ${LAYER_MODULES.join(', ')}` }))
+    .min(1, 'must name at least one module')
+    .optional(),
   /** With `layers: auto`: the layer analysis that picks them (common/eval-spec.ts). */
   analysis: analysisSchema.optional(),
 };
@@ -33,7 +42,10 @@ export interface LayerSelection {
 export function layerSelectionIssues(m: LayerSelection, path: string): SpecIssue[] {
   const issues: SpecIssue[] = [];
   if (m.layers === 'auto' && m.analysis === undefined) {
-    issues.push({ path: `${path}.analysis`, message: 'is required with layers "auto" (the probe prompts of the layer analysis)' });
+    issues.push({
+      path: `${path}.analysis`,
+      message: 'is required with layers "auto" (the probe prompts of the layer analysis)',
+    });
   }
   if (m.analysis !== undefined && m.layers !== 'auto') {
     issues.push({ path: `${path}.analysis`, message: 'is only allowed with layers "auto"' });
@@ -48,9 +60,16 @@ export function layerSelectionIssues(m: LayerSelection, path: string): SpecIssue
 /** Every listed layer is below the model's depth. */
 export function layerDepthIssues(m: LayerSelection, numLayers: number, path: string): SpecIssue[] {
   if (numLayers <= 0 || !Array.isArray(m.layers)) return [];
-  return m.layers.flatMap((layer, i) => layer < numLayers ? [] : [{
-    path: `${path}.layers[${i}]`, message: `layer ${layer} is past the model's depth (${numLayers} layers: 0-${numLayers - 1})`,
-  }]);
+  return m.layers.flatMap((layer, i) =>
+    layer < numLayers
+      ? []
+      : [
+          {
+            path: `${path}.layers[${i}]`,
+            message: `layer ${layer} is past the model's depth (${numLayers} layers: 0-${numLayers - 1})`,
+          },
+        ],
+  );
 }
 
 function tensorPrefix(layer: number, module: string): string {
@@ -61,12 +80,17 @@ function tensorPrefix(layer: number, module: string): string {
 
 /** The tensors of `modules` of `layers` among `allNames`, in their order; an error when none. */
 export function layerTensorNames(
-  method: string, layers: readonly number[], modules: readonly string[], allNames: readonly string[],
+  method: string,
+  layers: readonly number[],
+  modules: readonly string[],
+  allNames: readonly string[],
 ): string[] {
   const prefixes = layers.flatMap((l) => modules.map((m) => tensorPrefix(l, m)));
   const chosen = allNames.filter((n) => prefixes.some((p) => n.startsWith(p)));
   if (chosen.length === 0) {
-    throw new Error(`method ${method} selects no tensor of this model (layers ${layers.join(',')}, modules ${modules.join(',')})`);
+    throw new Error(
+      `method ${method} selects no tensor of this model (layers ${layers.join(',')}, modules ${modules.join(',')})`,
+    );
   }
   return chosen;
 }

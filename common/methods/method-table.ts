@@ -13,7 +13,14 @@ import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
-import { cctuningContract, cctuningSchema, lingualiftContract, lingualiftSchema, pruneContract, pruneSchema } from './planned.js';
+import {
+  cctuningContract,
+  cctuningSchema,
+  lingualiftContract,
+  lingualiftSchema,
+  pruneContract,
+  pruneSchema,
+} from './planned.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -53,7 +60,12 @@ export function methodContract<M extends MethodSpec>(method: M): MethodContract<
 export function methodIssues(method: MethodSpec, path: string): SpecIssue[] {
   const c = methodContract(method);
   if (!c.implemented) {
-    return [{ path: `${path}.name`, message: `"${method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})` }];
+    return [
+      {
+        path: `${path}.name`,
+        message: `"${method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})`,
+      },
+    ];
   }
   return c.issues(method, path);
 }
@@ -95,13 +107,19 @@ export function parameterCounts(method: MethodSpec, config: LlamaConfig): { trai
 
 /** "541.1M of 6.74B parameters (8.0%)". */
 export function describeTrainable(counts: { trainable: number; total: number }): string {
-  const human = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}K`);
-  return `${human(counts.trainable)} of ${human(counts.total)} parameters ` +
-    `(${((100 * counts.trainable) / counts.total).toFixed(1)}%)`;
+  const human = (n: number): string =>
+    n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}K`;
+  return (
+    `${human(counts.trainable)} of ${human(counts.total)} parameters ` +
+    `(${((100 * counts.trainable) / counts.total).toFixed(1)}%)`
+  );
 }
 
 /** The block with its relative paths (the layer analysis's probe sets) resolved against `baseDir`. */
 export function resolveMethodPaths(method: MethodSpec, baseDir: string): MethodSpec {
   if (!method.analysis) return method;
-  return { ...method, analysis: { ...method.analysis, probe: resolveProblemSets(method.analysis.probe, baseDir) } } as MethodSpec;
+  return {
+    ...method,
+    analysis: { ...method.analysis, probe: resolveProblemSets(method.analysis.probe, baseDir) },
+  } as MethodSpec;
 }

@@ -6,7 +6,11 @@
 import { z } from 'zod';
 import type { MethodContract } from './contract.js';
 import {
-  countedLayers, layerDepthIssues, layerSelectionFields, layerSelectionIssues, layerTensorNames,
+  countedLayers,
+  layerDepthIssues,
+  layerSelectionFields,
+  layerSelectionIssues,
+  layerTensorNames,
 } from './layer-selection.js';
 
 export const SLAM_DEFAULT_LAYERS = [0, 1, 2, 3, 4, 5] as const;
@@ -21,11 +25,12 @@ export const slamContract: MethodContract<SlamSpec> = {
   implemented: true,
   issues: (m, path) => layerSelectionIssues(m, path),
   modelIssues: (m, numLayers, path) => layerDepthIssues(m, numLayers, path),
-  trainableTensorNames: (m, numLayers, allNames) => layerTensorNames(
-    'slam',
-    Array.isArray(m.layers) ? m.layers : SLAM_DEFAULT_LAYERS.filter((l) => l < numLayers),
-    m.modules ?? SLAM_DEFAULT_MODULES,
-    allNames,
-  ),
+  trainableTensorNames: (m, numLayers, allNames) =>
+    layerTensorNames(
+      'slam',
+      Array.isArray(m.layers) ? m.layers : SLAM_DEFAULT_LAYERS.filter((l) => l < numLayers),
+      m.modules ?? SLAM_DEFAULT_MODULES,
+      allNames,
+    ),
   forCounting: countedLayers,
 };

@@ -4,13 +4,32 @@
  * ETA). Pure functions of wire jobs and a clock, apart from the live writer (log-update).
  */
 export {
-  ageSeconds, etaSeconds, formatDuration, formatLoss, formatRate, generationStepRate, jobRate, kindOf, languageLosses,
-  RATE_UNIT, stageText, stateName,
+  ageSeconds,
+  etaSeconds,
+  formatDuration,
+  formatLoss,
+  formatRate,
+  generationStepRate,
+  jobRate,
+  kindOf,
+  languageLosses,
+  RATE_UNIT,
+  stageText,
+  stateName,
 } from './job-view.js';
 export type { JobView, KnownKind, Rate } from './job-view.js';
 export {
-  bar, BAR_WIDTH, createProgressView, isLiveTerminal, liveBlock, logUpdateWriter, plainProgressLine, RATE_WINDOW_MS,
-  RecentRate, REDRAW_MS, stateLine,
+  bar,
+  BAR_WIDTH,
+  createProgressView,
+  isLiveTerminal,
+  liveBlock,
+  logUpdateWriter,
+  plainProgressLine,
+  RATE_WINDOW_MS,
+  RecentRate,
+  REDRAW_MS,
+  stateLine,
 } from './progress-view.js';
 export type { LiveWriter, ProgressView, ProgressViewOptions, WatchEventKind } from './progress-view.js';
 export { OUTPUT_FORMATS, outputFormat, statusBlock, statusTable, timingsJson } from './status-view.js';

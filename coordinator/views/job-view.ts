@@ -14,10 +14,33 @@ import type { Job__Output } from '../../proto/index.js';
 /** The fields of a job a view reads; the stage fields come with multi-stage jobs (spec.stages). */
 export type JobView = Pick<
   Job__Output,
-  | 'id' | 'name' | 'state' | 'step' | 'totalSteps' | 'hasLoss' | 'lastLoss' | 'firstLoss' | 'tokensPerSecond'
-  | 'elapsedSeconds' | 'generation' | 'workers' | 'error' | 'outputDir' | 'createdAt' | 'startedAt' | 'finishedAt'
-  | 'lossByLanguage' | 'specJson' | 'kind' | 'wallSeconds' | 'computeSeconds' | 'reformSeconds' | 'generations'
-  | 'ledgerJson' | 'chosenLayers' | 'evalJson'
+  | 'id'
+  | 'name'
+  | 'state'
+  | 'step'
+  | 'totalSteps'
+  | 'hasLoss'
+  | 'lastLoss'
+  | 'firstLoss'
+  | 'tokensPerSecond'
+  | 'elapsedSeconds'
+  | 'generation'
+  | 'workers'
+  | 'error'
+  | 'outputDir'
+  | 'createdAt'
+  | 'startedAt'
+  | 'finishedAt'
+  | 'lossByLanguage'
+  | 'specJson'
+  | 'kind'
+  | 'wallSeconds'
+  | 'computeSeconds'
+  | 'reformSeconds'
+  | 'generations'
+  | 'ledgerJson'
+  | 'chosenLayers'
+  | 'evalJson'
 > & { readonly stageIndex?: number; readonly stageCount?: number; readonly stageName?: string };
 
 /** The unit of a kind's steps per second; a TrainJob's rate is in tokens. */
@@ -96,7 +119,8 @@ export function stageText(job: Pick<JobView, 'stageIndex' | 'stageCount' | 'stag
 
 /** Seconds until the job's last step at `stepsPerSecond`; undefined when that is not known. */
 export function etaSeconds(
-  job: Pick<JobView, 'step' | 'totalSteps'>, stepsPerSecond: number | undefined,
+  job: Pick<JobView, 'step' | 'totalSteps'>,
+  stepsPerSecond: number | undefined,
 ): number | undefined {
   if (!stepsPerSecond || !(stepsPerSecond > 0) || !(job.totalSteps > 0)) return undefined;
   return Math.max(0, job.totalSteps - job.step) / stepsPerSecond;

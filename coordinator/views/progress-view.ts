@@ -16,8 +16,19 @@
  */
 import { createLogUpdate } from 'log-update';
 import {
-  etaSeconds, formatDuration, formatLoss, formatRate, generationStepRate, jobRate, kindOf, languageLosses, RATE_UNIT,
-  stageText, stateName, type JobView, type Rate,
+  etaSeconds,
+  formatDuration,
+  formatLoss,
+  formatRate,
+  generationStepRate,
+  jobRate,
+  kindOf,
+  languageLosses,
+  RATE_UNIT,
+  stageText,
+  stateName,
+  type JobView,
+  type Rate,
 } from './job-view.js';
 
 /** @default the ETA and the rate of the other kinds come from the last 30 s of progress. */
@@ -86,7 +97,10 @@ export function plainProgressLine(job: JobView, recentStepsPerSecond?: number): 
 
 /** The live block (a terminal): the bar line, and the languages' line when asked for. */
 export function liveBlock(
-  job: JobView, recentStepsPerSecond: number | undefined, languages: boolean, secondsSinceUpdate = 0,
+  job: JobView,
+  recentStepsPerSecond: number | undefined,
+  languages: boolean,
+  secondsSinceUpdate = 0,
 ): string[] {
   const s = stateName(job);
   const stage = stageText(job);
@@ -112,9 +126,12 @@ export function liveBlock(
 export function stateLine(job: JobView): string {
   const s = stateName(job);
   const stage = stageText(job);
-  const extra = s === 'Running'
-    ? ` (${stage ? `${stage}, ` : ''}generation ${job.generation}, workers ${job.workers.join(', ')})`
-    : job.error ? `: ${job.error}` : '';
+  const extra =
+    s === 'Running'
+      ? ` (${stage ? `${stage}, ` : ''}generation ${job.generation}, workers ${job.workers.join(', ')})`
+      : job.error
+        ? `: ${job.error}`
+        : '';
   return `[${job.id}] ${s}${extra}`;
 }
 

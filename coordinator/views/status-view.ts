@@ -8,8 +8,17 @@
 import { UsageError } from '../../common/cli.js';
 import type { Ledger, StepRange } from '../ledger.js';
 import {
-  ageSeconds, etaSeconds, formatDuration, formatLoss, formatRate, generationStepRate, jobRate, kindOf, languageLosses,
-  stateName, type JobView,
+  ageSeconds,
+  etaSeconds,
+  formatDuration,
+  formatLoss,
+  formatRate,
+  generationStepRate,
+  jobRate,
+  kindOf,
+  languageLosses,
+  stateName,
+  type JobView,
 } from './job-view.js';
 
 export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'yaml'] as const;
@@ -48,7 +57,12 @@ export function timingsJson(job: JobView): Record<string, unknown> {
 
 function align(rows: string[][]): string[] {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('   ').trimEnd());
+  return rows.map((r) =>
+    r
+      .map((cell, c) => cell.padEnd(widths[c]!))
+      .join('   ')
+      .trimEnd(),
+  );
 }
 
 const stepText = (j: JobView): string =>
@@ -64,9 +78,14 @@ export function statusTable(jobs: readonly JobView[], wide: boolean, now: number
     const s = stateName(j);
     const row = [
       // A Pending job that ran before is waiting for its next gang, not queued: say so.
-      j.id, kindOf(j), s === 'Pending' && j.generation > 0 ? 'Pending (re-forming)' : s, stageCell(j), stepText(j),
+      j.id,
+      kindOf(j),
+      s === 'Pending' && j.generation > 0 ? 'Pending (re-forming)' : s,
+      stageCell(j),
+      stepText(j),
       j.hasLoss ? formatLoss(j.lastLoss) : '-',
-      s === 'Running' ? formatRate(jobRate(j)) : '-', formatDuration(ageSeconds(j, now)),
+      s === 'Running' ? formatRate(jobRate(j)) : '-',
+      formatDuration(ageSeconds(j, now)),
     ];
     if (wide) {
       const eta = s === 'Running' ? etaSeconds(j, generationStepRate(j)) : undefined;
@@ -87,8 +106,9 @@ function ledgerSummary(ledgerJson: string): string | undefined {
   }
   // From the coordinator: only a ledger of the right shape is summarised.
   const isRange = (r: unknown): r is StepRange =>
-    typeof r === 'object' && r !== null && ['from', 'to', 'generation', 'worldSize'].every(
-      (k) => Number.isFinite((r as Record<string, unknown>)[k]));
+    typeof r === 'object' &&
+    r !== null &&
+    ['from', 'to', 'generation', 'worldSize'].every((k) => Number.isFinite((r as Record<string, unknown>)[k]));
   if (!Array.isArray(ledger?.committed) || !Array.isArray(ledger.rolledBack)) return undefined;
   if (!ledger.committed.every(isRange) || !ledger.rolledBack.every(isRange)) return undefined;
   const range = (r: StepRange): string =>
@@ -126,8 +146,11 @@ export function statusBlock(job: JobView, now: number): string[] {
   if (job.wallSeconds > 0) {
     const n = job.generations.length - 1;
     const lost = n > 0 ? `, re-forming ${formatDuration(job.reformSeconds)} (${n} re-form${n > 1 ? 's' : ''})` : '';
-    rows.push(['time', `wall ${formatDuration(job.wallSeconds)}, this generation ${formatDuration(gen?.wallSeconds)}, `
-      + `compute ${formatDuration(job.computeSeconds)}${lost}`]);
+    rows.push([
+      'time',
+      `wall ${formatDuration(job.wallSeconds)}, this generation ${formatDuration(gen?.wallSeconds)}, ` +
+        `compute ${formatDuration(job.computeSeconds)}${lost}`,
+    ]);
   } else {
     rows.push(['age', formatDuration(ageSeconds(job, now))]);
   }

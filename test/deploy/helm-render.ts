@@ -19,17 +19,26 @@ const GOPATH = '/usr/share/gocode';
 export function helmRender(): string | { skip: string } {
   if (existsSync(BIN) && statSync(BIN).mtimeMs >= statSync(SRC).mtimeMs) return BIN;
   const go = ['go', '/usr/lib/go/bin/go'].find((g) => spawnSync(g, ['version']).status === 0);
-  const haveSources = existsSync(join(GOPATH, 'src/github.com/Masterminds/sprig')) && existsSync(join(GOPATH, 'src/github.com/ghodss/yaml'));
+  const haveSources =
+    existsSync(join(GOPATH, 'src/github.com/Masterminds/sprig')) &&
+    existsSync(join(GOPATH, 'src/github.com/ghodss/yaml'));
   if (!go || !haveSources) {
     const apt = spawnSync('sh', ['-c', 'command -v apt-get']).status === 0;
-    if (!apt) return { skip: 'no Go with Debian\'s sprig/ghodss-yaml sources to build ' +
-      'tools/helm-render, and no apt-get: skipping the chart tests' };
-    throw new Error('tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs ' +
-      'golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)');
+    if (!apt)
+      return {
+        skip:
+          "no Go with Debian's sprig/ghodss-yaml sources to build " +
+          'tools/helm-render, and no apt-get: skipping the chart tests',
+      };
+    throw new Error(
+      'tools/helm-render cannot be built: run `bash scripts/setup.sh` as root (it installs ' +
+        'golang-go, golang-github-masterminds-sprig-dev, golang-github-ghodss-yaml-dev)',
+    );
   }
   mkdirSync(dirname(BIN), { recursive: true });
   execFileSync(go, ['build', '-o', BIN, './tools/helm-render'], {
-    cwd: ROOT, stdio: 'pipe',
+    cwd: ROOT,
+    stdio: 'pipe',
     env: { ...process.env, GO111MODULE: 'off', GOPATH, GOCACHE: join(ROOT, '.cache', 'go-build'), GOFLAGS: '' },
   });
   return BIN;

@@ -31,10 +31,15 @@ export function findPromTools(): PromTools | { skip: string } {
   const prometheus = which('prometheus');
   if (promtool && prometheus) return { promtool, prometheus };
   if (!which('apt-get')) {
-    return { skip: 'promtool/prometheus not found and no apt-get to install Debian\'s ' +
-      '`prometheus` package: skipping (install Prometheus 2.x to run this suite)' };
+    return {
+      skip:
+        "promtool/prometheus not found and no apt-get to install Debian's " +
+        '`prometheus` package: skipping (install Prometheus 2.x to run this suite)',
+    };
   }
-  throw new Error('promtool/prometheus not found: run `bash scripts/setup.sh` as root (it installs Debian\'s `prometheus` package)');
+  throw new Error(
+    "promtool/prometheus not found: run `bash scripts/setup.sh` as root (it installs Debian's `prometheus` package)",
+  );
 }
 
 export interface ToolResult {
@@ -78,17 +83,33 @@ export interface PrometheusServer {
  * Starts Prometheus on 127.0.0.1 with its TSDB in a temporary directory, scraping `targets` (HOST:PORT) every
  * `scrapeInterval`.
  */
-export async function startPrometheus(bin: string, targets: Record<string, string[]>, scrapeInterval = '500ms'): Promise<PrometheusServer> {
+export async function startPrometheus(
+  bin: string,
+  targets: Record<string, string[]>,
+  scrapeInterval = '500ms',
+): Promise<PrometheusServer> {
   const dir = mkdtempSync(join(tmpdir(), 'polytune-prometheus-'));
   const port = await freePort();
-  const jobs = Object.entries(targets).map(([job, ts]) => `  - job_name: ${job}\n    static_configs:\n      - targets: [${ts.map((t) => `'${t}'`).join(', ')}]`);
-  writeFileSync(join(dir, 'prometheus.yml'), `global:\n  scrape_interval: ${scrapeInterval}\n  scrape_timeout: ${scrapeInterval}\n ` +
-    ` evaluation_interval: ${scrapeInterval}\nscrape_configs:\n${jobs.join('\n')}\n`);
+  const jobs = Object.entries(targets).map(
+    ([job, ts]) =>
+      `  - job_name: ${job}\n    static_configs:\n      - targets: [${ts.map((t) => `'${t}'`).join(', ')}]`,
+  );
+  writeFileSync(
+    join(dir, 'prometheus.yml'),
+    `global:\n  scrape_interval: ${scrapeInterval}\n  scrape_timeout: ${scrapeInterval}\n ` +
+      ` evaluation_interval: ${scrapeInterval}\nscrape_configs:\n${jobs.join('\n')}\n`,
+  );
   let log = '';
-  const child: ChildProcess = spawn(bin, [
-    `--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`,
-    `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn(
+    bin,
+    [
+      `--config.file=${join(dir, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--log.level=warn',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   child.stderr?.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = `http://127.0.0.1:${port}`;
@@ -107,7 +128,10 @@ export async function startPrometheus(bin: string, targets: Record<string, strin
       await stop();
       throw new Error(`prometheus exited (${child.exitCode}) at start: ${log}`);
     }
-    const ok = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
+    const ok = await fetch(`${url}/-/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) {
       await stop();
@@ -119,7 +143,11 @@ export async function startPrometheus(bin: string, targets: Record<string, strin
     url,
     async query(expr) {
       const r = await fetch(`${url}/api/v1/query?query=${encodeURIComponent(expr)}`);
-      const body = (await r.json()) as { status: string; error?: string; data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } };
+      const body = (await r.json()) as {
+        status: string;
+        error?: string;
+        data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+      };
       if (body.status !== 'success') throw new Error(`query ${expr}: ${body.error ?? r.status}`);
       return body.data?.result ?? [];
     },

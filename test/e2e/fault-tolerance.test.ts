@@ -53,17 +53,23 @@ spec:
 `;
 }
 
-const trainable = (outDir: string): Promise<Map<string, Float32Array>> => tensorMap(join(outDir, 'final', 'trainable.safetensors'));
+const trainable = (outDir: string): Promise<Map<string, Float32Array>> =>
+  tensorMap(join(outDir, 'final', 'trainable.safetensors'));
 const expectClean = (actual: Map<string, Float32Array>): void => expectSameTensors(clean, actual);
 
 function node(args: string[]): ChildProcess {
-  const child = spawn(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' } });
+  const child = spawn(process.execPath, args, {
+    cwd: dir,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' },
+  });
   let tail = '';
   child.stderr!.on('data', (b: Buffer) => {
     tail = (tail + b.toString()).slice(-4000);
   });
   child.on('exit', (code, sig) => {
-    if (code !== 0 && sig !== 'SIGKILL' && sig !== 'SIGTERM') process.stderr.write(`[${args[1]}] exited ${code ?? sig}:\n${tail}\n`);
+    if (code !== 0 && sig !== 'SIGKILL' && sig !== 'SIGTERM')
+      process.stderr.write(`[${args[1]}] exited ${code ?? sig}:\n${tail}\n`);
   });
   children.push(child);
   return child;
@@ -92,10 +98,16 @@ async function cluster(workers: number): Promise<Cluster> {
   const nats = await startNatsServer({ jetstream: true, storeDir: await mkdtemp(join(dir, 'js-')) });
   servers.push(nats);
   const address = `127.0.0.1:${await freePort()}`;
-  const startCoordinator = (): ChildProcess => node([join(ROOT, 'dist/coordinator/cli.js'), 'serve', '--listen', address, '--nats', nats.url]);
+  const startCoordinator = (): ChildProcess =>
+    node([join(ROOT, 'dist/coordinator/cli.js'), 'serve', '--listen', address, '--nats', nats.url]);
   const c: Cluster = {
-    nats, address, coordinator: startCoordinator(), startCoordinator,
-    workers: Array.from({ length: workers }, () => node([join(ROOT, 'dist/worker/cli.js'), '--coordinator', address, '--nats', nats.url])),
+    nats,
+    address,
+    coordinator: startCoordinator(),
+    startCoordinator,
+    workers: Array.from({ length: workers }, () =>
+      node([join(ROOT, 'dist/worker/cli.js'), '--coordinator', address, '--nats', nats.url]),
+    ),
     client: new JobClient({ address }),
   };
   clients.push(c.client);
@@ -136,10 +148,14 @@ const atStep = (c: Cluster, id: string, step: number): Promise<number> =>
 
 /** Waits for Succeeded; the ledger must commit every step from where the job began to the end once. */
 async function finished(c: Cluster, id: string): Promise<{ generation: number; ledger: Ledger }> {
-  const job = await until('the job to end', async () => {
-    const j = await c.client.get(id);
-    return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state as string) ? j : undefined;
-  }, 240_000);
+  const job = await until(
+    'the job to end',
+    async () => {
+      const j = await c.client.get(id);
+      return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state as string) ? j : undefined;
+    },
+    240_000,
+  );
   expect(job.state, job.error).toBe('SUCCEEDED');
   // status --json's lossByLanguage: the word problems' languages, each a finite loss.
   expect(Object.keys(job.lossByLanguage).length).toBeGreaterThan(1);
@@ -147,7 +163,10 @@ async function finished(c: Cluster, id: string): Promise<{ generation: number; l
   const ledger = JSON.parse(job.ledgerJson) as Ledger;
   const from = ledger.committed[0]!.from;
   const gaps = ledgerGaps(ledger, STEPS);
-  expect({ missing: gaps.missing.filter((s) => s >= from), repeated: gaps.repeated }).toEqual({ missing: [], repeated: [] });
+  expect({ missing: gaps.missing.filter((s) => s >= from), repeated: gaps.repeated }).toEqual({
+    missing: [],
+    repeated: [],
+  });
   expect(ledger.committed.at(-1)!.to).toBe(STEPS);
   // The timings (issue 19): the job's wall time spans its generations and the re-forms between them.
   const gens = job.generations;
@@ -168,8 +187,21 @@ beforeAll(async () => {
   try {
     const server = await scope.start();
     const nc = await scope.connect(server);
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: uniqueJobName('clean'), generation: 1, rank: 0, worldSize: 1 });
-    await train({ spec: parseJobSpec(specText('clean', join(dir, 'clean'), 1, 1)), rank: 0, worldSize: 1, allReduce: (s, d) => ar.allReduce(s, d), beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o) });
+    const ar = await GradientAllReduce.create({
+      key: TEST_COLLECTIVE_KEY,
+      nc,
+      job: uniqueJobName('clean'),
+      generation: 1,
+      rank: 0,
+      worldSize: 1,
+    });
+    await train({
+      spec: parseJobSpec(specText('clean', join(dir, 'clean'), 1, 1)),
+      rank: 0,
+      worldSize: 1,
+      allReduce: (s, d) => ar.allReduce(s, d),
+      beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
+    });
     await ar.close();
   } finally {
     await scope.cleanup();

@@ -27,7 +27,10 @@ function worker(args: string[], env: Record<string, string> = {}): Run {
   delete base['POLYTUNE_NATIVE'];
   delete base['POLYTUNE_NATIVE_ADDON'];
   const r = spawnSync(process.execPath, [WORKER, ...args], {
-    cwd: dir, encoding: 'utf8', timeout: 120_000, env: { ...base, ...env },
+    cwd: dir,
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...base, ...env },
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }

@@ -67,7 +67,13 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'polytune-e2e-'));
   const init = run([WORKER, 'init-model', '--preset', 'tiny', '--out', join(dir, 'model')]);
   expect(init.code, init.stderr).toBe(0);
-  const data = run([join(ROOT, 'dist/scripts/quickstart-data.js'), '--out', join(dir, 'data.jsonl'), '--per-language', '4']);
+  const data = run([
+    join(ROOT, 'dist/scripts/quickstart-data.js'),
+    '--out',
+    join(dir, 'data.jsonl'),
+    '--per-language',
+    '4',
+  ]);
   expect(data.code, data.stderr).toBe(0);
 }, 120_000);
 
@@ -82,24 +88,48 @@ describe('coordinator submit --local-workers', () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/step 4\/4/);
     // The watch view shows the loss per language of each step, e.g. "de 10.21 en 10.25 ...".
-    expect(r.stdout).toMatch(/step \d+\/4 .*tok\/s.*\b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d \b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d/);
+    expect(r.stdout).toMatch(
+      /step \d+\/4 .*tok\/s.*\b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d \b(bn|de|en|es|fr|ja|ru|sw|th|zh) \d+\.\d\d/,
+    );
 
     const out = join(dir, 'out-e2e-slam');
-    const input = new Map((await readSafetensors(join(dir, 'model', 'model.safetensors'))).tensors.map((t) => [t.name, t.data]));
-    const final = new Map((await readSafetensors(join(out, 'final', 'model.safetensors'))).tensors.map((t) => [t.name, t.data]));
-    const trained = (await readSafetensors(join(out, 'final', 'trainable.safetensors'))).tensors.map((t) => t.name).sort();
-    expect(trained).toEqual([0, 1, 2, 3, 4, 5].flatMap((l) => [`model.layers.${l}.mlp.down_proj.weight`, `model.layers.${l}.mlp.up_proj.weight`]).sort());
+    const input = new Map(
+      (await readSafetensors(join(dir, 'model', 'model.safetensors'))).tensors.map((t) => [t.name, t.data]),
+    );
+    const final = new Map(
+      (await readSafetensors(join(out, 'final', 'model.safetensors'))).tensors.map((t) => [t.name, t.data]),
+    );
+    const trained = (await readSafetensors(join(out, 'final', 'trainable.safetensors'))).tensors
+      .map((t) => t.name)
+      .sort();
+    expect(trained).toEqual(
+      [0, 1, 2, 3, 4, 5]
+        .flatMap((l) => [`model.layers.${l}.mlp.down_proj.weight`, `model.layers.${l}.mlp.up_proj.weight`])
+        .sort(),
+    );
     for (const [name, x] of input) {
       const y = final.get(name)!;
-      expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(x.buffer, x.byteOffset, x.byteLength)), name).toBe(!trained.includes(name));
+      expect(
+        Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(x.buffer, x.byteOffset, x.byteLength)),
+        name,
+      ).toBe(!trained.includes(name));
     }
-    const manifest = JSON.parse(await readFile(join(out, 'checkpoints', 'step-00000002', 'manifest.json'), 'utf8')) as { files: Record<string, { sha256: string }> };
-    expect(Object.keys(manifest.files).sort()).toEqual(['optimizer.safetensors', 'state.json', 'trainable.safetensors']);
+    const manifest = JSON.parse(await readFile(join(out, 'checkpoints', 'step-00000002', 'manifest.json'), 'utf8')) as {
+      files: Record<string, { sha256: string }>;
+    };
+    expect(Object.keys(manifest.files).sort()).toEqual([
+      'optimizer.safetensors',
+      'state.json',
+      'trainable.safetensors',
+    ]);
     expect(markedProcesses()).toEqual([]);
   }, 300_000);
 
   it('refuses a spec with a mistake, naming the field, without a stack trace', async () => {
-    await writeFile(join(dir, 'bad.yaml'), specText('e2e-bad').replace('lr: 3.0e-3', 'lr: -1').replace('maxSeqLen: 96', 'maxSeqLen: 96\n    tempalte: slam'));
+    await writeFile(
+      join(dir, 'bad.yaml'),
+      specText('e2e-bad').replace('lr: 3.0e-3', 'lr: -1').replace('maxSeqLen: 96', 'maxSeqLen: 96\n    tempalte: slam'),
+    );
     const r = run([COORDINATOR, 'submit', 'bad.yaml', '--local-workers', '2', '--watch']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('spec.training.optimizer.lr: must be > 0');
@@ -109,9 +139,15 @@ describe('coordinator submit --local-workers', () => {
 
   it('leaves no process behind when the submitting process is killed', async () => {
     await writeFile(join(dir, 'long.yaml'), specText('e2e-killed').replace('maxSteps: 4', 'maxSteps: 1000'));
-    const child: ChildProcess = spawn(process.execPath, [COORDINATOR, 'submit', 'long.yaml', '--local-workers', '2', '--watch'], {
-      cwd: dir, env: ENV, stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [COORDINATOR, 'submit', 'long.yaml', '--local-workers', '2', '--watch'],
+      {
+        cwd: dir,
+        env: ENV,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let seen = '';
     await new Promise<void>((res, rej) => {
       const t = setTimeout(() => rej(new Error(`no progress within 120 s:\n${seen}`)), 120_000);

@@ -30,7 +30,8 @@ export async function useBackend(name: ModelBackend): Promise<string> {
   if (name !== NATIVE_PATH_STANDIN) return initBackend(name);
   await initBackend('cpu'); // registers the cpu kernels (and the project's gradients)
   registerStandIn();
-  if (!(await tf.setBackend(NATIVE_PATH_STANDIN))) throw new Error(`backend ${NATIVE_PATH_STANDIN}: failed to initialise`);
+  if (!(await tf.setBackend(NATIVE_PATH_STANDIN)))
+    throw new Error(`backend ${NATIVE_PATH_STANDIN}: failed to initialise`);
   await tf.ready();
   return tf.getBackend();
 }

@@ -45,9 +45,11 @@ export function collectiveSuite(): { readonly scope: NatsScope; readonly server:
 export function vector(seed: number, length: number): Float32Array {
   let s = (seed * 2654435761) >>> 0 || 1;
   const next = (): number => {
-    s ^= s << 13; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
     s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
+    s ^= s << 5;
+    s >>>= 0;
     return s / 0x1_0000_0000;
   };
   const out = new Float32Array(length);
@@ -68,7 +70,12 @@ export function bytes(a: Float32Array): Buffer {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
-function narrowWiden(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, x: Float32Array, resIn?: Float32Array, resOut?: Float32Array): Float32Array {
+function narrowWiden(
+  dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16,
+  x: Float32Array,
+  resIn?: Float32Array,
+  resOut?: Float32Array,
+): Float32Array {
   const q = new Uint16Array(x.length);
   const w = new Float32Array(x.length);
   quantize(dtype, x, q, resIn, resOut);
@@ -82,7 +89,9 @@ function narrowWiden(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, x: Float32
  * elements that travel as float32. Updates the residuals when given (error feedback).
  */
 export function compressedReference(
-  inputs: readonly Float32Array[], compression: Exclude<Compression, 'none'>, exact?: (i: number) => boolean,
+  inputs: readonly Float32Array[],
+  compression: Exclude<Compression, 'none'>,
+  exact?: (i: number) => boolean,
   residuals?: { senders: Float32Array[]; owner: Float32Array },
 ): Float32Array {
   const dtype = compression === 'fp16' ? ChunkDtype.Float16 : ChunkDtype.BFloat16;
@@ -119,13 +128,18 @@ export function chunkStartOf(i: number, length: number, worldSize: number, chunk
  * `ready` waits for every rank's hello (what a worker does before its first call).
  */
 export async function collectiveWorld(
-  scope: NatsScope, server: NatsServer, n: number, extra: Partial<AllReduceOptions> & { jobPrefix?: string; ready?: boolean } = {},
+  scope: NatsScope,
+  server: NatsServer,
+  n: number,
+  extra: Partial<AllReduceOptions> & { jobPrefix?: string; ready?: boolean } = {},
 ): Promise<{ job: string; ncs: NatsConnection[]; ranks: GradientAllReduce[] }> {
   const { jobPrefix = 'ar', ready = false, key = TEST_COLLECTIVE_KEY, ...opts } = extra;
   const job = opts.job ?? uniqueJobName(jobPrefix);
   const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(server)));
   const ranks = await Promise.all(
-    ncs.map((nc, rank) => GradientAllReduce.create({ nc, key, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...opts })),
+    ncs.map((nc, rank) =>
+      GradientAllReduce.create({ nc, key, job, generation: 1, rank, worldSize: n, timeoutMs: 20_000, ...opts }),
+    ),
   );
   if (ready) await Promise.all(ranks.map((ar) => ar.ready({ timeoutMs: 5000 })));
   return { job, ncs, ranks };

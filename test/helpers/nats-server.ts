@@ -24,14 +24,22 @@ import {
 } from '../../common/nats-server-process.js';
 
 export { startNatsCluster, startNatsServer, NatsServerStartError } from '../../common/nats-server-process.js';
-export type { NatsCluster, NatsClusterOptions, NatsServer, NatsServerOptions } from '../../common/nats-server-process.js';
+export type {
+  NatsCluster,
+  NatsClusterOptions,
+  NatsServer,
+  NatsServerOptions,
+} from '../../common/nats-server-process.js';
 export { findNatsServer } from '../../common/nats-server-binary.js';
 
 export interface NatsScope {
   start(options?: NatsServerOptions): Promise<NatsServer>;
   startCluster(n: number, options?: NatsClusterOptions): Promise<NatsCluster>;
   /** Connects to a server, a cluster, or URLs; the connection is closed by `cleanup()`. */
-  connect(target: NatsServer | NatsCluster | string | readonly string[], options?: Partial<ConnectionOptions>): Promise<NatsConnection>;
+  connect(
+    target: NatsServer | NatsCluster | string | readonly string[],
+    options?: Partial<ConnectionOptions>,
+  ): Promise<NatsConnection>;
   /** Closes connections, then stops servers. Safe to call twice. */
   cleanup(): Promise<void>;
 }
@@ -51,10 +59,14 @@ export function natsScope(): NatsScope {
       return c;
     },
     async connect(target, options = {}) {
-      const servers = typeof target === 'string' ? [target]
-        : Array.isArray(target) ? [...(target as readonly string[])]
-        : 'urls' in (target as NatsCluster) ? [...(target as NatsCluster).urls]
-        : [(target as NatsServer).url];
+      const servers =
+        typeof target === 'string'
+          ? [target]
+          : Array.isArray(target)
+            ? [...(target as readonly string[])]
+            : 'urls' in (target as NatsCluster)
+              ? [...(target as NatsCluster).urls]
+              : [(target as NatsServer).url];
       const nc = await connect({ servers, reconnect: false, ...options });
       connections.push(nc);
       return nc;

@@ -47,14 +47,17 @@ export function processScope(dir: () => string): ProcessScope {
   const clients: JobClient[] = [];
   const node = (args: string[], options: { stdout?: boolean } = {}): ChildProcess => {
     const child = spawn(process.execPath, args, {
-      cwd: dir(), stdio: ['ignore', options.stdout ? 'pipe' : 'ignore', 'pipe'], env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' },
+      cwd: dir(),
+      stdio: ['ignore', options.stdout ? 'pipe' : 'ignore', 'pipe'],
+      env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' },
     });
     let tail = '';
     child.stderr!.on('data', (b: Buffer) => {
       tail = (tail + b.toString()).slice(-4000);
     });
     child.on('exit', (code, sig) => {
-      if (code !== 0 && sig !== 'SIGKILL' && sig !== 'SIGTERM') process.stderr.write(`[${args[1]}] exited ${code ?? sig}:\n${tail}\n`);
+      if (code !== 0 && sig !== 'SIGKILL' && sig !== 'SIGTERM')
+        process.stderr.write(`[${args[1]}] exited ${code ?? sig}:\n${tail}\n`);
     });
     children.push(child);
     return child;
@@ -65,10 +68,16 @@ export function processScope(dir: () => string): ProcessScope {
       const nats = await startNatsServer({ jetstream: true, storeDir: await mkdtemp(join(dir(), 'js-')) });
       servers.push(nats);
       const address = `127.0.0.1:${await freePort()}`;
-      const startCoordinator = (): ChildProcess => node([COORDINATOR_CLI, 'serve', '--listen', address, '--nats', nats.url, '--metrics-port', '0']);
+      const startCoordinator = (): ChildProcess =>
+        node([COORDINATOR_CLI, 'serve', '--listen', address, '--nats', nats.url, '--metrics-port', '0']);
       const c: Cluster = {
-        nats, address, coordinator: startCoordinator(), startCoordinator,
-        workers: Array.from({ length: workers }, () => node([WORKER_CLI, '--coordinator', address, '--nats', nats.url, '--metrics-port', '0'])),
+        nats,
+        address,
+        coordinator: startCoordinator(),
+        startCoordinator,
+        workers: Array.from({ length: workers }, () =>
+          node([WORKER_CLI, '--coordinator', address, '--nats', nats.url, '--metrics-port', '0']),
+        ),
         client: new JobClient({ address }),
       };
       clients.push(c.client);

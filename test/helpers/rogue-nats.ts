@@ -8,7 +8,13 @@ import { randomBytes } from 'node:crypto';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 
 import { SUBJECT_ROOT, parseGradSubject } from '../../common/subjects.js';
-import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind, decodeChunkHeader, encodeChunkHeader } from '../../worker/collective/chunk-header.js';
+import {
+  CHUNK_HEADER_BYTES,
+  ChunkDtype,
+  ChunkKind,
+  decodeChunkHeader,
+  encodeChunkHeader,
+} from '../../worker/collective/chunk-header.js';
 import { ChunkMac, chunkTag } from '../../worker/collective/chunk-mac.js';
 
 export interface RogueOptions {
@@ -114,15 +120,25 @@ export function rogueClient(nc: NatsConnection, job: string, options: RogueOptio
   });
 
   return {
-    get forged() { return forged; },
-    get replayed() { return replayed; },
-    get duplicated() { return duplicated; },
+    get forged() {
+      return forged;
+    },
+    get replayed() {
+      return replayed;
+    },
+    get duplicated() {
+      return duplicated;
+    },
     get seen() {
       return new Map([...seen].map(([step, ms]) => [step, ms.map((m) => m.data)]));
     },
     replayAll() {
       let n = 0;
-      for (const ms of seen.values()) for (const m of ms) { replay(m); n++; }
+      for (const ms of seen.values())
+        for (const m of ms) {
+          replay(m);
+          n++;
+        }
       return n;
     },
     async stop() {

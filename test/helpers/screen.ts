@@ -30,11 +30,21 @@ export function replay(output: string): string[] {
       i += m[0].length - 1;
       const n = m[1] && !m[1].startsWith('?') ? Number(m[1]) : 1;
       switch (m[2]) {
-        case 'A': row = Math.max(0, row - n); break;
-        case 'B': row += n; while (lines.length <= row) lines.push(''); break;
-        case 'G': col = 0; break;
-        case 'K': lines[row] = m[1] === '2' ? '' : (lines[row] ?? '').slice(0, col); break;
-        default: break;
+        case 'A':
+          row = Math.max(0, row - n);
+          break;
+        case 'B':
+          row += n;
+          while (lines.length <= row) lines.push('');
+          break;
+        case 'G':
+          col = 0;
+          break;
+        case 'K':
+          lines[row] = m[1] === '2' ? '' : (lines[row] ?? '').slice(0, col);
+          break;
+        default:
+          break;
       }
       continue;
     }
@@ -57,11 +67,16 @@ export interface PtyRun {
 
 /** Runs `command` (a shell line) in a `rows` x `cols` pseudo-terminal. */
 export function runInPty(
-  command: string, env: NodeJS.ProcessEnv, size = { rows: 30, cols: 160 }, cwd?: string,
+  command: string,
+  env: NodeJS.ProcessEnv,
+  size = { rows: 30, cols: 160 },
+  cwd?: string,
 ): Promise<PtyRun> {
   return new Promise((resolve, reject) => {
     const child = spawn('script', ['-qfec', `stty rows ${size.rows} cols ${size.cols}; ${command}`, '/dev/null'], {
-      env, cwd, stdio: ['ignore', 'pipe', 'pipe'],
+      env,
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d.toString()));

@@ -18,7 +18,11 @@ export function relativeError(a: Float32Array, b: Float32Array): number {
 }
 
 /** The same tensor names, each within `tolerance` relative error. */
-export function expectSameTensors(expected: Map<string, Float32Array>, actual: Map<string, Float32Array>, tolerance = 1e-5): void {
+export function expectSameTensors(
+  expected: Map<string, Float32Array>,
+  actual: Map<string, Float32Array>,
+  tolerance = 1e-5,
+): void {
   expect([...actual.keys()].sort()).toEqual([...expected.keys()].sort());
   for (const [name, x] of expected) expect(relativeError(x, actual.get(name)!), name).toBeLessThan(tolerance);
 }

@@ -11,7 +11,12 @@ import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-prob
  * A new temporary directory holding `model/` (the tiny preset, initialised from `modelSeed`) and
  * `data.jsonl` (`makeWordProblems(perLanguage, dataSeed)`), with the wasm backend up.
  */
-export async function tinyTrainDir(prefix: string, modelSeed: number, perLanguage: number, dataSeed: number): Promise<string> {
+export async function tinyTrainDir(
+  prefix: string,
+  modelSeed: number,
+  perLanguage: number,
+  dataSeed: number,
+): Promise<string> {
   await initBackend('wasm');
   const dir = await mkdtemp(join(tmpdir(), prefix));
   await runInitModel({ preset: 'tiny', out: join(dir, 'model'), seed: modelSeed, write: () => {} });
@@ -40,7 +45,8 @@ export interface TinySlamSpec {
 
 /** A TrainJob on `tinyTrainDir(…)`'s model and data: SLAM, global batches of 6, maxSeqLen 64. */
 export function tinySlamSpec(dir: string, s: TinySlamSpec): JobSpec {
-  return parseJobSpec(`
+  return parseJobSpec(
+    `
 apiVersion: polytune/v1
 kind: TrainJob
 metadata: { name: ${s.name} }
@@ -57,5 +63,7 @@ spec:
     optimizer: ${s.optimizer ?? '{ name: adamw, lr: 1.0e-2 }'}
 ${(s.training ?? []).map((l) => `    ${l}\n`).join('')}  workers: { count: ${s.workers ?? 1} }
 ${s.checkpoint !== undefined ? `  checkpoint: ${s.checkpoint}\n` : ''}  output: { dir: ${s.out} }
-`, { baseDir: dir });
+`,
+    { baseDir: dir },
+  );
 }

@@ -66,10 +66,19 @@ describe('a full disk under the checkpoints', () => {
     const out = join(dir, 'out');
     const spec = trainSpec(out, 6, '{ everySteps: 2, keep: 3 }');
     const server = await nats.start();
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await nats.connect(server), job: uniqueJobName('fulldisk'), generation: 1, rank: 0, worldSize: 1 });
+    const ar = await GradientAllReduce.create({
+      key: TEST_COLLECTIVE_KEY,
+      nc: await nats.connect(server),
+      job: uniqueJobName('fulldisk'),
+      generation: 1,
+      rank: 0,
+      worldSize: 1,
+    });
     const checkpoints: Array<{ step: number; error?: string }> = [];
     const result = await train({
-      spec, rank: 0, worldSize: 1,
+      spec,
+      rank: 0,
+      worldSize: 1,
       allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
       beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
       onCheckpoint: (c) => {
@@ -92,18 +101,36 @@ describe('a full disk under the checkpoints', () => {
 });
 
 describe('a full disk at the end', () => {
-
-
-  async function trainInto(out: string, onFinal: (c: { error?: string }) => void, signal?: AbortSignal, fillAtEnd = true): Promise<unknown> {
+  async function trainInto(
+    out: string,
+    onFinal: (c: { error?: string }) => void,
+    signal?: AbortSignal,
+    fillAtEnd = true,
+  ): Promise<unknown> {
     const server = await nats.start();
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await nats.connect(server), job: uniqueJobName('fulldiskfinal'), generation: 1, rank: 0, worldSize: 1 });
+    const ar = await GradientAllReduce.create({
+      key: TEST_COLLECTIVE_KEY,
+      nc: await nats.connect(server),
+      job: uniqueJobName('fulldiskfinal'),
+      generation: 1,
+      rank: 0,
+      worldSize: 1,
+    });
     try {
       return await train({
-        spec: trainSpec(out, 3, '{ everySteps: 100 }'), rank: 0, worldSize: 1, finalOutputsRetryMs: 50, ...(signal ? { signal } : {}),
+        spec: trainSpec(out, 3, '{ everySteps: 100 }'),
+        rank: 0,
+        worldSize: 1,
+        finalOutputsRetryMs: 50,
+        ...(signal ? { signal } : {}),
         allReduce: (s, d, o) => ar.allReduce(s, d, undefined, o),
         beginAllReduce: (s, n, o) => ar.begin(s, n, undefined, o),
-        onStep: (r) => { if (fillAtEnd && r.step === 3) fill(out); }, // the disk fills up during the last step
-        onCheckpoint: (c) => { if (c.final) onFinal(c); },
+        onStep: (r) => {
+          if (fillAtEnd && r.step === 3) fill(out);
+        }, // the disk fills up during the last step
+        onCheckpoint: (c) => {
+          if (c.final) onFinal(c);
+        },
       });
     } finally {
       await ar.close();
@@ -121,12 +148,16 @@ describe('a full disk at the end', () => {
     expect(finals.map((c) => c.error === undefined)).toEqual([false, false, true]);
     expect(finals[0]!.error).toMatch(/ENOSPC: no space left/);
     expect(readdirSync(outputs!)).toEqual(['final']); // no partial directory left by the failed tries
-    expect(readdirSync(join(outputs!, 'final'))).toEqual(expect.arrayContaining(['model.safetensors', 'trainable.safetensors', 'config.json']));
+    expect(readdirSync(join(outputs!, 'final'))).toEqual(
+      expect.arrayContaining(['model.safetensors', 'trainable.safetensors', 'config.json']),
+    );
   }, 120_000);
 
   it('fails at once on an error that freeing space does not clear', async () => {
     const finals: Array<{ error?: string }> = [];
-    await expect(trainInto(join(dir, 'data.jsonl', 'out'), (c) => finals.push(c), undefined, false)).rejects.toThrow(/ENOTDIR/);
+    await expect(trainInto(join(dir, 'data.jsonl', 'out'), (c) => finals.push(c), undefined, false)).rejects.toThrow(
+      /ENOTDIR/,
+    );
     expect(finals).toEqual([]);
   }, 120_000);
 
@@ -135,7 +166,13 @@ describe('a full disk at the end', () => {
     rmSync(join(outputs!, 'final'), { recursive: true, force: true });
     const abort = new AbortController();
     let tries = 0;
-    const run = trainInto(outputs!, () => { if (++tries === 2) abort.abort(new Error('job cancelled')); }, abort.signal);
+    const run = trainInto(
+      outputs!,
+      () => {
+        if (++tries === 2) abort.abort(new Error('job cancelled'));
+      },
+      abort.signal,
+    );
     await expect(run).rejects.toThrow('job cancelled');
     expect(tries).toBe(2);
     expect(readdirSync(outputs!)).toEqual(['filler']);

@@ -76,9 +76,10 @@ describe('what a person sees', () => {
     expect(screen.some((l) => /step \d+\/8/.test(l))).toBe(false);
     const id = progress[0]!.split(' ')[0]!;
     // State changes stay above it (Pending only when the watch began before the gang formed).
-    expect(screen.filter((l) => l.startsWith(`[${id}] `) && !l.endsWith('] Pending')), screen.join('\n')).toEqual([
-      expect.stringMatching(/\] Running \(generation 1, workers local-\d, local-\d\)$/), `[${id}] Succeeded`,
-    ]);
+    expect(
+      screen.filter((l) => l.startsWith(`[${id}] `) && !l.endsWith('] Pending')),
+      screen.join('\n'),
+    ).toEqual([expect.stringMatching(/\] Running \(generation 1, workers local-\d, local-\d\)$/), `[${id}] Succeeded`]);
     const summary = /^job tiny-job-[a-z0-9]{5} Succeeded in \d+\.\ds \(compute \d+\.\ds\)$/;
     expect(screen.some((l) => summary.test(l))).toBe(true);
     // While it ran, a frame had an ETA.
@@ -90,9 +91,12 @@ describe('what a person sees', () => {
     const nats = await startNats();
     const coordinator = await startTestCoordinator(nats);
     const client = new JobClient({ address: coordinator.address });
-    const workers = ['w0', 'w1'].map((id) => spawn(process.execPath, [
-      fakeWorker, '--coordinator', coordinator.address, '--nats', nats.url, '--id', id,
-    ], { stdio: 'ignore', env: env({ FAKE_WORKER_STEP_MS: '200' }) }));
+    const workers = ['w0', 'w1'].map((id) =>
+      spawn(process.execPath, [fakeWorker, '--coordinator', coordinator.address, '--nats', nats.url, '--id', id], {
+        stdio: 'ignore',
+        env: env({ FAKE_WORKER_STEP_MS: '200' }),
+      }),
+    );
     try {
       const a = await client.submitText(fx.yaml({ name: 'job-a', workers: 1 }), 'a.yaml');
       const b = await client.submitText(fx.yaml({ name: 'job-b', workers: 1 }), 'b.yaml');
@@ -102,9 +106,10 @@ describe('what a person sees', () => {
       const screen = replay(r.output);
       expect(r.code, r.output).toBe(0);
       for (const id of [a, b]) {
-        expect(screen.filter((l) => l.startsWith(`${id}  [`)), screen.join('\n')).toEqual([
-          expect.stringMatching(/\[█{24}\] {2}8\/8 {2}100% {2}Succeeded/),
-        ]);
+        expect(
+          screen.filter((l) => l.startsWith(`${id}  [`)),
+          screen.join('\n'),
+        ).toEqual([expect.stringMatching(/\[█{24}\] {2}8\/8 {2}100% {2}Succeeded/)]);
         expect(screen.some((l) => l.startsWith(`job ${id} Succeeded in `))).toBe(true);
       }
     } finally {

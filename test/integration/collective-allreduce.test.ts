@@ -4,14 +4,20 @@ import { CollectiveError } from '../../common/errors.js';
 import { allGatherSubject, reduceScatterSubject } from '../../common/subjects.js';
 import { GradientAllReduce, type AllReduceOptions } from '../../worker/collective/index.js';
 import { receiveBuffersReused } from '../../worker/collective/nats-receive.js';
-import {
-  CHUNK_HEADER_BYTES,
-  ChunkDtype,
-  ChunkKind,
-  encodeChunkHeader,
-} from '../../worker/collective/chunk-header.js';
+import { CHUNK_HEADER_BYTES, ChunkDtype, ChunkKind, encodeChunkHeader } from '../../worker/collective/chunk-header.js';
 import { encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
-import { BIG, bytes, CHUNK_ELEMENTS, collectiveSuite, collectiveWorld, MAX_PAYLOAD, sumInRankOrder, vector, TEST_COLLECTIVE_KEY, testMac } from '../helpers/collective.js';
+import {
+  BIG,
+  bytes,
+  CHUNK_ELEMENTS,
+  collectiveSuite,
+  collectiveWorld,
+  MAX_PAYLOAD,
+  sumInRankOrder,
+  vector,
+  TEST_COLLECTIVE_KEY,
+  testMac,
+} from '../helpers/collective.js';
 import { uniqueJobName } from '../helpers/nats-server.js';
 
 const suite = collectiveSuite();
@@ -62,15 +68,17 @@ describe('GradientAllReduce over a real nats-server', () => {
     const reusedBefore = receiveBuffersReused();
     const steps = 25;
     const length = 3 * CHUNK_ELEMENTS + 11;
-    const results = await Promise.all(ranks.map(async (ar, r) => {
-      const out: Float32Array[] = [];
-      for (let s = 0; s < steps; s++) {
-        // Uneven pacing: some ranks start the next step immediately, others later.
-        if ((r + s) % 3 === 0) await new Promise((res) => setTimeout(res, (r * 7 + s) % 13));
-        out.push(await ar.allReduce(s, vector(1000 * s + r, length)));
-      }
-      return out;
-    }));
+    const results = await Promise.all(
+      ranks.map(async (ar, r) => {
+        const out: Float32Array[] = [];
+        for (let s = 0; s < steps; s++) {
+          // Uneven pacing: some ranks start the next step immediately, others later.
+          if ((r + s) % 3 === 0) await new Promise((res) => setTimeout(res, (r * 7 + s) % 13));
+          out.push(await ar.allReduce(s, vector(1000 * s + r, length)));
+        }
+        return out;
+      }),
+    );
     for (let s = 0; s < steps; s++) {
       const expected = sumInRankOrder(Array.from({ length: n }, (_, r) => vector(1000 * s + r, length)));
       for (let r = 0; r < n; r++) expect(bytes(results[r]![s]!).equals(bytes(expected))).toBe(true);
@@ -114,16 +122,44 @@ describe('GradientAllReduce over a real nats-server', () => {
     const job = uniqueJobName('ar');
     const timeoutMs = 1000;
     const [nc0, nc1] = [await scope.connect(suite.server), await scope.connect(suite.server)];
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: nc0, job, generation: 1, rank: 0, worldSize: 2, timeoutMs });
+    const ar = await GradientAllReduce.create({
+      key: TEST_COLLECTIVE_KEY,
+      nc: nc0,
+      job,
+      generation: 1,
+      rank: 0,
+      worldSize: 2,
+      timeoutMs,
+    });
     const length = 4 * CHUNK_ELEMENTS; // shard 0 = 2 chunks
     const pending = ar.allReduce(0, vector(5, length));
     const piece = vector(6, CHUNK_ELEMENTS);
-    nc1.publish(reduceScatterSubject(job, 1, 0), encodeFloat32Chunk({
-      kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 1, step: 0, rank: 1, shard: 0,
-      chunk: 0, chunks: 2, offset: 0, count: CHUNK_ELEMENTS, chunkElements: CHUNK_ELEMENTS, totalLength: length,
-    }, piece, testMac));
+    nc1.publish(
+      reduceScatterSubject(job, 1, 0),
+      encodeFloat32Chunk(
+        {
+          kind: ChunkKind.ReduceScatter,
+          dtype: ChunkDtype.Float32,
+          generation: 1,
+          step: 0,
+          rank: 1,
+          shard: 0,
+          chunk: 0,
+          chunks: 2,
+          offset: 0,
+          count: CHUNK_ELEMENTS,
+          chunkElements: CHUNK_ELEMENTS,
+          totalLength: length,
+        },
+        piece,
+        testMac,
+      ),
+    );
     await nc1.flush();
-    const err = await pending.then(() => undefined, (e: unknown) => e);
+    const err = await pending.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(CollectiveError);
     expect((err as CollectiveError).missingRanks).toEqual([1]);
     expect((err as CollectiveError).message).toContain('1 (1/2 chunks)');
@@ -134,26 +170,75 @@ describe('GradientAllReduce over a real nats-server', () => {
     const job = uniqueJobName('gen');
     const length = 1000;
     const ncs = await Promise.all(Array.from({ length: n }, () => scope.connect(suite.server)));
-    const current = await Promise.all(ncs.map((nc, rank) =>
-      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: 5, rank, worldSize: n, timeoutMs: 20_000 })));
+    const current = await Promise.all(
+      ncs.map((nc, rank) =>
+        GradientAllReduce.create({
+          key: TEST_COLLECTIVE_KEY,
+          nc,
+          job,
+          generation: 5,
+          rank,
+          worldSize: n,
+          timeoutMs: 20_000,
+        }),
+      ),
+    );
     // A zombie world of generation 4 on the same job, reducing garbage at the same step.
-    const zombies = await Promise.all([0, 1, 2].map(async (rank) =>
-      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc: await scope.connect(suite.server), job, generation: 4, rank, worldSize: n, timeoutMs: 20_000 })));
+    const zombies = await Promise.all(
+      [0, 1, 2].map(async (rank) =>
+        GradientAllReduce.create({
+          key: TEST_COLLECTIVE_KEY,
+          nc: await scope.connect(suite.server),
+          job,
+          generation: 4,
+          rank,
+          worldSize: n,
+          timeoutMs: 20_000,
+        }),
+      ),
+    );
     const zombieRuns = zombies.map((z) => z.allReduce(0, new Float32Array(length).fill(1e6)));
 
     // Forged traffic on the current generation's subjects, before and during the step.
     const forger = await scope.connect(suite.server);
-    const stale = encodeFloat32Chunk({
-      kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 4, step: 0, rank: 1, shard: 0,
-      chunk: 0, chunks: 1, offset: 0, count: 333, chunkElements: 333, totalLength: length,
-    }, new Float32Array(333).fill(1e6), testMac);
+    const stale = encodeFloat32Chunk(
+      {
+        kind: ChunkKind.ReduceScatter,
+        dtype: ChunkDtype.Float32,
+        generation: 4,
+        step: 0,
+        rank: 1,
+        shard: 0,
+        chunk: 0,
+        chunks: 1,
+        offset: 0,
+        count: 333,
+        chunkElements: 333,
+        totalLength: length,
+      },
+      new Float32Array(333).fill(1e6),
+      testMac,
+    );
     forger.publish(reduceScatterSubject(job, 5, 0), stale);
     forger.publish(reduceScatterSubject(job, 5, 0), new Uint8Array([1, 2, 3]));
     const badKind = new Uint8Array(CHUNK_HEADER_BYTES + 4);
-    encodeChunkHeader({
-      kind: ChunkKind.AllGather, dtype: ChunkDtype.Float32, generation: 5, step: 0, rank: 2, shard: 1,
-      chunk: 0, chunks: 1, offset: 333, count: 1, chunkElements: 333, totalLength: length,
-    }, badKind);
+    encodeChunkHeader(
+      {
+        kind: ChunkKind.AllGather,
+        dtype: ChunkDtype.Float32,
+        generation: 5,
+        step: 0,
+        rank: 2,
+        shard: 1,
+        chunk: 0,
+        chunks: 1,
+        offset: 333,
+        count: 1,
+        chunkElements: 333,
+        totalLength: length,
+      },
+      badKind,
+    );
     forger.publish(allGatherSubject(job, 5, 2), badKind);
     await forger.flush();
 
@@ -172,7 +257,10 @@ describe('GradientAllReduce over a real nats-server', () => {
 
   it('rejects a peer whose vector length differs', async () => {
     const { ranks } = await world(2, { timeoutMs: 5000 });
-    const outcomes = await Promise.allSettled([ranks[0]!.allReduce(0, new Float32Array(10)), ranks[1]!.allReduce(0, new Float32Array(12))]);
+    const outcomes = await Promise.allSettled([
+      ranks[0]!.allReduce(0, new Float32Array(10)),
+      ranks[1]!.allReduce(0, new Float32Array(12)),
+    ]);
     for (const o of outcomes) {
       expect(o.status).toBe('rejected');
       expect((o as PromiseRejectedResult).reason).toBeInstanceOf(CollectiveError);
@@ -209,8 +297,22 @@ describe('GradientAllReduce over a real nats-server', () => {
 
   it('validates its options', async () => {
     const nc = await scope.connect(suite.server);
-    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'Bad_Name', generation: 0, rank: 0, worldSize: 1 })).rejects.toThrow(/DNS-1123/);
-    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'ok', generation: 0, rank: 2, worldSize: 2 })).rejects.toBeInstanceOf(RangeError);
-    await expect(GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'ok', generation: 0, rank: 0, worldSize: 1, maxChunkBytes: 10 })).rejects.toBeInstanceOf(RangeError);
+    await expect(
+      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'Bad_Name', generation: 0, rank: 0, worldSize: 1 }),
+    ).rejects.toThrow(/DNS-1123/);
+    await expect(
+      GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job: 'ok', generation: 0, rank: 2, worldSize: 2 }),
+    ).rejects.toBeInstanceOf(RangeError);
+    await expect(
+      GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY,
+        nc,
+        job: 'ok',
+        generation: 0,
+        rank: 0,
+        worldSize: 1,
+        maxChunkBytes: 10,
+      }),
+    ).rejects.toBeInstanceOf(RangeError);
   });
 });

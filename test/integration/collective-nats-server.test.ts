@@ -52,7 +52,9 @@ describe('nats-server launcher', () => {
   });
 
   it('fails clearly when the server cannot start', async () => {
-    await expect(startNatsServer({ config: ['this is { not valid'] })).rejects.toThrow(/exited during start-up[\s\S]*nats-server log/);
+    await expect(startNatsServer({ config: ['this is { not valid'] })).rejects.toThrow(
+      /exited during start-up[\s\S]*nats-server log/,
+    );
   });
 
   it('starts a routed cluster; messages cross routes', async () => {
@@ -63,7 +65,10 @@ describe('nats-server launcher', () => {
     const sub = c.subscribe('polytune.x.0.ctl.hello', { max: 1 });
     await c.flush();
     // interest propagates over routes asynchronously: publish until it arrives
-    const got = (async () => { for await (const m of sub) return m.string(); return undefined; })();
+    const got = (async () => {
+      for await (const m of sub) return m.string();
+      return undefined;
+    })();
     let received: string | undefined;
     const timer = setInterval(() => a.publish('polytune.x.0.ctl.hello', 'hi'), 20);
     try {

@@ -71,7 +71,17 @@ describe('coordinator CLI: status, delete, serve flags of the store', () => {
   });
 
   it('serve refuses a storage root that does not exist, naming the flag', async () => {
-    const r = await run(['serve', '--nats', nats.url, '--listen', '127.0.0.1:0', '--metrics-port', '0', '--data-root', '/no/such/root']);
+    const r = await run([
+      'serve',
+      '--nats',
+      nats.url,
+      '--listen',
+      '127.0.0.1:0',
+      '--metrics-port',
+      '0',
+      '--data-root',
+      '/no/such/root',
+    ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--data-root: \/no\/such\/root: ENOENT/);
     const bad = await run(['serve', '--retention-hours', 'soon']);

@@ -22,9 +22,16 @@ interface Run {
   stderr: string;
 }
 
-function run(args: string[], env: Record<string, string> = {}, onStart?: (pid: number, stdout: () => string) => void): Promise<Run> {
+function run(
+  args: string[],
+  env: Record<string, string> = {},
+  onStart?: (pid: number, stdout: () => string) => void,
+): Promise<Run> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, POLYTUNE_WORKER_CLI: fakeWorker, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cli, ...args], {
+      env: { ...process.env, POLYTUNE_WORKER_CLI: fakeWorker, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -45,10 +52,17 @@ function alive(pid: number): boolean {
 
 /** Every descendant pid of `pid` (workers are in their own process groups but still children). */
 function descendants(pid: number): number[] {
-  const rows = execFileSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8' }).trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  const rows = execFileSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number));
   const out: number[] = [];
   const walk = (p: number): void => {
-    for (const [c, pp] of rows) if (pp === p && c !== undefined) { out.push(c); walk(c); }
+    for (const [c, pp] of rows)
+      if (pp === p && c !== undefined) {
+        out.push(c);
+        walk(c);
+      }
   };
   walk(pid);
   return out;
@@ -104,7 +118,9 @@ describe('coordinator CLI', () => {
 
   it('submit --local-workers reports a cluster that cannot start (no silent exit 0)', async () => {
     fx = makeSpecFixture();
-    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { POLYTUNE_NATS_SERVER: join(fx.dir, 'no-such-nats-server') });
+    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], {
+      POLYTUNE_NATS_SERVER: join(fx.dir, 'no-such-nats-server'),
+    });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('nats-server');
   });
@@ -118,19 +134,25 @@ describe('coordinator CLI', () => {
   });
 
   /** `submit --local-workers 2` sent `signal` once its job runs; with the processes it had then. */
-  async function signalWhileRunning(signal: NodeJS.Signals): Promise<{ r: Awaited<ReturnType<typeof run>>; kids: number[] }> {
+  async function signalWhileRunning(
+    signal: NodeJS.Signals,
+  ): Promise<{ r: Awaited<ReturnType<typeof run>>; kids: number[] }> {
     fx = makeSpecFixture();
     let kids: number[] = [];
-    const r = await run(['submit', writeSpec(fx.yaml()), '--local-workers', '2'], { FAKE_WORKER_STEP_MS: '2000' }, (pid, stdout) => {
-      const t = setInterval(() => {
-        if (stdout().includes('Running')) {
-          clearInterval(t);
-          kids = descendants(pid);
-          process.kill(pid, signal);
-        }
-      }, 20);
-      t.unref();
-    });
+    const r = await run(
+      ['submit', writeSpec(fx.yaml()), '--local-workers', '2'],
+      { FAKE_WORKER_STEP_MS: '2000' },
+      (pid, stdout) => {
+        const t = setInterval(() => {
+          if (stdout().includes('Running')) {
+            clearInterval(t);
+            kids = descendants(pid);
+            process.kill(pid, signal);
+          }
+        }, 20);
+        t.unref();
+      },
+    );
     return { r, kids };
   }
 

@@ -26,12 +26,26 @@ export function makeSpecFixture(samples = 8): SpecFixture {
   const dir = mkdtempSync(join(tmpdir(), 'polytune-coord-'));
   const modelDir = join(dir, 'model');
   mkdirSync(modelDir);
-  writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ model_type: 'llama', num_hidden_layers: 2, hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_key_value_heads: 2, vocab_size: 32, rms_norm_eps: 1e-5, hidden_act: 'silu' }));
+  writeFileSync(
+    join(modelDir, 'config.json'),
+    JSON.stringify({
+      model_type: 'llama',
+      num_hidden_layers: 2,
+      hidden_size: 8,
+      intermediate_size: 16,
+      num_attention_heads: 2,
+      num_key_value_heads: 2,
+      vocab_size: 32,
+      rms_norm_eps: 1e-5,
+      hidden_act: 'silu',
+    }),
+  );
   writeFileSync(join(modelDir, 'model.safetensors'), Buffer.alloc(16));
   writeFileSync(join(modelDir, 'tokenizer.json'), '{}');
   const dataFile = join(dir, 'train.jsonl');
   const lines: string[] = [];
-  for (let i = 0; i < samples; i++) lines.push(JSON.stringify({ instruction: `What is ${i} + 1?`, output: String(i + 1) }));
+  for (let i = 0; i < samples; i++)
+    lines.push(JSON.stringify({ instruction: `What is ${i} + 1?`, output: String(i + 1) }));
   writeFileSync(dataFile, lines.join('\n') + '\n');
   return {
     dir,
@@ -71,7 +85,11 @@ export async function startTestCoordinator(nats: NatsServer, options: Coordinato
 }
 
 /** Polls `fn` until it returns a value other than undefined, or throws after `timeoutMs`. */
-export async function eventually<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+export async function eventually<T>(
+  fn: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -96,27 +114,38 @@ export interface InProcessCluster {
   stop(): Promise<void>;
 }
 
-export async function startInProcessCluster(nats: NatsServer, options: {
-  workers: number;
-  idPrefix: string;
-  coordinator?: CoordinatorOptions;
-  worker?: Partial<WorkerOptions>;
-}): Promise<InProcessCluster> {
+export async function startInProcessCluster(
+  nats: NatsServer,
+  options: {
+    workers: number;
+    idPrefix: string;
+    coordinator?: CoordinatorOptions;
+    worker?: Partial<WorkerOptions>;
+  },
+): Promise<InProcessCluster> {
   // The in-process workers share one tfjs engine: initialise it once, before they start.
   await initBackend('wasm');
   const coordinator = await startTestCoordinator(nats, options.coordinator);
   const client = new JobClient({ address: coordinator.address, callTimeoutMs: 10_000 });
   const stop = new AbortController();
-  const workers = Array.from({ length: options.workers }, (_, i) => runWorker({
-    coordinator: coordinator.address, nats: nats.url, backend: 'wasm', workerId: `${options.idPrefix}-w${i}`, logger: silentLogger, signal: stop.signal,
-    ...options.worker,
-  }));
+  const workers = Array.from({ length: options.workers }, (_, i) =>
+    runWorker({
+      coordinator: coordinator.address,
+      nats: nats.url,
+      backend: 'wasm',
+      workerId: `${options.idPrefix}-w${i}`,
+      logger: silentLogger,
+      signal: stop.signal,
+      ...options.worker,
+    }),
+  );
   return {
     coordinator,
     client,
     async runToEnd(yaml) {
       const id = await client.submitText(yaml, 'test.yaml');
-      for await (const ev of client.watch(id)) if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(String(ev.job?.state))) break;
+      for await (const ev of client.watch(id))
+        if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(String(ev.job?.state))) break;
       return client.get(id);
     },
     async stop() {

@@ -65,7 +65,8 @@ describe('local cluster', () => {
     cluster = await startLocalCluster({ workers: 1, workerCli: fakeWorker, stopGraceMs: 300 });
     // Wait for the worker to register.
     const deadline = Date.now() + 10_000;
-    while (cluster.coordinator.registry.all().length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (cluster.coordinator.registry.all().length < 1 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
     const [pid] = readFileSync(pidFile, 'utf8').trim().split('\n').map(Number);
     await cluster.stop();
     expect(alive(pid!)).toBe(false);

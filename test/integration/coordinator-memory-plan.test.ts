@@ -18,7 +18,10 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const CLI = join(ROOT, 'dist/coordinator/cli.js');
 
 function cli(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, POLYTUNE_COORDINATOR: '127.0.0.1:1' } });
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, POLYTUNE_COORDINATOR: '127.0.0.1:1' },
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -43,22 +46,33 @@ describe('memory plan at submit', () => {
   });
 
   it('refuses a job that cannot fit the stated GPU, with the numbers and the fix; accepts one that fits', async () => {
-    const small = fx.yaml({ name: 'too-big' }).replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 1 }');
+    const small = fx
+      .yaml({ name: 'too-big' })
+      .replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 1 }');
     const err = await client!.submitText(small, 'small.yaml').catch((e: unknown) => e as CoordinatorCallError);
     expect(err).toBeInstanceOf(CoordinatorCallError);
     expect(err).toMatchObject({ code: status.INVALID_ARGUMENT });
-    expect((err as CoordinatorCallError).message).toMatch(/spec\.workers\.gpuMemoryGiB: the plan needs 1\.\d GiB of GPU memory a worker \(weights 0\.0 GiB/);
+    expect((err as CoordinatorCallError).message).toMatch(
+      /spec\.workers\.gpuMemoryGiB: the plan needs 1\.\d GiB of GPU memory a worker \(weights 0\.0 GiB/,
+    );
     expect((err as CoordinatorCallError).message).toMatch(/use a larger GPU/);
-    const host = fx.yaml({ name: 'host' }).replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 80, hostMemoryGiB: 0.5 }');
+    const host = fx
+      .yaml({ name: 'host' })
+      .replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 80, hostMemoryGiB: 0.5 }');
     const err2 = await client!.submitText(host).catch((e: unknown) => e as CoordinatorCallError);
     expect((err2 as CoordinatorCallError).message).toContain('spec.workers.hostMemoryGiB: the plan needs');
-    const fits = fx.yaml({ name: 'fits' }).replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 80, hostMemoryGiB: 4 }');
+    const fits = fx
+      .yaml({ name: 'fits' })
+      .replace('workers: { count: 2 }', 'workers: { count: 2, gpuMemoryGiB: 80, hostMemoryGiB: 4 }');
     expect(await client!.submitText(fits)).toMatch(/^fits-/);
   });
 });
 
 describe('coordinator plan (built CLI)', () => {
-  it.each([['slam-metamath-7b', 'MetaMath-7B-V1.0'], ['slam-metamath-13b', 'MetaMath-13B-V1.0']])('%s prints a plan that fits 80 GiB', (name, model) => {
+  it.each([
+    ['slam-metamath-7b', 'MetaMath-7B-V1.0'],
+    ['slam-metamath-13b', 'MetaMath-13B-V1.0'],
+  ])('%s prints a plan that fits 80 GiB', (name, model) => {
     const r = cli('plan', join(ROOT, 'configs', `${name}.yaml`), '--model-config', join(ROOT, 'configs/models', model));
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -67,7 +81,9 @@ describe('coordinator plan (built CLI)', () => {
     // Without the flag: /models is not here, so the copy beside the spec (configs/models/<name>) is used, and said.
     const plain = cli('plan', join(ROOT, 'configs', `${name}.yaml`));
     expect(plain.code).toBe(0);
-    expect(plain.stdout.split('\n')[0]).toBe(`model: ${join(ROOT, 'configs/models', model, 'config.json')} (/models/${model} is not on this machine)`);
+    expect(plain.stdout.split('\n')[0]).toBe(
+      `model: ${join(ROOT, 'configs/models', model, 'config.json')} (/models/${model} is not on this machine)`,
+    );
     expect(plain.stdout.split('\n').slice(1).join('\n')).toBe(r.stdout);
   });
 

@@ -19,7 +19,13 @@ import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { newJobRecord } from '../../coordinator/job-record.js';
 import type { Coordinator, CoordinatorOptions } from '../../coordinator/server.js';
 import { CoordinatorSession, type SessionEvent } from '../../worker/session.js';
-import { eventually, makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
+import {
+  eventually,
+  makeSpecFixture,
+  startNats,
+  startTestCoordinator,
+  type SpecFixture,
+} from './coordinator-fixtures.js';
 import { KvBucket } from '../../common/subjects.js';
 
 class FakeWorker {
@@ -29,10 +35,19 @@ class FakeWorker {
       for await (const e of session.events()) this.events.push(e);
     })();
   }
-  static async join(address: string, id: string, options: { heartbeatIntervalMs?: number; logger?: Logger } = {}): Promise<FakeWorker> {
-    return new FakeWorker(await CoordinatorSession.connect({
-      address, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 10_000, ...options,
-    }));
+  static async join(
+    address: string,
+    id: string,
+    options: { heartbeatIntervalMs?: number; logger?: Logger } = {},
+  ): Promise<FakeWorker> {
+    return new FakeWorker(
+      await CoordinatorSession.connect({
+        address,
+        hello: { workerId: id, backend: 'cpu' },
+        connectTimeoutMs: 10_000,
+        ...options,
+      }),
+    );
   }
   assignments(): SessionEvent[] {
     return this.events.filter((e) => e.type === 'assignment');
@@ -40,7 +55,10 @@ class FakeWorker {
 }
 
 async function callError(p: Promise<unknown>): Promise<CoordinatorCallError> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(CoordinatorCallError);
   return e as CoordinatorCallError;
 }
@@ -79,7 +97,11 @@ describe('the job store is not trusted', () => {
     const id = await client.submitText(fx.yaml({ workers: 2 }));
     const w0 = await join('w-a');
     const w1 = await join('w-b');
-    await eventually(async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined), 10_000, 'the job to run');
+    await eventually(
+      async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined),
+      10_000,
+      'the job to run',
+    );
     return { id, w0, w1 };
   }
 
@@ -106,14 +128,26 @@ describe('the job store is not trusted', () => {
     const real = await client.submitText(fx.yaml({ name: 'legit' }));
     await client.cancel(real);
     const template = JSON.parse((await kv.get(real))!.string()) as Record<string, unknown>;
-    const injected = { ...template, id: 'evil-abcde', name: 'evil', state: 'Pending', error: '', finishedAt: 0, createdAt: Date.now() };
+    const injected = {
+      ...template,
+      id: 'evil-abcde',
+      name: 'evil',
+      state: 'Pending',
+      error: '',
+      finishedAt: 0,
+      createdAt: Date.now(),
+    };
     await kv.put('evil-abcde', JSON.stringify(injected));
     const w0 = await join('w-a');
     const w1 = await join('w-b');
-    const job = await eventually(async () => {
-      const j = await client.get('evil-abcde');
-      return j.state === 'FAILED' ? j : undefined;
-    }, 5_000, 'the injected job to be failed');
+    const job = await eventually(
+      async () => {
+        const j = await client.get('evil-abcde');
+        return j.state === 'FAILED' ? j : undefined;
+      },
+      5_000,
+      'the injected job to be failed',
+    );
     expect(job.error).toMatch(/not written by this coordinator \(injected into polytune_jobs\): never run/);
     await new Promise((r) => setTimeout(r, 500));
     expect(w0.assignments()).toEqual([]);
@@ -127,14 +161,19 @@ describe('the job store is not trusted', () => {
     kv = await kvm.create(KvBucket.jobs, { history: 5 });
     const spec = parseAnyJobSpec(fx.yaml({ name: 'old' }));
     const record = newJobRecord('old-abcde', spec, 2, Date.now());
-    const bad = { ...record, spec: { ...spec, spec: { ...spec.spec, collective: { compression: 'none', timeoutSeconds: 1e9 } } } };
+    const bad = {
+      ...record,
+      spec: { ...spec, spec: { ...spec.spec, collective: { compression: 'none', timeoutSeconds: 1e9 } } },
+    };
     await kv.put(record.id, JSON.stringify(bad));
     await start();
     await join('w-a');
     await join('w-b');
     const job = await client.get(record.id);
     expect(job.state).toBe('FAILED');
-    expect(job.error).toMatch(/stored record refused: its spec is invalid: spec.collective.timeoutSeconds: must be <= 2147483/);
+    expect(job.error).toMatch(
+      /stored record refused: its spec is invalid: spec.collective.timeoutSeconds: must be <= 2147483/,
+    );
     expect(await metric(meter, 'polytune_store_bad_values_total{bucket="polytune_jobs",reason="spec"}')).toBe(1);
   });
 
@@ -152,42 +191,78 @@ describe('the job store is not trusted', () => {
     // Scheduling goes on: the legit job runs once two workers join.
     await join('w-a');
     await join('w-b');
-    await eventually(async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined), 10_000, 'the job to run');
+    await eventually(
+      async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined),
+      10_000,
+      'the job to run',
+    );
     expect(await metric(meter, 'polytune_store_bad_values_total{bucket="polytune_jobs",reason="unreadable"}')).toBe(3);
   });
 
-  it('a running job rewritten as Succeeded (or deleted) is restored, ' +
-    'the alert counter goes up, and it can still be cancelled', async () => {
-    await start();
-    kv = await new Kvm(nc).open(KvBucket.jobs);
-    const { id, w0 } = await runningJob();
-    const stored = JSON.parse((await kv.get(id))!.string()) as Record<string, unknown>;
-    await kv.put(id, JSON.stringify({ ...stored, state: 'Succeeded', lastLoss: 0.0001, finishedAt: Date.now() }));
-    await eventually(async () => (await metric(meter, 'polytune_store_tampering_total{bucket="polytune_jobs",kind="rewritten"}') >= 1 ? true : undefined),
-      5_000, 'the tampering to be counted');
-    const job = await client.get(id);
-    expect(job.state).toBe('RUNNING');
-    expect(job.hasLoss).toBe(false);
-    expect(JSON.parse((await kv.get(id))!.string()).state).toBe('Running');
+  it(
+    'a running job rewritten as Succeeded (or deleted) is restored, ' +
+      'the alert counter goes up, and it can still be cancelled',
+    async () => {
+      await start();
+      kv = await new Kvm(nc).open(KvBucket.jobs);
+      const { id, w0 } = await runningJob();
+      const stored = JSON.parse((await kv.get(id))!.string()) as Record<string, unknown>;
+      await kv.put(id, JSON.stringify({ ...stored, state: 'Succeeded', lastLoss: 0.0001, finishedAt: Date.now() }));
+      await eventually(
+        async () =>
+          (await metric(meter, 'polytune_store_tampering_total{bucket="polytune_jobs",kind="rewritten"}')) >= 1
+            ? true
+            : undefined,
+        5_000,
+        'the tampering to be counted',
+      );
+      const job = await client.get(id);
+      expect(job.state).toBe('RUNNING');
+      expect(job.hasLoss).toBe(false);
+      expect(JSON.parse((await kv.get(id))!.string()).state).toBe('Running');
 
-    await kv.delete(id);
-    await eventually(async () => (await metric(meter, 'polytune_store_tampering_total{bucket="polytune_jobs",kind="deleted"}') >= 1 ? true : undefined),
-      5_000, 'the deletion to be counted');
-    expect((await client.get(id)).state).toBe('RUNNING');
-    expect((await client.cancel(id)).state).toBe('CANCELLED');
-    expect(w0.assignments()).toHaveLength(1);
-  });
+      await kv.delete(id);
+      await eventually(
+        async () =>
+          (await metric(meter, 'polytune_store_tampering_total{bucket="polytune_jobs",kind="deleted"}')) >= 1
+            ? true
+            : undefined,
+        5_000,
+        'the deletion to be counted',
+      );
+      expect((await client.get(id)).state).toBe('RUNNING');
+      expect((await client.cancel(id)).state).toBe('CANCELLED');
+      expect(w0.assignments()).toHaveLength(1);
+    },
+  );
 
-  it('a forged ledger is replaced by the coordinator\'s own', async () => {
+  it("a forged ledger is replaced by the coordinator's own", async () => {
     await start({ progressFlushMs: 10 });
     const { id, w0, w1 } = await runningJob();
     const [a0, a1] = [w0.assignments()[0], w1.assignments()[0]];
     if (a0?.type !== 'assignment' || a1?.type !== 'assignment') throw new Error('no assignments');
     const rank0 = a0.rank === 0 ? w0 : w1;
-    rank0.session.progress({ jobId: id, generation: 1, step: 1, totalSteps: 4, loss: 1, tokensPerSecond: 1, epoch: 0, supervisedTokens: 1, elapsedSeconds: 1 });
+    rank0.session.progress({
+      jobId: id,
+      generation: 1,
+      step: 1,
+      totalSteps: 4,
+      loss: 1,
+      tokensPerSecond: 1,
+      epoch: 0,
+      supervisedTokens: 1,
+      elapsedSeconds: 1,
+    });
     const ledgerKv = await new Kvm(nc).open(KvBucket.ledger);
-    await eventually(async () => ((await ledgerKv.get(id))?.length ? true : undefined), 5_000, 'the ledger to be written');
-    await ledgerKv.put(id, JSON.stringify({ committed: [{ from: 0, to: 4, generation: 1, worldSize: 2 }], rolledBack: [] }));
+    await eventually(
+      async () => ((await ledgerKv.get(id))?.length ? true : undefined),
+      5_000,
+      'the ledger to be written',
+    );
+    await ledgerKv.put(
+      id,
+      JSON.stringify({ committed: [{ from: 0, to: 4, generation: 1, worldSize: 2 }], rolledBack: [] }),
+    );
     const ledger = JSON.parse((await client.get(id)).ledgerJson) as { committed: { to: number }[] };
     expect(ledger.committed.at(-1)!.to).toBe(1);
     expect(await metric(meter, 'polytune_store_tampering_total{bucket="polytune_ledger",kind="rewritten"}')).toBe(1);
@@ -197,14 +272,31 @@ describe('the job store is not trusted', () => {
     await start();
     const errors: string[] = [];
     const logger: Logger = {
-      debug: () => {}, info: () => {}, warn: () => {}, error: (msg: string, f?: Record<string, unknown>) => errors.push(`${msg} ${JSON.stringify(f)}`),
+      debug: () => {},
+      info: () => {},
+      warn: () => {},
+      error: (msg: string, f?: Record<string, unknown>) => errors.push(`${msg} ${JSON.stringify(f)}`),
       child: () => logger,
     } as unknown as Logger;
     const w = await FakeWorker.join(coord!.address, 'w-x', { logger });
     workers.push(w);
     await eventually(() => (coord!.registry.get('w-x') ? true : undefined), 5_000, 'the worker to join');
-    const spec = { apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'x' }, spec: { model: { path: '/m' }, unknownField: 1 } };
-    coord!.registry.send('w-x', { assignment: { jobId: 'x-abcde', generation: 1, rank: 0, worldSize: 1, specJson: JSON.stringify(spec), natsUrl: nats.url } });
+    const spec = {
+      apiVersion: 'polytune/v1',
+      kind: 'TrainJob',
+      metadata: { name: 'x' },
+      spec: { model: { path: '/m' }, unknownField: 1 },
+    };
+    coord!.registry.send('w-x', {
+      assignment: {
+        jobId: 'x-abcde',
+        generation: 1,
+        rank: 0,
+        worldSize: 1,
+        specJson: JSON.stringify(spec),
+        natsUrl: nats.url,
+      },
+    });
     await eventually(() => (errors.length > 0 ? true : undefined), 5_000, 'the refusal');
     expect(errors[0]).toMatch(/assignment with an invalid spec refused/);
     expect(errors[0]).toMatch(/spec.unknownField: unknown field/);
@@ -285,7 +377,17 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     const done = await client.submitText(fx.yaml({ name: 'done' }));
     const waiting = await client.submitText(fx.yaml({ name: 'waiting' }));
     await client.cancel(done);
-    await eventually(async () => ((await client.get(done).then(() => false, () => true)) ? true : undefined), 8_000, 'the retention');
+    await eventually(
+      async () =>
+        (await client.get(done).then(
+          () => false,
+          () => true,
+        ))
+          ? true
+          : undefined,
+      8_000,
+      'the retention',
+    );
     expect((await client.get(waiting)).state).toBe('PENDING');
   });
 
@@ -300,7 +402,7 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     await client.submitText(fx.yaml({ name: 'c' }));
   });
 
-  it('an output dir with someone else\'s files or another job\'s is refused; the job\'s own is reused', async () => {
+  it("an output dir with someone else's files or another job's is refused; the job's own is reused", async () => {
     await start();
     const theirs = join(fx.dir, 'theirs');
     mkdirSync(theirs);
@@ -322,52 +424,72 @@ describe('List pages, Delete, retention, the Pending cap, output directories and
     expect(other.message).toMatch(/spec.output.dir: .*ours belongs to job "tiny-job"/);
   });
 
-  it('with storage roots, inputs outside a data root and outputs ' +
-    'outside an output root are refused, naming the path', async () => {
-    const outRoot = join(fx.dir, 'runs');
-    mkdirSync(outRoot);
-    await start({ storageRoots: { dataRoots: [fx.dir], outputRoots: [outRoot] } });
-    const inside = fx.yaml().replace(/output: \{ dir: .* \}/, `output: { dir: ${join(outRoot, 'job')} }`);
-    await client.submitText(inside);
-    const e = await callError(client.submitText(fx.yaml()));
-    expect(e.message).toMatch(/spec.output.dir: .*\/out is not inside an output root/);
-    const bad = await callError(client.submitText(inside.replace(fx.dataFile, '/etc/passwd')));
-    expect(bad.message).toMatch(/spec.data.train\[0\].path: \/etc\/passwd is not under a data root/);
-    expect(bad.message).not.toMatch(/root:/);
-    const escape = await callError(client.submitText(inside.replace(/output: \{ dir: .* \}/, `output: { dir: ${outRoot}/../../x }`)));
-    expect(escape.message).toMatch(/spec.output.dir: .* is not inside an output root/);
-  });
+  it(
+    'with storage roots, inputs outside a data root and outputs ' +
+      'outside an output root are refused, naming the path',
+    async () => {
+      const outRoot = join(fx.dir, 'runs');
+      mkdirSync(outRoot);
+      await start({ storageRoots: { dataRoots: [fx.dir], outputRoots: [outRoot] } });
+      const inside = fx.yaml().replace(/output: \{ dir: .* \}/, `output: { dir: ${join(outRoot, 'job')} }`);
+      await client.submitText(inside);
+      const e = await callError(client.submitText(fx.yaml()));
+      expect(e.message).toMatch(/spec.output.dir: .*\/out is not inside an output root/);
+      const bad = await callError(client.submitText(inside.replace(fx.dataFile, '/etc/passwd')));
+      expect(bad.message).toMatch(/spec.data.train\[0\].path: \/etc\/passwd is not under a data root/);
+      expect(bad.message).not.toMatch(/root:/);
+      const escape = await callError(
+        client.submitText(inside.replace(/output: \{ dir: .* \}/, `output: { dir: ${outRoot}/../../x }`)),
+      );
+      expect(escape.message).toMatch(/spec.output.dir: .* is not inside an output root/);
+    },
+  );
 
-  it('five submits with huge (allowed) weights do not ' +
-    'delay heartbeats past their timeout while a job runs', async () => {
-    await start();
-    const id = await client.submitText(fx.yaml({ workers: 2 }));
-    for (const wid of ['hb-a', 'hb-b']) workers.push(await FakeWorker.join(coord!.address, wid, { heartbeatIntervalMs: 200 }));
-    await eventually(async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined), 10_000, 'the job to run');
-    // 100,000 records at weight 100 = 10M samples an epoch: the largest mixture allowed.
-    const big = join(fx.dir, 'big.jsonl');
-    writeFileSync(big, Array.from({ length: 100_000 }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: `a${i}` })).join('\n') + '\n');
-    const heavy = fx.yaml({ name: 'heavy' }).replace(`{ path: ${fx.dataFile}, format: alpaca }`, `{ path: ${big}, format: alpaca, weight: 100 }`);
-    expect(heavy).toContain('weight: 100 }');
-    let worst = 0;
-    let last = performance.now();
-    const probe = setInterval(() => {
-      const now = performance.now();
-      worst = Math.max(worst, now - last);
-      last = now;
-    }, 20);
-    try {
-      await Promise.all(Array.from({ length: 5 }, () => client.submitText(heavy)));
-    } finally {
-      clearInterval(probe);
-    }
-    const job = await client.get(id);
-    expect(job.state).toBe('RUNNING');
-    expect(job.generation).toBe(1);
-    expect(coord!.registry.get('hb-a')?.status).toBe('busy');
-    expect(coord!.registry.get('hb-b')?.status).toBe('busy');
-    // Without the slices the workers are declared lost above; the loop (shared with the coordinator
-    // here) never stalled for a heartbeat timeout (1 s). Measured: 0.2-0.5 s with slices.
-    expect(worst, `the longest gap between two 20 ms ticks`).toBeLessThan(900);
-  }, 60_000);
+  it(
+    'five submits with huge (allowed) weights do not ' + 'delay heartbeats past their timeout while a job runs',
+    async () => {
+      await start();
+      const id = await client.submitText(fx.yaml({ workers: 2 }));
+      for (const wid of ['hb-a', 'hb-b'])
+        workers.push(await FakeWorker.join(coord!.address, wid, { heartbeatIntervalMs: 200 }));
+      await eventually(
+        async () => ((await client.get(id)).state === 'RUNNING' ? true : undefined),
+        10_000,
+        'the job to run',
+      );
+      // 100,000 records at weight 100 = 10M samples an epoch: the largest mixture allowed.
+      const big = join(fx.dir, 'big.jsonl');
+      writeFileSync(
+        big,
+        Array.from({ length: 100_000 }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: `a${i}` })).join(
+          '\n',
+        ) + '\n',
+      );
+      const heavy = fx
+        .yaml({ name: 'heavy' })
+        .replace(`{ path: ${fx.dataFile}, format: alpaca }`, `{ path: ${big}, format: alpaca, weight: 100 }`);
+      expect(heavy).toContain('weight: 100 }');
+      let worst = 0;
+      let last = performance.now();
+      const probe = setInterval(() => {
+        const now = performance.now();
+        worst = Math.max(worst, now - last);
+        last = now;
+      }, 20);
+      try {
+        await Promise.all(Array.from({ length: 5 }, () => client.submitText(heavy)));
+      } finally {
+        clearInterval(probe);
+      }
+      const job = await client.get(id);
+      expect(job.state).toBe('RUNNING');
+      expect(job.generation).toBe(1);
+      expect(coord!.registry.get('hb-a')?.status).toBe('busy');
+      expect(coord!.registry.get('hb-b')?.status).toBe('busy');
+      // Without the slices the workers are declared lost above; the loop (shared with the coordinator
+      // here) never stalled for a heartbeat timeout (1 s). Measured: 0.2-0.5 s with slices.
+      expect(worst, `the longest gap between two 20 ms ticks`).toBeLessThan(900);
+    },
+    60_000,
+  );
 });

@@ -7,7 +7,13 @@ import type { NatsServer } from '../../common/nats-server-process.js';
 import { JobClient } from '../../coordinator/client.js';
 import type { Coordinator } from '../../coordinator/server.js';
 import { chooseNatsUrl, CoordinatorSession, type AssignmentEvent, type SessionEvent } from '../../worker/session.js';
-import { eventually, makeSpecFixture, startNats, startTestCoordinator, type SpecFixture } from './coordinator-fixtures.js';
+import {
+  eventually,
+  makeSpecFixture,
+  startNats,
+  startTestCoordinator,
+  type SpecFixture,
+} from './coordinator-fixtures.js';
 
 /** A test worker: a session and a cursor over its events. */
 class FakeWorker {
@@ -16,14 +22,22 @@ class FakeWorker {
     this.it = session.events()[Symbol.asyncIterator]();
   }
   static async join(address: string, id: string, heartbeatIntervalMs?: number): Promise<FakeWorker> {
-    return new FakeWorker(await CoordinatorSession.connect({
-      address, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 10_000, heartbeatIntervalMs,
-    }));
+    return new FakeWorker(
+      await CoordinatorSession.connect({
+        address,
+        hello: { workerId: id, backend: 'cpu' },
+        connectTimeoutMs: 10_000,
+        heartbeatIntervalMs,
+      }),
+    );
   }
   async next(timeoutMs = 10_000): Promise<SessionEvent> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${this.session.workerId}: no event within ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`${this.session.workerId}: no event within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
     });
     try {
       const r = await Promise.race([this.it.next(), timeout]);
@@ -102,21 +116,41 @@ describe('coordinator WorkerService and scheduling', () => {
     })();
 
     const progress = (step: number, loss: number) => ({
-      jobId: id, generation: 1, step, totalSteps: 4, loss, tokensPerSecond: 100 + step, epoch: 0, supervisedTokens: 10, elapsedSeconds: step,
+      jobId: id,
+      generation: 1,
+      step,
+      totalSteps: 4,
+      loss,
+      tokensPerSecond: 100 + step,
+      epoch: 0,
+      supervisedTokens: 10,
+      elapsedSeconds: step,
     });
     r0.session.progress(progress(1, 3.5));
     r1.session.progress({ ...progress(1, 99), step: 3 }); // rank 1's progress does not update the job
     r0.session.progress(progress(2, 3.0));
-    await eventually(async () => {
-      const j = await client.get(id);
-      return j.step === 2 ? j : undefined;
-    }, 5_000, 'step 2 in the job record');
+    await eventually(
+      async () => {
+        const j = await client.get(id);
+        return j.step === 2 ? j : undefined;
+      },
+      5_000,
+      'step 2 in the job record',
+    );
     const mid = await client.get(id);
     expect(mid).toMatchObject({ step: 2, lastLoss: 3.0, firstLoss: 3.5, tokensPerSecond: 102, hasLoss: true });
 
     r1.session.result({ jobId: id, generation: 1, ok: true, steps: 4 });
     r0.session.progress(progress(4, 2.0));
-    r0.session.result({ jobId: id, generation: 1, ok: true, steps: 4, firstLoss: 3.5, finalLoss: 2.0, outputDir: '/out/x' });
+    r0.session.result({
+      jobId: id,
+      generation: 1,
+      ok: true,
+      steps: 4,
+      firstLoss: 3.5,
+      finalLoss: 2.0,
+      outputDir: '/out/x',
+    });
     await watching;
     const done = await client.get(id);
     expect(done).toMatchObject({ state: 'SUCCEEDED', step: 4, firstLoss: 3.5, lastLoss: 2.0, outputDir: '/out/x' });
@@ -143,25 +177,28 @@ describe('coordinator WorkerService and scheduling', () => {
     expect(job.error).toContain('out of memory at step 3');
   });
 
-  it('a worker whose stream closes mid-job re-forms the world: the ' +
-    'survivor leaves the old generation, the job goes on in the next', async () => {
-    const id = await client.submitText(fx.yaml({ workers: 2 }));
-    const [w0, w1] = await Promise.all([join('c-1'), join('c-2')]);
-    await Promise.all([w0.assignment(), w1.assignment()]);
-    await w1.session.close();
-    expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
-    const pending = await eventually(async () => {
-      const j = await client.get(id);
-      return j.state === 'PENDING' ? j : undefined;
-    });
-    expect(pending.error).toMatch(/worker c-2 \(rank \d\) lost: stream/);
-    // A new worker joins: generation 2, the survivor first (it holds the job's state), resuming.
-    const w2 = await join('c-3');
-    const [a0, a2] = await Promise.all([w0.assignment(), w2.assignment()]);
-    expect(a0).toMatchObject({ jobId: id, generation: 2, rank: 0, resume: true });
-    expect(a2).toMatchObject({ jobId: id, generation: 2, rank: 1, resume: true });
-    expect((await client.get(id)).state).toBe('RUNNING');
-  });
+  it(
+    'a worker whose stream closes mid-job re-forms the world: the ' +
+      'survivor leaves the old generation, the job goes on in the next',
+    async () => {
+      const id = await client.submitText(fx.yaml({ workers: 2 }));
+      const [w0, w1] = await Promise.all([join('c-1'), join('c-2')]);
+      await Promise.all([w0.assignment(), w1.assignment()]);
+      await w1.session.close();
+      expect(await w0.next()).toMatchObject({ type: 'cancel', jobId: id });
+      const pending = await eventually(async () => {
+        const j = await client.get(id);
+        return j.state === 'PENDING' ? j : undefined;
+      });
+      expect(pending.error).toMatch(/worker c-2 \(rank \d\) lost: stream/);
+      // A new worker joins: generation 2, the survivor first (it holds the job's state), resuming.
+      const w2 = await join('c-3');
+      const [a0, a2] = await Promise.all([w0.assignment(), w2.assignment()]);
+      expect(a0).toMatchObject({ jobId: id, generation: 2, rank: 0, resume: true });
+      expect(a2).toMatchObject({ jobId: id, generation: 2, rank: 1, resume: true });
+      expect((await client.get(id)).state).toBe('RUNNING');
+    },
+  );
 
   it('a job down to workers.min goes on, and takes a joining worker in at the next generation', async () => {
     const id = await client.submitText(fx.yaml({ workers: 2, min: 1 }));
@@ -196,10 +233,14 @@ describe('coordinator WorkerService and scheduling', () => {
     await w.assignment();
     // Heartbeats every 2 s by default vs. a 1.5 s timeout in this suite: the worker is lost and
     // the job waits, Pending, for a new world.
-    const job = await eventually(async () => {
-      const j = await client.get(id);
-      return j.state === 'PENDING' ? j : undefined;
-    }, 10_000, 'heartbeat loss');
+    const job = await eventually(
+      async () => {
+        const j = await client.get(id);
+        return j.state === 'PENDING' ? j : undefined;
+      },
+      10_000,
+      'heartbeat loss',
+    );
     expect(job.error).toMatch(/worker quiet \(rank 0\) lost: no heartbeat/);
     // And the coordinator closed its stream.
     expect(await w.next()).toMatchObject({ type: 'closed' });
@@ -210,7 +251,8 @@ describe('coordinator WorkerService and scheduling', () => {
     const ws = await Promise.all([join('k-1'), join('k-2')]);
     await Promise.all(ws.map((w) => w.assignment()));
     expect((await client.cancel(id)).state).toBe('CANCELLED');
-    for (const w of ws) expect(await w.next()).toMatchObject({ type: 'cancel', jobId: id, reason: 'cancelled by user' });
+    for (const w of ws)
+      expect(await w.next()).toMatchObject({ type: 'cancel', jobId: id, reason: 'cancelled by user' });
   });
 
   it('a worker started before the coordinator connects once it is up', async () => {
@@ -218,7 +260,11 @@ describe('coordinator WorkerService and scheduling', () => {
     await coord!.stop();
     client.close();
     const port = Number(address.split(':').pop());
-    const connecting = CoordinatorSession.connect({ address, hello: { workerId: 'early', backend: 'cpu' }, connectTimeoutMs: 15_000 });
+    const connecting = CoordinatorSession.connect({
+      address,
+      hello: { workerId: 'early', backend: 'cpu' },
+      connectTimeoutMs: 15_000,
+    });
     await new Promise((r) => setTimeout(r, 800));
     coord = await startTestCoordinator(nats, { listen: `127.0.0.1:${port}` });
     client = new JobClient({ address: coord.address });

@@ -72,10 +72,18 @@ spec:
     const md = await readFile(join(out, 'eval', 'final.md'), 'utf8');
     // The Markdown table: a row per language (issue 19: 11 languages as columns did not read), then the average.
     expect(md).toContain('### mgsm\n\n| language | accuracy % | correct |\n|---|---:|---:|\n');
-    for (const l of mgsm.languages) expect(md).toContain(`| ${l.language} | ${(100 * l.accuracy).toFixed(1)} | ${l.correct}/2 |`);
+    for (const l of mgsm.languages)
+      expect(md).toContain(`| ${l.language} | ${(100 * l.accuracy).toFixed(1)} | ${l.correct}/2 |`);
     expect(md).toContain(`| average | ${(100 * mgsm.average).toFixed(1)} | `);
     // Each rank wrote its share of the predictions: 11 and 11 of the 22 problems.
-    const preds = await Promise.all([0, 1].map(async (r) => (await readFile(join(out, 'eval', `final.predictions.rank-${r}.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { language: string; index: number; answer: string })));
+    const preds = await Promise.all(
+      [0, 1].map(async (r) =>
+        (await readFile(join(out, 'eval', `final.predictions.rank-${r}.jsonl`), 'utf8'))
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as { language: string; index: number; answer: string }),
+      ),
+    );
     expect(preds.map((p) => p.length)).toEqual([11, 11]);
     expect(new Set(preds.flat().map((p) => `${p.language}/${p.index}`)).size).toBe(22);
     expect(preds.flat().find((p) => p.language === 'en' && p.index === 0)?.answer).toBe('18');
@@ -127,16 +135,27 @@ spec:
 `);
     expect(job.error).toBe('');
     expect(job.state).toBe('SUCCEEDED');
-    const analysis = JSON.parse(await readFile(join(out, 'analysis', 'analysis.json'), 'utf8')) as { chosenLayers: number[] };
+    const analysis = JSON.parse(await readFile(join(out, 'analysis', 'analysis.json'), 'utf8')) as {
+      chosenLayers: number[];
+    };
     expect(job.chosenLayers).toEqual(analysis.chosenLayers);
     expect(job.chosenLayers).toHaveLength(2);
     // Only the chosen layers' up_proj and down_proj trained.
-    const trained = (await readSafetensors(join(out, 'final', 'trainable.safetensors'))).tensors.map((t) => t.name).sort();
-    expect(trained).toEqual(job.chosenLayers.flatMap((l) => [`model.layers.${l}.mlp.down_proj.weight`, `model.layers.${l}.mlp.up_proj.weight`]).sort());
+    const trained = (await readSafetensors(join(out, 'final', 'trainable.safetensors'))).tensors
+      .map((t) => t.name)
+      .sort();
+    expect(trained).toEqual(
+      job.chosenLayers
+        .flatMap((l) => [`model.layers.${l}.mlp.down_proj.weight`, `model.layers.${l}.mlp.up_proj.weight`])
+        .sort(),
+    );
     expect(existsSync(join(out, 'eval', 'step-00000001.json'))).toBe(true);
     const final = JSON.parse(await readFile(join(out, 'eval', 'final.json'), 'utf8')) as EvalReport;
     expect(final.step).toBe(2);
-    expect(final.benchmarks[0]!.languages.map((l) => [l.language, l.total])).toEqual([['en', 1], ['sw', 1]]);
+    expect(final.benchmarks[0]!.languages.map((l) => [l.language, l.total])).toEqual([
+      ['en', 1],
+      ['sw', 1],
+    ]);
     expect(JSON.parse(job.evalJson)).toMatchObject({ name: 'final', step: 2 });
   }, 60_000);
 });

@@ -16,7 +16,11 @@ import type { Coordinator } from '../../coordinator/server.js';
 import { formatDuration } from '../../coordinator/views/job-view.js';
 import type { Job__Output } from '../../proto/index.js';
 import {
-  eventually, makeSpecFixture, startNats, startTestCoordinator, type SpecFixture,
+  eventually,
+  makeSpecFixture,
+  startNats,
+  startTestCoordinator,
+  type SpecFixture,
 } from './coordinator-fixtures.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -60,7 +64,8 @@ describe('job timings across re-forms', () => {
   function worker(coordinator: Coordinator, id: string): ChildProcess {
     const args = [fakeWorker, '--coordinator', coordinator.address, '--nats', nats!.url, '--id', id];
     const w = spawn(process.execPath, args, {
-      stdio: 'ignore', env: { ...process.env, FAKE_WORKER_STEP_MS: '100' },
+      stdio: 'ignore',
+      env: { ...process.env, FAKE_WORKER_STEP_MS: '100' },
     });
     workers.push(w);
     return w;
@@ -75,12 +80,19 @@ describe('job timings across re-forms', () => {
   }
 
   const stateOf = async (
-    client: JobClient, id: string, pred: (j: Job__Output) => boolean, ms = 30_000,
+    client: JobClient,
+    id: string,
+    pred: (j: Job__Output) => boolean,
+    ms = 30_000,
   ): Promise<Job__Output> =>
-    eventually(async () => {
-      const j = await client.get(id);
-      return pred(j) ? j : undefined;
-    }, ms, `job ${id}`);
+    eventually(
+      async () => {
+        const j = await client.get(id);
+        return pred(j) ? j : undefined;
+      },
+      ms,
+      `job ${id}`,
+    );
 
   async function status(address: string, args: string[]): Promise<string> {
     const { stdout } = await promisify(execFile)(process.execPath, [cli, 'status', ...args, '--coordinator', address]);
@@ -92,7 +104,10 @@ describe('job timings across re-forms', () => {
     const sum = t.generations.reduce((s, g) => s + g.wallSeconds, 0) + t.reformSeconds;
     expect(t.wallSeconds).toBeCloseTo(sum, 1);
     expect(t.wallSeconds).toBeCloseTo((Number(job.finishedAt) - Number(job.startedAt)) / 1000, 1);
-    expect(t.computeSeconds).toBeCloseTo(t.generations.reduce((s, g) => s + g.computeSeconds, 0), 5);
+    expect(t.computeSeconds).toBeCloseTo(
+      t.generations.reduce((s, g) => s + g.computeSeconds, 0),
+      5,
+    );
     expect(t.generationSeconds).toBe(t.generations.at(-1)!.wallSeconds);
     // The old field is the last generation's alone.
     expect(t.wallSeconds).toBeGreaterThan(job.elapsedSeconds + 0.5);
@@ -118,7 +133,10 @@ describe('job timings across re-forms', () => {
     expect(done.lastLoss).toBe(5 / 20 + 1);
 
     const t = (JSON.parse(await status(c.address, [id, '--json'])) as { timings: Timings }).timings;
-    expect(t.generations.map((g) => [g.generation, g.worldSize])).toEqual([[1, 2], [2, 1]]);
+    expect(t.generations.map((g) => [g.generation, g.worldSize])).toEqual([
+      [1, 2],
+      [2, 1],
+    ]);
     expect(t.generations[0]!.endReason).toMatch(/worker ux-b \(rank \d\) lost/);
     expectConsistent(t, done);
     // The truth by this test's clock: at least from when it saw the job run to the kill, plus the
@@ -129,9 +147,14 @@ describe('job timings across re-forms', () => {
     const block = await status(c.address, [id]);
     expect(block).toMatch(/^state {7}Succeeded$/m);
     expect(block).toMatch(/^generation {2}2, world 1: ux-a$/m);
-    expect(block).toMatch(new RegExp(`^time {8}wall ${formatDuration(t.wallSeconds)}, this generation \\S+, `
-      + 'compute \\S+, '
-      + `re-forming \\S+ \\(1 re-form\\)$`, 'm'));
+    expect(block).toMatch(
+      new RegExp(
+        `^time {8}wall ${formatDuration(t.wallSeconds)}, this generation \\S+, ` +
+          'compute \\S+, ' +
+          `re-forming \\S+ \\(1 re-form\\)$`,
+        'm',
+      ),
+    );
     expect(await status(c.address, ['-o', 'yaml'])).toMatch(/^ {2}timings:\n {4}wallSeconds: \d/m);
     const table = (await status(c.address, [])).trimEnd().split('\n');
     expect(table[0]).toMatch(/^ID\s+KIND\s+STATE\s+STAGE\s+STEP\s+LOSS\s+RATE\s+AGE$/);

@@ -22,7 +22,10 @@ const HEARTBEAT_TIMEOUT_MS = 1_500;
 
 beforeAll(async () => {
   nats = await startNats();
-  coordinator = await startTestCoordinator(nats, { helloTimeoutMs: HELLO_TIMEOUT_MS, heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS });
+  coordinator = await startTestCoordinator(nats, {
+    helloTimeoutMs: HELLO_TIMEOUT_MS,
+    heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS,
+  });
 });
 afterEach(async () => {
   await Promise.all(sessions.splice(0).map((s) => s.close()));
@@ -60,15 +63,25 @@ function rawJoin(): RawJoin {
   session.on('error', () => undefined);
   clients.push(session);
   const started = Date.now();
-  const stream = session.request({
-    ':method': 'POST', ':path': '/polytune.v1.WorkerService/Join', 'content-type': 'application/grpc', te: 'trailers',
-  }, { endStream: false });
+  const stream = session.request(
+    {
+      ':method': 'POST',
+      ':path': '/polytune.v1.WorkerService/Join',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+    },
+    { endStream: false },
+  );
   stream.on('error', () => undefined);
   const data: Buffer[] = [];
   stream.on('data', (d: Buffer) => data.push(d));
   let grpcStatus: string | undefined;
-  stream.on('response', (h) => { grpcStatus ??= h['grpc-status'] as string | undefined; });
-  stream.on('trailers', (h) => { grpcStatus = h['grpc-status'] as string | undefined; });
+  stream.on('response', (h) => {
+    grpcStatus ??= h['grpc-status'] as string | undefined;
+  });
+  stream.on('trailers', (h) => {
+    grpcStatus = h['grpc-status'] as string | undefined;
+  });
   const closed = new Promise<{ grpcStatus: string | undefined; afterMs: number; rstCode: number }>((resolve) => {
     stream.on('close', () => resolve({ grpcStatus, afterMs: Date.now() - started, rstCode: stream.rstCode ?? -1 }));
   });
@@ -111,7 +124,12 @@ describe('Join stream deadlines', () => {
   });
 
   it('a well-behaved worker is not affected by the Hello deadline', async () => {
-    const s = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'prompt-worker', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 3_000 });
+    const s = await CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'prompt-worker', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 3_000,
+    });
     sessions.push(s);
     await new Promise((r) => setTimeout(r, HELLO_TIMEOUT_MS * 2));
     expect(coordinator.registry.get('prompt-worker')).toBeDefined();
@@ -120,10 +138,20 @@ describe('Join stream deadlines', () => {
 
 describe('a worker id already connected', () => {
   it('is refused (ALREADY_EXISTS) while the first stream is alive; the first keeps its place', async () => {
-    const first = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'dup-alive', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 3_000 });
+    const first = await CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'dup-alive', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 3_000,
+    });
     sessions.push(first);
     const joinedAt = coordinator.registry.get('dup-alive')?.joinedAt;
-    const second = CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'dup-alive', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 1_500 });
+    const second = CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'dup-alive', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 1_500,
+    });
     await expect(second).rejects.toThrow(/worker id "dup-alive" is already connected/);
     expect(coordinator.registry.get('dup-alive')?.joinedAt).toBe(joinedAt);
   });
@@ -135,16 +163,31 @@ describe('a worker id already connected', () => {
     await eventually(() => coordinator.registry.get('dup-dead'), 3_000, 'the raw worker registered');
     const before = coordinator.registry.get('dup-dead')!.joinedAt;
     // Retries (ALREADY_EXISTS is retryable) until the old stream is found dead.
-    const s = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'dup-dead', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 10_000 });
+    const s = await CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'dup-dead', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 10_000,
+    });
     sessions.push(s);
     expect(coordinator.registry.get('dup-dead')!.joinedAt).toBeGreaterThan(before);
   });
 
   it('is accepted at once when the first stream was closed', async () => {
-    const first = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'dup-closed', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 3_000 });
+    const first = await CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'dup-closed', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 3_000,
+    });
     await first.close();
     await eventually(() => (coordinator.registry.get('dup-closed') ? undefined : true), 3_000, 'the first stream gone');
-    const s = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'dup-closed', backend: 'cpu' }, heartbeatIntervalMs: 250, connectTimeoutMs: 1_000 });
+    const s = await CoordinatorSession.connect({
+      address: coordinator.address,
+      hello: { workerId: 'dup-closed', backend: 'cpu' },
+      heartbeatIntervalMs: 250,
+      connectTimeoutMs: 1_000,
+    });
     sessions.push(s);
     expect(coordinator.registry.get('dup-closed')).toBeDefined();
   });

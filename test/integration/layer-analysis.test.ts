@@ -31,24 +31,32 @@ const spec: AnalysisSpec = { probe: [{ mgsm: MGSM, limit: 4 }], k: 6, threshold:
 /** An in-memory all-reduce for ranks in one process: resolves when every rank gave its vector. */
 function localReducer(worldSize: number): (rank: number) => (data: Float32Array) => Promise<Float32Array> {
   let pending: { data: Float32Array[]; resolve: ((v: Float32Array) => void)[] } = { data: [], resolve: [] };
-  return (rank) => (data) => new Promise((resolve) => {
-    pending.data[rank] = data;
-    pending.resolve[rank] = resolve;
-    if (pending.resolve.filter(Boolean).length === worldSize) {
-      const sum = new Float32Array(data.length);
-      for (const d of pending.data) for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! + d[i]!;
-      const done = pending;
-      pending = { data: [], resolve: [] };
-      done.resolve.forEach((r) => r(sum));
-    }
-  });
+  return (rank) => (data) =>
+    new Promise((resolve) => {
+      pending.data[rank] = data;
+      pending.resolve[rank] = resolve;
+      if (pending.resolve.filter(Boolean).length === worldSize) {
+        const sum = new Float32Array(data.length);
+        for (const d of pending.data) for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! + d[i]!;
+        const done = pending;
+        pending = { data: [], resolve: [] };
+        done.resolve.forEach((r) => r(sum));
+      }
+    });
 }
 
 describe('layer analysis on the tiny model and MGSM', () => {
   it('writes analysis.json and analysis.png, picks k layers; 2 ranks agree with 1', async () => {
     const before = tf.memory().numTensors;
     const out1 = join(dir, 'one');
-    const one = await runLayerAnalysis({ modelPath: join(dir, 'model'), spec, outputDir: out1, rank: 0, worldSize: 1, reduce: (d) => Promise.resolve(d) });
+    const one = await runLayerAnalysis({
+      modelPath: join(dir, 'model'),
+      spec,
+      outputDir: out1,
+      rank: 0,
+      worldSize: 1,
+      reduce: (d) => Promise.resolve(d),
+    });
     expect(tf.memory().numTensors).toBe(before);
     expect(one.languages).toEqual([...MGSM_LANGUAGES]);
     expect(one.promptsPerLanguage).toEqual(Object.fromEntries(MGSM_LANGUAGES.map((l) => [l, 4])));
@@ -57,7 +65,11 @@ describe('layer analysis on the tiny model and MGSM', () => {
     expect(new Set(one.chosenLayers).size).toBe(6);
     expect([...one.chosenLayers].sort((a, b) => a - b)).toEqual(one.chosenLayers);
     // The chosen layers are the top-6 scores.
-    const byScore = [...one.layers].sort((a, b) => b.score - a.score).slice(0, 6).map((l) => l.layer).sort((a, b) => a - b);
+    const byScore = [...one.layers]
+      .sort((a, b) => b.score - a.score)
+      .slice(0, 6)
+      .map((l) => l.layer)
+      .sort((a, b) => a - b);
     expect(one.chosenLayers).toEqual(byScore);
     for (const l of one.layers) {
       expect(l.overlap[one.languages.indexOf('en')]).toBe(1);
@@ -72,9 +84,18 @@ describe('layer analysis on the tiny model and MGSM', () => {
 
     const reduce = localReducer(2);
     const out2 = join(dir, 'two');
-    const [r0, r1] = await Promise.all([0, 1].map((rank) => runLayerAnalysis({
-      modelPath: join(dir, 'model'), spec, outputDir: out2, rank, worldSize: 2, reduce: reduce(rank),
-    })));
+    const [r0, r1] = await Promise.all(
+      [0, 1].map((rank) =>
+        runLayerAnalysis({
+          modelPath: join(dir, 'model'),
+          spec,
+          outputDir: out2,
+          rank,
+          worldSize: 2,
+          reduce: reduce(rank),
+        }),
+      ),
+    );
     expect(r0!.chosenLayers).toEqual(one.chosenLayers);
     expect(r1!.chosenLayers).toEqual(one.chosenLayers);
     expect(r0!.layers).toEqual(one.layers);

@@ -18,7 +18,13 @@ import { initBackend } from '../../worker/backend.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { makeWordProblems, wordProblemsJsonl } from '../../worker/data/word-problems.js';
 import { runWorker } from '../../worker/run-worker.js';
-import { findPromTools, runTool, startPrometheus, type PrometheusServer, type PromTools } from '../deploy/prometheus-tools.js';
+import {
+  findPromTools,
+  runTool,
+  startPrometheus,
+  type PrometheusServer,
+  type PromTools,
+} from '../deploy/prometheus-tools.js';
 
 const tools = findPromTools();
 const skip = 'skip' in tools ? tools.skip : undefined;
@@ -48,7 +54,12 @@ describe.skipIf(skip !== undefined)('metrics of a running job', () => {
     await writeFile(join(dir, 'data.jsonl'), wordProblemsJsonl(makeWordProblems(2, 5)));
     nats = await startNatsServer({ jetstream: true });
     const coordinatorMeter = new PromMeter();
-    coordinator = await startCoordinator({ listen: '127.0.0.1:0', natsUrl: nats.url, progressFlushMs: 50, meter: coordinatorMeter });
+    coordinator = await startCoordinator({
+      listen: '127.0.0.1:0',
+      natsUrl: nats.url,
+      progressFlushMs: 50,
+      meter: coordinatorMeter,
+    });
     coordinatorMetrics = await startMetricsServer({ meter: coordinatorMeter, port: 0, host: '127.0.0.1' });
     servers.push(coordinatorMetrics);
     workerMetrics = [];
@@ -57,10 +68,17 @@ describe.skipIf(skip !== undefined)('metrics of a running job', () => {
       const server = await startMetricsServer({ meter, port: 0, host: '127.0.0.1' });
       servers.push(server);
       workerMetrics.push(server);
-      workersDone.push(runWorker({
-        coordinator: coordinator.address, nats: nats.url, backend: 'wasm', workerId: `metrics-w${i}`,
-        logger: createLogger(`w${i}`, { level: 'error' }), signal: workersAbort.signal, meter,
-      }));
+      workersDone.push(
+        runWorker({
+          coordinator: coordinator.address,
+          nats: nats.url,
+          backend: 'wasm',
+          workerId: `metrics-w${i}`,
+          logger: createLogger(`w${i}`, { level: 'error' }),
+          signal: workersAbort.signal,
+          meter,
+        }),
+      );
     }
     prometheus = await startPrometheus(prometheusBin, {
       'polytune-coordinator': [`127.0.0.1:${coordinatorMetrics.port}`],
@@ -99,7 +117,8 @@ spec:
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 30_000);
 
-  const scrape = async (s: MetricsServer): Promise<string> => (await fetch(`http://127.0.0.1:${s.port}/metrics`)).text();
+  const scrape = async (s: MetricsServer): Promise<string> =>
+    (await fetch(`http://127.0.0.1:${s.port}/metrics`)).text();
   /** The value of the first sample line starting with `prefix`, or undefined. */
   const sample = (text: string, prefix: string): number | undefined => {
     const line = text.split('\n').find((l) => l.startsWith(prefix));
@@ -115,7 +134,7 @@ spec:
     }
   }
 
-  it('promtool check metrics passes on the coordinator\'s and a worker\'s /metrics while the job runs', async () => {
+  it("promtool check metrics passes on the coordinator's and a worker's /metrics while the job runs", async () => {
     // Wait until the workers have done a few steps, and check while the job is still Running.
     const workerText = await until(async () => {
       const t = await scrape(workerMetrics[0]!);
@@ -125,7 +144,10 @@ spec:
     const job = await client.get(jobId);
     expect(job.state).toBe('RUNNING');
 
-    for (const [who, text] of [['coordinator', coordinatorText], ['worker', workerText]] as const) {
+    for (const [who, text] of [
+      ['coordinator', coordinatorText],
+      ['worker', workerText],
+    ] as const) {
       const r = await runTool(promtool, ['check', 'metrics'], text);
       expect({ who, code: r.code, out: r.stdout + r.stderr }).toEqual({ who, code: 0, out: '' });
     }
@@ -136,7 +158,9 @@ spec:
     expect(sample(coordinatorText, `polytune_generation_changes_total{job_id="${jobId}"}`)).toBe(1);
     expect(sample(coordinatorText, 'polytune_scheduling_latency_seconds_count')).toBe(1);
     for (const phase of ['compute', 'allreduce', 'optimizer']) {
-      expect(sample(workerText, `polytune_step_phase_seconds_total{job_id="${jobId}",phase="${phase}"}`)).toBeGreaterThan(0);
+      expect(
+        sample(workerText, `polytune_step_phase_seconds_total{job_id="${jobId}",phase="${phase}"}`),
+      ).toBeGreaterThan(0);
     }
     expect(sample(workerText, `polytune_train_loss{job_id="${jobId}",language="all"}`)).toBeGreaterThan(0);
     expect(sample(workerText, `polytune_allreduce_bytes_total{job_id="${jobId}"}`)).toBeGreaterThan(0);
@@ -147,40 +171,52 @@ spec:
     expect(sample(workerText, `polytune_nonfinite_steps_total{job_id="${jobId}"}`)).toBe(0);
   });
 
-  it('a real Prometheus scrapes the coordinator and the ' +
-    'workers and answers for polytune_step_duration_seconds', async () => {
-    const p = prometheus!;
-    const series = await until(async () => {
-      const r = await p.query(`polytune_step_duration_seconds_count{job_id="${jobId}"}`);
-      return r.length === 2 && r.every((s) => Number(s.value[1]) > 0) ? r : undefined;
-    }, 'step duration counts of both workers in Prometheus');
-    expect(new Set(series.map((s) => s.metric['job']))).toEqual(new Set(['polytune-worker']));
-    // The dashboard's query for step time, evaluated by Prometheus itself.
-    const mean = await until(async () => {
-      const r = await p.query(`sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[1m])) / ` +
-        `sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[1m]))`);
-      const v = Number(r[0]?.value[1]);
-      return Number.isFinite(v) && v > 0 ? v : undefined;
-    }, 'a mean step duration');
-    expect(mean).toBeLessThan(60);
-    const buckets = await p.query(`polytune_step_duration_seconds_bucket{job_id="${jobId}",le="+Inf"}`);
-    expect(buckets).toHaveLength(2);
-    const up = await p.query('up');
-    expect(up.map((s) => [s.metric['job'], s.value[1]]).sort()).toEqual([
-      ['polytune-coordinator', '1'], ['polytune-worker', '1'], ['polytune-worker', '1'],
-    ]);
-    const running = await p.query('sum(polytune_jobs{state=~"Running|Succeeded"})');
-    expect(Number(running[0]?.value[1])).toBe(1);
-  });
+  it(
+    'a real Prometheus scrapes the coordinator and the ' + 'workers and answers for polytune_step_duration_seconds',
+    async () => {
+      const p = prometheus!;
+      const series = await until(async () => {
+        const r = await p.query(`polytune_step_duration_seconds_count{job_id="${jobId}"}`);
+        return r.length === 2 && r.every((s) => Number(s.value[1]) > 0) ? r : undefined;
+      }, 'step duration counts of both workers in Prometheus');
+      expect(new Set(series.map((s) => s.metric['job']))).toEqual(new Set(['polytune-worker']));
+      // The dashboard's query for step time, evaluated by Prometheus itself.
+      const mean = await until(async () => {
+        const r = await p.query(
+          `sum(rate(polytune_step_duration_seconds_sum{job_id="${jobId}"}[1m])) / ` +
+            `sum(rate(polytune_step_duration_seconds_count{job_id="${jobId}"}[1m]))`,
+        );
+        const v = Number(r[0]?.value[1]);
+        return Number.isFinite(v) && v > 0 ? v : undefined;
+      }, 'a mean step duration');
+      expect(mean).toBeLessThan(60);
+      const buckets = await p.query(`polytune_step_duration_seconds_bucket{job_id="${jobId}",le="+Inf"}`);
+      expect(buckets).toHaveLength(2);
+      const up = await p.query('up');
+      expect(up.map((s) => [s.metric['job'], s.value[1]]).sort()).toEqual([
+        ['polytune-coordinator', '1'],
+        ['polytune-worker', '1'],
+        ['polytune-worker', '1'],
+      ]);
+      const running = await p.query('sum(polytune_jobs{state=~"Running|Succeeded"})');
+      expect(Number(running[0]?.value[1])).toBe(1);
+    },
+  );
 
   it('the job ends Succeeded with its checkpoint durations recorded', async () => {
-    const final = await until(async () => {
-      const j = await client.get(jobId);
-      return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state) ? j : undefined;
-    }, 'the job to end', 60_000);
+    const final = await until(
+      async () => {
+        const j = await client.get(jobId);
+        return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state) ? j : undefined;
+      },
+      'the job to end',
+      60_000,
+    );
     expect(final.state).toBe('SUCCEEDED');
     const texts = await Promise.all(workerMetrics.map(scrape));
-    const checkpoints = texts.map((t) => sample(t, `polytune_checkpoint_duration_seconds_count{job_id="${jobId}"}`) ?? 0);
+    const checkpoints = texts.map(
+      (t) => sample(t, `polytune_checkpoint_duration_seconds_count{job_id="${jobId}"}`) ?? 0,
+    );
     expect(checkpoints.sort()).toEqual([0, Math.floor((STEPS - 1) / 10)]);
     // Gauges of a finished job are dropped; counters and histograms stay.
     expect(texts[0]).not.toContain(`polytune_tokens_per_second{job_id="${jobId}"}`);

@@ -30,11 +30,20 @@ beforeAll(async () => {
   const setup = await createNatsOperatorSetup();
   server = await startNatsServer({ jetstream: true, config: setup.serverConfig });
   cluster = await startInProcessCluster(server, {
-    workers: 2, idPrefix: 'ttl',
+    workers: 2,
+    idPrefix: 'ttl',
     coordinator: {
       natsConnect: { authenticator: credsAuthenticator(new TextEncoder().encode(setup.coordinatorCreds)) },
-      natsIssuer: new NatsCredentialIssuer({ signingKeySeed: setup.signingKeySeed, account: setup.account, ttlSeconds: TTL_SECONDS }),
-      natsRevocation: { systemCreds: setup.systemCreds, accountJwt: setup.accountJwt, operatorSigningKeySeed: setup.operatorSigningKeySeed },
+      natsIssuer: new NatsCredentialIssuer({
+        signingKeySeed: setup.signingKeySeed,
+        account: setup.account,
+        ttlSeconds: TTL_SECONDS,
+      }),
+      natsRevocation: {
+        systemCreds: setup.systemCreds,
+        accountJwt: setup.accountJwt,
+        operatorSigningKeySeed: setup.operatorSigningKeySeed,
+      },
     },
   });
 }, 120_000);

@@ -39,8 +39,17 @@ beforeAll(async () => {
       '}',
     ],
   });
-  const flags = { 'nats-tls-ca': pki.files.ca, 'nats-tls-cert': pki.files.workerCert, 'nats-tls-key': pki.files.workerKey };
-  cluster = await startInProcessCluster(server, { workers: 2, idPrefix: 'tls', coordinator: serveSecurity(flags), worker: { natsTls: natsTlsFromFlags(flags)! } });
+  const flags = {
+    'nats-tls-ca': pki.files.ca,
+    'nats-tls-cert': pki.files.workerCert,
+    'nats-tls-key': pki.files.workerKey,
+  };
+  cluster = await startInProcessCluster(server, {
+    workers: 2,
+    idPrefix: 'tls',
+    coordinator: serveSecurity(flags),
+    worker: { natsTls: natsTlsFromFlags(flags)! },
+  });
 }, 120_000);
 
 afterAll(async () => {
@@ -56,7 +65,9 @@ describe('NATS over TLS', () => {
     // Without a CA the client cannot trust the server's certificate; with it, the server wants one.
     await expect(nats.connect(server)).rejects.toThrow(/certificate/);
     await expect(nats.connect(server, { tls: { ca: pki.ca.toString() } })).rejects.toThrow(/SSL/);
-    const nc = await nats.connect(server, { tls: loadNatsTls({ ca: pki.files.ca, cert: pki.files.workerCert, key: pki.files.workerKey })! });
+    const nc = await nats.connect(server, {
+      tls: loadNatsTls({ ca: pki.files.ca, cert: pki.files.workerCert, key: pki.files.workerKey })!,
+    });
     expect(nc.info?.tls_required).toBe(true);
   });
 
@@ -87,7 +98,9 @@ spec:
 
   it('refuses NATS TLS flags that do not go together, naming them', () => {
     expect(() => loadNatsTls({ cert: pki.files.workerCert, key: pki.files.workerKey })).toThrow(/--nats-tls-ca/);
-    expect(() => loadNatsTls({ ca: pki.files.ca, cert: pki.files.workerCert })).toThrow(/--nats-tls-cert and --nats-tls-key go together/);
+    expect(() => loadNatsTls({ ca: pki.files.ca, cert: pki.files.workerCert })).toThrow(
+      /--nats-tls-cert and --nats-tls-key go together/,
+    );
     expect(() => loadNatsTls({ ca: join(dir, 'missing.pem') })).toThrow(/--nats-tls-ca: cannot read/);
   });
 });

@@ -25,12 +25,40 @@ export function makeTestPki(): TestPki {
   const openssl = (...args: string[]): void => {
     execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   };
-  const ca = (name: string): void => openssl('req', '-x509', ...EC, '-keyout', p(`${name}.key`), '-out', p(`${name}.crt`), '-days', '1', '-subj', `/CN=${name}`);
+  const ca = (name: string): void =>
+    openssl(
+      'req',
+      '-x509',
+      ...EC,
+      '-keyout',
+      p(`${name}.key`),
+      '-out',
+      p(`${name}.crt`),
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${name}`,
+    );
   const leaf = (name: string, caName: string, ext: string): void => {
     openssl('req', ...EC, '-keyout', p(`${name}.key`), '-out', p(`${name}.csr`), '-subj', `/CN=${name}`);
     writeFileSync(p(`${name}.ext`), ext);
-    openssl('x509', '-req', '-in', p(`${name}.csr`), '-CA', p(`${caName}.crt`), '-CAkey', p(`${caName}.key`), '-CAcreateserial',
-      '-out', p(`${name}.crt`), '-days', '1', '-extfile', p(`${name}.ext`));
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      p(`${name}.csr`),
+      '-CA',
+      p(`${caName}.crt`),
+      '-CAkey',
+      p(`${caName}.key`),
+      '-CAcreateserial',
+      '-out',
+      p(`${name}.crt`),
+      '-days',
+      '1',
+      '-extfile',
+      p(`${name}.ext`),
+    );
   };
   ca('test-ca');
   ca('rogue-ca');
@@ -45,7 +73,13 @@ export function makeTestPki(): TestPki {
     worker: { cert: r('worker.crt'), key: r('worker.key') },
     rogueCa: r('rogue-ca.crt'),
     rogue: { cert: r('rogue.crt'), key: r('rogue.key') },
-    files: { ca: p('test-ca.crt'), serverCert: p('server.crt'), serverKey: p('server.key'), workerCert: p('worker.crt'), workerKey: p('worker.key') },
+    files: {
+      ca: p('test-ca.crt'),
+      serverCert: p('server.crt'),
+      serverKey: p('server.key'),
+      workerCert: p('worker.crt'),
+      workerKey: p('worker.key'),
+    },
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

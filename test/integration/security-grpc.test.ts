@@ -40,7 +40,12 @@ async function codeOf(p: Promise<unknown>): Promise<{ code: grpc.status; message
 }
 
 async function join(id: string, options: Partial<SessionOptions>): Promise<CoordinatorSession> {
-  const s = await CoordinatorSession.connect({ address, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 3_000, ...options });
+  const s = await CoordinatorSession.connect({
+    address,
+    hello: { workerId: id, backend: 'cpu' },
+    connectTimeoutMs: 3_000,
+    ...options,
+  });
   sessions.push(s);
   return s;
 }
@@ -82,7 +87,9 @@ describe('JobService over TLS with a bearer token', () => {
     expect(w.code).toBe(grpc.status.UNAUTHENTICATED);
     expect(w.message).toMatch(/invalid bearer token/);
     // The worker token is not a client token.
-    expect((await codeOf(client({ tls: tls(), token: WORKER_TOKEN }).submitText(fixture.yaml()))).code).toBe(grpc.status.UNAUTHENTICATED);
+    expect((await codeOf(client({ tls: tls(), token: WORKER_TOKEN }).submitText(fixture.yaml()))).code).toBe(
+      grpc.status.UNAUTHENTICATED,
+    );
     // Read-only calls need it too (documented in README "Security").
     expect((await codeOf(anonymous.list())).code).toBe(grpc.status.UNAUTHENTICATED);
     expect((await codeOf(anonymous.get('no-such-job-abcde'))).code).toBe(grpc.status.UNAUTHENTICATED);
@@ -107,7 +114,7 @@ describe('JobService over TLS with a bearer token', () => {
     expect([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]).toContain(r.code);
   });
 
-  it('refuses a client that does not trust the server\'s CA', async () => {
+  it("refuses a client that does not trust the server's CA", async () => {
     const c = client({ tls: { ca: pki.rogueCa }, token: CLIENT_TOKEN, callTimeoutMs: 2_000 });
     const r = await codeOf(c.list());
     expect([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]).toContain(r.code);
@@ -116,23 +123,31 @@ describe('JobService over TLS with a bearer token', () => {
 
 describe('WorkerService.Join with mutual TLS and the worker token', () => {
   it('refuses a worker without a client certificate', async () => {
-    await expect(join('no-cert', { tls: { ca: pki.ca }, token: WORKER_TOKEN }))
-      .rejects.toThrow(/client certificate signed by the coordinator's --tls-client-ca is required/);
+    await expect(join('no-cert', { tls: { ca: pki.ca }, token: WORKER_TOKEN })).rejects.toThrow(
+      /client certificate signed by the coordinator's --tls-client-ca is required/,
+    );
   });
 
   it('refuses a worker whose certificate another CA signed', async () => {
-    await expect(join('rogue-cert', { tls: { ca: pki.ca, ...roguePair() }, token: WORKER_TOKEN }))
-      .rejects.toThrow(/client certificate .* is required/);
+    await expect(join('rogue-cert', { tls: { ca: pki.ca, ...roguePair() }, token: WORKER_TOKEN })).rejects.toThrow(
+      /client certificate .* is required/,
+    );
   });
 
   it('refuses a worker with a certificate but without the worker token, or with the client token', async () => {
-    await expect(join('no-token', { tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key } })).rejects.toThrow(/missing worker bearer token/);
-    await expect(join('client-token', { tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: CLIENT_TOKEN }))
-      .rejects.toThrow(/invalid worker bearer token/);
+    await expect(join('no-token', { tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key } })).rejects.toThrow(
+      /missing worker bearer token/,
+    );
+    await expect(
+      join('client-token', { tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: CLIENT_TOKEN }),
+    ).rejects.toThrow(/invalid worker bearer token/);
   });
 
   it('lets a worker with its certificate and token join', async () => {
-    const s = await join('good-worker', { tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: WORKER_TOKEN });
+    const s = await join('good-worker', {
+      tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key },
+      token: WORKER_TOKEN,
+    });
     expect(s.workerId).toBe('good-worker');
     expect(coordinator.registry.get('good-worker')).toBeDefined();
     expect(coordinator.registry.get('no-cert')).toBeUndefined();
@@ -140,7 +155,7 @@ describe('WorkerService.Join with mutual TLS and the worker token', () => {
   });
 });
 
-describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', () => {
+describe("--worker-id-from-cert: a worker's id is a name of its certificate", () => {
   let strict: Coordinator;
   beforeAll(async () => {
     strict = await startTestCoordinator(nats, {
@@ -151,16 +166,21 @@ describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', (
   afterAll(() => strict?.stop());
   const joinStrict = async (id: string): Promise<CoordinatorSession> => {
     const s = await CoordinatorSession.connect({
-      address: `localhost:${strict.port}`, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 3_000,
-      tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: WORKER_TOKEN,
+      address: `localhost:${strict.port}`,
+      hello: { workerId: id, backend: 'cpu' },
+      connectTimeoutMs: 3_000,
+      tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key },
+      token: WORKER_TOKEN,
     });
     sessions.push(s);
     return s;
   };
 
-  it('lets the certificate\'s own name join and refuses another, naming both', async () => {
+  it("lets the certificate's own name join and refuses another, naming both", async () => {
     // The test PKI's worker certificate has CN=worker.
-    await expect(joinStrict('impostor')).rejects.toThrow(/Hello.worker_id "impostor" is not a name of the worker's client certificate \(worker\)/);
+    await expect(joinStrict('impostor')).rejects.toThrow(
+      /Hello.worker_id "impostor" is not a name of the worker's client certificate \(worker\)/,
+    );
     expect(strict.registry.get('impostor')).toBeUndefined();
     const s = await joinStrict('worker');
     expect(s.workerId).toBe('worker');
@@ -169,13 +189,18 @@ describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', (
 
   it('is on by default under mutual TLS', async () => {
     const byDefault = await startTestCoordinator(nats, {
-      tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca }, auth: { workerToken: WORKER_TOKEN },
+      tls: { cert: pki.server.cert, key: pki.server.key, clientCa: pki.ca },
+      auth: { workerToken: WORKER_TOKEN },
     });
     try {
-      const connect = (id: string): Promise<CoordinatorSession> => CoordinatorSession.connect({
-        address: `localhost:${byDefault.port}`, hello: { workerId: id, backend: 'cpu' }, connectTimeoutMs: 3_000,
-        tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key }, token: WORKER_TOKEN,
-      });
+      const connect = (id: string): Promise<CoordinatorSession> =>
+        CoordinatorSession.connect({
+          address: `localhost:${byDefault.port}`,
+          hello: { workerId: id, backend: 'cpu' },
+          connectTimeoutMs: 3_000,
+          tls: { ca: pki.ca, cert: pki.worker.cert, key: pki.worker.key },
+          token: WORKER_TOKEN,
+        });
       await expect(connect('impostor')).rejects.toThrow(/is not a name of the worker's client certificate/);
       const s = await connect('worker');
       sessions.push(s);
@@ -186,7 +211,9 @@ describe('--worker-id-from-cert: a worker\'s id is a name of its certificate', (
   });
 
   it('refuses to start without mutual TLS', async () => {
-    await expect(startTestCoordinator(nats, { auth: { workerIdFromCertificate: true } })).rejects.toThrow(/--worker-id-from-cert needs mutual TLS/);
+    await expect(startTestCoordinator(nats, { auth: { workerIdFromCertificate: true } })).rejects.toThrow(
+      /--worker-id-from-cert needs mutual TLS/,
+    );
   });
 });
 

@@ -14,7 +14,12 @@ import { reduceScatterSubject } from '../../common/subjects.js';
 import { JobClient } from '../../coordinator/client.js';
 import { JobStore } from '../../coordinator/job-store.js';
 import { serveSecurity } from '../../coordinator/cli-security.js';
-import { createNatsOperatorSetup, DEFAULT_NATS_CREDS_TTL_SECONDS, NatsCredentialIssuer, type NatsOperatorSetup } from '../../coordinator/nats-credentials.js';
+import {
+  createNatsOperatorSetup,
+  DEFAULT_NATS_CREDS_TTL_SECONDS,
+  NatsCredentialIssuer,
+  type NatsOperatorSetup,
+} from '../../coordinator/nats-credentials.js';
 import { startCoordinator } from '../../coordinator/server.js';
 import { CoordinatorSession } from '../../worker/session.js';
 import { jobNatsConnection } from '../../worker/job-nats.js';
@@ -58,7 +63,7 @@ describe('NATS operator mode', () => {
     expect(await store.list()).toEqual([]);
   });
 
-  it('lets a worker with the job\'s credentials publish on the job\'s subjects and refuses another job\'s', async () => {
+  it("lets a worker with the job's credentials publish on the job's subjects and refuses another job's", async () => {
     const job = 'job-a-12345';
     const other = 'job-b-67890';
     const a = await issuer.issueWorker(job, 'w0');
@@ -69,7 +74,11 @@ describe('NATS operator mode', () => {
     const intruder = await nats.connect(server, { authenticator: creds(b.creds), inboxPrefix: b.inboxPrefix });
     const subject = reduceScatterSubject(job, 1, 0);
     const got: string[] = [];
-    const sub = receiver.subscribe(subject, { callback: (_e, m) => { got.push(new TextDecoder().decode(m.data)); } });
+    const sub = receiver.subscribe(subject, {
+      callback: (_e, m) => {
+        got.push(new TextDecoder().decode(m.data));
+      },
+    });
     await receiver.flush();
 
     const violation = permissionError(intruder);
@@ -89,7 +98,11 @@ describe('NATS operator mode', () => {
     expect(got).toEqual(['genuine']);
 
     // Request/reply between peers of the job works through the job's inbox prefix.
-    receiver.subscribe(`polytune.${job}.1.ctl.ping`, { callback: (_e, m) => { m.respond('pong'); } });
+    receiver.subscribe(`polytune.${job}.1.ctl.ping`, {
+      callback: (_e, m) => {
+        m.respond('pong');
+      },
+    });
     await receiver.flush();
     const reply = await sender.request(`polytune.${job}.1.ctl.ping`, 'ping', { timeout: 2_000 });
     expect(reply.string()).toBe('pong');
@@ -106,7 +119,11 @@ describe('NATS operator mode', () => {
   });
 
   it('a worker credential expires: the server closes the connection, and a new one is refused', async () => {
-    const shortLived = new NatsCredentialIssuer({ signingKeySeed: setup.signingKeySeed, account: setup.account, ttlSeconds: 2 });
+    const shortLived = new NatsCredentialIssuer({
+      signingKeySeed: setup.signingKeySeed,
+      account: setup.account,
+      ttlSeconds: 2,
+    });
     const { creds: text } = await shortLived.issueWorker('job-ttl-22222', 'w-ttl');
     const nc = await nats.connect(server, { authenticator: creds(text) });
     const closed = nc.closed();
@@ -128,7 +145,10 @@ describe('NATS operator mode', () => {
       const expiry = async (v: Record<string, string>): Promise<number | undefined> => {
         const { creds: text } = await serveSecurity(v).natsIssuer!.issueWorker('job-x-33333', 'w');
         const jwt = /-----BEGIN NATS USER JWT-----\n(.+)\n/.exec(text)![1]!;
-        const claims = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp?: number; iat: number };
+        const claims = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as {
+          exp?: number;
+          iat: number;
+        };
         // exp is set before the library stamps iat, possibly in the next second.
         return claims.exp === undefined ? undefined : claims.exp - claims.iat;
       };
@@ -136,49 +156,74 @@ describe('NATS operator mode', () => {
       expect(await expiry(base)).toEqual(near(DEFAULT_NATS_CREDS_TTL_SECONDS));
       expect(await expiry({ ...base, 'nats-creds-ttl': '600' })).toEqual(near(600));
       expect(await expiry({ ...base, 'nats-creds-ttl': '0' })).toBeUndefined();
-      expect(() => serveSecurity({ ...base, 'nats-creds-ttl': '1.5h' })).toThrow(/--nats-creds-ttl: "1.5h" is not a whole number/);
-      expect(() => serveSecurity({ 'nats-creds-ttl': '60' })).toThrow(/--nats-creds-ttl needs --nats-account-signing-key/);
+      expect(() => serveSecurity({ ...base, 'nats-creds-ttl': '1.5h' })).toThrow(
+        /--nats-creds-ttl: "1.5h" is not a whole number/,
+      );
+      expect(() => serveSecurity({ 'nats-creds-ttl': '60' })).toThrow(
+        /--nats-creds-ttl needs --nats-account-signing-key/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
-  it('a coordinator with only its own credentials runs; ' +
-    'its workers get per-job credentials in the assignment', async () => {
-    const fixture = makeSpecFixture();
-    const coordinator = await startCoordinator({
-      listen: '127.0.0.1:0', natsUrl: server.url, progressFlushMs: 50,
-      natsConnect: { authenticator: creds(setup.coordinatorCreds) }, natsIssuer: issuer,
-    });
-    const client = new JobClient({ address: coordinator.address });
-    const session = await CoordinatorSession.connect({ address: coordinator.address, hello: { workerId: 'nats-w0', backend: 'cpu' }, connectTimeoutMs: 5_000 });
-    try {
-      const jobId = await client.submitText(fixture.yaml({ name: 'creds-job', workers: 1 }));
-      const it = session.events()[Symbol.asyncIterator]();
-      const ev = (await it.next()).value as Awaited<ReturnType<typeof it.next>>['value'];
-      expect(ev?.type).toBe('assignment');
-      if (ev?.type !== 'assignment') return;
-      expect(ev.natsCreds).toMatch(/BEGIN NATS USER JWT/);
-      expect(ev.natsInboxPrefix).toBe(`_INBOX_${jobId}`);
-      const jn = await jobNatsConnection(ev, { natsFlag: undefined, workerId: 'nats-w0', shared: () => Promise.reject(new Error('unused')) });
-      const got: string[] = [];
-      jn.nc.subscribe(reduceScatterSubject(jobId, ev.generation, 0), { callback: (_e, m) => { got.push(m.string()); } });
-      jn.nc.publish(reduceScatterSubject(jobId, ev.generation, 0), 'chunk');
-      await jn.nc.flush();
-      await eventually(() => (got.length === 1 ? true : undefined), 2_000, 'own message');
-      // The same credentials cannot reach another job.
-      const violation = permissionError(jn.nc);
-      jn.nc.publish(reduceScatterSubject('someone-else-aaaaa', 1, 0), 'x');
-      await jn.nc.flush();
-      expect(await violation).toMatch(/Permissions Violation for Publish/);
-      await jn.release();
-      session.result({ jobId, generation: ev.generation, ok: true, steps: 1, outputDir: '/tmp/x' });
-      await eventually(async () => ((await client.get(jobId)).state === 'SUCCEEDED' ? true : undefined), 5_000, 'job succeeded');
-    } finally {
-      await session.close();
-      client.close();
-      await coordinator.stop();
-      fixture.cleanup();
-    }
-  });
+  it(
+    'a coordinator with only its own credentials runs; ' + 'its workers get per-job credentials in the assignment',
+    async () => {
+      const fixture = makeSpecFixture();
+      const coordinator = await startCoordinator({
+        listen: '127.0.0.1:0',
+        natsUrl: server.url,
+        progressFlushMs: 50,
+        natsConnect: { authenticator: creds(setup.coordinatorCreds) },
+        natsIssuer: issuer,
+      });
+      const client = new JobClient({ address: coordinator.address });
+      const session = await CoordinatorSession.connect({
+        address: coordinator.address,
+        hello: { workerId: 'nats-w0', backend: 'cpu' },
+        connectTimeoutMs: 5_000,
+      });
+      try {
+        const jobId = await client.submitText(fixture.yaml({ name: 'creds-job', workers: 1 }));
+        const it = session.events()[Symbol.asyncIterator]();
+        const ev = (await it.next()).value as Awaited<ReturnType<typeof it.next>>['value'];
+        expect(ev?.type).toBe('assignment');
+        if (ev?.type !== 'assignment') return;
+        expect(ev.natsCreds).toMatch(/BEGIN NATS USER JWT/);
+        expect(ev.natsInboxPrefix).toBe(`_INBOX_${jobId}`);
+        const jn = await jobNatsConnection(ev, {
+          natsFlag: undefined,
+          workerId: 'nats-w0',
+          shared: () => Promise.reject(new Error('unused')),
+        });
+        const got: string[] = [];
+        jn.nc.subscribe(reduceScatterSubject(jobId, ev.generation, 0), {
+          callback: (_e, m) => {
+            got.push(m.string());
+          },
+        });
+        jn.nc.publish(reduceScatterSubject(jobId, ev.generation, 0), 'chunk');
+        await jn.nc.flush();
+        await eventually(() => (got.length === 1 ? true : undefined), 2_000, 'own message');
+        // The same credentials cannot reach another job.
+        const violation = permissionError(jn.nc);
+        jn.nc.publish(reduceScatterSubject('someone-else-aaaaa', 1, 0), 'x');
+        await jn.nc.flush();
+        expect(await violation).toMatch(/Permissions Violation for Publish/);
+        await jn.release();
+        session.result({ jobId, generation: ev.generation, ok: true, steps: 1, outputDir: '/tmp/x' });
+        await eventually(
+          async () => ((await client.get(jobId)).state === 'SUCCEEDED' ? true : undefined),
+          5_000,
+          'job succeeded',
+        );
+      } finally {
+        await session.close();
+        client.close();
+        await coordinator.stop();
+        fixture.cleanup();
+      }
+    },
+  );
 });

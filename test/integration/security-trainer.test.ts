@@ -35,33 +35,56 @@ async function runJob(outDir: string, rogue?: RogueOptions) {
   const r = rogue ? rogueClient(await nats.connect(server), job, rogue) : undefined;
   const reports: StepReport[][] = [[], []];
   const rejected: Array<Partial<Record<RejectReason, number>>> = [{}, {}];
-  await Promise.all([0, 1].map(async (rank) => {
-    const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({
-      key: TEST_COLLECTIVE_KEY, nc, job, generation: 1, rank, worldSize: workers, timeoutMs: 60_000,
-      onRejected: (reason) => { rejected[rank]![reason] = (rejected[rank]![reason] ?? 0) + 1; },
-    });
-    try {
-      await ar.ready({ timeoutMs: 10_000 });
-      return await train({
-        spec: tinySlamSpec(dir, { name: 'sec-trainer', out: outDir, steps: 4, workers, layers: [0, 2], microBatchSize: 2 }),
-        rank, worldSize: workers,
-        allReduce: (step, data, opts) => ar.allReduce(step, data, undefined, opts),
-        beginAllReduce: (step, length, opts) => ar.begin(step, length, undefined, opts),
-        onStep: (s) => reports[rank]!.push(s),
+  await Promise.all(
+    [0, 1].map(async (rank) => {
+      const nc = await nats.connect(server);
+      const ar = await GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY,
+        nc,
+        job,
+        generation: 1,
+        rank,
+        worldSize: workers,
+        timeoutMs: 60_000,
+        onRejected: (reason) => {
+          rejected[rank]![reason] = (rejected[rank]![reason] ?? 0) + 1;
+        },
       });
-    } finally {
-      await ar.close();
-    }
-  }));
+      try {
+        await ar.ready({ timeoutMs: 10_000 });
+        return await train({
+          spec: tinySlamSpec(dir, {
+            name: 'sec-trainer',
+            out: outDir,
+            steps: 4,
+            workers,
+            layers: [0, 2],
+            microBatchSize: 2,
+          }),
+          rank,
+          worldSize: workers,
+          allReduce: (step, data, opts) => ar.allReduce(step, data, undefined, opts),
+          beginAllReduce: (step, length, opts) => ar.begin(step, length, undefined, opts),
+          onStep: (s) => reports[rank]!.push(s),
+        });
+      } finally {
+        await ar.close();
+      }
+    }),
+  );
   await r?.stop();
   return { reports, rejected, rogue: r };
 }
 
 describe('a training job under a rogue NATS client without the key', () => {
-  it('ends with final weights bit-identical to a clean run\'s; forged heads fail nothing', async () => {
+  it("ends with final weights bit-identical to a clean run's; forged heads fail nothing", async () => {
     const clean = await runJob(join(dir, 'out-clean'));
-    const attacked = await runJob(join(dir, 'out-attacked'), { forge: true, forgeHead: true, replayAfter: 1, duplicate: true });
+    const attacked = await runJob(join(dir, 'out-attacked'), {
+      forge: true,
+      forgeHead: true,
+      replayAfter: 1,
+      duplicate: true,
+    });
 
     expect(attacked.rogue!.forged).toBeGreaterThan(10);
     expect(attacked.rogue!.replayed).toBeGreaterThan(0);
@@ -70,13 +93,18 @@ describe('a training job under a rogue NATS client without the key', () => {
     expect(total(RejectReason.duplicate)).toBeGreaterThan(0);
 
     expect(attacked.reports[0]!.map((r) => r.loss)).toEqual(clean.reports[0]!.map((r) => r.loss));
-    expect(attacked.reports[0]!.map((r) => r.supervisedTokens)).toEqual(clean.reports[0]!.map((r) => r.supervisedTokens));
+    expect(attacked.reports[0]!.map((r) => r.supervisedTokens)).toEqual(
+      clean.reports[0]!.map((r) => r.supervisedTokens),
+    );
     const a = await tensorMap(join(dir, 'out-clean', 'final', 'trainable.safetensors'));
     const b = await tensorMap(join(dir, 'out-attacked', 'final', 'trainable.safetensors'));
     expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
     for (const [name, x] of a) {
       const y = b.get(name)!;
-      expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(x.buffer, x.byteOffset, x.byteLength)), name).toBe(true);
+      expect(
+        Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(x.buffer, x.byteOffset, x.byteLength)),
+        name,
+      ).toBe(true);
     }
   }, 300_000);
 });

@@ -16,7 +16,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cli = join(root, 'dist', 'coordinator', 'cli.js');
 
 /** The machine's first non-internal IPv4 address, if any. */
-const externalIp = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+const externalIp = Object.values(networkInterfaces())
+  .flat()
+  .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 
 let nats: NatsServer;
 const children: ChildProcess[] = [];
@@ -54,23 +56,26 @@ function serve(args: string[], env: Record<string, string> = {}): Served {
     stderr += d.toString();
     for (const w of waiters) w();
   });
-  const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => child.on('exit', (code) => resolve({ code, stderr })));
-  const logged = (msg: string): Promise<Record<string, unknown>> => new Promise((resolve, reject) => {
-    const look = (): boolean => {
-      for (const line of stderr.split('\n')) {
-        if (!line.startsWith('{')) continue;
-        const o = JSON.parse(line) as Record<string, unknown>;
-        if (o['msg'] === msg) {
-          resolve(o);
-          return true;
+  const exited = new Promise<{ code: number | null; stderr: string }>((resolve) =>
+    child.on('exit', (code) => resolve({ code, stderr })),
+  );
+  const logged = (msg: string): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const look = (): boolean => {
+        for (const line of stderr.split('\n')) {
+          if (!line.startsWith('{')) continue;
+          const o = JSON.parse(line) as Record<string, unknown>;
+          if (o['msg'] === msg) {
+            resolve(o);
+            return true;
+          }
         }
-      }
-      return false;
-    };
-    if (look()) return;
-    waiters.push(look);
-    void exited.then(({ code }) => reject(new Error(`serve exited (${code}) before logging "${msg}": ${stderr}`)));
-  });
+        return false;
+      };
+      if (look()) return;
+      waiters.push(look);
+      void exited.then(({ code }) => reject(new Error(`serve exited (${code}) before logging "${msg}": ${stderr}`)));
+    });
   return { child, logged, exited };
 }
 
@@ -87,17 +92,27 @@ describe.skipIf(externalIp === undefined)('coordinator serve and an unauthentica
     const s = serve(['--listen', '127.0.0.1:0', '--metrics-port', '0', '--nats', `nats://${externalIp}:${nats.port}`]);
     const { code, stderr } = await s.exited;
     expect(code).toBe(2);
-    expect(stderr).toContain(`refusing to use NATS at nats://${externalIp}:${nats.port} without authentication: ${externalIp} is not loopback`);
+    expect(stderr).toContain(
+      `refusing to use NATS at nats://${externalIp}:${nats.port} without authentication: ${externalIp} is not loopback`,
+    );
     expect(stderr).toContain('--insecure-nats');
     expect(stderr).not.toMatch(/\n\s+at /);
   });
 
   it('uses it with --insecure-nats (or POLYTUNE_INSECURE_NATS=1), with a warning', async () => {
-    for (const [args, env] of [[['--insecure-nats'], {}], [[], { POLYTUNE_INSECURE_NATS: '1' }]] as const) {
-      const s = serve(['--listen', '127.0.0.1:0', '--metrics-port', '0', '--nats', `nats://${externalIp}:${nats.port}`, ...args], env);
+    for (const [args, env] of [
+      [['--insecure-nats'], {}],
+      [[], { POLYTUNE_INSECURE_NATS: '1' }],
+    ] as const) {
+      const s = serve(
+        ['--listen', '127.0.0.1:0', '--metrics-port', '0', '--nats', `nats://${externalIp}:${nats.port}`, ...args],
+        env,
+      );
       const up = await s.logged('coordinator listening');
       expect(up['natsExposure']).toBe('insecure');
-      await s.logged('NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs');
+      await s.logged(
+        'NATS without authentication off loopback (--insecure-nats): whoever reaches it can forge gradients and jobs',
+      );
       s.child.kill('SIGTERM');
       expect((await s.exited).code).toBe(0);
     }
@@ -110,7 +125,7 @@ describe.skipIf(externalIp === undefined)('coordinator serve and an unauthentica
 });
 
 describe.skipIf(externalIp === undefined)('coordinator metrics bind host', () => {
-  it('follows --listen 127.0.0.1: reachable on loopback, not on the machine\'s other address', async () => {
+  it("follows --listen 127.0.0.1: reachable on loopback, not on the machine's other address", async () => {
     const s = serve(['--listen', '127.0.0.1:0', '--metrics-port', '0', '--nats', `nats://127.0.0.1:${nats.port}`]);
     const url = String((await s.logged('metrics at /metrics'))['url']);
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
@@ -120,7 +135,16 @@ describe.skipIf(externalIp === undefined)('coordinator metrics bind host', () =>
   });
 
   it('binds --metrics-host when given (0.0.0.0: reachable on the other address too)', async () => {
-    const s = serve(['--listen', '127.0.0.1:0', '--metrics-port', '0', '--metrics-host', '0.0.0.0', '--nats', `nats://127.0.0.1:${nats.port}`]);
+    const s = serve([
+      '--listen',
+      '127.0.0.1:0',
+      '--metrics-port',
+      '0',
+      '--metrics-host',
+      '0.0.0.0',
+      '--nats',
+      `nats://127.0.0.1:${nats.port}`,
+    ]);
     const url = String((await s.logged('metrics at /metrics'))['url']);
     expect(url).toMatch(/^http:\/\/0\.0\.0\.0:\d+\/metrics$/);
     expect(await reachable(`http://${externalIp}:${new URL(url).port}/metrics`)).toBe(true);

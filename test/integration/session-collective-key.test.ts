@@ -38,12 +38,20 @@ async function fakeCoordinator(keys: Uint8Array[]): Promise<{ address: string; r
         received.push(m);
         if (m.msg !== 'hello') return;
         call.write({ ack: { workerId: 'w-key' } });
-        keys.forEach((collectiveKey, i) => call.write({
-          assignment: {
-            jobId: `job-${i}`, generation: 1, rank: 0, worldSize: 1, totalSteps: 1, natsUrl: 'nats://127.0.0.1:1',
-            specJson: SPEC_JSON, collectiveKey,
-          },
-        }));
+        keys.forEach((collectiveKey, i) =>
+          call.write({
+            assignment: {
+              jobId: `job-${i}`,
+              generation: 1,
+              rank: 0,
+              worldSize: 1,
+              totalSteps: 1,
+              natsUrl: 'nats://127.0.0.1:1',
+              specJson: SPEC_JSON,
+              collectiveKey,
+            },
+          }),
+        );
       });
       call.on('error', () => undefined);
     },
@@ -56,11 +64,14 @@ async function fakeCoordinator(keys: Uint8Array[]): Promise<{ address: string; r
   return { address: `127.0.0.1:${port}`, received };
 }
 
-describe('an assignment\'s collective key', () => {
+describe("an assignment's collective key", () => {
   it('is checked on receipt: without 32 bytes the job is refused with a Result naming the field', async () => {
     const good = Uint8Array.from({ length: 32 }, (_, i) => i + 7);
     const fake = await fakeCoordinator([new Uint8Array(0), new Uint8Array(16), good]);
-    const session = await CoordinatorSession.connect({ address: fake.address, hello: { workerId: 'w-key', backend: 'wasm' } });
+    const session = await CoordinatorSession.connect({
+      address: fake.address,
+      hello: { workerId: 'w-key', backend: 'wasm' },
+    });
     try {
       const events: SessionEvent[] = [];
       for await (const e of session.events()) {
@@ -73,7 +84,8 @@ describe('an assignment\'s collective key', () => {
       expect(a.jobId).toBe('job-2');
       expect(Buffer.from(a.collectiveKey).equals(Buffer.from(good))).toBe(true);
       const deadline = Date.now() + 5000;
-      while (fake.received.filter((m) => m.msg === 'result').length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      while (fake.received.filter((m) => m.msg === 'result').length < 2 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
       const results = fake.received.filter((m) => m.msg === 'result').map((m) => m.result!);
       expect(results.map((r) => [r.jobId, r.ok, r.error])).toEqual([
         ['job-0', false, 'assignment.collective_key: must be 32 bytes, got 0'],

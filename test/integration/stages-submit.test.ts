@@ -15,7 +15,10 @@ describe('coordinator Submit of spec.stages', () => {
   let fx: SpecFixture;
 
   /** Two stages on the fixture's 2-layer model and data file; `second` is stage 2's method. */
-  const twoStages = (second = '{ name: freeze, layers: [1], modules: [q_proj] }', extra = ''): string => `apiVersion: polytune/v1
+  const twoStages = (
+    second = '{ name: freeze, layers: [1], modules: [q_proj] }',
+    extra = '',
+  ): string => `apiVersion: polytune/v1
 kind: TrainJob
 metadata: { name: two-stages }
 spec:
@@ -57,7 +60,9 @@ spec:
 
   it("refuses a stage's mistake naming its path: a layer past the model's depth, an unknown field", async () => {
     const deep = await refusal(twoStages('{ name: freeze, layers: [2] }'));
-    expect(deep.message).toContain("spec.stages[1].method.layers[0]: layer 2 is past the model's depth (2 layers: 0-1)");
+    expect(deep.message).toContain(
+      "spec.stages[1].method.layers[0]: layer 2 is past the model's depth (2 layers: 0-1)",
+    );
     expect(deep.message).not.toContain('spec.stages[0]');
     const unknown = await refusal(twoStages(undefined, '\n      epochz: 1'));
     expect(unknown.message).toContain('spec.stages[0].epochz: unknown field');
@@ -66,16 +71,24 @@ spec:
     expect(await client.list()).toEqual([]);
   });
 
-  it('takes a valid one: steps of both stages end to end, ' +
-    'stage 1/2 on the record, what the largest stage trains', async () => {
-    const res = await client.submitSpec(parseAnyJobSpec(twoStages()), 'two.yaml');
-    expect(res.trainableParameters).toBeGreaterThan(0);
-    expect(res.totalParameters).toBeGreaterThan(res.trainableParameters);
-    const job = await client.get(res.jobId);
-    // 8 samples: 4 steps of 2 in stage 1, then 2 epochs of 2 steps of 4.
-    expect(Number(job.totalSteps)).toBe(8);
-    expect({ index: job.stageIndex, count: job.stageCount, name: job.stageName }).toEqual({ index: 0, count: 2, name: 'translate' });
-    const resumed = await client.get((await client.submitSpec(JSON.parse(job.specJson) as AnyJobSpec, 'two.yaml', { resume: true })).jobId);
-    expect(resumed.stageCount).toBe(0); // unknown until the workers say where they go on
-  });
+  it(
+    'takes a valid one: steps of both stages end to end, ' + 'stage 1/2 on the record, what the largest stage trains',
+    async () => {
+      const res = await client.submitSpec(parseAnyJobSpec(twoStages()), 'two.yaml');
+      expect(res.trainableParameters).toBeGreaterThan(0);
+      expect(res.totalParameters).toBeGreaterThan(res.trainableParameters);
+      const job = await client.get(res.jobId);
+      // 8 samples: 4 steps of 2 in stage 1, then 2 epochs of 2 steps of 4.
+      expect(Number(job.totalSteps)).toBe(8);
+      expect({ index: job.stageIndex, count: job.stageCount, name: job.stageName }).toEqual({
+        index: 0,
+        count: 2,
+        name: 'translate',
+      });
+      const resumed = await client.get(
+        (await client.submitSpec(JSON.parse(job.specJson) as AnyJobSpec, 'two.yaml', { resume: true })).jobId,
+      );
+      expect(resumed.stageCount).toBe(0); // unknown until the workers say where they go on
+    },
+  );
 });

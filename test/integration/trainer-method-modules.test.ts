@@ -63,27 +63,47 @@ const probe: TrainingMethod<MethodSpecOf<'slam'>> = {
       return { add: tf.mul(tf.ones([B, 1]), tf.reshape(bias, [1, hidden.shape[1]])) as tf.Tensor2D, rows };
     },
   }),
-  finalOutputs: async ({ dir: out, modules }) => writeFile(join(out, 'probe.json'), JSON.stringify({ modules: modules.map((m) => m.name) })),
+  finalOutputs: async ({ dir: out, modules }) =>
+    writeFile(join(out, 'probe.json'), JSON.stringify({ modules: modules.map((m) => m.name) })),
 };
 
 async function run(outDir: string, job: string, resume: boolean): Promise<number[]> {
   const server = await nats.start();
   const losses: number[] = [];
-  await Promise.all([0, 1].map(async (rank) => {
-    const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: resume ? 2 : 1, rank, worldSize: 2, timeoutMs: 20_000 });
-    try {
-      await train({
-        spec: tinySlamSpec(dir, { name: 'modules-test', out: outDir, steps: STEPS, workers: 2, checkpoint: '{ everySteps: 2, keep: 3 }' }),
-        rank, worldSize: 2, resume, method: probe,
-        allReduce: (seq, data, o) => ar.allReduce(seq, data, undefined, o),
-        beginAllReduce: (seq, length, o) => ar.begin(seq, length, undefined, o),
-        onStep: (r) => rank === 0 && losses.push(r.loss),
+  await Promise.all(
+    [0, 1].map(async (rank) => {
+      const nc = await nats.connect(server);
+      const ar = await GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY,
+        nc,
+        job,
+        generation: resume ? 2 : 1,
+        rank,
+        worldSize: 2,
+        timeoutMs: 20_000,
       });
-    } finally {
-      await ar.close();
-    }
-  }));
+      try {
+        await train({
+          spec: tinySlamSpec(dir, {
+            name: 'modules-test',
+            out: outDir,
+            steps: STEPS,
+            workers: 2,
+            checkpoint: '{ everySteps: 2, keep: 3 }',
+          }),
+          rank,
+          worldSize: 2,
+          resume,
+          method: probe,
+          allReduce: (seq, data, o) => ar.allReduce(seq, data, undefined, o),
+          beginAllReduce: (seq, length, o) => ar.begin(seq, length, undefined, o),
+          onStep: (r) => rank === 0 && losses.push(r.loss),
+        });
+      } finally {
+        await ar.close();
+      }
+    }),
+  );
   return losses;
 }
 
@@ -117,14 +137,21 @@ describe('a method with its own module', () => {
     // Resumed from the step-2 checkpoint alone: the module comes back from it, and the job ends as
     // the uninterrupted one (same ranks, same arithmetic: bit for bit).
     const resumed = join(dir, 'resumed');
-    await cp(join(clean, 'checkpoints', checkpointName(2)), join(resumed, 'checkpoints', checkpointName(2)), { recursive: true });
+    await cp(join(clean, 'checkpoints', checkpointName(2)), join(resumed, 'checkpoints', checkpointName(2)), {
+      recursive: true,
+    });
     const later = await run(resumed, uniqueJobName('modules-resume'), true);
     expect(later).toEqual(losses.slice(2));
-    expect(Array.from((await tensorMap(join(resumed, 'final', 'slam.safetensors'))).get('probe.bias')!)).toEqual(Array.from(trained));
+    expect(Array.from((await tensorMap(join(resumed, 'final', 'slam.safetensors'))).get('probe.bias')!)).toEqual(
+      Array.from(trained),
+    );
   }, 180_000);
 
   it('starts a module from the job seed, the same on every rank, and refuses a clash with the model', () => {
-    const mods = [{ name: 'a.w', shape: [4], init: { kind: 'normal', std: 1 } } as const, { name: 'b.w', shape: [2], init: { kind: 'zeros' } } as const];
+    const mods = [
+      { name: 'a.w', shape: [4], init: { kind: 'normal', std: 1 } } as const,
+      { name: 'b.w', shape: [2], init: { kind: 'zeros' } } as const,
+    ];
     const one = initModules('x', mods, 7, new Set());
     expect(Array.from(one[0]!.data)).toEqual(Array.from(initModules('x', mods, 7, new Set())[0]!.data));
     expect(Array.from(one[0]!.data)).not.toEqual(Array.from(initModules('x', mods, 8, new Set())[0]!.data));

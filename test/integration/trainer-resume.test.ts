@@ -11,7 +11,13 @@ import type { JobSpec } from '../../common/jobspec.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { checkpointName, listCheckpoints } from '../../worker/train/checkpoint.js';
 import { LlamaModel } from '../../worker/model/llama.js';
-import { releaseHolder, train, type StateHolder, type StepReport, type TrainerOptions } from '../../worker/train/trainer.js';
+import {
+  releaseHolder,
+  train,
+  type StateHolder,
+  type StepReport,
+  type TrainerOptions,
+} from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 import { tinySlamSpec, tinyTrainDir } from '../helpers/train-job.js';
@@ -31,8 +37,12 @@ afterAll(async () => {
 
 function spec(outDir: string, workers: number): JobSpec {
   return tinySlamSpec(dir, {
-    name: 'resume-test', out: outDir, steps: STEPS, workers,
-    optimizer: '{ name: adamw, lr: 1.0e-2, weightDecay: 0.01 }', training: ['schedule: { name: cosine, warmupRatio: 0.2 }'],
+    name: 'resume-test',
+    out: outDir,
+    steps: STEPS,
+    workers,
+    optimizer: '{ name: adamw, lr: 1.0e-2, weightDecay: 0.01 }',
+    training: ['schedule: { name: cosine, warmupRatio: 0.2 }'],
     checkpoint: '{ everySteps: 2, keep: 3 }',
   });
 }
@@ -50,51 +60,71 @@ interface RankRun {
 
 /** One generation of a job: `ranks.length` ranks in this process, each with its own connection. */
 async function generation(
-  outDir: string, gen: number, job: string, ranks: RankRun[], resume: boolean,
+  outDir: string,
+  gen: number,
+  job: string,
+  ranks: RankRun[],
+  resume: boolean,
 ): Promise<{ reports: StepReport[][]; errors: unknown[] }> {
   const server = await nats.start();
   const reports: StepReport[][] = ranks.map(() => []);
   const errors: unknown[] = ranks.map(() => undefined);
   const controllers = ranks.map(() => new AbortController());
   let stopped = 0;
-  await Promise.all(ranks.map(async (run, rank) => {
-    const nc = await nats.connect(server);
-    const ar = await GradientAllReduce.create({ key: TEST_COLLECTIVE_KEY, nc, job, generation: gen, rank, worldSize: ranks.length, timeoutMs: 20_000 });
-    const opts: TrainerOptions = {
-      spec: spec(outDir, ranks.length), rank, worldSize: ranks.length, resume, holder: run.holder, evaluate: run.evaluate,
-      signal: controllers[rank]!.signal,
-      allReduce: (seq, data, o) => {
-        run.calls?.push(data.length);
-        return ar.allReduce(seq, data, controllers[rank]!.signal, o);
-      },
-      beginAllReduce: (seq, length, o) => {
-        const h = ar.begin(seq, length, controllers[rank]!.signal, o);
-        const result = h.result.then((out) => {
-          if (run.poison?.seq === seq) out[run.poison.index] = NaN;
-          return out;
-        });
-        return { append: (d: Float32Array) => h.append(d), result };
-      },
-      onStep: (r) => {
-        reports[rank]!.push(r);
-        // Stopping every rank at the same step boundary, as a re-formed world does.
-        if (run.stopAfter === r.step && ++stopped === ranks.filter((x) => x.stopAfter !== undefined).length) {
-          controllers.forEach((c) => c.abort(new Error('re-forming')));
-        }
-      },
-    };
-    try {
-      await train(opts);
-    } catch (e) {
-      errors[rank] = e;
-    } finally {
-      await ar.close();
-    }
-  }));
+  await Promise.all(
+    ranks.map(async (run, rank) => {
+      const nc = await nats.connect(server);
+      const ar = await GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY,
+        nc,
+        job,
+        generation: gen,
+        rank,
+        worldSize: ranks.length,
+        timeoutMs: 20_000,
+      });
+      const opts: TrainerOptions = {
+        spec: spec(outDir, ranks.length),
+        rank,
+        worldSize: ranks.length,
+        resume,
+        holder: run.holder,
+        evaluate: run.evaluate,
+        signal: controllers[rank]!.signal,
+        allReduce: (seq, data, o) => {
+          run.calls?.push(data.length);
+          return ar.allReduce(seq, data, controllers[rank]!.signal, o);
+        },
+        beginAllReduce: (seq, length, o) => {
+          const h = ar.begin(seq, length, controllers[rank]!.signal, o);
+          const result = h.result.then((out) => {
+            if (run.poison?.seq === seq) out[run.poison.index] = NaN;
+            return out;
+          });
+          return { append: (d: Float32Array) => h.append(d), result };
+        },
+        onStep: (r) => {
+          reports[rank]!.push(r);
+          // Stopping every rank at the same step boundary, as a re-formed world does.
+          if (run.stopAfter === r.step && ++stopped === ranks.filter((x) => x.stopAfter !== undefined).length) {
+            controllers.forEach((c) => c.abort(new Error('re-forming')));
+          }
+        },
+      };
+      try {
+        await train(opts);
+      } catch (e) {
+        errors[rank] = e;
+      } finally {
+        await ar.close();
+      }
+    }),
+  );
   return { reports, errors };
 }
 
-const trainable = (outDir: string): Promise<Map<string, Float32Array>> => tensorMap(join(outDir, 'final', 'trainable.safetensors'));
+const trainable = (outDir: string): Promise<Map<string, Float32Array>> =>
+  tensorMap(join(outDir, 'final', 'trainable.safetensors'));
 
 describe('exact resume', () => {
   let clean: Map<string, Float32Array>;
@@ -140,14 +170,32 @@ describe('exact resume', () => {
     holders.forEach(releaseHolder);
   }, 120_000);
 
-  it('a world re-formed without newcomers keeps every rank\'s own state: only the offers travel', async () => {
+  it("a world re-formed without newcomers keeps every rank's own state: only the offers travel", async () => {
     const out = join(dir, 'no-newcomer');
     const job = uniqueJobName('no-newcomer');
     const holders: StateHolder[] = [{ state: undefined }, { state: undefined }];
-    await generation(out, 1, job, [{ holder: holders[0], stopAfter: 3 }, { holder: holders[1], stopAfter: 3 }], false);
+    await generation(
+      out,
+      1,
+      job,
+      [
+        { holder: holders[0], stopAfter: 3 },
+        { holder: holders[1], stopAfter: 3 },
+      ],
+      false,
+    );
     expect(holders.map((h) => h.state?.step)).toEqual([3, 3]);
     const calls: number[][] = [[], []];
-    const second = await generation(out, 2, job, [{ holder: holders[0], calls: calls[0] }, { holder: holders[1], calls: calls[1] }], true);
+    const second = await generation(
+      out,
+      2,
+      job,
+      [
+        { holder: holders[0], calls: calls[0] },
+        { holder: holders[1], calls: calls[1] },
+      ],
+      true,
+    );
     expect(second.errors).toEqual([undefined, undefined]);
     expect(second.reports[0]!.map((r) => r.step)).toEqual([4, 5, 6]);
     expect(calls).toEqual([[4], [4]]); // [restorable, in memory] x 2 ranks; no state vector
@@ -166,7 +214,13 @@ describe('exact resume', () => {
     expect(String(first.errors[0])).toContain('lost during the final evaluation');
     expect(survivor.state?.step).toBe(STEPS);
     const evaluated: number[] = [];
-    const second = await generation(out, 2, job, [{ holder: survivor, evaluate: async (ctx) => void evaluated.push(ctx.step) }], true);
+    const second = await generation(
+      out,
+      2,
+      job,
+      [{ holder: survivor, evaluate: async (ctx) => void evaluated.push(ctx.step) }],
+      true,
+    );
     expect(second.errors).toEqual([undefined]);
     expect(second.reports[0]).toEqual([]);
     expect(evaluated).toEqual([STEPS]);
@@ -192,7 +246,13 @@ describe('exact resume', () => {
   it('skips a step whose reduced loss is not finite, on every rank alike', async () => {
     const out = join(dir, 'nan');
     // Sequence 1 is the all-reduce of step 2 (sequence 0 is step 1's): its loss becomes NaN.
-    const r = await generation(out, 1, uniqueJobName('nan'), [{ poison: { seq: 1, index: 0 } }, { poison: { seq: 1, index: 0 } }], false);
+    const r = await generation(
+      out,
+      1,
+      uniqueJobName('nan'),
+      [{ poison: { seq: 1, index: 0 } }, { poison: { seq: 1, index: 0 } }],
+      false,
+    );
     expect(r.errors).toEqual([undefined, undefined]);
     for (const reports of r.reports) {
       expect(reports.map((x) => x.skipped)).toEqual([false, true, false, false, false, false]);

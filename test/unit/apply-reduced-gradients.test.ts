@@ -13,8 +13,12 @@ beforeAll(async () => {
 /** [head, gradients] as the all-reduce returns it: 2 languages (de, sw), tensors of 2 and 1 elements. */
 function reducedOf(nll: number, supervised: number, grads: number[]): Float32Array {
   const head = stepHead({
-    grads: undefined, nllSum: nll, supervised, tokens: 50,
-    langNll: Float64Array.from([nll / 4, (3 * nll) / 4]), langTokens: Float64Array.from([supervised / 2, supervised / 2]),
+    grads: undefined,
+    nllSum: nll,
+    supervised,
+    tokens: 50,
+    langNll: Float64Array.from([nll / 4, (3 * nll) / 4]),
+    langTokens: Float64Array.from([supervised / 2, supervised / 2]),
   });
   expect(head.length).toBe(headLength(2));
   return Float32Array.from([...head, ...grads]);
@@ -24,8 +28,14 @@ function run(reduced: Float32Array, gradClip: number) {
   const master = [Float32Array.from([1, 2]), Float32Array.from([3])];
   const vars = master.map((m) => tf.variable(tf.tensor(m)));
   const applied = applyReducedGradients({
-    reduced, languages: ['de', 'sw'], sizes: [2, 1], gradClip, optimizer: createOptimizer({ name: 'sgd', lr: 0.5 }, [2, 1]),
-    master, vars, lr: 0.5,
+    reduced,
+    languages: ['de', 'sw'],
+    sizes: [2, 1],
+    gradClip,
+    optimizer: createOptimizer({ name: 'sgd', lr: 0.5 }, [2, 1]),
+    master,
+    vars,
+    lr: 0.5,
   });
   const values = vars.map((v) => Array.from(v.dataSync()));
   tf.dispose(vars);

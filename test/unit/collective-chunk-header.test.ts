@@ -14,8 +14,18 @@ import { encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
 import { testMac } from '../helpers/collective.js';
 
 const base: ChunkHeader = {
-  kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 7, step: 123, rank: 3, shard: 5,
-  chunk: 1, chunks: 4, offset: 1000, count: 3, chunkElements: 10, totalLength: 5000,
+  kind: ChunkKind.ReduceScatter,
+  dtype: ChunkDtype.Float32,
+  generation: 7,
+  step: 123,
+  rank: 3,
+  shard: 5,
+  chunk: 1,
+  chunks: 4,
+  offset: 1000,
+  count: 3,
+  chunkElements: 10,
+  totalLength: 5000,
 };
 
 function message(h: ChunkHeader, payloadBytes = h.count * 4): Uint8Array {
@@ -31,7 +41,14 @@ describe('chunk header', () => {
   });
 
   it('round-trips every field, including u64 values above 2^32', () => {
-    const h: ChunkHeader = { ...base, kind: ChunkKind.AllGather, step: 2 ** 40 + 17, offset: 2 ** 33 + 5, totalLength: 2 ** 33 + 100, generation: 0xffffffff };
+    const h: ChunkHeader = {
+      ...base,
+      kind: ChunkKind.AllGather,
+      step: 2 ** 40 + 17,
+      offset: 2 ** 33 + 5,
+      totalLength: 2 ** 33 + 100,
+      generation: 0xffffffff,
+    };
     expect(decodeChunkHeader(message(h))).toEqual(h);
     expect(decodeChunkHeader(message(base))).toEqual(base);
   });
@@ -74,20 +91,36 @@ describe('chunk header', () => {
       expect(() => decodeChunkHeader(b)).toThrow(ChunkDecodeError);
     };
     expect(() => decodeChunkHeader(new Uint8Array(10))).toThrow(/shorter/);
-    bad((b) => { b[0] = 0x51; });
-    bad((b) => { b[1] = 1; });
-    bad((b) => { b[2] = 9; });
-    bad((b) => { b[3] = 0; });
+    bad((b) => {
+      b[0] = 0x51;
+    });
+    bad((b) => {
+      b[1] = 1;
+    });
+    bad((b) => {
+      b[2] = 9;
+    });
+    bad((b) => {
+      b[3] = 0;
+    });
     bad(() => {}, base, 8); // payload shorter than count
     bad(() => {}, base, 16); // longer
     bad(() => {}, { ...base, chunk: 4 }); // chunk >= chunks
     bad(() => {}, { ...base, count: 11 }); // count > chunkElements
     bad(() => {}, { ...base, count: 0 }, 0);
     bad(() => {}, { ...base, offset: 4998 }); // beyond the vector
-    bad((b) => { new DataView(b.buffer).setUint32(12, 0x00400000, true); }); // step >= 2^54
-    bad((b) => { b[57] = 1; }); // reserved
-    bad((b) => { b[63] = 1; });
-    bad((b) => { b[78] = 1; });
+    bad((b) => {
+      new DataView(b.buffer).setUint32(12, 0x00400000, true);
+    }); // step >= 2^54
+    bad((b) => {
+      b[57] = 1;
+    }); // reserved
+    bad((b) => {
+      b[63] = 1;
+    });
+    bad((b) => {
+      b[78] = 1;
+    });
     expect(() => decodeChunkHeader(message(base))).not.toThrow();
   });
 

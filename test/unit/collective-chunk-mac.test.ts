@@ -6,7 +6,14 @@ import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
 import { GradPhase, allGatherSubject, reduceScatterSubject } from '../../common/subjects.js';
-import { CHUNK_HEADER_BYTES, CHUNK_TAG_AT, ChunkDtype, ChunkKind, encodeChunkHeader, type ChunkHeader } from '../../worker/collective/chunk-header.js';
+import {
+  CHUNK_HEADER_BYTES,
+  CHUNK_TAG_AT,
+  ChunkDtype,
+  ChunkKind,
+  encodeChunkHeader,
+  type ChunkHeader,
+} from '../../worker/collective/chunk-header.js';
 import { checkCollectiveKey, ChunkMac, ControlMac, encodeFloat32Chunk } from '../../worker/collective/chunk-mac.js';
 import {
   duplicateVerdict,
@@ -21,15 +28,27 @@ import { TEST_COLLECTIVE_KEY, testMac } from '../helpers/collective.js';
 
 const otherKey = Uint8Array.from({ length: 32 }, (_, i) => 200 - i);
 const base: ChunkHeader = {
-  kind: ChunkKind.ReduceScatter, dtype: ChunkDtype.Float32, generation: 7, step: 3, rank: 1, shard: 0,
-  chunk: 0, chunks: 2, offset: 0, count: 4, chunkElements: 4, totalLength: 16,
+  kind: ChunkKind.ReduceScatter,
+  dtype: ChunkDtype.Float32,
+  generation: 7,
+  step: 3,
+  rank: 1,
+  shard: 0,
+  chunk: 0,
+  chunks: 2,
+  offset: 0,
+  count: 4,
+  chunkElements: 4,
+  totalLength: 16,
 };
 const values = new Float32Array([1, -2, 3.5, 1e-3]);
 
 describe('collective key', () => {
   it('must be 32 bytes, not all zeros; the error names the field', () => {
     expect(checkCollectiveKey(TEST_COLLECTIVE_KEY)).toBe(TEST_COLLECTIVE_KEY);
-    expect(() => checkCollectiveKey(new Uint8Array(16), 'assignment.collective_key')).toThrow(/^assignment\.collective_key: must be 32 bytes, got 16/);
+    expect(() => checkCollectiveKey(new Uint8Array(16), 'assignment.collective_key')).toThrow(
+      /^assignment\.collective_key: must be 32 bytes, got 16/,
+    );
     expect(() => checkCollectiveKey(new Uint8Array(0), 'assignment.collective_key')).toThrow(/got 0/);
     expect(() => checkCollectiveKey(new Uint8Array(32))).toThrow(/all zeros/);
     expect(() => checkCollectiveKey('k'.repeat(32))).toThrow(RangeError);
@@ -74,7 +93,9 @@ describe('chunk MAC', () => {
     const msg = encodeFloat32Chunk(base, values, testMac);
     const forged = Uint8Array.from(msg);
     new DataView(forged.buffer).setUint32(8, base.step + 1, true); // step + 1
-    new Float32Array(forged.buffer, CHUNK_HEADER_BYTES, 4).forEach((v, i, a) => { a[i] = v * -100; });
+    new Float32Array(forged.buffer, CHUNK_HEADER_BYTES, 4).forEach((v, i, a) => {
+      a[i] = v * -100;
+    });
     new ChunkMac(otherKey).seal(forged); // sealed, but not with the generation's key
     expect(testMac.verify(forged)).toBe(false);
   });
@@ -98,7 +119,9 @@ describe('screenChunk', () => {
     const r = screenChunk(rs, encodeFloat32Chunk(base, values, testMac), me, testMac);
     expect(r).toEqual({ ok: true, phase: GradPhase.reduceScatter, header: base });
     const ag = { ...base, kind: ChunkKind.AllGather, rank: 2, shard: 2 };
-    expect(screenChunk(allGatherSubject('j', 7, 2), encodeFloat32Chunk(ag, values, testMac), me, testMac).ok).toBe(true);
+    expect(screenChunk(allGatherSubject('j', 7, 2), encodeFloat32Chunk(ag, values, testMac), me, testMac).ok).toBe(
+      true,
+    );
   });
 
   it('drops everything else, by reason, before any hashing where it can', () => {
@@ -118,7 +141,9 @@ describe('screenChunk', () => {
     expect(reason(rs, encodeFloat32Chunk({ ...base, rank: 3 }, values, testMac))).toBe(RejectReason.header);
     // another shard
     expect(reason(rs, encodeFloat32Chunk({ ...base, shard: 1 }, values, testMac))).toBe(RejectReason.header);
-    expect(reason(rs, encodeFloat32Chunk({ ...base, kind: ChunkKind.AllGather }, values, testMac))).toBe(RejectReason.header);
+    expect(reason(rs, encodeFloat32Chunk({ ...base, kind: ChunkKind.AllGather }, values, testMac))).toBe(
+      RejectReason.header,
+    );
     expect(reason(reduceScatterSubject('j', 7, 1), good)).toBe(RejectReason.header); // someone else's subject
     expect(reason(rs, encodeFloat32Chunk(base, values, new ChunkMac(otherKey)))).toBe(RejectReason.mac);
     const unsealed = new Uint8Array(CHUNK_HEADER_BYTES + 16);
@@ -135,7 +160,11 @@ describe('screenChunk', () => {
 describe('placeChunk', () => {
   // 16 elements, 3 ranks: shards [0,5) [5,10) [10,16); chunks of 4.
   const layout: StepLayout = {
-    step: 3, length: 16, chunkElements: 4, worldSize: 3, rank: 0,
+    step: 3,
+    length: 16,
+    chunkElements: 4,
+    worldSize: 3,
+    rank: 0,
     dtypeAt: (offset) => (offset < 4 ? ChunkDtype.Float32 : ChunkDtype.Float16),
   };
   const h = (over: Partial<ChunkHeader>): ChunkHeader => ({ ...base, totalLength: 16, chunks: 2, ...over });
@@ -150,11 +179,25 @@ describe('placeChunk', () => {
     const last = h({ chunk: 1, offset: 4, count: 1, dtype: ChunkDtype.Float16 });
     expect(placeChunk(last, GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'fail', lost: 1 });
     expect(placeChunk(h({}), GradPhase.reduceScatter, layout, 1)).toEqual({ action: 'duplicate' });
-    expect(placeChunk(h({ chunks: 3 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'drop', reason: RejectReason.position });
-    expect(placeChunk(h({ offset: 1 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'drop', reason: RejectReason.position });
-    expect(placeChunk(h({ dtype: ChunkDtype.Float16 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'drop' });
-    expect(placeChunk(h({ totalLength: 17 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'fail', lost: 0 });
-    expect(placeChunk(h({ chunkElements: 8 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({ action: 'fail', lost: 0 });
+    expect(placeChunk(h({ chunks: 3 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({
+      action: 'drop',
+      reason: RejectReason.position,
+    });
+    expect(placeChunk(h({ offset: 1 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({
+      action: 'drop',
+      reason: RejectReason.position,
+    });
+    expect(placeChunk(h({ dtype: ChunkDtype.Float16 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({
+      action: 'drop',
+    });
+    expect(placeChunk(h({ totalLength: 17 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({
+      action: 'fail',
+      lost: 0,
+    });
+    expect(placeChunk(h({ chunkElements: 8 }), GradPhase.reduceScatter, layout, 0)).toMatchObject({
+      action: 'fail',
+      lost: 0,
+    });
   });
 
   it('tells a copy from a conflicting chunk by its tag', () => {

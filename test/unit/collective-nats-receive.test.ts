@@ -3,9 +3,23 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { Kind, Parser, type ParserEvent } from '@nats-io/nats-core/internal';
 
-import { presizeNatsMessageBuffers, receiveBuffersReused, RECEIVE_POOL_BYTES, releaseReceived } from '../../worker/collective/nats-receive.js';
+import {
+  presizeNatsMessageBuffers,
+  receiveBuffersReused,
+  RECEIVE_POOL_BYTES,
+  releaseReceived,
+} from '../../worker/collective/nats-receive.js';
 
-interface Parsed { kind: Kind; subject?: string; sid?: number; reply?: string; size?: number; data: number[]; aligned: boolean; capacity: number }
+interface Parsed {
+  kind: Kind;
+  subject?: string;
+  sid?: number;
+  reply?: string;
+  size?: number;
+  data: number[];
+  aligned: boolean;
+  capacity: number;
+}
 
 const dec = new TextDecoder();
 
@@ -52,11 +66,15 @@ function message(subject: string, sid: number, payload: Uint8Array, reply?: stri
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
   let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
-const payload = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
+const payload = (n: number, seed: number): Uint8Array =>
+  Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
 
 describe('presizeNatsMessageBuffers', () => {
   it('parses every split of a stream as the client does', () => {
@@ -83,21 +101,27 @@ describe('presizeNatsMessageBuffers', () => {
     const hdr = 'NATS/1.0\r\nX-Step: 7\r\n\r\n';
     const body = payload(5000, 8);
     const stream = concat([
-      enc.encode(`HMSG grad.ag.1 5 ${hdr.length} ${hdr.length + body.length}\r\n${hdr}`), body, enc.encode('\r\n'),
+      enc.encode(`HMSG grad.ag.1 5 ${hdr.length} ${hdr.length + body.length}\r\n${hdr}`),
+      body,
+      enc.encode('\r\n'),
       enc.encode(`HMSG a.b 6 ${hdr.length} ${hdr.length}\r\n${hdr}\r\n`),
       message('x', 7, payload(0, 0)),
     ]);
     const want = parse(stream, [], false).map(({ capacity: _c, aligned: _a, ...e }) => e);
     expect(want.filter((e) => e.kind === Kind.MSG)).toHaveLength(3);
     for (let a = 1; a < stream.length; a += 7) {
-      const got = parse(stream, [a, Math.min(a + 1000, stream.length - 1)], true).map(({ capacity: _c, aligned: _a, ...e }) => e);
+      const got = parse(stream, [a, Math.min(a + 1000, stream.length - 1)], true).map(
+        ({ capacity: _c, aligned: _a, ...e }) => e,
+      );
       expect(got, `cut at ${a}`).toEqual(want);
     }
   });
 
   it('uses the same Parser as the transport (nats-core pinned to its version)', () => {
     const require = createRequire(import.meta.url);
-    const fromTransport = createRequire(require.resolve('@nats-io/transport-node')).resolve('@nats-io/nats-core/internal');
+    const fromTransport = createRequire(require.resolve('@nats-io/transport-node')).resolve(
+      '@nats-io/nats-core/internal',
+    );
     expect(require.resolve('@nats-io/nats-core/internal')).toBe(fromTransport);
   });
 
@@ -120,8 +144,14 @@ describe('presizeNatsMessageBuffers', () => {
     presizeNatsMessageBuffers();
     try {
       const got: Uint8Array[] = [];
-      const p = new Parser({ push(e: ParserEvent): void { if (e.data) got.push(e.data); } });
-      const feed = (stream: Uint8Array): void => { for (let at = 0; at < stream.length; at += 65536) p.parse(stream.subarray(at, at + 65536)); };
+      const p = new Parser({
+        push(e: ParserEvent): void {
+          if (e.data) got.push(e.data);
+        },
+      });
+      const feed = (stream: Uint8Array): void => {
+        for (let at = 0; at < stream.length; at += 65536) p.parse(stream.subarray(at, at + 65536));
+      };
       const size = 300_000;
       feed(message('a', 1, payload(size, 1)));
       const first = got[0]!;

@@ -24,7 +24,9 @@ describe('compileOptions', () => {
     expect(c.chunkElements).toBe((1024 * 1024 - 96) / 4);
     expect(c.windowChunks).toBe(5); // 32 MiB / (2 · 3 peers · 1 MiB)
     expect(compileOptions({ ...base, compression: 'fp16' }).chunkElements).toBe((1024 * 1024 - 96) / 2);
-    expect(compileOptions({ ...base, compression: 'fp16', exactPrefix: 10 }).chunkElements).toBe((1024 * 1024 - 96) / 4);
+    expect(compileOptions({ ...base, compression: 'fp16', exactPrefix: 10 }).chunkElements).toBe(
+      (1024 * 1024 - 96) / 4,
+    );
     expect(compileOptions({ ...base, compression: 'none', errorFeedback: true }).errorFeedback).toBe(false);
   });
 
@@ -40,12 +42,24 @@ describe('compileOptions', () => {
 
 describe('StartBarrier', () => {
   const hello = (from: number, heard: number[], over: Partial<HelloMessage> = {}): HelloMessage => ({
-    type: 'hello', from, heard, ready: false, worldSize: 3, compression: 'none', exactPrefix: 0, chunkElements: 1000, ...over,
+    type: 'hello',
+    from,
+    heard,
+    ready: false,
+    worldSize: 3,
+    compression: 'none',
+    exactPrefix: 0,
+    chunkElements: 1000,
+    ...over,
   });
 
   it('passes once every peer heard this rank and was heard; adopts the smallest chunk size', async () => {
     const sent: HelloMessage[] = [];
-    const b = new StartBarrier({ rank: 0, worldSize: 3, compression: 'none', exactPrefix: 0 }, (m) => sent.push(m), () => 4000);
+    const b = new StartBarrier(
+      { rank: 0, worldSize: 3, compression: 'none', exactPrefix: 0 },
+      (m) => sent.push(m),
+      () => 4000,
+    );
     const waiting = b.wait(5000, undefined, () => true);
     b.onHello(hello(1, []), true);
     b.onHello(hello(2, [0, 1], { chunkElements: 3000 }), true);
@@ -59,13 +73,26 @@ describe('StartBarrier', () => {
   });
 
   it('fails on a peer with other settings, and at its deadline naming the ranks not heard', async () => {
-    const b = new StartBarrier({ rank: 0, worldSize: 3, compression: 'none', exactPrefix: 0 }, () => undefined, () => 1000);
+    const b = new StartBarrier(
+      { rank: 0, worldSize: 3, compression: 'none', exactPrefix: 0 },
+      () => undefined,
+      () => 1000,
+    );
     const waiting = b.wait(5000, undefined, () => true);
     b.onHello(hello(2, [], { compression: 'fp16' }), true);
     await expect(waiting).rejects.toThrow(/rank 2 differs from rank 0: compression fp16 ≠ none/);
-    const c = new StartBarrier({ rank: 1, worldSize: 3, compression: 'none', exactPrefix: 0 }, () => undefined, () => 1000);
+    const c = new StartBarrier(
+      { rank: 1, worldSize: 3, compression: 'none', exactPrefix: 0 },
+      () => undefined,
+      () => 1000,
+    );
     c.onHello(hello(0, [1]), true);
-    const err = await c.wait(120, undefined, () => true).then(() => undefined, (e: unknown) => e);
+    const err = await c
+      .wait(120, undefined, () => true)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     expect(err).toBeInstanceOf(CollectiveError);
     expect((err as CollectiveError).missingRanks).toEqual([2]);
   });
@@ -90,12 +117,24 @@ describe('MessagePool', () => {
 
 describe('diagnoseTimeout', () => {
   const p: StepProgress = {
-    step: 9, rank: 0, worldSize: 3, timeoutMs: 1000, windowChunks: 2, ready: 30, length: 30,
-    rsRecv: [0, 3, 1], agRecv: [0, 3, 3], rsNext: [0, 3, 3], rsAcked: [0, 3, 3], chunksOf: () => 3,
+    step: 9,
+    rank: 0,
+    worldSize: 3,
+    timeoutMs: 1000,
+    windowChunks: 2,
+    ready: 30,
+    length: 30,
+    rsRecv: [0, 3, 1],
+    agRecv: [0, 3, 3],
+    rsNext: [0, 3, 3],
+    rsAcked: [0, 3, 3],
+    chunksOf: () => 3,
   };
   it('names what the step waited for, in order', () => {
     const a = diagnoseTimeout(p);
-    expect(a.message).toBe('all-reduce step 9 timed out after 1000 ms: rank 0 is missing its shard\'s pieces from ranks 2 (1/3 chunks)');
+    expect(a.message).toBe(
+      "all-reduce step 9 timed out after 1000 ms: rank 0 is missing its shard's pieces from ranks 2 (1/3 chunks)",
+    );
     expect(a.missingRanks).toEqual([2]);
     const b = diagnoseTimeout({ ...p, rsRecv: [0, 3, 3], agRecv: [0, 2, 3] });
     expect(b.message).toMatch(/missing the reduced shards of ranks 1 \(2\/3 chunks\)/);

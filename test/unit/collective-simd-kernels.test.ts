@@ -6,14 +6,23 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { ChunkDtype } from '../../worker/collective/chunk-header.js';
-import { BLOCK, hash32, narrowInto, sumF32Into, sumWidenedInto, widenInto, type Dtype16 } from '../../worker/collective/simd-kernels.js';
+import {
+  BLOCK,
+  hash32,
+  narrowInto,
+  sumF32Into,
+  sumWidenedInto,
+  widenInto,
+  type Dtype16,
+} from '../../worker/collective/simd-kernels.js';
 import { f32BitsToBf16, f32BitsToF16, widenTable } from '../../worker/collective/wire-codec.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 // --- plain scalar references, element by element ------------------------------------------------
 
-const narrowRef = (d: Dtype16, bits: number): number => (d === ChunkDtype.Float16 ? f32BitsToF16(bits >>> 0) : f32BitsToBf16(bits >>> 0));
+const narrowRef = (d: Dtype16, bits: number): number =>
+  d === ChunkDtype.Float16 ? f32BitsToF16(bits >>> 0) : f32BitsToBf16(bits >>> 0);
 /** The exact float32 add (Math.fround of the float64 sum of two float32 values is float32's add). */
 const add32 = (a: number, b: number): number => Math.fround(a + b);
 
@@ -24,34 +33,78 @@ function bitsOf(a: Float32Array): Uint32Array {
 /** Random float32 bit patterns, with the boundaries and specials of both 16-bit formats mixed in. */
 function specialBits(): number[] {
   const out: number[] = [];
-  const around = (b: number): void => { for (let d = -3; d <= 3; d++) out.push((b + d) >>> 0, ((b + d) | 0x80000000) >>> 0); };
+  const around = (b: number): void => {
+    for (let d = -3; d <= 3; d++) out.push((b + d) >>> 0, ((b + d) | 0x80000000) >>> 0);
+  };
   for (const b of [
-    0, 0x00000001, 0x007fffff, 0x00800000, // zero, float32 subnormals, smallest normal
-    0x33000000, 0x33800000, 0x33c00000, 0x337fffff, // around half the smallest binary16 subnormal (2^-25) and 2^-24
-    0x38800000, 0x387fe000, 0x387ff000, 0x387fffff, 0x38000000, // binary16 smallest normal 2^-14 and the subnormal edge
-    0x3f800000, 0x3f801000, 0x3f802000, 0x3f803000, // 1 and ties at binary16's ulp
-    0x3f808000, 0x3f818000, 0x3f828000, // ties at bfloat16's ulp
-    0x477fe000, 0x477fefff, 0x477ff000, 0x477fffff, 0x47800000, // 65504, the rounding to Inf at 65520, 65536
-    0x7f7fffff, 0x7f7f8000, 0x7f800000, 0x7f800001, 0x7fc00000, 0x7fffffff, 0x7fbfffff, 0x7f802000, // max, Inf, NaNs
-  ]) around(b);
+    0,
+    0x00000001,
+    0x007fffff,
+    0x00800000, // zero, float32 subnormals, smallest normal
+    0x33000000,
+    0x33800000,
+    0x33c00000,
+    0x337fffff, // around half the smallest binary16 subnormal (2^-25) and 2^-24
+    0x38800000,
+    0x387fe000,
+    0x387ff000,
+    0x387fffff,
+    0x38000000, // binary16 smallest normal 2^-14 and the subnormal edge
+    0x3f800000,
+    0x3f801000,
+    0x3f802000,
+    0x3f803000, // 1 and ties at binary16's ulp
+    0x3f808000,
+    0x3f818000,
+    0x3f828000, // ties at bfloat16's ulp
+    0x477fe000,
+    0x477fefff,
+    0x477ff000,
+    0x477fffff,
+    0x47800000, // 65504, the rounding to Inf at 65520, 65536
+    0x7f7fffff,
+    0x7f7f8000,
+    0x7f800000,
+    0x7f800001,
+    0x7fc00000,
+    0x7fffffff,
+    0x7fbfffff,
+    0x7f802000, // max, Inf, NaNs
+  ])
+    around(b);
   return out;
 }
 
 function randomBits(n: number, seed: number): Uint32Array {
   const out = new Uint32Array(n);
   let s = seed >>> 0;
-  const next = (): number => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s; };
+  const next = (): number => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
   const specials = specialBits();
   for (let i = 0; i < n; i++) {
     const r = next();
     // A third random patterns, a third values near 1 (normals, which sum without overflow), a
     // third specials and boundaries.
-    out[i] = r % 3 === 0 ? next() : r % 3 === 1 ? (0x3c000000 + (next() % 0x07000000)) ^ (next() & 0x80000000) : specials[next() % specials.length]!;
+    out[i] =
+      r % 3 === 0
+        ? next()
+        : r % 3 === 1
+          ? (0x3c000000 + (next() % 0x07000000)) ^ (next() & 0x80000000)
+          : specials[next() % specials.length]!;
   }
   return out;
 }
 
-const DTYPES: Array<[string, Dtype16]> = [['binary16', ChunkDtype.Float16], ['bfloat16', ChunkDtype.BFloat16]];
+const DTYPES: Array<[string, Dtype16]> = [
+  ['binary16', ChunkDtype.Float16],
+  ['bfloat16', ChunkDtype.BFloat16],
+];
 /** Lengths: 1 element, odd ones, the 8-lane edges, and more than a block with a ragged tail. */
 const LENGTHS = [1, 3, 7, 8, 9, 17, 1000, BLOCK - 1, BLOCK, BLOCK + 5, 2 * BLOCK + 13];
 
@@ -62,8 +115,12 @@ describe.each(DTYPES)('SIMD kernels: %s', (_name, dtype) => {
       const src = new Float32Array(bits.buffer);
       const dst = new Uint16Array(n).fill(0xdead);
       narrowInto(dtype, src, dst);
-      for (let i = 0; i < n; i++) if (dst[i] !== narrowRef(dtype, bits[i]!)) expect.fail(`n=${n} i=${i} bits 0x${bits[i]!.toString(16)}: ` +
-        `0x${dst[i]!.toString(16)} ≠ 0x${narrowRef(dtype, bits[i]!).toString(16)}`);
+      for (let i = 0; i < n; i++)
+        if (dst[i] !== narrowRef(dtype, bits[i]!))
+          expect.fail(
+            `n=${n} i=${i} bits 0x${bits[i]!.toString(16)}: ` +
+              `0x${dst[i]!.toString(16)} ≠ 0x${narrowRef(dtype, bits[i]!).toString(16)}`,
+          );
     }
   });
 
@@ -89,7 +146,7 @@ describe.each(DTYPES)('SIMD kernels: %s', (_name, dtype) => {
     const t = widenTable(dtype);
     for (const n of [1, 9, BLOCK + 3]) {
       const src = new Float32Array(randomBits(n, 11 + n).buffer);
-      const resIn = new Float32Array(n).map((_, i) => (i % 5 - 2) * 2 ** -12);
+      const resIn = new Float32Array(n).map((_, i) => ((i % 5) - 2) * 2 ** -12);
       // The scalar reference: v = src + resIn (float32), q = narrow(v), w = widen(q), resOut = v − w.
       const q = new Uint16Array(n);
       const w = new Float32Array(n);
@@ -138,10 +195,15 @@ describe.each(DTYPES)('SIMD kernels: %s', (_name, dtype) => {
           ref[i] = s;
         }
         const acc = new Float32Array(n).fill(123);
-        sumWidenedInto(dtype, acc, xs.map((x, r) => (r === at ? { narrow: ownF32 } : x)));
+        sumWidenedInto(
+          dtype,
+          acc,
+          xs.map((x, r) => (r === at ? { narrow: ownF32 } : x)),
+        );
         for (let i = 0; i < n; i++) {
-          if (Number.isNaN(ref[i]!)) { if (!Number.isNaN(acc[i]!)) expect.fail(`n=${n} k=${k} i=${i}: ${acc[i]} is not NaN`); }
-          else if (bitsOf(acc)[i] !== bitsOf(ref)[i]) expect.fail(`n=${n} k=${k} i=${i}: ${acc[i]} ≠ ${ref[i]}`);
+          if (Number.isNaN(ref[i]!)) {
+            if (!Number.isNaN(acc[i]!)) expect.fail(`n=${n} k=${k} i=${i}: ${acc[i]} is not NaN`);
+          } else if (bitsOf(acc)[i] !== bitsOf(ref)[i]) expect.fail(`n=${n} k=${k} i=${i}: ${acc[i]} ≠ ${ref[i]}`);
         }
       }
     }
@@ -165,8 +227,11 @@ describe('SIMD kernels: a float32 input to a 16-bit sum', () => {
       const later = new Float32Array(n);
       sumWidenedInto(dtype, later, [zero, { narrow: x }]);
       for (let i = 0; i < n; i++) {
-        if (bitsOf(first)[i] !== bitsOf(want)[i]) expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)}: ` +
-          `0x${bitsOf(first)[i]!.toString(16)} ≠ 0x${bitsOf(want)[i]!.toString(16)}`);
+        if (bitsOf(first)[i] !== bitsOf(want)[i])
+          expect.fail(
+            `${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)}: ` +
+              `0x${bitsOf(first)[i]!.toString(16)} ≠ 0x${bitsOf(want)[i]!.toString(16)}`,
+          );
         const w = add32(0, want[i]!);
         if (!(Object.is(later[i], w) || (Number.isNaN(w) && bitsOf(later)[i] === bitsOf(want)[i]))) {
           expect.fail(`${ChunkDtype[dtype]} 0x${bits[i]!.toString(16)} after +0: ${later[i]} ≠ ${w}`);
@@ -194,8 +259,9 @@ describe('SIMD kernels: float32 sums', () => {
         sumF32Into(last, xs);
         for (const got of [acc, last]) {
           for (let i = 0; i < n; i++) {
-            if (Number.isNaN(ref[i]!)) { if (!Number.isNaN(got[i]!)) expect.fail(`n=${n} k=${k} i=${i}: not NaN`); }
-            else if (bitsOf(got)[i] !== bitsOf(ref)[i]) expect.fail(`n=${n} k=${k} i=${i}: ${got[i]} ≠ ${ref[i]}`);
+            if (Number.isNaN(ref[i]!)) {
+              if (!Number.isNaN(got[i]!)) expect.fail(`n=${n} k=${k} i=${i}: not NaN`);
+            } else if (bitsOf(got)[i] !== bitsOf(ref)[i]) expect.fail(`n=${n} k=${k} i=${i}: ${got[i]} ≠ ${ref[i]}`);
           }
         }
       }
@@ -235,15 +301,32 @@ function hash32Ref(bytes: Uint8Array, zeroFrom: number, zeroTo: number): number 
 }
 
 describe('SIMD kernels: the checksum', () => {
-  const bytesOf = (n: number, seed: number): Uint8Array => new Uint8Array(randomBits(Math.ceil(n / 4), seed).buffer, 0, n);
+  const bytesOf = (n: number, seed: number): Uint8Array =>
+    new Uint8Array(randomBits(Math.ceil(n / 4), seed).buffer, 0, n);
 
   it('is its definition, for lengths around the stripe and the block, with and without a zeroed range', () => {
     const hashBlock = BLOCK * 8;
-    for (const n of [0, 1, 3, 56, 60, 64, 127, 128, 129, 1000, hashBlock - 1, hashBlock, hashBlock + 5, 3 * hashBlock + 777]) {
+    for (const n of [
+      0,
+      1,
+      3,
+      56,
+      60,
+      64,
+      127,
+      128,
+      129,
+      1000,
+      hashBlock - 1,
+      hashBlock,
+      hashBlock + 5,
+      3 * hashBlock + 777,
+    ]) {
       const b = bytesOf(n, n + 1);
       expect(hash32(b), `${n} bytes`).toBe(hash32Ref(b, 0, 0));
       expect(hash32(b, 56, 60), `${n} bytes, 56..60 zeroed`).toBe(hash32Ref(b, 56, 60));
-      if (n > hashBlock + 4) expect(hash32(b, hashBlock - 2, hashBlock + 2)).toBe(hash32Ref(b, hashBlock - 2, hashBlock + 2));
+      if (n > hashBlock + 4)
+        expect(hash32(b, hashBlock - 2, hashBlock + 2)).toBe(hash32Ref(b, hashBlock - 2, hashBlock + 2));
     }
   });
 
@@ -285,6 +368,9 @@ describe('SIMD kernels: the generated module', () => {
     const committed = readFileSync(join(ROOT, 'worker', 'collective', 'simd-kernels-wasm.ts'), 'utf8');
     expect(committed).toContain('SIMD_KERNELS_WASM_BASE64');
     // --check exits non-zero (and execFileSync throws) when the file is stale.
-    execFileSync(process.execPath, [join(ROOT, 'scripts', 'gen-simd-kernels.mjs'), '--check'], { cwd: ROOT, stdio: 'pipe' });
+    execFileSync(process.execPath, [join(ROOT, 'scripts', 'gen-simd-kernels.mjs'), '--check'], {
+      cwd: ROOT,
+      stdio: 'pipe',
+    });
   });
 });

@@ -53,8 +53,15 @@ describe('NATS subjects', () => {
     expect(parseGradSubject('polytune.j-1.12.grad.rs.3')).toEqual({ job: 'j-1', generation: 12, phase: 'rs', rank: 3 });
     expect(parseGradSubject(allGatherSubject('x', 0, 7))).toEqual({ job: 'x', generation: 0, phase: 'ag', rank: 7 });
     for (const bad of [
-      'polytune.j.1.grad.xx.3', 'polytune.j.1.ctl.rs.3', 'polytune.J.1.grad.rs.3', 'polytune.j.01.grad.rs.3',
-      'polytune.j.1.grad.rs', 'other.j.1.grad.rs.3', 'polytune.j.1.grad.rs.99999', 'polytune.j.1.grad.rs.3.4',
-    ]) expect(parseGradSubject(bad)).toBeUndefined();
+      'polytune.j.1.grad.xx.3',
+      'polytune.j.1.ctl.rs.3',
+      'polytune.J.1.grad.rs.3',
+      'polytune.j.01.grad.rs.3',
+      'polytune.j.1.grad.rs',
+      'other.j.1.grad.rs.3',
+      'polytune.j.1.grad.rs.99999',
+      'polytune.j.1.grad.rs.3.4',
+    ])
+      expect(parseGradSubject(bad)).toBeUndefined();
   });
 });

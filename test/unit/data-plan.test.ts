@@ -3,13 +3,26 @@ import { epochOrder, globalBatch, microBatches, planSteps, rankShare, stepPositi
 import type { JobSpec } from '../../common/jobspec.js';
 
 const training = (over: Partial<JobSpec['spec']['training']>): JobSpec['spec']['training'] => ({
-  globalBatchSize: 4, microBatchSize: 2, optimizer: { name: 'sgd', lr: 0.1 },
-  schedule: { name: 'constant', warmupRatio: 0 }, gradClip: 1, seed: 42, maxNonFiniteSteps: 3, gradientCheckpointing: false, tf32: false, ...over,
+  globalBatchSize: 4,
+  microBatchSize: 2,
+  optimizer: { name: 'sgd', lr: 0.1 },
+  schedule: { name: 'constant', warmupRatio: 0 },
+  gradClip: 1,
+  seed: 42,
+  maxNonFiniteSteps: 3,
+  gradientCheckpointing: false,
+  tf32: false,
+  ...over,
 });
 
 describe('data plan', () => {
   it('counts steps per epoch with a short last batch, and maxSteps overrides epochs', () => {
-    expect(planSteps(10, training({ epochs: 3 }))).toEqual({ numSamples: 10, globalBatchSize: 4, stepsPerEpoch: 3, totalSteps: 9 });
+    expect(planSteps(10, training({ epochs: 3 }))).toEqual({
+      numSamples: 10,
+      globalBatchSize: 4,
+      stepsPerEpoch: 3,
+      totalSteps: 9,
+    });
     expect(planSteps(10, training({ epochs: 3, maxSteps: 5 })).totalSteps).toBe(5);
   });
 

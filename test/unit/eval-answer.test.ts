@@ -10,17 +10,25 @@ import { extractLastNumber, isCorrect, parseGold } from '../../worker/eval/answe
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const mgsm = (lang: string): { question: string; answer: string }[] =>
-  readFileSync(join(DATA, 'mgsm', `mgsm_${lang}.tsv`), 'utf8').split('\n').filter((l) => l.trim()).map((l) => {
-    const tab = l.lastIndexOf('\t');
-    return { question: l.slice(0, tab), answer: l.slice(tab + 1).trim() };
-  });
+  readFileSync(join(DATA, 'mgsm', `mgsm_${lang}.tsv`), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => {
+      const tab = l.lastIndexOf('\t');
+      return { question: l.slice(0, tab), answer: l.slice(tab + 1).trim() };
+    });
 const msvamp = (lang: string): { m_query: string; response: string }[] =>
-  readFileSync(join(DATA, 'msvamp', MSVAMP_FILES[lang]!), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as { m_query: string; response: string });
+  readFileSync(join(DATA, 'msvamp', MSVAMP_FILES[lang]!), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as { m_query: string; response: string });
 
 describe('answer extraction (MathOctopus / QAlign: last number, commas removed, numeric equality)', () => {
   it('every MGSM and MSVAMP gold answer parses to a finite number', () => {
-    for (const lang of MGSM_LANGUAGES) for (const p of mgsm(lang)) expect(Number.isFinite(parseGold(p.answer)), `${lang}: ${p.answer}`).toBe(true);
-    for (const lang of Object.keys(MSVAMP_FILES)) for (const p of msvamp(lang)) expect(Number.isFinite(parseGold(p.response)), `${lang}: ${p.response}`).toBe(true);
+    for (const lang of MGSM_LANGUAGES)
+      for (const p of mgsm(lang)) expect(Number.isFinite(parseGold(p.answer)), `${lang}: ${p.answer}`).toBe(true);
+    for (const lang of Object.keys(MSVAMP_FILES))
+      for (const p of msvamp(lang)) expect(Number.isFinite(parseGold(p.response)), `${lang}: ${p.response}`).toBe(true);
   });
 
   it('MGSM golds with thousands separators: 114,200 and 2,125 (from mgsm_en.tsv)', () => {
@@ -30,8 +38,8 @@ describe('answer extraction (MathOctopus / QAlign: last number, commas removed, 
       const gold = parseGold(p.answer);
       expect(gold).toBe(Number(p.answer.replace(/,/g, '')));
       // A worked answer that writes the number with commas, then stops with trailing text.
-      const out = `Let's think step by step. ${p.question.slice(0, 40)} ` +
-        `... So the answer is ${p.answer}.\n\nHuman: next`;
+      const out =
+        `Let's think step by step. ${p.question.slice(0, 40)} ` + `... So the answer is ${p.answer}.\n\nHuman: next`;
       expect(extractLastNumber(out)).toBe(gold);
       expect(isCorrect(extractLastNumber(out), gold)).toBe(true);
       // ... and one that writes it without commas is as right.
@@ -44,7 +52,8 @@ describe('answer extraction (MathOctopus / QAlign: last number, commas removed, 
     expect(first.response).toBe('8.0');
     const gold = parseGold(first.response);
     expect(gold).toBe(8);
-    for (const out of ['18 - 10 = 8', '答案是 8.0。', 'The answer is: 8.00 kids', '18-10=8\n']) expect(isCorrect(extractLastNumber(out), gold), out).toBe(true);
+    for (const out of ['18 - 10 = 8', '答案是 8.0。', 'The answer is: 8.00 kids', '18-10=8\n'])
+      expect(isCorrect(extractLastNumber(out), gold), out).toBe(true);
     expect(isCorrect(extractLastNumber('18 - 10 = 8.5'), gold)).toBe(false);
   });
 
@@ -53,7 +62,11 @@ describe('answer extraction (MathOctopus / QAlign: last number, commas removed, 
     expect(p.answer).toBe('18');
     const out = 'Janet hat 16 - 3 - 4 = 9 Eier übrig. 9 * 2 = $18. Die Antwort ist 18 Dollar pro Tag, ok?';
     expect(extractLastNumber(out)).toBe(18);
-    expect(extractLastNumber('16 eggs, 3 for breakfast: 16 - 3 = 13; she bakes 4: 13 - 4 = 9, sells at $2: 9 * 2 = 18 dollars. Next, 7')).toBe(7);
+    expect(
+      extractLastNumber(
+        '16 eggs, 3 for breakfast: 16 - 3 = 13; she bakes 4: 13 - 4 = 9, sells at $2: 9 * 2 = 18 dollars. Next, 7',
+      ),
+    ).toBe(7);
   });
 
   it('decimals, dollar amounts with commas and cents, and negatives', () => {

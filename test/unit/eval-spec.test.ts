@@ -27,8 +27,13 @@ spec:
 
 describe('EvalJob and LayerAnalysis specs', () => {
   it('parses an EvalJob, resolves paths against the spec directory, applies defaults, expands sets', () => {
-    const spec = parseAnyJobSpec(evalJob('{ sets: [{ mgsm: data/mgsm, languages: [en, sw], limit: ' +
-      '5 }, { path: x.jsonl, format: msvamp, language: zh }] }'), { baseDir: '/base' });
+    const spec = parseAnyJobSpec(
+      evalJob(
+        '{ sets: [{ mgsm: data/mgsm, languages: [en, sw], limit: ' +
+          '5 }, { path: x.jsonl, format: msvamp, language: zh }] }',
+      ),
+      { baseDir: '/base' },
+    );
     expect(spec.kind).toBe('EvalJob');
     if (spec.kind !== 'EvalJob') return;
     expect(spec.spec.model.path).toBe('/base/m');
@@ -41,23 +46,35 @@ describe('EvalJob and LayerAnalysis specs', () => {
   });
 
   it('names every mistake by its field path', () => {
-    expect(issues(evalJob('{ sets: [{ mgsm: d, msvamp: e }], everySteps: 3, extra: 1 }'))).toEqual(['spec.eval.extra: unknown field']);
+    expect(issues(evalJob('{ sets: [{ mgsm: d, msvamp: e }], everySteps: 3, extra: 1 }'))).toEqual([
+      'spec.eval.extra: unknown field',
+    ]);
     expect(issues(evalJob('{ sets: [{ mgsm: d, msvamp: e }], everySteps: 3 }'))).toEqual([
       'spec.eval.sets[0]: must have only one of mgsm, msvamp',
       'spec.eval.everySteps: is only allowed on a TrainJob',
     ]);
-    expect(issues(evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, xx], format: mgsm-tsv }], maxNewTokens: 0 }'))).toEqual([
-      'spec.eval.maxNewTokens: must be > 0',
-    ]);
-    expect(issues(evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, tlh], ' +
-      'format: mgsm-tsv }, { msvamp: d, languages: [te] }] }'))).toEqual([
+    expect(
+      issues(
+        evalJob('{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, xx], format: mgsm-tsv }], maxNewTokens: 0 }'),
+      ),
+    ).toEqual(['spec.eval.maxNewTokens: must be > 0']);
+    expect(
+      issues(
+        evalJob(
+          '{ sets: [{ path: f.tsv }, { mgsm: d, languages: [en, tlh], ' +
+            'format: mgsm-tsv }, { msvamp: d, languages: [te] }] }',
+        ),
+      ),
+    ).toEqual([
       'spec.eval.sets[0].format: is required with path',
       'spec.eval.sets[0].language: is required with path',
       'spec.eval.sets[1].format: is only allowed with path (mgsm implies it)',
       'spec.eval.sets[1].languages[1]: mgsm has no "tlh" (it has bn, de, en, es, fr, ja, ru, sw, te, th, zh)',
       'spec.eval.sets[2].languages[0]: msvamp has no "te" (it has bn, de, en, es, fr, ja, ru, sw, th, zh)',
     ]);
-    expect(issues('apiVersion: polytune/v1\nkind: PredictJob\n')).toEqual(['kind: must be one of TrainJob, EvalJob, LayerAnalysis']);
+    expect(issues('apiVersion: polytune/v1\nkind: PredictJob\n')).toEqual([
+      'kind: must be one of TrainJob, EvalJob, LayerAnalysis',
+    ]);
   });
 
   it('LayerAnalysis: the probe must include English; k and threshold are checked', () => {
@@ -72,9 +89,18 @@ spec:
   output: { dir: out }
 `;
     const ok = parseAnyJobSpec(la('{ probe: [{ mgsm: d }] }'), { baseDir: '/b' });
-    expect(ok.kind === 'LayerAnalysis' && ok.spec.analysis).toMatchObject({ k: 6, threshold: 0.5, probe: [{ mgsm: '/b/d' }] });
-    expect(issues(la('{ probe: [{ mgsm: d, languages: [de, fr] }] }'))).toEqual(['spec.analysis.probe: must include English (en): overlap is measured against it']);
-    expect(issues(la('{ probe: [{ mgsm: d }], k: 0, threshold: 1.5 }'))).toEqual(['spec.analysis.k: must be > 0', 'spec.analysis.threshold: must be <= 1']);
+    expect(ok.kind === 'LayerAnalysis' && ok.spec.analysis).toMatchObject({
+      k: 6,
+      threshold: 0.5,
+      probe: [{ mgsm: '/b/d' }],
+    });
+    expect(issues(la('{ probe: [{ mgsm: d, languages: [de, fr] }] }'))).toEqual([
+      'spec.analysis.probe: must include English (en): overlap is measured against it',
+    ]);
+    expect(issues(la('{ probe: [{ mgsm: d }], k: 0, threshold: 1.5 }'))).toEqual([
+      'spec.analysis.k: must be > 0',
+      'spec.analysis.threshold: must be <= 1',
+    ]);
   });
 
   it('TrainJob: layers auto needs method.analysis, which needs layers auto; spec.eval sets are checked', () => {
@@ -90,15 +116,28 @@ spec:
   workers: { count: 1 }
   output: { dir: o }
 ${extra}`;
-    expect(issues(train('{ name: slam, layers: auto }'))).toEqual(['spec.method.analysis: is required with layers "auto" (the probe prompts of the layer analysis)']);
-    expect(issues(train('{ name: slam, layers: [0], analysis: { probe: [{ mgsm: d }] } }'))).toEqual(['spec.method.analysis: is only allowed with layers "auto"']);
-    expect(issues(train('{ name: slam, layers: auto, analysis: { probe: [{ mgsm: d }] } }', '  eval: { sets: [{ path: x }] }'))).toEqual([
-      'spec.eval.sets[0].format: is required with path',
-      'spec.eval.sets[0].language: is required with path',
+    expect(issues(train('{ name: slam, layers: auto }'))).toEqual([
+      'spec.method.analysis: is required with layers "auto" (the probe prompts of the layer analysis)',
     ]);
-    const spec = parseAnyJobSpec(train('{ name: slam, layers: auto, analysis: { probe: [{ mgsm: d }] } }', '  eval: { sets: [{ mgsm: e }], everySteps: 100 }'), { baseDir: '/b' });
+    expect(issues(train('{ name: slam, layers: [0], analysis: { probe: [{ mgsm: d }] } }'))).toEqual([
+      'spec.method.analysis: is only allowed with layers "auto"',
+    ]);
+    expect(
+      issues(
+        train('{ name: slam, layers: auto, analysis: { probe: [{ mgsm: d }] } }', '  eval: { sets: [{ path: x }] }'),
+      ),
+    ).toEqual(['spec.eval.sets[0].format: is required with path', 'spec.eval.sets[0].language: is required with path']);
+    const spec = parseAnyJobSpec(
+      train(
+        '{ name: slam, layers: auto, analysis: { probe: [{ mgsm: d }] } }',
+        '  eval: { sets: [{ mgsm: e }], everySteps: 100 }',
+      ),
+      { baseDir: '/b' },
+    );
     expect(spec.kind === 'TrainJob' && spec.spec.eval?.sets).toEqual([{ mgsm: '/b/e' }]);
     // (`'method' in`: a TrainJob with spec.stages has no top-level method; this one has one.)
-    expect(spec.kind === 'TrainJob' && 'method' in spec.spec && spec.spec.method.analysis?.probe).toEqual([{ mgsm: '/b/d' }]);
+    expect(spec.kind === 'TrainJob' && 'method' in spec.spec && spec.spec.method.analysis?.probe).toEqual([
+      { mgsm: '/b/d' },
+    ]);
   });
 });

@@ -11,7 +11,10 @@ describe('layer statistic', () => {
   //   layer 1: en fired [4,4,4] -> A_en = {0,1,2}; de fired [2,2,0] -> A_de = {0,1}
   //     share [1, 2/3] -> mean 5/6 -> msd (1/6)² = 1/36; overlap [1, 2/3] -> msd 1/36; score 2/36
   const counts = {
-    languages: ['en', 'de'], numLayers: 2, intermediate: 3, tokens: [4, 2],
+    languages: ['en', 'de'],
+    numLayers: 2,
+    intermediate: 3,
+    tokens: [4, 2],
     fired: [Float32Array.from([4, 2, 0, 4, 4, 4]), Float32Array.from([0, 1, 2, 2, 2, 0])],
   };
 

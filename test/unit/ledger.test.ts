@@ -17,7 +17,10 @@ describe('ledger', () => {
   it('a new generation going on from an earlier step rolls back what came after', () => {
     let l = run(EMPTY_LEDGER, 1, 3, 0, 7);
     l = run(l, 2, 2, 5, 9);
-    expect(l.committed).toEqual([{ from: 0, to: 5, generation: 1, worldSize: 3 }, { from: 5, to: 9, generation: 2, worldSize: 2 }]);
+    expect(l.committed).toEqual([
+      { from: 0, to: 5, generation: 1, worldSize: 3 },
+      { from: 5, to: 9, generation: 2, worldSize: 2 },
+    ]);
     expect(l.rolledBack).toEqual([{ from: 5, to: 7, generation: 1, worldSize: 3 }]);
     expect(ledgerGaps(l, 9)).toEqual({ missing: [], repeated: [] });
   });
@@ -34,7 +37,13 @@ describe('ledger', () => {
   });
 
   it('finds missing and repeated steps', () => {
-    const l: Ledger = { committed: [{ from: 0, to: 3, generation: 1, worldSize: 1 }, { from: 2, to: 4, generation: 2, worldSize: 1 }], rolledBack: [] };
+    const l: Ledger = {
+      committed: [
+        { from: 0, to: 3, generation: 1, worldSize: 1 },
+        { from: 2, to: 4, generation: 2, worldSize: 1 },
+      ],
+      rolledBack: [],
+    };
     expect(ledgerGaps(l, 6)).toEqual({ missing: [4, 5], repeated: [2] });
   });
 

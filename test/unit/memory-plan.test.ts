@@ -4,15 +4,36 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
 import {
-  activationBytes, fitsDevice, GiB, layerBytes, memoryFitIssues, planMemory, TAPE_PEAK, TAPE_SAVED,
+  activationBytes,
+  fitsDevice,
+  GiB,
+  layerBytes,
+  memoryFitIssues,
+  planMemory,
+  TAPE_PEAK,
+  TAPE_SAVED,
 } from '../../common/memory-plan.js';
 import { parseLlamaConfig } from '../../common/model-config.js';
 
 const CONFIGS = resolve(import.meta.dirname, '../../configs');
-const config7b = parseLlamaConfig(JSON.parse(readFileSync(join(CONFIGS, 'models/MetaMath-7B-V1.0/config.json'), 'utf8')));
+const config7b = parseLlamaConfig(
+  JSON.parse(readFileSync(join(CONFIGS, 'models/MetaMath-7B-V1.0/config.json'), 'utf8')),
+);
 
-function spec7b(over: { microBatchSize?: number; gradientCheckpointing?: boolean; gpu?: number; host?: number; optimizer?: string } = {}): JobSpec {
-  const workers = [`count: 8`, ...(over.gpu ? [`gpuMemoryGiB: ${over.gpu}`] : []), ...(over.host ? [`hostMemoryGiB: ${over.host}`] : [])];
+function spec7b(
+  over: {
+    microBatchSize?: number;
+    gradientCheckpointing?: boolean;
+    gpu?: number;
+    host?: number;
+    optimizer?: string;
+  } = {},
+): JobSpec {
+  const workers = [
+    `count: 8`,
+    ...(over.gpu ? [`gpuMemoryGiB: ${over.gpu}`] : []),
+    ...(over.host ? [`hostMemoryGiB: ${over.host}`] : []),
+  ];
   return parseJobSpec(`apiVersion: polytune/v1
 kind: TrainJob
 metadata: { name: plan-test }
@@ -32,14 +53,16 @@ spec:
 }
 
 describe('memory plan', () => {
-  it('counts a layer as the tape does: 25 hidden-sized, 2 ' +
-    'heads x T and 5 FFN-sized floats a token (LLaMA-2 7B)', () => {
-    const T = 1024;
-    const saved = layerBytes(config7b, { batch: 1, seqLen: T }, TAPE_SAVED);
-    expect(saved).toBe(4 * T * (25 * 4096 + 2 * 32 * T + 5 * 11008));
-    const peak = layerBytes(config7b, { batch: 2, seqLen: T }, TAPE_PEAK);
-    expect(peak).toBe(4 * 2 * T * (58 * 4096 + 4 * 32 * T + 11 * 11008));
-  });
+  it(
+    'counts a layer as the tape does: 25 hidden-sized, 2 ' + 'heads x T and 5 FFN-sized floats a token (LLaMA-2 7B)',
+    () => {
+      const T = 1024;
+      const saved = layerBytes(config7b, { batch: 1, seqLen: T }, TAPE_SAVED);
+      expect(saved).toBe(4 * T * (25 * 4096 + 2 * 32 * T + 5 * 11008));
+      const peak = layerBytes(config7b, { batch: 2, seqLen: T }, TAPE_PEAK);
+      expect(peak).toBe(4 * 2 * T * (58 * 4096 + 4 * 32 * T + 11 * 11008));
+    },
+  );
 
   it('7B at micro-batch 2 x 1024 without checkpointing needs far more than 80 GiB; with it, well under', () => {
     const off = planMemory(config7b, spec7b());
@@ -58,17 +81,20 @@ describe('memory plan', () => {
     expect(on.gpu.gradientSum).toBe(3 * 4 * on.parameters.trainable);
   });
 
-  it('host: the float32 model at load, master copies, AdamW ' +
-    'moments and the all-reduce vectors (SGD keeps no moments)', () => {
-    const p = planMemory(config7b, spec7b());
-    const G = 4 * p.parameters.trainable;
-    expect(p.host.masterCopies).toBe(G);
-    expect(p.host.optimizer).toBe(2 * G);
-    expect(p.host.loadWeights).toBe(p.gpu.weights);
-    expect(p.host.peak / 1e9).toBeGreaterThan(37);
-    expect(p.host.peak / 1e9).toBeLessThan(40);
-    expect(planMemory(config7b, spec7b({ optimizer: '{ name: sgd, lr: 0.1 }' })).host.optimizer).toBe(0);
-  });
+  it(
+    'host: the float32 model at load, master copies, AdamW ' +
+      'moments and the all-reduce vectors (SGD keeps no moments)',
+    () => {
+      const p = planMemory(config7b, spec7b());
+      const G = 4 * p.parameters.trainable;
+      expect(p.host.masterCopies).toBe(G);
+      expect(p.host.optimizer).toBe(2 * G);
+      expect(p.host.loadWeights).toBe(p.gpu.weights);
+      expect(p.host.peak / 1e9).toBeGreaterThan(37);
+      expect(p.host.peak / 1e9).toBeLessThan(40);
+      expect(planMemory(config7b, spec7b({ optimizer: '{ name: sgd, lr: 0.1 }' })).host.optimizer).toBe(0);
+    },
+  );
 
   it('a job that does not fit gets the numbers and the fix, with the field path', () => {
     const issues = memoryFitIssues(config7b, spec7b({ gpu: 80 }));

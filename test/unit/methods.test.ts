@@ -3,7 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { JobSpecError } from '../../common/errors.js';
 import { parseJobSpec } from '../../common/jobspec.js';
 import {
-  METHOD_NAMES, SUPPORTED_METHODS, methodIssues, methodModelIssues, methodSchema, trainableTensorNames,
+  METHOD_NAMES,
+  SUPPORTED_METHODS,
+  methodIssues,
+  methodModelIssues,
+  methodSchema,
+  trainableTensorNames,
 } from '../../common/methods/index.js';
 
 const spec = (method: string): string => `
@@ -48,25 +53,38 @@ describe('method blocks', () => {
     ]);
     expect(issues('{ name: full, bogus: 1 }')).toEqual(['spec.method.bogus: unknown field']);
     expect(issues('{ name: slam, layers: [1, 1] }')).toEqual(['spec.method.layers: must not repeat a layer']);
-    expect(issues('{ name: freeze, layers: [0], modules: [nope] }')[0]).toMatch(/^spec\.method\.modules\[0\]: must be one of/);
+    expect(issues('{ name: freeze, layers: [0], modules: [nope] }')[0]).toMatch(
+      /^spec\.method\.modules\[0\]: must be one of/,
+    );
   });
 
-  it('states its rules at the path it is given (a stage\'s method)', () => {
+  it("states its rules at the path it is given (a stage's method)", () => {
     const m = methodSchema.parse({ name: 'slam', layers: [0, 4, 0] });
-    expect(methodIssues(m, 'spec.stages[1].method')).toEqual([{ path: 'spec.stages[1].method.layers', message: 'must not repeat a layer' }]);
+    expect(methodIssues(m, 'spec.stages[1].method')).toEqual([
+      { path: 'spec.stages[1].method.layers', message: 'must not repeat a layer' },
+    ]);
     expect(methodModelIssues(m, 4, 'spec.stages[1].method')).toEqual([
       { path: 'spec.stages[1].method.layers[1]', message: "layer 4 is past the model's depth (4 layers: 0-3)" },
     ]);
   });
 
   it('names the tensors each method trains', () => {
-    const names = ['model.embed_tokens.weight', ...[0, 1].flatMap((l) => ['mlp.up_proj', 'mlp.down_proj', 'mlp.gate_proj']
-      .map((m) => `model.layers.${l}.${m}.weight`)), 'model.norm.weight'];
+    const names = [
+      'model.embed_tokens.weight',
+      ...[0, 1].flatMap((l) =>
+        ['mlp.up_proj', 'mlp.down_proj', 'mlp.gate_proj'].map((m) => `model.layers.${l}.${m}.weight`),
+      ),
+      'model.norm.weight',
+    ];
     expect(trainableTensorNames(methodSchema.parse({ name: 'slam' }), 2, names)).toEqual([
-      'model.layers.0.mlp.up_proj.weight', 'model.layers.0.mlp.down_proj.weight',
-      'model.layers.1.mlp.up_proj.weight', 'model.layers.1.mlp.down_proj.weight',
+      'model.layers.0.mlp.up_proj.weight',
+      'model.layers.0.mlp.down_proj.weight',
+      'model.layers.1.mlp.up_proj.weight',
+      'model.layers.1.mlp.down_proj.weight',
     ]);
     expect(trainableTensorNames(methodSchema.parse({ name: 'full' }), 2, names)).toEqual(names);
-    expect(() => trainableTensorNames(methodSchema.parse({ name: 'freeze', layers: [5] }), 2, names)).toThrow(/selects no tensor/);
+    expect(() => trainableTensorNames(methodSchema.parse({ name: 'freeze', layers: [5] }), 2, names)).toThrow(
+      /selects no tensor/,
+    );
   });
 });

@@ -1,45 +1,60 @@
 /** Which worker credentials are revoked when (coordinator/nats-revocation.ts), without NATS. */
 import { describe, expect, it } from 'vitest';
 import { isCredentialFailure } from '../../worker/job-nats.js';
-import { IssuedCredentials, WorkerCredentialLifecycle, type IssuedCredential } from '../../coordinator/nats-revocation.js';
+import {
+  IssuedCredentials,
+  WorkerCredentialLifecycle,
+  type IssuedCredential,
+} from '../../coordinator/nats-revocation.js';
 
 function fixture(): { lifecycle: WorkerCredentialLifecycle; revoked: string[][] } {
   let n = 0;
   const issuer = {
-    issueWorker: (jobId: string, workerId: string, generation?: number) => Promise.resolve({
-      creds: `creds ${workerId} ${jobId} ${generation}`, inboxPrefix: `_INBOX_${jobId}`, userPublicKey: `U${++n}`, expiresAt: 0,
-    }),
+    issueWorker: (jobId: string, workerId: string, generation?: number) =>
+      Promise.resolve({
+        creds: `creds ${workerId} ${jobId} ${generation}`,
+        inboxPrefix: `_INBOX_${jobId}`,
+        userPublicKey: `U${++n}`,
+        expiresAt: 0,
+      }),
   };
   const revoked: string[][] = [];
-  const revoker = { revoke: (c: readonly IssuedCredential[]) => (revoked.push(c.map((x) => x.userPublicKey)), Promise.resolve()) };
+  const revoker = {
+    revoke: (c: readonly IssuedCredential[]) => (revoked.push(c.map((x) => x.userPublicKey)), Promise.resolve()),
+  };
   return { lifecycle: new WorkerCredentialLifecycle(issuer, revoker), revoked };
 }
 
 describe('WorkerCredentialLifecycle', () => {
-  it('a new generation revokes the worker\'s previous ' +
-    'credential; a cancel of its job revokes the current one', async () => {
-    const { lifecycle, revoked } = fixture();
-    await lifecycle.forAssignment('w0', 'job-a', 1); // U1
-    await lifecycle.forAssignment('w1', 'job-a', 1); // U2
-    expect(revoked).toEqual([]);
-    await lifecycle.forAssignment('w0', 'job-a', 2); // U3
-    expect(revoked).toEqual([['U1']]);
-    lifecycle.end('w0', 'job-other', 'cancel of another job');
-    expect(revoked).toEqual([['U1']]);
-    lifecycle.end('w0', 'job-a', 'cancel');
-    expect(revoked).toEqual([['U1'], ['U3']]);
-    expect(lifecycle.outstanding).toBe(1);
-    lifecycle.end('w1', undefined, 'lost');
-    expect(revoked).toEqual([['U1'], ['U3'], ['U2']]);
-    expect(lifecycle.outstanding).toBe(0);
-    lifecycle.end('w1', undefined, 'idle again');
-    expect(revoked).toHaveLength(3);
-  });
+  it(
+    "a new generation revokes the worker's previous " + 'credential; a cancel of its job revokes the current one',
+    async () => {
+      const { lifecycle, revoked } = fixture();
+      await lifecycle.forAssignment('w0', 'job-a', 1); // U1
+      await lifecycle.forAssignment('w1', 'job-a', 1); // U2
+      expect(revoked).toEqual([]);
+      await lifecycle.forAssignment('w0', 'job-a', 2); // U3
+      expect(revoked).toEqual([['U1']]);
+      lifecycle.end('w0', 'job-other', 'cancel of another job');
+      expect(revoked).toEqual([['U1']]);
+      lifecycle.end('w0', 'job-a', 'cancel');
+      expect(revoked).toEqual([['U1'], ['U3']]);
+      expect(lifecycle.outstanding).toBe(1);
+      lifecycle.end('w1', undefined, 'lost');
+      expect(revoked).toEqual([['U1'], ['U3'], ['U2']]);
+      expect(lifecycle.outstanding).toBe(0);
+      lifecycle.end('w1', undefined, 'idle again');
+      expect(revoked).toHaveLength(3);
+    },
+  );
 
   it('without a revoker, credentials are forgotten (they expire)', async () => {
-    const lifecycle = new WorkerCredentialLifecycle({
-      issueWorker: () => Promise.resolve({ creds: 'c', inboxPrefix: 'i', userPublicKey: 'U', expiresAt: 1 }),
-    }, undefined);
+    const lifecycle = new WorkerCredentialLifecycle(
+      {
+        issueWorker: () => Promise.resolve({ creds: 'c', inboxPrefix: 'i', userPublicKey: 'U', expiresAt: 1 }),
+      },
+      undefined,
+    );
     await lifecycle.forAssignment('w', 'j', 1);
     lifecycle.end('w', undefined, 'idle');
     expect(lifecycle.outstanding).toBe(0);
@@ -47,7 +62,7 @@ describe('WorkerCredentialLifecycle', () => {
 });
 
 describe('IssuedCredentials', () => {
-  it('takes a worker\'s credentials, of one job or all', () => {
+  it("takes a worker's credentials, of one job or all", () => {
     const c = new IssuedCredentials();
     c.add('w', 'a', 1, { userPublicKey: 'U1', expiresAt: 0 });
     c.add('w', 'b', 1, { userPublicKey: 'U2', expiresAt: 0 });
@@ -60,7 +75,11 @@ describe('IssuedCredentials', () => {
 
 describe('isCredentialFailure (worker/job-nats.ts)', () => {
   it('knows an expired, revoked or refused credential from other errors', () => {
-    expect(isCredentialFailure(Object.assign(new Error('User Authentication Expired'), { name: 'UserAuthenticationExpiredError' }))).toBe(true);
+    expect(
+      isCredentialFailure(
+        Object.assign(new Error('User Authentication Expired'), { name: 'UserAuthenticationExpiredError' }),
+      ),
+    ).toBe(true);
     expect(isCredentialFailure(new Error('User Authentication Revoked'))).toBe(true);
     expect(isCredentialFailure(new Error("'Authorization Violation'"))).toBe(true);
     expect(isCredentialFailure(new Error('Permissions Violation for Publish to "x"'))).toBe(false);

@@ -5,7 +5,11 @@ import { learningRate } from '../../worker/train/schedule.js';
 
 // Made by scripts/golden-optimizers.py with PyTorch's AdamW, SGD and clip_grad_norm_.
 const golden = JSON.parse(readFileSync(new URL('../golden/optimizers.json', import.meta.url), 'utf8')) as {
-  p0: number[]; grads: number[][]; adamw: number[][]; adamwNorms: number[]; sgd: number[][];
+  p0: number[];
+  grads: number[][];
+  adamw: number[][];
+  adamwNorms: number[];
+  sgd: number[][];
   schedule: { total: number; warmupRatio: number; cosine: number[]; linear: number[] };
 };
 
@@ -57,6 +61,8 @@ describe('schedules against HF transformers formulas', () => {
     }
   });
   it('constant with warm-up', () => {
-    expect([0, 1, 2, 3].map((s) => learningRate(1, { name: 'constant', warmupRatio: 0.5 }, s, 4))).toEqual([0, 0.5, 1, 1]);
+    expect([0, 1, 2, 3].map((s) => learningRate(1, { name: 'constant', warmupRatio: 0.5 }, s, 4))).toEqual([
+      0, 0.5, 1, 1,
+    ]);
   });
 });

@@ -4,7 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
-  isMarkerOf, isMarkerTemporary, MARKER_MAX_BYTES, MARKER_NAME, markerContent, markerMismatch, parseMarker, readMarker,
+  isMarkerOf,
+  isMarkerTemporary,
+  MARKER_MAX_BYTES,
+  MARKER_NAME,
+  markerContent,
+  markerMismatch,
+  parseMarker,
+  readMarker,
   writeMarker,
 } from '../../common/output-marker.js';
 
@@ -20,20 +27,29 @@ describe('the output marker', () => {
 
   it('an empty or old one-sentence marker is legacy; anything else not ours is invalid, never an error', () => {
     expect(parseMarker('')).toEqual({ kind: 'legacy' });
-    expect(parseMarker('This directory is written by polytune jobs.\nThis directory is written by polytune jobs.\n'))
-      .toEqual({ kind: 'legacy' });
-    expect(parseMarker('written by polytune; a final/ without this file is never replaced\n'))
-      .toEqual({ kind: 'legacy' });
+    expect(
+      parseMarker('This directory is written by polytune jobs.\nThis directory is written by polytune jobs.\n'),
+    ).toEqual({ kind: 'legacy' });
+    expect(parseMarker('written by polytune; a final/ without this file is never replaced\n')).toEqual({
+      kind: 'legacy',
+    });
     for (const text of [
-      'garbage', '{', '[]', 'null', '"my-job"', '{"job":"my-job"}', '{"job":"my-job","by":"someone"}',
-      '{"job":"../etc","by":"polytune"}', '{"job":7,"by":"polytune"}',
+      'garbage',
+      '{',
+      '[]',
+      'null',
+      '"my-job"',
+      '{"job":"my-job"}',
+      '{"job":"my-job","by":"someone"}',
+      '{"job":"../etc","by":"polytune"}',
+      '{"job":7,"by":"polytune"}',
       `{"job":"${'a'.repeat(MARKER_MAX_BYTES)}","by":"polytune"}`,
     ]) {
       expect(parseMarker(text), text).toEqual({ kind: 'invalid' });
     }
   });
 
-  it('reads and writes a directory\'s marker: missing, a job, bounded, not a file', async () => {
+  it("reads and writes a directory's marker: missing, a job, bounded, not a file", async () => {
     const dir = tmp();
     expect(await readMarker(join(dir, 'nope'))).toEqual({ kind: 'missing' });
     expect(await readMarker(dir)).toEqual({ kind: 'missing' });
@@ -62,8 +78,9 @@ describe('the output marker', () => {
     expect(isMarkerOf({ kind: 'legacy' }, 'mine')).toBe(false);
     expect(markerMismatch(mine, 'mine', '/out')).toBeUndefined();
     expect(markerMismatch(mine, 'other', '/out')).toBe('/out belongs to job "mine" (its .polytune marker)');
-    expect(markerMismatch({ kind: 'legacy' }, 'other', '/out'))
-      .toMatch(/write \{"job":"other","by":"polytune"\} into \/out\/.polytune/);
+    expect(markerMismatch({ kind: 'legacy' }, 'other', '/out')).toMatch(
+      /write \{"job":"other","by":"polytune"\} into \/out\/.polytune/,
+    );
     expect(markerMismatch({ kind: 'invalid' }, 'other', '/out')).toMatch(/marker polytune did not write/);
   });
 });

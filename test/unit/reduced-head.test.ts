@@ -52,10 +52,19 @@ describe('checkReducedHead', () => {
     const h = head(1, -12345.5, 200, 0, 0, 0, 0);
     const metrics = createWorkerMetrics(new PromMeter());
     // What the trainer would have reported without the check: prom-client throws.
-    expect(() => metrics.step('j', {
-      loss: 1, tokensPerSecond: 1, supervisedTokens: h[1]!, stepSeconds: 1, computeSeconds: 0, allReduceSeconds: 0,
-      optimizerSeconds: 0, allReduceBytes: 0, skipped: false,
-    })).toThrow(/not possible to decrease a counter/);
+    expect(() =>
+      metrics.step('j', {
+        loss: 1,
+        tokensPerSecond: 1,
+        supervisedTokens: h[1]!,
+        stepSeconds: 1,
+        computeSeconds: 0,
+        allReduceSeconds: 0,
+        optimizerSeconds: 0,
+        allReduceBytes: 0,
+        skipped: false,
+      }),
+    ).toThrow(/not possible to decrease a counter/);
     expect(() => checkReducedHead(h, bounds)).toThrow(ReducedHeadError);
   });
 });

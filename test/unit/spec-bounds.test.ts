@@ -19,12 +19,16 @@ interface Train {
 
 function trainSpec(patch: (s: Train) => void): string {
   const spec: Train = {
-    apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'bounds' },
+    apiVersion: 'polytune/v1',
+    kind: 'TrainJob',
+    metadata: { name: 'bounds' },
     spec: {
-      model: { path: '/m' }, method: { name: 'slam', layers: [0] },
+      model: { path: '/m' },
+      method: { name: 'slam', layers: [0] },
       data: { train: [{ path: '/d.jsonl', format: 'alpaca' }] },
       training: { epochs: 1, globalBatchSize: 8, microBatchSize: 2, optimizer: { name: 'sgd', lr: 0.1 } },
-      workers: { count: 2 }, output: { dir: '/out' },
+      workers: { count: 2 },
+      output: { dir: '/out' },
     },
   };
   patch(spec['spec'] as Train);
@@ -45,28 +49,80 @@ const sub = (o: Train, k: string): Train => o[k] as Train;
 
 describe('spec bounds', () => {
   const cases: [string, (s: Train) => void, string, RegExp][] = [
-    ['weight', (s) => ((sub(s, 'data')['train'] as Train[])[0]!['weight'] = 1e6), 'spec.data.train[0].weight', /<= 1000/],
-    ['weight 1e308', (s) => ((sub(s, 'data')['train'] as Train[])[0]!['weight'] = 1e308), 'spec.data.train[0].weight', /<= 1000/],
-    ['timeoutSeconds', (s) => (s['collective'] = { timeoutSeconds: 2_147_484 }), 'spec.collective.timeoutSeconds', /2147483/],
+    [
+      'weight',
+      (s) => ((sub(s, 'data')['train'] as Train[])[0]!['weight'] = 1e6),
+      'spec.data.train[0].weight',
+      /<= 1000/,
+    ],
+    [
+      'weight 1e308',
+      (s) => ((sub(s, 'data')['train'] as Train[])[0]!['weight'] = 1e308),
+      'spec.data.train[0].weight',
+      /<= 1000/,
+    ],
+    [
+      'timeoutSeconds',
+      (s) => (s['collective'] = { timeoutSeconds: 2_147_484 }),
+      'spec.collective.timeoutSeconds',
+      /2147483/,
+    ],
     ['workers.count', (s) => (s['workers'] = { count: 5000 }), 'spec.workers.count', /<= 4096/],
     ['workers.min', (s) => (s['workers'] = { count: 2, min: 1e9 }), 'spec.workers.min', /<= 4096/],
     ['maxSeqLen', (s) => (sub(s, 'data')['maxSeqLen'] = 1e6), 'spec.data.maxSeqLen', /<= 131072/],
     ['microBatchSize', (s) => (sub(s, 'training')['microBatchSize'] = 1e5), 'spec.training.microBatchSize', /<= 4096/],
-    ['globalBatchSize', (s) => (sub(s, 'training')['globalBatchSize'] = 1e9), 'spec.training.globalBatchSize', /<= 1048576/],
+    [
+      'globalBatchSize',
+      (s) => (sub(s, 'training')['globalBatchSize'] = 1e9),
+      'spec.training.globalBatchSize',
+      /<= 1048576/,
+    ],
     ['epochs', (s) => (sub(s, 'training')['epochs'] = 1e6), 'spec.training.epochs', /<= 10000/],
     ['maxSteps', (s) => (sub(s, 'training')['maxSteps'] = 1e12), 'spec.training.maxSteps', /<= 100000000/],
-    ['lr', (s) => (sub(s, 'training')['optimizer'] = { name: 'sgd', lr: 1e300 }), 'spec.training.optimizer.lr', /<= 1000/],
+    [
+      'lr',
+      (s) => (sub(s, 'training')['optimizer'] = { name: 'sgd', lr: 1e300 }),
+      'spec.training.optimizer.lr',
+      /<= 1000/,
+    ],
     ['seed', (s) => (sub(s, 'training')['seed'] = 2 ** 40), 'spec.training.seed', /<= 4294967295/],
-    ['checkpoint.everySteps', (s) => (s['checkpoint'] = { everySteps: 1e10 }), 'spec.checkpoint.everySteps', /<= 100000000/],
+    [
+      'checkpoint.everySteps',
+      (s) => (s['checkpoint'] = { everySteps: 1e10 }),
+      'spec.checkpoint.everySteps',
+      /<= 100000000/,
+    ],
     ['checkpoint.keep', (s) => (s['checkpoint'] = { keep: 1e6 }), 'spec.checkpoint.keep', /<= 1000/],
-    ['template size', (s) => (sub(s, 'data')['template'] = `{question}${'x'.repeat(70_000)}`), 'spec.data.template', /at most 65536 bytes/],
-    ['eval.maxNewTokens', (s) => (s['eval'] = { sets: [{ path: '/p.tsv', format: 'mgsm-tsv', language: 'sw' }], maxNewTokens: 1e9 }),
-      'spec.eval.maxNewTokens', /<= 131072/],
-    ['eval.batchSize', (s) => (s['eval'] = { sets: [{ path: '/p.tsv', format: 'mgsm-tsv', language: 'sw' }], batchSize: 1e9 }),
-      'spec.eval.batchSize', /<= 4096/],
-    ['eval.sets[].limit', (s) => (s['eval'] = { sets: [{ mgsm: '/mgsm', limit: 1e12 }] }), 'spec.eval.sets[0].limit', /<= 10000000/],
-    ['eval template size', (s) => (s['eval'] = { sets: [{ mgsm: '/mgsm' }], template: `{question}${'y'.repeat(70_000)}` }),
-      'spec.eval.template', /at most 65536 bytes/],
+    [
+      'template size',
+      (s) => (sub(s, 'data')['template'] = `{question}${'x'.repeat(70_000)}`),
+      'spec.data.template',
+      /at most 65536 bytes/,
+    ],
+    [
+      'eval.maxNewTokens',
+      (s) => (s['eval'] = { sets: [{ path: '/p.tsv', format: 'mgsm-tsv', language: 'sw' }], maxNewTokens: 1e9 }),
+      'spec.eval.maxNewTokens',
+      /<= 131072/,
+    ],
+    [
+      'eval.batchSize',
+      (s) => (s['eval'] = { sets: [{ path: '/p.tsv', format: 'mgsm-tsv', language: 'sw' }], batchSize: 1e9 }),
+      'spec.eval.batchSize',
+      /<= 4096/,
+    ],
+    [
+      'eval.sets[].limit',
+      (s) => (s['eval'] = { sets: [{ mgsm: '/mgsm', limit: 1e12 }] }),
+      'spec.eval.sets[0].limit',
+      /<= 10000000/,
+    ],
+    [
+      'eval template size',
+      (s) => (s['eval'] = { sets: [{ mgsm: '/mgsm' }], template: `{question}${'y'.repeat(70_000)}` }),
+      'spec.eval.template',
+      /at most 65536 bytes/,
+    ],
   ];
   it.each(cases)('refuses %s with its field path', (_name, patch, path, message) => {
     const issues = refusal(trainSpec(patch));
@@ -75,43 +131,75 @@ describe('spec bounds', () => {
   });
 
   it('accepts every limit itself', () => {
-    const spec = parseJobSpec(trainSpec((s) => {
-      (sub(s, 'data')['train'] as Train[])[0]!['weight'] = SPEC_LIMITS.weight;
-      s['collective'] = { timeoutSeconds: SPEC_LIMITS.timeoutSeconds };
-      s['workers'] = { count: SPEC_LIMITS.workers };
-      sub(s, 'data')['maxSeqLen'] = SPEC_LIMITS.maxSeqLen;
-      sub(s, 'training')['globalBatchSize'] = SPEC_LIMITS.globalBatchSize;
-    }));
+    const spec = parseJobSpec(
+      trainSpec((s) => {
+        (sub(s, 'data')['train'] as Train[])[0]!['weight'] = SPEC_LIMITS.weight;
+        s['collective'] = { timeoutSeconds: SPEC_LIMITS.timeoutSeconds };
+        s['workers'] = { count: SPEC_LIMITS.workers };
+        sub(s, 'data')['maxSeqLen'] = SPEC_LIMITS.maxSeqLen;
+        sub(s, 'training')['globalBatchSize'] = SPEC_LIMITS.globalBatchSize;
+      }),
+    );
     expect(spec.spec.collective.timeoutSeconds).toBe(2_147_483);
   });
 
   it('bounds the analysis and EvalJob numbers', () => {
-    const la = { apiVersion: 'polytune/v1', kind: 'LayerAnalysis', metadata: { name: 'la' },
-      spec: { model: { path: '/m' }, analysis: { probe: [{ mgsm: '/mgsm', languages: ['en', 'sw'] }], k: 1e6, maxSeqLen: 1e7 },
-        workers: { count: 1 }, output: { dir: '/o' } } };
+    const la = {
+      apiVersion: 'polytune/v1',
+      kind: 'LayerAnalysis',
+      metadata: { name: 'la' },
+      spec: {
+        model: { path: '/m' },
+        analysis: { probe: [{ mgsm: '/mgsm', languages: ['en', 'sw'] }], k: 1e6, maxSeqLen: 1e7 },
+        workers: { count: 1 },
+        output: { dir: '/o' },
+      },
+    };
     const paths = refusal(JSON.stringify(la)).map((i) => i.path);
     expect(paths).toEqual(expect.arrayContaining(['spec.analysis.k', 'spec.analysis.maxSeqLen']));
-    const ev = { apiVersion: 'polytune/v1', kind: 'EvalJob', metadata: { name: 'ev' },
-      spec: { model: { path: '/m' }, eval: { sets: [{ mgsm: '/mgsm' }], stop: ['x'.repeat(2000)] }, workers: { count: 9999 }, output: { dir: '/o' } } };
-    expect(refusal(JSON.stringify(ev)).map((i) => i.path)).toEqual(expect.arrayContaining(['spec.eval.stop[0]', 'spec.workers.count']));
+    const ev = {
+      apiVersion: 'polytune/v1',
+      kind: 'EvalJob',
+      metadata: { name: 'ev' },
+      spec: {
+        model: { path: '/m' },
+        eval: { sets: [{ mgsm: '/mgsm' }], stop: ['x'.repeat(2000)] },
+        workers: { count: 9999 },
+        output: { dir: '/o' },
+      },
+    };
+    expect(refusal(JSON.stringify(ev)).map((i) => i.path)).toEqual(
+      expect.arrayContaining(['spec.eval.stop[0]', 'spec.workers.count']),
+    );
   });
 
   it('refuses a mixture of more than 10M samples an epoch before allocating it', async () => {
-    const records = Array.from({ length: 20_000 }, () => ({ kind: 'text' as const, question: 'q', output: 'a', language: undefined }));
-    expect(() => mixSamples([{ records, weight: 1000 }], 'none', 1)).toThrow(/spec.data.train: .*20000000 samples an epoch; at most 10000000/);
+    const records = Array.from({ length: 20_000 }, () => ({
+      kind: 'text' as const,
+      question: 'q',
+      output: 'a',
+      language: undefined,
+    }));
+    expect(() => mixSamples([{ records, weight: 1000 }], 'none', 1)).toThrow(
+      /spec.data.train: .*20000000 samples an epoch; at most 10000000/,
+    );
     const ok = await mixSamplesAsync([{ records, weight: 2.5 }], 'none', 1);
     expect(ok.length).toBe(50_000);
     expect([...ok]).toEqual([...mixSamples([{ records, weight: 2.5 }], 'none', 1)]);
   });
 
   it('refuses a plan of more steps than the limit', () => {
-    expect(() => planSteps(10_000_000, { epochs: 10_000, globalBatchSize: 1 } as never)).toThrow(/spec.training.epochs: makes 100000000000 steps/);
+    expect(() => planSteps(10_000_000, { epochs: 10_000, globalBatchSize: 1 } as never)).toThrow(
+      /spec.training.epochs: makes 100000000000 steps/,
+    );
   });
 
   it('keeps the DNS label rule in one place', () => {
     expect(isJobName('a'.repeat(63))).toBe(true);
     expect(isJobName('a'.repeat(64))).toBe(false);
-    expect(refusal(trainSpec(() => undefined).replace('"bounds"', '"Bad_Name"')).map((i) => i.path)).toEqual(['metadata.name']);
+    expect(refusal(trainSpec(() => undefined).replace('"bounds"', '"Bad_Name"')).map((i) => i.path)).toEqual([
+      'metadata.name',
+    ]);
   });
 });
 
@@ -126,7 +214,7 @@ describe('errors name a file and what is wrong, never its contents', () => {
     expect((err as Error).message).not.toContain('root');
   });
 
-  it('a config.json that is someone else\'s JSON is not quoted back', async () => {
+  it("a config.json that is someone else's JSON is not quoted back", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'polytune-bounds-'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'ghp_s3cr3t-t0ken/with+symbols', auths: {} }));
     const err = await readLlamaConfig(dir).catch((e: unknown) => e);

@@ -32,7 +32,10 @@ spec:
   output: { dir: out }
 ${extra}`;
 
-const TWO = staged(stage('translate', '{ name: slam, layers: [0] }', 'data/p.jsonl') + stage('answer', '{ name: freeze, layers: [1], modules: [q_proj] }'));
+const TWO = staged(
+  stage('translate', '{ name: slam, layers: [0] }', 'data/p.jsonl') +
+    stage('answer', '{ name: freeze, layers: [1], modules: [q_proj] }'),
+);
 
 function issuesOf(text: string): { path: string; message: string }[] {
   try {
@@ -54,9 +57,17 @@ describe('spec.stages', () => {
   it('parses each stage with the single-stage blocks: defaults applied, paths resolved', () => {
     const spec = parseStaged(TWO);
     expect(spec.spec.stages.map((s) => s.name)).toEqual(['translate', 'answer']);
-    expect(spec.spec.stages[0]!.data).toMatchObject({ train: [{ path: '/base/data/p.jsonl', format: 'alpaca', weight: 1 }], template: 'slam', shuffle: true });
+    expect(spec.spec.stages[0]!.data).toMatchObject({
+      train: [{ path: '/base/data/p.jsonl', format: 'alpaca', weight: 1 }],
+      template: 'slam',
+      shuffle: true,
+    });
     expect(spec.spec.stages[1]!.training).toMatchObject({ maxSteps: 3, microBatchSize: 4, gradClip: 1, seed: 42 });
-    expect(spec.spec).toMatchObject({ model: { path: '/base/model' }, output: { dir: '/base/out' }, checkpoint: { everySteps: 2, keep: 3 } });
+    expect(spec.spec).toMatchObject({
+      model: { path: '/base/model' },
+      output: { dir: '/base/out' },
+      checkpoint: { everySteps: 2, keep: 3 },
+    });
     // What a client sends the coordinator (the parsed spec as JSON) parses to the same spec.
     expect(parseAnyJobSpec(JSON.stringify(spec))).toEqual(spec);
   });
@@ -96,7 +107,11 @@ describe('spec.stages', () => {
   });
 
   it('refuses top-level method, data or training beside stages', () => {
-    const text = TWO.replace('  stages:', '  method: { name: full }\n  training: { maxSteps: 1, globalBatchSize: 2, optimizer: { name: sgd, lr: 1 } }\n  stages:');
+    const text = TWO.replace(
+      '  stages:',
+      '  method: { name: full }\n' +
+        '  training: { maxSteps: 1, globalBatchSize: 2, optimizer: { name: sgd, lr: 1 } }\n  stages:',
+    );
     const issues = issuesOf(text);
     expect(issues.map((i) => i.path)).toEqual(['spec.method', 'spec.training']);
     expect(issues[0]!.message).toMatch(/not allowed with spec.stages/);
@@ -109,11 +124,18 @@ describe('spec.stages', () => {
     expect(issuesOf(staged(stage('a', '{ name: slam }') + stage('b', '{ name: freeze, layerz: [1] }')))).toContainEqual(
       { path: 'spec.stages[1].method.layerz', message: 'unknown field' },
     );
-    const rules = issuesOf(staged(stage('a', '{ name: slam }') + stage('b', '{ name: freeze }').replace('globalBatchSize: 4', 'globalBatchSize: 1')));
+    const rules = issuesOf(
+      staged(
+        stage('a', '{ name: slam }') +
+          stage('b', '{ name: freeze }').replace('globalBatchSize: 4', 'globalBatchSize: 1'),
+      ),
+    );
     expect(rules).toContainEqual({ path: 'spec.stages[1].method.layers', message: 'is required for method freeze' });
     expect(rules.map((i) => i.path)).toContain('spec.stages[1].training.globalBatchSize');
     expect(rules.map((i) => i.path).filter((p) => p.startsWith('spec.stages[0]'))).toEqual([]);
-    const names = issuesOf(staged(stage('a', '{ name: slam }') + stage('a', '{ name: slam }') + stage('final', '{ name: slam }')));
+    const names = issuesOf(
+      staged(stage('a', '{ name: slam }') + stage('a', '{ name: slam }') + stage('final', '{ name: slam }')),
+    );
     expect(names).toEqual([
       { path: 'spec.stages[1].name', message: '"a" is already the name of spec.stages[0]' },
       expect.objectContaining({ path: 'spec.stages[2].name', message: expect.stringMatching(/reserved/) as string }),
@@ -121,21 +143,36 @@ describe('spec.stages', () => {
     expect(issuesOf(staged(stage('a', '{ name: slam }') + stage('Not_DNS', '{ name: slam }')))).toEqual([
       expect.objectContaining({ path: 'spec.stages[1].name', message: expect.stringMatching(/DNS-1123/) as string }),
     ]);
-    expect(issuesOf(staged(''.padEnd(0)).replace('  stages:', '  stages: []'))).toEqual([{ path: 'spec.stages', message: 'must list at least one stage' }]);
+    expect(issuesOf(staged(''.padEnd(0)).replace('  stages:', '  stages: []'))).toEqual([
+      { path: 'spec.stages', message: 'must list at least one stage' },
+    ]);
   });
 
   it("checks every stage's files and layers against the job's model, naming spec.stages[i]", async () => {
     const dir = await mkdtemp(join(tmpdir(), 'polytune-stages-'));
-    await writeFile(join(dir, 'config.json'), JSON.stringify({
-      model_type: 'llama', num_hidden_layers: 2, hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_key_value_heads: 2, vocab_size: 32,
-    }));
+    await writeFile(
+      join(dir, 'config.json'),
+      JSON.stringify({
+        model_type: 'llama',
+        num_hidden_layers: 2,
+        hidden_size: 8,
+        intermediate_size: 16,
+        num_attention_heads: 2,
+        num_key_value_heads: 2,
+        vocab_size: 32,
+      }),
+    );
     await writeFile(join(dir, 'model.safetensors'), Buffer.alloc(16));
     await writeFile(join(dir, 'tokenizer.json'), '{}');
     await writeFile(join(dir, 'a.jsonl'), '{"instruction":"q","output":"a"}\n');
-    const text = staged(stage('a', '{ name: slam, layers: [0] }', 'a.jsonl') + stage('b', '{ name: freeze, layers: [5, 0] }', 'missing.jsonl'))
-      .replace('path: model', `path: ${dir}`);
+    const text = staged(
+      stage('a', '{ name: slam, layers: [0] }', 'a.jsonl') +
+        stage('b', '{ name: freeze, layers: [5, 0] }', 'missing.jsonl'),
+    ).replace('path: model', `path: ${dir}`);
     const spec = parseAnyJobSpec(text, { baseDir: dir });
-    const err = await jobKindOf(spec).validateFiles(spec, 'job.yaml').catch((e: unknown) => e as JobSpecError);
+    const err = await jobKindOf(spec)
+      .validateFiles(spec, 'job.yaml')
+      .catch((e: unknown) => e as JobSpecError);
     expect(err).toBeInstanceOf(JobSpecError);
     expect((err as JobSpecError).issues).toEqual([
       { path: 'spec.stages[1].method.layers[0]', message: "layer 5 is past the model's depth (2 layers: 0-1)" },
@@ -147,17 +184,21 @@ describe('spec.stages', () => {
     const { numLayers, parameters } = await jobKindOf(ok).validateFiles(ok);
     expect(numLayers).toBe(2);
     expect(parameters.trainable).toBeGreaterThan(0);
-    expect(jobKindOf(ok).describe(ok, parameters)).toMatch(/^2 stages: a \(slam\), b \(freeze\); a stage trains at most/);
+    expect(jobKindOf(ok).describe(ok, parameters)).toMatch(
+      /^2 stages: a \(slam\), b \(freeze\); a stage trains at most/,
+    );
     expect(jobKindOf(ok).stageNames(ok)).toEqual(['a', 'b']);
   });
 
   it("counts the job's steps as the stages' end to end", async () => {
     const dir = await mkdtemp(join(tmpdir(), 'polytune-stages-'));
-    const rows = (n: number): string => Array.from({ length: n }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: 'a' })).join('\n') + '\n';
+    const rows = (n: number): string =>
+      Array.from({ length: n }, (_, i) => JSON.stringify({ instruction: `q${i}`, output: 'a' })).join('\n') + '\n';
     await writeFile(join(dir, 'p.jsonl'), rows(10));
     await writeFile(join(dir, 'a.jsonl'), rows(6));
     const text = staged(
-      stage('a', '{ name: slam }', 'p.jsonl').replace('maxSteps: 3', 'epochs: 2') + stage('b', '{ name: slam }', 'a.jsonl').replace('maxSteps: 3', 'epochs: 1'),
+      stage('a', '{ name: slam }', 'p.jsonl').replace('maxSteps: 3', 'epochs: 2') +
+        stage('b', '{ name: slam }', 'a.jsonl').replace('maxSteps: 3', 'epochs: 1'),
     );
     const resolved = parseAnyJobSpec(text, { baseDir: dir });
     expect(await trainJobStageSteps(resolved as StagedJobSpec)).toEqual([6, 2]); // ceil(10/4) * 2, ceil(6/4)

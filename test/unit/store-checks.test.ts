@@ -16,16 +16,22 @@ import { assertFinalReplaceable, FINAL_MARKER } from '../../worker/train/outputs
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'polytune-store-'));
 
 function spec(dir: string, data = join(dir, 'data', 'a.jsonl'), out = join(dir, 'runs', 'job')) {
-  return parseAnyJobSpec(JSON.stringify({
-    apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'store-check' },
-    spec: {
-      model: { path: join(dir, 'data', 'model') }, method: { name: 'slam', layers: [0] },
-      data: { train: [{ path: data, format: 'alpaca' }] },
-      training: { epochs: 1, globalBatchSize: 2, optimizer: { name: 'sgd', lr: 0.1 } },
-      workers: { count: 1 }, output: { dir: out },
-      eval: { sets: [{ mgsm: join(dir, 'data', 'mgsm'), languages: ['sw'] }] },
-    },
-  }));
+  return parseAnyJobSpec(
+    JSON.stringify({
+      apiVersion: 'polytune/v1',
+      kind: 'TrainJob',
+      metadata: { name: 'store-check' },
+      spec: {
+        model: { path: join(dir, 'data', 'model') },
+        method: { name: 'slam', layers: [0] },
+        data: { train: [{ path: data, format: 'alpaca' }] },
+        training: { epochs: 1, globalBatchSize: 2, optimizer: { name: 'sgd', lr: 0.1 } },
+        workers: { count: 1 },
+        output: { dir: out },
+        eval: { sets: [{ mgsm: join(dir, 'data', 'mgsm'), languages: ['sw'] }] },
+      },
+    }),
+  );
 }
 
 describe('stored records', () => {
@@ -35,12 +41,26 @@ describe('stored records', () => {
     expect(r.ok && r.record).toEqual(good);
   });
   it('not JSON, the wrong shape, another key, an invalid spec: each refused with why', () => {
-    expect(parseStoredRecord(good.id, 'root:x:0:0')).toMatchObject({ ok: false, reason: 'unreadable', message: 'not JSON' });
-    expect(parseStoredRecord(good.id, JSON.stringify({ ...good, step: -1 }))).toMatchObject({ ok: false, reason: 'unreadable' });
-    expect(parseStoredRecord('other-abcde', JSON.stringify(good))).toMatchObject({ ok: false, message: expect.stringMatching(/not other-abcde/) });
+    expect(parseStoredRecord(good.id, 'root:x:0:0')).toMatchObject({
+      ok: false,
+      reason: 'unreadable',
+      message: 'not JSON',
+    });
+    expect(parseStoredRecord(good.id, JSON.stringify({ ...good, step: -1 }))).toMatchObject({
+      ok: false,
+      reason: 'unreadable',
+    });
+    expect(parseStoredRecord('other-abcde', JSON.stringify(good))).toMatchObject({
+      ok: false,
+      message: expect.stringMatching(/not other-abcde/),
+    });
     const bad = { ...good, spec: { ...good.spec, spec: { ...good.spec.spec, collective: { timeoutSeconds: 1e9 } } } };
     const r = parseStoredRecord(good.id, JSON.stringify(bad));
-    expect(r).toMatchObject({ ok: false, reason: 'spec', message: expect.stringMatching(/spec.collective.timeoutSeconds: must be <= 2147483/) });
+    expect(r).toMatchObject({
+      ok: false,
+      reason: 'spec',
+      message: expect.stringMatching(/spec.collective.timeoutSeconds: must be <= 2147483/),
+    });
     expect(!r.ok && r.record?.id).toBe(good.id);
   });
 });
@@ -71,7 +91,7 @@ describe('files a job may touch', () => {
     expect(p.outputs).toEqual([{ at: 'spec.output.dir', path: '/x/runs/job' }]);
   });
 
-  it('storage roots: inside is fine; outside, or escaping through a symbolic link, is refused with the path', async () => {
+  it('storage roots: inside is fine; outside, or escaping through a link, is refused with the path', async () => {
     const dir = tmp();
     mkdirSync(join(dir, 'data'));
     mkdirSync(join(dir, 'runs'));
@@ -82,10 +102,12 @@ describe('files a job may touch', () => {
     expect(escaped.map((i) => i.path)).toEqual(['spec.data.train[0].path', 'spec.output.dir']);
     expect(escaped[0]!.message).toMatch(/data\/etc\/passwd \(\/etc\/passwd\) is not under a data root/);
     expect(escaped[1]!.message).toMatch(/is not inside an output root/);
-    await expect(resolveStorageRoots({ dataRoots: [join(dir, 'nope')] })).rejects.toThrow(/--data-root: .*nope: ENOENT/);
+    await expect(resolveStorageRoots({ dataRoots: [join(dir, 'nope')] })).rejects.toThrow(
+      /--data-root: .*nope: ENOENT/,
+    );
   });
 
-  it('storage roots: a path through a link and `..` is normalised at parse, so the check and the open see one path', async () => {
+  it('storage roots: a path through a link and `..` is normalised at parse: checked as opened', async () => {
     const dir = tmp();
     mkdirSync(join(dir, 'data'));
     mkdirSync(join(dir, 'elsewhere', 'deep'), { recursive: true });
@@ -103,7 +125,7 @@ describe('files a job may touch', () => {
     expect(through.map((i) => i.path)).toEqual(['spec.data.train[0].path']);
   });
 
-  it('an output dir: missing, empty or marked is fine; someone else\'s files or a file are refused', async () => {
+  it("an output dir: missing, empty or marked is fine; someone else's files or a file are refused", async () => {
     const dir = tmp();
     expect(await outputDirIssues(join(dir, 'missing'), 'mine')).toEqual([]);
     mkdirSync(join(dir, 'empty'));
@@ -127,7 +149,8 @@ describe('files a job may touch', () => {
     expect(await outputDirIssues(join(dir, 'out'), 'other-job')).toEqual([]);
     const [issue] = await outputDirIssues(join(dir, 'out'), 'mine');
     expect(issue).toEqual({
-      path: 'spec.output.dir', message: expect.stringMatching(/out belongs to job "other-job"/),
+      path: 'spec.output.dir',
+      message: expect.stringMatching(/out belongs to job "other-job"/),
     });
     writeFileSync(join(dir, 'out', '.polytune'), '');
     const [old] = await outputDirIssues(join(dir, 'out'), 'mine');

@@ -9,10 +9,21 @@ import type { JobSpec } from '../../common/jobspec.js';
 import { newJobRecord, parseStoredRecord, toWireJob, type JobRecord } from '../../coordinator/job-record.js';
 import { closeGeneration, jobTimings, openGeneration, recordCompute } from '../../coordinator/job-timings.js';
 import {
-  formatDuration, formatRate, jobRate, kindOf, stageText, type JobView,
+  formatDuration,
+  formatRate,
+  jobRate,
+  kindOf,
+  stageText,
+  type JobView,
 } from '../../coordinator/views/job-view.js';
 import {
-  bar, createProgressView, liveBlock, plainProgressLine, RecentRate, stateLine, type LiveWriter,
+  bar,
+  createProgressView,
+  liveBlock,
+  plainProgressLine,
+  RecentRate,
+  stateLine,
+  type LiveWriter,
 } from '../../coordinator/views/progress-view.js';
 import { outputFormat, statusBlock, statusTable, timingsJson } from '../../coordinator/views/status-view.js';
 import type { GenerationTiming__Output } from '../../proto/index.js';
@@ -22,18 +33,46 @@ const NOW = Date.UTC(2026, 0, 1, 12, 0, 0);
 
 function gen(g: Partial<GenerationTiming__Output> = {}): GenerationTiming__Output {
   return {
-    generation: 1, worldSize: 2, startedAt: NOW - 10_000, endedAt: 0, wallSeconds: 10, computeSeconds: 9, fromStep: 0,
-    endReason: '', ...g,
+    generation: 1,
+    worldSize: 2,
+    startedAt: NOW - 10_000,
+    endedAt: 0,
+    wallSeconds: 10,
+    computeSeconds: 9,
+    fromStep: 0,
+    endReason: '',
+    ...g,
   };
 }
 
 function job(o: Partial<JobView> = {}): JobView {
   return {
-    id: 'tiny-abcde', name: 'tiny', state: 'RUNNING', step: 12, totalSteps: 24, hasLoss: true, lastLoss: 1.25,
+    id: 'tiny-abcde',
+    name: 'tiny',
+    state: 'RUNNING',
+    step: 12,
+    totalSteps: 24,
+    hasLoss: true,
+    lastLoss: 1.25,
     firstLoss: 5,
-    tokensPerSecond: 1000, elapsedSeconds: 6, generation: 1, workers: ['w0', 'w1'], error: '', outputDir: '/runs/tiny',
-    createdAt: NOW - 60_000, startedAt: NOW - 10_000, finishedAt: 0, lossByLanguage: {}, specJson: '', kind: 'TrainJob',
-    wallSeconds: 10, computeSeconds: 9, reformSeconds: 0, generations: [gen()], ledgerJson: '', chosenLayers: [],
+    tokensPerSecond: 1000,
+    elapsedSeconds: 6,
+    generation: 1,
+    workers: ['w0', 'w1'],
+    error: '',
+    outputDir: '/runs/tiny',
+    createdAt: NOW - 60_000,
+    startedAt: NOW - 10_000,
+    finishedAt: 0,
+    lossByLanguage: {},
+    specJson: '',
+    kind: 'TrainJob',
+    wallSeconds: 10,
+    computeSeconds: 9,
+    reformSeconds: 0,
+    generations: [gen()],
+    ledgerJson: '',
+    chosenLayers: [],
     evalJson: '',
     ...o,
   };
@@ -66,8 +105,13 @@ describe('units per kind', () => {
 
 describe('formatting', () => {
   it('durations', () => {
-    expect([3.21, 42, 185, 7620, 3 * 86400 + 4 * 3600].map(formatDuration))
-      .toEqual(['3.2s', '42s', '3m05s', '2h07m', '3d04h']);
+    expect([3.21, 42, 185, 7620, 3 * 86400 + 4 * 3600].map(formatDuration)).toEqual([
+      '3.2s',
+      '42s',
+      '3m05s',
+      '2h07m',
+      '3d04h',
+    ]);
     expect(formatDuration(undefined)).toBe('-');
     expect(formatDuration(Infinity)).toBe('-');
   });
@@ -179,8 +223,9 @@ describe('progress view', () => {
   });
 
   it('state lines say why a job went back to Pending', () => {
-    expect(stateLine(job({ state: 'PENDING', error: 'worker w1 (rank 1) lost: heartbeat timeout' })))
-      .toBe('[tiny-abcde] Pending: worker w1 (rank 1) lost: heartbeat timeout');
+    expect(stateLine(job({ state: 'PENDING', error: 'worker w1 (rank 1) lost: heartbeat timeout' }))).toBe(
+      '[tiny-abcde] Pending: worker w1 (rank 1) lost: heartbeat timeout',
+    );
   });
 });
 
@@ -198,11 +243,21 @@ describe('status', () => {
     const jobs = [
       job(),
       job({
-        id: 'eval-xyz12', kind: 'EvalJob', state: 'SUCCEEDED', hasLoss: false, step: 250, totalSteps: 250,
+        id: 'eval-xyz12',
+        kind: 'EvalJob',
+        state: 'SUCCEEDED',
+        hasLoss: false,
+        step: 250,
+        totalSteps: 250,
         createdAt: NOW - 7200_000,
       }),
       job({
-        id: 'staged-aaaaa', stageIndex: 1, stageCount: 2, stageName: 'answers', state: 'PENDING', tokensPerSecond: 0,
+        id: 'staged-aaaaa',
+        stageIndex: 1,
+        stageCount: 2,
+        stageName: 'answers',
+        state: 'PENDING',
+        tokensPerSecond: 0,
       }),
     ];
     const t = statusTable(jobs, false, NOW);
@@ -210,7 +265,9 @@ describe('status', () => {
     expect(t[1]).toMatch(/^tiny-abcde\s+TrainJob\s+Running\s+-\s+12\/24\s+1\.2500\s+1000 tok\/s\s+1m00s$/);
     expect(t[2]).toMatch(/^eval-xyz12\s+EvalJob\s+Succeeded\s+-\s+250\/250\s+-\s+-\s+2h00m$/);
     expect(t[3]).toMatch(/^staged-aaaaa\s+TrainJob\s+Pending \(re-forming\)\s+2\/2 answers\s+12\/24/);
-    expect(statusTable([job({ state: 'PENDING', generation: 0, step: 0 })], false, NOW)[1]).toMatch(/TrainJob\s+Pending\s+-/);
+    expect(statusTable([job({ state: 'PENDING', generation: 0, step: 0 })], false, NOW)[1]).toMatch(
+      /TrainJob\s+Pending\s+-/,
+    );
     // columns line up
     const col = t[0]!.indexOf('STEP');
     expect(t.slice(1).every((l) => /\S/.test(l[col]!) && l[col - 1] === ' ')).toBe(true);
@@ -221,14 +278,21 @@ describe('status', () => {
 
   it('a job as a block: wall time, this generation, compute, re-forming, ledger, output', () => {
     const j = job({
-      generation: 2, workers: ['w0', 'w2'], wallSeconds: 18.2, computeSeconds: 14, reformSeconds: 3.1,
+      generation: 2,
+      workers: ['w0', 'w2'],
+      wallSeconds: 18.2,
+      computeSeconds: 14,
+      reformSeconds: 3.1,
       lossByLanguage: { en: 1, de: 2 },
       generations: [
         gen({ endedAt: NOW - 5000, wallSeconds: 12, endReason: 'worker w1 lost' }),
         gen({ generation: 2, wallSeconds: 2.1, fromStep: 6 }),
       ],
       ledgerJson: JSON.stringify({
-        committed: [{ from: 0, to: 6, generation: 1, worldSize: 3 }, { from: 6, to: 12, generation: 2, worldSize: 2 }],
+        committed: [
+          { from: 0, to: 6, generation: 1, worldSize: 3 },
+          { from: 6, to: 12, generation: 2, worldSize: 2 },
+        ],
         rolledBack: [],
       }),
     });
@@ -242,26 +306,41 @@ describe('status', () => {
     expect(b).toContain('time        wall 18s, this generation 2.1s, compute 14s, re-forming 3.1s (1 re-form)');
     expect(b).toContain('ledger      12 steps committed: 0-6 (gen 1, world 3), 6-12 (gen 2, world 2)');
     expect(b).toContain('output      /runs/tiny');
-    expect(statusBlock({ ...j, stageIndex: 1, stageCount: 2, stageName: 'answer' }, NOW)).toContain('stage       2/2 (answer)');
+    expect(statusBlock({ ...j, stageIndex: 1, stageCount: 2, stageName: 'answer' }, NOW)).toContain(
+      'stage       2/2 (answer)',
+    );
     // a ledger of the wrong shape is left out, not a crash
     expect(statusBlock({ ...j, ledgerJson: '{"committed": 3}' }, NOW).some((l) => l.startsWith('ledger'))).toBe(false);
-    expect(statusBlock({ ...j, ledgerJson: '{"committed": [{"from": "x"}], "rolledBack": []}' }, NOW).join('\n'))
-      .not.toContain('ledger');
-    expect(timingsJson(j))
-      .toMatchObject({ wallSeconds: 18.2, generationSeconds: 2.1, computeSeconds: 14, reformSeconds: 3.1 });
+    expect(
+      statusBlock({ ...j, ledgerJson: '{"committed": [{"from": "x"}], "rolledBack": []}' }, NOW).join('\n'),
+    ).not.toContain('ledger');
+    expect(timingsJson(j)).toMatchObject({
+      wallSeconds: 18.2,
+      generationSeconds: 2.1,
+      computeSeconds: 14,
+      reformSeconds: 3.1,
+    });
   });
 });
 
 describe('evaluation tables', () => {
   const report: EvalReport = {
-    name: 'final', step: 0, maxNewTokens: 64, template: 'alpaca', worldSize: 2, seconds: 3,
-    benchmarks: [{
-      benchmark: 'mgsm', average: 0.5,
-      languages: [
-        { language: 'en', correct: 3, total: 4, accuracy: 0.75 },
-        { language: 'sw', correct: 1, total: 4, accuracy: 0.25 },
-      ],
-    }],
+    name: 'final',
+    step: 0,
+    maxNewTokens: 64,
+    template: 'alpaca',
+    worldSize: 2,
+    seconds: 3,
+    benchmarks: [
+      {
+        benchmark: 'mgsm',
+        average: 0.5,
+        languages: [
+          { language: 'en', correct: 3, total: 4, accuracy: 0.75 },
+          { language: 'sw', correct: 1, total: 4, accuracy: 0.25 },
+        ],
+      },
+    ],
   };
 
   it('language by row, the average last, in text and in the Markdown report', () => {
@@ -273,14 +352,21 @@ describe('evaluation tables', () => {
       '  average         50.0      4/8',
     ]);
     expect(evalMarkdownTables(report)).toEqual([
-      '### mgsm', '', '| language | accuracy % | correct |', '|---|---:|---:|', '| en | 75.0 | 3/4 |',
+      '### mgsm',
+      '',
+      '| language | accuracy % | correct |',
+      '|---|---:|---:|',
+      '| en | 75.0 | 3/4 |',
       '| sw | 25.0 | 1/4 |',
-      '| average | 50.0 | 4/8 |', '',
+      '| average | 50.0 | 4/8 |',
+      '',
     ]);
     expect(evalMarkdown(report)).toContain('| sw | 25.0 | 1/4 |');
     // From elsewhere: parsed, or refused (not a stack trace)
-    expect(parseEvalTable(JSON.stringify(report)))
-      .toMatchObject({ name: 'final', benchmarks: [{ benchmark: 'mgsm' }] });
+    expect(parseEvalTable(JSON.stringify(report))).toMatchObject({
+      name: 'final',
+      benchmarks: [{ benchmark: 'mgsm' }],
+    });
     const outOfRange = { name: 'x', benchmarks: [{ benchmark: 'm', average: 7, languages: [] }] };
     expect(parseEvalTable(JSON.stringify(outOfRange))).toBeUndefined();
     expect(parseEvalTable('not json')).toBeUndefined();
@@ -289,7 +375,9 @@ describe('evaluation tables', () => {
 
 describe('job timings', () => {
   const spec = {
-    apiVersion: 'polytune/v1', kind: 'TrainJob', metadata: { name: 'unit' },
+    apiVersion: 'polytune/v1',
+    kind: 'TrainJob',
+    metadata: { name: 'unit' },
     spec: { output: { dir: '/o' }, workers: { count: 2 } },
   } as unknown as JobSpec;
 
@@ -331,7 +419,13 @@ describe('job timings', () => {
     const old = { ...newJobRecord('unit-abcde', spec, 2, NOW - 5000), startedAt: NOW - 4000, finishedAt: NOW };
     expect(jobTimings(old)).toEqual({ wallSeconds: 4, computeSeconds: 0, reformSeconds: 0, generations: [] });
     const g1 = {
-      generation: 1, worldSize: 2, startedAt: NOW - 4000, endedAt: NOW, computeSeconds: 3, fromStep: 0, endReason: '',
+      generation: 1,
+      worldSize: 2,
+      startedAt: NOW - 4000,
+      endedAt: NOW,
+      computeSeconds: 3,
+      fromStep: 0,
+      endReason: '',
     };
     const wire = toWireJob({ ...old, generations: [g1] });
     expect(wire).toMatchObject({ kind: 'TrainJob', wallSeconds: 4, computeSeconds: 3, reformSeconds: 0 });

@@ -139,12 +139,20 @@ export interface CallOptions {
 }
 
 /** Checks `CallOptions.output`; undefined when it is usable. */
-export function badOutput(output: Float32Array | undefined, length: number, input: Float32Array | undefined): Error | undefined {
+export function badOutput(
+  output: Float32Array | undefined,
+  length: number,
+  input: Float32Array | undefined,
+): Error | undefined {
   if (output === undefined) return undefined;
   if (!(output instanceof Float32Array)) return new TypeError('output: must be a Float32Array');
   if (output.length !== length) return new RangeError(`output: has ${output.length} elements, the vector ${length}`);
-  if (input !== undefined && input.buffer === output.buffer
-    && input.byteOffset < output.byteOffset + output.byteLength && output.byteOffset < input.byteOffset + input.byteLength) {
+  if (
+    input !== undefined &&
+    input.buffer === output.buffer &&
+    input.byteOffset < output.byteOffset + output.byteLength &&
+    output.byteOffset < input.byteOffset + input.byteLength
+  ) {
     return new RangeError('output: overlaps the input (use allReduceInPlace to reduce in place)');
   }
   return undefined;
@@ -179,10 +187,13 @@ export function compileOptions(opts: AllReduceOptions): CompiledOptions {
   if (!Number.isInteger(opts.rank) || opts.rank < 0 || opts.rank >= opts.worldSize) {
     throw new RangeError(`rank: must be an integer 0..${opts.worldSize - 1}, got ${opts.rank}`);
   }
-  if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) throw new RangeError(`timeoutMs: must be > 0, got ${opts.timeoutMs}`);
+  if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0))
+    throw new RangeError(`timeoutMs: must be > 0, got ${opts.timeoutMs}`);
   const compression = opts.compression ?? 'none';
   if (!Object.values(Compression).includes(compression)) {
-    throw new RangeError(`compression: must be one of ${Object.values(Compression).join(', ')}, got ${String(compression)}`);
+    throw new RangeError(
+      `compression: must be one of ${Object.values(Compression).join(', ')}, got ${String(compression)}`,
+    );
   }
   if (opts.exactPrefix !== undefined && !(Number.isSafeInteger(opts.exactPrefix) && opts.exactPrefix >= 0)) {
     throw new RangeError(`exactPrefix: must be a non-negative integer, got ${opts.exactPrefix}`);
@@ -198,15 +209,25 @@ export function compileOptions(opts: AllReduceOptions): CompiledOptions {
   const elemBytes = compression === 'none' || (opts.exactPrefix ?? 0) > 0 ? 4 : 2;
   const chunkElements = Math.min(Math.floor((maxBytes - CHUNK_HEADER_BYTES) / elemBytes), 0xffffffff);
   if (chunkElements < 1) {
-    throw new RangeError(`max chunk size ${maxBytes} bytes leaves no room for data after the ${CHUNK_HEADER_BYTES}-byte header`);
+    throw new RangeError(
+      `max chunk size ${maxBytes} bytes leaves no room for data after the ${CHUNK_HEADER_BYTES}-byte header`,
+    );
   }
   const chunkBytes = CHUNK_HEADER_BYTES + chunkElements * (compression === 'none' ? 4 : 2);
   const peers = Math.max(1, opts.worldSize - 1);
-  const windowChunks = opts.windowChunks ?? Math.min(MAX_WINDOW_CHUNKS,
-    Math.max(2, Math.floor((opts.inflightBytes ?? DEFAULT_ALLREDUCE_INFLIGHT_BYTES) / (2 * peers * chunkBytes))));
+  const windowChunks =
+    opts.windowChunks ??
+    Math.min(
+      MAX_WINDOW_CHUNKS,
+      Math.max(2, Math.floor((opts.inflightBytes ?? DEFAULT_ALLREDUCE_INFLIGHT_BYTES) / (2 * peers * chunkBytes))),
+    );
   return {
-    key, timeoutMs: opts.timeoutMs ?? DEFAULT_ALLREDUCE_TIMEOUT_MS, compression,
-    errorFeedback: (opts.errorFeedback ?? false) && compression !== 'none', exactPrefix: opts.exactPrefix ?? 0,
-    chunkElements, windowChunks,
+    key,
+    timeoutMs: opts.timeoutMs ?? DEFAULT_ALLREDUCE_TIMEOUT_MS,
+    compression,
+    errorFeedback: (opts.errorFeedback ?? false) && compression !== 'none',
+    exactPrefix: opts.exactPrefix ?? 0,
+    chunkElements,
+    windowChunks,
   };
 }

@@ -36,7 +36,7 @@ export class MessagePool {
   release(buf: Uint8Array): void {
     if (this.#bytes + buf.byteLength > this.capBytes) return;
     let free = this.#free.get(buf.byteLength);
-    if (free === undefined) this.#free.set(buf.byteLength, free = []);
+    if (free === undefined) this.#free.set(buf.byteLength, (free = []));
     free.push(buf);
     this.#bytes += buf.byteLength;
   }

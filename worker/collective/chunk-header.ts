@@ -80,17 +80,21 @@ function getU64(view: DataView, at: number): number {
 }
 
 function checkU32(name: string, v: number): void {
-  if (!Number.isInteger(v) || v < 0 || v > U32_MAX) throw new RangeError(`chunk header ${name}: must be a u32, got ${v}`);
+  if (!Number.isInteger(v) || v < 0 || v > U32_MAX)
+    throw new RangeError(`chunk header ${name}: must be a u32, got ${v}`);
 }
 
 function checkU64(name: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`chunk header ${name}: must be a non-negative safe integer, got ${v}`);
+  if (!Number.isSafeInteger(v) || v < 0)
+    throw new RangeError(`chunk header ${name}: must be a non-negative safe integer, got ${v}`);
 }
 
 /** Writes `h` into the first CHUNK_HEADER_BYTES of `buf`. */
 export function encodeChunkHeader(h: ChunkHeader, buf: Uint8Array): void {
-  if (buf.byteLength < CHUNK_HEADER_BYTES) throw new RangeError(`chunk header: buffer of ${buf.byteLength} bytes is too small`);
-  for (const k of ['generation', 'rank', 'shard', 'chunk', 'chunks', 'count', 'chunkElements'] as const) checkU32(k, h[k]);
+  if (buf.byteLength < CHUNK_HEADER_BYTES)
+    throw new RangeError(`chunk header: buffer of ${buf.byteLength} bytes is too small`);
+  for (const k of ['generation', 'rank', 'shard', 'chunk', 'chunks', 'count', 'chunkElements'] as const)
+    checkU32(k, h[k]);
   for (const k of ['step', 'offset', 'totalLength'] as const) checkU64(k, h[k]);
   const v = new DataView(buf.buffer, buf.byteOffset, CHUNK_HEADER_BYTES);
   v.setUint8(0, CHUNK_MAGIC);
@@ -117,12 +121,14 @@ export function encodeChunkHeader(h: ChunkHeader, buf: Uint8Array): void {
  * @throws ChunkDecodeError
  */
 export function decodeChunkHeader(msg: Uint8Array): ChunkHeader {
-  if (msg.byteLength < CHUNK_HEADER_BYTES) throw new ChunkDecodeError(`message of ${msg.byteLength} bytes is shorter than the chunk header`);
+  if (msg.byteLength < CHUNK_HEADER_BYTES)
+    throw new ChunkDecodeError(`message of ${msg.byteLength} bytes is shorter than the chunk header`);
   const v = new DataView(msg.buffer, msg.byteOffset, CHUNK_HEADER_BYTES);
   if (v.getUint8(0) !== CHUNK_MAGIC) throw new ChunkDecodeError(`bad magic 0x${v.getUint8(0).toString(16)}`);
   if (v.getUint8(1) !== CHUNK_VERSION) throw new ChunkDecodeError(`unsupported version ${v.getUint8(1)}`);
   const kind = v.getUint8(2);
-  if (kind !== ChunkKind.ReduceScatter && kind !== ChunkKind.AllGather) throw new ChunkDecodeError(`unknown kind ${kind}`);
+  if (kind !== ChunkKind.ReduceScatter && kind !== ChunkKind.AllGather)
+    throw new ChunkDecodeError(`unknown kind ${kind}`);
   const dtype = v.getUint8(3);
   if (dtype !== ChunkDtype.Float32 && dtype !== ChunkDtype.Float16 && dtype !== ChunkDtype.BFloat16) {
     throw new ChunkDecodeError(`unknown dtype ${dtype}`);
@@ -152,7 +158,8 @@ export function decodeChunkHeader(msg: Uint8Array): ChunkHeader {
     throw new ChunkDecodeError(`payload of ${payload} bytes does not hold count=${h.count} elements`);
   }
   if (h.chunk >= h.chunks) throw new ChunkDecodeError(`chunk ${h.chunk} out of range (chunks=${h.chunks})`);
-  if (h.count === 0 || h.count > h.chunkElements) throw new ChunkDecodeError(`count ${h.count} not in 1..chunkElements=${h.chunkElements}`);
+  if (h.count === 0 || h.count > h.chunkElements)
+    throw new ChunkDecodeError(`count ${h.count} not in 1..chunkElements=${h.chunkElements}`);
   if (h.offset + h.count > h.totalLength) {
     throw new ChunkDecodeError(`elements ${h.offset}..${h.offset + h.count} beyond the vector length ${h.totalLength}`);
   }
@@ -175,7 +182,8 @@ export function writeFloat32LE(src: Float32Array, dst: Uint8Array): void {
 /** Reads `count` little-endian float32 from `src` (at its start) into `dst` at `dstOffset`. */
 export function readFloat32LE(src: Uint8Array, dst: Float32Array, dstOffset: number, count: number): void {
   if (src.byteLength < count * 4) throw new RangeError('readFloat32LE: source too small');
-  if (dstOffset < 0 || dstOffset + count > dst.length) throw new RangeError('readFloat32LE: destination range out of bounds');
+  if (dstOffset < 0 || dstOffset + count > dst.length)
+    throw new RangeError('readFloat32LE: destination range out of bounds');
   if (LITTLE_ENDIAN) {
     // Copy bytes: the source may not be 4-byte aligned.
     new Uint8Array(dst.buffer, dst.byteOffset + dstOffset * 4, count * 4).set(src.subarray(0, count * 4));

@@ -42,14 +42,29 @@
  * dropped without one. The chunk and control keys are derived from the generation's key with HKDF
  * (one key, one use).
  */
-import { createCipheriv, createHmac, createSecretKey, hkdfSync, randomFillSync, timingSafeEqual, type CipherGCM, type KeyObject } from 'node:crypto';
+import {
+  createCipheriv,
+  createHmac,
+  createSecretKey,
+  hkdfSync,
+  randomFillSync,
+  timingSafeEqual,
+  type CipherGCM,
+  type KeyObject,
+} from 'node:crypto';
 
 import { COLLECTIVE_KEY_BYTES } from '../../common/subjects.js';
 import {
-  CHUNK_HEADER_BYTES, CHUNK_NONCE_AT, CHUNK_NONCE_BYTES, CHUNK_TAG_AT, CHUNK_TAG_BYTES, encodeChunkHeader, writeFloat32LE, type ChunkHeader,
+  CHUNK_HEADER_BYTES,
+  CHUNK_NONCE_AT,
+  CHUNK_NONCE_BYTES,
+  CHUNK_TAG_AT,
+  CHUNK_TAG_BYTES,
+  encodeChunkHeader,
+  writeFloat32LE,
+  type ChunkHeader,
 } from './chunk-header.js';
 import { ChunkDtype } from './dtype.js';
-
 
 const CIPHER = 'chacha20-poly1305';
 /** Nonces drawn from the system's CSPRNG this many at a time. */
@@ -61,7 +76,8 @@ const NONCES_A_FILL = 1024;
  * @throws RangeError naming `field`
  */
 export function checkCollectiveKey(key: unknown, field = 'key'): Uint8Array {
-  if (!(key instanceof Uint8Array)) throw new RangeError(`${field}: must be ${COLLECTIVE_KEY_BYTES} bytes, got ${typeof key}`);
+  if (!(key instanceof Uint8Array))
+    throw new RangeError(`${field}: must be ${COLLECTIVE_KEY_BYTES} bytes, got ${typeof key}`);
   if (key.byteLength !== COLLECTIVE_KEY_BYTES) {
     throw new RangeError(`${field}: must be ${COLLECTIVE_KEY_BYTES} bytes, got ${key.byteLength}`);
   }
@@ -86,7 +102,8 @@ export class ChunkMac {
 
   /** Writes a fresh nonce and the tag of a complete message (header and payload in place). */
   seal(msg: Uint8Array): void {
-    if (msg.byteLength < CHUNK_HEADER_BYTES) throw new RangeError(`seal: message of ${msg.byteLength} bytes is shorter than the header`);
+    if (msg.byteLength < CHUNK_HEADER_BYTES)
+      throw new RangeError(`seal: message of ${msg.byteLength} bytes is shorter than the header`);
     if (this.#nextNonce === NONCES_A_FILL) {
       randomFillSync(this.#nonces);
       this.#nextNonce = 0;
@@ -132,7 +149,8 @@ export function chunkTag(msg: Uint8Array): Uint8Array {
 
 /** Header followed by float32 payload, as one sealed message (tests and tools; the engine builds its own). */
 export function encodeFloat32Chunk(h: ChunkHeader, data: Float32Array, mac: ChunkMac): Uint8Array {
-  if (h.dtype !== ChunkDtype.Float32 || data.length !== h.count) throw new RangeError('encodeFloat32Chunk: header does not describe data');
+  if (h.dtype !== ChunkDtype.Float32 || data.length !== h.count)
+    throw new RangeError('encodeFloat32Chunk: header does not describe data');
   const buf = new Uint8Array(CHUNK_HEADER_BYTES + data.length * 4);
   encodeChunkHeader(h, buf);
   writeFloat32LE(data, buf.subarray(CHUNK_HEADER_BYTES));

@@ -64,7 +64,11 @@ export type Screened =
 export function screenChunk(subject: string, msg: Uint8Array, me: Receiver, mac: ChunkMac): Screened {
   const subj: ParsedGradSubject | undefined = parseGradSubject(subject);
   if (subj === undefined || subj.job !== me.job || subj.generation !== me.generation) {
-    return { ok: false, reason: RejectReason.malformed, detail: `not a gradient subject of job ${me.job} generation ${me.generation}` };
+    return {
+      ok: false,
+      reason: RejectReason.malformed,
+      detail: `not a gradient subject of job ${me.job} generation ${me.generation}`,
+    };
   }
   let h: ChunkHeader;
   try {
@@ -73,12 +77,22 @@ export function screenChunk(subject: string, msg: Uint8Array, me: Receiver, mac:
     return { ok: false, reason: RejectReason.malformed, detail: errorMessage(e) };
   }
   if (h.generation !== me.generation) {
-    return { ok: false, reason: RejectReason.stale, detail: `generation ${h.generation} on a subject of generation ${me.generation}`, header: h };
+    return {
+      ok: false,
+      reason: RejectReason.stale,
+      detail: `generation ${h.generation} on a subject of generation ${me.generation}`,
+      header: h,
+    };
   }
   const bad = headerMismatch(subj, h, me);
   if (bad !== undefined) return { ok: false, reason: RejectReason.header, detail: bad, header: h };
   if (!mac.verify(msg)) {
-    return { ok: false, reason: RejectReason.mac, detail: `tag does not verify (header says rank ${h.rank}, step ${h.step}, chunk ${h.chunk})`, header: h };
+    return {
+      ok: false,
+      reason: RejectReason.mac,
+      detail: `tag does not verify (header says rank ${h.rank}, step ${h.step}, chunk ${h.chunk})`,
+      header: h,
+    };
   }
   return { ok: true, phase: subj.phase, header: h };
 }
@@ -89,10 +103,10 @@ export function headerMismatch(subj: ParsedGradSubject, h: ChunkHeader, me: Rece
   if (h.rank >= me.worldSize || h.rank === me.rank) return `sender rank ${h.rank} not a peer`;
   if (subj.phase === GradPhase.reduceScatter) {
     if (h.kind !== ChunkKind.ReduceScatter || h.shard !== me.rank || subj.rank !== me.rank) {
-      return 'not a reduce-scatter chunk of this rank\'s shard';
+      return "not a reduce-scatter chunk of this rank's shard";
     }
   } else if (h.kind !== ChunkKind.AllGather || h.shard !== h.rank || subj.rank !== h.rank) {
-    return 'not an all-gather chunk of the sender\'s shard';
+    return "not an all-gather chunk of the sender's shard";
   }
   return undefined;
 }
@@ -132,38 +146,53 @@ export function shardBounds(length: number, worldSize: number, shard: number): [
 export function placeChunk(h: ChunkHeader, phase: GradPhase, layout: StepLayout, expected: number): Placement {
   if (h.totalLength !== layout.length) {
     return {
-      action: 'fail', lost: 0,
-      detail: `rank ${h.rank} reduces a vector of ${h.totalLength} ` +
+      action: 'fail',
+      lost: 0,
+      detail:
+        `rank ${h.rank} reduces a vector of ${h.totalLength} ` +
         `elements, rank ${layout.rank} one of ${layout.length}`,
     };
   }
   const ce = layout.chunkElements;
   if (h.chunkElements !== ce) {
     return {
-      action: 'fail', lost: 0,
-      detail: `rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${layout.rank} expects ${ce}`
-        + ' (different max_payload? call ready() first)',
+      action: 'fail',
+      lost: 0,
+      detail:
+        `rank ${h.rank} sends chunks of ${h.chunkElements} elements, rank ${layout.rank} expects ${ce}` +
+        ' (different max_payload? call ready() first)',
     };
   }
   const [start, end] = shardBounds(layout.length, layout.worldSize, h.shard);
   const chunks = Math.ceil((end - start) / ce);
   if (h.chunks !== chunks) {
-    return { action: 'drop', reason: RejectReason.position, detail: `chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${ce}` };
+    return {
+      action: 'drop',
+      reason: RejectReason.position,
+      detail: `chunks=${h.chunks} does not cover a shard of ${end - start} in chunks of ${ce}`,
+    };
   }
   const offset = start + h.chunk * ce;
   const count = Math.min(ce, end - offset);
   if (h.offset !== offset || h.count !== count) {
-    return { action: 'drop', reason: RejectReason.position, detail: `chunk ${h.chunk} should hold elements ${offset}..${offset + count}` };
+    return {
+      action: 'drop',
+      reason: RejectReason.position,
+      detail: `chunk ${h.chunk} should hold elements ${offset}..${offset + count}`,
+    };
   }
   const dtype = layout.dtypeAt(offset);
-  if (h.dtype !== dtype) return { action: 'drop', reason: RejectReason.position, detail: `dtype ${h.dtype} where ${dtype} is expected` };
+  if (h.dtype !== dtype)
+    return { action: 'drop', reason: RejectReason.position, detail: `dtype ${h.dtype} where ${dtype} is expected` };
   if (h.chunk < expected) return { action: 'duplicate' };
   if (h.chunk > expected) {
     const lost = h.chunk - expected;
     const what = phase === GradPhase.reduceScatter ? 'pieces of shard' : 'reduced shard';
     return {
-      action: 'fail', lost,
-      detail: `lost ${lost} chunk(s) from rank ${h.rank} (${what} ` +
+      action: 'fail',
+      lost,
+      detail:
+        `lost ${lost} chunk(s) from rank ${h.rank} (${what} ` +
         `${h.shard}: got chunk ${h.chunk}, expected ${expected})`,
     };
   }

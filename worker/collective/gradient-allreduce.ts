@@ -239,8 +239,20 @@ export class GradientAllReduce {
   /** Released message buffers for reuse. */
   readonly #pool: MessagePool;
   #stats = {
-    steps: 0, completedSteps: 0, bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0, acksSent: 0,
-    windowStalls: 0, droppedStale: 0, bufferedAhead: 0, droppedAhead: 0, droppedInvalid: 0, corrupted: 0, lostChunks: 0,
+    steps: 0,
+    completedSteps: 0,
+    bytesSent: 0,
+    bytesReceived: 0,
+    messagesSent: 0,
+    messagesReceived: 0,
+    acksSent: 0,
+    windowStalls: 0,
+    droppedStale: 0,
+    bufferedAhead: 0,
+    droppedAhead: 0,
+    droppedInvalid: 0,
+    corrupted: 0,
+    lostChunks: 0,
     rejectedControl: 0,
   };
   readonly #rejected: Partial<Record<RejectReason, number>> = {};
@@ -286,7 +298,12 @@ export class GradientAllReduce {
     ar.#subscribe();
     await opts.nc.flush();
     ar.#log.debug('created', {
-      job: ar.job, generation: ar.generation, rank: ar.rank, worldSize: ar.worldSize, chunkElements: ar.chunkElements, windowChunks: ar.windowChunks,
+      job: ar.job,
+      generation: ar.generation,
+      rank: ar.rank,
+      worldSize: ar.worldSize,
+      chunkElements: ar.chunkElements,
+      windowChunks: ar.windowChunks,
     });
     return ar;
   }
@@ -307,7 +324,11 @@ export class GradientAllReduce {
   async ready(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
     if (this.#barrier.done) return;
     if (this.#state !== 'OPEN') throw new CollectiveError('ready: closed', { step: -1 });
-    const ce = await this.#barrier.wait(options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS, options.signal, () => this.#state === 'OPEN');
+    const ce = await this.#barrier.wait(
+      options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS,
+      options.signal,
+      () => this.#state === 'OPEN',
+    );
     this.chunkElements = Math.min(this.chunkElements, ce);
     this.#barrier.say(); // tell the peers we are through
     this.#log.debug('ready', { rank: this.rank, chunkElements: this.chunkElements });
@@ -333,9 +354,15 @@ export class GradientAllReduce {
    * As `allReduce`, but the sum replaces `data` (no second buffer: for vectors near the memory
    * limit). On failure `data` holds a mix of input and sums: keep a copy if you need to retry.
    */
-  allReduceInPlace(step: number, data: Float32Array, signal?: AbortSignal, options: CallOptions = {}): Promise<Float32Array> {
+  allReduceInPlace(
+    step: number,
+    data: Float32Array,
+    signal?: AbortSignal,
+    options: CallOptions = {},
+  ): Promise<Float32Array> {
     if (!(data instanceof Float32Array)) return rejectNow(new TypeError('data: must be a Float32Array'));
-    if (options.output !== undefined) return rejectNow(new RangeError('output: not with allReduceInPlace (the result is data)'));
+    if (options.output !== undefined)
+      return rejectNow(new RangeError('output: not with allReduceInPlace (the result is data)'));
     const started = this.#start(step, data.length, data, data.length, data, true, signal, options.exact ?? false);
     return started instanceof Error ? rejectNow(started) : started.promise;
   }
@@ -347,7 +374,8 @@ export class GradientAllReduce {
    * @throws RangeError or CollectiveError when the step cannot start (see `allReduce`)
    */
   begin(step: number, length: number, signal?: AbortSignal, options: CallOptions = {}): AllReduceHandle {
-    if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`length: must be a non-negative integer, got ${length}`);
+    if (!Number.isSafeInteger(length) || length < 0)
+      throw new RangeError(`length: must be a non-negative integer, got ${length}`);
     const bad = badOutput(options.output, length, undefined);
     if (bad) throw bad;
     // The input is this collective's own: the last one is reused when the length is the same (no
@@ -362,8 +390,12 @@ export class GradientAllReduce {
     let appended = 0;
     const pump = (): void => this.#pump(op);
     return {
-      step, length, result,
-      get appended() { return appended; },
+      step,
+      length,
+      result,
+      get appended() {
+        return appended;
+      },
       append(data: Float32Array): void {
         if (!(data instanceof Float32Array)) throw new TypeError('data: must be a Float32Array');
         if (appended + data.length > length) {
@@ -383,16 +415,25 @@ export class GradientAllReduce {
     this.#closing ??= (async () => {
       this.#state = 'CLOSED';
       const op = this.#op;
-      if (op !== undefined) this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: closed`, { step: op.step }));
+      if (op !== undefined)
+        this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: closed`, { step: op.step }));
       this.#future = undefined;
       this.#barrier.wake();
       for (const sub of this.#subs) {
-        try { sub.unsubscribe(); } catch { /* connection already closed */ }
+        try {
+          sub.unsubscribe();
+        } catch {
+          /* connection already closed */
+        }
       }
       this.#subs.length = 0;
       this.#pool.clear();
       if (!this.#nc.isClosed()) {
-        try { await this.#nc.flush(); } catch { /* closing anyway */ }
+        try {
+          await this.#nc.flush();
+        } catch {
+          /* closing anyway */
+        }
       }
     })();
     return this.#closing;
@@ -401,38 +442,93 @@ export class GradientAllReduce {
   // --- lifecycle of one step ---------------------------------------------------------------------
 
   #start(
-    step: number, length: number, input: Float32Array, ready: number, output: Float32Array, inPlace: boolean,
-    signal: AbortSignal | undefined, exact: boolean,
+    step: number,
+    length: number,
+    input: Float32Array,
+    ready: number,
+    output: Float32Array,
+    inPlace: boolean,
+    signal: AbortSignal | undefined,
+    exact: boolean,
   ): { op: Op; promise: Promise<Float32Array> } | Error {
     if (this.#state !== 'OPEN') return new CollectiveError(`all-reduce step ${step}: closed`, { step });
-    if (!Number.isSafeInteger(step) || step < 0) return new RangeError(`step: must be a non-negative integer, got ${step}`);
-    if (this.#op !== undefined) return new CollectiveError(`all-reduce step ${step}: step ${this.#op.step} is still running`, { step });
-    if (step <= this.#lastStep) return new RangeError(`step: must be greater than the previous step ${this.#lastStep}, got ${step}`);
+    if (!Number.isSafeInteger(step) || step < 0)
+      return new RangeError(`step: must be a non-negative integer, got ${step}`);
+    if (this.#op !== undefined)
+      return new CollectiveError(`all-reduce step ${step}: step ${this.#op.step} is still running`, { step });
+    if (step <= this.#lastStep)
+      return new RangeError(`step: must be greater than the previous step ${this.#lastStep}, got ${step}`);
     if (signal?.aborted) return new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal.reason });
 
     const n = this.worldSize;
     let resolve!: (r: Float32Array) => void;
     let reject!: (e: unknown) => void;
-    const promise = new Promise<Float32Array>((res, rej) => { resolve = res; reject = rej; });
+    const promise = new Promise<Float32Array>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
     const op: Op = {
-      step, length, input, ready, output, inPlace, settled: false, resolve, reject, exact,
-      ce: exact && this.compression !== 'none' && this.exactPrefix === 0 ? Math.max(1, Math.floor(this.chunkElements / 2)) : this.chunkElements,
-      rsNext: new Array<number>(n).fill(0), rsAcked: new Array<number>(n).fill(0), rsRecv: new Array<number>(n).fill(0),
-      pieces: new Map(), reduced: 0, agQueue: [], agSent: 0,
-      rsOut: Array.from({ length: n }, () => []), rsReleased: new Array<number>(n).fill(0), agOut: [], agReleased: 0, agAcked: new Array<number>(n).fill(0),
-      agRecv: new Array<number>(n).fill(0), ackedReduced: 0, ackedRecv: new Array<number>(n).fill(0),
-      flushing: false, flushed: false, tags: new Map(),
+      step,
+      length,
+      input,
+      ready,
+      output,
+      inPlace,
+      settled: false,
+      resolve,
+      reject,
+      exact,
+      ce:
+        exact && this.compression !== 'none' && this.exactPrefix === 0
+          ? Math.max(1, Math.floor(this.chunkElements / 2))
+          : this.chunkElements,
+      rsNext: new Array<number>(n).fill(0),
+      rsAcked: new Array<number>(n).fill(0),
+      rsRecv: new Array<number>(n).fill(0),
+      pieces: new Map(),
+      reduced: 0,
+      agQueue: [],
+      agSent: 0,
+      rsOut: Array.from({ length: n }, () => []),
+      rsReleased: new Array<number>(n).fill(0),
+      agOut: [],
+      agReleased: 0,
+      agAcked: new Array<number>(n).fill(0),
+      agRecv: new Array<number>(n).fill(0),
+      ackedReduced: 0,
+      ackedRecv: new Array<number>(n).fill(0),
+      flushing: false,
+      flushed: false,
+      tags: new Map(),
     };
     this.#lastStep = step;
     this.#op = op;
     this.#stats.steps++;
     if (this.errorFeedback && this.#res?.length !== length) this.#res = new ErrorFeedback(length, n, this.rank);
 
-    const timer = setTimeout(() => this.#fail(op, diagnoseTimeout({
-      step: op.step, rank: this.rank, worldSize: n, timeoutMs: this.timeoutMs, windowChunks: this.windowChunks, ready: op.ready,
-      length: op.length, rsRecv: op.rsRecv, agRecv: op.agRecv, rsNext: op.rsNext, rsAcked: op.rsAcked, chunksOf: (r) => this.#chunksOf(op, r),
-    })), this.timeoutMs);
-    const onAbort = (): void => this.#fail(op, new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal?.reason }));
+    const timer = setTimeout(
+      () =>
+        this.#fail(
+          op,
+          diagnoseTimeout({
+            step: op.step,
+            rank: this.rank,
+            worldSize: n,
+            timeoutMs: this.timeoutMs,
+            windowChunks: this.windowChunks,
+            ready: op.ready,
+            length: op.length,
+            rsRecv: op.rsRecv,
+            agRecv: op.agRecv,
+            rsNext: op.rsNext,
+            rsAcked: op.rsAcked,
+            chunksOf: (r) => this.#chunksOf(op, r),
+          }),
+        ),
+      this.timeoutMs,
+    );
+    const onAbort = (): void =>
+      this.#fail(op, new CollectiveError(`all-reduce step ${step}: aborted`, { step, cause: signal?.reason }));
     signal?.addEventListener('abort', onAbort, { once: true });
     const settled = promise.finally(() => {
       clearTimeout(timer);
@@ -478,7 +574,10 @@ export class GradientAllReduce {
         this.#maybeFinish(op);
       }
     } catch (e) {
-      this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${errorMessage(e)}`, { step: op.step, cause: e }));
+      this.#fail(
+        op,
+        new CollectiveError(`all-reduce step ${op.step}: ${errorMessage(e)}`, { step: op.step, cause: e }),
+      );
     } finally {
       this.#pumping = false;
     }
@@ -530,14 +629,35 @@ export class GradientAllReduce {
    * Builds a sealed chunk message from `src[offset, offset+count)`; narrows (with error feedback) if its dtype says so.
    */
   #encode(
-    op: Op, kind: ChunkKind, shard: number, chunk: number, chunks: number, offset: number, count: number, src: Float32Array, feedback: boolean,
+    op: Op,
+    kind: ChunkKind,
+    shard: number,
+    chunk: number,
+    chunks: number,
+    offset: number,
+    count: number,
+    src: Float32Array,
+    feedback: boolean,
   ): Uint8Array {
     const dtype = this.#dtypeAt(op, offset);
     const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
-    encodeChunkHeader({
-      kind, dtype, generation: this.generation, step: op.step, rank: this.rank, shard,
-      chunk, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
-    }, buf);
+    encodeChunkHeader(
+      {
+        kind,
+        dtype,
+        generation: this.generation,
+        step: op.step,
+        rank: this.rank,
+        shard,
+        chunk,
+        chunks,
+        offset,
+        count,
+        chunkElements: op.ce,
+        totalLength: op.length,
+      },
+      buf,
+    );
     const values = src.subarray(offset, offset + count);
     if (dtype === ChunkDtype.Float32) {
       new Float32Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count).set(values);
@@ -573,16 +693,25 @@ export class GradientAllReduce {
       const out = op.rsOut[r]!;
       let k = 0;
       while (k < out.length && op.rsReleased[r]! + k < op.rsAcked[r]!) this.#release(out[k++]!);
-      if (k > 0) { out.splice(0, k); op.rsReleased[r]! += k; }
+      if (k > 0) {
+        out.splice(0, k);
+        op.rsReleased[r]! += k;
+      }
       minAcked = Math.min(minAcked, op.agAcked[r]!);
     }
     let k = 0;
     while (k < op.agOut.length && op.agReleased + k < minAcked) this.#release(op.agOut[k++]!);
-    if (k > 0) { op.agOut.splice(0, k); op.agReleased += k; }
+    if (k > 0) {
+      op.agOut.splice(0, k);
+      op.agReleased += k;
+    }
   }
 
   #releaseAll(op: Op): void {
-    for (const out of op.rsOut) { for (const b of out) this.#release(b); out.length = 0; }
+    for (const out of op.rsOut) {
+      for (const b of out) this.#release(b);
+      out.length = 0;
+    }
     for (const b of op.agOut) this.#release(b);
     op.agOut.length = 0;
   }
@@ -606,7 +735,11 @@ export class GradientAllReduce {
       const count = Math.min(op.ce, end - offset);
       if (op.ready < offset + count) break;
       let complete = true;
-      for (let r = 0; r < n; r++) if (r !== me && op.rsRecv[r]! <= c) { complete = false; break; }
+      for (let r = 0; r < n; r++)
+        if (r !== me && op.rsRecv[r]! <= c) {
+          complete = false;
+          break;
+        }
       if (!complete) break;
       this.#reduceChunk(op, c, chunks, offset, count);
       for (const piece of op.pieces.get(c) ?? []) if (piece !== undefined) releaseReceived(piece);
@@ -637,7 +770,10 @@ export class GradientAllReduce {
       const own = op.input.subarray(offset, offset + count);
       const xs: Float32Array[] = [];
       for (let r = 0; r < n; r++) {
-        if (r === me) { xs.push(own); continue; }
+        if (r === me) {
+          xs.push(own);
+          continue;
+        }
         const bytes = piece(r);
         xs.push(new Float32Array(bytes.buffer, bytes.byteOffset, count));
       }
@@ -653,7 +789,10 @@ export class GradientAllReduce {
       }
       const xs: Array<Uint16Array | { narrow: Float32Array }> = [];
       for (let r = 0; r < n; r++) {
-        if (r === me) { xs.push(own); continue; }
+        if (r === me) {
+          xs.push(own);
+          continue;
+        }
         const bytes = piece(r);
         xs.push(new Uint16Array(bytes.buffer, bytes.byteOffset, count));
       }
@@ -662,10 +801,23 @@ export class GradientAllReduce {
     if (n === 1) return; // the sum of one widened value is itself: nothing more to narrow
     // The reduced chunk as it goes out; when narrowed, everyone (this rank too) keeps the narrowed value.
     const buf = this.#allocMessage(CHUNK_HEADER_BYTES + count * bytesPerElement(dtype));
-    encodeChunkHeader({
-      kind: ChunkKind.AllGather, dtype, generation: this.generation, step: op.step, rank: me, shard: me,
-      chunk: c, chunks, offset, count, chunkElements: op.ce, totalLength: op.length,
-    }, buf);
+    encodeChunkHeader(
+      {
+        kind: ChunkKind.AllGather,
+        dtype,
+        generation: this.generation,
+        step: op.step,
+        rank: me,
+        shard: me,
+        chunk: c,
+        chunks,
+        offset,
+        count,
+        chunkElements: op.ce,
+        totalLength: op.length,
+      },
+      buf,
+    );
     if (dtype === ChunkDtype.Float32) {
       new Float32Array(buf.buffer, buf.byteOffset + CHUNK_HEADER_BYTES, count).set(acc);
     } else {
@@ -707,7 +859,8 @@ export class GradientAllReduce {
     if (n === 1) return;
     const myChunks = this.#chunksOf(op, this.rank);
     let due = force;
-    if (op.reduced - op.ackedReduced >= this.#ackEvery || (op.reduced === myChunks && op.ackedReduced < myChunks)) due = true;
+    if (op.reduced - op.ackedReduced >= this.#ackEvery || (op.reduced === myChunks && op.ackedReduced < myChunks))
+      due = true;
     for (let r = 0; r < n && !due; r++) {
       if (r === this.rank) continue;
       const got = op.agRecv[r]!;
@@ -734,8 +887,18 @@ export class GradientAllReduce {
       if (!op.flushing) {
         op.flushing = true;
         this.#nc.flush().then(
-          () => { op.flushed = true; this.#maybeFinish(op); },
-          (e: unknown) => this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: flush failed: ${errorMessage(e)}`, { step: op.step, cause: e })),
+          () => {
+            op.flushed = true;
+            this.#maybeFinish(op);
+          },
+          (e: unknown) =>
+            this.#fail(
+              op,
+              new CollectiveError(`all-reduce step ${op.step}: flush failed: ${errorMessage(e)}`, {
+                step: op.step,
+                cause: e,
+              }),
+            ),
         );
       }
       return;
@@ -766,9 +929,13 @@ export class GradientAllReduce {
     for (let r = 0; r < this.worldSize; r++) {
       if (r === this.rank) continue;
       this.#subs.push(this.#nc.subscribe(allGatherSubject(this.job, this.generation, r), { callback: cb }));
-      this.#subs.push(this.#nc.subscribe(ackSubject(this.job, this.generation, r), { callback: (e, m) => this.#onAck(e, m) }));
+      this.#subs.push(
+        this.#nc.subscribe(ackSubject(this.job, this.generation, r), { callback: (e, m) => this.#onAck(e, m) }),
+      );
     }
-    this.#subs.push(this.#nc.subscribe(helloSubject(this.job, this.generation), { callback: (e, m) => this.#onHello(e, m) }));
+    this.#subs.push(
+      this.#nc.subscribe(helloSubject(this.job, this.generation), { callback: (e, m) => this.#onHello(e, m) }),
+    );
   }
 
   /** The body of an authenticated control message, parsed; undefined (and counted) when it is not one. */
@@ -783,7 +950,10 @@ export class GradientAllReduce {
     this.#stats.droppedInvalid++;
     this.#stats.rejectedControl++;
     if (isPowerOfTwo(this.#stats.rejectedControl)) {
-      this.#log.warn('dropped control messages without a valid MAC', { subject: msg.subject, count: this.#stats.rejectedControl });
+      this.#log.warn('dropped control messages without a valid MAC', {
+        subject: msg.subject,
+        count: this.#stats.rejectedControl,
+      });
     }
     return undefined;
   }
@@ -801,7 +971,15 @@ export class GradientAllReduce {
     if (op === undefined || op.settled) return;
     const a = this.#control<AckMessage>(msg);
     if (a === undefined || a === null || typeof a !== 'object') return;
-    if (a.type !== 'ack' || a.step !== op.step || !Number.isInteger(a.from) || a.from < 0 || a.from >= this.worldSize || a.from === this.rank) return;
+    if (
+      a.type !== 'ack' ||
+      a.step !== op.step ||
+      !Number.isInteger(a.from) ||
+      a.from < 0 ||
+      a.from >= this.worldSize ||
+      a.from === this.rank
+    )
+      return;
     if (Number.isInteger(a.reduced)) op.rsAcked[a.from] = Math.max(op.rsAcked[a.from]!, a.reduced);
     const got = Array.isArray(a.received) ? a.received[this.rank] : undefined;
     if (typeof got === 'number') op.agAcked[a.from] = Math.max(op.agAcked[a.from]!, got);
@@ -814,16 +992,27 @@ export class GradientAllReduce {
     const n = (this.#rejected[reason] ?? 0) + 1;
     this.#rejected[reason] = n;
     switch (reason) {
-      case RejectReason.mac: this.#stats.corrupted++; break;
-      case RejectReason.stale: this.#stats.droppedStale++; break;
-      case RejectReason.ahead: this.#stats.droppedAhead++; break;
-      default: this.#stats.droppedInvalid++;
+      case RejectReason.mac:
+        this.#stats.corrupted++;
+        break;
+      case RejectReason.stale:
+        this.#stats.droppedStale++;
+        break;
+      case RejectReason.ahead:
+        this.#stats.droppedAhead++;
+        break;
+      default:
+        this.#stats.droppedInvalid++;
     }
     this.#onRejected?.(reason);
     const level = reason === RejectReason.stale ? 'debug' : 'warn';
     if (isPowerOfTwo(n)) {
       this.#log[level]('dropped gradient chunk', {
-        reason, detail, subject, count: n, ...(h ? { step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk } : {}),
+        reason,
+        detail,
+        subject,
+        count: n,
+        ...(h ? { step: h.step, from: h.rank, shard: h.shard, chunk: h.chunk } : {}),
       });
     }
   }
@@ -832,7 +1021,14 @@ export class GradientAllReduce {
     if (err !== null) {
       this.#log.error('subscription error', { error: err.message });
       const op = this.#op;
-      if (op) this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: subscription error: ${err.message}`, { step: op.step, cause: err }));
+      if (op)
+        this.#fail(
+          op,
+          new CollectiveError(`all-reduce step ${op.step}: subscription error: ${err.message}`, {
+            step: op.step,
+            cause: err,
+          }),
+        );
       return;
     }
     if (this.#state !== 'OPEN') return;
@@ -865,13 +1061,19 @@ export class GradientAllReduce {
     // A step not started here yet: peers may be one step ahead (at most a window each).
     this.#future ??= { step: h.step, messages: new Map(), conflict: undefined };
     if (this.#future.step !== h.step) {
-      this.#reject(RejectReason.ahead, `step ${h.step} while step ${this.#future.step} is the one buffered`, msg.subject, h);
+      this.#reject(
+        RejectReason.ahead,
+        `step ${h.step} while step ${this.#future.step} is the one buffered`,
+        msg.subject,
+        h,
+      );
       return;
     }
     const key = positionKey(phase, h);
     const kept = this.#future.messages.get(key);
     if (kept !== undefined) {
-      if (duplicateVerdict(kept.tag, tag) === 'identical') this.#reject(RejectReason.duplicate, 'a copy of a buffered chunk', msg.subject, h);
+      if (duplicateVerdict(kept.tag, tag) === 'identical')
+        this.#reject(RejectReason.duplicate, 'a copy of a buffered chunk', msg.subject, h);
       else this.#future.conflict ??= this.#conflict(h.step, h);
       return;
     }
@@ -882,8 +1084,8 @@ export class GradientAllReduce {
   #conflict(step: number, h: ChunkHeader): ChunkConflictError {
     const e = new ChunkConflictError(
       `all-reduce step ${step}: rank ${h.rank} sent two different ` +
-        `authentic chunks at chunk ${h.chunk} of shard ${h.shard}`
-      + ' (a holder of the generation\'s key is broken or hostile)',
+        `authentic chunks at chunk ${h.chunk} of shard ${h.shard}` +
+        " (a holder of the generation's key is broken or hostile)",
       { step, sender: h.rank },
     );
     this.#log.error('conflicting authentic chunks', { step, from: h.rank, shard: h.shard, chunk: h.chunk });
@@ -895,14 +1097,26 @@ export class GradientAllReduce {
     if (op.settled) return;
     const counts = phase === GradPhase.reduceScatter ? op.rsRecv : op.agRecv;
     const expected = counts[h.rank]!;
-    const place = placeChunk(h, phase, {
-      step: op.step, length: op.length, chunkElements: op.ce, worldSize: this.worldSize, rank: this.rank,
-      dtypeAt: (offset) => this.#dtypeAt(op, offset),
-    }, expected);
+    const place = placeChunk(
+      h,
+      phase,
+      {
+        step: op.step,
+        length: op.length,
+        chunkElements: op.ce,
+        worldSize: this.worldSize,
+        rank: this.rank,
+        dtypeAt: (offset) => this.#dtypeAt(op, offset),
+      },
+      expected,
+    );
     switch (place.action) {
       case 'fail':
         this.#stats.lostChunks += place.lost;
-        this.#fail(op, new CollectiveError(`all-reduce step ${op.step}: ${place.detail}`, { step: op.step, missingRanks: [h.rank] }));
+        this.#fail(
+          op,
+          new CollectiveError(`all-reduce step ${op.step}: ${place.detail}`, { step: op.step, missingRanks: [h.rank] }),
+        );
         return;
       case 'drop':
         this.#reject(place.reason, place.detail, '', h);
@@ -933,7 +1147,11 @@ export class GradientAllReduce {
       new Uint8Array(op.output.buffer, op.output.byteOffset + offset * 4, count * 4).set(payload);
     } else {
       const aligned = payload.byteOffset % 2 === 0 ? payload : new Uint8Array(payload);
-      widenInto(h.dtype, new Uint16Array(aligned.buffer, aligned.byteOffset, count), op.output.subarray(offset, offset + count));
+      widenInto(
+        h.dtype,
+        new Uint16Array(aligned.buffer, aligned.byteOffset, count),
+        op.output.subarray(offset, offset + count),
+      );
     }
     counts[h.rank] = expected + 1;
   }

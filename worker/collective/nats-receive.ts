@@ -71,9 +71,10 @@ function takeBuffer(size: number): ArrayBuffer {
  */
 export function releaseReceived(data: Uint8Array): void {
   const b = data.buffer;
-  if (!(b instanceof ArrayBuffer) || !made.has(b) || pooled.has(b) || poolBytes + b.byteLength > RECEIVE_POOL_BYTES) return;
+  if (!(b instanceof ArrayBuffer) || !made.has(b) || pooled.has(b) || poolBytes + b.byteLength > RECEIVE_POOL_BYTES)
+    return;
   let free = pool.get(b.byteLength);
-  if (free === undefined) pool.set(b.byteLength, free = []);
+  if (free === undefined) pool.set(b.byteLength, (free = []));
   free.push(b);
   pooled.add(b);
   poolBytes += b.byteLength;

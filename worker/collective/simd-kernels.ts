@@ -66,16 +66,23 @@ const hashLanes = new Uint32Array(mem, HASH_STATE, 32);
 
 const narrowK = (d: Dtype16): Exports['narrowF16'] => (d === ChunkDtype.Float16 ? k.narrowF16 : k.narrowBf16);
 const widenK = (d: Dtype16): Exports['widenF16'] => (d === ChunkDtype.Float16 ? k.widenF16 : k.widenBf16);
-const addWidenedK = (d: Dtype16): Exports['addWidenedF16'] => (d === ChunkDtype.Float16 ? k.addWidenedF16 : k.addWidenedBf16);
+const addWidenedK = (d: Dtype16): Exports['addWidenedF16'] =>
+  d === ChunkDtype.Float16 ? k.addWidenedF16 : k.addWidenedBf16;
 const quantizeK = (d: Dtype16): Exports['quantizeF16'] => (d === ChunkDtype.Float16 ? k.quantizeF16 : k.quantizeBf16);
-const addQuantizedK = (d: Dtype16): Exports['addQuantizedF16'] => (d === ChunkDtype.Float16 ? k.addQuantizedF16 : k.addQuantizedBf16);
+const addQuantizedK = (d: Dtype16): Exports['addQuantizedF16'] =>
+  d === ChunkDtype.Float16 ? k.addQuantizedF16 : k.addQuantizedBf16;
 
 /**
  * `dst = narrow(src (+ residualIn))`; with `residualOut`, what narrowing lost (`v − widen(q)`); with
  * `widened`, `widen(q)`. Float32 arguments may alias each other element for element.
  */
 export function narrowInto(
-  dtype: Dtype16, src: Float32Array, dst: Uint16Array, residualIn?: Float32Array, residualOut?: Float32Array, widened?: Float32Array,
+  dtype: Dtype16,
+  src: Float32Array,
+  dst: Uint16Array,
+  residualIn?: Float32Array,
+  residualOut?: Float32Array,
+  widened?: Float32Array,
 ): void {
   const n = src.length;
   const narrow = narrowK(dtype);
@@ -118,7 +125,10 @@ export function widenInto(dtype: Dtype16, src: Uint16Array, dst: Float32Array): 
  */
 export function sumF32Into(acc: Float32Array, xs: readonly Float32Array[]): void {
   const n = acc.length;
-  if (xs.length === 0) { acc.fill(0); return; }
+  if (xs.length === 0) {
+    acc.fill(0);
+    return;
+  }
   for (let i = 0; i < n; i += BLOCK) {
     const m = Math.min(BLOCK, n - i);
     accF32.set(xs[0]!.subarray(i, i + m));
@@ -136,9 +146,16 @@ export function sumF32Into(acc: Float32Array, xs: readonly Float32Array[]): void
  * one kernel without the 16-bit values (as `narrowInto` without feedback, then widening), which
  * is how the owner's own contribution joins the sum.
  */
-export function sumWidenedInto(dtype: Dtype16, acc: Float32Array, xs: ReadonlyArray<Uint16Array | { narrow: Float32Array }>): void {
+export function sumWidenedInto(
+  dtype: Dtype16,
+  acc: Float32Array,
+  xs: ReadonlyArray<Uint16Array | { narrow: Float32Array }>,
+): void {
   const n = acc.length;
-  if (xs.length === 0) { acc.fill(0); return; }
+  if (xs.length === 0) {
+    acc.fill(0);
+    return;
+  }
   const widen = widenK(dtype);
   const addWidened = addWidenedK(dtype);
   const quantize = quantizeK(dtype);
@@ -160,7 +177,6 @@ export function sumWidenedInto(dtype: Dtype16, acc: Float32Array, xs: ReadonlyAr
     acc.set(m === BLOCK ? accF32 : accF32.subarray(0, m), i);
   }
 }
-
 
 /** xxHash32's primes. */
 const P1 = 0x9e3779b1;

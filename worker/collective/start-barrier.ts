@@ -56,8 +56,14 @@ export class StartBarrier {
   say(): void {
     this.#lastHelloAt = Date.now();
     this.#publish({
-      type: 'hello', from: this.#s.rank, heard: [...this.#heard], ready: this.#done, worldSize: this.#s.worldSize,
-      compression: this.#s.compression, exactPrefix: this.#s.exactPrefix, chunkElements: this.#chunkElements(),
+      type: 'hello',
+      from: this.#s.rank,
+      heard: [...this.#heard],
+      ready: this.#done,
+      worldSize: this.#s.worldSize,
+      compression: this.#s.compression,
+      exactPrefix: this.#s.exactPrefix,
+      chunkElements: this.#chunkElements(),
     });
   }
 
@@ -65,11 +71,19 @@ export class StartBarrier {
   onHello(h: HelloMessage, open: boolean): void {
     const { rank, worldSize } = this.#s;
     if (h.type !== 'hello' || !Number.isInteger(h.from) || h.from < 0 || h.from >= worldSize || h.from === rank) return;
-    const mismatch = h.worldSize !== worldSize ? `world size ${h.worldSize} ≠ ${worldSize}`
-      : h.compression !== this.#s.compression ? `compression ${h.compression} ≠ ${this.#s.compression}`
-      : h.exactPrefix !== this.#s.exactPrefix ? `exactPrefix ${h.exactPrefix} ≠ ${this.#s.exactPrefix}` : undefined;
+    const mismatch =
+      h.worldSize !== worldSize
+        ? `world size ${h.worldSize} ≠ ${worldSize}`
+        : h.compression !== this.#s.compression
+          ? `compression ${h.compression} ≠ ${this.#s.compression}`
+          : h.exactPrefix !== this.#s.exactPrefix
+            ? `exactPrefix ${h.exactPrefix} ≠ ${this.#s.exactPrefix}`
+            : undefined;
     if (mismatch !== undefined) {
-      this.#error ??= new CollectiveError(`ready: rank ${h.from} differs from rank ${rank}: ${mismatch}`, { step: -1, missingRanks: [h.from] });
+      this.#error ??= new CollectiveError(`ready: rank ${h.from} differs from rank ${rank}: ${mismatch}`, {
+        step: -1,
+        missingRanks: [h.from],
+      });
       this.#waiter?.();
       return;
     }
@@ -102,7 +116,8 @@ export class StartBarrier {
       if (signal?.aborted) throw new CollectiveError('ready: aborted', { step: -1, cause: signal.reason });
       if (Date.now() >= deadline) {
         const missing = [];
-        for (let r = 0; r < this.#s.worldSize; r++) if (r !== this.#s.rank && (!this.#heard.has(r) || !this.#heardMe.has(r))) missing.push(r);
+        for (let r = 0; r < this.#s.worldSize; r++)
+          if (r !== this.#s.rank && (!this.#heard.has(r) || !this.#heardMe.has(r))) missing.push(r);
         throw new CollectiveError(
           `ready: rank ${this.#s.rank} has not exchanged hellos ` +
             `with ranks ${missing.join(', ')} within ${timeoutMs} ms`,
@@ -112,7 +127,10 @@ export class StartBarrier {
       this.say();
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, Math.min(HELLO_INTERVAL_MS, Math.max(0, deadline - Date.now())));
-        function done(): void { clearTimeout(t); resolve(); }
+        function done(): void {
+          clearTimeout(t);
+          resolve();
+        }
         this.#waiter = done;
       });
       this.#waiter = undefined;

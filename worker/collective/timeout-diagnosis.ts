@@ -44,18 +44,28 @@ export function diagnoseTimeout(p: StepProgress): CollectiveError {
   const myChunks = p.chunksOf(p.rank);
   const rs = missing(p.rsRecv, () => myChunks);
   if (rs.ranks.length > 0) {
-    return new CollectiveError(`${pre} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`, { step: p.step, missingRanks: rs.ranks });
+    return new CollectiveError(`${pre} is missing its shard's pieces from ranks ${rs.detail.join(', ')}`, {
+      step: p.step,
+      missingRanks: rs.ranks,
+    });
   }
   const ag = missing(p.agRecv, (r) => p.chunksOf(r));
   if (ag.ranks.length > 0) {
-    return new CollectiveError(`${pre} is missing the reduced shards of ranks ${ag.detail.join(', ')}`, { step: p.step, missingRanks: ag.ranks });
+    return new CollectiveError(`${pre} is missing the reduced shards of ranks ${ag.detail.join(', ')}`, {
+      step: p.step,
+      missingRanks: ag.ranks,
+    });
   }
   if (p.ready < p.length) {
     return new CollectiveError(`${pre}: only ${p.ready} of ${p.length} input elements were appended`, { step: p.step });
   }
   const unacked = [];
   for (let r = 0; r < n; r++) if (r !== p.rank && p.rsAcked[r]! < p.rsNext[r]! - p.windowChunks + 1) unacked.push(r);
-  return new CollectiveError(`${pre} while sending${unacked.length ? ` (no credit from ranks ${unacked.join(', ')})` : ''}`, {
-    step: p.step, missingRanks: unacked,
-  });
+  return new CollectiveError(
+    `${pre} while sending${unacked.length ? ` (no credit from ranks ${unacked.join(', ')})` : ''}`,
+    {
+      step: p.step,
+      missingRanks: unacked,
+    },
+  );
 }

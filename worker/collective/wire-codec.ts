@@ -61,7 +61,10 @@ export function quantize(
     dst[i] = q;
     let w: number;
     if (table !== undefined) w = table[q]!;
-    else { tmpBits[0] = q << 16; w = tmp[0]; }
+    else {
+      tmpBits[0] = q << 16;
+      w = tmp[0];
+    }
     if (residualOut !== undefined) residualOut[i] = v - w;
     if (widened !== undefined) widened[i] = w;
   }
@@ -84,9 +87,15 @@ for (let idx = 0; idx < 512; idx++) {
   let base = sign;
   let shift = 25;
   let implicit = 0;
-  if (e === 0xff || he >= 0x1f) base = sign | 0x7c00; // Inf (NaN is handled apart)
-  else if (he > 0) { base = sign | (he << 10); shift = 13; }
-  else if (he >= -10) { shift = 14 - he; implicit = 0x800000; }
+  if (e === 0xff || he >= 0x1f)
+    base = sign | 0x7c00; // Inf (NaN is handled apart)
+  else if (he > 0) {
+    base = sign | (he << 10);
+    shift = 13;
+  } else if (he >= -10) {
+    shift = 14 - he;
+    implicit = 0x800000;
+  }
   F16_BASE[idx] = base;
   F16_SHIFT[idx] = shift;
   F16_IMPLICIT[idx] = implicit;
@@ -101,7 +110,8 @@ function narrowF16(bits: Int32Array, dst: Uint16Array): void {
     // The common case, a binary16 normal (float32 exponent 113..142): rebias, then round to nearest
     // even with one add whose carry runs into the exponent (up to Inf) as it should. Integer ops
     // only, no table; everything else (subnormals, zero, overflow, NaN) goes the table way.
-    if (a - 0x38800000 >>> 0 < 0x0f000000) dst[i] = ((f >>> 16) & 0x8000) | ((a - 0x37fff001 + ((a >>> 13) & 1)) >>> 13);
+    if ((a - 0x38800000) >>> 0 < 0x0f000000)
+      dst[i] = ((f >>> 16) & 0x8000) | ((a - 0x37fff001 + ((a >>> 13) & 1)) >>> 13);
     else dst[i] = narrowF16Slow(f);
   }
 }
@@ -140,7 +150,11 @@ function widenBf16(src: Uint16Array, dst: Int32Array): void {
 }
 
 /** Widens and adds: `acc[i] += widen(src[i])`, each add rounded to float32. */
-export function dequantizeAdd(dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16, src: Uint16Array, acc: Float32Array): void {
+export function dequantizeAdd(
+  dtype: ChunkDtype.Float16 | ChunkDtype.BFloat16,
+  src: Uint16Array,
+  acc: Float32Array,
+): void {
   if (dtype === ChunkDtype.Float16) widenAddF16(src, acc, f16ToF32Table());
   else widenAddBf16(src, acc, scratchF32(src.length));
 }
@@ -170,20 +184,38 @@ export function sumF32(acc: Float32Array, xs: readonly Float32Array[]): void {
   const k = xs.length;
   const n = acc.length;
   const fr = Math.fround;
-  if (k === 0) { acc.fill(0); return; }
+  if (k === 0) {
+    acc.fill(0);
+    return;
+  }
   const a = xs[0]!;
-  if (k === 1) { if (a !== acc) acc.set(a); return; }
+  if (k === 1) {
+    if (a !== acc) acc.set(a);
+    return;
+  }
   const b = xs[1]!;
-  if (k === 2) { for (let i = 0; i < n; i++) acc[i] = a[i]! + b[i]!; return; }
+  if (k === 2) {
+    for (let i = 0; i < n; i++) acc[i] = a[i]! + b[i]!;
+    return;
+  }
   const c = xs[2]!;
-  if (k === 3) { for (let i = 0; i < n; i++) acc[i] = fr(a[i]! + b[i]!) + c[i]!; return; }
+  if (k === 3) {
+    for (let i = 0; i < n; i++) acc[i] = fr(a[i]! + b[i]!) + c[i]!;
+    return;
+  }
   const d = xs[3]!;
   for (let i = 0; i < n; i++) acc[i] = fr(fr(a[i]! + b[i]!) + c[i]!) + d[i]!;
   for (let r = 4; r < k; r += 3) {
     const x = xs[r]!;
-    if (r + 1 === k) { for (let i = 0; i < n; i++) acc[i] = acc[i]! + x[i]!; continue; }
+    if (r + 1 === k) {
+      for (let i = 0; i < n; i++) acc[i] = acc[i]! + x[i]!;
+      continue;
+    }
     const y = xs[r + 1]!;
-    if (r + 2 === k) { for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + x[i]!) + y[i]!; continue; }
+    if (r + 2 === k) {
+      for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + x[i]!) + y[i]!;
+      continue;
+    }
     const z = xs[r + 2]!;
     for (let i = 0; i < n; i++) acc[i] = fr(fr(acc[i]! + x[i]!) + y[i]!) + z[i]!;
   }
@@ -194,20 +226,38 @@ export function sumWidened(acc: Float32Array, xs: readonly Uint16Array[], t: Flo
   const k = xs.length;
   const n = acc.length;
   const fr = Math.fround;
-  if (k === 0) { acc.fill(0); return; }
+  if (k === 0) {
+    acc.fill(0);
+    return;
+  }
   const a = xs[0]!;
-  if (k === 1) { for (let i = 0; i < n; i++) acc[i] = t[a[i]!]!; return; }
+  if (k === 1) {
+    for (let i = 0; i < n; i++) acc[i] = t[a[i]!]!;
+    return;
+  }
   const b = xs[1]!;
-  if (k === 2) { for (let i = 0; i < n; i++) acc[i] = t[a[i]!]! + t[b[i]!]!; return; }
+  if (k === 2) {
+    for (let i = 0; i < n; i++) acc[i] = t[a[i]!]! + t[b[i]!]!;
+    return;
+  }
   const c = xs[2]!;
-  if (k === 3) { for (let i = 0; i < n; i++) acc[i] = fr(t[a[i]!]! + t[b[i]!]!) + t[c[i]!]!; return; }
+  if (k === 3) {
+    for (let i = 0; i < n; i++) acc[i] = fr(t[a[i]!]! + t[b[i]!]!) + t[c[i]!]!;
+    return;
+  }
   const d = xs[3]!;
   for (let i = 0; i < n; i++) acc[i] = fr(fr(t[a[i]!]! + t[b[i]!]!) + t[c[i]!]!) + t[d[i]!]!;
   for (let r = 4; r < k; r += 3) {
     const x = xs[r]!;
-    if (r + 1 === k) { for (let i = 0; i < n; i++) acc[i] = acc[i]! + t[x[i]!]!; continue; }
+    if (r + 1 === k) {
+      for (let i = 0; i < n; i++) acc[i] = acc[i]! + t[x[i]!]!;
+      continue;
+    }
     const y = xs[r + 1]!;
-    if (r + 2 === k) { for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + t[x[i]!]!) + t[y[i]!]!; continue; }
+    if (r + 2 === k) {
+      for (let i = 0; i < n; i++) acc[i] = fr(acc[i]! + t[x[i]!]!) + t[y[i]!]!;
+      continue;
+    }
     const z = xs[r + 2]!;
     for (let i = 0; i < n; i++) acc[i] = fr(fr(acc[i]! + t[x[i]!]!) + t[y[i]!]!) + t[z[i]!]!;
   }

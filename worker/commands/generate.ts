@@ -31,7 +31,8 @@ export async function runGenerate(options: GenerateCommandOptions): Promise<{ te
       ...(options.stop ? { stop: options.stop } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    if (options.json) options.write(JSON.stringify({ text: g!.text, tokens: g!.ids.length, finish_reason: g!.finishReason }));
+    if (options.json)
+      options.write(JSON.stringify({ text: g!.text, tokens: g!.ids.length, finish_reason: g!.finishReason }));
     else options.write(g!.text);
     return { text: g!.text, ids: g!.ids };
   } finally {

@@ -29,17 +29,24 @@ export function bundledTokenizerDir(): string {
 
 export async function runInitModel(options: InitModelOptions): Promise<{ dir: string; parameters: number }> {
   if (!(options.preset in PresetName)) {
-    throw new UserError(`--preset: unknown preset ${JSON.stringify(options.preset)} (known: ${Object.keys(PresetName).join(', ')})`);
+    throw new UserError(
+      `--preset: unknown preset ${JSON.stringify(options.preset)} (known: ${Object.keys(PresetName).join(', ')})`,
+    );
   }
   const preset = options.preset as PresetName;
   const seed = options.seed ?? DEFAULT_INIT_SEED;
-  if (!Number.isSafeInteger(seed) || seed < 0) throw new UserError(`--seed: must be a non-negative integer, got ${seed}`);
+  if (!Number.isSafeInteger(seed) || seed < 0)
+    throw new UserError(`--seed: must be a non-negative integer, got ${seed}`);
   const config = PRESET_CONFIGS[preset];
   await mkdir(options.out, { recursive: true });
   await writeFile(join(options.out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   await writeFile(
     join(options.out, 'generation_config.json'),
-    JSON.stringify({ bos_token_id: config['bos_token_id'], eos_token_id: config['eos_token_id'], do_sample: false }, null, 2) + '\n',
+    JSON.stringify(
+      { bos_token_id: config['bos_token_id'], eos_token_id: config['eos_token_id'], do_sample: false },
+      null,
+      2,
+    ) + '\n',
   );
   const tensors = presetTensors(preset, seed);
   await writeSafetensors(join(options.out, 'model.safetensors'), tensors, { dtype: 'F32', metadata: { format: 'pt' } });

@@ -48,7 +48,8 @@ export const DEFAULT_SCORE_BATCH = 8;
 /** Reads the JSONL input: a record with `input_ids` is tokenized, any other is alpaca-like. */
 export async function readScoreRecords(file: string): Promise<DataRecord[]> {
   const records = (await readJsonLines(file)).map(({ obj, lineNo }) =>
-    recordFromJson(file, obj, lineNo, 'input_ids' in obj ? 'tokenized' : 'alpaca', undefined));
+    recordFromJson(file, obj, lineNo, 'input_ids' in obj ? 'tokenized' : 'alpaca', undefined),
+  );
   if (records.length === 0) throw new DataFormatError(file, 'holds no records');
   return records;
 }
@@ -67,13 +68,16 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
     const eosId = tokenizer ? tokenizer.eosId : (eosIds(model.config)[0] ?? undefined);
     if (needsText && eosId === undefined) throw new ModelLoadError(options.model, 'the tokenizer has no EOS token');
     const encoder: PromptTokenizer = {
-      encode: (t, o) => tokenizer!.encode(t, o), eosId: eosId ?? 0, addBosDefault: tokenizer?.addBosDefault ?? true,
+      encode: (t, o) => tokenizer!.encode(t, o),
+      eosId: eosId ?? 0,
+      addBosDefault: tokenizer?.addBosDefault ?? true,
       renderChat: (m, g) => tokenizer!.renderChat(m, g),
     };
     const samples: EncodedSample[] = records.map((r, i) => {
       const s = encodeRecord(r, encoder, options.template ?? 'slam', maxSeqLen);
       const bad = s.inputIds.find((t) => t >= V) ?? s.labels.find((t) => t >= V);
-      if (bad !== undefined) throw new DataFormatError(options.input, `token id ${bad} is outside the vocabulary [0, ${V})`, i + 1);
+      if (bad !== undefined)
+        throw new DataFormatError(options.input, `token id ${bad} is outside the vocabulary [0, ${V})`, i + 1);
       return s;
     });
     // Batches of similar lengths waste less on padding; results go out in input order.
@@ -84,9 +88,15 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
     for (let s = 0; s < order.length; s += batchSize) {
       if (options.signal?.aborted) throw options.signal.reason ?? new Error('scoring aborted');
       const idx = order.slice(s, s + batchSize);
-      const mb = padBatch(idx.map((i) => samples[i]!), padId);
+      const mb = padBatch(
+        idx.map((i) => samples[i]!),
+        padId,
+      );
       const r = tf.tidy(() =>
-        model.nllPerRow(tf.tensor2d(mb.inputIds, [mb.batchSize, mb.seqLen], 'int32'), tf.tensor2d(mb.labels, [mb.batchSize, mb.seqLen], 'int32')),
+        model.nllPerRow(
+          tf.tensor2d(mb.inputIds, [mb.batchSize, mb.seqLen], 'int32'),
+          tf.tensor2d(mb.labels, [mb.batchSize, mb.seqLen], 'int32'),
+        ),
       );
       idx.forEach((i, b) => {
         const tokens = r.tokens[b]!;
@@ -104,7 +114,10 @@ export async function runScore(options: ScoreOptions): Promise<ScoreResult[]> {
         count += r.tokens;
       }
     }
-    if (!options.json) options.write(`mean nll ${count > 0 ? (sum / count).toFixed(4) : '-'} over ${count} tokens in ${results.length} records`);
+    if (!options.json)
+      options.write(
+        `mean nll ${count > 0 ? (sum / count).toFixed(4) : '-'} over ${count} tokens in ${results.length} records`,
+      );
     return results;
   } finally {
     model.dispose();

@@ -24,20 +24,32 @@ export interface PromptTokenizer {
   /** Whether prompts start with BOS (tokenizer_config.json `add_bos_token`). @default true */
   readonly addBosDefault?: boolean;
   /** The model's chat template, for the `chat` template (see ModelTokenizer.renderChat). */
-  renderChat?(messages: ReadonlyArray<{ role: 'user' | 'assistant'; content: string }>, addGenerationPrompt: boolean): string;
+  renderChat?(
+    messages: ReadonlyArray<{ role: 'user' | 'assistant'; content: string }>,
+    addGenerationPrompt: boolean,
+  ): string;
 }
 
 /** Prompt and answer ids of a text record through the model's chat template. */
-function encodeChat(question: string, output: string, tokenizer: PromptTokenizer): { prompt: number[]; answer: number[] } {
+function encodeChat(
+  question: string,
+  output: string,
+  tokenizer: PromptTokenizer,
+): { prompt: number[]; answer: number[] } {
   if (!tokenizer.renderChat) throw new UserError(`template ${CHAT_TEMPLATE_NAME}: this tokenizer has no chat template`);
   const user = { role: 'user' as const, content: question };
   const prefix = tokenizer.renderChat([user], true);
   const full = tokenizer.renderChat([user, { role: 'assistant', content: output }], false);
   if (!full.startsWith(prefix)) {
-    throw new UserError(`template ${CHAT_TEMPLATE_NAME}: the model's chat template does ` +
-      `not render the answer after the prompt it renders for generation`);
+    throw new UserError(
+      `template ${CHAT_TEMPLATE_NAME}: the model's chat template does ` +
+        `not render the answer after the prompt it renders for generation`,
+    );
   }
-  return { prompt: tokenizer.encode(prefix, { addBos: false }), answer: tokenizer.encode(full.slice(prefix.length), { addBos: false }) };
+  return {
+    prompt: tokenizer.encode(prefix, { addBos: false }),
+    answer: tokenizer.encode(full.slice(prefix.length), { addBos: false }),
+  };
 }
 
 export interface EncodedSample {
@@ -64,7 +76,12 @@ function countSupervised(labels: Int32Array): number {
   return n;
 }
 
-export function encodeRecord(record: DataRecord, tokenizer: PromptTokenizer, template: string, maxSeqLen: number): EncodedSample {
+export function encodeRecord(
+  record: DataRecord,
+  tokenizer: PromptTokenizer,
+  template: string,
+  maxSeqLen: number,
+): EncodedSample {
   let ids: number[];
   let labels: number[];
   if (record.kind === 'tokens') {
@@ -75,7 +92,9 @@ export function encodeRecord(record: DataRecord, tokenizer: PromptTokenizer, tem
     ids = [...prompt, ...answer];
     labels = [...prompt.map(() => IGNORE_INDEX), ...answer];
   } else {
-    const prompt = tokenizer.encode(applyTemplate(template, record.question), { addBos: tokenizer.addBosDefault ?? true });
+    const prompt = tokenizer.encode(applyTemplate(template, record.question), {
+      addBos: tokenizer.addBosDefault ?? true,
+    });
     const output = [...tokenizer.encode(record.output, { addBos: false }), tokenizer.eosId];
     ids = [...prompt, ...output];
     labels = [...prompt.map(() => IGNORE_INDEX), ...output];

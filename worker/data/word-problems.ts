@@ -20,29 +20,74 @@ interface Template {
 
 const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
   en: {
-    add: { question: (a, b) => `Maria has ${a} apples. She buys ${b} more. How many apples does she have now?`, answer: 'The answer is' },
-    sub: { question: (a, b) => `A baker made ${a} loaves of bread and sold ${b}. How many loaves are left?`, answer: 'The answer is' },
-    mul: { question: (a, b) => `There are ${a} boxes with ${b} pencils in each box. How many pencils are there in total?`, answer: 'The answer is' },
+    add: {
+      question: (a, b) => `Maria has ${a} apples. She buys ${b} more. How many apples does she have now?`,
+      answer: 'The answer is',
+    },
+    sub: {
+      question: (a, b) => `A baker made ${a} loaves of bread and sold ${b}. How many loaves are left?`,
+      answer: 'The answer is',
+    },
+    mul: {
+      question: (a, b) => `There are ${a} boxes with ${b} pencils in each box. How many pencils are there in total?`,
+      answer: 'The answer is',
+    },
   },
   de: {
-    add: { question: (a, b) => `Maria hat ${a} Äpfel. Sie kauft ${b} dazu. Wie viele Äpfel hat sie jetzt?`, answer: 'Die Antwort ist' },
-    sub: { question: (a, b) => `Ein Bäcker hat ${a} Brote gebacken und ${b} verkauft. Wie viele Brote sind übrig?`, answer: 'Die Antwort ist' },
-    mul: { question: (a, b) => `Es gibt ${a} Schachteln mit je ${b} Stiften. Wie viele Stifte sind es insgesamt?`, answer: 'Die Antwort ist' },
+    add: {
+      question: (a, b) => `Maria hat ${a} Äpfel. Sie kauft ${b} dazu. Wie viele Äpfel hat sie jetzt?`,
+      answer: 'Die Antwort ist',
+    },
+    sub: {
+      question: (a, b) => `Ein Bäcker hat ${a} Brote gebacken und ${b} verkauft. Wie viele Brote sind übrig?`,
+      answer: 'Die Antwort ist',
+    },
+    mul: {
+      question: (a, b) => `Es gibt ${a} Schachteln mit je ${b} Stiften. Wie viele Stifte sind es insgesamt?`,
+      answer: 'Die Antwort ist',
+    },
   },
   fr: {
-    add: { question: (a, b) => `Maria a ${a} pommes. Elle en achète ${b} de plus. Combien de pommes a-t-elle maintenant ?`, answer: 'La réponse est' },
-    sub: { question: (a, b) => `Un boulanger a fait ${a} pains et en a vendu ${b}. Combien de pains reste-t-il ?`, answer: 'La réponse est' },
-    mul: { question: (a, b) => `Il y a ${a} boîtes de ${b} crayons chacune. Combien de crayons y a-t-il au total ?`, answer: 'La réponse est' },
+    add: {
+      question: (a, b) => `Maria a ${a} pommes. Elle en achète ${b} de plus. Combien de pommes a-t-elle maintenant ?`,
+      answer: 'La réponse est',
+    },
+    sub: {
+      question: (a, b) => `Un boulanger a fait ${a} pains et en a vendu ${b}. Combien de pains reste-t-il ?`,
+      answer: 'La réponse est',
+    },
+    mul: {
+      question: (a, b) => `Il y a ${a} boîtes de ${b} crayons chacune. Combien de crayons y a-t-il au total ?`,
+      answer: 'La réponse est',
+    },
   },
   es: {
-    add: { question: (a, b) => `María tiene ${a} manzanas. Compra ${b} más. ¿Cuántas manzanas tiene ahora?`, answer: 'La respuesta es' },
-    sub: { question: (a, b) => `Un panadero hizo ${a} panes y vendió ${b}. ¿Cuántos panes quedan?`, answer: 'La respuesta es' },
-    mul: { question: (a, b) => `Hay ${a} cajas con ${b} lápices en cada una. ¿Cuántos lápices hay en total?`, answer: 'La respuesta es' },
+    add: {
+      question: (a, b) => `María tiene ${a} manzanas. Compra ${b} más. ¿Cuántas manzanas tiene ahora?`,
+      answer: 'La respuesta es',
+    },
+    sub: {
+      question: (a, b) => `Un panadero hizo ${a} panes y vendió ${b}. ¿Cuántos panes quedan?`,
+      answer: 'La respuesta es',
+    },
+    mul: {
+      question: (a, b) => `Hay ${a} cajas con ${b} lápices en cada una. ¿Cuántos lápices hay en total?`,
+      answer: 'La respuesta es',
+    },
   },
   ru: {
-    add: { question: (a, b) => `У Марии ${a} яблок. Она покупает ещё ${b}. Сколько яблок у неё теперь?`, answer: 'Ответ:' },
-    sub: { question: (a, b) => `Пекарь испёк ${a} буханок хлеба и продал ${b}. Сколько буханок осталось?`, answer: 'Ответ:' },
-    mul: { question: (a, b) => `Есть ${a} коробок, в каждой по ${b} карандашей. Сколько всего карандашей?`, answer: 'Ответ:' },
+    add: {
+      question: (a, b) => `У Марии ${a} яблок. Она покупает ещё ${b}. Сколько яблок у неё теперь?`,
+      answer: 'Ответ:',
+    },
+    sub: {
+      question: (a, b) => `Пекарь испёк ${a} буханок хлеба и продал ${b}. Сколько буханок осталось?`,
+      answer: 'Ответ:',
+    },
+    mul: {
+      question: (a, b) => `Есть ${a} коробок, в каждой по ${b} карандашей. Сколько всего карандашей?`,
+      answer: 'Ответ:',
+    },
   },
   zh: {
     add: { question: (a, b) => `玛丽亚有${a}个苹果。她又买了${b}个。她现在有多少个苹果？`, answer: '答案是' },
@@ -50,9 +95,18 @@ const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
     mul: { question: (a, b) => `有${a}个盒子，每个盒子里有${b}支铅笔。一共有多少支铅笔？`, answer: '答案是' },
   },
   ja: {
-    add: { question: (a, b) => `マリアはりんごを${a}個持っています。さらに${b}個買いました。今りんごは何個ありますか？`, answer: '答えは' },
-    sub: { question: (a, b) => `パン屋さんはパンを${a}個焼いて、${b}個売りました。パンは何個残っていますか？`, answer: '答えは' },
-    mul: { question: (a, b) => `箱が${a}個あり、それぞれに鉛筆が${b}本入っています。鉛筆は全部で何本ですか？`, answer: '答えは' },
+    add: {
+      question: (a, b) => `マリアはりんごを${a}個持っています。さらに${b}個買いました。今りんごは何個ありますか？`,
+      answer: '答えは',
+    },
+    sub: {
+      question: (a, b) => `パン屋さんはパンを${a}個焼いて、${b}個売りました。パンは何個残っていますか？`,
+      answer: '答えは',
+    },
+    mul: {
+      question: (a, b) => `箱が${a}個あり、それぞれに鉛筆が${b}本入っています。鉛筆は全部で何本ですか？`,
+      answer: '答えは',
+    },
   },
   th: {
     add: { question: (a, b) => `มาเรียมีแอปเปิล ${a} ผล เธอซื้อเพิ่มอีก ${b} ผล ตอนนี้เธอมีแอปเปิลกี่ผล`, answer: 'คำตอบคือ' },
@@ -60,13 +114,28 @@ const TEMPLATES: Record<WordProblemLanguage, Record<Op, Template>> = {
     mul: { question: (a, b) => `มีกล่อง ${a} กล่อง แต่ละกล่องมีดินสอ ${b} แท่ง มีดินสอทั้งหมดกี่แท่ง`, answer: 'คำตอบคือ' },
   },
   sw: {
-    add: { question: (a, b) => `Maria ana matufaha ${a}. Ananunua mengine ${b}. Sasa ana matufaha mangapi?`, answer: 'Jibu ni' },
-    sub: { question: (a, b) => `Mwokaji alioka mikate ${a} na akauza ${b}. Imebaki mikate mingapi?`, answer: 'Jibu ni' },
-    mul: { question: (a, b) => `Kuna masanduku ${a} yenye penseli ${b} kila moja. Kuna penseli ngapi kwa jumla?`, answer: 'Jibu ni' },
+    add: {
+      question: (a, b) => `Maria ana matufaha ${a}. Ananunua mengine ${b}. Sasa ana matufaha mangapi?`,
+      answer: 'Jibu ni',
+    },
+    sub: {
+      question: (a, b) => `Mwokaji alioka mikate ${a} na akauza ${b}. Imebaki mikate mingapi?`,
+      answer: 'Jibu ni',
+    },
+    mul: {
+      question: (a, b) => `Kuna masanduku ${a} yenye penseli ${b} kila moja. Kuna penseli ngapi kwa jumla?`,
+      answer: 'Jibu ni',
+    },
   },
   bn: {
-    add: { question: (a, b) => `মারিয়ার কাছে ${a}টি আপেল আছে। সে আরও ${b}টি কেনে। এখন তার কাছে কতগুলি আপেল আছে?`, answer: 'উত্তর হল' },
-    sub: { question: (a, b) => `একজন রুটিওয়ালা ${a}টি রুটি বানিয়ে ${b}টি বিক্রি করল। কতগুলি রুটি বাকি আছে?`, answer: 'উত্তর হল' },
+    add: {
+      question: (a, b) => `মারিয়ার কাছে ${a}টি আপেল আছে। সে আরও ${b}টি কেনে। এখন তার কাছে কতগুলি আপেল আছে?`,
+      answer: 'উত্তর হল',
+    },
+    sub: {
+      question: (a, b) => `একজন রুটিওয়ালা ${a}টি রুটি বানিয়ে ${b}টি বিক্রি করল। কতগুলি রুটি বাকি আছে?`,
+      answer: 'উত্তর হল',
+    },
     mul: { question: (a, b) => `${a}টি বাক্সের প্রতিটিতে ${b}টি পেন্সিল আছে। মোট কতগুলি পেন্সিল আছে?`, answer: 'উত্তর হল' },
   },
 };
@@ -84,7 +153,11 @@ export interface WordProblem {
 }
 
 /** `perLanguage` problems in each language, interleaved by language, from `seed`. */
-export function makeWordProblems(perLanguage: number, seed = 1, languages: readonly WordProblemLanguage[] = WORD_PROBLEM_LANGUAGES): WordProblem[] {
+export function makeWordProblems(
+  perLanguage: number,
+  seed = 1,
+  languages: readonly WordProblemLanguage[] = WORD_PROBLEM_LANGUAGES,
+): WordProblem[] {
   const rand = mulberry32(seed);
   const int = (lo: number, hi: number): number => lo + Math.floor(rand() * (hi - lo + 1));
   const out: WordProblem[] = [];
@@ -96,7 +169,10 @@ export function makeWordProblems(perLanguage: number, seed = 1, languages: reado
       const answer = op === 'add' ? a + b : op === 'sub' ? a - b : a * b;
       const t = TEMPLATES[language][op];
       out.push({
-        instruction: t.question(a, b), output: `${a} ${SYMBOL[op]} ${b} = ${answer}. ${t.answer} ${answer}.`, language, answer,
+        instruction: t.question(a, b),
+        output: `${a} ${SYMBOL[op]} ${b} = ${answer}. ${t.answer} ${answer}.`,
+        language,
+        answer,
         english: TEMPLATES.en[op].question(a, b),
       });
     }
@@ -106,7 +182,11 @@ export function makeWordProblems(perLanguage: number, seed = 1, languages: reado
 
 /** The problems as alpaca JSON Lines. */
 export function wordProblemsJsonl(problems: readonly WordProblem[]): string {
-  return problems.map((p) => JSON.stringify({ instruction: p.instruction, output: p.output, language: p.language })).join('\n') + '\n';
+  return (
+    problems
+      .map((p) => JSON.stringify({ instruction: p.instruction, output: p.output, language: p.language }))
+      .join('\n') + '\n'
+  );
 }
 
 /**
@@ -114,7 +194,9 @@ export function wordProblemsJsonl(problems: readonly WordProblem[]): string {
  * English, its questions and the same questions in English, as the two line-aligned texts of the
  * `parallel` format.
  */
-export function questionTranslationTexts(problems: readonly WordProblem[]): Map<WordProblemLanguage, { source: string; target: string }> {
+export function questionTranslationTexts(
+  problems: readonly WordProblem[],
+): Map<WordProblemLanguage, { source: string; target: string }> {
   const out = new Map<WordProblemLanguage, { source: string[]; target: string[] }>();
   for (const p of problems) {
     if (p.language === 'en') continue;
@@ -123,5 +205,7 @@ export function questionTranslationTexts(problems: readonly WordProblem[]): Map<
     t.target.push(p.english);
     out.set(p.language, t);
   }
-  return new Map([...out].map(([l, t]) => [l, { source: t.source.join('\n') + '\n', target: t.target.join('\n') + '\n' }]));
+  return new Map(
+    [...out].map(([l, t]) => [l, { source: t.source.join('\n') + '\n', target: t.target.join('\n') + '\n' }]),
+  );
 }

@@ -69,8 +69,13 @@ function groupsOf(problems: readonly Problem[]): { key: string; benchmark: strin
 }
 
 /** The prompt text of a question under the eval template (`chat`: the model's chat template). */
-function promptOf(tokenizer: ModelTokenizer, template: string, question: string): { text: string; addBos: boolean | undefined } {
-  if (template === CHAT_TEMPLATE_NAME) return { text: tokenizer.renderChat([{ role: 'user', content: question }], true), addBos: false };
+function promptOf(
+  tokenizer: ModelTokenizer,
+  template: string,
+  question: string,
+): { text: string; addBos: boolean | undefined } {
+  if (template === CHAT_TEMPLATE_NAME)
+    return { text: tokenizer.renderChat([{ role: 'user', content: question }], true), addBos: false };
   return { text: applyTemplate(template, question), addBos: undefined };
 }
 
@@ -96,11 +101,18 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     // Rows of one generate() call share add_bos; with `chat` none gets BOS, otherwise the default.
     const prompts = batch.map((p) => promptOf(tokenizer, spec.template, p.question));
     const addBos = prompts[0]!.addBos;
-    const outs = await generate(model, tokenizer, prompts.map((p) => p.text), {
-      maxNewTokens: spec.maxNewTokens, stop: spec.stop, ...(addBos !== undefined ? { addBos } : {}),
-      ...(options.signal ? { signal: options.signal } : {}),
-      ...(options.hooks ? { hooks: options.hooks } : {}),
-    });
+    const outs = await generate(
+      model,
+      tokenizer,
+      prompts.map((p) => p.text),
+      {
+        maxNewTokens: spec.maxNewTokens,
+        stop: spec.stop,
+        ...(addBos !== undefined ? { addBos } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.hooks ? { hooks: options.hooks } : {}),
+      },
+    );
     batch.forEach((p, j) => {
       const output = outs[j]!.text;
       const prediction = extractLastNumber(output);
@@ -108,7 +120,15 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
       const g = groupIndex.get(`${p.benchmark}/${p.language}`)!;
       counts[2 * g] = counts[2 * g]! + (correct ? 1 : 0);
       counts[2 * g + 1] = counts[2 * g + 1]! + 1;
-      predictions.push({ benchmark: p.benchmark, language: p.language, index: p.index, answer: p.answer, prediction: prediction ?? null, correct, output });
+      predictions.push({
+        benchmark: p.benchmark,
+        language: p.language,
+        index: p.index,
+        answer: p.answer,
+        prediction: prediction ?? null,
+        correct,
+        output,
+      });
     });
     options.onProgress?.(Math.min(b + spec.batchSize, mine.length), mine.length);
   }
@@ -123,23 +143,41 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
       bench = { benchmark: g.benchmark, languages: [], average: 0 };
       benchmarks.push(bench);
     }
-    (bench.languages as LanguageScore[]).push({ language: g.language, correct, total, accuracy: total > 0 ? correct / total : 0 });
+    (bench.languages as LanguageScore[]).push({
+      language: g.language,
+      correct,
+      total,
+      accuracy: total > 0 ? correct / total : 0,
+    });
   }
   const report: EvalReport = {
-    name: options.name, step: options.step,
-    benchmarks: benchmarks.map((x) => ({ ...x, average: x.languages.reduce((s, l) => s + l.accuracy, 0) / Math.max(1, x.languages.length) })),
-    maxNewTokens: spec.maxNewTokens, template: spec.template, worldSize, seconds: (performance.now() - started) / 1000,
+    name: options.name,
+    step: options.step,
+    benchmarks: benchmarks.map((x) => ({
+      ...x,
+      average: x.languages.reduce((s, l) => s + l.accuracy, 0) / Math.max(1, x.languages.length),
+    })),
+    maxNewTokens: spec.maxNewTokens,
+    template: spec.template,
+    worldSize,
+    seconds: (performance.now() - started) / 1000,
   };
 
   const dir = join(options.outputDir, 'eval');
   await mkdir(dir, { recursive: true });
-  await writeAtomically(join(dir, `${options.name}.predictions.rank-${rank}.jsonl`), predictions.map((p) => JSON.stringify(p)).join('\n') + (predictions.length ? '\n' : ''));
+  await writeAtomically(
+    join(dir, `${options.name}.predictions.rank-${rank}.jsonl`),
+    predictions.map((p) => JSON.stringify(p)).join('\n') + (predictions.length ? '\n' : ''),
+  );
   if (rank === 0) {
     await writeAtomically(join(dir, `${options.name}.json`), JSON.stringify(report, null, 2) + '\n');
     await writeAtomically(join(dir, `${options.name}.md`), evalMarkdown(report));
   }
   log.info('evaluation done', {
-    name: options.name, problems: problems.length, mine: mine.length, seconds: report.seconds,
+    name: options.name,
+    problems: problems.length,
+    mine: mine.length,
+    seconds: report.seconds,
     average: Object.fromEntries(report.benchmarks.map((x) => [x.benchmark, x.average])),
   });
   return report;

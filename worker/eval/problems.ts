@@ -29,4 +29,3 @@ export async function readProblems(sets: readonly ProblemSet[]): Promise<Problem
   }
   return out;
 }
-

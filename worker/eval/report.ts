@@ -32,8 +32,11 @@ export interface EvalReport {
 /** The report as Markdown: a table per problem set, language by row (common/eval-table.ts, as the CLI prints it). */
 export function evalMarkdown(report: EvalReport): string {
   const lines = [`# Evaluation ${report.name}${report.step > 0 ? ` (step ${report.step})` : ''}`, ''];
-  lines.push(`Accuracy (%), greedy decoding up to ${report.maxNewTokens} new ` +
-    `tokens, template \`${report.template}\`, last number in the output.`, '');
+  lines.push(
+    `Accuracy (%), greedy decoding up to ${report.maxNewTokens} new ` +
+      `tokens, template \`${report.template}\`, last number in the output.`,
+    '',
+  );
   lines.push(...evalMarkdownTables(report));
   return lines.join('\n');
 }

@@ -31,9 +31,22 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     return await evaluate({
-      model, tokenizer, spec: s.eval, problems, rank: options.rank, worldSize: options.worldSize, reduce: options.reduce,
-      outputDir: s.output.dir, name: evalName(0, true), step: 0,
-      ...(options.onProgress ? { onProgress: (done: number, share: number) => options.onProgress!(Math.round((problems.length * done) / Math.max(1, share)), problems.length) } : {}),
+      model,
+      tokenizer,
+      spec: s.eval,
+      problems,
+      rank: options.rank,
+      worldSize: options.worldSize,
+      reduce: options.reduce,
+      outputDir: s.output.dir,
+      name: evalName(0, true),
+      step: 0,
+      ...(options.onProgress
+        ? {
+            onProgress: (done: number, share: number) =>
+              options.onProgress!(Math.round((problems.length * done) / Math.max(1, share)), problems.length),
+          }
+        : {}),
       ...(options.signal ? { signal: options.signal } : {}),
       logger: options.logger ?? silentLogger,
     });
@@ -75,9 +88,19 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
     if (!final && !(every > 0 && ctx.step % every === 0)) return;
     problems ??= await readProblems(options.spec.sets);
     const report = await evaluate({
-      model: ctx.model, tokenizer: ctx.tokenizer, ...(ctx.hooks ? { hooks: ctx.hooks } : {}), spec: options.spec, problems, rank: options.rank, worldSize: options.worldSize,
-      reduce: ctx.reduce, outputDir: options.outputDir, name: evalName(ctx.step, final), step: ctx.step,
-      ...(options.signal ? { signal: options.signal } : {}), logger: options.logger ?? silentLogger,
+      model: ctx.model,
+      tokenizer: ctx.tokenizer,
+      ...(ctx.hooks ? { hooks: ctx.hooks } : {}),
+      spec: options.spec,
+      problems,
+      rank: options.rank,
+      worldSize: options.worldSize,
+      reduce: ctx.reduce,
+      outputDir: options.outputDir,
+      name: evalName(ctx.step, final),
+      step: ctx.step,
+      ...(options.signal ? { signal: options.signal } : {}),
+      logger: options.logger ?? silentLogger,
     });
     options.onReport?.(report);
   };

@@ -77,7 +77,11 @@ function msd(xs: readonly number[]): number {
 }
 
 /** The statistic of the module doc from activation counts (pure; unit-tested by hand). */
-export function layerStatistics(counts: ActivationCounts, threshold: number, k: number): Omit<LayerAnalysis, 'promptsPerLanguage'> {
+export function layerStatistics(
+  counts: ActivationCounts,
+  threshold: number,
+  k: number,
+): Omit<LayerAnalysis, 'promptsPerLanguage'> {
   const { languages, numLayers, intermediate: I } = counts;
   const en = languages.indexOf('en');
   if (en < 0) throw new Error('layer analysis: the probe has no English (en)');
@@ -104,11 +108,19 @@ export function layerStatistics(counts: ActivationCounts, threshold: number, k: 
     const msdOverlap = msd(overlap);
     layers.push({ layer: l, active, share, overlap, msdShare, msdOverlap, score: msdShare + msdOverlap });
   }
-  const chosenLayers = [...layers].sort((a, b) => b.score - a.score || a.layer - b.layer).slice(0, Math.min(k, numLayers)).map((x) => x.layer).sort((a, b) => a - b);
+  const chosenLayers = [...layers]
+    .sort((a, b) => b.score - a.score || a.layer - b.layer)
+    .slice(0, Math.min(k, numLayers))
+    .map((x) => x.layer)
+    .sort((a, b) => a - b);
   return {
-    languages, threshold, k, intermediate: I,
+    languages,
+    threshold,
+    k,
+    intermediate: I,
     tokensPerLanguage: Object.fromEntries(languages.map((g, i) => [g, counts.tokens[i]!])),
-    layers, chosenLayers,
+    layers,
+    chosenLayers,
   };
 }
 
@@ -139,13 +151,18 @@ export async function analyzeLayers(options: AnalyzeOptions): Promise<LayerAnaly
   // [language]: [tokens, fired(layer 0, neurons...), fired(layer 1, ...), ...]
   const vec = new Float32Array(languages.length * stride);
   const addBos = tokenizer.addBosDefault;
-  const byLanguage = languages.map((g) => problems.filter((p) => p.language === g).filter((_, i) => i % worldSize === rank));
+  const byLanguage = languages.map((g) =>
+    problems.filter((p) => p.language === g).filter((_, i) => i % worldSize === rank),
+  );
   const share = byLanguage.reduce((n, ps) => n + ps.length, 0);
   let done = 0;
   for (const [g, mine] of byLanguage.entries()) {
     for (let b = 0; b < mine.length; b += spec.batchSize) {
-      if (options.signal?.aborted) throw options.signal.reason instanceof Error ? options.signal.reason : new Error('analysis aborted');
-      const batch = mine.slice(b, b + spec.batchSize).map((p) => tokenizer.encode(p.question, { addBos }).slice(0, spec.maxSeqLen));
+      if (options.signal?.aborted)
+        throw options.signal.reason instanceof Error ? options.signal.reason : new Error('analysis aborted');
+      const batch = mine
+        .slice(b, b + spec.batchSize)
+        .map((p) => tokenizer.encode(p.question, { addBos }).slice(0, spec.maxSeqLen));
       const B = batch.length;
       const T = Math.max(...batch.map((x) => x.length));
       // Right padding: a real token never attends to a later pad under the causal mask.
@@ -181,7 +198,9 @@ export async function analyzeLayers(options: AnalyzeOptions): Promise<LayerAnaly
   }
   const summed = await options.reduce(vec);
   const counts: ActivationCounts = {
-    languages, numLayers: L, intermediate: I,
+    languages,
+    numLayers: L,
+    intermediate: I,
     tokens: languages.map((_, g) => summed[g * stride]!),
     fired: languages.map((_, g) => summed.subarray(g * stride + 1, (g + 1) * stride)),
   };
@@ -223,7 +242,9 @@ export function layerHeatmapPng(a: LayerAnalysis): Buffer {
     img.text(p.x, 34, p.title, black, scale);
     a.languages.forEach((g, j) => img.text(p.x + j * cw + 4, 58, g, black, scale));
     a.layers.forEach((s, r) => {
-      p.values(s).forEach((v, j) => img.fillRect(p.x + j * cw, top + r * ch, cw - 1, ch - 1, colorRamp(hi > lo ? (v - lo) / (hi - lo) : 0.5)));
+      p.values(s).forEach((v, j) =>
+        img.fillRect(p.x + j * cw, top + r * ch, cw - 1, ch - 1, colorRamp(hi > lo ? (v - lo) / (hi - lo) : 0.5)),
+      );
     });
     img.text(p.x, top + L * ch + 8, `${lo.toFixed(2)}-${hi.toFixed(2)}`, black, scale);
   }

@@ -16,11 +16,18 @@ function nameHash(name: string): number {
 }
 
 /** The module tensors with their starting values; an error for a name the model has or one repeated. */
-export function initModules(method: string, modules: readonly ModuleTensor[], seed: number, modelNames: ReadonlySet<string>): NamedTensor[] {
+export function initModules(
+  method: string,
+  modules: readonly ModuleTensor[],
+  seed: number,
+  modelNames: ReadonlySet<string>,
+): NamedTensor[] {
   const seen = new Set<string>();
   return modules.map((m) => {
     if (modelNames.has(m.name) || seen.has(m.name)) {
-      throw new UserError(`method ${method}: module tensor ${m.name} is ${seen.has(m.name) ? 'named twice' : 'an HF parameter name'}`);
+      throw new UserError(
+        `method ${method}: module tensor ${m.name} is ${seen.has(m.name) ? 'named twice' : 'an HF parameter name'}`,
+      );
     }
     seen.add(m.name);
     const data = new Float32Array(m.shape.reduce((a, b) => a * b, 1));

@@ -15,6 +15,9 @@ const TRAINING_METHODS: { readonly [N in MethodName]?: TrainingMethod<MethodSpec
 /** The `TrainingMethod` of a spec's method block; a `UserError` for a method this worker cannot train. */
 export function trainingMethodFor<M extends MethodSpec>(method: M): TrainingMethod<M> {
   const m = TRAINING_METHODS[method.name];
-  if (!m) throw new UserError(`method ${method.name} is not implemented by this worker (supported: ${SUPPORTED_METHODS.join(', ')})`);
+  if (!m)
+    throw new UserError(
+      `method ${method.name} is not implemented by this worker (supported: ${SUPPORTED_METHODS.join(', ')})`,
+    );
   return m as unknown as TrainingMethod<M>;
 }

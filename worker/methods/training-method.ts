@@ -63,11 +63,22 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
    */
   loss?(run: MethodRun<M>, batch: LossBatch): tf.Tensor1D;
   /** One record as token ids and labels. @default worker/data/encode.ts `encodeRecord` (the prompt template) */
-  encode?(method: M, record: DataRecord, tokenizer: PromptTokenizer, template: string, maxSeqLen: number): EncodedSample;
+  encode?(
+    method: M,
+    record: DataRecord,
+    tokenizer: PromptTokenizer,
+    template: string,
+    maxSeqLen: number,
+  ): EncodedSample;
   /**
    * More files in `final/` beside the model, `trainable.safetensors` and `<method>.safetensors`
    * (which the trainer writes when the method has modules). `dir` is the temporary directory that
    * is renamed to `final/` once everything is written. @default none
    */
-  finalOutputs?(ctx: { readonly method: M; readonly model: LlamaModel; readonly modules: readonly NamedTensor[]; readonly dir: string }): Promise<void>;
+  finalOutputs?(ctx: {
+    readonly method: M;
+    readonly model: LlamaModel;
+    readonly modules: readonly NamedTensor[];
+    readonly dir: string;
+  }): Promise<void>;
 }

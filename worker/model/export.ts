@@ -13,7 +13,14 @@ import { join } from 'node:path';
 import { expectedTensorShapes } from '../../common/model-config.js';
 import type { LlamaModel } from './llama.js';
 import {
-  FloatDtype, INDEX_FILE, SINGLE_FILE, listModelTensors, tensorBytes, writeSafetensorsStreaming, type TensorInfo, type TensorToWrite,
+  FloatDtype,
+  INDEX_FILE,
+  SINGLE_FILE,
+  listModelTensors,
+  tensorBytes,
+  writeSafetensorsStreaming,
+  type TensorInfo,
+  type TensorToWrite,
 } from './safetensors.js';
 
 /** transformers' default `max_shard_size` ("5GB", decimal). */
@@ -63,7 +70,11 @@ async function inputWeightMap(dir: string): Promise<Map<string, string> | undefi
 }
 
 /** Writes every parameter of `model` into `outDir` (which must exist). */
-export async function exportModel(outDir: string, model: LlamaModel, options: ExportModelOptions = {}): Promise<ExportedModel> {
+export async function exportModel(
+  outDir: string,
+  model: LlamaModel,
+  options: ExportModelOptions = {},
+): Promise<ExportedModel> {
   const names = model.parameterNames;
   const needListing = !options.dtype && !options.dtypes && options.inputDir !== undefined;
   const listing = options.inputListing ?? (needListing ? await listModelTensors(options.inputDir!) : undefined);
@@ -96,18 +107,28 @@ export async function exportModel(outDir: string, model: LlamaModel, options: Ex
       groups[groups.length - 1]!.push(e);
       size += b;
     }
-    groups.forEach((g, k) => g.forEach((e) => fileOf.set(e.name, groups.length === 1 ? SINGLE_FILE : shardName(k + 1, groups.length))));
+    groups.forEach((g, k) =>
+      g.forEach((e) => fileOf.set(e.name, groups.length === 1 ? SINGLE_FILE : shardName(k + 1, groups.length))),
+    );
   }
 
   const files = [...new Set(entries.map((e) => fileOf.get(e.name)!))].sort();
   const data = (name: string): Float32Array => options.values?.get(name) ?? model.exportTensor(name).data;
   for (const f of files) {
-    await writeSafetensorsStreaming(join(outDir, f), entries.filter((e) => fileOf.get(e.name) === f), data, { format: 'pt' });
+    await writeSafetensorsStreaming(
+      join(outDir, f),
+      entries.filter((e) => fileOf.get(e.name) === f),
+      data,
+      { format: 'pt' },
+    );
   }
   const sharded = files.length > 1 || files[0] !== SINGLE_FILE;
   if (sharded) {
     const weightMap = Object.fromEntries([...fileOf].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-    await writeFile(join(outDir, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2) + '\n');
+    await writeFile(
+      join(outDir, INDEX_FILE),
+      JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2) + '\n',
+    );
   }
   return { files, totalSize, sharded };
 }

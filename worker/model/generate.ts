@@ -60,7 +60,11 @@ function runStep(fn: () => { token: tf.Tensor; cache: KvCache }): { next: Int32A
 }
 
 /** Greedy continuation of each prompt (token ids, BOS included if wanted). */
-export async function generateIds(model: LlamaModel, prompts: readonly (readonly number[])[], options: GenerateIdsOptions = {}): Promise<GeneratedIds> {
+export async function generateIds(
+  model: LlamaModel,
+  prompts: readonly (readonly number[])[],
+  options: GenerateIdsOptions = {},
+): Promise<GeneratedIds> {
   const B = prompts.length;
   const maxNew = options.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   const eos = new Set(options.eosIds ?? configEosIds(model.config));
@@ -103,7 +107,13 @@ export async function generateIds(model: LlamaModel, prompts: readonly (readonly
         returnCache: true,
         ...(options.hooks ? { hooks: options.hooks } : {}),
       });
-      const last = tf.gather(f.hidden, tf.tensor1d(prompts.map((_, b) => b * L + L - 1), 'int32'));
+      const last = tf.gather(
+        f.hidden,
+        tf.tensor1d(
+          prompts.map((_, b) => b * L + L - 1),
+          'int32',
+        ),
+      );
       return { token: tf.argMax(model.head(last), 1), cache: f.cache! };
     });
     cache = prefill.cache;
@@ -178,7 +188,9 @@ export async function generate(
   prompts: readonly string[],
   options: GenerateOptions = {},
 ): Promise<Generation[]> {
-  const encoded = prompts.map((p) => tokenizer.encode(p, options.addBos === undefined ? {} : { addBos: options.addBos }));
+  const encoded = prompts.map((p) =>
+    tokenizer.encode(p, options.addBos === undefined ? {} : { addBos: options.addBos }),
+  );
   const eos = new Set(configEosIds(model.config));
   if (tokenizer.eosId !== undefined) eos.add(tokenizer.eosId);
   const stops = (options.stop ?? []).filter((s) => s.length > 0);
@@ -186,7 +198,9 @@ export async function generate(
     maxNewTokens: options.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
     eosIds: [...eos],
     padId: tokenizer.padId ?? [...eos][0] ?? 0,
-    ...(stops.length > 0 ? { shouldStop: (_row: number, ids: readonly number[]) => stops.some((s) => tokenizer.decode(ids).includes(s)) } : {}),
+    ...(stops.length > 0
+      ? { shouldStop: (_row: number, ids: readonly number[]) => stops.some((s) => tokenizer.decode(ids).includes(s)) }
+      : {}),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.hooks ? { hooks: options.hooks } : {}),
   });

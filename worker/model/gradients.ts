@@ -30,12 +30,16 @@ const configs: tf.GradConfig[] = [
   {
     kernelName: tf.Add,
     inputsToSave: ['a', 'b'],
-    gradFunc: (dy, [a, b]) => ({ a: () => unbroadcast(dy as tf.Tensor, a!.shape), b: () => unbroadcast(dy as tf.Tensor, b!.shape) }),
+    gradFunc: (dy, [a, b]) => ({
+      a: () => unbroadcast(dy as tf.Tensor, a!.shape),
+      b: () => unbroadcast(dy as tf.Tensor, b!.shape),
+    }),
   },
   {
     kernelName: tf.AddN,
     saveAllInputs: true,
-    gradFunc: (dy, saved) => Object.fromEntries(saved.map((_, i) => [String(i), () => tf.clone(dy as tf.Tensor)])) as Grads,
+    gradFunc: (dy, saved) =>
+      Object.fromEntries(saved.map((_, i) => [String(i), () => tf.clone(dy as tf.Tensor)])) as Grads,
   },
   {
     kernelName: tf.Sub,
@@ -139,16 +143,21 @@ const configs: tf.GradConfig[] = [
       const dy = dyRaw as tf.Tensor;
       const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
       // Through matMul(): on wasm the transposed products run as plain ones.
-      if (!transposeA && !transposeB) return { a: () => matMul(dy, b!, false, true), b: () => matMul(a!, dy, true, false) };
-      if (!transposeA && transposeB) return { a: () => matMul(dy, b!, false, false), b: () => matMul(dy, a!, true, false) };
-      if (transposeA && !transposeB) return { a: () => matMul(b!, dy, false, true), b: () => matMul(a!, dy, false, false) };
+      if (!transposeA && !transposeB)
+        return { a: () => matMul(dy, b!, false, true), b: () => matMul(a!, dy, true, false) };
+      if (!transposeA && transposeB)
+        return { a: () => matMul(dy, b!, false, false), b: () => matMul(dy, a!, true, false) };
+      if (transposeA && !transposeB)
+        return { a: () => matMul(b!, dy, false, true), b: () => matMul(a!, dy, false, false) };
       return { a: () => matMul(b!, dy, true, true), b: () => matMul(dy, a!, true, true) };
     },
   },
   {
     kernelName: tf.Sum,
     inputsToSave: ['x'],
-    gradFunc: (dy, [x], attrs) => ({ x: () => unreduce(dy as tf.Tensor, x!.shape, (attrs as unknown as tf.SumAttrs).axis) }),
+    gradFunc: (dy, [x], attrs) => ({
+      x: () => unreduce(dy as tf.Tensor, x!.shape, (attrs as unknown as tf.SumAttrs).axis),
+    }),
   },
   {
     kernelName: tf.Mean,

@@ -25,7 +25,13 @@ import type * as tf from '@tensorflow/tfjs-core';
 
 /** The projections of a decoder layer, by their HF name under `model.layers.<l>.`. */
 export const LINEAR_NAMES = [
-  'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj',
+  'self_attn.q_proj',
+  'self_attn.k_proj',
+  'self_attn.v_proj',
+  'self_attn.o_proj',
+  'mlp.gate_proj',
+  'mlp.up_proj',
+  'mlp.down_proj',
 ] as const;
 export type LinearName = (typeof LINEAR_NAMES)[number];
 

@@ -1,12 +1,40 @@
 /** The model role: config, safetensors io, tokenizer, the LLaMA forward and loss, generation. */
-export { ModelType, checkSequenceLength, eosIds, expectedTensorShapes, layerTensorName, parseLlamaConfig, readLlamaConfig } from '../../common/model-config.js';
+export {
+  ModelType,
+  checkSequenceLength,
+  eosIds,
+  expectedTensorShapes,
+  layerTensorName,
+  parseLlamaConfig,
+  readLlamaConfig,
+} from '../../common/model-config.js';
 export type { LlamaConfig, RopeScaling } from '../../common/model-config.js';
 export {
-  DEFAULT_CHUNK_ELEMS, FloatDtype, INDEX_FILE, SINGLE_FILE, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, listModelTensors,
-  readModelTensorChunks, readModelTensors, readSafetensors, readSafetensorsHeader, tensorBytes, writeSafetensors,
+  DEFAULT_CHUNK_ELEMS,
+  FloatDtype,
+  INDEX_FILE,
+  SINGLE_FILE,
+  bf16ToF32,
+  f16ToF32,
+  f32ToBf16,
+  f32ToF16,
+  listModelTensors,
+  readModelTensorChunks,
+  readModelTensors,
+  readSafetensors,
+  readSafetensorsHeader,
+  tensorBytes,
+  writeSafetensors,
   writeSafetensorsStreaming,
 } from './safetensors.js';
-export type { NamedTensor, SafetensorsHeader, TensorChunk, TensorInfo, TensorToWrite, WriteSafetensorsOptions } from './safetensors.js';
+export type {
+  NamedTensor,
+  SafetensorsHeader,
+  TensorChunk,
+  TensorInfo,
+  TensorToWrite,
+  WriteSafetensorsOptions,
+} from './safetensors.js';
 export { DEFAULT_MAX_SHARD_BYTES, exportModel, shardName } from './export.js';
 export type { ExportModelOptions, ExportedModel } from './export.js';
 export { ModelTokenizer } from './tokenizer.js';

@@ -23,7 +23,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import { checkSequenceLength, expectedTensorShapes, layerTensorName, readLlamaConfig, type LlamaConfig } from '../../common/model-config.js';
+import {
+  checkSequenceLength,
+  expectedTensorShapes,
+  layerTensorName,
+  readLlamaConfig,
+  type LlamaConfig,
+} from '../../common/model-config.js';
 import './gradients.js';
 import { withoutReadHooks, type ForwardHooks, type HookShape, type LinearName } from './hooks.js';
 import { HEAD_CHUNK_ELEMS, supervisedPositions, tokenNll } from './loss-head.js';
@@ -145,7 +151,9 @@ export class LlamaModel {
     const model = new LlamaModel(config, trainable, options);
     const started = Date.now();
     try {
-      await loadWeights(dir, expected.keys(), listing, options.chunkElems, (name, shape) => model.beginTensor(name, shape, trainableSet.has(name)));
+      await loadWeights(dir, expected.keys(), listing, options.chunkElems, (name, shape) =>
+        model.beginTensor(name, shape, trainableSet.has(name)),
+      );
     } catch (e) {
       model.dispose();
       throw e;
@@ -163,7 +171,8 @@ export class LlamaModel {
       for (const t of tensors) {
         const shape = expected.get(t.name);
         if (!shape) continue;
-        if (t.shape.join(',') !== shape.join(',')) throw new UserError(`tensor ${t.name}: shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+        if (t.shape.join(',') !== shape.join(','))
+          throw new UserError(`tensor ${t.name}: shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
         model.adopt(t, trainable.includes(t.name));
       }
       for (const name of expected.keys()) if (!model.params.has(name)) throw new UserError(`tensor ${name} missing`);
@@ -179,7 +188,10 @@ export class LlamaModel {
     const out: string[] = [];
     for (const name of names ?? []) {
       if (!expected.has(name)) {
-        const hint = name === 'lm_head.weight' && config.tieWordEmbeddings ? ' (lm_head is tied to model.embed_tokens.weight)' : '';
+        const hint =
+          name === 'lm_head.weight' && config.tieWordEmbeddings
+            ? ' (lm_head is tied to model.embed_tokens.weight)'
+            : '';
         throw new UserError(`trainable tensor ${JSON.stringify(name)} is not a parameter of this model${hint}`);
       }
       out.push(name);
@@ -191,7 +203,11 @@ export class LlamaModel {
 
   /** Weights used as the right operand of a product: projections and the output head. */
   private isMatrixOperand(name: string): boolean {
-    return name.endsWith('_proj.weight') || name === 'lm_head.weight' || (name === 'model.embed_tokens.weight' && this.config.tieWordEmbeddings);
+    return (
+      name.endsWith('_proj.weight') ||
+      name === 'lm_head.weight' ||
+      (name === 'model.embed_tokens.weight' && this.config.tieWordEmbeddings)
+    );
   }
 
   private adopt(t: NamedTensor, trainable: boolean): void {
@@ -309,7 +325,9 @@ export class LlamaModel {
         const H = this.config.hiddenSize;
         const [pb, p, ph] = edit.prepend.shape;
         if (edit.prepend.rank !== 3 || pb !== B || ph !== H) {
-          throw new Error(`the embeddings hook prepended shape [${edit.prepend.shape.join(', ')}], expected [${B}, P, ${H}]`);
+          throw new Error(
+            `the embeddings hook prepended shape [${edit.prepend.shape.join(', ')}], expected [${B}, P, ${H}]`,
+          );
         }
         prefix = p;
         x = tf.reshape(tf.concat([edit.prepend, tf.reshape(x, [B, T0, H])], 1), [B * (prefix + T0), H]);
@@ -388,8 +406,16 @@ export class LlamaModel {
     let y = x;
     // Self-attention.
     const h = rmsNorm(y, this.p(l, 'input_layernorm.weight'), c.rmsNormEps);
-    const q = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias, ctx), [B, T, nH, D]), cosQ, sinQ);
-    const k = applyRope(tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias, ctx), [B, T, nKV, D]), cos, sin);
+    const q = applyRope(
+      tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.q_proj', c.attentionBias, ctx), [B, T, nH, D]),
+      cosQ,
+      sinQ,
+    );
+    const k = applyRope(
+      tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.k_proj', c.attentionBias, ctx), [B, T, nKV, D]),
+      cos,
+      sin,
+    );
     const v = tf.reshape<tf.Rank.R4>(this.linear(h, l, 'self_attn.v_proj', c.attentionBias, ctx), [B, T, nKV, D]);
     let kt: tf.Tensor4D = tf.transpose(k, [0, 2, 3, 1]); // [B, nKV, D, T]: keys pre-transposed for q k^T
     let vh: tf.Tensor4D = tf.transpose(v, [0, 2, 1, 3]); // [B, nKV, T, D]
@@ -401,11 +427,18 @@ export class LlamaModel {
     const tk = past + T;
     // GQA without repeating K/V (HF's repeat_kv): query head h uses kv head h / groups, so the
     // `groups` query heads of one kv head are stacked along the query axis of one batched matMul.
-    const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [B * nKV, groups * T, D]);
+    const qg = tf.reshape(tf.transpose(tf.reshape(q, [B, T, nKV, groups, D]), [0, 2, 3, 1, 4]), [
+      B * nKV,
+      groups * T,
+      D,
+    ]);
     const scores = matMul(qg, tf.reshape(kt, [B * nKV, D, tk])); // [B*nKV, groups*T, tk]
     const probs = tf.softmax(tf.add(tf.reshape(scores, [B, nKV, groups, T, tk]), mask));
     const heads = matMul(tf.reshape(probs, [B * nKV, groups * T, tk]), tf.reshape(vh, [B * nKV, tk, D]));
-    const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(heads, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [B * T, nH * D]);
+    const attn = tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(heads, [B, nKV, groups, T, D]), [0, 3, 1, 2, 4]), [
+      B * T,
+      nH * D,
+    ]);
     y = tf.add(y, this.linear(attn, l, 'self_attn.o_proj', c.outputBias, ctx));
 
     // SwiGLU MLP: down(silu(gate(h)) * up(h)).
@@ -436,7 +469,14 @@ export class LlamaModel {
           return out.y;
         }),
         gradFunc: (dy, saved) => {
-          const [sx, cos, sin, cosQ, sinQ, mask] = saved as [tf.Tensor2D, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+          const [sx, cos, sin, cosQ, sinQ, mask] = saved as [
+            tf.Tensor2D,
+            tf.Tensor,
+            tf.Tensor,
+            tf.Tensor,
+            tf.Tensor,
+            tf.Tensor,
+          ];
           const again: LayerContext = { ...ctx, cos, sin, cosQ, sinQ, mask, hooks: withoutReadHooks(ctx.hooks) };
           return nestedGradients(() => this.layer(l, sx, again).y, [sx, ...vars], dy as tf.Tensor2D);
         },
@@ -458,16 +498,26 @@ export class LlamaModel {
   }
 
   /** Per-token NLL of the supervised positions, with their rows. */
-  private supervisedNll(inputIds: tf.Tensor2D, labels: tf.Tensor2D, hooks?: ForwardHooks): { nll: tf.Tensor1D | null; hidden: tf.Tensor2D; row: Int32Array } {
+  private supervisedNll(
+    inputIds: tf.Tensor2D,
+    labels: tf.Tensor2D,
+    hooks?: ForwardHooks,
+  ): { nll: tf.Tensor1D | null; hidden: tf.Tensor2D; row: Int32Array } {
     if (labels.shape[0] !== inputIds.shape[0] || labels.shape[1] !== inputIds.shape[1]) {
-      throw new UserError(`labels shape [${labels.shape.join(', ')}] differs from input_ids shape [${inputIds.shape.join(', ')}]`);
+      throw new UserError(
+        `labels shape [${labels.shape.join(', ')}] differs from input_ids shape [${inputIds.shape.join(', ')}]`,
+      );
     }
     const sup = supervisedPositions(labels, this.config.vocabSize);
     const { hidden } = this.forwardHidden(inputIds, hooks ? { hooks } : {});
     if (sup.index.length === 0) return { nll: null, hidden, row: sup.row };
     // Only supervised positions reach the (vocabulary-sized) head: prompt tokens cost nothing there.
     const hs = gatherRows(hidden, tf.tensor1d(sup.index, 'int32'));
-    const head = { stored: this.params.get(this.headName) as tf.Tensor2D, trains: !this.transposed.has(this.headName), vocabSize: this.config.vocabSize };
+    const head = {
+      stored: this.params.get(this.headName) as tf.Tensor2D,
+      trains: !this.transposed.has(this.headName),
+      vocabSize: this.config.vocabSize,
+    };
     return { nll: tokenNll(hs, tf.tensor1d(sup.target, 'int32'), head, this.headChunkElems), hidden, row: sup.row };
   }
 
@@ -500,12 +550,18 @@ export class LlamaModel {
       row.forEach((b, i) => {
         member[b * row.length + i] = 1;
       });
-      return tf.reshape(tf.matMul(tf.tensor2d(member, [B, row.length]), tf.reshape(nll, [row.length, 1])), [B]) as tf.Tensor1D;
+      return tf.reshape(tf.matMul(tf.tensor2d(member, [B, row.length]), tf.reshape(nll, [row.length, 1])), [
+        B,
+      ]) as tf.Tensor1D;
     });
   }
 
   /** Per row: the summed NLL of its supervised tokens and their count. */
-  nllPerRow(inputIds: tf.Tensor2D, labels: tf.Tensor2D, options: LossOptions = {}): { nll: number[]; tokens: number[] } {
+  nllPerRow(
+    inputIds: tf.Tensor2D,
+    labels: tf.Tensor2D,
+    options: LossOptions = {},
+  ): { nll: number[]; tokens: number[] } {
     const B = inputIds.shape[0];
     const nll = new Array<number>(B).fill(0);
     const tokens = new Array<number>(B).fill(0);

@@ -28,7 +28,10 @@ export interface HeadWeight {
  * The supervised positions under HF's shift: hidden state at (b, t) predicts labels[b, t+1].
  * Returns flat indices b*T+t, their targets and rows.
  */
-export function supervisedPositions(labels: tf.Tensor2D, vocabSize: number): { index: Int32Array; target: Int32Array; row: Int32Array } {
+export function supervisedPositions(
+  labels: tf.Tensor2D,
+  vocabSize: number,
+): { index: Int32Array; target: Int32Array; row: Int32Array } {
   const [B, T] = labels.shape;
   const lab = labels.dataSync();
   const V = vocabSize;
@@ -39,7 +42,8 @@ export function supervisedPositions(labels: tf.Tensor2D, vocabSize: number): { i
     for (let t = 0; t + 1 < T; t++) {
       const y = lab[b * T + t + 1]!;
       if (y === IGNORE_INDEX) continue;
-      if (!Number.isInteger(y) || y < 0 || y >= V) throw new UserError(`label ${y} at [${b}, ${t + 1}] is outside the vocabulary [0, ${V})`);
+      if (!Number.isInteger(y) || y < 0 || y >= V)
+        throw new UserError(`label ${y} at [${b}, ${t + 1}] is outside the vocabulary [0, ${V})`);
       index.push(b * T + t);
       target.push(y);
       row.push(b);

@@ -85,7 +85,15 @@ export function matMul<T extends tf.Tensor>(a: tf.Tensor, b: tf.Tensor, transpos
   if (!MATERIALISE_TRANSPOSE.has(backend) || nativeKernelsActive()) return tf.matMul(a, b, transposeA, transposeB) as T;
   const x = transposeA ? transposeLast(a) : a;
   const y = transposeB ? transposeLast(b) : b;
-  if (backend === 'wasm' && x.rank === 3 && y.rank === 3 && x.shape[0] > 1 && x.shape[0] === y.shape[0] && x.dtype === 'float32' && y.dtype === 'float32') {
+  if (
+    backend === 'wasm' &&
+    x.rank === 3 &&
+    y.rank === 3 &&
+    x.shape[0] > 1 &&
+    x.shape[0] === y.shape[0] &&
+    x.dtype === 'float32' &&
+    y.dtype === 'float32'
+  ) {
     return batchedMatMul(x, y) as T;
   }
   return tf.matMul(x, y) as T;

@@ -56,7 +56,10 @@ export function customOp(inputs: tf.Tensor[], forward: CustomOpForward): tf.Tens
   const f = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const r = forward(args.slice(0, -1) as tf.Tensor[], save);
-    return { value: r.value, gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => r.gradFunc(dy as tf.Tensor, saved) };
+    return {
+      value: r.value,
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => r.gradFunc(dy as tf.Tensor, saved),
+    };
   });
   return f(...inputs);
 }

@@ -38,7 +38,8 @@ export function ropeInvFreq(c: LlamaConfig, seqLen: number): Float64Array {
       const wavelen = (2 * Math.PI) / f;
       if (wavelen > lowFreqWavelen) inv[i] = f / s.factor;
       else if (wavelen >= highFreqWavelen) {
-        const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        const smooth =
+          (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
         inv[i] = ((1 - smooth) * f) / s.factor + smooth * f;
       }
     }
@@ -106,7 +107,11 @@ export function applyRope(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor): tf.Te
  * over the scores.
  */
 export function ropeTensors(
-  c: LlamaConfig, positions: Int32Array | undefined, B: number, T: number, past: number,
+  c: LlamaConfig,
+  positions: Int32Array | undefined,
+  B: number,
+  T: number,
+  past: number,
 ): { cos: tf.Tensor; sin: tf.Tensor; cosQ: tf.Tensor; sinQ: tf.Tensor } {
   const D = c.headDim;
   let rows = B;

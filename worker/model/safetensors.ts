@@ -17,8 +17,21 @@ export type FloatDtype = keyof typeof FloatDtype;
 
 /** Bytes per element of every dtype the format defines (used to validate sizes of any tensor). */
 const DTYPE_BYTES: Readonly<Record<string, number>> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 };
 
 /** A tensor's place in a file, without its data. */
@@ -55,7 +68,13 @@ function prod(shape: readonly number[]): number {
 }
 
 /** Reads exactly `length` bytes at `position` into `into`, looping over short reads. */
-async function readExactly(fh: FileHandle, file: string, into: Uint8Array, position: number, tensor?: string): Promise<void> {
+async function readExactly(
+  fh: FileHandle,
+  file: string,
+  into: Uint8Array,
+  position: number,
+  tensor?: string,
+): Promise<void> {
   let done = 0;
   while (done < into.byteLength) {
     const { bytesRead } = await fh.read(into, done, into.byteLength - done, position + done);
@@ -81,7 +100,8 @@ async function readHeaderFrom(fh: FileHandle, file: string): Promise<Safetensors
   } catch (e) {
     throw new ModelLoadError(file, `header is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ModelLoadError(file, 'header is not a JSON object');
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new ModelLoadError(file, 'header is not a JSON object');
 
   const dataStart = 8 + n;
   const dataLen = size - dataStart;
@@ -89,7 +109,8 @@ async function readHeaderFrom(fh: FileHandle, file: string): Promise<Safetensors
   const tensors: TensorInfo[] = [];
   for (const [name, v] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ModelLoadError(file, '__metadata__ must be an object');
+      if (typeof v !== 'object' || v === null || Array.isArray(v))
+        throw new ModelLoadError(file, '__metadata__ must be an object');
       for (const [k, mv] of Object.entries(v as Record<string, unknown>)) {
         if (typeof mv !== 'string') throw new ModelLoadError(file, `__metadata__.${k} must be a string`);
         metadata[k] = mv;
@@ -107,19 +128,32 @@ async function readHeaderFrom(fh: FileHandle, file: string): Promise<Safetensors
     if (typeof dtype !== 'string') bad('dtype missing');
     const elBytes = DTYPE_BYTES[dtype as string];
     if (elBytes === undefined) bad(`unknown dtype ${JSON.stringify(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) bad('shape must be a list of non-negative integers');
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      bad('shape must be a list of non-negative integers');
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
       bad('data_offsets must be [begin, end]');
     }
     const [b, en] = offsets as [number, number];
     if (en < b) bad(`data_offsets [${b}, ${en}] end before begin`);
     const want = prod(shape as number[]) * elBytes!;
-    if (en - b !== want) bad(`byte size ${en - b} does not match shape ` +
-      `[${(shape as number[]).join(', ')}] x ${dtype as string} (${want} bytes)`);
+    if (en - b !== want)
+      bad(
+        `byte size ${en - b} does not match shape ` +
+          `[${(shape as number[]).join(', ')}] x ${dtype as string} (${want} bytes)`,
+      );
     if (en > dataLen) {
-      throw new ModelLoadError(file, `file is truncated: data_offsets end ${en} beyond data size ${dataLen}`, { tensor: name });
+      throw new ModelLoadError(file, `file is truncated: data_offsets end ${en} beyond data size ${dataLen}`, {
+        tensor: name,
+      });
     }
-    tensors.push({ name, dtype: dtype as string, shape: shape as number[], file, begin: dataStart + b, end: dataStart + en });
+    tensors.push({
+      name,
+      dtype: dtype as string,
+      shape: shape as number[],
+      file,
+      begin: dataStart + b,
+      end: dataStart + en,
+    });
   }
   // The data must be covered exactly: sorted by offset, each tensor starts where the last ended.
   const sorted = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -131,7 +165,8 @@ async function readHeaderFrom(fh: FileHandle, file: string): Promise<Safetensors
     }
     cursor = t.end;
   }
-  if (cursor !== size) throw new ModelLoadError(file, `${size - cursor} bytes after the last tensor are not covered by the header`);
+  if (cursor !== size)
+    throw new ModelLoadError(file, `${size - cursor} bytes after the last tensor are not covered by the header`);
   return { tensors: sorted, metadata };
 }
 
@@ -204,17 +239,22 @@ async function readTensorFrom(fh: FileHandle, info: TensorInfo): Promise<Float32
       return info.dtype === 'F16' ? f16ToF32(raw) : bf16ToF32(raw);
     }
     default:
-      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: info.name });
+      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, {
+        tensor: info.name,
+      });
   }
 }
 
 /** Reads every tensor of one safetensors file (convenience for small files and tests). */
-export async function readSafetensors(file: string): Promise<{ tensors: NamedTensor[]; metadata: Record<string, string> }> {
+export async function readSafetensors(
+  file: string,
+): Promise<{ tensors: NamedTensor[]; metadata: Record<string, string> }> {
   const fh = await openForRead(file);
   try {
     const header = await readHeaderFrom(fh, file);
     const tensors: NamedTensor[] = [];
-    for (const info of header.tensors) tensors.push({ name: info.name, shape: [...info.shape], data: await readTensorFrom(fh, info) });
+    for (const info of header.tensors)
+      tensors.push({ name: info.name, shape: [...info.shape], data: await readTensorFrom(fh, info) });
     return { tensors, metadata: header.metadata };
   } finally {
     await fh.close();
@@ -246,11 +286,14 @@ export async function listModelTensors(dir: string): Promise<Map<string, TensorI
       throw new ModelLoadError(indexPath, `invalid JSON: ${(e as Error).message}`, { cause: e });
     }
     const wm = (index as { weight_map?: unknown } | null)?.weight_map;
-    if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) throw new ModelLoadError(indexPath, 'weight_map missing or not an object');
+    if (typeof wm !== 'object' || wm === null || Array.isArray(wm))
+      throw new ModelLoadError(indexPath, 'weight_map missing or not an object');
     const byShard = new Map<string, string[]>();
     for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
       if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-        throw new ModelLoadError(indexPath, `weight_map entry is not a shard file name: ${JSON.stringify(shard)}`, { tensor: name });
+        throw new ModelLoadError(indexPath, `weight_map entry is not a shard file name: ${JSON.stringify(shard)}`, {
+          tensor: name,
+        });
       }
       const names = byShard.get(shard) ?? [];
       names.push(name);
@@ -262,7 +305,8 @@ export async function listModelTensors(dir: string): Promise<Map<string, TensorI
       const inShard = new Map(header.tensors.map((t) => [t.name, t]));
       for (const name of names) {
         const info = inShard.get(name);
-        if (!info) throw new ModelLoadError(file, `tensor listed in ${INDEX_FILE} is missing from this shard`, { tensor: name });
+        if (!info)
+          throw new ModelLoadError(file, `tensor listed in ${INDEX_FILE} is missing from this shard`, { tensor: name });
         out.set(name, info);
       }
     }
@@ -328,7 +372,9 @@ export async function* readModelTensorChunks(
   const chunkElems = options.chunkElems ?? DEFAULT_CHUNK_ELEMS;
   for (const info of wanted) {
     if (!(info.dtype in FloatDtype)) {
-      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: info.name });
+      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, {
+        tensor: info.name,
+      });
     }
   }
   const maxChunk = wanted.reduce((m, info) => Math.max(m, chunkSizeOf(info, chunkElems)), 1);
@@ -351,7 +397,8 @@ export async function* readModelTensorChunks(
         const count = Math.min(size, n - start);
         const out = f32.subarray(0, count);
         const pos = info.begin + start * bytes;
-        if (info.dtype === 'F32') await readExactly(fh!, info.file, new Uint8Array(out.buffer, 0, count * 4), pos, info.name);
+        if (info.dtype === 'F32')
+          await readExactly(fh!, info.file, new Uint8Array(out.buffer, 0, count * 4), pos, info.name);
         else {
           const raw = u16.subarray(0, count);
           await readExactly(fh!, info.file, new Uint8Array(raw.buffer, 0, count * 2), pos, info.name);
@@ -368,7 +415,11 @@ export async function* readModelTensorChunks(
 }
 
 /** The `TensorInfo`s of `names` (all when absent) in file order; an unknown name is an error. */
-async function selectTensors(dir: string, all: ReadonlyMap<string, TensorInfo>, names: Iterable<string> | undefined): Promise<TensorInfo[]> {
+async function selectTensors(
+  dir: string,
+  all: ReadonlyMap<string, TensorInfo>,
+  names: Iterable<string> | undefined,
+): Promise<TensorInfo[]> {
   let wanted: TensorInfo[];
   if (names === undefined) wanted = [...all.values()];
   else {
@@ -426,17 +477,28 @@ function encodeTensor(data: Float32Array, dtype: FloatDtype): Uint8Array {
  * with spaces to a multiple of 8 bytes. Writes `path + '.tmp'`, syncs, then renames, so a reader
  * never sees a partial file.
  */
-export async function writeSafetensors(path: string, tensors: readonly NamedTensor[], options: WriteSafetensorsOptions = {}): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: readonly NamedTensor[],
+  options: WriteSafetensorsOptions = {},
+): Promise<void> {
   const dtype = options.dtype ?? 'F32';
   const byName = new Map<string, Float32Array>();
   for (const t of tensors) {
     if (byName.has(t.name)) throw new Error(`writeSafetensors: duplicate tensor ${t.name}`);
     if (prod(t.shape) !== t.data.length) {
-      throw new Error(`writeSafetensors: tensor ${t.name} has ${t.data.length} values for shape [${t.shape.join(', ')}]`);
+      throw new Error(
+        `writeSafetensors: tensor ${t.name} has ${t.data.length} values for shape [${t.shape.join(', ')}]`,
+      );
     }
     byName.set(t.name, t.data);
   }
-  await writeSafetensorsStreaming(path, tensors.map((t) => ({ name: t.name, shape: t.shape, dtype })), (name) => byName.get(name)!, options.metadata);
+  await writeSafetensorsStreaming(
+    path,
+    tensors.map((t) => ({ name: t.name, shape: t.shape, dtype })),
+    (name) => byName.get(name)!,
+    options.metadata,
+  );
 }
 
 /** One tensor of a file written by `writeSafetensorsStreaming`: its data is asked for when written. */
@@ -490,7 +552,9 @@ export async function writeSafetensorsStreaming(
     for (const t of sorted) {
       const values = await data(t.name);
       if (values.length !== prod(t.shape)) {
-        throw new Error(`writeSafetensors: tensor ${t.name} has ${values.length} values for shape [${t.shape.join(', ')}]`);
+        throw new Error(
+          `writeSafetensors: tensor ${t.name} has ${values.length} values for shape [${t.shape.join(', ')}]`,
+        );
       }
       await writeAll(fh, encodeTensor(values, t.dtype));
     }

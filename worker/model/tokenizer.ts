@@ -39,7 +39,8 @@ function chatTemplateOf(cfg: Json, file: string): string | undefined {
   if (t === undefined || t === null) return undefined;
   if (typeof t === 'string') return t;
   if (Array.isArray(t)) {
-    const d = t.find((x) => typeof x === 'object' && x !== null && (x as Json)['name'] === 'default') as Json | undefined;
+    const d = t.find((x) => typeof x === 'object' && x !== null && (x as Json)['name'] === 'default') as
+      Json | undefined;
     if (d && typeof d['template'] === 'string') return d['template'];
   }
   throw new ModelLoadError(file, 'chat_template must be a string or a list with a "default" {name, template}');
@@ -51,7 +52,9 @@ async function readJson(file: string, optional: boolean): Promise<Json | undefin
     text = await readFile(file, 'utf8');
   } catch (e) {
     if (optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new ModelLoadError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(e), { cause: e });
+    throw new ModelLoadError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(e), {
+      cause: e,
+    });
   }
   try {
     const v: unknown = JSON.parse(text);
@@ -65,7 +68,8 @@ async function readJson(file: string, optional: boolean): Promise<Json | undefin
 /** A special token in tokenizer_config.json is a string or an AddedToken object `{content}`. */
 function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
-  if (typeof v === 'object' && v !== null && typeof (v as Json)['content'] === 'string') return (v as Json)['content'] as string;
+  if (typeof v === 'object' && v !== null && typeof (v as Json)['content'] === 'string')
+    return (v as Json)['content'] as string;
   return undefined;
 }
 
@@ -118,7 +122,8 @@ export class ModelTokenizer {
       const content = tokenContent(cfg[key]);
       if (content !== undefined) {
         const id = tok.token_to_id(content);
-        if (id === undefined) throw new ModelLoadError(cfgFile, `${key} ${JSON.stringify(content)} is not in the vocabulary`);
+        if (id === undefined)
+          throw new ModelLoadError(cfgFile, `${key} ${JSON.stringify(content)} is not in the vocabulary`);
         return id;
       }
       return dflt ?? undefined;
@@ -126,7 +131,9 @@ export class ModelTokenizer {
     // Without a tokenizer config, LLaMA's conventional <s> / </s> if the vocabulary has them.
     const hasCfg = Object.keys(cfg).length > 0;
     const bos = idOf('bos_token', fallback.bosTokenId ?? (hasCfg ? undefined : tok.token_to_id('<s>')));
-    const fallbackEos = Array.isArray(fallback.eosTokenId) ? fallback.eosTokenId[0] : (fallback.eosTokenId as number | null | undefined);
+    const fallbackEos = Array.isArray(fallback.eosTokenId)
+      ? fallback.eosTokenId[0]
+      : (fallback.eosTokenId as number | null | undefined);
     const eos = idOf('eos_token', fallbackEos ?? (hasCfg ? undefined : tok.token_to_id('</s>')));
     const pad = idOf('pad_token', undefined);
     const addBos = typeof cfg['add_bos_token'] === 'boolean' ? (cfg['add_bos_token'] as boolean) : bos !== undefined;
@@ -142,11 +149,17 @@ export class ModelTokenizer {
         throw new ModelLoadError(cfgFile, `chat_template does not parse: ${(e as Error).message}`, { cause: e });
       }
     }
-    return new ModelTokenizer(tok, { bos, eos, pad, addBos, addEos, vocabSize: maxId + 1 }, {
-      bos: bos === undefined ? undefined : (text('bos_token') ?? tok.id_to_token(bos)),
-      eos: eos === undefined ? undefined : (text('eos_token') ?? tok.id_to_token(eos)),
-      pad: text('pad_token'), unk: text('unk_token'), chatTemplate,
-    });
+    return new ModelTokenizer(
+      tok,
+      { bos, eos, pad, addBos, addEos, vocabSize: maxId + 1 },
+      {
+        bos: bos === undefined ? undefined : (text('bos_token') ?? tok.id_to_token(bos)),
+        eos: eos === undefined ? undefined : (text('eos_token') ?? tok.id_to_token(eos)),
+        pad: text('pad_token'),
+        unk: text('unk_token'),
+        chatTemplate,
+      },
+    );
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
@@ -171,8 +184,12 @@ export class ModelTokenizer {
     this.compiledChat ??= new Template(this.chatTemplate);
     try {
       return this.compiledChat.render({
-        messages, add_generation_prompt: addGenerationPrompt,
-        bos_token: this.specials.bos ?? '', eos_token: this.specials.eos ?? '', pad_token: this.specials.pad ?? '', unk_token: this.specials.unk ?? '',
+        messages,
+        add_generation_prompt: addGenerationPrompt,
+        bos_token: this.specials.bos ?? '',
+        eos_token: this.specials.eos ?? '',
+        pad_token: this.specials.pad ?? '',
+        unk_token: this.specials.unk ?? '',
       });
     } catch (e) {
       // Including the template's own raise_exception (a @huggingface/jinja built-in).

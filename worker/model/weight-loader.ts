@@ -30,7 +30,9 @@ interface HeapBackend {
 function heapBackend(): HeapBackend | undefined {
   if (tf.getBackend() !== 'wasm') return undefined;
   const b = tf.backend() as unknown as Partial<HeapBackend>;
-  return typeof b.makeOutput === 'function' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapBackend) : undefined;
+  return typeof b.makeOutput === 'function' && typeof b.typedArrayFromHeap === 'function'
+    ? (b as HeapBackend)
+    : undefined;
 }
 
 /**
@@ -38,17 +40,24 @@ function heapBackend(): HeapBackend | undefined {
  * the expected shape and a float dtype. Throws `ModelLoadError` naming the file and tensor.
  */
 export async function checkedModelListing(
-  dir: string, expected: ReadonlyMap<string, readonly number[]>,
+  dir: string,
+  expected: ReadonlyMap<string, readonly number[]>,
 ): Promise<Map<string, TensorInfo>> {
   const listing = await listModelTensors(dir);
   for (const [name, shape] of expected) {
     const info = listing.get(name);
     if (!info) throw new ModelLoadError(dir, 'tensor missing from the model files', { tensor: name });
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new ModelLoadError(info.file, `shape [${info.shape.join(', ')}] does not match config.json's [${shape.join(', ')}]`, { tensor: name });
+      throw new ModelLoadError(
+        info.file,
+        `shape [${info.shape.join(', ')}] does not match config.json's [${shape.join(', ')}]`,
+        { tensor: name },
+      );
     }
     if (!(info.dtype in FloatDtype)) {
-      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, { tensor: name });
+      throw new ModelLoadError(info.file, `dtype ${info.dtype} is not supported (supported: F32, F16, BF16)`, {
+        tensor: name,
+      });
     }
   }
   return listing;
@@ -88,7 +97,10 @@ export function tensorSink(shape: number[], transpose: boolean, adopt: (t: tf.Te
  * error the tensor being loaded is freed (the caller frees the finished ones).
  */
 export async function loadWeights(
-  dir: string, names: Iterable<string>, listing: ReadonlyMap<string, TensorInfo>, chunkElems: number | undefined,
+  dir: string,
+  names: Iterable<string>,
+  listing: ReadonlyMap<string, TensorInfo>,
+  chunkElems: number | undefined,
   begin: (name: string, shape: number[]) => TensorSink,
 ): Promise<void> {
   let pending: TensorSink | undefined;

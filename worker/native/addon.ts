@@ -12,9 +12,21 @@ import { errorMessage } from '../../common/errors.js';
 /** The addon's exports (polytune-blas.c's header says what each argument means). */
 export interface BlasAddon {
   sgemm(
-    heap: Float32Array, batch: number, m: number, n: number, k: number, transA: number, transB: number,
-    aOff: number, aStride: number, bOff: number, bStride: number, cOff: number,
-    biasOff: number, activation: number, alpha: number,
+    heap: Float32Array,
+    batch: number,
+    m: number,
+    n: number,
+    k: number,
+    transA: number,
+    transB: number,
+    aOff: number,
+    aStride: number,
+    bOff: number,
+    bStride: number,
+    cOff: number,
+    biasOff: number,
+    activation: number,
+    alpha: number,
   ): void;
   /** y = op(x) over n floats of the heap; op 0 is exp. */
   unary(heap: Float32Array, op: number, xOff: number, yOff: number, n: number): void;
@@ -53,8 +65,13 @@ const loaded = new Map<string, AddonLoad>();
 function isBlasAddon(x: unknown): x is BlasAddon {
   const o = x as Partial<Record<keyof BlasAddon, unknown>> | null;
   if (typeof o !== 'object' || o === null) return false;
-  return typeof o.sgemm === 'function' && typeof o.unary === 'function' && typeof o.setNumThreads === 'function' &&
-    typeof o.numThreads === 'function' && typeof o.config === 'function';
+  return (
+    typeof o.sgemm === 'function' &&
+    typeof o.unary === 'function' &&
+    typeof o.setNumThreads === 'function' &&
+    typeof o.numThreads === 'function' &&
+    typeof o.config === 'function'
+  );
 }
 
 /** Loads the addon at `path` once per process (a shared object cannot be unloaded anyway). */

@@ -33,7 +33,12 @@ interface WasmHeapBackend {
 
 /** The activations sgemm applies itself (polytune-blas.c `activate`); PReLU is left to XNNPACK. */
 const ACTIVATION_CODE: Readonly<Record<string, number>> = {
-  linear: 0, relu: 1, relu6: 2, leakyrelu: 3, sigmoid: 4, elu: 5,
+  linear: 0,
+  relu: 1,
+  relu6: 2,
+  leakyrelu: 3,
+  sigmoid: 4,
+  elu: 5,
 };
 
 const KERNELS = [tf.BatchMatMul, tf._FusedMatMul, tf.Exp] as const;
@@ -75,9 +80,12 @@ function product(addon: BlasAddon, be: WasmHeapBackend, p: Product): tf.TensorIn
   const kA = transposeA ? a.shape[ar - 2]! : a.shape[ar - 1]!;
   const kB = transposeB ? b.shape[br - 1]! : b.shape[br - 2]!;
   const n = transposeB ? b.shape[br - 2]! : b.shape[br - 1]!;
-  tf.util.assert(kA === kB, () =>
-    `Error in matMul: inner shapes (${kA}) and (${kB}) of Tensors with shapes ${a.shape} and ${b.shape} and ` +
-    `transposeA=${transposeA} and transposeB=${transposeB} must match.`);
+  tf.util.assert(
+    kA === kB,
+    () =>
+      `Error in matMul: inner shapes (${kA}) and (${kB}) of Tensors with shapes ${a.shape} and ${b.shape} and ` +
+      `transposeA=${transposeA} and transposeB=${transposeB} must match.`,
+  );
   const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
   const batch = tf.util.sizeFromShape(outer);
   const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
@@ -98,8 +106,21 @@ function product(addon: BlasAddon, be: WasmHeapBackend, p: Product): tf.TensorIn
   const cOff = heapOffset(be, out)!;
   // Read after makeOutput: an allocation may grow the memory, which replaces its buffer.
   addon.sgemm(
-    be.wasm.HEAPF32, batch, m, n, kA, transposeA ? 1 : 0, transposeB ? 1 : 0,
-    aOff, batchA === 1 ? 0 : m * kA, bOff, batchB === 1 ? 0 : kA * n, cOff, biasOff, p.activation, p.alpha,
+    be.wasm.HEAPF32,
+    batch,
+    m,
+    n,
+    kA,
+    transposeA ? 1 : 0,
+    transposeB ? 1 : 0,
+    aOff,
+    batchA === 1 ? 0 : m * kA,
+    bOff,
+    batchB === 1 ? 0 : kA * n,
+    cOff,
+    biasOff,
+    p.activation,
+    p.alpha,
   );
   return out;
 }
@@ -116,7 +137,10 @@ function makeKernels(addon: BlasAddon, originals: ReadonlyMap<string, tf.KernelC
   };
   const fusedMatMul: tf.KernelFunc = (args) => {
     const { a, b, bias, preluActivationWeights } = args.inputs as unknown as {
-      a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo; preluActivationWeights?: tf.TensorInfo;
+      a: tf.TensorInfo;
+      b: tf.TensorInfo;
+      bias?: tf.TensorInfo;
+      preluActivationWeights?: tf.TensorInfo;
     };
     const { transposeA, transposeB, activation, leakyreluAlpha } = args.attrs as unknown as tf._FusedMatMulAttrs;
     const code = ACTIVATION_CODE[activation];
@@ -136,7 +160,11 @@ function makeKernels(addon: BlasAddon, originals: ReadonlyMap<string, tf.KernelC
     addon.unary(be.wasm.HEAPF32, 0, xOff, heapOffset(be, out)!, n);
     return out;
   };
-  return new Map([[tf.BatchMatMul, batchMatMul], [tf._FusedMatMul, fusedMatMul], [tf.Exp, exp]]);
+  return new Map([
+    [tf.BatchMatMul, batchMatMul],
+    [tf._FusedMatMul, fusedMatMul],
+    [tf.Exp, exp],
+  ]);
 }
 
 /**
@@ -159,7 +187,9 @@ export function installNativeKernels(addon: BlasAddon): void {
     // The original's setup goes along: should the backend be initialised again, the fallback's
     // wasm functions are bound to the new module.
     tf.registerKernel({
-      kernelName: name, backendName: 'wasm', kernelFunc: funcs.get(name)!,
+      kernelName: name,
+      backendName: 'wasm',
+      kernelFunc: funcs.get(name)!,
       ...(original.setupFunc ? { setupFunc: original.setupFunc } : {}),
       ...(original.disposeFunc ? { disposeFunc: original.disposeFunc } : {}),
     });

@@ -21,8 +21,14 @@ const STATE_HEAD = 2;
  * exactly that state on every rank.
  */
 export async function agreeOnState(
-  state: TrainingState, holder: StateHolder | undefined, layout: CheckpointLayout, outputDir: string,
-  rank: number, worldSize: number, reduce: (data: Float32Array, options: { exact: true }) => Promise<Float32Array>, log: Logger,
+  state: TrainingState,
+  holder: StateHolder | undefined,
+  layout: CheckpointLayout,
+  outputDir: string,
+  rank: number,
+  worldSize: number,
+  reduce: (data: Float32Array, options: { exact: true }) => Promise<Float32Array>,
+  log: Logger,
 ): Promise<void> {
   const memory = holder?.state;
   const newestCheckpoint = (await listCheckpoints(outputDir))[0]?.step ?? -1;
@@ -47,11 +53,18 @@ export async function agreeOnState(
   const total = STATE_HEAD + [...state.params, ...buffers].reduce((n, a) => n + a.length, 0);
   const vec = new Float32Array(total);
   if (rank === source) {
-    const fromMemory: CheckpointState | undefined = memory
-      && { step: memory.step, optimizerStep: memory.optimizer.stepCount, params: memory.params, buffers: memory.optimizer.buffers };
+    const fromMemory: CheckpointState | undefined = memory && {
+      step: memory.step,
+      optimizerStep: memory.optimizer.stepCount,
+      params: memory.params,
+      buffers: memory.optimizer.buffers,
+    };
     // Memory when it is the newest; else the newest checkpoint that verifies, else memory; else
     // (every checkpoint refused, nothing in memory) the model as loaded, at step 0.
-    const fromCheckpoint = fromMemory && fromMemory.step >= newestCheckpoint ? undefined : await latestValidCheckpoint(outputDir, layout, log);
+    const fromCheckpoint =
+      fromMemory && fromMemory.step >= newestCheckpoint
+        ? undefined
+        : await latestValidCheckpoint(outputDir, layout, log);
     const from = fromCheckpoint ?? fromMemory ?? { step: 0, optimizerStep: 0, params: state.params, buffers };
     vec[0] = from.step;
     vec[1] = from.optimizerStep;
@@ -60,7 +73,10 @@ export async function agreeOnState(
       vec.set(a, off);
       off += a.length;
     }
-    log.info('state source for this generation', { step: from.step, from: fromCheckpoint ? 'checkpoint' : fromMemory ? 'memory' : 'model' });
+    log.info('state source for this generation', {
+      step: from.step,
+      from: fromCheckpoint ? 'checkpoint' : fromMemory ? 'memory' : 'model',
+    });
   }
   const got = await reduce(vec, { exact: true });
   state.step = got[0]!;

@@ -52,7 +52,8 @@ export async function verifyManifest(dir: string): Promise<Manifest> {
   } catch (e) {
     throw new Error(`${join(dir, 'manifest.json')}: unreadable (${(e as Error).message})`, { cause: e });
   }
-  if (typeof manifest.files !== 'object' || manifest.files === null) throw new Error(`${join(dir, 'manifest.json')}: no "files"`);
+  if (typeof manifest.files !== 'object' || manifest.files === null)
+    throw new Error(`${join(dir, 'manifest.json')}: no "files"`);
   for (const [name, want] of Object.entries(manifest.files)) {
     const path = join(dir, name);
     let got: string;
@@ -61,7 +62,10 @@ export async function verifyManifest(dir: string): Promise<Manifest> {
     } catch (e) {
       throw new Error(`${path}: unreadable (${(e as Error).message})`, { cause: e });
     }
-    if (got !== want.sha256) throw new Error(`${path}: sha256 ${got.slice(0, 12)}… does not match the manifest's ${want.sha256.slice(0, 12)}…`);
+    if (got !== want.sha256)
+      throw new Error(
+        `${path}: sha256 ${got.slice(0, 12)}… does not match the manifest's ${want.sha256.slice(0, 12)}…`,
+      );
   }
   return manifest;
 }

@@ -43,18 +43,39 @@ export interface CheckpointLayout {
 }
 
 export async function writeCheckpoint(
-  outputDir: string, keep: number, layout: CheckpointLayout, state: CheckpointState, epoch: number,
+  outputDir: string,
+  keep: number,
+  layout: CheckpointLayout,
+  state: CheckpointState,
+  epoch: number,
 ): Promise<string> {
   const root = join(outputDir, CHECKPOINTS_DIR);
   const dir = join(root, checkpointName(state.step));
   await writeDirAtomically(dir, async (tmp) => {
-    const params: NamedTensor[] = layout.names.map((name, i) => ({ name, shape: [...layout.shapes[i]!], data: state.params[i]! }));
+    const params: NamedTensor[] = layout.names.map((name, i) => ({
+      name,
+      shape: [...layout.shapes[i]!],
+      data: state.params[i]!,
+    }));
     await writeSafetensors(join(tmp, 'trainable.safetensors'), params, { dtype: 'F32', metadata: { format: 'pt' } });
-    const buffers = layout.bufferNames.map((name, i) => ({ name, shape: [state.buffers[i]!.length], data: state.buffers[i]! }));
+    const buffers = layout.bufferNames.map((name, i) => ({
+      name,
+      shape: [state.buffers[i]!.length],
+      data: state.buffers[i]!,
+    }));
     await writeSafetensors(join(tmp, 'optimizer.safetensors'), buffers, { dtype: 'F32' });
-    await writeFile(join(tmp, 'state.json'), JSON.stringify({
-      step: state.step, optimizerStep: state.optimizerStep, cursor: { nextStep: state.step, epoch },
-    }, null, 2) + '\n');
+    await writeFile(
+      join(tmp, 'state.json'),
+      JSON.stringify(
+        {
+          step: state.step,
+          optimizerStep: state.optimizerStep,
+          cursor: { nextStep: state.step, epoch },
+        },
+        null,
+        2,
+      ) + '\n',
+    );
     await writeManifest(tmp, { step: state.step });
   }).catch((e: unknown) => {
     throw new Error(`checkpoint ${dir}: ${errorMessage(e)}`, { cause: e });
@@ -82,19 +103,31 @@ export async function listCheckpoints(outputDir: string): Promise<{ step: number
 /** Read and verify one checkpoint against the trainer's layout; throws naming what is wrong. */
 export async function readCheckpoint(dir: string, layout: CheckpointLayout): Promise<CheckpointState> {
   await verifyManifest(dir);
-  const meta = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as { step?: unknown; optimizerStep?: unknown };
-  if (!Number.isInteger(meta.step) || !Number.isInteger(meta.optimizerStep)) throw new Error(`${join(dir, 'state.json')}: no integer step`);
+  const meta = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as {
+    step?: unknown;
+    optimizerStep?: unknown;
+  };
+  if (!Number.isInteger(meta.step) || !Number.isInteger(meta.optimizerStep))
+    throw new Error(`${join(dir, 'state.json')}: no integer step`);
   const params = new Map((await readSafetensors(join(dir, 'trainable.safetensors'))).tensors.map((t) => [t.name, t]));
   const buffers = new Map((await readSafetensors(join(dir, 'optimizer.safetensors'))).tensors.map((t) => [t.name, t]));
   const out: Float32Array[] = layout.names.map((name, i) => {
     const t = params.get(name);
-    if (!t) throw new Error(`${join(dir, 'trainable.safetensors')}: no tensor ${name} (the checkpoint was made by another method or model)`);
+    if (!t)
+      throw new Error(
+        `${join(dir, 'trainable.safetensors')}: no tensor ${name} (the checkpoint was made by another method or model)`,
+      );
     if (t.shape.join('x') !== layout.shapes[i]!.join('x')) {
-      throw new Error(`${join(dir, 'trainable.safetensors')}: ${name} has shape [${t.shape}], the model wants [${layout.shapes[i]}]`);
+      throw new Error(
+        `${join(dir, 'trainable.safetensors')}: ${name} has shape [${t.shape}], the model wants [${layout.shapes[i]}]`,
+      );
     }
     return t.data;
   });
-  if (params.size !== layout.names.length) throw new Error(`${join(dir, 'trainable.safetensors')}: holds ${params.size} tensors, the method trains ${layout.names.length}`);
+  if (params.size !== layout.names.length)
+    throw new Error(
+      `${join(dir, 'trainable.safetensors')}: holds ${params.size} tensors, the method trains ${layout.names.length}`,
+    );
   const bufs = layout.bufferNames.map((name) => {
     const t = buffers.get(name);
     if (!t) throw new Error(`${join(dir, 'optimizer.safetensors')}: no ${name} (another optimizer?)`);
@@ -104,7 +137,11 @@ export async function readCheckpoint(dir: string, layout: CheckpointLayout): Pro
 }
 
 /** The newest checkpoint that verifies; corrupt ones are reported and skipped. */
-export async function latestValidCheckpoint(outputDir: string, layout: CheckpointLayout, log: Logger): Promise<CheckpointState | undefined> {
+export async function latestValidCheckpoint(
+  outputDir: string,
+  layout: CheckpointLayout,
+  log: Logger,
+): Promise<CheckpointState | undefined> {
   for (const { dir } of await listCheckpoints(outputDir)) {
     try {
       return await readCheckpoint(dir, layout);

@@ -24,7 +24,12 @@ import { writeDirAtomically } from './atomic-dir.js';
 
 /** Files copied from the input model directory to `final/` when present. */
 export const MODEL_SIDE_FILES = [
-  'config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model',
+  'config.json',
+  'generation_config.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'tokenizer.model',
 ] as const;
 
 export interface FinalContents {
@@ -78,11 +83,19 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
     // Tensor by tensor, each in its input dtype, sharded like the input (worker/model/export.ts);
     // trained tensors from the trainer's float32 master copies.
     await exportModel(tmp, c.model, {
-      inputDir: c.modelDir, dtypes: c.inputDtypes, values: new Map(c.trainable.map((t) => [t.name, t.data])),
+      inputDir: c.modelDir,
+      dtypes: c.inputDtypes,
+      values: new Map(c.trainable.map((t) => [t.name, t.data])),
     });
-    await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, { dtype: 'F32', metadata: { format: 'pt' } });
+    await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, {
+      dtype: 'F32',
+      metadata: { format: 'pt' },
+    });
     if (c.method && c.method.modules.length > 0) {
-      await writeSafetensors(join(tmp, `${c.method.name}.safetensors`), c.method.modules, { dtype: 'F32', metadata: { format: 'pt' } });
+      await writeSafetensors(join(tmp, `${c.method.name}.safetensors`), c.method.modules, {
+        dtype: 'F32',
+        metadata: { format: 'pt' },
+      });
     }
     await c.method?.write?.(tmp);
     for (const name of MODEL_SIDE_FILES) {
@@ -123,9 +136,14 @@ export async function writeFinalOutputsRetrying(c: FinalContents, options: Retry
       return (performance.now() - tw) / 1000;
     } catch (e) {
       if (!OUT_OF_SPACE.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
-      options.logger.error('final outputs could not be written; the trained state stays in memory and they are tried again', {
-        dir: c.outputDir, retryInSeconds: pause / 1000, error: errorMessage(e),
-      });
+      options.logger.error(
+        'final outputs could not be written; the trained state stays in memory and they are tried again',
+        {
+          dir: c.outputDir,
+          retryInSeconds: pause / 1000,
+          error: errorMessage(e),
+        },
+      );
       options.onFailure?.({ seconds: (performance.now() - tw) / 1000, error: errorMessage(e) });
       await sleep(pause, undefined, options.signal ? { signal: options.signal } : {}).catch(() => undefined);
       if (options.signal?.aborted) {

@@ -35,12 +35,16 @@ export function headLength(languages: number): number {
 export function checkReducedHead(reduced: Float32Array, b: HeadBounds): void {
   const L = b.languages;
   if (reduced.length < headLength(L)) {
-    throw new ReducedHeadError('head', `${reduced.length} elements, fewer than the head's ${headLength(L)}`, { step: b.step });
+    throw new ReducedHeadError('head', `${reduced.length} elements, fewer than the head's ${headLength(L)}`, {
+      step: b.step,
+    });
   }
   const count = (i: number, what: string): number => {
     const v = reduced[i]!;
     if (!Number.isInteger(v) || v < 0 || v > b.maxTokens) {
-      throw new ReducedHeadError(`head[${i}] (${what})`, `${v} is not a count of 0..${b.maxTokens} tokens`, { step: b.step });
+      throw new ReducedHeadError(`head[${i}] (${what})`, `${v} is not a count of 0..${b.maxTokens} tokens`, {
+        step: b.step,
+      });
     }
     return v;
   };
@@ -52,7 +56,9 @@ export function checkReducedHead(reduced: Float32Array, b: HeadBounds): void {
   const supervised = count(1, 'supervised tokens');
   const tokens = count(2, 'tokens');
   if (supervised > tokens) {
-    throw new ReducedHeadError('head[1] (supervised tokens)', `${supervised} is more than the ${tokens} tokens`, { step: b.step });
+    throw new ReducedHeadError('head[1] (supervised tokens)', `${supervised} is more than the ${tokens} tokens`, {
+      step: b.step,
+    });
   }
   for (let l = 0; l < L; l++) {
     nll(3 + l, `nll sum of language ${l}`);

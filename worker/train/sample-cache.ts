@@ -19,7 +19,8 @@ export class SampleCache {
       s = this.encode(this.records[index]!);
       const V = this.vocabSize;
       const bad = s.inputIds.find((t) => t >= V) ?? s.labels.find((t) => t >= V);
-      if (bad !== undefined) throw new UserError(`training sample ${index}: token id ${bad} is outside the model's vocabulary [0, ${V})`);
+      if (bad !== undefined)
+        throw new UserError(`training sample ${index}: token id ${bad} is outside the model's vocabulary [0, ${V})`);
       if (s.truncated) this.truncated++;
       this.cache.set(index, s);
     }

@@ -12,8 +12,9 @@
  *
  * Between stages every rank waits for rank 0's final outputs of the stage (an all-reduce used as a
  * barrier), since they are the next stage's model: every worker reads it from output.dir, which is
- * therefore on a volume they share (the chart's ReadWriteMany volume, or one machine's disk). The rank's state holder (worker/run-worker.ts)
- * belongs to one stage at a time: entering another stage frees what it holds of the previous one.
+ * therefore on a volume they share (the chart's ReadWriteMany volume, or one machine's disk). The
+ * rank's state holder (worker/run-worker.ts) belongs to one stage at a time: entering another
+ * stage frees what it holds of the previous one.
  *
  * At the end rank 0 makes `output.dir/final/` the last stage's final model: the same files,
  * hard-linked into a directory renamed into place (copied where the file system cannot link), so
@@ -90,9 +91,15 @@ export async function runStages(spec: StagedJobSpec, ctx: KindContext): Promise<
       memory.stage = k;
     }
     ctx.logger.info('stage', { stage: `${k + 1}/${n}`, name: stage.name, fromJobStep: offsets[k] });
-    const r = await runSingleStage(stageJobSpec(spec, k), { ...ctx, resume: ctx.resume && k === start }, {
-      offset: offsets[k]!, totalSteps: total, stage: { index: k, count: n, name: stage.name },
-    });
+    const r = await runSingleStage(
+      stageJobSpec(spec, k),
+      { ...ctx, resume: ctx.resume && k === start },
+      {
+        offset: offsets[k]!,
+        totalSteps: total,
+        stage: { index: k, count: n, name: stage.name },
+      },
+    );
     if (Number.isNaN(firstLoss)) firstLoss = r.firstLoss ?? NaN;
     finalLoss = r.finalLoss ?? NaN;
     chosenLayers = r.chosenLayers ?? chosenLayers;
@@ -105,6 +112,10 @@ export async function runStages(spec: StagedJobSpec, ctx: KindContext): Promise<
     await linkDirectory(stageFinalDir(spec, last.name), join(spec.spec.output.dir, 'final'), spec.metadata.name);
   }
   return {
-    steps: total, outputDir: spec.spec.output.dir, firstLoss, finalLoss, ...(chosenLayers ? { chosenLayers } : {}),
+    steps: total,
+    outputDir: spec.spec.output.dir,
+    firstLoss,
+    finalLoss,
+    ...(chosenLayers ? { chosenLayers } : {}),
   };
 }

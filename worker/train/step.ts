@@ -56,7 +56,10 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   try {
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
       c.aborted();
-      const batch = padBatch(mb.map((i) => c.samples.get(c.sampleRecords[i]!)), c.padId);
+      const batch = padBatch(
+        mb.map((i) => c.samples.get(c.sampleRecords[i]!)),
+        c.padId,
+      );
       supervised += batch.supervised;
       tokens += batch.tokens;
       if (batch.supervised === 0) continue;

@@ -33,20 +33,34 @@ export async function prepareTrainJob(spec: JobSpec, ctx: KindContext): Promise<
   let chosenLayers: number[] | undefined;
   if (s.method.layers === 'auto' && s.method.analysis) {
     const outputDir = join(s.output.dir, 'analysis');
-    const common = { modelPath: s.model.path, spec: s.method.analysis, outputDir, signal: ctx.signal, logger: ctx.logger };
-    chosenLayers = [...(await runLayerAnalysis({ ...common, rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce })).chosenLayers];
+    const common = {
+      modelPath: s.model.path,
+      spec: s.method.analysis,
+      outputDir,
+      signal: ctx.signal,
+      logger: ctx.logger,
+    };
+    chosenLayers = [
+      ...(await runLayerAnalysis({ ...common, rank: ctx.rank, worldSize: ctx.worldSize, reduce: ctx.reduce }))
+        .chosenLayers,
+    ];
     ctx.logger.info('layers chosen by the analysis', { chosenLayers });
     if (ctx.rank === 0) ctx.progress(0, 0, { chosenLayers });
     trainSpec = { ...spec, spec: { ...s, method: { ...s.method, layers: chosenLayers } } };
   }
   const evaluate = s.eval
     ? createEvalHook({
-      spec: s.eval, outputDir: s.output.dir, rank: ctx.rank, worldSize: ctx.worldSize, signal: ctx.signal, logger: ctx.logger,
-      onReport: (r) => {
-        ctx.onEvalReport?.(r);
-        if (ctx.rank === 0) ctx.progress(0, 0, { evalJson: JSON.stringify(r) });
-      },
-    })
+        spec: s.eval,
+        outputDir: s.output.dir,
+        rank: ctx.rank,
+        worldSize: ctx.worldSize,
+        signal: ctx.signal,
+        logger: ctx.logger,
+        onReport: (r) => {
+          ctx.onEvalReport?.(r);
+          if (ctx.rank === 0) ctx.progress(0, 0, { evalJson: JSON.stringify(r) });
+        },
+      })
     : undefined;
   return { spec: trainSpec, ...(chosenLayers ? { chosenLayers } : {}), ...(evaluate ? { evaluate } : {}) };
 }
@@ -73,8 +87,13 @@ export async function runSingleStage(spec: JobSpec, ctx: KindContext, placement?
   };
   try {
     const result = await train({
-      spec: prepared.spec, rank: ctx.rank, worldSize: ctx.worldSize, signal: ctx.signal, logger: ctx.logger,
-      holder: ctx.holder, resume: ctx.resume,
+      spec: prepared.spec,
+      rank: ctx.rank,
+      worldSize: ctx.worldSize,
+      signal: ctx.signal,
+      logger: ctx.logger,
+      holder: ctx.holder,
+      resume: ctx.resume,
       allReduce: (step, data, opts) => ctx.collective.allReduce(seen(step), data, opts),
       beginAllReduce: (step, length, opts) => ctx.collective.begin(seen(step), length, opts),
       ...(prepared.evaluate ? { evaluate: prepared.evaluate } : {}),
@@ -87,7 +106,10 @@ export async function runSingleStage(spec: JobSpec, ctx: KindContext, placement?
       },
     });
     return {
-      steps: result.steps, outputDir: result.outputDir, firstLoss: result.firstLoss, finalLoss: result.finalLoss,
+      steps: result.steps,
+      outputDir: result.outputDir,
+      firstLoss: result.firstLoss,
+      finalLoss: result.finalLoss,
       ...(prepared.chosenLayers ? { chosenLayers: prepared.chosenLayers } : {}),
     };
   } finally {

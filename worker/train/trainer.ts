@@ -68,7 +68,11 @@ export type AllReduceFn = (step: number, data: Float32Array, options?: { exact?:
  * first chunks are reduced while the rest is still being copied off the device; the result goes
  * into `output` when given (the previous step's result, done with) instead of a new array.
  */
-export type BeginAllReduceFn = (step: number, length: number, options?: { output?: Float32Array }) => {
+export type BeginAllReduceFn = (
+  step: number,
+  length: number,
+  options?: { output?: Float32Array },
+) => {
   append(data: Float32Array): void;
   readonly result: Promise<Float32Array>;
 };
@@ -104,8 +108,10 @@ export interface StepReport {
 export class NonFiniteLossError extends UserError {
   readonly step: number;
   constructor(step: number, count: number) {
-    super(`step ${step}: ${count} steps in a row had a non-finite loss ` +
-      `or gradient (spec.training.maxNonFiniteSteps); the job stops`);
+    super(
+      `step ${step}: ${count} steps in a row had a non-finite loss ` +
+        `or gradient (spec.training.maxNonFiniteSteps); the job stops`,
+    );
     this.name = 'NonFiniteLossError';
     this.step = step;
   }
@@ -135,7 +141,12 @@ export interface TrainerOptions {
    * Rank 0 wrote the checkpoint of `step` (or, with `final`, the final outputs) in `seconds`, or
    * failed to (`error`) (for metrics).
    */
-  readonly onCheckpoint?: (info: { readonly step: number; readonly seconds: number; readonly error?: string; readonly final?: true }) => void;
+  readonly onCheckpoint?: (info: {
+    readonly step: number;
+    readonly seconds: number;
+    readonly error?: string;
+    readonly final?: true;
+  }) => void;
   /**
    * The first pause before rank 0 tries the final outputs again after running out of space
    * (ENOSPC, EDQUOT); it doubles up to FINAL_OUTPUTS_RETRY_MAX_MS. @default FINAL_OUTPUTS_RETRY_MS (2 s)
@@ -160,7 +171,10 @@ export interface TrainerOptions {
    * step with the live model; it decides whether to evaluate and may use the collective.
    */
   readonly evaluate?: (ctx: {
-    step: number; totalSteps: number; model: LlamaModel; tokenizer: ModelTokenizer;
+    step: number;
+    totalSteps: number;
+    model: LlamaModel;
+    tokenizer: ModelTokenizer;
     /** The method's forward hooks, when it has some: generation uses them as training does. */
     hooks?: ForwardHooks;
     reduce: (data: Float32Array) => Promise<Float32Array>;
@@ -174,7 +188,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   const started = performance.now();
   // Each collective call of this generation gets the next sequence number, the same on every rank.
   let seq = 0;
-  const reduce = (data: Float32Array, opts?: { exact?: boolean }): Promise<Float32Array> => options.allReduce(seq++, data, opts);
+  const reduce = (data: Float32Array, opts?: { exact?: boolean }): Promise<Float32Array> =>
+    options.allReduce(seq++, data, opts);
 
   const method = options.method ?? trainingMethodFor(s.method);
   const config = await readLlamaConfig(s.model.path);
@@ -184,21 +199,35 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     options.holder.model.dispose();
     options.holder.model = undefined;
   }
-  const model = held ?? await LlamaModel.load(s.model.path, {
-    trainable: new Set(method.trainableTensors(s.method, config, [...tensors.keys()])),
-    maxSeqLen: s.data.maxSeqLen,
-    gradientCheckpointing: s.training.gradientCheckpointing,
-  });
+  const model =
+    held ??
+    (await LlamaModel.load(s.model.path, {
+      trainable: new Set(method.trainableTensors(s.method, config, [...tensors.keys()])),
+      maxSeqLen: s.data.maxSeqLen,
+      gradientCheckpointing: s.training.gradientCheckpointing,
+    }));
   if (held) log.info('model kept from the previous generation', { path: s.model.path });
   if (options.holder) options.holder.model = model;
   let moduleVars: tf.Variable[] = [];
   try {
     // The method's own modules: variables of this generation, their values from the seed or, when
     // resuming, from the state the ranks agree on (they are part of it).
-    const moduleInit = initModules(method.name, method.modules?.(s.method, config) ?? [], s.training.seed, new Set(tensors.keys()));
+    const moduleInit = initModules(
+      method.name,
+      method.modules?.(s.method, config) ?? [],
+      s.training.seed,
+      new Set(tensors.keys()),
+    );
     moduleVars = moduleInit.map((m) =>
-      tf.tidy(() => tf.variable(tf.tensor(m.data, m.shape, 'float32'), true, `polytune-module/${m.name}/${moduleSeq++}`)));
-    const run: MethodRun = { method: s.method, model, modules: new Map(moduleInit.map((m, i) => [m.name, moduleVars[i]!])) };
+      tf.tidy(() =>
+        tf.variable(tf.tensor(m.data, m.shape, 'float32'), true, `polytune-module/${m.name}/${moduleSeq++}`),
+      ),
+    );
+    const run: MethodRun = {
+      method: s.method,
+      model,
+      modules: new Map(moduleInit.map((m, i) => [m.name, moduleVars[i]!])),
+    };
     const hooks = method.hooks?.(run);
     const loss: RowLoss = method.loss
       ? (inputIds, labels) => method.loss!(run, { inputIds, labels, ...(hooks ? { hooks } : {}) })
@@ -225,7 +254,11 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const sizes = master.map((m) => m.length);
     const totalParams = sizes.reduce((a, b) => a + b, 0);
     const state: TrainingState = { step: 0, params: master, optimizer: createOptimizer(s.training.optimizer, sizes) };
-    const layout: CheckpointLayout = { names, shapes: vars.map((v) => v.shape), bufferNames: state.optimizer.bufferNames };
+    const layout: CheckpointLayout = {
+      names,
+      shapes: vars.map((v) => v.shape),
+      bufferNames: state.optimizer.bufferNames,
+    };
     if (options.resume) {
       await agreeOnState(state, options.holder, layout, s.output.dir, rank, worldSize, reduce, log);
       vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(master[i]!, v.shape))));
@@ -233,8 +266,13 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     if (options.holder) options.holder.state = state;
     const startStep = state.step;
     log.info('training', {
-      rank, worldSize, samples: plan.numSamples, steps: plan.totalSteps, fromStep: startStep,
-      trainableTensors: names.length, trainableParams: totalParams,
+      rank,
+      worldSize,
+      samples: plan.numSamples,
+      steps: plan.totalSteps,
+      fromStep: startStep,
+      trainableTensors: names.length,
+      trainableParams: totalParams,
     });
 
     let order: Uint32Array | undefined;
@@ -252,7 +290,11 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
 
     const evaluate = async (): Promise<void> =>
       options.evaluate?.({
-        step: state.step, totalSteps: plan.totalSteps, model, tokenizer, ...(hooks ? { hooks } : {}),
+        step: state.step,
+        totalSteps: plan.totalSteps,
+        model,
+        tokenizer,
+        ...(hooks ? { hooks } : {}),
         reduce: (d) => reduce(d, { exact: true }),
       });
 
@@ -268,7 +310,15 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
 
       // 1-2. Gradients of the summed NLL, accumulated on the device across micro-batches.
       const g = await computeStepGradients({
-        mine, microBatchSize: s.training.microBatchSize, samples, sampleRecords, padId, vars, loss, languageIndex, aborted,
+        mine,
+        microBatchSize: s.training.microBatchSize,
+        samples,
+        sampleRecords,
+        padId,
+        vars,
+        loss,
+        languageIndex,
+        aborted,
       });
 
       // 3. One all-reduce of [head, gradients], streamed tensor by tensor: the first chunks travel
@@ -278,7 +328,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       handle.append(stepHead(g));
       if (g.grads) {
         for (const grad of g.grads) {
-          handle.append(await grad.data() as Float32Array);
+          handle.append((await grad.data()) as Float32Array);
           grad.dispose();
         }
       } else {
@@ -286,20 +336,36 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       }
       const reduced = await handle.result;
       lastReduced = reduced;
-      checkReducedHead(reduced, { step, languages: languages.length, maxTokens: s.training.globalBatchSize * s.data.maxSeqLen });
+      checkReducedHead(reduced, {
+        step,
+        languages: languages.length,
+        maxTokens: s.training.globalBatchSize * s.data.maxSeqLen,
+      });
       const t2 = performance.now();
 
       // 4. DESIGN.md's loss: summed NLL over the global batch's supervised tokens; the update.
       const lr = learningRate(s.training.optimizer.lr, s.training.schedule, step, plan.totalSteps);
       const applied = applyReducedGradients({
-        reduced, languages, sizes, gradClip: s.training.gradClip, optimizer: state.optimizer, master, vars, lr,
+        reduced,
+        languages,
+        sizes,
+        gradClip: s.training.gradClip,
+        optimizer: state.optimizer,
+        master,
+        vars,
+        lr,
       });
       const { loss: stepLoss, gradNorm, skipped } = applied;
       if (!(applied.globalSupervised > 0)) log.warn('a global batch without supervised tokens: no update', { step });
       if (skipped) {
         nonFiniteSteps++;
         nonFiniteInARow++;
-        log.warn('non-finite loss or gradient: step skipped', { step, loss: stepLoss, gradNorm, inARow: nonFiniteInARow });
+        log.warn('non-finite loss or gradient: step skipped', {
+          step,
+          loss: stepLoss,
+          gradNorm,
+          inARow: nonFiniteInARow,
+        });
         if (nonFiniteInARow > s.training.maxNonFiniteSteps) throw new NonFiniteLossError(step, nonFiniteInARow);
       } else {
         nonFiniteInARow = 0;
@@ -311,25 +377,53 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       const t3 = performance.now();
       const stepSeconds = (t3 - t0) / 1000;
       options.onStep?.({
-        step: step + 1, totalSteps: plan.totalSteps, epoch, loss: stepLoss, lr, gradNorm,
-        tokensPerSecond: applied.globalTokens / stepSeconds, supervisedTokens: applied.globalSupervised, stepSeconds,
-        computeSeconds: (t1 - t0) / 1000, allReduceSeconds: (t2 - t1) / 1000, optimizerSeconds: (t3 - t2) / 1000,
-        allReduceBytes: reduced.byteLength, skipped, nonFiniteSteps, lossByLanguage: applied.lossByLanguage,
+        step: step + 1,
+        totalSteps: plan.totalSteps,
+        epoch,
+        loss: stepLoss,
+        lr,
+        gradNorm,
+        tokensPerSecond: applied.globalTokens / stepSeconds,
+        supervisedTokens: applied.globalSupervised,
+        stepSeconds,
+        computeSeconds: (t1 - t0) / 1000,
+        allReduceSeconds: (t2 - t1) / 1000,
+        optimizerSeconds: (t3 - t2) / 1000,
+        allReduceBytes: reduced.byteLength,
+        skipped,
+        nonFiniteSteps,
+        lossByLanguage: applied.lossByLanguage,
       });
 
       const every = s.checkpoint.everySteps;
       if (rank === 0 && every > 0 && state.step % every === 0 && state.step < plan.totalSteps) {
         const tc = performance.now();
         try {
-          await writeCheckpoint(s.output.dir, s.checkpoint.keep, layout, {
-            step: state.step, optimizerStep: state.optimizer.stepCount, params: master, buffers: state.optimizer.buffers,
-          }, stepPosition(plan, state.step).epoch);
+          await writeCheckpoint(
+            s.output.dir,
+            s.checkpoint.keep,
+            layout,
+            {
+              step: state.step,
+              optimizerStep: state.optimizer.stepCount,
+              params: master,
+              buffers: state.optimizer.buffers,
+            },
+            stepPosition(plan, state.step).epoch,
+          );
           options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000 });
         } catch (e) {
           // A full disk, say: the write left no partial checkpoint and kept the older ones, and every
           // rank still holds the state, so training goes on; the next interval tries again.
-          log.error('checkpoint failed; training goes on from memory, the older checkpoints stay', { step: state.step, error: errorMessage(e) });
-          options.onCheckpoint?.({ step: state.step, seconds: (performance.now() - tc) / 1000, error: errorMessage(e) });
+          log.error('checkpoint failed; training goes on from memory, the older checkpoints stay', {
+            step: state.step,
+            error: errorMessage(e),
+          });
+          options.onCheckpoint?.({
+            step: state.step,
+            seconds: (performance.now() - tc) / 1000,
+            error: errorMessage(e),
+          });
         }
       }
       // Evaluation (spec.eval): every rank, same step; the hook decides whether this step evaluates.
@@ -344,24 +438,39 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     if (rank === 0) {
       const named = names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! }));
       const modules = named.slice(modelTrainable.length);
-      const seconds = await writeFinalOutputsRetrying({
-        job: spec.metadata.name, modelDir: s.model.path, outputDir: s.output.dir, model,
-        trainable: named.slice(0, modelTrainable.length),
-        inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
-        method: {
-          name: method.name, modules,
-          ...(method.finalOutputs ? { write: (dir: string) => method.finalOutputs!({ method: s.method, model, modules, dir }) } : {}),
+      const seconds = await writeFinalOutputsRetrying(
+        {
+          job: spec.metadata.name,
+          modelDir: s.model.path,
+          outputDir: s.output.dir,
+          model,
+          trainable: named.slice(0, modelTrainable.length),
+          inputDtypes: new Map([...tensors].map(([n, t]) => [n, t.dtype])),
+          method: {
+            name: method.name,
+            modules,
+            ...(method.finalOutputs
+              ? { write: (dir: string) => method.finalOutputs!({ method: s.method, model, modules, dir }) }
+              : {}),
+          },
         },
-      }, {
-        logger: log, ...(signal ? { signal } : {}),
-        ...(options.finalOutputsRetryMs !== undefined ? { retryMs: options.finalOutputsRetryMs } : {}),
-        onFailure: (f) => options.onCheckpoint?.({ step: state.step, seconds: f.seconds, error: f.error, final: true }),
-      });
+        {
+          logger: log,
+          ...(signal ? { signal } : {}),
+          ...(options.finalOutputsRetryMs !== undefined ? { retryMs: options.finalOutputsRetryMs } : {}),
+          onFailure: (f) =>
+            options.onCheckpoint?.({ step: state.step, seconds: f.seconds, error: f.error, final: true }),
+        },
+      );
       options.onCheckpoint?.({ step: state.step, seconds, final: true });
     }
     return {
-      steps: plan.totalSteps, firstLoss, finalLoss: lastLoss, outputDir: s.output.dir,
-      seconds: (performance.now() - started) / 1000, truncatedSamples: samples.truncated,
+      steps: plan.totalSteps,
+      firstLoss,
+      finalLoss: lastLoss,
+      outputDir: s.output.dir,
+      seconds: (performance.now() - started) / 1000,
+      truncatedSamples: samples.truncated,
     };
   } finally {
     tf.dispose(moduleVars);

@@ -45,36 +45,80 @@ const weightMap = (j: Json): Record<string, string> => j['weight_map'] as Record
 /** [what, break the copy in `dir`, the file at fault, what the message must say (tensor included)] */
 const CASES: Array<[string, (dir: string) => Promise<void>, string, RegExp]> = [
   ['truncated shard', (d) => truncate(join(d, S2), 30_000), S2, /\(tensor [^)]+\): file is truncated/],
-  ['header length beyond the file', async (d) => {
-    const raw = await readFile(join(d, S1));
-    raw.writeBigUInt64LE(1_000_000n);
-    await writeFile(join(d, S1), raw);
-  }, S1, /header length 1000000 exceeds file size/],
-  ['header not JSON', async (d) => {
-    const raw = await readFile(join(d, S1));
-    raw.write('{{{{', 8);
-    await writeFile(join(d, S1), raw);
-  }, S1, /header is not valid JSON/],
-  ['unsupported dtype', (d) => rewriteHeader(join(d, S1), (h) => void (h['model.layers.0.input_layernorm.weight']!['dtype'] = 'I16')), S1,
-    /\(tensor model\.layers\.0\.input_layernorm\.weight\): dtype I16 is not supported/],
+  [
+    'header length beyond the file',
+    async (d) => {
+      const raw = await readFile(join(d, S1));
+      raw.writeBigUInt64LE(1_000_000n);
+      await writeFile(join(d, S1), raw);
+    },
+    S1,
+    /header length 1000000 exceeds file size/,
+  ],
+  [
+    'header not JSON',
+    async (d) => {
+      const raw = await readFile(join(d, S1));
+      raw.write('{{{{', 8);
+      await writeFile(join(d, S1), raw);
+    },
+    S1,
+    /header is not valid JSON/,
+  ],
+  [
+    'unsupported dtype',
+    (d) => rewriteHeader(join(d, S1), (h) => void (h['model.layers.0.input_layernorm.weight']!['dtype'] = 'I16')),
+    S1,
+    /\(tensor model\.layers\.0\.input_layernorm\.weight\): dtype I16 is not supported/,
+  ],
   ['missing shard', (d) => unlink(join(d, S2)), S2, /no such file/],
-  ['shape mismatch with config.json', (d) => editJson(join(d, 'config.json'), (j) => void (j['intermediate_size'] = 48)), S1,
-    /\(tensor model\.layers\.0\.mlp\.gate_proj\.weight\): shape \[64, 32\] does not match config\.json's \[48, 32\]/],
-  ['tensor missing from the index', (d) => editJson(join(d, INDEX), (j) => void delete weightMap(j)['model.norm.weight']), '',
-    /\(tensor model\.norm\.weight\): tensor missing from the model files/],
-  ['index names a shard that lacks the tensor', (d) => editJson(join(d, INDEX), (j) => void (weightMap(j)['model.norm.weight'] = S1)), S1,
-    /\(tensor model\.norm\.weight\): tensor listed in model\.safetensors\.index\.json is missing from this shard/],
-  ['header lies about offsets', (d) => rewriteHeader(join(d, S2), (h) => {
-    const t = h['model.norm.weight']!;
-    const [b, e] = t['data_offsets'] as [number, number];
-    t['data_offsets'] = [b - 2, e - 2];
-  }), S2, /data_offsets (overlaps|leaves a gap)|does not match shape/],
-  ['header lies about a shape', (d) => rewriteHeader(join(d, S2), (h) => void (h['model.norm.weight']!['shape'] = [16])), S2,
-    /\(tensor model\.norm\.weight\): byte size 64 does not match shape \[16\]/],
-  ['unsupported rope scaling', (d) => editJson(join(d, 'config.json'), (j) => void (j['rope_scaling'] = { rope_type: 'yarn', factor: 4 })), 'config.json',
-    /rope_scaling type "yarn" is not supported/],
-  ['index with a path outside the model', (d) => editJson(join(d, INDEX), (j) => void (weightMap(j)['model.norm.weight'] = '../x.safetensors')), INDEX,
-    /\(tensor model\.norm\.weight\): weight_map entry is not a shard file name/],
+  [
+    'shape mismatch with config.json',
+    (d) => editJson(join(d, 'config.json'), (j) => void (j['intermediate_size'] = 48)),
+    S1,
+    /\(tensor model\.layers\.0\.mlp\.gate_proj\.weight\): shape \[64, 32\] does not match config\.json's \[48, 32\]/,
+  ],
+  [
+    'tensor missing from the index',
+    (d) => editJson(join(d, INDEX), (j) => void delete weightMap(j)['model.norm.weight']),
+    '',
+    /\(tensor model\.norm\.weight\): tensor missing from the model files/,
+  ],
+  [
+    'index names a shard that lacks the tensor',
+    (d) => editJson(join(d, INDEX), (j) => void (weightMap(j)['model.norm.weight'] = S1)),
+    S1,
+    /\(tensor model\.norm\.weight\): tensor listed in model\.safetensors\.index\.json is missing from this shard/,
+  ],
+  [
+    'header lies about offsets',
+    (d) =>
+      rewriteHeader(join(d, S2), (h) => {
+        const t = h['model.norm.weight']!;
+        const [b, e] = t['data_offsets'] as [number, number];
+        t['data_offsets'] = [b - 2, e - 2];
+      }),
+    S2,
+    /data_offsets (overlaps|leaves a gap)|does not match shape/,
+  ],
+  [
+    'header lies about a shape',
+    (d) => rewriteHeader(join(d, S2), (h) => void (h['model.norm.weight']!['shape'] = [16])),
+    S2,
+    /\(tensor model\.norm\.weight\): byte size 64 does not match shape \[16\]/,
+  ],
+  [
+    'unsupported rope scaling',
+    (d) => editJson(join(d, 'config.json'), (j) => void (j['rope_scaling'] = { rope_type: 'yarn', factor: 4 })),
+    'config.json',
+    /rope_scaling type "yarn" is not supported/,
+  ],
+  [
+    'index with a path outside the model',
+    (d) => editJson(join(d, INDEX), (j) => void (weightMap(j)['model.norm.weight'] = '../x.safetensors')),
+    INDEX,
+    /\(tensor model\.norm\.weight\): weight_map entry is not a shard file name/,
+  ],
   ['index not JSON', (d) => writeFile(join(d, INDEX), '{"weight_map": '), INDEX, /invalid JSON/],
 ];
 
@@ -82,41 +126,54 @@ let tmp: string;
 beforeAll(async () => {
   await initBackend('wasm');
   tmp = await mkdtemp(join(tmpdir(), 'polytune-bad-'));
-  await Promise.all(CASES.map(async ([, make], i) => {
-    const d = join(tmp, String(i));
-    await cp(SRC, d, { recursive: true });
-    await make(d);
-  }));
+  await Promise.all(
+    CASES.map(async ([, make], i) => {
+      const d = join(tmp, String(i));
+      await cp(SRC, d, { recursive: true });
+      await make(d);
+    }),
+  );
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
 describe('malformed checkpoints', () => {
-  it.each(CASES.map((c, i) => [c[0], i, c[2], c[3]] as const))('%s: a ModelLoadError naming the file and tensor', async (_what, i, file, message) => {
-    const dir = join(tmp, String(i));
-    const err = await LlamaModel.load(dir).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(ModelLoadError);
-    expect((err as ModelLoadError).file).toBe(join(dir, file));
-    expect((err as Error).message).toMatch(message);
-  });
+  it.each(CASES.map((c, i) => [c[0], i, c[2], c[3]] as const))(
+    '%s: a ModelLoadError naming the file and tensor',
+    async (_what, i, file, message) => {
+      const dir = join(tmp, String(i));
+      const err = await LlamaModel.load(dir).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ModelLoadError);
+      expect((err as ModelLoadError).file).toBe(join(dir, file));
+      expect((err as Error).message).toMatch(message);
+    },
+  );
 
-  it.skipIf(!existsSync(CLI))('through `worker score`: exit 2 and one line, no stack trace, for every case', async () => {
-    const run = (dir: string): Promise<{ code: number; stderr: string; stdout: string }> =>
-      new Promise((resolve) => {
-        execFile(process.execPath, [CLI, 'score', '--model', dir, '--input', join(dir, 'score.jsonl'), '--json'], (e, stdout, stderr) =>
-          resolve({ code: e ? ((e as { code?: number }).code ?? -1) : 0, stdout, stderr }));
+  it.skipIf(!existsSync(CLI))(
+    'through `worker score`: exit 2 and one line, no stack trace, for every case',
+    async () => {
+      const run = (dir: string): Promise<{ code: number; stderr: string; stdout: string }> =>
+        new Promise((resolve) => {
+          execFile(
+            process.execPath,
+            [CLI, 'score', '--model', dir, '--input', join(dir, 'score.jsonl'), '--json'],
+            (e, stdout, stderr) => resolve({ code: e ? ((e as { code?: number }).code ?? -1) : 0, stdout, stderr }),
+          );
+        });
+      const results = await Promise.all(CASES.map((_, i) => run(join(tmp, String(i)))));
+      results.forEach((r, i) => {
+        const [what, , , message] = CASES[i]!;
+        expect(r.code, what).toBe(2);
+        expect(r.stdout, what).toBe('');
+        const lines = r.stderr
+          .split('\n')
+          .filter((l) => l.trim() !== '' && !/TensorFlow\.js in Node|tfjs-node|^=+$|Hi, looks like/.test(l));
+        expect(lines, what).toHaveLength(1);
+        expect(lines[0], what).toMatch(/^error: /);
+        expect(lines[0], what).toMatch(message);
+        expect(r.stderr, what).not.toMatch(/\n\s+at /);
       });
-    const results = await Promise.all(CASES.map((_, i) => run(join(tmp, String(i)))));
-    results.forEach((r, i) => {
-      const [what, , , message] = CASES[i]!;
-      expect(r.code, what).toBe(2);
-      expect(r.stdout, what).toBe('');
-      const lines = r.stderr.split('\n').filter((l) => l.trim() !== '' && !/TensorFlow\.js in Node|tfjs-node|^=+$|Hi, looks like/.test(l));
-      expect(lines, what).toHaveLength(1);
-      expect(lines[0], what).toMatch(/^error: /);
-      expect(lines[0], what).toMatch(message);
-      expect(r.stderr, what).not.toMatch(/\n\s+at /);
-    });
-  });
+    },
+  );
 });

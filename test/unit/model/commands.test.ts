@@ -28,13 +28,30 @@ afterAll(async () => {
 describe('init-model', () => {
   it('writes a loadable tiny LLaMA with the real tokenizer, deterministic in the seed', async () => {
     const c = await readLlamaConfig(model);
-    expect(c).toMatchObject({ modelType: 'llama', vocabSize: 32000, hiddenSize: 64, intermediateSize: 256, numHiddenLayers: 8 });
-    expect(c).toMatchObject({ numAttentionHeads: 4, numKeyValueHeads: 2, tieWordEmbeddings: false, bosTokenId: 1, eosTokenId: 2 });
+    expect(c).toMatchObject({
+      modelType: 'llama',
+      vocabSize: 32000,
+      hiddenSize: 64,
+      intermediateSize: 256,
+      numHiddenLayers: 8,
+    });
+    expect(c).toMatchObject({
+      numAttentionHeads: 4,
+      numKeyValueHeads: 2,
+      tieWordEmbeddings: false,
+      bosTokenId: 1,
+      eosTokenId: 2,
+    });
     const tok = await ModelTokenizer.load(model);
     expect(tok.encode('Hello world')).toEqual([1, 22557, 1526]);
     const again = join(dir, 'again');
     await runInitModel({ preset: 'tiny', out: again, seed: 7 });
-    expect(Buffer.compare(await readFile(join(model, 'model.safetensors')), await readFile(join(again, 'model.safetensors')))).toBe(0);
+    expect(
+      Buffer.compare(
+        await readFile(join(model, 'model.safetensors')),
+        await readFile(join(again, 'model.safetensors')),
+      ),
+    ).toBe(0);
     const { tensors } = await readSafetensors(join(model, 'model.safetensors'));
     const up = tensors.find((t) => t.name === 'model.layers.0.mlp.up_proj.weight')!;
     const std = Math.sqrt(up.data.reduce((s, x) => s + x * x, 0) / up.data.length);

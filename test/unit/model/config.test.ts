@@ -14,8 +14,15 @@ import { ModelTokenizer } from '../../../worker/model/tokenizer.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 const base = {
-  model_type: 'llama', vocab_size: 100, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-  num_attention_heads: 4, num_key_value_heads: 2, rms_norm_eps: 1e-5, hidden_act: 'silu',
+  model_type: 'llama',
+  vocab_size: 100,
+  hidden_size: 32,
+  intermediate_size: 64,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-5,
+  hidden_act: 'silu',
 };
 
 let dir: string;
@@ -29,7 +36,14 @@ afterAll(async () => {
 describe('config.json', () => {
   it('reads a LLaMA config with defaults', () => {
     const c = parseLlamaConfig(base);
-    expect(c).toMatchObject({ headDim: 8, ropeTheta: 10000, ropeScaling: null, attentionBias: false, tieWordEmbeddings: false, eosTokenId: null });
+    expect(c).toMatchObject({
+      headDim: 8,
+      ropeTheta: 10000,
+      ropeScaling: null,
+      attentionBias: false,
+      tieWordEmbeddings: false,
+      eosTokenId: null,
+    });
   });
 
   it('refuses other architectures by name', async () => {
@@ -51,7 +65,13 @@ describe('config.json', () => {
   });
 
   it('Qwen2 implies q/k/v bias; tied models have no lm_head; head_dim may be explicit', () => {
-    const q = parseLlamaConfig({ ...base, model_type: 'qwen2', tie_word_embeddings: true, head_dim: 16, eos_token_id: [2, 3] });
+    const q = parseLlamaConfig({
+      ...base,
+      model_type: 'qwen2',
+      tie_word_embeddings: true,
+      head_dim: 16,
+      eos_token_id: [2, 3],
+    });
     expect(q).toMatchObject({ attentionBias: true, outputBias: false, headDim: 16, eosTokenId: [2, 3] });
     const shapes = expectedTensorShapes(q);
     expect(shapes.get('model.layers.1.self_attn.q_proj.weight')).toEqual([64, 32]);
@@ -64,8 +84,18 @@ describe('config.json', () => {
 
   it('llama3 rope scaling keeps high frequencies, divides low ones, interpolates between', () => {
     const c = parseLlamaConfig({
-      ...base, hidden_size: 128, num_attention_heads: 1, num_key_value_heads: 1, rope_theta: 500000,
-      rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+      ...base,
+      hidden_size: 128,
+      num_attention_heads: 1,
+      num_key_value_heads: 1,
+      rope_theta: 500000,
+      rope_scaling: {
+        rope_type: 'llama3',
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 8192,
+      },
     });
     const plain = ropeInvFreq({ ...c, ropeScaling: null }, 1);
     const scaled = ropeInvFreq(c, 1);
@@ -80,7 +110,9 @@ describe('LlamaModel.load errors', () => {
   const src = join(GOLDEN, 'llama-gqa');
 
   it('names a trainable tensor the model does not have', async () => {
-    await expect(LlamaModel.load(src, { trainable: new Set(['model.layers.9.mlp.up_proj.weight']) })).rejects.toThrow(UserError);
+    await expect(LlamaModel.load(src, { trainable: new Set(['model.layers.9.mlp.up_proj.weight']) })).rejects.toThrow(
+      UserError,
+    );
   });
 
   it('names a missing tensor and a tensor with the wrong shape', async () => {
@@ -88,12 +120,20 @@ describe('LlamaModel.load errors', () => {
     const { tensors } = await readSafetensors(join(src, 'model.safetensors'));
     const m1 = join(dir, 'missing');
     await cp(src, m1, { recursive: true });
-    await writeSafetensors(join(m1, 'model.safetensors'), tensors.filter((t) => t.name !== 'model.norm.weight'));
+    await writeSafetensors(
+      join(m1, 'model.safetensors'),
+      tensors.filter((t) => t.name !== 'model.norm.weight'),
+    );
     await expect(LlamaModel.load(m1)).rejects.toThrow(/\(tensor model\.norm\.weight\): tensor missing/);
     const m2 = join(dir, 'shape');
     await cp(src, m2, { recursive: true });
-    await writeSafetensors(join(m2, 'model.safetensors'), tensors.map((t) => (t.name === 'model.norm.weight' ? { ...t, shape: [2, 16] } : t)));
-    await expect(LlamaModel.load(m2)).rejects.toThrow(/model\.safetensors \(tensor model\.norm\.weight\): shape \[2, 16\] does not match config\.json's \[32\]/);
+    await writeSafetensors(
+      join(m2, 'model.safetensors'),
+      tensors.map((t) => (t.name === 'model.norm.weight' ? { ...t, shape: [2, 16] } : t)),
+    );
+    await expect(LlamaModel.load(m2)).rejects.toThrow(
+      /model\.safetensors \(tensor model\.norm\.weight\): shape \[2, 16\] does not match config\.json's \[32\]/,
+    );
   });
 
   it('exports every tensor back in the HF layout, trainable or not', async () => {

@@ -44,7 +44,10 @@ describe('export', () => {
     const trainable = new Set(['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.down_proj.weight']);
     const input = await listModelTensors(modelDir);
     const model = await LlamaModel.load(modelDir, { trainable });
-    const golden = JSON.parse(await readFile(join(SRC, 'golden.json'), 'utf8')) as { input_ids: number[][]; labels: number[][] };
+    const golden = JSON.parse(await readFile(join(SRC, 'golden.json'), 'utf8')) as {
+      input_ids: number[][];
+      labels: number[][];
+    };
     tf.tidy(() => {
       const ids = tf.tensor2d(golden.input_ids, undefined, 'int32');
       const labels = tf.tensor2d(golden.labels, undefined, 'int32');
@@ -52,27 +55,44 @@ describe('export', () => {
       const { grads } = tf.variableGrads(() => model.nllSum(ids, labels), vars);
       for (const v of vars) v.assign(tf.sub(v, tf.mul(grads[v.name]!, 0.1)));
     });
-    const trained = model.trainableNames.map((name) => ({ name, shape: [...model.variable(name).shape], data: model.variable(name).dataSync() as Float32Array }));
+    const trained = model.trainableNames.map((name) => ({
+      name,
+      shape: [...model.variable(name).shape],
+      data: model.variable(name).dataSync() as Float32Array,
+    }));
     const out = await writeFinalOutputs({
       job: 'export-test',
-      modelDir, outputDir: join(tmp, 'run'), model, trainable: trained, inputDtypes: new Map([...input].map(([n, t]) => [n, t.dtype])),
+      modelDir,
+      outputDir: join(tmp, 'run'),
+      model,
+      trainable: trained,
+      inputDtypes: new Map([...input].map(([n, t]) => [n, t.dtype])),
     });
     model.dispose();
 
     const files = (await readdir(out)).sort();
     expect(files).toEqual([
       '.polytune', // the marker that lets a later run replace this final/ (outputs.ts)
-      'config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json', 'trainable.safetensors',
+      'config.json',
+      'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors',
+      'model.safetensors.index.json',
+      'trainable.safetensors',
     ]);
-    const inIndex = JSON.parse(await readFile(join(modelDir, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+    const inIndex = JSON.parse(await readFile(join(modelDir, 'model.safetensors.index.json'), 'utf8')) as {
+      weight_map: Record<string, string>;
+    };
     const outIndex = JSON.parse(await readFile(join(out, 'model.safetensors.index.json'), 'utf8')) as {
-      metadata: { total_size: number }; weight_map: Record<string, string>;
+      metadata: { total_size: number };
+      weight_map: Record<string, string>;
     };
     expect(outIndex.weight_map).toEqual(inIndex.weight_map);
     const output = await listModelTensors(out);
     expect(outIndex.metadata.total_size).toBe([...output.values()].reduce((n, t) => n + t.end - t.begin, 0));
     expect(outIndex.metadata.total_size).toBe([...input.values()].reduce((n, t) => n + t.end - t.begin, 0));
-    expect(await readFile(join(out, 'config.json'), 'utf8')).toBe(await readFile(join(modelDir, 'config.json'), 'utf8'));
+    expect(await readFile(join(out, 'config.json'), 'utf8')).toBe(
+      await readFile(join(modelDir, 'config.json'), 'utf8'),
+    );
 
     for (const [name, info] of input) {
       const o = output.get(name)!;

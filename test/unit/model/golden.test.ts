@@ -16,7 +16,14 @@ import { readSafetensors } from '../../../worker/model/safetensors.js';
 import { NATIVE_PATH_STANDIN, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
-const MODELS = ['llama-gqa', 'llama3-rope-tied', 'qwen2-bias', 'mistral-linear', 'llama-gqa-bf16-sharded', 'llama-dynamic'];
+const MODELS = [
+  'llama-gqa',
+  'llama3-rope-tied',
+  'qwen2-bias',
+  'mistral-linear',
+  'llama-gqa-bf16-sharded',
+  'llama-dynamic',
+];
 const TOL = 1e-4;
 
 /** ||a - b|| / ||b||, the norm-based relative error. */
@@ -46,8 +53,9 @@ const KERNEL_SETS = [
 ] as const;
 const nativeLoad = loadAddon(addonPath());
 if (!nativeLoad.ok) process.stderr.write(`golden: skipping wasm+openblas: ${nativeLoad.reason}\n`);
-const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok)
-  .flatMap((k) => MODELS.map((name) => [k.label, name, k] as const));
+const CASES = KERNEL_SETS.filter((k) => !k.native || nativeLoad.ok).flatMap((k) =>
+  MODELS.map((name) => [k.label, name, k] as const),
+);
 
 describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
   const dir = join(GOLDEN, name);
@@ -135,7 +143,9 @@ describe.each(CASES)('golden %s %s', (_label, name, { backend, native }) => {
     const small = await LlamaModel.load(dir, { trainable: new Set(golden.grads), lossHead: { chunkElems: 5 * 256 } });
     const vars = small.trainableNames.map((n) => small.variable(n));
     const { value, grads } = tf.variableGrads(() => small.nllSum(ids, labels), vars);
-    expect(Math.abs(value.dataSync()[0]! - expected.get('nll_sum')![0]!) / expected.get('nll_sum')![0]!).toBeLessThan(TOL);
+    expect(Math.abs(value.dataSync()[0]! - expected.get('nll_sum')![0]!) / expected.get('nll_sum')![0]!).toBeLessThan(
+      TOL,
+    );
     for (const n of golden.grads) {
       expect(relErr(grads[small.variable(n).name]!.dataSync(), expected.get(`grad.${n}`)!), n).toBeLessThan(TOL);
     }

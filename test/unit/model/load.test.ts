@@ -29,7 +29,10 @@ describe.each(MODEL_BACKENDS)('chunked loading (%s)', (backend) => {
       for await (const t of readModelTensors(dir)) {
         const got = model.tensor(t.name);
         expect(got.shape, t.name).toEqual(t.shape);
-        expect(Buffer.compare(Buffer.from((got.dataSync() as Float32Array).buffer), Buffer.from(t.data.buffer)), t.name).toBe(0);
+        expect(
+          Buffer.compare(Buffer.from((got.dataSync() as Float32Array).buffer), Buffer.from(t.data.buffer)),
+          t.name,
+        ).toBe(0);
         got.dispose();
       }
       expect(tf.memory().numTensors).toBe(before);
@@ -40,12 +43,25 @@ describe.each(MODEL_BACKENDS)('chunked loading (%s)', (backend) => {
 });
 
 describe('sliding window', () => {
-  const mistral = { model_type: 'mistral', vocab_size: 100, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4 };
+  const mistral = {
+    model_type: 'mistral',
+    vocab_size: 100,
+    hidden_size: 32,
+    intermediate_size: 64,
+    num_hidden_layers: 1,
+    num_attention_heads: 4,
+  };
   it('records the window of Mistral, and of Qwen2 only with use_sliding_window', () => {
     expect(parseLlamaConfig({ ...mistral, sliding_window: 4096 }).slidingWindow).toBe(4096);
     expect(parseLlamaConfig({ ...mistral, sliding_window: null }).slidingWindow).toBeNull();
-    expect(parseLlamaConfig({ ...mistral, model_type: 'qwen2', sliding_window: 4096, use_sliding_window: false }).slidingWindow).toBeNull();
-    expect(parseLlamaConfig({ ...mistral, model_type: 'qwen2', sliding_window: 4096, use_sliding_window: true }).slidingWindow).toBe(4096);
+    expect(
+      parseLlamaConfig({ ...mistral, model_type: 'qwen2', sliding_window: 4096, use_sliding_window: false })
+        .slidingWindow,
+    ).toBeNull();
+    expect(
+      parseLlamaConfig({ ...mistral, model_type: 'qwen2', sliding_window: 4096, use_sliding_window: true })
+        .slidingWindow,
+    ).toBe(4096);
   });
 
   it('refuses a sequence longer than the window at load (maxSeqLen) and in the forward pass', async () => {
@@ -61,7 +77,9 @@ describe('sliding window', () => {
       const model = await LlamaModel.load(dir, { maxSeqLen: 8 });
       const ok = model.logits(tf.zeros([1, 8], 'int32'));
       ok.dispose();
-      expect(() => model.logits(tf.zeros([1, 9], 'int32'))).toThrow(/sequence length 9 exceeds the model's sliding_window 8/);
+      expect(() => model.logits(tf.zeros([1, 9], 'int32'))).toThrow(
+        /sequence length 9 exceeds the model's sliding_window 8/,
+      );
       model.dispose();
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -73,8 +91,14 @@ describe('tensor count over training steps', () => {
   it('stays flat over 100 SLAM steps', async () => {
     await initBackend('wasm');
     const raw = {
-      model_type: 'llama', vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2,
-      num_attention_heads: 4, num_key_value_heads: 2, rms_norm_eps: 1e-5,
+      model_type: 'llama',
+      vocab_size: 64,
+      hidden_size: 16,
+      intermediate_size: 32,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-5,
     };
     const config = parseLlamaConfig(raw);
     const rng = new SeededRandom(3);
@@ -83,11 +107,29 @@ describe('tensor count over training steps', () => {
       for (let i = 0; i < data.length; i++) data[i] = name.endsWith('norm.weight') ? 1 : 0.2 * rng.normal();
       return { name, shape, data };
     });
-    const trainable = new Set(['model.layers.0.mlp.up_proj.weight', 'model.layers.0.mlp.down_proj.weight', 'model.layers.1.mlp.up_proj.weight']);
+    const trainable = new Set([
+      'model.layers.0.mlp.up_proj.weight',
+      'model.layers.0.mlp.down_proj.weight',
+      'model.layers.1.mlp.up_proj.weight',
+    ]);
     const model = LlamaModel.fromTensors(config, tensors, { trainable });
     const vars = model.trainableNames.map((n) => model.variable(n));
-    const ids = tf.tensor2d([[1, 5, 9, 13, 17, 21], [1, 7, 7, 7, 2, 2]], undefined, 'int32');
-    const labels = tf.tensor2d([[-100, -100, 9, 13, 17, 21], [-100, 7, 7, 7, -100, -100]], undefined, 'int32');
+    const ids = tf.tensor2d(
+      [
+        [1, 5, 9, 13, 17, 21],
+        [1, 7, 7, 7, 2, 2],
+      ],
+      undefined,
+      'int32',
+    );
+    const labels = tf.tensor2d(
+      [
+        [-100, -100, 9, 13, 17, 21],
+        [-100, 7, 7, 7, -100, -100],
+      ],
+      undefined,
+      'int32',
+    );
     const counts: number[] = [];
     const losses: number[] = [];
     for (let step = 0; step < 100; step++) {

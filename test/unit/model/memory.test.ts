@@ -32,11 +32,31 @@ describe('memory (wasm)', () => {
   });
 
   it('the loss head never holds more than a chunk of logits, with or without gradients', async () => {
-    const ids = tf.tensor2d([[1, 40, 41, 42, 43, 44, 45, 46], [1, 90, 91, 92, 93, 2, 2, 2]], undefined, 'int32');
-    const labels = tf.tensor2d([[1, 40, 41, 42, 43, 44, 45, 46], [-100, -100, 91, 92, 93, 2, -100, -100]], undefined, 'int32');
+    const ids = tf.tensor2d(
+      [
+        [1, 40, 41, 42, 43, 44, 45, 46],
+        [1, 90, 91, 92, 93, 2, 2, 2],
+      ],
+      undefined,
+      'int32',
+    );
+    const labels = tf.tensor2d(
+      [
+        [1, 40, 41, 42, 43, 44, 45, 46],
+        [-100, -100, 91, 92, 93, 2, -100, -100],
+      ],
+      undefined,
+      'int32',
+    );
     const vars = model.trainableNames.map((n) => model.variable(n));
     const widest = (info: Awaited<ReturnType<typeof tf.profile>>): number =>
-      Math.max(...info.kernels.flatMap((k) => k.outputShapes.filter((s) => s.at(-1) === vocab || s[0] === vocab).map((s) => s.reduce((a, b) => a * b, 1) / vocab)));
+      Math.max(
+        ...info.kernels.flatMap((k) =>
+          k.outputShapes
+            .filter((s) => s.at(-1) === vocab || s[0] === vocab)
+            .map((s) => s.reduce((a, b) => a * b, 1) / vocab),
+        ),
+      );
     const forward = await tf.profile(() => tf.tidy(() => void model.nllSum(ids, labels).dataSync()));
     const train = await tf.profile(() =>
       tf.tidy(() => {

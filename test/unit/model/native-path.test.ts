@@ -9,8 +9,14 @@ import { matMul } from '../../../worker/model/matmul.js';
 import { NATIVE_PATH_STANDIN, useBackend } from '../../helpers/backends.js';
 
 async function kernelsOfTransposedProduct(): Promise<{ kernels: string[]; values: number[] }> {
-  const a = tf.tensor2d([[1, 2, 3], [4, 5, 6]]);
-  const b = tf.tensor2d([[1, 0, 1], [0, 1, 0]]);
+  const a = tf.tensor2d([
+    [1, 2, 3],
+    [4, 5, 6],
+  ]);
+  const b = tf.tensor2d([
+    [1, 0, 1],
+    [0, 1, 0],
+  ]);
   let values: number[] = [];
   const info = await tf.profile(() => {
     const y = matMul<tf.Tensor2D>(a, b, false, true);

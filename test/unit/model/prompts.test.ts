@@ -16,9 +16,9 @@ const MISTRAL_CHAT =
   "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}" +
   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" +
   "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] " +
-    "+ ' [/INST]' }}{% elif message['role'] == 'assistant' %}" +
+  "+ ' [/INST]' }}{% elif message['role'] == 'assistant' %}" +
   "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only " +
-    "user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+  "user and assistant roles are supported!') }}{% endif %}{% endfor %}";
 
 const text = (question: string, output: string) => ({ kind: 'text' as const, question, output, language: undefined });
 
@@ -50,22 +50,33 @@ describe('prompts', () => {
     expect(b.inputIds[b.inputIds.length - 1]).toBe(noBos.eosId);
   });
 
-  it('the chat template renders the conversation; the prompt ' +
-    'is unsupervised, the answer and end of turn are', async () => {
-    const tok = (await tokenizerWith('chat', { chat_template: MISTRAL_CHAT })) as ModelTokenizer & { eosId: number };
-    expect(tok.renderChat([{ role: 'user', content: 'Hi' }], true)).toBe('<s>[INST] Hi [/INST]');
-    const s = encodeRecord(text('What is 2+2?', 'It is 4.'), tok, 'chat', 100);
-    const full = tok.encode(tok.renderChat([{ role: 'user', content: 'What is 2+2?' }, { role: 'assistant', content: 'It is 4.' }], false), { addBos: false });
-    const prompt = tok.encode('<s>[INST] What is 2+2? [/INST]', { addBos: false });
-    expect(prompt[0]).toBe(tok.bosId); // BOS comes from the template, once
-    expect(prompt[1]).not.toBe(tok.bosId);
-    expect(s.inputIds.length).toBe(full.length);
-    expect([...s.labels.slice(0, prompt.length)].every((l) => l === -100)).toBe(true);
-    const answer = [...s.inputIds.slice(prompt.length)];
-    expect([...s.labels.slice(prompt.length)]).toEqual(answer);
-    expect(answer).toContain(tok.eosId); // the template's end of turn is supervised
-    expect(tok.decode(answer).trim()).toBe('It is 4.'); // the template's trailing ' ' after EOS is kept, as HF does
-  });
+  it(
+    'the chat template renders the conversation; the prompt ' + 'is unsupervised, the answer and end of turn are',
+    async () => {
+      const tok = (await tokenizerWith('chat', { chat_template: MISTRAL_CHAT })) as ModelTokenizer & { eosId: number };
+      expect(tok.renderChat([{ role: 'user', content: 'Hi' }], true)).toBe('<s>[INST] Hi [/INST]');
+      const s = encodeRecord(text('What is 2+2?', 'It is 4.'), tok, 'chat', 100);
+      const full = tok.encode(
+        tok.renderChat(
+          [
+            { role: 'user', content: 'What is 2+2?' },
+            { role: 'assistant', content: 'It is 4.' },
+          ],
+          false,
+        ),
+        { addBos: false },
+      );
+      const prompt = tok.encode('<s>[INST] What is 2+2? [/INST]', { addBos: false });
+      expect(prompt[0]).toBe(tok.bosId); // BOS comes from the template, once
+      expect(prompt[1]).not.toBe(tok.bosId);
+      expect(s.inputIds.length).toBe(full.length);
+      expect([...s.labels.slice(0, prompt.length)].every((l) => l === -100)).toBe(true);
+      const answer = [...s.inputIds.slice(prompt.length)];
+      expect([...s.labels.slice(prompt.length)]).toEqual(answer);
+      expect(answer).toContain(tok.eosId); // the template's end of turn is supervised
+      expect(tok.decode(answer).trim()).toBe('It is 4.'); // the template's trailing ' ' after EOS is kept, as HF does
+    },
+  );
 
   it('refuses `chat` for a model without a chat template, and reports raise_exception', async () => {
     const plain = (await ModelTokenizer.load(bundledTokenizerDir())) as ModelTokenizer & { eosId: number };

@@ -5,8 +5,16 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelLoadError } from '../../../common/errors.js';
 import {
-  bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, listModelTensors, readModelTensors, readSafetensors, writeSafetensors,
-  type FloatDtype, type NamedTensor,
+  bf16ToF32,
+  f16ToF32,
+  f32ToBf16,
+  f32ToF16,
+  listModelTensors,
+  readModelTensors,
+  readSafetensors,
+  writeSafetensors,
+  type FloatDtype,
+  type NamedTensor,
 } from '../../../worker/model/safetensors.js';
 
 let dir: string;
@@ -96,7 +104,8 @@ describe('writeSafetensors / readSafetensors', () => {
     for (const t of tensors) {
       const r = got.tensors.find((x) => x.name === t.name)!;
       expect(r.shape).toEqual(t.shape);
-      const want = dtype === 'F32' ? t.data : dtype === 'F16' ? f16ToF32(f32ToF16(t.data)) : bf16ToF32(f32ToBf16(t.data));
+      const want =
+        dtype === 'F32' ? t.data : dtype === 'F16' ? f16ToF32(f32ToF16(t.data)) : bf16ToF32(f32ToBf16(t.data));
       expect(r.data).toEqual(want);
     }
   });
@@ -107,7 +116,11 @@ describe('writeSafetensors / readSafetensors', () => {
     await import('node:fs/promises').then((fs) => fs.mkdir(m));
     await writeSafetensors(join(m, 'model-00001-of-00002.safetensors'), [tensors[0]!], { dtype: 'BF16' });
     await writeSafetensors(join(m, 'model-00002-of-00002.safetensors'), [tensors[1]!, tensors[2]!]);
-    const weightMap = { 'z.weight': 'model-00001-of-00002.safetensors', 'a.bias': 'model-00002-of-00002.safetensors', scalar: 'model-00002-of-00002.safetensors' };
+    const weightMap = {
+      'z.weight': 'model-00001-of-00002.safetensors',
+      'a.bias': 'model-00002-of-00002.safetensors',
+      scalar: 'model-00002-of-00002.safetensors',
+    };
     await writeFile(join(m, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
     const list = await listModelTensors(m);
     expect([...list.keys()].sort()).toEqual(['a.bias', 'scalar', 'z.weight']);
@@ -132,20 +145,48 @@ async function craft(name: string, header: unknown, dataBytes: number, lengthFie
 }
 
 describe('malformed files are refused with a ModelLoadError naming the file', () => {
-  const t = (offsets: [number, number], shape = [2], dtype = 'F32'): Record<string, unknown> => ({ dtype, shape, data_offsets: offsets });
+  const t = (offsets: [number, number], shape = [2], dtype = 'F32'): Record<string, unknown> => ({
+    dtype,
+    shape,
+    data_offsets: offsets,
+  });
   const cases: Array<[string, () => Promise<string>, RegExp]> = [
-    ['shorter than the length field', async () => { const f = join(dir, 'short.safetensors'); await writeFile(f, Buffer.alloc(5)); return f; }, /truncated/],
-    ['header length beyond the file', () => craft('hlen.safetensors', { a: t([0, 8]) }, 8, 10_000n), /header length 10000 exceeds file size/],
+    [
+      'shorter than the length field',
+      async () => {
+        const f = join(dir, 'short.safetensors');
+        await writeFile(f, Buffer.alloc(5));
+        return f;
+      },
+      /truncated/,
+    ],
+    [
+      'header length beyond the file',
+      () => craft('hlen.safetensors', { a: t([0, 8]) }, 8, 10_000n),
+      /header length 10000 exceeds file size/,
+    ],
     ['absurd header length', () => craft('hbig.safetensors', {}, 0, 1n << 40n), /invalid header length/],
     ['header not JSON', () => craft('json.safetensors', '{"a": [', 0), /not valid JSON/],
     ['header not an object', () => craft('array.safetensors', '[1, 2, 3]', 0), /not a JSON object/],
-    ['unknown dtype', () => craft('dtype.safetensors', { a: t([0, 8], [2], 'F33') }, 8), /tensor a.*unknown dtype "F33"/],
-    ['byte size not matching the shape', () => craft('size.safetensors', { a: t([0, 12], [2]) }, 12), /tensor a.*byte size 12 does not match shape \[2\]/],
+    [
+      'unknown dtype',
+      () => craft('dtype.safetensors', { a: t([0, 8], [2], 'F33') }, 8),
+      /tensor a.*unknown dtype "F33"/,
+    ],
+    [
+      'byte size not matching the shape',
+      () => craft('size.safetensors', { a: t([0, 12], [2]) }, 12),
+      /tensor a.*byte size 12 does not match shape \[2\]/,
+    ],
     ['data truncated', () => craft('trunc.safetensors', { a: t([0, 8]), b: t([8, 16]) }, 12), /tensor b.*truncated/],
     ['overlapping tensors', () => craft('overlap.safetensors', { a: t([0, 8]), b: t([4, 12]) }, 12), /overlaps/],
     ['a gap between tensors', () => craft('gap.safetensors', { a: t([0, 8]), b: t([12, 20]) }, 20), /gap/],
     ['trailing bytes', () => craft('trail.safetensors', { a: t([0, 8]) }, 16), /8 bytes after the last tensor/],
-    ['bad shape', () => craft('shape.safetensors', { a: { dtype: 'F32', shape: [-1], data_offsets: [0, 0] } }, 0), /shape must be/],
+    [
+      'bad shape',
+      () => craft('shape.safetensors', { a: { dtype: 'F32', shape: [-1], data_offsets: [0, 0] } }, 0),
+      /shape must be/,
+    ],
   ];
 
   it.each(cases)('%s', async (_what, make, message) => {
@@ -168,16 +209,24 @@ describe('malformed files are refused with a ModelLoadError naming the file', ()
     const m = join(dir, 'badindex');
     await import('node:fs/promises').then((fs) => fs.mkdir(m, { recursive: true }));
     await writeSafetensors(join(m, 'model-1.safetensors'), [{ name: 'a', shape: [1], data: Float32Array.of(1) }]);
-    await writeFile(join(m, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: 'model-1.safetensors', b: 'model-1.safetensors' } }));
+    await writeFile(
+      join(m, 'model.safetensors.index.json'),
+      JSON.stringify({ weight_map: { a: 'model-1.safetensors', b: 'model-1.safetensors' } }),
+    );
     const err = await listModelTensors(m).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelLoadError);
-    expect((err as Error).message).toMatch(/model-1\.safetensors \(tensor b\): tensor listed in model\.safetensors\.index\.json is missing/);
+    expect((err as Error).message).toMatch(
+      /model-1\.safetensors \(tensor b\): tensor listed in model\.safetensors\.index\.json is missing/,
+    );
   });
 
   it('a shard the index names that does not exist', async () => {
     const m = join(dir, 'noshard');
     await import('node:fs/promises').then((fs) => fs.mkdir(m, { recursive: true }));
-    await writeFile(join(m, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: 'model-9.safetensors' } }));
+    await writeFile(
+      join(m, 'model.safetensors.index.json'),
+      JSON.stringify({ weight_map: { a: 'model-9.safetensors' } }),
+    );
     const err = await listModelTensors(m).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelLoadError);
     expect((err as Error).message).toMatch(/model-9\.safetensors: no such file/);

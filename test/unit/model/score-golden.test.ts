@@ -31,13 +31,32 @@ function expectMatches(got: ScoreResult[]): void {
 describe('worker score on a bf16 two-shard GQA checkpoint', () => {
   it('matches the reference in process (batch 2: right padding inside a batch)', async () => {
     const lines: string[] = [];
-    const got = await runScore({ model: DIR, input: join(DIR, 'score.jsonl'), json: true, batchSize: 2, write: (l) => lines.push(l) });
+    const got = await runScore({
+      model: DIR,
+      input: join(DIR, 'score.jsonl'),
+      json: true,
+      batchSize: 2,
+      write: (l) => lines.push(l),
+    });
     expectMatches(got);
     expect(lines.map((l) => JSON.parse(l) as ScoreResult)).toEqual(got);
   });
 
   it.skipIf(!existsSync(CLI))('matches the reference through the CLI process', async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'score', '--model', DIR, '--input', join(DIR, 'score.jsonl'), '--json']);
-    expectMatches(stdout.trim().split('\n').map((l) => JSON.parse(l) as ScoreResult));
+    const { stdout } = await promisify(execFile)(process.execPath, [
+      CLI,
+      'score',
+      '--model',
+      DIR,
+      '--input',
+      join(DIR, 'score.jsonl'),
+      '--json',
+    ]);
+    expectMatches(
+      stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as ScoreResult),
+    );
   });
 });

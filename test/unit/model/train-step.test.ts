@@ -15,14 +15,29 @@ describe.each(MODEL_BACKENDS)('training step (%s)', (backend) => {
   beforeAll(async () => {
     await useBackend(backend);
     const trainable = new Set<string>();
-    for (const l of [0, 1]) for (const m of ['up_proj', 'down_proj']) trainable.add(`model.layers.${l}.mlp.${m}.weight`);
+    for (const l of [0, 1])
+      for (const m of ['up_proj', 'down_proj']) trainable.add(`model.layers.${l}.mlp.${m}.weight`);
     model = await LlamaModel.load(dir, { trainable });
   });
   afterAll(() => model.dispose());
 
   it('SGD on up/down projections lowers the loss; frozen tensors stay put', () => {
-    const ids = tf.tensor2d([[1, 40, 41, 42, 43, 44, 45, 46], [1, 90, 91, 92, 93, 2, 2, 2]], undefined, 'int32');
-    const labels = tf.tensor2d([[-100, -100, -100, 42, 43, 44, 45, 46], [-100, -100, 91, 92, 93, 2, -100, -100]], undefined, 'int32');
+    const ids = tf.tensor2d(
+      [
+        [1, 40, 41, 42, 43, 44, 45, 46],
+        [1, 90, 91, 92, 93, 2, 2, 2],
+      ],
+      undefined,
+      'int32',
+    );
+    const labels = tf.tensor2d(
+      [
+        [-100, -100, -100, 42, 43, 44, 45, 46],
+        [-100, -100, 91, 92, 93, 2, -100, -100],
+      ],
+      undefined,
+      'int32',
+    );
     const vars = model.trainableNames.map((n) => model.variable(n));
     const frozen = model.tensor('model.layers.0.mlp.gate_proj.weight');
     const frozenBefore = frozen.dataSync().slice();

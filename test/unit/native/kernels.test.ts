@@ -8,7 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../../worker/backend.js';
 import { addonPath, loadAddon } from '../../../worker/native/addon.js';
 import {
-  compileNativeOptions, nativeKernelsActive, setupNativeKernels, uninstallNativeKernels,
+  compileNativeOptions,
+  nativeKernelsActive,
+  setupNativeKernels,
+  uninstallNativeKernels,
 } from '../../../worker/native/index.js';
 import { matMul, matMulTransposeB } from '../../../worker/model/matmul.js';
 import type { Logger } from '../../../common/logging.js';
@@ -31,7 +34,10 @@ function both(f: () => tf.Tensor): [Float32Array, Float32Array, number[], number
   expect(nativeKernelsActive()).toBe(true);
   const y = tf.tidy(f);
   const r: [Float32Array, Float32Array, number[], number[]] = [
-    x.dataSync() as Float32Array, y.dataSync() as Float32Array, x.shape, y.shape,
+    x.dataSync() as Float32Array,
+    y.dataSync() as Float32Array,
+    x.shape,
+    y.shape,
   ];
   tf.dispose([x, y]);
   return r;
@@ -65,7 +71,12 @@ describe.skipIf(!available)('native products on wasm', () => {
     ['vector-like', [1, 64], [64, 1]],
   ];
   describe.each(SHAPES)('%s', (_name, aShape, bShape) => {
-    it.each([[false, false], [true, false], [false, true], [true, true]])('transposeA %s transposeB %s', (ta, tb) => {
+    it.each([
+      [false, false],
+      [true, false],
+      [false, true],
+      [true, true],
+    ])('transposeA %s transposeB %s', (ta, tb) => {
       const swap = (s: number[]): number[] => [...s.slice(0, -2), s[s.length - 1]!, s[s.length - 2]!];
       const a = rand(ta ? swap(aShape) : aShape, 1);
       const b = rand(tb ? swap(bShape) : bShape, 2);
@@ -93,8 +104,12 @@ describe.skipIf(!available)('native products on wasm', () => {
 
   type Activation = 'linear' | 'relu' | 'relu6' | 'leakyrelu' | 'sigmoid' | 'elu';
   const ACTIVATIONS: Record<Activation, (x: tf.Tensor) => tf.Tensor> = {
-    linear: (x) => x, relu: (x) => tf.relu(x), relu6: (x) => tf.relu6(x), leakyrelu: (x) => tf.leakyRelu(x, 0.3),
-    sigmoid: (x) => tf.sigmoid(x), elu: (x) => tf.elu(x),
+    linear: (x) => x,
+    relu: (x) => tf.relu(x),
+    relu6: (x) => tf.relu6(x),
+    leakyrelu: (x) => tf.leakyRelu(x, 0.3),
+    sigmoid: (x) => tf.sigmoid(x),
+    elu: (x) => tf.elu(x),
   };
   it.each(Object.keys(ACTIVATIONS) as Activation[])('fused product with a bias and %s', (activation) => {
     // One matrix: the wasm backend's own fused kernel adds the wrong bias to a batch (tfjs 4.22: from
@@ -174,7 +189,11 @@ describe.skipIf(!available)('native products on wasm', () => {
   it('falls back to the XNNPACK kernels with one warning when the addon is hidden', () => {
     const warnings: string[] = [];
     const logger: Logger = {
-      debug: () => {}, info: () => {}, error: () => {}, warn: (m) => void warnings.push(m), child: () => logger,
+      debug: () => {},
+      info: () => {},
+      error: () => {},
+      warn: (m) => void warnings.push(m),
+      child: () => logger,
     };
     const saved = process.env['POLYTUNE_NATIVE_ADDON'];
     process.env['POLYTUNE_NATIVE_ADDON'] = '/nonexistent/hidden-polytune-blas.node';
@@ -221,8 +240,9 @@ describe.skipIf(!available)('native products on wasm', () => {
     expect(compileNativeOptions({ enabled: true }, { POLYTUNE_NATIVE: '0' }).enabled).toBe(true);
     expect(compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(3);
     expect(compileNativeOptions({ threads: 2 }, { POLYTUNE_NATIVE_THREADS: '3' }).threads).toBe(2);
-    expect(() => compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: 'two' }))
-      .toThrow(/POLYTUNE_NATIVE_THREADS: must be an integer/);
+    expect(() => compileNativeOptions({}, { POLYTUNE_NATIVE_THREADS: 'two' })).toThrow(
+      /POLYTUNE_NATIVE_THREADS: must be an integer/,
+    );
   });
 
   it('is single-threaded unless told, and takes a thread count', () => {
