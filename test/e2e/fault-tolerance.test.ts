@@ -4,14 +4,12 @@
  * trainable tensors of a clean, uninterrupted run (within 1e-5 relative), and its ledger must show
  * every step committed exactly once.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startNatsServer, type NatsServer } from '../../common/nats-server-process.js';
+import { startNatsServer } from '../../common/nats-server-process.js';
 import { parseJobSpec } from '../../common/jobspec.js';
-import { JobClient } from '../../coordinator/client.js';
 import { ledgerGaps, type Ledger } from '../../coordinator/ledger.js';
 import { initBackend } from '../../worker/backend.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
@@ -21,14 +19,12 @@ import { train } from '../../worker/train/trainer.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
 import { expectSameTensors, tensorMap } from '../helpers/tensors.js';
 import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
+import { processScope, until, type Cluster } from '../helpers/processes.js';
 
-const ROOT = resolve(import.meta.dirname, '../..');
 const STEPS = 24;
 let dir: string;
 let clean: Map<string, Float32Array>;
-const children: ChildProcess[] = [];
-const servers: NatsServer[] = [];
-const clients: JobClient[] = [];
+const procs = processScope(() => dir);
 
 function specText(name: string, out: string, workers: number, min: number): string {
   return `apiVersion: polytune/v1
@@ -57,63 +53,6 @@ const trainable = (outDir: string): Promise<Map<string, Float32Array>> =>
   tensorMap(join(outDir, 'final', 'trainable.safetensors'));
 const expectClean = (actual: Map<string, Float32Array>): void => expectSameTensors(clean, actual);
 
-function node(args: string[]): ChildProcess {
-  const child = spawn(process.execPath, args, {
-    cwd: dir,
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, POLYTUNE_LOG_LEVEL: 'warn' },
-  });
-  let tail = '';
-  child.stderr!.on('data', (b: Buffer) => {
-    tail = (tail + b.toString()).slice(-4000);
-  });
-  child.on('exit', (code, sig) => {
-    if (code !== 0 && sig !== 'SIGKILL' && sig !== 'SIGTERM')
-      process.stderr.write(`[${args[1]}] exited ${code ?? sig}:\n${tail}\n`);
-  });
-  children.push(child);
-  return child;
-}
-
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
-
-interface Cluster {
-  nats: NatsServer;
-  address: string;
-  coordinator: ChildProcess;
-  workers: ChildProcess[];
-  client: JobClient;
-  startCoordinator(): ChildProcess;
-}
-
-async function cluster(workers: number): Promise<Cluster> {
-  const nats = await startNatsServer({ jetstream: true, storeDir: await mkdtemp(join(dir, 'js-')) });
-  servers.push(nats);
-  const address = `127.0.0.1:${await freePort()}`;
-  const startCoordinator = (): ChildProcess =>
-    node([join(ROOT, 'dist/coordinator/cli.js'), 'serve', '--listen', address, '--nats', nats.url]);
-  const c: Cluster = {
-    nats,
-    address,
-    coordinator: startCoordinator(),
-    startCoordinator,
-    workers: Array.from({ length: workers }, () =>
-      node([join(ROOT, 'dist/worker/cli.js'), '--coordinator', address, '--nats', nats.url]),
-    ),
-    client: new JobClient({ address }),
-  };
-  clients.push(c.client);
-  return c;
-}
-
 async function submit(c: Cluster, text: string, resume = false): Promise<string> {
   const spec = parseJobSpec(text);
   for (let i = 0; ; i++) {
@@ -123,20 +62,6 @@ async function submit(c: Cluster, text: string, resume = false): Promise<string>
       if (i > 50) throw e;
       await new Promise((r) => setTimeout(r, 200)); // the coordinator is still starting
     }
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch {
-      // the coordinator may be down for a moment
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
   }
 }
 
@@ -209,11 +134,7 @@ beforeAll(async () => {
   clean = await trainable(join(dir, 'clean'));
 }, 180_000);
 
-afterEach(async () => {
-  for (const c of clients.splice(0)) c.close();
-  for (const ch of children.splice(0)) if (ch.exitCode === null && ch.signalCode === null) ch.kill('SIGKILL');
-  await Promise.all(servers.splice(0).map((s) => s.stop()));
-});
+afterEach(() => procs.cleanup());
 
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -221,7 +142,7 @@ afterAll(async () => {
 
 describe('fault tolerance (real processes)', () => {
   it('a worker killed with SIGKILL: the job finishes on the other 2, as a clean run would', async () => {
-    const c = await cluster(3);
+    const c = await procs.cluster(3);
     const out = join(dir, 'lost-worker');
     const id = await submit(c, specText('lost-worker', out, 3, 2));
     await atStep(c, id, 6);
@@ -234,7 +155,7 @@ describe('fault tolerance (real processes)', () => {
   }, 300_000);
 
   it('the coordinator killed with SIGKILL and restarted: the job finishes, as a clean run would', async () => {
-    const c = await cluster(2);
+    const c = await procs.cluster(2);
     const out = join(dir, 'lost-coordinator');
     const id = await submit(c, specText('lost-coordinator', out, 2, 2));
     await atStep(c, id, 6);
@@ -246,7 +167,7 @@ describe('fault tolerance (real processes)', () => {
   }, 300_000);
 
   it('nats-server restarted mid-job: the job finishes, as a clean run would', async () => {
-    const c = await cluster(2);
+    const c = await procs.cluster(2);
     const out = join(dir, 'lost-nats');
     const id = await submit(c, specText('lost-nats', out, 2, 2));
     await atStep(c, id, 6);
@@ -254,13 +175,16 @@ describe('fault tolerance (real processes)', () => {
     c.nats.kill('SIGKILL');
     await c.nats.exited;
     const again = await startNatsServer({ jetstream: true, port, storeDir: storeDir! });
-    servers.push(again);
-    await finished(c, id);
-    expectClean(await trainable(out));
+    try {
+      await finished(c, id);
+      expectClean(await trainable(out));
+    } finally {
+      await again.stop();
+    }
   }, 300_000);
 
   it('resumed from a checkpoint on 3 workers, of a job begun on 2', async () => {
-    const c = await cluster(3);
+    const c = await procs.cluster(3);
     const out = join(dir, 'resumed');
     const first = await submit(c, specText('resumed', out, 2, 2));
     await atStep(c, first, 10);
