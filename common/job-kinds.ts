@@ -31,6 +31,7 @@ import {
 } from './eval-spec.js';
 import {
   readSpecText,
+  specMapping,
   specSchema,
   trainJobFromObject,
   validateJobSpecFiles,
@@ -313,7 +314,15 @@ export function jobKindOf<S extends AnyJobSpec>(spec: S): JobKindSpec<S> {
  * `JobSpecError` listing every problem with its field path.
  */
 export function parseAnyJobSpec(text: string, options: ParseOptions = {}): AnyJobSpec {
-  const raw = readSpecText(text, options.source);
+  return jobSpecFromObject(readSpecText(text, options.source), options);
+}
+
+/**
+ * `parseAnyJobSpec` of a value already read (a stored record's spec): the same checks, without
+ * writing it out as text and reading it back.
+ */
+export function jobSpecFromObject(value: unknown, options: ParseOptions = {}): AnyJobSpec {
+  const raw = specMapping(value, options.source);
   const kind = raw['kind'] ?? 'TrainJob';
   if (!isJobKind(kind))
     throw new JobSpecError([{ path: 'kind', message: `must be one of ${JOB_KINDS.join(', ')}` }], options.source);

@@ -250,6 +250,11 @@ export function readSpecText(text: string, source?: string): Record<string, unkn
     const msg = e instanceof YAMLParseError ? (e.message.split('\n')[0] ?? e.message) : String(e);
     throw new JobSpecError([{ path: '(root)', message: `not valid YAML: ${msg}` }], source);
   }
+  return specMapping(raw, source);
+}
+
+/** `raw` as a spec's top-level mapping; JobSpecError naming the source when it is not one. */
+export function specMapping(raw: unknown, source?: string): Record<string, unknown> {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new JobSpecError(
       [{ path: '(root)', message: 'must be a mapping (apiVersion, kind, metadata, spec)' }],

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { errorMessage, JobSpecError } from '../common/errors.js';
-import { jobKindOf, parseAnyJobSpec, type AnyJobSpec } from '../common/job-kinds.js';
+import { jobKindOf, jobSpecFromObject, type AnyJobSpec } from '../common/job-kinds.js';
 import { isJobName } from '../common/subjects.js';
 import type { Job } from '../proto/index.js';
 import { jobTimings, type GenerationRecord } from './job-timings.js';
@@ -208,7 +208,7 @@ export function parseStoredRecord(key: string, text: string): ParsedRecord {
   }
   const record = parsed.data as unknown as JobRecord;
   try {
-    const spec = parseAnyJobSpec(JSON.stringify(record.spec), { source: `stored job ${key}` });
+    const spec = jobSpecFromObject(record.spec, { source: `stored job ${key}` });
     // A stage the spec does not have (index, count or name) is dropped: the next progress sets it.
     const names = jobKindOf(spec).stageNames(spec);
     const { stage, ...rest } = record;
