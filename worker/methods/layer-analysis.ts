@@ -32,7 +32,7 @@ import { readProblems, type Problem } from '../eval/problems.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { heatmapSpec } from '../report/chart-specs.js';
-import { writeChart, type TopLevelSpec } from '../report/charts.js';
+import type { TopLevelSpec } from '../report/charts.js';
 import { writeFileAtomically } from '../train/atomic-dir.js';
 
 export type ReduceFn = (data: Float32Array) => Promise<Float32Array>;
@@ -265,6 +265,9 @@ export async function writeLayerAnalysis(
   await mkdir(dir, { recursive: true });
   const json = join(dir, 'analysis.json');
   await writeFileAtomically(json, JSON.stringify(a, null, 2) + '\n');
+  // Loaded here, not at start-up: vega, vega-lite and resvg take ~200 ms to import, which every
+  // worker process would pay while only rank 0 of an analysis draws.
+  const { writeChart } = await import('../report/charts.js');
   await writeChart(layerHeatmapSpec(a), join(dir, 'analysis'));
   return { json, svg: join(dir, 'analysis.svg'), png: join(dir, 'analysis.png') };
 }
