@@ -154,7 +154,8 @@ describe('Transform Matrix solve', () => {
 
   it('refuses too few rows, naming the numbers, and a singular system', () => {
     expect(() => solveTransform(new Float32Array(12), new Float32Array(12), 3, 4)).toThrow(
-      'transform matrix: 3 rows of FFN outputs (samples x layers) for hidden size 4: least squares needs at least 4 rows',
+      'transform matrix: 3 rows of FFN outputs (samples x layers) for hidden size 4: ' +
+        'least squares needs at least 4 rows',
     );
     const zeros = new Float32Array(20);
     expect(() => solveTransform(zeros, zeros, 5, 4)).toThrow(/singular at column 0 of 4/);
