@@ -29,7 +29,7 @@ import { encodePrompt, encodeRecord, type EncodedSample } from '../data/encode.j
 import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import { customOp, gatherRows } from '../model/ops.js';
-import { writeSafetensors } from '../model/safetensors.js';
+import { readSafetensors, writeSafetensors } from '../model/safetensors.js';
 import { solveTransform } from './cctuning-transform.js';
 import { specTrainableTensors } from './layer-methods.js';
 import type { TrainingMethod } from './training-method.js';
@@ -277,6 +277,31 @@ export function ccTransformHooks(
   return { hooks, choices, injected };
 }
 
+/** The file the trainer writes the Decision Maker and the Transform Matrix to, in `final/`. */
+export const CCTUNING_FILE = 'cctuning.safetensors';
+
+/** A tuned model directory's (a job's `final/`) Decision Maker, Transform Matrix and injection layer. */
+export async function loadCcTransform(modelDir: string, config: LlamaConfig): Promise<CcTransform> {
+  const file = `${modelDir}/${CCTUNING_FILE}`;
+  const { tensors, metadata } = await readSafetensors(file).catch((e: NodeJS.ErrnoException) => {
+    throw new UserError(
+      e.code === 'ENOENT' ? `${file}: no such file (a CC-Tuning job's final/ has it)` : (e as Error).message,
+    );
+  });
+  const t = new Map(tensors.map((x) => [x.name, x]));
+  const L = config.numHiddenLayers;
+  const H = config.hiddenSize;
+  const dm = t.get(DECISION_MAKER);
+  const x = t.get(TRANSFORM_MATRIX);
+  if (!dm || dm.shape.join() !== `${L},${H}`) throw new UserError(`${file}: no ${DECISION_MAKER} [${L}, ${H}]`);
+  if (!x || x.shape.join() !== `${H},${H}`)
+    throw new UserError(`${file}: no ${TRANSFORM_MATRIX} [${H}, ${H}] (transformSamples was 0?)`);
+  const k = Number(metadata.inject_after_layer);
+  if (!Number.isInteger(k) || k < 0 || k >= L)
+    throw new UserError(`${file}: metadata inject_after_layer is missing or outside 0-${L - 1}`);
+  return { decisionMaker: dm.data, transform: x.data, injectAfterLayer: k };
+}
+
 // ---- The method ----------------------------------------------------------------------------------
 
 export const cctuning: TrainingMethod<CcSpec> = {
@@ -360,6 +385,7 @@ export const cctuning: TrainingMethod<CcSpec> = {
         dtype: 'F32',
         metadata: {
           format: 'pt',
+          inject_after_layer: String(method.injectAfterLayer),
           transform_condition_estimate: x.conditionEstimate.toExponential(3),
           transform_relative_residual: x.relativeResidual.toExponential(3),
         },
