@@ -50,7 +50,8 @@ const USAGE =
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
-  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B] [--no-native] [--threads N]
+  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
+           [--no-native] [--threads N]
 `;
 
 /** A boolean flag, else its env var (`1` or `true`). */

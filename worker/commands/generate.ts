@@ -2,8 +2,8 @@
  * `worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform]`: greedy
  * generation from a raw prompt (BOS added as the tokenizer config says; no template). With
  * `--cc-transform` (a CC-Tuning job's `final/`): the prompt's own FFN outputs mapped through the
- * Transform Matrix, the Decision Maker's pick injected at the prefill (worker/methods/cctuning.ts). With `--json` one line
- * `{"text": ..., "tokens": N, "finish_reason": "eos"|"stop"|"length"}`.
+ * Transform Matrix, the Decision Maker's pick injected at the prefill (worker/methods/cctuning.ts).
+ * With `--json` one line `{"text": ..., "tokens": N, "finish_reason": "eos"|"stop"|"length"}`.
  */
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { DEFAULT_MAX_NEW_TOKENS, generate } from '../model/generate.js';
