@@ -13,14 +13,8 @@ import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
-import {
-  cctuningContract,
-  cctuningSchema,
-  lingualiftContract,
-  lingualiftSchema,
-  pruneContract,
-  pruneSchema,
-} from './planned.js';
+import { cctuningContract, cctuningSchema } from './cctuning.js';
+import { lingualiftContract, lingualiftSchema, pruneContract, pruneSchema } from './planned.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
