@@ -42,7 +42,7 @@
  * (see `slamStepFlops`); element-wise work is not counted.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,11 +50,10 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, nativeStatus } from '../worker/backend.js';
 import { setupNativeKernels } from '../worker/native/index.js';
-import { expectedTensorShapes, parseLlamaConfig, type LlamaConfig } from '../common/model-config.js';
-import { shardName } from '../worker/model/export.js';
+import { expectedTensorShapes, type LlamaConfig } from '../common/model-config.js';
 import { LlamaModel } from '../worker/model/llama.js';
 import { SeededRandom } from '../worker/model/presets.js';
-import { tensorBytes, writeSafetensorsStreaming, type TensorToWrite } from '../worker/model/safetensors.js';
+import { writeBenchModel } from './bench-model.js';
 
 const CONFIG = {
   architectures: ['LlamaForCausalLM'],
@@ -77,46 +76,6 @@ const CONFIG = {
 const BATCH = 4;
 const SEQ = 128;
 const SLAM_LAYERS = [0, 1];
-
-/** Writes the benchmark model: BF16, two shards (embedding + first half of the layers, rest). */
-async function writeModel(dir: string): Promise<number> {
-  const config = parseLlamaConfig(CONFIG);
-  await writeFile(join(dir, 'config.json'), JSON.stringify(CONFIG, null, 2));
-  const entries: TensorToWrite[] = [...expectedTensorShapes(config)].map(([name, shape]) => ({
-    name,
-    shape,
-    dtype: 'BF16',
-  }));
-  const half = config.numHiddenLayers / 2;
-  const first = (n: string): boolean =>
-    n === 'model.embed_tokens.weight' ||
-    (/^model\.layers\.(\d+)\./.exec(n)?.[1] !== undefined && Number(/^model\.layers\.(\d+)\./.exec(n)![1]) < half);
-  const rng = new SeededRandom(1);
-  const data = (name: string): Float32Array => {
-    const n = expectedTensorShapes(config)
-      .get(name)!
-      .reduce((a, b) => a * b, 1);
-    const out = new Float32Array(n);
-    if (name.endsWith('norm.weight')) out.fill(1);
-    else for (let i = 0; i < n; i++) out[i] = 0.02 * rng.normal();
-    return out;
-  };
-  const weightMap: Record<string, string> = {};
-  for (const [k, pick] of [
-    [1, first],
-    [2, (n: string) => !first(n)],
-  ] as const) {
-    const part = entries.filter((e) => pick(e.name));
-    await writeSafetensorsStreaming(join(dir, shardName(k, 2)), part, data, { format: 'pt' });
-    for (const e of part) weightMap[e.name] = shardName(k, 2);
-  }
-  const total = entries.reduce((n, e) => n + tensorBytes(e), 0);
-  await writeFile(
-    join(dir, 'model.safetensors.index.json'),
-    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }),
-  );
-  return entries.reduce((n, e) => n + e.shape.reduce((a, b) => a * b, 1), 0);
-}
 
 /**
  * FLOPs of the products of one SLAM step (2 per multiply-add), B rows of T tokens, M supervised:
@@ -432,7 +391,7 @@ async function main(): Promise<void> {
   }
   const dir = await mkdtemp(join(tmpdir(), 'polytune-bench-model-'));
   try {
-    const params = await writeModel(dir);
+    const params = await writeBenchModel(dir, CONFIG);
     if (!values.json)
       process.stderr.write(`wrote a ${(params / 1e6).toFixed(1)}M-parameter bf16 model to ${dir}; measuring...\n`);
     const out = await new Promise<string>((resolve, reject) => {

@@ -44,6 +44,7 @@ import { readDataSource } from './records.js';
 import {
   apiVersionSchema,
   metadataSchema,
+  outputDirString,
   pathString,
   templateIssues,
   workersIssues,
@@ -74,7 +75,7 @@ const model = z.strictObject({ path: nonEmpty });
  * deterministic).
  */
 const workers = workersSchema;
-const output = z.strictObject({ dir: nonEmpty });
+const output = z.strictObject({ dir: outputDirString });
 
 const evalJobSchema = z.strictObject({
   ...common,

@@ -20,6 +20,7 @@ import {
   metadataSchema,
   nonNegativeAtMost,
   nonNegativeIntAtMost,
+  outputDirString,
   pathString,
   positiveAtMost,
   positiveIntAtMost,
@@ -164,7 +165,7 @@ export const specSchema = z.strictObject({
         keep: positiveIntAtMost(SPEC_LIMITS.checkpointsKept).default(3),
       })
       .default({ everySteps: 0, keep: 3 }),
-    output: z.strictObject({ dir: pathString }),
+    output: z.strictObject({ dir: outputDirString }),
     /** Evaluation every `eval.everySteps` steps and at the end (common/eval-spec.ts, worker/eval/). */
     eval: evalSchema.optional(),
   }),

@@ -40,9 +40,11 @@
  * - runtime: the CUDA context, TensorFlow and cuDNN's workspaces, an estimate that
  *   `scripts/gpu-check.sh` measures on the node.
  * - host: the optimizer runs on the host (worker/train/optimizers.ts): float32 master copies,
- *   AdamW's two moments, the all-reduce's input and result vectors and its in-flight window. At
- *   load, tfjs-node keeps a tensor made from a Float32Array in JS memory until its first use, so
- *   the whole float32 model is on the host until the first step (issue 13 part 2 removes this).
+ *   AdamW's two moments, the all-reduce's input and result vectors and its in-flight window. The
+ *   load (worker/model/weight-loader.ts) reads one tensor at a time into a host array and uploads
+ *   it to the GPU as soon as it is made, so it holds the largest tensor, twice while the garbage
+ *   collector frees the one before, and the reader's chunk scratch; not the whole model
+ *   (`npm run bench:load-memory` measures it).
  *
  * A plan fits a device when its peak is at most `1 - DEFAULT_MARGIN` of it: TensorFlow's BFC
  * allocator fragments, and kernels take workspaces the plan does not list.
@@ -81,6 +83,8 @@ export const DEFAULT_GPU_RUNTIME_BYTES = 1.5 * GiB;
 export const DEFAULT_HOST_RUNTIME_BYTES = 0.5 * GiB;
 /** The all-reduce's in-flight window (gradient-allreduce.ts `inflightBytes`, 32 MiB) with its reuse pool. */
 export const ALLREDUCE_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** The loader's scratch: safetensors.ts `DEFAULT_CHUNK_ELEMS` (1M) float32 and uint16 buffers. */
+export const LOAD_SCRATCH_BYTES = 1024 * 1024 * (4 + 2);
 /** Share of a device a plan may use. @default 0.1 */
 export const DEFAULT_MARGIN = 0.1;
 
@@ -149,8 +153,8 @@ export interface MemoryPlan {
     readonly peak: number;
   };
   readonly host: {
-    /** The float32 model held in JS memory at load (tfjs-node). */
-    readonly loadWeights: number;
+    /** Held on the host while loading: two of the largest tensor in float32, and the scratch. */
+    readonly loadBuffers: number;
     readonly masterCopies: number;
     readonly optimizer: number;
     readonly allReduce: number;
@@ -204,6 +208,8 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
   const optimizer = s.training.optimizer.name === 'adamw' ? 2 * G : 0;
   const allReduce = 2 * G + ALLREDUCE_INFLIGHT_BYTES;
   const hostRuntime = DEFAULT_HOST_RUNTIME_BYTES;
+  const largestTensor = Math.max(...[...shapes.values()].map((d) => F32 * d.reduce((a, b) => a * b, 1)));
+  const loadBuffers = 2 * largestTensor + LOAD_SCRATCH_BYTES;
   return {
     shape,
     layers: config.numHiddenLayers,
@@ -221,12 +227,12 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
       peak: gpuPeak,
     },
     host: {
-      loadWeights: weights,
+      loadBuffers,
       masterCopies: G,
       optimizer,
       allReduce,
       runtime: hostRuntime,
-      peak: weights + G + optimizer + allReduce + hostRuntime,
+      peak: loadBuffers + G + optimizer + allReduce + hostRuntime,
     },
   };
 }
@@ -277,7 +283,7 @@ export function formatMemoryPlan(
     row('summing gradients (3 copies)', g.gradientSum, 'a moment of its own, after the backward pass'),
     row('peak', g.peak, verdict(g.peak, devices.gpuMemoryGiB)),
     '  host:',
-    row('float32 model at load (tfjs-node)', h.loadWeights, 'until the first step'),
+    row('load buffers', h.loadBuffers, 'the largest tensor twice, read scratch'),
     row('master copies', h.masterCopies),
     row('optimizer state', h.optimizer),
     row('all-reduce buffers', h.allReduce, 'input and result vectors, in-flight window'),
@@ -310,11 +316,11 @@ export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[]
   }
   if (w.hostMemoryGiB !== undefined && !fitsDevice(plan.host.peak, w.hostMemoryGiB)) {
     const h = plan.host;
-    const rest = gib(h.peak - h.loadWeights - h.runtime);
+    const rest = gib(h.peak - h.loadBuffers - h.runtime);
     issues.push({
       path: 'spec.workers.hostMemoryGiB',
       message:
-        `the plan needs ${gib(h.peak)} of host memory a worker (float32 model at load ${gib(h.loadWeights)}, ` +
+        `the plan needs ${gib(h.peak)} of host memory a worker (load buffers ${gib(h.loadBuffers)}, ` +
         `master copies, optimizer and all-reduce ${rest}), over ` +
         `${gib((1 - DEFAULT_MARGIN) * w.hostMemoryGiB * GiB)}; ` +
         'give each worker process more memory (fewer processes a pod) or train fewer tensors',

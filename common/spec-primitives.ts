@@ -121,8 +121,21 @@ export function resolveSpecPath(p: string, baseDir: string): string {
   return resolve(baseDir, p);
 }
 
-/** A non-empty path of at most `SPEC_LIMITS.pathChars` characters. */
-export const pathString = nonEmptyString(SPEC_LIMITS.pathChars);
+/**
+ * The schemas of a spec's path fields, by what the job does there: read (`input`) or write
+ * (`output`). common/storage-roots.ts finds every field whose schema is registered here, walking
+ * the kind's schema beside the spec, and checks its value against the storage roots (at submit and
+ * on the worker). A new path field is covered by using `pathString` or `outputDirString` as is
+ * (`.optional()`, arrays and unions of them are fine; a refinement or `.describe()` makes a new,
+ * unregistered schema) and resolving it with `resolveSpecPath` in its kind's parse.
+ */
+export const specPathFields = z.registry<{ readonly specPath: 'input' | 'output' }>();
+
+/** A path the job reads: a non-empty path of at most `SPEC_LIMITS.pathChars` characters. */
+export const pathString = nonEmptyString(SPEC_LIMITS.pathChars).register(specPathFields, { specPath: 'input' });
+
+/** A directory the job writes (`output.dir`): strictly inside a storage root. */
+export const outputDirString = nonEmptyString(SPEC_LIMITS.pathChars).register(specPathFields, { specPath: 'output' });
 
 export const apiVersionSchema = z.literal('polytune/v1', { message: 'must be "polytune/v1"' });
 export const metadataSchema = z.strictObject({

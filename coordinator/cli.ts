@@ -19,10 +19,10 @@
  * failed or the coordinator is unreachable, 2 a user's mistake (bad spec, unknown job, bad flag).
  * What a person sees (progress, tables, the status block) is in views/.
  */
-import { delimiter } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ExitCode, flagOrEnv, intFlag, runCli, UsageError } from '../common/cli.js';
 import { UserError } from '../common/errors.js';
+import { storageRootsGiven } from '../common/storage-roots.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer, type MetricsServer } from '../common/metrics.js';
 import { evalTextTables, parseEvalTable } from '../common/eval-table.js';
@@ -64,7 +64,7 @@ const DEFAULT_COORDINATOR_METRICS_PORT = 9464;
 
 const USAGE = `usage:
   coordinator serve [--listen HOST:PORT] [--nats URL] [--metrics-port N] [--metrics-host HOST]
-                    [--data-root DIR]... [--output-root DIR]... [--retention-hours N] [--max-pending-per-client N]
+                    [--storage-root DIR]... [--retention-hours N] [--max-pending-per-client N]
   coordinator submit SPEC.yaml [--coordinator HOST:PORT] [--watch] [--local-workers N] [--backend B] [--resume]
                      [--languages] [--dry-run]   (--dry-run: print the memory plan, submit nothing)
   coordinator status [JOB] [-o json|yaml|wide] [--json] [--coordinator HOST:PORT]
@@ -74,8 +74,9 @@ const USAGE = `usage:
   coordinator nats-auth init --out DIR
   ${PLAN_USAGE}
 
---data-root/--output-root (or $POLYTUNE_DATA_ROOTS/$POLYTUNE_OUTPUT_ROOTS, ':'-separated): job inputs
-must be under a data root and output.dir under an output root; unset, any path is allowed.
+--storage-root DIR (repeatable; or $POLYTUNE_STORAGE_ROOTS, ':'-separated): every path a job's spec names
+must be under a storage root (directories it writes strictly inside one), links resolved; a spec naming
+another path is refused with its field. Unset, any path is allowed (a warning when not on loopback).
 
 The coordinator address defaults to $POLYTUNE_COORDINATOR, else 127.0.0.1:7070.
 On a terminal, --watch and watch redraw one line per job; --languages adds the loss per language.
@@ -424,8 +425,7 @@ async function cancel(args: string[]): Promise<number> {
 
 /** `serve`'s flags of the job store and the files jobs may touch. */
 const STORE_FLAGS: Flags = {
-  'data-root': { type: 'string', multiple: true },
-  'output-root': { type: 'string', multiple: true },
+  'storage-root': { type: 'string', multiple: true },
   'retention-hours': { type: 'string' },
   'max-pending-per-client': { type: 'string' },
 };
@@ -434,16 +434,8 @@ type StoreOptions = Pick<CoordinatorOptions, 'storageRoots' | 'retentionHours' |
 
 function storeOptions(v: Record<string, unknown>): StoreOptions {
   const int = (flag: string, fallback: number): number => intFlag(flag, v[flag] as string | undefined, fallback, 0);
-  const dirs = (flag: string, env: string): string[] => {
-    const given = v[flag] as string[] | undefined;
-    if (given?.length) return given;
-    return (process.env[env] ?? '').split(delimiter).filter((d) => d !== '');
-  };
   return {
-    storageRoots: {
-      dataRoots: dirs('data-root', 'POLYTUNE_DATA_ROOTS'),
-      outputRoots: dirs('output-root', 'POLYTUNE_OUTPUT_ROOTS'),
-    },
+    storageRoots: storageRootsGiven(v['storage-root'] as string[] | undefined),
     retentionHours: int('retention-hours', DEFAULT_RETENTION_HOURS),
     maxPendingPerClient: int('max-pending-per-client', DEFAULT_MAX_PENDING_PER_CLIENT),
   };

@@ -2,10 +2,11 @@
  * What a job may touch on the coordinator's file system, checked at Submit and again before a
  * gang is formed (a stored spec is not trusted: job-store.ts):
  *
- * - storage roots (`coordinator serve --data-root DIR --output-root DIR`, repeatable): when set,
- *   every input path of the spec (model, data, problem sets) must lie under a data root and
- *   `output.dir` under an output root, after symbolic links are resolved; a path outside is refused
- *   with the path and its field before anything reads it. Unset (local use), any path is allowed.
+ * - storage roots (`coordinator serve --storage-root DIR`, repeatable; common/storage-roots.ts):
+ *   when set, every path field of the spec (found through its kind's schema) must lie under a root,
+ *   and every directory it writes strictly inside one, after symbolic links are resolved; a path
+ *   outside is refused with the path and its field before anything reads it. Unset (local use,
+ *   on loopback), any path is allowed.
  * - the output directory: it must be missing, empty, or this job's (it holds the marker file
  *   `.polytune` naming the job, written here when a job is accepted: common/output-marker.ts). A
  *   directory holding someone else's files, or marked by another job, is refused, so that a job never
@@ -15,113 +16,19 @@
  * Errors name the field path and the file, never a file's contents.
  */
 import { lstat, mkdir, readdir, realpath } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { JobSpecError, type SpecIssue } from '../common/errors.js';
 import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 import { isMarkerTemporary, MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../common/output-marker.js';
+import { checkStorageRoots, specPaths, type StorageRoots } from '../common/storage-roots.js';
 
 /** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
 export const OUTPUT_MARKER = MARKER_NAME;
 
-export interface StorageRoots {
-  /** Directories inputs (model, data) must be under; empty: anywhere. */
-  readonly dataRoots: readonly string[];
-  /** Directories `output.dir` must be under; empty: anywhere. */
-  readonly outputRoots: readonly string[];
-}
-
-export const NO_ROOTS: StorageRoots = { dataRoots: [], outputRoots: [] };
-
-/** Field names whose string values are input paths, wherever they are in a spec (stages included). */
-const INPUT_FIELDS = new Set(['path', 'target', 'mgsm', 'msvamp']);
-
-/** Every input path of a spec with its field path (`spec.data.train[0].path`), and every `output.dir`. */
-/** A path of a spec and its field path. */
-export interface SpecPath {
-  readonly at: string;
-  readonly path: string;
-}
-
-export function specPaths(spec: AnyJobSpec): { inputs: SpecPath[]; outputs: SpecPath[] } {
-  const inputs: SpecPath[] = [];
-  const outputs: SpecPath[] = [];
-  const walk = (v: unknown, at: string): void => {
-    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${at}[${i}]`));
-    else if (v !== null && typeof v === 'object') {
-      for (const [k, x] of Object.entries(v as Record<string, unknown>)) walk(x, `${at}.${k}`);
-    } else if (typeof v === 'string') {
-      if (at.endsWith('.output.dir')) outputs.push({ at, path: v });
-      else if (INPUT_FIELDS.has(at.slice(at.lastIndexOf('.') + 1))) inputs.push({ at, path: v });
-    }
-  };
-  walk((spec as { spec: unknown }).spec, 'spec');
-  return { inputs, outputs };
-}
-
-/** The real path of `p`, or of its nearest existing ancestor joined with the rest (for paths not yet created). */
-async function realish(p: string): Promise<string> {
-  const abs = resolve(p);
-  try {
-    return await realpath(abs);
-  } catch {
-    const parent = dirname(abs);
-    if (parent === abs) return abs;
-    return join(await realish(parent), basename(abs));
-  }
-}
-
 const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;
 
-/** A path as given, with its real path when a link made them differ. */
-const shown = (path: string, real: string): string => (real !== path ? `${path} (${real})` : path);
-
-function isUnder(path: string, root: string): boolean {
-  const rel = relative(root, path);
-  return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
-}
-
-/** Resolves the roots once (they must exist): `--data-root`/`--output-root` as given to `serve`. */
-export async function resolveStorageRoots(roots: Partial<StorageRoots>): Promise<StorageRoots> {
-  const real = async (dirs: readonly string[] | undefined, flag: string): Promise<string[]> => {
-    const out: string[] = [];
-    for (const d of dirs ?? []) {
-      try {
-        out.push(await realpath(resolve(d)));
-      } catch (e) {
-        throw new JobSpecError([{ path: flag, message: `${d}: ${errnoCode(e, 'cannot resolve')}` }]);
-      }
-    }
-    return out;
-  };
-  return {
-    dataRoots: await real(roots.dataRoots, '--data-root'),
-    outputRoots: await real(roots.outputRoots, '--output-root'),
-  };
-}
-
-/** Paths of the spec outside the storage roots (nothing is read). */
-export async function storageRootIssues(spec: AnyJobSpec, roots: StorageRoots): Promise<SpecIssue[]> {
-  const issues: SpecIssue[] = [];
-  const { inputs, outputs } = specPaths(spec);
-  if (roots.dataRoots.length > 0) {
-    for (const { at, path } of inputs) {
-      const real = await realish(path);
-      if (!roots.dataRoots.some((r) => isUnder(real, r))) {
-        const message = `${shown(path, real)} is not under a data root (${roots.dataRoots.join(', ')})`;
-        issues.push({ path: at, message });
-      }
-    }
-  }
-  if (roots.outputRoots.length > 0) {
-    for (const { at, path } of outputs) {
-      const real = await realish(path);
-      if (!roots.outputRoots.some((r) => isUnder(real, r) && real !== r)) {
-        const message = `${shown(path, real)} is not inside an output root (${roots.outputRoots.join(', ')})`;
-        issues.push({ path: at, message });
-      }
-    }
-  }
-  return issues;
+/** The directories a spec writes, with their field paths. */
+function outputPaths(spec: AnyJobSpec): { at: string; path: string }[] {
+  return specPaths(spec).filter((p) => p.kind === 'output');
 }
 
 /** Whether `dir` may be written by job `job` (its `metadata.name`): missing, empty, or marked as its own. */
@@ -179,11 +86,10 @@ export async function checkJobFiles<T>(
   validateFiles: () => Promise<T>,
   source?: string,
 ): Promise<T> {
-  const rootIssues = await storageRootIssues(spec, roots);
-  if (rootIssues.length > 0) throw new JobSpecError(rootIssues, source);
+  await checkStorageRoots(spec, roots, source);
   const files = await validateFiles();
   const job = spec.metadata.name;
-  const outIssues = (await Promise.all(specPaths(spec).outputs.map((o) => outputDirIssues(o.path, job, o.at)))).flat();
+  const outIssues = (await Promise.all(outputPaths(spec).map((o) => outputDirIssues(o.path, job, o.at)))).flat();
   if (outIssues.length > 0) throw new JobSpecError(outIssues, source);
   return files;
 }
@@ -195,5 +101,5 @@ export async function checkStoredJobFiles(spec: AnyJobSpec, roots: StorageRoots,
 
 /** Creates and marks the spec's output directories as its job's (once a job is accepted). */
 export async function markOutputDirs(spec: AnyJobSpec): Promise<void> {
-  for (const o of specPaths(spec).outputs) await markOutputDir(o.path, spec.metadata.name, o.at);
+  for (const o of outputPaths(spec)) await markOutputDir(o.path, spec.metadata.name, o.at);
 }

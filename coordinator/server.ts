@@ -36,7 +36,7 @@ import { isTerminal, toWireJob, type JobState } from './job-record.js';
 import { LedgerStore } from './ledger.js';
 import type { NatsCredentialIssuer } from './nats-credentials.js';
 import { NatsRevoker, WorkerCredentialLifecycle, type NatsRevocationSettings } from './nats-revocation.js';
-import { checkNatsExposure, NatsExposure } from './nats-exposure.js';
+import { checkNatsExposure, isLoopbackHost, NatsExposure } from './nats-exposure.js';
 import {
   checkHello,
   checkJobId,
@@ -48,13 +48,8 @@ import {
 } from './request-limits.js';
 import { JobStore } from './job-store.js';
 import { Scheduler } from './scheduler.js';
-import {
-  checkJobFiles,
-  checkStoredJobFiles,
-  markOutputDirs,
-  resolveStorageRoots,
-  type StorageRoots,
-} from './job-files.js';
+import { checkJobFiles, checkStoredJobFiles, markOutputDirs } from './job-files.js';
+import { resolveStorageRoots, STORAGE_ROOT_FLAG, type StorageRoots } from '../common/storage-roots.js';
 import { checkPageSize, listPage } from './list-pages.js';
 import { StoreEvents } from './store-events.js';
 import { computeTotalSteps } from './total-steps.js';
@@ -115,8 +110,8 @@ export interface CoordinatorOptions {
   maxReceiveMessageBytes?: number;
   /** A Join stream without Hello by then is ended (join-deadlines.ts). @default DEFAULT_HELLO_TIMEOUT_MS */
   helloTimeoutMs?: number;
-  /** Where inputs and outputs of jobs may be (job-files.ts). @default none: anywhere */
-  storageRoots?: Partial<StorageRoots>;
+  /** The directories jobs' paths may be in (`--storage-root`, common/storage-roots.ts). @default none: anywhere */
+  storageRoots?: readonly string[];
   /** Finished jobs are deleted this long after they finished; 0 keeps them. @default DEFAULT_RETENTION_HOURS */
   retentionHours?: number;
   /** Pending jobs one client may have; 0: no limit. @default DEFAULT_MAX_PENDING_PER_CLIENT */
@@ -174,7 +169,12 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const listen = options.listen ?? DEFAULT_LISTEN;
   const natsUrl = options.natsUrl ?? DEFAULT_NATS_URL;
   const { host } = splitHostPort(listen);
-  const roots = await resolveStorageRoots(options.storageRoots ?? {});
+  const roots = await resolveStorageRoots(options.storageRoots ?? []);
+  if (roots.length === 0) {
+    const note = `no ${STORAGE_ROOT_FLAG}: jobs may name any path this coordinator and its workers can read or write`;
+    if (isLoopbackHost(listenHost(listen))) logger.info(note, { listen });
+    else logger.warn(`${note}, and ${listen} is reachable from other hosts`, { listen });
+  }
   const requireWorkerCertificate = options.tls?.clientCa !== undefined;
   // Under mutual TLS a worker's id is a name of its certificate unless turned off
   // (--no-worker-id-from-cert): otherwise one certificate could join under any busy worker's id.

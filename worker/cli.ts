@@ -6,7 +6,7 @@
  *            [--metrics-host HOST] [--local-rank N] [--id ID] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *            [--tls-server-name NAME] [--token-file FILE] [--no-native] [--threads N]
  *            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls)
- *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
+ *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]] [--storage-root DIR]...
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
@@ -28,6 +28,7 @@ import { UserError } from '../common/errors.js';
 import { createLogger } from '../common/logging.js';
 import { PromMeter, startMetricsServer } from '../common/metrics.js';
 import { loadClientTls, NATS_TLS_FLAGS, natsTlsFromFlags } from '../common/tls.js';
+import { storageRootsGiven } from '../common/storage-roots.js';
 import { readToken } from '../common/token.js';
 import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
 import { HEARTBEAT_DIR_ENV, startHeartbeatFile } from './heartbeat-file.js';
@@ -48,6 +49,8 @@ const USAGE =
            [--no-native] [--threads N]   (env POLYTUNE_NATIVE=0, POLYTUNE_NATIVE_THREADS)
            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls; env POLYTUNE_ALLOW_CPU, POLYTUNE_TF32)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
+           [--storage-root DIR]...   (env POLYTUNE_STORAGE_ROOTS, ':'-separated: an assignment naming a path
+                                      outside them is refused; unset: any path)
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
@@ -89,7 +92,7 @@ async function main(signal: AbortSignal): Promise<number> {
   const argv = process.argv.slice(2);
   const command = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : 'run';
   const rest = command === 'run' && argv[0] !== 'run' ? argv : argv.slice(1);
-  type Flags = Record<string, { type: 'string' | 'boolean'; default?: string }>;
+  type Flags = Record<string, { type: 'string' | 'boolean'; default?: string; multiple?: boolean }>;
   const parse = (options: Flags): Record<string, string | boolean | undefined> => {
     try {
       return parseArgs({
@@ -119,6 +122,7 @@ async function main(signal: AbortSignal): Promise<number> {
         'token-file': { type: 'string' },
         'allow-cpu': { type: 'boolean' },
         tf32: { type: 'boolean' },
+        'storage-root': { type: 'string', multiple: true },
         ...NATS_TLS_FLAGS,
         ...NATIVE_FLAGS,
       });
@@ -179,6 +183,8 @@ async function main(signal: AbortSignal): Promise<number> {
             allowCpu: boolFlagOrEnv(v, 'allow-cpu', 'POLYTUNE_ALLOW_CPU'),
             tf32: boolFlagOrEnv(v, 'tf32', 'POLYTUNE_TF32'),
           },
+          // parseArgs gives a `multiple` flag as an array.
+          storageRoots: storageRootsGiven(v['storage-root'] as unknown as string[] | undefined),
           workerId,
           logger,
           signal,

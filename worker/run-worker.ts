@@ -18,6 +18,7 @@ import { noopMeter, type MetricMeter } from '../common/metrics.js';
 import type { NatsTls } from '../common/tls.js';
 import { backendInfo, initBackend, nativeStatus, type BackendName } from './backend.js';
 import { checkTf32, type TensorflowOptions } from './backend-tensorflow.js';
+import { checkStorageRoots, resolveStorageRoots, STORAGE_ROOT_FLAG } from '../common/storage-roots.js';
 import { isStaged } from '../common/stages.js';
 import { GradientAllReduce } from './collective/index.js';
 import { jobKindOf } from '../common/job-kinds.js';
@@ -56,6 +57,11 @@ export interface WorkerOptions {
   readonly token?: string;
   /** TLS toward NATS (`--nats-tls-ca`, ...). @default plaintext */
   readonly natsTls?: NatsTls;
+  /**
+   * `--storage-root`: an assignment whose spec names a path outside them is refused before
+   * anything is read (common/storage-roots.ts, as the coordinator checks at submit). @default none: any path
+   */
+  readonly storageRoots?: readonly string[];
 }
 
 /** Which kernels run the products, for the log line: `openblas (1 thread)` or `xnnpack`. */
@@ -71,6 +77,9 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   const metrics = createWorkerMetrics(options.meter ?? noopMeter);
   /** TLS toward NATS, for the shared connection and each job's own. */
   const natsTls = options.natsTls ? { tls: options.natsTls } : {};
+  const roots = await resolveStorageRoots(options.storageRoots ?? []);
+  if (roots.length === 0)
+    log.info(`no ${STORAGE_ROOT_FLAG}: assignments may name any path this worker can read or write`);
   const backend = await initBackend(options.backend, { ...options.native, logger: log }, options.backendOptions);
   const device = backendInfo();
   log.info('backend ready', { ...device, ...productKernelsField() });
@@ -106,6 +115,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     let statuses: AsyncIterator<Status> | undefined;
     let report: ResultReport;
     try {
+      // The coordinator checked the paths at submit; a forged assignment is checked here, before any is read.
+      await checkStorageRoots(a.spec, roots, `assignment of job ${a.jobId}`);
       jobNats = await jobNatsConnection(a, {
         natsFlag: options.nats,
         workerId: options.workerId,

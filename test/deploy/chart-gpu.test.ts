@@ -153,19 +153,21 @@ describe.skipIf(skip !== undefined)('helm/polytune against the GPU review', () =
     expect(pm.spec.selector.matchLabels['app.kubernetes.io/name']).toBe('nats');
   });
 
-  it('the coordinator confines spec paths to the shared volume by default, or to the storage roots given', () => {
-    const env = (objs: K8sObject[]): Record<string, string | undefined> =>
-      Object.fromEntries(
-        (pod(objs, 'Deployment', 'polytune-coordinator').containers[0]!.env ?? []).map((e) => [e.name, e.value]),
+  it('the coordinator and the workers confine spec paths to the shared volume, or to the roots given', () => {
+    const env = (objs: K8sObject[], kind: string, name: string): Record<string, string | undefined> =>
+      Object.fromEntries((pod(objs, kind, name).containers[0]!.env ?? []).map((e) => [e.name, e.value]));
+    const roots = (objs: K8sObject[]): (string | undefined)[] =>
+      [env(objs, 'Deployment', 'polytune-coordinator'), env(objs, 'StatefulSet', 'polytune-worker')].map(
+        (e) => e['POLYTUNE_STORAGE_ROOTS'],
       );
-    expect(env(defaults)).toMatchObject({ POLYTUNE_DATA_ROOTS: '/data', POLYTUNE_OUTPUT_ROOTS: '/data' });
+    expect(roots(defaults)).toEqual(['/data', '/data']);
     const file = join(tmp, 'roots.yaml');
-    writeFileSync(file, 'storageRoots: { data: [/data, /models], output: [/runs] }\n');
-    const given = render(renderer, [...NATS_AUTH, '-f', file]);
-    expect(env(given)).toMatchObject({ POLYTUNE_DATA_ROOTS: '/data:/models', POLYTUNE_OUTPUT_ROOTS: '/runs' });
-    const none = env(render(renderer, [...NATS_AUTH, '--set', 'persistence.enabled=false']));
-    expect(none['POLYTUNE_DATA_ROOTS']).toBeUndefined();
-    expect(none['POLYTUNE_OUTPUT_ROOTS']).toBeUndefined();
+    writeFileSync(file, 'storageRoots: [/data, /models, /runs]\n');
+    expect(roots(render(renderer, [...NATS_AUTH, '-f', file]))).toEqual(['/data:/models:/runs', '/data:/models:/runs']);
+    expect(roots(render(renderer, [...NATS_AUTH, '--set', 'persistence.enabled=false']))).toEqual([
+      undefined,
+      undefined,
+    ]);
   });
 
   it('Kueue mode renders only the queue label', () => {

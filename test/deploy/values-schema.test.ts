@@ -54,6 +54,8 @@ describe('values.schema.json', () => {
     ['an unknown top-level key', { replicas: 3 }, 'must NOT have additional properties'],
     ['a typo in a nested key', { worker: { replica: 3 } }, 'must NOT have additional properties'],
     ['zero processes per pod', { worker: { processesPerPod: 0 } }, '/worker/processesPerPod must be >= 1'],
+    ['a relative storage root', { storageRoots: ['data'] }, '/storageRoots/0 must match pattern'],
+    ['storage roots by kind (the old form)', { storageRoots: { data: ['/data'] } }, '/storageRoots must be array'],
     ['processes per pod as a string', { worker: { processesPerPod: '8' } }, '/worker/processesPerPod must be integer'],
     [
       'an unknown backend',

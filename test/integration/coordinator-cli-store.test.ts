@@ -79,11 +79,11 @@ describe('coordinator CLI: status, delete, serve flags of the store', () => {
       '127.0.0.1:0',
       '--metrics-port',
       '0',
-      '--data-root',
+      '--storage-root',
       '/no/such/root',
     ]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--data-root: \/no\/such\/root: ENOENT/);
+    expect(r.stderr).toMatch(/--storage-root: \/no\/such\/root: ENOENT/);
     const bad = await run(['serve', '--retention-hours', 'soon']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--retention-hours: must be an integer >= 0/);

@@ -1,8 +1,19 @@
 /**
  * Loading a model's weights from HF safetensors (single or sharded) into backend tensors, tensor
- * by tensor and chunk by chunk straight into the tensor's final memory (on wasm, the wasm heap):
- * no whole-tensor copy on the JS heap, so peak memory stays near the float32 model size. Frozen
+ * by tensor: each tensor's byte range is read from its file in chunks of whole rows (no shard is
+ * read whole), widened from bf16/f16 chunk by chunk, and written into the tensor's memory. Frozen
  * product operands are written transposed on the way (see llama.ts's header on layouts).
+ *
+ * Where a tensor's memory is, by what the backend offers (not by its name):
+ * - wasm: straight into the tensor's place in the wasm heap; no host copy at all.
+ * - a backend with tfjs-node's upload step (`getInputTensorIds`, NodeJSKernelBackend): into one
+ *   host Float32Array, made a tensor, and uploaded at once. tfjs-node keeps a tensor written from
+ *   JS values in JS until its first use as an op's input; `getInputTensorIds` is that first-use
+ *   step (binding.createTensor: a TensorFlow tensor over the array, copied to the GPU, the host
+ *   handle deleted, which drops TensorFlow's reference to the array; the backend's `values` set to
+ *   null), so the array is garbage as soon as the sink lets it go. The load's host peak is one
+ *   tensor (two while the collector catches up) and the chunk scratch, not the whole model.
+ * - otherwise (cpu): a host Float32Array that is the tensor's memory.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { ModelLoadError } from '../../common/errors.js';
@@ -25,6 +36,16 @@ export interface TensorSink {
 interface HeapBackend {
   makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+/** tfjs-node's step that moves JS-written values into TensorFlow (a private method of its backend). */
+interface UploadingBackend {
+  getInputTensorIds(tensors: tf.TensorInfo[]): unknown;
+}
+
+function uploadingBackend(): UploadingBackend | undefined {
+  const b = tf.backend() as unknown as Partial<UploadingBackend>;
+  return typeof b.getInputTensorIds === 'function' ? (b as UploadingBackend) : undefined;
 }
 
 function heapBackend(): HeapBackend | undefined {
@@ -66,7 +87,9 @@ export async function checkedModelListing(
 /**
  * Starts loading tensor `name` (HF shape), stored transposed ([cols, rows]) when `transpose`; on
  * wasm the data goes straight into the tensor's heap memory, re-viewed at every write since the
- * heap may grow (and its buffer change) between chunks. `adopt` receives the finished tensor.
+ * heap may grow (and its buffer change) between chunks; elsewhere into a host array, uploaded to
+ * the device as soon as the tensor is made when the backend can (see the module header). `adopt`
+ * receives the finished tensor.
  */
 export function tensorSink(shape: number[], transpose: boolean, adopt: (t: tf.Tensor) => void): TensorSink {
   const size = shape.reduce((a, b) => a * b, 1);
@@ -74,7 +97,7 @@ export function tensorSink(shape: number[], transpose: boolean, adopt: (t: tf.Te
   const stored = transpose ? [cols, rows] : shape;
   const heap = heapBackend();
   const info = heap ? heap.makeOutput(stored, 'float32') : undefined;
-  const host = info ? undefined : new Float32Array(size);
+  let host = info ? undefined : new Float32Array(size);
   let tensor: tf.Tensor | undefined = info ? tf.engine().makeTensorFromTensorInfo(info) : undefined;
   return {
     size,
@@ -86,6 +109,8 @@ export function tensorSink(shape: number[], transpose: boolean, adopt: (t: tf.Te
     finish: () => {
       const t = tensor ?? tf.tensor(host!, stored, 'float32');
       tensor = undefined;
+      host = undefined;
+      uploadingBackend()?.getInputTensorIds([t]);
       adopt(t);
     },
     abort: () => tensor?.dispose(),

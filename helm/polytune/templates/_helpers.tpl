@@ -157,14 +157,21 @@ secrets.yaml, so a bad combination fails the install with a message naming the v
 {{- end -}}
 {{- end -}}
 
-{{/* The storage roots of a kind ("data" or "output"), ':'-joined: the values, else the shared volume's mountPath. */}}
+{{/* The storage roots, ':'-joined: the values, else the shared volume's mountPath; empty: none. */}}
 {{- define "polytune.storageRoots" -}}
-{{- $given := index .ctx.Values.storageRoots .kind -}}
-{{- if $given -}}
-{{- join ":" $given -}}
-{{- else if .ctx.Values.persistence.enabled -}}
-{{- .ctx.Values.persistence.mountPath -}}
+{{- if .Values.storageRoots -}}
+{{- join ":" .Values.storageRoots -}}
+{{- else if .Values.persistence.enabled -}}
+{{- .Values.persistence.mountPath -}}
 {{- end -}}
+{{- end -}}
+
+{{/* POLYTUNE_STORAGE_ROOTS for the coordinator and the workers (both check a spec's paths). */}}
+{{- define "polytune.storageRootsEnv" -}}
+{{- with include "polytune.storageRoots" . }}
+- name: POLYTUNE_STORAGE_ROOTS
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "polytune.claimName" -}}

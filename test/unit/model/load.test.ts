@@ -13,7 +13,7 @@ import { expectedTensorShapes, parseLlamaConfig } from '../../../common/model-co
 import { LlamaModel } from '../../../worker/model/llama.js';
 import { SeededRandom } from '../../../worker/model/presets.js';
 import { readModelTensors } from '../../../worker/model/safetensors.js';
-import { MODEL_BACKENDS, useBackend } from '../../helpers/backends.js';
+import { MODEL_BACKENDS, NATIVE_PATH_STANDIN, standIn, useBackend } from '../../helpers/backends.js';
 
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 
@@ -36,6 +36,28 @@ describe.each(MODEL_BACKENDS)('chunked loading (%s)', (backend) => {
         got.dispose();
       }
       expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe('native path: no host copy of the whole model', () => {
+  it('uploads each tensor as it is made: at most one tensor held in JS at a time, none after the load', async () => {
+    await useBackend(NATIVE_PATH_STANDIN);
+    const dir = join(GOLDEN, 'llama-gqa-bf16-sharded');
+    const shapes = expectedTensorShapes(parseLlamaConfig(JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'))));
+    const sizes = [...shapes.values()].map((s) => 4 * s.reduce((a, b) => a * b, 1));
+    const total = sizes.reduce((a, b) => a + b, 0);
+    const be = standIn();
+    be.resetPeak();
+    const uploadsBefore = be.uploads;
+    const model = await LlamaModel.load(dir, { trainable: new Set(['model.layers.0.mlp.up_proj.weight']) });
+    try {
+      expect(be.pendingBytes).toBe(0);
+      expect(be.uploads - uploadsBefore).toBe(shapes.size);
+      expect(be.pendingPeak).toBe(Math.max(...sizes));
+      expect(be.pendingPeak).toBeLessThan(total / 4);
     } finally {
       model.dispose();
     }
