@@ -42,7 +42,7 @@ export {
 } from './methods/index.js';
 export type { LayerModule, MethodName, MethodSpec } from './methods/index.js';
 
-export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel'] as const;
+export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel', 'codeswitch'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
 
 export { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from './spec-primitives.js';
@@ -54,6 +54,19 @@ const dataSourceSchema = z.strictObject({
   language: languageCode.optional(),
   /** `parallel` only: the line-aligned target file (English for question translation). */
   target: pathString.optional(),
+  /**
+   * `codeswitch` only: the bilingual dictionary (TSV: source word, target word, language) the text
+   * is code-switched with on the fly (common/codeswitch.ts); absent, `path` holds pre-built
+   * code-switched JSON Lines (`codeswitched`, `text`).
+   */
+  dictionary: pathString.optional(),
+  /** `codeswitch` with a dictionary: the share of the dictionary's words replaced. @default 0.3 */
+  ratio: z.number().gt(0, 'must be > 0').max(1, 'must be <= 1').optional(),
+  /**
+   * `codeswitch` with a dictionary: the JSON Lines field with the English text (an alpaca file's
+   * `question`, say); absent, `path` is plain text, one text a line.
+   */
+  field: z.string().min(1).max(64).optional(),
   /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
   weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
@@ -230,6 +243,20 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
     if (src.format !== 'parallel' && src.target !== undefined) {
       issues.push({ path: `spec.data.train[${i}].target`, message: 'is only allowed for format parallel' });
     }
+    for (const key of ['dictionary', 'ratio', 'field'] as const) {
+      if (src.format !== 'codeswitch' && src[key] !== undefined)
+        issues.push({ path: `spec.data.train[${i}].${key}`, message: 'is only allowed for format codeswitch' });
+    }
+    if (src.format === 'codeswitch' && src.dictionary === undefined) {
+      for (const key of ['ratio', 'field'] as const) {
+        if (src[key] !== undefined) {
+          issues.push({
+            path: `spec.data.train[${i}].${key}`,
+            message: 'needs a dictionary (without one, path holds pre-built code-switched records)',
+          });
+        }
+      }
+    }
   });
   return issues;
 }
@@ -296,6 +323,7 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
           ...src,
           path: abs(src.path),
           ...(src.target ? { target: abs(src.target) } : {}),
+          ...(src.dictionary ? { dictionary: abs(src.dictionary) } : {}),
         })),
       },
       output: { dir: abs(s.output.dir) },
@@ -342,6 +370,9 @@ export async function validateJobSpecFiles(
       issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
     if (src.target !== undefined && !(await isFile(src.target))) {
       issues.push({ path: `spec.data.train[${i}].target`, message: `${src.target}: no such file` });
+    }
+    if (src.dictionary !== undefined && !(await isFile(src.dictionary))) {
+      issues.push({ path: `spec.data.train[${i}].dictionary`, message: `${src.dictionary}: no such file` });
     }
   }
   if (s.method.analysis)

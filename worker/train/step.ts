@@ -22,6 +22,8 @@ export interface StepGradientsInput {
   readonly mine: ArrayLike<number>;
   readonly microBatchSize: number;
   readonly samples: SampleCache;
+  /** The epoch of the step (code-switched samples differ per epoch). */
+  readonly epoch: number;
   /** Sample -> record index. */
   readonly sampleRecords: ArrayLike<number>;
   readonly padId: number;
@@ -57,7 +59,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
       c.aborted();
       const batch = padBatch(
-        mb.map((i) => c.samples.get(c.sampleRecords[i]!)),
+        mb.map((i) => c.samples.get(c.sampleRecords[i]!, c.epoch)),
         c.padId,
       );
       supervised += batch.supervised;
@@ -82,7 +84,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
       const rowNll = await rows!.data();
       rows!.dispose();
       mb.forEach((i, b) => {
-        const sample = c.samples.get(c.sampleRecords[i]!);
+        const sample = c.samples.get(c.sampleRecords[i]!, c.epoch);
         const li = c.languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
         langNll[li] = langNll[li]! + rowNll[b]!;
         langTokens[li] = langTokens[li]! + sample.supervised;

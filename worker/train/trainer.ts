@@ -239,7 +239,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const encode = method.encode
       ? (r: (typeof records)[number]) => method.encode!(s.method, r, withEos, s.data.template, s.data.maxSeqLen)
       : (r: (typeof records)[number]) => encodeRecord(r, withEos, s.data.template, s.data.maxSeqLen);
-    const samples = new SampleCache(records, encode, config.vocabSize);
+    const samples = new SampleCache(records, encode, config.vocabSize, s.training.seed);
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
@@ -313,6 +313,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         mine,
         microBatchSize: s.training.microBatchSize,
         samples,
+        epoch,
         sampleRecords,
         padId,
         vars,
