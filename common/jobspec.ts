@@ -11,7 +11,13 @@ import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
 import { isFile } from './fs-checks.js';
-import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
+import {
+  methodFileIssues,
+  methodIssues,
+  methodModelIssues,
+  methodSchema,
+  resolveMethodPaths,
+} from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
   apiVersionSchema,
@@ -365,6 +371,7 @@ export async function validateJobSpecFiles(
   }
   const numLayers = config?.numHiddenLayers ?? 0;
   issues.push(...methodModelIssues(s.method, numLayers, 'spec.method'));
+  if (config) issues.push(...(await methodFileIssues(s.method, config, 'spec.method')));
   for (const [i, src] of s.data.train.entries()) {
     if (!(await isFile(src.path)))
       issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });

@@ -13,14 +13,8 @@ import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
-import {
-  cctuningContract,
-  cctuningSchema,
-  lingualiftContract,
-  lingualiftSchema,
-  pruneContract,
-  pruneSchema,
-} from './planned.js';
+import { lingualiftContract, lingualiftSchema } from './lingualift.js';
+import { cctuningContract, cctuningSchema, pruneContract, pruneSchema } from './planned.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -115,9 +109,20 @@ export function describeTrainable(counts: { trainable: number; total: number }):
   );
 }
 
-/** The block with its relative paths (the layer analysis's probe sets) resolved against `baseDir`. */
+/** Checks of the files a block names (its contract's `fileIssues`). */
+export async function methodFileIssues(method: MethodSpec, config: LlamaConfig, path: string): Promise<SpecIssue[]> {
+  const c = methodContract(method);
+  return c.fileIssues ? c.fileIssues(method, config, path) : [];
+}
+
+/**
+ * The block with its relative paths (the layer analysis's probe sets, the method's own: its
+ * contract's `resolvePaths`) resolved against `baseDir`.
+ */
 export function resolveMethodPaths(method: MethodSpec, baseDir: string): MethodSpec {
-  if (!method.analysis) return method;
+  const own = methodContract(method).resolvePaths;
+  if (own) method = own(method, baseDir);
+  if (!('analysis' in method) || !method.analysis) return method;
   return {
     ...method,
     analysis: { ...method.analysis, probe: resolveProblemSets(method.analysis.probe, baseDir) },

@@ -59,6 +59,8 @@ export interface EncodedSample {
   /** Tokens with a label other than -100 (each takes loss; labels[0] never does). */
   readonly supervised: number;
   readonly truncated: boolean;
+  /** Token ids a method's own module reads (LinguaLIFT: the encoder's input, in its tokenizer). */
+  readonly encoderIds?: Int32Array;
 }
 
 /** The template text for a named template, or the literal itself. */

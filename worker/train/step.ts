@@ -9,13 +9,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { microBatches } from '../../common/data-plan.js';
 import { UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
-import { padBatch } from '../data/encode.js';
+import { padBatch, type EncodedSample } from '../data/encode.js';
 import { clipGradNorm, type Optimizer } from './optimizers.js';
 import { headLength } from './reduced-head.js';
 import type { SampleCache } from './sample-cache.js';
 
-/** A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`). */
-export type RowLoss = (inputIds: tf.Tensor2D, labels: tf.Tensor2D) => tf.Tensor1D;
+/**
+ * A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`);
+ * `rows` are the rows' encoded samples.
+ */
+export type RowLoss = (inputIds: tf.Tensor2D, labels: tf.Tensor2D, rows: readonly EncodedSample[]) => tf.Tensor1D;
 
 export interface StepGradientsInput {
   /** This rank's samples of the step (indices into `sampleRecords`). */
@@ -58,10 +61,8 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   try {
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
       c.aborted();
-      const batch = padBatch(
-        mb.map((i) => c.samples.get(c.sampleRecords[i]!, c.epoch)),
-        c.padId,
-      );
+      const rowSamples = mb.map((i) => c.samples.get(c.sampleRecords[i]!, c.epoch));
+      const batch = padBatch(rowSamples, c.padId);
       supervised += batch.supervised;
       tokens += batch.tokens;
       if (batch.supervised === 0) continue;
@@ -70,7 +71,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
         const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
         const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
         const r = tf.variableGrads(() => {
-          rows = tf.keep(c.loss(ids, labels));
+          rows = tf.keep(c.loss(ids, labels, rowSamples));
           return tf.sum(rows);
         }, vars);
         const g = vars.map((v) => r.grads[v.name]!);
