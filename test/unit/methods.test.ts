@@ -48,9 +48,7 @@ describe('method blocks', () => {
 
   it('lingualift: its blocks and rules, what each stage trains', () => {
     expect(issues('{ name: lingualift, encoder: { path: enc } }')).toEqual([]);
-    expect(issues('{ name: lingualift }')).toEqual([
-      'spec.method.encoder: Invalid input: expected object, received undefined',
-    ]);
+    expect(issues('{ name: lingualift }')).toEqual(['spec.method.encoder: is required']);
     expect(issues('{ name: lingualift, encoder: { path: e }, layers: [0] }')).toEqual([
       'spec.method.layers: is only allowed with stage task (stage align trains only the alignment layer)',
     ]);
