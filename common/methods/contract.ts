@@ -33,4 +33,6 @@ export interface MethodContract<S extends { readonly name: string }> {
    * job; paths start at `path`. @default none
    */
   fileIssues?(method: S, config: LlamaConfig, path: string): Promise<SpecIssue[]>;
+  /** Frozen parameters the method holds besides the model (an encoder), for the memory plan. @default 0 */
+  frozenParameters?(method: S): Promise<number>;
 }

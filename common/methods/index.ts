@@ -10,6 +10,7 @@ export {
   methodForCounting,
   methodIssues,
   methodFileIssues,
+  methodFrozenParameters,
   methodModelIssues,
   methodSchema,
   parameterCounts,

@@ -16,7 +16,7 @@
  */
 import { z } from 'zod';
 import { join } from 'node:path';
-import { readT5Config } from '../encoder-config.js';
+import { readT5Config, t5EncoderParameters } from '../encoder-config.js';
 import type { SpecIssue } from '../errors.js';
 import { isFile } from '../fs-checks.js';
 import { pathString, positiveIntAtMost, resolveSpecPath } from '../spec-primitives.js';
@@ -120,6 +120,7 @@ export const lingualiftContract: MethodContract<LingualiftSpec> = {
     );
   },
   fileIssues,
+  frozenParameters: async (m) => t5EncoderParameters(await readT5Config(m.encoder.path)),
   resolvePaths: (m, baseDir) => ({
     ...m,
     encoder: { path: resolveSpecPath(m.encoder.path, baseDir) },

@@ -109,6 +109,12 @@ export function describeTrainable(counts: { trainable: number; total: number }):
   );
 }
 
+/** Frozen parameters a block holds besides the model (its contract's `frozenParameters`; 0 when unreadable). */
+export async function methodFrozenParameters(method: MethodSpec): Promise<number> {
+  const c = methodContract(method);
+  return c.frozenParameters ? c.frozenParameters(method).catch(() => 0) : 0;
+}
+
 /** Checks of the files a block names (its contract's `fileIssues`). */
 export async function methodFileIssues(method: MethodSpec, config: LlamaConfig, path: string): Promise<SpecIssue[]> {
   const c = methodContract(method);
