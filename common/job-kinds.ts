@@ -61,7 +61,7 @@ import {
   type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
-import { describeTrainable, parameterCounts } from './methods/index.js';
+import { describeTrainable, methodFrozenParameters, parameterCounts } from './methods/index.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
@@ -193,13 +193,14 @@ const trainJob: JobKindSpec<TrainJobSpec> = {
     if (!isStaged(spec)) {
       const { numLayers, config } = await validateJobSpecFiles(spec, source);
       // A job that cannot fit the memory spec.workers states is refused with the numbers and the fix.
-      const memory = memoryFitIssues(config, spec);
+      const memory = memoryFitIssues(config, spec, await methodFrozenParameters(spec.spec.method));
       if (memory.length > 0) throw new JobSpecError(memory, source);
       return { numLayers, parameters: parameterCounts(spec.spec.method, config) };
     }
     // Each stage trains its own tensors: the one that trains the most is reported.
     const { numLayers, config, stages } = await validateStagedJobFiles(spec, source);
-    const memory = stages.flatMap((s) => memoryFitIssues(config, s));
+    const memory: SpecIssue[] = [];
+    for (const s of stages) memory.push(...memoryFitIssues(config, s, await methodFrozenParameters(s.spec.method)));
     if (memory.length > 0) throw new JobSpecError(memory, source);
     const counts = stages.map((s) => parameterCounts(s.spec.method, config));
     return { numLayers, parameters: counts.reduce((a, b) => (b.trainable > a.trainable ? b : a)) };

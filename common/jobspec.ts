@@ -11,7 +11,13 @@ import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { evalSchema, problemSetFileIssues, problemSetIssues, resolveProblemSets } from './eval-spec.js';
 import { isFile } from './fs-checks.js';
-import { methodIssues, methodModelIssues, methodSchema, resolveMethodPaths } from './methods/index.js';
+import {
+  methodFileIssues,
+  methodIssues,
+  methodModelIssues,
+  methodSchema,
+  resolveMethodPaths,
+} from './methods/index.js';
 import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import {
   apiVersionSchema,
@@ -43,7 +49,15 @@ export {
 } from './methods/index.js';
 export type { LayerModule, MethodName, MethodSpec } from './methods/index.js';
 
-export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel', 'cctuning'] as const;
+export const DATA_FORMATS = [
+  'alpaca',
+  'tokenized',
+  'mgsm-tsv',
+  'msvamp',
+  'parallel',
+  'cctuning',
+  'codeswitch',
+] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
 
 export { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from './spec-primitives.js';
@@ -60,6 +74,19 @@ const dataSourceSchema = z.strictObject({
    * (`path` prompt, `target` its English version, answer), as CC-Tuning trains on.
    */
   answers: pathString.optional(),
+  /**
+   * `codeswitch` only: the bilingual dictionary (TSV: source word, target word, language) the text
+   * is code-switched with on the fly (common/codeswitch.ts); absent, `path` holds pre-built
+   * code-switched JSON Lines (`codeswitched`, `text`).
+   */
+  dictionary: pathString.optional(),
+  /** `codeswitch` with a dictionary: the share of the dictionary's words replaced. @default 0.3 */
+  ratio: z.number().gt(0, 'must be > 0').max(1, 'must be <= 1').optional(),
+  /**
+   * `codeswitch` with a dictionary: the JSON Lines field with the English text (an alpaca file's
+   * `question`, say); absent, `path` is plain text, one text a line.
+   */
+  field: z.string().min(1).max(64).optional(),
   /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
   weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
@@ -246,6 +273,20 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
         message: 'method cctuning needs records with the English prompt: format cctuning, or parallel with answers',
       });
     }
+    for (const key of ['dictionary', 'ratio', 'field'] as const) {
+      if (src.format !== 'codeswitch' && src[key] !== undefined)
+        issues.push({ path: `spec.data.train[${i}].${key}`, message: 'is only allowed for format codeswitch' });
+    }
+    if (src.format === 'codeswitch' && src.dictionary === undefined) {
+      for (const key of ['ratio', 'field'] as const) {
+        if (src[key] !== undefined) {
+          issues.push({
+            path: `spec.data.train[${i}].${key}`,
+            message: 'needs a dictionary (without one, path holds pre-built code-switched records)',
+          });
+        }
+      }
+    }
   });
   return issues;
 }
@@ -313,6 +354,7 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
           path: abs(src.path),
           ...(src.target ? { target: abs(src.target) } : {}),
           ...(src.answers ? { answers: abs(src.answers) } : {}),
+          ...(src.dictionary ? { dictionary: abs(src.dictionary) } : {}),
         })),
       },
       output: { dir: abs(s.output.dir) },
@@ -354,6 +396,7 @@ export async function validateJobSpecFiles(
   }
   const numLayers = config?.numHiddenLayers ?? 0;
   issues.push(...methodModelIssues(s.method, numLayers, 'spec.method'));
+  if (config) issues.push(...(await methodFileIssues(s.method, config, 'spec.method')));
   for (const [i, src] of s.data.train.entries()) {
     if (!(await isFile(src.path)))
       issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
@@ -362,6 +405,9 @@ export async function validateJobSpecFiles(
     }
     if (src.answers !== undefined && !(await isFile(src.answers))) {
       issues.push({ path: `spec.data.train[${i}].answers`, message: `${src.answers}: no such file` });
+    }
+    if (src.dictionary !== undefined && !(await isFile(src.dictionary))) {
+      issues.push({ path: `spec.data.train[${i}].dictionary`, message: `${src.dictionary}: no such file` });
     }
   }
   if (s.method.analysis)

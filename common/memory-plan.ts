@@ -139,7 +139,10 @@ export interface MemoryPlan {
   /** Micro-batches a rank runs each step, with `spec.workers.count` workers. */
   readonly microBatchesPerStep: number;
   readonly gpu: {
+    /** The model's weights and the method's own frozen ones (`methodWeights`). */
     readonly weights: number;
+    /** Of `weights`: the method's frozen parameters besides the model (LinguaLIFT's encoder). */
+    readonly methodWeights: number;
     /** The transposed trainable matrices the tape keeps. */
     readonly trainableTransposes: number;
     /** Accumulated and new weight gradients during the backward pass. */
@@ -168,6 +171,11 @@ export interface PlanOptions {
   readonly microBatchSize?: number;
   /** Override the spec's gradient checkpointing. */
   readonly gradientCheckpointing?: boolean;
+  /**
+   * Frozen parameters a method holds besides the model (LinguaLIFT's encoder: `methodFrozenParameters`),
+   * counted with the weights on the device and on the host at load. @default 0
+   */
+  readonly methodParameters?: number;
 }
 
 /** The memory plan of a TrainJob on `config`'s model, per worker process. */
@@ -198,7 +206,8 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
   const microBatchesPerStep = Math.ceil(perRank / shape.batch);
   const act = activationBytes(config, shape, checkpointing);
   const other = activationBytes(config, shape, !checkpointing);
-  const weights = F32 * counts.total;
+  const methodWeights = F32 * (options.methodParameters ?? 0);
+  const weights = F32 * counts.total + methodWeights;
   const gradients = (microBatchesPerStep > 1 ? 2 : 1) * G;
   const gradientSum = microBatchesPerStep > 1 ? 3 * G : 0;
   const runtime = DEFAULT_GPU_RUNTIME_BYTES;
@@ -218,6 +227,7 @@ export function planMemory(config: LlamaConfig, spec: JobSpec, options: PlanOpti
     microBatchesPerStep,
     gpu: {
       weights,
+      methodWeights,
       trainableTransposes,
       gradients,
       gradientSum,
@@ -268,6 +278,7 @@ export function formatMemoryPlan(
       `gradient checkpointing ${setting}, ${p.microBatchesPerStep} micro-batches a step`,
     '  GPU (float32):',
     row('weights', g.weights, `${(p.parameters.total / 1e9).toFixed(2)}B parameters x 4 B`),
+    ...(g.methodWeights > 0 ? [row("  of which the method's own (encoder)", g.methodWeights)] : []),
     row(
       'trainable transposes on the tape',
       g.trainableTransposes,
@@ -296,11 +307,11 @@ export function formatMemoryPlan(
  * Issues (with field paths) when the plan exceeds `spec.workers.gpuMemoryGiB` or `hostMemoryGiB`,
  * each with the numbers and the fix: checkpointing, a smaller micro-batch, or a larger device.
  */
-export function memoryFitIssues(config: LlamaConfig, spec: JobSpec): SpecIssue[] {
+export function memoryFitIssues(config: LlamaConfig, spec: JobSpec, methodParameters = 0): SpecIssue[] {
   const w = spec.spec.workers;
   const issues: SpecIssue[] = [];
   if (w.gpuMemoryGiB === undefined && w.hostMemoryGiB === undefined) return issues;
-  const plan = planMemory(config, spec);
+  const plan = planMemory(config, spec, { methodParameters });
   if (w.gpuMemoryGiB !== undefined && !fitsDevice(plan.gpu.peak, w.gpuMemoryGiB)) {
     const g = plan.gpu;
     const parts =

@@ -13,8 +13,10 @@
  * | parallel + `answers` | three line-aligned files: `path` the non-English prompt, `target` its |
  * |           | English prompt, `answers` the output (CC-Tuning's paired records)             |
  * | cctuning  | JSONL: instruction, optional input, output, instruction_en, optional input_en, language |
+ * | codeswitch | English text (lines, or a JSONL `field`) code-switched on the fly with a `dictionary` (codeswitch.ts), or pre-built JSONL: `codeswitched`, `text` |
  */
 import { readFile } from 'node:fs/promises';
+import { codeSwitch, codeSwitchSeed, readDictionary, type CodeSwitchDictionary } from './codeswitch.js';
 import { DataFormatError, jsonSyntaxProblem } from './errors.js';
 import type { DataSource } from './jobspec.js';
 
@@ -30,6 +32,25 @@ export interface TextRecord {
    * a paired pass (CC-Tuning) encodes it with the record, so the pair always runs on one worker.
    */
   readonly questionEn?: string;
+  /**
+   * `format: codeswitch` with a dictionary: `question` (and `output`) are the original text, and
+   * each epoch's question is code-switched from it (`materialiseRecord`).
+   */
+  readonly codeSwitch?: { readonly dictionary: CodeSwitchDictionary; readonly ratio: number };
+}
+
+/** The default share of a dictionary's words that `format: codeswitch` replaces. */
+export const DEFAULT_CODESWITCH_RATIO = 0.3;
+
+/**
+ * The record as epoch `epoch` sees it: a code-switched record's question switched afresh (seeded
+ * by the job seed, the epoch and the record index), any other record as it is.
+ */
+export function materialiseRecord(record: DataRecord, seed: number, epoch: number, index: number): DataRecord {
+  if (record.kind !== 'text' || !record.codeSwitch) return record;
+  const { dictionary, ratio } = record.codeSwitch;
+  const switched = codeSwitch(record.question, dictionary, ratio, codeSwitchSeed(seed, epoch, index));
+  return { kind: 'text', question: switched.text, output: record.output, language: record.language };
 }
 
 /** Already tokenized: HF semantics, `labels[t]` is predicted from `inputIds[0..t-1]`. */
@@ -177,7 +198,8 @@ export async function readJsonLines(file: string): Promise<{ obj: Record<string,
 
 /** Read every record of one data source, in file order. Blank lines are skipped. */
 export async function readDataSource(
-  src: Pick<DataSource, 'path' | 'format' | 'language' | 'target' | 'answers'>,
+  src: Pick<DataSource, 'path' | 'format' | 'language' | 'target' | 'answers'> &
+    Partial<Pick<DataSource, 'dictionary' | 'ratio' | 'field'>>,
 ): Promise<DataRecord[]> {
   const file = src.path;
   const records: DataRecord[] = [];
@@ -235,7 +257,45 @@ export async function readDataSource(
       }
       break;
     }
+    case 'codeswitch':
+      records.push(...(await readCodeSwitch(src)));
+      break;
   }
   if (records.length === 0) throw new DataFormatError(file, 'holds no records');
   return records;
+}
+
+/**
+ * `format: codeswitch`: with a dictionary, the English texts (lines of `path`, or its JSONL
+ * `field`), each to be switched per epoch; without, pre-built JSONL (`codeswitched` in, `text` out).
+ */
+async function readCodeSwitch(
+  src: Pick<DataSource, 'path' | 'language'> & Partial<Pick<DataSource, 'dictionary' | 'ratio' | 'field'>>,
+): Promise<DataRecord[]> {
+  const file = src.path;
+  const language = src.language;
+  if (src.dictionary === undefined) {
+    return (await readJsonLines(file)).map(({ obj, lineNo }) => {
+      const question = firstString(obj, ['codeswitched']);
+      const output = firstString(obj, ['text']);
+      if (question === undefined) throw new DataFormatError(file, 'missing "codeswitched"', lineNo);
+      if (output === undefined) throw new DataFormatError(file, 'missing "text"', lineNo);
+      return { kind: 'text', question, output, language: firstString(obj, ['language']) ?? language };
+    });
+  }
+  const codeSwitch = { dictionary: await readDictionary(src.dictionary), ratio: src.ratio ?? DEFAULT_CODESWITCH_RATIO };
+  const texts: string[] = [];
+  if (src.field === undefined) {
+    for (const [i, line] of lines(await readText(file)).entries()) {
+      await sliceBreak(i);
+      if (line.trim() !== '') texts.push(line);
+    }
+  } else {
+    for (const { obj, lineNo } of await readJsonLines(file)) {
+      const text = firstString(obj, [src.field]);
+      if (text === undefined) throw new DataFormatError(file, `missing "${src.field}" (spec field)`, lineNo);
+      texts.push(text);
+    }
+  }
+  return texts.map((text) => ({ kind: 'text', question: text, output: text, language, codeSwitch }));
 }

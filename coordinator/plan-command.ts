@@ -19,6 +19,7 @@ import type { AnyJobSpec } from '../common/job-kinds.js';
 import type { JobSpec } from '../common/jobspec.js';
 import { isStaged, stageJobSpec } from '../common/stages.js';
 import { formatMemoryPlan, memoryFitIssues, planMemory } from '../common/memory-plan.js';
+import { methodFrozenParameters } from '../common/methods/index.js';
 import { parseLlamaConfig, readLlamaConfig, type LlamaConfig } from '../common/model-config.js';
 import { readSpecFile } from './client.js';
 
@@ -83,11 +84,16 @@ export async function printPlan(
   const jobs: Array<{ name?: string; job: JobSpec }> = isStaged(spec)
     ? spec.spec.stages.map((st, i) => ({ name: st.name, job: stageJobSpec(spec, i) }))
     : [{ job: spec }];
-  const plans = jobs.map(({ name, job }) => ({
-    name,
-    plan: planMemory(config, job),
-    issues: memoryFitIssues(config, job),
-  }));
+  const plans = await Promise.all(
+    jobs.map(async ({ name, job }) => {
+      const methodParameters = await methodFrozenParameters(job.spec.method);
+      return {
+        name,
+        plan: planMemory(config, job, { methodParameters }),
+        issues: memoryFitIssues(config, job, methodParameters),
+      };
+    }),
+  );
   const issues = plans.flatMap((p) => p.issues);
   if (options.json)
     out(JSON.stringify(plans.length === 1 ? { plan: plans[0]!.plan, issues } : { stages: plans, issues }, null, 2));

@@ -8,6 +8,7 @@
  *            [--allow-cpu] [--tf32]   (tensorflow: run without a GPU; TF32 matmuls)
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]] [--storage-root DIR]...
  *   worker init-model --preset tiny --out DIR [--seed N]
+ *   worker init-encoder --preset tiny --out DIR [--seed N]   (a random mT5-style encoder, for LinguaLIFT)
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
  *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
  *
@@ -34,6 +35,7 @@ import { BackendName, DEFAULT_BACKEND, initBackend } from './backend.js';
 import { HEARTBEAT_DIR_ENV, startHeartbeatFile } from './heartbeat-file.js';
 import type { NativeOptions } from './native/index.js';
 import { runGenerate } from './commands/generate.js';
+import { runInitEncoder } from './commands/init-encoder.js';
 import { runInitModel } from './commands/init-model.js';
 import { runScore } from './commands/score.js';
 import { runWorker } from './run-worker.js';
@@ -52,6 +54,7 @@ const USAGE =
            [--storage-root DIR]...   (env POLYTUNE_STORAGE_ROOTS, ':'-separated: an assignment naming a path
                                       outside them is refused; unset: any path)
   worker init-model --preset tiny --out DIR [--seed N]
+  worker init-encoder --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
            [--no-native] [--threads N]
@@ -207,6 +210,21 @@ async function main(signal: AbortSignal): Promise<number> {
       });
       if (v.help) return (write(USAGE), 0);
       await runInitModel({
+        preset: v.preset as string,
+        out: required('out', v.out as string | undefined),
+        seed: intFlag('seed', v.seed as string | undefined, 0),
+        write,
+      });
+      return 0;
+    }
+    case 'init-encoder': {
+      const v = parse({
+        preset: { type: 'string', default: 'tiny' },
+        out: { type: 'string' },
+        seed: { type: 'string' },
+      });
+      if (v.help) return (write(USAGE), 0);
+      await runInitEncoder({
         preset: v.preset as string,
         out: required('out', v.out as string | undefined),
         seed: intFlag('seed', v.seed as string | undefined, 0),

@@ -7,6 +7,7 @@
  */
 import type { z } from 'zod';
 import type { SpecIssue } from '../errors.js';
+import type { LlamaConfig } from '../model-config.js';
 
 export interface MethodContract<S extends { readonly name: string }> {
   readonly name: S['name'];
@@ -25,4 +26,13 @@ export interface MethodContract<S extends { readonly name: string }> {
    * left open (`layers: auto` counts the analysis's `k` layers). @default the block as it is
    */
   forCounting?(method: S, numLayers: number): S;
+  /** The block with its relative paths resolved against `baseDir`. @default none to resolve */
+  resolvePaths?(method: S, baseDir: string): S;
+  /**
+   * Checks of the files the block names (an encoder), for the coordinator before it accepts a
+   * job; paths start at `path`. @default none
+   */
+  fileIssues?(method: S, config: LlamaConfig, path: string): Promise<SpecIssue[]>;
+  /** Frozen parameters the method holds besides the model (an encoder), for the memory plan. @default 0 */
+  frozenParameters?(method: S): Promise<number>;
 }

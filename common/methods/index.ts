@@ -9,6 +9,8 @@ export {
   methodContract,
   methodForCounting,
   methodIssues,
+  methodFileIssues,
+  methodFrozenParameters,
   methodModelIssues,
   methodSchema,
   parameterCounts,
@@ -20,3 +22,11 @@ export type { MethodContract } from './contract.js';
 export { ATTENTION_MODULES, FFN_MODULES, LAYER_MODULES } from './layer-selection.js';
 export type { LayerModule, LayerSelection } from './layer-selection.js';
 export { SLAM_DEFAULT_LAYERS, SLAM_DEFAULT_MODULES } from './slam.js';
+export {
+  DEFAULT_ALIGNMENT_DEPTH,
+  LINGUALIFT_FUSIONS,
+  LINGUALIFT_MODULES_FILE,
+  LINGUALIFT_STAGES,
+  alignmentSource,
+} from './lingualift.js';
+export type { LingualiftSpec } from './lingualift.js';

@@ -14,7 +14,8 @@ import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
 import { cctuningContract, cctuningSchema } from './cctuning.js';
-import { lingualiftContract, lingualiftSchema, pruneContract, pruneSchema } from './planned.js';
+import { lingualiftContract, lingualiftSchema } from './lingualift.js';
+import { pruneContract, pruneSchema } from './planned.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -109,9 +110,26 @@ export function describeTrainable(counts: { trainable: number; total: number }):
   );
 }
 
-/** The block with its relative paths (the layer analysis's probe sets) resolved against `baseDir`. */
+/** Frozen parameters a block holds besides the model (its contract's `frozenParameters`; 0 when unreadable). */
+export async function methodFrozenParameters(method: MethodSpec): Promise<number> {
+  const c = methodContract(method);
+  return c.frozenParameters ? c.frozenParameters(method).catch(() => 0) : 0;
+}
+
+/** Checks of the files a block names (its contract's `fileIssues`). */
+export async function methodFileIssues(method: MethodSpec, config: LlamaConfig, path: string): Promise<SpecIssue[]> {
+  const c = methodContract(method);
+  return c.fileIssues ? c.fileIssues(method, config, path) : [];
+}
+
+/**
+ * The block with its relative paths (the layer analysis's probe sets, the method's own: its
+ * contract's `resolvePaths`) resolved against `baseDir`.
+ */
 export function resolveMethodPaths(method: MethodSpec, baseDir: string): MethodSpec {
-  if (!method.analysis) return method;
+  const own = methodContract(method).resolvePaths;
+  if (own) method = own(method, baseDir);
+  if (!('analysis' in method) || !method.analysis) return method;
   return {
     ...method,
     analysis: { ...method.analysis, probe: resolveProblemSets(method.analysis.probe, baseDir) },

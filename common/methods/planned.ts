@@ -1,5 +1,5 @@
 /**
- * Methods whose names are reserved (DESIGN.md's table) but not implemented yet: LinguaLIFT,
+ * Methods whose names are reserved (DESIGN.md's table) but not implemented yet:
  * translation-calibrated pruning. Their blocks parse with the shared layer fields so
  * that a spec naming one is refused at submit with one clear issue at `spec.method.name`, not a
  * list of unknown fields. Implementing one replaces its entry here with its own file.
@@ -8,10 +8,9 @@ import { z } from 'zod';
 import type { MethodContract } from './contract.js';
 import { layerSelectionFields } from './layer-selection.js';
 
-export const lingualiftSchema = z.strictObject({ name: z.literal('lingualift'), ...layerSelectionFields });
 export const pruneSchema = z.strictObject({ name: z.literal('prune'), ...layerSelectionFields });
 
-type Planned = z.infer<typeof lingualiftSchema> | z.infer<typeof pruneSchema>;
+type Planned = z.infer<typeof pruneSchema>;
 
 function planned<S extends Planned>(name: S['name'], schema: z.ZodType<S>): MethodContract<S> {
   return {
@@ -26,5 +25,4 @@ function planned<S extends Planned>(name: S['name'], schema: z.ZodType<S>): Meth
   };
 }
 
-export const lingualiftContract = planned('lingualift', lingualiftSchema);
 export const pruneContract = planned('prune', pruneSchema);

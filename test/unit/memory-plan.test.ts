@@ -2,7 +2,9 @@
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parseT5Config, t5EncoderParameters } from '../../common/encoder-config.js';
 import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
+import { ENCODER_PRESET_CONFIGS } from '../../worker/commands/init-encoder.js';
 import {
   activationBytes,
   fitsDevice,
@@ -123,5 +125,32 @@ describe('memory plan', () => {
 
   it('refuses nonsense device sizes in the spec with the field path', () => {
     expect(() => spec7b({ gpu: -1 })).toThrow(/spec\.workers\.gpuMemoryGiB: must be > 0/);
+  });
+});
+
+describe('a method with frozen parameters of its own (LinguaLIFT encoder)', () => {
+  it('counts them with the weights, on the device and on the host at load', () => {
+    const spec = parseJobSpec(
+      `apiVersion: polytune/v1
+kind: TrainJob
+metadata: { name: t }
+spec:
+  model: { path: m }
+  method: { name: lingualift, encoder: { path: e } }
+  data: { train: [{ path: d.jsonl, format: alpaca }] }
+  training: { maxSteps: 1, globalBatchSize: 2, optimizer: { name: sgd, lr: 0.1 } }
+  workers: { count: 1 }
+  output: { dir: o }
+`,
+      { baseDir: '/b' },
+    );
+    const n = t5EncoderParameters(parseT5Config(ENCODER_PRESET_CONFIGS.tiny));
+    const without = planMemory(config7b, spec);
+    const withEncoder = planMemory(config7b, spec, { methodParameters: n });
+    expect(withEncoder.gpu.methodWeights).toBe(4 * n);
+    expect(withEncoder.gpu.weights - without.gpu.weights).toBe(4 * n);
+    expect(withEncoder.gpu.peak - without.gpu.peak).toBe(4 * n);
+    // The encoder goes to the device tensor by tensor too: the host's load buffers do not grow.
+    expect(withEncoder.host.loadBuffers).toBe(without.host.loadBuffers);
   });
 });

@@ -9,6 +9,7 @@ import {
   methodModelIssues,
   methodSchema,
   trainableTensorNames,
+  type MethodSpec,
 } from '../../common/methods/index.js';
 
 const spec = (method: string): string => `
@@ -36,13 +37,35 @@ function issues(method: string): string[] {
 
 describe('method blocks', () => {
   it('refuses the names not implemented yet at spec.method.name, one issue each', () => {
-    expect(SUPPORTED_METHODS).toEqual(['slam', 'freeze', 'full', 'cctuning']);
-    for (const name of ['lingualift', 'prune']) {
+    expect(SUPPORTED_METHODS).toEqual(['slam', 'freeze', 'full', 'lingualift', 'cctuning']);
+    for (const name of ['prune']) {
       expect(issues(`{ name: ${name} }`)).toEqual([
-        `spec.method.name: "${name}" is not implemented yet (supported: slam, freeze, full, cctuning)`,
+        `spec.method.name: "${name}" is not implemented yet (supported: slam, freeze, full, lingualift, cctuning)`,
       ]);
     }
     expect(issues('{ name: magic }')).toEqual([`spec.method.name: must be one of ${METHOD_NAMES.join(', ')}`]);
+  });
+
+  it('lingualift: its blocks and rules, what each stage trains', () => {
+    expect(issues('{ name: lingualift, encoder: { path: enc } }')).toEqual([]);
+    expect(issues('{ name: lingualift }')).toEqual(['spec.method.encoder: is required']);
+    expect(issues('{ name: lingualift, encoder: { path: e }, layers: [0] }')).toEqual([
+      'spec.method.layers: is only allowed with stage task (stage align trains only the alignment layer)',
+    ]);
+    expect(issues('{ name: lingualift, encoder: { path: e }, fusion: sideways }')).toEqual([
+      'spec.method.fusion: must be one of prepend, replace',
+    ]);
+    expect(issues('{ name: lingualift, stage: task, encoder: { path: e }, layers: [0, 0] }')).toEqual([
+      'spec.method.layers: must not repeat a layer',
+    ]);
+    const names = ['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.up_proj.weight', 'model.norm.weight'];
+    const block = (extra: string): MethodSpec =>
+      parseJobSpec(spec(`{ name: lingualift, encoder: { path: e }${extra} }`), { baseDir: '/b' }).spec.method;
+    expect(trainableTensorNames(block(''), 2, names)).toEqual([]);
+    expect(trainableTensorNames(block(', stage: task'), 2, names)).toEqual(names);
+    expect(trainableTensorNames(block(', stage: task, layers: [1], modules: [up_proj]'), 2, names)).toEqual([
+      'model.layers.1.mlp.up_proj.weight',
+    ]);
   });
 
   it('keeps each method to its own fields and rules', () => {

@@ -66,6 +66,8 @@ export interface EncodedSample {
    * prompt), token ids of the prompt alone, at most maxSeqLen; absent for other methods.
    */
   readonly pairedPrompt?: Int32Array;
+  /** Token ids a method's own module reads (LinguaLIFT: the encoder's input, in its tokenizer). */
+  readonly encoderIds?: Int32Array;
 }
 
 /** The template text for a named template, or the literal itself. */

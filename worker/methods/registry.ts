@@ -8,6 +8,7 @@ import { SUPPORTED_METHODS, type MethodName, type MethodSpec, type MethodSpecOf 
 import { cctuning } from './cctuning.js';
 import { freeze } from './freeze.js';
 import { full } from './full.js';
+import { lingualift } from './lingualift.js';
 import { slam } from './slam.js';
 import type { TrainingMethod } from './training-method.js';
 
@@ -16,6 +17,7 @@ const TRAINING_METHODS: { readonly [N in MethodName]?: TrainingMethod<MethodSpec
   freeze,
   full,
   cctuning,
+  lingualift,
 };
 
 /** The `TrainingMethod` of a spec's method block; a `UserError` for a method this worker cannot train. */

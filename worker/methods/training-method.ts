@@ -30,6 +30,26 @@ export interface ModuleTensor {
   readonly name: string;
   readonly shape: readonly number[];
   readonly init: ModuleInit;
+  /**
+   * False: the tensor is frozen (not all-reduced, not checkpointed, still written to
+   * `final/<method>.safetensors`); it then comes from `moduleSource`. @default true
+   */
+  readonly trainable?: boolean;
+}
+
+/** Where a method's module values start from instead of the seed (a previous stage's final/). */
+export interface ModuleSource {
+  /** A safetensors file with every module tensor, by name. */
+  readonly file: string;
+  /** The file must exist (frozen modules have no other start); else a missing file means the seed. */
+  readonly required: boolean;
+}
+
+/** What a method loads besides the model (an encoder, its tokenizer) for a run; disposed after it. */
+export interface MethodResources {
+  dispose(): void;
+  /** Numbers for the step just done (e.g. the encoder's forward cost), reset by the call. @default none */
+  takeStepStats?(): Record<string, number>;
 }
 
 /** What a method's hooks and loss see of a run: its block, the model, its module variables by name. */
@@ -39,6 +59,8 @@ export interface MethodRun<M extends MethodSpec = MethodSpec> {
   readonly modules: ReadonlyMap<string, tf.Variable>;
   /** The job's `training.seed` (for a loss drawing noise as a function of seed, step and sample). */
   readonly seed: number;
+  /** What `load` loaded, if the method has it. */
+  readonly resources?: MethodResources;
 }
 
 /**
@@ -56,7 +78,11 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
   /** HF names of the model tensors that train, among `allNames` (the model's), in the model's order. */
   trainableTensors(method: M, config: LlamaConfig, allNames: readonly string[]): string[];
   /** Extra modules: tensors not in the HF checkpoint, initialised from `training.seed`. @default none */
-  modules?(method: M, config: LlamaConfig): ModuleTensor[];
+  modules?(method: M, config: LlamaConfig, resources?: MethodResources): ModuleTensor[];
+  /** A file the modules start from instead of the seed, given the run's model directory. @default none */
+  moduleSource?(method: M, modelDir: string): ModuleSource | undefined;
+  /** Loads what the method needs besides the model (before modules, hooks and encoding), once a run. @default nothing */
+  load?(method: M, ctx: { readonly config: LlamaConfig; readonly modelDir: string }): Promise<MethodResources>;
   /** Forward hooks (worker/model/hooks.ts) for training and evaluation. @default none */
   hooks?(run: MethodRun<M>): ForwardHooks;
   /**
@@ -78,6 +104,7 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     tokenizer: PromptTokenizer,
     template: string,
     maxSeqLen: number,
+    resources?: MethodResources,
   ): EncodedSample;
   /**
    * More files in `final/` beside the model, `trainable.safetensors` and `<method>.safetensors`

@@ -56,6 +56,12 @@ export interface EmbeddingEdit extends Partial<AddRows> {
    * has the T input positions only. Not with a KV cache, explicit positions or mask.
    */
   readonly prepend?: tf.Tensor3D;
+  /**
+   * With `prepend`: per row, how many of the P prepended vectors are padding, at the front (rows
+   * whose prefixes differ in length). The padding is masked out as keys and the row's positions
+   * start at its first real vector (HF's left padding with an attention mask). @default none
+   */
+  readonly prependPad?: Int32Array;
 }
 
 export interface ForwardHooks {

@@ -40,6 +40,8 @@ export type { ExportModelOptions, ExportedModel } from './export.js';
 export { ModelTokenizer } from './tokenizer.js';
 export type { DecodeOptions, EncodeOptions } from './tokenizer.js';
 export { LlamaModel } from './llama.js';
+export { T5Encoder, geluNew, relativePositionBucket } from './t5-encoder.js';
+export type { EncoderLoadOptions } from './t5-encoder.js';
 export { IGNORE_INDEX } from '../../common/records.js';
 export { MASKED, causalMask, gatherRows, rmsNorm, scatterRows } from './ops.js';
 export { applyRope, ropeInvFreq, ropeTables, ropeTensors } from './rope.js';

@@ -34,7 +34,16 @@ import './gradients.js';
 import { withoutReadHooks, type ForwardHooks, type HookShape, type LinearName } from './hooks.js';
 import { HEAD_CHUNK_ELEMS, supervisedPositions, tokenNll } from './loss-head.js';
 import { matMul, transposeLast } from './matmul.js';
-import { causalMask, customOp, gatherRows, nestedGradients, rmsNorm, scatterRows, transposeHost } from './ops.js';
+import {
+  causalMask,
+  customOp,
+  gatherRows,
+  MASKED,
+  nestedGradients,
+  rmsNorm,
+  scatterRows,
+  transposeHost,
+} from './ops.js';
 import { applyRope, ropeTensors } from './rope.js';
 import type { NamedTensor } from './safetensors.js';
 import { checkedModelListing, loadWeights, tensorSink, type TensorSink } from './weight-loader.js';
@@ -115,6 +124,27 @@ interface LayerContext {
 }
 
 let modelSeq = 0;
+
+/**
+ * Positions and mask of rows of T positions whose first `pad[b]` (of the P prepended) are padding:
+ * row b's positions count from its first real position, and padding is never a key (a padded
+ * query still sees itself, so no softmax row is empty).
+ */
+function paddedPrefix(pad: Int32Array, B: number, T: number, P: number): { positions: Int32Array; mask: tf.Tensor } {
+  if (pad.length !== B || pad.some((n) => !(n >= 0 && n <= P))) {
+    throw new Error(`the embeddings hook's prependPad must give B=${B} counts in [0, ${P}]`);
+  }
+  const positions = new Int32Array(B * T);
+  const m = new Float32Array(B * T * T);
+  for (let b = 0; b < B; b++) {
+    const n = pad[b]!;
+    for (let i = 0; i < T; i++) {
+      positions[b * T + i] = Math.max(0, i - n);
+      for (let j = 0; j < T; j++) if (j > i || (j < n && j !== i)) m[(b * T + i) * T + j] = MASKED;
+    }
+  }
+  return { positions, mask: tf.tensor(m, [B, 1, 1, T, T]) };
+}
 
 export class LlamaModel {
   readonly config: LlamaConfig;
@@ -312,6 +342,8 @@ export class LlamaModel {
     checkSequenceLength(c, past + T0);
 
     let x = this.embed(tf.reshape(inputIds, [B * T0]));
+    let positions = options.positions;
+    let mask = options.mask;
     // The `embeddings` hook point: vectors added to rows, or prepended to every row (T grows by P).
     let prefix = 0;
     const edit = hooks?.embeddings?.(x, { B, T: T0 });
@@ -331,13 +363,14 @@ export class LlamaModel {
         }
         prefix = p;
         x = tf.reshape(tf.concat([edit.prepend, tf.reshape(x, [B, T0, H])], 1), [B * (prefix + T0), H]);
+        if (edit.prependPad) ({ positions, mask } = paddedPrefix(edit.prependPad, B, prefix + T0, prefix));
       }
       if (x !== embedded) embedded.dispose();
     }
     const T = prefix + T0;
     if (prefix > 0) checkSequenceLength(c, past + T);
-    const { cos, sin, cosQ, sinQ } = ropeTensors(c, options.positions, B, T, past);
-    const mask = options.mask ?? causalMask(T, past);
+    const { cos, sin, cosQ, sinQ } = ropeTensors(c, positions, B, T, past);
+    mask ??= causalMask(T, past);
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 

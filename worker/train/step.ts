@@ -42,6 +42,8 @@ export interface StepGradientsInput {
   readonly mine: ArrayLike<number>;
   readonly microBatchSize: number;
   readonly samples: SampleCache;
+  /** The epoch of the step (code-switched samples differ per epoch). */
+  readonly epoch: number;
   /** Sample -> record index. */
   readonly sampleRecords: ArrayLike<number>;
   readonly padId: number;
@@ -78,7 +80,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   try {
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
       c.aborted();
-      const mbSamples = mb.map((i) => c.samples.get(c.sampleRecords[i]!));
+      const mbSamples = mb.map((i) => c.samples.get(c.sampleRecords[i]!, c.epoch));
       const batch = padBatch(mbSamples, c.padId);
       supervised += batch.supervised;
       tokens += batch.tokens;
@@ -104,7 +106,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
       const rowNll = await rows!.data();
       rows!.dispose();
       mb.forEach((i, b) => {
-        const sample = c.samples.get(c.sampleRecords[i]!);
+        const sample = c.samples.get(c.sampleRecords[i]!, c.epoch);
         const li = c.languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
         langNll[li] = langNll[li]! + rowNll[b]!;
         langTokens[li] = langTokens[li]! + sample.supervised;

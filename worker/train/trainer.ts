@@ -37,10 +37,16 @@ import { silentLogger, type Logger } from '../../common/logging.js';
 import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
 import { readLlamaConfig } from '../../common/model-config.js';
 import { encodeRecord } from '../data/encode.js';
-import { initModules, trainingMethodFor, type MethodRun, type TrainingMethod } from '../methods/index.js';
+import {
+  startingModules,
+  trainingMethodFor,
+  type MethodResources,
+  type MethodRun,
+  type TrainingMethod,
+} from '../methods/index.js';
 import type { ForwardHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
-import { listModelTensors } from '../model/safetensors.js';
+import { listModelTensors, type NamedTensor } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { agreeOnState } from './agree-on-state.js';
 import { writeCheckpoint, type CheckpointLayout } from './checkpoint.js';
@@ -102,6 +108,8 @@ export interface StepReport {
   readonly nonFiniteSteps: number;
   /** Mean token NLL per language of the global batch (languages with supervised tokens in it). */
   readonly lossByLanguage: Readonly<Record<string, number>>;
+  /** This rank's numbers of the method for the step (LinguaLIFT: the encoder's forward cost). */
+  readonly methodStats?: Readonly<Record<string, number>>;
 }
 
 /** Too many non-finite steps in a row: the job fails (not retryable). */
@@ -209,25 +217,35 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
   if (held) log.info('model kept from the previous generation', { path: s.model.path });
   if (options.holder) options.holder.model = model;
   let moduleVars: tf.Variable[] = [];
+  let frozenVars: tf.Variable[] = [];
+  let resources: MethodResources | undefined;
   try {
-    // The method's own modules: variables of this generation, their values from the seed or, when
-    // resuming, from the state the ranks agree on (they are part of it).
-    const moduleInit = initModules(
-      method.name,
-      method.modules?.(s.method, config) ?? [],
-      s.training.seed,
-      new Set(tensors.keys()),
-    );
-    moduleVars = moduleInit.map((m) =>
+    resources = await method.load?.(s.method, { config, modelDir: s.model.path });
+    // The method's own modules: variables of this generation, their values from the seed (or the
+    // method's source file: a previous stage's final/) or, when resuming, from the state the ranks
+    // agree on (the trainable ones are part of it). Frozen modules only come from their file.
+    const moduleSpecs = method.modules?.(s.method, config, resources) ?? [];
+    const source = method.moduleSource?.(s.method, s.model.path);
+    const initial = await startingModules(method.name, moduleSpecs, s.training.seed, new Set(tensors.keys()), source);
+    if (source && initial.fromFile) log.info('modules loaded', { file: source.file });
+    const variable = (m: NamedTensor, trainable: boolean): tf.Variable =>
       tf.tidy(() =>
-        tf.variable(tf.tensor(m.data, m.shape, 'float32'), true, `polytune-module/${m.name}/${moduleSeq++}`),
-      ),
-    );
+        tf.variable(tf.tensor(m.data, m.shape, 'float32'), trainable, `polytune-module/${m.name}/${moduleSeq++}`),
+      );
+    const isTrainable = (i: number): boolean => moduleSpecs[i]!.trainable !== false;
+    const moduleInit = initial.tensors.filter((_, i) => isTrainable(i));
+    const frozenInit = initial.tensors.filter((_, i) => !isTrainable(i));
+    moduleVars = moduleInit.map((m) => variable(m, true));
+    frozenVars = frozenInit.map((m) => variable(m, false));
     const run: MethodRun = {
       method: s.method,
       model,
-      modules: new Map(moduleInit.map((m, i) => [m.name, moduleVars[i]!])),
+      modules: new Map([
+        ...moduleInit.map((m, i) => [m.name, moduleVars[i]!] as const),
+        ...frozenInit.map((m, i) => [m.name, frozenVars[i]!] as const),
+      ]),
       seed: s.training.seed,
+      ...(resources ? { resources } : {}),
     };
     const hooks = method.hooks?.(run);
     const withHooks = (b: Parameters<RowLoss>[0]) => (hooks ? { ...b, hooks } : b);
@@ -240,9 +258,10 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const withEos = tokenizer as ModelTokenizer & { eosId: number };
     const { records, samples: sampleRecords } = await loadTrainingSet(s.data, s.training.seed);
     const encode = method.encode
-      ? (r: (typeof records)[number]) => method.encode!(s.method, r, withEos, s.data.template, s.data.maxSeqLen)
+      ? (r: (typeof records)[number]) =>
+          method.encode!(s.method, r, withEos, s.data.template, s.data.maxSeqLen, resources)
       : (r: (typeof records)[number]) => encodeRecord(r, withEos, s.data.template, s.data.maxSeqLen);
-    const samples = new SampleCache(records, encode, config.vocabSize);
+    const samples = new SampleCache(records, encode, config.vocabSize, s.training.seed);
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
@@ -316,6 +335,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         mine,
         microBatchSize: s.training.microBatchSize,
         samples,
+        epoch,
         sampleRecords,
         padId,
         vars,
@@ -397,6 +417,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         skipped,
         nonFiniteSteps,
         lossByLanguage: applied.lossByLanguage,
+        ...(resources?.takeStepStats ? { methodStats: resources.takeStepStats() } : {}),
       });
 
       const every = s.checkpoint.everySteps;
@@ -441,7 +462,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     }
     if (rank === 0) {
       const named = names.map((name, i) => ({ name, shape: [...vars[i]!.shape], data: master[i]! }));
-      const modules = named.slice(modelTrainable.length);
+      // The method's own modules: the trained ones, then the frozen ones as they were read.
+      const modules = [...named.slice(modelTrainable.length), ...frozenInit];
       const seconds = await writeFinalOutputsRetrying(
         {
           job: spec.metadata.name,
@@ -488,6 +510,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     };
   } finally {
     tf.dispose(moduleVars);
+    tf.dispose(frozenVars);
+    resources?.dispose();
     if (!options.holder) model.dispose();
   }
 }

@@ -1,0 +1,132 @@
+/**
+ * LinguaLIFT (Zhang et al., arXiv 2412.12499; no public code): a language alignment layer feeds a
+ * frozen multilingual encoder (mT5 / T5 v1.1, common/encoder-config.ts) into the LLM, in two
+ * stages that are two entries of `spec.stages` (or one job each):
+ *
+ *   stage: align   only the alignment layer trains (the LLM and the encoder frozen), on
+ *                  code-switched text (`format: codeswitch`);
+ *   stage: task    the alignment layer frozen (from the previous stage's `final/lingualift.safetensors`,
+ *                  or `alignment.from`), the LLM's selected tensors train (`layers`/`modules`, default all).
+ *
+ * Where the paper is silent the choices follow its neighbours (MindMerger, LangBridge) and are
+ * fields: `alignment.depth` Linear layers with GELU between them (MindMerger's mapping is two),
+ * `alignment.hidden` their width (default the LLM's hidden size), `fusion: prepend` (MindMerger:
+ * the mapped states, a learned separator, then the LLM's own embeddings of the prompt) or
+ * `replace` (LangBridge: the mapped states stand for the prompt). docs/methods.md has the rest.
+ */
+import { z } from 'zod';
+import { join } from 'node:path';
+import { readT5Config, t5EncoderParameters } from '../encoder-config.js';
+import type { SpecIssue } from '../errors.js';
+import { isFile } from '../fs-checks.js';
+import { pathString, positiveIntAtMost, resolveSpecPath } from '../spec-primitives.js';
+import type { MethodContract } from './contract.js';
+import { layerDepthIssues, layerSelectionFields, layerTensorNames } from './layer-selection.js';
+
+export const LINGUALIFT_STAGES = ['align', 'task'] as const;
+export const LINGUALIFT_FUSIONS = ['prepend', 'replace'] as const;
+export const DEFAULT_ALIGNMENT_DEPTH = 2;
+/** What a final/ holds the alignment layer in (DESIGN.md: `final/<method>.safetensors`). */
+export const LINGUALIFT_MODULES_FILE = 'lingualift.safetensors';
+
+export const lingualiftSchema = z.strictObject({
+  name: z.literal('lingualift'),
+  /** Which of the two stages this block runs. @default align */
+  stage: z.enum(LINGUALIFT_STAGES, { message: `must be one of ${LINGUALIFT_STAGES.join(', ')}` }).default('align'),
+  /** The multilingual encoder: an HF directory of an mT5 / T5 v1.1 encoder with its tokenizer.json. */
+  encoder: z.strictObject({ path: pathString }),
+  alignment: z
+    .strictObject({
+      /** Linear layers of the MLP, GELU (tanh) between them. @default 2 */
+      depth: positiveIntAtMost(8).default(DEFAULT_ALIGNMENT_DEPTH),
+      /** Width of its inner layers. @default the LLM's hidden size */
+      hidden: positiveIntAtMost(65536).optional(),
+      /**
+       * An existing alignment layer (a `lingualift.safetensors`) to start from: the way to run only
+       * stage `task` (or to align further). @default the model directory's, else the seed's
+       */
+      from: pathString.optional(),
+    })
+    .default({ depth: DEFAULT_ALIGNMENT_DEPTH }),
+  /** How the mapped states enter the LLM. @default prepend */
+  fusion: z.enum(LINGUALIFT_FUSIONS, { message: `must be one of ${LINGUALIFT_FUSIONS.join(', ')}` }).default('prepend'),
+  layers: layerSelectionFields.layers,
+  modules: layerSelectionFields.modules,
+  analysis: z
+    .custom<undefined>((v) => v === undefined, { message: 'method lingualift picks no layers by analysis' })
+    .optional(),
+});
+export type LingualiftSpec = z.infer<typeof lingualiftSchema>;
+
+/** Stage align trains no LLM tensor; stage task trains `layers` x `modules` (default: all of them). */
+function issues(m: LingualiftSpec, path: string): SpecIssue[] {
+  const out: SpecIssue[] = [];
+  if (m.stage === 'align') {
+    for (const key of ['layers', 'modules'] as const) {
+      if (m[key] !== undefined) {
+        out.push({
+          path: `${path}.${key}`,
+          message: 'is only allowed with stage task (stage align trains only the alignment layer)',
+        });
+      }
+    }
+  }
+  if (m.layers === 'auto')
+    out.push({ path: `${path}.layers`, message: 'must list layers (auto is not supported here)' });
+  if (Array.isArray(m.layers) && new Set(m.layers).size !== m.layers.length)
+    out.push({ path: `${path}.layers`, message: 'must not repeat a layer' });
+  return out;
+}
+
+/** The alignment layer's file a block starts from, given the stage's model directory (see the schema). */
+export function alignmentSource(m: LingualiftSpec, modelDir: string): string {
+  return m.alignment.from ?? join(modelDir, LINGUALIFT_MODULES_FILE);
+}
+
+/** The encoder directory: a supported encoder's config.json, weights, tokenizer.json; `alignment.from` a file. */
+async function fileIssues(m: LingualiftSpec, _config: unknown, path: string): Promise<SpecIssue[]> {
+  const out: SpecIssue[] = [];
+  const dir = m.encoder.path;
+  try {
+    await readT5Config(dir);
+  } catch (e) {
+    out.push({ path: `${path}.encoder.path`, message: (e as Error).message });
+  }
+  if (!(await isFile(join(dir, 'model.safetensors'))) && !(await isFile(join(dir, 'model.safetensors.index.json'))))
+    out.push({ path: `${path}.encoder.path`, message: `${dir}: no model.safetensors or model.safetensors.index.json` });
+  if (!(await isFile(join(dir, 'tokenizer.json'))))
+    out.push({ path: `${path}.encoder.path`, message: `${join(dir, 'tokenizer.json')}: no such file` });
+  const from = m.alignment.from;
+  if (from !== undefined && !(await isFile(from)))
+    out.push({ path: `${path}.alignment.from`, message: `${from}: no such file` });
+  return out;
+}
+
+export const lingualiftContract: MethodContract<LingualiftSpec> = {
+  name: 'lingualift',
+  schema: lingualiftSchema,
+  implemented: true,
+  issues,
+  modelIssues: (m, numLayers, path) => layerDepthIssues(m, numLayers, path),
+  trainableTensorNames: (m, numLayers, allNames) => {
+    if (m.stage === 'align') return [];
+    if (m.layers === undefined && m.modules === undefined) return [...allNames];
+    const layers = Array.isArray(m.layers) ? m.layers : Array.from({ length: numLayers }, (_, i) => i);
+    return layerTensorNames(
+      'lingualift',
+      layers,
+      m.modules ?? ['mlp', 'self_attn', 'input_layernorm', 'post_attention_layernorm'],
+      allNames,
+    );
+  },
+  fileIssues,
+  frozenParameters: async (m) => t5EncoderParameters(await readT5Config(m.encoder.path)),
+  resolvePaths: (m, baseDir) => ({
+    ...m,
+    encoder: { path: resolveSpecPath(m.encoder.path, baseDir) },
+    alignment: {
+      ...m.alignment,
+      ...(m.alignment.from !== undefined ? { from: resolveSpecPath(m.alignment.from, baseDir) } : {}),
+    },
+  }),
+};
