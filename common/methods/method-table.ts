@@ -13,14 +13,8 @@ import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
-import {
-  cctuningContract,
-  cctuningSchema,
-  lingualiftContract,
-  lingualiftSchema,
-  pruneContract,
-  pruneSchema,
-} from './planned.js';
+import { cctuningContract, cctuningSchema, lingualiftContract, lingualiftSchema } from './planned.js';
+import { pruneContract, pruneSchema } from './prune.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -46,7 +40,9 @@ const METHOD_TABLE: { readonly [N in MethodName]: MethodContract<MethodSpecOf<N>
 };
 
 /** Methods this build can train; the others are refused at submit with a clear message. */
-export const SUPPORTED_METHODS: readonly MethodName[] = METHOD_NAMES.filter((n) => METHOD_TABLE[n].implemented);
+export const SUPPORTED_METHODS: readonly MethodName[] = METHOD_NAMES.filter(
+  (n) => METHOD_TABLE[n].implemented && METHOD_TABLE[n].refusal === undefined,
+);
 
 /** The contract of `method`'s name, typed for that block. */
 export function methodContract<M extends MethodSpec>(method: M): MethodContract<M> {
@@ -59,6 +55,7 @@ export function methodContract<M extends MethodSpec>(method: M): MethodContract<
  */
 export function methodIssues(method: MethodSpec, path: string): SpecIssue[] {
   const c = methodContract(method);
+  if (c.refusal !== undefined) return [{ path: `${path}.name`, message: c.refusal }];
   if (!c.implemented) {
     return [
       {
