@@ -41,6 +41,7 @@ import {
   type ParseOptions,
 } from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
+import { readChoiceRecords } from './choice-records.js';
 import { readDataSource } from './records.js';
 import {
   apiVersionSchema,
@@ -160,7 +161,10 @@ export interface JobKindSpec<S extends AnyJobSpec> {
 async function countProblems(sets: readonly ProblemSet[]): Promise<number> {
   let n = 0;
   for (const src of expandProblemSets(sets)) {
-    const records = await readDataSource({ path: src.path, format: src.format, language: src.language });
+    const records =
+      src.format === 'choice'
+        ? await readChoiceRecords(src.path)
+        : await readDataSource({ path: src.path, format: src.format, language: src.language });
     n += Math.min(records.length, src.limit ?? records.length);
   }
   return n;
