@@ -42,7 +42,7 @@ export {
 } from './methods/index.js';
 export type { LayerModule, MethodName, MethodSpec } from './methods/index.js';
 
-export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel'] as const;
+export const DATA_FORMATS = ['alpaca', 'tokenized', 'mgsm-tsv', 'msvamp', 'parallel', 'cctuning'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
 
 export { CHAT_TEMPLATE_NAME, PROMPT_TEMPLATES } from './spec-primitives.js';
@@ -54,6 +54,11 @@ const dataSourceSchema = z.strictObject({
   language: languageCode.optional(),
   /** `parallel` only: the line-aligned target file (English for question translation). */
   target: pathString.optional(),
+  /**
+   * `parallel` only: a file of answers line-aligned with `path` and `target`; the records are then
+   * (`path` prompt, `target` its English version, answer), as CC-Tuning trains on.
+   */
+  answers: pathString.optional(),
   /** Samples per epoch from this source, as a multiple of its records (common/data-mixture.ts). */
   weight: nonNegativeAtMost(SPEC_LIMITS.weight).default(1),
 });
@@ -230,6 +235,16 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
     if (src.format !== 'parallel' && src.target !== undefined) {
       issues.push({ path: `spec.data.train[${i}].target`, message: 'is only allowed for format parallel' });
     }
+    if (src.format !== 'parallel' && src.answers !== undefined) {
+      issues.push({ path: `spec.data.train[${i}].answers`, message: 'is only allowed for format parallel' });
+    }
+    const paired = src.format === 'cctuning' || (src.format === 'parallel' && src.answers !== undefined);
+    if (s.method.name === 'cctuning' && !paired) {
+      issues.push({
+        path: `spec.data.train[${i}].format`,
+        message: 'method cctuning needs records with the English prompt: format cctuning, or parallel with answers',
+      });
+    }
   });
   return issues;
 }
@@ -296,6 +311,7 @@ export function resolvePaths(spec: JobSpec, baseDir: string): JobSpec {
           ...src,
           path: abs(src.path),
           ...(src.target ? { target: abs(src.target) } : {}),
+          ...(src.answers ? { answers: abs(src.answers) } : {}),
         })),
       },
       output: { dir: abs(s.output.dir) },
@@ -342,6 +358,9 @@ export async function validateJobSpecFiles(
       issues.push({ path: `spec.data.train[${i}].path`, message: `${src.path}: no such file` });
     if (src.target !== undefined && !(await isFile(src.target))) {
       issues.push({ path: `spec.data.train[${i}].target`, message: `${src.target}: no such file` });
+    }
+    if (src.answers !== undefined && !(await isFile(src.answers))) {
+      issues.push({ path: `spec.data.train[${i}].answers`, message: `${src.answers}: no such file` });
     }
   }
   if (s.method.analysis)

@@ -10,6 +10,9 @@
  * | mgsm-tsv  | question<TAB>answer, no header                                              |
  * | msvamp    | JSONL: m_query, response                                                    |
  * | parallel  | two line-aligned text files (`path`, `target`): source in, target out       |
+ * | parallel + `answers` | three line-aligned files: `path` the non-English prompt, `target` its |
+ * |           | English prompt, `answers` the output (CC-Tuning's paired records)             |
+ * | cctuning  | JSONL: instruction, optional input, output, instruction_en, optional input_en, language |
  */
 import { readFile } from 'node:fs/promises';
 import { DataFormatError, jsonSyntaxProblem } from './errors.js';
@@ -22,6 +25,11 @@ export interface TextRecord {
   readonly output: string;
   /** ISO 639 code, from the record or its source; undefined when neither says. */
   readonly language: string | undefined;
+  /**
+   * The same prompt in English (`cctuning` records, `parallel` with `answers`): a method that runs
+   * a paired pass (CC-Tuning) encodes it with the record, so the pair always runs on one worker.
+   */
+  readonly questionEn?: string;
 }
 
 /** Already tokenized: HF semantics, `labels[t]` is predicted from `inputIds[0..t-1]`. */
@@ -91,7 +99,7 @@ async function readText(file: string): Promise<string> {
 }
 
 /** A JSON Lines format: one object a line. */
-export type JsonlFormat = 'alpaca' | 'tokenized' | 'msvamp';
+export type JsonlFormat = 'alpaca' | 'tokenized' | 'msvamp' | 'cctuning';
 
 /** One JSON Lines record of `format`; errors name `file:lineNo`. */
 export function recordFromJson(
@@ -111,6 +119,24 @@ export function recordFromJson(
       const input = firstString(obj, ['input']);
       const lang = firstString(obj, ['language']) ?? language;
       return { kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language: lang };
+    }
+    case 'cctuning': {
+      const instruction = firstString(obj, ['instruction']);
+      const output = firstString(obj, ['output']);
+      const instructionEn = firstString(obj, ['instruction_en']);
+      if (instruction === undefined) throw new DataFormatError(file, 'missing "instruction"', lineNo);
+      if (output === undefined) throw new DataFormatError(file, 'missing "output"', lineNo);
+      if (instructionEn === undefined)
+        throw new DataFormatError(file, 'missing "instruction_en" (the English instruction of the pair)', lineNo);
+      const input = firstString(obj, ['input']);
+      const inputEn = firstString(obj, ['input_en']) ?? input;
+      return {
+        kind: 'text',
+        question: input ? `${instruction}\n${input}` : instruction,
+        questionEn: inputEn ? `${instructionEn}\n${inputEn}` : instructionEn,
+        output,
+        language: firstString(obj, ['language']) ?? language,
+      };
     }
     case 'msvamp': {
       const question = firstString(obj, ['m_query']);
@@ -151,7 +177,7 @@ export async function readJsonLines(file: string): Promise<{ obj: Record<string,
 
 /** Read every record of one data source, in file order. Blank lines are skipped. */
 export async function readDataSource(
-  src: Pick<DataSource, 'path' | 'format' | 'language' | 'target'>,
+  src: Pick<DataSource, 'path' | 'format' | 'language' | 'target' | 'answers'>,
 ): Promise<DataRecord[]> {
   const file = src.path;
   const records: DataRecord[] = [];
@@ -159,6 +185,7 @@ export async function readDataSource(
     case 'alpaca':
     case 'msvamp':
     case 'tokenized':
+    case 'cctuning':
       for (const { obj, lineNo } of await readJsonLines(file))
         records.push(recordFromJson(file, obj, lineNo, src.format, src.language));
       break;
@@ -179,20 +206,32 @@ export async function readDataSource(
     case 'parallel': {
       if (src.target === undefined) throw new DataFormatError(file, 'format parallel needs a target file');
       const sources = lines(await readText(file));
-      const targets = lines(await readText(src.target));
-      if (targets.length !== sources.length) {
-        throw new DataFormatError(
-          src.target,
-          `has ${targets.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`,
-        );
-      }
+      const aligned = async (other: string): Promise<string[]> => {
+        const out = lines(await readText(other));
+        if (out.length !== sources.length) {
+          throw new DataFormatError(
+            other,
+            `has ${out.length} lines but ${file} has ${sources.length}: parallel files must be line-aligned`,
+          );
+        }
+        return out;
+      };
+      const targets = await aligned(src.target);
+      // With `answers`: the pair is a prompt and its English version, the answers their output.
+      const answers = src.answers === undefined ? undefined : await aligned(src.answers);
       for (const [i, line] of sources.entries()) {
         await sliceBreak(i);
         const target = targets[i] ?? '';
-        if (line.trim() === '' && target.trim() === '') continue;
+        const answer = answers?.[i];
+        if (line.trim() === '' && target.trim() === '' && (answer ?? '').trim() === '') continue;
         if (line.trim() === '' || target.trim() === '')
           throw new DataFormatError(file, 'one side of a parallel pair is empty', i + 1);
-        records.push({ kind: 'text', question: line, output: target, language: src.language });
+        if (answer === undefined) {
+          records.push({ kind: 'text', question: line, output: target, language: src.language });
+        } else {
+          if (answer.trim() === '') throw new DataFormatError(src.answers!, 'the answer is empty', i + 1);
+          records.push({ kind: 'text', question: line, questionEn: target, output: answer, language: src.language });
+        }
       }
       break;
     }

@@ -36,6 +36,8 @@ export const SPEC_LIMITS = {
   epochs: 10_000,
   /** `training.maxSteps`, `checkpoint.everySteps`, `eval.everySteps`: 100 million steps. */
   steps: 100_000_000,
+  /** `method.transformSamples` (CC-Tuning): prompt pairs the Transform Matrix is solved on. */
+  transformSamples: 100_000,
   /** `checkpoint.keep`. */
   checkpointsKept: 1000,
   /** `training.maxNonFiniteSteps`. */

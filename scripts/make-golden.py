@@ -117,7 +117,11 @@ def repeat_kv(x, n_rep):
     return x[:, :, None, :, :].expand(b, n_kv, n_rep, t, d).reshape(b, n_kv * n_rep, t, d)
 
 
-def forward(cfg, P, ids):
+def forward(cfg, P, ids, hooks=None):
+    """Logits [B, T, V]. `hooks` (optional, scripts/make-golden-cctuning.py): 'embeddings'(x) reads the
+    input embeddings, 'ffn'(layer, f) reads a layer's FFN output before the residual add,
+    'after_layer'(layer, x) returns the residual stream after a layer (possibly edited)."""
+    hooks = hooks or {}
     B, T = ids.shape
     H = cfg['hidden_size']
     nH = cfg['num_attention_heads']
@@ -134,6 +138,8 @@ def forward(cfg, P, ids):
     mask = torch.full((T, T), torch.finfo(torch.float64).min, dtype=torch.float64).triu(1)
 
     x = P['model.embed_tokens.weight'][ids]
+    if 'embeddings' in hooks:
+        hooks['embeddings'](x)
     for i in range(cfg['num_hidden_layers']):
         p = lambda s: P[f'model.layers.{i}.{s}']
         h = rms_norm(x, p('input_layernorm.weight'), eps)
@@ -155,7 +161,12 @@ def forward(cfg, P, ids):
         h = rms_norm(x, p('post_attention_layernorm.weight'), eps)
         gate = h @ p('mlp.gate_proj.weight').T
         up = h @ p('mlp.up_proj.weight').T
-        x = x + (torch.nn.functional.silu(gate) * up) @ p('mlp.down_proj.weight').T
+        f = (torch.nn.functional.silu(gate) * up) @ p('mlp.down_proj.weight').T
+        if 'ffn' in hooks:
+            hooks['ffn'](i, f)
+        x = x + f
+        if 'after_layer' in hooks:
+            x = hooks['after_layer'](i, x)
     x = rms_norm(x, P['model.norm.weight'], eps)
     head = P['model.embed_tokens.weight'] if cfg.get('tie_word_embeddings') else P['lm_head.weight']
     return x @ head.T

@@ -9,7 +9,7 @@
  *            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
- *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B]
+ *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
  *
  * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
  * (--local-rank, else $POLYTUNE_LOCAL_RANK, else 0: the index of this worker process among those of
@@ -50,7 +50,8 @@ const USAGE =
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (env POLYTUNE_NATS_TLS_{CA,CERT,KEY})
   worker init-model --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
-  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--backend B] [--no-native] [--threads N]
+  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
+           [--no-native] [--threads N]
 `;
 
 /** A boolean flag, else its env var (`1` or `true`). */
@@ -233,12 +234,14 @@ async function main(signal: AbortSignal): Promise<number> {
         prompt: { type: 'string' },
         'max-new-tokens': { type: 'string' },
         json: { type: 'boolean' },
+        'cc-transform': { type: 'boolean' },
         backend: { type: 'string' },
         ...NATIVE_FLAGS,
       });
       if (v.help) return (write(USAGE), 0);
       await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runGenerate({
+        ccTransform: Boolean(v['cc-transform']),
         model: required('model', v.model as string | undefined),
         prompt: required('prompt', v.prompt as string | undefined),
         maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1),

@@ -13,7 +13,8 @@ import { expectedTensorShapes, type LlamaConfig } from '../model-config.js';
 import type { MethodContract } from './contract.js';
 import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
-import { cctuningContract, cctuningSchema, lingualiftContract, lingualiftSchema } from './planned.js';
+import { cctuningContract, cctuningSchema } from './cctuning.js';
+import { lingualiftContract, lingualiftSchema } from './planned.js';
 import { pruneContract, pruneSchema } from './prune.js';
 import { slamContract, slamSchema } from './slam.js';
 

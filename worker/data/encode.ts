@@ -59,6 +59,13 @@ export interface EncodedSample {
   /** Tokens with a label other than -100 (each takes loss; labels[0] never does). */
   readonly supervised: number;
   readonly truncated: boolean;
+  /** Tokens of the prompt (before the answer) kept in `inputIds`: its last token is at promptLength - 1. */
+  readonly promptLength: number;
+  /**
+   * A second prompt that runs with this sample (a method's paired pass: CC-Tuning's English
+   * prompt), token ids of the prompt alone, at most maxSeqLen; absent for other methods.
+   */
+  readonly pairedPrompt?: Int32Array;
 }
 
 /** The template text for a named template, or the literal itself. */
@@ -76,6 +83,16 @@ function countSupervised(labels: Int32Array): number {
   return n;
 }
 
+/** The token ids of a question's prompt alone, as `encodeRecord` starts a text record with it. */
+export function encodePrompt(question: string, tokenizer: PromptTokenizer, template: string): number[] {
+  if (template === CHAT_TEMPLATE_NAME) {
+    if (!tokenizer.renderChat)
+      throw new UserError(`template ${CHAT_TEMPLATE_NAME}: this tokenizer has no chat template`);
+    return tokenizer.encode(tokenizer.renderChat([{ role: 'user', content: question }], true), { addBos: false });
+  }
+  return tokenizer.encode(applyTemplate(template, question), { addBos: tokenizer.addBosDefault ?? true });
+}
+
 export function encodeRecord(
   record: DataRecord,
   tokenizer: PromptTokenizer,
@@ -84,25 +101,35 @@ export function encodeRecord(
 ): EncodedSample {
   let ids: number[];
   let labels: number[];
+  let promptLength: number;
   if (record.kind === 'tokens') {
     ids = [...record.inputIds];
     labels = [...record.labels];
+    const first = labels.findIndex((l, t) => t > 0 && l !== IGNORE_INDEX);
+    promptLength = first < 0 ? ids.length : first;
   } else if (template === CHAT_TEMPLATE_NAME) {
     const { prompt, answer } = encodeChat(record.question, record.output, tokenizer);
     ids = [...prompt, ...answer];
     labels = [...prompt.map(() => IGNORE_INDEX), ...answer];
+    promptLength = prompt.length;
   } else {
-    const prompt = tokenizer.encode(applyTemplate(template, record.question), {
-      addBos: tokenizer.addBosDefault ?? true,
-    });
+    const prompt = encodePrompt(record.question, tokenizer, template);
     const output = [...tokenizer.encode(record.output, { addBos: false }), tokenizer.eosId];
     ids = [...prompt, ...output];
     labels = [...prompt.map(() => IGNORE_INDEX), ...output];
+    promptLength = prompt.length;
   }
   const truncated = ids.length > maxSeqLen;
   const inputIds = Int32Array.from(truncated ? ids.slice(0, maxSeqLen) : ids);
   const lab = Int32Array.from(truncated ? labels.slice(0, maxSeqLen) : labels);
-  return { inputIds, labels: lab, language: record.language, supervised: countSupervised(lab), truncated };
+  return {
+    inputIds,
+    labels: lab,
+    language: record.language,
+    supervised: countSupervised(lab),
+    truncated,
+    promptLength: Math.min(promptLength, inputIds.length),
+  };
 }
 
 export interface MicroBatch {

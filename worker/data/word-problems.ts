@@ -190,6 +190,25 @@ export function wordProblemsJsonl(problems: readonly WordProblem[]): string {
 }
 
 /**
+ * The problems as CC-Tuning records (`format: cctuning`): each with its English instruction (the
+ * same numbers in English; an English problem is its own pair).
+ */
+export function ccTuningJsonl(problems: readonly WordProblem[]): string {
+  return (
+    problems
+      .map((p) =>
+        JSON.stringify({
+          instruction: p.instruction,
+          output: p.output,
+          instruction_en: p.english,
+          language: p.language,
+        }),
+      )
+      .join('\n') + '\n'
+  );
+}
+
+/**
  * Question translation (the first stage of QAlign-style two-stage systems): for each language but
  * English, its questions and the same questions in English, as the two line-aligned texts of the
  * `parallel` format.

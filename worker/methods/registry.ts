@@ -5,12 +5,18 @@
  */
 import { UserError } from '../../common/errors.js';
 import { SUPPORTED_METHODS, type MethodName, type MethodSpec, type MethodSpecOf } from '../../common/methods/index.js';
+import { cctuning } from './cctuning.js';
 import { freeze } from './freeze.js';
 import { full } from './full.js';
 import { slam } from './slam.js';
 import type { TrainingMethod } from './training-method.js';
 
-const TRAINING_METHODS: { readonly [N in MethodName]?: TrainingMethod<MethodSpecOf<N>> } = { slam, freeze, full };
+const TRAINING_METHODS: { readonly [N in MethodName]?: TrainingMethod<MethodSpecOf<N>> } = {
+  slam,
+  freeze,
+  full,
+  cctuning,
+};
 
 /** The `TrainingMethod` of a spec's method block; a `UserError` for a method this worker cannot train. */
 export function trainingMethodFor<M extends MethodSpec>(method: M): TrainingMethod<M> {

@@ -15,6 +15,7 @@ import type { EncodedSample, PromptTokenizer } from '../data/encode.js';
 import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { NamedTensor } from '../model/safetensors.js';
+import type { RowLossInput } from '../train/step.js';
 
 /** How a module tensor starts: zeros, or normal(0, std) drawn from the job's seed. */
 export type ModuleInit = { readonly kind: 'zeros' } | { readonly kind: 'normal'; readonly std: number };
@@ -36,14 +37,16 @@ export interface MethodRun<M extends MethodSpec = MethodSpec> {
   readonly method: M;
   readonly model: LlamaModel;
   readonly modules: ReadonlyMap<string, tf.Variable>;
+  /** The job's `training.seed` (for a loss drawing noise as a function of seed, step and sample). */
+  readonly seed: number;
 }
 
-/** One micro-batch, as the loss sees it. */
-export interface LossBatch {
-  /** int32 [B, T] */
-  readonly inputIds: tf.Tensor2D;
-  /** int32 [B, T], -100 where no loss is taken */
-  readonly labels: tf.Tensor2D;
+/**
+ * One micro-batch, as the loss sees it: ids and labels, the encoded samples of its rows (with a
+ * paired prompt, if the method's `encode` made one), their indices in the job's sample order,
+ * the step, and what `prepare` computed for it.
+ */
+export interface LossBatch extends RowLossInput {
   /** The method's forward hooks for this run (from `hooks`), if any. */
   readonly hooks?: ForwardHooks;
 }
@@ -62,6 +65,12 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
    * rows for the loss per language. @default `model.nllRowSums(inputIds, labels, { hooks })`
    */
   loss?(run: MethodRun<M>, batch: LossBatch): tf.Tensor1D;
+  /**
+   * Work of a micro-batch before the gradient tape, so no gradient flows through it and its
+   * activations are not kept for the backward pass (CC-Tuning's English pass); its tensors reach
+   * `loss` as `batch.prepared` and are disposed with the micro-batch. @default none
+   */
+  prepare?(run: MethodRun<M>, batch: LossBatch): tf.Tensor[];
   /** One record as token ids and labels. @default worker/data/encode.ts `encodeRecord` (the prompt template) */
   encode?(
     method: M,
@@ -80,5 +89,9 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     readonly model: LlamaModel;
     readonly modules: readonly NamedTensor[];
     readonly dir: string;
+    /** The training samples as the method encodes them, by record index (rank 0 encodes what it reads). */
+    readonly samples: { readonly count: number; get(index: number): EncodedSample };
+    /** The job's `training.seed`. */
+    readonly seed: number;
   }): Promise<void>;
 }

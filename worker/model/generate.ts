@@ -34,6 +34,11 @@ export interface GenerateIdsOptions {
    * not prepending, which a KV cache does not allow. @default none
    */
   hooks?: ForwardHooks;
+  /**
+   * Hooks made for these prompts (token ids, as given), when they depend on them (CC-Tuning's
+   * transform: a first pass over each prompt); used when `hooks` is absent. @default none
+   */
+  hooksFor?: (prompts: readonly (readonly number[])[]) => ForwardHooks;
 }
 
 export interface GeneratedIds {
@@ -98,6 +103,7 @@ export async function generateIds(
   }
 
   const nextPos = prompts.map((p) => p.length);
+  const hooks = options.hooks ?? options.hooksFor?.(prompts);
   let cache: KvCache | undefined;
   try {
     const prefill = runStep(() => {
@@ -105,7 +111,7 @@ export async function generateIds(
         positions,
         mask: tf.tensor(prefillMask, [B, 1, 1, L, L]),
         returnCache: true,
-        ...(options.hooks ? { hooks: options.hooks } : {}),
+        ...(hooks ? { hooks } : {}),
       });
       const last = tf.gather(
         f.hidden,
@@ -146,7 +152,7 @@ export async function generateIds(
           positions: stepPos,
           mask: tf.tensor(stepMask, [B, 1, 1, 1, past + 1]),
           cache: prev,
-          ...(options.hooks ? { hooks: options.hooks } : {}),
+          ...(hooks ? { hooks } : {}),
         });
         return { token: tf.argMax(model.head(f.hidden), 1), cache: f.cache! };
       });
@@ -171,6 +177,8 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** A method's forward hooks (see GenerateIdsOptions). @default none */
   hooks?: ForwardHooks;
+  /** Hooks made for the encoded prompts (see GenerateIdsOptions). @default none */
+  hooksFor?: (prompts: readonly (readonly number[])[]) => ForwardHooks;
 }
 
 export interface Generation {
@@ -203,6 +211,7 @@ export async function generate(
       : {}),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.hooks ? { hooks: options.hooks } : {}),
+    ...(options.hooksFor ? { hooksFor: options.hooksFor } : {}),
   });
   return r.ids.map((ids, b) => {
     let text = tokenizer.decode(ids);

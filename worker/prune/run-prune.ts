@@ -24,7 +24,7 @@
  * Rank 0 writes `output.dir/final/` (the whole model in the input's dtypes and shards, zeros in
  * place: a weight that survives is the input's, bit for bit) and `output.dir/prune-report.json`.
  */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type { PruneJobSpec } from '../../common/job-kinds.js';
@@ -44,6 +44,7 @@ import type { LinearName } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
+import { writeFileAtomically } from '../train/atomic-dir.js';
 import { writeFinalOutputsRetrying } from '../train/outputs.js';
 import { calibrationSamples } from './calibration.js';
 import { applyMask, columnMean, contrastScaler, topK, wandaMask } from './wanda.js';
@@ -288,12 +289,6 @@ function layerFeatures(
   };
 }
 
-async function writeAtomically(file: string, data: string | Buffer): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, file);
-}
-
 export interface RunPruneJobOptions {
   readonly spec: PruneJobSpec;
   readonly rank: number;
@@ -363,7 +358,7 @@ export async function runPruneJob(o: RunPruneJobOptions): Promise<PruneReport> {
         { logger: log, ...(o.signal ? { signal: o.signal } : {}) },
       );
       await mkdir(s.output.dir, { recursive: true });
-      await writeAtomically(join(s.output.dir, 'prune-report.json'), JSON.stringify(report, null, 2) + '\n');
+      await writeFileAtomically(join(s.output.dir, 'prune-report.json'), JSON.stringify(report, null, 2) + '\n');
     }
     return report;
   } finally {

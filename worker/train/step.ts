@@ -9,13 +9,33 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { microBatches } from '../../common/data-plan.js';
 import { UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
-import { padBatch } from '../data/encode.js';
+import { padBatch, type EncodedSample } from '../data/encode.js';
 import { clipGradNorm, type Optimizer } from './optimizers.js';
 import { headLength } from './reduced-head.js';
 import type { SampleCache } from './sample-cache.js';
 
+/** One micro-batch as a method's loss sees it (training-method.ts `LossBatch` without the hooks). */
+export interface RowLossInput {
+  /** int32 [B, T] */
+  readonly inputIds: tf.Tensor2D;
+  /** int32 [B, T], -100 where no loss is taken */
+  readonly labels: tf.Tensor2D;
+  /** The encoded samples of the rows, in row order. */
+  readonly samples: readonly EncodedSample[];
+  /** Each row's index in the job's sample order: the same whatever the world size. */
+  readonly sampleIndices: readonly number[];
+  /** The optimizer step (0-based). */
+  readonly step: number;
+  /** What `RowLoss.prepare` computed for this micro-batch, outside the gradient tape. */
+  readonly prepared?: readonly tf.Tensor[];
+}
+
 /** A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`). */
-export type RowLoss = (inputIds: tf.Tensor2D, labels: tf.Tensor2D) => tf.Tensor1D;
+export interface RowLoss {
+  (batch: RowLossInput): tf.Tensor1D;
+  /** Work before the gradient tape (no gradient flows through it); disposed after the micro-batch. */
+  prepare?(batch: RowLossInput): tf.Tensor[];
+}
 
 export interface StepGradientsInput {
   /** This rank's samples of the step (indices into `sampleRecords`). */
@@ -31,6 +51,8 @@ export interface StepGradientsInput {
   /** Language -> its index in the per-language sums (the same order on every rank). */
   readonly languageIndex: ReadonlyMap<string, number>;
   readonly aborted: () => void;
+  /** The optimizer step, for a loss that depends on it (CC-Tuning's Gumbel noise). */
+  readonly step: number;
 }
 
 export interface StepGradients {
@@ -56,10 +78,8 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   try {
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
       c.aborted();
-      const batch = padBatch(
-        mb.map((i) => c.samples.get(c.sampleRecords[i]!)),
-        c.padId,
-      );
+      const mbSamples = mb.map((i) => c.samples.get(c.sampleRecords[i]!));
+      const batch = padBatch(mbSamples, c.padId);
       supervised += batch.supervised;
       tokens += batch.tokens;
       if (batch.supervised === 0) continue;
@@ -67,8 +87,10 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
       const { value, grads } = tf.tidy(() => {
         const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
         const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
+        const input: RowLossInput = { inputIds: ids, labels, samples: mbSamples, sampleIndices: mb, step: c.step };
+        const prepared = c.loss.prepare?.(input);
         const r = tf.variableGrads(() => {
-          rows = tf.keep(c.loss(ids, labels));
+          rows = tf.keep(c.loss(prepared ? { ...input, prepared } : input));
           return tf.sum(rows);
         }, vars);
         const g = vars.map((v) => r.grads[v.name]!);

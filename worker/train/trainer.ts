@@ -227,11 +227,14 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       method: s.method,
       model,
       modules: new Map(moduleInit.map((m, i) => [m.name, moduleVars[i]!])),
+      seed: s.training.seed,
     };
     const hooks = method.hooks?.(run);
+    const withHooks = (b: Parameters<RowLoss>[0]) => (hooks ? { ...b, hooks } : b);
     const loss: RowLoss = method.loss
-      ? (inputIds, labels) => method.loss!(run, { inputIds, labels, ...(hooks ? { hooks } : {}) })
-      : (inputIds, labels) => model.nllRowSums(inputIds, labels, hooks ? { hooks } : {});
+      ? (b) => method.loss!(run, withHooks(b))
+      : (b) => model.nllRowSums(b.inputIds, b.labels, hooks ? { hooks } : {});
+    if (method.prepare) loss.prepare = (b) => method.prepare!(run, withHooks(b));
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     if (tokenizer.eosId === undefined) throw new UserError(`${s.model.path}: the tokenizer has no EOS token`);
     const withEos = tokenizer as ModelTokenizer & { eosId: number };
@@ -319,6 +322,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         loss,
         languageIndex,
         aborted,
+        step,
       });
 
       // 3. One all-reduce of [head, gradients], streamed tensor by tensor: the first chunks travel
@@ -450,7 +454,17 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
             name: method.name,
             modules,
             ...(method.finalOutputs
-              ? { write: (dir: string) => method.finalOutputs!({ method: s.method, model, modules, dir }) }
+              ? {
+                  write: (dir: string) =>
+                    method.finalOutputs!({
+                      method: s.method,
+                      model,
+                      modules,
+                      dir,
+                      samples: { count: records.length, get: (i) => samples.get(i) },
+                      seed: s.training.seed,
+                    }),
+                }
               : {}),
           },
         },

@@ -1,0 +1,146 @@
+/**
+ * CC-Tuning end to end in the trainer over a real nats-server: the same job on 1 and on 2 workers
+ * (SGD: AdamW turns float32 summation-order noise in the near-zero gradients of unseen embedding
+ * rows into lr-sized steps, ~1e-3 apart whatever the method)
+ * ends within 1e-5 (losses, model, Decision Maker: the Gumbel choices do not depend on the world
+ * size), and the final outputs hold `decision_maker.weight`, a `transform_matrix` that solves the
+ * least squares of the written A and B (normal equations), and `transform-inputs.safetensors`.
+ */
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
+import { GradientAllReduce } from '../../worker/collective/index.js';
+import { ccTuningJsonl, makeWordProblems } from '../../worker/data/word-problems.js';
+import { train } from '../../worker/train/trainer.js';
+import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
+import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
+import { tensorMap } from '../helpers/tensors.js';
+import { tinyTrainDir } from '../helpers/train-job.js';
+
+let dir: string;
+const nats = natsScope();
+const STEPS = 3;
+
+beforeAll(async () => {
+  dir = await tinyTrainDir('polytune-cctuning-', 5, 2, 11);
+  await writeFile(join(dir, 'cc.jsonl'), ccTuningJsonl(makeWordProblems(2, 11)));
+}, 120_000);
+afterEach(() => nats.cleanup());
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function ccSpec(out: string, workers: number): JobSpec {
+  return parseJobSpec(
+    `
+apiVersion: polytune/v1
+kind: TrainJob
+metadata: { name: cc }
+spec:
+  model: { path: model }
+  method: { name: cctuning, gumbelTau: 1.0, injectAfterLayer: 0 }
+  data:
+    train: [{ path: cc.jsonl, format: cctuning }]
+    maxSeqLen: 64
+  training:
+    maxSteps: ${STEPS}
+    globalBatchSize: 6
+    microBatchSize: 2
+    optimizer: { name: sgd, lr: 0.5 }
+  workers: { count: ${workers} }
+  output: { dir: ${out} }
+`,
+    { baseDir: dir },
+  );
+}
+
+async function run(out: string, workers: number): Promise<number[]> {
+  const server = await nats.start();
+  const job = uniqueJobName('cc');
+  const losses: number[] = [];
+  await Promise.all(
+    Array.from({ length: workers }, async (_, rank) => {
+      const nc = await nats.connect(server);
+      const ar = await GradientAllReduce.create({
+        key: TEST_COLLECTIVE_KEY,
+        nc,
+        job,
+        generation: 1,
+        rank,
+        worldSize: workers,
+        timeoutMs: 20_000,
+      });
+      try {
+        await train({
+          spec: ccSpec(out, workers),
+          rank,
+          worldSize: workers,
+          allReduce: (seq, data, o) => ar.allReduce(seq, data, undefined, o),
+          beginAllReduce: (seq, length, o) => ar.begin(seq, length, undefined, o),
+          onStep: (r) => rank === 0 && losses.push(r.loss),
+        });
+      } finally {
+        await ar.close();
+      }
+    }),
+  );
+  return losses;
+}
+
+function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return num / Math.max(den, 1e-30);
+}
+
+describe('CC-Tuning in the trainer', () => {
+  it('ends the same on 1 and 2 workers and writes the Transform Matrix with its inputs', async () => {
+    const one = await run(join(dir, 'w1'), 1);
+    const two = await run(join(dir, 'w2'), 2);
+    expect(one).toHaveLength(STEPS);
+    for (let i = 0; i < STEPS; i++) expect(Math.abs(one[i]! - two[i]!)).toBeLessThan(1e-5 * Math.abs(one[i]!));
+
+    const cc1 = await tensorMap(join(dir, 'w1', 'final', 'cctuning.safetensors'));
+    const cc2 = await tensorMap(join(dir, 'w2', 'final', 'cctuning.safetensors'));
+    expect([...cc1.keys()].sort()).toEqual(['decision_maker.weight', 'transform_matrix']);
+    expect(maxRelDiff(cc2.get('decision_maker.weight')!, cc1.get('decision_maker.weight')!)).toBeLessThan(1e-5);
+    const m1 = await tensorMap(join(dir, 'w1', 'final', 'trainable.safetensors'));
+    const m2 = await tensorMap(join(dir, 'w2', 'final', 'trainable.safetensors'));
+    for (const [name, t] of m1) expect(maxRelDiff(m2.get(name)!, t), name).toBeLessThan(1e-5);
+
+    // X solves min ||A X - B||: A^T (A X - B) = 0 up to float32 rounding of X.
+    const inputs = await tensorMap(join(dir, 'w1', 'final', 'transform-inputs.safetensors'));
+    const a = inputs.get('A')!;
+    const b = inputs.get('B')!;
+    const x = cc1.get('transform_matrix')!;
+    const H = 64;
+    const n = a.length / H;
+    expect(n).toBe(20 * 8); // 20 records x 8 layers
+    const r = new Float64Array(n * H);
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < H; j++) {
+        let s = -b[i * H + j]!;
+        for (let k = 0; k < H; k++) s += a[i * H + k]! * x[k * H + j]!;
+        r[i * H + j] = s;
+      }
+    let g = 0;
+    let atb = 0;
+    for (let p = 0; p < H; p++)
+      for (let j = 0; j < H; j++) {
+        let s = 0;
+        let t = 0;
+        for (let i = 0; i < n; i++) {
+          s += a[i * H + p]! * r[i * H + j]!;
+          t += a[i * H + p]! * b[i * H + j]!;
+        }
+        g += s * s;
+        atb += t * t;
+      }
+    expect(Math.sqrt(g / atb)).toBeLessThan(1e-3);
+  }, 240_000);
+});
