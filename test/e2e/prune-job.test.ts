@@ -133,6 +133,10 @@ describe('PruneJob (real processes)', () => {
     expect(report.calibrationSamples).toBe(24);
     expect(report.layers.every((l) => l.modules.length === 7 && l.features.top.length === 8)).toBe(true);
     expect(report.layers[0]!.modules.find((m) => m.module === 'down_proj')!.sparsity).toBeCloseTo(76 / 256, 12);
+    // The plot of the features per layer, SVG and PNG.
+    const svg = await readFile(join(dir, 'w1', 'prune-features.svg'), 'utf8');
+    expect(svg).toMatch(/^<svg[\s\S]*Large-magnitude features per layer[\s\S]*<\/svg>\s*$/);
+    expect((await readFile(join(dir, 'w1', 'prune-features.png'))).subarray(1, 4).toString('ascii')).toBe('PNG');
 
     // A worker lost mid-calibration: a re-formed world of 2 starts over and ends with the same bytes.
     const id = await submit(c, specText('killed', 3, 2, PARALLEL));

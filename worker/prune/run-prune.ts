@@ -22,7 +22,8 @@
  * A lost rank fails the generation; the re-formed world starts over (PruneJob's row: not
  * resumable, deterministic), and ends with the same model because nothing depends on the world.
  * Rank 0 writes `output.dir/final/` (the whole model in the input's dtypes and shards, zeros in
- * place: a weight that survives is the input's, bit for bit) and `output.dir/prune-report.json`.
+ * place: a weight that survives is the input's, bit for bit), `output.dir/prune-report.json` and
+ * the plot of the features per layer, `output.dir/prune-features.{svg,png}` (features-chart.ts).
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -30,13 +31,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { PruneJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import type { LlamaConfig } from '../../common/model-config.js';
-import {
-  pruneModuleColumns,
-  pruneRule,
-  PRUNE_MODULES,
-  type PruneModule,
-  type PruneRule,
-} from '../../common/prune-spec.js';
+import { pruneModuleColumns, pruneRule, PRUNE_MODULES, type PruneModule } from '../../common/prune-spec.js';
 import { evaluate, type ReduceFn } from '../eval/evaluate.js';
 import { readProblems } from '../eval/problems.js';
 import type { EvalReport } from '../eval/report.js';
@@ -47,6 +42,10 @@ import { ModelTokenizer } from '../model/tokenizer.js';
 import { writeFileAtomically } from '../train/atomic-dir.js';
 import { writeFinalOutputsRetrying } from '../train/outputs.js';
 import { calibrationSamples } from './calibration.js';
+import { pruneFeaturesSpec } from './features-chart.js';
+import type { LayerFeatures, ModuleSparsity, PruneLayerReport, PruneReport } from './prune-report.js';
+
+export type { LayerFeatures, ModuleSparsity, PruneLayerReport, PruneReport } from './prune-report.js';
 import { applyMask, columnMean, contrastScaler, topK, wandaMask } from './wanda.js';
 
 /** The distinct inputs of a layer's projections, and the layer's own input. */
@@ -87,50 +86,6 @@ function groupWidths(c: LlamaConfig): Record<Group, number> {
     down: c.intermediateSize,
     hidden: c.hiddenSize,
   };
-}
-
-export interface ModuleSparsity {
-  readonly module: PruneModule;
-  readonly rows: number;
-  readonly columns: number;
-  readonly zeros: number;
-  /** zeros / (rows * columns). */
-  readonly sparsity: number;
-}
-
-export interface LayerFeatures {
-  /** The hidden dimensions with the largest norm during translation, largest first. */
-  readonly top: readonly number[];
-  /** Their norms: mean over the calibration samples of the dimension's L2 norm over the sample's tokens. */
-  readonly norms: readonly number[];
-  /** With `contrast`: the same norm over the contrast samples. */
-  readonly contrastNorms?: readonly number[];
-  /** With `contrast`: norms / contrastNorms. */
-  readonly ratio?: readonly number[];
-}
-
-export interface PruneLayerReport {
-  readonly layer: number;
-  /** Whether the layer was pruned (`prune.layers`). */
-  readonly pruned: boolean;
-  readonly modules: readonly ModuleSparsity[];
-  /** The layer's input (the residual stream entering it). */
-  readonly features: LayerFeatures;
-  readonly seconds: number;
-}
-
-/** `output.dir/prune-report.json`. */
-export interface PruneReport {
-  readonly rule: PruneRule;
-  readonly calibrationSamples: number;
-  readonly calibrationTokens: number;
-  readonly contrastSamples: number;
-  readonly topK: number;
-  readonly worldSize: number;
-  readonly layers: readonly PruneLayerReport[];
-  /** zeros / weights over every pruned module. */
-  readonly overallSparsity: number;
-  readonly seconds: number;
 }
 
 export interface PruneModelOptions {
@@ -359,6 +314,9 @@ export async function runPruneJob(o: RunPruneJobOptions): Promise<PruneReport> {
       );
       await mkdir(s.output.dir, { recursive: true });
       await writeFileAtomically(join(s.output.dir, 'prune-report.json'), JSON.stringify(report, null, 2) + '\n');
+      // Loaded here, not at start-up (vega, vega-lite and resvg take ~200 ms to import).
+      const { writeChart } = await import('../report/charts.js');
+      await writeChart(pruneFeaturesSpec(report), join(s.output.dir, 'prune-features'));
     }
     return report;
   } finally {
