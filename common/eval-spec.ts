@@ -45,7 +45,11 @@ export const MSVAMP_FILES: Readonly<Record<string, string>> = {
   zh: 'test_Chinese.json',
 };
 
-export const EVAL_FORMATS = ['mgsm-tsv', 'msvamp'] as const;
+/**
+ * `choice`: classification sets as the pruning paper scores XNLI and MARC (worker/eval/choice.ts):
+ * JSON Lines of `prompt`, `choices` (candidate labels) and `label` (an index or one of the choices).
+ */
+export const EVAL_FORMATS = ['mgsm-tsv', 'msvamp', 'choice'] as const;
 export type EvalFormat = (typeof EVAL_FORMATS)[number];
 
 /** @default greedy generation up to 600 new tokens (MathOctopus, QAlign). */
@@ -64,6 +68,8 @@ export const problemSetSchema = z.strictObject({
   path: nonEmpty.optional(),
   format: z.enum(EVAL_FORMATS, { message: `must be one of ${EVAL_FORMATS.join(', ')}` }).optional(),
   language: language.optional(),
+  /** With `path`: the set's name in the report. @default the format's benchmark (mgsm, msvamp, choice) */
+  benchmark: nonEmptyString(64).optional(),
   /** A directory of MGSM files (`mgsm_<lang>.tsv`). */
   mgsm: nonEmpty.optional(),
   /** A directory of MSVAMP files (`test_<Language>.json`). */
@@ -125,7 +131,7 @@ export interface ProblemSource {
 }
 
 export function benchmarkOf(format: EvalFormat): string {
-  return format === 'mgsm-tsv' ? 'mgsm' : 'msvamp';
+  return format === 'mgsm-tsv' ? 'mgsm' : format;
 }
 
 /** Checks of a list of sets that the schema cannot state; `at` is the list's field path. */
@@ -150,6 +156,7 @@ export function problemSetIssues(sets: readonly ProblemSet[], at: string): SpecI
       const dirKey = set.mgsm !== undefined ? 'mgsm' : 'msvamp';
       if (set.format !== undefined)
         issues.push({ path: `${p}.format`, message: `is only allowed with path (${dirKey} implies it)` });
+      if (set.benchmark !== undefined) issues.push({ path: `${p}.benchmark`, message: 'is only allowed with path' });
       if (set.language !== undefined)
         issues.push({ path: `${p}.language`, message: 'is only allowed with path (use languages)' });
       const known: readonly string[] = dirKey === 'mgsm' ? MGSM_LANGUAGES : Object.keys(MSVAMP_FILES);
@@ -172,7 +179,8 @@ export function expandProblemSets(sets: readonly ProblemSet[]): ProblemSource[] 
     const limit = set.limit;
     if (set.path !== undefined) {
       const format = set.format ?? 'mgsm-tsv';
-      out.push({ path: set.path, format, language: set.language ?? 'und', benchmark: benchmarkOf(format), limit });
+      const benchmark = set.benchmark ?? benchmarkOf(format);
+      out.push({ path: set.path, format, language: set.language ?? 'und', benchmark, limit });
     } else if (set.mgsm !== undefined) {
       for (const lang of set.languages ?? MGSM_LANGUAGES) {
         out.push({

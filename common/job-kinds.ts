@@ -6,6 +6,7 @@
  * | `TrainJob` | trains (common/jobspec.ts, common/stages.ts) | model, method, data, training (or stages), ..., `eval` |
  * | `EvalJob` | scores a model on MGSM/MSVAMP by greedy generation (worker/eval/) | model, eval, workers, output |
  * | `LayerAnalysis` | finds the language-specific layers (worker/methods/layer-analysis.ts) | model, analysis, workers, output |
+ * | `PruneJob` | Wanda pruning calibrated on translation (worker/prune/run-prune.ts) | model, prune, workers, output, `eval` |
  *
  * Each kind is one row of `JOB_KIND_TABLE`: its schema and parser, its checks against the file
  * system, its number of steps and its one-line description; the worker's half of a row (how a rank
@@ -40,6 +41,7 @@ import {
   type ParseOptions,
 } from './jobspec.js';
 import { readLlamaConfig } from './model-config.js';
+import { readChoiceRecords } from './choice-records.js';
 import { readDataSource } from './records.js';
 import {
   apiVersionSchema,
@@ -62,8 +64,16 @@ import {
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
 import { describeTrainable, methodFrozenParameters, parameterCounts } from './methods/index.js';
+import {
+  calibrationFileIssues,
+  pruneIssues,
+  pruneModelIssues,
+  pruneRule,
+  pruneSchema,
+  resolvePrunePaths,
+} from './prune-spec.js';
 
-export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
+export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis', 'PruneJob'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
 const nonEmpty = pathString;
@@ -88,10 +98,17 @@ const layerAnalysisSchema = z.strictObject({
   spec: z.strictObject({ model, analysis: analysisSchema, workers, output }),
 });
 
+const pruneJobSchema = z.strictObject({
+  ...common,
+  kind: z.literal('PruneJob'),
+  spec: z.strictObject({ model, prune: pruneSchema, workers, eval: evalSchema.optional(), output }),
+});
+
 export type EvalJobSpec = z.infer<typeof evalJobSchema>;
 export type LayerAnalysisJobSpec = z.infer<typeof layerAnalysisSchema>;
+export type PruneJobSpec = z.infer<typeof pruneJobSchema>;
 /** A TrainJob is `JobSpec` (common/jobspec.ts) or, with `spec.stages`, `StagedJobSpec` (common/stages.ts). */
-export type AnyJobSpec = TrainJobSpec | EvalJobSpec | LayerAnalysisJobSpec;
+export type AnyJobSpec = TrainJobSpec | EvalJobSpec | LayerAnalysisJobSpec | PruneJobSpec;
 /** The spec of kind `K`. */
 export type JobSpecOf<K extends JobKind> = Extract<AnyJobSpec, { kind: K }>;
 
@@ -145,7 +162,10 @@ export interface JobKindSpec<S extends AnyJobSpec> {
 async function countProblems(sets: readonly ProblemSet[]): Promise<number> {
   let n = 0;
   for (const src of expandProblemSets(sets)) {
-    const records = await readDataSource({ path: src.path, format: src.format, language: src.language });
+    const records =
+      src.format === 'choice'
+        ? await readChoiceRecords(src.path)
+        : await readDataSource({ path: src.path, format: src.format, language: src.language });
     n += Math.min(records.length, src.limit ?? records.length);
   }
   return n;
@@ -168,7 +188,10 @@ const NO_PARAMETERS = { trainable: 0, total: 0 } as const;
 const FLOAT32_COLLECTIVE: CollectiveSettings = { compression: 'none', timeoutSeconds: 300 };
 
 /** Checks shared by EvalJob and LayerAnalysis: the model's config (for its depth). */
-async function modelDepth(spec: EvalJobSpec | LayerAnalysisJobSpec, issues: SpecIssue[]): Promise<number> {
+async function modelDepth(
+  spec: EvalJobSpec | LayerAnalysisJobSpec | PruneJobSpec,
+  issues: SpecIssue[],
+): Promise<number> {
   try {
     return (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers;
   } catch (e) {
@@ -288,11 +311,68 @@ const layerAnalysis: JobKindSpec<LayerAnalysisJobSpec> = {
   stageNames: () => [],
 };
 
+const pruneJob: JobKindSpec<PruneJobSpec> = {
+  schema: pruneJobSchema,
+  parse: (raw, options) => {
+    const parsed = pruneJobSchema.safeParse(raw);
+    if (!parsed.success) throw new JobSpecError(zodIssues(parsed.error), options.source);
+    const s = parsed.data.spec;
+    const issues = [
+      ...pruneIssues(s.prune, 'spec.prune'),
+      ...(s.eval ? evalBlockIssues(s.eval, 'spec.eval', false) : []),
+      ...minIssues(s.workers),
+    ];
+    if (issues.length > 0) throw new JobSpecError(issues, options.source);
+    const baseDir = options.baseDir ?? process.cwd();
+    const abs = resolver(options);
+    return {
+      ...parsed.data,
+      spec: {
+        ...s,
+        model: { path: abs(s.model.path) },
+        prune: resolvePrunePaths(s.prune, baseDir),
+        ...(s.eval ? { eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, baseDir) } } : {}),
+        output: { dir: abs(s.output.dir) },
+      },
+    };
+  },
+  validateFiles: async (spec, source) => {
+    const issues: SpecIssue[] = [];
+    const p = spec.spec.prune;
+    let config;
+    try {
+      config = await readLlamaConfig(spec.spec.model.path);
+      issues.push(...pruneModelIssues(p, config, 'spec.prune'));
+    } catch (e) {
+      issues.push({ path: 'spec.model.path', message: (e as Error).message });
+    }
+    issues.push(...(await calibrationFileIssues(p.calibration, 'spec.prune.calibration')));
+    if (p.contrast) issues.push(...(await calibrationFileIssues(p.contrast, 'spec.prune.contrast')));
+    if (spec.spec.eval) issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
+    if (issues.length > 0 || !config) throw new JobSpecError(issues, source);
+    return { numLayers: config.numHiddenLayers, parameters: NO_PARAMETERS };
+  },
+  // A step is a decoder layer calibrated (and pruned when selected).
+  totalSteps: async (spec) => (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers,
+  describe: (spec) => {
+    const p = spec.spec.prune;
+    const rule = pruneRule(p);
+    const how = rule.kind === 'nm' ? `${rule.n}:${rule.m}` : `sparsity ${rule.sparsity}`;
+    return `${spec.kind}: ${how} of ${p.modules.join(', ')}, ${p.calibration.samples} calibration samples`;
+  },
+  collective: () => FLOAT32_COLLECTIVE,
+  // Deterministic and independent of the world size: a re-formed world starts over and ends with the same model.
+  growsWorld: false,
+  resumable: false,
+  stageNames: () => [],
+};
+
 /** The kinds of job, by `kind`. */
 export const JOB_KIND_TABLE: { readonly [K in JobKind]: JobKindSpec<JobSpecOf<K>> } = {
   TrainJob: trainJob,
   EvalJob: evalJob,
   LayerAnalysis: layerAnalysis,
+  PruneJob: pruneJob,
 };
 
 export function isJobKind(kind: unknown): kind is JobKind {

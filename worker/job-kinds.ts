@@ -8,6 +8,7 @@
  * | `TrainJob` | the trainer (worker/train/train-job.ts); with `spec.stages`, its stages in order (worker/train/stages.ts) |
  * | `EvalJob` | MGSM/MSVAMP scoring by greedy generation (worker/eval/run-eval.ts) |
  * | `LayerAnalysis` | the language-specific layers (worker/methods/layer-analysis.ts) |
+ * | `PruneJob` | Wanda pruning calibrated on translation, layer by layer (worker/prune/run-prune.ts) |
  *
  * The collective: every kind's calls are numbered from the context's `calls`, in the order the
  * ranks make them. Sums of counts (analysis, evaluation, agreement) go through `ctx.reduce`, which
@@ -18,6 +19,7 @@ import { isStaged } from '../common/stages.js';
 import { runEvalJob } from './eval/run-eval.js';
 import type { KindContext, KindResult } from './kind-context.js';
 import { runLayerAnalysis } from './methods/layer-analysis.js';
+import { runPruneJob } from './prune/run-prune.js';
 import { runStages } from './train/stages.js';
 import { runSingleStage } from './train/train-job.js';
 
@@ -61,6 +63,18 @@ export const WORKER_JOB_KINDS: { readonly [K in JobKind]: WorkerJobKind<JobSpecO
       });
       const prompts = Object.values(analysis.promptsPerLanguage).reduce((a, b) => a + b, 0);
       return { steps: prompts, outputDir: s.output.dir, chosenLayers: [...analysis.chosenLayers] };
+    },
+  },
+  PruneJob: {
+    run: async (spec, ctx) => {
+      const report = await runPruneJob({
+        ...base(ctx),
+        spec,
+        // A step is a layer: calibrated, and pruned when selected.
+        onLayer: (done, total) => ctx.rank === 0 && ctx.progress(done, total),
+        ...(ctx.onEvalReport ? { onEvalReport: ctx.onEvalReport } : {}),
+      });
+      return { steps: report.layers.length, outputDir: spec.spec.output.dir };
     },
   },
 };

@@ -61,7 +61,6 @@ function modelIssues(m: CcTuningSpec, numLayers: number, path: string): SpecIssu
 export const cctuningContract: MethodContract<CcTuningSpec> = {
   name: 'cctuning',
   schema: cctuningSchema,
-  implemented: true,
   issues,
   modelIssues,
   trainableTensorNames: (m, numLayers, allNames) =>

@@ -13,8 +13,8 @@ export interface MethodContract<S extends { readonly name: string }> {
   readonly name: S['name'];
   /** The method's block of the spec (`spec.method`): a strict object with `name` as a literal. */
   readonly schema: z.ZodType<S>;
-  /** False: the name is reserved and refused at submit ("not implemented yet"). */
-  readonly implemented: boolean;
+  /** Set: the name is refused at submit with this message at `<path>.name` (a name that belongs elsewhere). */
+  readonly refusal?: string;
   /** Rules across this method's fields that its schema alone cannot state; paths start at `path`. */
   issues(method: S, path: string): SpecIssue[];
   /** Checks against the model (its depth, from config.json); paths start at `path`. */

@@ -20,7 +20,6 @@ export type FreezeSpec = z.infer<typeof freezeSchema>;
 export const freezeContract: MethodContract<FreezeSpec> = {
   name: 'freeze',
   schema: freezeSchema,
-  implemented: true,
   issues: (m, path) => [
     ...layerSelectionIssues(m, path),
     ...(m.layers === undefined ? [{ path: `${path}.layers`, message: 'is required for method freeze' }] : []),

@@ -22,7 +22,6 @@ export type FullSpec = z.infer<typeof fullSchema>;
 export const fullContract: MethodContract<FullSpec> = {
   name: 'full',
   schema: fullSchema,
-  implemented: true,
   issues: () => [],
   modelIssues: () => [],
   trainableTensorNames: (_m, _numLayers, allNames) => [...allNames],

@@ -1,6 +1,6 @@
 /**
- * The fields a method shares when it trains some modules of some layers (slam, freeze; the
- * methods not implemented yet take them too): `layers` (a list, or `auto` with `analysis`: the
+ * The fields a method shares when it trains some modules of some layers (slam, freeze, cctuning,
+ * lingualift's task stage): `layers` (a list, or `auto` with `analysis`: the
  * layer analysis picks them), `modules`, and their rules and tensor names.
  */
 import { z } from 'zod';

@@ -105,7 +105,6 @@ async function fileIssues(m: LingualiftSpec, _config: unknown, path: string): Pr
 export const lingualiftContract: MethodContract<LingualiftSpec> = {
   name: 'lingualift',
   schema: lingualiftSchema,
-  implemented: true,
   issues,
   modelIssues: (m, numLayers, path) => layerDepthIssues(m, numLayers, path),
   trainableTensorNames: (m, numLayers, allNames) => {

@@ -15,7 +15,7 @@ import { freezeContract, freezeSchema } from './freeze.js';
 import { fullContract, fullSchema } from './full.js';
 import { cctuningContract, cctuningSchema } from './cctuning.js';
 import { lingualiftContract, lingualiftSchema } from './lingualift.js';
-import { pruneContract, pruneSchema } from './planned.js';
+import { pruneContract, pruneSchema } from './prune.js';
 import { slamContract, slamSchema } from './slam.js';
 
 export const METHOD_NAMES = ['slam', 'freeze', 'full', 'lingualift', 'cctuning', 'prune'] as const;
@@ -40,8 +40,10 @@ const METHOD_TABLE: { readonly [N in MethodName]: MethodContract<MethodSpecOf<N>
   prune: pruneContract,
 };
 
-/** Methods this build can train; the others are refused at submit with a clear message. */
-export const SUPPORTED_METHODS: readonly MethodName[] = METHOD_NAMES.filter((n) => METHOD_TABLE[n].implemented);
+/** Methods a TrainJob can name; the others (prune: a job kind) are refused at submit with a clear message. */
+export const SUPPORTED_METHODS: readonly MethodName[] = METHOD_NAMES.filter(
+  (n) => METHOD_TABLE[n].refusal === undefined,
+);
 
 /** The contract of `method`'s name, typed for that block. */
 export function methodContract<M extends MethodSpec>(method: M): MethodContract<M> {
@@ -50,18 +52,11 @@ export function methodContract<M extends MethodSpec>(method: M): MethodContract<
 
 /**
  * Rules the schema alone cannot state, for a block at `path` (`spec.method`, `spec.stages[1].method`):
- * a method not implemented yet is refused at `path.name`, then the method's own rules.
+ * a name that is not a training method (prune) is refused at `path.name`, else the method's own rules.
  */
 export function methodIssues(method: MethodSpec, path: string): SpecIssue[] {
   const c = methodContract(method);
-  if (!c.implemented) {
-    return [
-      {
-        path: `${path}.name`,
-        message: `"${method.name}" is not implemented yet (supported: ${SUPPORTED_METHODS.join(', ')})`,
-      },
-    ];
-  }
+  if (c.refusal !== undefined) return [{ path: `${path}.name`, message: c.refusal }];
   return c.issues(method, path);
 }
 

@@ -22,7 +22,6 @@ export type SlamSpec = z.infer<typeof slamSchema>;
 export const slamContract: MethodContract<SlamSpec> = {
   name: 'slam',
   schema: slamSchema,
-  implemented: true,
   issues: (m, path) => layerSelectionIssues(m, path),
   modelIssues: (m, numLayers, path) => layerDepthIssues(m, numLayers, path),
   trainableTensorNames: (m, numLayers, allNames) =>

@@ -73,7 +73,7 @@ describe('EvalJob and LayerAnalysis specs', () => {
       'spec.eval.sets[2].languages[0]: msvamp has no "te" (it has bn, de, en, es, fr, ja, ru, sw, th, zh)',
     ]);
     expect(issues('apiVersion: polytune/v1\nkind: PredictJob\n')).toEqual([
-      'kind: must be one of TrainJob, EvalJob, LayerAnalysis',
+      'kind: must be one of TrainJob, EvalJob, LayerAnalysis, PruneJob',
     ]);
   });
 

@@ -1,5 +1,6 @@
 /**
- * Scoring a model on MGSM / MSVAMP, spread across the ranks of a job.
+ * Scoring a model on MGSM / MSVAMP, and on classification sets (`choice`: choice.ts, by the mean
+ * log-prob of each candidate instead of generation), spread across the ranks of a job.
  *
  * Each rank takes every `worldSize`-th problem (problem i goes to rank i mod worldSize: a
  * deterministic share that mixes languages, so ranks finish together), generates greedily
@@ -20,6 +21,7 @@ import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { extractLastNumber, isCorrect, parseGold } from './answer.js';
+import { scoreChoices } from './choice.js';
 import { writeFileAtomically } from '../train/atomic-dir.js';
 import type { Problem } from './problems.js';
 import { evalMarkdown, type BenchmarkScore, type EvalReport, type LanguageScore } from './report.js';
@@ -33,6 +35,7 @@ export interface Prediction {
   readonly language: string;
   readonly index: number;
   readonly answer: string;
+  /** The last number of the output; of a `choice` problem, the index of the chosen candidate. */
   readonly prediction: number | null;
   readonly correct: boolean;
   readonly output: string;
@@ -58,6 +61,13 @@ export interface EvaluateOptions {
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
 }
+
+const predictionOf = (p: Problem): Pick<Prediction, 'benchmark' | 'language' | 'index' | 'answer'> => ({
+  benchmark: p.benchmark,
+  language: p.language,
+  index: p.index,
+  answer: p.answer,
+});
 
 /** The ordered (benchmark, language) groups of a problem list. */
 function groupsOf(problems: readonly Problem[]): { key: string; benchmark: string; language: string }[] {
@@ -91,8 +101,28 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   const mine = problems.filter((_, i) => i % worldSize === rank);
   const predictions: Prediction[] = [];
 
-  for (let b = 0; b < mine.length; b += spec.batchSize) {
-    const batch = mine.slice(b, b + spec.batchSize);
+  const count = (p: Problem, correct: boolean): void => {
+    const g = groupIndex.get(`${p.benchmark}/${p.language}`)!;
+    counts[2 * g] = counts[2 * g]! + (correct ? 1 : 0);
+    counts[2 * g + 1] = counts[2 * g + 1]! + 1;
+  };
+  // Classification sets (`choice`): scored, not generated (choice.ts).
+  const chosen = mine.filter((p) => p.choices !== undefined);
+  const generated = mine.filter((p) => p.choices === undefined);
+  for (let b = 0; b < chosen.length; b += spec.batchSize) {
+    const batch = chosen.slice(b, b + spec.batchSize);
+    scoreChoices(model, tokenizer, batch, spec.batchSize, options.hooks).forEach((s, j) => {
+      const p = batch[j]!;
+      const correct = s.prediction === p.label;
+      count(p, correct);
+      const output = p.choices![s.prediction]!;
+      predictions.push({ ...predictionOf(p), prediction: s.prediction, correct, output });
+    });
+    options.onProgress?.(Math.min(b + spec.batchSize, chosen.length), mine.length);
+    await new Promise((r) => setImmediate(r));
+  }
+  for (let b = 0; b < generated.length; b += spec.batchSize) {
+    const batch = generated.slice(b, b + spec.batchSize);
     // Rows of one generate() call share add_bos; with `chat` none gets BOS, otherwise the default.
     const prompts = batch.map((p) => promptOf(tokenizer, spec.template, p.question));
     const addBos = prompts[0]!.addBos;
@@ -112,20 +142,10 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
       const output = outs[j]!.text;
       const prediction = extractLastNumber(output);
       const correct = isCorrect(prediction, parseGold(p.answer));
-      const g = groupIndex.get(`${p.benchmark}/${p.language}`)!;
-      counts[2 * g] = counts[2 * g]! + (correct ? 1 : 0);
-      counts[2 * g + 1] = counts[2 * g + 1]! + 1;
-      predictions.push({
-        benchmark: p.benchmark,
-        language: p.language,
-        index: p.index,
-        answer: p.answer,
-        prediction: prediction ?? null,
-        correct,
-        output,
-      });
+      count(p, correct);
+      predictions.push({ ...predictionOf(p), prediction: prediction ?? null, correct, output });
     });
-    options.onProgress?.(Math.min(b + spec.batchSize, mine.length), mine.length);
+    options.onProgress?.(chosen.length + Math.min(b + spec.batchSize, generated.length), mine.length);
   }
 
   const summed = await options.reduce(counts);

@@ -610,6 +610,51 @@ export class LlamaModel {
     return { nll, tokens };
   }
 
+  /**
+   * The input embeddings [T, H] of one sequence of ids: what decoder layer 0 takes. With
+   * `decoderLayer`, a caller runs the decoder one layer at a time (Wanda's layer-by-layer pass);
+   * the two together compute what `forwardHidden` does for a batch of one.
+   */
+  embedSequence(ids: Int32Array): tf.Tensor2D {
+    this.live();
+    return tf.tidy(() => this.embed(tf.tensor1d(ids, 'int32')));
+  }
+
+  /** Decoder layer `l` on one sequence's hidden state [T, H] (positions 0..T-1, causal), with read hooks. */
+  decoderLayer(l: number, x: tf.Tensor2D, hooks?: ForwardHooks): tf.Tensor2D {
+    this.live();
+    const T = x.shape[0];
+    checkSequenceLength(this.config, T);
+    return tf.tidy(() => {
+      const { cos, sin, cosQ, sinQ } = ropeTensors(this.config, undefined, 1, T, 0);
+      const shape = { B: 1, T };
+      const ctx: LayerContext = { B: 1, T, past: 0, cos, sin, cosQ, sinQ, mask: causalMask(T, 0), hooks, shape };
+      const out = this.layer(l, x, ctx);
+      tf.dispose([out.kt, out.vh]);
+      return out.y;
+    });
+  }
+
+  /**
+   * Replaces a frozen parameter's values (HF layout [out, in], float32): the pruned weights with
+   * their zeros. Its storage (transposed or not) stays as it was.
+   */
+  replaceFrozen(name: string, data: Float32Array): void {
+    this.live();
+    const old = this.params.get(name);
+    if (!old || this.vars.has(name)) throw new Error(`${name} is not a frozen parameter of this model`);
+    if (data.length !== old.size) throw new Error(`${name}: ${data.length} values for a tensor of ${old.size}`);
+    let next: tf.Tensor;
+    if (this.transposed.has(name)) {
+      const [inDim, outDim] = old.shape as [number, number];
+      next = tf.tensor2d(transposeHost(data, outDim, inDim), [inDim, outDim]);
+    } else {
+      next = tf.tensor(data, old.shape);
+    }
+    old.dispose();
+    this.params.set(name, next);
+  }
+
   /** One parameter in its HF name, layout and shape, copied out of the backend. */
   exportTensor(name: string): NamedTensor {
     this.live();

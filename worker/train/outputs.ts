@@ -3,7 +3,7 @@
  *
  *   output.dir/final/   model.safetensors, or shards + model.safetensors.index.json like the
  *                       input's (whole model, HF names, each tensor in its input dtype),
- *                       trainable.safetensors, config.json, tokenizer files,
+ *                       trainable.safetensors (none when nothing trained: a PruneJob), config.json, tokenizer files,
  *                       <method>.safetensors: the method's own modules, when it has some,
  *                       and whatever else the method writes (its `finalOutputs`)
  *
@@ -87,10 +87,13 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
       dtypes: c.inputDtypes,
       values: new Map(c.trainable.map((t) => [t.name, t.data])),
     });
-    await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, {
-      dtype: 'F32',
-      metadata: { format: 'pt' },
-    });
+    // A job that trains nothing (a PruneJob) has no trainable.safetensors.
+    if (c.trainable.length > 0) {
+      await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, {
+        dtype: 'F32',
+        metadata: { format: 'pt' },
+      });
+    }
     if (c.method && c.method.modules.length > 0) {
       await writeSafetensors(join(tmp, `${c.method.name}.safetensors`), c.method.modules, {
         dtype: 'F32',
