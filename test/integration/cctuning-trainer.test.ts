@@ -6,10 +6,12 @@
  * `transform_matrix` that solves the least squares of the written A and B (normal equations), and
  * `transform-inputs.safetensors`.
  */
-import { rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseAnyJobSpec, type EvalJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
+import { createEvalHook, runEvalJob } from '../../worker/eval/run-eval.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
 import { ccTuningJsonl, makeWordProblems } from '../../worker/data/word-problems.js';
 import { train } from '../../worker/train/trainer.js';
@@ -21,10 +23,13 @@ import { tinyTrainDir } from '../helpers/train-job.js';
 let dir: string;
 const nats = natsScope();
 const STEPS = 3;
+const EVAL_SET = '{ path: sw.tsv, format: mgsm-tsv, language: sw }';
 
 beforeAll(async () => {
   dir = await tinyTrainDir('polytune-cctuning-', 5, 2, 11);
   await writeFile(join(dir, 'cc.jsonl'), ccTuningJsonl(makeWordProblems(2, 11)));
+  const sw = makeWordProblems(4, 12, ['sw']);
+  await writeFile(join(dir, 'sw.tsv'), sw.map((p) => `${p.instruction}\t${p.answer}\n`).join(''));
 }, 120_000);
 afterEach(() => nats.cleanup());
 afterAll(async () => {
@@ -50,6 +55,7 @@ spec:
     optimizer: { name: adamw, lr: 1.0e-3 }
   workers: { count: ${workers} }
   output: { dir: ${out} }
+  eval: { sets: [${EVAL_SET}], maxNewTokens: 6, batchSize: 2, ccTransform: true }
 `,
     { baseDir: dir },
   );
@@ -72,10 +78,12 @@ async function run(out: string, workers: number): Promise<number[]> {
         timeoutMs: 20_000,
       });
       try {
+        const spec = ccSpec(out, workers);
         await train({
-          spec: ccSpec(out, workers),
+          spec,
           rank,
           worldSize: workers,
+          evaluate: createEvalHook({ spec: spec.spec.eval!, outputDir: out, rank, worldSize: workers }),
           allReduce: (seq, data, o) => ar.allReduce(seq, data, undefined, o),
           beginAllReduce: (seq, length, o) => ar.begin(seq, length, undefined, o),
           onStep: (r) => rank === 0 && losses.push(r.loss),
@@ -104,6 +112,42 @@ describe('CC-Tuning in the trainer', () => {
       await tensorMap(join(dir, 'w1', 'final', 'trainable.safetensors')),
       await tensorMap(join(dir, 'w2', 'final', 'trainable.safetensors')),
     );
+
+    // eval.ccTransform runs in the TrainJob on 1 and 2 ranks (X from the live model) and in an EvalJob
+    // on final/ (the written X), with the same outputs. (The 3-step tiny model's greedy text hardly
+    // depends on the injection; test/unit/model/cctuning-generate.test.ts shows the injection itself.)
+    const predictions = async (out: string): Promise<string[]> => {
+      const files = (await readdir(join(out, 'eval'))).filter((f) => f.startsWith('final.predictions.'));
+      const lines = (await Promise.all(files.map((f) => readFile(join(out, 'eval', f), 'utf8')))).join('');
+      return lines
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { index: number; output: string })
+        .sort((x, y) => x.index - y.index)
+        .map((p) => p.output);
+    };
+    const evalJob = async (): Promise<string[]> => {
+      const out = join(dir, 'eval');
+      const spec = parseAnyJobSpec(
+        `
+apiVersion: polytune/v1
+kind: EvalJob
+metadata: { name: e }
+spec:
+  model: { path: ${join(dir, 'w1', 'final')} }
+  eval: { sets: [${EVAL_SET}], maxNewTokens: 6, batchSize: 2, ccTransform: true }
+  workers: { count: 1 }
+  output: { dir: ${out} }
+`,
+        { baseDir: dir },
+      ) as EvalJobSpec;
+      await runEvalJob({ spec, rank: 0, worldSize: 1, reduce: async (d) => d });
+      return predictions(out);
+    };
+    const trained = await predictions(join(dir, 'w1'));
+    expect(trained).toHaveLength(4);
+    expect(await predictions(join(dir, 'w2'))).toHaveLength(4);
+    expect(await evalJob()).toEqual(trained);
 
     // X solves min ||A X - B||: A^T (A X - B) = 0 up to float32 rounding of X.
     const inputs = await tensorMap(join(dir, 'w1', 'final', 'transform-inputs.safetensors'));

@@ -12,7 +12,7 @@ import type { MethodSpec } from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
 import type { DataRecord } from '../../common/records.js';
 import type { EncodedSample, PromptTokenizer } from '../data/encode.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { NamedTensor } from '../model/safetensors.js';
 import type { RowLossInput } from '../train/step.js';
@@ -51,6 +51,12 @@ export interface LossBatch extends RowLossInput {
   readonly hooks?: ForwardHooks;
 }
 
+/** The training samples as the method encodes them, by record index. */
+export interface TrainingSamples {
+  readonly count: number;
+  get(index: number): EncodedSample;
+}
+
 export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
   readonly name: M['name'];
   /** HF names of the model tensors that train, among `allNames` (the model's), in the model's order. */
@@ -80,6 +86,12 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     maxSeqLen: number,
   ): EncodedSample;
   /**
+   * Hooks for generation with the method's inference-time transform, made from the live model
+   * (`eval.ccTransform` on a TrainJob; called on every rank, so it must give the same on each).
+   * @default none (the eval refuses ccTransform)
+   */
+  transformHooks?(run: MethodRun<M>, samples: TrainingSamples): PromptHooks;
+  /**
    * More files in `final/` beside the model, `trainable.safetensors` and `<method>.safetensors`
    * (which the trainer writes when the method has modules). `dir` is the temporary directory that
    * is renamed to `final/` once everything is written. @default none
@@ -89,8 +101,8 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     readonly model: LlamaModel;
     readonly modules: readonly NamedTensor[];
     readonly dir: string;
-    /** The training samples as the method encodes them, by record index (rank 0 encodes what it reads). */
-    readonly samples: { readonly count: number; get(index: number): EncodedSample };
+    /** The training samples (rank 0 encodes what it reads). */
+    readonly samples: TrainingSamples;
     /** The job's `training.seed`. */
     readonly seed: number;
   }): Promise<void>;

@@ -37,8 +37,14 @@ import { silentLogger, type Logger } from '../../common/logging.js';
 import { loadTrainingSet, UNKNOWN_LANGUAGE } from '../../common/data-mixture.js';
 import { readLlamaConfig } from '../../common/model-config.js';
 import { encodeRecord } from '../data/encode.js';
-import { initModules, trainingMethodFor, type MethodRun, type TrainingMethod } from '../methods/index.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import {
+  initModules,
+  trainingMethodFor,
+  type MethodRun,
+  type TrainingMethod,
+  type TrainingSamples,
+} from '../methods/index.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
@@ -177,6 +183,8 @@ export interface TrainerOptions {
     tokenizer: ModelTokenizer;
     /** The method's forward hooks, when it has some: generation uses them as training does. */
     hooks?: ForwardHooks;
+    /** The method's inference-time transform from the live model (`eval.ccTransform`), when it has one. */
+    transformHooks?: () => PromptHooks;
     reduce: (data: Float32Array) => Promise<Float32Array>;
   }) => Promise<void>;
 }
@@ -243,6 +251,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       ? (r: (typeof records)[number]) => method.encode!(s.method, r, withEos, s.data.template, s.data.maxSeqLen)
       : (r: (typeof records)[number]) => encodeRecord(r, withEos, s.data.template, s.data.maxSeqLen);
     const samples = new SampleCache(records, encode, config.vocabSize);
+    const trainingSamples: TrainingSamples = { count: records.length, get: (i) => samples.get(i) };
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
@@ -298,6 +307,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         model,
         tokenizer,
         ...(hooks ? { hooks } : {}),
+        ...(method.transformHooks ? { transformHooks: () => method.transformHooks!(run, trainingSamples) } : {}),
         reduce: (d) => reduce(d, { exact: true }),
       });
 
@@ -461,7 +471,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
                       model,
                       modules,
                       dir,
-                      samples: { count: records.length, get: (i) => samples.get(i) },
+                      samples: trainingSamples,
                       seed: s.training.seed,
                     }),
                 }
