@@ -61,10 +61,11 @@ spec:
   );
 }
 
-async function run(out: string, workers: number): Promise<number[]> {
+async function run(out: string, workers: number): Promise<{ losses: number[]; choices: unknown[] }> {
   const server = await nats.start();
   const job = uniqueJobName('cc');
   const losses: number[] = [];
+  const choices: unknown[][] = Array.from({ length: workers }, () => []);
   await Promise.all(
     Array.from({ length: workers }, async (_, rank) => {
       const nc = await nats.connect(server);
@@ -86,21 +87,37 @@ async function run(out: string, workers: number): Promise<number[]> {
           evaluate: createEvalHook({ spec: spec.spec.eval!, outputDir: out, rank, worldSize: workers }),
           allReduce: (seq, data, o) => ar.allReduce(seq, data, undefined, o),
           beginAllReduce: (seq, length, o) => ar.begin(seq, length, undefined, o),
-          onStep: (r) => rank === 0 && losses.push(r.loss),
+          onStep: (r) => {
+            if (rank === 0) losses.push(r.loss);
+            choices[rank]!.push(r.choicesByLanguage);
+          },
         });
       } finally {
         await ar.close();
       }
     }),
   );
-  return losses;
+  // Every rank reports the same reduced choices.
+  for (const c of choices) expect(c).toEqual(choices[0]);
+  return { losses, choices: choices[0]! };
 }
 
 describe('CC-Tuning in the trainer', () => {
   it('ends the same on 1 and 2 workers and writes the Transform Matrix with its inputs', async () => {
-    const one = await run(join(dir, 'w1'), 1);
-    const two = await run(join(dir, 'w2'), 2);
+    const { losses: one, choices: oneChoices } = await run(join(dir, 'w1'), 1);
+    const { losses: two, choices: twoChoices } = await run(join(dir, 'w2'), 2);
     expect(one).toHaveLength(STEPS);
+    // The Decision Maker's choices per step, language and layer: every sample with supervised
+    // tokens counted once, the same on 1 and 2 workers (the Gumbel noise is a function of seed,
+    // step and sample).
+    expect(twoChoices).toEqual(oneChoices);
+    const counted = (oneChoices as Record<string, number[]>[]).map((c) => {
+      expect(Object.values(c).every((counts) => counts.length === 8)).toBe(true);
+      return Object.values(c)
+        .flat()
+        .reduce((s, n) => s + n, 0);
+    });
+    expect(counted.every((n) => n >= 4 && n <= 6)).toBe(true);
     for (let i = 0; i < STEPS; i++) expect(Math.abs(one[i]! - two[i]!)).toBeLessThan(1e-5 * Math.abs(one[i]!));
 
     const cc1 = await tensorMap(join(dir, 'w1', 'final', 'cctuning.safetensors'));

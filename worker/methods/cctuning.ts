@@ -172,21 +172,6 @@ export function ccTuningRowSums(
   return { rows, choices };
 }
 
-// ---- Choices, for the status and metrics ---------------------------------------------------------
-
-/** Decision Maker choices counted per language and layer (this rank's samples). */
-export class ChoiceCounts {
-  readonly byLanguage = new Map<string, number[]>();
-  add(language: string, layer: number, numLayers: number): void {
-    let c = this.byLanguage.get(language);
-    if (!c) this.byLanguage.set(language, (c = new Array<number>(numLayers).fill(0)));
-    c[layer]!++;
-  }
-}
-
-/** Per training run: the choices made so far (read by the trainer's status). */
-export const choiceCounts = new WeakMap<object, ChoiceCounts>();
-
 // ---- The Transform Matrix ------------------------------------------------------------------------
 
 /** Pairs of (non-English prompt, English prompt) token ids: the samples the Transform Matrix uses. */
@@ -349,6 +334,7 @@ export const cctuning: TrainingMethod<CcSpec> = {
     if (english.length === 0) throw new UserError('method cctuning: an English prompt encodes to no tokens');
     return { ...sample, pairedPrompt: Int32Array.from(english) };
   },
+  choiceLayers: (_m, config) => config.numHiddenLayers,
   prepare: (run, batch) => {
     const r = lastTokenOutputs(
       run.model,
@@ -375,9 +361,7 @@ export const cctuning: TrainingMethod<CcSpec> = {
       run.method.gumbelTau,
       run.method.injectAfterLayer,
     );
-    let counts = choiceCounts.get(run);
-    if (!counts) choiceCounts.set(run, (counts = new ChoiceCounts()));
-    batch.samples.forEach((s, b) => counts.add(s.language ?? 'unknown', choices[b]!, L));
+    choices.forEach((layer, b) => batch.choose?.(b, layer));
     return rows;
   },
   transformHooks: (run, samples) => {

@@ -72,6 +72,13 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
    */
   loss?(run: MethodRun<M>, batch: LossBatch): tf.Tensor1D;
   /**
+   * Layers a sample's choice ranges over, for a method whose loss picks a layer per sample
+   * (CC-Tuning's Decision Maker: the model's depth); the loss reports each row's pick with
+   * `batch.choose(row, layer)` and the trainer sums them over the ranks, per language and layer,
+   * into the step report (`choicesByLanguage`). @default none
+   */
+  choiceLayers?(method: M, config: LlamaConfig): number;
+  /**
    * Work of a micro-batch before the gradient tape, so no gradient flows through it and its
    * activations are not kept for the backward pass (CC-Tuning's English pass); its tensors reach
    * `loss` as `batch.prepared` and are disposed with the micro-batch. @default none

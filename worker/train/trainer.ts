@@ -108,6 +108,11 @@ export interface StepReport {
   readonly nonFiniteSteps: number;
   /** Mean token NLL per language of the global batch (languages with supervised tokens in it). */
   readonly lossByLanguage: Readonly<Record<string, number>>;
+  /**
+   * The step's choices per language, a count per layer, summed over the ranks, for a method whose
+   * samples choose a layer (CC-Tuning's Decision Maker); absent otherwise.
+   */
+  readonly choicesByLanguage?: Readonly<Record<string, readonly number[]>>;
 }
 
 /** Too many non-finite steps in a row: the job fails (not retryable). */
@@ -293,7 +298,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     let lastLoss = NaN;
     let nonFiniteInARow = 0;
     let nonFiniteSteps = 0;
-    const HEAD = headLength(languages.length);
+    const choiceLayers = method.choiceLayers?.(s.method, config) ?? 0;
+    const HEAD = headLength(languages.length, choiceLayers);
     /** The last step's all-reduce result, used up by then: the next streamed step writes into it. */
     let lastReduced: Float32Array | undefined;
     const aborted = (): void => {
@@ -333,6 +339,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         languageIndex,
         aborted,
         step,
+        choiceLayers,
       });
 
       // 3. One all-reduce of [head, gradients], streamed tensor by tensor: the first chunks travel
@@ -354,6 +361,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         step,
         languages: languages.length,
         maxTokens: s.training.globalBatchSize * s.data.maxSeqLen,
+        choiceLayers,
+        maxSamples: s.training.globalBatchSize,
       });
       const t2 = performance.now();
 
@@ -368,6 +377,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         master,
         vars,
         lr,
+        choiceLayers,
       });
       const { loss: stepLoss, gradNorm, skipped } = applied;
       if (!(applied.globalSupervised > 0)) log.warn('a global batch without supervised tokens: no update', { step });
@@ -407,6 +417,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         skipped,
         nonFiniteSteps,
         lossByLanguage: applied.lossByLanguage,
+        ...(choiceLayers > 0 ? { choicesByLanguage: applied.choicesByLanguage } : {}),
       });
 
       const every = s.checkpoint.everySteps;
