@@ -30,9 +30,9 @@ const STEPS = 8;
 let dir: string;
 const procs = processScope(() => dir);
 
+const EVAL_SETS = WORD_PROBLEM_LANGUAGES.map((l) => `{ path: ${l}.tsv, format: mgsm-tsv, language: ${l} }`);
 const evalBlock = (ccTransform: boolean): string =>
-  `{ sets: [${WORD_PROBLEM_LANGUAGES.map((l) => `{ path: ${l}.tsv, format: mgsm-tsv, language: ${l} }`).join(', ')}], ` +
-  `maxNewTokens: 8, batchSize: 4, ccTransform: ${ccTransform} }`;
+  `{ sets: [${EVAL_SETS.join(', ')}], maxNewTokens: 8, batchSize: 4, ccTransform: ${ccTransform} }`;
 
 function trainSpec(name: string, out: string, workers: number, min: number, withEval: boolean): string {
   return `apiVersion: polytune/v1
