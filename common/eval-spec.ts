@@ -101,6 +101,13 @@ export const evalSchema = z.strictObject({
     .default([]),
   /** TrainJob only: evaluate every N optimizer steps (0: only at the end). */
   everySteps: nonNegativeIntAtMost(SPEC_LIMITS.steps).optional(),
+  /**
+   * CC-Tuning's inference (docs/methods.md `## CC-Tuning`): the prompt's own FFN outputs mapped
+   * through the Transform Matrix, the Decision Maker's pick injected at the prefill. A TrainJob
+   * needs `method: cctuning` with transformSamples > 0; an EvalJob, a model directory with
+   * `cctuning.safetensors` (a CC-Tuning job's `final/`). @default false
+   */
+  ccTransform: z.boolean().default(false),
 });
 export type EvalSpec = z.infer<typeof evalSchema>;
 

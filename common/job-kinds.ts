@@ -16,9 +16,11 @@
  * `parseJobSpec` stays the single-stage TrainJob parser; a TrainJob with `spec.stages` is parsed by
  * common/stages.ts.
  */
+import { join } from 'node:path';
 import { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
 import { loadTrainingSet } from './data-mixture.js';
+import { isFile } from './fs-checks.js';
 import { planSteps } from './data-plan.js';
 import {
   analysisIssues,
@@ -63,6 +65,7 @@ import {
   type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
+import { CCTUNING_FILE } from './methods/cctuning.js';
 import { describeTrainable, methodFrozenParameters, parameterCounts } from './methods/index.js';
 import {
   calibrationFileIssues,
@@ -263,6 +266,12 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
     const issues: SpecIssue[] = [];
     const numLayers = await modelDepth(spec, issues);
     issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
+    const ccFile = join(spec.spec.model.path, CCTUNING_FILE);
+    if (spec.spec.eval.ccTransform && !(await isFile(ccFile)))
+      issues.push({
+        path: 'spec.eval.ccTransform',
+        message: `${ccFile}: no such file (a CC-Tuning job's final/ has it)`,
+      });
     if (issues.length > 0) throw new JobSpecError(issues, source);
     return { numLayers, parameters: NO_PARAMETERS };
   },

@@ -251,6 +251,15 @@ export function crossFieldIssues(spec: JobSpec): SpecIssue[] {
       ...problemSetIssues(s.eval.sets, 'spec.eval.sets'),
       ...templateIssues(s.eval.template, 'spec.eval.template'),
     );
+    if (s.eval.ccTransform && (s.method.name !== 'cctuning' || s.method.transformSamples === 0)) {
+      issues.push({
+        path: 'spec.eval.ccTransform',
+        message:
+          s.method.name === 'cctuning'
+            ? 'needs a Transform Matrix: spec.method.transformSamples must be > 0'
+            : `needs method cctuning (the Decision Maker and the Transform Matrix), not ${s.method.name}`,
+      });
+    }
   }
   issues.push(...templateIssues(s.data.template, 'spec.data.template'));
   s.data.train.forEach((src, i) => {

@@ -50,6 +50,7 @@ import {
   formatDuration,
   isLiveTerminal,
   kindOf,
+  layerChoiceLines,
   outputFormat,
   stageText,
   stateLine,
@@ -136,6 +137,9 @@ function jobJson(job: Job__Output): Record<string, unknown> {
     startedAt: job.startedAt ? new Date(job.startedAt).toISOString() : null,
     finishedAt: job.finishedAt ? new Date(job.finishedAt).toISOString() : null,
     lossByLanguage: job.lossByLanguage ?? {},
+    ...(Object.keys(job.layerChoices ?? {}).length
+      ? { layerChoices: Object.fromEntries(Object.entries(job.layerChoices).map(([l, c]) => [l, c.counts])) }
+      : {}),
     ...(job.stageCount > 0
       ? { stage: { index: job.stageIndex, count: job.stageCount, name: job.stageName, text: stageText(job) } }
       : {}),
@@ -161,6 +165,8 @@ function summary(job: Job__Output): string[] {
   if (stage) lines.push(`  ${stage}`);
   if (s === 'Succeeded') lines.push(`  output: ${job.outputDir}`);
   if (job.chosenLayers?.length) lines.push(`  chosen layers: ${job.chosenLayers.join(', ')}`);
+  const choices = layerChoiceLines(job);
+  if (choices.length) lines.push('  Decision Maker choices:', ...choices.map((l) => `    ${l}`));
   if (job.evalJson) {
     const table = parseEvalTable(job.evalJson);
     lines.push(...(table ? evalTextTables(table) : ['  evaluation: the coordinator sent a table that does not parse']));

@@ -63,6 +63,11 @@ export interface JobRecord {
   stage?: JobStage;
   /** The last reported step's loss per language. */
   lossByLanguage: Record<string, number>;
+  /**
+   * CC-Tuning's Decision Maker: per language, the samples that chose each layer over the current
+   * generation's steps, as the last progress said; absent for other methods.
+   */
+  layerChoices?: Record<string, number[]>;
   /** One row per generation, for the job's timings (job-timings.ts); absent in older records. */
   generations?: GenerationRecord[];
   outputDir: string;
@@ -154,6 +159,7 @@ export const jobRecordSchema = z.looseObject({
     .max(4 * 1024 * 1024)
     .optional(),
   lossByLanguage: z.record(z.string().max(16), finite).default({}),
+  layerChoices: z.record(z.string().max(16), z.array(count).max(4096)).optional(),
   generations: z
     .array(
       z.looseObject({
@@ -242,6 +248,7 @@ export function toWireJob(r: JobRecord, ledger?: Ledger, options: { withSpec?: b
     chosenLayers: r.chosenLayers ?? [],
     evalJson: r.evalJson ?? '',
     lossByLanguage: r.lossByLanguage ?? {},
+    layerChoices: Object.fromEntries(Object.entries(r.layerChoices ?? {}).map(([l, counts]) => [l, { counts }])),
     id: r.id,
     name: r.name,
     state: WIRE_STATE[r.state],

@@ -11,7 +11,7 @@
  *   is in that job's gang, at that generation) is checked by the server against the registry.
  */
 import { isJobName } from '../common/subjects.js';
-import { DNS_LABEL } from '../common/spec-primitives.js';
+import { DNS_LABEL, SPEC_LIMITS } from '../common/spec-primitives.js';
 import { MAX_STAGES } from '../common/stages.js';
 import type { Hello__Output, Progress__Output, Result__Output } from '../proto/index.js';
 import { RequestValidationError } from './errors.js';
@@ -155,6 +155,18 @@ export function checkProgress(p: Progress__Output | null | undefined): Progress_
     if (!/^[a-z]{2,3}$/.test(lang))
       throw new RequestValidationError('progress.loss_by_language', `"${lang.slice(0, 16)}" is not a language code`);
     checkLoss(`progress.loss_by_language.${lang}`, loss);
+  }
+  const choices = p.layerChoices ?? {};
+  if (typeof choices !== 'object' || Object.keys(choices).length > MAX_LANGUAGES) {
+    throw new RequestValidationError('progress.layer_choices', `at most ${MAX_LANGUAGES} languages`);
+  }
+  for (const [lang, c] of Object.entries(choices)) {
+    if (!/^[a-z]{2,3}$/.test(lang))
+      throw new RequestValidationError('progress.layer_choices', `"${lang.slice(0, 16)}" is not a language code`);
+    const counts = c?.counts ?? [];
+    if (counts.length > SPEC_LIMITS.layers)
+      throw new RequestValidationError(`progress.layer_choices.${lang}`, `at most ${SPEC_LIMITS.layers} layers`);
+    counts.forEach((n, l) => checkCount(`progress.layer_choices.${lang}[${l}]`, n));
   }
   // A stage of a job of several stages: its index within the count (at most the spec's bound),
   // its name a DNS label (the scheduler checks both against the job's spec before recording them).

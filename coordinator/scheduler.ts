@@ -571,6 +571,9 @@ export class Scheduler {
         lossByLanguage: Object.fromEntries(
           Object.entries(p.lossByLanguage ?? {}).filter(([, v]) => Number.isFinite(v)),
         ),
+        ...(Object.keys(p.layerChoices ?? {}).length
+          ? { layerChoices: Object.fromEntries(Object.entries(p.layerChoices).map(([l, c]) => [l, [...c.counts]])) }
+          : {}),
       };
     });
   }

@@ -167,6 +167,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       const calls = { next: 0 };
       let lastProgress: ProgressReport | undefined;
       let evalJson: string | undefined;
+      // The steps' layer choices (CC-Tuning's Decision Maker), summed over this generation's steps.
+      const layerChoices: Record<string, { counts: number[] }> = {};
       const kindCtx: KindContext = {
         rank: a.rank,
         worldSize: a.worldSize,
@@ -208,6 +210,10 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         },
         onStep: (r, at) => {
           metrics.step(a.jobId, r);
+          for (const [language, counts] of Object.entries(r.choicesByLanguage ?? {})) {
+            const sum = (layerChoices[language] ??= { counts: counts.map(() => 0) }).counts;
+            counts.forEach((n, l) => (sum[l] = (sum[l] ?? 0) + n));
+          }
           if (at.stage) metrics.stage(a.jobId, at.stage);
           session.progress(
             (lastProgress = {
@@ -221,6 +227,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
               supervisedTokens: r.supervisedTokens,
               elapsedSeconds: (performance.now() - started) / 1000,
               lossByLanguage: { ...r.lossByLanguage },
+              ...(r.choicesByLanguage ? { layerChoices: structuredClone(layerChoices) } : {}),
               ...(at.stage ? { stageIndex: at.stage.index, stageCount: at.stage.count, stageName: at.stage.name } : {}),
             }),
           );

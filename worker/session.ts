@@ -120,6 +120,8 @@ export interface ProgressReport {
   supervisedTokens: number;
   elapsedSeconds: number;
   lossByLanguage?: Record<string, number>;
+  /** Per language, the samples that chose each layer, over this generation's steps (proto Progress). */
+  layerChoices?: Record<string, { counts: number[] }>;
   /** Layers chosen by the layer analysis; evaluation table as JSON (proto Progress). */
   chosenLayers?: number[];
   evalJson?: string;

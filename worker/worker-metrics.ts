@@ -9,6 +9,7 @@
  * | `polytune_tokens_per_second` | gauge: non-padding tokens of the global batch per second (last step; the same on every rank) | job_id |
  * | `polytune_supervised_tokens_total` | counter: supervised tokens of the global batches trained | job_id |
  * | `polytune_train_loss` | gauge: last finite loss | job_id, language |
+ * | `polytune_layer_choices_total` | counter: samples of the global batches whose per-sample layer choice (CC-Tuning's Decision Maker) picked `layer` (0-based; the same on every rank) | job_id, language, layer |
  * | `polytune_nonfinite_steps_total` | counter: steps skipped for a non-finite loss or gradient | job_id |
  * | `polytune_allreduce_bytes_total` | counter: bytes of the gradient buffers this rank all-reduced (the payload, not wire traffic) | job_id |
  * | `polytune_allreduce_bandwidth_bytes_per_second` | gauge: payload bytes / all-reduce seconds of the last step (algorithm bandwidth) | job_id |
@@ -44,6 +45,7 @@ export type StepSample = Pick<
   | 'optimizerSeconds'
   | 'allReduceBytes'
   | 'skipped'
+  | 'choicesByLanguage'
 > & { readonly lossByLanguage?: ReadonlyMap<string, number> | Readonly<Record<string, number>> };
 
 export const StepPhase = { compute: 'compute', allreduce: 'allreduce', optimizer: 'optimizer' } as const;
@@ -93,6 +95,11 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
     name: 'polytune_train_loss',
     help: 'Mean token NLL of the last finite step; language="all" is the global batch.',
     labelNames: ['job_id', 'language'],
+  });
+  const layerChoices = meter.counter({
+    name: 'polytune_layer_choices_total',
+    help: "Samples of the global batches whose layer choice (CC-Tuning's Decision Maker) picked the layer.",
+    labelNames: ['job_id', 'language', 'layer'],
   });
   const nonFinite = meter.counter({
     name: 'polytune_nonfinite_steps_total',
@@ -176,6 +183,8 @@ export function createWorkerMetrics(meter: MetricMeter): WorkerMetrics {
       allReduceBytes.inc(job, r.allReduceBytes);
       if (r.allReduceSeconds > 0) bandwidth.set(job, r.allReduceBytes / r.allReduceSeconds);
       nonFinite.inc(job, r.skipped ? 1 : 0);
+      for (const [language, counts] of Object.entries(r.choicesByLanguage ?? {}))
+        counts.forEach((n, layer) => n > 0 && layerChoices.inc({ ...job, language, layer: String(layer) }, n));
       if (r.skipped) return;
       const seen = languages.get(jobId) ?? new Set<string>();
       languages.set(jobId, seen);

@@ -13,6 +13,9 @@ import { nonNegativeInt, nonNegativeIntAtMost, positiveAtMost, SPEC_LIMITS } fro
 import type { MethodContract } from './contract.js';
 import { LAYER_MODULES, layerDepthIssues, layerTensorNames } from './layer-selection.js';
 
+/** The file in a CC-Tuning job's `final/` with the Decision Maker and the Transform Matrix. */
+export const CCTUNING_FILE = 'cctuning.safetensors';
+
 /** The largest Gumbel-softmax temperature accepted (the paper: 1). */
 export const MAX_GUMBEL_TAU = 100;
 

@@ -13,6 +13,7 @@ export {
   jobRate,
   kindOf,
   languageLosses,
+  layerChoiceLines,
   RATE_UNIT,
   stageText,
   stateName,

@@ -41,7 +41,12 @@ export type JobView = Pick<
   | 'ledgerJson'
   | 'chosenLayers'
   | 'evalJson'
-> & { readonly stageIndex?: number; readonly stageCount?: number; readonly stageName?: string };
+> & {
+  readonly stageIndex?: number;
+  readonly stageCount?: number;
+  readonly stageName?: string;
+  readonly layerChoices?: Job__Output['layerChoices'];
+};
 
 /** The unit of a kind's steps per second; a TrainJob's rate is in tokens. */
 export const RATE_UNIT = { TrainJob: 'tok/s', EvalJob: 'problems/s', LayerAnalysis: 'prompts/s' } as const;
@@ -136,6 +141,25 @@ export function generationStepRate(job: Pick<JobView, 'step' | 'elapsedSeconds' 
 export function languageLosses(job: Pick<JobView, 'lossByLanguage'>): string {
   const byLanguage = Object.entries(job.lossByLanguage ?? {}).sort(([a], [b]) => a.localeCompare(b));
   return byLanguage.length > 1 ? byLanguage.map(([l, v]) => `${l} ${v.toFixed(2)}`).join(' ') : '';
+}
+
+/**
+ * CC-Tuning's Decision Maker choices per language, as shares of each language's samples by layer
+ * (the three most chosen): `sw L0 62% L3 20% L1 9%`; one language a line. Empty without choices.
+ */
+export function layerChoiceLines(job: Pick<JobView, 'layerChoices'>): string[] {
+  return Object.entries(job.layerChoices ?? {})
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([language, { counts }]) => {
+      const total = counts.reduce((s, n) => s + Number(n), 0);
+      const top = counts
+        .map((n, layer) => ({ layer, n: Number(n) }))
+        .filter((x) => x.n > 0)
+        .sort((x, y) => y.n - x.n || x.layer - y.layer)
+        .slice(0, 3)
+        .map((x) => `L${x.layer} ${Math.round((100 * x.n) / total)}%`);
+      return `${language} ${top.join(' ')} (${total} samples)`;
+    });
 }
 
 /** The job's age: since it was created, by `now`. */

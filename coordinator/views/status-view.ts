@@ -17,6 +17,7 @@ import {
   jobRate,
   kindOf,
   languageLosses,
+  layerChoiceLines,
   stateName,
   type JobView,
 } from './job-view.js';
@@ -138,6 +139,7 @@ export function statusBlock(job: JobView, now: number): string[] {
     const langs = languageLosses(job);
     rows.push(['loss', `${formatLoss(job.firstLoss)} -> ${formatLoss(job.lastLoss)}${langs ? `   (${langs})` : ''}`]);
   }
+  layerChoiceLines(job).forEach((l, i) => rows.push([i === 0 ? 'layer choices' : '', l]));
   if (s === 'Running') {
     const eta = etaSeconds(job, generationStepRate(job));
     rows.push(['rate', `${formatRate(jobRate(job))}${eta !== undefined ? `, ETA ${formatDuration(eta)}` : ''}`]);

@@ -17,6 +17,7 @@ import type { Hello as _polytune_v1_Hello, Hello__Output as _polytune_v1_Hello__
 import type { Job as _polytune_v1_Job, Job__Output as _polytune_v1_Job__Output } from './polytune/v1/Job.js';
 import type { JobEvent as _polytune_v1_JobEvent, JobEvent__Output as _polytune_v1_JobEvent__Output } from './polytune/v1/JobEvent.js';
 import type { JobServiceClient as _polytune_v1_JobServiceClient, JobServiceDefinition as _polytune_v1_JobServiceDefinition } from './polytune/v1/JobService.js';
+import type { LayerCounts as _polytune_v1_LayerCounts, LayerCounts__Output as _polytune_v1_LayerCounts__Output } from './polytune/v1/LayerCounts.js';
 import type { ListJobsRequest as _polytune_v1_ListJobsRequest, ListJobsRequest__Output as _polytune_v1_ListJobsRequest__Output } from './polytune/v1/ListJobsRequest.js';
 import type { ListJobsResponse as _polytune_v1_ListJobsResponse, ListJobsResponse__Output as _polytune_v1_ListJobsResponse__Output } from './polytune/v1/ListJobsResponse.js';
 import type { Progress as _polytune_v1_Progress, Progress__Output as _polytune_v1_Progress__Output } from './polytune/v1/Progress.js';
@@ -50,6 +51,7 @@ export interface ProtoGrpcType {
       JobEvent: MessageTypeDefinition<_polytune_v1_JobEvent, _polytune_v1_JobEvent__Output>
       JobService: SubtypeConstructor<typeof grpc.Client, _polytune_v1_JobServiceClient> & { service: _polytune_v1_JobServiceDefinition }
       JobState: EnumTypeDefinition
+      LayerCounts: MessageTypeDefinition<_polytune_v1_LayerCounts, _polytune_v1_LayerCounts__Output>
       ListJobsRequest: MessageTypeDefinition<_polytune_v1_ListJobsRequest, _polytune_v1_ListJobsRequest__Output>
       ListJobsResponse: MessageTypeDefinition<_polytune_v1_ListJobsResponse, _polytune_v1_ListJobsResponse__Output>
       Progress: MessageTypeDefinition<_polytune_v1_Progress, _polytune_v1_Progress__Output>

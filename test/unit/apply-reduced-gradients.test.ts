@@ -19,6 +19,7 @@ function reducedOf(nll: number, supervised: number, grads: number[]): Float32Arr
     tokens: 50,
     langNll: Float64Array.from([nll / 4, (3 * nll) / 4]),
     langTokens: Float64Array.from([supervised / 2, supervised / 2]),
+    choices: new Float64Array(0),
   });
   expect(head.length).toBe(headLength(2));
   return Float32Array.from([...head, ...grads]);
@@ -43,6 +44,35 @@ function run(reduced: Float32Array, gradClip: number) {
 }
 
 describe('applyReducedGradients', () => {
+  it('reads the choices per language and layer after the per-language sums, before the gradients', () => {
+    const head = stepHead({
+      grads: undefined,
+      nllSum: 8,
+      supervised: 4,
+      tokens: 50,
+      langNll: Float64Array.from([2, 6]),
+      langTokens: Float64Array.from([2, 2]),
+      choices: Float64Array.from([0, 0, 0, 1, 0, 2]), // de: none; sw: layer 0 once, layer 2 twice
+    });
+    expect(head.length).toBe(headLength(2, 3));
+    const master = [Float32Array.from([1, 2])];
+    const vars = master.map((m) => tf.variable(tf.tensor(m)));
+    const applied = applyReducedGradients({
+      reduced: Float32Array.from([...head, 4, -8]),
+      languages: ['de', 'sw'],
+      sizes: [2],
+      gradClip: 0,
+      optimizer: createOptimizer({ name: 'sgd', lr: 0.5 }, [2]),
+      master,
+      vars,
+      lr: 0.5,
+      choiceLayers: 3,
+    });
+    tf.dispose(vars);
+    expect(applied.choicesByLanguage).toEqual({ sw: [1, 0, 2] });
+    expect(Array.from(master[0]!)).toEqual([0.5, 3]);
+  });
+
   it('divides by the global supervised tokens, applies SGD to the master copies and the variables', () => {
     const { applied, master, values } = run(reducedOf(8, 4, [4, -8, 0]), 0);
     expect(applied.loss).toBe(2);

@@ -19,6 +19,17 @@ describe('checkReducedHead', () => {
     expect(() => checkReducedHead(head(Infinity, 60, 1000, 1, 1, 40, 20), bounds)).not.toThrow();
   });
 
+  it('checks the choices per language and layer as counts of at most the global batch', () => {
+    const cb = { ...bounds, choiceLayers: 2, maxSamples: 6 };
+    expect(headLength(2, 2)).toBe(11);
+    expect(() => checkReducedHead(head(1, 60, 200, 0, 1, 40, 20, 0, 6, 3, 1), cb)).not.toThrow();
+    expect(() => checkReducedHead(head(1, 60, 200, 0, 1, 40, 20, 0, 7, 3, 1), cb)).toThrow(
+      /head\[8\] \(choices of layer 1, language 0\)/,
+    );
+    expect(() => checkReducedHead(head(1, 60, 200, 0, 1, 40, 20, 0, 1, -1, 1), cb)).toThrow(ReducedHeadError);
+    expect(() => checkReducedHead(head(1, 60, 200, 0, 1, 40, 20, 0, 1, 0.5, 1), cb)).toThrow(ReducedHeadError);
+  });
+
   it('fails the step, retryable, naming the entry, on what no set of ranks can send', () => {
     const bad = (h: Float32Array, field: RegExp): void => {
       let err: unknown;

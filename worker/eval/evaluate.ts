@@ -17,7 +17,7 @@ import { CHAT_TEMPLATE_NAME } from '../../common/jobspec.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { applyTemplate } from '../data/encode.js';
 import { generate } from '../model/generate.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { extractLastNumber, isCorrect, parseGold } from './answer.js';
@@ -46,6 +46,8 @@ export interface EvaluateOptions {
   readonly tokenizer: ModelTokenizer;
   /** The trained method's forward hooks, used in generation. @default none */
   readonly hooks?: ForwardHooks;
+  /** Hooks made per batch of prompts (CC-Tuning's transform, `eval.ccTransform`). @default none */
+  readonly hooksFor?: PromptHooks;
   readonly spec: EvalSpec;
   /** All problems, in the same order on every rank (problems.ts `readProblems`). */
   readonly problems: readonly Problem[];
@@ -136,6 +138,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
         ...(addBos !== undefined ? { addBos } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.hooks ? { hooks: options.hooks } : {}),
+        ...(options.hooksFor ? { hooksFor: options.hooksFor } : {}),
       },
     );
     batch.forEach((p, j) => {

@@ -5,7 +5,9 @@
 import type { EvalSpec } from '../../common/eval-spec.js';
 import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import { UserError } from '../../common/errors.js';
+import { ccTransformHooks, loadCcTransform } from '../methods/cctuning.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { evalName, evaluate, type ReduceFn } from './evaluate.js';
@@ -30,9 +32,11 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   const model = await LlamaModel.load(s.model.path);
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
+    const cc = s.eval.ccTransform ? await loadCcTransform(s.model.path, model.config) : undefined;
     return await evaluate({
       model,
       tokenizer,
+      ...(cc ? { hooksFor: (prompts) => ccTransformHooks(model, cc, prompts).hooks } : {}),
       spec: s.eval,
       problems,
       rank: options.rank,
@@ -64,6 +68,8 @@ export interface EvalHookContext {
   readonly tokenizer: ModelTokenizer;
   /** The trained method's forward hooks (its modules in use), for generation. */
   readonly hooks?: ForwardHooks;
+  /** The method's inference-time transform from the live model, for `eval.ccTransform`. */
+  readonly transformHooks?: () => PromptHooks;
   readonly reduce: ReduceFn;
 }
 
@@ -87,10 +93,13 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
     const final = ctx.step === ctx.totalSteps;
     if (!final && !(every > 0 && ctx.step % every === 0)) return;
     problems ??= await readProblems(options.spec.sets);
+    if (options.spec.ccTransform && !ctx.transformHooks)
+      throw new UserError('spec.eval.ccTransform: the method has no inference-time transform (needs method cctuning)');
     const report = await evaluate({
       model: ctx.model,
       tokenizer: ctx.tokenizer,
       ...(ctx.hooks ? { hooks: ctx.hooks } : {}),
+      ...(options.spec.ccTransform ? { hooksFor: ctx.transformHooks!() } : {}),
       spec: options.spec,
       problems,
       rank: options.rank,

@@ -23,6 +23,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { epochOrder } from '../../common/data-plan.js';
 import { UserError } from '../../common/errors.js';
+import { CCTUNING_FILE } from '../../common/methods/cctuning.js';
 import type { MethodSpecOf } from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
 import { encodePrompt, encodeRecord, type EncodedSample } from '../data/encode.js';
@@ -30,9 +31,9 @@ import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import { customOp, gatherRows } from '../model/ops.js';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.js';
-import { solveTransform } from './cctuning-transform.js';
+import { solveTransform, type TransformSolution } from './cctuning-transform.js';
 import { specTrainableTensors } from './layer-methods.js';
-import type { TrainingMethod } from './training-method.js';
+import type { TrainingMethod, TrainingSamples } from './training-method.js';
 
 type CcSpec = MethodSpecOf<'cctuning'>;
 
@@ -171,21 +172,6 @@ export function ccTuningRowSums(
   return { rows, choices };
 }
 
-// ---- Choices, for the status and metrics ---------------------------------------------------------
-
-/** Decision Maker choices counted per language and layer (this rank's samples). */
-export class ChoiceCounts {
-  readonly byLanguage = new Map<string, number[]>();
-  add(language: string, layer: number, numLayers: number): void {
-    let c = this.byLanguage.get(language);
-    if (!c) this.byLanguage.set(language, (c = new Array<number>(numLayers).fill(0)));
-    c[layer]!++;
-  }
-}
-
-/** Per training run: the choices made so far (read by the trainer's status). */
-export const choiceCounts = new WeakMap<object, ChoiceCounts>();
-
 // ---- The Transform Matrix ------------------------------------------------------------------------
 
 /** Pairs of (non-English prompt, English prompt) token ids: the samples the Transform Matrix uses. */
@@ -277,9 +263,6 @@ export function ccTransformHooks(
   return { hooks, choices, injected };
 }
 
-/** The file the trainer writes the Decision Maker and the Transform Matrix to, in `final/`. */
-export const CCTUNING_FILE = 'cctuning.safetensors';
-
 /** A tuned model directory's (a job's `final/`) Decision Maker, Transform Matrix and injection layer. */
 export async function loadCcTransform(modelDir: string, config: LlamaConfig): Promise<CcTransform> {
   const file = `${modelDir}/${CCTUNING_FILE}`;
@@ -304,6 +287,31 @@ export async function loadCcTransform(modelDir: string, config: LlamaConfig): Pr
 
 // ---- The method ----------------------------------------------------------------------------------
 
+/**
+ * The Transform Matrix of a tuned model from `transformSamples` prompt pairs of the training
+ * records (a seeded shuffle: the same pairs on every rank), with its inputs A and B; undefined
+ * when `transformSamples` is 0.
+ */
+function trainedTransform(
+  method: CcSpec,
+  model: LlamaModel,
+  samples: TrainingSamples,
+  seed: number,
+): { n: number; a: Float32Array; b: Float32Array; x: TransformSolution } | undefined {
+  const n = Math.min(method.transformSamples, samples.count);
+  if (n === 0) return undefined;
+  const order = epochOrder(samples.count, 0, true, seed).subarray(0, n);
+  const pairs = Array.from(order, (i) => {
+    const s = samples.get(i);
+    return { prompt: s.inputIds.subarray(0, s.promptLength), english: s.pairedPrompt! };
+  });
+  const { a, b } = transformInputs(model, pairs);
+  const L = model.config.numHiddenLayers;
+  const H = model.config.hiddenSize;
+  const x = solveTransform(a, b, n * L, H, method.transformRidge, `transform matrix (${n} samples x ${L} layers)`);
+  return { n, a, b, x };
+}
+
 export const cctuning: TrainingMethod<CcSpec> = {
   name: 'cctuning',
   trainableTensors: specTrainableTensors,
@@ -326,6 +334,7 @@ export const cctuning: TrainingMethod<CcSpec> = {
     if (english.length === 0) throw new UserError('method cctuning: an English prompt encodes to no tokens');
     return { ...sample, pairedPrompt: Int32Array.from(english) };
   },
+  choiceLayers: (_m, config) => config.numHiddenLayers,
   prepare: (run, batch) => {
     const r = lastTokenOutputs(
       run.model,
@@ -352,20 +361,23 @@ export const cctuning: TrainingMethod<CcSpec> = {
       run.method.gumbelTau,
       run.method.injectAfterLayer,
     );
-    let counts = choiceCounts.get(run);
-    if (!counts) choiceCounts.set(run, (counts = new ChoiceCounts()));
-    batch.samples.forEach((s, b) => counts.add(s.language ?? 'unknown', choices[b]!, L));
+    choices.forEach((layer, b) => batch.choose?.(b, layer));
     return rows;
   },
+  transformHooks: (run, samples) => {
+    const t = trainedTransform(run.method, run.model, samples, run.seed);
+    if (!t) throw new UserError('spec.eval.ccTransform: spec.method.transformSamples is 0 (no Transform Matrix)');
+    const cc: CcTransform = {
+      decisionMaker: run.modules.get(DECISION_MAKER)!.dataSync() as Float32Array,
+      transform: Float32Array.from(t.x.x),
+      injectAfterLayer: run.method.injectAfterLayer,
+    };
+    return (prompts) => ccTransformHooks(run.model, cc, prompts).hooks;
+  },
   finalOutputs: async ({ method, model, modules, dir, samples, seed }) => {
-    const n = Math.min(method.transformSamples, samples.count);
-    if (n === 0) return;
-    const order = epochOrder(samples.count, 0, true, seed).subarray(0, n);
-    const pairs = Array.from(order, (i) => {
-      const s = samples.get(i);
-      return { prompt: s.inputIds.subarray(0, s.promptLength), english: s.pairedPrompt! };
-    });
-    const { a, b } = transformInputs(model, pairs);
+    const t = trainedTransform(method, model, samples, seed);
+    if (!t) return;
+    const { n, a, b, x } = t;
     const L = model.config.numHiddenLayers;
     const H = model.config.hiddenSize;
     const rowsN = n * L;
@@ -377,9 +389,8 @@ export const cctuning: TrainingMethod<CcSpec> = {
       ],
       { dtype: 'F32', metadata: { format: 'pt', samples: String(n), layers: String(L) } },
     );
-    const x = solveTransform(a, b, rowsN, H, method.transformRidge, `transform matrix (${n} samples x ${L} layers)`);
     await writeSafetensors(
-      `${dir}/cctuning.safetensors`,
+      `${dir}/${CCTUNING_FILE}`,
       [...modules, { name: TRANSFORM_MATRIX, shape: [H, H], data: Float32Array.from(x.x) }],
       {
         dtype: 'F32',

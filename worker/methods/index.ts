@@ -9,4 +9,5 @@ export type {
   ModuleSource,
   ModuleTensor,
   TrainingMethod,
+  TrainingSamples,
 } from './training-method.js';

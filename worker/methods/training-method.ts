@@ -12,7 +12,7 @@ import type { MethodSpec } from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
 import type { DataRecord } from '../../common/records.js';
 import type { EncodedSample, PromptTokenizer } from '../data/encode.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { NamedTensor } from '../model/safetensors.js';
 import type { RowLossInput } from '../train/step.js';
@@ -73,6 +73,12 @@ export interface LossBatch extends RowLossInput {
   readonly hooks?: ForwardHooks;
 }
 
+/** The training samples as the method encodes them, by record index. */
+export interface TrainingSamples {
+  readonly count: number;
+  get(index: number): EncodedSample;
+}
+
 export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
   readonly name: M['name'];
   /** HF names of the model tensors that train, among `allNames` (the model's), in the model's order. */
@@ -92,6 +98,13 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
    */
   loss?(run: MethodRun<M>, batch: LossBatch): tf.Tensor1D;
   /**
+   * Layers a sample's choice ranges over, for a method whose loss picks a layer per sample
+   * (CC-Tuning's Decision Maker: the model's depth); the loss reports each row's pick with
+   * `batch.choose(row, layer)` and the trainer sums them over the ranks, per language and layer,
+   * into the step report (`choicesByLanguage`). @default none
+   */
+  choiceLayers?(method: M, config: LlamaConfig): number;
+  /**
    * Work of a micro-batch before the gradient tape, so no gradient flows through it and its
    * activations are not kept for the backward pass (CC-Tuning's English pass); its tensors reach
    * `loss` as `batch.prepared` and are disposed with the micro-batch. @default none
@@ -107,6 +120,12 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     resources?: MethodResources,
   ): EncodedSample;
   /**
+   * Hooks for generation with the method's inference-time transform, made from the live model
+   * (`eval.ccTransform` on a TrainJob; called on every rank, so it must give the same on each).
+   * @default none (the eval refuses ccTransform)
+   */
+  transformHooks?(run: MethodRun<M>, samples: TrainingSamples): PromptHooks;
+  /**
    * More files in `final/` beside the model, `trainable.safetensors` and `<method>.safetensors`
    * (which the trainer writes when the method has modules). `dir` is the temporary directory that
    * is renamed to `final/` once everything is written. @default none
@@ -116,8 +135,8 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
     readonly model: LlamaModel;
     readonly modules: readonly NamedTensor[];
     readonly dir: string;
-    /** The training samples as the method encodes them, by record index (rank 0 encodes what it reads). */
-    readonly samples: { readonly count: number; get(index: number): EncodedSample };
+    /** The training samples (rank 0 encodes what it reads). */
+    readonly samples: TrainingSamples;
     /** The job's `training.seed`. */
     readonly seed: number;
   }): Promise<void>;

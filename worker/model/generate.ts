@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { eosIds as configEosIds } from '../../common/model-config.js';
 import type { KvCache, LlamaModel } from './llama.js';
-import type { ForwardHooks } from './hooks.js';
+import type { ForwardHooks, PromptHooks } from './hooks.js';
 import { MASKED } from './ops.js';
 import type { ModelTokenizer } from './tokenizer.js';
 
@@ -38,7 +38,7 @@ export interface GenerateIdsOptions {
    * Hooks made for these prompts (token ids, as given), when they depend on them (CC-Tuning's
    * transform: a first pass over each prompt); used when `hooks` is absent. @default none
    */
-  hooksFor?: (prompts: readonly (readonly number[])[]) => ForwardHooks;
+  hooksFor?: PromptHooks;
 }
 
 export interface GeneratedIds {
@@ -178,7 +178,7 @@ export interface GenerateOptions {
   /** A method's forward hooks (see GenerateIdsOptions). @default none */
   hooks?: ForwardHooks;
   /** Hooks made for the encoded prompts (see GenerateIdsOptions). @default none */
-  hooksFor?: (prompts: readonly (readonly number[])[]) => ForwardHooks;
+  hooksFor?: PromptHooks;
 }
 
 export interface Generation {

@@ -81,6 +81,12 @@ export interface ForwardHooks {
 }
 
 /** The hooks that read inside a layer dropped: what a checkpointed layer's recomputation gets. */
+/**
+ * Hooks made for a batch of prompts (token ids), when they depend on them (CC-Tuning's transform:
+ * a first pass over each prompt); generate.ts calls it once per batch.
+ */
+export type PromptHooks = (prompts: readonly (readonly number[])[]) => ForwardHooks;
+
 export function withoutReadHooks(hooks: ForwardHooks | undefined): ForwardHooks | undefined {
   if (!hooks) return undefined;
   const { linearInput: _l, gate: _g, ffnOutput: _f, ...rest } = hooks;

@@ -28,6 +28,11 @@ export interface RowLossInput {
   readonly step: number;
   /** What `RowLoss.prepare` computed for this micro-batch, outside the gradient tape. */
   readonly prepared?: readonly tf.Tensor[];
+  /**
+   * Counts row `row`'s choice of layer `layer` (< `StepGradientsInput.choiceLayers`), for a loss
+   * whose samples choose a layer (CC-Tuning's Decision Maker); summed over the ranks in the head.
+   */
+  readonly choose?: (row: number, layer: number) => void;
 }
 
 /** A micro-batch's loss as per-row NLL sums [B] (the method's `loss`, or the model's `nllRowSums`). */
@@ -55,6 +60,8 @@ export interface StepGradientsInput {
   readonly aborted: () => void;
   /** The optimizer step, for a loss that depends on it (CC-Tuning's Gumbel noise). */
   readonly step: number;
+  /** Layers a sample's choice ranges over (`RowLossInput.choose`). @default 0: no choices */
+  readonly choiceLayers?: number;
 }
 
 export interface StepGradients {
@@ -65,6 +72,8 @@ export interface StepGradients {
   readonly tokens: number;
   readonly langNll: Float64Array;
   readonly langTokens: Float64Array;
+  /** Choices per language and layer [L x C], language-major (empty without choices). */
+  readonly choices: Float64Array;
 }
 
 /** Gradients of the summed NLL of this rank's share of a step, accumulated across micro-batches. */
@@ -76,6 +85,8 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
   let tokens = 0;
   const langNll = new Float64Array(L);
   const langTokens = new Float64Array(L);
+  const C = c.choiceLayers ?? 0;
+  const choices = new Float64Array(L * C);
   const vars = c.vars as tf.Variable[];
   try {
     for (const mb of microBatches(c.mine, c.microBatchSize)) {
@@ -89,7 +100,24 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
       const { value, grads } = tf.tidy(() => {
         const ids = tf.tensor2d(batch.inputIds, [batch.batchSize, batch.seqLen], 'int32');
         const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
-        const input: RowLossInput = { inputIds: ids, labels, samples: mbSamples, sampleIndices: mb, step: c.step };
+        const choose = (row: number, layer: number): void => {
+          if (!(Number.isInteger(layer) && layer >= 0 && layer < C))
+            throw new Error(`a choice of layer ${layer} outside 0..${C - 1}`);
+          // A sample without supervised tokens (its prompt fills maxSeqLen) trains nothing, and is not
+          // even run when its micro-batch has no other sample: it is not counted either way.
+          const sample = mbSamples[row]!;
+          if (sample.supervised === 0) return;
+          const li = c.languageIndex.get(sample.language ?? UNKNOWN_LANGUAGE)!;
+          choices[li * C + layer] = choices[li * C + layer]! + 1;
+        };
+        const input: RowLossInput = {
+          inputIds: ids,
+          labels,
+          samples: mbSamples,
+          sampleIndices: mb,
+          step: c.step,
+          ...(C > 0 ? { choose } : {}),
+        };
         const prepared = c.loss.prepare?.(input);
         const r = tf.variableGrads(() => {
           rows = tf.keep(c.loss(prepared ? { ...input, prepared } : input));
@@ -116,7 +144,7 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
     acc?.forEach((t) => t.dispose());
     throw e;
   }
-  return { grads: acc, nllSum, supervised, tokens, langNll, langTokens };
+  return { grads: acc, nllSum, supervised, tokens, langNll, langTokens, choices };
 }
 
 /**
@@ -125,12 +153,13 @@ export async function computeStepGradients(c: StepGradientsInput): Promise<StepG
  */
 export function stepHead(g: StepGradients): Float32Array {
   const L = g.langNll.length;
-  const head = new Float32Array(headLength(L));
+  const head = new Float32Array(headLength(L, L > 0 ? g.choices.length / L : 0));
   head[0] = g.nllSum;
   head[1] = g.supervised;
   head[2] = g.tokens;
   head.set(g.langNll, 3);
   head.set(g.langTokens, 3 + L);
+  head.set(g.choices, 3 + 2 * L);
   return head;
 }
 
@@ -144,6 +173,8 @@ export interface AppliedStep {
   readonly globalTokens: number;
   /** Mean token NLL per language of the global batch (languages with supervised tokens in it). */
   readonly lossByLanguage: Record<string, number>;
+  /** The global batch's choices per language, a count per layer (languages with a choice; empty without). */
+  readonly choicesByLanguage: Record<string, number[]>;
 }
 
 /**
@@ -160,9 +191,12 @@ export function applyReducedGradients(c: {
   readonly master: readonly Float32Array[];
   readonly vars: readonly tf.Variable[];
   readonly lr: number;
+  /** Layers a sample's choice ranges over (as in the head). @default 0 */
+  readonly choiceLayers?: number;
 }): AppliedStep {
   const { reduced } = c;
   const L = c.languages.length;
+  const C = c.choiceLayers ?? 0;
   const globalSupervised = reduced[1]!;
   const globalTokens = reduced[2]!;
   let gradNorm = 0;
@@ -171,7 +205,7 @@ export function applyReducedGradients(c: {
   if (globalSupervised > 0) {
     loss = reduced[0]! / globalSupervised;
     const grads: Float32Array[] = [];
-    let off = headLength(L);
+    let off = headLength(L, C);
     for (const n of c.sizes) {
       const g = reduced.subarray(off, off + n);
       for (let j = 0; j < n; j++) g[j] = g[j]! / globalSupervised;
@@ -190,5 +224,10 @@ export function applyReducedGradients(c: {
     const n = reduced[3 + L + li]!;
     if (n > 0) lossByLanguage[lang] = reduced[3 + li]! / n;
   });
-  return { loss, gradNorm, skipped, globalSupervised, globalTokens, lossByLanguage };
+  const choicesByLanguage: Record<string, number[]> = {};
+  c.languages.forEach((lang, li) => {
+    const counts = Array.from(reduced.subarray(3 + 2 * L + li * C, 3 + 2 * L + (li + 1) * C));
+    if (counts.some((n) => n > 0)) choicesByLanguage[lang] = counts;
+  });
+  return { loss, gradNorm, skipped, globalSupervised, globalTokens, lossByLanguage, choicesByLanguage };
 }

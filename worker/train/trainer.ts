@@ -43,8 +43,9 @@ import {
   type MethodResources,
   type MethodRun,
   type TrainingMethod,
+  type TrainingSamples,
 } from '../methods/index.js';
-import type { ForwardHooks } from '../model/hooks.js';
+import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors, type NamedTensor } from '../model/safetensors.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
@@ -110,6 +111,11 @@ export interface StepReport {
   readonly lossByLanguage: Readonly<Record<string, number>>;
   /** This rank's numbers of the method for the step (LinguaLIFT: the encoder's forward cost). */
   readonly methodStats?: Readonly<Record<string, number>>;
+  /**
+   * The step's choices per language, a count per layer, summed over the ranks, for a method whose
+   * samples choose a layer (CC-Tuning's Decision Maker); absent otherwise.
+   */
+  readonly choicesByLanguage?: Readonly<Record<string, readonly number[]>>;
 }
 
 /** Too many non-finite steps in a row: the job fails (not retryable). */
@@ -185,6 +191,8 @@ export interface TrainerOptions {
     tokenizer: ModelTokenizer;
     /** The method's forward hooks, when it has some: generation uses them as training does. */
     hooks?: ForwardHooks;
+    /** The method's inference-time transform from the live model (`eval.ccTransform`), when it has one. */
+    transformHooks?: () => PromptHooks;
     reduce: (data: Float32Array) => Promise<Float32Array>;
   }) => Promise<void>;
 }
@@ -262,6 +270,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           method.encode!(s.method, r, withEos, s.data.template, s.data.maxSeqLen, resources)
       : (r: (typeof records)[number]) => encodeRecord(r, withEos, s.data.template, s.data.maxSeqLen);
     const samples = new SampleCache(records, encode, config.vocabSize, s.training.seed);
+    const trainingSamples: TrainingSamples = { count: records.length, get: (i) => samples.get(i) };
     const padId = tokenizer.padId ?? tokenizer.eosId;
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
@@ -303,7 +312,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     let lastLoss = NaN;
     let nonFiniteInARow = 0;
     let nonFiniteSteps = 0;
-    const HEAD = headLength(languages.length);
+    const choiceLayers = method.choiceLayers?.(s.method, config) ?? 0;
+    const HEAD = headLength(languages.length, choiceLayers);
     /** The last step's all-reduce result, used up by then: the next streamed step writes into it. */
     let lastReduced: Float32Array | undefined;
     const aborted = (): void => {
@@ -317,6 +327,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         model,
         tokenizer,
         ...(hooks ? { hooks } : {}),
+        ...(method.transformHooks ? { transformHooks: () => method.transformHooks!(run, trainingSamples) } : {}),
         reduce: (d) => reduce(d, { exact: true }),
       });
 
@@ -343,6 +354,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         languageIndex,
         aborted,
         step,
+        choiceLayers,
       });
 
       // 3. One all-reduce of [head, gradients], streamed tensor by tensor: the first chunks travel
@@ -364,6 +376,8 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         step,
         languages: languages.length,
         maxTokens: s.training.globalBatchSize * s.data.maxSeqLen,
+        choiceLayers,
+        maxSamples: s.training.globalBatchSize,
       });
       const t2 = performance.now();
 
@@ -378,6 +392,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         master,
         vars,
         lr,
+        choiceLayers,
       });
       const { loss: stepLoss, gradNorm, skipped } = applied;
       if (!(applied.globalSupervised > 0)) log.warn('a global batch without supervised tokens: no update', { step });
@@ -418,6 +433,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         nonFiniteSteps,
         lossByLanguage: applied.lossByLanguage,
         ...(resources?.takeStepStats ? { methodStats: resources.takeStepStats() } : {}),
+        ...(choiceLayers > 0 ? { choicesByLanguage: applied.choicesByLanguage } : {}),
       });
 
       const every = s.checkpoint.everySteps;
@@ -483,7 +499,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
                       model,
                       modules,
                       dir,
-                      samples: { count: records.length, get: (i) => samples.get(i) },
+                      samples: trainingSamples,
                       seed: s.training.seed,
                     }),
                 }

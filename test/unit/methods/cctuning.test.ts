@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { JobSpecError } from '../../../common/errors.js';
+import { parseAnyJobSpec, validateAnyJobSpecFiles } from '../../../common/job-kinds.js';
 import { parseJobSpec } from '../../../common/jobspec.js';
 import { methodModelIssues, trainableTensorNames } from '../../../common/methods/index.js';
 import { readDataSource } from '../../../common/records.js';
@@ -77,6 +78,52 @@ describe('cctuning spec', () => {
     expect(trainableTensorNames(m('{ name: cctuning, layers: [1], modules: [up_proj] }'), 2, all)).toEqual([
       'model.layers.1.mlp.up_proj.weight',
     ]);
+  });
+});
+
+describe('eval.ccTransform', () => {
+  const withEval = (method: string): string =>
+    spec(method) + '  eval: { sets: [{ path: p.tsv, format: mgsm-tsv, language: sw }], ccTransform: true }\n';
+
+  it('on a TrainJob needs method cctuning with a Transform Matrix, refused at its path', () => {
+    const at = (method: string): string[] => {
+      try {
+        parseJobSpec(withEval(method), { baseDir: '/b' });
+      } catch (e) {
+        return (e as JobSpecError).issues.map((i) => `${i.path}: ${i.message}`);
+      }
+      return [];
+    };
+    expect(at('{ name: cctuning }')).toEqual([]);
+    expect(parseJobSpec(withEval('{ name: cctuning }'), { baseDir: '/b' }).spec.eval?.ccTransform).toBe(true);
+    expect(at('{ name: cctuning, transformSamples: 0 }')).toEqual([
+      'spec.eval.ccTransform: needs a Transform Matrix: spec.method.transformSamples must be > 0',
+    ]);
+    expect(at('{ name: full }')).toEqual([
+      'spec.eval.ccTransform: needs method cctuning (the Decision Maker and the Transform Matrix), not full',
+    ]);
+  });
+
+  it("on an EvalJob needs the model directory's cctuning.safetensors, refused at its path", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'polytune-cceval-'));
+    await writeFile(join(dir, 'p.tsv'), 'q\t1\n');
+    const evalJob = (cc: boolean): string => `
+apiVersion: polytune/v1
+kind: EvalJob
+metadata: { name: e }
+spec:
+  model: { path: m }
+  eval: { sets: [{ path: p.tsv, format: mgsm-tsv, language: sw }], ccTransform: ${cc} }
+  workers: { count: 1 }
+  output: { dir: o }
+`;
+    const fileIssues = async (cc: boolean): Promise<string[]> =>
+      validateAnyJobSpecFiles(parseAnyJobSpec(evalJob(cc), { baseDir: dir })).then(
+        () => [],
+        (e: JobSpecError) => e.issues.map((i) => i.path),
+      );
+    expect(await fileIssues(false)).toEqual(['spec.model.path']); // no model at all
+    expect(await fileIssues(true)).toEqual(['spec.model.path', 'spec.eval.ccTransform']);
   });
 });
 

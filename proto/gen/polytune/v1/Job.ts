@@ -3,6 +3,7 @@
 // Original file: proto/polytune/v1/coordinator.proto
 
 import type { JobState as _polytune_v1_JobState, JobState__Output as _polytune_v1_JobState__Output } from '../../polytune/v1/JobState.js';
+import type { LayerCounts as _polytune_v1_LayerCounts, LayerCounts__Output as _polytune_v1_LayerCounts__Output } from '../../polytune/v1/LayerCounts.js';
 import type { GenerationTiming as _polytune_v1_GenerationTiming, GenerationTiming__Output as _polytune_v1_GenerationTiming__Output } from '../../polytune/v1/GenerationTiming.js';
 import type { Long } from '@grpc/proto-loader';
 
@@ -48,6 +49,10 @@ export interface Job {
    * The last step's loss per language (Progress.loss_by_language).
    */
   'lossByLanguage'?: ({[key: string]: number | string});
+  /**
+   * Progress.layer_choices of the last report (CC-Tuning's Decision Maker); empty for other methods.
+   */
+  'layerChoices'?: ({[key: string]: _polytune_v1_LayerCounts});
   /**
    * method.layers auto and LayerAnalysis jobs: the layers the analysis chose, ascending.
    */
@@ -130,6 +135,10 @@ export interface Job__Output {
    * The last step's loss per language (Progress.loss_by_language).
    */
   'lossByLanguage': ({[key: string]: number});
+  /**
+   * Progress.layer_choices of the last report (CC-Tuning's Decision Maker); empty for other methods.
+   */
+  'layerChoices': ({[key: string]: _polytune_v1_LayerCounts__Output});
   /**
    * method.layers auto and LayerAnalysis jobs: the layers the analysis chose, ascending.
    */

@@ -2,6 +2,7 @@
 /* eslint-disable */
 // Original file: proto/polytune/v1/coordinator.proto
 
+import type { LayerCounts as _polytune_v1_LayerCounts, LayerCounts__Output as _polytune_v1_LayerCounts__Output } from '../../polytune/v1/LayerCounts.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Progress {
@@ -18,6 +19,11 @@ export interface Progress {
    * Mean token NLL per language of the step's global batch (ISO 639 codes; "und" when unnamed).
    */
   'lossByLanguage'?: ({[key: string]: number | string});
+  /**
+   * A method whose samples choose a layer (CC-Tuning's Decision Maker): per language, the samples
+   * that chose each layer (0-based), summed over the ranks and over the steps of this generation.
+   */
+  'layerChoices'?: ({[key: string]: _polytune_v1_LayerCounts});
   /**
    * Set once the layer analysis chose the layers (method.layers auto, LayerAnalysis).
    */
@@ -50,6 +56,11 @@ export interface Progress__Output {
    * Mean token NLL per language of the step's global batch (ISO 639 codes; "und" when unnamed).
    */
   'lossByLanguage': ({[key: string]: number});
+  /**
+   * A method whose samples choose a layer (CC-Tuning's Decision Maker): per language, the samples
+   * that chose each layer (0-based), summed over the ranks and over the steps of this generation.
+   */
+  'layerChoices': ({[key: string]: _polytune_v1_LayerCounts__Output});
   /**
    * Set once the layer analysis chose the layers (method.layers auto, LayerAnalysis).
    */
