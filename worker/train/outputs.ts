@@ -3,7 +3,8 @@
  *
  *   output.dir/final/   model.safetensors, or shards + model.safetensors.index.json like the
  *                       input's (whole model, HF names, each tensor in its input dtype),
- *                       trainable.safetensors (none when nothing trained: a PruneJob), config.json, tokenizer files,
+ *                       trainable.safetensors (none when no model tensor trained: a PruneJob,
+ *                       LinguaLIFT's align stage), config.json, tokenizer files,
  *                       <method>.safetensors: the method's own modules, when it has some,
  *                       and whatever else the method writes (its `finalOutputs`)
  *
@@ -87,7 +88,7 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
       dtypes: c.inputDtypes,
       values: new Map(c.trainable.map((t) => [t.name, t.data])),
     });
-    // A job that trains nothing (a PruneJob) has no trainable.safetensors.
+    // A job that trains no model tensor (a PruneJob, LinguaLIFT's align stage) has no trainable.safetensors.
     if (c.trainable.length > 0) {
       await writeSafetensors(join(tmp, 'trainable.safetensors'), c.trainable, {
         dtype: 'F32',
