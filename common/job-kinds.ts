@@ -149,6 +149,11 @@ export interface JobKindSpec<S extends AnyJobSpec> {
   readonly totalSteps: (spec: S) => Promise<number>;
   /** What `coordinator submit` prints after "submitted JOB: ". */
   readonly describe: (spec: S, parameters: ValidatedFiles['parameters']) => string;
+  /**
+   * What a step of the kind is, for `status` and `watch` (`layer 3/8`), and the unit of its rate
+   * (a TrainJob's is the tokens/s its rank 0 reports; the others' are steps over time).
+   */
+  readonly units: { readonly step: string; readonly rate: string };
   /** The collective's settings: a TrainJob's spec says; the others sum exact counts in float32. */
   readonly collective: (spec: S) => CollectiveSettings;
   /**
@@ -237,6 +242,7 @@ const trainJob: JobKindSpec<TrainJobSpec> = {
     const stages = spec.spec.stages.map((s) => `${s.name} (${s.method.name})`).join(', ');
     return `${spec.spec.stages.length} stages: ${stages}; a stage trains at most ${describeTrainable(parameters)}`;
   },
+  units: { step: 'step', rate: 'tok/s' },
   collective: (spec) => spec.spec.collective,
   growsWorld: true,
   resumable: true,
@@ -277,6 +283,7 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
   },
   totalSteps: (spec) => countProblems(spec.spec.eval.sets),
   describe: (spec) => spec.kind,
+  units: { step: 'problem', rate: 'problems/s' },
   collective: () => FLOAT32_COLLECTIVE,
   growsWorld: false,
   resumable: false,
@@ -314,6 +321,7 @@ const layerAnalysis: JobKindSpec<LayerAnalysisJobSpec> = {
   },
   totalSteps: (spec) => countProblems(spec.spec.analysis.probe),
   describe: (spec) => spec.kind,
+  units: { step: 'prompt', rate: 'prompts/s' },
   collective: () => FLOAT32_COLLECTIVE,
   growsWorld: false,
   resumable: false,
@@ -369,6 +377,7 @@ const pruneJob: JobKindSpec<PruneJobSpec> = {
     const how = rule.kind === 'nm' ? `${rule.n}:${rule.m}` : `sparsity ${rule.sparsity}`;
     return `${spec.kind}: ${how} of ${p.modules.join(', ')}, ${p.calibration.samples} calibration samples`;
   },
+  units: { step: 'layer', rate: 'layers/s' },
   collective: () => FLOAT32_COLLECTIVE,
   // Deterministic and independent of the world size: a re-formed world starts over and ends with the same model.
   growsWorld: false,

@@ -12,7 +12,8 @@
  *         samples: 100
  *         shots: 4
  *         maxSeqLen: 1024
- *       contrast: { sources: [...] }  # optional: norms scaled s_base * (s_base / s_other)
+ *       contrast: { sources: [...] }  # optional: norms scaled s_base * (s_base / s_other);
+ *                                     # samples, shots, maxSeqLen: calibration's unless given
  *       features: { topK: 20 }
  *
  * Calibration samples: the `samples` are split over the sources in order (the first `samples mod
@@ -65,33 +66,68 @@ const calibrationSourceSchema = z.strictObject({
 });
 export type CalibrationSource = z.infer<typeof calibrationSourceSchema>;
 
+const sourcesSchema = z
+  .array(calibrationSourceSchema)
+  .min(1, 'must list at least one source')
+  .max(SPEC_LIMITS.dataSources);
+const samplesSchema = positiveIntAtMost(MAX_CALIBRATION_SAMPLES);
+const shotsSchema = positiveIntAtMost(MAX_SHOTS);
+const maxSeqLenSchema = positiveIntAtMost(SPEC_LIMITS.maxSeqLen);
+
 export const calibrationSchema = z.strictObject({
-  sources: z.array(calibrationSourceSchema).min(1, 'must list at least one source').max(SPEC_LIMITS.dataSources),
-  samples: positiveIntAtMost(MAX_CALIBRATION_SAMPLES).default(DEFAULT_CALIBRATION_SAMPLES),
-  shots: positiveIntAtMost(MAX_SHOTS).default(DEFAULT_SHOTS),
-  maxSeqLen: positiveIntAtMost(SPEC_LIMITS.maxSeqLen).default(1024),
+  sources: sourcesSchema,
+  samples: samplesSchema.default(DEFAULT_CALIBRATION_SAMPLES),
+  shots: shotsSchema.default(DEFAULT_SHOTS),
+  maxSeqLen: maxSeqLenSchema.default(1024),
 });
 export type CalibrationSpec = z.infer<typeof calibrationSchema>;
 
+/**
+ * The contrast set: as `calibration`, each of samples, shots and maxSeqLen defaulting to
+ * calibration's (the authors' `get_loaders` builds both sets with one `nsamples`, `shots` and
+ * `max_length`).
+ */
+const contrastSchema = z.strictObject({
+  sources: sourcesSchema,
+  samples: samplesSchema.optional(),
+  shots: shotsSchema.optional(),
+  maxSeqLen: maxSeqLenSchema.optional(),
+});
+
 const PATTERN = /^([1-9][0-9]*):([1-9][0-9]*)$/;
 
-export const pruneSchema = z.strictObject({
-  /** Share of each output row's weights zeroed, in [0, 1). @default DEFAULT_SPARSITY when no pattern */
-  sparsity: z.number().min(0, 'must be in [0, 1)').lt(1, 'must be in [0, 1)').optional(),
-  /** "N:M": the N lowest-scored of every M consecutive input columns are zeroed (2:4, 4:8). */
-  pattern: z.string().regex(PATTERN, 'must be "N:M" such as "2:4"').optional(),
-  modules: z
-    .array(z.enum(PRUNE_MODULES, { message: `must be one of ${PRUNE_MODULES.join(', ')}` }))
-    .min(1, 'must name at least one module')
-    .default([...PRUNE_MODULES]),
-  layers: z.array(nonNegativeInt).min(1, 'must name at least one layer').optional(),
-  calibration: calibrationSchema,
-  contrast: calibrationSchema.optional(),
-  features: z
-    .strictObject({ topK: positiveIntAtMost(1_000_000).default(DEFAULT_TOP_K) })
-    .default({ topK: DEFAULT_TOP_K }),
-});
-export type PruneSpec = z.infer<typeof pruneSchema>;
+export const pruneSchema = z
+  .strictObject({
+    /** Share of each output row's weights zeroed, in [0, 1). @default DEFAULT_SPARSITY when no pattern */
+    sparsity: z.number().min(0, 'must be in [0, 1)').lt(1, 'must be in [0, 1)').optional(),
+    /** "N:M": the N lowest-scored of every M consecutive input columns are zeroed (2:4, 4:8). */
+    pattern: z.string().regex(PATTERN, 'must be "N:M" such as "2:4"').optional(),
+    modules: z
+      .array(z.enum(PRUNE_MODULES, { message: `must be one of ${PRUNE_MODULES.join(', ')}` }))
+      .min(1, 'must name at least one module')
+      .default([...PRUNE_MODULES]),
+    layers: z.array(nonNegativeInt).min(1, 'must name at least one layer').optional(),
+    calibration: calibrationSchema,
+    contrast: contrastSchema.optional(),
+    features: z
+      .strictObject({ topK: positiveIntAtMost(1_000_000).default(DEFAULT_TOP_K) })
+      .default({ topK: DEFAULT_TOP_K }),
+  })
+  // Parsed, the contrast set is complete: what it does not say, calibration says.
+  .transform(({ contrast, ...p }) => ({
+    ...p,
+    ...(contrast
+      ? {
+          contrast: {
+            sources: contrast.sources,
+            samples: contrast.samples ?? p.calibration.samples,
+            shots: contrast.shots ?? p.calibration.shots,
+            maxSeqLen: contrast.maxSeqLen ?? p.calibration.maxSeqLen,
+          } satisfies CalibrationSpec,
+        }
+      : {}),
+  }));
+export type PruneSpec = z.output<typeof pruneSchema>;
 
 /** How each row is pruned: the lowest `fraction` of it, or N of every M. */
 export type PruneRule =

@@ -12,13 +12,13 @@ export {
   generationStepRate,
   jobRate,
   kindOf,
+  kindUnits,
   languageLosses,
   layerChoiceLines,
-  RATE_UNIT,
   stageText,
   stateName,
 } from './job-view.js';
-export type { JobView, KnownKind, Rate } from './job-view.js';
+export type { JobView, Rate } from './job-view.js';
 export {
   bar,
   BAR_WIDTH,

@@ -5,9 +5,11 @@
  *
  * Units (issue 19: EvalJob and LayerAnalysis showed `0 tok/s` at every line): a TrainJob's rate is
  * the tokens per second its rank 0 reports; an EvalJob's "steps" are problems and a LayerAnalysis's
- * are probe prompts (coordinator/total-steps.ts), so theirs are steps per second of the current
- * generation (they start over in a new one). A rate not known yet is absent, never 0.
+ * are probe prompts and a PruneJob's are layers (coordinator/total-steps.ts), so theirs are steps per
+ * second of the current generation (they start over in a new one). A rate not known yet is absent,
+ * never 0. The words are each kind's row of JOB_KIND_TABLE (`units`): `layer 3/8`, `layers/s`.
  */
+import { isJobKind, JOB_KIND_TABLE } from '../../common/job-kinds.js';
 import { fromWireState } from '../job-record.js';
 import type { Job__Output } from '../../proto/index.js';
 
@@ -48,9 +50,10 @@ export type JobView = Pick<
   readonly layerChoices?: Job__Output['layerChoices'];
 };
 
-/** The unit of a kind's steps per second; a TrainJob's rate is in tokens. */
-export const RATE_UNIT = { TrainJob: 'tok/s', EvalJob: 'problems/s', LayerAnalysis: 'prompts/s' } as const;
-export type KnownKind = keyof typeof RATE_UNIT;
+/** A kind's step and rate units (its row of JOB_KIND_TABLE); a kind this CLI does not know: steps. */
+export function kindUnits(kind: string): { readonly step: string; readonly rate: string } {
+  return isJobKind(kind) ? JOB_KIND_TABLE[kind].units : { step: 'step', rate: 'steps/s' };
+}
 
 export function stateName(job: Pick<JobView, 'state'>): string {
   return fromWireState(job.state) ?? job.state;
@@ -70,10 +73,6 @@ export function kindOf(job: Pick<JobView, 'kind' | 'specJson'>): string {
   return 'TrainJob';
 }
 
-export function isKnownKind(kind: string): kind is KnownKind {
-  return kind in RATE_UNIT;
-}
-
 export interface Rate {
   readonly value: number;
   readonly unit: string;
@@ -89,11 +88,11 @@ export function jobRate(
   const kind = kindOf(job);
   if (kind === 'TrainJob') {
     const known = job.tokensPerSecond > 0 && Number.isFinite(job.tokensPerSecond);
-    return known ? { value: job.tokensPerSecond, unit: RATE_UNIT.TrainJob } : undefined;
+    return known ? { value: job.tokensPerSecond, unit: kindUnits(kind).rate } : undefined;
   }
   const done = job.step - Number(job.generations.at(-1)?.fromStep ?? 0);
   if (done <= 0 || !(job.elapsedSeconds > 0)) return undefined;
-  return { value: done / job.elapsedSeconds, unit: isKnownKind(kind) ? RATE_UNIT[kind] : 'steps/s' };
+  return { value: done / job.elapsedSeconds, unit: kindUnits(kind).rate };
 }
 
 /** `1234 tok/s`, `3.2 problems/s`: three significant figures at most, no false precision. */

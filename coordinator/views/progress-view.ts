@@ -23,8 +23,8 @@ import {
   generationStepRate,
   jobRate,
   kindOf,
+  kindUnits,
   languageLosses,
-  RATE_UNIT,
   stageText,
   stateName,
   type JobView,
@@ -77,13 +77,13 @@ export function bar(step: number, total: number, width = BAR_WIDTH): string {
 function shownRate(job: JobView, recent: number | undefined): Rate | undefined {
   const kind = kindOf(job);
   if (kind === 'TrainJob' || recent === undefined) return jobRate(job);
-  return { value: recent, unit: kind in RATE_UNIT ? RATE_UNIT[kind as keyof typeof RATE_UNIT] : 'steps/s' };
+  return { value: recent, unit: kindUnits(kind).rate };
 }
 
 /** A plain progress line (not a terminal): what changed at this step, one line. */
 export function plainProgressLine(job: JobView, recentStepsPerSecond?: number): string {
   const stage = stageText(job);
-  const parts = [...(stage ? [stage] : []), `step ${job.step}/${job.totalSteps}`];
+  const parts = [...(stage ? [stage] : []), `${kindUnits(kindOf(job)).step} ${job.step}/${job.totalSteps}`];
   if (job.hasLoss) parts.push(`loss ${formatLoss(job.lastLoss)}`);
   const rate = shownRate(job, recentStepsPerSecond);
   if (rate) parts.push(formatRate(rate));

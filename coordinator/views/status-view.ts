@@ -16,6 +16,7 @@ import {
   generationStepRate,
   jobRate,
   kindOf,
+  kindUnits,
   languageLosses,
   layerChoiceLines,
   stateName,
@@ -134,7 +135,7 @@ export function statusBlock(job: JobView, now: number): string[] {
     rows.push(['generation', `${job.generation}, world ${job.workers.length}${who}`]);
   }
   const pct = job.totalSteps > 0 ? ` (${Math.floor((100 * job.step) / job.totalSteps)}%)` : '';
-  rows.push(['step', `${stepText(job)}${pct}`]);
+  rows.push([kindUnits(kindOf(job)).step, `${stepText(job)}${pct}`]);
   if (job.hasLoss) {
     const langs = languageLosses(job);
     rows.push(['loss', `${formatLoss(job.firstLoss)} -> ${formatLoss(job.lastLoss)}${langs ? `   (${langs})` : ''}`]);

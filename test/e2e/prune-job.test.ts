@@ -1,10 +1,11 @@
 /**
  * PruneJob end to end with real processes (dist/, built by pretest): a nats-server, a coordinator
  * and 3 workers. The tiny model (8 layers) is pruned at sparsity 0.3 with Swahili-English
- * demonstrations (../shared/data/gsm8k-question-translation), on 1, 2 and 3 workers: the three
- * `final/` checkpoints are byte-identical, with exactly floor(columns * 0.3) zeros in every row of
- * every projection and every other weight the input's; `prune-report.json` says so. A worker
- * killed with SIGKILL mid-calibration: the job ends on the other 2 with the same bytes. A bf16,
+ * demonstrations (../shared/data/gsm8k-question-translation), on 1 and 3 workers: the `final/`
+ * checkpoints are byte-identical, with exactly floor(columns * 0.3) zeros in every row of every
+ * projection and every other weight the input's; `prune-report.json` says so. A worker killed
+ * with SIGKILL mid-calibration: the job starts over on the other 2 (the 2-worker case) and ends
+ * with the same bytes. A bf16,
  * sharded model comes back bf16 and sharded like its input, survivors bit for bit.
  */
 import { cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
@@ -57,7 +58,7 @@ async function submit(c: Cluster, text: string): Promise<string> {
   }
 }
 
-async function finished(c: Cluster, id: string): Promise<number> {
+async function finished(c: Cluster, id: string): Promise<Awaited<ReturnType<Cluster['client']['get']>>> {
   const job = await until(
     'the job to end',
     async () => {
@@ -68,7 +69,7 @@ async function finished(c: Cluster, id: string): Promise<number> {
   );
   expect(job.state, job.error).toBe('SUCCEEDED');
   expect(job.step).toBe(job.totalSteps);
-  return Number(job.generation);
+  return job;
 }
 
 /** Every file of `final/` but the marker (it names the job), by name. */
@@ -91,9 +92,9 @@ afterAll(async () => {
 });
 
 describe('PruneJob (real processes)', () => {
-  it('1, 2 and 3 workers, and 3 with one SIGKILLed mid-calibration, write the same pruned model', async () => {
+  it('1 and 3 workers, and 3 with one SIGKILLed mid-calibration (ending on 2): the same pruned model', async () => {
     const c = await procs.cluster(3);
-    for (const w of [1, 2, 3]) await finished(c, await submit(c, specText(`w${w}`, w, w, PARALLEL)));
+    for (const w of [1, 3]) await finished(c, await submit(c, specText(`w${w}`, w, w, PARALLEL)));
     const one = await finalFiles('w1');
     expect([...one.keys()]).toEqual([
       'config.json',
@@ -102,11 +103,9 @@ describe('PruneJob (real processes)', () => {
       'tokenizer.json',
       'tokenizer_config.json',
     ]);
-    for (const w of ['w2', 'w3']) {
-      const other = await finalFiles(w);
-      expect([...other.keys()]).toEqual([...one.keys()]);
-      for (const [f, bytes] of one) expect(other.get(f)!.equals(bytes), `${w}/final/${f}`).toBe(true);
-    }
+    const three = await finalFiles('w3');
+    expect([...three.keys()]).toEqual([...one.keys()]);
+    for (const [f, bytes] of one) expect(three.get(f)!.equals(bytes), `w3/final/${f}`).toBe(true);
 
     // Exactly floor(cols * 0.3) zeros in every row; every other weight the input's.
     const { tensors: input } = await readSafetensors(join(dir, 'model', 'model.safetensors'));
@@ -118,15 +117,20 @@ describe('PruneJob (real processes)', () => {
         expect(Buffer.from(p.data.buffer).equals(Buffer.from(t.data.buffer)), t.name).toBe(true);
         continue;
       }
+      // Checked in plain loops, one expect a tensor (an expect a weight took seconds).
       const [rows, cols] = t.shape as [number, number];
+      const changed: number[] = [];
+      const badRows: string[] = [];
       for (let r = 0; r < rows; r++) {
         let zeros = 0;
         for (let j = r * cols; j < (r + 1) * cols; j++) {
           if (p.data[j] === 0) zeros++;
-          else expect(p.data[j]).toBe(t.data[j]);
+          else if (!Object.is(p.data[j], t.data[j])) changed.push(j);
         }
-        expect(zeros).toBe(Math.trunc(cols * 0.3));
+        if (zeros !== Math.trunc(cols * 0.3)) badRows.push(`row ${r}: ${zeros} zeros`);
       }
+      expect(changed.slice(0, 5), `${t.name}: surviving weights changed`).toEqual([]);
+      expect(badRows.slice(0, 5), t.name).toEqual([]);
     }
     const report = JSON.parse(await readFile(join(dir, 'w1', 'prune-report.json'), 'utf8')) as PruneReport;
     expect(report.layers).toHaveLength(8);
@@ -138,15 +142,21 @@ describe('PruneJob (real processes)', () => {
     expect(svg).toMatch(/^<svg[\s\S]*Large-magnitude features per layer[\s\S]*<\/svg>\s*$/);
     expect((await readFile(join(dir, 'w1', 'prune-features.png'))).subarray(1, 4).toString('ascii')).toBe('PNG');
 
-    // A worker lost mid-calibration: a re-formed world of 2 starts over and ends with the same bytes.
+    // A worker lost mid-calibration: a re-formed world of 2 starts over and ends with the same bytes
+    // (which is also the 2-worker case: that world runs the whole job from the input model).
     const id = await submit(c, specText('killed', 3, 2, PARALLEL));
     await until('calibration under way', async () => {
       const j = await c.client.get(id);
       return j.state === 'RUNNING' && j.step >= 1 ? true : undefined;
     });
     c.workers[2]!.kill('SIGKILL');
-    expect(await finished(c, id)).toBeGreaterThanOrEqual(2);
+    const job = await finished(c, id);
+    expect(job.generations.length).toBeGreaterThanOrEqual(2);
+    expect(job.generations[0]!.worldSize).toBe(3);
+    expect(job.generations.at(-1)!.worldSize).toBe(2);
+    expect(job.generations.at(-1)!.fromStep).toBe(0);
     const killed = await finalFiles('killed');
+    expect([...killed.keys()]).toEqual([...one.keys()]);
     for (const [f, bytes] of one) expect(killed.get(f)!.equals(bytes), `killed/final/${f}`).toBe(true);
   }, 300_000);
 
@@ -175,11 +185,13 @@ describe('PruneJob (real processes)', () => {
         const a = inHeader.data.subarray(info.data_offsets[0], info.data_offsets[1]);
         const b = outHeader.data.subarray(o.data_offsets[0], o.data_offsets[1]);
         let zeros = 0;
+        const changed: number[] = [];
         for (let i = 0; i < a.length; i += 2) {
           const bv = b.readUInt16LE(i);
           if (bv === 0 && a.readUInt16LE(i) !== 0) zeros++;
-          else expect(bv, `${name}[${i / 2}]`).toBe(a.readUInt16LE(i));
+          else if (bv !== a.readUInt16LE(i)) changed.push(i / 2);
         }
+        expect(changed.slice(0, 5), `${name}: surviving weights changed`).toEqual([]);
         expect(zeros > 0).toBe(/_proj\.weight$/.test(name));
       }
     }

@@ -89,6 +89,18 @@ describe('units per kind', () => {
     expect(plainProgressLine(ev)).not.toContain('tok/s');
   });
 
+  it("a PruneJob's progress is in layers, from its row of the job-kind table; an unknown kind in steps", () => {
+    const pj = job({ kind: 'PruneJob', tokensPerSecond: 0, hasLoss: false, step: 3, totalSteps: 8, elapsedSeconds: 6 });
+    expect(plainProgressLine(pj)).toMatch(/^\[tiny-abcde\] layer 3\/8 {2}0\.50 layers\/s {2}ETA 10s /);
+    expect(liveBlock(pj, undefined, false)[0]).toMatch(/\] {2}3\/8 {2} 37% {2}0\.50 layers\/s {2}ETA 10s$/);
+    expect(statusBlock(pj, NOW)).toContain('layer       3/8 (37%)');
+    expect(statusBlock(pj, NOW)).toContain('rate        0.50 layers/s, ETA 10s');
+    expect(plainProgressLine(job({ kind: 'EvalJob', step: 5, totalSteps: 22 }))).toContain('problem 5/22');
+    expect(plainProgressLine(job({ kind: 'LayerAnalysis', step: 5, totalSteps: 22 }))).toContain('prompt 5/22');
+    const future = job({ kind: 'FutureJob', tokensPerSecond: 0, step: 3, elapsedSeconds: 6 });
+    expect(plainProgressLine(future)).toMatch(/ step 3\/24 .*0\.50 steps\/s/);
+  });
+
   it('never 0 tok/s: an unknown rate is left out', () => {
     const fresh = job({ tokensPerSecond: 0, step: 0 });
     expect(jobRate(fresh)).toBeUndefined();

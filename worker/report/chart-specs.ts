@@ -1,6 +1,7 @@
 /**
  * Vega-Lite specs for the charts reports need, rendered by `charts.ts`: a heatmap (one or more
- * panels side by side, each with its own colour scale and legend, the value printed in each cell),
+ * panels side by side or one under another, each with its own colour scale and legend, the value
+ * printed in each cell),
  * a grouped bar chart and a line chart with several series. Every axis and legend has a title;
  * titles carry their unit, e.g. `accuracy (%)`, `loss (nats/token)`. Data is inline and checked:
  * a non-finite value is refused naming the builder and the point.
@@ -42,6 +43,11 @@ export interface HeatmapOptions {
   readonly subtitle?: string;
   /** Cell size in SVG units. @default { width: 44, height: 22 } */
   readonly cell?: { readonly width: number; readonly height: number };
+  /**
+   * How the panels are placed: side by side (the row axis once, on the first) or one under another
+   * (each with its row axis; for wide panels). @default 'horizontal'
+   */
+  readonly stack?: 'horizontal' | 'vertical';
 }
 
 function checkFinite(builder: string, values: readonly number[], where: (i: number) => string): void {
@@ -56,6 +62,7 @@ function firstAppearance(xs: readonly string[]): string[] {
 /** A heatmap: rows x columns of values, per panel a colour scale with a legend and the value in each cell. */
 export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
   const cell = o.cell ?? { width: 44, height: 22 };
+  const vertical = o.stack === 'vertical';
   const panels = o.panels.map((p, pi) => {
     checkFinite(
       'heatmapSpec',
@@ -81,8 +88,13 @@ export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
           title: p.columnTitle,
           axis: { labelAngle: 0, orient: 'top' as const },
         },
-        // The row title once, on the first panel.
-        y: { field: 'row', type: 'nominal' as const, sort: [...o.rows], title: pi === 0 ? o.rowTitle : null },
+        // Side by side, the row title once, on the first panel.
+        y: {
+          field: 'row',
+          type: 'nominal' as const,
+          sort: [...o.rows],
+          title: vertical || pi === 0 ? o.rowTitle : null,
+        },
       },
       layer: [
         {
@@ -109,8 +121,9 @@ export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
   });
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: o.subtitle === undefined ? o.title : { text: o.title, subtitle: o.subtitle },
-    hconcat: panels,
+    // Room between the title and the panels' own titles.
+    title: { text: o.title, ...(o.subtitle === undefined ? {} : { subtitle: o.subtitle }), offset: 12 },
+    ...(vertical ? { vconcat: panels, spacing: 28 } : { hconcat: panels }),
     resolve: { scale: { color: 'independent' } },
     config: { view: { stroke: null } },
   };

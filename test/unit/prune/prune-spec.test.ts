@@ -112,6 +112,36 @@ describe('PruneJob spec', () => {
     ]);
   });
 
+  it("takes the contrast set's samples, shots and maxSeqLen from calibration unless given", async () => {
+    await writeFile(join(dir, 'other.de'), 'x\ny\n');
+    await writeFile(join(dir, 'other.en'), 'X\nY\n');
+    const OTHER = '{ path: other.de, target: other.en, format: parallel, language: de }';
+    const contrastOf = (prune: string): unknown => {
+      const spec = parseAnyJobSpec(text(prune), { baseDir: dir });
+      return spec.kind === 'PruneJob' ? spec.spec.prune.contrast : undefined;
+    };
+    const calibration = `calibration: { ${SOURCES}, samples: 1, shots: 2, maxSeqLen: 64 }`;
+    expect(contrastOf(`${calibration}\ncontrast: { sources: [${OTHER}] }`)).toEqual({
+      sources: [expect.objectContaining({ path: join(dir, 'other.de') })],
+      samples: 1,
+      shots: 2,
+      maxSeqLen: 64,
+    });
+    expect(contrastOf(`${calibration}\ncontrast: { sources: [${OTHER}], samples: 2, shots: 1 }`)).toMatchObject({
+      samples: 2,
+      shots: 1,
+      maxSeqLen: 64,
+    });
+    expect(contrastOf(calibration)).toBeUndefined();
+    // The inherited numbers are checked against the contrast files like given ones.
+    expect(
+      await issues(`calibration: { ${SOURCES}, samples: 1, shots: 3 }\ncontrast: { sources: [${OTHER}] }`),
+    ).toEqual(['spec.prune.contrast.samples: needs 3 pairs (1 samples x 3 shots) from sources[0], which has 2']);
+    // A parsed spec parses again to itself (the worker parses what the coordinator stored).
+    const once = parseAnyJobSpec(text(`${calibration}\ncontrast: { sources: [${OTHER}] }`), { baseDir: dir });
+    expect(parseAnyJobSpec(JSON.stringify(once), { baseDir: dir })).toEqual(once);
+  });
+
   it('splits the samples over the sources and writes demonstrations as the authors do', () => {
     const c = { sources: [{}, {}, {}], samples: 7, shots: 4, maxSeqLen: 8 } as never;
     expect(samplesPerSource(c)).toEqual([3, 2, 2]);
