@@ -77,10 +77,15 @@ const model = z.strictObject({ path: nonEmpty });
 const workers = workersSchema;
 const output = z.strictObject({ dir: outputDirString });
 
+/**
+ * An EvalJob's model: `encoder` is LinguaLIFT's encoder directory, for a model whose
+ * `lingualift.safetensors` does not name it (or names one moved since). @default its metadata's
+ */
+const evalModel = z.strictObject({ path: nonEmpty, encoder: nonEmpty.optional() });
 const evalJobSchema = z.strictObject({
   ...common,
   kind: z.literal('EvalJob'),
-  spec: z.strictObject({ model, eval: evalSchema, workers, output }),
+  spec: z.strictObject({ model: evalModel, eval: evalSchema, workers, output }),
 });
 const layerAnalysisSchema = z.strictObject({
   ...common,
@@ -230,7 +235,7 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
       ...parsed.data,
       spec: {
         ...s,
-        model: { path: abs(s.model.path) },
+        model: { path: abs(s.model.path), ...(s.model.encoder !== undefined ? { encoder: abs(s.model.encoder) } : {}) },
         eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, options.baseDir ?? process.cwd()) },
         output: { dir: abs(s.output.dir) },
       },

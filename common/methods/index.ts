@@ -28,5 +28,6 @@ export {
   LINGUALIFT_MODULES_FILE,
   LINGUALIFT_STAGES,
   alignmentSource,
+  lingualiftSchema,
 } from './lingualift.js';
 export type { LingualiftSpec } from './lingualift.js';

@@ -5,7 +5,9 @@
 import type { EvalSpec } from '../../common/eval-spec.js';
 import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks } from '../model/hooks.js';
+import { loadLingualift } from '../methods/lingualift.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { evalName, evaluate, type ReduceFn } from './evaluate.js';
@@ -28,11 +30,20 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   const s = options.spec.spec;
   const problems = await readProblems(s.eval.sets);
   const model = await LlamaModel.load(s.model.path);
+  let lingualift: Awaited<ReturnType<typeof loadLingualift>>;
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
+    // A LinguaLIFT model's final/ carries its alignment layer: the encoder's prefix goes before each prompt.
+    lingualift = await loadLingualift(
+      s.model.path,
+      model.config,
+      tokenizer,
+      s.model.encoder !== undefined ? { encoder: s.model.encoder } : {},
+    );
     return await evaluate({
       model,
       tokenizer,
+      ...(lingualift ? { prefixer: lingualift.prefixer } : {}),
       spec: s.eval,
       problems,
       rank: options.rank,
@@ -51,6 +62,7 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
       logger: options.logger ?? silentLogger,
     });
   } finally {
+    lingualift?.dispose();
     model.dispose();
   }
 }
@@ -64,6 +76,8 @@ export interface EvalHookContext {
   readonly tokenizer: ModelTokenizer;
   /** The trained method's forward hooks (its modules in use), for generation. */
   readonly hooks?: ForwardHooks;
+  /** The trained method's prefix of each prompt (its modules in use), for generation. */
+  readonly prefixer?: PromptPrefixer;
   readonly reduce: ReduceFn;
 }
 
@@ -91,6 +105,7 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
       model: ctx.model,
       tokenizer: ctx.tokenizer,
       ...(ctx.hooks ? { hooks: ctx.hooks } : {}),
+      ...(ctx.prefixer ? { prefixer: ctx.prefixer } : {}),
       spec: options.spec,
       problems,
       rank: options.rank,

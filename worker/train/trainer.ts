@@ -44,6 +44,7 @@ import {
   type MethodRun,
   type TrainingMethod,
 } from '../methods/index.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors, type NamedTensor } from '../model/safetensors.js';
@@ -185,6 +186,8 @@ export interface TrainerOptions {
     tokenizer: ModelTokenizer;
     /** The method's forward hooks, when it has some: generation uses them as training does. */
     hooks?: ForwardHooks;
+    /** The method's prefix of each prompt, when it has one (LinguaLIFT). */
+    prefixer?: PromptPrefixer;
     reduce: (data: Float32Array) => Promise<Float32Array>;
   }) => Promise<void>;
 }
@@ -263,6 +266,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
       : (r: (typeof records)[number]) => encodeRecord(r, withEos, s.data.template, s.data.maxSeqLen);
     const samples = new SampleCache(records, encode, config.vocabSize, s.training.seed);
     const padId = tokenizer.padId ?? tokenizer.eosId;
+    const prefixer = method.prefixer?.(run, { tokenizer: withEos, maxSeqLen: s.data.maxSeqLen });
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
     const languages = [...new Set(records.map((r) => r.language ?? UNKNOWN_LANGUAGE))].sort();
@@ -317,6 +321,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         model,
         tokenizer,
         ...(hooks ? { hooks } : {}),
+        ...(prefixer ? { prefixer } : {}),
         reduce: (d) => reduce(d, { exact: true }),
       });
 
@@ -475,6 +480,9 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           method: {
             name: method.name,
             modules,
+            ...(method.moduleMetadata
+              ? { metadata: method.moduleMetadata(s.method, { maxSeqLen: s.data.maxSeqLen }) }
+              : {}),
             ...(method.finalOutputs
               ? {
                   write: (dir: string) =>
