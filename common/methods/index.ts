@@ -27,6 +27,7 @@ export {
   LINGUALIFT_FUSIONS,
   LINGUALIFT_MODULES_FILE,
   LINGUALIFT_STAGES,
+  alignmentShapes,
   alignmentSource,
   lingualiftSchema,
 } from './lingualift.js';

@@ -16,9 +16,11 @@
  */
 import { z } from 'zod';
 import { join } from 'node:path';
-import { readT5Config, t5EncoderParameters } from '../encoder-config.js';
+import { readT5Config, t5EncoderParameters, type T5Config } from '../encoder-config.js';
 import type { SpecIssue } from '../errors.js';
 import { isFile } from '../fs-checks.js';
+import type { LlamaConfig } from '../model-config.js';
+import { readSafetensorsHeader } from '../safetensors-header.js';
 import { pathString, positiveIntAtMost, resolveSpecPath } from '../spec-primitives.js';
 import type { MethodContract } from './contract.js';
 import { layerDepthIssues, layerSelectionFields, layerTensorNames } from './layer-selection.js';
@@ -83,12 +85,79 @@ export function alignmentSource(m: LingualiftSpec, modelDir: string): string {
   return m.alignment.from ?? join(modelDir, LINGUALIFT_MODULES_FILE);
 }
 
-/** The encoder directory: a supported encoder's config.json, weights, tokenizer.json; `alignment.from` a file. */
-async function fileIssues(m: LingualiftSpec, _config: unknown, path: string): Promise<SpecIssue[]> {
+/**
+ * The alignment layer's tensors and shapes for a block, between an encoder of width `encoderHidden`
+ * and an LLM of width `llmHidden`: `alignment.<i>.{weight,bias}` for each of `depth` Linear layers
+ * ([out, in], inner width `hidden`, default the LLM's), and `alignment.separator` with `prepend`.
+ */
+export function alignmentShapes(m: LingualiftSpec, llmHidden: number, encoderHidden: number): Map<string, number[]> {
+  const depth = m.alignment.depth;
+  const inner = m.alignment.hidden ?? llmHidden;
+  const out = new Map<string, number[]>();
+  for (let i = 0; i < depth; i++) {
+    const fanIn = i === 0 ? encoderHidden : inner;
+    const fanOut = i === depth - 1 ? llmHidden : inner;
+    out.set(`alignment.${i}.weight`, [fanOut, fanIn]);
+    out.set(`alignment.${i}.bias`, [fanOut]);
+  }
+  if (m.fusion === 'prepend') out.set('alignment.separator', [llmHidden]);
+  return out;
+}
+
+/**
+ * An existing alignment layer (`alignment.from`) against the block, the encoder and the LLM: every
+ * tensor by name and shape, read from the file's header. A layer made for another encoder or LLM
+ * width cannot be bridged by any field: the message names the file, the tensor and both widths.
+ */
+async function alignmentFromIssues(
+  m: LingualiftSpec,
+  from: string,
+  llm: LlamaConfig,
+  encoder: T5Config,
+  path: string,
+): Promise<SpecIssue[]> {
+  let tensors: ReadonlyMap<string, readonly number[]>;
+  try {
+    tensors = new Map((await readSafetensorsHeader(from)).tensors.map((t) => [t.name, t.shape]));
+  } catch (e) {
+    return [{ path, message: (e as Error).message }];
+  }
+  const widths =
+    `the encoder's hidden size is ${encoder.hiddenSize} (${join(m.encoder.path, 'config.json')} d_model), ` +
+    `the LLM's ${llm.hiddenSize} (hidden_size)`;
+  const out: SpecIssue[] = [];
+  const expected = alignmentShapes(m, llm.hiddenSize, encoder.hiddenSize);
+  for (const [name, shape] of expected) {
+    const got = tensors.get(name);
+    if (got === undefined) {
+      out.push({ path, message: `${from} (tensor ${name}): missing (depth ${m.alignment.depth}, fusion ${m.fusion})` });
+    } else if (got.join(',') !== shape.join(',')) {
+      out.push({
+        path,
+        message: `${from} (tensor ${name}): shape [${got.join(', ')}] does not fit [${shape.join(', ')}]: ${widths}`,
+      });
+    }
+  }
+  for (const name of tensors.keys()) {
+    if (!expected.has(name))
+      out.push({
+        path,
+        message: `${from} (tensor ${name}): not in this block (depth ${m.alignment.depth}, fusion ${m.fusion})`,
+      });
+  }
+  return out;
+}
+
+/**
+ * The encoder directory: a supported encoder's config.json (another architecture is refused by
+ * name), weights, tokenizer.json; `alignment.from` a file whose tensors fit the encoder and the LLM.
+ */
+async function fileIssues(m: LingualiftSpec, config: LlamaConfig, path: string): Promise<SpecIssue[]> {
   const out: SpecIssue[] = [];
   const dir = m.encoder.path;
+  let encoder: T5Config | undefined;
   try {
-    await readT5Config(dir);
+    encoder = await readT5Config(dir);
   } catch (e) {
     out.push({ path: `${path}.encoder.path`, message: (e as Error).message });
   }
@@ -99,6 +168,8 @@ async function fileIssues(m: LingualiftSpec, _config: unknown, path: string): Pr
   const from = m.alignment.from;
   if (from !== undefined && !(await isFile(from)))
     out.push({ path: `${path}.alignment.from`, message: `${from}: no such file` });
+  else if (from !== undefined && encoder)
+    out.push(...(await alignmentFromIssues(m, from, config, encoder, `${path}.alignment.from`)));
   return out;
 }
 

@@ -25,6 +25,7 @@ import { t5EncoderMacs } from '../../common/encoder-config.js';
 import { UserError } from '../../common/errors.js';
 import { isFile } from '../../common/fs-checks.js';
 import {
+  alignmentShapes,
   alignmentSource,
   LINGUALIFT_MODULES_FILE,
   lingualiftSchema,
@@ -101,24 +102,14 @@ export class LingualiftResources implements MethodResources {
 
 /** The alignment layer's tensors: `alignment.<i>.{weight,bias}` for each Linear, and the separator. */
 export function alignmentModules(method: Spec, llmHidden: number, encoderHidden: number): ModuleTensor[] {
-  const depth = method.alignment.depth;
-  const inner = method.alignment.hidden ?? llmHidden;
   const trainable = method.stage === 'align';
-  const out: ModuleTensor[] = [];
-  for (let i = 0; i < depth; i++) {
-    const fanIn = i === 0 ? encoderHidden : inner;
-    const fanOut = i === depth - 1 ? llmHidden : inner;
-    out.push({
-      name: `alignment.${i}.weight`,
-      shape: [fanOut, fanIn],
-      init: { kind: 'normal', std: INIT_STD },
-      trainable,
-    });
-    out.push({ name: `alignment.${i}.bias`, shape: [fanOut], init: { kind: 'zeros' }, trainable });
-  }
-  if (method.fusion === 'prepend')
-    out.push({ name: 'alignment.separator', shape: [llmHidden], init: { kind: 'normal', std: INIT_STD }, trainable });
-  return out;
+  return [...alignmentShapes(method, llmHidden, encoderHidden)].map(([name, shape]) => ({
+    name,
+    shape,
+    // Weights and the separator normal(0, 0.02), biases zero.
+    init: name.endsWith('.bias') ? { kind: 'zeros' } : { kind: 'normal', std: INIT_STD },
+    trainable,
+  }));
 }
 
 /** The MLP on encoder states [N, d_enc] -> [N, H]: Linear, then GELU (tanh) and Linear for each further layer. */
