@@ -61,7 +61,7 @@ import {
   type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
-import { describeTrainable, methodFrozenParameters, parameterCounts } from './methods/index.js';
+import { describeTrainable, methodFrozenParameters, parameterCounts, trainedModelIssues } from './methods/index.js';
 
 export const JOB_KINDS = ['TrainJob', 'EvalJob', 'LayerAnalysis'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
@@ -244,6 +244,8 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
   validateFiles: async (spec, source) => {
     const issues: SpecIssue[] = [];
     const numLayers = await modelDepth(spec, issues);
+    // A LinguaLIFT model's final/: its encoder (spec.model.encoder, or the one its file names).
+    issues.push(...(await trainedModelIssues(spec.spec.model.path, spec.spec.model.encoder, 'spec.model')));
     issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
     if (issues.length > 0) throw new JobSpecError(issues, source);
     return { numLayers, parameters: NO_PARAMETERS };

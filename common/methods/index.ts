@@ -29,6 +29,8 @@ export {
   LINGUALIFT_STAGES,
   alignmentShapes,
   alignmentSource,
+  LINGUALIFT_METADATA,
+  trainedModelIssues,
   lingualiftSchema,
 } from './lingualift.js';
 export type { LingualiftSpec } from './lingualift.js';

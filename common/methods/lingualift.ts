@@ -80,6 +80,48 @@ function issues(m: LingualiftSpec, path: string): SpecIssue[] {
   return out;
 }
 
+/**
+ * Metadata keys of `final/lingualift.safetensors`: the encoder's directory, and the cut of the
+ * encoder's ids (the job's `maxSeqLen`), for generation and evaluation to read it back.
+ */
+export const LINGUALIFT_METADATA = { encoder: 'encoder', maxTokens: 'encoder_max_tokens' } as const;
+
+/**
+ * An EvalJob's model directory against LinguaLIFT (`at` is `spec.model`): with a
+ * `lingualift.safetensors` beside the model, an encoder must be known (`encoder`, else the file's
+ * metadata), and `encoder` is a supported encoder; without one, `encoder` is refused. An encoder
+ * named only by the file is read by the worker, after checking it against its storage roots.
+ */
+export async function trainedModelIssues(
+  modelDir: string,
+  encoder: string | undefined,
+  at: string,
+): Promise<SpecIssue[]> {
+  const file = join(modelDir, LINGUALIFT_MODULES_FILE);
+  if (!(await isFile(file))) {
+    return encoder === undefined
+      ? []
+      : [{ path: `${at}.encoder`, message: `is only for a LinguaLIFT model: ${file}: no such file` }];
+  }
+  let named: string | undefined;
+  try {
+    named = (await readSafetensorsHeader(file)).metadata[LINGUALIFT_METADATA.encoder];
+  } catch (e) {
+    return [{ path: `${at}.path`, message: (e as Error).message }];
+  }
+  if (encoder === undefined) {
+    return named === undefined
+      ? [{ path: `${at}.encoder`, message: `is required: ${file} names no encoder in its metadata` }]
+      : [];
+  }
+  try {
+    await readT5Config(encoder);
+    return [];
+  } catch (e) {
+    return [{ path: `${at}.encoder`, message: (e as Error).message }];
+  }
+}
+
 /** The alignment layer's file a block starts from, given the stage's model directory (see the schema). */
 export function alignmentSource(m: LingualiftSpec, modelDir: string): string {
   return m.alignment.from ?? join(modelDir, LINGUALIFT_MODULES_FILE);

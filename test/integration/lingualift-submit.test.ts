@@ -5,6 +5,8 @@
  *   and in a stage (`spec.stages[1].method.encoder.path`);
  * - an `alignment.from` layer made for another encoder width or another LLM width (a hidden-size
  *   mismatch no field bridges), read from the file's safetensors header;
+ * - an EvalJob on a model with a `lingualift.safetensors` naming no encoder (spec.model.encoder is
+ *   then required), an encoder of another architecture, or an encoder for a model without the file;
  * and a layer that fits is taken.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -140,6 +142,35 @@ spec:
       `spec.method.alignment.from: ${junk}: invalid header`,
     );
     expect(await client.list()).toEqual([]);
+  });
+
+  it('refuses an EvalJob on a LinguaLIFT model without a known encoder, or an encoder it cannot use', async () => {
+    const problems = join(fx.dir, 'mgsm_de.tsv');
+    writeFileSync(problems, 'Wie viel ist 2 + 2?\t4\n');
+    const evalJob = (model: string, enc?: string): string => `apiVersion: polytune/v1
+kind: EvalJob
+metadata: { name: ll-eval }
+spec:
+  model: { path: ${model}${enc ? `, encoder: ${enc}` : ''} }
+  eval: { sets: [{ path: ${problems}, format: mgsm-tsv, language: de }], maxNewTokens: 4 }
+  workers: { count: 1 }
+  output: { dir: ${fx.dir}/eval-out }
+`;
+    // A model without lingualift.safetensors: no encoder to give.
+    const none = join(fx.modelDir, 'lingualift.safetensors');
+    expect(await refusal(evalJob(fx.modelDir, encoder))).toContain(
+      `spec.model.encoder: is only for a LinguaLIFT model: ${none}: no such file`,
+    );
+    // A layer whose file names no encoder: the spec must.
+    const file = await layerFile('model/lingualift.safetensors', LLM_HIDDEN, ENCODER_HIDDEN);
+    expect(await refusal(evalJob(fx.modelDir))).toContain(
+      `spec.model.encoder: is required: ${file} names no encoder in its metadata`,
+    );
+    expect(await refusal(evalJob(fx.modelDir, fx.modelDir))).toContain(
+      `spec.model.encoder: ${join(fx.modelDir, 'config.json')}: model_type "llama" is not a supported encoder`,
+    );
+    expect(await client.list()).toEqual([]);
+    expect(await client.submitText(evalJob(fx.modelDir, encoder), 'ev.yaml')).toMatch(/^ll-eval/);
   });
 
   it('takes a layer that fits', async () => {

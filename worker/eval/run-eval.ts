@@ -19,6 +19,8 @@ export interface EvalJobOptions {
   readonly rank: number;
   readonly worldSize: number;
   readonly reduce: ReduceFn;
+  /** Roots the paths read must lie under (a LinguaLIFT model's encoder named by its file). @default none */
+  readonly storageRoots?: readonly string[];
   /** Problems scored across the job so far (rank 0's share scaled to the whole) and the total. */
   readonly onProgress?: (done: number, total: number) => void;
   readonly signal?: AbortSignal;
@@ -34,12 +36,10 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     // A LinguaLIFT model's final/ carries its alignment layer: the encoder's prefix goes before each prompt.
-    lingualift = await loadLingualift(
-      s.model.path,
-      model.config,
-      tokenizer,
-      s.model.encoder !== undefined ? { encoder: s.model.encoder } : {},
-    );
+    lingualift = await loadLingualift(s.model.path, model.config, tokenizer, {
+      ...(s.model.encoder !== undefined ? { encoder: s.model.encoder } : {}),
+      ...(options.storageRoots ? { storageRoots: options.storageRoots } : {}),
+    });
     return await evaluate({
       model,
       tokenizer,

@@ -19,7 +19,7 @@
  * which generation and evaluation read back (`loadLingualift`): the same prefix then goes before
  * each prompt at the prefill (worker/model/generate.ts).
  */
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { t5EncoderMacs } from '../../common/encoder-config.js';
 import { UserError } from '../../common/errors.js';
@@ -27,11 +27,13 @@ import { isFile } from '../../common/fs-checks.js';
 import {
   alignmentShapes,
   alignmentSource,
+  LINGUALIFT_METADATA,
   LINGUALIFT_MODULES_FILE,
   lingualiftSchema,
   type MethodSpecOf,
 } from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
+import { isUnder, realish } from '../../common/storage-roots.js';
 import { IGNORE_INDEX } from '../../common/records.js';
 import { encodeRecord, type EncodedSample, type PromptTokenizer } from '../data/encode.js';
 import type { PromptPrefixer } from '../model/generate.js';
@@ -192,8 +194,17 @@ export function lingualiftPrefixer(
   };
 }
 
-/** Metadata keys of `final/lingualift.safetensors`: the encoder's directory and the encoder ids' cut. */
-export const LINGUALIFT_METADATA = { encoder: 'encoder', maxTokens: 'encoder_max_tokens' } as const;
+/** A path a file names (not the spec): refused unless under one of `roots` (none: any path). */
+async function checkUnderRoots(path: string, roots: readonly string[], file: string): Promise<void> {
+  if (roots.length === 0) return;
+  const real = isAbsolute(path) ? await realish(path) : undefined;
+  if (real === undefined || !roots.some((r) => isUnder(real, r))) {
+    throw new UserError(
+      `${file}: metadata ${LINGUALIFT_METADATA.encoder} ${path} is outside the storage roots ` +
+        `(${roots.join(', ')}); name the encoder in the spec (spec.model.encoder)`,
+    );
+  }
+}
 
 /** A trained model's alignment layer and encoder, for generation; `dispose` frees them. */
 export interface LoadedLingualift {
@@ -212,7 +223,11 @@ export async function loadLingualift(
   modelDir: string,
   config: LlamaConfig,
   tokenizer: ModelTokenizer,
-  options: { readonly encoder?: string } = {},
+  options: {
+    readonly encoder?: string;
+    /** Roots the file's encoder must lie under (the spec's paths are checked before). @default none */
+    readonly storageRoots?: readonly string[];
+  } = {},
 ): Promise<LoadedLingualift | undefined> {
   const file = join(modelDir, LINGUALIFT_MODULES_FILE);
   if (!(await isFile(file))) {
@@ -226,6 +241,7 @@ export async function loadLingualift(
   const encoder = options.encoder ?? metadata[LINGUALIFT_METADATA.encoder];
   if (encoder === undefined)
     throw new UserError(`${file}: its metadata names no encoder; give the encoder's directory (--encoder DIR)`);
+  if (options.encoder === undefined) await checkUnderRoots(encoder, options.storageRoots ?? [], file);
   const names = new Set(tensors.map((t) => t.name));
   let depth = 0;
   while (names.has(`alignment.${depth}.weight`)) depth++;

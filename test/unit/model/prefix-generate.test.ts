@@ -15,12 +15,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { lingualiftSchema } from '../../../common/methods/index.js';
+import { LINGUALIFT_METADATA, lingualiftSchema } from '../../../common/methods/index.js';
 import { initBackend } from '../../../worker/backend.js';
 import { runGenerate } from '../../../worker/commands/generate.js';
 import { runInitEncoder } from '../../../worker/commands/init-encoder.js';
 import { runInitModel } from '../../../worker/commands/init-model.js';
-import { alignmentModules, loadLingualift, LINGUALIFT_METADATA } from '../../../worker/methods/lingualift.js';
+import { alignmentModules, loadLingualift } from '../../../worker/methods/lingualift.js';
 import { initModules } from '../../../worker/methods/modules.js';
 import { generateIds } from '../../../worker/model/generate.js';
 import { LlamaModel } from '../../../worker/model/llama.js';
@@ -175,7 +175,7 @@ describe('worker generate on a LinguaLIFT final/', () => {
     60_000,
   );
 
-  it('refuses an encoder whose width does not fit the layer, naming the file and tensor', async () => {
+  it('refuses an encoder whose width does not fit the layer, or outside the storage roots', async () => {
     const modelDir = join(dir, 'model');
     const model = await LlamaModel.load(modelDir);
     try {
@@ -186,6 +186,18 @@ describe('worker generate on a LinguaLIFT final/', () => {
       const modules = initModules('lingualift', alignmentModules(method, model.config.hiddenSize, 40), 7, new Set());
       await writeSafetensors(join(modelDir, 'lingualift.safetensors'), modules, { dtype: 'F32', metadata: {} });
       await expect(loadLingualift(modelDir, model.config, tokenizer)).rejects.toThrow(/metadata names no encoder/);
+      // An encoder only the file names (not the spec) must lie under the worker's storage roots.
+      const file = join(modelDir, 'lingualift.safetensors');
+      await writeSafetensors(file, modules, {
+        dtype: 'F32',
+        metadata: { [LINGUALIFT_METADATA.encoder]: join(dir, 'encoder-2') },
+      });
+      await expect(loadLingualift(modelDir, model.config, tokenizer, { storageRoots: [modelDir] })).rejects.toThrow(
+        `${file}: metadata encoder ${join(dir, 'encoder-2')} is outside the storage roots (${modelDir})`,
+      );
+      await expect(loadLingualift(modelDir, model.config, tokenizer, { storageRoots: [dir] })).rejects.toThrow(
+        `${file} (tensor alignment.0.weight): shape [64, 40] does not fit`,
+      );
       await expect(
         loadLingualift(modelDir, model.config, tokenizer, { encoder: join(dir, 'encoder-2') }),
       ).rejects.toThrow(
