@@ -13,6 +13,7 @@ export {
   methodFrozenParameters,
   methodModelIssues,
   methodSchema,
+  methodStageIssues,
   parameterCounts,
   resolveMethodPaths,
   trainableTensorNames,

@@ -215,6 +215,40 @@ async function fileIssues(m: LingualiftSpec, config: LlamaConfig, path: string):
   return out;
 }
 
+/**
+ * Stage task without `alignment.from` carries the alignment layer of the stage before it: that
+ * stage must be LinguaLIFT's with the same encoder and the same layer (depth, width, fusion), or
+ * the layer's shapes (or the encoder it was trained with) would not be this stage's.
+ */
+function stageIssues(m: LingualiftSpec, earlier: readonly { readonly name: string }[], path: string): SpecIssue[] {
+  if (m.stage !== 'task' || m.alignment.from !== undefined) return [];
+  const prev = earlier.at(-1);
+  if (prev?.name !== 'lingualift') {
+    const before = prev === undefined ? 'there is no stage before it' : `the stage before it is ${prev.name}`;
+    return [
+      {
+        path: `${path}.alignment.from`,
+        message: `is required: stage task carries the alignment layer of the stage before it, and ${before}`,
+      },
+    ];
+  }
+  const p = prev as LingualiftSpec;
+  const fields: [string, unknown, unknown][] = [
+    ['encoder.path', p.encoder.path, m.encoder.path],
+    ['alignment.depth', p.alignment.depth, m.alignment.depth],
+    ['alignment.hidden', p.alignment.hidden ?? "the LLM's", m.alignment.hidden ?? "the LLM's"],
+    ['fusion', p.fusion, m.fusion],
+  ];
+  return fields
+    .filter(([, a, b]) => a !== b)
+    .map(([field, a, b]) => ({
+      path: `${path}.${field}`,
+      message:
+        `${String(b)} differs from the stage before's ${String(a)}: stage task carries that stage's ` +
+        'alignment layer (give alignment.from for another one)',
+    }));
+}
+
 export const lingualiftContract: MethodContract<LingualiftSpec> = {
   name: 'lingualift',
   schema: lingualiftSchema,
@@ -233,6 +267,7 @@ export const lingualiftContract: MethodContract<LingualiftSpec> = {
     );
   },
   fileIssues,
+  stageIssues,
   frozenParameters: async (m) => t5EncoderParameters(await readT5Config(m.encoder.path)),
   resolvePaths: (m, baseDir) => ({
     ...m,
