@@ -66,7 +66,7 @@ import {
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
 import { CCTUNING_FILE } from './methods/cctuning.js';
-import { describeTrainable, methodFrozenParameters, parameterCounts } from './methods/index.js';
+import { describeTrainable, methodFrozenParameters, parameterCounts, trainedModelIssues } from './methods/index.js';
 import {
   calibrationFileIssues,
   pruneIssues,
@@ -90,10 +90,15 @@ const model = z.strictObject({ path: nonEmpty });
 const workers = workersSchema;
 const output = z.strictObject({ dir: outputDirString });
 
+/**
+ * An EvalJob's model: `encoder` is LinguaLIFT's encoder directory, for a model whose
+ * `lingualift.safetensors` does not name it (or names one moved since). @default its metadata's
+ */
+const evalModel = z.strictObject({ path: nonEmpty, encoder: nonEmpty.optional() });
 const evalJobSchema = z.strictObject({
   ...common,
   kind: z.literal('EvalJob'),
-  spec: z.strictObject({ model, eval: evalSchema, workers, output }),
+  spec: z.strictObject({ model: evalModel, eval: evalSchema, workers, output }),
 });
 const layerAnalysisSchema = z.strictObject({
   ...common,
@@ -262,7 +267,7 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
       ...parsed.data,
       spec: {
         ...s,
-        model: { path: abs(s.model.path) },
+        model: { path: abs(s.model.path), ...(s.model.encoder !== undefined ? { encoder: abs(s.model.encoder) } : {}) },
         eval: { ...s.eval, sets: resolveProblemSets(s.eval.sets, options.baseDir ?? process.cwd()) },
         output: { dir: abs(s.output.dir) },
       },
@@ -271,6 +276,8 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
   validateFiles: async (spec, source) => {
     const issues: SpecIssue[] = [];
     const numLayers = await modelDepth(spec, issues);
+    // A LinguaLIFT model's final/: its encoder (spec.model.encoder, or the one its file names).
+    issues.push(...(await trainedModelIssues(spec.spec.model.path, spec.spec.model.encoder, 'spec.model')));
     issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
     const ccFile = join(spec.spec.model.path, CCTUNING_FILE);
     if (spec.spec.eval.ccTransform && !(await isFile(ccFile)))

@@ -31,6 +31,7 @@ import {
   type ParseOptions,
 } from './jobspec.js';
 import type { LlamaConfig } from './model-config.js';
+import { methodStageIssues } from './methods/index.js';
 import { DNS_LABEL, DNS_LABEL_MESSAGE, resolveSpecPath } from './spec-primitives.js';
 
 /** What a stage cannot be called: the names of what a stage and the job write under output.dir. */
@@ -156,6 +157,10 @@ export function stagedJobFromObject(raw: Record<string, unknown>, options: Parse
   const baseDir = options.baseDir ?? process.cwd();
   // Each stage's paths resolved as a single-stage job's are; the job's blocks are the same in each.
   const resolved = spec.spec.stages.map((_, i) => resolvePaths(stageJobSpec(spec, i), baseDir));
+  // What a stage takes from the ones before it (resolved, so paths compare as the workers see them).
+  const methods = resolved.map((s) => s.spec.method);
+  const handed = methods.flatMap((m, i) => methodStageIssues(m, methods.slice(0, i), `spec.stages[${i}].method`));
+  if (handed.length > 0) throw new JobSpecError(handed, options.source);
   // Stage 0's model and eval are the job's; its output.dir is the job's with the stage's name.
   const job = resolved[0]!.spec;
   const outputDir = spec.spec.output.dir;

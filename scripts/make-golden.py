@@ -119,10 +119,16 @@ def repeat_kv(x, n_rep):
 
 def forward(cfg, P, ids, hooks=None):
     """Logits [B, T, V]. `hooks` (optional, scripts/make-golden-cctuning.py): 'embeddings'(x) reads the
-    input embeddings, 'ffn'(layer, f) reads a layer's FFN output before the residual add,
+    input embeddings, or returns new ones [B, T', H] (vectors prepended: positions and the causal mask
+    then cover T', and the logits are of all T'; scripts/make-golden-lingualift.py), 'ffn'(layer, f) reads a layer's FFN output before the residual add,
     'after_layer'(layer, x) returns the residual stream after a layer (possibly edited)."""
     hooks = hooks or {}
-    B, T = ids.shape
+    x = P['model.embed_tokens.weight'][ids]
+    if 'embeddings' in hooks:
+        edited = hooks['embeddings'](x)
+        if edited is not None:
+            x = edited
+    B, T = x.shape[0], x.shape[1]
     H = cfg['hidden_size']
     nH = cfg['num_attention_heads']
     nKV = cfg.get('num_key_value_heads', nH)
@@ -137,9 +143,6 @@ def forward(cfg, P, ids, hooks=None):
 
     mask = torch.full((T, T), torch.finfo(torch.float64).min, dtype=torch.float64).triu(1)
 
-    x = P['model.embed_tokens.weight'][ids]
-    if 'embeddings' in hooks:
-        hooks['embeddings'](x)
     for i in range(cfg['num_hidden_layers']):
         p = lambda s: P[f'model.layers.{i}.{s}']
         h = rms_norm(x, p('input_layernorm.weight'), eps)

@@ -10,6 +10,10 @@ RUN=runs/quickstart
 if [ ! -f "$RUN/model/model.safetensors" ]; then
   node dist/worker/cli.js init-model --preset tiny --out "$RUN/model"
 fi
+if [ ! -f "$RUN/encoder/model.safetensors" ]; then
+  # LinguaLIFT's encoder for configs/lingualift-tiny.yaml (a tiny random mT5-style one).
+  node dist/worker/cli.js init-encoder --preset tiny --out "$RUN/encoder"
+fi
 node dist/scripts/quickstart-data.js --out "$RUN/data/word-problems.jsonl" --per-language 32 \
   --parallel-dir "$RUN/data/parallel"
 rm -rf "$RUN/output"

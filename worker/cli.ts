@@ -10,7 +10,8 @@
  *   worker init-model --preset tiny --out DIR [--seed N]
  *   worker init-encoder --preset tiny --out DIR [--seed N]   (a random mT5-style encoder, for LinguaLIFT)
  *   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B]
- *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
+ *   worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform]
+ *                   [--encoder DIR] [--backend B]
  *
  * Metrics (Prometheus, `/metrics`) are served on --metrics-port, default 9465 + the local rank
  * (--local-rank, else $POLYTUNE_LOCAL_RANK, else 0: the index of this worker process among those of
@@ -56,7 +57,7 @@ const USAGE =
   worker init-model --preset tiny --out DIR [--seed N]
   worker init-encoder --preset tiny --out DIR [--seed N]
   worker score --model DIR --input FILE.jsonl [--json] [--template NAME] [--backend B] [--no-native] [--threads N]
-  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--backend B]
+  worker generate --model DIR --prompt TEXT [--max-new-tokens N] [--json] [--cc-transform] [--encoder DIR] [--backend B]
            [--no-native] [--threads N]
 `;
 
@@ -259,6 +260,7 @@ async function main(signal: AbortSignal): Promise<number> {
         'max-new-tokens': { type: 'string' },
         json: { type: 'boolean' },
         'cc-transform': { type: 'boolean' },
+        encoder: { type: 'string' },
         backend: { type: 'string' },
         ...NATIVE_FLAGS,
       });
@@ -266,6 +268,7 @@ async function main(signal: AbortSignal): Promise<number> {
       await initBackend(backendFlag(v.backend as string | undefined), nativeFlags(v));
       await runGenerate({
         ccTransform: Boolean(v['cc-transform']),
+        ...(v.encoder !== undefined ? { encoder: v.encoder as string } : {}),
         model: required('model', v.model as string | undefined),
         prompt: required('prompt', v.prompt as string | undefined),
         maxNewTokens: intFlag('max-new-tokens', v['max-new-tokens'] as string | undefined, 128, 1),

@@ -43,6 +43,7 @@ export const WORKER_JOB_KINDS: { readonly [K in JobKind]: WorkerJobKind<JobSpecO
       const report = await runEvalJob({
         ...base(ctx),
         spec,
+        ...(ctx.storageRoots ? { storageRoots: ctx.storageRoots } : {}),
         onProgress: (done, total) => ctx.rank === 0 && ctx.progress(done, total),
       });
       ctx.onEvalReport?.(report);

@@ -46,6 +46,11 @@ export interface KindContext {
   readonly collective: NumberedCollective;
   /** The next free call number of this generation; whoever uses numbers moves it past them. */
   readonly calls: { next: number };
+  /**
+   * The storage roots this worker confines paths to (common/storage-roots.ts), for paths a job
+   * reads that its spec does not name (a LinguaLIFT model's encoder, from its file). @default none
+   */
+  readonly storageRoots?: readonly string[];
   /** Go on from the newest state the ranks hold (a re-formed world, or `submit --resume`). */
   readonly resume: boolean;
   /** This rank's state of the job, kept across its generations (worker/run-worker.ts). */

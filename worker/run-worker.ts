@@ -203,6 +203,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         },
         calls,
         holder,
+        storageRoots: roots,
         resume: a.resume || a.generation > 1,
         // The histogram is of checkpoints; a failure of either kind is counted.
         onCheckpoint: (c) => {

@@ -33,6 +33,11 @@ export interface MethodContract<S extends { readonly name: string }> {
    * job; paths start at `path`. @default none
    */
   fileIssues?(method: S, config: LlamaConfig, path: string): Promise<SpecIssue[]>;
+  /**
+   * In a job of stages, checks of the block against the blocks of the stages before it, in order
+   * (what an earlier stage hands on: LinguaLIFT's alignment layer); paths start at `path`. @default none
+   */
+  stageIssues?(method: S, earlier: readonly { readonly name: string }[], path: string): SpecIssue[];
   /** Frozen parameters the method holds besides the model (an encoder), for the memory plan. @default 0 */
   frozenParameters?(method: S): Promise<number>;
 }

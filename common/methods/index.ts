@@ -13,6 +13,7 @@ export {
   methodFrozenParameters,
   methodModelIssues,
   methodSchema,
+  methodStageIssues,
   parameterCounts,
   resolveMethodPaths,
   trainableTensorNames,
@@ -27,6 +28,10 @@ export {
   LINGUALIFT_FUSIONS,
   LINGUALIFT_MODULES_FILE,
   LINGUALIFT_STAGES,
+  alignmentShapes,
   alignmentSource,
+  LINGUALIFT_METADATA,
+  trainedModelIssues,
+  lingualiftSchema,
 } from './lingualift.js';
 export type { LingualiftSpec } from './lingualift.js';

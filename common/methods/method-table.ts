@@ -111,6 +111,12 @@ export async function methodFrozenParameters(method: MethodSpec): Promise<number
   return c.frozenParameters ? c.frozenParameters(method).catch(() => 0) : 0;
 }
 
+/** Checks of a stage's block against the stages before it (its contract's `stageIssues`). */
+export function methodStageIssues(method: MethodSpec, earlier: readonly MethodSpec[], path: string): SpecIssue[] {
+  const c = methodContract(method);
+  return c.stageIssues ? c.stageIssues(method, earlier, path) : [];
+}
+
 /** Checks of the files a block names (its contract's `fileIssues`). */
 export async function methodFileIssues(method: MethodSpec, config: LlamaConfig, path: string): Promise<SpecIssue[]> {
   const c = methodContract(method);

@@ -7,7 +7,10 @@
  * - stage task, from stage align's final/ (its lingualift.safetensors carried over), changes only
  *   the LLM's selected tensors: the alignment layer bit-identical, other LLM tensors too;
  * - 1 and 2 workers end within 1e-5 in both stages; the encoder's cost per step is reported;
- * - an alignment layer of other sizes is refused naming its file.
+ * - an alignment layer of other sizes is refused naming its file;
+ * - an EvalJob on stage task's final/ scores MGSM per language with the encoder and alignment
+ *   layer (read from final/lingualift.safetensors): each output is the generation with the
+ *   question's prefix before the templated prompt.
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -16,7 +19,14 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseJobSpec, type JobSpec } from '../../common/jobspec.js';
 import { GradientAllReduce } from '../../worker/collective/index.js';
+import { JOB_KIND_TABLE } from '../../common/job-kinds.js';
 import { runInitEncoder } from '../../worker/commands/init-encoder.js';
+import { applyTemplate } from '../../worker/data/encode.js';
+import { runEvalJob } from '../../worker/eval/run-eval.js';
+import { loadLingualift } from '../../worker/methods/lingualift.js';
+import { generate } from '../../worker/model/generate.js';
+import { LlamaModel } from '../../worker/model/llama.js';
+import { ModelTokenizer } from '../../worker/model/tokenizer.js';
 import { train, type StepReport } from '../../worker/train/trainer.js';
 import { TEST_COLLECTIVE_KEY } from '../helpers/collective.js';
 import { natsScope, uniqueJobName } from '../helpers/nats-server.js';
@@ -26,6 +36,7 @@ import { tinyTrainDir } from '../helpers/train-job.js';
 const ROOT = join(import.meta.dirname, '..', '..');
 const GSM8K = join(ROOT, '..', 'shared', 'data', 'gsm8k-en', 'train.jsonl');
 const DICT = join(ROOT, 'test', 'fixtures', 'codeswitch', 'en-de-es-sw.tsv');
+const MGSM = join(ROOT, '..', 'shared', 'data', 'mgsm');
 
 let dir: string;
 const nats = natsScope();
@@ -161,8 +172,11 @@ describe('lingualift, two stages', () => {
     const task = { 1: join(dir, 'task-1'), 2: join(dir, 'task-2') };
     await runJob(taskSpec(join(align[1], 'final'), task[1], 1), 1);
     await runJob(taskSpec(join(align[1], 'final'), task[2], 2), 2);
-    const alignAfterTask = await tensorMap(join(task[1], 'final', 'lingualift.safetensors'));
-    for (const [name, t] of alignOut) expect(same(alignAfterTask.get(name)!, t), name).toBe(true);
+    // The alignment layer is carried frozen on 1 and on 2 workers alike.
+    for (const out of [task[1], task[2]]) {
+      const alignAfterTask = await tensorMap(join(out, 'final', 'lingualift.safetensors'));
+      for (const [name, t] of alignOut) expect(same(alignAfterTask.get(name)!, t), name).toBe(true);
+    }
     const modelAfterTask = await tensorMap(join(task[1], 'final', 'model.safetensors'));
     const changed = [...modelIn].filter(([name, t]) => !same(modelAfterTask.get(name)!, t)).map(([n]) => n);
     expect(changed.sort()).toEqual([
@@ -174,6 +188,51 @@ describe('lingualift, two stages', () => {
     for (const name of changed)
       expect(relativeError(task2.get(name)!, modelAfterTask.get(name)!), name).toBeLessThan(1e-5);
     expect(await sha(join(dir, 'encoder', 'model.safetensors'))).toBe(encoderBefore);
+
+    // An EvalJob on the two-stage model: the encoder comes from lingualift.safetensors' metadata.
+    const final = join(task[1], 'final');
+    const evalSpec = JOB_KIND_TABLE.EvalJob.parse(
+      {
+        apiVersion: 'polytune/v1',
+        kind: 'EvalJob',
+        metadata: { name: 'lingualift-eval' },
+        spec: {
+          model: { path: final },
+          eval: { sets: [{ mgsm: MGSM, languages: ['de', 'sw'], limit: 2 }], maxNewTokens: 4, batchSize: 4 },
+          workers: { count: 1 },
+          output: { dir: join(dir, 'eval') },
+        },
+      },
+      { baseDir: dir },
+    );
+    const report = await runEvalJob({ spec: evalSpec, rank: 0, worldSize: 1, reduce: (d) => Promise.resolve(d) });
+    expect(report.benchmarks[0]!.languages.map((l) => [l.language, l.total])).toEqual([
+      ['de', 2],
+      ['sw', 2],
+    ]);
+    const predictions = (await readFile(join(dir, 'eval', 'eval', 'final.predictions.rank-0.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { output: string; language: string; index: number });
+    const model = await LlamaModel.load(final);
+    const tokenizer = await ModelTokenizer.load(final, model.config);
+    const loaded = (await loadLingualift(final, model.config, tokenizer))!;
+    try {
+      const problems = (await readFile(join(MGSM, 'mgsm_de.tsv'), 'utf8')).split('\n').slice(0, 2);
+      const questions = problems.map((l) => l.split('\t')[0]!);
+      const prefix = loaded.prefixer.prefix(questions);
+      const outs = await generate(
+        model,
+        tokenizer,
+        questions.map((q) => applyTemplate('slam', q)),
+        { maxNewTokens: 4, prefix },
+      ).finally(() => prefix.vectors.dispose());
+      const de = predictions.filter((p) => p.language === 'de').sort((a, b) => a.index - b.index);
+      expect(de.map((p) => p.output)).toEqual(outs.map((o) => o.text));
+    } finally {
+      loaded.dispose();
+      model.dispose();
+    }
   }, 240_000);
 
   it('refuses an alignment layer of other sizes, naming its file', async () => {

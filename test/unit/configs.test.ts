@@ -1,5 +1,5 @@
 /** Every spec people start from parses; the paper configs say what the SLAM paper says. */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
@@ -76,5 +76,29 @@ describe('configs/two-stage-tiny.yaml', () => {
     // Stage 2 starts from stage 1's final model; each writes under output.dir/<stage>/.
     expect(stageJobSpec(spec, 1).spec.model.path).toBe(join(spec.spec.output.dir, 'question-alignment', 'final'));
     expect(stageJobSpec(spec, 1).spec.output.dir).toBe(join(spec.spec.output.dir, 'answers'));
+  });
+});
+
+describe('configs/lingualift-tiny.yaml', () => {
+  it('is LinguaLIFT in two stages on the quickstart model: align on code-switched text, then task', () => {
+    const spec = parseAnyJobSpec(readFileSync(join(CONFIGS, 'lingualift-tiny.yaml'), 'utf8'), { baseDir: CONFIGS });
+    if (spec.kind !== 'TrainJob' || !isStaged(spec)) throw new Error('expected spec.stages');
+    const quickstart = parseJobSpec(readFileSync(join(CONFIGS, 'quickstart.yaml'), 'utf8'), { baseDir: CONFIGS });
+    expect(spec.spec.model).toEqual(quickstart.spec.model);
+    const [align, task] = spec.spec.stages;
+    expect(spec.spec.stages.map((s) => s.name)).toEqual(['align', 'task']);
+    if (align!.method.name !== 'lingualift' || task!.method.name !== 'lingualift')
+      throw new Error('expected lingualift');
+    expect([align!.method.stage, task!.method.stage]).toEqual(['align', 'task']);
+    expect(task!.method.encoder).toEqual(align!.method.encoder);
+    expect(task!.method.alignment).toEqual(align!.method.alignment);
+    // Stage align: code-switched on the fly with the small dictionary of the test fixtures.
+    const [src] = align!.data.train;
+    expect(src).toMatchObject({ format: 'codeswitch', field: 'question', language: 'en' });
+    expect(existsSync(src!.path) && existsSync(src!.dictionary!)).toBe(true);
+    expect(src!.dictionary).toBe(resolve(CONFIGS, '..', 'test', 'fixtures', 'codeswitch', 'en-de-es-sw.tsv'));
+    // Stage task: English instructions, from stage align's final/ (its lingualift.safetensors).
+    expect(task!.data.train.every((s) => s.format === 'alpaca' && s.language === 'en')).toBe(true);
+    expect(stageJobSpec(spec, 1).spec.model.path).toBe(join(spec.spec.output.dir, 'align', 'final'));
   });
 });

@@ -1,6 +1,7 @@
 /** The method table (common/methods/): each method's block, its rules at any path, and what it trains. */
 import { describe, expect, it } from 'vitest';
 import { JobSpecError } from '../../common/errors.js';
+import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
 import {
   METHOD_NAMES,
@@ -112,5 +113,67 @@ describe('method blocks', () => {
     expect(() => trainableTensorNames(methodSchema.parse({ name: 'freeze', layers: [5] }), 2, names)).toThrow(
       /selects no tensor/,
     );
+  });
+});
+
+describe('lingualift across stages', () => {
+  const DATA = '{ train: [{ path: d.jsonl, format: alpaca }] }';
+  const TRAINING = '{ maxSteps: 1, globalBatchSize: 2, optimizer: { name: sgd, lr: 0.1 } }';
+  const staged = (align: string, task: string): string => `
+apiVersion: polytune/v1
+kind: TrainJob
+metadata: { name: t }
+spec:
+  model: { path: m }
+  stages:
+    - { name: first, method: ${align}, data: ${DATA}, training: ${TRAINING} }
+    - { name: second, method: ${task}, data: ${DATA}, training: ${TRAINING} }
+  workers: { count: 1 }
+  output: { dir: o }
+`;
+  function stagedIssues(align: string, task: string): string[] {
+    try {
+      parseAnyJobSpec(staged(align, task), { baseDir: '/b' });
+    } catch (e) {
+      expect(e).toBeInstanceOf(JobSpecError);
+      return (e as JobSpecError).issues.map((i) => `${i.path}: ${i.message}`);
+    }
+    return [];
+  }
+  const align = '{ name: lingualift, encoder: { path: enc }, alignment: { depth: 2, hidden: 48 } }';
+
+  it('stage task takes the layer of the stage before it: the same encoder, depth, width and fusion', () => {
+    expect(
+      stagedIssues(align, '{ name: lingualift, stage: task, encoder: { path: ./enc }, alignment: { hidden: 48 } }'),
+    ).toEqual([]);
+    expect(
+      stagedIssues(
+        align,
+        '{ name: lingualift, stage: task, encoder: { path: enc2 }, alignment: { depth: 1, hidden: 48 }, ' +
+          'fusion: replace }',
+      ),
+    ).toEqual([
+      "spec.stages[1].method.encoder.path: /b/enc2 differs from the stage before's /b/enc: stage task carries that " +
+        "stage's alignment layer (give alignment.from for another one)",
+      "spec.stages[1].method.alignment.depth: 1 differs from the stage before's 2: stage task carries that stage's " +
+        'alignment layer (give alignment.from for another one)',
+      "spec.stages[1].method.fusion: replace differs from the stage before's prepend: stage task carries that " +
+        "stage's alignment layer (give alignment.from for another one)",
+    ]);
+    expect(stagedIssues(align, '{ name: lingualift, stage: task, encoder: { path: enc } }')).toEqual([
+      "spec.stages[1].method.alignment.hidden: the LLM's differs from the stage before's 48: stage task carries " +
+        "that stage's alignment layer (give alignment.from for another one)",
+    ]);
+    expect(stagedIssues('{ name: full }', '{ name: lingualift, stage: task, encoder: { path: enc } }')).toEqual([
+      'spec.stages[1].method.alignment.from: is required: stage task carries the alignment layer of the stage ' +
+        'before it, and the stage before it is full',
+    ]);
+    // With alignment.from, any earlier stage.
+    expect(
+      stagedIssues(
+        '{ name: full }',
+        '{ name: lingualift, stage: task, encoder: { path: e }, alignment: { from: l.st } }',
+      ),
+    ).toEqual([]);
   });
 });

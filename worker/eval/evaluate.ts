@@ -16,7 +16,7 @@ import type { EvalSpec } from '../../common/eval-spec.js';
 import { CHAT_TEMPLATE_NAME } from '../../common/jobspec.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { applyTemplate } from '../data/encode.js';
-import { generate } from '../model/generate.js';
+import { generate, type PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
@@ -48,6 +48,8 @@ export interface EvaluateOptions {
   readonly hooks?: ForwardHooks;
   /** Hooks made per batch of prompts (CC-Tuning's transform, `eval.ccTransform`). @default none */
   readonly hooksFor?: PromptHooks;
+  /** The trained method's prefix of each question (LinguaLIFT), at the prefill. @default none */
+  readonly prefixer?: PromptPrefixer;
   readonly spec: EvalSpec;
   /** All problems, in the same order on every rank (problems.ts `readProblems`). */
   readonly problems: readonly Problem[];
@@ -128,10 +130,13 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     // Rows of one generate() call share add_bos; with `chat` none gets BOS, otherwise the default.
     const prompts = batch.map((p) => promptOf(tokenizer, spec.template, p.question));
     const addBos = prompts[0]!.addBos;
+    // A method's prefix is made from the question itself; with `promptIds` it stands for the prompt.
+    const prefixer = options.prefixer;
+    const prefix = prefixer?.prefix(batch.map((p) => p.question));
     const outs = await generate(
       model,
       tokenizer,
-      prompts.map((p) => p.text),
+      prefixer?.promptIds ? batch.map(() => prefixer.promptIds!) : prompts.map((p) => p.text),
       {
         maxNewTokens: spec.maxNewTokens,
         stop: spec.stop,
@@ -139,8 +144,9 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.hooks ? { hooks: options.hooks } : {}),
         ...(options.hooksFor ? { hooksFor: options.hooksFor } : {}),
+        ...(prefix ? { prefix } : {}),
       },
-    );
+    ).finally(() => prefix?.vectors.dispose());
     batch.forEach((p, j) => {
       const output = outs[j]!.text;
       const prediction = extractLastNumber(output);

@@ -7,7 +7,9 @@ import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { UserError } from '../../common/errors.js';
 import { ccTransformHooks, loadCcTransform } from '../methods/cctuning.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
+import { loadLingualift } from '../methods/lingualift.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { evalName, evaluate, type ReduceFn } from './evaluate.js';
@@ -19,6 +21,8 @@ export interface EvalJobOptions {
   readonly rank: number;
   readonly worldSize: number;
   readonly reduce: ReduceFn;
+  /** Roots the paths read must lie under (a LinguaLIFT model's encoder named by its file). @default none */
+  readonly storageRoots?: readonly string[];
   /** Problems scored across the job so far (rank 0's share scaled to the whole) and the total. */
   readonly onProgress?: (done: number, total: number) => void;
   readonly signal?: AbortSignal;
@@ -30,13 +34,20 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   const s = options.spec.spec;
   const problems = await readProblems(s.eval.sets);
   const model = await LlamaModel.load(s.model.path);
+  let lingualift: Awaited<ReturnType<typeof loadLingualift>>;
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
     const cc = s.eval.ccTransform ? await loadCcTransform(s.model.path, model.config) : undefined;
+    // A LinguaLIFT model's final/ carries its alignment layer: the encoder's prefix goes before each prompt.
+    lingualift = await loadLingualift(s.model.path, model.config, tokenizer, {
+      ...(s.model.encoder !== undefined ? { encoder: s.model.encoder } : {}),
+      ...(options.storageRoots ? { storageRoots: options.storageRoots } : {}),
+    });
     return await evaluate({
       model,
       tokenizer,
       ...(cc ? { hooksFor: (prompts) => ccTransformHooks(model, cc, prompts).hooks } : {}),
+      ...(lingualift ? { prefixer: lingualift.prefixer } : {}),
       spec: s.eval,
       problems,
       rank: options.rank,
@@ -55,6 +66,7 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
       logger: options.logger ?? silentLogger,
     });
   } finally {
+    lingualift?.dispose();
     model.dispose();
   }
 }
@@ -70,6 +82,8 @@ export interface EvalHookContext {
   readonly hooks?: ForwardHooks;
   /** The method's inference-time transform from the live model, for `eval.ccTransform`. */
   readonly transformHooks?: () => PromptHooks;
+  /** The trained method's prefix of each prompt (its modules in use), for generation. */
+  readonly prefixer?: PromptPrefixer;
   readonly reduce: ReduceFn;
 }
 
@@ -100,6 +114,7 @@ export function createEvalHook(options: EvalHookOptions): EvalHook {
       tokenizer: ctx.tokenizer,
       ...(ctx.hooks ? { hooks: ctx.hooks } : {}),
       ...(options.spec.ccTransform ? { hooksFor: ctx.transformHooks!() } : {}),
+      ...(ctx.prefixer ? { prefixer: ctx.prefixer } : {}),
       spec: options.spec,
       problems,
       rank: options.rank,

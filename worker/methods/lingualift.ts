@@ -15,20 +15,34 @@
  * Stage align: no LLM tensor trains, the modules do (from the seed, or `alignment.from`). Stage
  * task: the modules are frozen, read from the previous stage's `final/lingualift.safetensors` (the
  * stage's model directory) or `alignment.from`; the LLM's selected tensors train. Either way the
- * trainer writes the modules to `final/lingualift.safetensors`, which generation and evaluation
- * read back (lingualift-inference.ts).
+ * trainer writes the modules to `final/lingualift.safetensors` (its metadata naming the encoder),
+ * which generation and evaluation read back (`loadLingualift`): the same prefix then goes before
+ * each prompt at the prefill (worker/model/generate.ts).
  */
+import { isAbsolute, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { t5EncoderMacs } from '../../common/encoder-config.js';
 import { UserError } from '../../common/errors.js';
-import { alignmentSource, type MethodSpecOf } from '../../common/methods/index.js';
+import { isFile } from '../../common/fs-checks.js';
+import {
+  alignmentShapes,
+  alignmentSource,
+  LINGUALIFT_METADATA,
+  LINGUALIFT_MODULES_FILE,
+  lingualiftSchema,
+  type MethodSpecOf,
+} from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
+import { isUnder, realish } from '../../common/storage-roots.js';
 import { IGNORE_INDEX } from '../../common/records.js';
-import { encodeRecord, type EncodedSample } from '../data/encode.js';
+import { encodeRecord, type EncodedSample, type PromptTokenizer } from '../data/encode.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { EmbeddingEdit } from '../model/hooks.js';
+import { readSafetensors } from '../model/safetensors.js';
 import { geluNew, T5Encoder } from '../model/t5-encoder.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { specTrainableTensors } from './layer-methods.js';
+import { startingModules } from './modules.js';
 import type { MethodResources, MethodRun, ModuleTensor, TrainingMethod } from './training-method.js';
 
 type Spec = MethodSpecOf<'lingualift'>;
@@ -90,24 +104,14 @@ export class LingualiftResources implements MethodResources {
 
 /** The alignment layer's tensors: `alignment.<i>.{weight,bias}` for each Linear, and the separator. */
 export function alignmentModules(method: Spec, llmHidden: number, encoderHidden: number): ModuleTensor[] {
-  const depth = method.alignment.depth;
-  const inner = method.alignment.hidden ?? llmHidden;
   const trainable = method.stage === 'align';
-  const out: ModuleTensor[] = [];
-  for (let i = 0; i < depth; i++) {
-    const fanIn = i === 0 ? encoderHidden : inner;
-    const fanOut = i === depth - 1 ? llmHidden : inner;
-    out.push({
-      name: `alignment.${i}.weight`,
-      shape: [fanOut, fanIn],
-      init: { kind: 'normal', std: INIT_STD },
-      trainable,
-    });
-    out.push({ name: `alignment.${i}.bias`, shape: [fanOut], init: { kind: 'zeros' }, trainable });
-  }
-  if (method.fusion === 'prepend')
-    out.push({ name: 'alignment.separator', shape: [llmHidden], init: { kind: 'normal', std: INIT_STD }, trainable });
-  return out;
+  return [...alignmentShapes(method, llmHidden, encoderHidden)].map(([name, shape]) => ({
+    name,
+    shape,
+    // Weights and the separator normal(0, 0.02), biases zero.
+    init: name.endsWith('.bias') ? { kind: 'zeros' } : { kind: 'normal', std: INIT_STD },
+    trainable,
+  }));
 }
 
 /** The MLP on encoder states [N, d_enc] -> [N, H]: Linear, then GELU (tanh) and Linear for each further layer. */
@@ -162,6 +166,127 @@ export function encoderIdsOf(resources: LingualiftResources, question: string, m
   return Int32Array.from(ids.slice(0, maxSeqLen));
 }
 
+/** The token `replace` gives the LLM in place of its prompt: BOS, else EOS. */
+function startId(tokenizer: PromptTokenizer): number {
+  return tokenizer.encode('', { addBos: true })[0] ?? tokenizer.eosId;
+}
+
+/** Generation's prefix of each question: the encoder's states through the alignment layer, as in training. */
+export function lingualiftPrefixer(
+  method: Spec,
+  resources: LingualiftResources,
+  modules: ReadonlyMap<string, tf.Tensor>,
+  tokenizer: PromptTokenizer,
+  maxSeqLen: number,
+): PromptPrefixer {
+  return {
+    prefix: (questions) => {
+      let pad: Int32Array = new Int32Array(0);
+      const vectors = tf.tidy(() => {
+        const ids = questions.map((q) => encoderIdsOf(resources, q, maxSeqLen));
+        const edit = alignmentPrefix(method, resources, modules, ids);
+        pad = edit.prependPad!;
+        return edit.prepend!;
+      });
+      return { vectors, pad };
+    },
+    ...(method.fusion === 'replace' ? { promptIds: [startId(tokenizer)] } : {}),
+  };
+}
+
+/** A path a file names (not the spec): refused unless under one of `roots` (none: any path). */
+async function checkUnderRoots(path: string, roots: readonly string[], file: string): Promise<void> {
+  if (roots.length === 0) return;
+  const real = isAbsolute(path) ? await realish(path) : undefined;
+  if (real === undefined || !roots.some((r) => isUnder(real, r))) {
+    throw new UserError(
+      `${file}: metadata ${LINGUALIFT_METADATA.encoder} ${path} is outside the storage roots ` +
+        `(${roots.join(', ')}); name the encoder in the spec (spec.model.encoder)`,
+    );
+  }
+}
+
+/** A trained model's alignment layer and encoder, for generation; `dispose` frees them. */
+export interface LoadedLingualift {
+  readonly method: Spec;
+  readonly prefixer: PromptPrefixer;
+  dispose(): void;
+}
+
+/**
+ * The alignment layer beside a model (`<modelDir>/lingualift.safetensors`, a LinguaLIFT job's
+ * final/) with its encoder (the file's metadata, or `encoder`); undefined when the directory has
+ * none. Depth, width and fusion come from the file's tensors; sizes that do not fit the encoder
+ * or the LLM are refused naming the file and tensor.
+ */
+export async function loadLingualift(
+  modelDir: string,
+  config: LlamaConfig,
+  tokenizer: ModelTokenizer,
+  options: {
+    readonly encoder?: string;
+    /** Roots the file's encoder must lie under (the spec's paths are checked before). @default none */
+    readonly storageRoots?: readonly string[];
+  } = {},
+): Promise<LoadedLingualift | undefined> {
+  const file = join(modelDir, LINGUALIFT_MODULES_FILE);
+  if (!(await isFile(file))) {
+    if (options.encoder !== undefined)
+      throw new UserError(`${file}: no such file (an encoder is for a LinguaLIFT model's final/)`);
+    return undefined;
+  }
+  const eosId = tokenizer.eosId;
+  if (eosId === undefined) throw new UserError(`${modelDir}: the tokenizer has no EOS token`);
+  const { tensors, metadata } = await readSafetensors(file);
+  const encoder = options.encoder ?? metadata[LINGUALIFT_METADATA.encoder];
+  if (encoder === undefined)
+    throw new UserError(`${file}: its metadata names no encoder; give the encoder's directory (--encoder DIR)`);
+  if (options.encoder === undefined) await checkUnderRoots(encoder, options.storageRoots ?? [], file);
+  const names = new Set(tensors.map((t) => t.name));
+  let depth = 0;
+  while (names.has(`alignment.${depth}.weight`)) depth++;
+  const first = tensors.find((t) => t.name === 'alignment.0.weight');
+  if (!first) throw new UserError(`${file}: no tensor alignment.0.weight (not a LinguaLIFT alignment layer)`);
+  const cut = metadata[LINGUALIFT_METADATA.maxTokens];
+  const maxTokens = cut === undefined ? Number.MAX_SAFE_INTEGER : Number(cut);
+  if (!Number.isInteger(maxTokens) || maxTokens <= 0)
+    throw new UserError(`${file}: metadata ${LINGUALIFT_METADATA.maxTokens} must be a positive integer, not ${cut}`);
+  const parsed = lingualiftSchema.safeParse({
+    name: 'lingualift',
+    stage: 'task',
+    encoder: { path: encoder },
+    alignment: depth > 1 ? { depth, hidden: first.shape[0] } : { depth },
+    fusion: names.has('alignment.separator') ? 'prepend' : 'replace',
+  });
+  if (!parsed.success) throw new UserError(`${file}: not a LinguaLIFT alignment layer (${parsed.error.message})`);
+  const method = parsed.data;
+  const resources = await LingualiftResources.load(method);
+  const modules = new Map<string, tf.Tensor>();
+  try {
+    const expected = alignmentModules(method, config.hiddenSize, resources.encoder.config.hiddenSize);
+    const { tensors: values } = await startingModules('lingualift', expected, 0, new Set(), { file, required: true });
+    for (const t of values) modules.set(t.name, tf.tensor(t.data, t.shape, 'float32'));
+  } catch (e) {
+    resources.dispose();
+    tf.dispose([...modules.values()]);
+    throw e;
+  }
+  return {
+    method,
+    prefixer: lingualiftPrefixer(
+      method,
+      resources,
+      modules,
+      { encode: (t, o) => tokenizer.encode(t, o), eosId },
+      maxTokens,
+    ),
+    dispose: () => {
+      resources.dispose();
+      tf.dispose([...modules.values()]);
+    },
+  };
+}
+
 function encode(
   method: Spec,
   record: Parameters<NonNullable<TrainingMethod<Spec>['encode']>>[1],
@@ -176,7 +301,7 @@ function encode(
   const encoderIds = encoderIdsOf(resourcesOf(resources), record.question, maxSeqLen);
   if (method.fusion === 'prepend') return { ...encodeRecord(record, tokenizer, template, maxSeqLen), encoderIds };
   // replace: the LLM sees no prompt tokens, only a start token before the answer.
-  const start = tokenizer.encode('', { addBos: true })[0] ?? tokenizer.eosId;
+  const start = startId(tokenizer);
   const answer = [...tokenizer.encode(record.output, { addBos: false }), tokenizer.eosId];
   const ids = [start, ...answer].slice(0, maxSeqLen);
   const labels = [IGNORE_INDEX, ...answer].slice(0, maxSeqLen);
@@ -202,6 +327,12 @@ export const lingualift: TrainingMethod<Spec> = {
     required: method.stage === 'task' || method.alignment.from !== undefined,
   }),
   encode,
+  prefixer: (run, ctx) =>
+    lingualiftPrefixer(run.method, resourcesOf(run.resources), run.modules, ctx.tokenizer, ctx.maxSeqLen),
+  moduleMetadata: (method, ctx) => ({
+    [LINGUALIFT_METADATA.encoder]: method.encoder.path,
+    [LINGUALIFT_METADATA.maxTokens]: String(ctx.maxSeqLen),
+  }),
   loss: (run: MethodRun<Spec>, batch) => {
     const resources = resourcesOf(run.resources);
     const edit = alignmentPrefix(

@@ -12,6 +12,7 @@ import type { MethodSpec } from '../../common/methods/index.js';
 import type { LlamaConfig } from '../../common/model-config.js';
 import type { DataRecord } from '../../common/records.js';
 import type { EncodedSample, PromptTokenizer } from '../data/encode.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { NamedTensor } from '../model/safetensors.js';
@@ -87,10 +88,20 @@ export interface TrainingMethod<M extends MethodSpec = MethodSpec> {
   modules?(method: M, config: LlamaConfig, resources?: MethodResources): ModuleTensor[];
   /** A file the modules start from instead of the seed, given the run's model directory. @default none */
   moduleSource?(method: M, modelDir: string): ModuleSource | undefined;
-  /** Loads what the method needs besides the model (before modules, hooks and encoding), once a run. @default nothing */
+  /** Loads what the method needs besides the model (before modules, hooks, encoding), once a run. @default nothing */
   load?(method: M, ctx: { readonly config: LlamaConfig; readonly modelDir: string }): Promise<MethodResources>;
   /** Forward hooks (worker/model/hooks.ts) for training and evaluation. @default none */
   hooks?(run: MethodRun<M>): ForwardHooks;
+  /**
+   * Vectors before each prompt in generation (a TrainJob's `spec.eval`), made from the question
+   * with the run's modules; a trained model's are loaded from its final/ (lingualift.ts). @default none
+   */
+  prefixer?(
+    run: MethodRun<M>,
+    ctx: { readonly tokenizer: PromptTokenizer; readonly maxSeqLen: number },
+  ): PromptPrefixer;
+  /** Metadata of `final/<method>.safetensors` besides `format` (what reading it back needs). @default none */
+  moduleMetadata?(method: M, ctx: { readonly maxSeqLen: number }): Record<string, string>;
   /**
    * The loss of a micro-batch as per-row sums of token NLL [B], differentiable; the trainer sums
    * the rows and divides by the global batch's supervised tokens (DESIGN.md's loss), and reads the

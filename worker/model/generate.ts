@@ -5,6 +5,11 @@
  * padded row decodes exactly as it would alone. The prefill runs the whole prompt once; each
  * further step feeds one token per row through the cached keys and values (the same layer code as
  * training: `LlamaModel.forwardHidden`).
+ *
+ * A `prefix` (vectors before each prompt: LinguaLIFT's mapped encoder states) enters at the
+ * prefill through the embeddings hook; it is context in the cache like the prompt, so the
+ * positions of every later step count its real vectors too (its left padding is masked as the
+ * prompt's is).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { eosIds as configEosIds } from '../../common/model-config.js';
@@ -39,6 +44,32 @@ export interface GenerateIdsOptions {
    * transform: a first pass over each prompt); used when `hooks` is absent. @default none
    */
   hooksFor?: PromptHooks;
+  /** Vectors before each row's prompt, at the prefill (the caller disposes them). @default none */
+  prefix?: GenerationPrefix;
+  /** Each step's next-token logits [B, vocab] (row-major), step 0 the prefill's. @default none */
+  onLogits?: (step: number, logits: Float32Array) => void;
+}
+
+/** Vectors put before each prompt (a method's soft prefix), left-padded across the batch. */
+export interface GenerationPrefix {
+  /** [B, P, hiddenSize]. */
+  readonly vectors: tf.Tensor3D;
+  /** Per row, how many of the P vectors are padding, at the front. @default none */
+  readonly pad?: Int32Array;
+}
+
+/**
+ * What a trained method adds to generation besides hooks: vectors before each prompt, made from
+ * the question itself (LinguaLIFT: the mapped encoder states of the question).
+ */
+export interface PromptPrefixer {
+  /** The prefix of these questions (raw text, before any template); the caller disposes the vectors. */
+  prefix(questions: readonly string[]): GenerationPrefix;
+  /**
+   * The LLM's own prompt when the prefix stands for the question (LinguaLIFT's `replace`: a start
+   * token); absent, the LLM gets the templated question as usual. @default absent
+   */
+  readonly promptIds?: readonly number[];
 }
 
 export interface GeneratedIds {
@@ -51,12 +82,16 @@ export interface GeneratedIds {
  * Runs one decoding step in a tidy scope, keeping only the argmax tokens (read out) and the new
  * cache (returned; the caller disposes it).
  */
-function runStep(fn: () => { token: tf.Tensor; cache: KvCache }): { next: Int32Array; cache: KvCache } {
+function runStep(
+  fn: () => { logits: tf.Tensor; cache: KvCache },
+  onLogits?: (logits: Float32Array) => void,
+): { next: Int32Array; cache: KvCache } {
   let length = 0;
   const [token, ...kv] = tf.tidy(() => {
     const r = fn();
     length = r.cache.length;
-    return [r.token, ...r.cache.k, ...r.cache.v];
+    if (onLogits) onLogits(r.logits.dataSync() as Float32Array);
+    return [tf.argMax(r.logits, 1), ...r.cache.k, ...r.cache.v];
   });
   const next = Int32Array.from(token!.dataSync());
   token!.dispose();
@@ -80,38 +115,60 @@ export async function generateIds(
   if (prompts.some((p) => p.length === 0)) throw new Error('generateIds: empty prompt (add BOS)');
   if (maxNew <= 0) return { ids: out, finishReason: prompts.map(() => 'length') };
 
+  const prefix = options.prefix;
+  const P = prefix?.vectors.shape[1] ?? 0;
+  if (prefix && (prefix.vectors.shape[0] !== B || (prefix.pad && prefix.pad.length !== B))) {
+    throw new Error(`generateIds: the prefix is for ${prefix.vectors.shape[0]} rows, the prompts are ${B}`);
+  }
+  const padOf = (b: number): number => prefix?.pad?.[b] ?? 0;
   const L = Math.max(...prompts.map((p) => p.length));
-  // Which cache columns are real tokens: left padding is not; every generated column is.
-  const valid: Uint8Array[] = prompts.map((p) => {
-    const v = new Uint8Array(L);
-    v.fill(1, L - p.length);
+  // The prefill's columns: the prefix's P, then the prompt's L (both left-padded).
+  const C = P + L;
+  // Which cache columns are real: padding is not; every generated column is.
+  const valid: Uint8Array[] = prompts.map((p, b) => {
+    const v = new Uint8Array(C);
+    v.fill(1, padOf(b), P);
+    v.fill(1, C - p.length);
     return v;
   });
   const ids = new Int32Array(B * L).fill(padId);
-  const positions = new Int32Array(B * L).fill(1); // pads: any position, they are masked (HF uses 1)
-  prompts.forEach((p, b) => {
-    for (let j = 0; j < p.length; j++) {
-      ids[b * L + L - p.length + j] = p[j]!;
-      positions[b * L + L - p.length + j] = j;
-    }
-  });
-  // Prefill mask [B, 1, 1, L, L]: query i sees real keys j <= i. A padded query sees no key;
-  // its uniform softmax is harmless (its output is never used).
-  const prefillMask = new Float32Array(B * L * L).fill(MASKED);
+  prompts.forEach((p, b) => ids.set(p, b * L + L - p.length));
+  // Positions count the real columns before (HF: cumsum(attention_mask) - 1); padding takes any
+  // position, it is masked (HF uses 1).
+  const positions = new Int32Array(B * C).fill(1);
+  const nextPos = prompts.map(() => 0);
   for (let b = 0; b < B; b++) {
-    for (let i = 0; i < L; i++) for (let j = 0; j <= i; j++) if (valid[b]![j]) prefillMask[(b * L + i) * L + j] = 0;
+    for (let j = 0; j < C; j++) if (valid[b]![j]) positions[b * C + j] = nextPos[b]!++;
+  }
+  // Prefill mask [B, 1, 1, C, C]: query i sees real keys j <= i. A padded query sees no key;
+  // its uniform softmax is harmless (its output is never used).
+  const prefillMask = new Float32Array(B * C * C).fill(MASKED);
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < C; i++) for (let j = 0; j <= i; j++) if (valid[b]![j]) prefillMask[(b * C + i) * C + j] = 0;
   }
 
-  const nextPos = prompts.map((p) => p.length);
   const hooks = options.hooks ?? options.hooksFor?.(prompts);
+  // The prefix goes in through the embeddings hook at the prefill only (beside a method's own edit).
+  const prefillHooks: ForwardHooks | undefined = prefix
+    ? {
+        ...hooks,
+        embeddings: (x, shape) => {
+          const edit = hooks?.embeddings?.(x, shape) ?? {};
+          if (edit.prepend) throw new Error('generateIds: a prefix and hooks that prepend vectors too');
+          return { ...edit, prepend: prefix.vectors };
+        },
+      }
+    : hooks;
+  let step = 0;
+  const logitsOf = options.onLogits ? (l: Float32Array) => options.onLogits!(step, l) : undefined;
   let cache: KvCache | undefined;
   try {
     const prefill = runStep(() => {
       const f = model.forwardHidden(tf.tensor2d(ids, [B, L], 'int32'), {
         positions,
-        mask: tf.tensor(prefillMask, [B, 1, 1, L, L]),
+        mask: tf.tensor(prefillMask, [B, 1, 1, C, C]),
         returnCache: true,
-        ...(hooks ? { hooks } : {}),
+        ...(prefillHooks ? { hooks: prefillHooks } : {}),
       });
       const last = tf.gather(
         f.hidden,
@@ -120,8 +177,8 @@ export async function generateIds(
           'int32',
         ),
       );
-      return { token: tf.argMax(model.head(last), 1), cache: f.cache! };
-    });
+      return { logits: model.head(last), cache: f.cache! };
+    }, logitsOf);
     cache = prefill.cache;
     let next = prefill.next;
     for (;;) {
@@ -146,7 +203,8 @@ export async function generateIds(
       const stepPos = Int32Array.from(nextPos);
       // [B, 1, 1, 1, past + 1]: every column but the left padding.
       const stepMask = new Float32Array(B * (past + 1));
-      for (let b = 0; b < B; b++) for (let j = 0; j < L; j++) if (!valid[b]![j]) stepMask[b * (past + 1) + j] = MASKED;
+      for (let b = 0; b < B; b++) for (let j = 0; j < C; j++) if (!valid[b]![j]) stepMask[b * (past + 1) + j] = MASKED;
+      step++;
       const r = runStep(() => {
         const f = model.forwardHidden(tf.tensor2d(stepIds, [B, 1], 'int32'), {
           positions: stepPos,
@@ -154,8 +212,8 @@ export async function generateIds(
           cache: prev,
           ...(hooks ? { hooks } : {}),
         });
-        return { token: tf.argMax(model.head(f.hidden), 1), cache: f.cache! };
-      });
+        return { logits: model.head(f.hidden), cache: f.cache! };
+      }, logitsOf);
       cache = r.cache;
       tf.dispose([...prev.k, ...prev.v]);
       next = r.next;
@@ -179,6 +237,8 @@ export interface GenerateOptions {
   hooks?: ForwardHooks;
   /** Hooks made for the encoded prompts (see GenerateIdsOptions). @default none */
   hooksFor?: PromptHooks;
+  /** Vectors before each prompt (see GenerateIdsOptions). @default none */
+  prefix?: GenerationPrefix;
 }
 
 export interface Generation {
@@ -189,15 +249,15 @@ export interface Generation {
   finishReason: FinishReason;
 }
 
-/** Greedy generation for text prompts. */
+/** Greedy generation for prompts given as text (encoded here) or as token ids (used as they are). */
 export async function generate(
   model: LlamaModel,
   tokenizer: ModelTokenizer,
-  prompts: readonly string[],
+  prompts: readonly (string | readonly number[])[],
   options: GenerateOptions = {},
 ): Promise<Generation[]> {
   const encoded = prompts.map((p) =>
-    tokenizer.encode(p, options.addBos === undefined ? {} : { addBos: options.addBos }),
+    typeof p === 'string' ? tokenizer.encode(p, options.addBos === undefined ? {} : { addBos: options.addBos }) : p,
   );
   const eos = new Set(configEosIds(model.config));
   if (tokenizer.eosId !== undefined) eos.add(tokenizer.eosId);
@@ -212,6 +272,7 @@ export async function generate(
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.hooks ? { hooks: options.hooks } : {}),
     ...(options.hooksFor ? { hooksFor: options.hooksFor } : {}),
+    ...(options.prefix ? { prefix: options.prefix } : {}),
   });
   return r.ids.map((ids, b) => {
     let text = tokenizer.decode(ids);

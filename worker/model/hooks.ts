@@ -53,7 +53,8 @@ export interface EmbeddingEdit extends Partial<AddRows> {
   /**
    * [B, P, H]: vectors put before each row's tokens (a soft prompt, an encoder's output). The
    * decoder then runs over P + T positions (causal, positions 0..P+T-1); the forward's result
-   * has the T input positions only. Not with a KV cache, explicit positions or mask.
+   * has the T input positions only. Not with a KV cache; explicit positions and mask (a
+   * generation prefill) then cover the P + T positions.
    */
   readonly prepend?: tf.Tensor3D;
   /**

@@ -351,8 +351,11 @@ export class LlamaModel {
       const embedded = x;
       if (edit.add) x = this.added(x, edit.add, edit.rows);
       if (edit.prepend) {
-        if (options.cache || options.positions || options.mask) {
-          throw new UserError('the embeddings hook prepends vectors: not with a KV cache, explicit positions or mask');
+        // Explicit positions and mask (generation's prefill) cover the prepended vectors too.
+        if (options.cache || (edit.prependPad && (options.positions || options.mask))) {
+          throw new UserError(
+            'the embeddings hook prepends vectors: not with a KV cache, nor prependPad with explicit positions or mask',
+          );
         }
         const H = this.config.hiddenSize;
         const [pb, p, ph] = edit.prepend.shape;
@@ -362,6 +365,11 @@ export class LlamaModel {
           );
         }
         prefix = p;
+        if (options.positions && options.positions.length !== B * (p + T0)) {
+          throw new Error(
+            `positions cover ${options.positions.length} of the ${B * (p + T0)} prepended and input positions`,
+          );
+        }
         x = tf.reshape(tf.concat([edit.prepend, tf.reshape(x, [B, T0, H])], 1), [B * (prefix + T0), H]);
         if (edit.prependPad) ({ positions, mask } = paddedPrefix(edit.prependPad, B, prefix + T0, prefix));
       }

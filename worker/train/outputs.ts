@@ -46,6 +46,8 @@ export interface FinalContents {
   readonly method?: {
     readonly name: string;
     readonly modules: readonly NamedTensor[];
+    /** Metadata of `<name>.safetensors` besides `format`. @default none */
+    readonly metadata?: Readonly<Record<string, string>>;
     /** More files the method writes into the temporary directory that becomes `final/`. */
     readonly write?: (dir: string) => Promise<void>;
   };
@@ -98,7 +100,7 @@ export async function writeFinalOutputs(c: FinalContents): Promise<string> {
     if (c.method && c.method.modules.length > 0) {
       await writeSafetensors(join(tmp, `${c.method.name}.safetensors`), c.method.modules, {
         dtype: 'F32',
-        metadata: { format: 'pt' },
+        metadata: { ...c.method.metadata, format: 'pt' },
       });
     }
     await c.method?.write?.(tmp);

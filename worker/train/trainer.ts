@@ -45,6 +45,7 @@ import {
   type TrainingMethod,
   type TrainingSamples,
 } from '../methods/index.js';
+import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import { LlamaModel } from '../model/llama.js';
 import { listModelTensors, type NamedTensor } from '../model/safetensors.js';
@@ -193,6 +194,8 @@ export interface TrainerOptions {
     hooks?: ForwardHooks;
     /** The method's inference-time transform from the live model (`eval.ccTransform`), when it has one. */
     transformHooks?: () => PromptHooks;
+    /** The method's prefix of each prompt, when it has one (LinguaLIFT). */
+    prefixer?: PromptPrefixer;
     reduce: (data: Float32Array) => Promise<Float32Array>;
   }) => Promise<void>;
 }
@@ -272,6 +275,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
     const samples = new SampleCache(records, encode, config.vocabSize, s.training.seed);
     const trainingSamples: TrainingSamples = { count: records.length, get: (i) => samples.get(i) };
     const padId = tokenizer.padId ?? tokenizer.eosId;
+    const prefixer = method.prefixer?.(run, { tokenizer: withEos, maxSeqLen: s.data.maxSeqLen });
     const plan: StepPlan = planSteps(sampleRecords.length, s.training);
     // Languages in a fixed order on every rank: per-language sums travel in the all-reduce.
     const languages = [...new Set(records.map((r) => r.language ?? UNKNOWN_LANGUAGE))].sort();
@@ -328,6 +332,7 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
         tokenizer,
         ...(hooks ? { hooks } : {}),
         ...(method.transformHooks ? { transformHooks: () => method.transformHooks!(run, trainingSamples) } : {}),
+        ...(prefixer ? { prefixer } : {}),
         reduce: (d) => reduce(d, { exact: true }),
       });
 
@@ -491,6 +496,9 @@ export async function train(options: TrainerOptions): Promise<TrainResult> {
           method: {
             name: method.name,
             modules,
+            ...(method.moduleMetadata
+              ? { metadata: method.moduleMetadata(s.method, { maxSeqLen: s.data.maxSeqLen }) }
+              : {}),
             ...(method.finalOutputs
               ? {
                   write: (dir: string) =>
