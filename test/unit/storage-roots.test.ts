@@ -101,6 +101,7 @@ describe('path fields, found through the schemas', () => {
       ['TrainJob', 'quickstart.yaml'],
       ['EvalJob', 'eval-mgsm-tiny.yaml'],
       ['LayerAnalysis', 'layer-analysis-tiny.yaml'],
+      ['PruneJob', 'prune-tiny.yaml'],
     ]);
     expect([...byKind.keys()].sort()).toEqual([...JOB_KINDS].sort());
     for (const [, file] of byKind) {
