@@ -111,6 +111,7 @@ spec:
     expect(analysis.chosenLayers).toHaveLength(3);
     expect(job.chosenLayers).toEqual(analysis.chosenLayers);
     expect(existsSync(join(out, 'analysis.png'))).toBe(true);
+    expect(existsSync(join(out, 'analysis.svg'))).toBe(true);
   }, 60_000);
 
   it('a TrainJob with layers auto trains the chosen layers and evaluates every step and at the end', async () => {

@@ -46,7 +46,7 @@ function localReducer(worldSize: number): (rank: number) => (data: Float32Array)
 }
 
 describe('layer analysis on the tiny model and MGSM', () => {
-  it('writes analysis.json and analysis.png, picks k layers; 2 ranks agree with 1', async () => {
+  it('writes analysis.json, analysis.svg and analysis.png, picks k layers; 2 ranks agree with 1', async () => {
     const before = tf.memory().numTensors;
     const out1 = join(dir, 'one');
     const one = await runLayerAnalysis({
@@ -81,6 +81,7 @@ describe('layer analysis on the tiny model and MGSM', () => {
     expect(json.chosenLayers).toEqual(one.chosenLayers);
     const png = await readFile(join(out1, 'analysis.png'));
     expect(png.subarray(1, 4).toString('ascii')).toBe('PNG');
+    expect(await readFile(join(out1, 'analysis.svg'), 'utf8')).toContain('>overlap with en</text>');
 
     const reduce = localReducer(2);
     const out2 = join(dir, 'two');

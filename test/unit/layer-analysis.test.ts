@@ -1,8 +1,9 @@
-/** The layer-analysis statistic on a case computed by hand, and the PNG encoder. */
-import { inflateSync } from 'node:zlib';
+/** The layer-analysis statistic on a case computed by hand, and its heatmap. */
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { layerHeatmapPng, layerStatistics, type LayerAnalysis } from '../../worker/methods/layer-analysis.js';
-import { encodePng } from '../../worker/report/png.js';
+import { layerStatistics, writeLayerAnalysis, type LayerAnalysis } from '../../worker/methods/layer-analysis.js';
 
 describe('layer statistic', () => {
   // 2 layers x 3 neurons; en over 4 prompt tokens, de over 2; threshold 0.5.
@@ -47,26 +48,40 @@ describe('layer statistic', () => {
     expect(() => layerStatistics({ ...counts, languages: ['fr', 'de'] }, 0.5, 1)).toThrow(/English/);
   });
 
-  it('the heatmap is a valid PNG of the expected size', () => {
+  it('writes analysis.json and the heatmap (SVG, PNG): titles, legends, values, the chosen layer', async () => {
     const a: LayerAnalysis = { ...layerStatistics(counts, 0.5, 1), promptsPerLanguage: { en: 1, de: 1 } };
-    const png = layerHeatmapPng(a);
-    expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-    expect(png.toString('ascii', 12, 16)).toBe('IHDR');
-    const w = png.readUInt32BE(16);
-    const h = png.readUInt32BE(20);
-    expect(w).toBeGreaterThan(100);
-    expect(h).toBeGreaterThan(100);
-  });
-});
-
-describe('encodePng', () => {
-  it('round-trips the pixels through zlib with filter bytes', () => {
-    const rgb = Uint8Array.from([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9]);
-    const png = encodePng(2, 2, rgb);
-    const idatLen = png.readUInt32BE(33);
-    expect(png.toString('ascii', 37, 41)).toBe('IDAT');
-    const raw = inflateSync(png.subarray(41, 41 + idatLen));
-    expect([...raw]).toEqual([0, 255, 0, 0, 0, 255, 0, 0, 0, 0, 255, 9, 9, 9]);
-    expect(png.subarray(-12).toString('ascii', 4, 8)).toBe('IEND');
+    const dir = await mkdtemp(join(tmpdir(), 'layer-analysis-'));
+    try {
+      const out = await writeLayerAnalysis(dir, a);
+      expect((await readdir(dir)).sort()).toEqual(['analysis.json', 'analysis.png', 'analysis.svg']);
+      expect(out).toEqual({
+        json: join(dir, 'analysis.json'),
+        svg: join(dir, 'analysis.svg'),
+        png: join(dir, 'analysis.png'),
+      });
+      expect(JSON.parse(await readFile(out.json, 'utf8'))).toEqual(a);
+      const svg = await readFile(out.svg, 'utf8');
+      // Panels, axis and legend titles; layer 0 is chosen; share 2/3, overlap 0.5, score 0.0625 in cells.
+      for (const text of [
+        'active share',
+        'overlap with en',
+        'score',
+        'layer',
+        'language',
+        'active / FFN neurons',
+        '0 *',
+        '1',
+        '0.67',
+        '0.50',
+        '0.063',
+      ])
+        expect(svg).toContain(`>${text}</text>`);
+      const png = await readFile(out.png);
+      expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+      expect(png.readUInt32BE(16)).toBeGreaterThan(300);
+      expect(png.readUInt32BE(20)).toBeGreaterThan(100);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

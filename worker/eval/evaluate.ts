@@ -9,7 +9,7 @@
  * problem list, so every rank ends with the same table. Rank 0 writes it as JSON and Markdown;
  * every rank writes its own predictions.
  */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EvalSpec } from '../../common/eval-spec.js';
 import { CHAT_TEMPLATE_NAME } from '../../common/jobspec.js';
@@ -20,6 +20,7 @@ import type { ForwardHooks } from '../model/hooks.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { extractLastNumber, isCorrect, parseGold } from './answer.js';
+import { writeFileAtomically } from '../train/atomic-dir.js';
 import type { Problem } from './problems.js';
 import { evalMarkdown, type BenchmarkScore, type EvalReport, type LanguageScore } from './report.js';
 
@@ -77,12 +78,6 @@ function promptOf(
   if (template === CHAT_TEMPLATE_NAME)
     return { text: tokenizer.renderChat([{ role: 'user', content: question }], true), addBos: false };
   return { text: applyTemplate(template, question), addBos: undefined };
-}
-
-async function writeAtomically(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, text);
-  await rename(tmp, file);
 }
 
 /** Scores this rank's share, sums the counts over the ranks, and writes the outputs. */
@@ -165,13 +160,13 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
 
   const dir = join(options.outputDir, 'eval');
   await mkdir(dir, { recursive: true });
-  await writeAtomically(
+  await writeFileAtomically(
     join(dir, `${options.name}.predictions.rank-${rank}.jsonl`),
     predictions.map((p) => JSON.stringify(p)).join('\n') + (predictions.length ? '\n' : ''),
   );
   if (rank === 0) {
-    await writeAtomically(join(dir, `${options.name}.json`), JSON.stringify(report, null, 2) + '\n');
-    await writeAtomically(join(dir, `${options.name}.md`), evalMarkdown(report));
+    await writeFileAtomically(join(dir, `${options.name}.json`), JSON.stringify(report, null, 2) + '\n');
+    await writeFileAtomically(join(dir, `${options.name}.md`), evalMarkdown(report));
   }
   log.info('evaluation done', {
     name: options.name,

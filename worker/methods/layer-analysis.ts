@@ -23,7 +23,7 @@
  * counts are summed with the collective (exact: integers far below 2^24), so every rank computes
  * the same statistic and the same layers.
  */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type { AnalysisSpec } from '../../common/eval-spec.js';
@@ -31,7 +31,9 @@ import { silentLogger, type Logger } from '../../common/logging.js';
 import { readProblems, type Problem } from '../eval/problems.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
-import { colorRamp, Raster } from '../report/png.js';
+import { heatmapSpec } from '../report/chart-specs.js';
+import type { TopLevelSpec } from '../report/charts.js';
+import { writeFileAtomically } from '../train/atomic-dir.js';
 
 export type ReduceFn = (data: Float32Array) => Promise<Float32Array>;
 
@@ -213,72 +215,66 @@ export async function analyzeLayers(options: AnalyzeOptions): Promise<LayerAnaly
 }
 
 /**
- * The heatmap: per layer (rows) and language (columns) the active share and the overlap with English, and the score.
+ * The heatmap: per layer (rows, the lowest at the bottom) and language (columns) the active share
+ * and the overlap with English, and the score; each panel its own colour scale, values in the cells.
  */
-export function layerHeatmapPng(a: LayerAnalysis): Buffer {
-  const G = a.languages.length;
-  const L = a.layers.length;
-  const cw = 30;
-  const ch = 20;
-  const scale = 2;
-  const left = 70;
-  const top = 80;
-  const gap = 24;
-  const panelW = G * cw;
-  const scoreW = 44;
-  const width = left + 2 * (panelW + gap) + scoreW + 20;
-  const height = top + L * ch + 60;
-  const img = new Raster(width, height);
-  const black: [number, number, number] = [0, 0, 0];
-  img.text(8, 8, `layer analysis: k=${a.k} chosen (*) ${a.chosenLayers.join(' ')}`, black, scale);
-  const panels = [
-    { title: 'active share', x: left, values: (s: LayerStatistic) => s.share },
-    { title: 'overlap with en', x: left + panelW + gap, values: (s: LayerStatistic) => s.overlap },
-  ];
-  for (const p of panels) {
-    const all = a.layers.flatMap((s) => p.values(s));
-    const lo = Math.min(...all);
-    const hi = Math.max(...all);
-    img.text(p.x, 34, p.title, black, scale);
-    a.languages.forEach((g, j) => img.text(p.x + j * cw + 4, 58, g, black, scale));
-    a.layers.forEach((s, r) => {
-      p.values(s).forEach((v, j) =>
-        img.fillRect(p.x + j * cw, top + r * ch, cw - 1, ch - 1, colorRamp(hi > lo ? (v - lo) / (hi - lo) : 0.5)),
-      );
-    });
-    img.text(p.x, top + L * ch + 8, `${lo.toFixed(2)}-${hi.toFixed(2)}`, black, scale);
-  }
-  const sx = left + 2 * (panelW + gap);
+export function layerHeatmapSpec(a: LayerAnalysis): TopLevelSpec {
+  const rowOf = (l: number): string => (a.chosenLayers.includes(l) ? `${l} *` : String(l));
+  const rows = [...a.layers].reverse().map((s) => rowOf(s.layer));
+  const byLanguage = (values: (s: LayerStatistic) => readonly number[]) =>
+    a.layers.flatMap((s) => values(s).map((value, j) => ({ row: rowOf(s.layer), column: a.languages[j]!, value })));
   const maxScore = Math.max(...a.layers.map((s) => s.score));
-  img.text(sx, 34, 'msd', black, scale);
-  a.layers.forEach((s, r) => {
-    img.fillRect(sx, top + r * ch, scoreW, ch - 1, colorRamp(maxScore > 0 ? s.score / maxScore : 0));
-    const chosen = a.chosenLayers.includes(s.layer);
-    img.text(8, top + r * ch + 3, `${chosen ? '*' : ' '}${s.layer}`, chosen ? [200, 0, 0] : black, scale);
+  return heatmapSpec({
+    title: 'Layer analysis: language-specific FFN layers',
+    subtitle:
+      `* chosen (k = ${a.k}, the highest scores): layers ${a.chosenLayers.join(', ')}; ` +
+      `a neuron is active for a language when it fires on >= ${a.threshold} of its prompt tokens`,
+    rowTitle: 'layer',
+    rows,
+    panels: [
+      {
+        title: 'active share',
+        columnTitle: 'language',
+        valueTitle: 'active / FFN neurons',
+        cells: byLanguage((s) => s.share),
+        columns: a.languages,
+      },
+      {
+        title: 'overlap with en',
+        columnTitle: 'language',
+        valueTitle: "share of en's active",
+        cells: byLanguage((s) => s.overlap),
+        columns: a.languages,
+      },
+      {
+        title: 'score',
+        columnTitle: '',
+        valueTitle: 'MSD share + overlap',
+        cells: a.layers.map((s) => ({ row: rowOf(s.layer), column: 'score', value: s.score })),
+        format: maxScore >= 0.01 ? '.3f' : '.1e',
+      },
+    ],
   });
-  img.text(8, top + L * ch + 34, 'rows: layers. colour: low (dark) to high (yellow) per panel', black, 1);
-  return img.toPng();
 }
 
-async function writeAtomically(file: string, data: string | Buffer): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, file);
-}
-
-/** Writes `analysis.json` and `analysis.png` into `dir`. */
-export async function writeLayerAnalysis(dir: string, a: LayerAnalysis): Promise<{ json: string; png: string }> {
+/** Writes `analysis.json` and the heatmap `analysis.svg` and `analysis.png` into `dir`. */
+export async function writeLayerAnalysis(
+  dir: string,
+  a: LayerAnalysis,
+): Promise<{ json: string; svg: string; png: string }> {
   await mkdir(dir, { recursive: true });
   const json = join(dir, 'analysis.json');
-  const png = join(dir, 'analysis.png');
-  await writeAtomically(json, JSON.stringify(a, null, 2) + '\n');
-  await writeAtomically(png, layerHeatmapPng(a));
-  return { json, png };
+  await writeFileAtomically(json, JSON.stringify(a, null, 2) + '\n');
+  // Loaded here, not at start-up: vega, vega-lite and resvg take ~200 ms to import, which every
+  // worker process would pay while only rank 0 of an analysis draws.
+  const { writeChart } = await import('../report/charts.js');
+  await writeChart(layerHeatmapSpec(a), join(dir, 'analysis'));
+  return { json, svg: join(dir, 'analysis.svg'), png: join(dir, 'analysis.png') };
 }
 
 export interface RunLayerAnalysisOptions extends Omit<AnalyzeOptions, 'model' | 'tokenizer'> {
   readonly modelPath: string;
-  /** Where rank 0 writes analysis.json and analysis.png. */
+  /** Where rank 0 writes analysis.json, analysis.svg and analysis.png. */
   readonly outputDir: string;
 }
 

@@ -2,6 +2,7 @@
  * Directories written whole or not at all, and checked on the way back: a directory is filled
  * under a temporary sibling name and renamed into place; `manifest.json` lists every file with
  * its sha256 and size, and `verifyManifest` refuses a directory whose files do not match it.
+ * Single files (reports, charts) are written the same way by `writeFileAtomically`.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -22,6 +23,18 @@ export async function writeManifest(dir: string, extra: Record<string, unknown>)
     files[name] = { sha256: await sha256(path), bytes: (await stat(path)).size };
   }
   await writeFile(join(dir, 'manifest.json'), JSON.stringify({ ...extra, files }, null, 2) + '\n');
+}
+
+/** Write `file` whole or not at all: a temporary sibling renamed over it. */
+export async function writeFileAtomically(file: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
 }
 
 /** Build `dir` via `fill(tmp)` in a sibling temporary directory, then rename it into place. */
