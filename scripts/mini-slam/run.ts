@@ -4,10 +4,11 @@
  * from polytune's own jobs (`coordinator submit SPEC --local-workers N --watch`), see
  * docs/experiments/mini-slam.md.
  *
- *   node dist/scripts/mini-slam/run.js [--out DIR] [--trial] [--cache DIR] [--base-only]
+ *   node dist/scripts/mini-slam/run.js [--out DIR] [--trial] [--cache DIR] [--base-only] [--publish DIR]
  *
  * `--trial`: the same pipeline on a fraction of the data (minutes); `--base-only`: stop after the
- * base model's evaluation (is the gap there?).
+ * base model's evaluation (is the gap there?); `--publish docs/experiments/mini-slam`: copy the
+ * JSON, plots and heatmap there and write the tables into docs/experiments/mini-slam.md.
  *
  * 1. data (data.ts), a vocabulary cut to it (vocab.ts), a random-init LLaMA;
  * 2. the base model: pretraining from scratch (method full), cached under
@@ -42,6 +43,7 @@ import { SETTING, trialSetting, type Setting } from './setting.js';
 import { analysisSpec, ARM_TITLES, ARMS, armSpec, evalSpec, pretrainSpec, type Arm, type Paths } from './specs.js';
 import { accuracyTable, costTable, evalJsonSchema, type ArmRow, type EvalJson } from './table.js';
 import { cutTokenizer } from './vocab.js';
+import { writePlots, type LossCurves } from './plots.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const CLI = join(ROOT, 'dist/coordinator/cli.js');
@@ -162,6 +164,50 @@ export function armRows(results: Results, evals: Record<Arm, EvalJson>): ArmRow[
   });
 }
 
+export function armCurves(results: Results): LossCurves {
+  return ARMS.flatMap((arm) => {
+    const t = results.arms[arm].train;
+    return t ? [{ series: ARM_TITLES[arm], loss: t.loss }] : [];
+  });
+}
+
+export function pretrainCurve(results: Results): LossCurves {
+  return results.base.pretrain ? [{ series: 'pretraining (method full)', loss: results.base.pretrain.loss }] : [];
+}
+
+export const TABLE_BEGIN = '<!-- mini-slam:accuracy-table (written by the experiment; do not edit) -->';
+export const TABLE_END = '<!-- /mini-slam:accuracy-table -->';
+export const COST_BEGIN = '<!-- mini-slam:cost-table -->';
+export const COST_END = '<!-- /mini-slam:cost-table -->';
+
+/** Replaces the text between `begin` and `end` in `doc`. */
+export function replaceBetween(doc: string, begin: string, end: string, body: string): string {
+  const i = doc.indexOf(begin);
+  const j = doc.indexOf(end);
+  if (i < 0 || j < i) throw new Error(`the doc has no ${begin} ... ${end} section`);
+  return `${doc.slice(0, i + begin.length)}\n${body}${doc.slice(j)}`;
+}
+
+/**
+ * Copies what the doc shows into `dir` (docs/experiments/mini-slam/): the EvalJobs' JSON, results.json,
+ * the plots and the base model's layer-analysis heatmap; writes the tables into `dir`.md.
+ */
+async function publish(out: string, dir: string, rows: ArmRow[]): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(join(dir, 'evals'), { recursive: true });
+  await cp(join(out, 'evals'), join(dir, 'evals'), { recursive: true });
+  await cp(join(out, 'results.json'), join(dir, 'results.json'));
+  await cp(join(out, 'plots'), dir, { recursive: true });
+  for (const ext of ['svg', 'png', 'json'])
+    await cp(join(out, `analysis/analysis.${ext}`), join(dir, `layer-analysis.${ext}`));
+  const docFile = `${dir}.md`;
+  let doc = await readFile(docFile, 'utf8');
+  doc = replaceBetween(doc, TABLE_BEGIN, TABLE_END, accuracyTable(rows));
+  doc = replaceBetween(doc, COST_BEGIN, COST_END, costTable(rows));
+  await writeFile(docFile, doc);
+  say(`published to ${dir} and ${docFile}`);
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -169,6 +215,7 @@ async function main(): Promise<void> {
       cache: { type: 'string', default: join(ROOT, '.cache/experiments') },
       trial: { type: 'boolean', default: false },
       'base-only': { type: 'boolean', default: false },
+      publish: { type: 'string' },
     },
   });
   const s = values.trial ? trialSetting(SETTING) : SETTING;
@@ -335,6 +382,8 @@ async function main(): Promise<void> {
   await writeFile(join(out, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   const rows = armRows(results, evals);
   await writeFile(join(out, 'results.md'), `${accuracyTable(rows)}\n${costTable(rows)}`);
+  await timed('plots', () => writePlots(join(out, 'plots'), rows, armCurves(results), pretrainCurve(results)));
+  if (values.publish) await publish(out, resolve(values.publish), rows);
   process.stdout.write(`\n${accuracyTable(rows)}\n${costTable(rows)}\n`);
   say(
     `done in ${Object.values(stageSeconds)
