@@ -3,6 +3,7 @@
  * language and arm (grouped bars), and the training loss per arm (lines). The layer analysis draws
  * its own heatmap (analysis.svg/png).
  */
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { groupedBarSpec, lineChartSpec } from '../../worker/report/chart-specs.js';
 import { writeChart } from '../../worker/report/charts.js';
@@ -62,6 +63,7 @@ export async function writePlots(
   arms: LossCurves,
   pretrain: LossCurves,
 ): Promise<void> {
+  await mkdir(dir, { recursive: true });
   await writeChart(accuracyChart(rows), join(dir, 'accuracy'));
   await writeChart(lossChart(arms, 'Tuning loss per arm (answer + translation tasks)'), join(dir, 'loss-arms'));
   await writeChart(lossChart(pretrain, 'Pretraining loss of the base model'), join(dir, 'loss-pretrain'));

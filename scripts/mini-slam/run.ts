@@ -8,7 +8,8 @@
  *
  * `--trial`: the same pipeline on a fraction of the data (minutes); `--base-only`: stop after the
  * base model's evaluation (is the gap there?); `--publish docs/experiments/mini-slam`: copy the
- * JSON, plots and heatmap there and write the tables into docs/experiments/mini-slam.md.
+ * JSON, plots and heatmap there and write the tables into docs/experiments/mini-slam.md;
+ * `--report-only`: only the tables, plots and publishing, from `DIR/results.json` and `DIR/evals/`.
  *
  * 1. data (data.ts), a vocabulary cut to it (vocab.ts), a random-init LLaMA;
  * 2. the base model: pretraining from scratch (method full), cached under
@@ -55,7 +56,7 @@ export interface JobRun {
   readonly wallSeconds: number;
   /** [step, loss] as the watch printed them (the plain progress lines). */
   readonly loss: [number, number][];
-  /** The last training tokens/s the job reported. */
+  /** The median of the training tokens/s the job reported at its steps (one step's rate is noisy). */
   readonly tokensPerSecond: number;
   readonly chosenLayers?: number[];
 }
@@ -63,7 +64,7 @@ export interface JobRun {
 /** Parses `coordinator submit --watch`'s plain progress lines (coordinator/views/progress-view.ts). */
 export function parseWatch(text: string): Omit<JobRun, 'wallSeconds'> {
   const loss: [number, number][] = [];
-  let tokensPerSecond = 0;
+  const rates: number[] = [];
   let chosenLayers: number[] | undefined;
   for (const line of text.split('\n')) {
     const m = /\bstep (\d+)\/\d+\s+loss (\S+)/.exec(line);
@@ -72,10 +73,12 @@ export function parseWatch(text: string): Omit<JobRun, 'wallSeconds'> {
       if (loss.length === 0 || loss[loss.length - 1]![0] !== step) loss.push([step, Number(m[2])]);
     }
     const r = /\s([\d.]+) tok\/s/.exec(line);
-    if (r) tokensPerSecond = Number(r[1]);
+    if (r && m) rates.push(Number(r[1]));
     const c = /chosen layers: ([\d, ]+)/.exec(line);
     if (c) chosenLayers = c[1]!.split(',').map((x) => Number(x.trim()));
   }
+  rates.sort((a, b) => a - b);
+  const tokensPerSecond = rates.length === 0 ? 0 : rates[Math.floor(rates.length / 2)]!;
   return { loss, tokensPerSecond, ...(chosenLayers ? { chosenLayers } : {}) };
 }
 
@@ -216,10 +219,21 @@ async function main(): Promise<void> {
       trial: { type: 'boolean', default: false },
       'base-only': { type: 'boolean', default: false },
       publish: { type: 'string' },
+      'report-only': { type: 'boolean', default: false },
     },
   });
   const s = values.trial ? trialSetting(SETTING) : SETTING;
   const out = resolve(values.out!);
+  if (values['report-only']) {
+    const results = JSON.parse(await readFile(join(out, 'results.json'), 'utf8')) as Results;
+    // The curves and rates again from the jobs' logs (the parser may have changed since).
+    for (const arm of ARMS) {
+      const t = results.arms[arm].train;
+      if (t) results.arms[arm].train = { ...t, ...parseWatch(await readFile(join(out, `logs/${arm}.log`), 'utf8')) };
+    }
+    await report(out, results, await readEvals(join(out, 'evals')), values.publish);
+    return;
+  }
   const stageSeconds: Record<string, number> = {};
   const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
     const t0 = performance.now();
@@ -380,16 +394,33 @@ async function main(): Promise<void> {
     stageSeconds,
   };
   await writeFile(join(out, 'results.json'), JSON.stringify(results, null, 2) + '\n');
-  const rows = armRows(results, evals);
-  await writeFile(join(out, 'results.md'), `${accuracyTable(rows)}\n${costTable(rows)}`);
-  await timed('plots', () => writePlots(join(out, 'plots'), rows, armCurves(results), pretrainCurve(results)));
-  if (values.publish) await publish(out, resolve(values.publish), rows);
-  process.stdout.write(`\n${accuracyTable(rows)}\n${costTable(rows)}\n`);
+  await report(out, results, evals, values.publish);
   say(
     `done in ${Object.values(stageSeconds)
       .reduce((a, b) => a + b, 0)
       .toFixed(0)} s; results in ${out}`,
   );
+}
+
+/** The EvalJobs' JSON copied to `dir/<arm>.json`, checked. */
+export async function readEvals(dir: string): Promise<Record<Arm, EvalJson>> {
+  const out = {} as Record<Arm, EvalJson>;
+  for (const arm of ARMS) {
+    const file = join(dir, `${arm}.json`);
+    const r = evalJsonSchema.safeParse(JSON.parse(await readFile(file, 'utf8')));
+    if (!r.success) throw new Error(`${file}: not an EvalJob's final.json: ${r.error.message}`);
+    out[arm] = r.data;
+  }
+  return out;
+}
+
+/** The tables (results.md), the plots, and with `publishDir` the doc's copy (`--report-only` redoes just this). */
+async function report(out: string, results: Results, evals: Record<Arm, EvalJson>, publishDir?: string): Promise<void> {
+  const rows = armRows(results, evals);
+  await writeFile(join(out, 'results.md'), `${accuracyTable(rows)}\n${costTable(rows)}`);
+  await writePlots(join(out, 'plots'), rows, armCurves(results), pretrainCurve(results));
+  if (publishDir) await publish(out, resolve(publishDir), rows);
+  process.stdout.write(`\n${accuracyTable(rows)}\n${costTable(rows)}\n`);
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

@@ -45,7 +45,7 @@ export const SETTING: Setting = {
   model: { hidden: 128, intermediate: 384, layers: 8, heads: 4, kvHeads: 2 },
   maxSeqLen: 96,
   pretrain: { epochs: 3, globalBatchSize: 32, microBatchSize: 16, lr: 3e-3 },
-  tune: { epochs: 2, globalBatchSize: 32, microBatchSize: 16, lr: 1e-3 },
+  tune: { epochs: 3, globalBatchSize: 32, microBatchSize: 16, lr: 3e-3 },
   k: 2,
   evalMaxNewTokens: 32,
   workers: 2,

@@ -174,15 +174,17 @@ describe('mini-slam table', () => {
     const text = [
       '[j] step 1/3  loss 7.0528  276 tok/s  ETA 2m50s  elapsed 7.4s  de 7.05',
       '[j] step 1/3  loss 7.0528  276 tok/s  ETA 2m50s  elapsed 7.9s  de 7.05',
+      '[j] step 2/3  loss 5.1  1000 tok/s  elapsed 20s',
       '[j] stage 2/2 answers  step 3/3  loss 4.5757  1405 tok/s  elapsed 35s',
       '  chosen layers: 0, 3',
     ].join('\n');
     expect(parseWatch(text)).toEqual({
       loss: [
         [1, 7.0528],
+        [2, 5.1],
         [3, 4.5757],
       ],
-      tokensPerSecond: 1405,
+      tokensPerSecond: 1000,
       chosenLayers: [0, 3],
     });
   });
