@@ -22,7 +22,7 @@ This model is random and its loss moves only a little: the quickstart proves the
 SLAM do something a person can check, run the miniature reproduction of its claim (a small LLaMA
 pretrained from scratch on English arithmetic, then six tuning arms, each evaluated per language):
 
-  npm run experiment:mini-slam        # about 45 minutes on 2 quiet cores; -- --trial: a few minutes
+  npm run experiment:mini-slam        # 37 minutes measured on 2 busy shared cores; -- --trial: ~4 minutes
 
 Results and plots: docs/experiments/mini-slam.md.
 EOF
