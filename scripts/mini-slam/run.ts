@@ -22,7 +22,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -296,9 +296,11 @@ async function main(): Promise<void> {
   ).slice(0, 16);
   const baseDir = join(resolve(values.cache!), `mini-slam-base-${cacheKey}`);
   const cached = await exists(join(baseDir, 'model.safetensors'));
-  let pretrain: JobRun | undefined;
-  if (cached) say(`base model: cached at ${baseDir}`);
-  else {
+  let pretrain: JobRun;
+  if (cached) {
+    say(`base model: cached at ${baseDir}`);
+    pretrain = JSON.parse(await readFile(join(baseDir, 'pretrain.json'), 'utf8')) as JobRun;
+  } else {
     pretrain = await timed('pretrain', () =>
       submit(
         pretrainSpec(s, initDir, pretrainFile, join(out, 'pretrain')),
@@ -307,15 +309,15 @@ async function main(): Promise<void> {
         s.workers,
       ),
     );
+    // Into the cache under a temporary name, then renamed: a cached directory is always whole.
+    const tmp = `${baseDir}.tmp-${process.pid}`;
     await mkdir(dirname(baseDir), { recursive: true });
-    await rm(`${baseDir}.tmp`, { recursive: true, force: true });
-    await cp(join(out, 'pretrain/final'), `${baseDir}.tmp`, { recursive: true });
+    await rm(tmp, { recursive: true, force: true });
+    await cp(join(out, 'pretrain/final'), tmp, { recursive: true });
+    await writeFile(join(tmp, 'pretrain.json'), JSON.stringify(pretrain, null, 2) + '\n');
     await rm(baseDir, { recursive: true, force: true });
-    await cp(`${baseDir}.tmp`, baseDir, { recursive: true });
-    await rm(`${baseDir}.tmp`, { recursive: true, force: true });
-    await writeFile(join(baseDir, 'pretrain.json'), JSON.stringify(pretrain, null, 2) + '\n');
+    await rename(tmp, baseDir);
   }
-  if (cached) pretrain = JSON.parse(await readFile(join(baseDir, 'pretrain.json'), 'utf8')) as JobRun;
 
   // 3. The layer analysis of the base model.
   if (values['base-only']) {
@@ -388,7 +390,7 @@ async function main(): Promise<void> {
     trial: values.trial === true,
     vocab,
     parameters,
-    base: { cacheKey, cached, ...(pretrain ? { pretrain } : {}) },
+    base: { cacheKey, cached, pretrain },
     analysis: { chosenLayers: analysisJson.chosenLayers, wallSeconds: analysisRun.wallSeconds },
     arms,
     stageSeconds,
