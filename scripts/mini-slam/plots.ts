@@ -45,12 +45,12 @@ export function accuracyChart(rows: readonly ArmRow[]): ReturnType<typeof groupe
   });
 }
 
-export function lossChart(curves: LossCurves, title: string): ReturnType<typeof lineChartSpec> {
+export function lossChart(curves: LossCurves, title: string, seriesTitle: string): ReturnType<typeof lineChartSpec> {
   return lineChartSpec({
     title,
     xTitle: 'optimizer step',
     yTitle: 'training loss (nats/token)',
-    seriesTitle: 'arm',
+    seriesTitle,
     data: curves.flatMap((c) => c.loss.map(([x, y]) => ({ x, y, series: c.series }))),
     series: curves.map((c) => c.series),
   });
@@ -65,6 +65,6 @@ export async function writePlots(
 ): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeChart(accuracyChart(rows), join(dir, 'accuracy'));
-  await writeChart(lossChart(arms, 'Tuning loss per arm (answer + translation tasks)'), join(dir, 'loss-arms'));
-  await writeChart(lossChart(pretrain, 'Pretraining loss of the base model'), join(dir, 'loss-pretrain'));
+  await writeChart(lossChart(arms, 'Tuning loss per arm (answer + translation tasks)', 'arm'), join(dir, 'loss-arms'));
+  await writeChart(lossChart(pretrain, 'Pretraining loss of the base model', 'job'), join(dir, 'loss-pretrain'));
 }
