@@ -5,9 +5,9 @@
  */
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { UserError } from '../../common/errors.js';
-import { PRESET_CONFIGS, PresetName, presetTensors } from '../model/presets.js';
+import { PRESET_CONFIGS, PresetName, randomTensors } from '../model/presets.js';
 import { writeSafetensors } from '../model/safetensors.js';
 
 export interface InitModelOptions {
@@ -37,24 +37,42 @@ export async function runInitModel(options: InitModelOptions): Promise<{ dir: st
   const seed = options.seed ?? DEFAULT_INIT_SEED;
   if (!Number.isSafeInteger(seed) || seed < 0)
     throw new UserError(`--seed: must be a non-negative integer, got ${seed}`);
-  const config = PRESET_CONFIGS[preset];
-  await mkdir(options.out, { recursive: true });
-  await writeFile(join(options.out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  const tokDir = bundledTokenizerDir();
+  const parameters = await writeRandomModel(
+    options.out,
+    PRESET_CONFIGS[preset],
+    seed,
+    ['tokenizer.json', 'tokenizer_config.json'].map((f) => join(tokDir, f)),
+  );
+  options.write?.(`wrote ${options.out}: preset ${preset}, ${parameters} parameters, seed ${seed}`);
+  return { dir: options.out, parameters };
+}
+
+/**
+ * A random-init LLaMA in the HF layout in `out`: `config` as config.json, a generation_config.json,
+ * model.safetensors (float32, `randomTensors(config, seed)`), and the tokenizer files copied in.
+ * Returns the parameter count.
+ */
+export async function writeRandomModel(
+  out: string,
+  config: Readonly<Record<string, unknown>>,
+  seed: number,
+  tokenizerFiles: readonly string[],
+): Promise<number> {
+  await mkdir(out, { recursive: true });
+  await writeFile(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   await writeFile(
-    join(options.out, 'generation_config.json'),
+    join(out, 'generation_config.json'),
     JSON.stringify(
       { bos_token_id: config['bos_token_id'], eos_token_id: config['eos_token_id'], do_sample: false },
       null,
       2,
     ) + '\n',
   );
-  const tensors = presetTensors(preset, seed);
-  await writeSafetensors(join(options.out, 'model.safetensors'), tensors, { dtype: 'F32', metadata: { format: 'pt' } });
-  const tokDir = bundledTokenizerDir();
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) await copyFile(join(tokDir, f), join(options.out, f));
-  const parameters = tensors.reduce((n, t) => n + t.data.length, 0);
-  options.write?.(`wrote ${options.out}: preset ${preset}, ${parameters} parameters, seed ${seed}`);
-  return { dir: options.out, parameters };
+  const tensors = randomTensors(config, seed, join(out, 'config.json'));
+  await writeSafetensors(join(out, 'model.safetensors'), tensors, { dtype: 'F32', metadata: { format: 'pt' } });
+  for (const f of tokenizerFiles) await copyFile(f, join(out, basename(f)));
+  return tensors.reduce((n, t) => n + t.data.length, 0);
 }
 
 /** Alias of `runInitModel` for programmatic use. */

@@ -11,7 +11,7 @@ import { mulberry32 } from '../../common/data-plan.js';
 export const WORD_PROBLEM_LANGUAGES = ['en', 'de', 'fr', 'es', 'ru', 'zh', 'ja', 'th', 'sw', 'bn'] as const;
 export type WordProblemLanguage = (typeof WORD_PROBLEM_LANGUAGES)[number];
 
-type Op = 'add' | 'sub' | 'mul';
+export type Op = 'add' | 'sub' | 'mul';
 interface Template {
   readonly question: (a: number, b: number) => string;
   /** "The answer is" in the language; the solution is `a op b = c. <answer> c.` */
@@ -150,22 +150,71 @@ export interface WordProblem {
   readonly answer: number;
   /** The same problem's question in English (the target of question translation). */
   readonly english: string;
+  /** The arithmetic behind it, `add 12 7` (see `problemKey`): the same in every language. */
+  readonly key: string;
 }
 
-/** `perLanguage` problems in each language, interleaved by language, from `seed`. */
-export function makeWordProblems(
-  perLanguage: number,
-  seed = 1,
-  languages: readonly WordProblemLanguage[] = WORD_PROBLEM_LANGUAGES,
-): WordProblem[] {
+/** The operand ranges, inclusive; a difference's `b` is 1..a-1. */
+export interface OperandRanges {
+  /** `a` of a sum or a difference. */
+  readonly addSub: readonly [number, number];
+  /** `b` of a sum. */
+  readonly addend: readonly [number, number];
+  /** Both factors of a product. */
+  readonly mul: readonly [number, number];
+}
+
+/** The quickstart's ranges: two-digit sums and differences, a times table up to 12. */
+export const DEFAULT_OPERAND_RANGES: OperandRanges = { addSub: [10, 99], addend: [1, 99], mul: [2, 12] };
+
+export interface WordProblemOptions {
+  /** @default all ten */
+  readonly languages?: readonly WordProblemLanguage[];
+  /** @default DEFAULT_OPERAND_RANGES */
+  readonly ranges?: OperandRanges;
+  /** Arithmetic never drawn (keys as `problemKey`), e.g. a held-out test set's. */
+  readonly exclude?: ReadonlySet<string>;
+  /**
+   * The i-th problem of every language is the same arithmetic (line-parallel, as MGSM): one draw
+   * per index instead of one per language. @default false
+   */
+  readonly parallel?: boolean;
+}
+
+/** The key of an arithmetic problem: `add 12 7`, `sub 40 3`, `mul 6 8`. */
+export function problemKey(op: Op, a: number, b: number): string {
+  return `${op} ${a} ${b}`;
+}
+
+/**
+ * `perLanguage` problems in each language, interleaved by language, from `seed`. Without options it
+ * draws exactly what it always drew (the quickstart's and the tests' data do not change).
+ */
+export function makeWordProblems(perLanguage: number, seed = 1, options: WordProblemOptions = {}): WordProblem[] {
+  const languages = options.languages ?? WORD_PROBLEM_LANGUAGES;
+  const ranges = options.ranges ?? DEFAULT_OPERAND_RANGES;
   const rand = mulberry32(seed);
   const int = (lo: number, hi: number): number => lo + Math.floor(rand() * (hi - lo + 1));
+  const draw = (): { op: Op; a: number; b: number } => {
+    for (let attempt = 0; attempt < 10_000; attempt++) {
+      const op = OPS[int(0, OPS.length - 1)]!;
+      const [lo, hi] = op === 'mul' ? ranges.mul : ranges.addSub;
+      const a = int(lo, hi);
+      const b =
+        op === 'mul'
+          ? int(ranges.mul[0], ranges.mul[1])
+          : op === 'sub'
+            ? int(1, a - 1)
+            : int(ranges.addend[0], ranges.addend[1]);
+      if (!options.exclude?.has(problemKey(op, a, b))) return { op, a, b };
+    }
+    throw new Error('makeWordProblems: 10000 draws in a row were all excluded; widen the ranges');
+  };
   const out: WordProblem[] = [];
   for (let i = 0; i < perLanguage; i++) {
+    const shared = options.parallel ? draw() : undefined;
     for (const language of languages) {
-      const op = OPS[int(0, OPS.length - 1)]!;
-      const a = op === 'mul' ? int(2, 12) : int(10, 99);
-      const b = op === 'mul' ? int(2, 12) : op === 'sub' ? int(1, a - 1) : int(1, 99);
+      const { op, a, b } = shared ?? draw();
       const answer = op === 'add' ? a + b : op === 'sub' ? a - b : a * b;
       const t = TEMPLATES[language][op];
       out.push({
@@ -174,6 +223,7 @@ export function makeWordProblems(
         language,
         answer,
         english: TEMPLATES.en[op].question(a, b),
+        key: problemKey(op, a, b),
       });
     }
   }

@@ -107,8 +107,15 @@ function rotl(x: number, k: number): number {
 
 /** The parameters of a preset, HF names and shapes, initialised from `seed`. */
 export function presetTensors(preset: PresetName, seed: number): NamedTensor[] {
-  const raw = PRESET_CONFIGS[preset];
-  const config = parseLlamaConfig(raw, `preset ${preset}`);
+  return randomTensors(PRESET_CONFIGS[preset], seed, `preset ${preset}`);
+}
+
+/**
+ * The parameters of any LLaMA `config.json` (its raw object), HF names and shapes, initialised from
+ * `seed` as HF's `_init_weights` does; `where` names the config in errors.
+ */
+export function randomTensors(raw: Readonly<Record<string, unknown>>, seed: number, where: string): NamedTensor[] {
+  const config = parseLlamaConfig(raw, where);
   const std = typeof raw['initializer_range'] === 'number' ? raw['initializer_range'] : 0.02;
   const rng = new SeededRandom(seed);
   const out: NamedTensor[] = [];
