@@ -297,13 +297,15 @@ export class GradientAllReduce {
     presizeNatsMessageBuffers();
     const ar = new GradientAllReduce(opts);
     ar.#subscribe();
-    // Bounded: a connection that lost its server at once (its credential expired) may never answer.
+    // Bounded (as the start barrier): a connection that lost its server at once (its credential
+    // expired) may never answer.
     const flushed = opts.nc.flush();
-    if (!(await settleWithin(flushed, opts.nc, ar.timeoutMs)) || opts.nc.isClosed()) {
+    if (!(await settleWithin(flushed, opts.nc, DEFAULT_READY_TIMEOUT_MS)) || opts.nc.isClosed()) {
       await ar.close();
-      throw new CollectiveError(`create: the NATS server did not confirm the subscriptions within ${ar.timeoutMs} ms`, {
-        step: -1,
-      });
+      throw new CollectiveError(
+        `create: the NATS server did not confirm the subscriptions within ${DEFAULT_READY_TIMEOUT_MS} ms`,
+        { step: -1 },
+      );
     }
     await flushed.catch(async (e: unknown) => {
       await ar.close();
