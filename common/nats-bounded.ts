@@ -1,10 +1,11 @@
 /**
  * Bounded waits on a NATS connection. A flush or drain waits for the server's answer; on a
  * connection that lost its server (reconnecting, or refused because its credential expired or
- * was revoked) that answer may never come: nats.js rejects a pending flush only when it dials
- * again, and leaves it pending for good when the connection is closed meanwhile or a dial never
- * ends. Whatever must end whether or not the server answers (closing a collective, releasing an
- * assignment's connection) waits through `settleWithin`.
+ * was revoked) that answer may never come: nats.js (3.x) rejects a pending flush only when it
+ * dials again, not when the connection is closed, and a worker whose credential expired was seen
+ * with a flush pending for minutes, its reconnect silent after one attempt. Whatever must end
+ * whether or not the server answers (closing a collective, releasing an assignment's connection)
+ * waits through `settleWithin`.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 

@@ -424,7 +424,10 @@ export class GradientAllReduce {
     };
   }
 
-  /** Unsubscribes; a running `allReduce` rejects with a CollectiveError. Idempotent. */
+  /**
+   * Unsubscribes; a running `allReduce` rejects with a CollectiveError. Idempotent. Ends within
+   * `DEFAULT_NATS_SETTLE_MS` even when the connection lost its server (its last flush is bounded).
+   */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#state = 'CLOSED';
