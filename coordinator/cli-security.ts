@@ -12,7 +12,7 @@
  * | `--nats-creds FILE` | `POLYTUNE_NATS_CREDS` | the coordinator's own NATS credentials |
  * | `--nats-account-signing-key FILE` | `POLYTUNE_NATS_ACCOUNT_SIGNING_KEY` | seed that signs per-job worker credentials |
  * | `--nats-account PUBKEY` | `POLYTUNE_NATS_ACCOUNT` | the account the signing key belongs to |
- * | `--nats-creds-ttl SECONDS` | `POLYTUNE_NATS_CREDS_TTL` | lifetime of issued worker credentials (default an hour; 0: none) |
+ * | `--nats-creds-ttl SECONDS` | `POLYTUNE_NATS_CREDS_TTL` | lifetime of issued worker credentials, past their generation's start (default an hour; 0: none) |
  * | `--nats-system-creds FILE` | `POLYTUNE_NATS_SYSTEM_CREDS` | revocation: a system-account user allowed to update the account JWT |
  * | `--nats-account-jwt FILE` | `POLYTUNE_NATS_ACCOUNT_JWT` | revocation: the account JWT the servers preloaded |
  * | `--nats-operator-signing-key FILE` | `POLYTUNE_NATS_OPERATOR_SIGNING_KEY` | revocation: an operator signing key (signs account updates) |
@@ -76,6 +76,7 @@ export const SECURITY_USAGE =
   `FILE [--nats-account PUBKEY] [--nats-creds-ttl SECONDS]
              [--nats-system-creds FILE --nats-account-jwt FILE --nats-operator-signing-key FILE]]   (revocation)
            [--nats-tls-ca FILE [--nats-tls-cert FILE --nats-tls-key FILE]]   (workers take the same NATS TLS flags)
+           --nats-creds-ttl: worker credentials' lifetime past their generation's start (default 3600; 0: none)
   clients: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] [--token-file FILE]
   env: POLYTUNE_TOKEN, POLYTUNE_WORKER_TOKEN, POLYTUNE_TLS_{CERT,KEY,CLIENT_CA,CA,CLIENT_CERT,CLIENT_KEY,SERVER_NAME},
        POLYTUNE_NATS_{CREDS,ACCOUNT_SIGNING_KEY,ACCOUNT,CREDS_TTL,SYSTEM_CREDS,ACCOUNT_JWT,OPERATOR_SIGNING_KEY}, ` +

@@ -16,7 +16,10 @@
  * Each credential is for one worker in one generation of one job, with a short lifetime
  * (`DEFAULT_NATS_CREDS_TTL_SECONDS`); a new generation gets new ones, and those of an ended
  * generation or a departed worker are revoked (nats-revocation.ts) when the coordinator can update
- * the account JWT, else they expire.
+ * the account JWT, else they expire. The lifetime counts from the generation's start, not from the
+ * issue: each generation's credentials get the lifetime plus an allowance for its start
+ * (`GenerationStarts`), so a generation whose start (model load, start barrier) takes longer than
+ * the lifetime does not end before its first step, generation after generation.
  *
  * The nats-server side (operator JWT, a system account, the polytune account with JetStream, a
  * memory resolver) is produced by `createNatsOperatorSetup`, for tests, for `coordinator nats-auth
@@ -93,8 +96,7 @@ export interface NatsCredentialIssuerOptions {
  * An hour: a leaked worker credential that was not revoked is good for an hour at most. A
  * generation that runs longer re-forms once an hour (its ranks keep their state in memory, so
  * this costs a pause, not progress); revocation, not the lifetime, ends a departed worker's access.
- * A lifetime must be well above a generation's start-up (model load, start barrier), or no
- * generation gets to a step before its credentials expire.
+ * The lifetime counts from the generation's start (`GenerationStarts` adds an allowance for it).
  */
 export const DEFAULT_NATS_CREDS_TTL_SECONDS = 60 * 60;
 
@@ -130,10 +132,19 @@ export class NatsCredentialIssuer {
     this.ttlSeconds = ttl;
   }
 
-  /** A fresh user, allowed only `jobId`'s subjects, for one generation (named in the JWT). */
-  async issueWorker(jobId: string, workerId: string, generation?: number): Promise<WorkerNatsCredentials> {
+  /**
+   * A fresh user, allowed only `jobId`'s subjects, for one generation (named in the JWT). It expires
+   * the lifetime plus `startAllowanceSeconds` (the time the generation may take to start) from now.
+   */
+  async issueWorker(
+    jobId: string,
+    workerId: string,
+    generation?: number,
+    startAllowanceSeconds = 0,
+  ): Promise<WorkerNatsCredentials> {
     const user = createUser();
-    const expiresAt = this.ttlSeconds > 0 ? Math.floor(Date.now() / 1000) + this.ttlSeconds : 0;
+    const expiresAt =
+      this.ttlSeconds > 0 ? Math.floor(Date.now() / 1000) + this.ttlSeconds + Math.ceil(startAllowanceSeconds) : 0;
     const opts: Parameters<typeof encodeUser>[4] = {
       ...(expiresAt > 0 ? { exp: expiresAt } : {}),
       ...(this.signer.getPublicKey() !== this.account ? { signer: this.signer } : {}),
@@ -147,6 +158,63 @@ export class NatsCredentialIssuer {
       userPublicKey: user.getPublicKey(),
       expiresAt,
     };
+  }
+}
+
+/** A generation's start may take this many times the longest start measured for its job. */
+export const START_ALLOWANCE_FACTOR = 2;
+
+/** Jobs whose starts are remembered (the oldest is forgotten first). */
+const REMEMBERED_JOBS = 1024;
+
+/**
+ * How long each job's generations take to start, so that credentials live their lifetime past the
+ * start: without it, a generation whose start takes longer than the lifetime (a loaded machine, a
+ * large model) ends by expiry before its first step, and so does the next, until the job fails
+ * for too many re-forms.
+ *
+ * A generation's start is measured from its first credential's issue to the first progress report
+ * of one of its ranks (its first step). A generation that made no report and whose credentials
+ * expired took at least their whole lifetime to start: that lifetime counts as its start. The next
+ * generation's allowance is `START_ALLOWANCE_FACTOR` times the longest start measured for the job,
+ * so after such a generation the allowance at least doubles, and some generation of the job always
+ * gets past its start. The price: a leaked, unrevoked credential lives that much longer.
+ * Times in ms since the Unix epoch, passed in (no clock here).
+ */
+export class GenerationStarts {
+  private readonly jobs = new Map<
+    string,
+    { generation: number; issuedAt: number; expiresAt: number; started: boolean; longestStartSeconds: number }
+  >();
+
+  /** Seconds to add to the lifetime of credentials issued at `now` for `generation` of `jobId`. */
+  allowance(jobId: string, generation: number, now: number): number {
+    let job = this.jobs.get(jobId);
+    if (!job || job.generation !== generation) {
+      let longest = job?.longestStartSeconds ?? 0;
+      if (job && !job.started && job.expiresAt > 0 && now >= job.expiresAt * 1000)
+        longest = Math.max(longest, job.expiresAt - job.issuedAt / 1000);
+      job = { generation, issuedAt: now, expiresAt: 0, started: false, longestStartSeconds: longest };
+      this.jobs.delete(jobId);
+      this.jobs.set(jobId, job);
+      if (this.jobs.size > REMEMBERED_JOBS) this.jobs.delete(this.jobs.keys().next().value as string);
+    }
+    return Math.ceil(START_ALLOWANCE_FACTOR * job.longestStartSeconds);
+  }
+
+  /** A credential of `generation` was issued that expires at `expiresAt` (Unix seconds; 0: never). */
+  issued(jobId: string, generation: number, expiresAt: number): void {
+    const job = this.jobs.get(jobId);
+    if (!job || job.generation !== generation || expiresAt === 0) return;
+    job.expiresAt = job.expiresAt === 0 ? expiresAt : Math.min(job.expiresAt, expiresAt);
+  }
+
+  /** A rank of `generation` reported progress at `now`: the generation has started. */
+  started(jobId: string, generation: number, now: number): void {
+    const job = this.jobs.get(jobId);
+    if (!job || job.generation !== generation || job.started) return;
+    job.started = true;
+    job.longestStartSeconds = Math.max(job.longestStartSeconds, (now - job.issuedAt) / 1000);
   }
 }
 

@@ -27,6 +27,7 @@ import { fromSeed, type KeyPair } from '@nats-io/nkeys';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { errorMessage, PolytuneError, UserError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logging.js';
+import { GenerationStarts } from './nats-credentials.js';
 
 /** The subject on which a server takes an account's new JWT (memory and URL resolvers). */
 export function accountUpdateSubject(account: string): string {
@@ -255,10 +256,12 @@ export interface NatsRevocationSettings {
  * A worker's NATS credentials through its life: issued with each assignment (for that
  * generation; the worker's earlier ones are revoked then), revoked when its generation ends (a
  * cancel), when it becomes idle (its generation is over) or leaves. Without a revoker they are
- * only forgotten and expire.
+ * only forgotten and expire. Their lifetime counts from their generation's start: each is issued
+ * with an allowance for it (`GenerationStarts`, fed by `progress`).
  */
 export class WorkerCredentialLifecycle {
   private readonly issued = new IssuedCredentials();
+  private readonly starts = new GenerationStarts();
 
   constructor(
     private readonly issuer: {
@@ -266,6 +269,7 @@ export class WorkerCredentialLifecycle {
         jobId: string,
         workerId: string,
         generation?: number,
+        startAllowanceSeconds?: number,
       ): Promise<IssuedCredential & { creds: string; inboxPrefix: string }>;
     },
     private readonly revoker: Pick<NatsRevoker, 'revoke'> | undefined,
@@ -279,9 +283,16 @@ export class WorkerCredentialLifecycle {
     generation: number,
   ): Promise<{ creds: string; inboxPrefix: string }> {
     this.end(workerId, undefined, `worker ${workerId} gets generation ${generation} of ${jobId}`);
-    const c = await this.issuer.issueWorker(jobId, workerId, generation);
+    const allowance = this.starts.allowance(jobId, generation, Date.now());
+    const c = await this.issuer.issueWorker(jobId, workerId, generation, allowance);
+    this.starts.issued(jobId, generation, c.expiresAt);
     this.issued.add(workerId, jobId, generation, c);
     return c;
+  }
+
+  /** A rank of `generation` of `jobId` reported progress (its start is over). */
+  progress(jobId: string, generation: number): void {
+    this.starts.started(jobId, generation, Date.now());
   }
 
   /** Revokes the worker's credentials (of `jobId` only, when given); failures are logged. */

@@ -663,8 +663,10 @@ function workerHandlers({
                 );
               return;
             }
-            if (msg.type === 'progress') scheduler.onProgress(wid, msg.progress);
-            else {
+            if (msg.type === 'progress') {
+              credentials?.progress(body.jobId, body.generation);
+              scheduler.onProgress(wid, msg.progress);
+            } else {
               scheduler
                 .onResult(wid, msg.result)
                 .catch((e: unknown) =>

@@ -6,6 +6,7 @@
  * expired or was revoked). Without, the worker's one shared, unauthenticated connection.
  */
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { DEFAULT_NATS_SETTLE_MS, settleWithin } from '../common/nats-bounded.js';
 import type { NatsTls } from '../common/tls.js';
 import { chooseNatsUrl, type AssignmentEvent } from './session.js';
 
@@ -63,24 +64,14 @@ function closeOnLostCredentials(nc: NatsConnection): void {
   })();
 }
 
-/** @default 2 s for a job connection to drain before it is closed. */
-export const DEFAULT_JOB_NATS_DRAIN_MS = 2_000;
-
 /**
  * Drains the connection, or closes it when draining does not finish in `timeoutMs`: a connection
  * whose credential expired or was revoked (its generation is over) reconnects in vain, and a drain
- * waits for a server, so the assignment would never end and its Result never be sent.
+ * waits for a server, so the assignment would never end and its Result never be sent. The close is
+ * bounded as well (`settleWithin`).
  */
-export async function drainOrClose(nc: NatsConnection, timeoutMs = DEFAULT_JOB_NATS_DRAIN_MS): Promise<void> {
+export async function drainOrClose(nc: NatsConnection, timeoutMs = DEFAULT_NATS_SETTLE_MS): Promise<void> {
   if (nc.isClosed()) return;
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, timeoutMs);
-  });
-  try {
-    await Promise.race([nc.drain().catch(() => undefined), timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
-  if (!nc.isClosed()) await nc.close();
+  await settleWithin(nc.drain(), nc, timeoutMs);
+  if (!nc.isClosed()) await settleWithin(nc.close(), nc, timeoutMs);
 }

@@ -23,7 +23,7 @@ import { isStaged } from '../common/stages.js';
 import { GradientAllReduce } from './collective/index.js';
 import { jobKindOf } from '../common/job-kinds.js';
 import { runJobKind, type KindContext } from './job-kinds.js';
-import { jobNatsConnection, type JobNats } from './job-nats.js';
+import { isCredentialFailure, jobNatsConnection, type JobNats } from './job-nats.js';
 import type { NativeOptions } from './native/index.js';
 import {
   chooseNatsUrl,
@@ -133,10 +133,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       // so the generation ends at once as a retryable failure instead of waiting for its deadline.
       const events = (statuses = jobNats.nc.status()[Symbol.asyncIterator]());
       void (async () => {
+        // The server's word before it closes the connection (credentials expired or revoked) says why.
+        let refusal = '';
         for (let ev = await events.next(); !ev.done; ev = await events.next()) {
+          if (ev.value.type === 'error' && isCredentialFailure(ev.value.error)) refusal = errorMessage(ev.value.error);
           if (ev.value.type !== 'disconnect') continue;
           abort.abort(
-            new CollectiveError(`NATS connection to ${ev.value.server} lost: this generation ends`, { step: -1 }),
+            new CollectiveError(
+              `NATS connection to ${ev.value.server} lost${refusal ? ` (${refusal})` : ''}: this generation ends`,
+              { step: -1 },
+            ),
           );
           return;
         }
@@ -269,14 +275,16 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     } catch (e) {
       const msg = errorMessage(e);
       const retryable = e instanceof PolytuneError && e.retryable;
-      if (abort.signal.aborted) jlog.info('generation stopped', { reason: errorMessage(abort.signal.reason) });
+      const why = abort.signal.aborted ? errorMessage(abort.signal.reason) : '';
+      if (abort.signal.aborted) jlog.info('generation stopped', { reason: why });
       else if (retryable) jlog.warn('generation failed; the job can go on in a new one', { error: msg });
       else jlog.error('job failed', { error: msg });
       report = {
         jobId: a.jobId,
         generation: a.generation,
         ok: false,
-        error: msg,
+        // What was cut short, and why (the generation's end reason in the job record).
+        error: why && !msg.includes(why) ? `${msg} (${why})` : msg,
         outputDir: '',
         firstLoss: NaN,
         finalLoss: NaN,

@@ -42,8 +42,11 @@ describe('a rank killed mid-collective', () => {
       expect(existsSync(RANK_SCRIPT), `${RANK_SCRIPT}: run npm run build first`).toBe(true);
       const n = 3;
       const killed = 2;
-      const timeoutMs = 2000;
-      const length = 4_000_000; // 16 MB: many windows of 64 KiB chunks, so the kill lands mid-collective
+      // The deadline also bounds step 0, which a loaded machine must finish in it.
+      const timeoutMs = 3000;
+      // 4 MB in 64 KiB chunks; the survivors' step 1 is paced (20 pieces, 20 ms apart), so the kill
+      // lands mid-collective whatever the size.
+      const length = 1_000_000;
       const job = uniqueJobName('kill');
       const messages: FromRank[] = [];
       const next = (type: FromRank['type']): Promise<FromRank> =>
@@ -90,8 +93,9 @@ describe('a rank killed mid-collective', () => {
 
       // Step 0 completes; the survivors "apply" it to their parameters.
       const params = ranks.map(() => new Float32Array(length));
+      const inputs = ranks.map((_, r) => input(r, length)); // made first: the ranks start together
       send({ type: 'run', step: 0 });
-      const step0 = await Promise.all(ranks.map((ar, r) => ar.allReduce(0, input(r, length))));
+      const step0 = await Promise.all(ranks.map((ar, r) => ar.allReduce(0, inputs[r]!)));
       step0.forEach((g, r) => params[r]!.set(g));
       expect((await next('done')) as { ok: boolean }).toMatchObject({ ok: true });
       const saved = params.map((p) => Float32Array.from(p));

@@ -2,7 +2,7 @@
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { silentLogger } from '../../common/logging.js';
+import { createLogger, LogLevel, silentLogger, type Logger } from '../../common/logging.js';
 import { startNatsServer, type NatsServer } from '../../common/nats-server-process.js';
 import { JobClient } from '../../coordinator/client.js';
 import { startCoordinator, type Coordinator, type CoordinatorOptions } from '../../coordinator/server.js';
@@ -104,6 +104,17 @@ export async function eventually<T>(
   }
 }
 
+/**
+ * The in-process cluster's logs: silent, unless `POLYTUNE_TEST_LOG` names a level (debug, info,
+ * warn, error), then to stderr, to see what a job and its workers were doing when a test sticks.
+ */
+function testLogger(component: string): Logger {
+  const level = process.env['POLYTUNE_TEST_LOG'];
+  return level !== undefined && level in LogLevel
+    ? createLogger(component, { level: level as LogLevel })
+    : silentLogger;
+}
+
 /** A coordinator, a client of it and in-process workers (`runWorker`) on one NATS server. */
 export interface InProcessCluster {
   readonly coordinator: Coordinator;
@@ -125,7 +136,7 @@ export async function startInProcessCluster(
 ): Promise<InProcessCluster> {
   // The in-process workers share one tfjs engine: initialise it once, before they start.
   await initBackend('wasm');
-  const coordinator = await startTestCoordinator(nats, options.coordinator);
+  const coordinator = await startTestCoordinator(nats, { logger: testLogger('coordinator'), ...options.coordinator });
   const client = new JobClient({ address: coordinator.address, callTimeoutMs: 10_000 });
   const stop = new AbortController();
   const workers = Array.from({ length: options.workers }, (_, i) =>
@@ -134,7 +145,7 @@ export async function startInProcessCluster(
       nats: nats.url,
       backend: 'wasm',
       workerId: `${options.idPrefix}-w${i}`,
-      logger: silentLogger,
+      logger: testLogger(`worker ${options.idPrefix}-w${i}`),
       signal: stop.signal,
       ...options.worker,
     }),

@@ -1,5 +1,6 @@
 /** Which worker credentials are revoked when (coordinator/nats-revocation.ts), without NATS. */
 import { describe, expect, it } from 'vitest';
+import { GenerationStarts } from '../../coordinator/nats-credentials.js';
 import { isCredentialFailure } from '../../worker/job-nats.js';
 import {
   IssuedCredentials,
@@ -84,5 +85,28 @@ describe('isCredentialFailure (worker/job-nats.ts)', () => {
     expect(isCredentialFailure(new Error("'Authorization Violation'"))).toBe(true);
     expect(isCredentialFailure(new Error('Permissions Violation for Publish to "x"'))).toBe(false);
     expect(isCredentialFailure(new Error('connection refused'))).toBe(false);
+  });
+});
+
+describe('GenerationStarts (credentials live their lifetime past the start)', () => {
+  const s = 1000;
+  it('allows twice the longest measured start; a generation cut by expiry before a step doubles it', () => {
+    const starts = new GenerationStarts();
+    expect(starts.allowance('j', 1, 0)).toBe(0); // nothing measured yet
+    starts.issued('j', 1, 3); // expires at 3 s
+    expect(starts.allowance('j', 2, 5 * s)).toBe(6); // no step, expired: the start took >= 3 s
+    starts.issued('j', 2, 5 + 2 + 6);
+    starts.started('j', 2, 9 * s); // started 4 s after the issue
+    expect(starts.allowance('j', 3, 20 * s)).toBe(8);
+    starts.started('j', 3, 21 * s); // a fast start does not shrink the allowance
+    expect(starts.allowance('j', 4, 30 * s)).toBe(8);
+    expect(starts.allowance('other', 1, 30 * s)).toBe(0); // per job
+  });
+
+  it('a generation that ended before its credentials expired does not count (a lost worker)', () => {
+    const starts = new GenerationStarts();
+    starts.allowance('j', 1, 0);
+    starts.issued('j', 1, 100);
+    expect(starts.allowance('j', 2, 10 * s)).toBe(0);
   });
 });

@@ -81,6 +81,7 @@ import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node'
 
 import { ChunkConflictError, CollectiveError, errorMessage } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
+import { settleWithin } from '../../common/nats-bounded.js';
 import {
   ackSubject,
   allGatherSubject,
@@ -296,7 +297,20 @@ export class GradientAllReduce {
     presizeNatsMessageBuffers();
     const ar = new GradientAllReduce(opts);
     ar.#subscribe();
-    await opts.nc.flush();
+    // Bounded (as the start barrier): a connection that lost its server at once (its credential
+    // expired) may never answer.
+    const flushed = opts.nc.flush();
+    if (!(await settleWithin(flushed, opts.nc, DEFAULT_READY_TIMEOUT_MS)) || opts.nc.isClosed()) {
+      await ar.close();
+      throw new CollectiveError(
+        `create: the NATS server did not confirm the subscriptions within ${DEFAULT_READY_TIMEOUT_MS} ms`,
+        { step: -1 },
+      );
+    }
+    await flushed.catch(async (e: unknown) => {
+      await ar.close();
+      throw e;
+    });
     ar.#log.debug('created', {
       job: ar.job,
       generation: ar.generation,
@@ -410,7 +424,10 @@ export class GradientAllReduce {
     };
   }
 
-  /** Unsubscribes; a running `allReduce` rejects with a CollectiveError. Idempotent. */
+  /**
+   * Unsubscribes; a running `allReduce` rejects with a CollectiveError. Idempotent. Ends within
+   * `DEFAULT_NATS_SETTLE_MS` even when the connection lost its server (its last flush is bounded).
+   */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#state = 'CLOSED';
@@ -428,13 +445,10 @@ export class GradientAllReduce {
       }
       this.#subs.length = 0;
       this.#pool.clear();
-      if (!this.#nc.isClosed()) {
-        try {
-          await this.#nc.flush();
-        } catch {
-          /* closing anyway */
-        }
-      }
+      // What was published goes out, if the server answers in time: on a connection that lost its
+      // server a flush may never end, and closing must (common/nats-bounded.ts).
+      if (!this.#nc.isClosed() && !(await settleWithin(this.#nc.flush(), this.#nc)))
+        this.#log.debug('closed without a flush: the server did not answer', { rank: this.rank });
     })();
     return this.#closing;
   }
