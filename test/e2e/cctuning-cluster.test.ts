@@ -91,7 +91,7 @@ beforeAll(async () => {
   await writeFile(join(dir, 'cc.jsonl'), ccTuningJsonl(makeWordProblems(2, 2)));
   // Held-out problems (another seed), two per language, as MGSM-style TSV files.
   for (const l of WORD_PROBLEM_LANGUAGES) {
-    const ps = makeWordProblems(2, 99, [l]);
+    const ps = makeWordProblems(2, 99, { languages: [l] });
     await writeFile(join(dir, `${l}.tsv`), ps.map((p) => `${p.instruction}\t${p.answer}\n`).join(''));
   }
   // The clean run: one rank, in this process, no evaluation (it changes no weight).

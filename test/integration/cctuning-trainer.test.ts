@@ -28,7 +28,7 @@ const EVAL_SET = '{ path: sw.tsv, format: mgsm-tsv, language: sw }';
 beforeAll(async () => {
   dir = await tinyTrainDir('polytune-cctuning-', 5, 2, 11);
   await writeFile(join(dir, 'cc.jsonl'), ccTuningJsonl(makeWordProblems(2, 11)));
-  const sw = makeWordProblems(4, 12, ['sw']);
+  const sw = makeWordProblems(4, 12, { languages: ['sw'] });
   await writeFile(join(dir, 'sw.tsv'), sw.map((p) => `${p.instruction}\t${p.answer}\n`).join(''));
 }, 120_000);
 afterEach(() => nats.cleanup());
