@@ -2,7 +2,8 @@
  * The `choice` eval set kind: records of prompt and candidate labels, the prediction is the label
  * with the highest mean per-token log-prob (worker/eval/choice.ts), checked against the same
  * quantity computed from the full logits and a log-softmax here; accuracy per language through
- * `evaluate`; bad records refused with file and line.
+ * `evaluate`; a method's inference (CC-Tuning's transform, LinguaLIFT's prefix) scored as the prefill
+ * of generation computes it; bad records refused with file and line.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,9 @@ import { evalSchema } from '../../common/eval-spec.js';
 import { initBackend } from '../../worker/backend.js';
 import { runInitModel } from '../../worker/commands/init-model.js';
 import { scoreChoices } from '../../worker/eval/choice.js';
+import { ccTransformHooks, type CcTransform } from '../../worker/methods/cctuning.js';
+import { generateIds, type PromptPrefixer } from '../../worker/model/generate.js';
+import type { PromptHooks } from '../../worker/model/hooks.js';
 import { evaluate } from '../../worker/eval/evaluate.js';
 import { readProblems } from '../../worker/eval/problems.js';
 import { LlamaModel } from '../../worker/model/llama.js';
@@ -42,6 +46,14 @@ afterAll(async () => {
   model.dispose();
   await rm(dir, { recursive: true, force: true });
 });
+
+function seeded(n: number, seed: number, scale: number): Float32Array {
+  let s = seed;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 32 - 0.5) * scale;
+  });
+}
 
 /** Mean log-prob of `cont` after `context`, from the full logits (independent of the loss head). */
 function meanLogProb(context: number[], cont: number[]): number {
@@ -111,6 +123,71 @@ describe('choice sets', () => {
     const lines = (await readFile(join(dir, 'eval', 'final.predictions.rank-0.jsonl'), 'utf8')).trim().split('\n');
     expect(lines).toHaveLength(5);
     expect(JSON.parse(lines[3]!)).toMatchObject({ benchmark: 'xnli', language: 'de', answer: ' no' });
+  });
+
+  it("scores with a method's hooksFor and prefix as the prefill of generation does", async () => {
+    // Candidates of one token each: their log-prob is the prefill's next-token log-softmax in generation.
+    const single = [5, 9, 14, 23, 40, 77]
+      .map((t) => tokenizer.decode([t]))
+      .filter((c) => c.length > 0 && tokenizer.encode(c, { addBos: false, addEos: false }).length === 1)
+      .slice(0, 3);
+    expect(single.length).toBeGreaterThanOrEqual(2);
+    const cand = single.map((c) => tokenizer.encode(c, { addBos: false, addEos: false })[0]!);
+    const questions = ['Paka ni mnyama. Answer:', 'Maji?', 'Ist das wahr? Antwort: ja oder nein'];
+    const problems = questions.map((q, i) => ({
+      benchmark: 'x',
+      language: 'sw',
+      index: i,
+      question: q,
+      answer: '0',
+      choices: single,
+      label: 0,
+    }));
+    const L = model.config.numHiddenLayers;
+    const H = model.config.hiddenSize;
+    const cc: CcTransform = {
+      decisionMaker: seeded(L * H, 3, 2),
+      transform: seeded(H * H, 5, 8),
+      injectAfterLayer: 0,
+    };
+    const hooksFor: PromptHooks = (prompts, lastColumn) => ccTransformHooks(model, cc, prompts, lastColumn).hooks;
+    // A prefix of 1 to 3 vectors a question (left-padded to 3), fixed by the question's length.
+    const prefixer: PromptPrefixer = {
+      prefix: (qs) => ({
+        vectors: tf.tensor3d(Float32Array.from(qs.flatMap((q) => Array.from(seeded(3 * H, q.length, 0.5)))), [
+          qs.length,
+          3,
+          H,
+        ]),
+        pad: Int32Array.from(qs, (q) => q.length % 3),
+      }),
+    };
+    const logSoftmax = (row: Float32Array, t: number): number => {
+      const max = Math.max(...row);
+      return row[t]! - (max + Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0)));
+    };
+    for (const inference of [{ hooksFor }, { prefixer }]) {
+      const scores = scoreChoices(model, tokenizer, problems, 4, inference);
+      const prompts = questions.map((q) => tokenizer.encode(q, { addEos: false }));
+      const prefix = 'prefixer' in inference ? prefixer.prefix(questions) : undefined;
+      const first: Float32Array[] = [];
+      const V = model.config.vocabSize;
+      await generateIds(model, prompts, {
+        maxNewTokens: 1,
+        eosIds: [],
+        ...('hooksFor' in inference ? { hooksFor } : {}),
+        ...(prefix ? { prefix } : {}),
+        onLogits: (step, l) => {
+          if (step === 0) for (let b = 0; b < prompts.length; b++) first.push(l.slice(b * V, (b + 1) * V));
+        },
+      }).finally(() => prefix?.vectors.dispose());
+      const plain = scoreChoices(model, tokenizer, problems, 4);
+      problems.forEach((_, i) => {
+        scores[i]!.meanLogProbs.forEach((v, k) => expect(v).toBeCloseTo(logSoftmax(first[i]!, cand[k]!), 3));
+        // The method matters: the bare model scores otherwise.
+        expect(Math.abs(plain[i]!.meanLogProbs[0]! - scores[i]!.meanLogProbs[0]!)).toBeGreaterThan(1e-3);
+      });
+    }
   });
 
   it('refuses a bad record with the file and line', async () => {

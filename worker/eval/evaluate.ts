@@ -44,7 +44,7 @@ export interface Prediction {
 export interface EvaluateOptions {
   readonly model: LlamaModel;
   readonly tokenizer: ModelTokenizer;
-  /** The trained method's forward hooks, used in generation. @default none */
+  /** The trained method's forward hooks, used in generation and choice scoring. @default none */
   readonly hooks?: ForwardHooks;
   /** Hooks made per batch of prompts (CC-Tuning's transform, `eval.ccTransform`). @default none */
   readonly hooksFor?: PromptHooks;
@@ -115,7 +115,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   const generated = mine.filter((p) => p.choices === undefined);
   for (let b = 0; b < chosen.length; b += spec.batchSize) {
     const batch = chosen.slice(b, b + spec.batchSize);
-    scoreChoices(model, tokenizer, batch, spec.batchSize, options.hooks).forEach((s, j) => {
+    scoreChoices(model, tokenizer, batch, spec.batchSize, options).forEach((s, j) => {
       const p = batch[j]!;
       const correct = s.prediction === p.label;
       count(p, correct);

@@ -46,7 +46,7 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
     return await evaluate({
       model,
       tokenizer,
-      ...(cc ? { hooksFor: (prompts) => ccTransformHooks(model, cc, prompts).hooks } : {}),
+      ...(cc ? { hooksFor: (prompts, lastColumn) => ccTransformHooks(model, cc, prompts, lastColumn).hooks } : {}),
       ...(lingualift ? { prefixer: lingualift.prefixer } : {}),
       spec: s.eval,
       problems,

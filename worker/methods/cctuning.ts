@@ -214,16 +214,18 @@ export interface CcTransform {
 }
 
 /**
- * Forward hooks for greedy generation of `prompts` (token ids; generate.ts left-pads them, so each
- * row's last prompt token is the last column of the prefill): the first pass here computes each
- * prompt's own FFN outputs at its last token, maps them through X, and the Decision Maker picks a
- * layer (argmax, no noise); the pick is added after `injectAfterLayer` at that token in the first
- * forward pass the hooks see (the prefill) and never again. `injected` reports where it went.
+ * Forward hooks for `prompts` (token ids): the first pass here computes each prompt's own FFN
+ * outputs at its last token, maps them through X, and the Decision Maker picks a layer (argmax, no
+ * noise); the pick is added after `injectAfterLayer` at that token in the first forward pass the
+ * hooks see (generation's prefill, a choice's scoring pass) and never again. That token's column
+ * is `lastColumn[b]` of row b, by default the last column (generate.ts left-pads the prompts).
+ * `injected` reports where it went.
  */
 export function ccTransformHooks(
   model: LlamaModel,
   cc: CcTransform,
   prompts: readonly (readonly number[])[],
+  lastColumn?: Int32Array,
 ): { hooks: ForwardHooks; choices: Int32Array; injected: { forward: number; layer: number }[] } {
   const L = model.config.numHiddenLayers;
   const H = model.config.hiddenSize;
@@ -256,7 +258,7 @@ export function ccTransformHooks(
       injected.push({ forward, layer: l });
       return {
         add: tf.tensor2d(vectors, [B, H]),
-        rows: Int32Array.from({ length: shape.B }, (_, b) => b * shape.T + shape.T - 1),
+        rows: Int32Array.from({ length: shape.B }, (_, b) => b * shape.T + (lastColumn?.[b] ?? shape.T - 1)),
       };
     },
   };
@@ -372,7 +374,7 @@ export const cctuning: TrainingMethod<CcSpec> = {
       transform: Float32Array.from(t.x.x),
       injectAfterLayer: run.method.injectAfterLayer,
     };
-    return (prompts) => ccTransformHooks(run.model, cc, prompts).hooks;
+    return (prompts, lastColumn) => ccTransformHooks(run.model, cc, prompts, lastColumn).hooks;
   },
   finalOutputs: async ({ method, model, modules, dir, samples, seed }) => {
     const t = trainedTransform(method, model, samples, seed);

@@ -41,7 +41,7 @@ export interface GenerateIdsOptions {
   hooks?: ForwardHooks;
   /**
    * Hooks made for these prompts (token ids, as given), when they depend on them (CC-Tuning's
-   * transform: a first pass over each prompt); used when `hooks` is absent. @default none
+   * transform: a first pass over each prompt); not with `hooks`. @default none
    */
   hooksFor?: PromptHooks;
   /** Vectors before each row's prompt, at the prefill (the caller disposes them). @default none */
@@ -70,6 +70,35 @@ export interface PromptPrefixer {
    * token); absent, the LLM gets the templated question as usual. @default absent
    */
   readonly promptIds?: readonly number[];
+}
+
+/**
+ * A method's hooks for these prompts: `hooks`, or those `hooksFor` makes (`lastColumn`: see
+ * PromptHooks). Both given is a caller's error (one would be dropped silently).
+ */
+export function methodHooks(
+  options: { readonly hooks?: ForwardHooks | undefined; readonly hooksFor?: PromptHooks | undefined },
+  prompts: readonly (readonly number[])[],
+  lastColumn?: Int32Array,
+): ForwardHooks | undefined {
+  if (options.hooks && options.hooksFor)
+    throw new Error('both hooks and hooksFor given: a method has one or the other');
+  return options.hooks ?? options.hooksFor?.(prompts, lastColumn);
+}
+
+/**
+ * `hooks` with `vectors` [B, P, H] prepended through the embeddings hook, beside the method's own
+ * embeddings edit (which must not prepend too); `pad`: the hook's `prependPad`.
+ */
+export function prependingHooks(hooks: ForwardHooks | undefined, vectors: tf.Tensor3D, pad?: Int32Array): ForwardHooks {
+  return {
+    ...hooks,
+    embeddings: (x, shape) => {
+      const edit = hooks?.embeddings?.(x, shape) ?? {};
+      if (edit.prepend) throw new Error('a prefix and hooks that prepend vectors too');
+      return { ...edit, prepend: vectors, ...(pad ? { prependPad: pad } : {}) };
+    },
+  };
 }
 
 export interface GeneratedIds {
@@ -147,18 +176,9 @@ export async function generateIds(
     for (let i = 0; i < C; i++) for (let j = 0; j <= i; j++) if (valid[b]![j]) prefillMask[(b * C + i) * C + j] = 0;
   }
 
-  const hooks = options.hooks ?? options.hooksFor?.(prompts);
-  // The prefix goes in through the embeddings hook at the prefill only (beside a method's own edit).
-  const prefillHooks: ForwardHooks | undefined = prefix
-    ? {
-        ...hooks,
-        embeddings: (x, shape) => {
-          const edit = hooks?.embeddings?.(x, shape) ?? {};
-          if (edit.prepend) throw new Error('generateIds: a prefix and hooks that prepend vectors too');
-          return { ...edit, prepend: prefix.vectors };
-        },
-      }
-    : hooks;
+  const hooks = methodHooks(options, prompts);
+  // The prefix goes in through the embeddings hook at the prefill only (its padding: the mask above).
+  const prefillHooks = prefix ? prependingHooks(hooks, prefix.vectors) : hooks;
   let step = 0;
   const logitsOf = options.onLogits ? (l: Float32Array) => options.onLogits!(step, l) : undefined;
   let cache: KvCache | undefined;

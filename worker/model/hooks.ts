@@ -81,13 +81,15 @@ export interface ForwardHooks {
   gate?(layer: number, gate: tf.Tensor2D, shape: HookShape): void;
 }
 
-/** The hooks that read inside a layer dropped: what a checkpointed layer's recomputation gets. */
 /**
  * Hooks made for a batch of prompts (token ids), when they depend on them (CC-Tuning's transform:
- * a first pass over each prompt); generate.ts calls it once per batch.
+ * a first pass over each prompt); generate.ts and choice scoring call it once per batch.
+ * `lastColumn`: per row, the column of the prompt's last token in the first forward pass the hooks
+ * see (any prepended prefix counted); absent, the last column (generate.ts left-pads its prompts).
  */
-export type PromptHooks = (prompts: readonly (readonly number[])[]) => ForwardHooks;
+export type PromptHooks = (prompts: readonly (readonly number[])[], lastColumn?: Int32Array) => ForwardHooks;
 
+/** The hooks that read inside a layer dropped: what a checkpointed layer's recomputation gets. */
 export function withoutReadHooks(hooks: ForwardHooks | undefined): ForwardHooks | undefined {
   if (!hooks) return undefined;
   const { linearInput: _l, gate: _g, ffnOutput: _f, ...rest } = hooks;
