@@ -10,7 +10,8 @@
  * The prefixes of a micro-batch differ in length: they are left-padded, the padding masked out as
  * keys and each row's positions counted from its first real vector (llama.ts `prependPad`), so a
  * row's loss does not depend on the rows it is batched with. The loss is the LLM's on its own
- * positions' labels: the prefix takes none.
+ * positions' labels: the prefix takes none. The frozen encoder runs in `prepare`, before the
+ * gradient tape (its activations are not kept for the backward pass); `loss` maps its states.
  *
  * Stage align: no LLM tensor trains, the modules do (from the seed, or `alignment.from`). Stage
  * task: the modules are frozen, read from the previous stage's `final/lingualift.safetensors` (the
@@ -71,15 +72,14 @@ export class LingualiftResources implements MethodResources {
     }
   }
 
-  /** The encoder's states [B, P, d] of left-padded ids, and the padding of each row. */
+  /** The encoder's states [B, P, d] of left-padded ids, and the padding of each row (`encoderPad`). */
   encode(rows: readonly Int32Array[]): { states: tf.Tensor3D; pad: Int32Array } {
     const B = rows.length;
-    const P = Math.max(1, ...rows.map((r) => r.length));
+    const pad = encoderPad(rows);
+    const P = pad.length > 0 ? pad[0]! + rows[0]!.length : 1;
     const ids = new Int32Array(B * P).fill(this.encoder.config.padTokenId);
     const keep = new Uint8Array(B * P);
-    const pad = new Int32Array(B);
     rows.forEach((r, b) => {
-      pad[b] = P - r.length;
       ids.set(r, b * P + pad[b]!);
       keep.fill(1, b * P + pad[b]!, (b + 1) * P);
     });
@@ -125,6 +125,12 @@ export function applyAlignment(modules: ReadonlyMap<string, tf.Tensor>, depth: n
   return h;
 }
 
+/** Per row of encoder ids, how many left-padding columns the batch's encoder input gives it (P = max(1, lengths)). */
+export function encoderPad(rows: readonly Int32Array[]): Int32Array {
+  const P = Math.max(1, ...rows.map((r) => r.length));
+  return Int32Array.from(rows, (r) => P - r.length);
+}
+
 /**
  * The embeddings edit of a batch: the mapped states of each row's encoder ids (and the separator
  * with `prepend`), left-padded. Differentiable with respect to the modules.
@@ -136,6 +142,16 @@ export function alignmentPrefix(
   encoderIds: readonly Int32Array[],
 ): EmbeddingEdit {
   const { states, pad } = resources.encode(encoderIds);
+  return alignmentEdit(method, modules, states, pad);
+}
+
+/** The embeddings edit of encoder states [B, P, d] (left-padded by `pad`) through the alignment layer. */
+function alignmentEdit(
+  method: Spec,
+  modules: ReadonlyMap<string, tf.Tensor>,
+  states: tf.Tensor3D,
+  pad: Int32Array,
+): EmbeddingEdit {
   const [B, P, d] = states.shape;
   const mapped = applyAlignment(modules, method.alignment.depth, tf.reshape(states, [B * P, d]));
   const H = mapped.shape[1];
@@ -146,6 +162,10 @@ export function alignmentPrefix(
     prefix = tf.concat([prefix, sep], 1);
   }
   return { prepend: prefix, prependPad: pad };
+}
+
+function encoderIdsOfBatch(samples: readonly EncodedSample[]): Int32Array[] {
+  return samples.map((s) => s.encoderIds ?? new Int32Array(0));
 }
 
 function resourcesOf(r: MethodResources | undefined): LingualiftResources {
@@ -333,14 +353,13 @@ export const lingualift: TrainingMethod<Spec> = {
     [LINGUALIFT_METADATA.encoder]: method.encoder.path,
     [LINGUALIFT_METADATA.maxTokens]: String(ctx.maxSeqLen),
   }),
+  // The frozen encoder runs before the gradient tape: no gradient flows into it, and its
+  // activations are not kept for the backward pass; only the alignment layer is on the tape.
+  prepare: (run, batch) => [resourcesOf(run.resources).encode(encoderIdsOfBatch(batch.samples)).states],
   loss: (run: MethodRun<Spec>, batch) => {
-    const resources = resourcesOf(run.resources);
-    const edit = alignmentPrefix(
-      run.method,
-      resources,
-      run.modules,
-      batch.samples.map((s) => s.encoderIds ?? new Int32Array(0)),
-    );
+    const states = batch.prepared?.[0] as tf.Tensor3D | undefined;
+    if (!states) throw new Error('lingualift: the loss needs the encoder states of prepare');
+    const edit = alignmentEdit(run.method, run.modules, states, encoderPad(encoderIdsOfBatch(batch.samples)));
     return run.model.nllRowSums(batch.inputIds, batch.labels, { hooks: { embeddings: () => edit } });
   },
 };

@@ -64,11 +64,12 @@ describe.each(['llama-gqa-prepend', 'llama3-rope-tied-replace'])('lingualift gol
       const labels = tf.tensor2d(g.labels, undefined, 'int32');
       const samples = g.encoder_ids.map((e) => ({ encoderIds: Int32Array.from(e) }) as EncodedSample);
       let rows: Float32Array | undefined;
+      const run = { method, model, modules, seed: 0, resources };
+      const batch = { inputIds: ids, labels, samples, sampleIndices: [0, 1], step: 0 };
+      // As the trainer does: the encoder in `prepare`, before the tape; the loss on its states.
+      const prepared = lingualift.prepare!(run, batch);
       const { grads } = tf.variableGrads(() => {
-        const r = lingualift.loss!(
-          { method, model, modules, seed: 0, resources },
-          { inputIds: ids, labels, samples, sampleIndices: [0, 1], step: 0 },
-        );
+        const r = lingualift.loss!(run, { ...batch, prepared });
         rows = Float32Array.from(r.dataSync());
         return tf.sum(r);
       }, [...modules.values()]);
@@ -80,7 +81,7 @@ describe.each(['llama-gqa-prepend', 'llama3-rope-tied-replace'])('lingualift gol
         // Every tensor of the layer really receives a gradient through the LLM (||got|| > 0).
         expect(relativeError(got, new Float32Array(got.length)), n).toBe(1);
       }
-      tf.dispose([ids, labels, ...Object.values(grads)]);
+      tf.dispose([ids, labels, ...prepared, ...Object.values(grads)]);
     } finally {
       tf.dispose([...modules.values()]);
       resources.dispose();
