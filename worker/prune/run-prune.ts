@@ -131,11 +131,12 @@ export async function pruneModel(o: PruneModelOptions): Promise<PruneReport> {
   const layers: PruneLayerReport[] = [];
   let zerosAll = 0;
   let weightsAll = 0;
+  // The current layer's outputs, freed in `finally` too when a reduce or an abort ends the pass.
+  let outputs = new Map<number, tf.Tensor2D>();
   try {
     for (let l = 0; l < L; l++) {
       const tl = performance.now();
       const vec = new Float32Array(S * W);
-      const outputs = new Map<number, tf.Tensor2D>();
       for (const s of mine) {
         checkAborted(o.signal);
         const x = hidden.get(s)!;
@@ -198,13 +199,14 @@ export async function pruneModel(o: PruneModelOptions): Promise<PruneReport> {
       }
       tf.dispose([...hidden.values()]);
       hidden = outputs;
+      outputs = new Map();
       const seconds = (performance.now() - tl) / 1000;
       layers.push({ layer: l, pruned: selected.has(l), modules, features, seconds });
       log.info('pruned layer', { layer: l, pruned: selected.has(l), seconds });
       o.onLayer?.(l + 1, L);
     }
   } finally {
-    tf.dispose([...hidden.values()]);
+    tf.dispose([...hidden.values(), ...outputs.values()]);
   }
   return {
     rule,

@@ -2,10 +2,12 @@
  * Wanda masks against an independent PyTorch reference (scripts/make-golden-prune.py): the tiny
  * golden model test/golden/llama-gqa pruned with tokenized calibration at sparsity 0.3, 0.5 and
  * 2:4 zeroes exactly the reference's positions, keeps every other weight bit for bit, zeroes
- * exactly floor(columns * sparsity) of every row, and leaves a valid 2:4 pattern in every group.
+ * exactly floor(columns * sparsity) of every row, and leaves a valid 2:4 pattern in every group; a
+ * pass that fails midway (an exchange) frees its tensors.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pruneSchema } from '../../../common/prune-spec.js';
 import { initBackend } from '../../../worker/backend.js';
@@ -83,6 +85,34 @@ describe('Wanda masks (PruneJob) against the PyTorch reference', () => {
       expect(report.layers.map((l) => l.features.top.length)).toEqual([20, 20]);
     } finally {
       original.dispose();
+      model.dispose();
+    }
+  });
+
+  it('frees every tensor of the pass when the exchange of a layer fails', async () => {
+    const spec = pruneSchema.parse({
+      sparsity: 0.5,
+      calibration: { sources: [{ path: CALIBRATION, format: 'tokenized' }], samples: 5 },
+    });
+    const samples = await calibrationSamples(spec.calibration, () => Promise.reject(new Error('no tokenizer needed')));
+    const model = await LlamaModel.load(MODEL);
+    try {
+      const before = tf.memory().numTensors;
+      let calls = 0;
+      await expect(
+        pruneModel({
+          model,
+          spec,
+          samples,
+          contrastSamples: 0,
+          rank: 0,
+          worldSize: 1,
+          // The second layer's exchange fails, its outputs computed.
+          reduce: (v) => (++calls === 2 ? Promise.reject(new Error('peer gone')) : Promise.resolve(v)),
+        }),
+      ).rejects.toThrow('peer gone');
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
       model.dispose();
     }
   });
