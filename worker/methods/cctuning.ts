@@ -233,19 +233,23 @@ export function ccTransformHooks(
   const choices = new Int32Array(B);
   const vectors = tf.tidy(() => {
     const r = lastTokenOutputs(model, prompts);
-    const mapped = tf.reshape(tf.matMul(tf.reshape(r.ffn, [B * L, H]), tf.tensor2d(cc.transform, [H, H])), [
-      B,
-      L,
-      H,
-    ]) as tf.Tensor3D;
-    const v = tf.add(tf.mean(mapped, 1), r.embedding);
-    const logits = tf.matMul(v, tf.tensor2d(cc.decisionMaker, [L, H]), false, true);
-    choices.set(tf.argMax(logits, 1).dataSync());
-    const picked = tf.gather(
-      tf.reshape(mapped, [B * L, H]),
-      Int32Array.from(choices, (c, b) => b * L + c),
-    );
-    return picked.dataSync() as Float32Array;
+    try {
+      const mapped = tf.reshape(tf.matMul(tf.reshape(r.ffn, [B * L, H]), tf.tensor2d(cc.transform, [H, H])), [
+        B,
+        L,
+        H,
+      ]) as tf.Tensor3D;
+      const v = tf.add(tf.mean(mapped, 1), r.embedding);
+      const logits = tf.matMul(v, tf.tensor2d(cc.decisionMaker, [L, H]), false, true);
+      choices.set(tf.argMax(logits, 1).dataSync());
+      const picked = tf.gather(
+        tf.reshape(mapped, [B * L, H]),
+        Int32Array.from(choices, (c, b) => b * L + c),
+      );
+      return picked.dataSync() as Float32Array;
+    } finally {
+      r.embedding.dispose(); // kept by lastTokenOutputs: not freed by this scope
+    }
   });
   const injected: { forward: number; layer: number }[] = [];
   let forward = -1;

@@ -66,6 +66,10 @@ describe('CC-Tuning transform at generation', () => {
         hooksFor: (p) => (made = ccTransformHooks(model, cc, p)).hooks,
       });
       expect(made!.injected).toEqual([{ forward: 0, layer: k }]);
+      // Making the hooks leaves no tensor behind (the first pass's kept outputs are freed).
+      const live = tf.memory().numTensors;
+      ccTransformHooks(model, cc, [prompt, prompt.slice(1)]);
+      expect(tf.memory().numTensors).toBe(live);
 
       // The vector: the prompt's FFN outputs through X, the Decision Maker's pick.
       const r = lastTokenOutputs(model, [prompt]);
