@@ -8,6 +8,7 @@
  * `tokenizer([prompt_text])` does, then cut at `maxSeqLen`. No padding: each sample is run alone,
  * and its statistics cover its own tokens only (the authors pad to max_length and count the pads).
  */
+import { UserError } from '../../common/errors.js';
 import type { CalibrationSpec } from '../../common/prune-spec.js';
 import { samplesPerSource } from '../../common/prune-spec.js';
 import { readDataSource, type DataRecord } from '../../common/records.js';
@@ -36,11 +37,21 @@ export function demonstrationText(
   return pairs.map((p) => `${s}: ${p.src}${eos}${t}: ${p.tgt}${eos}`).join('');
 }
 
-/** Every sample's ids, in sample order. `tokenizer` is needed only for parallel sources. */
+/**
+ * Every sample's ids, in sample order, each below the model's `vocabSize` (a tokenized record's ids
+ * are checked naming the file and record). `tokenizer` is needed only for parallel sources.
+ */
 export async function calibrationSamples(
   c: CalibrationSpec,
+  vocabSize: number,
   tokenizer: () => Promise<ModelTokenizer>,
 ): Promise<Int32Array[]> {
+  const checked = (ids: Int32Array, where: string): Int32Array => {
+    const bad = ids.find((t) => t >= vocabSize);
+    if (bad !== undefined)
+      throw new UserError(`${where}: token id ${bad} is outside the model's vocabulary [0, ${vocabSize})`);
+    return ids;
+  };
   const shares = samplesPerSource(c);
   const out: Int32Array[] = [];
   for (const [i, src] of c.sources.entries()) {
@@ -50,7 +61,7 @@ export async function calibrationSamples(
       for (let n = 0; n < share; n++) {
         const r = records[n];
         if (r?.kind !== 'tokens') throw new Error(`${src.path}: record ${n + 1} is missing or not tokenized`);
-        out.push(Int32Array.from(r.inputIds.slice(0, c.maxSeqLen)));
+        out.push(checked(Int32Array.from(r.inputIds.slice(0, c.maxSeqLen)), `${src.path}: record ${n + 1}`));
       }
       continue;
     }
@@ -64,7 +75,8 @@ export async function calibrationSamples(
       });
       if (pairs.length < c.shots) throw new Error(`${src.path}: fewer than ${(n + 1) * c.shots} pairs`);
       const text = demonstrationText(pairs, src.language ?? 'und', src.targetLanguage ?? 'en', eos);
-      out.push(Int32Array.from(tok.encode(text, { addEos: false }).slice(0, c.maxSeqLen)));
+      const ids = Int32Array.from(tok.encode(text, { addEos: false }).slice(0, c.maxSeqLen));
+      out.push(checked(ids, `${src.path}: the tokenizer's demonstration ${n + 1}`));
     }
   }
   return out;

@@ -266,8 +266,8 @@ export async function runPruneJob(o: RunPruneJobOptions): Promise<PruneReport> {
     let tokenizer: ModelTokenizer | undefined;
     const tok = async (): Promise<ModelTokenizer> =>
       (tokenizer ??= await ModelTokenizer.load(s.model.path, model.config));
-    const base = await calibrationSamples(s.prune.calibration, tok);
-    const contrast = s.prune.contrast ? await calibrationSamples(s.prune.contrast, tok) : [];
+    const base = await calibrationSamples(s.prune.calibration, model.config.vocabSize, tok);
+    const contrast = s.prune.contrast ? await calibrationSamples(s.prune.contrast, model.config.vocabSize, tok) : [];
     const problems = s.eval ? await readProblems(s.eval.sets) : [];
     const score = async (name: string): Promise<void> => {
       if (!s.eval) return;

@@ -18,6 +18,8 @@ import { pruneModel } from '../../../worker/prune/run-prune.js';
 const GOLDEN = join(import.meta.dirname, '..', '..', 'golden');
 const MODEL = join(GOLDEN, 'llama-gqa');
 const CALIBRATION = join(GOLDEN, 'prune', 'calibration.jsonl');
+/** The golden model's vocab_size. */
+const VOCAB = 256;
 
 type Expected = Record<string, Record<string, { shape: [number, number]; mask: string }>>;
 
@@ -46,7 +48,9 @@ describe('Wanda masks (PruneJob) against the PyTorch reference', () => {
       ...c.block,
       calibration: { sources: [{ path: CALIBRATION, format: 'tokenized' }], samples: 5 },
     });
-    const samples = await calibrationSamples(spec.calibration, () => Promise.reject(new Error('no tokenizer needed')));
+    const samples = await calibrationSamples(spec.calibration, VOCAB, () =>
+      Promise.reject(new Error('no tokenizer needed')),
+    );
     expect(samples.map((s) => s.length)).toEqual([9, 7, 15, 11, 12]);
     const original = await LlamaModel.load(MODEL);
     const model = await LlamaModel.load(MODEL);
@@ -89,12 +93,25 @@ describe('Wanda masks (PruneJob) against the PyTorch reference', () => {
     }
   });
 
+  it("refuses a calibration record's id outside the model's vocabulary, naming the file and record", async () => {
+    const spec = pruneSchema.parse({
+      sparsity: 0.5,
+      calibration: { sources: [{ path: CALIBRATION, format: 'tokenized' }], samples: 5 },
+    });
+    // Record 2 holds id 255: fine for 256 tokens, not for 255.
+    await expect(calibrationSamples(spec.calibration, 255, () => Promise.reject(new Error('unused')))).rejects.toThrow(
+      /calibration\.jsonl: record 2: token id 255 is outside the model's vocabulary \[0, 255\)/,
+    );
+  });
+
   it('frees every tensor of the pass when the exchange of a layer fails', async () => {
     const spec = pruneSchema.parse({
       sparsity: 0.5,
       calibration: { sources: [{ path: CALIBRATION, format: 'tokenized' }], samples: 5 },
     });
-    const samples = await calibrationSamples(spec.calibration, () => Promise.reject(new Error('no tokenizer needed')));
+    const samples = await calibrationSamples(spec.calibration, VOCAB, () =>
+      Promise.reject(new Error('no tokenizer needed')),
+    );
     const model = await LlamaModel.load(MODEL);
     try {
       const before = tf.memory().numTensors;
