@@ -65,8 +65,14 @@ import {
   type TrainJobSpec,
 } from './stages.js';
 import { memoryFitIssues } from './memory-plan.js';
-import { CCTUNING_FILE } from './methods/cctuning.js';
-import { describeTrainable, methodFrozenParameters, parameterCounts, trainedModelIssues } from './methods/index.js';
+import { CCTUNING_FILE, transformWithPrefixMessage } from './methods/cctuning.js';
+import {
+  describeTrainable,
+  LINGUALIFT_MODULES_FILE,
+  methodFrozenParameters,
+  parameterCounts,
+  trainedModelIssues,
+} from './methods/index.js';
 import {
   calibrationFileIssues,
   pruneIssues,
@@ -285,6 +291,9 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
         path: 'spec.eval.ccTransform',
         message: `${ccFile}: no such file (a CC-Tuning job's final/ has it)`,
       });
+    const llFile = join(spec.spec.model.path, LINGUALIFT_MODULES_FILE);
+    if (spec.spec.eval.ccTransform && (await isFile(llFile)))
+      issues.push({ path: 'spec.eval.ccTransform', message: transformWithPrefixMessage(llFile) });
     if (issues.length > 0) throw new JobSpecError(issues, source);
     return { numLayers, parameters: NO_PARAMETERS };
   },

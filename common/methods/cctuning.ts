@@ -16,6 +16,14 @@ import { LAYER_MODULES, layerDepthIssues, layerTensorNames } from './layer-selec
 /** The file in a CC-Tuning job's `final/` with the Decision Maker and the Transform Matrix. */
 export const CCTUNING_FILE = 'cctuning.safetensors';
 
+/**
+ * Why CC-Tuning's transform is refused on a model with a LinguaLIFT alignment layer (`file`): the
+ * transform's first pass over the prompt would not see the prefix, and no method trains both.
+ */
+export function transformWithPrefixMessage(file: string): string {
+  return `${file}: a LinguaLIFT model's prefix and CC-Tuning's transform (ccTransform) together are not supported`;
+}
+
 /** The largest Gumbel-softmax temperature accepted (the paper: 1). */
 export const MAX_GUMBEL_TAU = 100;
 

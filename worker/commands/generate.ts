@@ -8,11 +8,16 @@
  * (worker/methods/lingualift.ts).
  * With `--json` one line `{"text": ..., "tokens": N, "finish_reason": "eos"|"stop"|"length"}`.
  */
+import { UserError } from '../../common/errors.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { DEFAULT_MAX_NEW_TOKENS, generate } from '../model/generate.js';
 import { LlamaModel } from '../model/llama.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { ccTransformHooks, loadCcTransform } from '../methods/cctuning.js';
+import { transformWithPrefixMessage } from '../../common/methods/cctuning.js';
+import { LINGUALIFT_MODULES_FILE } from '../../common/methods/index.js';
+import { join } from 'node:path';
+import { isFile } from '../../common/fs-checks.js';
 import { loadLingualift } from '../methods/lingualift.js';
 
 export interface GenerateCommandOptions {
@@ -38,6 +43,8 @@ export async function runGenerate(options: GenerateCommandOptions): Promise<{ te
   let lingualift: Awaited<ReturnType<typeof loadLingualift>>;
   try {
     const tokenizer = await ModelTokenizer.load(options.model, model.config);
+    const llFile = join(options.model, LINGUALIFT_MODULES_FILE);
+    if (options.ccTransform && (await isFile(llFile))) throw new UserError(transformWithPrefixMessage(llFile));
     const cc = options.ccTransform ? await loadCcTransform(options.model, model.config) : undefined;
     lingualift = await loadLingualift(
       options.model,

@@ -7,6 +7,10 @@ import type { EvalJobSpec } from '../../common/job-kinds.js';
 import { silentLogger, type Logger } from '../../common/logging.js';
 import { UserError } from '../../common/errors.js';
 import { ccTransformHooks, loadCcTransform } from '../methods/cctuning.js';
+import { transformWithPrefixMessage } from '../../common/methods/cctuning.js';
+import { LINGUALIFT_MODULES_FILE } from '../../common/methods/index.js';
+import { join } from 'node:path';
+import { isFile } from '../../common/fs-checks.js';
 import type { PromptPrefixer } from '../model/generate.js';
 import type { ForwardHooks, PromptHooks } from '../model/hooks.js';
 import { loadLingualift } from '../methods/lingualift.js';
@@ -37,6 +41,8 @@ export async function runEvalJob(options: EvalJobOptions): Promise<EvalReport> {
   let lingualift: Awaited<ReturnType<typeof loadLingualift>>;
   try {
     const tokenizer = await ModelTokenizer.load(s.model.path, model.config);
+    const llFile = join(s.model.path, LINGUALIFT_MODULES_FILE);
+    if (s.eval.ccTransform && (await isFile(llFile))) throw new UserError(transformWithPrefixMessage(llFile));
     const cc = s.eval.ccTransform ? await loadCcTransform(s.model.path, model.config) : undefined;
     // A LinguaLIFT model's final/ carries its alignment layer: the encoder's prefix goes before each prompt.
     lingualift = await loadLingualift(s.model.path, model.config, tokenizer, {

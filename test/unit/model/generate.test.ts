@@ -60,4 +60,10 @@ describe.each(['llama-gqa', 'qwen2-bias', 'llama3-rope-tied'])('generation %s', 
     expect(r.ids[2]).toEqual(free.ids[2]!.slice(0, 2));
     expect(r.finishReason[2]).toBe('stop');
   });
+
+  it('refuses hooks together with hooksFor (neither is dropped silently)', async () => {
+    await expect(generateIds(model, prompts, { maxNewTokens: 1, hooks: {}, hooksFor: () => ({}) })).rejects.toThrow(
+      /both hooks and hooksFor/,
+    );
+  });
 });

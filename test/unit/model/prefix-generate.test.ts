@@ -152,6 +152,10 @@ describe('worker generate on a LinguaLIFT final/', () => {
         const n = 6;
         const lines: string[] = [];
         const got = await runGenerate({ model: modelDir, prompt, maxNewTokens: n, write: (l) => lines.push(l) });
+        // CC-Tuning's transform with a LinguaLIFT prefix is refused, naming the file.
+        await expect(runGenerate({ model: modelDir, prompt, ccTransform: true, write: () => {} })).rejects.toThrow(
+          /lingualift\.safetensors: a LinguaLIFT model's prefix and CC-Tuning's transform/,
+        );
 
         const tokenizer = await ModelTokenizer.load(modelDir, model.config);
         const loaded = (await loadLingualift(modelDir, model.config, tokenizer))!;
