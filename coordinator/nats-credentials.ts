@@ -134,7 +134,8 @@ export class NatsCredentialIssuer {
 
   /**
    * A fresh user, allowed only `jobId`'s subjects, for one generation (named in the JWT). It expires
-   * the lifetime plus `startAllowanceSeconds` (the time the generation may take to start) from now.
+   * the lifetime plus `startAllowanceSeconds` (the time the generation may take to start, at most
+   * `MAX_START_ALLOWANCE_TTLS` lifetimes) from now.
    */
   async issueWorker(
     jobId: string,
@@ -143,8 +144,8 @@ export class NatsCredentialIssuer {
     startAllowanceSeconds = 0,
   ): Promise<WorkerNatsCredentials> {
     const user = createUser();
-    const expiresAt =
-      this.ttlSeconds > 0 ? Math.floor(Date.now() / 1000) + this.ttlSeconds + Math.ceil(startAllowanceSeconds) : 0;
+    const allowance = Math.min(Math.ceil(startAllowanceSeconds), MAX_START_ALLOWANCE_TTLS * this.ttlSeconds);
+    const expiresAt = this.ttlSeconds > 0 ? Math.floor(Date.now() / 1000) + this.ttlSeconds + allowance : 0;
     const opts: Parameters<typeof encodeUser>[4] = {
       ...(expiresAt > 0 ? { exp: expiresAt } : {}),
       ...(this.signer.getPublicKey() !== this.account ? { signer: this.signer } : {}),
@@ -164,6 +165,13 @@ export class NatsCredentialIssuer {
 /** A generation's start may take this many times the longest start measured for its job. */
 export const START_ALLOWANCE_FACTOR = 2;
 
+/**
+ * The start allowance is at most this many lifetimes (`issueWorker`): a job whose generations keep
+ * expiring before their first step would otherwise double it without end (each cut generation
+ * counts its lifetime plus its own allowance as its start), and so the life of a leaked credential.
+ */
+export const MAX_START_ALLOWANCE_TTLS = 8;
+
 /** Jobs whose starts are remembered (the oldest is forgotten first). */
 const REMEMBERED_JOBS = 1024;
 
@@ -177,8 +185,9 @@ const REMEMBERED_JOBS = 1024;
  * of one of its ranks (its first step). A generation that made no report and whose credentials
  * expired took at least their whole lifetime to start: that lifetime counts as its start. The next
  * generation's allowance is `START_ALLOWANCE_FACTOR` times the longest start measured for the job,
- * so after such a generation the allowance at least doubles, and some generation of the job always
- * gets past its start. The price: a leaked, unrevoked credential lives that much longer.
+ * so after such a generation the allowance at least doubles, and some generation of the job gets
+ * past a start of up to `MAX_START_ALLOWANCE_TTLS` + 1 lifetimes (the issuer caps the allowance
+ * there). The price: a leaked, unrevoked credential lives that much longer, 9 lifetimes at most.
  * Times in ms since the Unix epoch, passed in (no clock here).
  */
 export class GenerationStarts {

@@ -1,6 +1,11 @@
 /** Which worker credentials are revoked when (coordinator/nats-revocation.ts), without NATS. */
 import { describe, expect, it } from 'vitest';
-import { GenerationStarts } from '../../coordinator/nats-credentials.js';
+import { createAccount } from '@nats-io/nkeys';
+import {
+  GenerationStarts,
+  MAX_START_ALLOWANCE_TTLS,
+  NatsCredentialIssuer,
+} from '../../coordinator/nats-credentials.js';
 import { isCredentialFailure } from '../../worker/job-nats.js';
 import {
   IssuedCredentials,
@@ -101,6 +106,28 @@ describe('GenerationStarts (credentials live their lifetime past the start)', ()
     starts.started('j', 3, 21 * s); // a fast start does not shrink the allowance
     expect(starts.allowance('j', 4, 30 * s)).toBe(8);
     expect(starts.allowance('other', 1, 30 * s)).toBe(0); // per job
+  });
+
+  it('the start allowance is capped at MAX_START_ALLOWANCE_TTLS lifetimes, however often starts are cut', async () => {
+    const ttl = 60;
+    const seed = new TextDecoder().decode(createAccount().getSeed());
+    const issuer = new NatsCredentialIssuer({ signingKeySeed: seed, ttlSeconds: ttl });
+    const starts = new GenerationStarts();
+    // Every generation expires before its first step: its allowance doubles until the cap.
+    let now = 0;
+    let last = 0;
+    for (let g = 1; g <= 12; g++) {
+      const allowance = starts.allowance('j', g, now * s);
+      const before = Math.floor(Date.now() / 1000);
+      const c = await issuer.issueWorker('j', 'w', g, allowance);
+      const lived = c.expiresAt - before;
+      expect(lived).toBeLessThanOrEqual(ttl + MAX_START_ALLOWANCE_TTLS * ttl + 1);
+      last = lived;
+      // As GenerationStarts sees it: issued at `now`, expired `lived` seconds later, no step.
+      starts.issued('j', g, now + lived);
+      now += lived + 1;
+    }
+    expect(last).toBeGreaterThanOrEqual(ttl + MAX_START_ALLOWANCE_TTLS * ttl);
   });
 
   it('a generation that ended before its credentials expired does not count (a lost worker)', () => {
