@@ -9,7 +9,7 @@
  * at submit, the worker to score (worker/eval/choice.ts). Errors name the file and the line.
  */
 import { DataFormatError } from './errors.js';
-import { readJsonLines } from './records.js';
+import { readJsonLines, recordLanguage } from './records.js';
 
 export interface ChoiceRecord {
   readonly prompt: string;
@@ -40,8 +40,7 @@ export async function readChoiceRecords(file: string, language?: string): Promis
     const index = typeof label === 'string' ? list.indexOf(label) : label;
     if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= list.length)
       throw new DataFormatError(file, '"label" must be an index into "choices" or one of them', lineNo);
-    const lang = typeof obj['language'] === 'string' ? obj['language'] : language;
-    out.push({ prompt, choices: list, label: index, language: lang });
+    out.push({ prompt, choices: list, label: index, language: recordLanguage(file, obj, lineNo, language) });
   }
   if (out.length === 0) throw new DataFormatError(file, 'holds no records');
   return out;

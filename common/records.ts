@@ -19,6 +19,7 @@ import { readFile } from 'node:fs/promises';
 import { codeSwitch, codeSwitchSeed, readDictionary, type CodeSwitchDictionary } from './codeswitch.js';
 import { DataFormatError, jsonSyntaxProblem } from './errors.js';
 import type { DataSource } from './jobspec.js';
+import { LANGUAGE_CODE } from './spec-primitives.js';
 
 /** A prompt/response pair, to be templated and tokenized by the worker. */
 export interface TextRecord {
@@ -119,6 +120,27 @@ async function readText(file: string): Promise<string> {
   }
 }
 
+/**
+ * A record's own `language`, checked with the spec's rule (an ISO 639 code such as "sw": it becomes
+ * a metric label and a report key), else the source's `fallback`; errors name `file:lineNo`.
+ */
+export function recordLanguage(
+  file: string,
+  obj: Record<string, unknown>,
+  lineNo: number,
+  fallback: string | undefined,
+): string | undefined {
+  const v = obj['language'];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'string' || !LANGUAGE_CODE.test(v))
+    throw new DataFormatError(
+      file,
+      '"language" must be an ISO 639 code such as "sw" (2 or 3 lowercase letters)',
+      lineNo,
+    );
+  return v;
+}
+
 /** A JSON Lines format: one object a line. */
 export type JsonlFormat = 'alpaca' | 'tokenized' | 'msvamp' | 'cctuning';
 
@@ -138,7 +160,7 @@ export function recordFromJson(
         throw new DataFormatError(file, 'missing "instruction" (or "question", "query")', lineNo);
       if (output === undefined) throw new DataFormatError(file, 'missing "output" (or "answer", "response")', lineNo);
       const input = firstString(obj, ['input']);
-      const lang = firstString(obj, ['language']) ?? language;
+      const lang = recordLanguage(file, obj, lineNo, language);
       return { kind: 'text', question: input ? `${instruction}\n${input}` : instruction, output, language: lang };
     }
     case 'cctuning': {
@@ -156,7 +178,7 @@ export function recordFromJson(
         question: input ? `${instruction}\n${input}` : instruction,
         questionEn: inputEn ? `${instructionEn}\n${inputEn}` : instructionEn,
         output,
-        language: firstString(obj, ['language']) ?? language,
+        language: recordLanguage(file, obj, lineNo, language),
       };
     }
     case 'msvamp': {
@@ -180,7 +202,7 @@ export function recordFromJson(
       if (inputIds.some((t) => t < 0)) throw new DataFormatError(file, 'input_ids must be >= 0', lineNo);
       if (labels.some((t) => t < 0 && t !== IGNORE_INDEX))
         throw new DataFormatError(file, `labels must be >= 0 or ${IGNORE_INDEX}`, lineNo);
-      return { kind: 'tokens', inputIds, labels, language: firstString(obj, ['language']) ?? language };
+      return { kind: 'tokens', inputIds, labels, language: recordLanguage(file, obj, lineNo, language) };
     }
   }
 }
@@ -280,7 +302,7 @@ async function readCodeSwitch(
       const output = firstString(obj, ['text']);
       if (question === undefined) throw new DataFormatError(file, 'missing "codeswitched"', lineNo);
       if (output === undefined) throw new DataFormatError(file, 'missing "text"', lineNo);
-      return { kind: 'text', question, output, language: firstString(obj, ['language']) ?? language };
+      return { kind: 'text', question, output, language: recordLanguage(file, obj, lineNo, language) };
     });
   }
   const codeSwitch = { dictionary: await readDictionary(src.dictionary), ratio: src.ratio ?? DEFAULT_CODESWITCH_RATIO };

@@ -6,6 +6,7 @@ import { planSteps } from '../../common/data-plan.js';
 import { parseAnyJobSpec } from '../../common/job-kinds.js';
 import { parseJobSpec } from '../../common/jobspec.js';
 import { readLlamaConfig } from '../../common/model-config.js';
+import { readChoiceRecords } from '../../common/choice-records.js';
 import { readDataSource } from '../../common/records.js';
 import { SPEC_LIMITS } from '../../common/spec-primitives.js';
 import { isJobName } from '../../common/subjects.js';
@@ -212,6 +213,29 @@ describe('errors name a file and what is wrong, never its contents', () => {
     expect(err).toBeInstanceOf(DataFormatError);
     expect((err as Error).message).toContain(`${file}:1: not valid JSON`);
     expect((err as Error).message).not.toContain('root');
+  });
+
+  it("a record's own language is checked with the spec's rule in every JSONL format, naming file:line", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'polytune-bounds-'));
+    const good = { language: 'sw' };
+    const bad = { language: 'Swahili; DROP' };
+    const cases = [
+      ['alpaca', { instruction: 'q', output: 'a' }],
+      ['cctuning', { instruction: 'q', output: 'a', instruction_en: 'q' }],
+      ['tokenized', { input_ids: [1, 2], labels: [1, 2] }],
+      ['codeswitch', { codeswitched: 'q', text: 'a' }],
+    ] as const;
+    for (const [format, rec] of cases) {
+      const file = join(dir, `${format}.jsonl`);
+      writeFileSync(file, `${JSON.stringify({ ...rec, ...good })}\n${JSON.stringify({ ...rec, ...bad })}\n`);
+      const err = await readDataSource({ path: file, format, language: undefined }).catch((e: unknown) => e);
+      expect((err as Error).message, format).toContain(`${file}:2: "language" must be an ISO 639 code`);
+      expect((err as Error).message, format).not.toContain('DROP');
+    }
+    const file = join(dir, 'choice.jsonl');
+    const choice = { prompt: 'p', choices: ['a', 'b'], label: 0 };
+    writeFileSync(file, `${JSON.stringify({ ...choice, ...good })}\n${JSON.stringify({ ...choice, language: 7 })}\n`);
+    await expect(readChoiceRecords(file)).rejects.toThrow(`${file}:2: "language" must be an ISO 639 code`);
   });
 
   it("a config.json that is someone else's JSON is not quoted back", async () => {
