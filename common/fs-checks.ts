@@ -9,3 +9,6 @@ export async function isFile(path: string): Promise<boolean> {
     return false;
   }
 }
+
+/** A failed file operation's errno code (ENOENT, EACCES...), else `fallback`: for messages. */
+export const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;

@@ -15,6 +15,7 @@ import { realpath } from 'node:fs/promises';
 import { basename, delimiter, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { z } from 'zod';
 import { JobSpecError, type SpecIssue } from './errors.js';
+import { errnoCode } from './fs-checks.js';
 import { jobKindOf, type AnyJobSpec } from './job-kinds.js';
 import { specPathFields } from './spec-primitives.js';
 
@@ -36,8 +37,6 @@ export function storageRootsGiven(flagValues: readonly string[] | undefined, env
   if (flagValues && flagValues.length > 0) return [...flagValues];
   return (env[STORAGE_ROOTS_ENV] ?? '').split(delimiter).filter((d) => d !== '');
 }
-
-const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;
 
 /** Resolves the roots once, at start (each must exist): their real paths. */
 export async function resolveStorageRoots(dirs: readonly string[]): Promise<string[]> {

@@ -17,14 +17,13 @@
  */
 import { lstat, mkdir, readdir, realpath } from 'node:fs/promises';
 import { JobSpecError, type SpecIssue } from '../common/errors.js';
+import { errnoCode } from '../common/fs-checks.js';
 import { jobKindOf, type AnyJobSpec } from '../common/job-kinds.js';
 import { isMarkerTemporary, MARKER_NAME, markerMismatch, readMarker, writeMarker } from '../common/output-marker.js';
 import { checkStorageRoots, specPaths, type StorageRoots } from '../common/storage-roots.js';
 
 /** The marker of a directory polytune writes (`output.dir/.polytune`; `final/.polytune` by the worker). */
 export const OUTPUT_MARKER = MARKER_NAME;
-
-const errnoCode = (e: unknown, fallback = 'error'): string => (e as NodeJS.ErrnoException).code ?? fallback;
 
 /** The directories a spec writes, with their field paths. */
 function outputPaths(spec: AnyJobSpec): { at: string; path: string }[] {
