@@ -39,7 +39,7 @@ import { IGNORE_INDEX } from '../../common/records.js';
 import { encodeRecord, type EncodedSample, type PromptTokenizer } from '../data/encode.js';
 import type { PromptPrefixer } from '../model/generate.js';
 import type { EmbeddingEdit } from '../model/hooks.js';
-import { readSafetensors } from '../model/safetensors.js';
+import { readSafetensorsHeader } from '../../common/safetensors-header.js';
 import { geluNew, T5Encoder } from '../model/t5-encoder.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { specTrainableTensors } from './layer-methods.js';
@@ -257,7 +257,8 @@ export async function loadLingualift(
   }
   const eosId = tokenizer.eosId;
   if (eosId === undefined) throw new UserError(`${modelDir}: the tokenizer has no EOS token`);
-  const { tensors, metadata } = await readSafetensors(file);
+  // Names, shapes and metadata only: the values are read once, by startingModules below.
+  const { tensors, metadata } = await readSafetensorsHeader(file);
   const encoder = options.encoder ?? metadata[LINGUALIFT_METADATA.encoder];
   if (encoder === undefined)
     throw new UserError(`${file}: its metadata names no encoder; give the encoder's directory (--encoder DIR)`);
