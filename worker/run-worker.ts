@@ -168,6 +168,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       await allReduce.ready({ timeoutMs: collective.timeoutSeconds * 1000, signal: abort.signal });
       const ar = allReduce;
       const started = performance.now();
+      const methodTotals: Record<string, number> = {};
       // Every collective call of this generation gets the next number, the same on every rank: the
       // kind's own sums (analysis, evaluation, stage agreement) and the trainer's (worker/job-kinds.ts).
       const calls = { next: 0 };
@@ -238,12 +239,15 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
               ...(at.stage ? { stageIndex: at.stage.index, stageCount: at.stage.count, stageName: at.stage.name } : {}),
             }),
           );
+          for (const [k, v] of Object.entries(r.methodStats ?? {})) methodTotals[k] = (methodTotals[k] ?? 0) + v;
           jlog.debug('step', {
             step: at.step,
             loss: r.loss,
             lr: r.lr,
             gradNorm: r.gradNorm,
+            seconds: r.stepSeconds,
             ...(at.stage ? { stage: at.stage.name } : {}),
+            ...r.methodStats,
           });
         },
       };
@@ -259,6 +263,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         firstLoss: r.firstLoss,
         finalLoss: r.finalLoss,
         seconds: (performance.now() - started) / 1000,
+        // The method's own costs summed over the job (CC-Tuning's English pass, LinguaLIFT's encoder).
+        ...methodTotals,
       });
       report = {
         jobId: a.jobId,

@@ -90,6 +90,9 @@ async function run(out: string, workers: number): Promise<{ losses: number[]; ch
           onStep: (r) => {
             if (rank === 0) losses.push(r.loss);
             choices[rank]!.push(r.choicesByLanguage);
+            // The English pass's cost is reported with every step: one pass a micro-batch of this rank's.
+            expect(r.methodStats?.englishPasses).toBeGreaterThan(0);
+            expect(r.methodStats?.englishPassMs).toBeGreaterThan(0);
           },
         });
       } finally {

@@ -33,7 +33,7 @@ import { customOp, gatherRows } from '../model/ops.js';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.js';
 import { solveTransform, type TransformSolution } from './cctuning-transform.js';
 import { specTrainableTensors } from './layer-methods.js';
-import type { TrainingMethod, TrainingSamples } from './training-method.js';
+import type { MethodResources, TrainingMethod, TrainingSamples } from './training-method.js';
 
 type CcSpec = MethodSpecOf<'cctuning'>;
 
@@ -318,6 +318,28 @@ function trainedTransform(
   return { n, a, b, x };
 }
 
+/**
+ * The English pass's cost, reported with each step (`StepReport.methodStats`, logged by the worker):
+ * the host wall time of `prepare` (tfjs runs the pass eagerly) and the number of passes.
+ */
+class EnglishPassMeter implements MethodResources {
+  private ms = 0;
+  private passes = 0;
+
+  record(ms: number): void {
+    this.ms += ms;
+    this.passes++;
+  }
+
+  takeStepStats(): Record<string, number> {
+    const out = { englishPassMs: this.ms, englishPasses: this.passes };
+    this.ms = this.passes = 0;
+    return out;
+  }
+
+  dispose(): void {}
+}
+
 export const cctuning: TrainingMethod<CcSpec> = {
   name: 'cctuning',
   trainableTensors: specTrainableTensors,
@@ -341,12 +363,15 @@ export const cctuning: TrainingMethod<CcSpec> = {
     return { ...sample, pairedPrompt: Int32Array.from(english) };
   },
   choiceLayers: (_m, config) => config.numHiddenLayers,
+  load: () => Promise.resolve(new EnglishPassMeter()),
   prepare: (run, batch) => {
+    const t0 = performance.now();
     const r = lastTokenOutputs(
       run.model,
       batch.samples.map((s) => s.pairedPrompt!),
     );
     r.embedding.dispose();
+    if (run.resources instanceof EnglishPassMeter) run.resources.record(performance.now() - t0);
     return [r.ffn];
   },
   loss: (run, batch) => {
