@@ -295,6 +295,9 @@ export class CoordinatorSession {
     });
     let backoff = DEFAULT_BACKOFF_INITIAL_MS;
     let lastError: unknown;
+    // The coordinator's last answer (a gRPC status, e.g. ALREADY_EXISTS): what the final error
+    // names when a later attempt was only cut short by the deadline, which says less.
+    let lastAnswer: unknown;
     for (let n = 1; ; n++) {
       if (options.signal?.aborted) {
         client.close();
@@ -329,6 +332,7 @@ export class CoordinatorSession {
       } catch (e) {
         lastError = e;
         const code = (e as Partial<grpc.ServiceError>).code;
+        if (typeof code === 'number') lastAnswer = e;
         // A refused Hello or refused credentials do not get better by retrying.
         if (
           code === grpc.status.INVALID_ARGUMENT ||
@@ -342,10 +346,11 @@ export class CoordinatorSession {
       backoff = Math.min(backoff * 2, DEFAULT_BACKOFF_MAX_MS);
     }
     client.close();
+    const reason = lastAnswer ?? lastError;
     throw new CoordinatorConnectError(
       options.address,
-      `not reachable within ${Math.round(timeoutMs / 1000)} s: ${errorMessage(lastError)}`,
-      { cause: lastError },
+      `not reachable within ${Math.round(timeoutMs / 1000)} s: ${errorMessage(reason)}`,
+      { cause: reason },
     );
   }
 
