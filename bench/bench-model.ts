@@ -9,6 +9,26 @@ import { shardName } from '../worker/model/export.js';
 import { SeededRandom } from '../worker/model/presets.js';
 import { tensorBytes, writeSafetensorsStreaming, type TensorToWrite } from '../worker/model/safetensors.js';
 
+/** The benchmarks' model: LLaMA-shaped (GQA, untied head), 50.5M parameters, BF16 on disk. */
+export const BENCH_MODEL_CONFIG = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 512,
+  intermediate_size: 1408,
+  num_hidden_layers: 6,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  hidden_act: 'silu',
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
+  bos_token_id: 1,
+  eos_token_id: 2,
+};
+
 /** Writes config.json and the two BF16 shards of `rawConfig` into `dir`; returns the parameter count. */
 export async function writeBenchModel(dir: string, rawConfig: Record<string, unknown>): Promise<number> {
   const config = parseLlamaConfig(rawConfig);

@@ -31,24 +31,8 @@ import { expectedTensorShapes, parseLlamaConfig } from '../common/model-config.j
 import { initBackend } from '../worker/backend.js';
 import { LlamaModel } from '../worker/model/llama.js';
 import { NATIVE_PATH_STANDIN, standIn, useBackend } from '../test/helpers/backends.js';
-import { writeBenchModel } from './bench-model.js';
+import { BENCH_MODEL_CONFIG as CONFIG, writeBenchModel } from './bench-model.js';
 
-const CONFIG = {
-  architectures: ['LlamaForCausalLM'],
-  model_type: 'llama',
-  vocab_size: 32000,
-  hidden_size: 512,
-  intermediate_size: 1408,
-  num_hidden_layers: 6,
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000.0,
-  hidden_act: 'silu',
-  tie_word_embeddings: false,
-  torch_dtype: 'bfloat16',
-};
 const CASES = ['wasm', 'native-new', 'native-old'] as const;
 type Case = (typeof CASES)[number];
 

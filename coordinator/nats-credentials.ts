@@ -263,38 +263,26 @@ export async function createNatsOperatorSetup(
     signing_keys: [operatorSigning.getPublicKey()],
   });
   const unlimited = -1;
+  // What both accounts leave unlimited; the polytune account adds its JetStream limits.
+  const noAccountLimits = {
+    subs: unlimited,
+    data: unlimited,
+    payload: unlimited,
+    imports: unlimited,
+    exports: unlimited,
+    wildcards: true,
+    conn: unlimited,
+    leaf: unlimited,
+  };
   // Connections to the system account (the coordinator's revocation user) need limits of their own.
-  const systemJwt = await encodeAccount(
-    'SYS',
-    system,
-    {
-      limits: {
-        subs: unlimited,
-        data: unlimited,
-        payload: unlimited,
-        imports: unlimited,
-        exports: unlimited,
-        wildcards: true,
-        conn: unlimited,
-        leaf: unlimited,
-      },
-    },
-    { signer: operator },
-  );
+  const systemJwt = await encodeAccount('SYS', system, { limits: noAccountLimits }, { signer: operator });
   const accountJwt = await encodeAccount(
     'polytune',
     account,
     {
       signing_keys: [signing.getPublicKey()],
       limits: {
-        subs: unlimited,
-        data: unlimited,
-        payload: unlimited,
-        imports: unlimited,
-        exports: unlimited,
-        wildcards: true,
-        conn: unlimited,
-        leaf: unlimited,
+        ...noAccountLimits,
         mem_storage: unlimited,
         disk_storage: unlimited,
         streams: unlimited,
