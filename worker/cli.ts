@@ -203,29 +203,16 @@ async function main(signal: AbortSignal): Promise<number> {
       }
       return 0;
     }
-    case 'init-model': {
-      const v = parse({
-        preset: { type: 'string', default: 'tiny' },
-        out: { type: 'string' },
-        seed: { type: 'string' },
-      });
-      if (v.help) return (write(USAGE), 0);
-      await runInitModel({
-        preset: v.preset as string,
-        out: required('out', v.out as string | undefined),
-        seed: intFlag('seed', v.seed as string | undefined, 0),
-        write,
-      });
-      return 0;
-    }
+    case 'init-model':
     case 'init-encoder': {
+      // The same flags: a random-init checkpoint (the LLM, or a T5 encoder) in HF layout.
       const v = parse({
         preset: { type: 'string', default: 'tiny' },
         out: { type: 'string' },
         seed: { type: 'string' },
       });
       if (v.help) return (write(USAGE), 0);
-      await runInitEncoder({
+      await (command === 'init-model' ? runInitModel : runInitEncoder)({
         preset: v.preset as string,
         out: required('out', v.out as string | undefined),
         seed: intFlag('seed', v.seed as string | undefined, 0),
