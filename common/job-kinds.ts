@@ -42,7 +42,7 @@ import {
   type JobSpec,
   type ParseOptions,
 } from './jobspec.js';
-import { readLlamaConfig } from './model-config.js';
+import { readLlamaConfig, type LlamaConfig } from './model-config.js';
 import { readChoiceRecords } from './choice-records.js';
 import { readDataSource } from './records.js';
 import {
@@ -206,16 +206,19 @@ export async function trainJobStageSteps(spec: TrainJobSpec): Promise<number[]> 
 const NO_PARAMETERS = { trainable: 0, total: 0 } as const;
 const FLOAT32_COLLECTIVE: CollectiveSettings = { compression: 'none', timeoutSeconds: 300 };
 
-/** Checks shared by EvalJob and LayerAnalysis: the model's config (for its depth). */
-async function modelDepth(
+/**
+ * The model's config.json for the kinds without a method (EvalJob, LayerAnalysis, PruneJob); a
+ * problem reading it goes to `issues` at spec.model.path.
+ */
+async function modelConfig(
   spec: EvalJobSpec | LayerAnalysisJobSpec | PruneJobSpec,
   issues: SpecIssue[],
-): Promise<number> {
+): Promise<LlamaConfig | undefined> {
   try {
-    return (await readLlamaConfig(spec.spec.model.path)).numHiddenLayers;
+    return await readLlamaConfig(spec.spec.model.path);
   } catch (e) {
     issues.push({ path: 'spec.model.path', message: (e as Error).message });
-    return 0;
+    return undefined;
   }
 }
 
@@ -281,7 +284,7 @@ const evalJob: JobKindSpec<EvalJobSpec> = {
   },
   validateFiles: async (spec, source) => {
     const issues: SpecIssue[] = [];
-    const numLayers = await modelDepth(spec, issues);
+    const numLayers = (await modelConfig(spec, issues))?.numHiddenLayers ?? 0;
     // A LinguaLIFT model's final/: its encoder (spec.model.encoder, or the one its file names).
     issues.push(...(await trainedModelIssues(spec.spec.model.path, spec.spec.model.encoder, 'spec.model')));
     issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
@@ -327,7 +330,7 @@ const layerAnalysis: JobKindSpec<LayerAnalysisJobSpec> = {
   },
   validateFiles: async (spec, source) => {
     const issues: SpecIssue[] = [];
-    const numLayers = await modelDepth(spec, issues);
+    const numLayers = (await modelConfig(spec, issues))?.numHiddenLayers ?? 0;
     issues.push(...(await problemSetFileIssues(spec.spec.analysis.probe, 'spec.analysis.probe')));
     if (numLayers > 0 && spec.spec.analysis.k > numLayers) {
       issues.push({ path: 'spec.analysis.k', message: `must be <= the model's depth (${numLayers} layers)` });
@@ -372,13 +375,8 @@ const pruneJob: JobKindSpec<PruneJobSpec> = {
   validateFiles: async (spec, source) => {
     const issues: SpecIssue[] = [];
     const p = spec.spec.prune;
-    let config;
-    try {
-      config = await readLlamaConfig(spec.spec.model.path);
-      issues.push(...pruneModelIssues(p, config, 'spec.prune'));
-    } catch (e) {
-      issues.push({ path: 'spec.model.path', message: (e as Error).message });
-    }
+    const config = await modelConfig(spec, issues);
+    if (config) issues.push(...pruneModelIssues(p, config, 'spec.prune'));
     issues.push(...(await calibrationFileIssues(p.calibration, 'spec.prune.calibration')));
     if (p.contrast) issues.push(...(await calibrationFileIssues(p.contrast, 'spec.prune.contrast')));
     if (spec.spec.eval) issues.push(...(await problemSetFileIssues(spec.spec.eval.sets, 'spec.eval.sets')));
